@@ -1,0 +1,110 @@
+//! Criterion benches of the pure core: change detection and rule evaluation.
+//!
+//! `cargo bench --bench core` — figures and machine in BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use recado::config::{RuleConfig, SendSpec, TemplateSpec, Trigger};
+use recado::diff::{diff, Snapshot, SnapshotRow};
+use recado::domain::{CellValue, PhoneNumber, Record, RecordKey};
+use recado::rules::{RecordFacts, RuleSet};
+
+const COLUMNS: [&str; 8] = ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Consentimiento", "Estado", "Comuna"];
+
+fn record(i: usize, version: usize) -> Record {
+    let mut fields = BTreeMap::new();
+    fields.insert("ID".to_string(), CellValue::Number(i as f64));
+    fields.insert("Nombre".to_string(), CellValue::Text(format!("Participante número {i}")));
+    fields
+        .insert("Teléfono".to_string(), CellValue::Text(format!("+56 9 {:04} {:04}", i / 10_000 % 10_000, i % 10_000)));
+    fields.insert(
+        "Curso".to_string(),
+        CellValue::Text(["Soldadura", "Gasfitería", "Cocina", "Electricidad"][i % 4].to_string()),
+    );
+    fields.insert("Mentor".to_string(), CellValue::Text(format!("Mentor {}", i % 97)));
+    fields.insert("Consentimiento".to_string(), CellValue::Text("Sí".into()));
+    fields.insert(
+        "Estado".to_string(),
+        CellValue::Text(if version > 0 && i % 100 == 0 { "Egresado" } else { "Activo" }.into()),
+    );
+    fields.insert("Comuna".to_string(), CellValue::Text(format!("Comuna {}", i % 346)));
+    debug_assert_eq!(fields.len(), COLUMNS.len());
+    Record { key: RecordKey(i.to_string()), fields }
+}
+
+/// The old snapshot, and the fresh read as records: 1% changed, 0.1% added, 0.1% removed.
+fn tables(n: usize) -> (Snapshot, Vec<Record>) {
+    let old: Snapshot = (0..n)
+        .map(|i| {
+            let r = record(i, 0);
+            (r.key.clone(), SnapshotRow::of(&r))
+        })
+        .collect();
+    let fresh: Vec<Record> = (n / 1000..n + n / 1000).map(|i| record(i, 1)).collect();
+    (old, fresh)
+}
+
+fn bench_diff(c: &mut Criterion) {
+    let mut g = c.benchmark_group("diff");
+    g.sample_size(10);
+    for n in [100_000usize, 1_000_000] {
+        let (old, fresh) = tables(n);
+        g.bench_with_input(BenchmarkId::new("fingerprint_and_diff", n), &n, |b, _| {
+            b.iter(|| {
+                let changes = diff(&old, &fresh);
+                assert!(changes.len() >= n / 100);
+                changes.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_rules(c: &mut Criterion) {
+    let rules = vec![
+        RuleConfig {
+            id: "confirmacion".into(),
+            source: "s".into(),
+            trigger: Trigger::RowAdded,
+            filter: Some("Curso != ''".into()),
+            provider: "p".into(),
+            send: SendSpec::Template(TemplateSpec {
+                name: "confirmacion".into(),
+                language: "es".into(),
+                body: vec!["{{ Nombre }}".into(), "{{ Curso }}".into(), "{{ Mentor }}".into()],
+                button_url_suffix: None,
+            }),
+        },
+        RuleConfig {
+            id: "encuesta".into(),
+            source: "s".into(),
+            trigger: Trigger::Changed { field: "Estado".into(), to: Some("Egresado".into()) },
+            filter: None,
+            provider: "p".into(),
+            send: SendSpec::Template(TemplateSpec {
+                name: "encuesta".into(),
+                language: "es".into(),
+                body: vec!["{{ Nombre }}".into()],
+                button_url_suffix: Some("{{ ID | urlencode }}".into()),
+            }),
+        },
+    ];
+    let set = RuleSet::compile(&rules).unwrap();
+    let records: Vec<Record> = (0..10_000).map(|i| record(i, 0)).collect();
+    let phone = Ok(PhoneNumber::from_e164_unchecked("+56987654321"));
+    c.bench_function("rules/evaluate_10k_added", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for r in &records {
+                let facts = RecordFacts { phone: &phone, consent: Some(true), gate_columns: &[] };
+                n += set.evaluate("s", &recado::diff::Change::Added(r.key.clone()), r, &facts).intents.len();
+            }
+            assert_eq!(n, 10_000);
+            n
+        })
+    });
+}
+
+criterion_group!(benches, bench_diff, bench_rules);
+criterion_main!(benches);

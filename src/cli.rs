@@ -1,0 +1,120 @@
+//! The command line: `run`, `check`, `sandbox`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::sandbox::{MetaSettings, Sandbox};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "recado",
+    version,
+    about = "Google Sheets ⇄ WhatsApp: messages by rules, receipts and replies written back to the row"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (until SIGTERM or Ctrl-C).
+    Run {
+        /// Configuration files; later ones override earlier ones.
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+    },
+    /// Validate configuration offline and report every problem with its path.
+    Check {
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+    },
+    /// Serve the Google and Meta emulators and print their base URLs.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8790")]
+        listen: SocketAddr,
+    },
+    /// The whole loop against the sandbox, no accounts needed.
+    Demo {
+        /// Exit 0 once every expected message reached a final state and write-back was
+        /// flushed; non-zero if that does not happen within --timeout.
+        #[arg(long)]
+        until_settled: bool,
+        /// Seconds to wait for the demo to settle.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+/// Runs a command; returns the process exit code.
+pub async fn execute(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "configuration is valid: {} provider(s), {} source(s), {} rule(s)",
+                    c.providers.len(),
+                    c.sources.len(),
+                    c.rules.len()
+                );
+                0
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                1
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return 1;
+                }
+            };
+            match crate::app::run_until_signal(config).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Sandbox { listen } => {
+            let sandbox = match Sandbox::start(listen, MetaSettings::default()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return 1;
+                }
+            };
+            let s = MetaSettings::default();
+            println!("sandbox listening on {}", sandbox.base_url());
+            println!("  admin API          {}/admin", sandbox.base_url());
+            println!("  Google token URI   {}/google/token", sandbox.base_url());
+            println!("  sheets_base_url    {}", sandbox.sheets_base_url());
+            println!("  drive_base_url     {}", sandbox.drive_base_url());
+            println!("  meta base_url      {}", sandbox.meta_base_url());
+            println!(
+                "  meta phone_number_id {}  access_token {}  app_secret {}",
+                s.phone_number_id, s.access_token, s.app_secret
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            sandbox.stop().await;
+            0
+        }
+        Command::Demo { until_settled, timeout } => {
+            match crate::demo::run(until_settled, Duration::from_secs(timeout)).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Change detection: compares a fresh read of a source with the stored snapshot (pure).
+//!
+//! A snapshot keeps, per record key, a 64-bit fingerprint of its fields and their canonical
+//! text. Unchanged rows cost one hash comparison; only rows whose fingerprint moved are compared
+//! field by field, so a diff reports exactly which fields changed. The fingerprint is FNV-1a:
+//! stable across Rust versions (it is persisted), and a collision can only hide a change, never
+//! invent one, because changes are confirmed field by field.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::domain::{Record, RecordKey};
+
+/// What the store remembers of one record between polls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub hash: u64,
+    /// Canonical text by field name; write-back columns are never in here.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl SnapshotRow {
+    pub fn of(record: &Record) -> Self {
+        let fields: BTreeMap<String, String> = record.fields.iter().map(|(k, v)| (k.clone(), v.canonical())).collect();
+        Self { hash: record_fingerprint(record), fields }
+    }
+}
+
+/// The last committed state of a source.
+pub type Snapshot = HashMap<RecordKey, SnapshotRow>;
+
+/// One field that changed in one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// One difference between the snapshot and the fresh read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Added(RecordKey),
+    Changed { key: RecordKey, fields: Vec<FieldChange> },
+    Removed(RecordKey),
+}
+
+impl Change {
+    pub fn key(&self) -> &RecordKey {
+        match self {
+            Change::Added(k) | Change::Removed(k) => k,
+            Change::Changed { key, .. } => key,
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// FNV-1a over `name \0 value \0` pairs in name order.
+pub fn fingerprint(fields: &BTreeMap<String, String>) -> u64 {
+    fields
+        .iter()
+        .fold(FNV_OFFSET, |h, (name, value)| fnv(fnv(fnv(fnv(h, name.as_bytes()), &[0]), value.as_bytes()), &[0]))
+}
+
+/// The same fingerprint computed straight from a record, without building the field map
+/// (this is the hot path: every row of every read).
+pub fn record_fingerprint(record: &Record) -> u64 {
+    let mut buf = String::new();
+    record.fields.iter().fold(FNV_OFFSET, |h, (name, value)| {
+        buf.clear();
+        value.write_canonical(&mut buf);
+        fnv(fnv(fnv(fnv(h, name.as_bytes()), &[0]), buf.as_bytes()), &[0])
+    })
+}
+
+/// Compares a fresh read (records in sheet order) with the snapshot. Changes come in sheet
+/// order, removals last in key order, so the result is deterministic. Only rows whose
+/// fingerprint moved are compared field by field.
+pub fn diff<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = &'a Record>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut matched = 0usize;
+    let mut keys: Vec<&RecordKey> = Vec::new();
+    for record in fresh {
+        keys.push(&record.key);
+        match old.get(&record.key) {
+            None => changes.push(Change::Added(record.key.clone())),
+            Some(prev) => {
+                matched += 1;
+                if prev.hash != record_fingerprint(record) {
+                    let fields = field_changes(&prev.fields, record);
+                    if !fields.is_empty() {
+                        changes.push(Change::Changed { key: record.key.clone(), fields });
+                    }
+                }
+            }
+        }
+    }
+    // Every old key was seen again: nothing was removed (the common case costs no set).
+    if matched < old.len() {
+        let present: std::collections::HashSet<&RecordKey> = keys.into_iter().collect();
+        let mut removed: Vec<&RecordKey> = old.keys().filter(|k| !present.contains(k)).collect();
+        removed.sort();
+        changes.extend(removed.into_iter().map(|k| Change::Removed(k.clone())));
+    }
+    changes
+}
+
+fn field_changes(old: &BTreeMap<String, String>, record: &Record) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    for (name, value) in &record.fields {
+        let new = value.canonical();
+        let before = old.get(name).map(String::as_str).unwrap_or("");
+        if before != new {
+            out.push(FieldChange { field: name.clone(), old: before.to_string(), new });
+        }
+    }
+    for (name, value) in old {
+        if !record.fields.contains_key(name) && !value.is_empty() {
+            out.push(FieldChange { field: name.clone(), old: value.clone(), new: String::new() });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CellValue;
+    use proptest::prelude::*;
+
+    fn record(key: &str, fields: &[(&str, &str)]) -> Record {
+        Record {
+            key: RecordKey(key.into()),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), CellValue::Text(v.to_string()))).collect(),
+        }
+    }
+
+    fn rec(key: &str, fields: &[(&str, &str)]) -> (RecordKey, SnapshotRow) {
+        let r = record(key, fields);
+        (r.key.clone(), SnapshotRow::of(&r))
+    }
+
+    #[test]
+    fn added_changed_removed() {
+        let old: Snapshot =
+            [rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")])].into_iter().collect();
+        let fresh = [record("1", &[("Estado", "Egresado")]), record("3", &[("Estado", "Activo")])];
+        let changes = diff(&old, &fresh);
+        assert_eq!(
+            changes,
+            vec![
+                Change::Changed {
+                    key: RecordKey("1".into()),
+                    fields: vec![FieldChange { field: "Estado".into(), old: "Activo".into(), new: "Egresado".into() }]
+                },
+                Change::Added(RecordKey("3".into())),
+                Change::Removed(RecordKey("2".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_empty_column_is_not_a_change() {
+        let old: Snapshot = [rec("1", &[("A", "x")])].into_iter().collect();
+        let fresh = [record("1", &[("A", "x"), ("B", "")])];
+        assert!(diff(&old, &fresh).is_empty());
+    }
+
+    #[test]
+    fn whitespace_and_number_forms_are_not_changes() {
+        let a = Record { key: RecordKey("1".into()), fields: [("N".to_string(), CellValue::Number(3.0))].into() };
+        let b =
+            Record { key: RecordKey("1".into()), fields: [("N".to_string(), CellValue::Text(" 3 ".into()))].into() };
+        let old: Snapshot = [(a.key.clone(), SnapshotRow::of(&a))].into_iter().collect();
+        assert!(diff(&old, [&b]).is_empty());
+        assert_eq!(record_fingerprint(&b), fingerprint(&SnapshotRow::of(&b).fields));
+    }
+
+    fn table() -> impl Strategy<Value = BTreeMap<String, (String, String)>> {
+        proptest::collection::btree_map("[a-e]{1,2}", ("[xyz]{0,2}", "[xyz]{0,2}"), 0..30)
+    }
+
+    proptest! {
+        /// Applying the reported changes to the old table yields the new one.
+        #[test]
+        fn diff_is_complete_and_exact(old_t in table(), new_t in table()) {
+            let old: Snapshot = old_t.iter().map(|(k, (a, b))| rec(k, &[("A", a), ("B", b)])).collect();
+            let records: Vec<Record> = new_t.iter().map(|(k, (a, b))| record(k, &[("A", a), ("B", b)])).collect();
+            let changes = diff(&old, &records);
+            let fresh: Vec<(RecordKey, SnapshotRow)> = records.iter().map(|r| (r.key.clone(), SnapshotRow::of(r))).collect();
+            let mut state = old.clone();
+            for c in &changes {
+                match c {
+                    Change::Added(k) => { let row = fresh.iter().find(|(fk, _)| fk == k).unwrap().1.clone(); prop_assert!(state.insert(k.clone(), row).is_none()); }
+                    Change::Removed(k) => { prop_assert!(state.remove(k).is_some()); }
+                    Change::Changed { key, fields } => {
+                        prop_assert!(!fields.is_empty());
+                        let row = state.get_mut(key).unwrap();
+                        for f in fields { prop_assert_eq!(row.fields.get(&f.field).cloned().unwrap_or_default(), f.old.clone()); row.fields.insert(f.field.clone(), f.new.clone()); }
+                        row.hash = fingerprint(&row.fields);
+                    }
+                }
+            }
+            let want: Snapshot = fresh.into_iter().collect();
+            prop_assert_eq!(state, want);
+        }
+    }
+}

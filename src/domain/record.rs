@@ -1,0 +1,88 @@
+//! Records: one row of a sheet (or one Salesforce record) as named fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The stable identity of a record inside its source (the value of the key column).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey(pub String);
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One cell, as the source gave it (unformatted).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellValue {
+    Empty,
+    Text(String),
+    Number(f64),
+    Bool(bool),
+}
+
+impl CellValue {
+    /// The canonical text used for diffing, comparisons and templates: numbers without a
+    /// trailing `.0`, text trimmed.
+    pub fn canonical(&self) -> String {
+        let mut s = String::new();
+        self.write_canonical(&mut s);
+        s
+    }
+
+    /// Appends the canonical text to `out` (no allocation for text cells).
+    pub fn write_canonical(&self, out: &mut String) {
+        match self {
+            CellValue::Empty => {}
+            CellValue::Text(s) => out.push_str(s.trim()),
+            CellValue::Number(n) => out.push_str(&format_number(*n)),
+            CellValue::Bool(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            CellValue::Empty => true,
+            CellValue::Text(s) => s.trim().is_empty(),
+            _ => false,
+        }
+    }
+}
+
+/// Integers print without a decimal point; other numbers in their shortest form.
+pub fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+/// A record: its key and its fields by column name (write-back columns excluded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub key: RecordKey,
+    pub fields: BTreeMap<String, CellValue>,
+}
+
+impl Record {
+    /// The canonical text of a field; empty when the field does not exist.
+    pub fn text(&self, field: &str) -> String {
+        self.fields.get(field).map(CellValue::canonical).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_forms() {
+        assert_eq!(CellValue::Number(12.0).canonical(), "12");
+        assert_eq!(CellValue::Number(1.5).canonical(), "1.5");
+        assert_eq!(CellValue::Text("  Sí ".into()).canonical(), "Sí");
+        assert_eq!(CellValue::Bool(true).canonical(), "TRUE");
+        assert!(CellValue::Text("   ".into()).is_empty());
+    }
+}

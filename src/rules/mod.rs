@@ -1,0 +1,446 @@
+//! Rules: which record changes produce which messages (pure).
+//!
+//! A [`RuleSet`] is compiled once from the validated configuration. For every change a source
+//! reports, [`RuleSet::evaluate`] returns what each matching rule wants: an [`Intent`] (a
+//! message with its idempotency key and rendered content) or a [`Blocked`] reason (no consent,
+//! invalid phone, a template that cannot be rendered). It reads no clock and does no IO.
+//!
+//! Filters and parameters are minijinja expressions over the row. Every field is a variable
+//! under its header (`{{ Nombre }}`) and all fields are also in `row` for headers that are not
+//! identifiers (`{{ row["Fecha cita"] }}`). Undefined names are errors, so a misspelt header
+//! never sends an empty parameter.
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+use crate::config::{RuleConfig, SendSpec, TemplateSpec, Trigger};
+use crate::diff::Change;
+use crate::domain::{CellValue, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
+/// Checks that `expr` is a valid filter expression (config validation).
+pub fn check_expression(expr: &str) -> Result<(), String> {
+    environment()
+        .compile_expression(expr)
+        .map(|_| ())
+        .map_err(|e| format!("invalid expression: {}", e.detail().unwrap_or(&e.to_string())))
+}
+
+/// Checks that `text` is a valid parameter template (config validation).
+pub fn check_template(text: &str) -> Result<(), String> {
+    environment()
+        .template_from_str(text)
+        .map(|_| ())
+        .map_err(|e| format!("invalid template: {}", e.detail().unwrap_or(&e.to_string())))
+}
+
+/// A message a rule wants sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    pub rule_id: String,
+    pub source_id: String,
+    pub record_key: RecordKey,
+    pub provider_id: String,
+    /// `rule:record:occurrence`, unique in the store.
+    pub idempotency_key: String,
+    pub phone: PhoneNumber,
+    pub content: MessageContent,
+    /// Template to use when free text cannot be sent (outside the 24-hour window).
+    pub fallback: Option<MessageContent>,
+}
+
+/// A rule matched but nothing can be sent, and why (written back to the row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    pub rule_id: String,
+    pub record_key: RecordKey,
+    pub reason: String,
+}
+
+/// What the rules made of one change.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outcome {
+    pub intents: Vec<Intent>,
+    pub blocked: Vec<Blocked>,
+}
+
+/// Facts about a record that rules need besides its fields.
+#[derive(Debug, Clone)]
+pub struct RecordFacts<'a> {
+    pub phone: &'a Result<PhoneNumber, PhoneError>,
+    /// `None` when the source has no consent column.
+    pub consent: Option<bool>,
+    /// Columns whose change may unblock a `row_added` rule (phone, consent).
+    pub gate_columns: &'a [&'a str],
+}
+
+struct CompiledRule {
+    config: RuleConfig,
+}
+
+/// All rules, compiled.
+pub struct RuleSet {
+    env: Environment<'static>,
+    rules: Vec<CompiledRule>,
+}
+
+impl RuleSet {
+    /// Compiles the rules. Configuration validation already checked every template, so an
+    /// error here is a bug, reported as a plain message.
+    pub fn compile(rules: &[RuleConfig]) -> Result<Self, String> {
+        let mut env = environment();
+        for r in rules {
+            if let Some(f) = &r.filter {
+                env.add_template_owned(format!("{}#if", r.id), format!("{{% if {f} %}}1{{% endif %}}"))
+                    .map_err(|e| format!("rule {}: filter: {e}", r.id))?;
+            }
+            let mut add = |name: String, src: &str| {
+                env.add_template_owned(name, src.to_string()).map_err(|e| format!("rule {}: {e}", r.id))
+            };
+            match &r.send {
+                SendSpec::Template(t) => add_template_spec(&mut add, &r.id, "t", t)?,
+                SendSpec::Text { body, fallback } => {
+                    add(format!("{}#text", r.id), body)?;
+                    if let Some(t) = fallback {
+                        add_template_spec(&mut add, &r.id, "f", t)?;
+                    }
+                }
+            }
+        }
+        Ok(Self { env, rules: rules.iter().cloned().map(|config| CompiledRule { config }).collect() })
+    }
+
+    pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.config.id.as_str())
+    }
+
+    /// Rules watching `source_id`.
+    pub fn for_source<'a>(&'a self, source_id: &'a str) -> impl Iterator<Item = &'a RuleConfig> + 'a {
+        self.rules.iter().map(|r| &r.config).filter(move |r| r.source == source_id)
+    }
+
+    /// Evaluates every rule of `source_id` against one change of `record`.
+    pub fn evaluate(&self, source_id: &str, change: &Change, record: &Record, facts: &RecordFacts<'_>) -> Outcome {
+        let mut out = Outcome::default();
+        for rule in self.rules.iter().filter(|r| r.config.source == source_id) {
+            let r = &rule.config;
+            let occurrence = match (&r.trigger, change) {
+                (Trigger::RowAdded, Change::Added(_)) => Some("added".to_string()),
+                // A row that could not be messaged when it appeared (no consent, bad phone) gets
+                // its welcome when that is fixed; the idempotency key stops a second one.
+                (Trigger::RowAdded, Change::Changed { fields, .. })
+                    if fields.iter().any(|f| facts.gate_columns.contains(&f.field.as_str())) =>
+                {
+                    Some("added".to_string())
+                }
+                (Trigger::Changed { field, to }, Change::Changed { fields, .. }) => fields
+                    .iter()
+                    .find(|f| &f.field == field)
+                    .filter(|f| {
+                        to.as_ref().is_none_or(|want| f.new.trim().to_lowercase() == want.trim().to_lowercase())
+                    })
+                    .map(|f| match to {
+                        Some(want) => format!("{field}={}", want.trim().to_lowercase()),
+                        None => format!("{field}={}", f.new),
+                    }),
+                _ => None,
+            };
+            let Some(occurrence) = occurrence else { continue };
+            // The gate path only ever unblocks: a row that is still blocked was reported when
+            // it appeared, and an opt-out written to the consent column must not read as news.
+            let gate_path = matches!((&r.trigger, change), (Trigger::RowAdded, Change::Changed { .. }));
+            if let Some(outcome) = self.apply(r, &occurrence, record, facts) {
+                match outcome {
+                    Ok(intent) => out.intents.push(intent),
+                    Err(_) if gate_path => {}
+                    Err(reason) => {
+                        out.blocked.push(Blocked { rule_id: r.id.clone(), record_key: record.key.clone(), reason })
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Filter, gates and rendering for one rule that triggered. `None` when the filter does
+    /// not match (nothing to report).
+    fn apply(
+        &self,
+        r: &RuleConfig,
+        occurrence: &str,
+        record: &Record,
+        facts: &RecordFacts<'_>,
+    ) -> Option<Result<Intent, String>> {
+        let ctx = context(record);
+        if r.filter.is_some() {
+            match self.render(&format!("{}#if", r.id), &ctx) {
+                Ok(s) if s == "1" => {}
+                Ok(_) => return None,
+                Err(e) => return Some(Err(format!("rule {}: filter failed: {e}", r.id))),
+            }
+        }
+        if facts.consent == Some(false) {
+            return Some(Err("not sent: no consent".to_string()));
+        }
+        let phone = match facts.phone {
+            Ok(p) => p.clone(),
+            Err(e) => return Some(Err(format!("not sent: {e}"))),
+        };
+        let rendered = match &r.send {
+            SendSpec::Template(t) => self.render_template(&r.id, "t", t, &ctx).map(|c| (c, None)),
+            SendSpec::Text { fallback, .. } => self.render(&format!("{}#text", r.id), &ctx).and_then(|body| {
+                let fb = match fallback {
+                    Some(t) => Some(self.render_template(&r.id, "f", t, &ctx)?),
+                    None => None,
+                };
+                Ok((MessageContent::Text { body }, fb))
+            }),
+        };
+        Some(match rendered {
+            Ok((content, fallback)) => Ok(Intent {
+                rule_id: r.id.clone(),
+                source_id: r.source.clone(),
+                record_key: record.key.clone(),
+                provider_id: r.provider.clone(),
+                idempotency_key: format!("{}:{}:{}", r.id, record.key, occurrence),
+                phone,
+                content,
+                fallback,
+            }),
+            Err(e) => Err(format!("rule {}: {e}", r.id)),
+        })
+    }
+
+    fn render(&self, name: &str, ctx: &Value) -> Result<String, String> {
+        let t = self.env.get_template(name).map_err(|e| e.to_string())?;
+        t.render(ctx).map_err(|e| match e.detail() {
+            Some(d) => d.to_string(),
+            None => e.to_string(),
+        })
+    }
+
+    fn render_template(&self, rule: &str, tag: &str, t: &TemplateSpec, ctx: &Value) -> Result<MessageContent, String> {
+        let mut body = Vec::with_capacity(t.body.len());
+        for i in 0..t.body.len() {
+            let v = self
+                .render(&format!("{rule}#{tag}.body.{i}"), ctx)
+                .map_err(|e| format!("template parameter {}: {e}", i + 1))?;
+            if v.trim().is_empty() {
+                return Err(format!("template parameter {} is empty ({})", i + 1, t.body[i]));
+            }
+            body.push(v);
+        }
+        let button_url_suffix = match &t.button_url_suffix {
+            Some(_) => Some(self.render(&format!("{rule}#{tag}.button"), ctx).map_err(|e| format!("button URL: {e}"))?),
+            None => None,
+        };
+        Ok(MessageContent::Template(TemplateMessage {
+            name: t.name.clone(),
+            language: t.language.clone(),
+            body,
+            button_url_suffix,
+        }))
+    }
+}
+
+fn add_template_spec(
+    add: &mut impl FnMut(String, &str) -> Result<(), String>,
+    rule: &str,
+    tag: &str,
+    t: &TemplateSpec,
+) -> Result<(), String> {
+    for (i, b) in t.body.iter().enumerate() {
+        add(format!("{rule}#{tag}.body.{i}"), b)?;
+    }
+    if let Some(s) = &t.button_url_suffix {
+        add(format!("{rule}#{tag}.button"), s)?;
+    }
+    Ok(())
+}
+
+/// The template context of a record: each field by name, and all of them under `row`.
+pub fn context(record: &Record) -> Value {
+    let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+    for (k, v) in &record.fields {
+        let value = match v {
+            CellValue::Empty => Value::from(""),
+            CellValue::Text(s) => Value::from(s.trim()),
+            CellValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => Value::from(*n as i64),
+            CellValue::Number(n) => Value::from(*n),
+            CellValue::Bool(b) => Value::from(*b),
+        };
+        fields.insert(k.clone(), value);
+    }
+    let row = Value::from(fields.clone());
+    fields.insert("row".to_string(), row);
+    Value::from(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::FieldChange;
+
+    fn record(fields: &[(&str, &str)]) -> Record {
+        Record {
+            key: RecordKey("7".into()),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), CellValue::Text(v.to_string()))).collect(),
+        }
+    }
+
+    fn rule(trigger: Trigger, filter: Option<&str>, send: SendSpec) -> RuleConfig {
+        RuleConfig {
+            id: "r".into(),
+            source: "s".into(),
+            trigger,
+            filter: filter.map(String::from),
+            provider: "meta".into(),
+            send,
+        }
+    }
+
+    fn tmpl(body: &[&str], button: Option<&str>) -> SendSpec {
+        SendSpec::Template(TemplateSpec {
+            name: "confirmacion".into(),
+            language: "es".into(),
+            body: body.iter().map(|s| s.to_string()).collect(),
+            button_url_suffix: button.map(String::from),
+        })
+    }
+
+    fn ok_phone() -> Result<PhoneNumber, PhoneError> {
+        Ok(PhoneNumber::from_e164_unchecked("+56912345678"))
+    }
+
+    fn eval(rules: &[RuleConfig], change: &Change, rec: &Record, consent: Option<bool>) -> Outcome {
+        let set = RuleSet::compile(rules).unwrap();
+        let phone = ok_phone();
+        set.evaluate(
+            "s",
+            change,
+            rec,
+            &RecordFacts { phone: &phone, consent, gate_columns: &["Consentimiento", "Teléfono"] },
+        )
+    }
+
+    #[test]
+    fn row_added_renders_parameters_and_key() {
+        let rec = record(&[("Nombre", "Ana"), ("Curso", "Soldadura"), ("ID", "A 7")]);
+        let out = eval(
+            &[rule(
+                Trigger::RowAdded,
+                None,
+                tmpl(&["{{ Nombre }}", "{{ row['Curso'] }}"], Some("{{ ID | urlencode }}")),
+            )],
+            &Change::Added(rec.key.clone()),
+            &rec,
+            Some(true),
+        );
+        assert_eq!(out.blocked, vec![]);
+        let i = &out.intents[0];
+        assert_eq!(i.idempotency_key, "r:7:added");
+        match &i.content {
+            MessageContent::Template(t) => {
+                assert_eq!(t.body, vec!["Ana", "Soldadura"]);
+                assert_eq!(t.button_url_suffix.as_deref(), Some("A%207"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn changed_to_value_fires_only_for_that_value() {
+        let r = rule(
+            Trigger::Changed { field: "Estado".into(), to: Some("Egresado".into()) },
+            None,
+            tmpl(&["{{ Nombre }}"], None),
+        );
+        let rec = record(&[("Nombre", "Ana"), ("Estado", "egresado ")]);
+        let ch = |new: &str| Change::Changed {
+            key: rec.key.clone(),
+            fields: vec![FieldChange { field: "Estado".into(), old: "Activo".into(), new: new.into() }],
+        };
+        let out = eval(std::slice::from_ref(&r), &ch("egresado "), &rec, None);
+        assert_eq!(out.intents.len(), 1);
+        assert_eq!(out.intents[0].idempotency_key, "r:7:Estado=egresado");
+        assert!(eval(std::slice::from_ref(&r), &ch("Activo"), &rec, None).intents.is_empty());
+        assert!(eval(&[r], &Change::Added(rec.key.clone()), &rec, None).intents.is_empty());
+    }
+
+    #[test]
+    fn filter_consent_and_phone_gates() {
+        let rec = record(&[("Nombre", "Ana"), ("Curso", "Gasfitería")]);
+        let added = Change::Added(rec.key.clone());
+        let filtered = rule(Trigger::RowAdded, Some("Curso == 'Soldadura'"), tmpl(&["{{ Nombre }}"], None));
+        assert_eq!(eval(&[filtered], &added, &rec, Some(true)), Outcome::default());
+        let plain = rule(Trigger::RowAdded, None, tmpl(&["{{ Nombre }}"], None));
+        let out = eval(std::slice::from_ref(&plain), &added, &rec, Some(false));
+        assert_eq!(out.blocked[0].reason, "not sent: no consent");
+        let set = RuleSet::compile(&[plain]).unwrap();
+        let bad: Result<PhoneNumber, PhoneError> = Err(PhoneError::Unparseable("abc".into()));
+        let out = set.evaluate("s", &added, &rec, &RecordFacts { phone: &bad, consent: None, gate_columns: &[] });
+        assert_eq!(out.blocked[0].reason, "not sent: 'abc' is not a phone number");
+    }
+
+    #[test]
+    fn consent_given_later_unblocks_the_welcome() {
+        let rec = record(&[("Nombre", "Ana"), ("Consentimiento", "Sí")]);
+        let ch = Change::Changed {
+            key: rec.key.clone(),
+            fields: vec![FieldChange { field: "Consentimiento".into(), old: "".into(), new: "Sí".into() }],
+        };
+        let out = eval(&[rule(Trigger::RowAdded, None, tmpl(&["{{ Nombre }}"], None))], &ch, &rec, Some(true));
+        assert_eq!(out.intents[0].idempotency_key, "r:7:added");
+    }
+
+    #[test]
+    fn misspelt_field_blocks_with_reason_instead_of_sending_blank() {
+        let rec = record(&[("Nombre", "Ana")]);
+        let out = eval(
+            &[rule(Trigger::RowAdded, None, tmpl(&["{{ Nombres }}"], None))],
+            &Change::Added(rec.key.clone()),
+            &rec,
+            None,
+        );
+        assert!(out.intents.is_empty());
+        assert!(out.blocked[0].reason.contains("template parameter 1"), "{}", out.blocked[0].reason);
+        let rec = record(&[("Nombre", "")]);
+        let out = eval(
+            &[rule(Trigger::RowAdded, None, tmpl(&["{{ Nombre }}"], None))],
+            &Change::Added(rec.key.clone()),
+            &rec,
+            None,
+        );
+        assert!(out.blocked[0].reason.contains("is empty"));
+    }
+
+    #[test]
+    fn text_with_fallback() {
+        let send = SendSpec::Text {
+            body: "Hola {{ Nombre }}".into(),
+            fallback: Some(TemplateSpec {
+                name: "hola".into(),
+                language: "es".into(),
+                body: vec!["{{ Nombre }}".into()],
+                button_url_suffix: None,
+            }),
+        };
+        let rec = record(&[("Nombre", "Ana")]);
+        let out = eval(&[rule(Trigger::RowAdded, None, send)], &Change::Added(rec.key.clone()), &rec, None);
+        assert_eq!(out.intents[0].content, MessageContent::Text { body: "Hola Ana".into() });
+        assert!(matches!(&out.intents[0].fallback, Some(MessageContent::Template(t)) if t.body == vec!["Ana"]));
+    }
+
+    #[test]
+    fn bad_expressions_are_reported() {
+        assert!(check_expression("Curso ==").is_err());
+        assert!(check_template("{{ Nombre ").is_err());
+        assert!(check_expression("Curso == 'x' and Estado != ''").is_ok());
+    }
+}

@@ -1,0 +1,585 @@
+//! Emulator of the Meta WhatsApp Cloud API: the send endpoint with body validation, a template
+//! registry, the 24-hour window, throughput and pair-rate limits, `wa_id`s that differ from the
+//! number sent to (Brazilian mobiles lose their ninth digit), signed status webhooks
+//! (sent → delivered → read, or failed) retried until answered 200, duplicated or reordered on
+//! request, and simulated people who read and reply.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::debug;
+
+use super::SandboxState;
+use crate::providers::meta_cloud::webhook::sign;
+
+/// Settings of the Meta emulator (also changeable through the admin API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetaSettings {
+    pub phone_number_id: String,
+    pub access_token: String,
+    pub app_secret: String,
+    /// Where status and message webhooks are POSTed (the daemon's `/webhooks/<id>`).
+    pub webhook_url: Option<String>,
+    /// Throughput ceiling of the number (messages per second).
+    pub messages_per_second: f64,
+    /// At most this many messages to one person within `pair_window_ms`.
+    pub pair_burst: u32,
+    pub pair_window_ms: u64,
+    /// Delay before the `sent` webhook; `delivered` and `read` follow.
+    pub status_delay_ms: u64,
+    /// Send status webhooks at all (off for pure throughput runs).
+    pub statuses: bool,
+    /// Deliver every webhook twice.
+    pub duplicate_webhooks: bool,
+    /// Deliver `read` before `delivered`.
+    pub reorder_webhooks: bool,
+    /// Free text outside the window: `async` (accept, then a failed webhook, as Meta mostly
+    /// does) or `sync` (400 with 131047).
+    pub window_error: String,
+    /// How many times an unanswered webhook is retried.
+    pub webhook_retries: u32,
+}
+
+impl Default for MetaSettings {
+    fn default() -> Self {
+        Self {
+            phone_number_id: "1234567890".into(),
+            access_token: "sandbox-token".into(),
+            app_secret: "sandbox-app-secret".into(),
+            webhook_url: None,
+            messages_per_second: 80.0,
+            pair_burst: 6,
+            pair_window_ms: 6000,
+            status_delay_ms: 50,
+            statuses: true,
+            duplicate_webhooks: false,
+            reorder_webhooks: false,
+            window_error: "async".into(),
+            webhook_retries: 8,
+        }
+    }
+}
+
+/// An approved template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateDef {
+    pub name: String,
+    pub language: String,
+    pub body_params: usize,
+    #[serde(default)]
+    pub url_button: bool,
+}
+
+/// A simulated WhatsApp user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimUser {
+    /// Digits, as WhatsApp ids are written.
+    pub wa_id: String,
+    pub name: String,
+    pub on_whatsapp: bool,
+    pub reads: bool,
+    pub read_after_ms: u64,
+    /// Replies this text to the first message it reads.
+    pub reply: Option<String>,
+    pub reply_after_ms: u64,
+}
+
+impl Default for SimUser {
+    fn default() -> Self {
+        Self {
+            wa_id: String::new(),
+            name: "Participante".into(),
+            on_whatsapp: true,
+            reads: true,
+            read_after_ms: 300,
+            reply: None,
+            reply_after_ms: 600,
+        }
+    }
+}
+
+/// A fault for upcoming sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaFault {
+    pub code: i64,
+    #[serde(default = "default_fault_status")]
+    pub http_status: u16,
+    #[serde(default = "one")]
+    pub count: u32,
+    /// `sync` (error answer) or `async` (accept, then a failed webhook).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Only for sends to this number (digits); any when absent.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+fn default_fault_status() -> u16 {
+    400
+}
+fn one() -> u32 {
+    1
+}
+
+/// A message the emulator accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentMessage {
+    pub wamid: String,
+    pub to: String,
+    pub wa_id: String,
+    pub body: Value,
+    pub callback_data: Option<String>,
+    pub at_ms: i64,
+}
+
+pub struct MetaState {
+    inner: Mutex<Inner>,
+    http: reqwest::Client,
+}
+
+struct Inner {
+    settings: MetaSettings,
+    templates: HashMap<(String, String), TemplateDef>,
+    users: HashMap<String, SimUser>,
+    windows: HashMap<String, Instant>,
+    sent: Vec<SentMessage>,
+    bucket: (f64, Instant),
+    pair: HashMap<String, VecDeque<Instant>>,
+    faults: VecDeque<MetaFault>,
+    replied: std::collections::HashSet<String>,
+    throttled: u64,
+    deliveries: u64,
+    delivery_failures: u64,
+}
+
+impl MetaState {
+    pub fn new(settings: MetaSettings) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                settings,
+                templates: HashMap::new(),
+                users: HashMap::new(),
+                windows: HashMap::new(),
+                sent: Vec::new(),
+                bucket: (0.0, Instant::now()),
+                pair: HashMap::new(),
+                faults: VecDeque::new(),
+                replied: Default::default(),
+                throttled: 0,
+                deliveries: 0,
+                delivery_failures: 0,
+            }),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn settings(&self) -> MetaSettings {
+        self.lock().settings.clone()
+    }
+
+    pub fn update_settings(&self, f: impl FnOnce(&mut MetaSettings)) {
+        f(&mut self.lock().settings)
+    }
+
+    pub fn add_template(&self, t: TemplateDef) {
+        self.lock().templates.insert((t.name.clone(), t.language.clone()), t);
+    }
+
+    pub fn add_user(&self, u: SimUser) {
+        self.lock().users.insert(u.wa_id.clone(), u);
+    }
+
+    pub fn inject(&self, f: MetaFault) {
+        self.lock().faults.push_back(f);
+    }
+
+    pub fn sent(&self) -> Vec<SentMessage> {
+        self.lock().sent.clone()
+    }
+
+    /// Sends answered with 130429 (the number's throughput exceeded).
+    pub fn throttled(&self) -> u64 {
+        self.lock().throttled
+    }
+
+    /// Webhook POSTs made, and how many were not answered 200.
+    pub fn delivery_stats(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.deliveries, g.delivery_failures)
+    }
+
+    /// A simulated person writes to the business (opens their 24-hour window).
+    pub fn user_says(self: &std::sync::Arc<Self>, wa_id: &str, text: &str, context: Option<&str>) -> String {
+        let id = new_wamid();
+        let name = self.lock().users.get(wa_id).map(|u| u.name.clone()).unwrap_or_else(|| "Participante".into());
+        let mut msg = json!({ "from": wa_id, "id": id, "timestamp": unix().to_string(), "type": "text", "text": { "body": text } });
+        if let Some(c) = context {
+            msg["context"] = json!({ "from": self.settings().phone_number_id, "id": c });
+        }
+        self.lock().windows.insert(wa_id.to_string(), Instant::now());
+        let body = self
+            .envelope(json!({ "contacts": [ { "profile": { "name": name }, "wa_id": wa_id } ], "messages": [msg] }));
+        self.deliver(body, Duration::ZERO);
+        id
+    }
+
+    /// A simulated person taps a template quick-reply button.
+    pub fn user_taps(self: &std::sync::Arc<Self>, wa_id: &str, payload: &str, text: &str, context: &str) -> String {
+        let id = new_wamid();
+        let msg = json!({ "context": { "from": self.settings().phone_number_id, "id": context }, "from": wa_id, "id": id,
+            "timestamp": unix().to_string(), "type": "button", "button": { "payload": payload, "text": text } });
+        self.lock().windows.insert(wa_id.to_string(), Instant::now());
+        let body = self.envelope(
+            json!({ "contacts": [ { "profile": { "name": "Participante" }, "wa_id": wa_id } ], "messages": [msg] }),
+        );
+        self.deliver(body, Duration::ZERO);
+        id
+    }
+
+    fn envelope(&self, value_extra: Value) -> Value {
+        let s = self.settings();
+        let mut value = json!({ "messaging_product": "whatsapp", "metadata": { "display_phone_number": "15550000000", "phone_number_id": s.phone_number_id } });
+        if let (Some(v), Some(extra)) = (value.as_object_mut(), value_extra.as_object()) {
+            for (k, x) in extra {
+                v.insert(k.clone(), x.clone());
+            }
+        }
+        json!({ "object": "whatsapp_business_account", "entry": [ { "id": "102290129340398", "changes": [ { "value": value, "field": "messages" } ] } ] })
+    }
+
+    fn status_body(&self, m: &SentMessage, status: &str, error: Option<(i64, &str, &str)>) -> Value {
+        let mut st =
+            json!({ "id": m.wamid, "status": status, "timestamp": unix().to_string(), "recipient_id": m.wa_id });
+        if let Some(c) = &m.callback_data {
+            st["biz_opaque_callback_data"] = json!(c);
+        }
+        match error {
+            Some((code, title, details)) => {
+                st["errors"] = json!([ { "code": code, "title": title, "message": title, "error_data": { "details": details },
+                    "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/" } ]);
+            }
+            None => {
+                st["pricing"] =
+                    json!({ "billable": true, "pricing_model": "PMP", "type": "regular", "category": "utility" });
+            }
+        }
+        self.envelope(json!({ "statuses": [st] }))
+    }
+
+    /// POSTs a signed webhook after `delay`, retrying with backoff until answered 200.
+    fn deliver(self: &std::sync::Arc<Self>, body: Value, delay: Duration) {
+        let this = std::sync::Arc::clone(self);
+        let copies = if this.settings().duplicate_webhooks { 2 } else { 1 };
+        for copy in 0..copies {
+            let this = std::sync::Arc::clone(&this);
+            let body = body.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay + Duration::from_millis(copy * 30)).await;
+                let s = this.settings();
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                let signature = sign(&s.app_secret, &bytes);
+                let mut backoff = Duration::from_millis(200);
+                for _ in 0..=s.webhook_retries {
+                    // The callback URL as configured now (it may change while retrying).
+                    let Some(url) = this.settings().webhook_url else { return };
+                    let r = this
+                        .http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-hub-signature-256", &signature)
+                        .body(bytes.clone())
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    let ok = matches!(&r, Ok(resp) if resp.status() == StatusCode::OK);
+                    {
+                        let mut g = this.lock();
+                        g.deliveries += 1;
+                        if !ok {
+                            g.delivery_failures += 1;
+                        }
+                    }
+                    if ok {
+                        return;
+                    }
+                    debug!("webhook not acknowledged, retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            });
+        }
+    }
+
+    /// After an accepted send: the status webhooks and what the simulated person does.
+    fn after_send(self: &std::sync::Arc<Self>, m: &SentMessage, failure: Option<(i64, &str, &str)>) {
+        let s = self.settings();
+        if !s.statuses {
+            return;
+        }
+        let base = Duration::from_millis(s.status_delay_ms);
+        if let Some(err) = failure {
+            self.deliver(self.status_body(m, "failed", Some(err)), base);
+            return;
+        }
+        let user = self.lock().users.get(&m.wa_id).cloned().unwrap_or_else(|| SimUser {
+            wa_id: m.wa_id.clone(),
+            reads: false,
+            ..Default::default()
+        });
+        self.deliver(self.status_body(m, "sent", None), base);
+        let (delivered_at, read_at) = (base * 3, base * 3 + Duration::from_millis(user.read_after_ms));
+        if s.reorder_webhooks && user.reads {
+            self.deliver(self.status_body(m, "read", None), base * 2);
+            self.deliver(self.status_body(m, "delivered", None), read_at + base);
+        } else {
+            self.deliver(self.status_body(m, "delivered", None), delivered_at);
+            if user.reads {
+                self.deliver(self.status_body(m, "read", None), read_at);
+            }
+        }
+        if let Some(text) = user.reply {
+            let first = self.lock().replied.insert(m.wa_id.clone());
+            if first {
+                let this = std::sync::Arc::clone(self);
+                let (wa, ctx) = (m.wa_id.clone(), m.wamid.clone());
+                let at = read_at + Duration::from_millis(user.reply_after_ms);
+                tokio::spawn(async move {
+                    tokio::time::sleep(at).await;
+                    this.user_says(&wa, &text, Some(&ctx));
+                });
+            }
+        }
+    }
+}
+
+fn unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn new_wamid() -> String {
+    use base64::Engine;
+    format!("wamid.{}", base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 27]>()))
+}
+
+/// The id WhatsApp uses for a number: Brazilian mobiles registered before the ninth digit keep
+/// their old 12-digit id, so `+55 11 9xxxx-xxxx` answers as `55 11 xxxx-xxxx`.
+pub fn wa_id_for(digits: &str) -> String {
+    if digits.len() == 13 && digits.starts_with("55") && digits.as_bytes()[4] == b'9' {
+        return format!("{}{}", &digits[..4], &digits[5..]);
+    }
+    digits.to_string()
+}
+
+pub fn meta_error(status: u16, code: i64, message: &str, details: &str) -> Response {
+    let st = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        st,
+        Json(json!({ "error": { "message": format!("(#{code}) {message}"), "type": "OAuthException", "code": code,
+            "error_data": { "messaging_product": "whatsapp", "details": details }, "fbtrace_id": format!("A{}", hex::encode(rand::random::<[u8; 8]>())) } })),
+    )
+        .into_response()
+}
+
+/// `POST /{version}/{phone_number_id}/messages`
+pub async fn send(
+    State(st): State<SandboxState>,
+    Path((version, phone_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let meta = st.meta.clone();
+    let s = meta.settings();
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token != s.access_token {
+        return meta_error(401, 190, "Invalid OAuth access token - Cannot parse access token", "");
+    }
+    let version_ok = version
+        .strip_prefix('v')
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+    if !version_ok {
+        return meta_error(400, 2500, "Unknown path components", &format!("/{version}/{phone_id}/messages"));
+    }
+    if phone_id != s.phone_number_id {
+        return meta_error(400, 100, "Unsupported post request. Object does not exist, cannot be loaded due to missing permissions, or does not support this operation", "");
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return meta_error(400, 100, "Invalid parameter", "Request body is not valid JSON");
+    };
+    if req["messaging_product"] != "whatsapp" {
+        return meta_error(
+            400,
+            100,
+            "Invalid parameter",
+            "The parameter messaging_product is required and must be whatsapp",
+        );
+    }
+    let to_raw = req["to"].as_str().unwrap_or("");
+    let to: String = to_raw.trim_start_matches('+').to_string();
+    if to.len() < 8 || !to.chars().all(|c| c.is_ascii_digit()) {
+        return meta_error(400, 100, "Invalid parameter", "Invalid 'to' parameter");
+    }
+    let kind = req["type"].as_str().unwrap_or("text");
+    let wa_id = wa_id_for(&to);
+    let callback = req["biz_opaque_callback_data"].as_str().map(String::from);
+    if callback.as_ref().is_some_and(|c| c.len() > 512) {
+        return meta_error(400, 100, "Invalid parameter", "biz_opaque_callback_data is longer than 512 characters");
+    }
+
+    let mut async_failure: Option<(i64, &'static str, &'static str)> = None;
+    {
+        let mut g = meta.lock();
+        // Injected faults first.
+        if let Some(pos) = g.faults.iter().position(|f| f.to.as_deref().is_none_or(|t| t == to)) {
+            let f = g.faults[pos].clone();
+            g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
+            if g.faults[pos].count == 0 {
+                g.faults.remove(pos);
+            }
+            if f.mode.as_deref() == Some("async") {
+                async_failure = Some((f.code, "Injected failure", "Injected by the sandbox"));
+            } else {
+                drop(g);
+                return meta_error(f.http_status, f.code, "Injected error", "Injected by the sandbox");
+            }
+        }
+        // Throughput: a token bucket holding a tenth of a second of messages.
+        {
+            let rate = g.settings.messages_per_second.max(0.1);
+            let cap = (rate / 10.0).max(1.0);
+            let (tokens, last) = g.bucket;
+            let now = Instant::now();
+            let refilled = (tokens + now.duration_since(last).as_secs_f64() * rate).min(cap);
+            if refilled < 1.0 {
+                g.bucket = (refilled, now);
+                g.throttled += 1;
+                drop(g);
+                return meta_error(400, 130429, "Rate limit hit", "Message failed to send because there were too many messages sent from this phone number in a short period of time");
+            }
+            g.bucket = (refilled - 1.0, now);
+        }
+        // Pair rate.
+        let (burst, window) = (g.settings.pair_burst, Duration::from_millis(g.settings.pair_window_ms));
+        let q = g.pair.entry(wa_id.clone()).or_default();
+        while q.front().is_some_and(|t| t.elapsed() > window) {
+            q.pop_front();
+        }
+        if q.len() as u32 >= burst {
+            drop(g);
+            return meta_error(400, 131056, "(Business Account, Consumer Account) pair rate limit hit", "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time");
+        }
+        q.push_back(Instant::now());
+        // Shape and templates.
+        match kind {
+            "text" => {
+                let b = req["text"]["body"].as_str().unwrap_or("");
+                if b.is_empty() || b.chars().count() > 4096 {
+                    drop(g);
+                    return meta_error(
+                        400,
+                        100,
+                        "Invalid parameter",
+                        "text.body is required and at most 4096 characters",
+                    );
+                }
+            }
+            "template" => {
+                let name = req["template"]["name"].as_str().unwrap_or("");
+                let lang = req["template"]["language"]["code"].as_str().unwrap_or("");
+                let Some(t) = g.templates.get(&(name.to_string(), lang.to_string())).cloned() else {
+                    drop(g);
+                    return meta_error(
+                        404,
+                        132001,
+                        "Template name does not exist in the translation",
+                        &format!("template name ({name}) does not exist in {lang}"),
+                    );
+                };
+                let comps = req["template"]["components"].as_array().cloned().unwrap_or_default();
+                let body_params = comps
+                    .iter()
+                    .find(|c| c["type"] == "body")
+                    .and_then(|c| c["parameters"].as_array())
+                    .map(Vec::len)
+                    .unwrap_or(0);
+                let has_button = comps.iter().any(|c| c["type"] == "button" && c["sub_type"] == "url");
+                if body_params != t.body_params || has_button != t.url_button {
+                    drop(g);
+                    return meta_error(
+                        400,
+                        132000,
+                        "Number of parameters does not match the expected number of params",
+                        &format!("body: expected {} parameters, got {body_params}", t.body_params),
+                    );
+                }
+                let empty_param = comps
+                    .iter()
+                    .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
+                    .any(|p| p["type"] == "text" && p["text"].as_str().is_none_or(|s| s.trim().is_empty()));
+                if empty_param {
+                    drop(g);
+                    return meta_error(400, 131008, "Required parameter is missing", "Parameter text is empty");
+                }
+            }
+            "interactive" => {}
+            other => {
+                drop(g);
+                return meta_error(400, 131051, "Unsupported message type", &format!("type {other} is not supported"));
+            }
+        }
+        let user = g.users.get(&wa_id).cloned();
+        if user.as_ref().is_some_and(|u| !u.on_whatsapp) {
+            async_failure = Some((131026, "Message undeliverable", "Unable to deliver message. Reasons can include: the recipient phone number is not a WhatsApp phone number."));
+        }
+        if kind != "template" {
+            let open = g.windows.get(&wa_id).is_some_and(|t| t.elapsed() < Duration::from_secs(24 * 3600));
+            if !open {
+                if g.settings.window_error == "sync" {
+                    drop(g);
+                    return meta_error(400, 131047, "Re-engagement message", "Message failed to send because more than 24 hours have passed since the customer last replied to this number.");
+                }
+                async_failure = Some((131047, "Re-engagement message", "Message failed to send because more than 24 hours have passed since the customer last replied to this number."));
+            }
+        }
+    }
+    let m = SentMessage {
+        wamid: new_wamid(),
+        to: to.clone(),
+        wa_id: wa_id.clone(),
+        body: req.clone(),
+        callback_data: callback,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    meta.lock().sent.push(m.clone());
+    meta.after_send(&m, async_failure);
+    Json(json!({ "messaging_product": "whatsapp", "contacts": [ { "input": to_raw, "wa_id": wa_id } ], "messages": [ { "id": m.wamid, "message_status": "accepted" } ] })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brazilian_mobiles_lose_the_ninth_digit() {
+        assert_eq!(wa_id_for("5511987654321"), "551187654321");
+        assert_eq!(wa_id_for("56912345678"), "56912345678");
+        assert_eq!(wa_id_for("551133334444"), "551133334444");
+    }
+}

@@ -1,0 +1,342 @@
+//! The sandbox: emulators of Google (OAuth, Sheets, Drive) and Meta's WhatsApp Cloud API over
+//! real HTTP on loopback, plus an admin API to seed sheets, edit cells as a person would, read
+//! what was sent, make simulated people reply and inject faults.
+//!
+//! It serves `recado sandbox`, `recado demo` and the integration tests; the daemon talks to it
+//! through the same clients it uses in production (only base URLs differ). Paths:
+//! `/google/token`, `/google/sheets/v4/…`, `/google/drive/v3/…`, `/meta/{version}/…`, `/admin/…`.
+
+pub mod google;
+pub mod keys;
+pub mod meta;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+pub use google::{GoogleFault, GoogleState};
+pub use meta::{MetaFault, MetaSettings, MetaState, SimUser, TemplateDef};
+
+pub struct SandboxInner {
+    pub google: GoogleState,
+    pub meta: Arc<MetaState>,
+    base_url: OnceLock<String>,
+}
+
+impl SandboxInner {
+    pub fn base_url(&self) -> String {
+        self.base_url.get().cloned().unwrap_or_default()
+    }
+}
+
+pub type SandboxState = Arc<SandboxInner>;
+
+/// A running sandbox.
+pub struct Sandbox {
+    state: SandboxState,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Binds `listen` (port 0 for any) and serves until [`Sandbox::stop`].
+    pub async fn start(listen: SocketAddr, settings: MetaSettings) -> anyhow::Result<Sandbox> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(SandboxInner {
+            google: GoogleState::new(),
+            meta: Arc::new(MetaState::new(settings)),
+            base_url: OnceLock::new(),
+        });
+        let _ = state.base_url.set(format!("http://{addr}"));
+        let (stop, mut stopped) = watch::channel(false);
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        Ok(Sandbox { state, addr, stop, task })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        self.state.base_url()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn google(&self) -> &GoogleState {
+        &self.state.google
+    }
+
+    pub fn meta(&self) -> &Arc<MetaState> {
+        &self.state.meta
+    }
+
+    /// Base URL for `sheets_base_url` in a source.
+    pub fn sheets_base_url(&self) -> String {
+        format!("{}/google/sheets/", self.base_url())
+    }
+
+    /// Base URL for `drive_base_url` in a source.
+    pub fn drive_base_url(&self) -> String {
+        format!("{}/google/", self.base_url())
+    }
+
+    /// Base URL for a `meta_cloud` provider.
+    pub fn meta_base_url(&self) -> String {
+        format!("{}/meta", self.base_url())
+    }
+
+    /// A service-account key JSON whose token_uri is this sandbox.
+    pub fn service_account_key(&self, client_email: &str) -> String {
+        self.state.google.create_service_account(&self.base_url(), client_email)
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn router(state: SandboxState) -> Router {
+    Router::new()
+        .route("/google/token", post(google::token))
+        .route("/google/drive/v3/files/{id}", get(google::drive_get))
+        .route("/google/sheets/v4/spreadsheets/{id}", get(google::spreadsheets_get))
+        .route("/google/sheets/v4/spreadsheets/{id}/values:batchGet", get(google::values_batch_get))
+        .route("/google/sheets/v4/spreadsheets/{id}/values:batchUpdate", post(google::values_batch_update))
+        .route(
+            "/google/sheets/v4/spreadsheets/{id}/values/{range}",
+            get(google::values_range).put(google::values_range).post(google::values_range),
+        )
+        .route("/meta/{version}/{phone_id}/messages", post(meta::send))
+        .route("/admin", get(admin_index))
+        .route("/admin/google/service-accounts", post(admin_service_account))
+        .route("/admin/google/spreadsheets/{id}", axum::routing::put(admin_seed))
+        .route("/admin/google/spreadsheets/{id}/tabs/{tab}", get(admin_tab))
+        .route("/admin/google/spreadsheets/{id}/tabs/{tab}/rows", post(admin_insert_row))
+        .route("/admin/google/spreadsheets/{id}/tabs/{tab}/rows/{n}", axum::routing::delete(admin_delete_row))
+        .route("/admin/google/spreadsheets/{id}/tabs/{tab}/edit", post(admin_edit))
+        .route("/admin/google/spreadsheets/{id}/tabs/{tab}/sort", post(admin_sort))
+        .route("/admin/google/faults", post(admin_google_fault))
+        .route("/admin/google/requests", get(admin_google_requests))
+        .route("/admin/meta/settings", get(admin_meta_settings).put(admin_meta_settings_put))
+        .route("/admin/meta/templates", post(admin_meta_template))
+        .route("/admin/meta/users", post(admin_meta_user))
+        .route("/admin/meta/reply", post(admin_meta_reply))
+        .route("/admin/meta/faults", post(admin_meta_fault))
+        .route("/admin/meta/messages", get(admin_meta_messages))
+        .with_state(state)
+}
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": format!("{what} not found") }))).into_response()
+}
+
+fn ok() -> Response {
+    Json(json!({ "ok": true })).into_response()
+}
+
+async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
+    let b = st.base_url();
+    Json(json!({
+        "google_token_uri": format!("{b}/google/token"),
+        "sheets_base_url": format!("{b}/google/sheets/"),
+        "drive_base_url": format!("{b}/google/"),
+        "meta_base_url": format!("{b}/meta"),
+        "admin": [
+            "POST /admin/google/service-accounts {client_email}",
+            "PUT /admin/google/spreadsheets/{id} {time_zone, tabs:[{title, rows}]}",
+            "GET /admin/google/spreadsheets/{id}/tabs/{tab}",
+            "POST /admin/google/spreadsheets/{id}/tabs/{tab}/rows {values, at?}",
+            "DELETE /admin/google/spreadsheets/{id}/tabs/{tab}/rows/{n}",
+            "POST /admin/google/spreadsheets/{id}/tabs/{tab}/edit {key_column, key, column, value}",
+            "POST /admin/google/spreadsheets/{id}/tabs/{tab}/sort {column, descending?}",
+            "POST /admin/google/faults {status, count, scope?}",
+            "GET /admin/google/requests",
+            "GET|PUT /admin/meta/settings",
+            "POST /admin/meta/templates {name, language, body_params, url_button?}",
+            "POST /admin/meta/users {wa_id, name?, on_whatsapp?, reads?, read_after_ms?, reply?, reply_after_ms?}",
+            "POST /admin/meta/reply {from, text, context?}",
+            "POST /admin/meta/faults {code, http_status?, count?, mode?, to?}",
+            "GET /admin/meta/messages"
+        ]
+    }))
+}
+
+#[derive(Deserialize)]
+struct ServiceAccountIn {
+    client_email: String,
+}
+
+async fn admin_service_account(State(st): State<SandboxState>, Json(b): Json<ServiceAccountIn>) -> Response {
+    let key = st.google.create_service_account(&st.base_url(), &b.client_email);
+    (StatusCode::OK, [("content-type", "application/json")], key).into_response()
+}
+
+#[derive(Deserialize)]
+struct TabIn {
+    title: String,
+    #[serde(default)]
+    rows: Vec<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct SeedIn {
+    #[serde(default = "default_tz")]
+    time_zone: String,
+    tabs: Vec<TabIn>,
+}
+
+fn default_tz() -> String {
+    "America/Santiago".into()
+}
+
+async fn admin_seed(State(st): State<SandboxState>, Path(id): Path<String>, Json(b): Json<SeedIn>) -> Response {
+    st.google.seed(&id, &b.time_zone, b.tabs.into_iter().map(|t| (t.title, t.rows)).collect());
+    ok()
+}
+
+async fn admin_tab(State(st): State<SandboxState>, Path((id, tab)): Path<(String, String)>) -> Response {
+    let rows = st.google.rows(&id, &tab);
+    if rows.is_empty() {
+        return not_found("tab");
+    }
+    Json(json!({ "rows": rows })).into_response()
+}
+
+#[derive(Deserialize)]
+struct RowIn {
+    values: Vec<Value>,
+    #[serde(default)]
+    at: Option<usize>,
+}
+
+async fn admin_insert_row(
+    State(st): State<SandboxState>,
+    Path((id, tab)): Path<(String, String)>,
+    Json(b): Json<RowIn>,
+) -> Response {
+    if st.google.insert_row(&id, &tab, b.at, b.values) {
+        ok()
+    } else {
+        not_found("spreadsheet or tab")
+    }
+}
+
+async fn admin_delete_row(
+    State(st): State<SandboxState>,
+    Path((id, tab, n)): Path<(String, String, usize)>,
+) -> Response {
+    if st.google.delete_row(&id, &tab, n) {
+        ok()
+    } else {
+        not_found("row")
+    }
+}
+
+#[derive(Deserialize)]
+struct EditIn {
+    key_column: String,
+    key: String,
+    column: String,
+    value: Value,
+}
+
+async fn admin_edit(
+    State(st): State<SandboxState>,
+    Path((id, tab)): Path<(String, String)>,
+    Json(b): Json<EditIn>,
+) -> Response {
+    if st.google.edit_by_key(&id, &tab, &b.key_column, &b.key, &b.column, b.value) {
+        ok()
+    } else {
+        not_found("row or column")
+    }
+}
+
+#[derive(Deserialize)]
+struct SortIn {
+    column: String,
+    #[serde(default)]
+    descending: bool,
+}
+
+async fn admin_sort(
+    State(st): State<SandboxState>,
+    Path((id, tab)): Path<(String, String)>,
+    Json(b): Json<SortIn>,
+) -> Response {
+    if st.google.sort_by(&id, &tab, &b.column, b.descending) {
+        ok()
+    } else {
+        not_found("column")
+    }
+}
+
+async fn admin_google_fault(State(st): State<SandboxState>, Json(f): Json<GoogleFault>) -> Response {
+    st.google.inject(f);
+    ok()
+}
+
+async fn admin_google_requests(State(st): State<SandboxState>) -> Json<Value> {
+    Json(json!(st.google.counts()))
+}
+
+async fn admin_meta_settings(State(st): State<SandboxState>) -> Json<MetaSettings> {
+    Json(st.meta.settings())
+}
+
+async fn admin_meta_settings_put(State(st): State<SandboxState>, Json(s): Json<MetaSettings>) -> Response {
+    st.meta.update_settings(|cur| *cur = s);
+    ok()
+}
+
+async fn admin_meta_template(State(st): State<SandboxState>, Json(t): Json<TemplateDef>) -> Response {
+    st.meta.add_template(t);
+    ok()
+}
+
+async fn admin_meta_user(State(st): State<SandboxState>, Json(u): Json<SimUser>) -> Response {
+    st.meta.add_user(u);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct ReplyIn {
+    from: String,
+    text: String,
+    #[serde(default)]
+    context: Option<String>,
+}
+
+async fn admin_meta_reply(State(st): State<SandboxState>, Json(r): Json<ReplyIn>) -> Response {
+    let id = st.meta.user_says(r.from.trim_start_matches('+'), &r.text, r.context.as_deref());
+    Json(json!({ "id": id })).into_response()
+}
+
+async fn admin_meta_fault(State(st): State<SandboxState>, Json(f): Json<MetaFault>) -> Response {
+    st.meta.inject(f);
+    ok()
+}
+
+async fn admin_meta_messages(State(st): State<SandboxState>) -> Json<Value> {
+    Json(json!(st.meta.sent()))
+}

@@ -1,0 +1,106 @@
+//! Configuration files: the examples validate; a bad file reports every error with its path.
+
+use recado::config::Config;
+
+#[test]
+fn the_demo_configuration_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.json");
+    let sandbox_key = recado::sandbox::GoogleState::new().create_service_account("http://127.0.0.1:1", "a@b.c");
+    std::fs::write(&key, sandbox_key).unwrap();
+    let yaml = recado::demo::demo_config_yaml("http://127.0.0.1:1", &key.display().to_string(), "/tmp/x.db");
+    let c = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.rules.len(), 2);
+}
+
+#[test]
+fn the_production_example_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.json");
+    std::fs::write(
+        &key,
+        recado::sandbox::GoogleState::new().create_service_account("https://oauth2.googleapis.com", "a@b.c"),
+    )
+    .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sheets-meta.example.yaml")).unwrap();
+    let text = text.replace("/etc/recado/google-service-account.json", &key.display().to_string());
+    // SAFETY-free in edition 2021; these names are used by this test only.
+    std::env::set_var("RECADO_META_ACCESS_TOKEN", "t");
+    std::env::set_var("RECADO_META_APP_SECRET", "s");
+    std::env::set_var("RECADO_META_VERIFY_TOKEN", "v");
+    let c = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.providers[0].id(), "whatsapp");
+    assert_eq!(c.http.public_url.as_deref(), Some("https://recado.example.org"));
+}
+
+#[test]
+fn a_bad_file_yields_all_its_errors_with_their_paths() {
+    let yaml = r#"
+state: {}
+http:
+  listen: "not an address"
+providers:
+  - id: whatsapp
+    type: meta_cloud
+    phone_number_id: ""
+    access_token: t
+    app_secret_env: RECADO_TEST_SURELY_UNSET_VARIABLE
+    verify_token: v
+    api_version: "23"
+    messages_per_second: -5
+  - id: twilio
+    type: carrier_pigeon
+sources:
+  - id: s
+    type: google_sheets
+    spreadsheet_id: x
+    tab: T
+    key_column: ID
+    phone_column: Tel
+    default_region: Chile
+    poll_interval: soon
+    service_account_key: "{}"
+    colour: blue
+rules:
+  - id: r1
+    source: nowhere
+    when: row_added
+    provider: whatsapp
+    template: { name: t, language: es, body: ["{{ Nombre "] }
+  - id: r2
+    source: s
+    when: { changed: "" }
+    provider: nobody
+    text: hola
+  - id: r3
+    source: s
+    when: { date: Fecha }
+    provider: whatsapp
+    if: "Curso =="
+"#;
+    let errs = Config::from_yaml(yaml).unwrap_err();
+    let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "state.path",
+        "http.listen",
+        "providers[0].phone_number_id",
+        "providers[0].app_secret_env",
+        "providers[0].api_version",
+        "providers[0].messages_per_second",
+        "providers[1].type",
+        "sources[0]",
+        "rules[0].source",
+        "rules[0].template.body[0]",
+        "rules[1].when.changed",
+        "rules[1].provider",
+        "rules[2].when",
+        "rules[2].if",
+    ] {
+        assert!(paths.contains(&want), "missing an error at {want}; got:\n{errs}");
+    }
+    let text = errs.to_string();
+    assert!(text.contains("environment variable RECADO_TEST_SURELY_UNSET_VARIABLE is not set"), "{text}");
+    assert!(text.contains("unknown variant `carrier_pigeon`"), "{text}");
+    assert!(text.contains("unknown field `colour`"), "{text}");
+}

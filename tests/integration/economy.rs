@@ -1,0 +1,100 @@
+//! Google API economy and quota handling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use recado::config::SourceConfig;
+use recado::engine::flusher::Flusher;
+use recado::engine::EngineCtx;
+use recado::rules::RuleSet;
+use recado::sandbox::google::Kind;
+use recado::sandbox::GoogleFault;
+use recado::sources::google_sheets::{Budget, GoogleSheets};
+use recado::store::{self, CellWrite, Store, WriteTarget};
+use serde_json::json;
+
+use crate::harness::{row, settle, wait_for, Harness, SHEET, TAB};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_costs_one_request() {
+    let mut h = Harness::new((1..=50).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
+    h.start().await;
+    settle().await;
+    h.sandbox.google().reset_counts();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let counts = h.sandbox.google().counts();
+    let probes = counts.get(Kind::DriveGet.name()).copied().unwrap_or(0);
+    let total: u64 = counts.values().sum();
+    assert!(probes >= 5, "polls happened ({probes})");
+    assert_eq!(total, probes, "nothing but the version probe while the sheet is unchanged: {counts:?}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_429_delays_the_poll_and_loses_nothing() {
+    let mut h = Harness::new(vec![]).await;
+    h.user(80, true, None);
+    h.start().await;
+    h.sandbox.google().inject(GoogleFault { status: 429, count: 2, scope: Some("drive".into()) });
+    h.sandbox.google().inject(GoogleFault { status: 429, count: 1, scope: Some("read".into()) });
+    h.add_row(row(80, "Diego", "Sí", "Activo"));
+    h.wait_cell("80", "Estado WhatsApp", "read").await;
+    settle().await;
+    assert_eq!(h.sent_to(80).len(), 1);
+    h.stop().await;
+}
+
+/// 5,000 status updates queued → one key read and one write, every cell on its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
+    let n = 5000u32;
+    let h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
+    let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
+    let SourceConfig::GoogleSheets(g) = config.sources[0].clone();
+    let store = Store::open(&h.state_path()).await.unwrap();
+    let rules = Arc::new(RuleSet::compile(&config.rules).unwrap());
+    let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules);
+    let client =
+        GoogleSheets::connect(&g, recado::app::http_client().unwrap(), Arc::new(Budget::new(5000))).await.unwrap();
+
+    // Each record gets several updates; only the last one per cell may be written.
+    let mut tx = store.begin().await.unwrap();
+    for state in ["sent", "delivered", "read"] {
+        let writes: Vec<CellWrite> = (1..=n)
+            .map(|i| CellWrite {
+                source_id: g.id.clone(),
+                target: WriteTarget::Record(recado::domain::RecordKey(i.to_string())),
+                column: "Estado WhatsApp".into(),
+                value: format!("{state} {i}"),
+            })
+            .collect();
+        store::queue_writes(&mut tx, &writes).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // The sheet is sorted before the flush: rows are found by key, not by position.
+    assert!(h.sandbox.google().sort_by(SHEET, TAB, "Nombre", true));
+    h.sandbox.google().reset_counts();
+
+    let flusher = Flusher::new(vec![g], client, ctx);
+    let report = flusher.flush_once().await.unwrap();
+    assert_eq!(report.cells, n as usize);
+    let counts = h.sandbox.google().counts();
+    assert_eq!(counts.get(Kind::ValuesBatchGet.name()).copied(), Some(1), "{counts:?}");
+    assert_eq!(counts.get(Kind::ValuesBatchUpdate.name()).copied(), Some(1), "{counts:?}");
+    assert_eq!(counts.get(Kind::ValuesGet.name()).copied(), None);
+    for i in [1, 777, n] {
+        assert_eq!(
+            h.sandbox.google().cell_by_key(SHEET, TAB, "ID", &i.to_string(), "Estado WhatsApp").as_deref(),
+            Some(format!("read {i}").as_str())
+        );
+    }
+    let mut c = store.conn().await.unwrap();
+    assert_eq!(store::pending_write_count(&mut c).await.unwrap(), 0);
+    // Nothing left: the next flush costs nothing.
+    drop(c);
+    h.sandbox.google().reset_counts();
+    assert_eq!(flusher.flush_once().await.unwrap().cells, 0);
+    assert!(h.sandbox.google().counts().is_empty());
+    wait_for("nothing", Duration::from_millis(10), || async { true }).await;
+    let _ = json!(null);
+}

@@ -1,0 +1,256 @@
+//! Spawns the sandbox and the daemon (zero2prod style) and offers waiting helpers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use recado::app::{self, RunningApp};
+use recado::config::Config;
+use recado::sandbox::{MetaSettings, Sandbox, SimUser, TemplateDef};
+use recado::store::{self, OutboxMessage, Store};
+use serde_json::{json, Value};
+
+pub const SHEET: &str = "sheet-test";
+pub const TAB: &str = "Inscripciones";
+
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub dir: tempfile::TempDir,
+    pub app: Option<RunningApp>,
+    key_file: PathBuf,
+    /// Extra YAML for the source (indented under the source).
+    pub source_extra: String,
+    pub flush_interval: &'static str,
+}
+
+pub fn phone(n: u32) -> String {
+    format!("+56 9 8765 {n:04}")
+}
+
+pub fn wa_id(n: u32) -> String {
+    format!("5698765{n:04}")
+}
+
+pub fn row(id: u32, name: &str, consent: &str, estado: &str) -> Vec<Value> {
+    vec![
+        json!(id),
+        json!(name),
+        json!(phone(id)),
+        json!("Soldadura"),
+        json!("Luis Pérez"),
+        json!(consent),
+        json!(estado),
+    ]
+}
+
+pub fn header() -> Vec<Value> {
+    ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Consentimiento", "Estado"].iter().map(|h| json!(h)).collect()
+}
+
+impl Harness {
+    /// A sandbox with the two templates and a sheet holding `rows` (after the header).
+    pub async fn new(rows: Vec<Vec<Value>>) -> Self {
+        Self::with_settings(rows, MetaSettings { status_delay_ms: 30, ..Default::default() }).await
+    }
+
+    pub async fn with_settings(rows: Vec<Vec<Value>>, settings: MetaSettings) -> Self {
+        init_logs();
+        let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await.expect("sandbox starts");
+        sandbox.google().set_quota(10_000, 10_000);
+        sandbox.meta().add_template(TemplateDef {
+            name: "confirmacion_inscripcion".into(),
+            language: "es".into(),
+            body_params: 3,
+            url_button: false,
+        });
+        sandbox.meta().add_template(TemplateDef {
+            name: "encuesta_seguimiento".into(),
+            language: "es".into(),
+            body_params: 1,
+            url_button: true,
+        });
+        let mut all = vec![header()];
+        all.extend(rows);
+        sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("sa.json");
+        std::fs::write(&key_file, sandbox.service_account_key("recado-test@sandbox.iam.gserviceaccount.com"))
+            .expect("key written");
+        Self { sandbox, dir, app: None, key_file, source_extra: String::new(), flush_interval: "200ms" }
+    }
+
+    pub fn user(&self, n: u32, reads: bool, reply: Option<&str>) {
+        self.sandbox.meta().add_user(SimUser {
+            wa_id: wa_id(n),
+            name: format!("P{n}"),
+            reads,
+            read_after_ms: 60,
+            reply: reply.map(String::from),
+            reply_after_ms: 60,
+            ..Default::default()
+        });
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("recado.db")
+    }
+
+    pub fn yaml(&self) -> String {
+        let base = self.sandbox.base_url();
+        format!(
+            r#"
+state:
+  path: "{state}"
+http:
+  listen: "127.0.0.1:0"
+providers:
+  - id: whatsapp
+    type: meta_cloud
+    phone_number_id: "1234567890"
+    access_token: sandbox-token
+    app_secret: sandbox-app-secret
+    verify_token: sandbox-verify
+    base_url: "{base}/meta"
+    messages_per_second: 200
+    pair_interval: 100ms
+sources:
+  - id: inscripciones
+    type: google_sheets
+    spreadsheet_id: {SHEET}
+    tab: {TAB}
+    key_column: ID
+    phone_column: Teléfono
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: {flush}
+    requests_per_minute: 5000
+    service_account_key_file: "{key}"
+    sheets_base_url: "{base}/google/sheets/"
+    drive_base_url: "{base}/google/"
+    consent:
+      column: Consentimiento
+    write_back:
+      status: Estado WhatsApp
+      status_at: Fecha estado
+      error: Error WhatsApp
+      last_reply: Última respuesta
+      last_reply_at: Fecha respuesta
+{extra}
+rules:
+  - id: confirmacion
+    source: inscripciones
+    when: row_added
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{{{ Nombre }}}}", "{{{{ Curso }}}}", "{{{{ Mentor }}}}"]
+  - id: encuesta
+    source: inscripciones
+    when: {{ changed: Estado, to: Egresado }}
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{{{ Nombre }}}}"]
+      button_url_suffix: "viewform?entry.1={{{{ ID | urlencode }}}}"
+"#,
+            state = self.state_path().display(),
+            key = self.key_file.display(),
+            flush = self.flush_interval,
+            extra = self.source_extra,
+        )
+    }
+
+    /// Starts the daemon and points the sandbox's webhooks at it; waits for the first read.
+    pub async fn start(&mut self) {
+        let config = Config::from_yaml(&self.yaml()).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let app = app::start(config).await.expect("daemon starts");
+        let url = format!("http://{}/webhooks/whatsapp", app.webhook_addr());
+        self.sandbox.meta().update_settings(|s| s.webhook_url = Some(url));
+        self.app = Some(app);
+        let store = self.store();
+        wait_for("the first poll to be committed", Duration::from_secs(20), || {
+            let store = store.clone();
+            async move {
+                let mut c = store.conn().await.expect("conn");
+                store::source_state(&mut c, "inscripciones").await.expect("state").baseline_done
+            }
+        })
+        .await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        self.app.as_ref().expect("daemon running").ctx().store.clone()
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhooks/whatsapp", self.app.as_ref().expect("daemon running").webhook_addr())
+    }
+
+    pub async fn messages(&self) -> Vec<OutboxMessage> {
+        let mut c = self.store().conn().await.expect("conn");
+        store::all_messages(&mut c).await.expect("messages")
+    }
+
+    pub fn cell(&self, key: &str, column: &str) -> String {
+        self.sandbox.google().cell_by_key(SHEET, TAB, "ID", key, column).unwrap_or_default()
+    }
+
+    /// Messages the Meta emulator accepted for person `n`.
+    pub fn sent_to(&self, n: u32) -> Vec<recado::sandbox::meta::SentMessage> {
+        self.sandbox.meta().sent().into_iter().filter(|m| m.to == wa_id(n)).collect()
+    }
+
+    pub async fn wait_cell(&self, key: &str, column: &str, want: &str) {
+        let what = format!("row {key} column {column} to be '{want}'");
+        wait_for(&what, Duration::from_secs(20), || async { self.cell(key, column) == want }).await;
+    }
+
+    pub fn add_row(&self, values: Vec<Value>) {
+        assert!(self.sandbox.google().insert_row(SHEET, TAB, None, values));
+    }
+
+    pub fn edit(&self, key: &str, column: &str, value: Value) {
+        assert!(self.sandbox.google().edit_by_key(SHEET, TAB, "ID", key, column, value), "edit {key}.{column}");
+    }
+}
+
+/// Polls `cond` every 25 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// Lets a few poll and flush cycles pass (to show that nothing more happens).
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(900)).await;
+}
+
+/// Logs for debugging a test: `RECADO_LOG=debug cargo test -- --nocapture`.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RECADO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,10 @@
+//! The integration tests: the real daemon against the sandbox emulators over loopback HTTP,
+//! with a real SQLite file. One binary; modules by theme.
+
+mod harness;
+
+mod config_files;
+mod delivery;
+mod economy;
+mod rows;
+mod webhooks;
