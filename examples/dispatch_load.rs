@@ -80,9 +80,9 @@ rules:
     tx.commit().await?;
     let started = Instant::now();
     app.ctx().wake_dispatcher("p");
-    while sandbox.meta().sent().len() < n {
+    while sandbox.meta().sent_count() < n {
         if started.elapsed() > Duration::from_secs((n as f64 / rate * 3.0 + 30.0) as u64) {
-            anyhow::bail!("only {} of {n} sent", sandbox.meta().sent().len());
+            anyhow::bail!("only {} of {n} sent", sandbox.meta().sent_count());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -13,14 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::{now_ms, EngineCtx, Shutdown};
 use crate::config::ProviderConfig;
 use crate::domain::{MessageContent, MessageState};
-use crate::providers::{Provider, SendError};
+use crate::providers::{Accepted, Provider, SendError};
 use crate::store::{self, MessageUpdate, OutboxMessage};
 
 /// How long a send may stay in doubt before it is retried (a status webhook normally arrives
@@ -51,17 +53,29 @@ pub struct Dispatcher {
     pair_interval: Duration,
     paused_until: Mutex<Option<Instant>>,
     last_sent: Mutex<HashMap<String, Instant>>,
+    /// Accepted sends, recorded in batches by [`Dispatcher::record_accepted`].
+    /// `None` asks the recorder to commit what it has and stop.
+    accepted: mpsc::UnboundedSender<Recorded>,
+    accepted_rx: Mutex<Option<mpsc::UnboundedReceiver<Recorded>>>,
 }
+
+/// An accepted send for the recorder, or `None`: commit what you have and stop.
+type Recorded = Option<(OutboxMessage, Accepted)>;
+
+/// Messages marked `sending` together, in one transaction, right before their sends.
+const CHUNK: usize = 32;
 
 impl Dispatcher {
     pub fn new(config: &ProviderConfig, provider: Provider, ctx: Arc<EngineCtx>) -> Arc<Self> {
         let ProviderConfig::MetaCloud(c) = config;
-        // Bursts of at most 1/50 s worth of messages keep every one-second window within
-        // about 2% of the configured rate, below the provider's ceiling.
+        // Bursts of at most 1/50 s worth of messages (and at least 2, so that a timer firing late
+        // can be made up by the next send) keep every one-second window within about 2% of the
+        // configured rate, below the provider's ceiling.
         let per_sec = c.messages_per_second;
         let period = Duration::from_secs_f64(1.0 / per_sec);
-        let burst = NonZeroU32::new(((per_sec / 50.0).floor() as u32).max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(((per_sec / 50.0).floor() as u32).max(2)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
+        let (accepted, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             provider,
             ctx,
@@ -72,12 +86,20 @@ impl Dispatcher {
             pair_interval: c.pair_interval,
             paused_until: Mutex::new(None),
             last_sent: Mutex::new(HashMap::new()),
+            accepted,
+            accepted_rx: Mutex::new(Some(rx)),
         })
     }
 
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         let id = self.provider.id().to_string();
         info!(provider = %id, "dispatcher started");
+        let recorder = self
+            .accepted_rx
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .map(|rx| tokio::spawn(Arc::clone(&self).record_accepted(rx)));
         let wake = self.ctx.dispatch_wake.get(&id).cloned().unwrap_or_default();
         let mut last_doubt_check = Instant::now() - IN_DOUBT_GRACE;
         loop {
@@ -106,17 +128,22 @@ impl Dispatcher {
                 }
                 continue;
             }
-            for m in batch {
+            for chunk in batch.chunks(CHUNK) {
                 if shutdown.is_set() {
                     break;
                 }
-                if let Err(e) = self.dispatch(m, &mut shutdown).await {
+                if let Err(e) = self.dispatch_chunk(chunk.to_vec(), &mut shutdown).await {
                     error!(provider = %id, "dispatch failed: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
-        // Let in-flight sends finish and commit their outcome before returning.
+        // Let in-flight sends finish, then their outcomes be recorded, before returning.
         let _all = self.in_flight.acquire_many(self.max_in_flight as u32).await;
+        let _ = self.accepted.send(None);
+        if let Some(r) = recorder {
+            let _ = r.await;
+        }
         info!(provider = %id, "dispatcher stopped");
     }
 
@@ -156,149 +183,262 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Policy checks, budget, `sending`, then the HTTP call in its own task.
-    async fn dispatch(self: &Arc<Self>, mut m: OutboxMessage, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+    /// Policy checks for a chunk, one `sending` commit for the chunk, then each send as its
+    /// turn in the throughput budget comes.
+    async fn dispatch_chunk(
+        self: &Arc<Self>,
+        chunk: Vec<OutboxMessage>,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
+        let epoch = self.ctx.opt_out_epoch.load(Ordering::Acquire);
+        let phones: Vec<&str> = chunk.iter().map(|m| m.phone.as_str()).collect();
         let mut conn = self.ctx.store.conn().await?;
-        let contact = store::contact(&mut conn, m.phone.as_str()).await?;
+        let contacts = store::contacts_for(&mut conn, &phones).await?;
         drop(conn);
-        if contact.as_ref().is_some_and(|c| c.opted_out_at.is_some()) {
-            return self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await;
-        }
-        let mut switched = None;
-        if let MessageContent::Text { .. } = m.content {
-            if !inside_service_window(contact.as_ref().and_then(|c| c.last_inbound_at), now) {
-                match m.fallback.clone() {
-                    Some(fb) => {
-                        debug!(message = m.id, "outside the 24-hour window: using the template fallback");
-                        m.content = fb.clone();
-                        switched = Some(fb);
-                    }
-                    None => {
-                        return self
-                            .finish(
+        let mut ready: Vec<(OutboxMessage, Option<MessageContent>)> = Vec::new();
+        let mut later: Vec<(i64, i64)> = Vec::new();
+        for mut m in chunk {
+            let contact = contacts.get(m.phone.as_str());
+            if contact.is_some_and(|c| c.opted_out_at.is_some()) {
+                self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
+                continue;
+            }
+            let mut switched = None;
+            if let MessageContent::Text { .. } = m.content {
+                if !inside_service_window(contact.and_then(|c| c.last_inbound_at), now) {
+                    match m.fallback.clone() {
+                        Some(fb) => {
+                            debug!(message = m.id, "outside the 24-hour window: using the template fallback");
+                            m.content = fb.clone();
+                            switched = Some(fb);
+                        }
+                        None => {
+                            self.finish(
                                 &m,
                                 MessageState::Skipped,
                                 "not sent: free text outside the 24-hour window and the rule has no fallback_template",
                             )
-                            .await
+                            .await?;
+                            continue;
+                        }
                     }
                 }
             }
+            // Pair rate: space messages to the same person (also within this chunk).
+            let next_ok =
+                self.last_sent.lock().ok().and_then(|l| l.get(m.phone.as_str()).map(|t| *t + self.pair_interval));
+            let twice_in_chunk = ready.iter().any(|(r, _)| r.phone == m.phone);
+            match next_ok {
+                Some(t) if t > Instant::now() => {
+                    later.push((m.id, now + (t - Instant::now()).as_millis() as i64));
+                    continue;
+                }
+                _ if twice_in_chunk => {
+                    later.push((m.id, now + self.pair_interval.as_millis() as i64));
+                    continue;
+                }
+                _ => {}
+            }
+            m.attempts += 1;
+            ready.push((m, switched));
         }
-        // Pair rate: space messages to the same person.
-        let wait_until =
-            self.last_sent.lock().ok().and_then(|l| l.get(m.phone.as_str()).map(|t| *t + self.pair_interval));
-        if let Some(t) = wait_until {
-            if t > Instant::now() {
-                let later = now + (t - Instant::now()).as_millis() as i64;
-                let mut c = self.ctx.store.conn().await?;
-                store::update_message(
-                    &mut c,
-                    m.id,
-                    &MessageUpdate { next_attempt_at: Some(later), content: switched, ..Default::default() },
-                    now,
-                )
-                .await?;
+        // Committed before any network call: a crash from here on leaves these in doubt, never
+        // silently unsent or sent twice.
+        let mut tx = self.ctx.store.begin().await?;
+        for (id, at) in &later {
+            store::update_message(
+                &mut tx,
+                *id,
+                &MessageUpdate { next_attempt_at: Some(*at), ..Default::default() },
+                now,
+            )
+            .await?;
+        }
+        for (m, switched) in &ready {
+            let u = MessageUpdate {
+                state: Some(MessageState::Sending),
+                attempts: Some(m.attempts),
+                content: switched.clone(),
+                ..Default::default()
+            };
+            store::update_message(&mut tx, m.id, &u, now).await?;
+        }
+        tx.commit().await?;
+
+        let mut pending = ready.into_iter().map(|(m, _)| m);
+        while let Some(m) = pending.next() {
+            if !self.wait_turn(shutdown).await {
+                // Stopping: what was marked but not sent goes back to the queue.
+                let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
+                self.unmark(&rest).await?;
                 return Ok(());
             }
+            // An opt-out may have arrived since the chunk's contacts were read.
+            if self.ctx.opt_out_epoch.load(Ordering::Acquire) != epoch {
+                let mut c = self.ctx.store.conn().await?;
+                let opted_out =
+                    store::contact(&mut c, m.phone.as_str()).await?.is_some_and(|c| c.opted_out_at.is_some());
+                drop(c);
+                if opted_out {
+                    self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
+                    continue;
+                }
+            }
+            let permit = tokio::select! {
+                p = self.in_flight.clone().acquire_owned() => p?,
+                _ = shutdown.wait() => {
+                    let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
+                    self.unmark(&rest).await?;
+                    return Ok(());
+                }
+            };
+            if let Ok(mut l) = self.last_sent.lock() {
+                l.insert(m.phone.as_str().to_string(), Instant::now());
+            }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                match this.provider.send(&m.phone, &m.content, &m.id.to_string()).await {
+                    Ok(acc) => {
+                        // Recorded in a batch; the permit is released once it is queued.
+                        let _ = this.accepted.send(Some((m, acc)));
+                    }
+                    Err(e) => {
+                        let mut delay = Duration::from_millis(50);
+                        for attempt in 1..=20 {
+                            match this.handle_error(&m, e.clone()).await {
+                                Ok(()) => break,
+                                Err(err) => {
+                                    warn!(
+                                        message = m.id,
+                                        attempt, "recording the send error failed, retrying: {err:#}"
+                                    );
+                                    tokio::time::sleep(delay).await;
+                                    delay = (delay * 2).min(Duration::from_secs(5));
+                                }
+                            }
+                        }
+                    }
+                }
+                drop(permit);
+            });
         }
-        // Provider-wide pause (throttling, credentials).
+        Ok(())
+    }
+
+    /// Waits for a provider pause to end and for a slot in the throughput budget. False when
+    /// shutdown came first.
+    async fn wait_turn(&self, shutdown: &mut Shutdown) -> bool {
         loop {
             let until = self.paused_until.lock().ok().and_then(|p| *p);
             match until {
                 Some(t) if t > Instant::now() => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(t) => {}
-                        _ = shutdown.wait() => return Ok(()),
+                        _ = shutdown.wait() => return false,
                     }
                 }
                 _ => break,
             }
         }
-        let permit = tokio::select! {
-            p = self.in_flight.clone().acquire_owned() => p?,
-            _ = shutdown.wait() => return Ok(()),
-        };
         tokio::select! {
-            _ = self.limiter.until_ready() => {}
-            _ = shutdown.wait() => return Ok(()),
+            _ = self.limiter.until_ready() => true,
+            _ = shutdown.wait() => false,
         }
-        // Committed before the network call: a crash from here on leaves the message in doubt,
-        // never silently unsent or sent twice.
-        m.attempts += 1;
-        let mut c = self.ctx.store.conn().await?;
-        let u = MessageUpdate {
-            state: Some(MessageState::Sending),
-            attempts: Some(m.attempts),
-            content: switched,
-            ..Default::default()
-        };
-        store::update_message(&mut c, m.id, &u, now_ms()).await?;
-        drop(c);
-        if let Ok(mut l) = self.last_sent.lock() {
-            l.insert(m.phone.as_str().to_string(), Instant::now());
+    }
+
+    /// Puts messages marked `sending` but never sent back in the queue.
+    async fn unmark(&self, messages: &[OutboxMessage]) -> anyhow::Result<()> {
+        let mut tx = self.ctx.store.begin().await?;
+        for m in messages {
+            let u = MessageUpdate {
+                state: Some(MessageState::Queued),
+                attempts: Some(m.attempts.saturating_sub(1)),
+                ..Default::default()
+            };
+            store::update_message(&mut tx, m.id, &u, now_ms()).await?;
         }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let result = this.provider.send(&m.phone, &m.content, &m.id.to_string()).await;
-            // The provider has answered: losing that answer would make the message look in
-            // doubt and be sent again, so recording it is retried until the store takes it.
-            let mut delay = Duration::from_millis(50);
-            for attempt in 1.. {
-                match this.record_outcome(&m, result.clone()).await {
-                    Ok(()) => break,
-                    Err(e) if attempt < 20 => {
-                        warn!(message = m.id, attempt, "recording the send outcome failed, retrying: {e:#}");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) => {
-                        error!(message = m.id, "recording the send outcome failed; it stays in doubt: {e:#}");
-                        break;
-                    }
-                }
-            }
-            drop(permit);
-        });
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn record_outcome(
-        &self,
-        m: &OutboxMessage,
-        result: Result<crate::providers::Accepted, SendError>,
-    ) -> anyhow::Result<()> {
-        let now = now_ms();
-        match result {
-            Ok(acc) => {
-                let mut tx = self.ctx.store.begin().await?;
-                // A status webhook may already have moved it further (it carries our id).
-                let current =
-                    store::message_by_id(&mut tx, m.id).await?.map(|c| c.state).unwrap_or(MessageState::Sending);
-                let next = current.advance(MessageState::Sent);
-                let u = MessageUpdate {
-                    state: next,
-                    provider_message_id: Some(acc.provider_message_id.clone()),
-                    wa_id: acc.recipient_id.clone(),
-                    error: Some(None),
-                    state_at: next.map(|_| now),
-                    ..Default::default()
-                };
-                store::update_message(&mut tx, m.id, &u, now).await?;
-                store::upsert_contact(&mut tx, m.phone.as_str(), acc.recipient_id.as_deref(), now).await?;
-                if next.is_some() && store::is_latest_for_record(&mut tx, m).await? {
-                    // A successful send clears an old send error, but not a row problem that
-                    // is still there (a duplicate key, say).
-                    let clear = (!store::has_open_issue(&mut tx, &m.source_id, &m.record_key.0).await?).then_some("");
-                    let writes = self.ctx.status_writes(m, MessageState::Sent, now, clear);
-                    store::queue_writes(&mut tx, &writes).await?;
+    /// Records accepted sends, many per transaction. The provider has answered: losing that
+    /// answer would make a message look in doubt and be sent again, so a failed commit is
+    /// retried with the same batch.
+    async fn record_accepted(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Recorded>) {
+        while let Some(Some(first)) = rx.recv().await {
+            let mut batch = vec![first];
+            let mut stop = false;
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(Some(x)) => batch.push(x),
+                    Ok(None) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                tx.commit().await?;
-                info!(message = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, id = %acc.provider_message_id, "message sent");
-                self.ctx.wake_flusher(&m.source_id);
             }
-            Err(e) => self.handle_error(m, e).await?,
+            self.commit_accepted(&batch).await;
+            if stop {
+                break;
+            }
+        }
+    }
+
+    async fn commit_accepted(&self, batch: &[(OutboxMessage, Accepted)]) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=40 {
+            match self.try_commit_accepted(batch).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(attempt, messages = batch.len(), "recording accepted sends failed, retrying: {e:#}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        error!(
+            messages = batch.len(),
+            "could not record accepted sends; they stay in doubt until a status webhook names them"
+        );
+    }
+
+    async fn try_commit_accepted(&self, batch: &[(OutboxMessage, Accepted)]) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut tx = self.ctx.store.begin().await?;
+        let mut sources = std::collections::HashSet::new();
+        for (m, acc) in batch {
+            // A status webhook may already have moved it further (it carries our id).
+            let current = store::message_by_id(&mut tx, m.id).await?.map(|c| c.state).unwrap_or(MessageState::Sending);
+            let next = current.advance(MessageState::Sent);
+            let u = MessageUpdate {
+                state: next,
+                provider_message_id: Some(acc.provider_message_id.clone()),
+                wa_id: acc.recipient_id.clone(),
+                error: Some(None),
+                state_at: next.map(|_| now),
+                ..Default::default()
+            };
+            store::update_message(&mut tx, m.id, &u, now).await?;
+            store::upsert_contact(&mut tx, m.phone.as_str(), acc.recipient_id.as_deref(), now).await?;
+            if next.is_some() && store::is_latest_for_record(&mut tx, m).await? {
+                // A successful send clears an old send error, but not a row problem that is
+                // still there (a duplicate key, say).
+                let clear = (!store::has_open_issue(&mut tx, &m.source_id, &m.record_key.0).await?).then_some("");
+                store::queue_writes(&mut tx, &self.ctx.status_writes(m, MessageState::Sent, now, clear)).await?;
+                sources.insert(m.source_id.clone());
+            }
+        }
+        tx.commit().await?;
+        for (m, acc) in batch {
+            info!(message = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, id = %acc.provider_message_id, "message sent");
+        }
+        for s in sources {
+            self.ctx.wake_flusher(&s);
         }
         Ok(())
     }

@@ -207,6 +207,7 @@ impl InboxProcessor {
                 let keyword = crate::config::normalise_keyword(&text);
                 if self.ctx.config.inbound.opt_out_keywords.contains(&keyword) {
                     store::set_opted_out(tx, &phone, &text, now).await?;
+                    self.ctx.opt_out_epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     info!(from = %mask_phone(from), "contact opted out: nothing more will be sent to them");
                     for q in store::queued_for_phone(tx, &phone).await? {
                         let reason = "not sent: the contact opted out";

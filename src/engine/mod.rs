@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod poller;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use chrono::TimeZone;
@@ -70,6 +71,8 @@ pub struct EngineCtx {
     /// Column position of each source's key column, learnt by the poller, used by the flusher
     /// to read only that column.
     pub key_columns: RwLock<HashMap<String, usize>>,
+    /// Bumped on every opt-out, so dispatchers re-check contacts they read before it.
+    pub opt_out_epoch: AtomicU64,
 }
 
 impl EngineCtx {
@@ -94,6 +97,7 @@ impl EngineCtx {
             flush_wake,
             time_zones: RwLock::new(HashMap::new()),
             key_columns: RwLock::new(HashMap::new()),
+            opt_out_epoch: AtomicU64::new(0),
         })
     }
 

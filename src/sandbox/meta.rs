@@ -210,6 +210,11 @@ impl MetaState {
         self.lock().sent.clone()
     }
 
+    /// How many messages were accepted (cheaper than `sent()` for polling).
+    pub fn sent_count(&self) -> usize {
+        self.lock().sent.len()
+    }
+
     /// Sends answered with 130429 (the number's throughput exceeded).
     pub fn throttled(&self) -> u64 {
         self.lock().throttled

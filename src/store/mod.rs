@@ -21,7 +21,8 @@ use crate::domain::{MessageContent, MessageState, PhoneNumber, RecordKey};
 use crate::rules::Intent;
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_indexes.sql"))];
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
@@ -788,4 +789,31 @@ pub async fn has_open_issue(
         .fetch_one(conn)
         .await?;
     Ok(n > 0)
+}
+
+/// Contacts for several phones at once (the dispatcher checks a chunk in one query).
+pub async fn contacts_for(
+    conn: &mut SqliteConnection,
+    phones: &[&str],
+) -> Result<std::collections::HashMap<String, Contact>, sqlx::Error> {
+    if phones.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (1..=phones.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT phone, wa_id, opted_out_at, last_inbound_at FROM contacts WHERE phone IN ({})",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in phones {
+        q = q.bind(*p);
+    }
+    let rows = q.fetch_all(conn).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let c = contact_from_row(r);
+            (c.phone.clone(), c)
+        })
+        .collect())
 }
