@@ -75,6 +75,9 @@ fn bench_rules(c: &mut Criterion) {
                 body: vec!["{{ Nombre }}".into(), "{{ Curso }}".into(), "{{ Mentor }}".into()],
                 button_url_suffix: None,
             }),
+            time_zone: None,
+            window: None,
+            lateness: None,
         },
         RuleConfig {
             id: "encuesta".into(),
@@ -88,6 +91,9 @@ fn bench_rules(c: &mut Criterion) {
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: Some("{{ ID | urlencode }}".into()),
             }),
+            time_zone: None,
+            window: None,
+            lateness: None,
         },
     ];
     let set = RuleSet::compile(&rules).unwrap();

@@ -87,6 +87,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         let flusher = Flusher::new(tabs, client, Arc::clone(&ctx));
         writers.push(tokio::spawn(flusher.run(shutdown.clone())));
     }
+    intake.push(tokio::spawn(crate::engine::timers::TimerLoop::new(Arc::clone(&ctx)).run(shutdown.clone())));
     let inbox = InboxProcessor::new(Arc::clone(&ctx), providers.clone());
     writers.push(tokio::spawn(inbox.run(shutdown.clone())));
 

@@ -17,5 +17,6 @@ pub mod http;
 pub mod providers;
 pub mod rules;
 pub mod sandbox;
+pub mod schedule;
 pub mod sources;
 pub mod store;

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 pub use validate::{normalise_keyword, parse_duration};
 
+use crate::schedule::{DateOrder, Offset, SendWindow};
+
 /// A secret value; never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -44,7 +46,19 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub rules: Vec<RuleConfig>,
     pub inbound: InboundConfig,
+    pub defaults: Defaults,
 }
+
+/// Time settings every rule inherits unless it sets its own.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub time_zone: Option<chrono_tz::Tz>,
+    pub window: Option<SendWindow>,
+    pub lateness: Duration,
+}
+
+/// Lateness when none is configured.
+pub const DEFAULT_LATENESS: Duration = Duration::from_secs(3 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct StateConfig {
@@ -127,6 +141,8 @@ pub struct GoogleSheetsConfig {
     pub first_start: FirstStart,
     pub consent: Option<ConsentConfig>,
     pub write_back: WriteBackColumns,
+    pub date_order: DateOrder,
+    pub time_zone_column: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +187,10 @@ pub enum Trigger {
     RowAdded,
     /// `field` changed; to `to` when given (case-insensitive).
     Changed { field: String, to: Option<String> },
+    /// A reminder per offset relative to the date in `field`, at local time `at` if given.
+    Date { field: String, offsets: Vec<Offset>, at: Option<chrono::NaiveTime> },
+    /// A recurring campaign to every matching record.
+    Cron { expr: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +215,9 @@ pub struct RuleConfig {
     pub filter: Option<String>,
     pub provider: String,
     pub send: SendSpec,
+    pub time_zone: Option<chrono_tz::Tz>,
+    pub window: Option<SendWindow>,
+    pub lateness: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,31 @@ pub struct RawConfig {
     /// How inbound messages are treated (opt-out keywords).
     #[serde(default)]
     pub inbound: Option<Value>,
+    /// Time zone, quiet hours and lateness for every rule that does not set its own.
+    #[serde(default)]
+    pub defaults: Option<Value>,
+}
+
+/// `defaults:` (each can be overridden per rule).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// IANA time zone for rule times, e.g. `America/Santiago` (else the spreadsheet's).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Business-initiated messages only go out between these local times, e.g. `09:00-20:00`.
+    #[serde(default)]
+    pub send_between: Option<String>,
+    /// Days messages may go out (`mon`…`sun` or `lun`…`dom`); all when absent.
+    #[serde(default)]
+    pub send_days: Option<Vec<String>>,
+    /// Dates nothing is sent (`2026-12-25`); messages wait for the next allowed day.
+    #[serde(default)]
+    pub holidays: Option<Vec<String>>,
+    /// How late a reminder or campaign missed while recado was stopped may still go out
+    /// (default `3h`); older ones are skipped with the reason written back.
+    #[serde(default)]
+    pub lateness: Option<String>,
 }
 
 /// `state:`
@@ -167,6 +192,12 @@ pub struct RawGoogleSheets {
     /// Column headers recado writes to. Missing headers are added to the header row.
     #[serde(default)]
     pub write_back: Option<RawWriteBack>,
+    /// Order of day, month and year in text dates: `dmy` (default, 21/11/2026), `mdy`, `ymd`.
+    #[serde(default)]
+    pub date_order: Option<String>,
+    /// Header of a column holding each person's IANA time zone (optional).
+    #[serde(default)]
+    pub time_zone_column: Option<String>,
 }
 
 /// `sources[*].consent`
@@ -202,7 +233,8 @@ pub struct RawRule {
     pub id: String,
     /// The source whose records this rule watches.
     pub source: String,
-    /// The trigger: `row_added`, or `{changed: FIELD, to: VALUE}`.
+    /// The trigger: `row_added`, `{changed: FIELD, to: VALUE}`,
+    /// `{date: FIELD, offset: -2d | [-6w, -1w], at: "10:00"}` or `{cron: "0 10 1 */3 *"}`.
     pub when: Value,
     /// Optional filter expression over the row, e.g. `Curso == "Soldadura"`.
     #[serde(default, rename = "if")]
@@ -218,6 +250,19 @@ pub struct RawRule {
     /// … falling back to this template outside the window.
     #[serde(default)]
     pub fallback_template: Option<RawTemplate>,
+    /// Overrides `defaults.time_zone` for this rule.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Overrides `defaults.send_between` (and `send_days`, `holidays`) for this rule.
+    #[serde(default)]
+    pub send_between: Option<String>,
+    #[serde(default)]
+    pub send_days: Option<Vec<String>>,
+    #[serde(default)]
+    pub holidays: Option<Vec<String>>,
+    /// Overrides `defaults.lateness` for this rule.
+    #[serde(default)]
+    pub lateness: Option<String>,
 }
 
 /// A template and how to fill its parameters.

@@ -405,6 +405,14 @@ pub(super) fn validate(value: Value) -> Result<Config, ConfigErrors> {
                         );
                     }
                 }
+                let date_order = match g.date_order.as_deref().map(str::parse::<crate::schedule::DateOrder>) {
+                    None => crate::schedule::DateOrder::Dmy,
+                    Some(Ok(o)) => o,
+                    Some(Err(e)) => {
+                        errs.push(format!("{path}.date_order"), e);
+                        crate::schedule::DateOrder::Dmy
+                    }
+                };
                 let sheets_base_url = url(
                     &mut errs,
                     format!("{path}.sheets_base_url"),
@@ -436,11 +444,36 @@ pub(super) fn validate(value: Value) -> Result<Config, ConfigErrors> {
                         first_start,
                         consent,
                         write_back,
+                        date_order,
+                        time_zone_column: g.time_zone_column,
                     }));
                 }
             }
         }
     }
+
+    // Defaults.
+    let raw_defaults = match raw.defaults {
+        None => RawDefaults::default(),
+        Some(v) => errs.parse::<RawDefaults>("defaults", v).unwrap_or_default(),
+    };
+    let defaults = Defaults {
+        time_zone: raw_defaults.time_zone.as_deref().and_then(|t| time_zone(&mut errs, "defaults.time_zone", t)),
+        window: window(
+            &mut errs,
+            "defaults",
+            raw_defaults.send_between.as_deref(),
+            raw_defaults.send_days.as_deref(),
+            raw_defaults.holidays.as_deref(),
+        ),
+        lateness: duration(
+            &mut errs,
+            "defaults.lateness".into(),
+            raw_defaults.lateness.as_deref(),
+            DEFAULT_LATENESS,
+            Duration::ZERO,
+        ),
+    };
 
     // Rules.
     let mut rule_ids = HashSet::new();
@@ -493,6 +526,13 @@ pub(super) fn validate(value: Value) -> Result<Config, ConfigErrors> {
                 None
             }
         };
+        let rule_tz = r.time_zone.as_deref().and_then(|t| time_zone(&mut errs, &format!("{path}.time_zone"), t));
+        let rule_window =
+            window(&mut errs, &path, r.send_between.as_deref(), r.send_days.as_deref(), r.holidays.as_deref());
+        let lateness = r
+            .lateness
+            .as_deref()
+            .map(|l| duration(&mut errs, format!("{path}.lateness"), Some(l), DEFAULT_LATENESS, Duration::ZERO));
         if let (Some(trigger), Some(send)) = (trigger, send) {
             rules.push(RuleConfig {
                 id: r.id,
@@ -501,6 +541,9 @@ pub(super) fn validate(value: Value) -> Result<Config, ConfigErrors> {
                 filter: r.filter,
                 provider: r.provider,
                 send,
+                time_zone: rule_tz,
+                window: rule_window,
+                lateness,
             });
         }
     }
@@ -516,7 +559,7 @@ pub(super) fn validate(value: Value) -> Result<Config, ConfigErrors> {
 
     if errs.0.is_empty() {
         if let Some(state) = state {
-            return Ok(Config { state, http, providers, sources, rules, inbound });
+            return Ok(Config { state, http, providers, sources, rules, inbound, defaults });
         }
     }
     Err(ConfigErrors(errs.0))
@@ -549,7 +592,8 @@ fn template_spec(errs: &mut Errors, path: &str, t: RawTemplate) -> TemplateSpec 
 }
 
 fn parse_trigger(errs: &mut Errors, path: &str, when: &Value) -> Option<Trigger> {
-    const EXPECTED: &str = "expected row_added or {changed: FIELD, to: VALUE}";
+    const EXPECTED: &str =
+        "expected row_added, {changed: FIELD, to: VALUE}, {date: FIELD, offset: -2d, at: \"10:00\"} or {cron: \"0 10 1 */3 *\"}";
     match when {
         Value::String(s) if s == "row_added" => Some(Trigger::RowAdded),
         Value::String(s) => {
@@ -584,6 +628,25 @@ fn parse_trigger(errs: &mut Errors, path: &str, when: &Value) -> Option<Trigger>
                     }
                 };
                 ok.then_some(Trigger::Changed { field, to })
+            } else if let Some(field) = map.get("date") {
+                date_trigger(errs, path, map, field)
+            } else if let Some(expr) = map.get("cron") {
+                for k in map.keys().filter(|k| *k != "cron") {
+                    errs.push(format!("{path}.{k}"), "unknown key: a cron trigger has only `cron`");
+                }
+                match expr {
+                    Value::String(e) => match crate::schedule::CronSchedule::parse(e) {
+                        Ok(_) => Some(Trigger::Cron { expr: e.clone() }),
+                        Err(msg) => {
+                            errs.push(format!("{path}.cron"), msg);
+                            None
+                        }
+                    },
+                    _ => {
+                        errs.push(format!("{path}.cron"), "expected a cron expression such as \"0 10 1 */3 *\"");
+                        None
+                    }
+                }
             } else {
                 let keys: Vec<&str> = map.keys().map(String::as_str).collect();
                 errs.push(path, format!("unknown trigger {{{}}}: {EXPECTED}", keys.join(", ")));
@@ -592,6 +655,96 @@ fn parse_trigger(errs: &mut Errors, path: &str, when: &Value) -> Option<Trigger>
         }
         _ => {
             errs.push(path, EXPECTED);
+            None
+        }
+    }
+}
+
+fn date_trigger(errs: &mut Errors, path: &str, map: &serde_json::Map<String, Value>, field: &Value) -> Option<Trigger> {
+    let mut ok = true;
+    for k in map.keys() {
+        if !["date", "offset", "at"].contains(&k.as_str()) {
+            errs.push(format!("{path}.{k}"), "unknown key: a date trigger has date, offset and at");
+            ok = false;
+        }
+    }
+    let field = match field {
+        Value::String(f) if !f.trim().is_empty() => f.clone(),
+        _ => {
+            errs.push(format!("{path}.date"), "expected the header of the date column");
+            return None;
+        }
+    };
+    let texts: Vec<(String, Value)> = match map.get("offset") {
+        None | Some(Value::Null) => vec![(format!("{path}.offset"), Value::String("0d".into()))],
+        Some(Value::Array(items)) if !items.is_empty() => {
+            items.iter().enumerate().map(|(i, v)| (format!("{path}.offset[{i}]"), v.clone())).collect()
+        }
+        Some(other) => vec![(format!("{path}.offset"), other.clone())],
+    };
+    let mut offsets = Vec::new();
+    for (p, v) in texts {
+        let text = match &v {
+            Value::String(s) => s.clone(),
+            _ => String::new(),
+        };
+        match text.parse::<crate::schedule::Offset>() {
+            Ok(o) if !offsets.contains(&o) => offsets.push(o),
+            Ok(o) => {
+                errs.push(p, format!("offset {o} is listed twice"));
+                ok = false;
+            }
+            Err(e) => {
+                errs.push(p, e);
+                ok = false;
+            }
+        }
+    }
+    let at = match map.get("at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(a)) => match chrono::NaiveTime::parse_from_str(a.trim(), "%H:%M") {
+            Ok(t) => Some(t),
+            Err(_) => {
+                errs.push(format!("{path}.at"), format!("expected a local time such as 10:00, got '{a}'"));
+                ok = false;
+                None
+            }
+        },
+        Some(_) => {
+            errs.push(format!("{path}.at"), "expected a local time such as \"10:00\" (quoted)");
+            ok = false;
+            None
+        }
+    };
+    ok.then_some(Trigger::Date { field, offsets, at })
+}
+
+fn time_zone(errs: &mut Errors, path: &str, name: &str) -> Option<chrono_tz::Tz> {
+    match name.trim().parse::<chrono_tz::Tz>() {
+        Ok(tz) => Some(tz),
+        Err(_) => {
+            errs.push(path, format!("expected an IANA time zone such as America/Santiago, got '{name}'"));
+            None
+        }
+    }
+}
+
+fn window(
+    errs: &mut Errors,
+    path: &str,
+    between: Option<&str>,
+    days: Option<&[String]>,
+    holidays: Option<&[String]>,
+) -> Option<crate::schedule::SendWindow> {
+    if between.is_none() && days.is_none() && holidays.is_none() {
+        return None;
+    }
+    match crate::schedule::SendWindow::parse(between, days.unwrap_or(&[]), holidays.unwrap_or(&[])) {
+        Ok(w) => Some(w),
+        Err(list) => {
+            for (k, m) in list {
+                errs.push(format!("{path}.{k}"), m);
+            }
             None
         }
     }

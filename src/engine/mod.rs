@@ -12,6 +12,7 @@ pub mod dispatcher;
 pub mod flusher;
 pub mod inbox;
 pub mod poller;
+pub mod timers;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -73,6 +74,8 @@ pub struct EngineCtx {
     pub key_columns: RwLock<HashMap<String, usize>>,
     /// Bumped on every opt-out, so dispatchers re-check contacts they read before it.
     pub opt_out_epoch: AtomicU64,
+    /// Wakes the timer loop when timers were planned.
+    pub timers_wake: Arc<Notify>,
 }
 
 impl EngineCtx {
@@ -98,6 +101,7 @@ impl EngineCtx {
             time_zones: RwLock::new(HashMap::new()),
             key_columns: RwLock::new(HashMap::new()),
             opt_out_epoch: AtomicU64::new(0),
+            timers_wake: Arc::new(Notify::new()),
         })
     }
 
@@ -171,5 +175,80 @@ impl EngineCtx {
             column,
             value: text.to_string(),
         })
+    }
+}
+
+/// A record with what rules need to know about it besides its fields.
+pub struct RecordView {
+    pub record: crate::domain::Record,
+    pub phone: Result<crate::domain::PhoneNumber, crate::domain::PhoneError>,
+    pub consent: Option<bool>,
+    /// From the source's time-zone column, when it holds a valid zone.
+    pub tz: Option<chrono_tz::Tz>,
+}
+
+impl RecordView {
+    pub fn new(cfg: &crate::config::GoogleSheetsConfig, record: crate::domain::Record) -> Self {
+        let phone = crate::domain::PhoneNumber::parse(&record.text(&cfg.phone_column), cfg.default_region);
+        let consent = cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
+        let tz = cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse::<chrono_tz::Tz>().ok());
+        Self { record, phone, consent, tz }
+    }
+
+    pub fn facts<'a>(&'a self, gates: &'a [&'a str]) -> crate::rules::RecordFacts<'a> {
+        crate::rules::RecordFacts { phone: &self.phone, consent: self.consent, gate_columns: gates }
+    }
+}
+
+/// Rebuilds a record from its stored snapshot (canonical text; numbers become numbers again
+/// when that is exactly how they print, so `007` stays text).
+pub fn record_from_snapshot(key: crate::domain::RecordKey, row: &crate::diff::SnapshotRow) -> crate::domain::Record {
+    use crate::domain::{CellValue, Record};
+    let fields = row
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            let cell = match v.parse::<f64>() {
+                _ if v.is_empty() => CellValue::Empty,
+                Ok(n) if crate::domain::record::format_number(n) == *v => CellValue::Number(n),
+                _ => CellValue::Text(v.clone()),
+            };
+            (k.clone(), cell)
+        })
+        .collect();
+    Record { key, fields }
+}
+
+impl EngineCtx {
+    pub fn sheet_config(&self, source_id: &str) -> Option<&crate::config::GoogleSheetsConfig> {
+        self.source(source_id).map(|s| {
+            let SourceConfig::GoogleSheets(g) = s;
+            g
+        })
+    }
+
+    /// The spreadsheet's time zone (UTC until the poller has read it).
+    pub fn source_tz(&self, source_id: &str) -> chrono_tz::Tz {
+        self.time_zones.read().ok().and_then(|m| m.get(source_id).copied()).unwrap_or(chrono_tz::UTC)
+    }
+
+    pub fn time_context(
+        &self,
+        source_id: &str,
+        record_tz: Option<chrono_tz::Tz>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::rules::TimeContext<'_> {
+        crate::rules::TimeContext {
+            now,
+            source_tz: self.source_tz(source_id),
+            record_tz,
+            defaults: &self.config.defaults,
+            date_order: self.sheet_config(source_id).map(|g| g.date_order).unwrap_or_default(),
+        }
+    }
+
+    /// Wakes the timer loop (new or moved timers).
+    pub fn wake_timers(&self) {
+        self.timers_wake.notify_one();
     }
 }

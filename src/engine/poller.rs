@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
+use super::timers::sync_timers;
 use super::{now_ms, EngineCtx, Shutdown};
 use crate::config::{FirstStart, GoogleSheetsConfig, Trigger};
 use crate::diff::{diff, Change, Snapshot, SnapshotRow};
 use crate::domain::{MessageState, RecordKey};
-use crate::rules::RecordFacts;
+use crate::rules::{RecordFacts, TimerPlan};
 use crate::sources::google_sheets::{GoogleError, GoogleSheets};
-use crate::sources::{read_records, ColumnSpec};
+use crate::sources::{read_records, ColumnSpec, RowIssue};
 use crate::store::{self, CellWrite, SourceState, WriteTarget};
 
 /// What one poll did (for logs, the demo and tests).
@@ -41,6 +42,9 @@ pub struct SheetPoller {
     required: Vec<String>,
     /// Last missing-columns complaint, so it is logged once.
     missing_reported: Option<Vec<String>>,
+    /// Timers are planned for every record at the first full read after start (the
+    /// configuration may have changed while stopped), then only for changed records.
+    timers_synced: bool,
 }
 
 impl SheetPoller {
@@ -56,8 +60,9 @@ impl SheetPoller {
         }
         let mut required: Vec<String> = Vec::new();
         for r in ctx.rules.for_source(&cfg.id) {
-            if let Trigger::Changed { field, .. } = &r.trigger {
-                required.push(field.clone());
+            match &r.trigger {
+                Trigger::Changed { field, .. } | Trigger::Date { field, .. } => required.push(field.clone()),
+                Trigger::RowAdded | Trigger::Cron { .. } => {}
             }
         }
         if let Some(c) = &cfg.consent {
@@ -65,7 +70,7 @@ impl SheetPoller {
         }
         required.sort();
         required.dedup();
-        Ok(Self { cfg, client, ctx, snapshot, state, required, missing_reported: None })
+        Ok(Self { cfg, client, ctx, snapshot, state, required, missing_reported: None, timers_synced: false })
     }
 
     pub async fn run(mut self, mut shutdown: Shutdown) {
@@ -93,7 +98,7 @@ impl SheetPoller {
     /// One poll. Public for tests and the `plan` command.
     pub async fn poll_once(&mut self) -> Result<PollReport, PollError> {
         let version = self.client.probe_version().await?;
-        if self.state.baseline_done && self.state.version.as_deref() == Some(version.as_str()) {
+        if self.timers_synced && self.state.baseline_done && self.state.version.as_deref() == Some(version.as_str()) {
             return Ok(PollReport { unchanged: true, ..Default::default() });
         }
         if self.state.time_zone.is_none() {
@@ -159,14 +164,51 @@ impl SheetPoller {
             }
         }
 
+        // Date rules: plan every record (cheap, and it keeps date problems reported), store
+        // timers for the changed ones (all of them at the first read after start).
+        let chrono_now = chrono::Utc::now();
+        let mut plans = Vec::new();
+        let mut issues = read.issues.clone();
+        let has_date_rules = self.ctx.rules.for_source(&self.cfg.id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
+        if has_date_rules {
+            for (record, _) in &read.records {
+                let Some(phone) = read.phones.get(&record.key) else { continue };
+                let consent = self.cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
+                let facts = RecordFacts { phone, consent, gate_columns: &gates };
+                let time = self.ctx.time_context(&self.cfg.id, self.record_tz(record), chrono_now);
+                for plan in self.ctx.rules.plan_timers(&self.cfg.id, record, &facts, &time) {
+                    if let TimerPlan::BadDate { rule_id, reason } = &plan {
+                        issues.push(RowIssue {
+                            issue_key: format!("date:{rule_id}:{}:{reason}", record.key),
+                            target: WriteTarget::Record(record.key.clone()),
+                            record_key: record.key.0.clone(),
+                            message: format!("date unreadable: {reason}"),
+                        });
+                    }
+                    plans.push(plan);
+                }
+            }
+        }
+        let changed_keys: Vec<&str> = changes.iter().map(|c| c.key().0.as_str()).collect();
+
         let mut report = PollReport { baseline, changes: changes.len(), ..Default::default() };
         let mut tx = self.ctx.store.begin().await.map_err(anyhow::Error::from)?;
         let mut writes: Vec<CellWrite> = Vec::new();
+        let timers_changed = if !has_date_rules && self.timers_synced {
+            0
+        } else if self.timers_synced {
+            let changed: HashSet<&str> = changed_keys.iter().copied().collect();
+            let relevant: Vec<TimerPlan> =
+                plans.iter().filter(|p| plan_key(p).is_some_and(|k| changed.contains(k))).cloned().collect();
+            sync_timers(&mut tx, &self.cfg.id, &relevant, Some(&changed_keys), now).await?
+        } else {
+            sync_timers(&mut tx, &self.cfg.id, &plans, None, now).await?
+        };
 
         // Row issues: new ones are logged and written once; fixed ones are cleared.
         let open: Vec<(String, String)> = store::issues(&mut tx, &self.cfg.id).await.map_err(anyhow::Error::from)?;
-        let current: HashSet<&str> = read.issues.iter().map(|i| i.issue_key.as_str()).collect();
-        for issue in &read.issues {
+        let current: HashSet<&str> = issues.iter().map(|i| i.issue_key.as_str()).collect();
+        for issue in &issues {
             if store::note_issue(&mut tx, &self.cfg.id, &issue.issue_key, &issue.record_key, &issue.message, now)
                 .await
                 .map_err(anyhow::Error::from)?
@@ -192,7 +234,16 @@ impl SheetPoller {
 
         let mut providers = HashSet::new();
         for intent in &intents {
-            if let Some(id) = store::insert_intent(&mut tx, intent, now, now).await? {
+            // Quiet hours: a message created now goes out when the window allows.
+            let due = match (self.ctx.rules.rule(&intent.rule_id), index.get(&intent.record_key)) {
+                (Some(rule), Some(&i)) => self
+                    .ctx
+                    .time_context(&self.cfg.id, self.record_tz(&read.records[i].0), chrono_now)
+                    .send_at(rule)
+                    .timestamp_millis(),
+                _ => now,
+            };
+            if let Some(id) = store::insert_intent(&mut tx, intent, due, now).await? {
                 info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
                 providers.insert(intent.provider_id.clone());
                 report.queued += 1;
@@ -265,6 +316,10 @@ impl SheetPoller {
             info!(source = %self.cfg.id, records, "first read taken as the baseline: existing rows are not new");
         }
         self.state = next_state;
+        self.timers_synced = true;
+        if timers_changed > 0 {
+            self.ctx.wake_timers();
+        }
         for p in providers {
             self.ctx.wake_dispatcher(&p);
         }
@@ -272,6 +327,20 @@ impl SheetPoller {
             self.ctx.wake_flusher(&self.cfg.id);
         }
         Ok(report)
+    }
+}
+
+fn plan_key(p: &TimerPlan) -> Option<&str> {
+    match p {
+        TimerPlan::Due(t) | TimerPlan::TooLate(t) => Some(t.record_key.0.as_str()),
+        _ => None,
+    }
+}
+
+impl SheetPoller {
+    /// The record's own time zone, from the source's time-zone column.
+    fn record_tz(&self, record: &crate::domain::Record) -> Option<chrono_tz::Tz> {
+        self.cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse().ok())
     }
 }
 

@@ -70,6 +70,71 @@ pub struct Outcome {
     pub blocked: Vec<Blocked>,
 }
 
+/// A reminder a date rule wants for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTimer {
+    pub rule_id: String,
+    pub record_key: RecordKey,
+    /// The offset (`-2d`): one timer per rule, record and slot.
+    pub slot: String,
+    /// The date it is relative to (`2026-11-23T10:00`); a new date is a new occurrence.
+    pub occurrence: String,
+    pub due_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PlannedTimer {
+    /// The message's idempotency occurrence: `-2d@2026-11-23T10:00`.
+    pub fn occurrence_key(&self) -> String {
+        format!("{}@{}", self.slot, self.occurrence)
+    }
+}
+
+/// What a date rule makes of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerPlan {
+    Due(PlannedTimer),
+    /// Its time passed longer ago than the rule's lateness: never sent.
+    TooLate(PlannedTimer),
+    /// Filter, consent or phone: no timer.
+    Ineligible {
+        rule_id: String,
+        reason: String,
+    },
+    /// The date cell cannot be read: reported on the row.
+    BadDate {
+        rule_id: String,
+        reason: String,
+    },
+}
+
+/// What planning needs to know about time.
+#[derive(Debug, Clone)]
+pub struct TimeContext<'a> {
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// The spreadsheet's zone.
+    pub source_tz: chrono_tz::Tz,
+    /// The record's own zone (time-zone column), when it has a valid one.
+    pub record_tz: Option<chrono_tz::Tz>,
+    pub defaults: &'a crate::config::Defaults,
+    pub date_order: crate::schedule::DateOrder,
+}
+
+impl TimeContext<'_> {
+    /// The zone a rule's local times are in for this record: the record's, else the rule's,
+    /// else the configured default, else the spreadsheet's.
+    pub fn zone_for(&self, r: &RuleConfig) -> chrono_tz::Tz {
+        self.record_tz.or(r.time_zone).or(self.defaults.time_zone).unwrap_or(self.source_tz)
+    }
+
+    /// When a message created now may go out: now, or the next minute the sending window allows.
+    pub fn send_at(&self, r: &RuleConfig) -> chrono::DateTime<chrono::Utc> {
+        match r.window.as_ref().or(self.defaults.window.as_ref()) {
+            Some(w) => w.next_allowed(self.now, self.zone_for(r)),
+            None => self.now,
+        }
+    }
+}
+
 /// Facts about a record that rules need besides its fields.
 #[derive(Debug, Clone)]
 pub struct RecordFacts<'a> {
@@ -217,6 +282,85 @@ impl RuleSet {
         })
     }
 
+    /// The rule with this id.
+    pub fn rule(&self, rule_id: &str) -> Option<&RuleConfig> {
+        self.rules.iter().map(|r| &r.config).find(|r| r.id == rule_id)
+    }
+
+    /// The message a rule would send to `record` for `occurrence` (timers and campaigns), with
+    /// filter, consent and phone checked against the record as it is now. `None` when the filter
+    /// does not match.
+    pub fn intent_for(
+        &self,
+        rule_id: &str,
+        occurrence: &str,
+        record: &Record,
+        facts: &RecordFacts<'_>,
+    ) -> Option<Result<Intent, String>> {
+        let r = self.rule(rule_id)?;
+        self.apply(r, occurrence, record, facts)
+    }
+
+    /// What the date rules of `source_id` want for one record: a timer per offset, or why not.
+    pub fn plan_timers(
+        &self,
+        source_id: &str,
+        record: &Record,
+        facts: &RecordFacts<'_>,
+        time: &TimeContext<'_>,
+    ) -> Vec<TimerPlan> {
+        let mut out = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.config.source == source_id) {
+            let r = &rule.config;
+            let Trigger::Date { field, offsets, at } = &r.trigger else { continue };
+            // Eligibility now (filter, consent, phone); re-checked when the timer fires.
+            match self.apply(r, "plan", record, facts) {
+                None => {
+                    out.push(TimerPlan::Ineligible {
+                        rule_id: r.id.clone(),
+                        reason: "does not match the rule's filter".into(),
+                    });
+                    continue;
+                }
+                Some(Err(reason)) => {
+                    out.push(TimerPlan::Ineligible { rule_id: r.id.clone(), reason });
+                    continue;
+                }
+                Some(Ok(_)) => {}
+            }
+            let text = record.text(field);
+            if text.is_empty() {
+                out.push(TimerPlan::Ineligible { rule_id: r.id.clone(), reason: format!("no date in {field}") });
+                continue;
+            }
+            let date = match crate::schedule::parse_date(&text, time.date_order) {
+                Ok(d) => d,
+                Err(e) => {
+                    out.push(TimerPlan::BadDate { rule_id: r.id.clone(), reason: format!("{field}: {e}") });
+                    continue;
+                }
+            };
+            let tz = time.zone_for(r);
+            let lateness = r.lateness.unwrap_or(time.defaults.lateness);
+            for offset in offsets {
+                let Some(due_at) = crate::schedule::fire_at(&date, *offset, *at, tz) else { continue };
+                let timer = PlannedTimer {
+                    rule_id: r.id.clone(),
+                    record_key: record.key.clone(),
+                    slot: offset.to_string(),
+                    occurrence: date.to_string(),
+                    due_at,
+                };
+                if crate::schedule::too_late(due_at, time.now, lateness) {
+                    out.push(TimerPlan::TooLate(timer));
+                } else {
+                    out.push(TimerPlan::Due(timer));
+                }
+            }
+        }
+        out
+    }
+
     fn render(&self, name: &str, ctx: &Value) -> Result<String, String> {
         let t = self.env.get_template(name).map_err(|e| e.to_string())?;
         t.render(ctx).map_err(|e| match e.detail() {
@@ -302,6 +446,9 @@ mod tests {
             filter: filter.map(String::from),
             provider: "meta".into(),
             send,
+            time_zone: None,
+            window: None,
+            lateness: None,
         }
     }
 

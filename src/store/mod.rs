@@ -21,8 +21,11 @@ use crate::domain::{MessageContent, MessageState, PhoneNumber, RecordKey};
 use crate::rules::Intent;
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_indexes.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_indexes.sql")),
+    (3, include_str!("migrations/0003_timers.sql")),
+];
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
@@ -816,4 +819,180 @@ pub async fn contacts_for(
             (c.phone.clone(), c)
         })
         .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers and campaigns
+
+/// A stored timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerRow {
+    pub rule_id: String,
+    pub source_id: String,
+    pub record_key: String,
+    pub slot: String,
+    pub occurrence: String,
+    pub due_at: i64,
+    /// `pending`, `fired`, `skipped` or `cancelled`.
+    pub state: String,
+}
+
+fn timer_from_row(r: &SqliteRow) -> TimerRow {
+    TimerRow {
+        rule_id: r.get("rule_id"),
+        source_id: r.get("source_id"),
+        record_key: r.get("record_key"),
+        slot: r.get("slot"),
+        occurrence: r.get("occurrence"),
+        due_at: r.get("due_at"),
+        state: r.get("state"),
+    }
+}
+
+/// Timers of a source, all of them or those of some records.
+pub async fn timers_of(
+    conn: &mut SqliteConnection,
+    source_id: &str,
+    keys: Option<&[&str]>,
+) -> Result<Vec<TimerRow>, sqlx::Error> {
+    const COLS: &str = "rule_id, source_id, record_key, slot, occurrence, due_at, state";
+    match keys {
+        None => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM timers WHERE source_id = $1")))
+                .bind(source_id)
+                .fetch_all(conn)
+                .await?;
+            Ok(rows.iter().map(timer_from_row).collect())
+        }
+        Some(keys) => {
+            let mut out = Vec::new();
+            for chunk in keys.chunks(500) {
+                let ph: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+                let sql =
+                    format!("SELECT {COLS} FROM timers WHERE source_id = $1 AND record_key IN ({})", ph.join(", "));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(source_id);
+                for k in chunk {
+                    q = q.bind(*k);
+                }
+                out.extend(q.fetch_all(&mut *conn).await?.iter().map(timer_from_row));
+            }
+            Ok(out)
+        }
+    }
+}
+
+pub async fn upsert_timer(conn: &mut SqliteConnection, t: &TimerRow, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO timers (rule_id, source_id, record_key, slot, occurrence, due_at, state, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (rule_id, record_key, slot) DO UPDATE SET source_id = excluded.source_id,
+           occurrence = excluded.occurrence, due_at = excluded.due_at, state = excluded.state, updated_at = excluded.updated_at",
+    )
+    .bind(&t.rule_id)
+    .bind(&t.source_id)
+    .bind(&t.record_key)
+    .bind(&t.slot)
+    .bind(&t.occurrence)
+    .bind(t.due_at)
+    .bind(&t.state)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Pending timers due at or before `now`, earliest first.
+pub async fn due_timers(conn: &mut SqliteConnection, now: i64, limit: i64) -> Result<Vec<TimerRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT rule_id, source_id, record_key, slot, occurrence, due_at, state FROM timers
+         WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(timer_from_row).collect())
+}
+
+/// When the earliest pending timer is due.
+pub async fn next_timer_at(conn: &mut SqliteConnection) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT MIN(due_at) FROM timers WHERE state = 'pending'").fetch_one(conn).await
+}
+
+/// The stored snapshot row of one record (its state as of the last committed poll).
+pub async fn snapshot_row(
+    conn: &mut SqliteConnection,
+    source_id: &str,
+    key: &str,
+) -> anyhow::Result<Option<SnapshotRow>> {
+    let row = sqlx::query("SELECT row_hash, fields FROM snapshot_rows WHERE source_id = $1 AND record_key = $2")
+        .bind(source_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let fields: String = r.get("fields");
+            Ok(Some(SnapshotRow { hash: r.get::<i64, _>("row_hash") as u64, fields: serde_json::from_str(&fields)? }))
+        }
+    }
+}
+
+/// A page of a source's snapshot in key order, after `after` (campaigns walk it page by page).
+pub async fn snapshot_page(
+    conn: &mut SqliteConnection,
+    source_id: &str,
+    after: &str,
+    limit: i64,
+) -> anyhow::Result<Vec<(RecordKey, SnapshotRow)>> {
+    let rows = sqlx::query(
+        "SELECT record_key, row_hash, fields FROM snapshot_rows WHERE source_id = $1 AND record_key > $2 ORDER BY record_key LIMIT $3",
+    )
+    .bind(source_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let fields: String = r.get("fields");
+        out.push((
+            RecordKey(r.get("record_key")),
+            SnapshotRow { hash: r.get::<i64, _>("row_hash") as u64, fields: serde_json::from_str(&fields)? },
+        ));
+    }
+    Ok(out)
+}
+
+/// The next occurrence a campaign waits for.
+pub async fn campaign_next(conn: &mut SqliteConnection, rule_id: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT next_at FROM campaigns WHERE rule_id = $1").bind(rule_id).fetch_optional(conn).await
+}
+
+pub async fn set_campaign_next(
+    conn: &mut SqliteConnection,
+    rule_id: &str,
+    next_at: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO campaigns (rule_id, next_at, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (rule_id) DO UPDATE SET next_at = excluded.next_at, updated_at = excluded.updated_at",
+    )
+    .bind(rule_id)
+    .bind(next_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a message with this idempotency key exists (used by `plan` and tests).
+pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE idempotency_key = $1")
+        .bind(idempotency_key)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
 }

@@ -75,9 +75,24 @@ rules:
     text: hola
   - id: r3
     source: s
-    when: { date: Fecha }
+    when: { sometimes: Fecha }
     provider: whatsapp
     if: "Curso =="
+  - id: r4
+    source: s
+    when: { date: Fecha, offset: [-6w, -2x], at: "25:00" }
+    provider: whatsapp
+    text: hola
+    time_zone: Chile/Santiago_de_Nada
+    send_between: "9-20"
+  - id: r5
+    source: s
+    when: { cron: "0 10 1 */3" }
+    provider: whatsapp
+    text: hola
+    lateness: ages
+defaults:
+  send_days: [lunes, funday]
 "#;
     let errs = Config::from_yaml(yaml).unwrap_err();
     let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
@@ -96,6 +111,13 @@ rules:
         "rules[1].provider",
         "rules[2].when",
         "rules[2].if",
+        "rules[3].when.offset[1]",
+        "rules[3].when.at",
+        "rules[3].time_zone",
+        "rules[3].send_between",
+        "rules[4].when.cron",
+        "rules[4].lateness",
+        "defaults.send_days[1]",
     ] {
         assert!(paths.contains(&want), "missing an error at {want}; got:\n{errs}");
     }

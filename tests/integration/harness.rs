@@ -22,6 +22,12 @@ pub struct Harness {
     /// Extra YAML for the source (indented under the source).
     pub source_extra: String,
     pub flush_interval: &'static str,
+    /// Extra rules (YAML list items, indented by two spaces) appended to `rules:`.
+    pub extra_rules: String,
+    /// Extra top-level YAML (e.g. `defaults:`).
+    pub extra_top: String,
+    /// The provider's messages per second.
+    pub mps: u32,
 }
 
 pub fn phone(n: u32) -> String {
@@ -51,7 +57,11 @@ pub fn header() -> Vec<Value> {
 impl Harness {
     /// A sandbox with the two templates and a sheet holding `rows` (after the header).
     pub async fn new(rows: Vec<Vec<Value>>) -> Self {
-        Self::with_settings(rows, MetaSettings { status_delay_ms: 30, ..Default::default() }).await
+        Self::with_settings(
+            rows,
+            MetaSettings { status_delay_ms: 30, messages_per_second: 1000.0, ..Default::default() },
+        )
+        .await
     }
 
     pub async fn with_settings(rows: Vec<Vec<Value>>, settings: MetaSettings) -> Self {
@@ -77,7 +87,17 @@ impl Harness {
         let key_file = dir.path().join("sa.json");
         std::fs::write(&key_file, sandbox.service_account_key("recado-test@sandbox.iam.gserviceaccount.com"))
             .expect("key written");
-        Self { sandbox, dir, app: None, key_file, source_extra: String::new(), flush_interval: "200ms" }
+        Self {
+            sandbox,
+            dir,
+            app: None,
+            key_file,
+            source_extra: String::new(),
+            flush_interval: "200ms",
+            extra_rules: String::new(),
+            extra_top: String::new(),
+            mps: 200,
+        }
     }
 
     pub fn user(&self, n: u32, reads: bool, reply: Option<&str>) {
@@ -112,7 +132,7 @@ providers:
     app_secret: sandbox-app-secret
     verify_token: sandbox-verify
     base_url: "{base}/meta"
-    messages_per_second: 200
+    messages_per_second: {mps}
     pair_interval: 100ms
 sources:
   - id: inscripciones
@@ -155,11 +175,16 @@ rules:
       language: es
       body: ["{{{{ Nombre }}}}"]
       button_url_suffix: "viewform?entry.1={{{{ ID | urlencode }}}}"
+{rules}
+{top}
 "#,
             state = self.state_path().display(),
             key = self.key_file.display(),
             flush = self.flush_interval,
             extra = self.source_extra,
+            rules = self.extra_rules,
+            top = self.extra_top,
+            mps = self.mps,
         )
     }
 

@@ -7,4 +7,5 @@ mod config_files;
 mod delivery;
 mod economy;
 mod rows;
+mod time;
 mod webhooks;

@@ -1,0 +1,386 @@
+//! Time as a trigger: durable timers of date rules and recurring (cron) campaigns.
+//!
+//! The poller plans timers (one per rule, record and offset) in the same transaction as the
+//! snapshot, with [`sync_timers`]. This loop sleeps until the earliest pending timer or campaign
+//! occurrence (no polling of the store in a busy loop), and when one is due re-reads the record
+//! as last committed, checks it again (filter, consent, phone, date), and queues the message —
+//! or, if it was missed by more than the rule's lateness while recado was not running, records
+//! it as skipped with the reason on the row. A campaign walks the source page by page, each page
+//! one transaction, idempotent per (rule, record, occurrence): a restart half-way neither
+//! duplicates nor skips.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use tracing::{error, info, warn};
+
+use super::{now_ms, record_from_snapshot, EngineCtx, RecordView, Shutdown};
+use crate::config::{RuleConfig, Trigger};
+use crate::domain::MessageState;
+use crate::rules::{PlannedTimer, TimerPlan};
+use crate::schedule::{too_late, CronSchedule};
+use crate::store::{self, CellWrite, TimerRow, Tx, WriteTarget};
+
+/// Records a campaign handles per transaction.
+const CAMPAIGN_PAGE: i64 = 1000;
+
+/// Brings the stored timers of `source_id` in line with `plans`. With `keys`, only those
+/// records are considered; without, the whole source (timers of rules no longer configured are
+/// cancelled too). Returns how many timers were created or moved.
+pub async fn sync_timers(
+    tx: &mut Tx,
+    source_id: &str,
+    plans: &[TimerPlan],
+    keys: Option<&[&str]>,
+    now: i64,
+) -> anyhow::Result<usize> {
+    let existing = store::timers_of(tx, source_id, keys).await?;
+    let mut by_slot: HashMap<(String, String, String), TimerRow> =
+        existing.into_iter().map(|t| ((t.rule_id.clone(), t.record_key.clone(), t.slot.clone()), t)).collect();
+    let mut changed = 0;
+    for plan in plans {
+        let (p, late) = match plan {
+            TimerPlan::Due(p) => (p, false),
+            TimerPlan::TooLate(p) => (p, true),
+            _ => continue,
+        };
+        let id = (p.rule_id.clone(), p.record_key.0.clone(), p.slot.clone());
+        let row = |state: &str| TimerRow {
+            rule_id: p.rule_id.clone(),
+            source_id: source_id.to_string(),
+            record_key: p.record_key.0.clone(),
+            slot: p.slot.clone(),
+            occurrence: p.occurrence.clone(),
+            due_at: p.due_at.timestamp_millis(),
+            state: state.to_string(),
+        };
+        match by_slot.remove(&id) {
+            // A missed timer stays pending: the loop records it as skipped, with the reason.
+            Some(e) if e.occurrence == p.occurrence && e.state == "pending" => {
+                if e.due_at != p.due_at.timestamp_millis() && !late {
+                    store::upsert_timer(tx, &row("pending"), now).await?;
+                    changed += 1;
+                }
+            }
+            Some(e) if e.occurrence == p.occurrence && e.state != "cancelled" => {}
+            _ if late => {}
+            _ => {
+                store::upsert_timer(tx, &row("pending"), now).await?;
+                changed += 1;
+            }
+        }
+    }
+    for (_, mut e) in by_slot {
+        if e.state == "pending" {
+            e.state = "cancelled".into();
+            store::upsert_timer(tx, &e, now).await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+pub struct TimerLoop {
+    ctx: Arc<EngineCtx>,
+}
+
+impl TimerLoop {
+    pub fn new(ctx: Arc<EngineCtx>) -> Self {
+        Self { ctx }
+    }
+
+    pub async fn run(self, mut shutdown: Shutdown) {
+        info!("timer loop started");
+        loop {
+            if shutdown.is_set() {
+                break;
+            }
+            let now = Utc::now();
+            if let Err(e) = self.fire_due(now).await {
+                error!("firing timers failed: {e:#}");
+            }
+            let next_campaign = match self.run_campaigns(now, &shutdown).await {
+                Ok(n) => n,
+                Err(e) => {
+                    error!("running campaigns failed: {e:#}");
+                    Some(now_ms() + 5_000)
+                }
+            };
+            let next_timer = match self.ctx.store.conn().await {
+                Ok(mut c) => store::next_timer_at(&mut c).await.ok().flatten(),
+                Err(_) => None,
+            };
+            let next = [next_timer, next_campaign].into_iter().flatten().min();
+            // Sleep until the next thing is due (woken early when timers are planned); an hour
+            // at most so a clock change is noticed.
+            let sleep = next.map(|t| (t - now_ms()).clamp(0, 3_600_000)).unwrap_or(3_600_000);
+            if sleep == 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(sleep as u64)) => {}
+                _ = self.ctx.timers_wake.notified() => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        info!("timer loop stopped");
+    }
+
+    /// Fires every pending timer that is due. Public for tests.
+    pub async fn fire_due(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let mut fired = 0;
+        loop {
+            let mut tx = self.ctx.store.begin().await?;
+            let due = store::due_timers(&mut tx, now.timestamp_millis(), 500).await?;
+            if due.is_empty() {
+                return Ok(fired);
+            }
+            let mut sources = HashSet::new();
+            let mut providers = HashSet::new();
+            for t in &due {
+                if let Some(provider) = self.fire_one(&mut tx, t, now).await? {
+                    providers.insert(provider);
+                    fired += 1;
+                }
+                sources.insert(t.source_id.clone());
+            }
+            tx.commit().await?;
+            for p in providers {
+                self.ctx.wake_dispatcher(&p);
+            }
+            for s in sources {
+                self.ctx.wake_flusher(&s);
+            }
+        }
+    }
+
+    /// One due timer: re-check, then queue, skip or cancel. Returns the provider woken.
+    async fn fire_one(&self, tx: &mut Tx, t: &TimerRow, now: DateTime<Utc>) -> anyhow::Result<Option<String>> {
+        let now_ms = now.timestamp_millis();
+        let set_state = |state: &str| {
+            let mut row = t.clone();
+            row.state = state.into();
+            row
+        };
+        let (Some(cfg), Some(rule)) = (self.ctx.sheet_config(&t.source_id), self.ctx.rules.rule(&t.rule_id)) else {
+            store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
+            return Ok(None);
+        };
+        let Some(row) = store::snapshot_row(tx, &t.source_id, &t.record_key).await? else {
+            info!(rule = %t.rule_id, record = %t.record_key, "reminder cancelled: the row is gone");
+            store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
+            return Ok(None);
+        };
+        let view = RecordView::new(cfg, record_from_snapshot(crate::domain::RecordKey(t.record_key.clone()), &row));
+        let time = self.ctx.time_context(&t.source_id, view.tz, now);
+        let plans = self.ctx.rules.plan_timers(&t.source_id, &view.record, &view.facts(&[]), &time);
+        let mine = plans.iter().find_map(|p| match p {
+            TimerPlan::Due(p) | TimerPlan::TooLate(p)
+                if p.rule_id == t.rule_id && p.slot == t.slot && p.occurrence == t.occurrence =>
+            {
+                Some(p)
+            }
+            _ => None,
+        });
+        let Some(plan) = mine else {
+            info!(rule = %t.rule_id, record = %t.record_key, "reminder cancelled: the row no longer calls for it");
+            store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
+            return Ok(None);
+        };
+        let lateness = rule.lateness.unwrap_or(self.ctx.config.defaults.lateness);
+        if too_late(Utc.timestamp_millis_opt(t.due_at).single().unwrap_or(now), now, lateness) {
+            let local = plan.due_at.with_timezone(&time.zone_for(rule)).format("%Y-%m-%d %H:%M");
+            let reason = format!(
+                "not sent: the reminder was due at {local} while recado was not running, more than {} ago",
+                human(lateness)
+            );
+            warn!(rule = %t.rule_id, record = %t.record_key, "{reason}");
+            store::upsert_timer(tx, &set_state("skipped"), now_ms).await?;
+            store::queue_writes(tx, &self.skipped_writes(&t.source_id, &view.record.key, now_ms, &reason)).await?;
+            return Ok(None);
+        }
+        self.queue(tx, rule, plan_occurrence(plan), &view, &time).await?;
+        store::upsert_timer(tx, &set_state("fired"), now_ms).await?;
+        Ok(Some(rule.provider.clone()))
+    }
+
+    /// Queues the message a rule wants for a record, or reports why not. True when queued.
+    async fn queue(
+        &self,
+        tx: &mut Tx,
+        rule: &RuleConfig,
+        occurrence: String,
+        view: &RecordView,
+        time: &crate::rules::TimeContext<'_>,
+    ) -> anyhow::Result<bool> {
+        let now_ms = time.now.timestamp_millis();
+        match self.ctx.rules.intent_for(&rule.id, &occurrence, &view.record, &view.facts(&[])) {
+            None => Ok(false),
+            Some(Err(reason)) => {
+                info!(rule = %rule.id, record = %view.record.key, "{reason}");
+                Ok(false)
+            }
+            Some(Ok(intent)) => {
+                let due = time.send_at(rule).timestamp_millis();
+                if let Some(id) = store::insert_intent(tx, &intent, due, now_ms).await? {
+                    info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
+                    if let Some(m) = store::message_by_id(tx, id).await? {
+                        store::queue_writes(tx, &self.ctx.status_writes(&m, MessageState::Queued, now_ms, None))
+                            .await?;
+                    }
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn skipped_writes(
+        &self,
+        source_id: &str,
+        key: &crate::domain::RecordKey,
+        now_ms: i64,
+        reason: &str,
+    ) -> Vec<CellWrite> {
+        let cols = self.ctx.write_back_columns(source_id);
+        let target = WriteTarget::Record(key.clone());
+        let mut out = Vec::new();
+        if let Some(c) = cols.status {
+            out.push(CellWrite {
+                source_id: source_id.into(),
+                target: target.clone(),
+                column: c,
+                value: MessageState::Skipped.as_str().into(),
+            });
+        }
+        if let Some(c) = cols.status_at {
+            out.push(CellWrite {
+                source_id: source_id.into(),
+                target: target.clone(),
+                column: c,
+                value: self.ctx.format_time(source_id, now_ms),
+            });
+        }
+        out.extend(self.ctx.error_write(source_id, target, reason));
+        out
+    }
+
+    /// Runs campaign occurrences that are due. Returns when the next one is due.
+    pub async fn run_campaigns(&self, now: DateTime<Utc>, shutdown: &Shutdown) -> anyhow::Result<Option<i64>> {
+        let mut earliest: Option<i64> = None;
+        let rules: Vec<RuleConfig> =
+            self.ctx.config.rules.iter().filter(|r| matches!(r.trigger, Trigger::Cron { .. })).cloned().collect();
+        for rule in rules {
+            let Trigger::Cron { expr } = &rule.trigger else { continue };
+            let Ok(schedule) = CronSchedule::parse(expr) else { continue };
+            let tz = rule
+                .time_zone
+                .or(self.ctx.config.defaults.time_zone)
+                .unwrap_or_else(|| self.ctx.source_tz(&rule.source));
+            let mut conn = self.ctx.store.conn().await?;
+            let stored = store::campaign_next(&mut conn, &rule.id).await?;
+            drop(conn);
+            let next = match stored {
+                Some(n) => n,
+                None => {
+                    // First sight of this campaign: from now on (past occurrences are not run).
+                    let Some(first) = schedule.next_after(now, tz) else { continue };
+                    let mut tx = self.ctx.store.begin().await?;
+                    store::set_campaign_next(&mut tx, &rule.id, first.timestamp_millis(), now.timestamp_millis())
+                        .await?;
+                    tx.commit().await?;
+                    info!(rule = %rule.id, next = %first.with_timezone(&tz), "campaign scheduled");
+                    first.timestamp_millis()
+                }
+            };
+            if next > now.timestamp_millis() {
+                earliest = Some(earliest.map_or(next, |e| e.min(next)));
+                continue;
+            }
+            if shutdown.is_set() {
+                return Ok(earliest);
+            }
+            let occurrence = Utc.timestamp_millis_opt(next).single().unwrap_or(now);
+            let lateness = rule.lateness.unwrap_or(self.ctx.config.defaults.lateness);
+            let late = too_late(occurrence, now, lateness);
+            let n = self.run_occurrence(&rule, occurrence, late, now, tz).await?;
+            // Done: move to the first occurrence after this one (missed ones are their own
+            // occurrences, each run or skipped in turn).
+            let following = schedule.next_after(occurrence, tz).map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
+            let mut tx = self.ctx.store.begin().await?;
+            store::set_campaign_next(&mut tx, &rule.id, following, now.timestamp_millis()).await?;
+            tx.commit().await?;
+            if late {
+                warn!(rule = %rule.id, occurrence = %occurrence.with_timezone(&tz), records = n, "campaign occurrence missed while recado was not running: skipped");
+            } else {
+                info!(rule = %rule.id, occurrence = %occurrence.with_timezone(&tz), queued = n, "campaign occurrence queued");
+            }
+            earliest = Some(earliest.map_or(following, |e| e.min(following)));
+        }
+        Ok(earliest)
+    }
+
+    /// Every record of the rule's source, page by page: queue (or, when `late`, write back the
+    /// skip reason). Idempotent per (rule, record, occurrence).
+    async fn run_occurrence(
+        &self,
+        rule: &RuleConfig,
+        occurrence: DateTime<Utc>,
+        late: bool,
+        now: DateTime<Utc>,
+        tz: chrono_tz::Tz,
+    ) -> anyhow::Result<usize> {
+        let Some(cfg) = self.ctx.sheet_config(&rule.source) else { return Ok(0) };
+        let occ_key = format!("cron@{}", occurrence.format("%Y-%m-%dT%H:%MZ"));
+        let mut after = String::new();
+        let mut count = 0;
+        loop {
+            let mut tx = self.ctx.store.begin().await?;
+            let page = store::snapshot_page(&mut tx, &rule.source, &after, CAMPAIGN_PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.0.clone();
+            for (key, row) in &page {
+                let view = RecordView::new(cfg, record_from_snapshot(key.clone(), row));
+                let time = self.ctx.time_context(&rule.source, view.tz, now);
+                if late {
+                    if let Some(Ok(_)) = self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
+                        let reason = format!(
+                            "not sent: the campaign of {} was missed while recado was not running",
+                            occurrence.with_timezone(&tz).format("%Y-%m-%d %H:%M")
+                        );
+                        store::queue_writes(
+                            &mut tx,
+                            &self.skipped_writes(&rule.source, key, now.timestamp_millis(), &reason),
+                        )
+                        .await?;
+                        count += 1;
+                    }
+                } else if self.queue(&mut tx, rule, occ_key.clone(), &view, &time).await? {
+                    count += 1;
+                }
+            }
+            tx.commit().await?;
+            if page.len() < CAMPAIGN_PAGE as usize {
+                break;
+            }
+        }
+        self.ctx.wake_dispatcher(&rule.provider);
+        self.ctx.wake_flusher(&rule.source);
+        Ok(count)
+    }
+}
+
+fn plan_occurrence(p: &PlannedTimer) -> String {
+    p.occurrence_key()
+}
+
+fn human(d: Duration) -> String {
+    let mins = d.as_secs() / 60;
+    match (mins / 60, mins % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}

@@ -1,0 +1,260 @@
+//! Time as a trigger: date-relative reminders, lateness, quiet hours and campaigns.
+
+use std::time::Duration;
+
+use chrono::{Timelike, Utc};
+use serde_json::{json, Value};
+
+use crate::harness::{row, settle, wait_for, Harness};
+
+/// A header with an appointment column, and a row whose appointment is `in_secs` from now
+/// plus two days (so a `-2d` reminder fires in `in_secs`).
+fn with_appointment(id: u32, in_secs: i64) -> Vec<Value> {
+    let mut r = row(id, &format!("P{id}"), "Sí", "Activo");
+    r.push(json!(appointment(in_secs)));
+    r
+}
+
+/// `2026-11-23 10:00:05` in America/Santiago (the sheet's zone), two days after now + secs.
+fn appointment(in_secs: i64) -> String {
+    let tz: chrono_tz::Tz = "America/Santiago".parse().unwrap();
+    let at = Utc::now() + chrono::Duration::days(2) + chrono::Duration::seconds(in_secs);
+    at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+const REMINDER: &str = r#"
+  - id: recordatorio
+    source: inscripciones
+    when: { date: Fecha cita, offset: -2d }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ Curso }}", "{{ row['Fecha cita'] }}"]
+"#;
+
+async fn reminder_harness(rows: Vec<Vec<Value>>) -> Harness {
+    let mut h = Harness::new(vec![]).await;
+    let mut all = vec![{
+        let mut hd = crate::harness::header();
+        hd.push(json!("Fecha cita"));
+        hd
+    }];
+    all.extend(rows);
+    h.sandbox.google().seed(crate::harness::SHEET, "America/Santiago", vec![(crate::harness::TAB.to_string(), all)]);
+    h.extra_rules = REMINDER.to_string();
+    h
+}
+
+async fn timer_state(h: &Harness, key: &str) -> Vec<String> {
+    let mut c = h.store().conn().await.unwrap();
+    let t = recado::store::timers_of(&mut c, "inscripciones", Some(&[key])).await.unwrap();
+    t.into_iter().map(|t| t.state).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_fires_once_at_its_time_and_the_baseline_rows_get_theirs() {
+    let mut h = reminder_harness(vec![with_appointment(100, 3)]).await;
+    h.user(100, true, None);
+    h.start().await;
+    let planned_at = Utc::now();
+    assert_eq!(timer_state(&h, "100").await, vec!["pending"], "planned for an existing row at the first read");
+    assert!(h.sent_to(100).is_empty());
+    wait_for("the reminder", Duration::from_secs(15), || async { !h.sent_to(100).is_empty() }).await;
+    let sent_at = h.sent_to(100)[0].at_ms;
+    assert!(sent_at >= planned_at.timestamp_millis() + 1500, "not before its time");
+    h.wait_cell("100", "Estado WhatsApp", "read").await;
+    settle().await;
+    assert_eq!(h.sent_to(100).len(), 1);
+    assert_eq!(timer_state(&h, "100").await, vec!["fired"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_date_moves_the_reminder_and_clearing_consent_or_deleting_cancels() {
+    let mut h =
+        reminder_harness(vec![with_appointment(101, 3600), with_appointment(102, 3), with_appointment(103, 3)]).await;
+    h.user(101, true, None);
+    h.start().await;
+    // 101's appointment moves to two days and 2 seconds from now: the reminder moves too.
+    h.edit("101", "Fecha cita", json!(appointment(2)));
+    // 102 withdraws consent; 103's row is deleted.
+    h.edit("102", "Consentimiento", json!(""));
+    let rows = h.sandbox.google().rows(crate::harness::SHEET, crate::harness::TAB);
+    let n = rows.iter().position(|r| r[0] == json!(103)).unwrap() + 1;
+    assert!(h.sandbox.google().delete_row(crate::harness::SHEET, crate::harness::TAB, n));
+    wait_for("the moved reminder", Duration::from_secs(15), || async { !h.sent_to(101).is_empty() }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(h.sent_to(102).is_empty(), "consent withdrawn");
+    assert!(h.sent_to(103).is_empty(), "row deleted");
+    assert_eq!(timer_state(&h, "102").await, vec!["cancelled"]);
+    assert_eq!(timer_state(&h, "103").await, vec!["cancelled"]);
+    assert_eq!(h.sent_to(101).len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_planning_and_firing_fires_once_and_downtime_beyond_lateness_skips() {
+    let mut h = reminder_harness(vec![with_appointment(104, 2), with_appointment(105, 1)]).await;
+    // 104 may be up to 3 s late after the restart; 105 may not be late at all.
+    h.extra_rules = r#"
+  - id: tolerante
+    source: inscripciones
+    when: { date: Fecha cita, offset: -2d }
+    if: "ID == 104"
+    provider: whatsapp
+    lateness: 3s
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ Curso }}", "{{ Mentor }}"]
+  - id: estricto
+    source: inscripciones
+    when: { date: Fecha cita, offset: -2d }
+    if: "ID == 105"
+    provider: whatsapp
+    lateness: 0s
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ Curso }}", "{{ Mentor }}"]
+"#
+    .to_string();
+    h.user(104, true, None);
+    h.start().await;
+    assert_eq!(timer_state(&h, "104").await, vec!["pending"]);
+    h.stop().await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    h.start().await;
+    wait_for("the late reminder", Duration::from_secs(10), || async { !h.sent_to(104).is_empty() }).await;
+    h.wait_cell("105", "Estado WhatsApp", "skipped").await;
+    assert!(
+        h.cell("105", "Error WhatsApp").contains("while recado was not running"),
+        "{}",
+        h.cell("105", "Error WhatsApp")
+    );
+    settle().await;
+    assert_eq!(h.sent_to(104).len(), 1);
+    assert!(h.sent_to(105).is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_date_is_reported_on_the_row_once() {
+    let mut r = row(106, "P106", "Sí", "Activo");
+    r.push(json!("el martes"));
+    let mut h = reminder_harness(vec![r, with_appointment(107, 3600)]).await;
+    h.start().await;
+    wait_for("the date problem on the row", Duration::from_secs(10), || async {
+        h.cell("106", "Error WhatsApp").contains("'el martes' is not a date")
+    })
+    .await;
+    assert!(
+        h.cell("106", "Error WhatsApp").starts_with("date unreadable: Fecha cita"),
+        "{}",
+        h.cell("106", "Error WhatsApp")
+    );
+    assert_eq!(timer_state(&h, "107").await, vec!["pending"], "the other rows keep working");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_defer_instead_of_dropping() {
+    let mut h = Harness::new(vec![]).await;
+    // A window that is closed now: it opens in a few hours (UTC, no holidays).
+    let now = Utc::now();
+    let start = (now.hour() + 3) % 24;
+    let end = (now.hour() + 5) % 24;
+    h.extra_top = format!("defaults:\n  time_zone: UTC\n  send_between: \"{start:02}:00-{end:02}:00\"\n");
+    h.start().await;
+    h.add_row(row(110, "Noche", "Sí", "Activo"));
+    wait_for("the message to be queued", Duration::from_secs(10), || async { !h.messages().await.is_empty() }).await;
+    settle().await;
+    assert!(h.sent_to(110).is_empty(), "deferred, not sent");
+    let m = &h.messages().await[0];
+    assert_eq!(m.state, recado::domain::MessageState::Queued);
+    let opens = chrono::DateTime::from_timestamp_millis(m.next_attempt_at).unwrap();
+    assert_eq!((opens.hour(), opens.minute()), (start, 0), "due when the window opens");
+    assert!(opens > now);
+    h.stop().await;
+}
+
+/// A campaign occurrence interrupted half-way (half its messages already in the outbox, the
+/// occurrence not marked done) completes after a restart without duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_campaign_completes_without_duplicates() {
+    use recado::domain::{MessageContent, PhoneNumber, RecordKey, TemplateMessage};
+    let n = 2000u32;
+    let mut h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Egresado")).collect()).await;
+    h.mps = 1000;
+    h.sandbox.meta().update_settings(|s| s.statuses = false);
+    h.extra_top = "defaults:\n  time_zone: UTC\n".into();
+    h.extra_rules = r#"
+  - id: trimestral
+    source: inscripciones
+    when: { cron: "0 10 1 */3 *" }
+    if: "Estado == 'Egresado'"
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Nombre }}"]
+      button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
+"#
+    .into();
+    h.start().await;
+    h.stop().await;
+
+    // The state an interruption leaves: the occurrence (a minute ago) is still due, and the
+    // first half of its messages are already queued.
+    let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+    let occurrence = Utc::now() - chrono::Duration::minutes(1);
+    let occurrence = occurrence.with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let key = format!("cron@{}", occurrence.format("%Y-%m-%dT%H:%MZ"));
+    let mut tx = store.begin().await.unwrap();
+    recado::store::set_campaign_next(
+        &mut tx,
+        "trimestral",
+        occurrence.timestamp_millis(),
+        Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    for i in 1..=n / 2 {
+        let intent = recado::rules::Intent {
+            rule_id: "trimestral".into(),
+            source_id: "inscripciones".into(),
+            record_key: RecordKey(i.to_string()),
+            provider_id: "whatsapp".into(),
+            idempotency_key: format!("trimestral:{i}:{key}"),
+            phone: PhoneNumber::from_e164_unchecked(format!("+5698765{i:04}")),
+            content: MessageContent::Template(TemplateMessage {
+                name: "encuesta_seguimiento".into(),
+                language: "es".into(),
+                body: vec![format!("P{i}")],
+                button_url_suffix: Some(format!("viewform?entry.1={i}")),
+            }),
+            fallback: None,
+        };
+        recado::store::insert_intent(&mut tx, &intent, 0, 0).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    store.close().await;
+
+    h.start().await;
+    wait_for("every graduate's survey", Duration::from_secs(60), || async {
+        h.sandbox.meta().sent_count() >= n as usize
+    })
+    .await;
+    settle().await;
+    let messages = h.messages().await;
+    let keys: std::collections::HashSet<&str> = messages.iter().map(|m| m.record_key.0.as_str()).collect();
+    assert_eq!(messages.len(), n as usize, "one message per record");
+    assert_eq!(keys.len(), n as usize);
+    assert_eq!(h.sandbox.meta().sent_count(), n as usize, "each sent once");
+    let mut c = h.store().conn().await.unwrap();
+    let next = recado::store::campaign_next(&mut c, "trimestral").await.unwrap().unwrap();
+    drop(c);
+    assert!(next > Utc::now().timestamp_millis(), "the occurrence is done; the next one is in the future");
+    h.stop().await;
+}
