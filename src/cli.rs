@@ -33,6 +33,20 @@ pub enum Command {
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
     },
+    /// Show what would be sent now and in the next days, and why some records get nothing,
+    /// without sending and without changing the state.
+    Plan {
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+        /// How many days ahead.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::plan::Format::Table)]
+        format: crate::plan::Format,
+    },
     /// Serve the Google and Meta emulators and print their base URLs.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8790")]
@@ -78,6 +92,31 @@ pub async fn execute(cli: Cli) -> i32 {
             };
             match crate::app::run_until_signal(config).await {
                 Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Plan { config, days, rule, format } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return 1;
+                }
+            };
+            if let Some(r) = &rule {
+                if !config.rules.iter().any(|x| &x.id == r) {
+                    eprintln!("error: no rule with id '{r}'");
+                    return 1;
+                }
+            }
+            match crate::plan::plan(&config, days, rule.as_deref(), chrono::Utc::now()).await {
+                Ok(lines) => {
+                    print!("{}", crate::plan::render(&lines, format));
+                    0
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     1

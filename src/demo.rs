@@ -226,8 +226,9 @@ const NEW_REGISTRATIONS: &[Person] = &[
 const GRADUATES: &[&str] = &["1001", "1003", "1005", "1014"];
 
 /// Messages the scenario must end with: 9 confirmations + 2 surveys (1005 never consented and
-/// 1014 opted out, so their surveys are blocked before they reach the outbox).
-const EXPECTED_MESSAGES: usize = 11;
+/// 1014 opted out, so their surveys are blocked before they reach the outbox) + 3 appointment
+/// reminders (the fourth appointment has no consent).
+const EXPECTED_MESSAGES: usize = 14;
 /// Replies the participants send (two thanks/questions and one BAJA) plus Valentina's.
 const EXPECTED_REPLIES: i64 = 4;
 
@@ -285,7 +286,17 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     let header = ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Consentimiento", "Estado"].map(|h| json!(h)).to_vec();
     let mut rows = vec![header];
     rows.extend(ALREADY_REGISTERED.iter().map(row));
-    sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), rows)]);
+    sandbox.meta().add_template(TemplateDef {
+        name: "recordatorio_cita".into(),
+        language: "es".into(),
+        body_params: 2,
+        url_button: false,
+    });
+    sandbox.google().seed(
+        SHEET,
+        "America/Santiago",
+        vec![(TAB.to_string(), rows), ("Citas".to_string(), appointments())],
+    );
     for p in ALREADY_REGISTERED.iter().chain(NEW_REGISTRATIONS) {
         simulate(&sandbox, p);
     }
@@ -363,7 +374,17 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     };
 
     print_sheet(&sandbox);
+    print_appointments(&sandbox);
     print_summary(&running).await?;
+    // What the rules will send in the coming months (the quarterly follow-up included).
+    let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match crate::plan::plan(&config, 200, Some("seguimiento_trimestral"), chrono::Utc::now()).await {
+        Ok(lines) => {
+            println!("\n`recado plan --days 200 --rule seguimiento_trimestral` diría:");
+            print!("{}", crate::plan::render(&lines, crate::plan::Format::Table));
+        }
+        Err(e) => println!("⚠ plan: {e:#}"),
+    }
     let result = if settled {
         println!("✔ Todo mensaje esperado llegó a su estado final y todo quedó escrito en la planilla.");
         Ok(())
@@ -467,6 +488,44 @@ fn cell_text(v: &Value) -> String {
         Value::Number(n) => n.as_f64().map(crate::domain::record::format_number).unwrap_or_default(),
         Value::Null => String::new(),
         other => other.to_string(),
+    }
+}
+
+/// Appointments one day and a few seconds away: their day-before reminders fire during the demo.
+fn appointments() -> Vec<Vec<Value>> {
+    let tz: chrono_tz::Tz = "America/Santiago".parse().unwrap_or(chrono_tz::UTC);
+    let at = |secs: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(1) + chrono::Duration::seconds(secs))
+            .with_timezone(&tz)
+            .format("%d/%m/%Y %H:%M:%S")
+            .to_string()
+    };
+    let mut rows =
+        vec![["ID", "Nombre", "Teléfono", "Consentimiento", "Fecha cita", "Lugar"].map(|h| json!(h)).to_vec()];
+    for (id, name, phone, consent, secs, place) in [
+        ("C-1", "Camila Rojas", "+56 9 8765 4301", "Sí", 6, "Oficina Maipú"),
+        ("C-2", "Tomás Reyes", "+56 9 8765 4308", "Sí", 8, "Oficina Centro"),
+        ("C-3", "Lucas Contreras", "+56 9 8765 4315", "Sí", 10, "Oficina Maipú"),
+        ("C-4", "Francisca Díaz", "+56 9 8765 4305", "No", 10, "Oficina Centro"),
+    ] {
+        rows.push(vec![json!(id), json!(name), json!(phone), json!(consent), json!(at(secs)), json!(place)]);
+    }
+    rows
+}
+
+fn print_appointments(sandbox: &Sandbox) {
+    let rows = sandbox.google().rows(SHEET, "Citas");
+    let Some(header) = rows.first() else { return };
+    let col = |name: &str| header.iter().position(|h| cell_text(h) == name);
+    let cols = [col("ID"), col("Nombre"), col("Fecha cita"), col("Estado WhatsApp"), col("Error WhatsApp")];
+    println!("\nLa pestaña \"Citas\":");
+    for r in rows.iter().skip(1) {
+        let cells: Vec<String> = cols
+            .iter()
+            .zip([5, 18, 19, 15, 30])
+            .map(|(c, n)| fit(&c.and_then(|c| r.get(c)).map(cell_text).unwrap_or_default(), n))
+            .collect();
+        println!("  {}", cells.join(" │ "));
     }
 }
 

@@ -14,6 +14,7 @@ pub mod diff;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod plan;
 pub mod providers;
 pub mod rules;
 pub mod sandbox;

@@ -91,6 +91,21 @@ impl Store {
     /// Starts a write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so two
     /// transactions never deadlock upgrading a read lock (SQLite would answer "busy" at once
     /// instead of waiting for the busy timeout).
+    /// Opens an existing store read-only, without migrating (for `recado plan`). A missing file
+    /// is an empty state.
+    pub async fn open_read_only(path: &Path) -> anyhow::Result<ReadOnlyStore> {
+        if !path.exists() {
+            return Ok(ReadOnlyStore(None));
+        }
+        let opts = SqliteConnectOptions::new().filename(path).read_only(true).busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .with_context(|| format!("opening state store {} read-only", path.display()))?;
+        Ok(ReadOnlyStore(Some(pool)))
+    }
+
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
@@ -101,6 +116,27 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The store as `recado plan` sees it: questions only, and an absent store answers "no".
+pub struct ReadOnlyStore(Option<SqlitePool>);
+
+impl ReadOnlyStore {
+    /// Was a message with this idempotency key already queued or sent?
+    pub async fn already(&self, idempotency_key: &str) -> bool {
+        let Some(pool) = &self.0 else { return false };
+        let Ok(mut c) = pool.acquire().await else { return false };
+        message_exists(&mut c, idempotency_key).await.unwrap_or(false)
+    }
+
+    /// `Some(reason)` when the record's contact opted out.
+    pub async fn opted_out(&self, view: &crate::engine::RecordView) -> Option<String> {
+        let pool = self.0.as_ref()?;
+        let phone = view.phone.as_ref().ok()?;
+        let mut c = pool.acquire().await.ok()?;
+        let contact = contact(&mut c, phone.as_str()).await.ok()??;
+        contact.opted_out_at.map(|_| "opted out".to_string())
     }
 }
 

@@ -10,7 +10,8 @@ fn the_demo_configuration_validates() {
     std::fs::write(&key, sandbox_key).unwrap();
     let yaml = recado::demo::demo_config_yaml("http://127.0.0.1:1", &key.display().to_string(), "/tmp/x.db");
     let c = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.rules.len(), 2);
+    assert_eq!(c.rules.len(), 4);
+    assert_eq!(c.sources.len(), 2);
 }
 
 #[test]

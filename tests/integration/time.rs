@@ -258,3 +258,51 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
     assert!(next > Utc::now().timestamp_millis(), "the occurrence is done; the next one is in the future");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_what_is_then_sent_and_changes_nothing() {
+    let mut no_consent = with_appointment(122, 5);
+    no_consent[5] = json!("");
+    let mut bad_date = row(123, "P123", "Sí", "Activo");
+    bad_date.push(json!("pronto"));
+    let mut bad_phone = with_appointment(124, 5);
+    bad_phone[2] = json!("no tiene");
+    let mut h =
+        reminder_harness(vec![with_appointment(120, 3), with_appointment(121, 3600), no_consent, bad_date, bad_phone])
+            .await;
+    h.user(120, true, None);
+    let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
+    let lines = recado::plan::plan(&config, 3, None, Utc::now()).await.unwrap();
+    assert!(!h.state_path().exists(), "plan creates no state");
+    let by = |k: &str| lines.iter().find(|l| l.record == k).unwrap_or_else(|| panic!("no line for {k}: {lines:?}"));
+    assert_eq!(by("120").status, "send");
+    assert_eq!(by("121").status, "send");
+    assert_eq!(by("120").message, "confirmacion_inscripcion");
+    assert_eq!(by("122").reason, "no consent");
+    assert!(by("123").reason.contains("date unreadable"), "{}", by("123").reason);
+    assert!(by("124").reason.contains("not a phone number"), "{}", by("124").reason);
+    let table = recado::plan::render(&lines, recado::plan::Format::Table);
+    assert!(table.contains("2 message(s) planned"), "{table}");
+    assert!(recado::plan::render(&lines, recado::plan::Format::Csv).lines().count() == lines.len() + 1);
+
+    h.start().await;
+    wait_for("the planned reminder", Duration::from_secs(15), || async { !h.sent_to(120).is_empty() }).await;
+    let sent = &h.sent_to(120)[0];
+    let params: Vec<String> = sent.body["template"]["components"][0]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(params, by("120").parameters, "the plan showed exactly what was sent");
+    let planned = by("120").when_utc.unwrap().timestamp_millis();
+    assert!((sent.at_ms - planned).abs() < 1500, "sent when planned ({} vs {planned})", sent.at_ms);
+    let mut c = h.store().conn().await.unwrap();
+    let t = recado::store::timers_of(&mut c, "inscripciones", Some(&["121"])).await.unwrap();
+    drop(c);
+    assert_eq!(t[0].due_at, by("121").when_utc.unwrap().timestamp_millis());
+    // Asked again, the plan no longer lists what was sent.
+    h.stop().await;
+    let again = recado::plan::plan(&config, 3, None, Utc::now()).await.unwrap();
+    assert!(again.iter().all(|l| l.record != "120" || l.status != "send"), "{again:?}");
+}
