@@ -112,5 +112,54 @@ fn bench_rules(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_diff, bench_rules);
+fn bench_planning(c: &mut Criterion) {
+    use recado::config::Defaults;
+    use recado::rules::{TimeContext, TimerPlan};
+    let template = || SendSpec::Template(TemplateSpec { name: "recordatorio".into(), language: "es".into(), body: vec!["{{ Nombre }}".into()], button_url_suffix: None });
+    let date_rule = |id: &str, offsets: &[&str], at: Option<chrono::NaiveTime>| RuleConfig {
+        id: id.into(),
+        source: "s".into(),
+        trigger: Trigger::Date { field: "Fecha cita".into(), offsets: offsets.iter().map(|o| o.parse().unwrap()).collect(), at },
+        filter: None,
+        provider: "p".into(),
+        send: template(),
+        time_zone: None,
+        window: None,
+        lateness: None,
+    };
+    let rules = vec![
+        date_rule("cita", &["-2d"], chrono::NaiveTime::from_hms_opt(10, 0, 0)),
+        date_rule("renovacion", &["-6w", "-1w"], None),
+    ];
+    let set = RuleSet::compile(&rules).unwrap();
+    let records: Vec<Record> = (0..100_000)
+        .map(|i| {
+            let mut r = record(i, 0);
+            // Serial dates spread over the next year, half of them with a time of day.
+            let serial = 46_348.0 + (i % 365) as f64 + if i % 2 == 0 { 0.4375 } else { 0.0 };
+            r.fields.insert("Fecha cita".to_string(), CellValue::Number(serial));
+            r
+        })
+        .collect();
+    let phone = Ok(PhoneNumber::from_e164_unchecked("+56987654321"));
+    let defaults = Defaults { time_zone: None, window: None, lateness: std::time::Duration::from_secs(3 * 3600) };
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let time = TimeContext { now, source_tz: "America/Santiago".parse().unwrap(), record_tz: None, defaults: &defaults, date_order: Default::default() };
+    let mut g = c.benchmark_group("planning");
+    g.sample_size(10);
+    g.bench_function("plan_timers_100k_records_2_date_rules", |b| {
+        b.iter(|| {
+            let mut due = 0;
+            for r in &records {
+                let facts = RecordFacts { phone: &phone, consent: Some(true), gate_columns: &[] };
+                due += set.plan_timers("s", r, &facts, &time).iter().filter(|p| matches!(p, TimerPlan::Due(_))).count();
+            }
+            assert!(due > 100_000);
+            due
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_diff, bench_rules, bench_planning);
 criterion_main!(benches);

@@ -76,7 +76,11 @@ pub struct EngineCtx {
     pub opt_out_epoch: AtomicU64,
     /// Wakes the timer loop when timers were planned.
     pub timers_wake: Arc<Notify>,
+    /// Parsed phone numbers by (cell text, region); bounded.
+    pub phone_cache: std::sync::Mutex<PhoneCache>,
 }
+
+type PhoneCache = HashMap<(String, phonenumber::country::Id), Result<crate::domain::PhoneNumber, crate::domain::PhoneError>>;
 
 impl EngineCtx {
     pub fn new(store: Store, config: Arc<Config>, rules: Arc<RuleSet>) -> Arc<Self> {
@@ -102,6 +106,7 @@ impl EngineCtx {
             key_columns: RwLock::new(HashMap::new()),
             opt_out_epoch: AtomicU64::new(0),
             timers_wake: Arc::new(Notify::new()),
+            phone_cache: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -139,28 +144,30 @@ impl EngineCtx {
 
     /// Cells that show a message's state on its row. `error`: `Some(text)` writes it,
     /// `Some("")` clears it, `None` leaves it.
-    pub fn status_writes(
+    pub fn status_writes(&self, m: &OutboxMessage, state: MessageState, at_ms: i64, error: Option<&str>) -> Vec<CellWrite> {
+        self.record_status_writes(&m.source_id, &m.record_key, state, at_ms, error)
+    }
+
+    /// The same for a record, without the message at hand.
+    pub fn record_status_writes(
         &self,
-        m: &OutboxMessage,
+        source_id: &str,
+        key: &crate::domain::RecordKey,
         state: MessageState,
         at_ms: i64,
         error: Option<&str>,
     ) -> Vec<CellWrite> {
-        let cols = self.write_back_columns(&m.source_id);
-        let target = WriteTarget::Record(m.record_key.clone());
+        let Some(cfg) = self.sheet_config(source_id) else { return Vec::new() };
+        let cols = &cfg.write_back;
+        let target = WriteTarget::Record(key.clone());
         let mut out = Vec::new();
         let mut push = |col: &Option<String>, value: String| {
             if let Some(c) = col {
-                out.push(CellWrite {
-                    source_id: m.source_id.clone(),
-                    target: target.clone(),
-                    column: c.clone(),
-                    value,
-                });
+                out.push(CellWrite { source_id: source_id.to_string(), target: target.clone(), column: c.clone(), value });
             }
         };
         push(&cols.status, state.as_str().to_string());
-        push(&cols.status_at, self.format_time(&m.source_id, at_ms));
+        push(&cols.status_at, self.format_time(source_id, at_ms));
         if let Some(e) = error {
             push(&cols.error, e.to_string());
         }
@@ -245,6 +252,29 @@ impl EngineCtx {
             defaults: &self.config.defaults,
             date_order: self.sheet_config(source_id).map(|g| g.date_order).unwrap_or_default(),
         }
+    }
+
+    /// A record view whose phone parse is cached: campaigns and timers parse the same numbers
+    /// over and over, and parsing is the dearest part of looking at a record.
+    pub fn view(&self, cfg: &crate::config::GoogleSheetsConfig, record: crate::domain::Record) -> RecordView {
+        let raw = record.text(&cfg.phone_column);
+        let cached = self.phone_cache.lock().ok().and_then(|c| c.get(&(raw.clone(), cfg.default_region)).cloned());
+        let phone = match cached {
+            Some(p) => p,
+            None => {
+                let p = crate::domain::PhoneNumber::parse(&raw, cfg.default_region);
+                if let Ok(mut c) = self.phone_cache.lock() {
+                    if c.len() > 500_000 {
+                        c.clear();
+                    }
+                    c.insert((raw, cfg.default_region), p.clone());
+                }
+                p
+            }
+        };
+        let consent = cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
+        let tz = cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse::<chrono_tz::Tz>().ok());
+        RecordView { record, phone, consent, tz }
     }
 
     /// Wakes the timer loop (new or moved timers).

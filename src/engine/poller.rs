@@ -247,10 +247,7 @@ impl SheetPoller {
                 info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
                 providers.insert(intent.provider_id.clone());
                 report.queued += 1;
-                let queued = store::message_by_id(&mut tx, id).await?;
-                if let Some(m) = queued {
-                    writes.extend(self.ctx.status_writes(&m, MessageState::Queued, now, None));
-                }
+                writes.extend(self.ctx.record_status_writes(&self.cfg.id, &intent.record_key, MessageState::Queued, now, None));
             }
         }
         for b in &blocked {

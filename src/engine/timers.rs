@@ -173,7 +173,7 @@ impl TimerLoop {
             store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
             return Ok(None);
         };
-        let view = RecordView::new(cfg, record_from_snapshot(crate::domain::RecordKey(t.record_key.clone()), &row));
+        let view = self.ctx.view(cfg, record_from_snapshot(crate::domain::RecordKey(t.record_key.clone()), &row));
         let time = self.ctx.time_context(&t.source_id, view.tz, now);
         let plans = self.ctx.rules.plan_timers(&t.source_id, &view.record, &view.facts(&[]), &time);
         let mine = plans.iter().find_map(|p| match p {
@@ -226,10 +226,9 @@ impl TimerLoop {
                 let due = time.send_at(rule).timestamp_millis();
                 if let Some(id) = store::insert_intent(tx, &intent, due, now_ms).await? {
                     info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
-                    if let Some(m) = store::message_by_id(tx, id).await? {
-                        store::queue_writes(tx, &self.ctx.status_writes(&m, MessageState::Queued, now_ms, None))
-                            .await?;
-                    }
+                    let writes =
+                        self.ctx.record_status_writes(&intent.source_id, &intent.record_key, MessageState::Queued, now_ms, None);
+                    store::queue_writes(tx, &writes).await?;
                     return Ok(true);
                 }
                 Ok(false)
@@ -342,7 +341,7 @@ impl TimerLoop {
             let Some((last, _)) = page.last() else { break };
             after = last.0.clone();
             for (key, row) in &page {
-                let view = RecordView::new(cfg, record_from_snapshot(key.clone(), row));
+                let view = self.ctx.view(cfg, record_from_snapshot(key.clone(), row));
                 let time = self.ctx.time_context(&rule.source, view.tz, now);
                 if late {
                     if let Some(Ok(_)) = self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {

@@ -235,6 +235,24 @@ impl RuleSet {
 
     /// Filter, gates and rendering for one rule that triggered. `None` when the filter does
     /// not match (nothing to report).
+    /// Filter, consent and phone, without rendering anything. `None`: the filter does not match.
+    fn eligible_with(&self, r: &RuleConfig, ctx: &Value, facts: &RecordFacts<'_>) -> Option<Result<(), String>> {
+        if r.filter.is_some() {
+            match self.render(&format!("{}#if", r.id), ctx) {
+                Ok(s) if s == "1" => {}
+                Ok(_) => return None,
+                Err(e) => return Some(Err(format!("rule {}: filter failed: {e}", r.id))),
+            }
+        }
+        if facts.consent == Some(false) {
+            return Some(Err("not sent: no consent".to_string()));
+        }
+        if let Err(e) = facts.phone {
+            return Some(Err(format!("not sent: {e}")));
+        }
+        Some(Ok(()))
+    }
+
     fn apply(
         &self,
         r: &RuleConfig,
@@ -243,15 +261,10 @@ impl RuleSet {
         facts: &RecordFacts<'_>,
     ) -> Option<Result<Intent, String>> {
         let ctx = context(record);
-        if r.filter.is_some() {
-            match self.render(&format!("{}#if", r.id), &ctx) {
-                Ok(s) if s == "1" => {}
-                Ok(_) => return None,
-                Err(e) => return Some(Err(format!("rule {}: filter failed: {e}", r.id))),
-            }
-        }
-        if facts.consent == Some(false) {
-            return Some(Err("not sent: no consent".to_string()));
+        match self.eligible_with(r, &ctx, facts) {
+            None => return None,
+            Some(Err(e)) => return Some(Err(e)),
+            Some(Ok(())) => {}
         }
         let phone = match facts.phone {
             Ok(p) => p.clone(),
@@ -313,8 +326,13 @@ impl RuleSet {
         for rule in self.rules.iter().filter(|r| r.config.source == source_id) {
             let r = &rule.config;
             let Trigger::Date { field, offsets, at } = &r.trigger else { continue };
-            // Eligibility now (filter, consent, phone); re-checked when the timer fires.
-            match self.apply(r, "plan", record, facts) {
+            // Eligibility now (filter, consent, phone); re-checked, and the message rendered, when
+            // the timer fires. The record's template context is built only when a rule has a filter.
+            let eligible = match &r.filter {
+                Some(_) => self.eligible_with(r, &context(record), facts),
+                None => self.eligible_with(r, &Value::UNDEFINED, facts),
+            };
+            match eligible {
                 None => {
                     out.push(TimerPlan::Ineligible {
                         rule_id: r.id.clone(),

@@ -306,3 +306,43 @@ async fn plan_shows_what_is_then_sent_and_changes_nothing() {
     let again = recado::plan::plan(&config, 3, None, Utc::now()).await.unwrap();
     assert!(again.iter().all(|l| l.record != "120" || l.status != "send"), "{again:?}");
 }
+
+/// A campaign occurrence missed by more than the lateness is skipped, with the reason on the
+/// rows, and the next one is scheduled: no burst after a long downtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
+    let mut h = Harness::new((1..=20).map(|i| row(i, &format!("P{i}"), "Sí", if i % 2 == 0 { "Egresado" } else { "Activo" })).collect()).await;
+    h.extra_top = "defaults:\n  time_zone: UTC\n  lateness: 3h\n".into();
+    h.extra_rules = r#"
+  - id: trimestral
+    source: inscripciones
+    when: { cron: "0 10 1 */3 *" }
+    if: "Estado == 'Egresado'"
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Nombre }}"]
+      button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
+"#
+    .into();
+    h.start().await;
+    h.stop().await;
+    let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+    let missed = Utc::now() - chrono::Duration::hours(5);
+    let mut tx = store.begin().await.unwrap();
+    recado::store::set_campaign_next(&mut tx, "trimestral", missed.timestamp_millis(), missed.timestamp_millis()).await.unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+    h.start().await;
+    h.wait_cell("2", "Estado WhatsApp", "skipped").await;
+    assert!(h.cell("2", "Error WhatsApp").contains("campaign"), "{}", h.cell("2", "Error WhatsApp"));
+    assert_eq!(h.cell("1", "Estado WhatsApp"), "", "not a graduate: not part of the campaign");
+    settle().await;
+    assert_eq!(h.sandbox.meta().sent_count(), 0, "nothing stale was sent");
+    let mut c = h.store().conn().await.unwrap();
+    let next = recado::store::campaign_next(&mut c, "trimestral").await.unwrap().unwrap();
+    drop(c);
+    assert!(next > Utc::now().timestamp_millis());
+    h.stop().await;
+}
