@@ -115,11 +115,22 @@ fn bench_rules(c: &mut Criterion) {
 fn bench_planning(c: &mut Criterion) {
     use recado::config::Defaults;
     use recado::rules::{TimeContext, TimerPlan};
-    let template = || SendSpec::Template(TemplateSpec { name: "recordatorio".into(), language: "es".into(), body: vec!["{{ Nombre }}".into()], button_url_suffix: None });
+    let template = || {
+        SendSpec::Template(TemplateSpec {
+            name: "recordatorio".into(),
+            language: "es".into(),
+            body: vec!["{{ Nombre }}".into()],
+            button_url_suffix: None,
+        })
+    };
     let date_rule = |id: &str, offsets: &[&str], at: Option<chrono::NaiveTime>| RuleConfig {
         id: id.into(),
         source: "s".into(),
-        trigger: Trigger::Date { field: "Fecha cita".into(), offsets: offsets.iter().map(|o| o.parse().unwrap()).collect(), at },
+        trigger: Trigger::Date {
+            field: "Fecha cita".into(),
+            offsets: offsets.iter().map(|o| o.parse().unwrap()).collect(),
+            at,
+        },
         filter: None,
         provider: "p".into(),
         send: template(),
@@ -144,7 +155,13 @@ fn bench_planning(c: &mut Criterion) {
     let phone = Ok(PhoneNumber::from_e164_unchecked("+56987654321"));
     let defaults = Defaults { time_zone: None, window: None, lateness: std::time::Duration::from_secs(3 * 3600) };
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
-    let time = TimeContext { now, source_tz: "America/Santiago".parse().unwrap(), record_tz: None, defaults: &defaults, date_order: Default::default() };
+    let time = TimeContext {
+        now,
+        source_tz: "America/Santiago".parse().unwrap(),
+        record_tz: None,
+        defaults: &defaults,
+        date_order: Default::default(),
+    };
     let mut g = c.benchmark_group("planning");
     g.sample_size(10);
     g.bench_function("plan_timers_100k_records_2_date_rules", |b| {

@@ -80,7 +80,8 @@ pub struct EngineCtx {
     pub phone_cache: std::sync::Mutex<PhoneCache>,
 }
 
-type PhoneCache = HashMap<(String, phonenumber::country::Id), Result<crate::domain::PhoneNumber, crate::domain::PhoneError>>;
+type PhoneCache =
+    HashMap<(String, phonenumber::country::Id), Result<crate::domain::PhoneNumber, crate::domain::PhoneError>>;
 
 impl EngineCtx {
     pub fn new(store: Store, config: Arc<Config>, rules: Arc<RuleSet>) -> Arc<Self> {
@@ -144,7 +145,13 @@ impl EngineCtx {
 
     /// Cells that show a message's state on its row. `error`: `Some(text)` writes it,
     /// `Some("")` clears it, `None` leaves it.
-    pub fn status_writes(&self, m: &OutboxMessage, state: MessageState, at_ms: i64, error: Option<&str>) -> Vec<CellWrite> {
+    pub fn status_writes(
+        &self,
+        m: &OutboxMessage,
+        state: MessageState,
+        at_ms: i64,
+        error: Option<&str>,
+    ) -> Vec<CellWrite> {
         self.record_status_writes(&m.source_id, &m.record_key, state, at_ms, error)
     }
 
@@ -163,7 +170,12 @@ impl EngineCtx {
         let mut out = Vec::new();
         let mut push = |col: &Option<String>, value: String| {
             if let Some(c) = col {
-                out.push(CellWrite { source_id: source_id.to_string(), target: target.clone(), column: c.clone(), value });
+                out.push(CellWrite {
+                    source_id: source_id.to_string(),
+                    target: target.clone(),
+                    column: c.clone(),
+                    value,
+                });
             }
         };
         push(&cols.status, state.as_str().to_string());

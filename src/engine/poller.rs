@@ -247,7 +247,13 @@ impl SheetPoller {
                 info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
                 providers.insert(intent.provider_id.clone());
                 report.queued += 1;
-                writes.extend(self.ctx.record_status_writes(&self.cfg.id, &intent.record_key, MessageState::Queued, now, None));
+                writes.extend(self.ctx.record_status_writes(
+                    &self.cfg.id,
+                    &intent.record_key,
+                    MessageState::Queued,
+                    now,
+                    None,
+                ));
             }
         }
         for b in &blocked {

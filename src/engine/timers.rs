@@ -226,8 +226,13 @@ impl TimerLoop {
                 let due = time.send_at(rule).timestamp_millis();
                 if let Some(id) = store::insert_intent(tx, &intent, due, now_ms).await? {
                     info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
-                    let writes =
-                        self.ctx.record_status_writes(&intent.source_id, &intent.record_key, MessageState::Queued, now_ms, None);
+                    let writes = self.ctx.record_status_writes(
+                        &intent.source_id,
+                        &intent.record_key,
+                        MessageState::Queued,
+                        now_ms,
+                        None,
+                    );
                     store::queue_writes(tx, &writes).await?;
                     return Ok(true);
                 }
@@ -335,6 +340,8 @@ impl TimerLoop {
         let occ_key = format!("cron@{}", occurrence.format("%Y-%m-%dT%H:%MZ"));
         let mut after = String::new();
         let mut count = 0;
+        let mut intents = Vec::new();
+        let mut writes = Vec::new();
         loop {
             let mut tx = self.ctx.store.begin().await?;
             let page = store::snapshot_page(&mut tx, &rule.source, &after, CAMPAIGN_PAGE).await?;
@@ -356,10 +363,30 @@ impl TimerLoop {
                         .await?;
                         count += 1;
                     }
-                } else if self.queue(&mut tx, rule, occ_key.clone(), &view, &time).await? {
-                    count += 1;
+                } else {
+                    match self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
+                        Some(Ok(intent)) => {
+                            let due = time.send_at(rule).timestamp_millis();
+                            writes.extend(self.ctx.record_status_writes(
+                                &rule.source,
+                                key,
+                                MessageState::Queued,
+                                now.timestamp_millis(),
+                                None,
+                            ));
+                            intents.push((intent, due));
+                        }
+                        Some(Err(reason)) => info!(rule = %rule.id, record = %key, "{reason}"),
+                        None => {}
+                    }
                 }
             }
+            // Many rows per statement: a campaign is the one place where thousands of messages
+            // are queued at once.
+            count += store::insert_intents(&mut tx, &intents, now.timestamp_millis()).await? as usize;
+            store::queue_writes_bulk(&mut tx, &writes).await?;
+            intents.clear();
+            writes.clear();
             tx.commit().await?;
             if page.len() < CAMPAIGN_PAGE as usize {
                 break;

@@ -1032,3 +1032,69 @@ pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) 
         .await?;
     Ok(n > 0)
 }
+
+/// Commits many intents at once (campaigns), `queued`, skipping idempotency keys that exist.
+/// Returns how many were new.
+pub async fn insert_intents(conn: &mut SqliteConnection, intents: &[(Intent, i64)], now: i64) -> anyhow::Result<u64> {
+    let mut inserted = 0;
+    for chunk in intents.chunks(200) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO messages (idempotency_key, rule_id, source_id, record_key, provider_id, phone, content, fallback,
+                                   state, attempts, next_attempt_at, created_at, updated_at, state_at) ",
+        );
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (intent, due) in chunk {
+            let content = serde_json::to_string(&intent.content)?;
+            let fallback = intent.fallback.as_ref().map(serde_json::to_string).transpose()?;
+            rows.push((intent, *due, content, fallback));
+        }
+        qb.push_values(rows, |mut b, (intent, due, content, fallback)| {
+            b.push_bind(intent.idempotency_key.clone())
+                .push_bind(intent.rule_id.clone())
+                .push_bind(intent.source_id.clone())
+                .push_bind(intent.record_key.0.clone())
+                .push_bind(intent.provider_id.clone())
+                .push_bind(intent.phone.as_str().to_string())
+                .push_bind(content)
+                .push_bind(fallback)
+                .push_bind("queued")
+                .push_bind(0i64)
+                .push_bind(due)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        qb.push(" ON CONFLICT (idempotency_key) DO NOTHING");
+        inserted += qb.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(inserted)
+}
+
+/// [`queue_writes`] for many cells, several per statement.
+pub async fn queue_writes_bulk(conn: &mut SqliteConnection, writes: &[CellWrite]) -> Result<(), sqlx::Error> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM writeback").fetch_one(&mut *conn).await?;
+    // One cell may appear twice in a batch: keep the last value, as the one-by-one path would.
+    let mut last: std::collections::HashMap<(String, String, String), &CellWrite> = std::collections::HashMap::new();
+    for w in writes {
+        last.insert((w.source_id.clone(), w.target.encode(), w.column.clone()), w);
+    }
+    let cells: Vec<&CellWrite> = last.into_values().collect();
+    for chunk in cells.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO writeback (source_id, record_key, column_name, value, seq) ",
+        );
+        qb.push_values(chunk, |mut b, w| {
+            b.push_bind(w.source_id.clone())
+                .push_bind(w.target.encode())
+                .push_bind(w.column.clone())
+                .push_bind(w.value.clone())
+                .push_bind(next);
+        });
+        qb.push(" ON CONFLICT (source_id, record_key, column_name) DO UPDATE SET value = excluded.value, seq = excluded.seq");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -311,7 +311,10 @@ async fn plan_shows_what_is_then_sent_and_changes_nothing() {
 /// rows, and the next one is scheduled: no burst after a long downtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
-    let mut h = Harness::new((1..=20).map(|i| row(i, &format!("P{i}"), "Sí", if i % 2 == 0 { "Egresado" } else { "Activo" })).collect()).await;
+    let mut h = Harness::new(
+        (1..=20).map(|i| row(i, &format!("P{i}"), "Sí", if i % 2 == 0 { "Egresado" } else { "Activo" })).collect(),
+    )
+    .await;
     h.extra_top = "defaults:\n  time_zone: UTC\n  lateness: 3h\n".into();
     h.extra_rules = r#"
   - id: trimestral
@@ -331,7 +334,9 @@ async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
     let store = recado::store::Store::open(&h.state_path()).await.unwrap();
     let missed = Utc::now() - chrono::Duration::hours(5);
     let mut tx = store.begin().await.unwrap();
-    recado::store::set_campaign_next(&mut tx, "trimestral", missed.timestamp_millis(), missed.timestamp_millis()).await.unwrap();
+    recado::store::set_campaign_next(&mut tx, "trimestral", missed.timestamp_millis(), missed.timestamp_millis())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     store.close().await;
     h.start().await;
