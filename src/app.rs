@@ -99,6 +99,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         }
     }
     info!(webhooks = %webhook_addr, sources = config.sources.len(), providers = config.providers.len(), rules = config.rules.len(), "recado started");
+    if let Some(public) = &config.http.public_url {
+        for p in &config.providers {
+            info!(provider = %p.id(), "webhook callback URL to configure at the provider: {public}/webhooks/{}", p.id());
+        }
+    }
     Ok(RunningApp { ctx, webhook_addr, stop, intake, senders, writers })
 }
 

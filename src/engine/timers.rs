@@ -99,7 +99,12 @@ impl TimerLoop {
             }
             let now = Utc::now();
             if let Err(e) = self.fire_due(now).await {
-                error!("firing timers failed: {e:#}");
+                error!("firing timers failed, retrying in 1 s: {e:#}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait() => break,
+                }
+                continue;
             }
             let next_campaign = match self.run_campaigns(now, &shutdown).await {
                 Ok(n) => n,
@@ -310,9 +315,11 @@ impl TimerLoop {
             let lateness = rule.lateness.unwrap_or(self.ctx.config.defaults.lateness);
             let late = too_late(occurrence, now, lateness);
             let n = self.run_occurrence(&rule, occurrence, late, now, tz).await?;
-            // Done: move to the first occurrence after this one (missed ones are their own
-            // occurrences, each run or skipped in turn).
-            let following = schedule.next_after(occurrence, tz).map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
+            // Done: move to the next occurrence.
+            // After a long downtime every missed occurrence is the same story: skip to the next
+            // one from now rather than replaying each.
+            let from = if late { now } else { occurrence };
+            let following = schedule.next_after(from, tz).map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
             let mut tx = self.ctx.store.begin().await?;
             store::set_campaign_next(&mut tx, &rule.id, following, now.timestamp_millis()).await?;
             tx.commit().await?;

@@ -33,6 +33,20 @@ const REMINDER: &str = r#"
       body: ["{{ Nombre }}", "{{ Curso }}", "{{ row['Fecha cita'] }}"]
 "#;
 
+/// Every quarter, the survey to every graduate.
+const QUARTERLY: &str = r#"
+  - id: trimestral
+    source: inscripciones
+    when: { cron: "0 10 1 */3 *" }
+    if: "Estado == 'Egresado'"
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Nombre }}"]
+      button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
+"#;
+
 async fn reminder_harness(rows: Vec<Vec<Value>>) -> Harness {
     let mut h = Harness::new(vec![]).await;
     let mut all = vec![{
@@ -189,19 +203,7 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
     h.mps = 1000;
     h.sandbox.meta().update_settings(|s| s.statuses = false);
     h.extra_top = "defaults:\n  time_zone: UTC\n".into();
-    h.extra_rules = r#"
-  - id: trimestral
-    source: inscripciones
-    when: { cron: "0 10 1 */3 *" }
-    if: "Estado == 'Egresado'"
-    provider: whatsapp
-    template:
-      name: encuesta_seguimiento
-      language: es
-      body: ["{{ Nombre }}"]
-      button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
-"#
-    .into();
+    h.extra_rules = QUARTERLY.into();
     h.start().await;
     h.stop().await;
 
@@ -316,19 +318,7 @@ async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
     )
     .await;
     h.extra_top = "defaults:\n  time_zone: UTC\n  lateness: 3h\n".into();
-    h.extra_rules = r#"
-  - id: trimestral
-    source: inscripciones
-    when: { cron: "0 10 1 */3 *" }
-    if: "Estado == 'Egresado'"
-    provider: whatsapp
-    template:
-      name: encuesta_seguimiento
-      language: es
-      body: ["{{ Nombre }}"]
-      button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
-"#
-    .into();
+    h.extra_rules = QUARTERLY.into();
     h.start().await;
     h.stop().await;
     let store = recado::store::Store::open(&h.state_path()).await.unwrap();
