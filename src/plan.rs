@@ -191,6 +191,7 @@ fn line(
 ) -> PlanLine {
     let tz = time.zone_for(rule);
     let at = time.send_at(rule);
+    let mut failure = None;
     let (message, parameters) = match rules.intent_for(&rule.id, occurrence, &v.record, &v.facts(&[])) {
         Some(Ok(i)) => match i.content {
             MessageContent::Template(t) => {
@@ -200,10 +201,13 @@ fn line(
             }
             MessageContent::Text { body } => ("text".to_string(), vec![body]),
         },
-        Some(Err(e)) => (String::new(), vec![e]),
+        Some(Err(e)) => {
+            failure = Some(e.trim_start_matches("not sent: ").to_string());
+            (String::new(), Vec::new())
+        }
         None => (String::new(), Vec::new()),
     };
-    let (status, reason) = match opted_out {
+    let (status, reason) = match opted_out.or(failure) {
         Some(r) => ("not sent".to_string(), r),
         None => ("send".to_string(), String::new()),
     };

@@ -21,7 +21,24 @@ use crate::domain::{CellValue, MessageContent, PhoneError, PhoneNumber, Record, 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_filter("date", date_filter);
     env
+}
+
+/// `{{ row["Fecha cita"] | date }}` → `28/11/2026 15:00`; `| date("%d de %B")` for another
+/// format. Reads date cells (serial numbers), ISO and day/month/year text.
+fn date_filter(value: Value, format: Option<String>) -> Result<String, minijinja::Error> {
+    let text = value.to_string();
+    let d = crate::schedule::parse_date(&text, crate::schedule::DateOrder::Dmy)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))?;
+    let fmt = format.unwrap_or_else(|| if d.time.is_some() { "%d/%m/%Y %H:%M".into() } else { "%d/%m/%Y".into() });
+    let dt = d.date.and_time(d.time.unwrap_or(chrono::NaiveTime::MIN));
+    let mut out = String::new();
+    use std::fmt::Write;
+    write!(out, "{}", dt.format(&fmt)).map_err(|_| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("invalid date format '{fmt}'"))
+    })?;
+    Ok(out)
 }
 
 /// Checks that `expr` is a valid filter expression (config validation).
@@ -32,12 +49,27 @@ pub fn check_expression(expr: &str) -> Result<(), String> {
         .map_err(|e| format!("invalid expression: {}", e.detail().unwrap_or(&e.to_string())))
 }
 
-/// Checks that `text` is a valid parameter template (config validation).
+/// Checks that `text` is a valid parameter template (config validation): its syntax, and that
+/// every filter, test and function it names exists (minijinja would only say so when rendering).
 pub fn check_template(text: &str) -> Result<(), String> {
-    environment()
+    let mut env = environment();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    let t = env
         .template_from_str(text)
-        .map(|_| ())
-        .map_err(|e| format!("invalid template: {}", e.detail().unwrap_or(&e.to_string())))
+        .map_err(|e| format!("invalid template: {}", e.detail().unwrap_or(&e.to_string())))?;
+    match t.render(minijinja::context! {}) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                minijinja::ErrorKind::UnknownFilter
+                    | minijinja::ErrorKind::UnknownTest
+                    | minijinja::ErrorKind::UnknownFunction
+            ) =>
+        {
+            Err(format!("invalid template: {}", e.detail().unwrap_or(&e.to_string())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A message a rule wants sent.
@@ -603,9 +635,27 @@ mod tests {
     }
 
     #[test]
+    fn dates_render_with_the_date_filter() {
+        let mut rec = record(&[("Nombre", "Ana")]);
+        rec.fields.insert("Fecha".into(), CellValue::Number(46354.625));
+        let out = eval(
+            &[rule(Trigger::RowAdded, None, tmpl(&["{{ Fecha | date }}", "{{ Fecha | date('%Y-%m-%d') }}"], None))],
+            &Change::Added(rec.key.clone()),
+            &rec,
+            None,
+        );
+        match &out.intents[0].content {
+            MessageContent::Template(t) => assert_eq!(t.body, vec!["28/11/2026 15:00", "2026-11-28"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_expressions_are_reported() {
         assert!(check_expression("Curso ==").is_err());
         assert!(check_template("{{ Nombre ").is_err());
+        assert!(check_template("{{ Fecha | dat }}").unwrap_err().contains("dat"));
+        assert!(check_template("{{ Fecha | date }} {{ ID | urlencode }}").is_ok());
         assert!(check_expression("Curso == 'x' and Estado != ''").is_ok());
     }
 }

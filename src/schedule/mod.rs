@@ -172,15 +172,17 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     }
 }
 
-/// When a date rule fires: the date moved by `offset.days` on the local calendar, at `at` (else
-/// the date's own time, else midnight), then moved by `offset.minutes`.
+/// When a date rule fires: the date moved by `offset.days` on the local calendar, at a local
+/// time, then moved by `offset.minutes`. The local time is `at` for day offsets ("the day before
+/// at 10:00"); for hour and minute offsets it is the date's own time when it has one ("3 hours
+/// before the 15:00 appointment"), else `at`, else midnight.
 pub fn fire_at(date: &DateValue, offset: Offset, at: Option<NaiveTime>, tz: Tz) -> Option<DateTime<Utc>> {
     let day = if offset.days >= 0 {
         date.date.checked_add_days(Days::new(offset.days as u64))?
     } else {
         date.date.checked_sub_days(Days::new(offset.days.unsigned_abs()))?
     };
-    let time = at.or(date.time).unwrap_or(NaiveTime::MIN);
+    let time = if offset.minutes == 0 { at.or(date.time) } else { date.time.or(at) }.unwrap_or(NaiveTime::MIN);
     Some(resolve_local(tz, day.and_time(time)) + chrono::Duration::minutes(offset.minutes))
 }
 

@@ -88,6 +88,9 @@ fn fire_times_across_daylight_saving() {
         (santiago, d(2026, 7, 15), None, "-1d", at10, utc(2026, 7, 14, 14, 0)),
         // Asunción has stayed at UTC-3 all year since October 2024.
         (asuncion, d(2026, 7, 15), None, "-1w", at10, utc(2026, 7, 8, 13, 0)),
+        // Hour offsets count from the appointment's own time, not from `at`.
+        (santiago, d(2026, 11, 28), Some(t(15, 0)), "-3h", at10, utc(2026, 11, 28, 15, 0)),
+        (santiago, d(2026, 11, 28), None, "-3h", at10, utc(2026, 11, 28, 10, 0)),
         // Month ends and leap days.
         (santiago, d(2028, 3, 1), None, "-1d", at10, utc(2028, 2, 29, 13, 0)),
         (santiago, d(2026, 3, 31), Some(t(9, 0)), "+1d", None, utc(2026, 4, 1, 12, 0)),
