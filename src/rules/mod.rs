@@ -635,6 +635,36 @@ mod tests {
     }
 
     #[test]
+    fn zones_and_quiet_hours_follow_the_most_specific_setting() {
+        use crate::config::Defaults;
+        let santiago: chrono_tz::Tz = "America/Santiago".parse().unwrap();
+        let madrid: chrono_tz::Tz = "Europe/Madrid".parse().unwrap();
+        let mexico: chrono_tz::Tz = "America/Mexico_City".parse().unwrap();
+        let window = crate::schedule::SendWindow::parse(Some("09:00-20:00"), &[], &[]).unwrap();
+        let defaults =
+            Defaults { time_zone: Some(madrid), window: Some(window), lateness: std::time::Duration::from_secs(3600) };
+        // 02:00 UTC: 23:00 the day before in Santiago (UTC-3), 20:00 in Mexico City (UTC-6).
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-10T02:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let mut r = rule(Trigger::RowAdded, None, tmpl(&["x"], None));
+        let time = |record_tz| TimeContext {
+            now,
+            source_tz: santiago,
+            record_tz,
+            defaults: &defaults,
+            date_order: Default::default(),
+        };
+        assert_eq!(time(None).zone_for(&r), madrid, "the default beats the spreadsheet's");
+        r.time_zone = Some(santiago);
+        assert_eq!(time(None).zone_for(&r), santiago, "the rule's beats the default");
+        assert_eq!(time(Some(mexico)).zone_for(&r), mexico, "the person's own zone beats all");
+        // Outside 09:00-20:00 in the person's zone: deferred to 09:00 there.
+        let at = time(Some(mexico)).send_at(&r);
+        assert_eq!(at.with_timezone(&mexico).format("%Y-%m-%d %H:%M").to_string(), "2026-12-10 09:00");
+        r.window = Some(crate::schedule::SendWindow::parse(Some("00:00-23:59"), &[], &[]).unwrap());
+        assert_eq!(time(Some(mexico)).send_at(&r), now, "the rule's window beats the default's");
+    }
+
+    #[test]
     fn dates_render_with_the_date_filter() {
         let mut rec = record(&[("Nombre", "Ana")]);
         rec.fields.insert("Fecha".into(), CellValue::Number(46354.625));
