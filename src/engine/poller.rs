@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
@@ -357,6 +356,3 @@ pub enum PollError {
     #[error(transparent)]
     Store(#[from] anyhow::Error),
 }
-
-/// Poll interval used when none is configured (for documentation).
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::{now_ms, record_from_snapshot, EngineCtx, RecordView, Shutdown};
 use crate::config::{RuleConfig, Trigger};
 use crate::domain::MessageState;
-use crate::rules::{PlannedTimer, TimerPlan};
+use crate::rules::TimerPlan;
 use crate::schedule::{too_late, CronSchedule};
 use crate::store::{self, CellWrite, TimerRow, Tx, WriteTarget};
 
@@ -206,7 +206,7 @@ impl TimerLoop {
             store::queue_writes(tx, &self.skipped_writes(&t.source_id, &view.record.key, now_ms, &reason)).await?;
             return Ok(None);
         }
-        self.queue(tx, rule, plan_occurrence(plan), &view, &time).await?;
+        self.queue(tx, rule, plan.occurrence_key(), &view, &time).await?;
         store::upsert_timer(tx, &set_state("fired"), now_ms).await?;
         Ok(Some(rule.provider.clone()))
     }
@@ -403,10 +403,6 @@ impl TimerLoop {
         self.ctx.wake_flusher(&rule.source);
         Ok(count)
     }
-}
-
-fn plan_occurrence(p: &PlannedTimer) -> String {
-    p.occurrence_key()
 }
 
 fn human(d: Duration) -> String {
