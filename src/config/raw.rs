@@ -250,6 +250,8 @@ pub struct RawRule {
     /// … falling back to this template outside the window.
     #[serde(default)]
     pub fallback_template: Option<RawTemplate>,
+    // The time settings below repeat `RawDefaults` field by field: serde cannot combine
+    // `flatten` with `deny_unknown_fields`, and unknown keys must stay errors.
     /// Overrides `defaults.time_zone` for this rule.
     #[serde(default)]
     pub time_zone: Option<String>,

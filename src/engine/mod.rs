@@ -209,6 +209,14 @@ pub struct RecordView {
 impl RecordView {
     pub fn new(cfg: &crate::config::GoogleSheetsConfig, record: crate::domain::Record) -> Self {
         let phone = crate::domain::PhoneNumber::parse(&record.text(&cfg.phone_column), cfg.default_region);
+        Self::with_phone(cfg, record, phone)
+    }
+
+    fn with_phone(
+        cfg: &crate::config::GoogleSheetsConfig,
+        record: crate::domain::Record,
+        phone: Result<crate::domain::PhoneNumber, crate::domain::PhoneError>,
+    ) -> Self {
         let consent = cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
         let tz = cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse::<chrono_tz::Tz>().ok());
         Self { record, phone, consent, tz }
@@ -284,9 +292,7 @@ impl EngineCtx {
                 p
             }
         };
-        let consent = cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
-        let tz = cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse::<chrono_tz::Tz>().ok());
-        RecordView { record, phone, consent, tz }
+        RecordView::with_phone(cfg, record, phone)
     }
 
     /// Wakes the timer loop (new or moved timers).

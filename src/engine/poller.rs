@@ -163,14 +163,18 @@ impl SheetPoller {
             }
         }
 
-        // Date rules: plan every record (cheap, and it keeps date problems reported), store
-        // timers for the changed ones (all of them at the first read after start).
+        // Date rules: plan every record at the first read after start (the configuration may
+        // have changed while stopped), then only the records that changed.
         let chrono_now = chrono::Utc::now();
         let mut plans = Vec::new();
         let mut issues = read.issues.clone();
         let has_date_rules = self.ctx.rules.for_source(&self.cfg.id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
+        let changed_keys: Vec<&str> = changes.iter().map(|c| c.key().0.as_str()).collect();
+        let planned: HashSet<&str> =
+            if self.timers_synced { changed_keys.iter().copied().collect() } else { HashSet::new() };
+        let in_scope = |k: &RecordKey| !self.timers_synced || planned.contains(k.0.as_str());
         if has_date_rules {
-            for (record, _) in &read.records {
+            for (record, _) in read.records.iter().filter(|(r, _)| in_scope(&r.key)) {
                 let Some(phone) = read.phones.get(&record.key) else { continue };
                 let consent = self.cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
                 let facts = RecordFacts { phone, consent, gate_columns: &gates };
@@ -178,7 +182,7 @@ impl SheetPoller {
                 for plan in self.ctx.rules.plan_timers(&self.cfg.id, record, &facts, &time) {
                     if let TimerPlan::BadDate { rule_id, reason } = &plan {
                         issues.push(RowIssue {
-                            issue_key: format!("date:{rule_id}:{}:{reason}", record.key),
+                            issue_key: format!("{DATE_ISSUE}{rule_id}:{}:{reason}", record.key),
                             target: WriteTarget::Record(record.key.clone()),
                             record_key: record.key.0.clone(),
                             message: format!("date unreadable: {reason}"),
@@ -188,20 +192,14 @@ impl SheetPoller {
                 }
             }
         }
-        let changed_keys: Vec<&str> = changes.iter().map(|c| c.key().0.as_str()).collect();
 
         let mut report = PollReport { baseline, changes: changes.len(), ..Default::default() };
         let mut tx = self.ctx.store.begin().await.map_err(anyhow::Error::from)?;
         let mut writes: Vec<CellWrite> = Vec::new();
-        let timers_changed = if !has_date_rules && self.timers_synced {
-            0
-        } else if self.timers_synced {
-            let changed: HashSet<&str> = changed_keys.iter().copied().collect();
-            let relevant: Vec<TimerPlan> =
-                plans.iter().filter(|p| plan_key(p).is_some_and(|k| changed.contains(k))).cloned().collect();
-            sync_timers(&mut tx, &self.cfg.id, &relevant, Some(&changed_keys), now).await?
-        } else {
-            sync_timers(&mut tx, &self.cfg.id, &plans, None, now).await?
+        let timers_changed = match (has_date_rules, self.timers_synced) {
+            (false, true) => 0,
+            (_, true) => sync_timers(&mut tx, &self.cfg.id, &plans, Some(&changed_keys), now).await?,
+            (_, false) => sync_timers(&mut tx, &self.cfg.id, &plans, None, now).await?,
         };
 
         // Row issues: new ones are logged and written once; fixed ones are cleared.
@@ -218,7 +216,10 @@ impl SheetPoller {
             }
         }
         for (issue_key, record_key) in open {
-            if !current.contains(issue_key.as_str()) {
+            // A date problem of a record that was not planned this time (unchanged) still stands.
+            let key = RecordKey(record_key.clone());
+            let unplanned = issue_key.starts_with(DATE_ISSUE) && index.contains_key(&key) && !in_scope(&key);
+            if !current.contains(issue_key.as_str()) && !unplanned {
                 store::resolve_issue(&mut tx, &self.cfg.id, &issue_key).await.map_err(anyhow::Error::from)?;
                 if !record_key.is_empty() && index.contains_key(&RecordKey(record_key.clone())) {
                     writes.extend(self.ctx.error_write(
@@ -257,25 +258,13 @@ impl SheetPoller {
         }
         for b in &blocked {
             warn!(rule = %b.rule_id, record = %b.record_key, "{}", b.reason);
-            let cols = self.ctx.write_back_columns(&self.cfg.id);
-            let target = WriteTarget::Record(b.record_key.clone());
-            if let Some(c) = cols.status {
-                writes.push(CellWrite {
-                    source_id: self.cfg.id.clone(),
-                    target: target.clone(),
-                    column: c,
-                    value: MessageState::Skipped.as_str().into(),
-                });
-            }
-            if let Some(c) = cols.status_at {
-                writes.push(CellWrite {
-                    source_id: self.cfg.id.clone(),
-                    target: target.clone(),
-                    column: c,
-                    value: self.ctx.format_time(&self.cfg.id, now),
-                });
-            }
-            writes.extend(self.ctx.error_write(&self.cfg.id, target, &b.reason));
+            writes.extend(self.ctx.record_status_writes(
+                &self.cfg.id,
+                &b.record_key,
+                MessageState::Skipped,
+                now,
+                Some(&b.reason),
+            ));
             report.blocked += 1;
         }
         store::queue_writes(&mut tx, &writes).await.map_err(anyhow::Error::from)?;
@@ -332,12 +321,8 @@ impl SheetPoller {
     }
 }
 
-fn plan_key(p: &TimerPlan) -> Option<&str> {
-    match p {
-        TimerPlan::Due(t) | TimerPlan::TooLate(t) => Some(t.record_key.0.as_str()),
-        _ => None,
-    }
-}
+/// Prefix of the row-issue keys of unreadable dates.
+const DATE_ISSUE: &str = "date:";
 
 impl SheetPoller {
     /// The record's own time zone, from the source's time-zone column.

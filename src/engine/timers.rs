@@ -21,10 +21,10 @@ use crate::config::{RuleConfig, Trigger};
 use crate::domain::MessageState;
 use crate::rules::TimerPlan;
 use crate::schedule::{too_late, CronSchedule};
-use crate::store::{self, CellWrite, TimerRow, Tx, WriteTarget};
+use crate::store::{self, TimerRow, Tx};
 
 /// Records a campaign handles per transaction.
-const CAMPAIGN_PAGE: i64 = 1000;
+const CAMPAIGN_PAGE: i64 = 5000;
 
 /// Brings the stored timers of `source_id` in line with `plans`. With `keys`, only those
 /// records are considered; without, the whole source (timers of rules no longer configured are
@@ -203,7 +203,17 @@ impl TimerLoop {
             );
             warn!(rule = %t.rule_id, record = %t.record_key, "{reason}");
             store::upsert_timer(tx, &set_state("skipped"), now_ms).await?;
-            store::queue_writes(tx, &self.skipped_writes(&t.source_id, &view.record.key, now_ms, &reason)).await?;
+            store::queue_writes(
+                tx,
+                &self.ctx.record_status_writes(
+                    &t.source_id,
+                    &view.record.key,
+                    MessageState::Skipped,
+                    now_ms,
+                    Some(&reason),
+                ),
+            )
+            .await?;
             return Ok(None);
         }
         self.queue(tx, rule, plan.occurrence_key(), &view, &time).await?;
@@ -244,36 +254,6 @@ impl TimerLoop {
                 Ok(false)
             }
         }
-    }
-
-    fn skipped_writes(
-        &self,
-        source_id: &str,
-        key: &crate::domain::RecordKey,
-        now_ms: i64,
-        reason: &str,
-    ) -> Vec<CellWrite> {
-        let cols = self.ctx.write_back_columns(source_id);
-        let target = WriteTarget::Record(key.clone());
-        let mut out = Vec::new();
-        if let Some(c) = cols.status {
-            out.push(CellWrite {
-                source_id: source_id.into(),
-                target: target.clone(),
-                column: c,
-                value: MessageState::Skipped.as_str().into(),
-            });
-        }
-        if let Some(c) = cols.status_at {
-            out.push(CellWrite {
-                source_id: source_id.into(),
-                target: target.clone(),
-                column: c,
-                value: self.ctx.format_time(source_id, now_ms),
-            });
-        }
-        out.extend(self.ctx.error_write(source_id, target, reason));
-        out
     }
 
     /// Runs campaign occurrences that are due. Returns when the next one is due.
@@ -365,7 +345,13 @@ impl TimerLoop {
                         );
                         store::queue_writes(
                             &mut tx,
-                            &self.skipped_writes(&rule.source, key, now.timestamp_millis(), &reason),
+                            &self.ctx.record_status_writes(
+                                &rule.source,
+                                key,
+                                MessageState::Skipped,
+                                now.timestamp_millis(),
+                                Some(&reason),
+                            ),
                         )
                         .await?;
                         count += 1;
@@ -391,7 +377,7 @@ impl TimerLoop {
             // Many rows per statement: a campaign is the one place where thousands of messages
             // are queued at once.
             count += store::insert_intents(&mut tx, &intents, now.timestamp_millis()).await? as usize;
-            store::queue_writes_bulk(&mut tx, &writes).await?;
+            store::queue_writes(&mut tx, &writes).await?;
             intents.clear();
             writes.clear();
             tx.commit().await?;

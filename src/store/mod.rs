@@ -712,23 +712,6 @@ pub struct PendingWrite {
     pub seq: i64,
 }
 
-pub async fn queue_writes(conn: &mut SqliteConnection, writes: &[CellWrite]) -> Result<(), sqlx::Error> {
-    for w in writes {
-        sqlx::query(
-            "INSERT INTO writeback (source_id, record_key, column_name, value, seq)
-             VALUES ($1, $2, $3, $4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM writeback))
-             ON CONFLICT (source_id, record_key, column_name) DO UPDATE SET value = excluded.value, seq = excluded.seq",
-        )
-        .bind(&w.source_id)
-        .bind(w.target.encode())
-        .bind(&w.column)
-        .bind(&w.value)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
 pub async fn pending_writes(conn: &mut SqliteConnection, source_id: &str) -> Result<Vec<PendingWrite>, sqlx::Error> {
     let rows =
         sqlx::query("SELECT record_key, column_name, value, seq FROM writeback WHERE source_id = $1 ORDER BY seq")
@@ -1037,7 +1020,7 @@ pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) 
 /// Returns how many were new.
 pub async fn insert_intents(conn: &mut SqliteConnection, intents: &[(Intent, i64)], now: i64) -> anyhow::Result<u64> {
     let mut inserted = 0;
-    for chunk in intents.chunks(200) {
+    for chunk in intents.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO messages (idempotency_key, rule_id, source_id, record_key, provider_id, phone, content, fallback,
                                    state, attempts, next_attempt_at, created_at, updated_at, state_at) ",
@@ -1070,27 +1053,31 @@ pub async fn insert_intents(conn: &mut SqliteConnection, intents: &[(Intent, i64
     Ok(inserted)
 }
 
-/// [`queue_writes`] for many cells, several per statement.
-pub async fn queue_writes_bulk(conn: &mut SqliteConnection, writes: &[CellWrite]) -> Result<(), sqlx::Error> {
+/// Queues cells for write-back, several per statement. A cell already queued takes the new value
+/// and a new sequence number, so a flush that read the old value does not delete the new one.
+pub async fn queue_writes(conn: &mut SqliteConnection, writes: &[CellWrite]) -> Result<(), sqlx::Error> {
     if writes.is_empty() {
         return Ok(());
     }
     let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM writeback").fetch_one(&mut *conn).await?;
-    // One cell may appear twice in a batch: keep the last value, as the one-by-one path would.
-    let mut last: std::collections::HashMap<(String, String, String), &CellWrite> = std::collections::HashMap::new();
-    for w in writes {
-        last.insert((w.source_id.clone(), w.target.encode(), w.column.clone()), w);
+    // One cell may appear twice in a batch: keep the last value, as writing them in order would.
+    let mut seen = std::collections::HashSet::new();
+    let mut cells: Vec<(String, &CellWrite)> = Vec::with_capacity(writes.len());
+    for w in writes.iter().rev() {
+        let target = w.target.encode();
+        if seen.insert((w.source_id.as_str(), target.clone(), w.column.as_str())) {
+            cells.push((target, w));
+        }
     }
-    let cells: Vec<&CellWrite> = last.into_values().collect();
     for chunk in cells.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO writeback (source_id, record_key, column_name, value, seq) ",
         );
-        qb.push_values(chunk, |mut b, w| {
-            b.push_bind(w.source_id.clone())
-                .push_bind(w.target.encode())
-                .push_bind(w.column.clone())
-                .push_bind(w.value.clone())
+        qb.push_values(chunk, |mut b, (target, w)| {
+            b.push_bind(w.source_id.as_str())
+                .push_bind(target.as_str())
+                .push_bind(w.column.as_str())
+                .push_bind(w.value.as_str())
                 .push_bind(next);
         });
         qb.push(" ON CONFLICT (source_id, record_key, column_name) DO UPDATE SET value = excluded.value, seq = excluded.seq");

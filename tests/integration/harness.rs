@@ -19,8 +19,6 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub app: Option<RunningApp>,
     key_file: PathBuf,
-    /// Extra YAML for the source (indented under the source).
-    pub source_extra: String,
     pub flush_interval: &'static str,
     /// Extra rules (YAML list items, indented by two spaces) appended to `rules:`.
     pub extra_rules: String,
@@ -92,7 +90,6 @@ impl Harness {
             dir,
             app: None,
             key_file,
-            source_extra: String::new(),
             flush_interval: "200ms",
             extra_rules: String::new(),
             extra_top: String::new(),
@@ -156,7 +153,6 @@ sources:
       error: Error WhatsApp
       last_reply: Última respuesta
       last_reply_at: Fecha respuesta
-{extra}
 rules:
   - id: confirmacion
     source: inscripciones
@@ -181,7 +177,6 @@ rules:
             state = self.state_path().display(),
             key = self.key_file.display(),
             flush = self.flush_interval,
-            extra = self.source_extra,
             rules = self.extra_rules,
             top = self.extra_top,
             mps = self.mps,

@@ -169,6 +169,9 @@ async fn an_unreadable_date_is_reported_on_the_row_once() {
         h.cell("106", "Error WhatsApp")
     );
     assert_eq!(timer_state(&h, "107").await, vec!["pending"], "the other rows keep working");
+    // Later reads (our own write-back moves the sheet's version) leave the problem on the row.
+    settle().await;
+    assert!(h.cell("106", "Error WhatsApp").starts_with("date unreadable"), "{}", h.cell("106", "Error WhatsApp"));
     h.stop().await;
 }
 
