@@ -103,7 +103,12 @@ fn bench_rules(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0;
             for r in &records {
-                let facts = RecordFacts { phone: &phone, consent: Some(true), gate_columns: &[] };
+                let facts = RecordFacts {
+                    phone: &phone,
+                    consent: Some(true),
+                    gate_columns: &[],
+                    dates: &recado::expressions::DateStyle::default(),
+                };
                 n += set.evaluate("s", &recado::diff::Change::Added(r.key.clone()), r, &facts).intents.len();
             }
             assert_eq!(n, 10_000);
@@ -168,7 +173,12 @@ fn bench_planning(c: &mut Criterion) {
         b.iter(|| {
             let mut due = 0;
             for r in &records {
-                let facts = RecordFacts { phone: &phone, consent: Some(true), gate_columns: &[] };
+                let facts = RecordFacts {
+                    phone: &phone,
+                    consent: Some(true),
+                    gate_columns: &[],
+                    dates: &recado::expressions::DateStyle::default(),
+                };
                 due += set.plan_timers("s", r, &facts, &time).iter().filter(|p| matches!(p, TimerPlan::Due(_))).count();
             }
             assert!(due > 100_000);

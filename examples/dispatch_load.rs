@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use recado::config::Config;
+use recado::domain::Intent;
 use recado::domain::{MessageContent, PhoneNumber, RecordKey, TemplateMessage};
-use recado::rules::Intent;
 use recado::sandbox::{MetaSettings, Sandbox, TemplateDef};
 use recado::store;
 use serde_json::json;

@@ -1,6 +1,12 @@
 //! Wiring: builds every part from a validated [`Config`], spawns the loops, and stops them in
-//! order. One way to spawn (here), one way to stop ([`RunningApp::stop`]): intake stops first,
-//! in-flight sends finish and are recorded, write-back gets a last flush, then the store closes.
+//! order. This and the vendor folders are the only places that name vendors: a new source or
+//! provider is wired in [`connect_sources`] / [`connect_providers`].
+//!
+//! One way to spawn (here, each loop inside a supervisor), one way to stop
+//! ([`RunningApp::stop`]), in stages: intake stops first (the webhook server, pollers, the
+//! timer loop), then the dispatchers finish the sends in flight and record them, then the inbox
+//! applies what arrived meanwhile, then the flushers write everything back, then the store
+//! closes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,31 +18,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, ProviderConfig, SourceConfig};
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::flusher::Flusher;
 use crate::engine::inbox::InboxProcessor;
-use crate::engine::poller::SheetPoller;
-use crate::engine::{EngineCtx, Shutdown};
+use crate::engine::poller::SourcePoller;
+use crate::engine::retention::RetentionLoop;
+use crate::engine::supervisor::supervise;
+use crate::engine::timers::TimerLoop;
+use crate::engine::{Clock, EngineCtx, Shutdown};
 use crate::providers::Provider;
 use crate::rules::RuleSet;
-use crate::sources::google_sheets::{Budget, GoogleSheets};
+use crate::sources::{google_sheets, Source, SourceWriter};
 use crate::store::Store;
 
-/// The daemon, running.
-pub struct RunningApp {
-    ctx: Arc<EngineCtx>,
-    webhook_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    intake: Vec<JoinHandle<()>>,
-    senders: Vec<JoinHandle<()>>,
-    writers: Vec<JoinHandle<()>>,
-}
-
-/// The HTTP client for provider APIs and Drive probes.
+/// The HTTP client for vendor APIs. Each call also sets its own timeout.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(120))
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(64)
         .user_agent(concat!("recado/", env!("CARGO_PKG_VERSION")))
@@ -44,59 +43,157 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// Starts everything. Returns once the webhook server listens and every loop is spawned.
+/// The read side of every source (in configuration order) and the writers of their write
+/// groups.
+pub type Connected = (Vec<Arc<Source>>, Vec<Arc<SourceWriter>>);
+
+/// Connects every configured source.
+pub fn connect_sources(config: &Config, http: &reqwest::Client) -> anyhow::Result<Connected> {
+    let mut sheets = Vec::new();
+    for s in &config.sources {
+        match s {
+            SourceConfig::GoogleSheets(g) => sheets.push(g.clone()),
+        }
+    }
+    let (readers, writers) = google_sheets::connect(&sheets, http).map_err(anyhow::Error::msg)?;
+    let mut by_id: HashMap<String, Arc<Source>> =
+        readers.into_iter().map(|r| (r.settings().id.clone(), Arc::new(Source::GoogleSheets(r)))).collect();
+    let sources = config.sources.iter().filter_map(|s| by_id.remove(s.id())).collect();
+    let writers = writers.into_iter().map(|w| Arc::new(SourceWriter::GoogleSheets(w))).collect();
+    Ok((sources, writers))
+}
+
+/// Every configured provider, by id.
+pub fn connect_providers(config: &Config, http: &reqwest::Client) -> HashMap<String, Provider> {
+    config
+        .providers
+        .iter()
+        .map(|p| {
+            let provider = match p {
+                ProviderConfig::MetaCloud(m) => {
+                    Provider::MetaCloud(crate::providers::meta_cloud::MetaCloud::new(m.clone(), http.clone()))
+                }
+            };
+            (p.id().to_string(), provider)
+        })
+        .collect()
+}
+
+/// A stop signal and the loops that listen to it.
+struct Stage {
+    stop: watch::Sender<bool>,
+    shutdown: Shutdown,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Stage {
+    fn new() -> Self {
+        let (stop, shutdown) = Shutdown::new();
+        Self { stop, shutdown, handles: Vec::new() }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+/// The daemon, running.
+pub struct RunningApp {
+    ctx: Arc<EngineCtx>,
+    webhook_addr: SocketAddr,
+    intake: Stage,
+    senders: Stage,
+    inbox: Stage,
+    writers: Stage,
+}
+
+/// Starts everything on the system clock.
 pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
+    start_with_clock(config, Arc::new(Clock::system())).await
+}
+
+/// Starts everything. Returns once the webhook server listens and every loop is spawned.
+pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Result<RunningApp> {
     let config = Arc::new(config);
     let store = Store::open(&config.state.path).await?;
     let rules = Arc::new(RuleSet::compile(&config.rules).map_err(anyhow::Error::msg)?);
-    let ctx = EngineCtx::new(store, Arc::clone(&config), rules);
     let http = http_client()?;
-    let (stop, shutdown) = Shutdown::new();
-
-    let providers: HashMap<String, Provider> =
-        config.providers.iter().map(|p| (p.id().to_string(), Provider::new(p, http.clone()))).collect();
+    let (sources, writers) = connect_sources(&config, &http)?;
+    let providers = connect_providers(&config, &http);
+    let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
+    let ctx = EngineCtx::new(store, Arc::clone(&config), rules, clock, &groups);
+    let (mut intake, mut senders, mut inbox, mut writers_stage) =
+        (Stage::new(), Stage::new(), Stage::new(), Stage::new());
 
     // The webhook server first: deliveries that arrive while we start are stored, not lost.
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     let webhook_addr = listener.local_addr()?;
-    let mut intake = Vec::new();
     {
-        let ctx = Arc::clone(&ctx);
-        let sd = shutdown.clone();
-        intake.push(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(listener, ctx, sd).await {
-                tracing::error!("webhook server stopped: {e:#}");
+        let (ctx, sd, providers) = (Arc::clone(&ctx), intake.shutdown.clone(), providers.clone());
+        intake.handles.push(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listener, ctx, providers, sd).await {
+                tracing::error!("webhook server stopped: {e}");
             }
         }));
     }
 
-    // Sources: a poller per tab, a flusher per spreadsheet.
-    let mut writers = Vec::new();
-    let mut sheets: HashMap<String, (GoogleSheets, Vec<crate::config::GoogleSheetsConfig>)> = HashMap::new();
-    for s in &config.sources {
-        let SourceConfig::GoogleSheets(g) = s;
-        let budget = Arc::new(Budget::new(g.requests_per_minute));
-        let client = GoogleSheets::connect(g, http.clone(), budget).await?;
-        let poller = SheetPoller::new(g.clone(), client.clone(), Arc::clone(&ctx)).await?;
-        intake.push(tokio::spawn(poller.run(shutdown.clone())));
-        sheets.entry(g.spreadsheet_id.clone()).or_insert_with(|| (client, Vec::new())).1.push(g.clone());
+    for source in sources {
+        let name = format!("poller:{}", source.id());
+        let (ctx2, sd) = (Arc::clone(&ctx), intake.shutdown.clone());
+        intake.handles.push(supervise(name, Arc::clone(&ctx.health), intake.shutdown.clone(), move || {
+            let (ctx, source, mut sd) = (Arc::clone(&ctx2), Arc::clone(&source), sd.clone());
+            async move {
+                loop {
+                    match SourcePoller::new(Arc::clone(&source), Arc::clone(&ctx)).await {
+                        Ok(p) => return p.run(sd).await,
+                        Err(e) => {
+                            tracing::error!(source = %source.id(), "cannot load the source's state, retrying in 5 s: {e}");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                                _ = sd.wait() => return,
+                            }
+                        }
+                    }
+                }
+            }
+        }));
     }
-    for (_, (client, tabs)) in sheets {
-        let flusher = Flusher::new(tabs, client, Arc::clone(&ctx));
-        writers.push(tokio::spawn(flusher.run(shutdown.clone())));
+    {
+        let (ctx2, sd) = (Arc::clone(&ctx), intake.shutdown.clone());
+        intake.handles.push(supervise("loop:timers".into(), Arc::clone(&ctx.health), sd.clone(), move || {
+            TimerLoop::new(Arc::clone(&ctx2)).run(sd.clone())
+        }));
     }
-    intake.push(tokio::spawn(crate::engine::timers::TimerLoop::new(Arc::clone(&ctx)).run(shutdown.clone())));
-    let inbox = InboxProcessor::new(Arc::clone(&ctx), providers.clone());
-    writers.push(tokio::spawn(inbox.run(shutdown.clone())));
-
-    let mut senders = Vec::new();
-    for p in &config.providers {
-        if let Some(provider) = providers.get(p.id()) {
-            let d = Dispatcher::new(p, provider.clone(), Arc::clone(&ctx));
-            senders.push(tokio::spawn(d.run(shutdown.clone())));
-        }
+    {
+        let (ctx2, sd) = (Arc::clone(&ctx), intake.shutdown.clone());
+        intake.handles.push(supervise("loop:retention".into(), Arc::clone(&ctx.health), sd.clone(), move || {
+            RetentionLoop::new(Arc::clone(&ctx2)).run(sd.clone())
+        }));
+    }
+    for provider in providers.values() {
+        let (ctx2, sd, provider) = (Arc::clone(&ctx), senders.shutdown.clone(), provider.clone());
+        let name = format!("dispatcher:{}", provider.id());
+        senders.handles.push(supervise(name, Arc::clone(&ctx.health), sd.clone(), move || {
+            Dispatcher::new(provider.clone(), Arc::clone(&ctx2)).run(sd.clone())
+        }));
+    }
+    {
+        let (ctx2, sd, providers) = (Arc::clone(&ctx), inbox.shutdown.clone(), providers.clone());
+        inbox.handles.push(supervise("loop:inbox".into(), Arc::clone(&ctx.health), sd.clone(), move || {
+            InboxProcessor::new(Arc::clone(&ctx2), providers.clone()).run(sd.clone())
+        }));
+    }
+    for writer in writers {
+        let (ctx2, sd) = (Arc::clone(&ctx), writers_stage.shutdown.clone());
+        let name = format!("flusher:{}", writer.label());
+        writers_stage.handles.push(supervise(name, Arc::clone(&ctx.health), sd.clone(), move || {
+            Flusher::new(Arc::clone(&writer), Arc::clone(&ctx2)).run(sd.clone())
+        }));
     }
     info!(webhooks = %webhook_addr, sources = config.sources.len(), providers = config.providers.len(), rules = config.rules.len(), "recado started");
     if let Some(public) = &config.http.public_url {
@@ -104,7 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             info!(provider = %p.id(), "webhook callback URL to configure at the provider: {public}/webhooks/{}", p.id());
         }
     }
-    Ok(RunningApp { ctx, webhook_addr, stop, intake, senders, writers })
+    Ok(RunningApp { ctx, webhook_addr, intake, senders, inbox, writers: writers_stage })
 }
 
 impl RunningApp {
@@ -117,20 +214,15 @@ impl RunningApp {
         &self.ctx
     }
 
-    /// Graceful stop: pollers and the webhook server stop taking work, dispatchers finish the
-    /// sends in flight, the inbox and the flushers finish, then the store closes.
+    /// Graceful stop, in stages: intake, senders (in-flight sends finish and are recorded), the
+    /// inbox (applies what arrived), write-back (a last flush that sees every outcome), the
+    /// store.
     pub async fn stop(self) {
         info!("stopping: no new work is taken; in-flight sends finish");
-        let _ = self.stop.send(true);
-        for h in self.intake {
-            let _ = h.await;
-        }
-        for h in self.senders {
-            let _ = h.await;
-        }
-        for h in self.writers {
-            let _ = h.await;
-        }
+        self.intake.stop().await;
+        self.senders.stop().await;
+        self.inbox.stop().await;
+        self.writers.stop().await;
         self.ctx.store.close().await;
         info!("stopped");
     }

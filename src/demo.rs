@@ -433,7 +433,7 @@ async fn settledness(running: &app::RunningApp) -> anyhow::Result<Option<String>
     if replies < EXPECTED_REPLIES {
         return Ok(Some(format!("{replies} of {EXPECTED_REPLIES} replies received")));
     }
-    let inbox = store::pending_inbox_count(&mut c).await?;
+    let inbox = store::pending_webhook_count(&mut c).await?;
     let writes = store::pending_write_count(&mut c).await?;
     if inbox > 0 || writes > 0 {
         return Ok(Some(format!("{inbox} webhook(s) and {writes} cell(s) of write-back pending")));

@@ -1,4 +1,4 @@
-//! Change detection: compares a fresh read of a source with the stored snapshot (pure).
+//! Change detection: compares a read of a source with the stored snapshot (pure).
 //!
 //! A snapshot keeps, per record key, a 64-bit fingerprint of its fields and their canonical
 //! text. Unchanged rows cost one hash comparison; only rows whose fingerprint moved are compared
@@ -6,22 +6,26 @@
 //! stable across Rust versions (it is persisted), and a collision can only hide a change, never
 //! invent one, because changes are confirmed field by field.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::domain::{Record, RecordKey};
+use crate::domain::{CellValue, Record, RecordKey};
 
 /// What the store remembers of one record between polls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRow {
     pub hash: u64,
-    /// Canonical text by field name; write-back columns are never in here.
+    /// Canonical text by field name; write-back fields are never in here.
     pub fields: BTreeMap<String, String>,
+    /// Fields that hold dates (their text is a serial number): shown as dates in messages.
+    pub dates: BTreeSet<String>,
 }
 
 impl SnapshotRow {
     pub fn of(record: &Record) -> Self {
         let fields: BTreeMap<String, String> = record.fields.iter().map(|(k, v)| (k.clone(), v.canonical())).collect();
-        Self { hash: record_fingerprint(record), fields }
+        let dates =
+            record.fields.iter().filter(|(_, v)| matches!(v, CellValue::Date(_))).map(|(k, _)| k.clone()).collect();
+        Self { hash: record_fingerprint(record), fields, dates }
     }
 }
 
@@ -64,6 +68,11 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// FNV-1a of a text (stable across versions: used in persisted keys).
+pub fn text_fingerprint(text: &str) -> u64 {
+    fnv(FNV_OFFSET, text.as_bytes())
+}
+
 /// FNV-1a over `name \0 value \0` pairs in name order.
 pub fn fingerprint(fields: &BTreeMap<String, String>) -> u64 {
     fields
@@ -82,10 +91,21 @@ pub fn record_fingerprint(record: &Record) -> u64 {
     })
 }
 
-/// Compares a fresh read (records in sheet order) with the snapshot. Changes come in sheet
-/// order, removals last in key order, so the result is deterministic. Only rows whose
+/// Compares a full read (records in the source's order) with the snapshot. Changes come in
+/// read order, removals last in key order, so the result is deterministic. Only records whose
 /// fingerprint moved are compared field by field.
 pub fn diff<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = &'a Record>) -> Vec<Change> {
+    diff_read(old, fresh, true, &[])
+}
+
+/// The same for any read: with `complete` false (an incremental read), a record absent from
+/// the read is unchanged, not removed; removals are the `deleted` keys still in the snapshot.
+pub fn diff_read<'a>(
+    old: &Snapshot,
+    fresh: impl IntoIterator<Item = &'a Record>,
+    complete: bool,
+    deleted: &[RecordKey],
+) -> Vec<Change> {
     let mut changes = Vec::new();
     let mut matched = 0usize;
     let mut keys: Vec<&RecordKey> = Vec::new();
@@ -103,6 +123,15 @@ pub fn diff<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = &'a Record>) -> 
                 }
             }
         }
+    }
+    if !complete {
+        let present: std::collections::HashSet<&RecordKey> = keys.into_iter().collect();
+        let mut removed: Vec<&RecordKey> =
+            deleted.iter().filter(|k| old.contains_key(*k) && !present.contains(k)).collect();
+        removed.sort();
+        removed.dedup();
+        changes.extend(removed.into_iter().map(|k| Change::Removed(k.clone())));
+        return changes;
     }
     // Every old key was seen again: nothing was removed (the common case costs no set).
     if matched < old.len() {
@@ -134,7 +163,6 @@ fn field_changes(old: &BTreeMap<String, String>, record: &Record) -> Vec<FieldCh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::CellValue;
     use proptest::prelude::*;
 
     fn record(key: &str, fields: &[(&str, &str)]) -> Record {
@@ -166,6 +194,19 @@ mod tests {
                 Change::Removed(RecordKey("2".into())),
             ]
         );
+    }
+
+    #[test]
+    fn an_incremental_read_removes_only_what_was_deleted() {
+        let old: Snapshot =
+            [rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")]), rec("3", &[("Estado", "Activo")])]
+                .into_iter()
+                .collect();
+        let fresh = [record("1", &[("Estado", "Egresado")])];
+        let changes = diff_read(&old, &fresh, false, &[RecordKey("3".into()), RecordKey("9".into())]);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(matches!(&changes[0], Change::Changed { key, .. } if key.0 == "1"));
+        assert_eq!(changes[1], Change::Removed(RecordKey("3".into())), "2 is unchanged, 9 was never there");
     }
 
     #[test]

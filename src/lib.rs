@@ -1,10 +1,12 @@
-//! recado: watches Google Sheets, sends WhatsApp messages by rules, and writes delivery
-//! receipts and replies back to the same row.
+//! recado: watches systems of record (Google Sheets today), sends WhatsApp messages by rules,
+//! and writes delivery receipts and replies back to the same record.
 //!
-//! Modules in reading order: the pure core first (`domain`, `diff`, `rules`, `config`), then
-//! the state store, the vendor edges (`sources`, `providers`), the loops that connect them
-//! (`engine`), the HTTP server, the sandbox emulators, and the wiring (`app`, `cli`, `demo`).
-//! `ARCHITECTURE.md` has the map and the invariants.
+//! Modules in reading order, lowest layer first (no module depends on one below it in this
+//! list): the pure core (`domain`, `schedule`, `diff`, `expressions`), configuration checks
+//! (`validation`), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
+//! contract each), the assembled configuration (`config`), `rules`, the state `store`, the loops
+//! that connect them (`engine`), the HTTP server, the sandbox emulators, the wiring (`app`), and
+//! the commands (`plan`, `demo`, `cli`). `ARCHITECTURE.md` has the map and the invariants.
 
 pub mod app;
 pub mod cli;
@@ -13,6 +15,7 @@ pub mod demo;
 pub mod diff;
 pub mod domain;
 pub mod engine;
+pub mod expressions;
 pub mod http;
 pub mod plan;
 pub mod providers;
@@ -21,3 +24,4 @@ pub mod sandbox;
 pub mod schedule;
 pub mod sources;
 pub mod store;
+pub mod validation;

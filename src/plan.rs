@@ -6,18 +6,15 @@
 //! hours, and leaves out what the state store says was already queued. Event rules (`row_added`,
 //! `changed`) fire on edits, so they have nothing planned in advance.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, RuleConfig, SourceConfig, Trigger};
+use crate::config::{Config, RuleConfig, Trigger};
 use crate::domain::MessageContent;
 use crate::engine::RecordView;
 use crate::rules::{RuleSet, TimeContext, TimerPlan};
 use crate::schedule::CronSchedule;
-use crate::sources::google_sheets::{Budget, GoogleSheets};
-use crate::sources::{read_records, ColumnSpec};
+use crate::sources::ReadSpec;
 use crate::store;
 
 /// One line of the plan.
@@ -52,9 +49,10 @@ pub async fn plan(
     let horizon = now + chrono::Duration::days(i64::from(days));
     let store = store::Store::open_read_only(&config.state.path).await?;
     let http = crate::app::http_client()?;
+    let (sources, _writers) = crate::app::connect_sources(config, &http)?;
     let mut lines = Vec::new();
-    for source in &config.sources {
-        let SourceConfig::GoogleSheets(cfg) = source;
+    for source in &sources {
+        let cfg = source.settings();
         let wanted: Vec<&RuleConfig> = config
             .rules
             .iter()
@@ -64,26 +62,26 @@ pub async fn plan(
         if wanted.is_empty() {
             continue;
         }
-        let client = GoogleSheets::connect(cfg, http.clone(), Arc::new(Budget::new(cfg.requests_per_minute))).await?;
-        let source_tz: chrono_tz::Tz = client.time_zone().await?.parse().unwrap_or(chrono_tz::UTC);
-        let table = client.read_tab(&cfg.tab).await?;
-        let wb = cfg.write_back.headers();
-        let spec = ColumnSpec {
-            key: &cfg.key_column,
-            phone: &cfg.phone_column,
-            write_back: &wb,
-            required: &[],
-            default_region: cfg.default_region,
-        };
-        let read = read_records(&table, &spec)
-            .map_err(|m| anyhow::anyhow!("source {}: columns missing: {}", cfg.id, m.join(", ")))?;
-        let views: Vec<RecordView> = read.records.into_iter().map(|(r, _)| RecordView::new(cfg, r)).collect();
+        let source_tz: chrono_tz::Tz = source.time_zone().await?.parse().unwrap_or(chrono_tz::UTC);
+        let spec =
+            ReadSpec { required: Vec::new(), referenced: crate::rules::referenced_fields(&config.rules, &cfg.id) };
+        let read = source.read(&spec).await.map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
+        let views: Vec<RecordView> = read
+            .records
+            .into_iter()
+            .map(|r| {
+                let phone = read.phones.get(&r.key).cloned().unwrap_or_else(|| {
+                    crate::domain::PhoneNumber::parse(&r.text(&cfg.phone_field), cfg.default_region)
+                });
+                RecordView::with_phone(cfg, r, phone)
+            })
+            .collect();
         let time_for = |v: &RecordView, at: DateTime<Utc>| TimeContext {
             now: at,
             source_tz,
             record_tz: v.tz,
             defaults: &config.defaults,
-            date_order: cfg.date_order,
+            date_order: cfg.dates.order,
         };
 
         for rule in wanted {
@@ -105,7 +103,7 @@ pub async fn plan(
                                         v,
                                         &t.occurrence_key(),
                                         &time_for(v, at),
-                                        store.opted_out(v).await,
+                                        opted_out(&store, v).await,
                                     ));
                                 }
                                 TimerPlan::TooLate(t)
@@ -159,7 +157,7 @@ pub async fn plan(
                                     v,
                                     &occ_key,
                                     &time_for(v, occ),
-                                    store.opted_out(v).await,
+                                    opted_out(&store, v).await,
                                 )),
                             }
                         }
@@ -179,6 +177,11 @@ pub async fn plan(
         ))
     });
     Ok(lines)
+}
+
+async fn opted_out(store: &store::ReadOnlyStore, v: &RecordView) -> Option<String> {
+    let phone = v.phone.as_ref().ok()?;
+    store.opted_out(phone.as_str()).await
 }
 
 fn line(
@@ -302,7 +305,7 @@ pub fn render(lines: &[PlanLine], format: Format) -> String {
                 ));
             }
             out.push_str(
-                "\nrow_added and changed rules fire when the sheet is edited; they have nothing planned in advance.\n",
+                "\nrow_added and changed rules fire when a record is added or edited; they have nothing planned in advance.\n",
             );
             out
         }

@@ -1,41 +1,31 @@
-//! Configuration: YAML files (layered, with `RECADO__…` environment overrides) → raw serde
-//! structs that reject unknown keys → [`validate`](validate::validate) → the typed [`Config`]
-//! the rest of the program uses.
+//! Configuration: YAML files (layered, with `RECADO__…` environment overrides) → validation
+//! that reports every problem with its path → the typed [`Config`] the rest of the program uses.
 //!
-//! Validation never stops at the first problem: `recado check` prints every error with its path
-//! (`rules[2].when.changed`) and what was expected. Secrets may be given inline, by environment
+//! This module owns the shared sections (state, http, rules, inbound, defaults) and the closed
+//! enums [`SourceConfig`] and [`ProviderConfig`] that dispatch each `sources[*]`/`providers[*]`
+//! entry, by its `type`, to the vendor folder that owns that section's fields and validation
+//! (as Vector keeps one config per component). Secrets may be given inline, by environment
 //! variable (`*_env`) or by file (`*_file`, which is how systemd credentials arrive).
+//!
+//! A file is looked at before it is loaded ([`yaml_guard`]): size, encoding, shape, and how many
+//! nodes its aliases expand to, so no file can exhaust memory.
 
 mod raw;
 mod validate;
+pub mod yaml_guard;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{normalise_keyword, parse_duration};
+pub use crate::validation::{ConfigError, ConfigErrors, Env};
+pub use validate::normalise_keyword;
 
-use crate::schedule::{DateOrder, Offset, SendWindow};
-
-/// A secret value; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::providers::meta_cloud::MetaCloudConfig;
+use crate::providers::ProviderSettings;
+use crate::schedule::{Offset, SendWindow};
+use crate::sources::google_sheets::GoogleSheetsConfig;
+use crate::sources::SourceSettings;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -63,6 +53,28 @@ pub const DEFAULT_LATENESS: Duration = Duration::from_secs(3 * 3600);
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub path: PathBuf,
+    pub retention: Retention,
+}
+
+/// How long the store keeps what it no longer needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Raw webhook bodies, once applied.
+    pub raw_webhooks: Duration,
+    /// Which statuses were seen (duplicates of older ones no longer arrive).
+    pub status_events: Duration,
+    /// Inbound messages.
+    pub inbound_messages: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            raw_webhooks: Duration::from_secs(90 * 86_400),
+            status_events: Duration::from_secs(90 * 86_400),
+            inbound_messages: Duration::from_secs(365 * 86_400),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,111 +84,39 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
 }
 
+/// A configured provider, by vendor (closed set).
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
     MetaCloud(MetaCloudConfig),
 }
 
 impl ProviderConfig {
-    pub fn id(&self) -> &str {
+    pub fn settings(&self) -> &ProviderSettings {
         match self {
-            ProviderConfig::MetaCloud(m) => &m.id,
+            ProviderConfig::MetaCloud(m) => &m.settings,
         }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.settings().id
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct MetaCloudConfig {
-    pub id: String,
-    pub phone_number_id: String,
-    pub access_token: Secret,
-    pub app_secret: Secret,
-    pub verify_token: Secret,
-    pub api_version: String,
-    /// Without trailing slash, e.g. `https://graph.facebook.com`.
-    pub base_url: String,
-    pub messages_per_second: f64,
-    pub pair_interval: Duration,
-    pub max_in_flight: usize,
-    pub max_attempts: u32,
-}
-
+/// A configured source, by vendor (closed set).
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     GoogleSheets(GoogleSheetsConfig),
 }
 
 impl SourceConfig {
-    pub fn id(&self) -> &str {
+    pub fn settings(&self) -> &SourceSettings {
         match self {
-            SourceConfig::GoogleSheets(g) => &g.id,
+            SourceConfig::GoogleSheets(g) => &g.settings,
         }
     }
-}
 
-/// Whether rows that exist at first start count as added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirstStart {
-    Baseline,
-    ProcessExisting,
-}
-
-#[derive(Debug, Clone)]
-pub struct GoogleSheetsConfig {
-    pub id: String,
-    pub spreadsheet_id: String,
-    pub tab: String,
-    pub key_column: String,
-    pub phone_column: String,
-    pub default_region: phonenumber::country::Id,
-    pub poll_interval: Duration,
-    pub flush_interval: Duration,
-    /// The service-account key JSON.
-    pub service_account_key: Secret,
-    /// With trailing slash, e.g. `https://sheets.googleapis.com/`.
-    pub sheets_base_url: String,
-    /// With trailing slash, e.g. `https://www.googleapis.com/`.
-    pub drive_base_url: String,
-    pub requests_per_minute: u32,
-    pub first_start: FirstStart,
-    pub consent: Option<ConsentConfig>,
-    pub write_back: WriteBackColumns,
-    pub date_order: DateOrder,
-    pub time_zone_column: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ConsentConfig {
-    pub column: String,
-    /// Lower-cased.
-    pub granted_values: Vec<String>,
-    pub opted_out_value: String,
-}
-
-impl ConsentConfig {
-    pub fn is_granted(&self, value: &str) -> bool {
-        let v = value.trim().to_lowercase();
-        self.granted_values.contains(&v)
-    }
-}
-
-/// The columns recado writes. `None` means "do not write this".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WriteBackColumns {
-    pub status: Option<String>,
-    pub status_at: Option<String>,
-    pub error: Option<String>,
-    pub last_reply: Option<String>,
-    pub last_reply_at: Option<String>,
-}
-
-impl WriteBackColumns {
-    /// Every configured write-back header.
-    pub fn headers(&self) -> Vec<&str> {
-        [&self.status, &self.status_at, &self.error, &self.last_reply, &self.last_reply_at]
-            .into_iter()
-            .filter_map(|c| c.as_deref())
-            .collect()
+    pub fn id(&self) -> &str {
+        &self.settings().id
     }
 }
 
@@ -226,74 +166,74 @@ pub struct InboundConfig {
     pub opt_out_keywords: Vec<String>,
 }
 
-/// One configuration problem, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// `rules[2].when.changed`, or the file for YAML syntax errors.
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} problem(s) in the configuration:", self.0.len())?;
-        for e in &self.0 {
-            writeln!(f, "  - {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 impl Config {
     /// Loads and validates `paths` (later files override earlier ones), then applies
-    /// `RECADO__SECTION__KEY` environment overrides.
+    /// `RECADO__SECTION__KEY` overrides from the process environment.
     pub fn load(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
-        let mut builder = config::Config::builder();
+        Self::load_with(paths, &Env::process())
+    }
+
+    /// The same, with secrets and overrides looked up in `env`.
+    pub fn load_with(paths: &[PathBuf], env: &Env) -> Result<Config, ConfigErrors> {
+        let mut texts = Vec::new();
+        let mut problems = Vec::new();
         for p in paths {
-            if !p.exists() {
-                return Err(single(p, "file not found"));
+            match std::fs::read(p) {
+                Ok(bytes) => match yaml_guard::check(&bytes) {
+                    Ok(text) => texts.push(text.to_string()),
+                    Err(e) => problems.push(single(p, &e)),
+                },
+                Err(e) => problems.push(single(p, &format!("cannot read it: {e}"))),
             }
-            builder = builder.add_source(config::File::from(p.as_path()).format(config::FileFormat::Yaml));
         }
-        Self::build(builder, paths.first().map(|p| p.display().to_string()).unwrap_or_default())
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        let origin = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
+        Self::build(&texts, &origin, env)
     }
 
-    /// Validates YAML text (used by tests and the demo); environment overrides apply too.
+    /// Validates YAML text (used by tests and the demo); process-environment overrides apply.
     pub fn from_yaml(yaml: &str) -> Result<Config, ConfigErrors> {
-        let builder = config::Config::builder().add_source(config::File::from_str(yaml, config::FileFormat::Yaml));
-        Self::build(builder, "<yaml>".into())
+        Self::from_yaml_with(yaml, &Env::process())
     }
 
-    fn build(
-        builder: config::ConfigBuilder<config::builder::DefaultState>,
-        origin: String,
-    ) -> Result<Config, ConfigErrors> {
+    /// Validates YAML text with secrets and overrides looked up in `env`.
+    pub fn from_yaml_with(yaml: &str, env: &Env) -> Result<Config, ConfigErrors> {
+        let text =
+            yaml_guard::check(yaml.as_bytes()).map_err(|e| ConfigErrors(vec![single(Path::new("<yaml>"), &e)]))?;
+        Self::build(&[text.to_string()], "<yaml>", env)
+    }
+
+    fn build(texts: &[String], origin: &str, env: &Env) -> Result<Config, ConfigErrors> {
+        let mut builder = config::Config::builder();
+        for t in texts {
+            builder = builder.add_source(config::File::from_str(t, config::FileFormat::Yaml));
+        }
+        let overrides = env.with_prefix("RECADO__");
         let built = builder
             .add_source(
-                config::Environment::with_prefix("RECADO").prefix_separator("__").separator("__").try_parsing(true),
+                config::Environment::with_prefix("RECADO")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides.into_iter().collect())),
             )
             .build()
-            .map_err(|e| single(Path::new(&origin), &e.to_string()))?;
+            .map_err(|e| ConfigErrors(vec![single(Path::new(origin), &e.to_string())]))?;
         let value: serde_json::Value =
-            built.try_deserialize().map_err(|e| single(Path::new(&origin), &e.to_string()))?;
-        validate::validate(value)
+            built.try_deserialize().map_err(|e| ConfigErrors(vec![single(Path::new(origin), &e.to_string())]))?;
+        validate::validate(value, env)
+    }
+
+    /// The settings of a source by id.
+    pub fn source(&self, id: &str) -> Option<&SourceSettings> {
+        self.sources.iter().map(SourceConfig::settings).find(|s| s.id == id)
     }
 }
 
-fn single(path: &Path, message: &str) -> ConfigErrors {
-    ConfigErrors(vec![ConfigError { path: path.display().to_string(), message: message.to_string() }])
+fn single(path: &Path, message: &str) -> ConfigError {
+    ConfigError { path: path.display().to_string(), message: message.to_string() }
 }
 
 #[cfg(test)]
@@ -304,16 +244,9 @@ mod tests {
 
     #[test]
     fn environment_overrides_a_file() {
-        // Only this test in the library's test binary reads RECADO__ variables.
-        std::env::set_var("RECADO__STATE__PATH", "/tmp/from-env.db");
-        let c = Config::from_yaml(MINIMAL);
-        std::env::remove_var("RECADO__STATE__PATH");
-        assert_eq!(c.map(|c| c.state.path), Ok(PathBuf::from("/tmp/from-env.db")).map_err(|e: ConfigErrors| e));
-    }
-
-    #[test]
-    fn secrets_are_never_printed() {
-        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+        let env = Env::fixed([("RECADO__STATE__PATH", "/tmp/from-env.db")]);
+        let c = Config::from_yaml_with(MINIMAL, &env).unwrap();
+        assert_eq!(c.state.path, PathBuf::from("/tmp/from-env.db"));
     }
 
     #[test]

@@ -78,6 +78,18 @@ pub enum InboundKind {
 }
 
 impl InboundKind {
+    /// The name stored with the message.
+    pub fn name(&self) -> &'static str {
+        match self {
+            InboundKind::Text { .. } => "text",
+            InboundKind::Button { .. } => "button",
+            InboundKind::Interactive { .. } => "interactive",
+            InboundKind::Other { .. } => "other",
+        }
+    }
+}
+
+impl InboundKind {
     /// The text a person would read as the reply.
     pub fn text(&self) -> String {
         match self {
@@ -89,9 +101,19 @@ impl InboundKind {
     }
 }
 
+/// Who wrote to us. Providers identify people by phone number, by their own user id, or both;
+/// either may be missing (a WhatsApp user with a username and no visible number has only the
+/// provider's id).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sender {
+    pub phone: Option<super::PhoneNumber>,
+    /// The provider's own ids for the person (stable for the provider; they may differ from
+    /// the number we send to). Opaque outside the provider.
+    pub user_ids: Vec<String>,
+}
+
 /// A provider webhook event, parsed out of the vendor's wire format.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderEvent {
     Status {
         provider_message_id: String,
@@ -99,19 +121,35 @@ pub enum ProviderEvent {
         status: super::MessageState,
         /// Unix seconds.
         timestamp: i64,
-        recipient_id: Option<String>,
-        /// What we put in `biz_opaque_callback_data`: our outbox id.
+        /// The provider's ids for the recipient, when it says.
+        recipient_ids: Vec<String>,
+        /// What we asked the provider to echo back: our outbox id.
         callback_data: Option<String>,
         error: Option<ProviderError>,
     },
     Inbound {
         provider_message_id: String,
-        /// The sender's WhatsApp id (digits, no `+`).
-        from: String,
+        from: Sender,
         profile_name: Option<String>,
         timestamp: i64,
         /// The message this one replies to, if the user quoted one.
         context_message_id: Option<String>,
         kind: InboundKind,
     },
+}
+
+/// A message a rule wants sent, before it is in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    pub rule_id: String,
+    pub source_id: String,
+    pub record_key: super::RecordKey,
+    pub provider_id: String,
+    /// `rule:record:occurrence`, unique in the store: a record gets a rule's message once per
+    /// occurrence.
+    pub idempotency_key: String,
+    pub phone: super::PhoneNumber,
+    pub content: MessageContent,
+    /// Template to use when free text cannot be sent (outside the 24-hour window).
+    pub fallback: Option<MessageContent>,
 }

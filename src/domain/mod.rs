@@ -1,5 +1,5 @@
 //! Pure domain types shared by every layer: records and keys, phone numbers, message content,
-//! message states and the events providers report.
+//! intents, message states, the events providers report, write-back targets and secrets.
 //!
 //! Nothing here does IO or reads the clock; vendor JSON never appears here. Sources turn their
 //! rows into [`Record`]s, providers turn their webhooks into [`ProviderEvent`]s, and the engine
@@ -8,9 +8,13 @@
 mod message;
 mod phone;
 pub mod record;
+mod secret;
 mod status;
+mod target;
 
-pub use message::{InboundKind, MessageContent, ProviderError, ProviderEvent, TemplateMessage};
-pub use phone::{mask_phone, PhoneError, PhoneNumber};
+pub use message::{InboundKind, Intent, MessageContent, ProviderError, ProviderEvent, Sender, TemplateMessage};
+pub use phone::{mask_phone, MaskedText, PhoneError, PhoneNumber};
 pub use record::{CellValue, Record, RecordKey};
+pub use secret::Secret;
 pub use status::MessageState;
+pub use target::{FieldWrite, PendingWrite, WriteTarget};

@@ -1,4 +1,4 @@
-//! Phone numbers in E.164, parsed from whatever people type into a sheet.
+//! Phone numbers in E.164, parsed from whatever people type into a record.
 
 use std::fmt;
 
@@ -6,15 +6,32 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PhoneNumber(String);
 
-/// Why a cell could not be read as a phone number.
+/// Why a field could not be read as a phone number. The text it held is kept masked: these
+/// errors are logged and written to rows, and a full number must never reach a log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneError {
     #[error("phone number is empty")]
     Empty,
     #[error("'{0}' is not a phone number")]
-    Unparseable(String),
+    Unparseable(MaskedText),
     #[error("'{0}' is not a valid number for its country")]
-    Invalid(String),
+    Invalid(MaskedText),
+}
+
+/// Text that may hold a phone number, kept and shown masked (see [`mask_phone`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedText(String);
+
+impl MaskedText {
+    pub fn new(raw: &str) -> Self {
+        Self(mask_phone(raw))
+    }
+}
+
+impl fmt::Display for MaskedText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl PhoneNumber {
@@ -26,12 +43,12 @@ impl PhoneNumber {
             return Err(PhoneError::Empty);
         }
         // A number typed as "56 9 1234 5678" without '+' but with a country code is common in
-        // sheets; the parser would treat it as national. Numbers starting with "00" are
+        // records; the parser would treat it as national. Numbers starting with "00" are
         // international too.
         let candidate =
             if let Some(rest) = trimmed.strip_prefix("00") { format!("+{rest}") } else { trimmed.to_string() };
         let parsed = phonenumber::parse(Some(default_region), &candidate)
-            .map_err(|_| PhoneError::Unparseable(trimmed.to_string()))?;
+            .map_err(|_| PhoneError::Unparseable(MaskedText::new(trimmed)))?;
         if phonenumber::is_valid(&parsed) {
             return Ok(Self(parsed.format().mode(phonenumber::Mode::E164).to_string()));
         }
@@ -44,7 +61,7 @@ impl PhoneNumber {
                 }
             }
         }
-        Err(PhoneError::Invalid(trimmed.to_string()))
+        Err(PhoneError::Invalid(MaskedText::new(trimmed)))
     }
 
     /// Wraps a value that is already E.164 (read back from our own store).
@@ -75,15 +92,33 @@ impl fmt::Display for PhoneNumber {
     }
 }
 
-/// Masks all but the first four and last three characters of a phone number or WhatsApp id.
+/// Masks text that may hold phone numbers: every digit but the first three and the last three
+/// of the whole text becomes `*` (other characters stay, so `+56 9 8765 4321` reads
+/// `+56 9 **** *321`, and a cell holding two numbers shows neither). Short texts are masked
+/// whole. Long texts are cut, so a pasted paragraph is not logged either.
 pub fn mask_phone(raw: &str) -> String {
-    let chars: Vec<char> = raw.chars().collect();
-    if chars.len() <= 7 {
-        return "*".repeat(chars.len());
+    const KEEP: usize = 3;
+    const LONGEST: usize = 40;
+    let digits = raw.chars().filter(char::is_ascii_digit).count();
+    let mut out = String::new();
+    let mut seen = 0;
+    for (i, c) in raw.chars().enumerate() {
+        if i == LONGEST {
+            out.push('…');
+            break;
+        }
+        if c.is_ascii_digit() {
+            seen += 1;
+            let visible = digits > 2 * KEEP + 2 && (seen <= KEEP || seen > digits - KEEP);
+            out.push(if visible { c } else { '*' });
+        } else if digits == 0 && raw.chars().count() > 3 {
+            // No digits at all: show the shape, not the text (it may be a name or an address).
+            out.push(if c.is_whitespace() { ' ' } else { '·' });
+        } else {
+            out.push(c);
+        }
     }
-    let head: String = chars[..4].iter().collect();
-    let tail: String = chars[chars.len() - 3..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
+    out
 }
 
 #[cfg(test)]
@@ -121,6 +156,12 @@ mod tests {
         let p = PhoneNumber::parse("+56987654321", Id::CL).unwrap();
         assert_eq!(p.to_string(), "+569*****321");
         assert_eq!(mask_phone("123"), "***");
+        assert_eq!(mask_phone("+56 9 8765 4321"), "+56 9 **** *321");
+        // Two numbers in one cell: neither shows.
+        let two = mask_phone("+56 9 8000 0032 / +56 9 8000 0033");
+        assert!(!two.contains("8000 0032") && !two.contains("80000033"), "{two}");
+        let err = PhoneNumber::parse("+56 9 8000 0032 / +56 9 8000 0033", Id::CL).unwrap_err().to_string();
+        assert!(!err.contains("8000 0032") && !err.contains("8000 0033"), "{err}");
     }
 
     proptest::proptest! {

@@ -1,9 +1,9 @@
-//! Records: one row of a sheet (or one Salesforce record) as named fields.
+//! Records: one row of a table or one object of a system of record, as named fields.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The stable identity of a record inside its source (the value of the key column).
+/// The stable identity of a record inside its source (the value of its key field).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordKey(pub String);
 
@@ -13,13 +13,18 @@ impl fmt::Display for RecordKey {
     }
 }
 
-/// One cell, as the source gave it (unformatted).
+/// One field value, as the source gave it (unformatted).
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellValue {
     Empty,
     Text(String),
     Number(f64),
     Bool(bool),
+    /// A date or date-time, as a serial number of days since 1899-12-30 with the time of day as
+    /// the fraction (the usual serial day count; sources that send ISO text convert to it). Its
+    /// canonical text is the serial, so scheduling maths and change detection see a number;
+    /// messages show it as a readable date.
+    Date(f64),
 }
 
 impl CellValue {
@@ -36,7 +41,7 @@ impl CellValue {
         match self {
             CellValue::Empty => {}
             CellValue::Text(s) => out.push_str(s.trim()),
-            CellValue::Number(n) => out.push_str(&format_number(*n)),
+            CellValue::Number(n) | CellValue::Date(n) => out.push_str(&format_number(*n)),
             CellValue::Bool(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
         }
     }
@@ -59,7 +64,7 @@ pub fn format_number(n: f64) -> String {
     }
 }
 
-/// A record: its key and its fields by column name (write-back columns excluded).
+/// A record: its key and its fields by name (write-back fields excluded).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub key: RecordKey,

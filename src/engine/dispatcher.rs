@@ -1,33 +1,31 @@
-//! The dispatcher: one loop per provider, from the outbox to the provider's API.
+//! The dispatcher: one loop per provider, from the outbox to the provider.
 //!
 //! For each due message, in order: skip it if the contact opted out; switch free text to its
 //! template fallback (or skip it) outside the 24-hour window; respect the per-recipient pair
-//! interval; wait for the provider's throughput budget; commit `sending`; call the API; commit
-//! `sent` (with the provider id) or the classified error. A send whose answer was lost stays
-//! `sending` ("in doubt") until a status webhook names it (we set `biz_opaque_callback_data`
-//! to the outbox id) or the grace period passes; only then is it sent again.
+//! interval; commit `sending` (a chunk at a time); wait for the provider's throughput budget
+//! and a free in-flight slot; check the opt-out once more, at the last moment; send; record
+//! `sent` (with the provider's id) or the classified error.
+//!
+//! A send whose answer was lost stays `sending` ("in doubt"): the provider is asked about it
+//! where it can be, and otherwise its status webhooks — which carry our outbox id — are awaited
+//! for the provider's grace, counted from the send and also from this process's start (after
+//! downtime, the provider's retried webhooks need time to arrive). Only then is it sent again.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use std::sync::atomic::Ordering;
-
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::{now_ms, EngineCtx, Shutdown};
-use crate::config::ProviderConfig;
+use super::{EngineCtx, Shutdown};
 use crate::domain::{MessageContent, MessageState};
-use crate::providers::{Accepted, Provider, SendError};
-use crate::store::{self, MessageUpdate, OutboxMessage};
-
-/// How long a send may stay in doubt before it is retried (a status webhook normally arrives
-/// within seconds of an accepted send).
-pub const IN_DOUBT_GRACE: Duration = Duration::from_secs(60);
+use crate::providers::{Accepted, InDoubtSend, Provider, Reconciliation, SendError};
+use crate::store::{self, MessageUpdate, OutboxMessage, StoreError};
 
 /// The 24-hour customer-service window.
 pub const SERVICE_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -43,6 +41,16 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// Messages marked `sending` together, in one transaction, right before their sends.
+const CHUNK: usize = 32;
+/// Accepted sends waiting to be recorded; senders wait when it is full.
+const RECORDER_QUEUE: usize = 1024;
+/// Recipients remembered for the pair interval; older entries are dropped beyond this.
+const PAIR_MEMORY: usize = 20_000;
+
+/// An accepted send for the recorder, or `None`: commit what you have and stop.
+type Recorded = Option<(OutboxMessage, Accepted)>;
+
 pub struct Dispatcher {
     provider: Provider,
     ctx: Arc<EngineCtx>,
@@ -53,42 +61,42 @@ pub struct Dispatcher {
     pair_interval: Duration,
     paused_until: Mutex<Option<Instant>>,
     last_sent: Mutex<HashMap<String, Instant>>,
-    /// Accepted sends, recorded in batches by [`Dispatcher::record_accepted`].
-    /// `None` asks the recorder to commit what it has and stop.
-    accepted: mpsc::UnboundedSender<Recorded>,
-    accepted_rx: Mutex<Option<mpsc::UnboundedReceiver<Recorded>>>,
+    accepted: mpsc::Sender<Recorded>,
+    accepted_rx: Mutex<Option<mpsc::Receiver<Recorded>>>,
+    health_name: String,
 }
 
-/// An accepted send for the recorder, or `None`: commit what you have and stop.
-type Recorded = Option<(OutboxMessage, Accepted)>;
-
-/// Messages marked `sending` together, in one transaction, right before their sends.
-const CHUNK: usize = 32;
-
 impl Dispatcher {
-    pub fn new(config: &ProviderConfig, provider: Provider, ctx: Arc<EngineCtx>) -> Arc<Self> {
-        let ProviderConfig::MetaCloud(c) = config;
+    pub fn new(provider: Provider, ctx: Arc<EngineCtx>) -> Arc<Self> {
+        let s = provider.settings().clone();
         // Bursts of at most 1/50 s worth of messages (and at least 2, so that a timer firing late
         // can be made up by the next send) keep every one-second window within about 2% of the
         // configured rate, below the provider's ceiling.
-        let per_sec = c.messages_per_second;
-        let period = Duration::from_secs_f64(1.0 / per_sec);
+        let per_sec = s.throughput.messages_per_second;
+        let period = Duration::from_secs_f64(1.0 / per_sec.max(0.001));
         let burst = NonZeroU32::new(((per_sec / 50.0).floor() as u32).max(2)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
-        let (accepted, rx) = mpsc::unbounded_channel();
+        let (accepted, rx) = mpsc::channel(RECORDER_QUEUE);
+        let health_name = format!("provider:{}", s.id);
+        ctx.health.register(&health_name, "provider");
         Arc::new(Self {
             provider,
             ctx,
             limiter: RateLimiter::direct(quota),
-            in_flight: Arc::new(Semaphore::new(c.max_in_flight)),
-            max_in_flight: c.max_in_flight,
-            max_attempts: c.max_attempts,
-            pair_interval: c.pair_interval,
+            in_flight: Arc::new(Semaphore::new(s.max_in_flight)),
+            max_in_flight: s.max_in_flight,
+            max_attempts: s.max_attempts,
+            pair_interval: s.throughput.pair_interval,
             paused_until: Mutex::new(None),
             last_sent: Mutex::new(HashMap::new()),
             accepted,
             accepted_rx: Mutex::new(Some(rx)),
+            health_name,
         })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.ctx.now_ms()
     }
 
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
@@ -97,33 +105,33 @@ impl Dispatcher {
         let recorder = self
             .accepted_rx
             .lock()
-            .ok()
-            .and_then(|mut r| r.take())
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
             .map(|rx| tokio::spawn(Arc::clone(&self).record_accepted(rx)));
         let wake = self.ctx.dispatch_wake.get(&id).cloned().unwrap_or_default();
-        let mut last_doubt_check = Instant::now() - IN_DOUBT_GRACE;
+        let mut last_doubt_check: Option<Instant> = None;
         loop {
             if shutdown.is_set() {
                 break;
             }
-            if last_doubt_check.elapsed() >= Duration::from_secs(5) {
-                last_doubt_check = Instant::now();
-                if let Err(e) = self.requeue_in_doubt().await {
-                    error!(provider = %id, "checking sends in doubt failed: {e:#}");
+            if last_doubt_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                last_doubt_check = Some(Instant::now());
+                if let Err(e) = self.settle_in_doubt().await {
+                    error!(provider = %id, "checking sends in doubt failed: {e}");
                 }
             }
             let batch = match self.due_batch().await {
                 Ok(b) => b,
                 Err(e) => {
-                    error!(provider = %id, "reading the outbox failed: {e:#}");
+                    error!(provider = %id, "reading the outbox failed: {e}");
                     Vec::new()
                 }
             };
             if batch.is_empty() {
-                let sleep = self.idle_sleep().await;
+                let next = self.next_due().await;
                 tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.ctx.clock.sleep_until(next, Duration::from_secs(5)) => {}
                     _ = shutdown.wait() => break,
                 }
                 continue;
@@ -133,52 +141,72 @@ impl Dispatcher {
                     break;
                 }
                 if let Err(e) = self.dispatch_chunk(chunk.to_vec(), &mut shutdown).await {
-                    error!(provider = %id, "dispatch failed: {e:#}");
+                    error!(provider = %id, "dispatch failed: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+            self.forget_old_recipients();
         }
         // Let in-flight sends finish, then their outcomes be recorded, before returning.
         let _all = self.in_flight.acquire_many(self.max_in_flight as u32).await;
-        let _ = self.accepted.send(None);
+        let _ = self.accepted.send(None).await;
         if let Some(r) = recorder {
             let _ = r.await;
         }
         info!(provider = %id, "dispatcher stopped");
     }
 
-    async fn due_batch(&self) -> anyhow::Result<Vec<OutboxMessage>> {
+    async fn due_batch(&self) -> Result<Vec<OutboxMessage>, StoreError> {
         let mut conn = self.ctx.store.conn().await?;
-        store::due_messages(&mut conn, self.provider.id(), now_ms(), 256).await
+        store::due_messages(&mut conn, self.provider.id(), self.now_ms(), 256).await
     }
 
-    /// Until the next queued message is due (at most 5 s, so in-doubt checks run).
-    async fn idle_sleep(&self) -> Duration {
+    /// When the next queued message is due (Unix ms).
+    async fn next_due(&self) -> i64 {
         let next = match self.ctx.store.conn().await {
             Ok(mut c) => store::next_due_at(&mut c, self.provider.id()).await.ok().flatten(),
             Err(_) => None,
         };
-        match next {
-            Some(t) => Duration::from_millis((t - now_ms()).clamp(1, 5000) as u64),
-            None => Duration::from_secs(5),
-        }
+        next.unwrap_or(i64::MAX)
     }
 
-    async fn requeue_in_doubt(&self) -> anyhow::Result<()> {
-        let mut tx = self.ctx.store.begin().await?;
-        let stale = store::in_doubt(&mut tx, self.provider.id(), now_ms() - IN_DOUBT_GRACE.as_millis() as i64).await?;
-        for m in &stale {
-            warn!(message = m.id, record = %m.record_key, to = %m.phone, "send outcome unknown and no status webhook named it: sending again");
-            let u = MessageUpdate {
-                state: Some(MessageState::Queued),
-                next_attempt_at: Some(now_ms()),
-                ..Default::default()
-            };
-            store::update_message(&mut tx, m.id, &u, now_ms()).await?;
+    /// Sends in doubt past their grace: asked about where the provider can say, else sent
+    /// again. The grace counts from the send and from this process's start.
+    async fn settle_in_doubt(&self) -> Result<(), StoreError> {
+        let grace = self.provider.settings().in_doubt_grace.as_millis().min(i64::MAX as u128) as i64;
+        let now = self.now_ms();
+        if now - self.ctx.started_at < grace {
+            return Ok(());
         }
-        tx.commit().await?;
-        if !stale.is_empty() {
-            self.ctx.wake_dispatcher(self.provider.id());
+        let stale = {
+            let mut c = self.ctx.store.conn().await?;
+            store::in_doubt(&mut c, self.provider.id(), now - grace).await?
+        };
+        for m in stale {
+            let ask = InDoubtSend {
+                callback_data: m.id.to_string(),
+                to: m.phone.clone(),
+                content: m.content.clone(),
+                marked_at: m.updated_at,
+            };
+            match self.provider.reconcile(&ask).await {
+                Reconciliation::Accepted(acc) => {
+                    info!(message_id = m.id, record = %m.record_key, "a send in doubt was accepted by the provider: recorded, not sent again");
+                    self.commit_accepted(&[(m, acc)]).await;
+                }
+                Reconciliation::NotSent | Reconciliation::Unknown => {
+                    warn!(message_id = m.id, record = %m.record_key, to = %m.phone, "send outcome unknown and the provider never confirmed it: sending again");
+                    let mut tx = self.ctx.store.begin().await?;
+                    let u = MessageUpdate {
+                        state: Some(MessageState::Queued),
+                        next_attempt_at: Some(now),
+                        ..Default::default()
+                    };
+                    store::update_message(&mut tx, m.id, &u, now).await?;
+                    tx.commit().await?;
+                    self.ctx.wake_dispatcher(self.provider.id());
+                }
+            }
         }
         Ok(())
     }
@@ -189,13 +217,14 @@ impl Dispatcher {
         self: &Arc<Self>,
         chunk: Vec<OutboxMessage>,
         shutdown: &mut Shutdown,
-    ) -> anyhow::Result<()> {
-        let now = now_ms();
+    ) -> Result<(), StoreError> {
+        let now = self.now_ms();
         let epoch = self.ctx.opt_out_epoch.load(Ordering::Acquire);
         let phones: Vec<&str> = chunk.iter().map(|m| m.phone.as_str()).collect();
-        let mut conn = self.ctx.store.conn().await?;
-        let contacts = store::contacts_for(&mut conn, &phones).await?;
-        drop(conn);
+        let contacts = {
+            let mut conn = self.ctx.store.conn().await?;
+            store::contacts_for(&mut conn, &phones).await?
+        };
         let mut ready: Vec<(OutboxMessage, Option<MessageContent>)> = Vec::new();
         let mut later: Vec<(i64, i64)> = Vec::new();
         for mut m in chunk {
@@ -209,25 +238,21 @@ impl Dispatcher {
                 if !inside_service_window(contact.and_then(|c| c.last_inbound_at), now) {
                     match m.fallback.clone() {
                         Some(fb) => {
-                            debug!(message = m.id, "outside the 24-hour window: using the template fallback");
+                            debug!(message_id = m.id, "outside the 24-hour window: using the template fallback");
                             m.content = fb.clone();
                             switched = Some(fb);
                         }
                         None => {
-                            self.finish(
-                                &m,
-                                MessageState::Skipped,
-                                "not sent: free text outside the 24-hour window and the rule has no fallback_template",
-                            )
-                            .await?;
+                            let reason =
+                                "not sent: free text outside the 24-hour window and the rule has no fallback_template";
+                            self.finish(&m, MessageState::Skipped, reason).await?;
                             continue;
                         }
                     }
                 }
             }
             // Pair rate: space messages to the same person (also within this chunk).
-            let next_ok =
-                self.last_sent.lock().ok().and_then(|l| l.get(m.phone.as_str()).map(|t| *t + self.pair_interval));
+            let next_ok = self.last_sent().get(m.phone.as_str()).map(|t| *t + self.pair_interval);
             let twice_in_chunk = ready.iter().any(|(r, _)| r.phone == m.phone);
             match next_ok {
                 Some(t) if t > Instant::now() => {
@@ -274,44 +299,48 @@ impl Dispatcher {
                 self.unmark(&rest).await?;
                 return Ok(());
             }
-            // An opt-out may have arrived since the chunk's contacts were read.
-            if self.ctx.opt_out_epoch.load(Ordering::Acquire) != epoch {
-                let mut c = self.ctx.store.conn().await?;
-                let opted_out =
-                    store::contact(&mut c, m.phone.as_str()).await?.is_some_and(|c| c.opted_out_at.is_some());
-                drop(c);
-                if opted_out {
-                    self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
-                    continue;
-                }
-            }
             let permit = tokio::select! {
-                p = self.in_flight.clone().acquire_owned() => p?,
+                p = Arc::clone(&self.in_flight).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return Ok(()),
+                },
                 _ = shutdown.wait() => {
                     let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
                     self.unmark(&rest).await?;
                     return Ok(());
                 }
             };
-            if let Ok(mut l) = self.last_sent.lock() {
-                l.insert(m.phone.as_str().to_string(), Instant::now());
+            // The last moment before the call: an opt-out may have arrived while this message
+            // waited for its turn or its slot.
+            if self.opted_out_since(epoch, &m).await? {
+                self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
+                drop(permit);
+                continue;
             }
+            self.last_sent().insert(m.phone.as_str().to_string(), Instant::now());
             let this = Arc::clone(self);
             tokio::spawn(async move {
                 match this.provider.send(&m.phone, &m.content, &m.id.to_string()).await {
                     Ok(acc) => {
+                        this.ctx.health.ok(&this.health_name, "provider", this.now_ms());
                         // Recorded in a batch; the permit is released once it is queued.
-                        let _ = this.accepted.send(Some((m, acc)));
+                        let _ = this.accepted.send(Some((m, acc))).await;
                     }
                     Err(e) => {
+                        if matches!(
+                            e,
+                            SendError::Unavailable { .. } | SendError::Retry { .. } | SendError::InDoubt { .. }
+                        ) {
+                            this.ctx.health.failed(&this.health_name, "provider", &e.describe());
+                        }
                         let mut delay = Duration::from_millis(50);
                         for attempt in 1..=20 {
                             match this.handle_error(&m, e.clone()).await {
                                 Ok(()) => break,
                                 Err(err) => {
                                     warn!(
-                                        message = m.id,
-                                        attempt, "recording the send error failed, retrying: {err:#}"
+                                        message_id = m.id,
+                                        attempt, "recording the send error failed, retrying: {err}"
                                     );
                                     tokio::time::sleep(delay).await;
                                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -326,11 +355,45 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// True when the contact opted out after `epoch` (read from the store only then).
+    async fn opted_out_since(&self, epoch: u64, m: &OutboxMessage) -> Result<bool, StoreError> {
+        if self.ctx.opt_out_epoch.load(Ordering::Acquire) == epoch {
+            return Ok(false);
+        }
+        let mut c = self.ctx.store.conn().await?;
+        Ok(store::contact(&mut c, m.phone.as_str()).await?.is_some_and(|c| c.opted_out_at.is_some()))
+    }
+
+    fn last_sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // A poisoned lock still holds valid times: the pair interval must keep applying.
+        self.last_sent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn paused(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.paused_until.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Recipients whose pair interval is over are forgotten (memory stays bounded).
+    fn forget_old_recipients(&self) {
+        let mut l = self.last_sent();
+        if l.len() > PAIR_MEMORY / 2 {
+            let cutoff = Instant::now().checked_sub(self.pair_interval).unwrap_or_else(Instant::now);
+            l.retain(|_, t| *t > cutoff);
+        }
+        if l.len() > PAIR_MEMORY {
+            // Still too many inside the interval: keep the most recent.
+            let mut times: Vec<Instant> = l.values().copied().collect();
+            times.sort_unstable();
+            let cut = times[times.len() - PAIR_MEMORY];
+            l.retain(|_, t| *t >= cut);
+        }
+    }
+
     /// Waits for a provider pause to end and for a slot in the throughput budget. False when
     /// shutdown came first.
     async fn wait_turn(&self, shutdown: &mut Shutdown) -> bool {
         loop {
-            let until = self.paused_until.lock().ok().and_then(|p| *p);
+            let until = *self.paused();
             match until {
                 Some(t) if t > Instant::now() => {
                     tokio::select! {
@@ -348,7 +411,7 @@ impl Dispatcher {
     }
 
     /// Puts messages marked `sending` but never sent back in the queue.
-    async fn unmark(&self, messages: &[OutboxMessage]) -> anyhow::Result<()> {
+    async fn unmark(&self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
         let mut tx = self.ctx.store.begin().await?;
         for m in messages {
             let u = MessageUpdate {
@@ -356,7 +419,7 @@ impl Dispatcher {
                 attempts: Some(m.attempts.saturating_sub(1)),
                 ..Default::default()
             };
-            store::update_message(&mut tx, m.id, &u, now_ms()).await?;
+            store::update_message(&mut tx, m.id, &u, self.now_ms()).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -365,7 +428,7 @@ impl Dispatcher {
     /// Records accepted sends, many per transaction. The provider has answered: losing that
     /// answer would make a message look in doubt and be sent again, so a failed commit is
     /// retried with the same batch.
-    async fn record_accepted(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Recorded>) {
+    async fn record_accepted(self: Arc<Self>, mut rx: mpsc::Receiver<Recorded>) {
         while let Some(Some(first)) = rx.recv().await {
             let mut batch = vec![first];
             let mut stop = false;
@@ -395,7 +458,7 @@ impl Dispatcher {
             match self.try_commit_accepted(batch).await {
                 Ok(()) => return,
                 Err(e) => {
-                    warn!(attempt, messages = batch.len(), "recording accepted sends failed, retrying: {e:#}");
+                    warn!(attempt, messages = batch.len(), "recording accepted sends failed, retrying: {e}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -407,8 +470,8 @@ impl Dispatcher {
         );
     }
 
-    async fn try_commit_accepted(&self, batch: &[(OutboxMessage, Accepted)]) -> anyhow::Result<()> {
-        let now = now_ms();
+    async fn try_commit_accepted(&self, batch: &[(OutboxMessage, Accepted)]) -> Result<(), StoreError> {
+        let now = self.now_ms();
         let mut tx = self.ctx.store.begin().await?;
         let mut sources = std::collections::HashSet::new();
         for (m, acc) in batch {
@@ -418,15 +481,16 @@ impl Dispatcher {
             let u = MessageUpdate {
                 state: next,
                 provider_message_id: Some(acc.provider_message_id.clone()),
-                wa_id: acc.recipient_id.clone(),
+                recipient_id: acc.recipient_ids.first().cloned(),
                 error: Some(None),
                 state_at: next.map(|_| now),
                 ..Default::default()
             };
             store::update_message(&mut tx, m.id, &u, now).await?;
-            store::upsert_contact(&mut tx, m.phone.as_str(), acc.recipient_id.as_deref(), now).await?;
+            store::upsert_contact(&mut tx, m.phone.as_str(), now).await?;
+            store::add_contact_ids(&mut tx, m.phone.as_str(), &acc.recipient_ids, now).await?;
             if next.is_some() && store::is_latest_for_record(&mut tx, m).await? {
-                // A successful send clears an old send error, but not a row problem that is
+                // A successful send clears an old send error, but not a record problem that is
                 // still there (a duplicate key, say).
                 let clear = (!store::has_open_issue(&mut tx, &m.source_id, &m.record_key.0).await?).then_some("");
                 store::queue_writes(&mut tx, &self.ctx.status_writes(m, MessageState::Sent, now, clear)).await?;
@@ -434,8 +498,8 @@ impl Dispatcher {
             }
         }
         tx.commit().await?;
-        for (m, acc) in batch {
-            info!(message = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, id = %acc.provider_message_id, "message sent");
+        for (m, _) in batch {
+            info!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, "message sent");
         }
         for s in sources {
             self.ctx.wake_flusher(&s);
@@ -443,8 +507,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn handle_error(&self, m: &OutboxMessage, e: SendError) -> anyhow::Result<()> {
-        let now = now_ms();
+    async fn handle_error(&self, m: &OutboxMessage, e: SendError) -> Result<(), StoreError> {
+        let now = self.now_ms();
         let reason = e.describe();
         let requeue = |at: i64, attempts: u32| MessageUpdate {
             state: Some(MessageState::Queued),
@@ -461,7 +525,7 @@ impl Dispatcher {
             }
             SendError::Retry { .. } => {
                 let d = retry_delay(m.attempts);
-                warn!(message = m.id, attempt = m.attempts, retry_in = ?d, "send failed, will retry: {reason}");
+                warn!(message_id = m.id, attempt = m.attempts, retry_in = ?d, "send failed, will retry: {reason}");
                 requeue(now + d.as_millis() as i64, m.attempts)
             }
             SendError::Throttled { pause, .. } => {
@@ -471,16 +535,16 @@ impl Dispatcher {
                 requeue(now + pause.as_millis() as i64, m.attempts.saturating_sub(1))
             }
             SendError::PairRate { .. } => {
-                debug!(message = m.id, "pair rate hit: retrying this recipient later");
+                debug!(message_id = m.id, "pair rate hit: retrying this recipient later");
                 requeue(now + (self.pair_interval.as_millis() as i64).max(1000) * 2, m.attempts.saturating_sub(1))
             }
             SendError::Unavailable { .. } => {
-                error!(provider = %self.provider.id(), "provider refused our credentials; pausing 60s: {reason}");
+                error!(provider = %self.provider.id(), "provider refused our credentials or account; pausing 60 s: {reason}");
                 self.pause_for(Duration::from_secs(60));
                 requeue(now + 60_000, m.attempts.saturating_sub(1))
             }
             SendError::InDoubt { .. } => {
-                warn!(message = m.id, "send outcome unknown ({reason}); waiting for a status webhook before any retry");
+                warn!(message_id = m.id, "send outcome unknown ({reason}); waiting for the provider before any retry");
                 return Ok(());
             }
             SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
@@ -492,6 +556,14 @@ impl Dispatcher {
                 },
                 _ => return self.finish(m, MessageState::Failed, &reason).await,
             },
+            SendError::OptedOut { .. } => {
+                let mut tx = self.ctx.store.begin().await?;
+                store::upsert_contact(&mut tx, m.phone.as_str(), now).await?;
+                store::set_opted_out(&mut tx, m.phone.as_str(), "(opted out at the provider)", now).await?;
+                tx.commit().await?;
+                self.ctx.opt_out_epoch.fetch_add(1, Ordering::AcqRel);
+                return self.finish(m, MessageState::Skipped, &format!("not sent: {reason}")).await;
+            }
             SendError::Permanent { .. } => return self.finish(m, MessageState::Failed, &reason).await,
         };
         let mut c = self.ctx.store.conn().await?;
@@ -500,17 +572,16 @@ impl Dispatcher {
     }
 
     fn pause_for(&self, d: Duration) {
-        if let Ok(mut p) = self.paused_until.lock() {
-            let until = Instant::now() + d;
-            if p.is_none_or(|cur| cur < until) {
-                *p = Some(until);
-            }
+        let mut p = self.paused();
+        let until = Instant::now() + d;
+        if p.is_none_or(|cur| cur < until) {
+            *p = Some(until);
         }
     }
 
-    /// Terminal outcome decided here (failed or skipped), written back to the row.
-    async fn finish(&self, m: &OutboxMessage, state: MessageState, reason: &str) -> anyhow::Result<()> {
-        let now = now_ms();
+    /// Terminal outcome decided here (failed or skipped), written back to the record.
+    async fn finish(&self, m: &OutboxMessage, state: MessageState, reason: &str) -> Result<(), StoreError> {
+        let now = self.now_ms();
         let mut tx = self.ctx.store.begin().await?;
         let u = MessageUpdate {
             state: Some(state),
@@ -523,7 +594,7 @@ impl Dispatcher {
             store::queue_writes(&mut tx, &self.ctx.status_writes(m, state, now, Some(reason))).await?;
         }
         tx.commit().await?;
-        warn!(message = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, state = %state, "{reason}");
+        warn!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, state = %state, "{reason}");
         self.ctx.wake_flusher(&m.source_id);
         Ok(())
     }

@@ -1,60 +1,55 @@
-//! The write-back flusher: one loop per spreadsheet.
+//! The write-back flusher: one loop per write group (a source's writer; several sources of one
+//! vendor object may share one).
 //!
-//! Cells queued in the store (coalesced per cell: the latest value wins) are written in batches.
-//! Each flush costs one read — the header row and the key column of every tab involved, in one
-//! `values.batchGet` — to resolve keys to the rows they are on *now*, and one
-//! `values.batchUpdate`. Row numbers from earlier reads are never trusted: people sort and
-//! insert rows. Missing write-back headers are added to the header row in the same write.
+//! Values queued in the store (coalesced per field: the latest value wins) go to the writer in
+//! batches; the writer locates each record at write time and checks the previous write, so a
+//! flush runs even with nothing queued while such a check is due. What was written, what had
+//! no record any more and what the vendor refused for good leave the queue; anything else
+//! stays for the next flush. A refused value is reported once, never retried for ever, and
+//! never blocks the others.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use super::{EngineCtx, Shutdown};
-use crate::config::GoogleSheetsConfig;
-use crate::domain::CellValue;
-use crate::sources::google_sheets::{a1, GoogleError, GoogleSheets};
-use crate::store::{self, PendingWrite, WriteTarget};
+use crate::domain::PendingWrite;
+use crate::sources::{SourceError, SourceWriter, WriteReport};
+use crate::store::{self, StoreError};
 
-/// What a flush did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlushReport {
-    pub cells: usize,
-    pub dropped: usize,
-    pub reads: usize,
-    pub writes: usize,
+/// Why a flush did not complete (nothing is lost: the queue stays).
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 pub struct Flusher {
-    /// The tabs (sources) of one spreadsheet.
-    sources: Vec<GoogleSheetsConfig>,
-    client: GoogleSheets,
+    writer: Arc<SourceWriter>,
     ctx: Arc<EngineCtx>,
     interval: Duration,
+    health_name: String,
 }
 
 impl Flusher {
-    pub fn new(sources: Vec<GoogleSheetsConfig>, client: GoogleSheets, ctx: Arc<EngineCtx>) -> Self {
-        let interval = sources.iter().map(|s| s.flush_interval).min().unwrap_or(Duration::from_secs(2));
-        Self { sources, client, ctx, interval }
+    pub fn new(writer: Arc<SourceWriter>, ctx: Arc<EngineCtx>) -> Self {
+        let interval = writer.flush_interval();
+        let health_name = format!("flusher:{}", writer.label());
+        ctx.health.register(&health_name, "loop");
+        Self { writer, ctx, interval, health_name }
     }
 
     pub async fn run(self, mut shutdown: Shutdown) {
-        info!(spreadsheet = %self.client.spreadsheet_id(), "write-back flusher started");
-        let wakes: Vec<_> = self.sources.iter().filter_map(|s| self.ctx.flush_wake.get(&s.id).cloned()).collect();
+        info!(writer = %self.writer.label(), "write-back flusher started");
+        let wake =
+            self.writer.source_ids().first().and_then(|id| self.ctx.flush_wake.get(id).cloned()).unwrap_or_default();
         loop {
-            let woken = async {
-                match wakes.first() {
-                    Some(w) => w.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
-                _ = woken => {
+                _ = wake.notified() => {
                     // Let more updates arrive so one write carries them all.
                     tokio::time::sleep(self.interval.min(Duration::from_millis(200))).await;
                 }
@@ -62,197 +57,66 @@ impl Flusher {
             }
             self.flush_logged().await;
         }
-        // A last flush so nothing acknowledged waits for the next start.
-        self.flush_logged().await;
-        info!(spreadsheet = %self.client.spreadsheet_id(), "write-back flusher stopped");
+        // Last flushes, so nothing acknowledged waits for the next start: the senders and the
+        // inbox have stopped, so these see every outcome.
+        for _ in 0..5 {
+            match self.flush_once().await {
+                Ok(r) if r.done.is_empty() && r.dropped.is_empty() && r.rejected.is_empty() => break,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(writer = %self.writer.label(), "last write-back before stopping failed; it waits for the next start: {e}");
+                    break;
+                }
+            }
+        }
+        info!(writer = %self.writer.label(), "write-back flusher stopped");
     }
 
     async fn flush_logged(&self) {
         match self.flush_once().await {
-            Ok(r) if r.cells > 0 || r.dropped > 0 => {
-                debug!(spreadsheet = %self.client.spreadsheet_id(), ?r, "write-back flushed")
+            Ok(r) => {
+                self.ctx.health.ok(&self.health_name, "loop", self.ctx.now_ms());
+                if !r.done.is_empty() || !r.repairs.is_empty() {
+                    debug!(writer = %self.writer.label(), written = r.done.len(), dropped = r.dropped.len(), repaired = r.repairs.len(), "write-back flushed");
+                }
             }
-            Ok(_) => {}
-            Err(FlushError::Google(GoogleError::RateLimited(e))) => warn!("write-back delayed: {e}"),
-            Err(e) => error!(spreadsheet = %self.client.spreadsheet_id(), "write-back failed, will retry: {e}"),
+            Err(FlushError::Source(SourceError::RateLimited { detail, .. })) => {
+                warn!(writer = %self.writer.label(), "write-back delayed by the quota: {detail}")
+            }
+            Err(e) => {
+                self.ctx.health.failed(&self.health_name, "loop", &e.to_string());
+                error!(writer = %self.writer.label(), "write-back failed, will retry: {e}");
+            }
         }
     }
 
-    /// Flushes everything queued for this spreadsheet.
-    pub async fn flush_once(&self) -> Result<FlushReport, FlushError> {
-        let mut pending: Vec<(usize, Vec<PendingWrite>)> = Vec::new();
-        {
-            let mut conn = self.ctx.store.conn().await.map_err(anyhow::Error::from)?;
-            for (i, s) in self.sources.iter().enumerate() {
-                let p = store::pending_writes(&mut conn, &s.id).await.map_err(anyhow::Error::from)?;
-                if !p.is_empty() {
-                    pending.push((i, p));
-                }
+    /// Flushes what is queued for this writer (and checks its previous write).
+    pub async fn flush_once(&self) -> Result<WriteReport, FlushError> {
+        let pending: Vec<PendingWrite> = {
+            let mut conn = self.ctx.store.conn().await?;
+            store::pending_writes(&mut conn, &self.writer.source_ids()).await?
+        };
+        if pending.is_empty() && !self.writer.needs_check() {
+            return Ok(WriteReport::default());
+        }
+        let report = self.writer.write(&pending).await?;
+        for (i, reason) in &report.rejected {
+            if let Some(p) = pending.get(*i) {
+                error!(source = %p.write.source_id, target = %p.write.target, field = %p.write.field, "a value was refused by the source and dropped: {reason}");
             }
         }
-        if pending.is_empty() {
-            return Ok(FlushReport::default());
-        }
-        let mut report = FlushReport::default();
-
-        // One read: header row + key column of each tab involved.
-        let guesses: Vec<usize> = pending
+        let finished: Vec<&PendingWrite> = report
+            .done
             .iter()
-            .map(|(i, _)| {
-                self.ctx.key_columns.read().ok().and_then(|m| m.get(&self.sources[*i].id).copied()).unwrap_or(0)
-            })
+            .chain(report.dropped.iter())
+            .chain(report.rejected.iter().map(|(i, _)| i))
+            .filter_map(|i| pending.get(*i))
             .collect();
-        let mut layouts = self.read_layouts(&pending, &guesses).await?;
-        report.reads += 1;
-        // Columns were moved since the poller looked: read again with the right key column.
-        let corrected: Vec<usize> = layouts
-            .iter()
-            .zip(&pending)
-            .map(|(l, (i, _))| l.header_index(&self.sources[*i].key_column).unwrap_or(0))
-            .collect();
-        if corrected != guesses
-            && layouts.iter().zip(&pending).any(|(l, (i, _))| l.header_index(&self.sources[*i].key_column).is_some())
-        {
-            layouts = self.read_layouts(&pending, &corrected).await?;
-            report.reads += 1;
+        if !finished.is_empty() {
+            let mut tx = self.ctx.store.begin().await?;
+            store::delete_writes(&mut tx, &finished).await?;
+            tx.commit().await.map_err(StoreError::from)?;
         }
-
-        let mut cells: Vec<(String, String)> = Vec::new();
-        let mut done: Vec<PendingWrite> = Vec::new();
-        for ((i, writes), layout) in pending.iter().zip(layouts.iter_mut()) {
-            let src = &self.sources[*i];
-            if layout.header_index(&src.key_column).is_none() {
-                warn!(source = %src.id, "the key column '{}' is not in the header row: write-back waits", src.key_column);
-                continue;
-            }
-            for w in writes {
-                let col = layout.column_for(&w.write.column);
-                if let Some((idx, name)) = col.new_header {
-                    cells.push((a1::cell(&src.tab, idx, 1), name));
-                }
-                let rows: Vec<u32> = match &w.write.target {
-                    WriteTarget::Record(k) => layout.rows_of(&k.0).into_iter().take(1).collect(),
-                    WriteTarget::AllRowsWithKey(k) => layout.rows_of(&k.0),
-                    WriteTarget::BlankKeyRow(n) => layout.is_blank(*n).then_some(*n).into_iter().collect(),
-                };
-                if rows.is_empty() {
-                    debug!(source = %src.id, target = ?w.write.target, "row no longer there: write-back dropped");
-                    report.dropped += 1;
-                }
-                for r in rows {
-                    cells.push((a1::cell(&src.tab, col.index, r), w.write.value.clone()));
-                    report.cells += 1;
-                }
-                done.push(w.clone());
-            }
-        }
-        if !cells.is_empty() {
-            self.client.batch_update(cells).await?;
-            report.writes += 1;
-        }
-        let mut tx = self.ctx.store.begin().await.map_err(anyhow::Error::from)?;
-        store::delete_writes(&mut tx, &done).await.map_err(anyhow::Error::from)?;
-        tx.commit().await.map_err(anyhow::Error::from)?;
         Ok(report)
     }
-
-    async fn read_layouts(
-        &self,
-        pending: &[(usize, Vec<PendingWrite>)],
-        key_cols: &[usize],
-    ) -> Result<Vec<Layout>, FlushError> {
-        let mut ranges = Vec::new();
-        for ((i, _), k) in pending.iter().zip(key_cols) {
-            let tab = a1::quote_tab(&self.sources[*i].tab);
-            let letters = a1::column_letters(*k);
-            ranges.push(format!("{tab}!1:1"));
-            ranges.push(format!("{tab}!{letters}:{letters}"));
-        }
-        let values = self.client.batch_get(&ranges).await?;
-        let mut out = Vec::new();
-        for pair in values.chunks(2) {
-            let header: Vec<String> =
-                pair.first().and_then(|rows| rows.first()).map(|r| r.iter().map(text).collect()).unwrap_or_default();
-            let keys: Vec<String> = pair
-                .get(1)
-                .map(|rows| rows.iter().map(|r| r.first().map(text).unwrap_or_default()).collect())
-                .unwrap_or_default();
-            out.push(Layout::new(header, keys));
-        }
-        Ok(out)
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => n.as_f64().map(|f| CellValue::Number(f).canonical()).unwrap_or_default(),
-        Value::Bool(b) => CellValue::Bool(*b).canonical(),
-        _ => String::new(),
-    }
-}
-
-/// Where things are in a tab right now.
-struct Layout {
-    header: Vec<String>,
-    /// Key column values; index 0 is row 1 (the header).
-    keys: Vec<String>,
-    by_key: HashMap<String, Vec<u32>>,
-    added_headers: Vec<String>,
-}
-
-struct ColumnRef {
-    index: usize,
-    /// A header to create in this write.
-    new_header: Option<(usize, String)>,
-}
-
-impl Layout {
-    fn new(header: Vec<String>, keys: Vec<String>) -> Self {
-        let mut by_key: HashMap<String, Vec<u32>> = HashMap::new();
-        for (i, k) in keys.iter().enumerate().skip(1) {
-            if !k.is_empty() {
-                by_key.entry(k.clone()).or_default().push(i as u32 + 1);
-            }
-        }
-        Self { header, keys, by_key, added_headers: Vec::new() }
-    }
-
-    fn header_index(&self, name: &str) -> Option<usize> {
-        let name = name.trim();
-        self.header
-            .iter()
-            .position(|h| h.trim() == name)
-            .or_else(|| self.header.iter().position(|h| h.trim().to_lowercase() == name.to_lowercase()))
-    }
-
-    fn column_for(&mut self, name: &str) -> ColumnRef {
-        if let Some(i) = self.header_index(name) {
-            return ColumnRef { index: i, new_header: None };
-        }
-        if let Some(j) = self.added_headers.iter().position(|h| h == name) {
-            return ColumnRef { index: self.header.len() + j, new_header: None };
-        }
-        // Trailing empty header cells are trimmed by Google, so the first free column is here.
-        self.added_headers.push(name.to_string());
-        let index = self.header.len() + self.added_headers.len() - 1;
-        ColumnRef { index, new_header: Some((index, name.to_string())) }
-    }
-
-    fn rows_of(&self, key: &str) -> Vec<u32> {
-        self.by_key.get(key.trim()).cloned().unwrap_or_default()
-    }
-
-    fn is_blank(&self, row: u32) -> bool {
-        row >= 2 && self.keys.get(row as usize - 1).is_none_or(|k| k.is_empty())
-    }
-}
-
-/// Why a flush did not complete (nothing is lost: the queue stays).
-#[derive(Debug, thiserror::Error)]
-pub enum FlushError {
-    #[error(transparent)]
-    Google(#[from] GoogleError),
-    #[error(transparent)]
-    Store(#[from] anyhow::Error),
 }

@@ -1,21 +1,42 @@
-//! The inbox processor: applies stored webhook bodies, oldest first, one transaction each.
+//! The inbox processor: applies stored webhook deliveries, oldest first, one transaction each.
 //!
-//! Statuses move a message forward only (duplicates and late arrivals are ignored, de-duplicated
-//! by provider message id and status). Replies are matched to a record by the message they
-//! quote, else by the contact's latest conversation, and written back; an opt-out keyword marks
-//! the contact, skips everything still queued for them, and is written to the consent column.
+//! Statuses move a message forward only (duplicates and late arrivals are ignored,
+//! de-duplicated by provider message id and status). A `failed` status is classified by the
+//! provider exactly like a synchronous error: a throughput or pair-rate failure is sent again
+//! later, a closed 24-hour window switches free text to its template fallback, anything else
+//! fails with the reason on the record. Replies are matched to a record by the message they
+//! quote, else by the contact's latest conversation, and written back; an opt-out keyword
+//! marks the contact, skips everything still queued for them, and is written to the consent
+//! field of every record that holds their number.
+//!
+//! A delivery that cannot be applied (unreadable, or failing again and again) is parked with
+//! its reason and the others go on: one bad delivery never blocks the rest, opt-outs included.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
-use super::{now_ms, EngineCtx, Shutdown};
-use crate::config::SourceConfig;
-use crate::domain::{mask_phone, InboundKind, MessageState, ProviderEvent};
-use crate::providers::Provider;
-use crate::store::{self, CellWrite, MessageUpdate, Tx, WriteTarget};
+use super::{EngineCtx, Shutdown};
+use crate::domain::{
+    mask_phone, FieldWrite, InboundKind, MessageContent, MessageState, ProviderError, ProviderEvent, Sender,
+    WriteTarget,
+};
+use crate::providers::{Provider, SendError};
+use crate::store::{self, InboundRow, MessageUpdate, OutboxMessage, StoreError, StoredWebhook, Tx};
+
+/// Failed attempts to apply a delivery before it is parked.
+const MAX_APPLY_ATTEMPTS: u32 = 3;
+
+/// What applying a delivery did beyond the store (acted on after the commit).
+#[derive(Default)]
+struct Effects {
+    opted_out: bool,
+    sources: HashSet<String>,
+    providers: HashSet<String>,
+}
 
 pub struct InboxProcessor {
     ctx: Arc<EngineCtx>,
@@ -29,18 +50,23 @@ impl InboxProcessor {
 
     pub async fn run(self, mut shutdown: Shutdown) {
         info!("inbox processor started");
+        let health = "loop:inbox";
         loop {
             match self.process_pending().await {
-                Ok(0) => {
+                Ok(n) => {
+                    self.ctx.health.ok(health, "loop", self.ctx.now_ms());
+                    if n > 0 {
+                        continue;
+                    }
                     tokio::select! {
                         _ = self.ctx.inbox_wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                         _ = shutdown.wait() => break,
                     }
                 }
-                Ok(_) => {}
                 Err(e) => {
-                    error!("processing webhooks failed: {e:#}");
+                    self.ctx.health.failed(health, "loop", &e.to_string());
+                    error!("processing webhooks failed: {e}");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = shutdown.wait() => break,
@@ -48,168 +74,355 @@ impl InboxProcessor {
                 }
             }
         }
-        // Whatever was acknowledged but not yet applied stays in the store for the next start.
+        // Senders have stopped: apply what arrived meanwhile, so the last flush sees it.
+        for _ in 0..50 {
+            match self.process_pending().await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         info!("inbox processor stopped");
     }
 
-    /// Applies up to 200 stored deliveries. Returns how many.
-    pub async fn process_pending(&self) -> anyhow::Result<usize> {
-        let mut conn = self.ctx.store.conn().await?;
-        let pending = store::pending_inbox(&mut conn, 200).await?;
-        drop(conn);
+    /// Applies up to 200 stored deliveries. Returns how many were looked at.
+    pub async fn process_pending(&self) -> Result<usize, StoreError> {
+        let pending = {
+            let mut conn = self.ctx.store.conn().await?;
+            store::pending_webhooks(&mut conn, 200).await?
+        };
         let n = pending.len();
-        for (id, provider_id, body) in pending {
-            let mut tx = self.ctx.store.begin().await?;
-            let outcome = match self.providers.get(&provider_id).map(|p| p.parse_webhook(&body)) {
-                None => format!("no provider '{provider_id}' configured any more"),
-                Some(Err(e)) => {
-                    warn!(provider = %provider_id, inbox = id, "ignoring a signed delivery that could not be read: {e}");
-                    format!("unreadable: {e}")
-                }
-                Some(Ok(events)) => {
-                    for ev in &events {
-                        self.apply(&mut tx, &provider_id, ev).await?;
+        let mut sources = HashSet::new();
+        for w in pending {
+            match self.apply_delivery(&w).await {
+                Ok(effects) => {
+                    if effects.opted_out {
+                        self.ctx.opt_out_epoch.fetch_add(1, Ordering::AcqRel);
                     }
-                    format!("applied {} event(s)", events.len())
+                    for p in effects.providers {
+                        self.ctx.wake_dispatcher(&p);
+                    }
+                    sources.extend(effects.sources);
                 }
-            };
-            store::finish_inbox(&mut tx, id, &outcome, now_ms()).await?;
-            tx.commit().await?;
-        }
-        if n > 0 {
-            for s in &self.ctx.config.sources {
-                self.ctx.wake_flusher(s.id());
+                // The store is busy: this delivery and the rest wait for the next round.
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    warn!(provider = %w.provider_id, webhook = w.id, attempt = w.attempts + 1, "a delivery could not be applied: {e}");
+                    let mut tx = self.ctx.store.begin().await?;
+                    if w.attempts + 1 >= MAX_APPLY_ATTEMPTS {
+                        error!(provider = %w.provider_id, webhook = w.id, "delivery parked after {MAX_APPLY_ATTEMPTS} attempts: {e}");
+                        store::park_webhook(&mut tx, w.id, &e.to_string(), self.ctx.now_ms()).await?;
+                    } else {
+                        store::count_webhook_attempt(&mut tx, w.id).await?;
+                    }
+                    tx.commit().await?;
+                }
             }
+        }
+        for s in sources {
+            self.ctx.wake_flusher(&s);
         }
         Ok(n)
     }
 
-    async fn apply(&self, tx: &mut Tx, provider_id: &str, ev: &ProviderEvent) -> anyhow::Result<()> {
+    async fn apply_delivery(&self, w: &StoredWebhook) -> Result<Effects, StoreError> {
+        let now = self.ctx.now_ms();
+        let mut effects = Effects::default();
+        let Some(provider) = self.providers.get(&w.provider_id) else {
+            let mut tx = self.ctx.store.begin().await?;
+            store::park_webhook(&mut tx, w.id, &format!("no provider '{}' is configured", w.provider_id), now).await?;
+            tx.commit().await?;
+            return Ok(effects);
+        };
+        let parsed = match provider.parse_webhook(w.body.as_bytes()) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(provider = %w.provider_id, webhook = w.id, "a signed delivery could not be read; parked: {e}");
+                let mut tx = self.ctx.store.begin().await?;
+                store::park_webhook(&mut tx, w.id, &format!("unreadable: {e}"), now).await?;
+                tx.commit().await?;
+                return Ok(effects);
+            }
+        };
+        for p in &parsed.problems {
+            warn!(provider = %w.provider_id, webhook = w.id, "part of a delivery could not be read and was skipped: {p}");
+        }
+        let mut tx = self.ctx.store.begin().await?;
+        for ev in &parsed.events {
+            self.apply(&mut tx, provider, ev, &mut effects).await?;
+        }
+        let outcome = match parsed.problems.len() {
+            0 => format!("applied {} event(s)", parsed.events.len()),
+            n => format!("applied {} event(s); {n} unreadable: {}", parsed.events.len(), parsed.problems.join("; ")),
+        };
+        store::finish_webhook(&mut tx, w.id, &outcome, now).await?;
+        tx.commit().await?;
+        Ok(effects)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        provider: &Provider,
+        ev: &ProviderEvent,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
         match ev {
-            ProviderEvent::Status { provider_message_id, status, timestamp, recipient_id, callback_data, error } => {
-                let now = now_ms();
-                if !store::record_status_event(tx, provider_message_id, status.as_str(), now).await? {
-                    debug!(id = %provider_message_id, status = %status, "duplicate status ignored");
-                    return Ok(());
+            ProviderEvent::Status {
+                provider_message_id,
+                status,
+                timestamp: _,
+                recipient_ids,
+                callback_data,
+                error,
+            } => {
+                self.apply_status(
+                    tx,
+                    provider,
+                    provider_message_id,
+                    *status,
+                    recipient_ids,
+                    callback_data.as_deref(),
+                    error.as_ref(),
+                    effects,
+                )
+                .await
+            }
+            ProviderEvent::Inbound {
+                provider_message_id,
+                from,
+                profile_name: _,
+                timestamp,
+                context_message_id,
+                kind,
+            } => {
+                self.apply_inbound(
+                    tx,
+                    provider,
+                    provider_message_id,
+                    from,
+                    *timestamp,
+                    context_message_id.as_deref(),
+                    kind,
+                    effects,
+                )
+                .await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_status(
+        &self,
+        tx: &mut Tx,
+        provider: &Provider,
+        provider_message_id: &str,
+        status: MessageState,
+        recipient_ids: &[String],
+        callback_data: Option<&str>,
+        error: Option<&ProviderError>,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let now = self.ctx.now_ms();
+        if !store::record_status_event(tx, provider_message_id, status.as_str(), now).await? {
+            debug!(id = %provider_message_id, %status, "duplicate status ignored");
+            return Ok(());
+        }
+        let mut m = store::message_by_provider_id(tx, provider_message_id).await?;
+        if m.is_none() {
+            // A send whose answer was lost: the status carries our outbox id. It belongs to this
+            // message only if no other send of it was recorded since.
+            if let Some(id) = callback_data.and_then(|c| c.parse::<i64>().ok()) {
+                m = store::message_by_id(tx, id)
+                    .await?
+                    .filter(|m| m.provider_id == provider.id() && m.provider_message_id.is_none());
+            }
+        }
+        let Some(m) = m else {
+            debug!(id = %provider_message_id, "status for a message recado does not know");
+            return Ok(());
+        };
+        store::upsert_contact(tx, m.phone.as_str(), now).await?;
+        store::add_contact_ids(tx, m.phone.as_str(), recipient_ids, now).await?;
+        if status == MessageState::Failed && m.state.advance(MessageState::Failed).is_some() {
+            let err = error.cloned().unwrap_or(ProviderError {
+                code: 0,
+                title: "the provider reported a failure".into(),
+                details: None,
+            });
+            if self.retry_failed(tx, provider, &m, &err, provider_message_id, effects).await? {
+                return Ok(());
+            }
+        }
+        let Some(next) = m.state.advance(status) else {
+            debug!(message_id = m.id, from = %m.state, to = %status, "status ignored (not forward)");
+            return Ok(());
+        };
+        let reason = match (next, error) {
+            (MessageState::Failed, Some(e)) => Some(e.describe()),
+            (MessageState::Failed, None) => Some("the provider reported a failure".to_string()),
+            _ => None,
+        };
+        let u = MessageUpdate {
+            state: Some(next),
+            provider_message_id: Some(provider_message_id.to_string()),
+            recipient_id: recipient_ids.first().cloned(),
+            error: reason.clone().map(Some),
+            state_at: Some(now),
+            ..Default::default()
+        };
+        store::update_message(tx, m.id, &u, now).await?;
+        if store::is_latest_for_record(tx, &m).await? {
+            let clear = if next == MessageState::Failed {
+                reason.as_deref()
+            } else if store::has_open_issue(tx, &m.source_id, &m.record_key.0).await? {
+                None
+            } else {
+                Some("")
+            };
+            store::queue_writes(tx, &self.ctx.status_writes(&m, next, now, clear)).await?;
+            effects.sources.insert(m.source_id.clone());
+        }
+        if next == MessageState::Failed {
+            warn!(message_id = m.id, record = %m.record_key, "message failed: {}", reason.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// A failure reported later, classified like a synchronous one. True when the message was
+    /// queued again (sent later, or with its template fallback).
+    async fn retry_failed(
+        &self,
+        tx: &mut Tx,
+        provider: &Provider,
+        m: &OutboxMessage,
+        err: &ProviderError,
+        provider_message_id: &str,
+        effects: &mut Effects,
+    ) -> Result<bool, StoreError> {
+        let now = self.ctx.now_ms();
+        let max_attempts = provider.settings().max_attempts;
+        let reason = err.describe();
+        let (due, attempts, content): (i64, u32, Option<&MessageContent>) = match provider.classify_failure(err) {
+            SendError::Throttled { pause, .. } => (now + pause.as_millis() as i64, m.attempts, None),
+            SendError::PairRate { .. } => {
+                let pair = provider.settings().throughput.pair_interval.as_millis() as i64;
+                (now + pair.max(1000) * 2, m.attempts, None)
+            }
+            SendError::Retry { .. } if m.attempts < max_attempts => {
+                (now + super::dispatcher::retry_delay(m.attempts).as_millis() as i64, m.attempts, None)
+            }
+            SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
+                (MessageContent::Text { .. }, Some(fb)) => (now, m.attempts, Some(fb)),
+                _ => return Ok(false),
+            },
+            SendError::OptedOut { .. } => {
+                store::set_opted_out(tx, m.phone.as_str(), "(opted out at the provider)", now).await?;
+                effects.opted_out = true;
+                return Ok(false);
+            }
+            _ => return Ok(false),
+        };
+        info!(message_id = m.id, record = %m.record_key, id = %provider_message_id, "the provider reported a failure that is worth another try: queued again ({reason})");
+        store::requeue_failed_send(tx, m.id, due, attempts, content, &reason, now).await?;
+        effects.providers.insert(m.provider_id.clone());
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_inbound(
+        &self,
+        tx: &mut Tx,
+        provider: &Provider,
+        provider_message_id: &str,
+        from: &Sender,
+        timestamp: i64,
+        context_message_id: Option<&str>,
+        kind: &InboundKind,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let now = self.ctx.now_ms();
+        let at = if timestamp > 0 { timestamp.saturating_mul(1000) } else { now };
+        // Who: by the provider's id for them (it may differ from the number we send to), else
+        // by number.
+        let mut phone: Option<String> = None;
+        for id in &from.user_ids {
+            if let Some(c) = store::contact_by_user_id(tx, id).await? {
+                phone = Some(c.phone);
+                break;
+            }
+        }
+        if phone.is_none() {
+            phone = from.phone.as_ref().map(|p| p.as_str().to_string());
+        }
+        let who = phone.as_deref().map(mask_phone).unwrap_or_else(|| "a sender without a visible number".into());
+        if let Some(p) = &phone {
+            store::upsert_contact(tx, p, now).await?;
+            store::add_contact_ids(tx, p, &from.user_ids, now).await?;
+            store::set_last_inbound(tx, p, at, now).await?;
+        }
+        // Which record: the quoted message's, else the latest conversation's.
+        let mut origin = None;
+        if let Some(ctx_id) = context_message_id {
+            origin = store::message_by_provider_id(tx, ctx_id).await?;
+        }
+        if origin.is_none() {
+            if let Some(p) = &phone {
+                origin = store::latest_sent_to(tx, p).await?;
+            }
+        }
+        let text = kind.text();
+        let fresh = store::insert_inbound(
+            tx,
+            &InboundRow {
+                provider_message_id,
+                provider_id: provider.id(),
+                sender_id: from.user_ids.first().map(String::as_str),
+                phone: phone.as_deref(),
+                record: origin.as_ref().map(|m| (m.source_id.as_str(), m.record_key.0.as_str())),
+                in_reply_to: origin.as_ref().map(|m| m.id),
+                kind: kind.name(),
+                body: &text,
+                received_at: at,
+            },
+        )
+        .await?;
+        if !fresh {
+            debug!(id = %provider_message_id, "duplicate inbound message ignored");
+            return Ok(());
+        }
+        let mut writes: Vec<FieldWrite> = Vec::new();
+        if let Some(m) = &origin {
+            if let Some(settings) = self.ctx.source(&m.source_id) {
+                let target = WriteTarget::Record(m.record_key.clone());
+                if let Some(f) = &settings.write_back.last_reply {
+                    writes.push(FieldWrite {
+                        source_id: m.source_id.clone(),
+                        target: target.clone(),
+                        field: f.clone(),
+                        value: text.clone(),
+                    });
                 }
-                let mut m = store::message_by_provider_id(tx, provider_message_id).await?;
-                if m.is_none() {
-                    // The send's answer may not be recorded yet (or was lost): our outbox id
-                    // travels in biz_opaque_callback_data.
-                    if let Some(id) = callback_data.as_deref().and_then(|c| c.parse::<i64>().ok()) {
-                        m = store::message_by_id(tx, id)
-                            .await?
-                            .filter(|m| m.provider_id == provider_id && m.provider_message_id.is_none());
-                    }
-                }
-                let Some(m) = m else {
-                    debug!(id = %provider_message_id, "status for a message we do not know");
-                    return Ok(());
-                };
-                let Some(next) = m.state.advance(*status) else {
-                    debug!(message = m.id, from = %m.state, reported = %status, "status does not move the message forward");
-                    return Ok(());
-                };
-                let at = if *timestamp > 0 { timestamp * 1000 } else { now };
-                let reason = error.as_ref().map(|e| e.describe());
-                let u = MessageUpdate {
-                    state: Some(next),
-                    provider_message_id: Some(provider_message_id.clone()),
-                    wa_id: recipient_id.clone(),
-                    error: reason.clone().map(Some),
-                    state_at: Some(at),
-                    ..Default::default()
-                };
-                store::update_message(tx, m.id, &u, now).await?;
-                if recipient_id.is_some() {
-                    store::upsert_contact(tx, m.phone.as_str(), recipient_id.as_deref(), now).await?;
-                }
-                if store::is_latest_for_record(tx, &m).await? {
-                    let err_cell = match next {
-                        MessageState::Failed => reason.as_deref(),
-                        _ => None,
-                    };
-                    store::queue_writes(tx, &self.ctx.status_writes(&m, next, at, err_cell)).await?;
-                }
-                match next {
-                    MessageState::Failed => {
-                        warn!(message = m.id, record = %m.record_key, to = %m.phone, "message failed: {}", reason.unwrap_or_default())
-                    }
-                    _ => debug!(message = m.id, record = %m.record_key, state = %next, "status"),
+                if let Some(f) = &settings.write_back.last_reply_at {
+                    writes.push(FieldWrite {
+                        source_id: m.source_id.clone(),
+                        target,
+                        field: f.clone(),
+                        value: self.ctx.format_time(&m.source_id, at),
+                    });
                 }
             }
-            ProviderEvent::Inbound { provider_message_id, from, timestamp, context_message_id, kind, .. } => {
-                let now = now_ms();
-                let at = if *timestamp > 0 { timestamp * 1000 } else { now };
-                let phone = match store::contact_by_wa_id(tx, from).await? {
-                    Some(c) => c.phone,
-                    None => format!("+{from}"),
-                };
-                store::upsert_contact(tx, &phone, Some(from), now).await?;
-                store::set_last_inbound(tx, &phone, at, now).await?;
-                // Which record: the quoted message's, else the latest conversation's.
-                let mut origin = None;
-                if let Some(ctx_id) = context_message_id {
-                    origin = store::message_by_provider_id(tx, ctx_id).await?;
-                }
-                if origin.is_none() {
-                    origin = store::latest_sent_to(tx, &phone).await?;
-                }
-                let text = kind.text();
-                let kind_name = match kind {
-                    InboundKind::Text { .. } => "text",
-                    InboundKind::Button { .. } => "button",
-                    InboundKind::Interactive { .. } => "interactive",
-                    InboundKind::Other { .. } => "other",
-                };
-                let record = origin.as_ref().map(|m| (m.source_id.as_str(), m.record_key.0.as_str()));
-                let fresh = store::insert_inbound(
-                    tx,
-                    provider_message_id,
-                    provider_id,
-                    from,
-                    Some(&phone),
-                    record,
-                    origin.as_ref().map(|m| m.id),
-                    kind_name,
-                    &text,
-                    at,
-                )
-                .await?;
-                if !fresh {
-                    debug!(id = %provider_message_id, "duplicate inbound message ignored");
-                    return Ok(());
-                }
-                let mut writes: Vec<CellWrite> = Vec::new();
-                if let Some(m) = &origin {
-                    let cols = self.ctx.write_back_columns(&m.source_id);
-                    let target = WriteTarget::Record(m.record_key.clone());
-                    if let Some(c) = cols.last_reply {
-                        writes.push(CellWrite {
-                            source_id: m.source_id.clone(),
-                            target: target.clone(),
-                            column: c,
-                            value: text.clone(),
-                        });
-                    }
-                    if let Some(c) = cols.last_reply_at {
-                        writes.push(CellWrite {
-                            source_id: m.source_id.clone(),
-                            target,
-                            column: c,
-                            value: self.ctx.format_time(&m.source_id, at),
-                        });
-                    }
-                    info!(record = %m.record_key, from = %mask_phone(from), "reply received");
-                } else {
-                    info!(from = %mask_phone(from), "message from a contact with no conversation on record");
-                }
-                let keyword = crate::config::normalise_keyword(&text);
-                if self.ctx.config.inbound.opt_out_keywords.contains(&keyword) {
-                    store::set_opted_out(tx, &phone, &text, now).await?;
-                    self.ctx.opt_out_epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    info!(from = %mask_phone(from), "contact opted out: nothing more will be sent to them");
-                    for q in store::queued_for_phone(tx, &phone).await? {
+            info!(record = %m.record_key, from = %who, "reply received");
+        } else {
+            info!(from = %who, "message from a contact with no conversation on record");
+        }
+        let keyword = crate::config::normalise_keyword(&text);
+        if self.ctx.config.inbound.opt_out_keywords.contains(&keyword) {
+            match &phone {
+                Some(p) => {
+                    store::set_opted_out(tx, p, &text, now).await?;
+                    effects.opted_out = true;
+                    info!(from = %who, "contact opted out: nothing more will be sent to them");
+                    for q in store::queued_for_phone(tx, p).await? {
                         let reason = "not sent: the contact opted out";
                         let u = MessageUpdate {
                             state: Some(MessageState::Skipped),
@@ -220,24 +433,32 @@ impl InboxProcessor {
                         store::update_message(tx, q.id, &u, now).await?;
                         writes.extend(self.ctx.status_writes(&q, MessageState::Skipped, now, Some(reason)));
                     }
+                    // Their consent field says so, in every record that holds their number.
+                    let mut records = store::records_with_phone(tx, p).await?;
                     if let Some(m) = &origin {
-                        if let Some(SourceConfig::GoogleSheets(g)) =
-                            self.ctx.config.sources.iter().find(|s| s.id() == m.source_id)
-                        {
-                            if let Some(c) = &g.consent {
-                                writes.push(CellWrite {
-                                    source_id: m.source_id.clone(),
-                                    target: WriteTarget::Record(m.record_key.clone()),
-                                    column: c.column.clone(),
-                                    value: c.opted_out_value.clone(),
-                                });
-                            }
-                        }
+                        records.push((m.source_id.clone(), m.record_key.clone()));
+                    }
+                    records.sort();
+                    records.dedup();
+                    for (source_id, key) in records {
+                        let Some(consent) = self.ctx.source(&source_id).and_then(|s| s.consent.as_ref()) else {
+                            continue;
+                        };
+                        writes.push(FieldWrite {
+                            source_id: source_id.clone(),
+                            target: WriteTarget::Record(key),
+                            field: consent.field.clone(),
+                            value: consent.opted_out_value.clone(),
+                        });
                     }
                 }
-                store::queue_writes(tx, &writes).await?;
+                None => warn!(
+                    "an opt-out from a sender without a visible number that recado does not know: nothing to mark"
+                ),
             }
         }
+        effects.sources.extend(writes.iter().map(|w| w.source_id.clone()));
+        store::queue_writes(tx, &writes).await?;
         Ok(())
     }
 }

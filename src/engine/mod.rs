@@ -1,38 +1,46 @@
-//! The loops that connect sources, the store and providers.
+//! The loops that connect sources, the store and providers. They name no vendor: sources and
+//! providers are the closed enums of `sources` and `providers`.
 //!
-//! * [`poller`]: per source, probe → read → diff → rules → one transaction (snapshot + intents).
+//! * [`poller`]: per source, probe → read → diff → rules → commits (snapshot + consequences).
+//! * [`timers`]: date reminders and cron campaigns, fired when due.
 //! * [`dispatcher`]: per provider, due outbox messages → policy checks → throughput budget →
-//!   `sending` committed → HTTP → `sent` or classified error.
-//! * [`inbox`]: verified webhook bodies from the store → status transitions, replies, opt-outs.
-//! * [`flusher`]: per spreadsheet, the coalesced write-back queue → one key read + one write.
+//!   `sending` committed → send → `sent` or the classified error.
+//! * [`inbox`]: verified webhook bodies from the store → statuses, replies, opt-outs.
+//! * [`flusher`]: per write group, the coalesced write-back queue → the source's writer.
+//! * [`retention`]: prunes what the store no longer needs.
 //!
-//! Every loop is `run(self, shutdown)`, started from `app`, and stops when [`Shutdown`] fires.
+//! Every loop is `run(self, shutdown)`, started from `app` inside a [`supervisor`], reads time
+//! from the shared [`Clock`], and reports to [`Health`].
 
+pub mod clock;
 pub mod dispatcher;
 pub mod flusher;
+pub mod health;
 pub mod inbox;
 pub mod poller;
+pub mod retention;
+pub mod supervisor;
 pub mod timers;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::TimeZone;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{Config, SourceConfig, WriteBackColumns};
-use crate::domain::MessageState;
-use crate::rules::RuleSet;
-use crate::store::{CellWrite, OutboxMessage, Store, WriteTarget};
+pub use clock::Clock;
+pub use health::Health;
 
-/// Milliseconds since the Unix epoch, from the system clock (the edges read the clock; the
-/// core gets `now` passed in).
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::config::Config;
+use crate::diff::SnapshotRow;
+use crate::domain::{CellValue, FieldWrite, MessageState, PhoneError, PhoneNumber, Record, RecordKey, WriteTarget};
+use crate::rules::{RecordFacts, RuleSet, TimeContext};
+use crate::sources::SourceSettings;
+use crate::store::{OutboxMessage, Store};
 
-/// The shutdown signal every loop listens to (mini-redis style).
+/// The shutdown signal a loop listens to (mini-redis style). The daemon stops in stages, each
+/// with its own signal: intake, then senders, then the inbox, then write-back.
 #[derive(Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
@@ -56,59 +64,77 @@ impl Shutdown {
     }
 }
 
+/// Parsed phone numbers by (field text, region); bounded.
+type PhoneCache = HashMap<(String, phonenumber::country::Id), Result<PhoneNumber, PhoneError>>;
+
+/// Most phone parses remembered.
+const PHONE_CACHE_LIMIT: usize = 500_000;
+
 /// State shared by the loops.
 pub struct EngineCtx {
     pub store: Store,
     pub config: Arc<Config>,
     pub rules: Arc<RuleSet>,
+    pub clock: Arc<Clock>,
+    pub health: Arc<Health>,
+    /// Source-neutral settings of each source, by id.
+    pub sources: HashMap<String, SourceSettings>,
     /// Wakes a provider's dispatcher when messages are queued.
     pub dispatch_wake: HashMap<String, Arc<Notify>>,
     /// Wakes the inbox processor when a webhook was stored.
     pub inbox_wake: Arc<Notify>,
-    /// Wakes a spreadsheet's flusher (by source id) when write-back was queued.
+    /// Wakes the flusher that writes a source's write-back (sources of one write group share one).
     pub flush_wake: HashMap<String, Arc<Notify>>,
-    /// Time zone of each source (spreadsheet), for the times written back.
-    pub time_zones: RwLock<HashMap<String, chrono_tz::Tz>>,
-    /// Column position of each source's key column, learnt by the poller, used by the flusher
-    /// to read only that column.
-    pub key_columns: RwLock<HashMap<String, usize>>,
-    /// Bumped on every opt-out, so dispatchers re-check contacts they read before it.
-    pub opt_out_epoch: AtomicU64,
     /// Wakes the timer loop when timers were planned.
     pub timers_wake: Arc<Notify>,
-    /// Parsed phone numbers by (cell text, region); bounded.
-    pub phone_cache: std::sync::Mutex<PhoneCache>,
+    /// Time zone of each source, for times written back.
+    pub time_zones: RwLock<HashMap<String, chrono_tz::Tz>>,
+    /// Bumped on every opt-out, so dispatchers re-check contacts they read before it.
+    pub opt_out_epoch: AtomicU64,
+    phone_cache: Mutex<PhoneCache>,
+    /// When this process started (Unix ms): in-doubt sends wait for the provider from here too.
+    pub started_at: i64,
 }
 
-type PhoneCache =
-    HashMap<(String, phonenumber::country::Id), Result<crate::domain::PhoneNumber, crate::domain::PhoneError>>;
-
 impl EngineCtx {
-    pub fn new(store: Store, config: Arc<Config>, rules: Arc<RuleSet>) -> Arc<Self> {
+    /// `write_groups`: the source ids each writer carries.
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        rules: Arc<RuleSet>,
+        clock: Arc<Clock>,
+        write_groups: &[Vec<String>],
+    ) -> Arc<Self> {
         let dispatch_wake = config.providers.iter().map(|p| (p.id().to_string(), Arc::new(Notify::new()))).collect();
-        // One flusher per spreadsheet: its tabs share one wake-up.
-        let mut by_sheet: HashMap<String, Arc<Notify>> = HashMap::new();
-        let flush_wake = config
-            .sources
-            .iter()
-            .map(|s| {
-                let SourceConfig::GoogleSheets(g) = s;
-                (s.id().to_string(), by_sheet.entry(g.spreadsheet_id.clone()).or_default().clone())
-            })
-            .collect();
+        let mut flush_wake = HashMap::new();
+        for group in write_groups {
+            let n = Arc::new(Notify::new());
+            for id in group {
+                flush_wake.insert(id.clone(), Arc::clone(&n));
+            }
+        }
+        let sources = config.sources.iter().map(|s| (s.id().to_string(), s.settings().clone())).collect();
+        let started_at = clock.now_ms();
         Arc::new(Self {
             store,
             config,
             rules,
+            clock,
+            health: Arc::new(Health::default()),
+            sources,
             dispatch_wake,
             inbox_wake: Arc::new(Notify::new()),
             flush_wake,
-            time_zones: RwLock::new(HashMap::new()),
-            key_columns: RwLock::new(HashMap::new()),
-            opt_out_epoch: AtomicU64::new(0),
             timers_wake: Arc::new(Notify::new()),
-            phone_cache: std::sync::Mutex::new(HashMap::new()),
+            time_zones: RwLock::new(HashMap::new()),
+            opt_out_epoch: AtomicU64::new(0),
+            phone_cache: Mutex::new(HashMap::new()),
+            started_at,
         })
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn wake_dispatcher(&self, provider_id: &str) {
@@ -123,27 +149,33 @@ impl EngineCtx {
         }
     }
 
-    fn source(&self, source_id: &str) -> Option<&SourceConfig> {
-        self.config.sources.iter().find(|s| s.id() == source_id)
+    /// Wakes the timer loop (new or moved timers).
+    pub fn wake_timers(&self) {
+        self.timers_wake.notify_one();
     }
 
-    pub fn write_back_columns(&self, source_id: &str) -> WriteBackColumns {
-        match self.source(source_id) {
-            Some(SourceConfig::GoogleSheets(g)) => g.write_back.clone(),
-            None => WriteBackColumns::default(),
-        }
+    pub fn source(&self, source_id: &str) -> Option<&SourceSettings> {
+        self.sources.get(source_id)
+    }
+
+    /// The source's time zone (UTC until the poller has read it).
+    pub fn source_tz(&self, source_id: &str) -> chrono_tz::Tz {
+        self.time_zones.read().unwrap_or_else(PoisonError::into_inner).get(source_id).copied().unwrap_or(chrono_tz::UTC)
+    }
+
+    pub fn set_source_tz(&self, source_id: &str, tz: chrono_tz::Tz) {
+        self.time_zones.write().unwrap_or_else(PoisonError::into_inner).insert(source_id.to_string(), tz);
     }
 
     /// `2026-11-21 10:32:05` in the source's time zone (UTC until the zone is known).
     pub fn format_time(&self, source_id: &str, at_ms: i64) -> String {
-        let tz = self.time_zones.read().ok().and_then(|m| m.get(source_id).copied()).unwrap_or(chrono_tz::UTC);
-        match tz.timestamp_millis_opt(at_ms).single() {
+        match self.source_tz(source_id).timestamp_millis_opt(at_ms).single() {
             Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
             None => String::new(),
         }
     }
 
-    /// Cells that show a message's state on its row. `error`: `Some(text)` writes it,
+    /// Fields that show a message's state on its record. `error`: `Some(text)` writes it,
     /// `Some("")` clears it, `None` leaves it.
     pub fn status_writes(
         &self,
@@ -151,7 +183,7 @@ impl EngineCtx {
         state: MessageState,
         at_ms: i64,
         error: Option<&str>,
-    ) -> Vec<CellWrite> {
+    ) -> Vec<FieldWrite> {
         self.record_status_writes(&m.source_id, &m.record_key, state, at_ms, error)
     }
 
@@ -159,104 +191,36 @@ impl EngineCtx {
     pub fn record_status_writes(
         &self,
         source_id: &str,
-        key: &crate::domain::RecordKey,
+        key: &RecordKey,
         state: MessageState,
         at_ms: i64,
         error: Option<&str>,
-    ) -> Vec<CellWrite> {
-        let Some(cfg) = self.sheet_config(source_id) else { return Vec::new() };
-        let cols = &cfg.write_back;
-        let target = WriteTarget::Record(key.clone());
+    ) -> Vec<FieldWrite> {
+        let Some(settings) = self.source(source_id) else { return Vec::new() };
+        let fields = &settings.write_back;
         let mut out = Vec::new();
-        let mut push = |col: &Option<String>, value: String| {
-            if let Some(c) = col {
-                out.push(CellWrite {
+        let mut push = |field: &Option<String>, value: String| {
+            if let Some(f) = field {
+                out.push(FieldWrite {
                     source_id: source_id.to_string(),
-                    target: target.clone(),
-                    column: c.clone(),
+                    target: WriteTarget::Record(key.clone()),
+                    field: f.clone(),
                     value,
                 });
             }
         };
-        push(&cols.status, state.as_str().to_string());
-        push(&cols.status_at, self.format_time(source_id, at_ms));
+        push(&fields.status, state.as_str().to_string());
+        push(&fields.status_at, self.format_time(source_id, at_ms));
         if let Some(e) = error {
-            push(&cols.error, e.to_string());
+            push(&fields.error, e.to_string());
         }
         out
     }
 
-    /// The error cell of a row.
-    pub fn error_write(&self, source_id: &str, target: WriteTarget, text: &str) -> Option<CellWrite> {
-        self.write_back_columns(source_id).error.map(|column| CellWrite {
-            source_id: source_id.to_string(),
-            target,
-            column,
-            value: text.to_string(),
-        })
-    }
-}
-
-/// A record with what rules need to know about it besides its fields.
-pub struct RecordView {
-    pub record: crate::domain::Record,
-    pub phone: Result<crate::domain::PhoneNumber, crate::domain::PhoneError>,
-    pub consent: Option<bool>,
-    /// From the source's time-zone column, when it holds a valid zone.
-    pub tz: Option<chrono_tz::Tz>,
-}
-
-impl RecordView {
-    pub fn new(cfg: &crate::config::GoogleSheetsConfig, record: crate::domain::Record) -> Self {
-        let phone = crate::domain::PhoneNumber::parse(&record.text(&cfg.phone_column), cfg.default_region);
-        Self::with_phone(cfg, record, phone)
-    }
-
-    fn with_phone(
-        cfg: &crate::config::GoogleSheetsConfig,
-        record: crate::domain::Record,
-        phone: Result<crate::domain::PhoneNumber, crate::domain::PhoneError>,
-    ) -> Self {
-        let consent = cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
-        let tz = cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse::<chrono_tz::Tz>().ok());
-        Self { record, phone, consent, tz }
-    }
-
-    pub fn facts<'a>(&'a self, gates: &'a [&'a str]) -> crate::rules::RecordFacts<'a> {
-        crate::rules::RecordFacts { phone: &self.phone, consent: self.consent, gate_columns: gates }
-    }
-}
-
-/// Rebuilds a record from its stored snapshot (canonical text; numbers become numbers again
-/// when that is exactly how they print, so `007` stays text).
-pub fn record_from_snapshot(key: crate::domain::RecordKey, row: &crate::diff::SnapshotRow) -> crate::domain::Record {
-    use crate::domain::{CellValue, Record};
-    let fields = row
-        .fields
-        .iter()
-        .map(|(k, v)| {
-            let cell = match v.parse::<f64>() {
-                _ if v.is_empty() => CellValue::Empty,
-                Ok(n) if crate::domain::record::format_number(n) == *v => CellValue::Number(n),
-                _ => CellValue::Text(v.clone()),
-            };
-            (k.clone(), cell)
-        })
-        .collect();
-    Record { key, fields }
-}
-
-impl EngineCtx {
-    pub fn sheet_config(&self, source_id: &str) -> Option<&crate::config::GoogleSheetsConfig> {
-        self.source(source_id).map(|s| {
-            let SourceConfig::GoogleSheets(g) = s;
-            g
-        })
-    }
-
-    /// The spreadsheet's time zone (UTC until the poller has read it).
-    pub fn source_tz(&self, source_id: &str) -> chrono_tz::Tz {
-        self.time_zones.read().ok().and_then(|m| m.get(source_id).copied()).unwrap_or(chrono_tz::UTC)
+    /// The error field of a record.
+    pub fn error_write(&self, source_id: &str, target: WriteTarget, text: &str) -> Option<FieldWrite> {
+        let field = self.source(source_id)?.write_back.error.clone()?;
+        Some(FieldWrite { source_id: source_id.to_string(), target, field, value: text.to_string() })
     }
 
     pub fn time_context(
@@ -264,39 +228,80 @@ impl EngineCtx {
         source_id: &str,
         record_tz: Option<chrono_tz::Tz>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> crate::rules::TimeContext<'_> {
-        crate::rules::TimeContext {
+    ) -> TimeContext<'_> {
+        TimeContext {
             now,
             source_tz: self.source_tz(source_id),
             record_tz,
             defaults: &self.config.defaults,
-            date_order: self.sheet_config(source_id).map(|g| g.date_order).unwrap_or_default(),
+            date_order: self.source(source_id).map(|s| s.dates.order).unwrap_or_default(),
         }
     }
 
     /// A record view whose phone parse is cached: campaigns and timers parse the same numbers
     /// over and over, and parsing is the dearest part of looking at a record.
-    pub fn view(&self, cfg: &crate::config::GoogleSheetsConfig, record: crate::domain::Record) -> RecordView {
-        let raw = record.text(&cfg.phone_column);
-        let cached = self.phone_cache.lock().ok().and_then(|c| c.get(&(raw.clone(), cfg.default_region)).cloned());
+    pub fn view(&self, settings: &SourceSettings, record: Record) -> RecordView {
+        let raw = record.text(&settings.phone_field);
+        let key = (raw, settings.default_region);
+        let cached = self.phone_cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
         let phone = match cached {
             Some(p) => p,
             None => {
-                let p = crate::domain::PhoneNumber::parse(&raw, cfg.default_region);
-                if let Ok(mut c) = self.phone_cache.lock() {
-                    if c.len() > 500_000 {
-                        c.clear();
-                    }
-                    c.insert((raw, cfg.default_region), p.clone());
+                let p = PhoneNumber::parse(&key.0, settings.default_region);
+                let mut c = self.phone_cache.lock().unwrap_or_else(PoisonError::into_inner);
+                if c.len() >= PHONE_CACHE_LIMIT {
+                    c.clear();
                 }
+                c.insert(key, p.clone());
                 p
             }
         };
-        RecordView::with_phone(cfg, record, phone)
+        RecordView::with_phone(settings, record, phone)
+    }
+}
+
+/// A record with what rules need to know about it besides its fields.
+pub struct RecordView {
+    pub record: Record,
+    pub phone: Result<PhoneNumber, PhoneError>,
+    pub consent: Option<bool>,
+    /// From the source's time-zone field, when it holds a valid zone.
+    pub tz: Option<chrono_tz::Tz>,
+    pub dates: crate::expressions::DateStyle,
+}
+
+impl RecordView {
+    pub fn new(settings: &SourceSettings, record: Record) -> Self {
+        let phone = PhoneNumber::parse(&record.text(&settings.phone_field), settings.default_region);
+        Self::with_phone(settings, record, phone)
     }
 
-    /// Wakes the timer loop (new or moved timers).
-    pub fn wake_timers(&self) {
-        self.timers_wake.notify_one();
+    pub fn with_phone(settings: &SourceSettings, record: Record, phone: Result<PhoneNumber, PhoneError>) -> Self {
+        let consent = settings.consent.as_ref().map(|c| c.is_granted(&record.text(&c.field)));
+        let tz = settings.time_zone_field.as_ref().and_then(|c| record.text(c).parse::<chrono_tz::Tz>().ok());
+        Self { record, phone, consent, tz, dates: settings.dates.clone() }
     }
+
+    pub fn facts<'a>(&'a self, gates: &'a [&'a str]) -> RecordFacts<'a> {
+        RecordFacts { phone: &self.phone, consent: self.consent, gate_columns: gates, dates: &self.dates }
+    }
+}
+
+/// Rebuilds a record from its stored snapshot (canonical text; numbers become numbers again
+/// when that is exactly how they print, so `007` stays text).
+pub fn record_from_snapshot(key: RecordKey, row: &SnapshotRow) -> Record {
+    let fields = row
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            let cell = match v.parse::<f64>() {
+                _ if v.is_empty() => CellValue::Empty,
+                Ok(n) if row.dates.contains(k) => CellValue::Date(n),
+                Ok(n) if crate::domain::record::format_number(n) == *v => CellValue::Number(n),
+                _ => CellValue::Text(v.clone()),
+            };
+            (k.clone(), cell)
+        })
+        .collect();
+    Record { key, fields }
 }

@@ -1,9 +1,13 @@
 //! The source poller: one loop per source.
 //!
-//! Each tick: probe Drive's version (one request when nothing changed); otherwise read the tab,
-//! turn rows into records, diff against the snapshot, evaluate rules, and commit the new
-//! snapshot together with the queued messages, row issues and write-back in ONE transaction.
-//! The in-memory snapshot moves only after that commit.
+//! Each round: probe the source (one cheap request when nothing changed); otherwise read it,
+//! then — off the async runtime, it is CPU work — diff against the snapshot, evaluate the rules
+//! and plan date reminders; then commit. A snapshot moves only with its consequences: each
+//! transaction carries a bounded set of records' snapshot rows together with the messages,
+//! reminders, write-back and phone index entries those records produced, so a large first
+//! read never holds the database for long, and a crash between transactions loses nothing and
+//! repeats nothing (the records not yet committed are simply seen again). The in-memory
+//! snapshot follows only after the last commit. A round is abandoned at once on shutdown.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,14 +15,19 @@ use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 
 use super::timers::sync_timers;
-use super::{now_ms, EngineCtx, Shutdown};
-use crate::config::{FirstStart, GoogleSheetsConfig, Trigger};
-use crate::diff::{diff, Change, Snapshot, SnapshotRow};
-use crate::domain::{MessageState, RecordKey};
-use crate::rules::{RecordFacts, TimerPlan};
-use crate::sources::google_sheets::{GoogleError, GoogleSheets};
-use crate::sources::{read_records, ColumnSpec, RowIssue};
-use crate::store::{self, CellWrite, SourceState, WriteTarget};
+use super::{EngineCtx, Shutdown};
+use crate::config::Trigger;
+use crate::diff::{diff_read, Change, Snapshot, SnapshotRow};
+use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
+use crate::rules::{Blocked, RecordFacts, TimerPlan};
+use crate::sources::{FirstStart, ReadSpec, RecordIssue, Source, SourceError, SourceRead, SourceSettings};
+use crate::store::{self, SourceState, StoreError};
+
+/// Records committed per transaction.
+pub const RECORDS_PER_COMMIT: usize = 2_000;
+
+/// Prefix of the issue keys of unreadable dates.
+const DATE_ISSUE: &str = "date:";
 
 /// What one poll did (for logs, the demo and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,315 +38,477 @@ pub struct PollReport {
     pub queued: usize,
     pub blocked: usize,
     pub new_issues: usize,
-}
-
-pub struct SheetPoller {
-    cfg: GoogleSheetsConfig,
-    client: GoogleSheets,
-    ctx: Arc<EngineCtx>,
-    snapshot: Snapshot,
-    state: SourceState,
-    /// Columns rules of this source refer to.
-    required: Vec<String>,
-    /// Last missing-columns complaint, so it is logged once.
-    missing_reported: Option<Vec<String>>,
-    /// Timers are planned for every record at the first full read after start (the
-    /// configuration may have changed while stopped), then only for changed records.
-    timers_synced: bool,
-}
-
-impl SheetPoller {
-    pub async fn new(cfg: GoogleSheetsConfig, client: GoogleSheets, ctx: Arc<EngineCtx>) -> anyhow::Result<Self> {
-        let mut conn = ctx.store.conn().await?;
-        let state = store::source_state(&mut conn, &cfg.id).await?;
-        let snapshot = store::load_snapshot(&mut conn, &cfg.id).await?;
-        drop(conn);
-        if let Some(tz) = state.time_zone.as_deref().and_then(|t| t.parse::<chrono_tz::Tz>().ok()) {
-            if let Ok(mut m) = ctx.time_zones.write() {
-                m.insert(cfg.id.clone(), tz);
-            }
-        }
-        let mut required: Vec<String> = Vec::new();
-        for r in ctx.rules.for_source(&cfg.id) {
-            match &r.trigger {
-                Trigger::Changed { field, .. } | Trigger::Date { field, .. } => required.push(field.clone()),
-                Trigger::RowAdded | Trigger::Cron { .. } => {}
-            }
-        }
-        if let Some(c) = &cfg.consent {
-            required.push(c.column.clone());
-        }
-        required.sort();
-        required.dedup();
-        Ok(Self { cfg, client, ctx, snapshot, state, required, missing_reported: None, timers_synced: false })
-    }
-
-    pub async fn run(mut self, mut shutdown: Shutdown) {
-        info!(source = %self.cfg.id, records = self.snapshot.len(), "poller started");
-        loop {
-            if shutdown.is_set() {
-                break;
-            }
-            match self.poll_once().await {
-                Ok(r) if !r.unchanged => debug!(source = %self.cfg.id, ?r, "poll done"),
-                Ok(_) => {}
-                Err(PollError::Google(GoogleError::RateLimited(e))) => {
-                    warn!(source = %self.cfg.id, "poll delayed: {e}")
-                }
-                Err(e) => error!(source = %self.cfg.id, "poll failed: {e}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
-                _ = shutdown.wait() => break,
-            }
-        }
-        info!(source = %self.cfg.id, "poller stopped");
-    }
-
-    /// One poll. Public for tests and the `plan` command.
-    pub async fn poll_once(&mut self) -> Result<PollReport, PollError> {
-        let version = self.client.probe_version().await?;
-        if self.timers_synced && self.state.baseline_done && self.state.version.as_deref() == Some(version.as_str()) {
-            return Ok(PollReport { unchanged: true, ..Default::default() });
-        }
-        if self.state.time_zone.is_none() {
-            let tz = self.client.time_zone().await?;
-            if let Ok(parsed) = tz.parse::<chrono_tz::Tz>() {
-                if let Ok(mut m) = self.ctx.time_zones.write() {
-                    m.insert(self.cfg.id.clone(), parsed);
-                }
-            }
-            self.state.time_zone = Some(tz);
-        }
-        let table = self.client.read_tab(&self.cfg.tab).await?;
-        let wb_headers = self.cfg.write_back.headers();
-        let required: Vec<&str> = self.required.iter().map(String::as_str).collect();
-        let spec = ColumnSpec {
-            key: &self.cfg.key_column,
-            phone: &self.cfg.phone_column,
-            write_back: &wb_headers,
-            required: &required,
-            default_region: self.cfg.default_region,
-        };
-        let read = match read_records(&table, &spec) {
-            Ok(r) => r,
-            Err(missing) => {
-                if self.missing_reported.as_ref() != Some(&missing) {
-                    error!(source = %self.cfg.id, tab = %self.cfg.tab, missing = ?missing, "columns missing from the header row: this source is paused until they exist");
-                    self.missing_reported = Some(missing.clone());
-                }
-                return Err(PollError::MissingColumns(missing));
-            }
-        };
-        self.missing_reported = None;
-        if let Some(k) = table.column(&self.cfg.key_column) {
-            if let Ok(mut m) = self.ctx.key_columns.write() {
-                m.insert(self.cfg.id.clone(), k);
-            }
-        }
-
-        let changes = diff(&self.snapshot, read.records.iter().map(|(r, _)| r));
-        let baseline = !self.state.baseline_done && self.cfg.first_start == FirstStart::Baseline;
-        let now = now_ms();
-
-        // Rules (pure) before the transaction.
-        let index: HashMap<&RecordKey, usize> =
-            read.records.iter().enumerate().map(|(i, (r, _))| (&r.key, i)).collect();
-        let gates: Vec<&str> =
-            [Some(self.cfg.phone_column.as_str()), self.cfg.consent.as_ref().map(|c| c.column.as_str())]
-                .into_iter()
-                .flatten()
-                .collect();
-        let mut intents = Vec::new();
-        let mut blocked = Vec::new();
-        if !baseline {
-            for change in &changes {
-                let Some(&i) = index.get(change.key()) else { continue };
-                let record = &read.records[i].0;
-                let consent = self.cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
-                let Some(phone) = read.phones.get(&record.key) else { continue };
-                let facts = RecordFacts { phone, consent, gate_columns: &gates };
-                let out = self.ctx.rules.evaluate(&self.cfg.id, change, record, &facts);
-                intents.extend(out.intents);
-                blocked.extend(out.blocked);
-            }
-        }
-
-        // Date rules: plan every record at the first read after start (the configuration may
-        // have changed while stopped), then only the records that changed.
-        let chrono_now = chrono::Utc::now();
-        let mut plans = Vec::new();
-        let mut issues = read.issues.clone();
-        let has_date_rules = self.ctx.rules.for_source(&self.cfg.id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
-        let changed_keys: Vec<&str> = changes.iter().map(|c| c.key().0.as_str()).collect();
-        let planned: HashSet<&str> =
-            if self.timers_synced { changed_keys.iter().copied().collect() } else { HashSet::new() };
-        let in_scope = |k: &RecordKey| !self.timers_synced || planned.contains(k.0.as_str());
-        if has_date_rules {
-            for (record, _) in read.records.iter().filter(|(r, _)| in_scope(&r.key)) {
-                let Some(phone) = read.phones.get(&record.key) else { continue };
-                let consent = self.cfg.consent.as_ref().map(|c| c.is_granted(&record.text(&c.column)));
-                let facts = RecordFacts { phone, consent, gate_columns: &gates };
-                let time = self.ctx.time_context(&self.cfg.id, self.record_tz(record), chrono_now);
-                for plan in self.ctx.rules.plan_timers(&self.cfg.id, record, &facts, &time) {
-                    if let TimerPlan::BadDate { rule_id, reason } = &plan {
-                        issues.push(RowIssue {
-                            issue_key: format!("{DATE_ISSUE}{rule_id}:{}:{reason}", record.key),
-                            target: WriteTarget::Record(record.key.clone()),
-                            record_key: record.key.0.clone(),
-                            message: format!("date unreadable: {reason}"),
-                        });
-                    }
-                    plans.push(plan);
-                }
-            }
-        }
-
-        let mut report = PollReport { baseline, changes: changes.len(), ..Default::default() };
-        let mut tx = self.ctx.store.begin().await.map_err(anyhow::Error::from)?;
-        let mut writes: Vec<CellWrite> = Vec::new();
-        let timers_changed = match (has_date_rules, self.timers_synced) {
-            (false, true) => 0,
-            (_, true) => sync_timers(&mut tx, &self.cfg.id, &plans, Some(&changed_keys), now).await?,
-            (_, false) => sync_timers(&mut tx, &self.cfg.id, &plans, None, now).await?,
-        };
-
-        // Row issues: new ones are logged and written once; fixed ones are cleared.
-        let open: Vec<(String, String)> = store::issues(&mut tx, &self.cfg.id).await.map_err(anyhow::Error::from)?;
-        let current: HashSet<&str> = issues.iter().map(|i| i.issue_key.as_str()).collect();
-        for issue in &issues {
-            if store::note_issue(&mut tx, &self.cfg.id, &issue.issue_key, &issue.record_key, &issue.message, now)
-                .await
-                .map_err(anyhow::Error::from)?
-            {
-                warn!(source = %self.cfg.id, record = %issue.record_key, "row problem: {}", issue.message);
-                writes.extend(self.ctx.error_write(&self.cfg.id, issue.target.clone(), &issue.message));
-                report.new_issues += 1;
-            }
-        }
-        for (issue_key, record_key) in open {
-            // A date problem of a record that was not planned this time (unchanged) still stands.
-            let key = RecordKey(record_key.clone());
-            let unplanned = issue_key.starts_with(DATE_ISSUE) && index.contains_key(&key) && !in_scope(&key);
-            if !current.contains(issue_key.as_str()) && !unplanned {
-                store::resolve_issue(&mut tx, &self.cfg.id, &issue_key).await.map_err(anyhow::Error::from)?;
-                if !record_key.is_empty() && index.contains_key(&RecordKey(record_key.clone())) {
-                    writes.extend(self.ctx.error_write(
-                        &self.cfg.id,
-                        WriteTarget::Record(RecordKey(record_key.clone())),
-                        "",
-                    ));
-                }
-                info!(source = %self.cfg.id, record = %record_key, "row problem fixed");
-            }
-        }
-
-        let mut providers = HashSet::new();
-        for intent in &intents {
-            // Quiet hours: a message created now goes out when the window allows.
-            let due = match (self.ctx.rules.rule(&intent.rule_id), index.get(&intent.record_key)) {
-                (Some(rule), Some(&i)) => self
-                    .ctx
-                    .time_context(&self.cfg.id, self.record_tz(&read.records[i].0), chrono_now)
-                    .send_at(rule)
-                    .timestamp_millis(),
-                _ => now,
-            };
-            if let Some(id) = store::insert_intent(&mut tx, intent, due, now).await? {
-                info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
-                providers.insert(intent.provider_id.clone());
-                report.queued += 1;
-                writes.extend(self.ctx.record_status_writes(
-                    &self.cfg.id,
-                    &intent.record_key,
-                    MessageState::Queued,
-                    now,
-                    None,
-                ));
-            }
-        }
-        for b in &blocked {
-            warn!(rule = %b.rule_id, record = %b.record_key, "{}", b.reason);
-            writes.extend(self.ctx.record_status_writes(
-                &self.cfg.id,
-                &b.record_key,
-                MessageState::Skipped,
-                now,
-                Some(&b.reason),
-            ));
-            report.blocked += 1;
-        }
-        store::queue_writes(&mut tx, &writes).await.map_err(anyhow::Error::from)?;
-
-        // The snapshot moves with its consequences: every row at the first read, then only the
-        // rows that changed.
-        let mut upserts: Vec<(RecordKey, SnapshotRow)> = Vec::new();
-        let mut removals: Vec<&RecordKey> = Vec::new();
-        if !self.state.baseline_done {
-            upserts.extend(read.records.iter().map(|(r, _)| (r.key.clone(), SnapshotRow::of(r))));
-        } else {
-            for c in &changes {
-                match c {
-                    Change::Added(k) | Change::Changed { key: k, .. } => {
-                        if let Some(&i) = index.get(k) {
-                            upserts.push((k.clone(), SnapshotRow::of(&read.records[i].0)));
-                        }
-                    }
-                    Change::Removed(k) => removals.push(k),
-                }
-            }
-        }
-        let upsert_refs: Vec<(&RecordKey, &SnapshotRow)> = upserts.iter().map(|(k, r)| (k, r)).collect();
-        store::apply_snapshot_delta(&mut tx, &self.cfg.id, &upsert_refs, &removals)
-            .await
-            .map_err(anyhow::Error::from)?;
-        let mut next_state = self.state.clone();
-        next_state.baseline_done = true;
-        next_state.version = Some(version);
-        store::save_source_state(&mut tx, &self.cfg.id, &next_state, now).await.map_err(anyhow::Error::from)?;
-        tx.commit().await.map_err(anyhow::Error::from)?;
-
-        // Committed: now memory may follow.
-        for k in removals {
-            self.snapshot.remove(k);
-        }
-        let records = read.records.len();
-        self.snapshot.extend(upserts);
-        if baseline {
-            info!(source = %self.cfg.id, records, "first read taken as the baseline: existing rows are not new");
-        }
-        self.state = next_state;
-        self.timers_synced = true;
-        if timers_changed > 0 {
-            self.ctx.wake_timers();
-        }
-        for p in providers {
-            self.ctx.wake_dispatcher(&p);
-        }
-        if !writes.is_empty() {
-            self.ctx.wake_flusher(&self.cfg.id);
-        }
-        Ok(report)
-    }
-}
-
-/// Prefix of the row-issue keys of unreadable dates.
-const DATE_ISSUE: &str = "date:";
-
-impl SheetPoller {
-    /// The record's own time zone, from the source's time-zone column.
-    fn record_tz(&self, record: &crate::domain::Record) -> Option<chrono_tz::Tz> {
-        self.cfg.time_zone_column.as_ref().and_then(|c| record.text(c).parse().ok())
-    }
+    pub commits: usize,
 }
 
 /// Why a poll did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     #[error(transparent)]
-    Google(#[from] GoogleError),
-    #[error("columns missing from the header row: {}", .0.join(", "))]
-    MissingColumns(Vec<String>),
+    Source(#[from] SourceError),
     #[error(transparent)]
-    Store(#[from] anyhow::Error),
+    Store(#[from] StoreError),
+    #[error("processing the read failed: {0}")]
+    Processing(String),
+}
+
+pub struct SourcePoller {
+    source: Arc<Source>,
+    settings: SourceSettings,
+    ctx: Arc<EngineCtx>,
+    snapshot: Snapshot,
+    state: SourceState,
+    spec: ReadSpec,
+    /// Last missing-fields complaint, so it is logged once.
+    missing_reported: Option<Vec<String>>,
+    /// Timers (and the phone index) are planned for every record at the first full read after
+    /// start (the configuration may have changed while stopped), then only for changed records.
+    synced: bool,
+    health_name: String,
+}
+
+/// The pure part of a poll, computed off the runtime.
+struct Planned {
+    changes: Vec<Change>,
+    baseline: bool,
+    /// Per record key: intents and blocked reasons.
+    intents: Vec<(Intent, i64)>,
+    blocked: Vec<Blocked>,
+    plans: Vec<TimerPlan>,
+    issues: Vec<RecordIssue>,
+    /// Record keys whose timers were planned this round (all of them on a full pass).
+    planned_keys: Vec<RecordKey>,
+    upserts: Vec<(RecordKey, SnapshotRow)>,
+    removals: Vec<RecordKey>,
+    /// Phone of each record whose index entry must be (re)written.
+    phones: Vec<(RecordKey, Option<String>)>,
+    present: HashSet<RecordKey>,
+}
+
+impl SourcePoller {
+    pub async fn new(source: Arc<Source>, ctx: Arc<EngineCtx>) -> Result<Self, StoreError> {
+        let settings = source.settings().clone();
+        let mut conn = ctx.store.conn().await?;
+        let state = store::source_state(&mut conn, &settings.id).await?;
+        let (snapshot, damaged) = store::load_snapshot(&mut conn, &settings.id).await?;
+        drop(conn);
+        if !damaged.is_empty() {
+            warn!(source = %settings.id, records = damaged.len(), "some snapshot rows could not be read; those records will be looked at afresh");
+        }
+        if let Some(tz) = state.time_zone.as_deref().and_then(|t| t.parse::<chrono_tz::Tz>().ok()) {
+            ctx.set_source_tz(&settings.id, tz);
+        }
+        let mut required: Vec<String> = Vec::new();
+        for r in ctx.rules.for_source(&settings.id) {
+            match &r.trigger {
+                Trigger::Changed { field, .. } | Trigger::Date { field, .. } => required.push(field.clone()),
+                Trigger::RowAdded | Trigger::Cron { .. } => {}
+            }
+        }
+        if let Some(c) = &settings.consent {
+            required.push(c.field.clone());
+        }
+        required.sort();
+        required.dedup();
+        let mut referenced = crate::rules::referenced_fields(&ctx.config.rules, &settings.id);
+        referenced.extend(settings.time_zone_field.iter().cloned());
+        let health_name = format!("source:{}", settings.id);
+        ctx.health.register(&health_name, "source");
+        Ok(Self {
+            source,
+            settings,
+            ctx,
+            snapshot,
+            state,
+            spec: ReadSpec { required, referenced },
+            missing_reported: None,
+            synced: false,
+            health_name,
+        })
+    }
+
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let id = self.settings.id.clone();
+        info!(source = %id, records = self.snapshot.len(), "poller started");
+        loop {
+            if shutdown.is_set() {
+                break;
+            }
+            // Shutdown never waits for a poll: an abandoned round committed nothing, or whole
+            // transactions only.
+            let outcome = tokio::select! {
+                r = self.poll_once() => r,
+                _ = shutdown.wait() => break,
+            };
+            match outcome {
+                Ok(r) => {
+                    self.ctx.health.ok(&self.health_name, "source", self.ctx.now_ms());
+                    if !r.unchanged {
+                        debug!(source = %id, ?r, "poll done");
+                    }
+                }
+                Err(PollError::Source(SourceError::RateLimited { detail, pause })) => {
+                    warn!(source = %id, pause = ?pause, "poll delayed by the source's quota: {detail}");
+                    self.ctx.health.ok(&self.health_name, "source", self.ctx.now_ms());
+                }
+                Err(e) => {
+                    self.ctx.health.failed(&self.health_name, "source", &e.to_string());
+                    error!(source = %id, "poll failed: {e}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        info!(source = %id, "poller stopped");
+    }
+
+    /// One poll. Public for tests.
+    pub async fn poll_once(&mut self) -> Result<PollReport, PollError> {
+        let probe = self.source.probe().await?;
+        if self.synced && self.state.baseline_done && probe.version.is_some() && self.state.version == probe.version {
+            return Ok(PollReport { unchanged: true, ..Default::default() });
+        }
+        if self.state.time_zone.is_none() {
+            let tz = self.source.time_zone().await?;
+            if let Ok(parsed) = tz.parse::<chrono_tz::Tz>() {
+                self.ctx.set_source_tz(&self.settings.id, parsed);
+            }
+            self.state.time_zone = Some(tz);
+        }
+        let read = match self.source.read(&self.spec).await {
+            Ok(r) => r,
+            Err(SourceError::MissingFields(missing)) => {
+                if self.missing_reported.as_ref() != Some(&missing) {
+                    error!(source = %self.settings.id, missing = ?missing, "fields missing from the source: it is paused until they exist");
+                    self.missing_reported = Some(missing.clone());
+                }
+                return Err(SourceError::MissingFields(missing).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.missing_reported = None;
+
+        let baseline = !self.state.baseline_done && self.settings.first_start == FirstStart::Baseline;
+        let now = self.ctx.clock.now();
+        let snapshot = std::mem::take(&mut self.snapshot);
+        let ctx = Arc::clone(&self.ctx);
+        let settings = self.settings.clone();
+        let full_pass = !self.synced;
+        let job = tokio::task::spawn_blocking(move || plan(&ctx, &settings, snapshot, read, baseline, full_pass, now));
+        let planned = match job.await {
+            Ok(p) => p,
+            Err(e) => {
+                // The snapshot went with the failed job: load it again from the store.
+                let mut conn = self.ctx.store.conn().await?;
+                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
+                return Err(PollError::Processing(e.to_string()));
+            }
+        };
+        let mut snapshot = planned.0;
+        let planned = planned.1;
+        let result = self.commit(&planned, probe.version, now.timestamp_millis()).await;
+        match result {
+            Ok(report) => {
+                // Committed: now memory may follow.
+                for k in &planned.removals {
+                    snapshot.remove(k);
+                }
+                for (k, row) in &planned.upserts {
+                    snapshot.insert(k.clone(), row.clone());
+                }
+                self.snapshot = snapshot;
+                self.synced = true;
+                Ok(report)
+            }
+            Err(e) => {
+                // Some transactions may have committed: the store is the truth.
+                let mut conn = self.ctx.store.conn().await?;
+                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
+                self.state = store::source_state(&mut conn, &self.settings.id).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn commit(&mut self, p: &Planned, version: Option<String>, now: i64) -> Result<PollReport, StoreError> {
+        let id = self.settings.id.clone();
+        let mut report = PollReport { baseline: p.baseline, changes: p.changes.len(), ..Default::default() };
+        // Group everything by record, then commit records in chunks.
+        let mut keys: Vec<&RecordKey> = Vec::new();
+        let mut seen: HashSet<&RecordKey> = HashSet::new();
+        for k in p
+            .upserts
+            .iter()
+            .map(|(k, _)| k)
+            .chain(p.removals.iter())
+            .chain(p.planned_keys.iter())
+            .chain(p.phones.iter().map(|(k, _)| k))
+        {
+            if seen.insert(k) {
+                keys.push(k);
+            }
+        }
+        let mut by_key_intents: HashMap<&RecordKey, Vec<&(Intent, i64)>> = HashMap::new();
+        for i in &p.intents {
+            by_key_intents.entry(&i.0.record_key).or_default().push(i);
+        }
+        let mut by_key_blocked: HashMap<&RecordKey, Vec<&Blocked>> = HashMap::new();
+        for b in &p.blocked {
+            by_key_blocked.entry(&b.record_key).or_default().push(b);
+        }
+        let upserts: HashMap<&RecordKey, &SnapshotRow> = p.upserts.iter().map(|(k, r)| (k, r)).collect();
+        let removals: HashSet<&RecordKey> = p.removals.iter().collect();
+        let phones: HashMap<&RecordKey, &Option<String>> = p.phones.iter().map(|(k, v)| (k, v)).collect();
+        let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
+        let has_date_rules = self.ctx.rules.for_source(&id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
+        let mut providers = HashSet::new();
+        let mut wrote = false;
+        let mut timers_changed = 0;
+
+        let chunks: Vec<&[&RecordKey]> =
+            if keys.is_empty() { vec![&[]] } else { keys.chunks(RECORDS_PER_COMMIT).collect() };
+        let last = chunks.len() - 1;
+        for (n, chunk) in chunks.into_iter().enumerate() {
+            let mut tx = self.ctx.store.begin().await?;
+            let mut writes: Vec<FieldWrite> = Vec::new();
+            // Reminders of the records in this chunk.
+            if has_date_rules {
+                let chunk_planned: Vec<&str> =
+                    chunk.iter().filter(|k| planned.contains(*k)).map(|k| k.0.as_str()).collect();
+                if !chunk_planned.is_empty() {
+                    let plans: Vec<TimerPlan> = p
+                        .plans
+                        .iter()
+                        .filter(|pl| match pl {
+                            TimerPlan::Due(t) | TimerPlan::TooLate(t) => {
+                                chunk_planned.contains(&t.record_key.0.as_str())
+                            }
+                            _ => false,
+                        })
+                        .cloned()
+                        .collect();
+                    timers_changed += sync_timers(&mut tx, &id, &plans, &chunk_planned, now).await?;
+                }
+            }
+            // Messages: `queued` is written only for those actually inserted.
+            for k in chunk {
+                for (intent, due) in by_key_intents.get(*k).into_iter().flatten() {
+                    if let Some(mid) = store::insert_intent(&mut tx, intent, *due, now).await? {
+                        info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message_id = mid, "message queued");
+                        providers.insert(intent.provider_id.clone());
+                        report.queued += 1;
+                        writes.extend(self.ctx.record_status_writes(
+                            &id,
+                            &intent.record_key,
+                            MessageState::Queued,
+                            now,
+                            None,
+                        ));
+                    }
+                }
+                for b in by_key_blocked.get(*k).into_iter().flatten() {
+                    warn!(rule = %b.rule_id, record = %b.record_key, "{}", b.reason);
+                    writes.extend(self.ctx.record_status_writes(
+                        &id,
+                        &b.record_key,
+                        MessageState::Skipped,
+                        now,
+                        Some(&b.reason),
+                    ));
+                    report.blocked += 1;
+                }
+            }
+            // Snapshot rows and the phone index.
+            let rows: Vec<(RecordKey, SnapshotRow)> =
+                chunk.iter().filter_map(|k| upserts.get(*k).map(|r| ((*k).clone(), (*r).clone()))).collect();
+            store::upsert_snapshot_rows(&mut tx, &id, &rows).await?;
+            let gone: Vec<RecordKey> = chunk.iter().filter(|k| removals.contains(*k)).map(|k| (*k).clone()).collect();
+            store::delete_snapshot_rows(&mut tx, &id, &gone).await?;
+            let index: Vec<(RecordKey, Option<String>)> =
+                chunk.iter().filter_map(|k| phones.get(*k).map(|p| ((*k).clone(), (*p).clone()))).collect();
+            store::set_contact_records(&mut tx, &id, &index).await?;
+            if n == last {
+                self.record_issues(&mut tx, p, &mut writes, &mut report, now).await?;
+                let mut next = self.state.clone();
+                next.baseline_done = true;
+                next.version = version.clone();
+                store::save_source_state(&mut tx, &id, &next, now).await?;
+                store::queue_writes(&mut tx, &writes).await?;
+                tx.commit().await?;
+                self.state = next;
+            } else {
+                store::queue_writes(&mut tx, &writes).await?;
+                tx.commit().await?;
+            }
+            wrote |= !writes.is_empty();
+            report.commits += 1;
+        }
+        if p.baseline {
+            info!(source = %id, records = p.present.len(), "first read taken as the baseline: existing records are not new");
+        }
+        if timers_changed > 0 {
+            self.ctx.wake_timers();
+        }
+        for pr in providers {
+            self.ctx.wake_dispatcher(&pr);
+        }
+        if wrote {
+            self.ctx.wake_flusher(&id);
+        }
+        Ok(report)
+    }
+
+    /// Record problems: new ones are logged and written once; fixed ones are cleared.
+    async fn record_issues(
+        &self,
+        tx: &mut store::Tx,
+        p: &Planned,
+        writes: &mut Vec<FieldWrite>,
+        report: &mut PollReport,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let id = &self.settings.id;
+        let open = store::issues(tx, id).await?;
+        let current: HashSet<&str> = p.issues.iter().map(|i| i.issue_key.as_str()).collect();
+        let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
+        for issue in &p.issues {
+            if store::note_issue(tx, id, &issue.issue_key, &issue.record_key, &issue.message, now).await? {
+                warn!(source = %id, record = %issue.record_key, "record problem: {}", issue.message);
+                writes.extend(self.ctx.error_write(id, issue.target.clone(), &issue.message));
+                report.new_issues += 1;
+            }
+        }
+        for (issue_key, record_key) in open {
+            let key = RecordKey(record_key.clone());
+            // A date problem of a record not planned this time (unchanged) still stands.
+            let unplanned = issue_key.starts_with(DATE_ISSUE) && p.present.contains(&key) && !planned.contains(&key);
+            if !current.contains(issue_key.as_str()) && !unplanned {
+                store::resolve_issue(tx, id, &issue_key).await?;
+                if !record_key.is_empty() && p.present.contains(&key) {
+                    writes.extend(self.ctx.error_write(id, WriteTarget::Record(key), ""));
+                }
+                info!(source = %id, record = %record_key, "record problem fixed");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pure part of a poll: diff, rules, reminders, snapshot delta (runs off the runtime).
+fn plan(
+    ctx: &EngineCtx,
+    settings: &SourceSettings,
+    snapshot: Snapshot,
+    read: SourceRead,
+    baseline: bool,
+    full_pass: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Snapshot, Planned) {
+    let id = settings.id.as_str();
+    let changes = diff_read(&snapshot, read.records.iter(), read.complete, &read.deleted);
+    let index: HashMap<&RecordKey, usize> = read.records.iter().enumerate().map(|(i, r)| (&r.key, i)).collect();
+    let gates: Vec<&str> = [Some(settings.phone_field.as_str()), settings.consent.as_ref().map(|c| c.field.as_str())]
+        .into_iter()
+        .flatten()
+        .collect();
+    let consent_of = |r: &crate::domain::Record| settings.consent.as_ref().map(|c| c.is_granted(&r.text(&c.field)));
+    let record_tz = |r: &crate::domain::Record| {
+        settings.time_zone_field.as_ref().and_then(|c| r.text(c).parse::<chrono_tz::Tz>().ok())
+    };
+    let now_ms = now.timestamp_millis();
+
+    let mut intents = Vec::new();
+    let mut blocked = Vec::new();
+    if !baseline {
+        for change in &changes {
+            let Some(&i) = index.get(change.key()) else { continue };
+            let record = &read.records[i];
+            let Some(phone) = read.phones.get(&record.key) else { continue };
+            let facts =
+                RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
+            let out = ctx.rules.evaluate(id, change, record, &facts);
+            for intent in out.intents {
+                // Quiet hours: a message created now goes out when the window allows.
+                let due = match ctx.rules.rule(&intent.rule_id) {
+                    Some(rule) => ctx.time_context(id, record_tz(record), now).send_at(rule).timestamp_millis(),
+                    None => now_ms,
+                };
+                intents.push((intent, due));
+            }
+            blocked.extend(out.blocked);
+        }
+    }
+
+    // Reminders and the phone index: every record on a full pass, then the changed ones.
+    let changed: HashSet<&RecordKey> = changes.iter().map(Change::key).collect();
+    let in_scope = |k: &RecordKey| full_pass || changed.contains(k);
+    let mut plans = Vec::new();
+    let mut issues = read.issues.clone();
+    let mut planned_keys: Vec<RecordKey> = Vec::new();
+    let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
+    for record in read.records.iter().filter(|r| in_scope(&r.key)) {
+        planned_keys.push(record.key.clone());
+        if !has_date_rules {
+            continue;
+        }
+        let Some(phone) = read.phones.get(&record.key) else { continue };
+        let facts = RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
+        let time = ctx.time_context(id, record_tz(record), now);
+        for plan in ctx.rules.plan_timers(id, record, &facts, &time) {
+            if let TimerPlan::BadDate { rule_id, reason } = &plan {
+                issues.push(RecordIssue {
+                    issue_key: format!("{DATE_ISSUE}{rule_id}:{}:{reason}", record.key),
+                    target: WriteTarget::Record(record.key.clone()),
+                    record_key: record.key.0.clone(),
+                    message: format!("date unreadable: {reason}"),
+                });
+            }
+            plans.push(plan);
+        }
+    }
+    // Removed records: their reminders are cancelled (planned with nothing).
+    for c in &changes {
+        if let Change::Removed(k) = c {
+            planned_keys.push(k.clone());
+        }
+    }
+    let phones: Vec<(RecordKey, Option<String>)> = read
+        .records
+        .iter()
+        .filter(|r| in_scope(&r.key))
+        .map(|r| (r.key.clone(), read.phones.get(&r.key).and_then(|p| p.as_ref().ok()).map(|p| p.as_str().to_string())))
+        .collect();
+
+    // The snapshot moves with the changes (at the first read every record is added).
+    let mut upserts: Vec<(RecordKey, SnapshotRow)> = Vec::new();
+    let mut removals: Vec<RecordKey> = Vec::new();
+    for c in &changes {
+        match c {
+            Change::Added(k) | Change::Changed { key: k, .. } => {
+                if let Some(&i) = index.get(k) {
+                    upserts.push((k.clone(), SnapshotRow::of(&read.records[i])));
+                }
+            }
+            Change::Removed(k) => removals.push(k.clone()),
+        }
+    }
+    let present: HashSet<RecordKey> = read.records.iter().map(|r| r.key.clone()).collect();
+    (
+        snapshot,
+        Planned {
+            changes,
+            baseline,
+            intents,
+            blocked,
+            plans,
+            issues,
+            planned_keys,
+            upserts,
+            removals,
+            phones,
+            present,
+        },
+    )
 }

@@ -1,13 +1,14 @@
 //! Time as a trigger: durable timers of date rules and recurring (cron) campaigns.
 //!
 //! The poller plans timers (one per rule, record and offset) in the same transaction as the
-//! snapshot, with [`sync_timers`]. This loop sleeps until the earliest pending timer or campaign
-//! occurrence (no polling of the store in a busy loop), and when one is due re-reads the record
-//! as last committed, checks it again (filter, consent, phone, date), and queues the message —
-//! or, if it was missed by more than the rule's lateness while recado was not running, records
-//! it as skipped with the reason on the row. A campaign walks the source page by page, each page
+//! records they belong to, with [`sync_timers`]. This loop sleeps until the earliest pending
+//! timer or campaign occurrence (no polling of the store in a busy loop; woken when timers are
+//! planned or the clock is moved), and when one is due re-reads the record as last committed,
+//! checks it again (filter, consent, phone, date), and queues the message — or, if it was
+//! missed by more than the rule's lateness while recado was not running, records it as
+//! skipped with the reason on the record. A campaign walks the source page by page, each page
 //! one transaction, idempotent per (rule, record, occurrence): a restart half-way neither
-//! duplicates nor skips.
+//! duplicates nor skips, and only records whose message was really queued show `queued`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,30 +17,30 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use tracing::{error, info, warn};
 
-use super::{now_ms, record_from_snapshot, EngineCtx, RecordView, Shutdown};
+use super::{record_from_snapshot, EngineCtx, RecordView, Shutdown};
 use crate::config::{RuleConfig, Trigger};
-use crate::domain::MessageState;
+use crate::domain::{MessageState, RecordKey};
 use crate::rules::TimerPlan;
 use crate::schedule::{too_late, CronSchedule};
-use crate::store::{self, TimerRow, Tx};
+use crate::store::{self, StoreError, TimerRow, Tx};
 
 /// Records a campaign handles per transaction.
 const CAMPAIGN_PAGE: i64 = 5000;
 
-/// Brings the stored timers of `source_id` in line with `plans`. With `keys`, only those
-/// records are considered; without, the whole source (timers of rules no longer configured are
-/// cancelled too). Returns how many timers were created or moved.
+/// Brings the stored timers of these records of `source_id` in line with `plans` (the plans of
+/// exactly these records). Timers no longer planned are cancelled. Returns how many timers
+/// were created, moved or cancelled.
 pub async fn sync_timers(
     tx: &mut Tx,
     source_id: &str,
     plans: &[TimerPlan],
-    keys: Option<&[&str]>,
+    keys: &[&str],
     now: i64,
-) -> anyhow::Result<usize> {
-    let existing = store::timers_of(tx, source_id, keys).await?;
+) -> Result<usize, StoreError> {
+    let existing = store::timers_of(tx, source_id, Some(keys)).await?;
     let mut by_slot: HashMap<(String, String, String), TimerRow> =
         existing.into_iter().map(|t| ((t.rule_id.clone(), t.record_key.clone(), t.slot.clone()), t)).collect();
-    let mut changed = 0;
+    let mut changes: Vec<TimerRow> = Vec::new();
     for plan in plans {
         let (p, late) = match plan {
             TimerPlan::Due(p) => (p, false),
@@ -60,26 +61,22 @@ pub async fn sync_timers(
             // A missed timer stays pending: the loop records it as skipped, with the reason.
             Some(e) if e.occurrence == p.occurrence && e.state == "pending" => {
                 if e.due_at != p.due_at.timestamp_millis() && !late {
-                    store::upsert_timer(tx, &row("pending"), now).await?;
-                    changed += 1;
+                    changes.push(row("pending"));
                 }
             }
             Some(e) if e.occurrence == p.occurrence && e.state != "cancelled" => {}
             _ if late => {}
-            _ => {
-                store::upsert_timer(tx, &row("pending"), now).await?;
-                changed += 1;
-            }
+            _ => changes.push(row("pending")),
         }
     }
     for (_, mut e) in by_slot {
         if e.state == "pending" {
             e.state = "cancelled".into();
-            store::upsert_timer(tx, &e, now).await?;
-            changed += 1;
+            changes.push(e);
         }
     }
-    Ok(changed)
+    store::upsert_timers(tx, &changes, now).await?;
+    Ok(changes.len())
 }
 
 pub struct TimerLoop {
@@ -93,39 +90,39 @@ impl TimerLoop {
 
     pub async fn run(self, mut shutdown: Shutdown) {
         info!("timer loop started");
+        let health = "loop:timers";
         loop {
             if shutdown.is_set() {
                 break;
             }
-            let now = Utc::now();
-            if let Err(e) = self.fire_due(now).await {
-                error!("firing timers failed, retrying in 1 s: {e:#}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.wait() => break,
+            let now = self.ctx.clock.now();
+            let round = async {
+                self.fire_due(now).await?;
+                let next_campaign = self.run_campaigns(now, &shutdown).await?;
+                let mut c = self.ctx.store.conn().await?;
+                let next_timer = store::next_timer_at(&mut c).await?;
+                Ok::<_, StoreError>([next_timer, next_campaign].into_iter().flatten().min())
+            };
+            let next = match round.await {
+                Ok(n) => {
+                    self.ctx.health.ok(health, "loop", self.ctx.now_ms());
+                    n
                 }
-                continue;
-            }
-            let next_campaign = match self.run_campaigns(now, &shutdown).await {
-                Ok(n) => n,
                 Err(e) => {
-                    error!("running campaigns failed: {e:#}");
-                    Some(now_ms() + 5_000)
+                    error!("firing timers failed, retrying in 1 s: {e}");
+                    self.ctx.health.failed(health, "loop", &e.to_string());
+                    Some(self.ctx.now_ms() + 1_000)
                 }
             };
-            let next_timer = match self.ctx.store.conn().await {
-                Ok(mut c) => store::next_timer_at(&mut c).await.ok().flatten(),
-                Err(_) => None,
-            };
-            let next = [next_timer, next_campaign].into_iter().flatten().min();
-            // Sleep until the next thing is due (woken early when timers are planned); an hour
-            // at most so a clock change is noticed.
-            let sleep = next.map(|t| (t - now_ms()).clamp(0, 3_600_000)).unwrap_or(3_600_000);
-            if sleep == 0 {
+            // Sleep until the next thing is due (woken early when timers are planned or the
+            // clock moves); an hour at most so a clock change is noticed.
+            let at = next.unwrap_or(i64::MAX);
+            if at <= self.ctx.now_ms() {
+                tokio::task::yield_now().await;
                 continue;
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(sleep as u64)) => {}
+                _ = self.ctx.clock.sleep_until(at, Duration::from_secs(3600)) => {}
                 _ = self.ctx.timers_wake.notified() => {}
                 _ = shutdown.wait() => break,
             }
@@ -134,7 +131,7 @@ impl TimerLoop {
     }
 
     /// Fires every pending timer that is due. Public for tests.
-    pub async fn fire_due(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    pub async fn fire_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut fired = 0;
         loop {
             let mut tx = self.ctx.store.begin().await?;
@@ -162,23 +159,23 @@ impl TimerLoop {
     }
 
     /// One due timer: re-check, then queue, skip or cancel. Returns the provider woken.
-    async fn fire_one(&self, tx: &mut Tx, t: &TimerRow, now: DateTime<Utc>) -> anyhow::Result<Option<String>> {
+    async fn fire_one(&self, tx: &mut Tx, t: &TimerRow, now: DateTime<Utc>) -> Result<Option<String>, StoreError> {
         let now_ms = now.timestamp_millis();
         let set_state = |state: &str| {
             let mut row = t.clone();
             row.state = state.into();
             row
         };
-        let (Some(cfg), Some(rule)) = (self.ctx.sheet_config(&t.source_id), self.ctx.rules.rule(&t.rule_id)) else {
+        let (Some(settings), Some(rule)) = (self.ctx.source(&t.source_id), self.ctx.rules.rule(&t.rule_id)) else {
             store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
             return Ok(None);
         };
-        let Some(row) = store::snapshot_row(tx, &t.source_id, &t.record_key).await? else {
-            info!(rule = %t.rule_id, record = %t.record_key, "reminder cancelled: the row is gone");
+        let Some(row) = store::snapshot_row_of(tx, &t.source_id, &t.record_key).await? else {
+            info!(rule = %t.rule_id, record = %t.record_key, "reminder cancelled: the record is gone");
             store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
             return Ok(None);
         };
-        let view = self.ctx.view(cfg, record_from_snapshot(crate::domain::RecordKey(t.record_key.clone()), &row));
+        let view = self.ctx.view(settings, record_from_snapshot(RecordKey(t.record_key.clone()), &row));
         let time = self.ctx.time_context(&t.source_id, view.tz, now);
         let plans = self.ctx.rules.plan_timers(&t.source_id, &view.record, &view.facts(&[]), &time);
         let mine = plans.iter().find_map(|p| match p {
@@ -190,7 +187,7 @@ impl TimerLoop {
             _ => None,
         });
         let Some(plan) = mine else {
-            info!(rule = %t.rule_id, record = %t.record_key, "reminder cancelled: the row no longer calls for it");
+            info!(rule = %t.rule_id, record = %t.record_key, "reminder cancelled: the record no longer calls for it");
             store::upsert_timer(tx, &set_state("cancelled"), now_ms).await?;
             return Ok(None);
         };
@@ -203,17 +200,14 @@ impl TimerLoop {
             );
             warn!(rule = %t.rule_id, record = %t.record_key, "{reason}");
             store::upsert_timer(tx, &set_state("skipped"), now_ms).await?;
-            store::queue_writes(
-                tx,
-                &self.ctx.record_status_writes(
-                    &t.source_id,
-                    &view.record.key,
-                    MessageState::Skipped,
-                    now_ms,
-                    Some(&reason),
-                ),
-            )
-            .await?;
+            let writes = self.ctx.record_status_writes(
+                &t.source_id,
+                &view.record.key,
+                MessageState::Skipped,
+                now_ms,
+                Some(&reason),
+            );
+            store::queue_writes(tx, &writes).await?;
             return Ok(None);
         }
         self.queue(tx, rule, plan.occurrence_key(), &view, &time).await?;
@@ -229,7 +223,7 @@ impl TimerLoop {
         occurrence: String,
         view: &RecordView,
         time: &crate::rules::TimeContext<'_>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, StoreError> {
         let now_ms = time.now.timestamp_millis();
         match self.ctx.rules.intent_for(&rule.id, &occurrence, &view.record, &view.facts(&[])) {
             None => Ok(false),
@@ -240,7 +234,7 @@ impl TimerLoop {
             Some(Ok(intent)) => {
                 let due = time.send_at(rule).timestamp_millis();
                 if let Some(id) = store::insert_intent(tx, &intent, due, now_ms).await? {
-                    info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message = id, "message queued");
+                    info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message_id = id, "message queued");
                     let writes = self.ctx.record_status_writes(
                         &intent.source_id,
                         &intent.record_key,
@@ -257,7 +251,7 @@ impl TimerLoop {
     }
 
     /// Runs campaign occurrences that are due. Returns when the next one is due.
-    pub async fn run_campaigns(&self, now: DateTime<Utc>, shutdown: &Shutdown) -> anyhow::Result<Option<i64>> {
+    pub async fn run_campaigns(&self, now: DateTime<Utc>, shutdown: &Shutdown) -> Result<Option<i64>, StoreError> {
         let mut earliest: Option<i64> = None;
         let rules: Vec<RuleConfig> =
             self.ctx.config.rules.iter().filter(|r| matches!(r.trigger, Trigger::Cron { .. })).cloned().collect();
@@ -295,7 +289,6 @@ impl TimerLoop {
             let lateness = rule.lateness.unwrap_or(self.ctx.config.defaults.lateness);
             let late = too_late(occurrence, now, lateness);
             let n = self.run_occurrence(&rule, occurrence, late, now, tz).await?;
-            // Done: move to the next occurrence.
             // After a long downtime every missed occurrence is the same story: skip to the next
             // one from now rather than replaying each.
             let from = if late { now } else { occurrence };
@@ -322,64 +315,60 @@ impl TimerLoop {
         late: bool,
         now: DateTime<Utc>,
         tz: chrono_tz::Tz,
-    ) -> anyhow::Result<usize> {
-        let Some(cfg) = self.ctx.sheet_config(&rule.source) else { return Ok(0) };
+    ) -> Result<usize, StoreError> {
+        let Some(settings) = self.ctx.source(&rule.source) else { return Ok(0) };
         let occ_key = format!("cron@{}", occurrence.format("%Y-%m-%dT%H:%MZ"));
+        let now_ms = now.timestamp_millis();
         let mut after = String::new();
         let mut count = 0;
-        let mut intents = Vec::new();
-        let mut writes = Vec::new();
         loop {
             let mut tx = self.ctx.store.begin().await?;
             let page = store::snapshot_page(&mut tx, &rule.source, &after, CAMPAIGN_PAGE).await?;
             let Some((last, _)) = page.last() else { break };
             after = last.0.clone();
+            let mut intents = Vec::new();
+            let mut writes = Vec::new();
             for (key, row) in &page {
-                let view = self.ctx.view(cfg, record_from_snapshot(key.clone(), row));
-                let time = self.ctx.time_context(&rule.source, view.tz, now);
-                if late {
-                    if let Some(Ok(_)) = self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
+                let view = self.ctx.view(settings, record_from_snapshot(key.clone(), row));
+                match self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
+                    Some(Ok(_)) if late => {
                         let reason = format!(
                             "not sent: the campaign of {} was missed while recado was not running",
                             occurrence.with_timezone(&tz).format("%Y-%m-%d %H:%M")
                         );
-                        store::queue_writes(
-                            &mut tx,
-                            &self.ctx.record_status_writes(
-                                &rule.source,
-                                key,
-                                MessageState::Skipped,
-                                now.timestamp_millis(),
-                                Some(&reason),
-                            ),
-                        )
-                        .await?;
+                        writes.extend(self.ctx.record_status_writes(
+                            &rule.source,
+                            key,
+                            MessageState::Skipped,
+                            now_ms,
+                            Some(&reason),
+                        ));
                         count += 1;
                     }
-                } else {
-                    match self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
-                        Some(Ok(intent)) => {
-                            let due = time.send_at(rule).timestamp_millis();
-                            writes.extend(self.ctx.record_status_writes(
-                                &rule.source,
-                                key,
-                                MessageState::Queued,
-                                now.timestamp_millis(),
-                                None,
-                            ));
-                            intents.push((intent, due));
-                        }
-                        Some(Err(reason)) => info!(rule = %rule.id, record = %key, "{reason}"),
-                        None => {}
+                    Some(Ok(intent)) => {
+                        let due = self.ctx.time_context(&rule.source, view.tz, now).send_at(rule).timestamp_millis();
+                        intents.push((intent, due));
                     }
+                    Some(Err(reason)) => info!(rule = %rule.id, record = %key, "{reason}"),
+                    None => {}
                 }
             }
             // Many rows per statement: a campaign is the one place where thousands of messages
-            // are queued at once.
-            count += store::insert_intents(&mut tx, &intents, now.timestamp_millis()).await? as usize;
+            // are queued at once. Only messages really inserted show `queued`: an occurrence
+            // run again after an interruption must not overwrite `read` with `queued`.
+            let inserted: HashSet<String> =
+                store::insert_intents(&mut tx, &intents, now_ms).await?.into_iter().collect();
+            for (intent, _) in intents.iter().filter(|(i, _)| inserted.contains(&i.idempotency_key)) {
+                writes.extend(self.ctx.record_status_writes(
+                    &rule.source,
+                    &intent.record_key,
+                    MessageState::Queued,
+                    now_ms,
+                    None,
+                ));
+            }
+            count += inserted.len();
             store::queue_writes(&mut tx, &writes).await?;
-            intents.clear();
-            writes.clear();
             tx.commit().await?;
             if page.len() < CAMPAIGN_PAGE as usize {
                 break;

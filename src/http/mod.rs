@@ -1,40 +1,40 @@
-//! The daemon's HTTP server: `/webhooks/{provider-id}` and `/healthz`.
+//! The daemon's HTTP server: `/webhooks/{provider-id}` and `/healthz`. It names no vendor.
 //!
-//! A webhook is verified over its raw bytes, stored, and only then acknowledged with 200;
-//! processing happens from the store (see `engine::inbox`). Unsigned or mis-signed deliveries
-//! get 401/403 and change nothing. Bodies are size-limited.
+//! A webhook request is verified by its provider over the exact bytes received (and, for
+//! vendors that sign URLs, over the URL the vendor called: the configured public URL with this
+//! path and query), stored, and only then acknowledged with what the vendor expects;
+//! processing happens from the store (see `engine::inbox`). Unsigned requests get 401,
+//! mis-signed ones 403, bodies that are not text 400, and none of them changes anything.
+//! Bodies are size-limited.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::config::ProviderConfig;
-use crate::engine::{now_ms, EngineCtx, Shutdown};
-use crate::providers::meta_cloud::webhook as meta;
+use crate::engine::{EngineCtx, Shutdown};
+use crate::providers::{Handshake, Provider, WebhookRejection, WebhookRequest};
 use crate::store;
 
 #[derive(Clone)]
 struct AppState {
     ctx: Arc<EngineCtx>,
-    providers: Arc<HashMap<String, ProviderConfig>>,
+    providers: Arc<HashMap<String, Provider>>,
 }
 
 /// Builds the router (also used by tests through a real listener).
-pub fn router(ctx: Arc<EngineCtx>) -> Router {
-    let providers: HashMap<String, ProviderConfig> =
-        ctx.config.providers.iter().map(|p| (p.id().to_string(), p.clone())).collect();
+pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Router {
     let limit = ctx.config.http.max_body_bytes;
     Router::new()
-        .route("/webhooks/{provider}", get(verify).post(receive))
+        .route("/webhooks/{provider}", get(handshake).post(receive))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(AppState { ctx, providers: Arc::new(providers) })
@@ -44,35 +44,42 @@ pub fn router(ctx: Arc<EngineCtx>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ctx: Arc<EngineCtx>,
+    providers: HashMap<String, Provider>,
     mut shutdown: Shutdown,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     info!(%addr, "webhook server listening");
-    axum::serve(listener, router(ctx)).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
-    Ok(())
+    axum::serve(listener, router(ctx, providers)).with_graceful_shutdown(async move { shutdown.wait().await }).await
 }
 
-async fn verify(
-    State(st): State<AppState>,
-    Path(provider): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let Some(ProviderConfig::MetaCloud(cfg)) = st.providers.get(&provider) else {
+async fn handshake(State(st): State<AppState>, Path(provider): Path<String>, RawQuery(query): RawQuery) -> Response {
+    let Some(p) = st.providers.get(&provider) else {
         return (StatusCode::NOT_FOUND, "unknown provider").into_response();
     };
-    match meta::verify_subscription(
-        q.get("hub.mode").map(String::as_str),
-        q.get("hub.verify_token").map(String::as_str),
-        q.get("hub.challenge").map(String::as_str),
-        cfg.verify_token.expose(),
-    ) {
-        Some(challenge) => {
+    match p.handshake(query.as_deref().unwrap_or("")) {
+        Handshake::Accepted(challenge) => {
             info!(provider = %provider, "webhook subscription verified");
-            (StatusCode::OK, challenge.to_string()).into_response()
+            (StatusCode::OK, challenge).into_response()
         }
-        None => {
-            warn!(provider = %provider, "webhook verification refused: wrong mode or verify token");
+        Handshake::Refused => {
+            warn!(provider = %provider, "webhook verification refused");
             (StatusCode::FORBIDDEN, "verification failed").into_response()
+        }
+        Handshake::NotSupported => {
+            (StatusCode::METHOD_NOT_ALLOWED, "this provider has no verification handshake").into_response()
+        }
+    }
+}
+
+/// The URL the vendor called, as the vendor sees it: behind a reverse proxy the request's own
+/// URL is not what was signed, the configured public URL is.
+fn public_url(st: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match &st.ctx.config.http.public_url {
+        Some(base) => format!("{base}{path_and_query}"),
+        None => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            format!("http://{host}{path_and_query}")
         }
     }
 }
@@ -80,34 +87,40 @@ async fn verify(
 async fn receive(
     State(st): State<AppState>,
     Path(provider): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(ProviderConfig::MetaCloud(cfg)) = st.providers.get(&provider) else {
+    let Some(p) = st.providers.get(&provider) else {
         return (StatusCode::NOT_FOUND, "unknown provider").into_response();
     };
-    let sig = headers.get(meta::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    if let Err(e) = meta::verify_signature(cfg.app_secret.expose(), &body, sig) {
+    let url = public_url(&st, &headers, &uri);
+    if let Err(e) = p.verify_webhook(&WebhookRequest { url: &url, headers: &headers, body: &body }) {
         warn!(provider = %provider, "webhook refused: {e}");
         let status = match e {
-            meta::SignatureError::Missing => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::FORBIDDEN,
+            WebhookRejection::Unsigned(_) => StatusCode::UNAUTHORIZED,
+            WebhookRejection::Forged(_) => StatusCode::FORBIDDEN,
         };
         return (status, e.to_string()).into_response();
     }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        warn!(provider = %provider, "webhook refused: the body is not UTF-8 text");
+        return (StatusCode::BAD_REQUEST, "the body is not UTF-8 text").into_response();
+    };
     let stored = async {
         let mut conn = st.ctx.store.conn().await?;
-        store::insert_inbox(&mut conn, &provider, &body, now_ms()).await
+        store::insert_webhook(&mut conn, &provider, text, st.ctx.now_ms()).await
     }
     .await;
     match stored {
         Ok(_) => {
             st.ctx.inbox_wake.notify_one();
-            StatusCode::OK.into_response()
+            let ack = p.acknowledgement();
+            (StatusCode::OK, [(header::CONTENT_TYPE, ack.content_type)], ack.body).into_response()
         }
         Err(e) => {
-            // Not stored means not acknowledged: Meta will deliver it again.
-            warn!(provider = %provider, "could not store a webhook, answering 503 so it is retried: {e}");
+            // Not stored means not acknowledged: the provider will deliver it again.
+            warn!(provider = %provider, "could not store a webhook, answering 503 so it is sent again: {e}");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
@@ -118,19 +131,36 @@ async fn healthz(State(st): State<AppState>) -> Response {
         let mut conn = st.ctx.store.conn().await?;
         let counts = store::counts_by_state(&mut conn).await?;
         let writes = store::pending_write_count(&mut conn).await?;
-        let inbox = store::pending_inbox_count(&mut conn).await?;
-        Ok::<_, sqlx::Error>((counts, writes, inbox))
+        let inbox = store::pending_webhook_count(&mut conn).await?;
+        let parked = store::parked_webhook_count(&mut conn).await?;
+        Ok::<_, store::StoreError>((counts, writes, inbox, parked))
     }
     .await;
+    let components = st.ctx.health.all();
+    let degraded = st.ctx.health.degraded();
     match result {
-        Ok((counts, writes, inbox)) => {
+        Ok((counts, writes, inbox, parked)) => {
             let messages: serde_json::Map<String, serde_json::Value> =
                 counts.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            Json(json!({ "status": "ok", "messages": messages, "pending_write_back": writes, "pending_webhooks": inbox })).into_response()
-        }
-        Err(e) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store unavailable", "error": e.to_string() })))
+            let status = if degraded { "degraded" } else { "ok" };
+            let code = if degraded { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            (
+                code,
+                Json(json!({
+                    "status": status,
+                    "components": components,
+                    "messages": messages,
+                    "pending_write_back": writes,
+                    "pending_webhooks": inbox,
+                    "parked_webhooks": parked,
+                })),
+            )
                 .into_response()
         }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "store unavailable", "error": e.to_string(), "components": components })),
+        )
+            .into_response(),
     }
 }

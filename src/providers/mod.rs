@@ -1,26 +1,121 @@
-//! WhatsApp providers: sending, error classification and webhook parsing per vendor.
+//! WhatsApp providers behind one contract.
 //!
-//! Each vendor lives in its own folder with the same shape (`mod.rs` client, `errors.rs`
-//! classification, `webhook.rs` parsing and signatures). Outside these folders nobody sees
-//! vendor JSON: the engine talks to [`Provider`] with domain types.
+//! A provider is a folder here (`meta_cloud/`, …) with the same inner shape: its config and
+//! validation, its client (`mod.rs`), its error classification (`errors.rs`), its webhook
+//! verification and parsing (`webhook.rs`), and its emulator twin under `sandbox/`. Its URLs,
+//! JSON, form fields, header names and error codes never leave the folder. The engine sees the
+//! closed enum [`Provider`]:
+//!
+//! * [`Provider::send`] a message, getting the provider's id or a [`SendError`] classified by
+//!   the vendor's error code into what to do about it;
+//! * [`Provider::verify_webhook`] a request (headers, public URL, raw body), answer the
+//!   [`Provider::handshake`] if the vendor has one, [`Provider::parse_webhook`] into domain
+//!   events, and [`Provider::acknowledgement`] what the vendor expects back;
+//! * [`Provider::classify_failure`] an error reported later in a status webhook, exactly like a
+//!   synchronous one;
+//! * [`Provider::reconcile`] a send whose outcome is unknown, where the vendor can be asked.
+//!
+//! Adding a vendor is a folder, one variant here (and in `config::ProviderConfig`), and the
+//! wiring in `app.rs`.
 
 pub mod meta_cloud;
 
 use std::time::Duration;
 
-use crate::config::ProviderConfig;
+use axum::http::HeaderMap;
+
 use crate::domain::{MessageContent, PhoneNumber, ProviderError, ProviderEvent};
+use crate::validation::Problems;
+
+/// How fast a provider may send: provider-neutral.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    /// Messages per second for the whole number.
+    pub messages_per_second: f64,
+    /// Least time between two messages to the same person.
+    pub pair_interval: Duration,
+}
+
+/// What every provider has, whatever its vendor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderSettings {
+    pub id: String,
+    pub throughput: Throughput,
+    /// Concurrent sends in flight.
+    pub max_in_flight: usize,
+    /// Attempts before a retryable error becomes a failure.
+    pub max_attempts: u32,
+    /// How long a send whose outcome is unknown waits for the provider to say (from when it
+    /// was sent, and at least from when this process started) before it is sent again.
+    pub in_doubt_grace: Duration,
+    /// The longest one call to the vendor may take.
+    pub call_timeout: Duration,
+}
+
+/// The source-neutral settings as written.
+pub struct RawSettings {
+    pub id: String,
+    pub messages_per_second: Option<f64>,
+    pub default_messages_per_second: f64,
+    pub pair_interval: Option<String>,
+    pub default_pair_interval: Duration,
+    pub max_in_flight: Option<u64>,
+    pub max_attempts: Option<u64>,
+    pub in_doubt_grace: Option<String>,
+    pub default_in_doubt_grace: Duration,
+    pub call_timeout: Option<String>,
+}
+
+impl ProviderSettings {
+    pub fn validate(p: &mut Problems, path: &str, raw: RawSettings) -> ProviderSettings {
+        let mps = p.number(
+            &format!("{path}.messages_per_second"),
+            raw.messages_per_second,
+            raw.default_messages_per_second,
+            0.0..=10_000.0,
+        );
+        let pair = p.duration(
+            &format!("{path}.pair_interval"),
+            raw.pair_interval.as_deref(),
+            raw.default_pair_interval,
+            Duration::ZERO,
+            Duration::from_secs(24 * 3600),
+        );
+        let in_doubt_grace = p.duration(
+            &format!("{path}.in_doubt_grace"),
+            raw.in_doubt_grace.as_deref(),
+            raw.default_in_doubt_grace,
+            Duration::ZERO,
+            Duration::from_secs(7 * 24 * 3600),
+        );
+        let call_timeout = p.duration(
+            &format!("{path}.call_timeout"),
+            raw.call_timeout.as_deref(),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
+        ProviderSettings {
+            id: raw.id,
+            throughput: Throughput { messages_per_second: mps, pair_interval: pair },
+            max_in_flight: p.count(&format!("{path}.max_in_flight"), raw.max_in_flight, 32, 1..=1024) as usize,
+            max_attempts: p.count(&format!("{path}.max_attempts"), raw.max_attempts, 8, 1..=100) as u32,
+            in_doubt_grace,
+            call_timeout,
+        }
+    }
+}
 
 /// A send the provider accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
-    /// The provider's message id (`wamid.…`).
+    /// The provider's message id.
     pub provider_message_id: String,
-    /// The provider's id for the recipient (may differ from the number we sent to).
-    pub recipient_id: Option<String>,
+    /// The provider's ids for the recipient (they may differ from the number we sent to).
+    pub recipient_ids: Vec<String>,
 }
 
-/// Why a send did not go through, classified by the vendor's error code.
+/// Why a send did not go through, classified by the vendor's error code: what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
     /// Transient: try this message again later.
@@ -31,9 +126,11 @@ pub enum SendError {
     PairRate { reason: String },
     /// Free-form message outside the 24-hour window: use the template fallback if any.
     WindowClosed { error: ProviderError },
+    /// The recipient told the provider to stop: nothing more goes to them.
+    OptedOut { error: ProviderError },
     /// This message will never be accepted as it is.
     Permanent { error: ProviderError },
-    /// Credentials or account problem: pause the provider and alert; messages wait.
+    /// Credentials or account problem: pause the provider; messages wait.
     Unavailable { reason: String },
     /// The request may have reached the provider and the answer was lost.
     InDoubt { reason: String },
@@ -47,9 +144,79 @@ impl SendError {
             | SendError::PairRate { reason }
             | SendError::Unavailable { reason }
             | SendError::InDoubt { reason } => reason.clone(),
-            SendError::WindowClosed { error } | SendError::Permanent { error } => error.describe(),
+            SendError::WindowClosed { error } | SendError::OptedOut { error } | SendError::Permanent { error } => {
+                error.describe()
+            }
         }
     }
+}
+
+/// A webhook request as it reached us.
+pub struct WebhookRequest<'a> {
+    /// The URL the vendor called, as the vendor sees it (the configured public URL, path and
+    /// query): signatures over URLs are computed on it.
+    pub url: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Why a webhook request was refused (nothing was stored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookRejection {
+    /// No signature at all (401).
+    #[error("unsigned: {0}")]
+    Unsigned(String),
+    /// A signature that does not match (403).
+    #[error("forged: {0}")]
+    Forged(String),
+}
+
+/// The answer to a subscription handshake (a GET on the webhook URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// Answer 200 with this body.
+    Accepted(String),
+    /// Wrong token or mode: 403.
+    Refused,
+    /// This vendor has no handshake: 405.
+    NotSupported,
+}
+
+/// What the vendor expects as the body of a successful webhook answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+/// A verified delivery, parsed: the events that could be read, and what could not (one
+/// unreadable entry never drops the others).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParsedWebhook {
+    pub events: Vec<ProviderEvent>,
+    pub problems: Vec<String>,
+}
+
+/// A send whose outcome is unknown, for the vendor to look up.
+#[derive(Debug, Clone)]
+pub struct InDoubtSend {
+    /// What the send asked the provider to echo (our outbox id).
+    pub callback_data: String,
+    pub to: PhoneNumber,
+    pub content: MessageContent,
+    /// When it was marked `sending` (Unix ms).
+    pub marked_at: i64,
+}
+
+/// What the provider knows of a send whose outcome was unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciliation {
+    /// It was accepted: record it, do not send again.
+    Accepted(Accepted),
+    /// The provider has no record of it: safe to send.
+    NotSent,
+    /// The provider cannot be asked (or did not say): wait for its webhooks.
+    Unknown,
 }
 
 /// A configured provider (closed set: one variant per vendor).
@@ -59,19 +226,17 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub fn new(config: &ProviderConfig, http: reqwest::Client) -> Self {
-        match config {
-            ProviderConfig::MetaCloud(c) => Provider::MetaCloud(meta_cloud::MetaCloud::new(c.clone(), http)),
+    pub fn settings(&self) -> &ProviderSettings {
+        match self {
+            Provider::MetaCloud(m) => m.settings(),
         }
     }
 
     pub fn id(&self) -> &str {
-        match self {
-            Provider::MetaCloud(m) => &m.config().id,
-        }
+        &self.settings().id
     }
 
-    /// Sends one message; `callback_data` is echoed back in status webhooks (our outbox id).
+    /// Sends one message; `callback_data` (our outbox id) comes back in status webhooks.
     pub async fn send(
         &self,
         to: &PhoneNumber,
@@ -83,10 +248,45 @@ impl Provider {
         }
     }
 
-    /// Parses a verified webhook body into events.
-    pub fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderEvent>, String> {
+    /// Checks a webhook request's signature over exactly the bytes received.
+    pub fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookRejection> {
+        match self {
+            Provider::MetaCloud(m) => m.verify_webhook(request),
+        }
+    }
+
+    /// Answers the subscription handshake (query string as received).
+    pub fn handshake(&self, query: &str) -> Handshake {
+        match self {
+            Provider::MetaCloud(m) => m.handshake(query),
+        }
+    }
+
+    /// The body of a successful webhook answer.
+    pub fn acknowledgement(&self) -> Acknowledgement {
+        match self {
+            Provider::MetaCloud(_) => meta_cloud::ACKNOWLEDGEMENT,
+        }
+    }
+
+    /// Parses a verified delivery into events.
+    pub fn parse_webhook(&self, body: &[u8]) -> Result<ParsedWebhook, String> {
         match self {
             Provider::MetaCloud(_) => meta_cloud::webhook::parse(body),
+        }
+    }
+
+    /// Classifies an error a status webhook reported, exactly like a synchronous one.
+    pub fn classify_failure(&self, error: &ProviderError) -> SendError {
+        match self {
+            Provider::MetaCloud(_) => meta_cloud::errors::classify_code(error.code, 0, error.clone()),
+        }
+    }
+
+    /// Asks the vendor about a send whose outcome is unknown.
+    pub async fn reconcile(&self, send: &InDoubtSend) -> Reconciliation {
+        match self {
+            Provider::MetaCloud(m) => m.reconcile(send).await,
         }
     }
 }

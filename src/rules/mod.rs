@@ -10,81 +10,65 @@
 //! identifiers (`{{ row["Fecha cita"] }}`). Undefined names are errors, so a misspelt header
 //! never sends an empty parameter.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Value};
 
 use crate::config::{RuleConfig, SendSpec, TemplateSpec, Trigger};
 use crate::diff::Change;
-use crate::domain::{CellValue, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
+use crate::domain::{Intent, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
+use crate::expressions::{context, environment, DateStyle};
 
-fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.add_filter("date", date_filter);
-    env
-}
+/// Most characters all body parameters of one template may have together. WhatsApp refuses a
+/// template whose text with its parameters exceeds 1,024 characters (error 132005); the rest
+/// is left for the template's own text.
+pub const MAX_BODY_PARAMETER_CHARS: usize = 900;
 
-/// `{{ row["Fecha cita"] | date }}` → `28/11/2026 15:00`; `| date("%d de %B")` for another
-/// format. Reads date cells (serial numbers), ISO and day/month/year text.
-fn date_filter(value: Value, format: Option<String>) -> Result<String, minijinja::Error> {
-    let text = value.to_string();
-    let d = crate::schedule::parse_date(&text, crate::schedule::DateOrder::Dmy)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))?;
-    let fmt = format.unwrap_or_else(|| if d.time.is_some() { "%d/%m/%Y %H:%M".into() } else { "%d/%m/%Y".into() });
-    let dt = d.date.and_time(d.time.unwrap_or(chrono::NaiveTime::MIN));
-    let mut out = String::new();
-    use std::fmt::Write;
-    write!(out, "{}", dt.format(&fmt)).map_err(|_| {
-        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("invalid date format '{fmt}'"))
-    })?;
-    Ok(out)
-}
-
-/// Checks that `expr` is a valid filter expression (config validation).
-pub fn check_expression(expr: &str) -> Result<(), String> {
-    environment()
-        .compile_expression(expr)
-        .map(|_| ())
-        .map_err(|e| format!("invalid expression: {}", e.detail().unwrap_or(&e.to_string())))
-}
-
-/// Checks that `text` is a valid parameter template (config validation): its syntax, and that
-/// every filter, test and function it names exists (minijinja would only say so when rendering).
-pub fn check_template(text: &str) -> Result<(), String> {
-    let mut env = environment();
-    env.set_undefined_behavior(UndefinedBehavior::Chainable);
-    let t = env
-        .template_from_str(text)
-        .map_err(|e| format!("invalid template: {}", e.detail().unwrap_or(&e.to_string())))?;
-    match t.render(minijinja::context! {}) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                minijinja::ErrorKind::UnknownFilter
-                    | minijinja::ErrorKind::UnknownTest
-                    | minijinja::ErrorKind::UnknownFunction
-            ) =>
-        {
-            Err(format!("invalid template: {}", e.detail().unwrap_or(&e.to_string())))
+/// Makes template parameters acceptable to WhatsApp, which refuses (error 132018) parameters
+/// with a line break, a tab or more than four spaces in a row, and over-long ones: line breaks
+/// and tabs become spaces, runs of spaces become one, and when all of them are too long the
+/// longest are cut with an ellipsis. Returns what was changed, for the log.
+pub fn normalise_parameters(params: &mut [String]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (i, p) in params.iter_mut().enumerate() {
+        let mut out = String::with_capacity(p.len());
+        let mut last_space = false;
+        for c in p.chars() {
+            let c = if matches!(c, '\n' | '\r' | '\t') { ' ' } else { c };
+            if c == ' ' {
+                if !last_space {
+                    out.push(' ');
+                }
+                last_space = true;
+            } else {
+                out.push(c);
+                last_space = false;
+            }
         }
-        _ => Ok(()),
+        let out = out.trim().to_string();
+        if out != *p {
+            notes.push(format!("template parameter {}: line breaks, tabs or repeated spaces replaced", i + 1));
+            *p = out;
+        }
     }
-}
-
-/// A message a rule wants sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Intent {
-    pub rule_id: String,
-    pub source_id: String,
-    pub record_key: RecordKey,
-    pub provider_id: String,
-    /// `rule:record:occurrence`, unique in the store.
-    pub idempotency_key: String,
-    pub phone: PhoneNumber,
-    pub content: MessageContent,
-    /// Template to use when free text cannot be sent (outside the 24-hour window).
-    pub fallback: Option<MessageContent>,
+    let total = |ps: &[String]| ps.iter().map(|p| p.chars().count()).sum::<usize>();
+    if total(params) > MAX_BODY_PARAMETER_CHARS {
+        notes.push(format!("template parameters longer than {MAX_BODY_PARAMETER_CHARS} characters together: cut"));
+        while total(params) > MAX_BODY_PARAMETER_CHARS {
+            let Some((i, len)) = params.iter().map(|p| p.chars().count()).enumerate().max_by_key(|(_, n)| *n) else {
+                break;
+            };
+            let excess = total(params) - MAX_BODY_PARAMETER_CHARS;
+            let keep = len.saturating_sub(excess + 1).max(1);
+            if keep + 1 >= len {
+                break;
+            }
+            let mut cut: String = params[i].chars().take(keep).collect();
+            cut.push('…');
+            params[i] = cut;
+        }
+    }
+    notes
 }
 
 /// A rule matched but nothing can be sent, and why (written back to the row).
@@ -143,7 +127,7 @@ pub enum TimerPlan {
 #[derive(Debug, Clone)]
 pub struct TimeContext<'a> {
     pub now: chrono::DateTime<chrono::Utc>,
-    /// The spreadsheet's zone.
+    /// The source's zone.
     pub source_tz: chrono_tz::Tz,
     /// The record's own zone (time-zone column), when it has a valid one.
     pub record_tz: Option<chrono_tz::Tz>,
@@ -153,7 +137,7 @@ pub struct TimeContext<'a> {
 
 impl TimeContext<'_> {
     /// The zone a rule's local times are in for this record: the record's, else the rule's,
-    /// else the configured default, else the spreadsheet's.
+    /// else the configured default, else the source's.
     pub fn zone_for(&self, r: &RuleConfig) -> chrono_tz::Tz {
         self.record_tz.or(r.time_zone).or(self.defaults.time_zone).unwrap_or(self.source_tz)
     }
@@ -171,10 +155,12 @@ impl TimeContext<'_> {
 #[derive(Debug, Clone)]
 pub struct RecordFacts<'a> {
     pub phone: &'a Result<PhoneNumber, PhoneError>,
-    /// `None` when the source has no consent column.
+    /// `None` when the source has no consent field.
     pub consent: Option<bool>,
-    /// Columns whose change may unblock a `row_added` rule (phone, consent).
+    /// Fields whose change may unblock a `row_added` rule (phone, consent).
     pub gate_columns: &'a [&'a str],
+    /// How the record's source writes and shows dates.
+    pub dates: &'a DateStyle,
 }
 
 struct CompiledRule {
@@ -292,7 +278,7 @@ impl RuleSet {
         record: &Record,
         facts: &RecordFacts<'_>,
     ) -> Option<Result<Intent, String>> {
-        let ctx = context(record);
+        let ctx = context(record, facts.dates);
         match self.eligible_with(r, &ctx, facts) {
             None => return None,
             Some(Err(e)) => return Some(Err(e)),
@@ -361,7 +347,7 @@ impl RuleSet {
             // Eligibility now (filter, consent, phone); re-checked, and the message rendered, when
             // the timer fires. The record's template context is built only when a rule has a filter.
             let eligible = match &r.filter {
-                Some(_) => self.eligible_with(r, &context(record), facts),
+                Some(_) => self.eligible_with(r, &context(record, facts.dates), facts),
                 None => self.eligible_with(r, &Value::UNDEFINED, facts),
             };
             match eligible {
@@ -430,6 +416,9 @@ impl RuleSet {
             }
             body.push(v);
         }
+        // Adjustments are visible in the content (and so in `recado plan`); not logged here:
+        // the rules are pure.
+        normalise_parameters(&mut body);
         let button_url_suffix = match &t.button_url_suffix {
             Some(_) => Some(self.render(&format!("{rule}#{tag}.button"), ctx).map_err(|e| format!("button URL: {e}"))?),
             None => None,
@@ -458,28 +447,50 @@ fn add_template_spec(
     Ok(())
 }
 
-/// The template context of a record: each field by name, and all of them under `row`.
-pub fn context(record: &Record) -> Value {
-    let mut fields: BTreeMap<String, Value> = BTreeMap::new();
-    for (k, v) in &record.fields {
-        let value = match v {
-            CellValue::Empty => Value::from(""),
-            CellValue::Text(s) => Value::from(s.trim()),
-            CellValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => Value::from(*n as i64),
-            CellValue::Number(n) => Value::from(*n),
-            CellValue::Bool(b) => Value::from(*b),
-        };
-        fields.insert(k.clone(), value);
+/// Field names the rules of `source_id` refer to in their filters, templates and texts (the
+/// top-level variables; fields under `row[...]` are not seen).
+pub fn referenced_fields(rules: &[RuleConfig], source_id: &str) -> Vec<String> {
+    let env = environment();
+    let mut out: HashSet<String> = HashSet::new();
+    let mut add = |text: &str| {
+        if let Ok(t) = env.template_from_str(text) {
+            out.extend(t.undeclared_variables(false));
+        }
+    };
+    for r in rules.iter().filter(|r| r.source == source_id) {
+        if let Some(f) = &r.filter {
+            add(&format!("{{% if {f} %}}{{% endif %}}"));
+        }
+        let mut specs: Vec<&TemplateSpec> = Vec::new();
+        match &r.send {
+            SendSpec::Template(t) => specs.push(t),
+            SendSpec::Text { body, fallback } => {
+                add(body);
+                specs.extend(fallback.iter());
+            }
+        }
+        for t in specs {
+            for b in &t.body {
+                add(b);
+            }
+            if let Some(s) = &t.button_url_suffix {
+                add(s);
+            }
+        }
     }
-    let row = Value::from(fields.clone());
-    fields.insert("row".to_string(), row);
-    Value::from(fields)
+    out.remove("row");
+    let mut v: Vec<String> = out.into_iter().collect();
+    v.sort();
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::diff::FieldChange;
+    use crate::domain::CellValue;
+
+    const DATES: DateStyle = DateStyle { order: crate::schedule::DateOrder::Dmy, format: None };
 
     fn record(fields: &[(&str, &str)]) -> Record {
         Record {
@@ -494,7 +505,7 @@ mod tests {
             source: "s".into(),
             trigger,
             filter: filter.map(String::from),
-            provider: "meta".into(),
+            provider: "whatsapp".into(),
             send,
             time_zone: None,
             window: None,
@@ -522,7 +533,7 @@ mod tests {
             "s",
             change,
             rec,
-            &RecordFacts { phone: &phone, consent, gate_columns: &["Consentimiento", "Teléfono"] },
+            &RecordFacts { phone: &phone, consent, gate_columns: &["Consentimiento", "Teléfono"], dates: &DATES },
         )
     }
 
@@ -580,8 +591,13 @@ mod tests {
         let out = eval(std::slice::from_ref(&plain), &added, &rec, Some(false));
         assert_eq!(out.blocked[0].reason, "not sent: no consent");
         let set = RuleSet::compile(&[plain]).unwrap();
-        let bad: Result<PhoneNumber, PhoneError> = Err(PhoneError::Unparseable("abc".into()));
-        let out = set.evaluate("s", &added, &rec, &RecordFacts { phone: &bad, consent: None, gate_columns: &[] });
+        let bad: Result<PhoneNumber, PhoneError> = Err(PhoneError::Unparseable(crate::domain::MaskedText::new("abc")));
+        let out = set.evaluate(
+            "s",
+            &added,
+            &rec,
+            &RecordFacts { phone: &bad, consent: None, gate_columns: &[], dates: &DATES },
+        );
         assert_eq!(out.blocked[0].reason, "not sent: 'abc' is not a phone number");
     }
 
@@ -653,7 +669,7 @@ mod tests {
             defaults: &defaults,
             date_order: Default::default(),
         };
-        assert_eq!(time(None).zone_for(&r), madrid, "the default beats the spreadsheet's");
+        assert_eq!(time(None).zone_for(&r), madrid, "the default beats the source's");
         r.time_zone = Some(santiago);
         assert_eq!(time(None).zone_for(&r), santiago, "the rule's beats the default");
         assert_eq!(time(Some(mexico)).zone_for(&r), mexico, "the person's own zone beats all");
@@ -681,11 +697,40 @@ mod tests {
     }
 
     #[test]
-    fn bad_expressions_are_reported() {
-        assert!(check_expression("Curso ==").is_err());
-        assert!(check_template("{{ Nombre ").is_err());
-        assert!(check_template("{{ Fecha | dat }}").unwrap_err().contains("dat"));
-        assert!(check_template("{{ Fecha | date }} {{ ID | urlencode }}").is_ok());
-        assert!(check_expression("Curso == 'x' and Estado != ''").is_ok());
+    fn parameters_are_made_acceptable_to_whatsapp() {
+        let mut p = vec!["Av. Grecia 123\nDepto 4".to_string(), "a\tb     c".to_string(), "ok".to_string()];
+        let notes = normalise_parameters(&mut p);
+        assert_eq!(p, vec!["Av. Grecia 123 Depto 4", "a b c", "ok"]);
+        assert_eq!(notes.len(), 2);
+        let mut long = vec!["x".repeat(2000), "y".repeat(10)];
+        normalise_parameters(&mut long);
+        assert!(long.iter().map(|s| s.chars().count()).sum::<usize>() <= MAX_BODY_PARAMETER_CHARS);
+        assert!(long[0].ends_with('…'));
+        assert_eq!(long[1], "y".repeat(10), "the short one is left alone");
+    }
+
+    #[test]
+    fn a_multi_line_cell_is_sent_on_one_line() {
+        let rec = record(&[("Nombre", "Ana"), ("Dirección", "Calle 1\n\nCasa 2")]);
+        let out = eval(
+            &[rule(Trigger::RowAdded, None, tmpl(&["{{ Dirección }}"], None))],
+            &Change::Added(rec.key.clone()),
+            &rec,
+            None,
+        );
+        match &out.intents[0].content {
+            MessageContent::Template(t) => assert_eq!(t.body, vec!["Calle 1 Casa 2"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn referenced_fields_are_found() {
+        let r = rule(
+            Trigger::RowAdded,
+            Some("Curso == 'x'"),
+            tmpl(&["{{ Nombre }} {{ row['Otro'] }}"], Some("{{ ID | urlencode }}")),
+        );
+        assert_eq!(referenced_fields(&[r], "s"), vec!["Curso", "ID", "Nombre"]);
     }
 }

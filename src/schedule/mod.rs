@@ -15,6 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
+/// The largest offset a date rule may have: ten years either way.
+pub const MAX_OFFSET_DAYS: i64 = 3660;
+
 /// How far from the date a reminder fires: `-2d`, `-6w`, `+3h`, `-90m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Offset {
@@ -35,15 +38,22 @@ impl FromStr for Offset {
         };
         let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (num, unit) = rest.split_at(split);
+        if num.len() > 9 {
+            return Err(format!("offset '{s}' is far too large (at most {MAX_OFFSET_DAYS} days)"));
+        }
         let n: i64 = num.parse().map_err(|_| bad())?;
         let n = sign * n;
-        match unit {
-            "m" | "min" => Ok(Offset { days: 0, minutes: n }),
-            "h" => Ok(Offset { days: 0, minutes: n * 60 }),
-            "d" => Ok(Offset { days: n, minutes: 0 }),
-            "w" => Ok(Offset { days: n * 7, minutes: 0 }),
-            _ => Err(bad()),
+        let offset = match unit {
+            "m" | "min" => Offset { days: 0, minutes: n },
+            "h" => Offset { days: 0, minutes: n * 60 },
+            "d" => Offset { days: n, minutes: 0 },
+            "w" => Offset { days: n * 7, minutes: 0 },
+            _ => return Err(bad()),
+        };
+        if offset.days.abs() > MAX_OFFSET_DAYS || offset.minutes.abs() > MAX_OFFSET_DAYS * 1440 {
+            return Err(format!("offset '{s}' is too large (at most {MAX_OFFSET_DAYS} days)"));
         }
+        Ok(offset)
     }
 }
 
@@ -96,7 +106,7 @@ impl fmt::Display for DateValue {
     }
 }
 
-/// Google's serial dates count days from 1899-12-30; the fraction is the time of day.
+/// Serial day numbers count days from 1899-12-30; the fraction is the time of day.
 fn from_serial(n: f64) -> Option<DateValue> {
     if !n.is_finite() || !(1.0..=2_958_465.0).contains(&n) {
         return None;
@@ -108,9 +118,9 @@ fn from_serial(n: f64) -> Option<DateValue> {
     Some(DateValue { date, time })
 }
 
-/// Reads a date from a cell's canonical text: a serial number (as Sheets returns dates with
-/// `dateTimeRenderOption=SERIAL_NUMBER`), ISO `2026-11-21[ 10:30]`, or day/month/year text in
-/// `order` (`21/11/2026`, `21-11-26 10:30`, `21.11.2026`).
+/// Reads a date from a field's canonical text: a serial day number (how date fields arrive from
+/// tabular sources), ISO `2026-11-21[ 10:30]`, or day/month/year text in `order`
+/// (`21/11/2026`, `21-11-26 10:30`, `21.11.2026`).
 pub fn parse_date(text: &str, order: DateOrder) -> Result<DateValue, String> {
     let t = text.trim();
     let bad = || format!("'{t}' is not a date (expected a date cell, 2026-11-21 or 21/11/2026)");

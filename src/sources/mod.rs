@@ -1,202 +1,422 @@
-//! Sources: the systems of record recado watches, and turning their rows into records.
+//! Sources: the systems of record recado watches, behind one contract.
 //!
-//! [`read_records`] is the pure step shared by every tabular source: header names → columns,
-//! the key column → record keys, and per-row problems (blank or duplicate key, unreadable phone)
-//! → [`RowIssue`]s that are written to the row once. Vendor clients live in sub-folders.
+//! A source is a folder here (`google_sheets/`, …) with the same inner shape: its config and
+//! validation, its client, its wire types and error classification, and its emulator twin
+//! under `sandbox/`. Its vendor's URLs, JSON and error codes never leave the folder. The engine
+//! sees two closed enums:
+//!
+//! * [`Source`] — one per configured source: [`Source::probe`] for change cheaply,
+//!   [`Source::read`] its records (full or incremental), its time zone, its quota state.
+//! * [`SourceWriter`] — one per write group (the tabs of one spreadsheet share one): resolves
+//!   each [`WriteTarget`](crate::domain::WriteTarget) to wherever the record is *at write time*
+//!   and writes a batch of field updates, checks afterwards that nothing landed on the wrong
+//!   record, and says what to repair.
+//!
+//! Adding a vendor is a folder, one variant in each enum (and in `config::SourceConfig`), and
+//! the wiring in `app.rs`.
 
 pub mod google_sheets;
+mod records;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::Duration;
 
-use crate::domain::{CellValue, PhoneError, PhoneNumber, Record, RecordKey};
-use crate::store::WriteTarget;
+use serde::Deserialize;
 
-/// A tab as read: the header row and the data rows (sheet row numbers start at 2).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Table {
-    pub header: Vec<String>,
-    pub rows: Vec<Vec<CellValue>>,
-}
+pub use records::{find_field, read_records, ColumnSpec, RecordIssue, RecordsRead, Table};
 
-impl Table {
-    /// Index of a column by header: exact match first, then case-insensitive.
-    pub fn column(&self, name: &str) -> Option<usize> {
-        let name = name.trim();
-        self.header
-            .iter()
-            .position(|h| h.trim() == name)
-            .or_else(|| self.header.iter().position(|h| h.trim().to_lowercase() == name.to_lowercase()))
-    }
-}
+use crate::domain::{FieldWrite, PendingWrite, PhoneError, PhoneNumber, Record, RecordKey};
+use crate::expressions::DateStyle;
+use crate::schedule::DateOrder;
+use crate::validation::Problems;
 
-/// What the reader needs to know about a source's columns.
+/// What every source has, whatever its vendor: how records are keyed, where the phone and the
+/// consent are, what recado writes back, and how often it looks.
 #[derive(Debug, Clone)]
-pub struct ColumnSpec<'a> {
-    pub key: &'a str,
-    pub phone: &'a str,
-    /// Columns recado writes: excluded from records (our writes are not changes).
-    pub write_back: &'a [&'a str],
-    /// Columns rules refer to, which must exist.
-    pub required: &'a [&'a str],
+pub struct SourceSettings {
+    pub id: String,
+    /// The field that identifies a record (a sheet column header, a Salesforce field).
+    pub key_field: String,
+    pub phone_field: String,
+    /// Region for numbers written without a country code.
     pub default_region: phonenumber::country::Id,
+    pub consent: Option<ConsentConfig>,
+    /// A field holding each person's IANA time zone.
+    pub time_zone_field: Option<String>,
+    /// How text dates are written and how date fields are shown in messages.
+    pub dates: DateStyle,
+    pub poll_interval: Duration,
+    pub flush_interval: Duration,
+    pub first_start: FirstStart,
+    pub write_back: WriteBackFields,
+    /// The longest any one call to the vendor may take.
+    pub call_timeout: Duration,
 }
 
-/// A problem with one row, written to that row once.
+/// Whether records that exist at first start count as added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStart {
+    Baseline,
+    ProcessExisting,
+}
+
+/// The consent field and what its values mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowIssue {
-    /// Stable identity, so the same problem is reported once.
-    pub issue_key: String,
-    pub target: WriteTarget,
-    /// The record the issue belongs to (empty for rows without key).
-    pub record_key: String,
-    pub message: String,
+pub struct ConsentConfig {
+    pub field: String,
+    /// Lower-cased.
+    pub granted_values: Vec<String>,
+    pub opted_out_value: String,
 }
 
-/// A read turned into records.
-#[derive(Debug, Default)]
-pub struct RecordsRead {
-    /// Records in sheet order with their row number at read time (informational only).
-    pub records: Vec<(Record, u32)>,
-    pub phones: HashMap<RecordKey, Result<PhoneNumber, PhoneError>>,
-    pub issues: Vec<RowIssue>,
+impl ConsentConfig {
+    pub fn is_granted(&self, value: &str) -> bool {
+        let v = value.trim().to_lowercase();
+        self.granted_values.contains(&v)
+    }
 }
 
-/// Turns a table into records. Fails only when required columns are missing (nothing can be
-/// trusted then); every other problem is a [`RowIssue`] and the rest of the rows are kept.
-pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
-    let mut missing = Vec::new();
-    for name in [spec.key, spec.phone].iter().chain(spec.required.iter()) {
-        if table.column(name).is_none() && !missing.contains(&name.to_string()) {
-            missing.push(name.to_string());
-        }
-    }
-    if !missing.is_empty() {
-        return Err(missing);
-    }
-    let key_col = table.column(spec.key).unwrap_or(0);
-    let phone_col = table.column(spec.phone).unwrap_or(0);
-    let excluded: HashSet<usize> = spec.write_back.iter().filter_map(|w| table.column(w)).collect();
-    let fields: Vec<(usize, &str)> = table
-        .header
-        .iter()
-        .enumerate()
-        .filter(|(i, h)| !excluded.contains(i) && !h.trim().is_empty())
-        .map(|(i, h)| (i, h.trim()))
-        .collect();
+/// The fields recado writes. `None` means "do not write this".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBackFields {
+    pub status: Option<String>,
+    pub status_at: Option<String>,
+    pub error: Option<String>,
+    pub last_reply: Option<String>,
+    pub last_reply_at: Option<String>,
+}
 
-    let mut out = RecordsRead::default();
-    let mut first_row: HashMap<String, u32> = HashMap::new();
-    let mut duplicates: HashMap<String, Vec<u32>> = HashMap::new();
-    for (i, row) in table.rows.iter().enumerate() {
-        let row_number = i as u32 + 2;
-        let cell = |c: usize| row.get(c).cloned().unwrap_or(CellValue::Empty);
-        let content_is_empty = fields.iter().all(|(c, _)| cell(*c).is_empty());
-        if content_is_empty {
-            continue;
-        }
-        let key = cell(key_col).canonical();
-        if key.is_empty() {
-            let fingerprint =
-                crate::diff::fingerprint(&fields.iter().map(|(c, h)| (h.to_string(), cell(*c).canonical())).collect());
-            out.issues.push(RowIssue {
-                issue_key: format!("blank:{fingerprint:016x}"),
-                target: WriteTarget::BlankKeyRow(row_number),
-                record_key: String::new(),
-                message: format!("row {row_number} has no {}: recado ignores it until it has one", spec.key),
-            });
-            continue;
-        }
-        if let Some(first) = first_row.get(&key) {
-            duplicates.entry(key.clone()).or_insert_with(|| vec![*first]).push(row_number);
-            continue;
-        }
-        first_row.insert(key.clone(), row_number);
-        let record =
-            Record { key: RecordKey(key), fields: fields.iter().map(|(c, h)| (h.to_string(), cell(*c))).collect() };
-        let phone_cell = cell(phone_col);
-        let phone = PhoneNumber::parse(&phone_cell.canonical(), spec.default_region);
-        if let Err(e) = &phone {
-            out.issues.push(RowIssue {
-                issue_key: format!("phone:{}:{}", record.key, phone_cell.canonical()),
-                target: WriteTarget::Record(record.key.clone()),
-                record_key: record.key.0.clone(),
-                message: format!("invalid phone: {e}"),
-            });
-        }
-        out.phones.insert(record.key.clone(), phone);
-        out.records.push((record, row_number));
+impl WriteBackFields {
+    /// Every configured write-back field.
+    pub fn fields(&self) -> Vec<&str> {
+        [&self.status, &self.status_at, &self.error, &self.last_reply, &self.last_reply_at]
+            .into_iter()
+            .filter_map(|c| c.as_deref())
+            .collect()
     }
-    let mut dup_keys: Vec<_> = duplicates.into_iter().collect();
-    dup_keys.sort();
-    for (key, rows) in dup_keys {
-        let list: Vec<String> = rows.iter().map(u32::to_string).collect();
-        out.issues.push(RowIssue {
-            issue_key: format!("duplicate:{key}:{}", rows.len()),
-            target: WriteTarget::AllRowsWithKey(RecordKey(key.clone())),
-            record_key: key.clone(),
-            message: format!(
-                "duplicate {} '{key}' in rows {}: only the first is used; give each row its own {}",
-                spec.key,
-                list.join(", "),
-                spec.key
-            ),
+}
+
+/// `consent:` in any source's configuration, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsent {
+    /// The consent field (a sheet column header, a Salesforce field).
+    #[serde(alias = "field")]
+    pub column: String,
+    /// Values meaning yes (case-insensitive). Default: sí, si, yes, x, true, 1.
+    #[serde(default)]
+    pub granted_values: Option<Vec<String>>,
+    /// Written to the consent field when the person opts out (default `BAJA`).
+    #[serde(default)]
+    pub opted_out_value: Option<String>,
+}
+
+/// `write_back:` in any source's configuration: each entry is a field; leave one out to not
+/// write it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWriteBack {
+    /// queued / sent / delivered / read / failed / skipped.
+    pub status: Option<String>,
+    /// When the status last changed, in the source's time zone.
+    pub status_at: Option<String>,
+    /// Why a message was not sent, or what is wrong with the record.
+    pub error: Option<String>,
+    /// The person's latest reply.
+    pub last_reply: Option<String>,
+    /// When it arrived.
+    pub last_reply_at: Option<String>,
+}
+
+/// The source-neutral settings as written, whatever a vendor calls its fields.
+pub struct RawSettings {
+    pub id: String,
+    pub key_field: (String, String),
+    pub phone_field: (String, String),
+    pub default_region: Option<String>,
+    pub consent: Option<RawConsent>,
+    pub time_zone_field: Option<String>,
+    pub date_order: Option<String>,
+    pub date_format: Option<String>,
+    pub poll_interval: Option<String>,
+    pub flush_interval: Option<String>,
+    pub first_start: Option<String>,
+    pub write_back: Option<RawWriteBack>,
+    pub call_timeout: Option<String>,
+}
+
+impl SourceSettings {
+    /// Validates the source-neutral settings of the source at `path`. `key_field` and
+    /// `phone_field` carry the vendor's name for the setting (`key_column`) and its value.
+    pub fn validate(p: &mut Problems, path: &str, raw: RawSettings) -> SourceSettings {
+        let (key_name, key_field) = raw.key_field;
+        let (phone_name, phone_field) = raw.phone_field;
+        p.non_empty(&format!("{path}.{key_name}"), &key_field);
+        p.non_empty(&format!("{path}.{phone_name}"), &phone_field);
+        let default_region = p.region(&format!("{path}.default_region"), raw.default_region.as_deref());
+        let poll_interval = p.duration(
+            &format!("{path}.poll_interval"),
+            raw.poll_interval.as_deref(),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            Duration::from_secs(24 * 3600),
+        );
+        let flush_interval = p.duration(
+            &format!("{path}.flush_interval"),
+            raw.flush_interval.as_deref(),
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        );
+        let call_timeout = p.duration(
+            &format!("{path}.call_timeout"),
+            raw.call_timeout.as_deref(),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
+        let first_start = match raw.first_start.as_deref() {
+            None | Some("baseline") => FirstStart::Baseline,
+            Some("process_existing") => FirstStart::ProcessExisting,
+            Some(other) => {
+                p.push(format!("{path}.first_start"), format!("expected baseline or process_existing, got '{other}'"));
+                FirstStart::Baseline
+            }
+        };
+        let consent = raw.consent.map(|c| {
+            p.non_empty(&format!("{path}.consent.column"), &c.column);
+            ConsentConfig {
+                field: c.column,
+                granted_values: c
+                    .granted_values
+                    .unwrap_or_else(|| ["sí", "si", "yes", "x", "true", "1"].map(String::from).to_vec())
+                    .into_iter()
+                    .map(|v| v.trim().to_lowercase())
+                    .collect(),
+                opted_out_value: c.opted_out_value.unwrap_or_else(|| "BAJA".into()),
+            }
         });
+        let write_back = raw
+            .write_back
+            .map(|w| WriteBackFields {
+                status: w.status,
+                status_at: w.status_at,
+                error: w.error,
+                last_reply: w.last_reply,
+                last_reply_at: w.last_reply_at,
+            })
+            .unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        for f in write_back.fields() {
+            if f.trim().is_empty() {
+                p.push(format!("{path}.write_back"), "field names must not be empty");
+            } else if !seen.insert(f.trim().to_lowercase()) {
+                p.push(format!("{path}.write_back"), format!("'{f}' is used twice"));
+            }
+            let clash = |other: &str| !other.is_empty() && other.trim().to_lowercase() == f.trim().to_lowercase();
+            if clash(&key_field) || clash(&phone_field) {
+                p.push(
+                    format!("{path}.write_back"),
+                    format!("'{f}' is the key or phone field; recado must not overwrite it"),
+                );
+            }
+            if consent.as_ref().is_some_and(|c| clash(&c.field)) {
+                p.push(
+                    format!("{path}.write_back"),
+                    format!("'{f}' is the consent field; a person's consent is not a status"),
+                );
+            }
+        }
+        let order = match raw.date_order.as_deref().map(str::parse::<DateOrder>) {
+            None => DateOrder::Dmy,
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                p.push(format!("{path}.date_order"), e);
+                DateOrder::Dmy
+            }
+        };
+        if let Some(f) = &raw.date_format {
+            let bad = chrono::format::StrftimeItems::new(f).any(|i| matches!(i, chrono::format::Item::Error));
+            if bad || f.trim().is_empty() {
+                p.push(format!("{path}.date_format"), format!("expected a date format such as %d/%m/%Y, got '{f}'"));
+            }
+        }
+        SourceSettings {
+            id: raw.id,
+            key_field,
+            phone_field,
+            default_region,
+            consent,
+            time_zone_field: raw.time_zone_field,
+            dates: DateStyle { order, format: raw.date_format },
+            poll_interval,
+            flush_interval,
+            first_start,
+            write_back,
+            call_timeout,
+        }
     }
-    Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Why a call to a source did not work, classified so the engine knows what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The vendor's quota: a delay, never an error shown to users.
+    #[error("quota exceeded, pausing {:.1} s: {detail}", pause.as_secs_f64())]
+    RateLimited { detail: String, pause: Duration },
+    /// Network trouble or a server error: try again later.
+    #[error("unavailable, will retry: {0}")]
+    Transient(String),
+    /// The vendor did not answer in time.
+    #[error("no answer to {what} within {} s", after.as_secs())]
+    Timeout { what: String, after: Duration },
+    /// The request itself is wrong (no such tab, no permission, bad id): needs a person.
+    #[error("refused: {0}")]
+    Permanent(String),
+    /// Fields rules need are not there; the source is paused until they are.
+    #[error("fields missing: {}", .0.join(", "))]
+    MissingFields(Vec<String>),
+}
 
-    fn t(s: &str) -> CellValue {
-        if s.is_empty() {
-            CellValue::Empty
-        } else {
-            CellValue::Text(s.into())
+/// What a cheap look at a source says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// A token that moves whenever the source changes (Drive's file version); `None` when the
+    /// source cannot tell, so every poll reads.
+    pub version: Option<String>,
+}
+
+/// What a read should know besides the source's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSpec {
+    /// Fields rules cannot work without.
+    pub required: Vec<String>,
+    /// Other fields the configuration names (see [`ColumnSpec::referenced`]).
+    pub referenced: Vec<String>,
+}
+
+/// A read of a source.
+#[derive(Debug, Default)]
+pub struct SourceRead {
+    pub records: Vec<Record>,
+    pub phones: HashMap<RecordKey, Result<PhoneNumber, PhoneError>>,
+    pub issues: Vec<RecordIssue>,
+    /// Every record is here (a full read): a key absent from it was removed. An incremental
+    /// read says `false`, and removals come in `deleted`.
+    pub complete: bool,
+    pub deleted: Vec<RecordKey>,
+}
+
+/// What a write did, by index into the batch it was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Written.
+    pub done: Vec<usize>,
+    /// The record is no longer there: nothing to write to.
+    pub dropped: Vec<usize>,
+    /// The vendor refuses this one value even alone: reported once and dropped.
+    pub rejected: Vec<(usize, String)>,
+    /// Values the check after an earlier write found on the wrong record or missing: queue
+    /// them again (they are recado's own, taken from what it wrote).
+    pub repairs: Vec<FieldWrite>,
+    /// Vendor requests spent.
+    pub reads: usize,
+    pub writes: usize,
+}
+
+/// How much of its vendor quota a source is using.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Paused after the vendor said "too many requests".
+    pub paused_for: Option<Duration>,
+    /// Consecutive rate-limit answers.
+    pub strikes: u32,
+    /// The budget configured.
+    pub per_minute: u32,
+}
+
+/// A configured source, read side (closed set: one variant per vendor).
+pub enum Source {
+    GoogleSheets(google_sheets::TabReader),
+}
+
+impl Source {
+    pub fn settings(&self) -> &SourceSettings {
+        match self {
+            Source::GoogleSheets(s) => s.settings(),
         }
     }
 
-    fn table() -> Table {
-        Table {
-            header: vec!["ID".into(), "Nombre".into(), "Teléfono".into(), "Estado WhatsApp".into()],
-            rows: vec![
-                vec![t("1"), t("Ana"), t("+56 9 8765 4321"), t("read")],
-                vec![t(""), t("Sin ID"), t("+56 9 1111 1111")],
-                vec![t("2"), t("Beto"), t("no tengo")],
-                vec![],
-                vec![t("1"), t("Ana bis"), t("+56 9 2222 2222")],
-                vec![CellValue::Number(3.0), t("Caro"), CellValue::Number(56987654321.0)],
-            ],
+    pub fn id(&self) -> &str {
+        &self.settings().id
+    }
+
+    /// A cheap look: has anything changed since the version last read?
+    pub async fn probe(&self) -> Result<Probe, SourceError> {
+        match self {
+            Source::GoogleSheets(s) => s.probe().await,
         }
     }
 
-    fn spec<'a>(required: &'a [&'a str]) -> ColumnSpec<'a> {
-        ColumnSpec {
-            key: "ID",
-            phone: "teléfono",
-            write_back: &["Estado WhatsApp"],
-            required,
-            default_region: phonenumber::country::Id::CL,
+    /// The time zone dates in the source are written in (IANA name).
+    pub async fn time_zone(&self) -> Result<String, SourceError> {
+        match self {
+            Source::GoogleSheets(s) => s.time_zone().await,
         }
     }
 
-    #[test]
-    fn records_and_issues() {
-        let read = read_records(&table(), &spec(&[])).unwrap();
-        let keys: Vec<(&str, u32)> = read.records.iter().map(|(r, n)| (r.key.0.as_str(), *n)).collect();
-        assert_eq!(keys, vec![("1", 2), ("2", 4), ("3", 7)]);
-        assert!(!read.records[0].0.fields.contains_key("Estado WhatsApp"), "write-back columns are not fields");
-        assert_eq!(read.phones[&RecordKey("3".into())].as_ref().unwrap().as_str(), "+56987654321");
-        let kinds: Vec<&str> = read.issues.iter().map(|i| i.issue_key.split(':').next().unwrap()).collect();
-        assert_eq!(kinds, vec!["blank", "phone", "duplicate"]);
-        assert_eq!(read.issues[0].target, WriteTarget::BlankKeyRow(3));
-        assert!(read.issues[2].message.contains("rows 2, 6"), "{}", read.issues[2].message);
+    /// Reads the records. CPU-heavy conversion runs off the async runtime.
+    pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {
+        match self {
+            Source::GoogleSheets(s) => s.read(spec).await,
+        }
     }
 
-    #[test]
-    fn missing_columns_are_all_named() {
-        let err = read_records(&table(), &spec(&["Curso", "Mentor"])).unwrap_err();
-        assert_eq!(err, vec!["Curso".to_string(), "Mentor".to_string()]);
+    pub fn quota(&self) -> QuotaState {
+        match self {
+            Source::GoogleSheets(s) => s.quota(),
+        }
+    }
+}
+
+/// A configured write group, write side (closed set: one variant per vendor).
+pub enum SourceWriter {
+    GoogleSheets(google_sheets::SheetWriter),
+}
+
+impl SourceWriter {
+    /// For logs: which vendor object this writer writes to.
+    pub fn label(&self) -> String {
+        match self {
+            SourceWriter::GoogleSheets(w) => w.label(),
+        }
+    }
+
+    /// The sources whose write-back this writer carries.
+    pub fn source_ids(&self) -> Vec<String> {
+        match self {
+            SourceWriter::GoogleSheets(w) => w.source_ids(),
+        }
+    }
+
+    /// How long queued writes may wait to be batched.
+    pub fn flush_interval(&self) -> Duration {
+        match self {
+            SourceWriter::GoogleSheets(w) => w.flush_interval(),
+        }
+    }
+
+    /// Writes a batch; an empty batch only runs the check of the previous write, if one is due.
+    pub async fn write(&self, batch: &[PendingWrite]) -> Result<WriteReport, SourceError> {
+        match self {
+            SourceWriter::GoogleSheets(w) => w.write(batch).await,
+        }
+    }
+
+    /// A previous write still has to be checked (even when nothing new is queued).
+    pub fn needs_check(&self) -> bool {
+        match self {
+            SourceWriter::GoogleSheets(w) => w.needs_check(),
+        }
     }
 }

@@ -105,7 +105,7 @@ defaults:
         "providers[0].api_version",
         "providers[0].messages_per_second",
         "providers[1].type",
-        "sources[0]",
+        "sources[0].colour",
         "rules[0].source",
         "rules[0].template.body[0]",
         "rules[1].when.changed",

@@ -272,11 +272,11 @@ async fn a_reply_from_a_whatsapp_id_that_differs_from_the_number_reaches_the_row
     h.wait_cell("90", "Última respuesta", "obrigado").await;
     let m = &h.messages().await[0];
     assert_eq!(m.phone.as_str(), "+5511987654321");
-    assert_eq!(m.wa_id.as_deref(), Some("551187654321"));
+    assert_eq!(m.recipient_id.as_deref(), Some("551187654321"));
     let mut c = h.store().conn().await.unwrap();
-    let contact = recado::store::contact(&mut c, "+5511987654321").await.unwrap().unwrap();
+    let contact = recado::store::contact_by_user_id(&mut c, "551187654321").await.unwrap().unwrap();
     drop(c);
-    assert_eq!(contact.wa_id.as_deref(), Some("551187654321"));
+    assert_eq!(contact.phone, "+5511987654321");
     assert!(contact.last_inbound_at.is_some(), "the window is tracked for the number we send to");
     h.stop().await;
 }

@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use recado::config::SourceConfig;
+use recado::domain::{FieldWrite, RecordKey, WriteTarget};
 use recado::engine::flusher::Flusher;
-use recado::engine::EngineCtx;
+use recado::engine::{Clock, EngineCtx};
 use recado::rules::RuleSet;
 use recado::sandbox::google::Kind;
 use recado::sandbox::GoogleFault;
-use recado::sources::google_sheets::{Budget, GoogleSheets};
-use recado::store::{self, CellWrite, Store, WriteTarget};
+use recado::store::{self, Store};
 
 use crate::harness::{row, settle, Harness, SHEET, TAB};
 
@@ -49,21 +48,24 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     let n = 5000u32;
     let h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
     let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
-    let SourceConfig::GoogleSheets(g) = config.sources[0].clone();
     let store = Store::open(&h.state_path()).await.unwrap();
     let rules = Arc::new(RuleSet::compile(&config.rules).unwrap());
-    let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules);
-    let client =
-        GoogleSheets::connect(&g, recado::app::http_client().unwrap(), Arc::new(Budget::new(5000))).await.unwrap();
+    let (sources, writers) = recado::app::connect_sources(&config, &recado::app::http_client().unwrap()).unwrap();
+    // As in the daemon, the poller has looked at the tab before the first flush.
+    sources[0].time_zone().await.unwrap();
+    sources[0].read(&recado::sources::ReadSpec::default()).await.unwrap();
+    let source_id = config.sources[0].id().to_string();
+    let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
+    let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules, Arc::new(Clock::system()), &groups);
 
     // Each record gets several updates; only the last one per cell may be written.
     let mut tx = store.begin().await.unwrap();
     for state in ["sent", "delivered", "read"] {
-        let writes: Vec<CellWrite> = (1..=n)
-            .map(|i| CellWrite {
-                source_id: g.id.clone(),
-                target: WriteTarget::Record(recado::domain::RecordKey(i.to_string())),
-                column: "Estado WhatsApp".into(),
+        let writes: Vec<FieldWrite> = (1..=n)
+            .map(|i| FieldWrite {
+                source_id: source_id.clone(),
+                target: WriteTarget::Record(RecordKey(i.to_string())),
+                field: "Estado WhatsApp".into(),
                 value: format!("{state} {i}"),
             })
             .collect();
@@ -74,9 +76,9 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     assert!(h.sandbox.google().sort_by(SHEET, TAB, "Nombre", true));
     h.sandbox.google().reset_counts();
 
-    let flusher = Flusher::new(vec![g], client, ctx);
+    let flusher = Flusher::new(Arc::clone(&writers[0]), ctx);
     let report = flusher.flush_once().await.unwrap();
-    assert_eq!(report.cells, n as usize);
+    assert_eq!(report.done.len(), n as usize);
     let counts = h.sandbox.google().counts();
     assert_eq!(counts.get(Kind::ValuesBatchGet.name()).copied(), Some(1), "{counts:?}");
     assert_eq!(counts.get(Kind::ValuesBatchUpdate.name()).copied(), Some(1), "{counts:?}");
@@ -89,9 +91,15 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     }
     let mut c = store.conn().await.unwrap();
     assert_eq!(store::pending_write_count(&mut c).await.unwrap(), 0);
-    // Nothing left: the next flush costs nothing.
+    // Nothing left: the next flush only checks the previous write (one read, nothing to
+    // repair), and the one after costs nothing.
     drop(c);
     h.sandbox.google().reset_counts();
-    assert_eq!(flusher.flush_once().await.unwrap().cells, 0);
+    let check = flusher.flush_once().await.unwrap();
+    assert!(check.done.is_empty() && check.repairs.is_empty(), "{check:?}");
+    assert_eq!(h.sandbox.google().counts().get(Kind::ValuesBatchGet.name()).copied(), Some(1));
+    assert_eq!(h.sandbox.google().counts().get(Kind::ValuesBatchUpdate.name()).copied(), None);
+    h.sandbox.google().reset_counts();
+    assert!(flusher.flush_once().await.unwrap().done.is_empty());
     assert!(h.sandbox.google().counts().is_empty());
 }

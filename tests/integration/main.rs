@@ -3,6 +3,8 @@
 
 mod harness;
 
+mod boundaries;
+
 mod config_files;
 mod delivery;
 mod economy;

@@ -226,7 +226,7 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
     .await
     .unwrap();
     for i in 1..=n / 2 {
-        let intent = recado::rules::Intent {
+        let intent = recado::domain::Intent {
             rule_id: "trimestral".into(),
             source_id: "inscripciones".into(),
             record_key: RecordKey(i.to_string()),

@@ -55,7 +55,7 @@ async fn unsigned_and_mis_signed_webhooks_are_refused_with_no_effect() {
     assert_eq!(r.status(), 413, "body limit");
 
     let mut c = h.store().conn().await.unwrap();
-    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_inbox").fetch_one(&mut *c).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks").fetch_one(&mut *c).await.unwrap();
     assert_eq!(stored, 0, "nothing refused was stored");
     drop(c);
 
@@ -70,9 +70,9 @@ async fn unsigned_and_mis_signed_webhooks_are_refused_with_no_effect() {
     assert_eq!(r.status(), 200);
     settle().await;
     let mut c = h.store().conn().await.unwrap();
-    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_inbox").fetch_one(&mut *c).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks").fetch_one(&mut *c).await.unwrap();
     assert_eq!(stored, 1);
-    assert_eq!(store::pending_inbox_count(&mut c).await.unwrap(), 0, "processed");
+    assert_eq!(store::pending_webhook_count(&mut c).await.unwrap(), 0, "processed");
     drop(c);
     h.stop().await;
 }

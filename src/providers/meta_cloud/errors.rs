@@ -1,4 +1,5 @@
-//! Meta error codes → what to do about them (see the reference's error table).
+//! Meta error codes → what to do about them, for synchronous answers and for errors reported
+//! later in `failed` status webhooks alike (see the reference's error table).
 
 use std::time::Duration;
 
@@ -33,8 +34,9 @@ struct ErrorData {
 /// has no code.
 pub fn classify(http_status: u16, body: &[u8]) -> SendError {
     let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
-        let snippet = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
-        return if http_status >= 500 || http_status == 429 {
+        let snippet: String =
+            String::from_utf8_lossy(&body[..body.len().min(200)]).split_whitespace().collect::<Vec<_>>().join(" ");
+        return if http_status >= 500 || http_status == 429 || http_status == 408 {
             SendError::Retry { reason: format!("Meta answered HTTP {http_status}: {snippet}") }
         } else {
             SendError::Permanent {
@@ -53,7 +55,8 @@ pub fn classify(http_status: u16, body: &[u8]) -> SendError {
     classify_code(code, http_status, error)
 }
 
-/// Classification of an error code, shared by synchronous answers and failed-status webhooks.
+/// Classification of an error code, shared by synchronous answers and failed-status webhooks
+/// (`http_status` 0 for those).
 pub fn classify_code(code: i64, http_status: u16, error: ProviderError) -> SendError {
     let reason = error.describe();
     match code {
@@ -61,12 +64,15 @@ pub fn classify_code(code: i64, http_status: u16, error: ProviderError) -> SendE
         4 | 80007 | 130429 => {
             SendError::Throttled { reason, pause: Duration::from_secs(if code == 80007 { 60 } else { 2 }) }
         }
+        // Meta restricts a number whose messages people block or report: slow right down.
+        131048 => SendError::Throttled { reason, pause: Duration::from_secs(300) },
         131056 => SendError::PairRate { reason },
         131047 => SendError::WindowClosed { error },
         // Transient server-side trouble.
         1 | 2 | 131000 | 131016 => SendError::Retry { reason },
-        // Credentials: nothing is wrong with the message; pause and alert.
-        0 | 190 => SendError::Unavailable { reason },
+        // Credentials, permissions, a locked or restricted account: nothing is wrong with the
+        // message; pause and alert.
+        0 | 10 | 190 | 368 | 131031 | 200..=299 => SendError::Unavailable { reason },
         _ if http_status >= 500 => SendError::Retry { reason },
         _ => SendError::Permanent { error },
     }
@@ -108,5 +114,15 @@ mod tests {
         }
         assert!(matches!(classify(503, b"<html>"), SendError::Retry { .. }));
         assert!(matches!(classify(400, b"nope"), SendError::Permanent { .. }));
+    }
+
+    #[test]
+    fn asynchronous_failures_are_classified_like_synchronous_ones() {
+        let e = |code| ProviderError { code, title: "t".into(), details: None };
+        assert!(matches!(classify_code(131047, 0, e(131047)), SendError::WindowClosed { .. }));
+        assert!(matches!(classify_code(130429, 0, e(130429)), SendError::Throttled { .. }));
+        assert!(matches!(classify_code(131056, 0, e(131056)), SendError::PairRate { .. }));
+        assert!(matches!(classify_code(131026, 0, e(131026)), SendError::Permanent { .. }));
+        assert!(matches!(classify_code(131000, 0, e(131000)), SendError::Retry { .. }));
     }
 }

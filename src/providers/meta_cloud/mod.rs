@@ -1,18 +1,34 @@
 //! Meta WhatsApp Cloud API: `POST /{version}/{phone_number_id}/messages`.
 //!
-//! Builds the vendor's JSON from [`MessageContent`], reads `messages[0].id` and
-//! `contacts[0].wa_id` from the answer, and classifies errors by Meta's error `code`
-//! ([`errors::classify`]), never by HTTP status alone.
+//! * [`config`] — `type: meta_cloud` in YAML and its validation.
+//! * this module — builds Meta's JSON from [`MessageContent`], reads `messages[0].id` and the
+//!   recipient's ids from the answer; every call has a timeout.
+//! * [`errors`] — Meta's error `code` → what to do, for synchronous answers and failed-status
+//!   webhooks alike.
+//! * [`webhook`] — the `hub.*` handshake, `X-Hub-Signature-256` over the raw body, and
+//!   tolerant parsing of deliveries.
+//!
+//! Meta has no API to look a sent message up, so a send whose answer was lost is reconciled
+//! from the status webhooks Meta retries for days: every send carries our outbox id in
+//! `biz_opaque_callback_data`, which the webhooks echo.
 
+pub mod config;
 pub mod errors;
 pub mod webhook;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Accepted, SendError};
-use crate::config::MetaCloudConfig;
+pub use config::MetaCloudConfig;
+
+use super::{
+    Accepted, Acknowledgement, Handshake, InDoubtSend, ProviderSettings, Reconciliation, SendError, WebhookRejection,
+    WebhookRequest,
+};
 use crate::domain::{MessageContent, PhoneNumber};
+
+/// Meta expects a plain 200 with any body.
+pub const ACKNOWLEDGEMENT: Acknowledgement = Acknowledgement { content_type: "text/plain; charset=utf-8", body: "" };
 
 /// A Meta Cloud API sender.
 #[derive(Clone)]
@@ -32,7 +48,10 @@ struct SendResponse {
 
 #[derive(Deserialize)]
 struct SendContact {
+    #[serde(default)]
     wa_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -46,8 +65,8 @@ impl MetaCloud {
         Self { config, http, url }
     }
 
-    pub fn config(&self) -> &MetaCloudConfig {
-        &self.config
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.config.settings
     }
 
     pub async fn send(
@@ -57,23 +76,31 @@ impl MetaCloud {
         callback_data: &str,
     ) -> Result<Accepted, SendError> {
         let body = request_body(to, content, callback_data);
-        let response =
-            self.http.post(&self.url).bearer_auth(self.config.access_token.expose()).json(&body).send().await.map_err(
-                |e| {
-                    // A refused or failed connection never reached Meta: safe to retry. Anything
-                    // after the request was written may have been accepted.
-                    if e.is_connect() {
-                        SendError::Retry { reason: format!("cannot reach Meta: {e}") }
-                    } else {
-                        SendError::InDoubt { reason: format!("no answer from Meta: {e}") }
-                    }
-                },
-            )?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
+        let timeout = self.config.settings.call_timeout;
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(self.config.access_token.expose())
+            .json(&body)
+            .timeout(timeout)
+            .send()
             .await
-            .map_err(|e| SendError::InDoubt { reason: format!("answer from Meta cut short: {e}") })?;
+            .map_err(|e| {
+                // A refused connection never reached Meta: safe to retry. Anything after the
+                // request was written (a timeout included) may have been accepted.
+                if e.is_connect() {
+                    SendError::Retry { reason: format!("cannot reach Meta: {}", reason(&e)) }
+                } else if e.is_timeout() {
+                    SendError::InDoubt { reason: format!("no answer from Meta within {} s", timeout.as_secs()) }
+                } else {
+                    SendError::InDoubt { reason: format!("no answer from Meta: {}", reason(&e)) }
+                }
+            })?;
+        let status = response.status();
+        let bytes = tokio::time::timeout(timeout, response.bytes())
+            .await
+            .map_err(|_| SendError::InDoubt { reason: "the answer from Meta did not finish in time".into() })?
+            .map_err(|e| SendError::InDoubt { reason: format!("answer from Meta cut short: {}", reason(&e)) })?;
         if status.is_success() {
             let parsed: SendResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| SendError::InDoubt { reason: format!("unreadable answer from Meta: {e}") })?;
@@ -83,13 +110,66 @@ impl MetaCloud {
                 .next()
                 .map(|m| m.id)
                 .ok_or_else(|| SendError::InDoubt { reason: "Meta answered without a message id".into() })?;
-            return Ok(Accepted {
-                provider_message_id: id,
-                recipient_id: parsed.contacts.into_iter().next().and_then(|c| c.wa_id),
-            });
+            let recipient_ids = parsed
+                .contacts
+                .into_iter()
+                .next()
+                .map(|c| c.user_id.into_iter().chain(c.wa_id).collect())
+                .unwrap_or_default();
+            return Ok(Accepted { provider_message_id: id, recipient_ids });
         }
         Err(errors::classify(status.as_u16(), &bytes))
     }
+
+    pub fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookRejection> {
+        let header = request.headers.get(webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+        webhook::verify_signature(self.config.app_secret.expose(), request.body, header).map_err(|e| match e {
+            webhook::SignatureError::Missing => WebhookRejection::Unsigned(e.to_string()),
+            _ => WebhookRejection::Forged(e.to_string()),
+        })
+    }
+
+    pub fn handshake(&self, query: &str) -> Handshake {
+        let pairs: Vec<(String, String)> = url_pairs(query);
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        match webhook::verify_subscription(
+            get("hub.mode"),
+            get("hub.verify_token"),
+            get("hub.challenge"),
+            self.config.verify_token.expose(),
+        ) {
+            Some(challenge) => Handshake::Accepted(challenge.to_string()),
+            None => Handshake::Refused,
+        }
+    }
+
+    /// Meta cannot be asked about a message: its status webhooks (retried for days) are the
+    /// only source, so the answer is always "wait".
+    pub async fn reconcile(&self, _send: &InDoubtSend) -> Reconciliation {
+        Reconciliation::Unknown
+    }
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().to_string();
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// A reqwest error without its URL (which names the phone number id).
+fn reason(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "Meta");
+    }
+    text
 }
 
 /// The JSON body Meta expects for `content`.
@@ -144,5 +224,17 @@ mod tests {
         assert_eq!(b["template"]["components"][0]["parameters"][0]["text"], "Ana");
         assert_eq!(b["template"]["components"][1]["sub_type"], "url");
         assert_eq!(b["template"]["language"]["code"], "es");
+    }
+
+    #[test]
+    fn handshake_query() {
+        assert_eq!(
+            url_pairs("hub.mode=subscribe&hub.verify_token=a%20b&hub.challenge=1"),
+            vec![
+                ("hub.mode".into(), "subscribe".into()),
+                ("hub.verify_token".into(), "a b".into()),
+                ("hub.challenge".into(), "1".into())
+            ]
+        );
     }
 }

@@ -1,11 +1,13 @@
-//! Meta webhooks: the GET verification handshake, `X-Hub-Signature-256` verification over the
-//! raw body, and parsing of status and message notifications into [`ProviderEvent`]s.
+//! Meta webhooks: the GET verification handshake (`hub.mode`, `hub.verify_token`,
+//! `hub.challenge`), `X-Hub-Signature-256` verification over the raw body, and tolerant parsing
+//! of status and message notifications into [`ProviderEvent`]s.
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde_json::Value;
 use sha2::Sha256;
 
-use crate::domain::{InboundKind, MessageState, ProviderError, ProviderEvent};
+use crate::domain::{InboundKind, MessageState, PhoneNumber, ProviderError, ProviderEvent, Sender};
+use crate::providers::ParsedWebhook;
 
 /// The header Meta signs deliveries with.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -24,9 +26,12 @@ pub fn verify_subscription<'a>(
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Compare HMACs of both sides: equal length, constant time, no length leak.
     let mac = |x: &[u8]| {
-        let mut m = Hmac::<Sha256>::new_from_slice(b"recado-compare").expect("any key length is valid for HMAC");
+        // HMAC accepts keys of any length; this key is fixed and non-empty.
+        let Ok(mut m) = Hmac::<Sha256>::new_from_slice(b"recado-compare") else { return [0u8; 32] };
         m.update(x);
-        m.finalize().into_bytes()
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&m.finalize().into_bytes());
+        out
     };
     let (ma, mb) = (mac(a), mac(b));
     ma.iter().zip(mb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -55,227 +60,149 @@ pub fn verify_signature(app_secret: &str, body: &[u8], header: Option<&str>) -> 
 
 /// `sha256=<hex>` for a body (used by the sandbox to sign what it sends).
 pub fn sign(app_secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("any key length is valid for HMAC");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    object: String,
-    #[serde(default)]
-    entry: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    #[serde(default)]
-    changes: Vec<ChangeItem>,
-}
-
-#[derive(Deserialize)]
-struct ChangeItem {
-    #[serde(default)]
-    field: String,
-    #[serde(default)]
-    value: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Value {
-    #[serde(default)]
-    contacts: Vec<Contact>,
-    #[serde(default)]
-    messages: Vec<Message>,
-    #[serde(default)]
-    statuses: Vec<Status>,
-}
-
-#[derive(Deserialize)]
-struct Contact {
-    #[serde(default)]
-    wa_id: Option<String>,
-    #[serde(default)]
-    profile: Option<Profile>,
-}
-
-#[derive(Deserialize)]
-struct Profile {
-    #[serde(default)]
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    id: String,
-    from: String,
-    #[serde(default)]
-    timestamp: Option<StringOrNumber>,
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    context: Option<Context>,
-    #[serde(default)]
-    text: Option<Text>,
-    #[serde(default)]
-    button: Option<Button>,
-    #[serde(default)]
-    interactive: Option<Interactive>,
-}
-
-#[derive(Deserialize)]
-struct Context {
-    #[serde(default)]
-    id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Text {
-    body: String,
-}
-
-#[derive(Deserialize)]
-struct Button {
-    #[serde(default)]
-    payload: String,
-    #[serde(default)]
-    text: String,
-}
-
-#[derive(Deserialize)]
-struct Interactive {
-    #[serde(default)]
-    button_reply: Option<Reply>,
-    #[serde(default)]
-    list_reply: Option<Reply>,
-}
-
-#[derive(Deserialize)]
-struct Reply {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    title: String,
-}
-
-#[derive(Deserialize)]
-struct Status {
-    id: String,
-    status: String,
-    #[serde(default)]
-    timestamp: Option<StringOrNumber>,
-    #[serde(default)]
-    recipient_id: Option<String>,
-    #[serde(default)]
-    biz_opaque_callback_data: Option<String>,
-    #[serde(default)]
-    errors: Vec<StatusError>,
-}
-
-#[derive(Deserialize)]
-struct StatusError {
-    code: i64,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    error_data: Option<ErrorData>,
-}
-
-#[derive(Deserialize)]
-struct ErrorData {
-    #[serde(default)]
-    details: Option<String>,
-}
-
-/// Meta sends timestamps as strings; some payloads carry numbers.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StringOrNumber {
-    S(String),
-    N(i64),
-}
-
-impl StringOrNumber {
-    fn secs(&self) -> i64 {
-        match self {
-            StringOrNumber::S(s) => s.parse().unwrap_or(0),
-            StringOrNumber::N(n) => *n,
+    match Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(body);
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
         }
+        // Unreachable: HMAC takes keys of any length.
+        Err(_) => String::new(),
     }
 }
 
-/// Parses a (verified) delivery. Unknown fields and change types are ignored; statuses that
-/// are not part of a message's life (`played`, `deleted`, …) are dropped.
-pub fn parse(body: &[u8]) -> Result<Vec<ProviderEvent>, String> {
-    let env: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a Meta webhook: {e}"))?;
-    if env.object != "whatsapp_business_account" {
-        return Err(format!("unexpected object '{}'", env.object));
+/// Parses a (verified) delivery. Tolerant, as Meta's format grows: unknown fields and change
+/// types are ignored, statuses that are not part of a message's life (`played`, …) are
+/// dropped, a message without a visible phone number (a user with a username) is kept with
+/// the ids it has, and one unreadable item never drops the others (it is reported in
+/// `problems`).
+pub fn parse(body: &[u8]) -> Result<ParsedWebhook, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not a Meta webhook (not JSON: {e})"))?;
+    match v.get("object").and_then(Value::as_str) {
+        Some("whatsapp_business_account") => {}
+        Some(other) => return Err(format!("unexpected object '{other}'")),
+        None => return Err("not a Meta webhook (no object)".into()),
     }
-    let mut events = Vec::new();
-    for change in env.entry.into_iter().flat_map(|e| e.changes) {
-        let Some(value) = change.value else { continue };
-        if change.field != "messages" {
-            continue;
-        }
-        let profile_of = |wa: &str| {
-            value
-                .contacts
-                .iter()
-                .find(|c| c.wa_id.as_deref() == Some(wa))
-                .and_then(|c| c.profile.as_ref())
-                .and_then(|p| p.name.clone())
-        };
-        for s in &value.statuses {
-            let status = match s.status.as_str() {
-                "sent" => MessageState::Sent,
-                "delivered" => MessageState::Delivered,
-                "read" => MessageState::Read,
-                "failed" => MessageState::Failed,
-                _ => continue,
-            };
-            let error = s.errors.first().map(|e| ProviderError {
-                code: e.code,
-                title: e.title.clone().or_else(|| e.message.clone()).unwrap_or_else(|| "error".into()),
-                details: e.error_data.as_ref().and_then(|d| d.details.clone()),
-            });
-            events.push(ProviderEvent::Status {
-                provider_message_id: s.id.clone(),
-                status,
-                timestamp: s.timestamp.as_ref().map(StringOrNumber::secs).unwrap_or(0),
-                recipient_id: s.recipient_id.clone(),
-                callback_data: s.biz_opaque_callback_data.clone(),
-                error,
-            });
-        }
-        for m in &value.messages {
-            let kind = match m.kind.as_str() {
-                "text" => InboundKind::Text { body: m.text.as_ref().map(|t| t.body.clone()).unwrap_or_default() },
-                "button" => match &m.button {
-                    Some(b) => InboundKind::Button { payload: b.payload.clone(), text: b.text.clone() },
-                    None => InboundKind::Other { message_type: "button".into() },
-                },
-                "interactive" => {
-                    match m.interactive.as_ref().and_then(|i| i.button_reply.as_ref().or(i.list_reply.as_ref())) {
-                        Some(r) => InboundKind::Interactive { id: r.id.clone(), title: r.title.clone() },
-                        None => InboundKind::Other { message_type: "interactive".into() },
-                    }
+    let mut out = ParsedWebhook::default();
+    for (ei, entry) in list(&v["entry"]).iter().enumerate() {
+        for (ci, change) in list(&entry["changes"]).iter().enumerate() {
+            if change["field"].as_str() != Some("messages") {
+                continue;
+            }
+            let value = &change["value"];
+            let contacts = list(&value["contacts"]);
+            for (si, s) in list(&value["statuses"]).iter().enumerate() {
+                match status_event(s) {
+                    Ok(Some(ev)) => out.events.push(ev),
+                    Ok(None) => {}
+                    Err(e) => out.problems.push(format!("entry[{ei}].changes[{ci}].statuses[{si}]: {e}")),
                 }
-                other => InboundKind::Other { message_type: other.to_string() },
-            };
-            events.push(ProviderEvent::Inbound {
-                provider_message_id: m.id.clone(),
-                from: m.from.clone(),
-                profile_name: profile_of(&m.from),
-                timestamp: m.timestamp.as_ref().map(StringOrNumber::secs).unwrap_or(0),
-                context_message_id: m.context.as_ref().and_then(|c| c.id.clone()),
-                kind,
-            });
+            }
+            for (mi, m) in list(&value["messages"]).iter().enumerate() {
+                match message_event(m, &contacts) {
+                    Ok(ev) => out.events.push(ev),
+                    Err(e) => out.problems.push(format!("entry[{ei}].changes[{ci}].messages[{mi}]: {e}")),
+                }
+            }
         }
     }
-    Ok(events)
+    Ok(out)
+}
+
+fn list(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Meta sends timestamps as strings of Unix seconds; some payloads carry numbers.
+fn seconds(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.trim().parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A WhatsApp id (digits of an E.164 number) as a phone number, when it is one.
+fn phone_of(wa_id: &str) -> Option<PhoneNumber> {
+    let ok = (7..=15).contains(&wa_id.len()) && wa_id.chars().all(|c| c.is_ascii_digit());
+    ok.then(|| PhoneNumber::from_e164_unchecked(format!("+{wa_id}")))
+}
+
+fn status_event(s: &Value) -> Result<Option<ProviderEvent>, String> {
+    let id = text(&s["id"]).ok_or("status without id")?;
+    let status = match s["status"].as_str().ok_or("status without status")? {
+        "sent" => MessageState::Sent,
+        "delivered" => MessageState::Delivered,
+        "read" => MessageState::Read,
+        "failed" => MessageState::Failed,
+        _ => return Ok(None),
+    };
+    let error = list(&s["errors"]).first().map(|e| ProviderError {
+        code: e["code"].as_i64().unwrap_or(0),
+        title: text(&e["title"]).or_else(|| text(&e["message"])).unwrap_or_else(|| "error".into()),
+        details: text(&e["error_data"]["details"]),
+    });
+    // Business-scoped ids first: they outlive a change of number.
+    let recipient_ids: Vec<String> =
+        ["recipient_user_id", "recipient_id"].iter().filter_map(|k| text(&s[*k])).collect();
+    Ok(Some(ProviderEvent::Status {
+        provider_message_id: id,
+        status,
+        timestamp: seconds(&s["timestamp"]),
+        recipient_ids,
+        callback_data: text(&s["biz_opaque_callback_data"]),
+        error,
+    }))
+}
+
+fn message_event(m: &Value, contacts: &[Value]) -> Result<ProviderEvent, String> {
+    let id = text(&m["id"]).ok_or("message without id")?;
+    let from = text(&m["from"]);
+    let from_user = text(&m["from_user_id"]);
+    if from.is_none() && from_user.is_none() {
+        return Err("message without a sender (neither from nor from_user_id)".into());
+    }
+    let contact = contacts.iter().find(|c| {
+        (from.is_some() && text(&c["wa_id"]) == from) || (from_user.is_some() && text(&c["user_id"]) == from_user)
+    });
+    let kind = match m["type"].as_str().unwrap_or("") {
+        "text" => InboundKind::Text { body: text(&m["text"]["body"]).unwrap_or_default() },
+        "button" => InboundKind::Button {
+            payload: text(&m["button"]["payload"]).unwrap_or_default(),
+            text: text(&m["button"]["text"]).unwrap_or_default(),
+        },
+        "interactive" => {
+            let reply = if m["interactive"]["button_reply"].is_object() {
+                &m["interactive"]["button_reply"]
+            } else {
+                &m["interactive"]["list_reply"]
+            };
+            match (text(&reply["id"]), text(&reply["title"])) {
+                (Some(id), title) => InboundKind::Interactive { id, title: title.unwrap_or_default() },
+                (None, _) => InboundKind::Other { message_type: "interactive".into() },
+            }
+        }
+        "" => InboundKind::Other { message_type: "unknown".into() },
+        other => InboundKind::Other { message_type: other.to_string() },
+    };
+    Ok(ProviderEvent::Inbound {
+        provider_message_id: id,
+        from: Sender {
+            phone: from.as_deref().and_then(phone_of),
+            user_ids: from_user.into_iter().chain(from).collect(),
+        },
+        profile_name: contact.and_then(|c| text(&c["profile"]["name"])),
+        timestamp: seconds(&m["timestamp"]),
+        context_message_id: text(&m["context"]["id"]),
+        kind,
+    })
 }
 
 #[cfg(test)]
@@ -316,13 +243,16 @@ mod tests {
 
     #[test]
     fn parses_the_published_text_message() {
-        let events = parse(PYWA_BODY.as_bytes()).unwrap();
+        let events = parse(PYWA_BODY.as_bytes()).unwrap().events;
         assert_eq!(
             events,
             vec![ProviderEvent::Inbound {
                 provider_message_id: "wamid.HBgMOTcyNTQ0NDAxMjQzFQIAEhggM0RFQTNCMEEwRTY3QzUwODYzMDc4NjQ4QzM4ODAxM0YA"
                     .into(),
-                from: "972544401243".into(),
+                from: Sender {
+                    phone: Some(PhoneNumber::from_e164_unchecked("+972544401243")),
+                    user_ids: vec!["972544401243".into()]
+                },
                 profile_name: Some("PyWa Tests".into()),
                 timestamp: 1730231903,
                 context_message_id: None,
@@ -342,7 +272,7 @@ mod tests {
             {"id":"wamid.C","status":"played","timestamp":"1"}],
           "messages":[{"context":{"from":"1","id":"wamid.A"},"from":"56912345678","id":"wamid.R","timestamp":"1698269027","type":"button","button":{"payload":"si","text":"Sí"}}]
         }}]}]}"#;
-        let events = parse(body.as_bytes()).unwrap();
+        let events = parse(body.as_bytes()).unwrap().events;
         assert_eq!(events.len(), 3);
         assert!(
             matches!(&events[0], ProviderEvent::Status { status: MessageState::Read, callback_data: Some(c), .. } if c == "42")
@@ -359,6 +289,39 @@ mod tests {
         );
         assert!(parse(b"{}").is_err());
         assert!(parse(b"not json").is_err());
+    }
+
+    /// Meta's own example of a message from a user with a username and no visible number
+    /// (Business-scoped user IDs page, 2026), next to an ordinary status and a broken item.
+    #[test]
+    fn a_user_without_a_visible_number_and_a_broken_item_drop_nothing_else() {
+        let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+          "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":"2"},
+          "contacts":[{"profile":{"name":"Sheena Nelson","username":"@realsheenanelson"},"user_id":"US.13491208655302741918","parent_user_id":"US.ENT.11815799212886844830"}],
+          "messages":[
+            {"from_user_id":"US.13491208655302741918","from_parent_user_id":"US.ENT.11815799212886844830","id":"wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=","timestamp":"1749416383","type":"text","text":{"body":"Does it come in another color?"}},
+            {"timestamp":"1749416384","type":"text","text":{"body":"no id, no sender"}}],
+          "statuses":[
+            {"id":"wamid.S","status":"delivered","timestamp":"1750030073","recipient_id":"16505551234","recipient_user_id":"US.1","new_field":{"x":1}},
+            {"status":"read"}]
+        }}]}]}"#;
+        let parsed = parse(body.as_bytes()).unwrap();
+        assert_eq!(parsed.events.len(), 2, "{parsed:?}");
+        assert_eq!(parsed.problems.len(), 2, "{parsed:?}");
+        match &parsed.events[0] {
+            ProviderEvent::Status { recipient_ids, status: MessageState::Delivered, .. } => {
+                assert_eq!(recipient_ids, &vec!["US.1".to_string(), "16505551234".to_string()])
+            }
+            other => panic!("{other:?}"),
+        }
+        match &parsed.events[1] {
+            ProviderEvent::Inbound { from, profile_name, .. } => {
+                assert_eq!(from.phone, None);
+                assert_eq!(from.user_ids, vec!["US.13491208655302741918".to_string()]);
+                assert_eq!(profile_name.as_deref(), Some("Sheena Nelson"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

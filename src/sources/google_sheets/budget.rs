@@ -1,15 +1,18 @@
 //! The per-source Google request budget: a steady rate under the per-minute quota, and an
-//! exponential pause after a 429 (a delay, never an error shown to users).
+//! exponential pause after a rate-limit answer (a delay, never an error shown to users).
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
+use crate::sources::QuotaState;
+
 pub struct Budget {
     limiter: DefaultDirectRateLimiter,
+    per_minute: u32,
     pause: Mutex<Pause>,
 }
 
@@ -20,43 +23,78 @@ struct Pause {
 }
 
 impl Budget {
-    /// `per_minute` requests a minute, in bursts of at most a sixth of that, so that no
-    /// 60-second window can exceed the quota by more than the burst.
+    /// `per_minute` requests a minute, in bursts of at most a sixth of that (and at least two, so
+    /// a read and the write that follows it can be paid for together without waiting), so that
+    /// no 60-second window exceeds the quota by more than the burst.
     pub fn new(per_minute: u32) -> Self {
-        let per_minute = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new((per_minute.get() / 6).max(1)).unwrap_or(NonZeroU32::MIN);
-        Self {
-            limiter: RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst)),
-            pause: Mutex::new(Pause::default()),
-        }
+        let per_minute = per_minute.max(1);
+        let burst = (per_minute / 6).max(2);
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Self { limiter: RateLimiter::direct(quota), per_minute, pause: Mutex::new(Pause::default()) }
     }
 
-    /// Waits for the pause (if any) and a slot in the rate.
-    pub async fn acquire(&self) {
+    fn pause(&self) -> std::sync::MutexGuard<'_, Pause> {
+        // A panic elsewhere while holding the lock leaves valid data: keep using it.
+        self.pause.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the pause (if any) and for `n` requests' worth of budget. A flush pays for its
+    /// read and its write before the read, so nothing waits between them. (One at a time: a
+    /// rate limiter asked for two at once is starved by callers asking for one.)
+    pub async fn acquire(&self, n: u32) {
         loop {
-            let until = self.pause.lock().map(|p| p.until).unwrap_or(None);
+            let until = self.pause().until;
             match until {
                 Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
                 _ => break,
             }
         }
-        self.limiter.until_ready().await;
+        for _ in 0..n.max(1) {
+            self.limiter.until_ready().await;
+        }
     }
 
-    /// Google said 429: pause 1 s, 2 s, 4 s … up to 64 s, with jitter. Returns the pause.
+    /// Google said "too many requests": pause 1 s, 2 s, 4 s … up to 64 s, with jitter.
     pub fn rate_limited(&self) -> Duration {
-        let Ok(mut p) = self.pause.lock() else { return Duration::from_secs(1) };
+        let mut p = self.pause();
         p.strikes = (p.strikes + 1).min(7);
         let base = Duration::from_secs(1u64 << (p.strikes - 1));
-        let jitter = Duration::from_millis(rand::random::<u64>() % 250);
-        let d = base + jitter;
+        let d = base + Duration::from_millis(rand::random::<u64>() % 250);
         p.until = Some(Instant::now() + d);
         d
     }
 
     pub fn succeeded(&self) {
-        if let Ok(mut p) = self.pause.lock() {
-            p.strikes = 0;
+        self.pause().strikes = 0;
+    }
+
+    pub fn state(&self) -> QuotaState {
+        let p = self.pause();
+        QuotaState {
+            paused_for: p.until.and_then(|t| t.checked_duration_since(Instant::now())),
+            strikes: p.strikes,
+            per_minute: self.per_minute,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_pause_still_pauses() {
+        let b = std::sync::Arc::new(Budget::new(60));
+        let b2 = std::sync::Arc::clone(&b);
+        let _ = std::thread::spawn(move || {
+            let _guard = b2.pause.lock();
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(b.pause.is_poisoned());
+        let d = b.rate_limited();
+        assert!(d >= Duration::from_secs(1));
+        assert!(b.state().paused_for.is_some(), "the pause holds despite the poisoned lock");
     }
 }

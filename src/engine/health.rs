@@ -1,0 +1,92 @@
+//! What `/healthz` reports: each loop, each source and each provider, with when it last worked,
+//! how many times in a row it failed, its last error, and how many times its loop was
+//! restarted after a panic. A component that keeps failing is degraded.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+use serde::Serialize;
+
+/// Consecutive failures after which a component is reported degraded.
+pub const DEGRADED_AFTER: u32 = 3;
+
+/// The health of one component.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ComponentHealth {
+    /// `loop`, `source` or `provider`.
+    pub kind: &'static str,
+    /// Unix ms of the last success.
+    pub ok_at: Option<i64>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    /// Times its loop was restarted after a panic.
+    pub restarts: u32,
+    /// Completed rounds (polls, flushes, …).
+    pub rounds: u64,
+    pub degraded: bool,
+}
+
+#[derive(Default)]
+pub struct Health {
+    components: Mutex<BTreeMap<String, ComponentHealth>>,
+}
+
+impl Health {
+    fn with<R>(&self, name: &str, kind: &'static str, f: impl FnOnce(&mut ComponentHealth) -> R) -> R {
+        let mut map = self.components.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = map.entry(name.to_string()).or_insert_with(|| ComponentHealth { kind, ..Default::default() });
+        let r = f(c);
+        c.degraded = c.consecutive_failures >= DEGRADED_AFTER;
+        r
+    }
+
+    /// Declares a component (so it shows before its first round).
+    pub fn register(&self, name: &str, kind: &'static str) {
+        self.with(name, kind, |_| ());
+    }
+
+    /// A round went well.
+    pub fn ok(&self, name: &str, kind: &'static str, now_ms: i64) {
+        self.with(name, kind, |c| {
+            c.ok_at = Some(now_ms);
+            c.consecutive_failures = 0;
+            c.last_error = None;
+            c.rounds += 1;
+        });
+    }
+
+    /// A round failed.
+    pub fn failed(&self, name: &str, kind: &'static str, error: &str) {
+        self.with(name, kind, |c| {
+            c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+            c.last_error = Some(error.chars().take(300).collect());
+            c.rounds += 1;
+        });
+    }
+
+    /// A loop panicked and was restarted.
+    pub fn restarted(&self, name: &str, reason: &str) {
+        self.with(name, "loop", |c| {
+            c.restarts = c.restarts.saturating_add(1);
+            c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+            c.last_error = Some(format!("panicked: {}", reason.chars().take(280).collect::<String>()));
+        });
+    }
+
+    pub fn get(&self, name: &str) -> Option<ComponentHealth> {
+        self.components.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// Completed rounds of a component (tests wait on it instead of on the clock).
+    pub fn rounds(&self, name: &str) -> u64 {
+        self.get(name).map(|c| c.rounds).unwrap_or(0)
+    }
+
+    pub fn all(&self) -> BTreeMap<String, ComponentHealth> {
+        self.components.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.components.lock().unwrap_or_else(PoisonError::into_inner).values().any(|c| c.degraded)
+    }
+}

@@ -1,0 +1,68 @@
+//! Pruning: once an hour, what the store no longer needs goes (applied raw webhooks, old
+//! status de-duplication entries, old inbound messages), a batch per transaction so webhooks
+//! are never kept waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info};
+
+use super::{EngineCtx, Shutdown};
+use crate::store::{self, Pruned, StoreError};
+
+pub struct RetentionLoop {
+    ctx: Arc<EngineCtx>,
+}
+
+impl RetentionLoop {
+    pub fn new(ctx: Arc<EngineCtx>) -> Self {
+        Self { ctx }
+    }
+
+    pub async fn run(self, mut shutdown: Shutdown) {
+        // The first pass a minute after start, then hourly.
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => break,
+            }
+            wait = Duration::from_secs(3600);
+            match self.prune_all(&shutdown).await {
+                Ok(total) => {
+                    self.ctx.health.ok("loop:retention", "loop", self.ctx.now_ms());
+                    if total != Pruned::default() {
+                        info!(
+                            webhooks = total.webhooks,
+                            status_events = total.status_events,
+                            inbound = total.inbound,
+                            "old rows pruned"
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.ctx.health.failed("loop:retention", "loop", &e.to_string());
+                    error!("pruning old rows failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Prunes until nothing is left to prune. Public for tests.
+    pub async fn prune_all(&self, shutdown: &Shutdown) -> Result<Pruned, StoreError> {
+        let r = self.ctx.config.state.retention;
+        let mut total = Pruned::default();
+        loop {
+            let mut tx = self.ctx.store.begin().await?;
+            let p =
+                store::prune(&mut tx, self.ctx.now_ms(), r.raw_webhooks, r.status_events, r.inbound_messages).await?;
+            tx.commit().await?;
+            total.webhooks += p.webhooks;
+            total.status_events += p.status_events;
+            total.inbound += p.inbound;
+            if p == Pruned::default() || shutdown.is_set() {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The calls recado makes to Google, over reqwest: Drive `files.get` (the version probe),
+//! Sheets `spreadsheets.get` (time zone, tabs and grid sizes, column formats),
+//! `values.get`, `values.batchGet`, `values.batchUpdate` and `spreadsheets.batchUpdate`
+//! (`appendDimension`, to make room for new write-back columns).
+//!
+//! Every call is paid for from the source's [`Budget`] (or from budget the caller paid for in
+//! advance), carries the service account's token, and has a timeout: one call that never
+//! answers never stops a loop for longer than `call_timeout`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{without_url, ServiceAccount};
+use super::budget::Budget;
+use super::errors::{classify, GoogleErrorBody};
+use crate::sources::SourceError;
+
+/// Whether a call pays for itself or was paid for in advance ([`Budget::acquire`] with n > 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paid {
+    Now,
+    Already,
+}
+
+/// A client for one spreadsheet.
+#[derive(Clone)]
+pub struct SheetsClient {
+    http: reqwest::Client,
+    account: ServiceAccount,
+    sheets_base: String,
+    drive_base: String,
+    spreadsheet_id: String,
+    /// Sheets requests (Google's per-user Sheets quota).
+    budget: Arc<Budget>,
+    /// Drive requests (a separate and much larger quota).
+    drive_budget: Arc<Budget>,
+    timeout: Duration,
+}
+
+/// One tab as `spreadsheets.get` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TabMeta {
+    pub sheet_id: i64,
+    pub title: String,
+    pub rows: u64,
+    pub columns: u64,
+}
+
+/// What `spreadsheets.get` says about the spreadsheet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub time_zone: String,
+    pub locale: String,
+    pub tabs: Vec<TabMeta>,
+}
+
+/// A refused `values.batchUpdate`, with what is needed to retry the rest.
+#[derive(Debug, Clone)]
+pub enum WriteFailure {
+    /// Try the whole batch later (quota, network, server).
+    Later(SourceError),
+    /// Google refused the batch because of its content.
+    Refused(GoogleErrorBody),
+}
+
+#[derive(Deserialize)]
+struct ValueRange {
+    #[serde(default)]
+    values: Vec<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct BatchGet {
+    #[serde(default, rename = "valueRanges")]
+    value_ranges: Vec<ValueRange>,
+}
+
+impl SheetsClient {
+    pub fn new(
+        http: reqwest::Client,
+        account: ServiceAccount,
+        bases: (&str, &str),
+        spreadsheet_id: &str,
+        budgets: (Arc<Budget>, Arc<Budget>),
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            account,
+            sheets_base: bases.0.to_string(),
+            drive_base: bases.1.to_string(),
+            spreadsheet_id: spreadsheet_id.to_string(),
+            budget: budgets.0,
+            drive_budget: budgets.1,
+            timeout,
+        }
+    }
+
+    pub fn spreadsheet_id(&self) -> &str {
+        &self.spreadsheet_id
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub fn account(&self) -> &ServiceAccount {
+        &self.account
+    }
+
+    fn sheets_url(&self, rest: &str) -> String {
+        format!("{}v4/spreadsheets/{}{rest}", self.sheets_base, encode(&self.spreadsheet_id))
+    }
+
+    /// Sends one request (built by `build` with a fresh token) and returns the body of a 2xx
+    /// answer, or the classified failure. A 401 renews the token and retries once.
+    async fn call(
+        &self,
+        what: &str,
+        paid: Paid,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, (u16, Vec<u8>, SourceError)> {
+        self.call_with(&self.budget, what, paid, build).await
+    }
+
+    async fn call_with(
+        &self,
+        budget: &Budget,
+        what: &str,
+        paid: Paid,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, (u16, Vec<u8>, SourceError)> {
+        if paid == Paid::Now {
+            budget.acquire(1).await;
+        }
+        let mut renewed = false;
+        loop {
+            let token = self.account.token().await.map_err(|e| (0, Vec::new(), e))?;
+            let response = build(token.expose()).timeout(self.timeout).send().await.map_err(|e| {
+                let err = if e.is_timeout() {
+                    SourceError::Timeout { what: format!("Google {what}"), after: self.timeout }
+                } else {
+                    SourceError::Transient(format!("{what}: {}", without_url(&e)))
+                };
+                (0, Vec::new(), err)
+            })?;
+            let status = response.status().as_u16();
+            let body = tokio::time::timeout(self.timeout, response.bytes())
+                .await
+                .map_err(|_| {
+                    (0, Vec::new(), SourceError::Timeout { what: format!("Google {what}"), after: self.timeout })
+                })?
+                .map_err(|e| {
+                    (0, Vec::new(), SourceError::Transient(format!("{what}: answer cut short: {}", without_url(&e))))
+                })?
+                .to_vec();
+            if (200..300).contains(&status) {
+                budget.succeeded();
+                return Ok(body);
+            }
+            if status == 401 && !renewed {
+                renewed = true;
+                self.account.forget().await;
+                continue;
+            }
+            let mut err = classify(status, &body, what);
+            if let SourceError::RateLimited { pause, .. } = &mut err {
+                *pause = budget.rate_limited();
+            }
+            return Err((status, body, err));
+        }
+    }
+
+    async fn get_json(
+        &self,
+        what: &str,
+        paid: Paid,
+        url: String,
+        query: &[(&str, &str)],
+    ) -> Result<Value, SourceError> {
+        let body = self
+            .call(what, paid, |token| self.http.get(&url).query(query).bearer_auth(token))
+            .await
+            .map_err(|(_, _, e)| e)?;
+        serde_json::from_slice(&body).map_err(|e| SourceError::Transient(format!("{what}: unreadable answer ({e})")))
+    }
+
+    /// Drive's `version` of the spreadsheet: it moves on every change. One request, paid from
+    /// the Drive budget.
+    pub async fn drive_version(&self) -> Result<String, SourceError> {
+        let url = format!("{}drive/v3/files/{}", self.drive_base, encode(&self.spreadsheet_id));
+        let query = [("fields", "version,modifiedTime"), ("supportsAllDrives", "true")];
+        let body = self
+            .call_with(&self.drive_budget, "drive files.get", Paid::Now, |token| {
+                self.http.get(&url).query(&query).bearer_auth(token)
+            })
+            .await
+            .map_err(|(_, _, e)| e)?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| SourceError::Transient(format!("drive files.get: unreadable answer ({e})")))?;
+        match &v["version"] {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(SourceError::Permanent("Drive did not return the file's version".into())),
+        }
+    }
+
+    /// Time zone, locale and tabs.
+    pub async fn metadata(&self) -> Result<Metadata, SourceError> {
+        let v = self
+            .get_json(
+                "spreadsheets.get",
+                Paid::Now,
+                self.sheets_url(""),
+                &[("fields", "properties(timeZone,locale),sheets.properties(sheetId,title,gridProperties)")],
+            )
+            .await?;
+        let tabs = v["sheets"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        let p = &s["properties"];
+                        TabMeta {
+                            sheet_id: p["sheetId"].as_i64().unwrap_or(0),
+                            title: p["title"].as_str().unwrap_or_default().to_string(),
+                            rows: p["gridProperties"]["rowCount"].as_u64().unwrap_or(1000),
+                            columns: p["gridProperties"]["columnCount"].as_u64().unwrap_or(26),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Metadata {
+            time_zone: v["properties"]["timeZone"].as_str().unwrap_or("UTC").to_string(),
+            locale: v["properties"]["locale"].as_str().unwrap_or_default().to_string(),
+            tabs,
+        })
+    }
+
+    /// The number-format type (`DATE`, `DATE_TIME`, `TIME`, `NUMBER`, …) of each cell of a block
+    /// of rows, by column.
+    pub async fn formats(&self, range: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        let v = self
+            .get_json(
+                "spreadsheets.get (formats)",
+                Paid::Now,
+                self.sheets_url(""),
+                &[
+                    ("ranges", range),
+                    ("includeGridData", "true"),
+                    ("fields", "sheets.data.rowData.values.effectiveFormat.numberFormat.type"),
+                ],
+            )
+            .await?;
+        let rows = v["sheets"][0]["data"][0]["rowData"].as_array().cloned().unwrap_or_default();
+        Ok(rows
+            .iter()
+            .map(|r| {
+                r["values"]
+                    .as_array()
+                    .map(|cells| {
+                        cells
+                            .iter()
+                            .map(|c| c["effectiveFormat"]["numberFormat"]["type"].as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// Reads a range, unformatted, dates as serial numbers.
+    pub async fn values(&self, range: &str) -> Result<Vec<Vec<Value>>, SourceError> {
+        let url = self.sheets_url(&format!("/values/{}", encode(range)));
+        let v = self
+            .get_json(
+                "values.get",
+                Paid::Now,
+                url,
+                &[
+                    ("valueRenderOption", "UNFORMATTED_VALUE"),
+                    ("dateTimeRenderOption", "SERIAL_NUMBER"),
+                    ("majorDimension", "ROWS"),
+                ],
+            )
+            .await?;
+        let range: ValueRange = serde_json::from_value(v)
+            .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))?;
+        Ok(range.values)
+    }
+
+    /// Reads several ranges in one request.
+    pub async fn batch_get(&self, ranges: &[String], paid: Paid) -> Result<Vec<Vec<Vec<Value>>>, SourceError> {
+        let mut query: Vec<(&str, &str)> = vec![
+            ("valueRenderOption", "UNFORMATTED_VALUE"),
+            ("dateTimeRenderOption", "SERIAL_NUMBER"),
+            ("majorDimension", "ROWS"),
+        ];
+        for r in ranges {
+            query.push(("ranges", r.as_str()));
+        }
+        let v = self.get_json("values.batchGet", paid, self.sheets_url("/values:batchGet"), &query).await?;
+        let batch: BatchGet = serde_json::from_value(v)
+            .map_err(|e| SourceError::Transient(format!("values.batchGet: unreadable answer ({e})")))?;
+        let mut out: Vec<Vec<Vec<Value>>> = batch.value_ranges.into_iter().map(|r| r.values).collect();
+        out.resize(ranges.len(), Vec::new());
+        Ok(out)
+    }
+
+    /// Writes cells (`'Tab'!C7` → text) in one `values.batchUpdate`, as RAW text so a reply that
+    /// starts with `=` is never run as a formula.
+    pub async fn batch_update(&self, cells: &[(String, String)], paid: Paid) -> Result<(), WriteFailure> {
+        if cells.is_empty() {
+            return Ok(());
+        }
+        let data: Vec<Value> =
+            cells.iter().map(|(range, value)| json!({ "range": range, "values": [[value]] })).collect();
+        let body = json!({ "valueInputOption": "RAW", "data": data });
+        let url = self.sheets_url("/values:batchUpdate");
+        match self.call("values.batchUpdate", paid, |token| self.http.post(&url).json(&body).bearer_auth(token)).await {
+            Ok(_) => Ok(()),
+            Err((400, body, _)) => Err(WriteFailure::Refused(GoogleErrorBody::read(400, &body))),
+            Err((413, body, _)) => Err(WriteFailure::Refused(GoogleErrorBody::read(413, &body))),
+            Err((_, _, e)) => Err(WriteFailure::Later(e)),
+        }
+    }
+
+    /// Adds `n` columns at the right of a tab (`spreadsheets.batchUpdate` + `appendDimension`):
+    /// Google refuses writes outside a tab's grid.
+    pub async fn append_columns(&self, sheet_id: i64, n: u64) -> Result<(), SourceError> {
+        let body = json!({ "requests": [ { "appendDimension": { "sheetId": sheet_id, "dimension": "COLUMNS", "length": n } } ] });
+        let url = format!("{}v4/spreadsheets/{}:batchUpdate", self.sheets_base, encode(&self.spreadsheet_id));
+        self.call("spreadsheets.batchUpdate (appendDimension)", Paid::Now, |token| {
+            self.http.post(&url).json(&body).bearer_auth(token)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|(_, _, e)| e)
+    }
+}
+
+/// Characters left as they are in a path segment: RFC 3986's unreserved set.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Percent-encodes a path segment (spreadsheet ids are URL-safe; ranges are not).
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}

@@ -1,0 +1,231 @@
+//! Reading one tab: the Drive version probe, the spreadsheet's time zone, and the whole tab read
+//! UNFORMATTED with dates as serial numbers, turned into records off the async runtime.
+//!
+//! Which columns hold dates is learnt from the cells' number formats (`DATE`, `DATE_TIME`) of a
+//! sample of rows, once and again when the header changes or ten minutes have passed: a date a
+//! person typed is a date cell, read as a serial number, and must be shown as a date in
+//! messages while the scheduling maths keep the serial.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::a1;
+use super::client::{SheetsClient, TabMeta};
+use super::config::GoogleSheetsConfig;
+use crate::domain::CellValue;
+use crate::sources::{
+    read_records, ColumnSpec, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
+};
+
+/// How often date columns are looked for again although the header did not change.
+const FORMATS_MAX_AGE: Duration = Duration::from_secs(600);
+/// Rows sampled for number formats.
+const FORMAT_SAMPLE_ROWS: u32 = 50;
+
+/// What the reader last saw of a tab (its header, its grid), shared with the writer of its
+/// spreadsheet so a flush asks for the right columns first time and knows when the grid must
+/// grow.
+#[derive(Debug, Default)]
+pub struct TabHint {
+    header: Mutex<Vec<String>>,
+    grid: Mutex<Option<TabMeta>>,
+}
+
+impl TabHint {
+    pub fn header(&self) -> Vec<String> {
+        self.header.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn set(&self, header: Vec<String>) {
+        *self.header.lock().unwrap_or_else(PoisonError::into_inner) = header;
+    }
+
+    pub fn grid(&self) -> Option<TabMeta> {
+        self.grid.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn set_grid(&self, grid: TabMeta) {
+        *self.grid.lock().unwrap_or_else(PoisonError::into_inner) = Some(grid);
+    }
+
+    pub fn forget_grid(&self) {
+        *self.grid.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+struct Formats {
+    header: Vec<String>,
+    date_columns: Vec<bool>,
+    at: Instant,
+}
+
+/// The read side of one configured tab.
+pub struct TabReader {
+    cfg: Arc<GoogleSheetsConfig>,
+    client: SheetsClient,
+    hint: Arc<TabHint>,
+    formats: Mutex<Option<Formats>>,
+}
+
+impl TabReader {
+    pub fn new(cfg: Arc<GoogleSheetsConfig>, client: SheetsClient, hint: Arc<TabHint>) -> Self {
+        Self { cfg, client, hint, formats: Mutex::new(None) }
+    }
+
+    pub fn settings(&self) -> &SourceSettings {
+        &self.cfg.settings
+    }
+
+    pub async fn probe(&self) -> Result<Probe, SourceError> {
+        Ok(Probe { version: Some(self.client.drive_version().await?) })
+    }
+
+    /// The spreadsheet's time zone; also checks that the tab exists.
+    pub async fn time_zone(&self) -> Result<String, SourceError> {
+        let meta = self.client.metadata().await?;
+        if let Some(t) = meta.tabs.iter().find(|t| t.title == self.cfg.tab) {
+            self.hint.set_grid(t.clone());
+        } else {
+            let titles: Vec<&str> = meta.tabs.iter().map(|t| t.title.as_str()).collect();
+            return Err(SourceError::Permanent(format!(
+                "the spreadsheet has no tab '{}' (its tabs: {})",
+                self.cfg.tab,
+                titles.join(", ")
+            )));
+        }
+        Ok(meta.time_zone)
+    }
+
+    pub fn quota(&self) -> QuotaState {
+        self.client.budget().state()
+    }
+
+    pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {
+        let values = self.client.values(&a1::quote_tab(&self.cfg.tab)).await?;
+        let header: Vec<String> = values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default();
+        self.hint.set(header.clone());
+        let date_columns = self.date_columns(&header).await?;
+        let cfg = Arc::clone(&self.cfg);
+        let spec = spec.clone();
+        // Converting a large tab is CPU work: off the async runtime.
+        tokio::task::spawn_blocking(move || convert(&cfg.settings, values, &date_columns, &spec))
+            .await
+            .map_err(|e| SourceError::Transient(format!("converting the tab failed: {e}")))?
+    }
+
+    async fn date_columns(&self, header: &[String]) -> Result<Vec<bool>, SourceError> {
+        {
+            let cached = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(f) = cached.as_ref() {
+                if f.header == header && f.at.elapsed() < FORMATS_MAX_AGE {
+                    return Ok(f.date_columns.clone());
+                }
+            }
+        }
+        let range = format!("{}!2:{}", a1::quote_tab(&self.cfg.tab), 1 + FORMAT_SAMPLE_ROWS);
+        let rows = self.client.formats(&range).await?;
+        let mut date_columns = vec![false; header.len()];
+        for row in &rows {
+            for (i, kind) in row.iter().enumerate() {
+                if matches!(kind.as_deref(), Some("DATE" | "DATE_TIME")) {
+                    if let Some(d) = date_columns.get_mut(i) {
+                        *d = true;
+                    }
+                }
+            }
+        }
+        *self.formats.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Formats { header: header.to_vec(), date_columns: date_columns.clone(), at: Instant::now() });
+        Ok(date_columns)
+    }
+}
+
+fn header_text(v: &Value) -> String {
+    cell_value(v.clone(), false).canonical()
+}
+
+/// Values as Google returns them → records (the first row is the header).
+fn convert(
+    settings: &SourceSettings,
+    values: Vec<Vec<Value>>,
+    date_columns: &[bool],
+    spec: &ReadSpec,
+) -> Result<SourceRead, SourceError> {
+    let mut rows = values.into_iter();
+    let header = rows.next().unwrap_or_default().iter().map(header_text).collect();
+    let table = Table {
+        header,
+        rows: rows
+            .map(|r| {
+                r.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| cell_value(v, date_columns.get(i).copied().unwrap_or(false)))
+                    .collect()
+            })
+            .collect(),
+    };
+    let write_back = settings.write_back.fields();
+    let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
+    let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
+    let column_spec = ColumnSpec {
+        key: &settings.key_field,
+        phone: &settings.phone_field,
+        write_back: &write_back,
+        required: &required,
+        referenced: &referenced,
+        default_region: settings.default_region,
+        locator: row_locator,
+    };
+    let read = read_records(&table, &column_spec).map_err(SourceError::MissingFields)?;
+    Ok(SourceRead {
+        records: read.records,
+        phones: read.phones,
+        issues: read.issues,
+        complete: true,
+        deleted: Vec::new(),
+    })
+}
+
+/// The i-th data row is sheet row i + 2.
+fn row_locator(i: usize) -> Option<String> {
+    Some(format!("row:{}", i + 2))
+}
+
+/// The sheet row a locator names.
+pub fn locator_row(locator: &str) -> Option<u32> {
+    locator.strip_prefix("row:")?.parse().ok().filter(|n| *n >= 2)
+}
+
+fn cell_value(v: Value, date_column: bool) -> CellValue {
+    match v {
+        Value::Null => CellValue::Empty,
+        Value::String(s) if s.is_empty() => CellValue::Empty,
+        Value::String(s) => CellValue::Text(s),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if date_column && f >= 1.0 => CellValue::Date(f),
+            Some(f) => CellValue::Number(f),
+            None => CellValue::Empty,
+        },
+        Value::Bool(b) => CellValue::Bool(b),
+        other => CellValue::Text(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn date_cells_become_dates_and_numbers_stay_numbers() {
+        assert_eq!(cell_value(json!(46352.4375), true), CellValue::Date(46352.4375));
+        assert_eq!(cell_value(json!(46352.4375), false), CellValue::Number(46352.4375));
+        assert_eq!(cell_value(json!("23/11/2026"), true), CellValue::Text("23/11/2026".into()));
+        assert_eq!(cell_value(json!(""), true), CellValue::Empty);
+        assert_eq!(locator_row("row:7"), Some(7));
+        assert_eq!(locator_row("row:1"), None, "the header row is never a record");
+        assert_eq!(locator_row("7"), None);
+    }
+}

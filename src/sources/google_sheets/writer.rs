@@ -1,0 +1,707 @@
+//! Writing back to the tabs of one spreadsheet, without ever leaving one person's data on
+//! another person's row.
+//!
+//! A flush costs one read and one write. The read (`values.batchGet`) fetches, for each tab
+//! involved, the header row, the key column and the columns being written, and locates each
+//! record by key *then*; the write (`values.batchUpdate`) follows at once: both are paid for
+//! from the budget before the read, so nothing waits in between.
+//!
+//! People sort and insert rows at any moment, so a row can still move between the read and the
+//! write. The next read checks the previous write: every value recado wrote must be on its
+//! record's row, and a value found on another record's row (or on a row without key) where that
+//! record did not have it before is taken back (the earlier value, which the previous read
+//! saw, is restored). Those repairs go out in the same write. So a value can sit on the wrong
+//! row for at most one flush interval, and no value is lost.
+//!
+//! A write is capped (cells and bytes), a value longer than a cell may hold is cut, and when
+//! Google refuses a batch for its content the refused value is isolated (Google names it as
+//! `data[i]`, or the batch is halved until it is found), reported once and dropped, while the
+//! rest is written: one bad value never blocks the others.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use super::a1;
+use super::client::{Paid, SheetsClient, TabMeta, WriteFailure};
+use super::config::GoogleSheetsConfig;
+use super::reader::{locator_row, TabHint};
+use crate::domain::{CellValue, FieldWrite, PendingWrite, WriteTarget};
+use crate::sources::{find_field, SourceError, WriteReport};
+
+/// Most cells one `values.batchUpdate` carries; more waits for the next flush.
+pub const MAX_CELLS_PER_WRITE: usize = 10_000;
+/// Most bytes of values one write carries (Google recommends requests under 2 MB).
+pub const MAX_BYTES_PER_WRITE: usize = 1_500_000;
+/// Longest value recado writes into a cell (Google's limit is 50,000 characters).
+pub const MAX_CELL_CHARS: usize = 10_000;
+/// Most write requests one flush may spend isolating refused values.
+const MAX_WRITES_PER_FLUSH: usize = 12;
+
+/// One configured tab this writer writes to.
+pub struct TabTarget {
+    pub cfg: Arc<GoogleSheetsConfig>,
+    pub hint: Arc<TabHint>,
+}
+
+/// What a write put where, kept until the next read has checked it.
+#[derive(Debug, Clone, Default)]
+struct LastWrite {
+    /// Per tab title.
+    tabs: HashMap<String, TabWrite>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TabWrite {
+    /// (target, header, value) as written.
+    written: Vec<(WriteTarget, String, String)>,
+    /// What the read before the write saw in the written columns, by header and record key.
+    before: HashMap<String, HashMap<String, String>>,
+    /// The batch index of each entry of `written` (none for a repair), while writing.
+    origins: Vec<Option<usize>>,
+}
+
+/// The write side of one spreadsheet's tabs.
+pub struct SheetWriter {
+    client: SheetsClient,
+    tabs: Vec<TabTarget>,
+    check: Mutex<Option<LastWrite>>,
+    grid: tokio::sync::Mutex<Option<Vec<TabMeta>>>,
+}
+
+/// One tab as the flush's read found it.
+struct TabLayout {
+    title: String,
+    header: Vec<String>,
+    /// Key column by row index (0 = the header row).
+    keys: Vec<String>,
+    /// Columns read, by header name, values by row index.
+    columns: HashMap<String, Vec<String>>,
+    /// First row (1-based sheet row) of each key.
+    row_of: HashMap<String, u32>,
+    /// Every row of each key.
+    rows_of: HashMap<String, Vec<u32>>,
+    /// Headers this write creates, after the existing ones.
+    added: Vec<String>,
+}
+
+impl TabLayout {
+    fn new(title: String, header: Vec<String>, keys: Vec<String>, columns: HashMap<String, Vec<String>>) -> Self {
+        let mut row_of = HashMap::new();
+        let mut rows_of: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, k) in keys.iter().enumerate().skip(1) {
+            if !k.is_empty() {
+                row_of.entry(k.clone()).or_insert(i as u32 + 1);
+                rows_of.entry(k.clone()).or_default().push(i as u32 + 1);
+            }
+        }
+        Self { title, header, keys, columns, row_of, rows_of, added: Vec::new() }
+    }
+
+    /// The column of a header, creating it after the last one if it is missing. Returns the
+    /// index and whether it is new.
+    fn column_for(&mut self, name: &str) -> (usize, bool) {
+        if let Some(i) = find_field(&self.header, name) {
+            return (i, false);
+        }
+        if let Some(j) = self.added.iter().position(|h| h == name) {
+            return (self.header.len() + j, false);
+        }
+        self.added.push(name.to_string());
+        (self.header.len() + self.added.len() - 1, true)
+    }
+
+    fn cell(&self, column: &str, row: u32) -> &str {
+        self.columns.get(column).and_then(|c| c.get(row as usize - 1)).map(String::as_str).unwrap_or("")
+    }
+
+    fn key_at(&self, row: u32) -> &str {
+        self.keys.get(row as usize - 1).map(String::as_str).unwrap_or("")
+    }
+
+    fn rows(&self, target: &WriteTarget) -> Vec<u32> {
+        match target {
+            WriteTarget::Record(k) => self.row_of.get(k.0.trim()).copied().into_iter().collect(),
+            WriteTarget::EveryCopyOf(k) => self.rows_of.get(k.0.trim()).cloned().unwrap_or_default(),
+            WriteTarget::Unkeyed(loc) => locator_row(loc)
+                .filter(|r| (*r as usize) <= self.keys.len().max(1) && self.key_at(*r).is_empty())
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// A cell to write and where it came from.
+struct Cell {
+    range: String,
+    value: String,
+    /// Index into the batch, or `None` for a repair or a new header.
+    origin: Option<usize>,
+}
+
+impl SheetWriter {
+    pub fn new(client: SheetsClient, tabs: Vec<TabTarget>) -> Self {
+        Self { client, tabs, check: Mutex::new(None), grid: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn label(&self) -> String {
+        format!("spreadsheet {}", self.client.spreadsheet_id())
+    }
+
+    pub fn source_ids(&self) -> Vec<String> {
+        self.tabs.iter().map(|t| t.cfg.settings.id.clone()).collect()
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        self.tabs.iter().map(|t| t.cfg.settings.flush_interval).min().unwrap_or(Duration::from_secs(2))
+    }
+
+    pub fn needs_check(&self) -> bool {
+        self.check.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    fn tab_of(&self, source_id: &str) -> Option<&TabTarget> {
+        self.tabs.iter().find(|t| t.cfg.settings.id == source_id)
+    }
+
+    fn tab_by_title(&self, title: &str) -> Option<&TabTarget> {
+        self.tabs.iter().find(|t| t.cfg.tab == title)
+    }
+
+    pub async fn write(&self, batch: &[PendingWrite]) -> Result<WriteReport, SourceError> {
+        let previous = self.check.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let result = self.write_checked(batch, previous.as_ref()).await;
+        if result.is_err() && previous.is_some() {
+            // Nothing was written: the previous write still has to be checked.
+            let mut slot = self.check.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = previous;
+            }
+        }
+        result
+    }
+
+    async fn write_checked(
+        &self,
+        batch: &[PendingWrite],
+        previous: Option<&LastWrite>,
+    ) -> Result<WriteReport, SourceError> {
+        let mut report = WriteReport::default();
+        let chosen = choose(batch);
+        // Tabs and columns involved: this batch's, and the previous write's (to check it).
+        let mut wanted: HashMap<String, HashSet<String>> = HashMap::new();
+        for &i in &chosen {
+            let w = &batch[i].write;
+            match self.tab_of(&w.source_id) {
+                Some(t) => {
+                    wanted.entry(t.cfg.tab.clone()).or_default().insert(w.field.clone());
+                }
+                None => report.dropped.push(i),
+            }
+        }
+        if let Some(prev) = previous {
+            for (title, tw) in &prev.tabs {
+                let set = wanted.entry(title.clone()).or_default();
+                set.extend(tw.written.iter().map(|(_, f, _)| f.clone()));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(report);
+        }
+        // The read and the write are paid for together, before the read.
+        self.client.budget().acquire(2).await;
+        let mut layouts = self.read_layouts(&wanted, &mut report).await?;
+
+        // The previous write, checked against what is there now.
+        let mut repairs: Vec<FieldWrite> = Vec::new();
+        if let Some(prev) = previous {
+            for (title, tw) in &prev.tabs {
+                if let (Some(layout), Some(tab)) = (layouts.get(title), self.tab_by_title(title)) {
+                    repairs.extend(check_previous(layout, tw, &tab.cfg.settings.id, batch, &chosen));
+                }
+            }
+            if !repairs.is_empty() {
+                warn!(target_writer = %self.label(), repairs = repairs.len(), "values found on the wrong row after a write (the sheet changed during it): putting them back");
+            }
+        }
+
+        // Resolve every value to a cell now.
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut written: HashMap<String, TabWrite> = HashMap::new();
+        let items = chosen.iter().map(|&i| (Some(i), &batch[i].write)).chain(repairs.iter().map(|r| (None, r)));
+        for (origin, w) in items {
+            let Some(tab) = self.tab_of(&w.source_id) else { continue };
+            let Some(layout) = layouts.get_mut(&tab.cfg.tab) else { continue };
+            if find_field(&layout.header, &tab.cfg.settings.key_field).is_none() {
+                // The key column is gone: nothing can be located. Left queued.
+                warn!(source = %tab.cfg.settings.id, "the key column '{}' is not in the header row: write-back waits", tab.cfg.settings.key_field);
+                continue;
+            }
+            let (col, new) = layout.column_for(&w.field);
+            if new {
+                cells.push(Cell { range: a1::cell(&layout.title, col, 1), value: w.field.clone(), origin: None });
+            }
+            let rows = layout.rows(&w.target);
+            if rows.is_empty() {
+                if let Some(i) = origin {
+                    debug!(source = %w.source_id, target = %w.target, "record no longer there: write-back dropped");
+                    report.dropped.push(i);
+                }
+                continue;
+            }
+            let value = cut(&w.value);
+            for r in rows {
+                cells.push(Cell { range: a1::cell(&layout.title, col, r), value: value.clone(), origin });
+            }
+            let tw = written.entry(layout.title.clone()).or_default();
+            tw.written.push((w.target.clone(), w.field.clone(), value));
+            tw.origins.push(origin);
+        }
+        // Before-values of the columns written, for the next check.
+        for (title, tw) in written.iter_mut() {
+            if let Some(layout) = layouts.get(title) {
+                for (_, field, _) in &tw.written {
+                    if tw.before.contains_key(field) {
+                        continue;
+                    }
+                    let by_key: HashMap<String, String> = layout
+                        .row_of
+                        .iter()
+                        .map(|(k, r)| (k.clone(), layout.cell(field, *r).to_string()))
+                        .filter(|(_, v)| !v.is_empty())
+                        .collect();
+                    tw.before.insert(field.clone(), by_key);
+                }
+            }
+        }
+        self.grow_grid(&layouts).await?;
+
+        let outcome = self.write_cells(cells, &layouts, &mut report).await?;
+        report.done = outcome.complete();
+        // Only what really went out is checked next time.
+        let done: HashSet<usize> = report.done.iter().copied().collect();
+        for tw in written.values_mut() {
+            let origins = std::mem::take(&mut tw.origins);
+            let mut kept = origins.into_iter().map(|o| o.map_or(outcome.finished, |i| done.contains(&i)));
+            tw.written.retain(|_| kept.next().unwrap_or(false));
+        }
+        report.rejected = outcome.rejected;
+        report.repairs = repairs;
+        for (title, layout) in &layouts {
+            if let Some(tab) = self.tab_by_title(title) {
+                if !layout.added.is_empty() {
+                    let mut header = layout.header.clone();
+                    header.extend(layout.added.iter().cloned());
+                    tab.hint.set(header);
+                }
+            }
+        }
+        if written.values().any(|t| !t.written.is_empty()) {
+            *self.check.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastWrite { tabs: written });
+        }
+        Ok(report)
+    }
+
+    /// One `values.batchGet`: header, key column and wanted columns of each tab, at the
+    /// positions the last read of the tab saw; read again once if columns moved since.
+    async fn read_layouts(
+        &self,
+        wanted: &HashMap<String, HashSet<String>>,
+        report: &mut WriteReport,
+    ) -> Result<HashMap<String, TabLayout>, SourceError> {
+        let mut hints: HashMap<String, Vec<String>> =
+            wanted.keys().filter_map(|t| self.tab_by_title(t).map(|tab| (t.clone(), tab.hint.header()))).collect();
+        for attempt in 0..2 {
+            let mut ranges: Vec<String> = Vec::new();
+            // (tab, column name, range index)
+            let mut asked: Vec<(String, String, usize)> = Vec::new();
+            let mut header_at: HashMap<String, usize> = HashMap::new();
+            for (title, fields) in wanted {
+                let Some(tab) = self.tab_by_title(title) else { continue };
+                let hint = hints.get(title).cloned().unwrap_or_default();
+                header_at.insert(title.clone(), ranges.len());
+                ranges.push(format!("{}!1:1", a1::quote_tab(title)));
+                let names = std::iter::once(tab.cfg.settings.key_field.clone()).chain(fields.iter().cloned());
+                for name in names {
+                    if let Some(i) = find_field(&hint, &name) {
+                        let letters = a1::column_letters(i);
+                        asked.push((title.clone(), name, ranges.len()));
+                        ranges.push(format!("{}!{letters}:{letters}", a1::quote_tab(title)));
+                    }
+                }
+            }
+            let paid = if attempt == 0 { Paid::Already } else { Paid::Now };
+            let values = self.client.batch_get(&ranges, paid).await?;
+            report.reads += 1;
+            let mut layouts = HashMap::new();
+            let mut moved = false;
+            for (title, at) in &header_at {
+                let header: Vec<String> = values
+                    .get(*at)
+                    .and_then(|rows| rows.first())
+                    .map(|r| r.iter().map(text).collect())
+                    .unwrap_or_default();
+                let hint = hints.get(title).cloned().unwrap_or_default();
+                let mut columns: HashMap<String, Vec<String>> = HashMap::new();
+                for (t, name, idx) in asked.iter().filter(|(t, _, _)| t == title) {
+                    let _ = t;
+                    // The column asked for must still be where the hint said.
+                    let (Some(now), Some(before)) = (find_field(&header, name), find_field(&hint, name)) else {
+                        continue;
+                    };
+                    if now != before {
+                        moved = true;
+                    }
+                    let col: Vec<String> = values
+                        .get(*idx)
+                        .map(|rows| rows.iter().map(|r| r.first().map(text).unwrap_or_default()).collect())
+                        .unwrap_or_default();
+                    columns.insert(name.clone(), col);
+                }
+                // A wanted column that exists now but was not asked for (the hint was stale).
+                let tab = self.tab_by_title(title);
+                let names: Vec<String> = tab
+                    .map(|t| {
+                        std::iter::once(t.cfg.settings.key_field.clone()).chain(wanted[title].iter().cloned()).collect()
+                    })
+                    .unwrap_or_default();
+                if names.iter().any(|n| find_field(&header, n).is_some() && !columns.contains_key(n)) {
+                    moved = true;
+                }
+                let key_field = tab.map(|t| t.cfg.settings.key_field.clone()).unwrap_or_default();
+                let keys = columns.get(&key_field).cloned().unwrap_or_default();
+                hints.insert(title.clone(), header.clone());
+                layouts.insert(title.clone(), TabLayout::new(title.clone(), header, keys, columns));
+            }
+            if !moved {
+                for (title, header) in &hints {
+                    if let Some(tab) = self.tab_by_title(title) {
+                        tab.hint.set(header.clone());
+                    }
+                }
+                return Ok(layouts);
+            }
+            debug!(writer = %self.label(), "columns moved since the last read: reading again");
+        }
+        Err(SourceError::Transient("the sheet's columns keep moving; write-back waits".into()))
+    }
+
+    /// Appends columns to tabs whose grid is too narrow for the headers this write creates:
+    /// Google refuses writes outside a tab's grid. The grid is known from the reader, else
+    /// asked once.
+    async fn grow_grid(&self, layouts: &HashMap<String, TabLayout>) -> Result<(), SourceError> {
+        for (title, layout) in layouts.iter().filter(|(_, l)| !l.added.is_empty()) {
+            let Some(tab) = self.tab_by_title(title) else { continue };
+            let needed = (layout.header.len() + layout.added.len()) as u64;
+            let grid = match tab.hint.grid() {
+                Some(g) => g,
+                None => {
+                    let mut cached = self.grid.lock().await;
+                    if cached.is_none() {
+                        *cached = Some(self.client.metadata().await?.tabs);
+                    }
+                    let Some(g) = cached.as_ref().and_then(|g| g.iter().find(|t| &t.title == title)).cloned() else {
+                        continue;
+                    };
+                    g
+                }
+            };
+            if needed > grid.columns {
+                let more = needed - grid.columns;
+                self.client.append_columns(grid.sheet_id, more).await?;
+                debug!(tab = %title, columns = more, "grid widened for new write-back columns");
+                tab.hint.set_grid(TabMeta { columns: needed, ..grid });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the cells, isolating values Google refuses. Returns, per batch index, whether
+    /// all its cells were written, and the refused indexes with the reason. Stops early (the
+    /// rest stays queued) when Google is unavailable after part of the work was written.
+    async fn write_cells(
+        &self,
+        cells: Vec<Cell>,
+        layouts: &HashMap<String, TabLayout>,
+        report: &mut WriteReport,
+    ) -> Result<Written, SourceError> {
+        let mut out = Written::default();
+        for c in &cells {
+            if let Some(i) = c.origin {
+                *out.expected.entry(i).or_default() += 1;
+            }
+        }
+        let mut work: Vec<Vec<Cell>> = vec![cells];
+        let mut paid = Paid::Already;
+        let mut grew = false;
+        while let Some(chunk) = work.pop() {
+            if chunk.is_empty() {
+                continue;
+            }
+            if report.writes >= MAX_WRITES_PER_FLUSH {
+                warn!(writer = %self.label(), "write-back split into many requests; the rest waits for the next flush");
+                return Ok(out);
+            }
+            let pairs: Vec<(String, String)> = chunk.iter().map(|c| (c.range.clone(), c.value.clone())).collect();
+            let outcome = self.client.batch_update(&pairs, paid).await;
+            paid = Paid::Now;
+            report.writes += 1;
+            match outcome {
+                Ok(()) => {
+                    for c in &chunk {
+                        if let Some(i) = c.origin {
+                            *out.cells.entry(i).or_default() += 1;
+                        }
+                    }
+                }
+                Err(WriteFailure::Later(e)) if out.cells.is_empty() => return Err(e),
+                Err(WriteFailure::Later(e)) => {
+                    warn!(writer = %self.label(), "part of a write-back waits for the next flush: {e}");
+                    return Ok(out);
+                }
+                Err(WriteFailure::Refused(body)) if body.is_grid_limit() && !grew => {
+                    grew = true;
+                    *self.grid.lock().await = None;
+                    for t in &self.tabs {
+                        t.hint.forget_grid();
+                    }
+                    warn!(writer = %self.label(), "Google says a write is outside the grid ({}): growing it", body.message);
+                    self.grow_grid(layouts).await?;
+                    work.push(chunk);
+                }
+                Err(WriteFailure::Refused(body)) => {
+                    let reason: String = body.message.chars().take(200).collect();
+                    match body.data_index().filter(|i| *i < chunk.len()) {
+                        Some(i) => {
+                            let mut chunk = chunk;
+                            let bad = chunk.remove(i);
+                            refuse(&mut out.rejected, &mut chunk, &mut work, bad, &reason);
+                            work.push(chunk);
+                        }
+                        None if chunk.len() > 1 => {
+                            let mut first = chunk;
+                            let second = first.split_off(first.len() / 2);
+                            work.push(second);
+                            work.push(first);
+                        }
+                        None => {
+                            let mut chunk = chunk;
+                            let bad = chunk.remove(0);
+                            refuse(&mut out.rejected, &mut chunk, &mut work, bad, &reason);
+                        }
+                    }
+                }
+            }
+        }
+        out.finished = true;
+        Ok(out)
+    }
+}
+
+/// What [`SheetWriter::write_cells`] managed.
+#[derive(Debug, Default)]
+struct Written {
+    /// Cells each batch index has.
+    expected: HashMap<usize, usize>,
+    /// Cells of each batch index written.
+    cells: HashMap<usize, usize>,
+    rejected: Vec<(usize, String)>,
+    /// Every chunk was tried (no early stop).
+    finished: bool,
+}
+
+impl Written {
+    /// Batch indexes whose every cell was written.
+    fn complete(&self) -> Vec<usize> {
+        let mut v: Vec<usize> =
+            self.expected.iter().filter(|(i, n)| self.cells.get(i) == Some(n)).map(|(i, _)| *i).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Marks a refused cell's value as rejected, and takes the value's other cells (an
+/// every-copy target) out of the work too.
+fn refuse(rejected: &mut Vec<(usize, String)>, chunk: &mut Vec<Cell>, work: &mut [Vec<Cell>], bad: Cell, reason: &str) {
+    match bad.origin {
+        Some(i) => {
+            if !rejected.iter().any(|(j, _)| *j == i) {
+                rejected.push((i, reason.to_string()));
+            }
+            chunk.retain(|c| c.origin != Some(i));
+            for w in work.iter_mut() {
+                w.retain(|c| c.origin != Some(i));
+            }
+        }
+        None => warn!("a repair or header write was refused by Google: {reason}"),
+    }
+}
+
+/// Which queued writes this flush carries: oldest first, within the caps. The rest waits.
+fn choose(batch: &[PendingWrite]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (i, p) in batch.iter().enumerate() {
+        let size = p.write.value.len().min(MAX_CELL_CHARS * 4) + p.write.field.len() + 32;
+        if out.len() >= MAX_CELLS_PER_WRITE || (bytes + size > MAX_BYTES_PER_WRITE && !out.is_empty()) {
+            break;
+        }
+        bytes += size;
+        out.push(i);
+    }
+    out
+}
+
+/// A value cut to what a cell may hold, saying so.
+fn cut(value: &str) -> String {
+    if value.chars().count() <= MAX_CELL_CHARS {
+        return value.to_string();
+    }
+    let mut s: String = value.chars().take(MAX_CELL_CHARS - 1).collect();
+    s.push('…');
+    s
+}
+
+/// The check of the previous write against the tab as it is now: values missing from their
+/// record's row, and values that landed on another record's row (or a row without key).
+fn check_previous(
+    layout: &TabLayout,
+    tw: &TabWrite,
+    source_id: &str,
+    batch: &[PendingWrite],
+    chosen: &[usize],
+) -> Vec<FieldWrite> {
+    // Newer values queued now win over repairs.
+    let newer: HashSet<(WriteTarget, String)> = chosen
+        .iter()
+        .map(|&i| &batch[i].write)
+        .filter(|w| w.source_id == source_id)
+        .map(|w| (w.target.clone(), w.field.to_lowercase()))
+        .collect();
+    let mut out: Vec<FieldWrite> = Vec::new();
+    let mut seen: HashSet<(WriteTarget, String)> = HashSet::new();
+    let mut push = |out: &mut Vec<FieldWrite>, target: WriteTarget, field: &str, value: String| {
+        let id = (target.clone(), field.to_lowercase());
+        if newer.contains(&id) || !seen.insert(id) {
+            return;
+        }
+        out.push(FieldWrite { source_id: source_id.to_string(), target, field: field.to_string(), value });
+    };
+    // 1. Every value written must be on its record's row.
+    let mut intended: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for (target, field, value) in &tw.written {
+        let WriteTarget::Record(k) = target else { continue };
+        intended.entry((field.clone(), value.clone())).or_default().insert(k.0.clone());
+        if let Some(r) = layout.row_of.get(k.0.trim()) {
+            if layout.cell(field, *r) != value {
+                push(&mut out, target.clone(), field, value.clone());
+            }
+        }
+    }
+    // 2. A written value on another record's row, where that record did not have it before.
+    for ((field, value), keys) in &intended {
+        let Some(column) = layout.columns.get(field) else { continue };
+        for (i, cell) in column.iter().enumerate().skip(1) {
+            if cell != value {
+                continue;
+            }
+            let row = i as u32 + 1;
+            let key = layout.key_at(row);
+            if key.is_empty() {
+                push(&mut out, WriteTarget::Unkeyed(format!("row:{row}")), field, String::new());
+            } else if !keys.contains(key) && layout.row_of.get(key) == Some(&row) {
+                let before = tw.before.get(field).and_then(|b| b.get(key)).cloned().unwrap_or_default();
+                if before != *value {
+                    push(&mut out, WriteTarget::Record(crate::domain::RecordKey(key.to_string())), field, before);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.as_f64().map(|f| CellValue::Number(f).canonical()).unwrap_or_default(),
+        Value::Bool(b) => CellValue::Bool(*b).canonical(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RecordKey;
+
+    fn layout(rows: &[(&str, &str)]) -> TabLayout {
+        let mut keys = vec!["ID".to_string()];
+        let mut status = vec!["Estado".to_string()];
+        for (k, s) in rows {
+            keys.push(k.to_string());
+            status.push(s.to_string());
+        }
+        let columns = [("ID".to_string(), keys.clone()), ("Estado".to_string(), status)].into_iter().collect();
+        TabLayout::new("T".into(), vec!["ID".into(), "Estado".into()], keys, columns)
+    }
+
+    fn rec(k: &str) -> WriteTarget {
+        WriteTarget::Record(RecordKey(k.into()))
+    }
+
+    #[test]
+    fn a_value_written_to_a_row_that_moved_is_put_back() {
+        // We wrote "read" for 2 thinking it was on row 3; a sort had put 3 there. Now 2 lacks
+        // its value and 3 has it, which 3 did not have before.
+        let tw = TabWrite {
+            written: vec![(rec("2"), "Estado".into(), "read".into())],
+            before: [("Estado".to_string(), [("3".to_string(), "sent".to_string())].into_iter().collect())]
+                .into_iter()
+                .collect(),
+            origins: Vec::new(),
+        };
+        let now = layout(&[("1", ""), ("3", "read"), ("2", "delivered")]);
+        let repairs = check_previous(&now, &tw, "s", &[], &[]);
+        let got: Vec<(String, String)> = repairs.iter().map(|r| (r.target.to_string(), r.value.clone())).collect();
+        assert_eq!(got, vec![("record 2".into(), "read".into()), ("record 3".into(), "sent".into())]);
+    }
+
+    #[test]
+    fn a_value_on_an_inserted_row_without_key_is_cleared() {
+        let tw = TabWrite {
+            written: vec![(rec("2"), "Estado".into(), "read".into())],
+            before: HashMap::new(),
+            origins: Vec::new(),
+        };
+        let now = layout(&[("", "read"), ("2", "read")]);
+        let repairs = check_previous(&now, &tw, "s", &[], &[]);
+        assert_eq!(repairs.len(), 1);
+        assert_eq!(repairs[0].target, WriteTarget::Unkeyed("row:2".into()));
+        assert_eq!(repairs[0].value, "");
+    }
+
+    #[test]
+    fn nothing_to_repair_when_every_value_is_home() {
+        let tw = TabWrite {
+            written: vec![(rec("2"), "Estado".into(), "read".into())],
+            before: [("Estado".to_string(), [("1".to_string(), "read".to_string())].into_iter().collect())]
+                .into_iter()
+                .collect(),
+            origins: Vec::new(),
+        };
+        // 1 had "read" before: it is its own value, not ours.
+        let now = layout(&[("2", "read"), ("1", "read")]);
+        assert!(check_previous(&now, &tw, "s", &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        let long = "x".repeat(MAX_CELL_CHARS + 10);
+        let c = cut(&long);
+        assert_eq!(c.chars().count(), MAX_CELL_CHARS);
+        assert!(c.ends_with('…'));
+    }
+}

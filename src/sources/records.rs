@@ -1,0 +1,248 @@
+//! Turning a table (a header and rows) into records: the pure step every tabular source shares.
+//!
+//! Fields are found by name with [`find_field`] — exact first, then ignoring case and
+//! surrounding spaces — and that one lookup is used everywhere: a configured name that matches
+//! a header only by case is stored under the configured spelling, so every later lookup
+//! (phone, consent, rule fields, templates) finds it. Per-record problems (blank or duplicate
+//! key, unreadable phone) become [`RecordIssue`]s that are written to the record once; the
+//! rest of the table keeps working.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::domain::{CellValue, PhoneError, PhoneNumber, Record, RecordKey, WriteTarget};
+
+/// A table as read: the header row and the data rows (in a sheet, row numbers start at 2).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<CellValue>>,
+}
+
+impl Table {
+    /// Index of a column by name (see [`find_field`]).
+    pub fn column(&self, name: &str) -> Option<usize> {
+        find_field(&self.header, name)
+    }
+}
+
+/// The one field lookup: exact (trimmed) first, then ignoring case.
+pub fn find_field<S: AsRef<str>>(names: &[S], wanted: &str) -> Option<usize> {
+    let wanted = wanted.trim();
+    names.iter().position(|h| h.as_ref().trim() == wanted).or_else(|| {
+        let lower = wanted.to_lowercase();
+        names.iter().position(|h| h.as_ref().trim().to_lowercase() == lower)
+    })
+}
+
+/// What the reader needs to know about a source's fields.
+#[derive(Debug, Clone)]
+pub struct ColumnSpec<'a> {
+    pub key: &'a str,
+    pub phone: &'a str,
+    /// Fields recado writes: excluded from records (our writes are not changes).
+    pub write_back: &'a [&'a str],
+    /// Fields rules cannot work without (a trigger's field, consent): missing ones stop the read.
+    pub required: &'a [&'a str],
+    /// Other names the configuration uses (template parameters, filters, the time-zone field):
+    /// stored under the configured spelling when they match a header only by case.
+    pub referenced: &'a [&'a str],
+    pub default_region: phonenumber::country::Id,
+    /// Where a record without key is: `row:N` for the N-th sheet row. `None`: such records are
+    /// reported without a place to write the report.
+    pub locator: fn(usize) -> Option<String>,
+}
+
+/// A problem with one record, written to it once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordIssue {
+    /// Stable identity, so the same problem is reported once.
+    pub issue_key: String,
+    pub target: WriteTarget,
+    /// The record the issue belongs to (empty for records without key).
+    pub record_key: String,
+    /// What the record shows, and the log says.
+    pub message: String,
+}
+
+/// A read turned into records.
+#[derive(Debug, Default)]
+pub struct RecordsRead {
+    /// Records in the source's order.
+    pub records: Vec<Record>,
+    pub phones: HashMap<RecordKey, Result<PhoneNumber, PhoneError>>,
+    pub issues: Vec<RecordIssue>,
+}
+
+/// Turns a table into records. Fails only when required fields are missing (nothing can be
+/// trusted then); every other problem is a [`RecordIssue`] and the rest of the rows are kept.
+pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
+    let mut missing = Vec::new();
+    for name in [spec.key, spec.phone].iter().chain(spec.required.iter()) {
+        if table.column(name).is_none() && !missing.contains(&name.to_string()) {
+            missing.push(name.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    let key_col = table.column(spec.key).unwrap_or(0);
+    let phone_col = table.column(spec.phone).unwrap_or(0);
+    let excluded: HashSet<usize> = spec.write_back.iter().filter_map(|w| table.column(w)).collect();
+    // Field names: a configured spelling wins over the header's when they differ only by case.
+    let mut spelled: HashMap<usize, &str> = HashMap::new();
+    for name in [spec.key, spec.phone].iter().chain(spec.required).chain(spec.referenced) {
+        if let Some(c) = table.column(name) {
+            spelled.entry(c).or_insert(name.trim());
+        }
+    }
+    let fields: Vec<(usize, String)> = table
+        .header
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| !excluded.contains(i) && !h.trim().is_empty())
+        .map(|(i, h)| (i, spelled.get(&i).map(|s| s.to_string()).unwrap_or_else(|| h.trim().to_string())))
+        .collect();
+
+    let mut out = RecordsRead::default();
+    let mut first_row: HashMap<String, usize> = HashMap::new();
+    let mut duplicates: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, row) in table.rows.iter().enumerate() {
+        let cell = |c: usize| row.get(c).cloned().unwrap_or(CellValue::Empty);
+        if fields.iter().all(|(c, _)| cell(*c).is_empty()) {
+            continue;
+        }
+        let key = cell(key_col).canonical();
+        if key.is_empty() {
+            let fingerprint =
+                crate::diff::fingerprint(&fields.iter().map(|(c, h)| (h.clone(), cell(*c).canonical())).collect());
+            let place = (spec.locator)(i);
+            let at = place.as_deref().map(|p| format!(" ({})", p.replace(':', " "))).unwrap_or_default();
+            out.issues.push(RecordIssue {
+                issue_key: format!("blank:{fingerprint:016x}"),
+                target: WriteTarget::Unkeyed(place.unwrap_or_default()),
+                record_key: String::new(),
+                message: format!("a record{at} has no {}: recado ignores it until it has one", spec.key),
+            });
+            continue;
+        }
+        if let Some(first) = first_row.get(&key) {
+            duplicates.entry(key.clone()).or_insert_with(|| vec![*first]).push(i);
+            continue;
+        }
+        first_row.insert(key.clone(), i);
+        let record =
+            Record { key: RecordKey(key), fields: fields.iter().map(|(c, h)| (h.clone(), cell(*c))).collect() };
+        let phone_cell = cell(phone_col);
+        let phone = PhoneNumber::parse(&phone_cell.canonical(), spec.default_region);
+        if let Err(e) = &phone {
+            out.issues.push(RecordIssue {
+                issue_key: format!(
+                    "phone:{}:{:016x}",
+                    record.key,
+                    crate::diff::text_fingerprint(&phone_cell.canonical())
+                ),
+                target: WriteTarget::Record(record.key.clone()),
+                record_key: record.key.0.clone(),
+                message: format!("invalid phone: {e}"),
+            });
+        }
+        out.phones.insert(record.key.clone(), phone);
+        out.records.push(record);
+    }
+    let mut dup_keys: Vec<_> = duplicates.into_iter().collect();
+    dup_keys.sort();
+    for (key, rows) in dup_keys {
+        let places: Vec<String> =
+            rows.iter().filter_map(|i| (spec.locator)(*i)).map(|p| p.replace("row:", "")).collect();
+        let where_ = if places.is_empty() { String::new() } else { format!(" in rows {}", places.join(", ")) };
+        out.issues.push(RecordIssue {
+            issue_key: format!("duplicate:{key}:{}", rows.len()),
+            target: WriteTarget::EveryCopyOf(RecordKey(key.clone())),
+            record_key: key.clone(),
+            message: format!(
+                "duplicate {} '{key}'{where_}: only the first is used; give each record its own {}",
+                spec.key, spec.key
+            ),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> CellValue {
+        if s.is_empty() {
+            CellValue::Empty
+        } else {
+            CellValue::Text(s.into())
+        }
+    }
+
+    fn table() -> Table {
+        Table {
+            header: vec![
+                "ID".into(),
+                "Nombre".into(),
+                "Teléfono".into(),
+                "Consentimiento".into(),
+                "Estado WhatsApp".into(),
+            ],
+            rows: vec![
+                vec![t("1"), t("Ana"), t("+56 9 8765 4321"), t("Sí"), t("read")],
+                vec![t(""), t("Sin ID"), t("+56 9 1111 1111")],
+                vec![t("2"), t("Beto"), t("no tengo")],
+                vec![],
+                vec![t("1"), t("Ana bis"), t("+56 9 2222 2222")],
+                vec![CellValue::Number(3.0), t("Caro"), CellValue::Number(56987654321.0)],
+            ],
+        }
+    }
+
+    fn row_locator(i: usize) -> Option<String> {
+        Some(format!("row:{}", i + 2))
+    }
+
+    fn spec<'a>(required: &'a [&'a str], referenced: &'a [&'a str]) -> ColumnSpec<'a> {
+        ColumnSpec {
+            key: "ID",
+            phone: "teléfono",
+            write_back: &["Estado WhatsApp"],
+            required,
+            referenced,
+            default_region: phonenumber::country::Id::CL,
+            locator: row_locator,
+        }
+    }
+
+    #[test]
+    fn records_and_issues() {
+        let read = read_records(&table(), &spec(&[], &[])).unwrap();
+        let keys: Vec<&str> = read.records.iter().map(|r| r.key.0.as_str()).collect();
+        assert_eq!(keys, vec!["1", "2", "3"]);
+        assert!(!read.records[0].fields.contains_key("Estado WhatsApp"), "write-back fields are not fields");
+        assert_eq!(read.phones[&RecordKey("3".into())].as_ref().unwrap().as_str(), "+56987654321");
+        let kinds: Vec<&str> = read.issues.iter().map(|i| i.issue_key.split(':').next().unwrap()).collect();
+        assert_eq!(kinds, vec!["blank", "phone", "duplicate"]);
+        assert_eq!(read.issues[0].target, WriteTarget::Unkeyed("row:3".into()));
+        assert!(read.issues[2].message.contains("rows 2, 6"), "{}", read.issues[2].message);
+        assert!(!read.issues[1].message.contains("no tengo"), "the cell's text is masked: {}", read.issues[1].message);
+    }
+
+    #[test]
+    fn missing_fields_are_all_named() {
+        let err = read_records(&table(), &spec(&["Curso", "Mentor"], &[])).unwrap_err();
+        assert_eq!(err, vec!["Curso".to_string(), "Mentor".to_string()]);
+    }
+
+    #[test]
+    fn a_configured_name_that_differs_by_case_is_found_and_kept_in_its_spelling() {
+        let read = read_records(&table(), &spec(&["consentimiento"], &["nombre"])).unwrap();
+        let ana = &read.records[0];
+        assert_eq!(ana.text("consentimiento"), "Sí", "the rule's spelling reads the value");
+        assert_eq!(ana.text("nombre"), "Ana");
+        assert_eq!(ana.text("teléfono"), "+56 9 8765 4321");
+        assert!(!ana.fields.contains_key("Consentimiento"));
+    }
+}

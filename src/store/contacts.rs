@@ -1,0 +1,152 @@
+//! People: their opt-out, the 24-hour window their last message opened, the provider ids they
+//! are known by, and what they wrote to us.
+
+use std::collections::HashMap;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::SqliteConnection;
+
+use super::{col, StoreResult};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    /// E.164.
+    pub phone: String,
+    pub opted_out_at: Option<i64>,
+    pub last_inbound_at: Option<i64>,
+}
+
+fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
+    Ok(Contact {
+        phone: col(r, "phone")?,
+        opted_out_at: col(r, "opted_out_at")?,
+        last_inbound_at: col(r, "last_inbound_at")?,
+    })
+}
+
+pub async fn contact(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<Contact>> {
+    let row = sqlx::query("SELECT phone, opted_out_at, last_inbound_at FROM contacts WHERE phone = $1")
+        .bind(phone)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(contact_from_row).transpose()
+}
+
+/// The contact a provider id belongs to.
+pub async fn contact_by_user_id(conn: &mut SqliteConnection, user_id: &str) -> StoreResult<Option<Contact>> {
+    let row = sqlx::query(
+        "SELECT c.phone, c.opted_out_at, c.last_inbound_at FROM contact_ids i JOIN contacts c ON c.phone = i.phone WHERE i.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(contact_from_row).transpose()
+}
+
+/// Creates the contact if needed.
+pub async fn upsert_contact(conn: &mut SqliteConnection, phone: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("INSERT INTO contacts (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO UPDATE SET updated_at = excluded.updated_at")
+        .bind(phone)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records provider ids of a contact (later ids for the same person are added, not replaced).
+pub async fn add_contact_ids(conn: &mut SqliteConnection, phone: &str, ids: &[String], now: i64) -> StoreResult<()> {
+    for id in ids.iter().filter(|i| !i.is_empty()) {
+        sqlx::query(
+            "INSERT INTO contact_ids (user_id, phone, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE SET phone = excluded.phone, updated_at = excluded.updated_at",
+        )
+        .bind(id)
+        .bind(phone)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The 24-hour window: keeps the latest inbound time.
+pub async fn set_last_inbound(conn: &mut SqliteConnection, phone: &str, at: i64, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE contacts SET last_inbound_at = CASE WHEN last_inbound_at IS NULL OR last_inbound_at < $2 THEN $2 ELSE last_inbound_at END,
+         updated_at = $3 WHERE phone = $1",
+    )
+    .bind(phone)
+    .bind(at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_opted_out(conn: &mut SqliteConnection, phone: &str, text: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE contacts SET opted_out_at = COALESCE(opted_out_at, $2), opt_out_text = $3, updated_at = $2 WHERE phone = $1")
+        .bind(phone)
+        .bind(now)
+        .bind(text)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Contacts for several phones at once (the dispatcher checks a chunk in one query).
+pub async fn contacts_for(conn: &mut SqliteConnection, phones: &[&str]) -> StoreResult<HashMap<String, Contact>> {
+    if phones.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "SELECT phone, opted_out_at, last_inbound_at FROM contacts WHERE phone IN (",
+    );
+    let mut sep = qb.separated(", ");
+    for p in phones {
+        sep.push_bind(*p);
+    }
+    qb.push(")");
+    let rows = qb.build().fetch_all(conn).await?;
+    rows.iter().map(|r| contact_from_row(r).map(|c| (c.phone.clone(), c))).collect()
+}
+
+/// An inbound message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRow<'a> {
+    pub provider_message_id: &'a str,
+    pub provider_id: &'a str,
+    pub sender_id: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    /// (source id, record key) of the conversation it belongs to.
+    pub record: Option<(&'a str, &'a str)>,
+    pub in_reply_to: Option<i64>,
+    pub kind: &'a str,
+    pub body: &'a str,
+    pub received_at: i64,
+}
+
+/// Stores an inbound message. False when it was already stored (a redelivered webhook).
+pub async fn insert_inbound(conn: &mut SqliteConnection, m: &InboundRow<'_>) -> StoreResult<bool> {
+    let r = sqlx::query(
+        "INSERT INTO inbound (provider_message_id, provider_id, sender_id, phone, source_id, record_key, in_reply_to, kind, body, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(m.provider_message_id)
+    .bind(m.provider_id)
+    .bind(m.sender_id)
+    .bind(m.phone)
+    .bind(m.record.map(|r| r.0))
+    .bind(m.record.map(|r| r.1))
+    .bind(m.in_reply_to)
+    .bind(m.kind)
+    .bind(m.body)
+    .bind(m.received_at)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Inbound messages stored (for summaries and tests).
+pub async fn inbound_count(conn: &mut SqliteConnection) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM inbound").fetch_one(conn).await?)
+}

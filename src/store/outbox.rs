@@ -1,0 +1,340 @@
+//! The outbox: every message, from `queued` (committed before any network call) through
+//! `sending` (committed before the call) to its final state. The idempotency key
+//! (`rule:record:occurrence`) is UNIQUE: a record gets a rule's message once per occurrence.
+
+use std::str::FromStr;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::SqliteConnection;
+
+use super::{col, StoreError, StoreResult};
+use crate::domain::{Intent, MessageContent, MessageState, PhoneNumber, RecordKey};
+
+/// One message of the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub idempotency_key: String,
+    pub rule_id: String,
+    pub source_id: String,
+    pub record_key: RecordKey,
+    pub provider_id: String,
+    pub phone: PhoneNumber,
+    pub content: MessageContent,
+    pub fallback: Option<MessageContent>,
+    pub state: MessageState,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+    pub provider_message_id: Option<String>,
+    /// The provider's id for the recipient, as it answered the send.
+    pub recipient_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub state_at: i64,
+}
+
+const MESSAGE_COLUMNS: &str = "id, idempotency_key, rule_id, source_id, record_key, provider_id, phone, content, fallback, state, attempts, next_attempt_at, provider_message_id, recipient_id, error, created_at, updated_at, state_at";
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { what, detail: e.to_string() }
+}
+
+fn message_from_row(r: &SqliteRow) -> StoreResult<OutboxMessage> {
+    let content: String = col(r, "content")?;
+    let fallback: Option<String> = col(r, "fallback")?;
+    let state: String = col(r, "state")?;
+    Ok(OutboxMessage {
+        id: col(r, "id")?,
+        idempotency_key: col(r, "idempotency_key")?,
+        rule_id: col(r, "rule_id")?,
+        source_id: col(r, "source_id")?,
+        record_key: RecordKey(col(r, "record_key")?),
+        provider_id: col(r, "provider_id")?,
+        phone: PhoneNumber::from_e164_unchecked(col::<String>(r, "phone")?),
+        content: serde_json::from_str(&content).map_err(|e| corrupt("message content", e))?,
+        fallback: fallback.map(|f| serde_json::from_str(&f)).transpose().map_err(|e| corrupt("message fallback", e))?,
+        state: MessageState::from_str(&state).map_err(|e| corrupt("message state", e))?,
+        attempts: col::<i64>(r, "attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
+        next_attempt_at: col(r, "next_attempt_at")?,
+        provider_message_id: col(r, "provider_message_id")?,
+        recipient_id: col(r, "recipient_id")?,
+        error: col(r, "error")?,
+        created_at: col(r, "created_at")?,
+        updated_at: col(r, "updated_at")?,
+        state_at: col(r, "state_at")?,
+    })
+}
+
+fn messages_from_rows(rows: Vec<SqliteRow>) -> StoreResult<Vec<OutboxMessage>> {
+    rows.iter().map(message_from_row).collect()
+}
+
+fn encode(content: &MessageContent) -> StoreResult<String> {
+    serde_json::to_string(content).map_err(|e| corrupt("message content", e))
+}
+
+/// Commits an intent as `queued`, due at `due_at`. Returns the new id, or `None` when a message
+/// with the same idempotency key already exists (it is never sent twice).
+pub async fn insert_intent(
+    conn: &mut SqliteConnection,
+    intent: &Intent,
+    due_at: i64,
+    now: i64,
+) -> StoreResult<Option<i64>> {
+    let content = encode(&intent.content)?;
+    let fallback = intent.fallback.as_ref().map(encode).transpose()?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO messages (idempotency_key, rule_id, source_id, record_key, provider_id, phone, content, fallback,
+                               state, attempts, next_attempt_at, created_at, updated_at, state_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', 0, $9, $10, $10, $10)
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    )
+    .bind(&intent.idempotency_key)
+    .bind(&intent.rule_id)
+    .bind(&intent.source_id)
+    .bind(&intent.record_key.0)
+    .bind(&intent.provider_id)
+    .bind(intent.phone.as_str())
+    .bind(content)
+    .bind(fallback)
+    .bind(due_at)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Commits many intents at once (campaigns), `queued`, skipping idempotency keys that exist.
+/// Returns the idempotency keys that were new, so that only those show `queued` on their row.
+pub async fn insert_intents(
+    conn: &mut SqliteConnection,
+    intents: &[(Intent, i64)],
+    now: i64,
+) -> StoreResult<Vec<String>> {
+    let mut inserted = Vec::new();
+    for chunk in intents.chunks(500) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (intent, due) in chunk {
+            rows.push((intent, *due, encode(&intent.content)?, intent.fallback.as_ref().map(encode).transpose()?));
+        }
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO messages (idempotency_key, rule_id, source_id, record_key, provider_id, phone, content, fallback,
+                                   state, attempts, next_attempt_at, created_at, updated_at, state_at) ",
+        );
+        qb.push_values(rows, |mut b, (intent, due, content, fallback)| {
+            b.push_bind(intent.idempotency_key.clone())
+                .push_bind(intent.rule_id.clone())
+                .push_bind(intent.source_id.clone())
+                .push_bind(intent.record_key.0.clone())
+                .push_bind(intent.provider_id.clone())
+                .push_bind(intent.phone.as_str().to_string())
+                .push_bind(content)
+                .push_bind(fallback)
+                .push_bind("queued")
+                .push_bind(0i64)
+                .push_bind(due)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        qb.push(" ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key");
+        let rows = qb.build().fetch_all(&mut *conn).await?;
+        for r in &rows {
+            inserted.push(col::<String>(r, "idempotency_key")?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// Queued messages of `provider_id` whose time has come, oldest first.
+pub async fn due_messages(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    now: i64,
+    limit: i64,
+) -> StoreResult<Vec<OutboxMessage>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_id = $1 AND state = 'queued' AND next_attempt_at <= $2
+         ORDER BY next_attempt_at, id LIMIT $3"
+    )))
+    .bind(provider_id)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    messages_from_rows(rows)
+}
+
+/// When the next queued message of `provider_id` becomes due.
+pub async fn next_due_at(conn: &mut SqliteConnection, provider_id: &str) -> StoreResult<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM messages WHERE provider_id = $1 AND state = 'queued'")
+        .bind(provider_id)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Messages left `sending` (a send whose outcome is unknown) since before `before`.
+pub async fn in_doubt(conn: &mut SqliteConnection, provider_id: &str, before: i64) -> StoreResult<Vec<OutboxMessage>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_id = $1 AND state = 'sending' AND updated_at < $2 ORDER BY id"
+    )))
+    .bind(provider_id)
+    .bind(before)
+    .fetch_all(conn)
+    .await?;
+    messages_from_rows(rows)
+}
+
+pub async fn message_by_id(conn: &mut SqliteConnection, id: i64) -> StoreResult<Option<OutboxMessage>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(message_from_row).transpose()
+}
+
+pub async fn message_by_provider_id(
+    conn: &mut SqliteConnection,
+    provider_message_id: &str,
+) -> StoreResult<Option<OutboxMessage>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_message_id = $1"
+    )))
+    .bind(provider_message_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
+}
+
+/// The most recent message that reached the provider for a phone number.
+pub async fn latest_sent_to(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<OutboxMessage>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE phone = $1 AND provider_message_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+    )))
+    .bind(phone)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
+}
+
+/// True when no newer message exists for the same record (its status owns the record's fields).
+pub async fn is_latest_for_record(conn: &mut SqliteConnection, m: &OutboxMessage) -> StoreResult<bool> {
+    let newer: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE source_id = $1 AND record_key = $2 AND id > $3")
+            .bind(&m.source_id)
+            .bind(&m.record_key.0)
+            .bind(m.id)
+            .fetch_one(conn)
+            .await?;
+    Ok(newer == 0)
+}
+
+/// A change to one outbox message; `None` fields are left as they are.
+#[derive(Debug, Clone, Default)]
+pub struct MessageUpdate {
+    pub state: Option<MessageState>,
+    pub attempts: Option<u32>,
+    pub next_attempt_at: Option<i64>,
+    pub provider_message_id: Option<String>,
+    pub recipient_id: Option<String>,
+    /// `Some(None)` clears the error.
+    pub error: Option<Option<String>>,
+    pub state_at: Option<i64>,
+    /// Replace the content (free text switched to its fallback template).
+    pub content: Option<MessageContent>,
+}
+
+pub async fn update_message(conn: &mut SqliteConnection, id: i64, u: &MessageUpdate, now: i64) -> StoreResult<()> {
+    let content = u.content.as_ref().map(encode).transpose()?;
+    sqlx::query(
+        "UPDATE messages SET
+            state = COALESCE($2, state),
+            attempts = COALESCE($3, attempts),
+            next_attempt_at = COALESCE($4, next_attempt_at),
+            provider_message_id = COALESCE($5, provider_message_id),
+            recipient_id = COALESCE($6, recipient_id),
+            error = CASE WHEN $7 = 1 THEN $8 ELSE error END,
+            state_at = COALESCE($9, state_at),
+            content = COALESCE($10, content),
+            updated_at = $11
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(u.state.map(|s| s.as_str()))
+    .bind(u.attempts.map(i64::from))
+    .bind(u.next_attempt_at)
+    .bind(&u.provider_message_id)
+    .bind(&u.recipient_id)
+    .bind(i64::from(u.error.is_some()))
+    .bind(u.error.clone().flatten())
+    .bind(u.state_at)
+    .bind(content)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A message sent again after its provider reported it failed (retryable): it gets a fresh
+/// provider id when it goes out, so the old one is forgotten.
+pub async fn requeue_failed_send(
+    conn: &mut SqliteConnection,
+    id: i64,
+    due_at: i64,
+    attempts: u32,
+    content: Option<&MessageContent>,
+    reason: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let content = content.map(encode).transpose()?;
+    sqlx::query(
+        "UPDATE messages SET state = 'queued', provider_message_id = NULL, next_attempt_at = $2, attempts = $3,
+            content = COALESCE($4, content), error = $5, updated_at = $6
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(due_at)
+    .bind(i64::from(attempts))
+    .bind(content)
+    .bind(reason)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Queued messages to `phone` (used to skip them all on opt-out).
+pub async fn queued_for_phone(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Vec<OutboxMessage>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE phone = $1 AND state = 'queued' ORDER BY id"
+    )))
+    .bind(phone)
+    .fetch_all(conn)
+    .await?;
+    messages_from_rows(rows)
+}
+
+/// Message counts by state.
+pub async fn counts_by_state(conn: &mut SqliteConnection) -> StoreResult<Vec<(String, i64)>> {
+    let rows =
+        sqlx::query("SELECT state, COUNT(*) AS n FROM messages GROUP BY state ORDER BY state").fetch_all(conn).await?;
+    rows.iter().map(|r| Ok((col(r, "state")?, col(r, "n")?))).collect()
+}
+
+/// Every message, oldest first (for summaries and tests).
+pub async fn all_messages(conn: &mut SqliteConnection) -> StoreResult<Vec<OutboxMessage>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id")))
+        .fetch_all(conn)
+        .await?;
+    messages_from_rows(rows)
+}
+
+/// Whether a message with this idempotency key exists (used by `plan` and tests).
+pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) -> StoreResult<bool> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE idempotency_key = $1")
+        .bind(idempotency_key)
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}

@@ -1,0 +1,102 @@
+//! Raw webhook bodies: stored (verified) before the provider is answered, applied later from
+//! here. A delivery that cannot be applied is parked with its reason; the others go on.
+
+use sqlx::SqliteConnection;
+
+use super::{col, StoreResult};
+
+/// A stored delivery waiting to be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWebhook {
+    pub id: i64,
+    pub provider_id: String,
+    pub body: String,
+    /// Times applying it failed already.
+    pub attempts: u32,
+    pub received_at: i64,
+}
+
+/// Persists a verified webhook body.
+pub async fn insert_webhook(conn: &mut SqliteConnection, provider_id: &str, body: &str, now: i64) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar("INSERT INTO webhooks (provider_id, received_at, body) VALUES ($1, $2, $3) RETURNING id")
+        .bind(provider_id)
+        .bind(now)
+        .bind(body)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Deliveries not yet applied (nor parked), oldest first.
+pub async fn pending_webhooks(conn: &mut SqliteConnection, limit: i64) -> StoreResult<Vec<StoredWebhook>> {
+    let rows = sqlx::query(
+        "SELECT id, provider_id, body, attempts, received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredWebhook {
+                id: col(r, "id")?,
+                provider_id: col(r, "provider_id")?,
+                body: col(r, "body")?,
+                attempts: col::<i64>(r, "attempts")?.clamp(0, 1000) as u32,
+                received_at: col(r, "received_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a delivery applied, with what it did.
+pub async fn finish_webhook(conn: &mut SqliteConnection, id: i64, outcome: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE webhooks SET processed_at = $2, outcome = $3 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .bind(outcome)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Parks a delivery that cannot be applied: kept with its reason, never retried.
+pub async fn park_webhook(conn: &mut SqliteConnection, id: i64, reason: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE webhooks SET processed_at = $2, parked_at = $2, outcome = $3 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .bind(format!("parked: {reason}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Counts one more failed attempt to apply a delivery.
+pub async fn count_webhook_attempt(conn: &mut SqliteConnection, id: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE webhooks SET attempts = attempts + 1 WHERE id = $1").bind(id).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn pending_webhook_count(conn: &mut SqliteConnection) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE processed_at IS NULL").fetch_one(conn).await?)
+}
+
+pub async fn parked_webhook_count(conn: &mut SqliteConnection) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE parked_at IS NOT NULL").fetch_one(conn).await?)
+}
+
+/// Records that a provider reported `status` for a message. False when already seen.
+pub async fn record_status_event(
+    conn: &mut SqliteConnection,
+    provider_message_id: &str,
+    status: &str,
+    now: i64,
+) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "INSERT INTO status_events (provider_message_id, status, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(provider_message_id)
+    .bind(status)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
