@@ -48,12 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), MetaSettings { statuses: false, ..Default::default() })
             .await?;
     sandbox.google().set_quota(100_000, 100_000);
-    sandbox.meta().add_template(TemplateDef {
-        name: "encuesta".into(),
-        language: "es".into(),
-        body_params: 1,
-        url_button: false,
-    });
+    sandbox.meta().add_template(TemplateDef::new("encuesta", "es", 1, false));
     let mut rows = vec![vec![json!("ID"), json!("Nombre"), json!("Teléfono"), json!("Estado")]];
     rows.extend((0..n).map(|i| {
         vec![json!(i), json!(format!("Participante {i}")), json!(format!("+5698{:07}", i)), json!("Egresado")]

@@ -26,12 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let n = arg("--messages", (rate * 20.0).max(500.0)) as usize;
     let settings = MetaSettings { messages_per_second: rate, statuses: false, pair_burst: 1000, ..Default::default() };
     let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await?;
-    sandbox.meta().add_template(TemplateDef {
-        name: "aviso".into(),
-        language: "es".into(),
-        body_params: 1,
-        url_button: false,
-    });
+    sandbox.meta().add_template(TemplateDef::new("aviso", "es", 1, false));
     sandbox.google().seed("load", "UTC", vec![("T".into(), vec![vec![json!("ID"), json!("Teléfono")]])]);
     let dir = tempfile::tempdir()?;
     let key = dir.path().join("sa.json");

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::config::{Config, ProviderConfig, SourceConfig};
+use crate::config::{Config, SourceConfig};
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::flusher::Flusher;
 use crate::engine::inbox::InboxProcessor;
@@ -65,18 +65,7 @@ pub fn connect_sources(config: &Config, http: &reqwest::Client) -> anyhow::Resul
 
 /// Every configured provider, by id.
 pub fn connect_providers(config: &Config, http: &reqwest::Client) -> HashMap<String, Provider> {
-    config
-        .providers
-        .iter()
-        .map(|p| {
-            let provider = match p {
-                ProviderConfig::MetaCloud(m) => {
-                    Provider::MetaCloud(crate::providers::meta_cloud::MetaCloud::new(m.clone(), http.clone()))
-                }
-            };
-            (p.id().to_string(), provider)
-        })
-        .collect()
+    config.providers.iter().map(|p| (p.id().to_string(), p.connect(http))).collect()
 }
 
 /// A stop signal and the loops that listen to it.

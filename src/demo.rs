@@ -271,27 +271,12 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
 
     let key_file = dir.path().join("service-account.json");
     std::fs::write(&key_file, sandbox.service_account_key("recado-demo@recado-sandbox.iam.gserviceaccount.com"))?;
-    sandbox.meta().add_template(TemplateDef {
-        name: "confirmacion_inscripcion".into(),
-        language: "es".into(),
-        body_params: 3,
-        url_button: false,
-    });
-    sandbox.meta().add_template(TemplateDef {
-        name: "encuesta_seguimiento".into(),
-        language: "es".into(),
-        body_params: 1,
-        url_button: true,
-    });
+    sandbox.meta().add_template(TemplateDef::new("confirmacion_inscripcion", "es", 3, false));
+    sandbox.meta().add_template(TemplateDef::new("encuesta_seguimiento", "es", 1, true));
     let header = ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Consentimiento", "Estado"].map(|h| json!(h)).to_vec();
     let mut rows = vec![header];
     rows.extend(ALREADY_REGISTERED.iter().map(row));
-    sandbox.meta().add_template(TemplateDef {
-        name: "recordatorio_cita".into(),
-        language: "es".into(),
-        body_params: 2,
-        url_button: false,
-    });
+    sandbox.meta().add_template(TemplateDef::new("recordatorio_cita", "es", 2, false));
     sandbox.google().seed(
         SHEET,
         "America/Santiago",

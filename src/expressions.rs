@@ -140,9 +140,23 @@ fn is_unknown_name(e: &minijinja::Error) -> bool {
 /// The template context of a record: each field by name, all of them under `row`, and the
 /// source's date style for the `date` filter. Date cells render as readable dates.
 pub fn context(record: &Record, dates: &DateStyle) -> Value {
+    context_with(record, dates, &[])
+}
+
+/// The same, with `aliases`: names expressions use that match a field only by case
+/// (`{{ nombre }}` for the header `Nombre`) are variables too.
+pub fn context_with(record: &Record, dates: &DateStyle, aliases: &[String]) -> Value {
     let mut fields: BTreeMap<String, Value> = BTreeMap::new();
     for (k, v) in &record.fields {
         fields.insert(k.clone(), cell(v, dates));
+    }
+    for alias in aliases {
+        if !fields.contains_key(alias) {
+            if let Some(v) = record.get(alias) {
+                let value = cell(v, dates);
+                fields.insert(alias.clone(), value);
+            }
+        }
     }
     let row = Value::from(fields.clone());
     fields.insert("row".to_string(), row);

@@ -91,6 +91,15 @@ pub enum ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// The provider this configuration describes, ready to send.
+    pub fn connect(&self, http: &reqwest::Client) -> crate::providers::Provider {
+        match self {
+            ProviderConfig::MetaCloud(m) => crate::providers::Provider::MetaCloud(
+                crate::providers::meta_cloud::MetaCloud::new(m.clone(), http.clone()),
+            ),
+        }
+    }
+
     pub fn settings(&self) -> &ProviderSettings {
         match self {
             ProviderConfig::MetaCloud(m) => &m.settings,
@@ -229,6 +238,20 @@ impl Config {
     /// The settings of a source by id.
     pub fn source(&self, id: &str) -> Option<&SourceSettings> {
         self.sources.iter().map(SourceConfig::settings).find(|s| s.id == id)
+    }
+}
+
+/// A configuration with one provider (pointing nowhere) and no source, for unit tests of the
+/// loops.
+#[cfg(test)]
+pub(crate) fn one_provider_for_tests(state: &Path) -> Config {
+    let yaml = format!(
+        "state: {{path: '{}'}}\nproviders:\n  - id: w\n    type: meta_cloud\n    phone_number_id: '1'\n    access_token: t\n    app_secret: s\n    verify_token: v\n    base_url: http://127.0.0.1:9\n    pair_interval: 6s\n",
+        state.display()
+    );
+    match Config::from_yaml_with(&yaml, &Env::fixed::<&str, &str>([])) {
+        Ok(c) => c,
+        Err(e) => panic!("the test configuration is invalid: {e}"),
     }
 }
 

@@ -14,7 +14,7 @@ mod target;
 
 pub use message::{InboundKind, Intent, MessageContent, ProviderError, ProviderEvent, Sender, TemplateMessage};
 pub use phone::{mask_phone, MaskedText, PhoneError, PhoneNumber};
-pub use record::{CellValue, Record, RecordKey};
+pub use record::{same_field, CellValue, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;
 pub use target::{FieldWrite, PendingWrite, WriteTarget};

@@ -72,15 +72,42 @@ pub struct Record {
 }
 
 impl Record {
+    /// A field by name: the one lookup everything uses — exact first, then ignoring case and
+    /// surrounding spaces (a rule may write `consentimiento` for the header `Consentimiento`).
+    pub fn get(&self, field: &str) -> Option<&CellValue> {
+        if let Some(v) = self.fields.get(field) {
+            return Some(v);
+        }
+        let wanted = field.trim().to_lowercase();
+        self.fields.iter().find(|(k, _)| k.trim().to_lowercase() == wanted).map(|(_, v)| v)
+    }
+
     /// The canonical text of a field; empty when the field does not exist.
     pub fn text(&self, field: &str) -> String {
-        self.fields.get(field).map(CellValue::canonical).unwrap_or_default()
+        self.get(field).map(CellValue::canonical).unwrap_or_default()
     }
+}
+
+/// Whether two field names are the same field (the rule of [`Record::get`]).
+pub fn same_field(a: &str, b: &str) -> bool {
+    a == b || a.trim().to_lowercase() == b.trim().to_lowercase()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_found_whatever_their_case() {
+        let r = Record {
+            key: RecordKey("1".into()),
+            fields: [("Consentimiento".to_string(), CellValue::Text("Sí".into()))].into_iter().collect(),
+        };
+        assert_eq!(r.text("Consentimiento"), "Sí");
+        assert_eq!(r.text("consentimiento "), "Sí");
+        assert_eq!(r.text("Otro"), "");
+        assert!(same_field("Estado", " estado"));
+    }
 
     #[test]
     fn canonical_forms() {

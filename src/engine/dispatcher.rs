@@ -612,6 +612,54 @@ mod tests {
         assert!(!inside_service_window(Some(now - SERVICE_WINDOW_MS), now));
     }
 
+    async fn dispatcher(dir: &std::path::Path) -> Arc<Dispatcher> {
+        let config = crate::config::one_provider_for_tests(&dir.join("s.db"));
+        let provider = config.providers[0].connect(&reqwest::Client::new());
+        let store = crate::store::Store::open(&config.state.path).await.unwrap();
+        let rules = Arc::new(crate::rules::RuleSet::compile(&config.rules).unwrap());
+        let ctx = EngineCtx::new(store, Arc::new(config), rules, Arc::new(super::super::Clock::system()), &[]);
+        Dispatcher::new(provider, ctx)
+    }
+
+    /// A panic elsewhere while a lock was held must not switch off the pair interval or the
+    /// provider's pause (the old `if let Ok(lock)` skipped both silently).
+    #[tokio::test]
+    async fn a_poisoned_lock_keeps_the_pair_interval_and_the_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path()).await;
+        let d2 = Arc::clone(&d);
+        let _ = std::thread::spawn(move || {
+            let _a = d2.last_sent.lock();
+            let _b = d2.paused_until.lock();
+            panic!("poison both locks");
+        })
+        .join();
+        assert!(d.last_sent.is_poisoned() && d.paused_until.is_poisoned());
+        d.last_sent().insert("+56912345678".into(), Instant::now());
+        assert!(d.last_sent().contains_key("+56912345678"), "the pair interval still sees recent sends");
+        d.pause_for(Duration::from_secs(30));
+        assert!(d.paused().is_some_and(|t| t > Instant::now()), "the pause still holds");
+    }
+
+    /// The memory of recent recipients stays bounded, and keeps those still inside the interval.
+    #[tokio::test]
+    async fn recent_recipients_are_remembered_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path()).await;
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
+        {
+            let mut l = d.last_sent();
+            for i in 0..(PAIR_MEMORY + 5_000) {
+                l.insert(format!("+5690000{i:05}"), long_ago);
+            }
+            l.insert("+56911111111".into(), Instant::now());
+        }
+        d.forget_old_recipients();
+        let l = d.last_sent();
+        assert_eq!(l.len(), 1, "only the recipient inside its pair interval is left");
+        assert!(l.contains_key("+56911111111"));
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(retry_delay(1), Duration::from_secs(2));

@@ -16,8 +16,8 @@ use minijinja::{Environment, Value};
 
 use crate::config::{RuleConfig, SendSpec, TemplateSpec, Trigger};
 use crate::diff::Change;
-use crate::domain::{Intent, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
-use crate::expressions::{context, environment, DateStyle};
+use crate::domain::{same_field, Intent, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
+use crate::expressions::{context_with, environment, DateStyle};
 
 /// Most characters all body parameters of one template may have together. WhatsApp refuses a
 /// template whose text with its parameters exceeds 1,024 characters (error 132005); the rest
@@ -171,6 +171,9 @@ struct CompiledRule {
 pub struct RuleSet {
     env: Environment<'static>,
     rules: Vec<CompiledRule>,
+    /// Every name the rules' expressions use, so a name that matches a field only by case is a
+    /// variable too.
+    aliases: Vec<String>,
 }
 
 impl RuleSet {
@@ -196,7 +199,16 @@ impl RuleSet {
                 }
             }
         }
-        Ok(Self { env, rules: rules.iter().cloned().map(|config| CompiledRule { config }).collect() })
+        let mut aliases: Vec<String> = Vec::new();
+        let mut sources: Vec<&str> = rules.iter().map(|r| r.source.as_str()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        for s in sources {
+            aliases.extend(referenced_fields(rules, s));
+        }
+        aliases.sort();
+        aliases.dedup();
+        Ok(Self { env, rules: rules.iter().cloned().map(|config| CompiledRule { config }).collect(), aliases })
     }
 
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
@@ -218,13 +230,13 @@ impl RuleSet {
                 // A row that could not be messaged when it appeared (no consent, bad phone) gets
                 // its welcome when that is fixed; the idempotency key stops a second one.
                 (Trigger::RowAdded, Change::Changed { fields, .. })
-                    if fields.iter().any(|f| facts.gate_columns.contains(&f.field.as_str())) =>
+                    if fields.iter().any(|f| facts.gate_columns.iter().any(|g| same_field(g, &f.field))) =>
                 {
                     Some("added".to_string())
                 }
                 (Trigger::Changed { field, to }, Change::Changed { fields, .. }) => fields
                     .iter()
-                    .find(|f| &f.field == field)
+                    .find(|f| same_field(&f.field, field))
                     .filter(|f| {
                         to.as_ref().is_none_or(|want| f.new.trim().to_lowercase() == want.trim().to_lowercase())
                     })
@@ -278,7 +290,7 @@ impl RuleSet {
         record: &Record,
         facts: &RecordFacts<'_>,
     ) -> Option<Result<Intent, String>> {
-        let ctx = context(record, facts.dates);
+        let ctx = context_with(record, facts.dates, &self.aliases);
         match self.eligible_with(r, &ctx, facts) {
             None => return None,
             Some(Err(e)) => return Some(Err(e)),
@@ -347,7 +359,7 @@ impl RuleSet {
             // Eligibility now (filter, consent, phone); re-checked, and the message rendered, when
             // the timer fires. The record's template context is built only when a rule has a filter.
             let eligible = match &r.filter {
-                Some(_) => self.eligible_with(r, &context(record, facts.dates), facts),
+                Some(_) => self.eligible_with(r, &context_with(record, facts.dates, &self.aliases), facts),
                 None => self.eligible_with(r, &Value::UNDEFINED, facts),
             };
             match eligible {

@@ -1,8 +1,13 @@
-//! Emulator of the Meta WhatsApp Cloud API: the send endpoint with body validation, a template
-//! registry, the 24-hour window, throughput and pair-rate limits, `wa_id`s that differ from the
-//! number sent to (Brazilian mobiles lose their ninth digit), signed status webhooks
-//! (sent → delivered → read, or failed) retried until answered 200, duplicated or reordered on
-//! request, and simulated people who read and reply.
+//! Emulator of the Meta WhatsApp Cloud API, as strict as Meta: the send endpoint with body
+//! validation, a template registry (name, language, parameter count, WhatsApp's parameter rules:
+//! no line breaks, tabs or more than four spaces in a row — 132018 — and a length limit on the
+//! filled-in text — 132005), the 24-hour window, throughput and pair-rate limits, `wa_id`s that
+//! differ from the number sent to (Brazilian mobiles lose their ninth digit), users with a
+//! username and no visible number (business-scoped ids), signed status webhooks (sent →
+//! delivered → read, or failed) retried as Meta does — at once, then less and less often for
+//! seven days, a schedule tests can compress — duplicated or reordered on request, simulated
+//! people who read and reply, and faults: error codes, answers that never come, sends accepted
+//! whose answer is lost, and a hold that keeps answers back until released.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -44,8 +49,9 @@ pub struct MetaSettings {
     /// Free text outside the window: `async` (accept, then a failed webhook, as Meta mostly
     /// does) or `sync` (400 with 131047).
     pub window_error: String,
-    /// How many times an unanswered webhook is retried.
-    pub webhook_retries: u32,
+    /// Meta's retry schedule for unacknowledged webhooks is multiplied by this (1.0 = real
+    /// time: at once, then 10 s, 30 s, 1 min, … for seven days; tests compress it).
+    pub webhook_time_scale: f64,
 }
 
 impl Default for MetaSettings {
@@ -63,7 +69,7 @@ impl Default for MetaSettings {
             duplicate_webhooks: false,
             reorder_webhooks: false,
             window_error: "async".into(),
-            webhook_retries: 8,
+            webhook_time_scale: 1.0,
         }
     }
 }
@@ -76,6 +82,21 @@ pub struct TemplateDef {
     pub body_params: usize,
     #[serde(default)]
     pub url_button: bool,
+    /// Characters of the body's own text (without its parameters): with the parameters it must
+    /// stay within 1,024 characters when the template has other components, 32,768 otherwise.
+    #[serde(default = "default_body_chars")]
+    pub body_chars: usize,
+}
+
+fn default_body_chars() -> usize {
+    120
+}
+
+impl TemplateDef {
+    /// A template whose body has `body_params` parameters (and a URL button when `url_button`).
+    pub fn new(name: &str, language: &str, body_params: usize, url_button: bool) -> Self {
+        Self { name: name.into(), language: language.into(), body_params, url_button, body_chars: default_body_chars() }
+    }
 }
 
 /// A simulated WhatsApp user.
@@ -91,6 +112,13 @@ pub struct SimUser {
     /// Replies this text to the first message it reads.
     pub reply: Option<String>,
     pub reply_after_ms: u64,
+    /// The business-scoped user id Meta gives this user (`US.1349…`), if any.
+    pub user_id: Option<String>,
+    /// The user's username (`@name`), if any.
+    pub username: Option<String>,
+    /// Whether webhooks show the user's number (`from`, `wa_id`); users with a username may
+    /// hide it.
+    pub phone_visible: bool,
 }
 
 impl Default for SimUser {
@@ -103,6 +131,9 @@ impl Default for SimUser {
             read_after_ms: 300,
             reply: None,
             reply_after_ms: 600,
+            user_id: None,
+            username: None,
+            phone_visible: true,
         }
     }
 }
@@ -110,17 +141,47 @@ impl Default for SimUser {
 /// A fault for upcoming sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetaFault {
+    /// Meta's error code (for `sync` and `async`).
+    #[serde(default)]
     pub code: i64,
     #[serde(default = "default_fault_status")]
     pub http_status: u16,
     #[serde(default = "one")]
     pub count: u32,
-    /// `sync` (error answer) or `async` (accept, then a failed webhook).
+    /// `sync` (an error answer; the default), `async` (accepted, then a failed status webhook),
+    /// `timeout` (no answer ever; nothing sent), or `drop` (accepted and sent, then the answer is
+    /// lost: the connection hangs).
     #[serde(default)]
     pub mode: Option<String>,
     /// Only for sends to this number (digits); any when absent.
     #[serde(default)]
     pub to: Option<String>,
+    /// Answer this late (any mode).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+}
+
+impl MetaFault {
+    /// A fault with a typo is an error, not "anything": a test cannot pass by accident.
+    pub fn validate(&self) -> Result<(), String> {
+        let mode = self.mode.as_deref().unwrap_or("sync");
+        if !["sync", "async", "timeout", "drop"].contains(&mode) {
+            return Err(format!("unknown fault mode '{mode}': expected sync, async, timeout or drop"));
+        }
+        if matches!(mode, "sync" | "async") && self.code <= 0 {
+            return Err(format!("a {mode} fault needs Meta's error code"));
+        }
+        if mode == "sync" && !(400..=599).contains(&self.http_status) {
+            return Err(format!("http_status {} is not an error status", self.http_status));
+        }
+        if self.count == 0 {
+            return Err("count must be at least 1".into());
+        }
+        if self.to.as_deref().is_some_and(|t| t.is_empty() || !t.chars().all(|c| c.is_ascii_digit())) {
+            return Err("to: expected the recipient's digits".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_fault_status() -> u16 {
@@ -144,6 +205,28 @@ pub struct SentMessage {
 pub struct MetaState {
     inner: Mutex<Inner>,
     http: reqwest::Client,
+    /// While true, send answers wait (the messages are accepted when released).
+    hold: tokio::sync::watch::Sender<bool>,
+    /// Webhooks (and simulated replies) scheduled but not yet delivered or given up.
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Sends waiting for a release.
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one scheduled delivery until dropped.
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(std::sync::Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 struct Inner {
@@ -179,7 +262,30 @@ impl MetaState {
                 delivery_failures: 0,
             }),
             http: reqwest::Client::new(),
+            hold: tokio::sync::watch::channel(false).0,
+            in_flight: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            waiting: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
+    }
+
+    /// Webhooks and simulated replies scheduled and not yet delivered (or given up).
+    pub fn deliveries_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Holds every send answer back until [`MetaState::release`] (tests that need a send to be
+    /// in flight at a precise moment).
+    pub fn hold_sends(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// Sends waiting for [`MetaState::release`].
+    pub fn held(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -202,8 +308,18 @@ impl MetaState {
         self.lock().users.insert(u.wa_id.clone(), u);
     }
 
-    pub fn inject(&self, f: MetaFault) {
+    /// Adds a fault, refusing one that is not well formed.
+    pub fn try_inject(&self, f: MetaFault) -> Result<(), String> {
+        f.validate()?;
         self.lock().faults.push_back(f);
+        Ok(())
+    }
+
+    /// Adds a fault written by test code (panics on a malformed one: a typo must not pass).
+    pub fn inject(&self, f: MetaFault) {
+        if let Err(e) = self.try_inject(f) {
+            panic!("malformed Meta fault: {e}");
+        }
     }
 
     pub fn sent(&self) -> Vec<SentMessage> {
@@ -228,28 +344,45 @@ impl MetaState {
 
     /// A simulated person writes to the business (opens their 24-hour window).
     pub fn user_says(self: &std::sync::Arc<Self>, wa_id: &str, text: &str, context: Option<&str>) -> String {
-        let id = new_wamid();
-        let name = self.lock().users.get(wa_id).map(|u| u.name.clone()).unwrap_or_else(|| "Participante".into());
-        let mut msg = json!({ "from": wa_id, "id": id, "timestamp": unix().to_string(), "type": "text", "text": { "body": text } });
-        if let Some(c) = context {
-            msg["context"] = json!({ "from": self.settings().phone_number_id, "id": c });
-        }
-        self.lock().windows.insert(wa_id.to_string(), Instant::now());
-        let body = self
-            .envelope(json!({ "contacts": [ { "profile": { "name": name }, "wa_id": wa_id } ], "messages": [msg] }));
-        self.deliver(body, Duration::ZERO);
-        id
+        let msg = json!({ "type": "text", "text": { "body": text } });
+        self.user_sends(wa_id, msg, context)
     }
 
     /// A simulated person taps a template quick-reply button.
     pub fn user_taps(self: &std::sync::Arc<Self>, wa_id: &str, payload: &str, text: &str, context: &str) -> String {
+        let msg = json!({ "type": "button", "button": { "payload": payload, "text": text } });
+        self.user_sends(wa_id, msg, Some(context))
+    }
+
+    /// An inbound message as Meta shows it: the sender's number only when it is visible, their
+    /// business-scoped id when they have one, their name and username in `contacts`.
+    fn user_sends(self: &std::sync::Arc<Self>, wa_id: &str, mut msg: Value, context: Option<&str>) -> String {
         let id = new_wamid();
-        let msg = json!({ "context": { "from": self.settings().phone_number_id, "id": context }, "from": wa_id, "id": id,
-            "timestamp": unix().to_string(), "type": "button", "button": { "payload": payload, "text": text } });
+        let user = self
+            .lock()
+            .users
+            .get(wa_id)
+            .cloned()
+            .unwrap_or_else(|| SimUser { wa_id: wa_id.to_string(), ..Default::default() });
+        msg["id"] = json!(id);
+        msg["timestamp"] = json!(unix().to_string());
+        let mut contact = json!({ "profile": { "name": user.name } });
+        if let Some(u) = &user.username {
+            contact["profile"]["username"] = json!(u);
+        }
+        if user.phone_visible {
+            msg["from"] = json!(wa_id);
+            contact["wa_id"] = json!(wa_id);
+        }
+        if let Some(bsuid) = &user.user_id {
+            msg["from_user_id"] = json!(bsuid);
+            contact["user_id"] = json!(bsuid);
+        }
+        if let Some(c) = context {
+            msg["context"] = json!({ "from": self.settings().phone_number_id, "id": c });
+        }
         self.lock().windows.insert(wa_id.to_string(), Instant::now());
-        let body = self.envelope(
-            json!({ "contacts": [ { "profile": { "name": "Participante" }, "wa_id": wa_id } ], "messages": [msg] }),
-        );
+        let body = self.envelope(json!({ "contacts": [contact], "messages": [msg] }));
         self.deliver(body, Duration::ZERO);
         id
     }
@@ -271,6 +404,11 @@ impl MetaState {
         if let Some(c) = &m.callback_data {
             st["biz_opaque_callback_data"] = json!(c);
         }
+        // Business-scoped ids go with every status but a failed one of a message sent to a number.
+        let bsuid = self.lock().users.get(&m.wa_id).and_then(|u| u.user_id.clone());
+        if let (Some(b), None) = (bsuid, &error) {
+            st["recipient_user_id"] = json!(b);
+        }
         match error {
             Some((code, title, details)) => {
                 st["errors"] = json!([ { "code": code, "title": title, "message": title, "error_data": { "details": details },
@@ -284,20 +422,26 @@ impl MetaState {
         self.envelope(json!({ "statuses": [st] }))
     }
 
-    /// POSTs a signed webhook after `delay`, retrying with backoff until answered 200.
+    /// POSTs a signed webhook after `delay`; until it is answered 200, again at once, then at
+    /// growing intervals for seven days, as Meta does (scaled by `webhook_time_scale`).
     fn deliver(self: &std::sync::Arc<Self>, body: Value, delay: Duration) {
         let this = std::sync::Arc::clone(self);
         let copies = if this.settings().duplicate_webhooks { 2 } else { 1 };
         for copy in 0..copies {
             let this = std::sync::Arc::clone(&this);
             let body = body.clone();
+            let pending = InFlight::new(&this.in_flight);
             tokio::spawn(async move {
+                let _pending = pending;
                 tokio::time::sleep(delay + Duration::from_millis(copy * 30)).await;
                 let s = this.settings();
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
                 let signature = sign(&s.app_secret, &bytes);
-                let mut backoff = Duration::from_millis(200);
-                for _ in 0..=s.webhook_retries {
+                for wait in
+                    std::iter::once(Duration::ZERO).chain(WEBHOOK_RETRIES.iter().map(|s| Duration::from_secs(*s)))
+                {
+                    let scale = this.settings().webhook_time_scale.clamp(0.0, 1.0);
+                    tokio::time::sleep(wait.mul_f64(scale)).await;
                     // The callback URL as configured now (it may change while retrying).
                     let Some(url) = this.settings().webhook_url else { return };
                     let r = this
@@ -320,9 +464,7 @@ impl MetaState {
                     if ok {
                         return;
                     }
-                    debug!("webhook not acknowledged, retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    debug!("webhook not acknowledged, Meta will retry");
                 }
             });
         }
@@ -361,17 +503,30 @@ impl MetaState {
                 let this = std::sync::Arc::clone(self);
                 let (wa, ctx) = (m.wa_id.clone(), m.wamid.clone());
                 let at = read_at + Duration::from_millis(user.reply_after_ms);
+                let pending = InFlight::new(&this.in_flight);
                 tokio::spawn(async move {
                     tokio::time::sleep(at).await;
                     this.user_says(&wa, &text, Some(&ctx));
+                    drop(pending);
                 });
             }
         }
     }
 }
 
+/// Waits between retries of an unacknowledged webhook, in seconds (Meta: "retried immediately,
+/// then a few more times with decreasing frequency over the next 7 days").
+const WEBHOOK_RETRIES: &[u64] =
+    &[0, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 48 * 3600, 48 * 3600, 48 * 3600];
+
 fn unix() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+/// WhatsApp refuses a template text parameter with a line break, a tab, or more than four
+/// spaces in a row (132018).
+fn parameter_refused(text: &str) -> bool {
+    text.contains(['\n', '\r', '\t']) || text.contains("     ")
 }
 
 fn new_wamid() -> String {
@@ -448,23 +603,41 @@ pub async fn send(
         return meta_error(400, 100, "Invalid parameter", "biz_opaque_callback_data is longer than 512 characters");
     }
 
-    let mut async_failure: Option<(i64, &'static str, &'static str)> = None;
+    // A held answer waits here (the message is judged when released).
     {
+        let mut hold = meta.hold.subscribe();
+        if *hold.borrow() {
+            let _waiting = InFlight::new(&meta.waiting);
+            let _ = hold.wait_for(|held| !*held).await;
+        }
+    }
+    let mut async_failure: Option<(i64, &'static str, &'static str)> = None;
+    let mut lose_answer = false;
+    let fault = {
         let mut g = meta.lock();
-        // Injected faults first.
-        if let Some(pos) = g.faults.iter().position(|f| f.to.as_deref().is_none_or(|t| t == to)) {
+        g.faults.iter().position(|f| f.to.as_deref().is_none_or(|t| t == to)).map(|pos| {
             let f = g.faults[pos].clone();
             g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
             if g.faults[pos].count == 0 {
                 g.faults.remove(pos);
             }
-            if f.mode.as_deref() == Some("async") {
-                async_failure = Some((f.code, "Injected failure", "Injected by the sandbox"));
-            } else {
-                drop(g);
-                return meta_error(f.http_status, f.code, "Injected error", "Injected by the sandbox");
-            }
+            f
+        })
+    };
+    if let Some(f) = fault {
+        if let Some(ms) = f.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        match f.mode.as_deref().unwrap_or("sync") {
+            "async" => async_failure = Some((f.code, "Injected failure", "Injected by the sandbox")),
+            // The request is never answered and nothing is sent.
+            "timeout" => std::future::pending::<()>().await,
+            "drop" => lose_answer = true,
+            _ => return meta_error(f.http_status, f.code, "Injected error", "Injected by the sandbox"),
+        }
+    }
+    {
+        let mut g = meta.lock();
         // Throughput: a token bucket holding a tenth of a second of messages.
         {
             let rate = g.settings.messages_per_second.max(0.1);
@@ -525,13 +698,66 @@ pub async fn send(
                     .map(Vec::len)
                     .unwrap_or(0);
                 let has_button = comps.iter().any(|c| c["type"] == "button" && c["sub_type"] == "url");
-                if body_params != t.body_params || has_button != t.url_button {
+                if body_params != t.body_params {
                     drop(g);
                     return meta_error(
                         400,
                         132000,
                         "Number of parameters does not match the expected number of params",
-                        &format!("body: expected {} parameters, got {body_params}", t.body_params),
+                        &format!(
+                            "body: number of localizable_params ({body_params}) does not match the expected number of params ({})",
+                            t.body_params
+                        ),
+                    );
+                }
+                if has_button != t.url_button {
+                    drop(g);
+                    return if t.url_button {
+                        meta_error(
+                            400,
+                            131008,
+                            "Required parameter is missing",
+                            "buttons: Button at index 0 of type Url requires a parameter",
+                        )
+                    } else {
+                        meta_error(
+                            400,
+                            132018,
+                            "There's an issue with the parameters in your template",
+                            "buttons: the template has no URL button",
+                        )
+                    };
+                }
+                let texts: Vec<String> = comps
+                    .iter()
+                    .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
+                    .filter(|p| p["type"] == "text")
+                    .map(|p| p["text"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                if texts.iter().any(|t| parameter_refused(t)) {
+                    drop(g);
+                    return meta_error(
+                        400,
+                        132018,
+                        "There's an issue with the parameters in your template",
+                        "Param text cannot have new-line/tab characters or more than 4 consecutive spaces",
+                    );
+                }
+                let body_len: usize = comps
+                    .iter()
+                    .filter(|c| c["type"] == "body")
+                    .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
+                    .map(|p| p["text"].as_str().map(|t| t.chars().count()).unwrap_or(0))
+                    .sum::<usize>()
+                    + t.body_chars;
+                let allowed = if t.url_button { 1024 } else { 32_768 };
+                if body_len > allowed {
+                    drop(g);
+                    return meta_error(
+                        400,
+                        132005,
+                        "Translated text too long",
+                        &format!("Translated text too long. Length of the parameters and the template text is {body_len}, which exceeds the allowed length of {allowed}"),
                     );
                 }
                 let empty_param = comps
@@ -574,12 +800,41 @@ pub async fn send(
     };
     meta.lock().sent.push(m.clone());
     meta.after_send(&m, async_failure);
+    if lose_answer {
+        // Accepted and sent, but the answer never reaches the client.
+        std::future::pending::<()>().await;
+    }
     Json(json!({ "messaging_product": "whatsapp", "contacts": [ { "input": to_raw, "wa_id": wa_id } ], "messages": [ { "id": m.wamid, "message_status": "accepted" } ] })).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_meta_refuses() {
+        assert!(parameter_refused("Calle 1\nCasa 2"));
+        assert!(parameter_refused("a\tb"));
+        assert!(parameter_refused("a     b"), "five spaces");
+        assert!(!parameter_refused("a    b"), "four spaces are allowed");
+        assert!(!parameter_refused("Ana María"));
+    }
+
+    #[test]
+    fn faults_with_typos_are_refused() {
+        let f = |mode: &str, code: i64| MetaFault {
+            code,
+            http_status: 400,
+            count: 1,
+            mode: Some(mode.into()),
+            to: None,
+            delay_ms: None,
+        };
+        assert!(f("sync", 130429).validate().is_ok());
+        assert!(f("timeout", 0).validate().is_ok());
+        assert!(f("asnyc", 131047).validate().is_err());
+        assert!(f("sync", 0).validate().is_err());
+    }
 
     #[test]
     fn brazilian_mobiles_lose_the_ninth_digit() {

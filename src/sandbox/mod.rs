@@ -119,12 +119,25 @@ fn router(state: SandboxState) -> Router {
     Router::new()
         .route("/google/token", post(google::token))
         .route("/google/drive/v3/files/{id}", get(google::drive_get))
-        .route("/google/sheets/v4/spreadsheets/{id}", get(google::spreadsheets_get))
+        // `POST …/{id}:batchUpdate` arrives here with `{id}` = `demo:batchUpdate`. Google's
+        // request bodies are limited by the emulator (400 in Google's shape), not by axum.
+        .route(
+            "/google/sheets/v4/spreadsheets/{id}",
+            get(google::spreadsheets_get)
+                .post(google::spreadsheets_post)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/google/sheets/v4/spreadsheets/{id}/values:batchGet", get(google::values_batch_get))
-        .route("/google/sheets/v4/spreadsheets/{id}/values:batchUpdate", post(google::values_batch_update))
+        .route(
+            "/google/sheets/v4/spreadsheets/{id}/values:batchUpdate",
+            post(google::values_batch_update).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route(
             "/google/sheets/v4/spreadsheets/{id}/values/{range}",
-            get(google::values_range).put(google::values_range).post(google::values_range),
+            get(google::values_range)
+                .put(google::values_range)
+                .post(google::values_range)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/meta/{version}/{phone_id}/messages", post(meta::send))
         .route("/admin", get(admin_index))
@@ -135,13 +148,17 @@ fn router(state: SandboxState) -> Router {
         .route("/admin/google/spreadsheets/{id}/tabs/{tab}/rows/{n}", axum::routing::delete(admin_delete_row))
         .route("/admin/google/spreadsheets/{id}/tabs/{tab}/edit", post(admin_edit))
         .route("/admin/google/spreadsheets/{id}/tabs/{tab}/sort", post(admin_sort))
-        .route("/admin/google/faults", post(admin_google_fault))
+        .route("/admin/google/spreadsheets/{id}/tabs/{tab}/grid", axum::routing::put(admin_grid))
+        .route("/admin/google/faults", post(admin_google_fault).delete(admin_google_faults_clear))
+        .route("/admin/google/after", post(admin_google_after))
+        .route("/admin/google/release", post(admin_google_release))
         .route("/admin/google/requests", get(admin_google_requests))
         .route("/admin/meta/settings", get(admin_meta_settings).put(admin_meta_settings_put))
         .route("/admin/meta/templates", post(admin_meta_template))
         .route("/admin/meta/users", post(admin_meta_user))
         .route("/admin/meta/reply", post(admin_meta_reply))
         .route("/admin/meta/faults", post(admin_meta_fault))
+        .route("/admin/meta/hold", post(admin_meta_hold))
         .route("/admin/meta/messages", get(admin_meta_messages))
         .with_state(state)
 }
@@ -163,19 +180,24 @@ async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
         "meta_base_url": format!("{b}/meta"),
         "admin": [
             "POST /admin/google/service-accounts {client_email}",
-            "PUT /admin/google/spreadsheets/{id} {time_zone, tabs:[{title, rows}]}",
+            "PUT /admin/google/spreadsheets/{id} {time_zone, locale?, user_entered?, tabs:[{title, rows}]}",
             "GET /admin/google/spreadsheets/{id}/tabs/{tab}",
             "POST /admin/google/spreadsheets/{id}/tabs/{tab}/rows {values, at?}",
             "DELETE /admin/google/spreadsheets/{id}/tabs/{tab}/rows/{n}",
-            "POST /admin/google/spreadsheets/{id}/tabs/{tab}/edit {key_column, key, column, value}",
+            "POST /admin/google/spreadsheets/{id}/tabs/{tab}/edit {key_column, key, column, value, user_entered?}",
             "POST /admin/google/spreadsheets/{id}/tabs/{tab}/sort {column, descending?}",
-            "POST /admin/google/faults {status, count, scope?}",
+            "PUT /admin/google/spreadsheets/{id}/tabs/{tab}/grid {rows, columns}",
+            "POST /admin/google/faults {status?, timeout?, delay_ms?, applied?, count?, scope?}",
+            "DELETE /admin/google/faults",
+            "POST /admin/google/after {kind, action:{action: sort|insert_row|delete_row|edit, spreadsheet, tab, …}}",
+            "POST /admin/google/release",
             "GET /admin/google/requests",
             "GET|PUT /admin/meta/settings",
             "POST /admin/meta/templates {name, language, body_params, url_button?}",
             "POST /admin/meta/users {wa_id, name?, on_whatsapp?, reads?, read_after_ms?, reply?, reply_after_ms?}",
             "POST /admin/meta/reply {from, text, context?}",
-            "POST /admin/meta/faults {code, http_status?, count?, mode?, to?}",
+            "POST /admin/meta/faults {code, http_status?, count?, mode?: sync|async|timeout|drop, to?, delay_ms?}",
+            "POST /admin/meta/hold {hold}",
             "GET /admin/meta/messages"
         ]
     }))
@@ -202,7 +224,16 @@ struct TabIn {
 struct SeedIn {
     #[serde(default = "default_tz")]
     time_zone: String,
+    #[serde(default = "default_locale")]
+    locale: String,
+    /// Parse strings as a person typing them (USER_ENTERED) instead of storing them as given.
+    #[serde(default)]
+    user_entered: bool,
     tabs: Vec<TabIn>,
+}
+
+fn default_locale() -> String {
+    google::DEFAULT_LOCALE.into()
 }
 
 fn default_tz() -> String {
@@ -210,7 +241,8 @@ fn default_tz() -> String {
 }
 
 async fn admin_seed(State(st): State<SandboxState>, Path(id): Path<String>, Json(b): Json<SeedIn>) -> Response {
-    st.google.seed(&id, &b.time_zone, b.tabs.into_iter().map(|t| (t.title, t.rows)).collect());
+    let input = if b.user_entered { google::ValueInput::UserEntered } else { google::ValueInput::Raw };
+    st.google.seed_with(&id, &b.time_zone, &b.locale, input, b.tabs.into_iter().map(|t| (t.title, t.rows)).collect());
     ok()
 }
 
@@ -258,6 +290,8 @@ struct EditIn {
     key: String,
     column: String,
     value: Value,
+    #[serde(default)]
+    user_entered: bool,
 }
 
 async fn admin_edit(
@@ -265,7 +299,12 @@ async fn admin_edit(
     Path((id, tab)): Path<(String, String)>,
     Json(b): Json<EditIn>,
 ) -> Response {
-    if st.google.edit_by_key(&id, &tab, &b.key_column, &b.key, &b.column, b.value) {
+    let edited = if b.user_entered {
+        st.google.edit_by_key_typed(&id, &tab, &b.key_column, &b.key, &b.column, b.value)
+    } else {
+        st.google.edit_by_key(&id, &tab, &b.key_column, &b.key, &b.column, b.value)
+    };
+    if edited {
         ok()
     } else {
         not_found("row or column")
@@ -291,8 +330,68 @@ async fn admin_sort(
     }
 }
 
-async fn admin_google_fault(State(st): State<SandboxState>, Json(f): Json<GoogleFault>) -> Response {
-    st.google.inject(f);
+#[derive(Deserialize)]
+struct GridIn {
+    rows: usize,
+    columns: usize,
+}
+
+async fn admin_grid(
+    State(st): State<SandboxState>,
+    Path((id, tab)): Path<(String, String)>,
+    Json(b): Json<GridIn>,
+) -> Response {
+    if st.google.set_grid(&id, &tab, b.rows, b.columns) {
+        ok()
+    } else {
+        not_found("spreadsheet or tab (or a zero size)")
+    }
+}
+
+fn bad_request(reason: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
+}
+
+/// A fault that means nothing (unknown scope or field, no effect) is refused with the reason.
+async fn admin_google_fault(State(st): State<SandboxState>, Json(f): Json<Value>) -> Response {
+    let spec = match serde_json::from_value::<google::FaultSpec>(f) {
+        Ok(s) => s,
+        Err(e) => return bad_request(&format!("invalid fault: {e}")),
+    };
+    match st.google.try_inject(spec) {
+        Ok(()) => ok(),
+        Err(e) => bad_request(&format!("invalid fault: {e}")),
+    }
+}
+
+async fn admin_google_faults_clear(State(st): State<SandboxState>) -> Response {
+    st.google.clear_faults();
+    ok()
+}
+
+#[derive(Deserialize)]
+struct AfterIn {
+    kind: String,
+    action: Value,
+}
+
+async fn admin_google_after(State(st): State<SandboxState>, Json(b): Json<AfterIn>) -> Response {
+    let Some(kind) = google::Kind::from_name(&b.kind) else {
+        let names: Vec<&str> = google::Kind::ALL.iter().map(|k| k.name()).collect();
+        return bad_request(&format!("unknown request kind '{}' ({})", b.kind, names.join(", ")));
+    };
+    let action = match serde_json::from_value::<google::SheetAction>(b.action) {
+        Ok(a) => a,
+        Err(e) => return bad_request(&format!("invalid action: {e}")),
+    };
+    match st.google.try_after_next(kind, action) {
+        Ok(()) => ok(),
+        Err(e) => bad_request(&format!("invalid action: {e}")),
+    }
+}
+
+async fn admin_google_release(State(st): State<SandboxState>) -> Response {
+    st.google.release_held();
     ok()
 }
 
@@ -333,8 +432,25 @@ async fn admin_meta_reply(State(st): State<SandboxState>, Json(r): Json<ReplyIn>
 }
 
 async fn admin_meta_fault(State(st): State<SandboxState>, Json(f): Json<MetaFault>) -> Response {
-    st.meta.inject(f);
-    ok()
+    match st.meta.try_inject(f) {
+        Ok(()) => ok(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct HoldIn {
+    hold: bool,
+}
+
+/// Holds send answers back (`{"hold": true}`) or releases them.
+async fn admin_meta_hold(State(st): State<SandboxState>, Json(h): Json<HoldIn>) -> Response {
+    if h.hold {
+        st.meta.hold_sends();
+    } else {
+        st.meta.release();
+    }
+    Json(json!({ "held": st.meta.held() })).into_response()
 }
 
 async fn admin_meta_messages(State(st): State<SandboxState>) -> Json<Value> {

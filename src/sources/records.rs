@@ -1,11 +1,10 @@
 //! Turning a table (a header and rows) into records: the pure step every tabular source shares.
 //!
 //! Fields are found by name with [`find_field`] — exact first, then ignoring case and
-//! surrounding spaces — and that one lookup is used everywhere: a configured name that matches
-//! a header only by case is stored under the configured spelling, so every later lookup
-//! (phone, consent, rule fields, templates) finds it. Per-record problems (blank or duplicate
-//! key, unreadable phone) become [`RecordIssue`]s that are written to the record once; the
-//! rest of the table keeps working.
+//! surrounding spaces — the same rule as [`Record::get`](crate::domain::Record::get), which
+//! every later lookup (phone, consent, rule fields, templates) goes through. Per-record problems
+//! (blank or duplicate key, unreadable phone) become [`RecordIssue`]s that are written to the
+//! record once; the rest of the table keeps working.
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,8 +42,7 @@ pub struct ColumnSpec<'a> {
     pub write_back: &'a [&'a str],
     /// Fields rules cannot work without (a trigger's field, consent): missing ones stop the read.
     pub required: &'a [&'a str],
-    /// Other names the configuration uses (template parameters, filters, the time-zone field):
-    /// stored under the configured spelling when they match a header only by case.
+    /// Other names the configuration uses (template parameters, filters, the time-zone field).
     pub referenced: &'a [&'a str],
     pub default_region: phonenumber::country::Id,
     /// Where a record without key is: `row:N` for the N-th sheet row. `None`: such records are
@@ -88,19 +86,12 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
     let key_col = table.column(spec.key).unwrap_or(0);
     let phone_col = table.column(spec.phone).unwrap_or(0);
     let excluded: HashSet<usize> = spec.write_back.iter().filter_map(|w| table.column(w)).collect();
-    // Field names: a configured spelling wins over the header's when they differ only by case.
-    let mut spelled: HashMap<usize, &str> = HashMap::new();
-    for name in [spec.key, spec.phone].iter().chain(spec.required).chain(spec.referenced) {
-        if let Some(c) = table.column(name) {
-            spelled.entry(c).or_insert(name.trim());
-        }
-    }
     let fields: Vec<(usize, String)> = table
         .header
         .iter()
         .enumerate()
         .filter(|(i, h)| !excluded.contains(i) && !h.trim().is_empty())
-        .map(|(i, h)| (i, spelled.get(&i).map(|s| s.to_string()).unwrap_or_else(|| h.trim().to_string())))
+        .map(|(i, h)| (i, h.trim().to_string()))
         .collect();
 
     let mut out = RecordsRead::default();
@@ -237,12 +228,11 @@ mod tests {
     }
 
     #[test]
-    fn a_configured_name_that_differs_by_case_is_found_and_kept_in_its_spelling() {
+    fn a_configured_name_that_differs_by_case_is_found() {
         let read = read_records(&table(), &spec(&["consentimiento"], &["nombre"])).unwrap();
         let ana = &read.records[0];
         assert_eq!(ana.text("consentimiento"), "Sí", "the rule's spelling reads the value");
         assert_eq!(ana.text("nombre"), "Ana");
         assert_eq!(ana.text("teléfono"), "+56 9 8765 4321");
-        assert!(!ana.fields.contains_key("Consentimiento"));
     }
 }

@@ -26,7 +26,8 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Modules that must not know any vendor.
-const VENDOR_FREE: &[&str] = &["domain", "schedule", "diff", "expressions", "validation", "rules", "store", "engine", "http", "plan"];
+const VENDOR_FREE: &[&str] =
+    &["domain", "schedule", "diff", "expressions", "validation", "rules", "store", "engine", "http", "plan"];
 
 /// Words that name a vendor, its wire format or its concepts.
 const VENDOR_WORDS: &[&str] = &[
@@ -93,7 +94,12 @@ fn vendor_names_stay_in_their_folders() {
             for (n, line) in text.lines().enumerate() {
                 for w in words(line) {
                     if VENDOR_WORDS.contains(&w.as_str()) && !(legacy && w == "wa_id") {
-                        leaks.push(format!("{}:{}: '{w}' in: {}", file.strip_prefix(src()).unwrap().display(), n + 1, line.trim()));
+                        leaks.push(format!(
+                            "{}:{}: '{w}' in: {}",
+                            file.strip_prefix(src()).unwrap().display(),
+                            n + 1,
+                            line.trim()
+                        ));
                     }
                 }
             }
@@ -146,7 +152,9 @@ fn top_level_modules_form_layers_without_cycles() {
             let text = std::fs::read_to_string(&file).unwrap();
             for used in crate_references(&text) {
                 match LAYERS.iter().position(|m| *m == used) {
-                    Some(j) if j > i => upward.push(format!("{} uses {used}", file.strip_prefix(src()).unwrap().display())),
+                    Some(j) if j > i => {
+                        upward.push(format!("{} uses {used}", file.strip_prefix(src()).unwrap().display()))
+                    }
                     Some(_) => {}
                     None => upward.push(format!("{} uses {used}, which is not in the layer list", file.display())),
                 }

@@ -26,11 +26,12 @@ fn the_production_example_validates() {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sheets-meta.example.yaml")).unwrap();
     let text = text.replace("/etc/recado/google-service-account.json", &key.display().to_string());
-    // SAFETY-free in edition 2021; these names are used by this test only.
-    std::env::set_var("RECADO_META_ACCESS_TOKEN", "t");
-    std::env::set_var("RECADO_META_APP_SECRET", "s");
-    std::env::set_var("RECADO_META_VERIFY_TOKEN", "v");
-    let c = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}"));
+    let env = recado::config::Env::fixed([
+        ("RECADO_META_ACCESS_TOKEN", "t"),
+        ("RECADO_META_APP_SECRET", "s"),
+        ("RECADO_META_VERIFY_TOKEN", "v"),
+    ]);
+    let c = Config::from_yaml_with(&text, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.providers[0].id(), "whatsapp");
     assert_eq!(c.http.public_url.as_deref(), Some("https://recado.example.org"));
 }
@@ -95,7 +96,7 @@ rules:
 defaults:
   send_days: [lunes, funday]
 "#;
-    let errs = Config::from_yaml(yaml).unwrap_err();
+    let errs = Config::from_yaml_with(yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err();
     let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
     for want in [
         "state.path",

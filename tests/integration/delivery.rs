@@ -6,13 +6,13 @@ use recado::domain::MessageState;
 use recado::sandbox::{MetaFault, MetaSettings};
 use serde_json::json;
 
-use crate::harness::{row, settle, wa_id, wait_for, Harness};
+use crate::harness::{row, wa_id, wait_for, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_sends_nothing() {
     let mut h = Harness::new((1..=5).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
     h.start().await;
-    settle().await;
+    h.quiesce().await;
     assert!(h.sandbox.meta().sent().is_empty(), "the baseline must not message existing rows");
     assert!(h.messages().await.is_empty());
     assert_eq!(h.cell("1", "Estado WhatsApp"), "");
@@ -26,7 +26,7 @@ async fn new_consenting_row_gets_exactly_one_template() {
     h.start().await;
     h.add_row(row(7, "Josefa Castro", "Sí", "Activo"));
     h.wait_cell("7", "Estado WhatsApp", "read").await;
-    settle().await;
+    h.quiesce().await;
     let sent = h.sent_to(7);
     assert_eq!(sent.len(), 1, "exactly one message");
     let t = &sent[0].body["template"];
@@ -53,10 +53,10 @@ async fn field_change_to_trigger_value_sends_once_and_only_once() {
     h.wait_cell("3", "Estado WhatsApp", "read").await;
     // Back and forth, and an unrelated edit: no second survey.
     h.edit("3", "Estado", json!("Activo"));
-    settle().await;
+    h.quiesce().await;
     h.edit("3", "Estado", json!("Egresado"));
     h.edit("3", "Mentor", json!("Otra persona"));
-    settle().await;
+    h.quiesce().await;
     let sent = h.sent_to(3);
     assert_eq!(sent.len(), 1, "one survey only: {sent:?}");
     let t = &sent[0].body["template"];
@@ -82,7 +82,7 @@ async fn a_reply_and_an_opt_out_are_written_back_and_the_opted_out_get_nothing_m
     h.edit("11", "Estado", json!("Egresado"));
     h.edit("10", "Estado", json!("Egresado"));
     wait_for("the other graduate's survey", Duration::from_secs(20), || async { h.sent_to(10).len() == 2 }).await;
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sent_to(11).len(), 1, "nothing after BAJA");
     assert_eq!(h.cell("11", "Estado WhatsApp"), "skipped");
     assert!(h.cell("11", "Error WhatsApp").starts_with("not sent"), "{}", h.cell("11", "Error WhatsApp"));
@@ -111,8 +111,8 @@ async fn duplicated_and_reordered_status_webhooks_leave_the_right_final_status()
     }
     h.wait_cell("25", "Estado WhatsApp", "delivered").await;
     // Late `delivered` webhooks (sent after `read`) must not move anything back.
-    settle().await;
-    settle().await;
+    h.quiesce().await;
+    h.quiesce().await;
     for n in 20..25 {
         assert_eq!(h.cell(&n.to_string(), "Estado WhatsApp"), "read", "row {n}");
     }
@@ -129,14 +129,28 @@ async fn meta_throttling_and_server_errors_are_retried_and_the_message_is_sent_o
     h.user(30, true, None);
     h.start().await;
     let to = Some(wa_id(30));
-    h.sandbox.meta().inject(MetaFault { code: 130429, http_status: 400, count: 2, mode: None, to: to.clone() });
-    h.sandbox.meta().inject(MetaFault { code: 131000, http_status: 500, count: 1, mode: None, to: to.clone() });
+    h.sandbox.meta().inject(MetaFault {
+        code: 130429,
+        http_status: 400,
+        count: 2,
+        mode: None,
+        to: to.clone(),
+        delay_ms: None,
+    });
+    h.sandbox.meta().inject(MetaFault {
+        code: 131000,
+        http_status: 500,
+        count: 1,
+        mode: None,
+        to: to.clone(),
+        delay_ms: None,
+    });
     h.add_row(row(30, "Tomás", "Sí", "Activo"));
     wait_for("the message to get through", Duration::from_secs(30), || async {
         h.cell("30", "Estado WhatsApp") == "read"
     })
     .await;
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sent_to(30).len(), 1, "accepted exactly once");
     let m = &h.messages().await[0];
     assert_eq!(m.state, MessageState::Read);
@@ -148,13 +162,21 @@ async fn meta_throttling_and_server_errors_are_retried_and_the_message_is_sent_o
 async fn a_permanent_error_fails_with_the_reason_on_the_row() {
     let mut h = Harness::new(vec![]).await;
     h.start().await;
-    h.sandbox.meta().inject(MetaFault { code: 132001, http_status: 404, count: 1, mode: None, to: Some(wa_id(31)) });
+    h.sandbox.meta().inject(MetaFault {
+        code: 132001,
+        http_status: 404,
+        count: 1,
+        mode: None,
+        to: Some(wa_id(31)),
+        delay_ms: None,
+    });
     h.sandbox.meta().inject(MetaFault {
         code: 131026,
         http_status: 400,
         count: 1,
         mode: Some("async".into()),
         to: Some(wa_id(32)),
+        delay_ms: None,
     });
     h.add_row(row(31, "Isidora", "Sí", "Activo"));
     h.add_row(row(32, "Joaquín", "Sí", "Activo"));
@@ -162,7 +184,7 @@ async fn a_permanent_error_fails_with_the_reason_on_the_row() {
     h.wait_cell("32", "Estado WhatsApp", "failed").await;
     assert!(h.cell("31", "Error WhatsApp").contains("132001"), "{}", h.cell("31", "Error WhatsApp"));
     assert!(h.cell("32", "Error WhatsApp").contains("131026"), "{}", h.cell("32", "Error WhatsApp"));
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sandbox.meta().sent().len(), 1, "the sync refusal is not retried; the async one was accepted once");
     h.stop().await;
 }
@@ -181,20 +203,25 @@ async fn restarting_with_the_same_store_neither_resends_nor_forgets() {
     h.add_row(row(41, "Emilia", "Sí", "Activo"));
     h.edit("40", "Estado", json!("Egresado"));
     let wamid = h.sent_to(40)[0].wamid.clone();
+    let (_, failures_before) = h.sandbox.meta().delivery_stats();
     h.sandbox.meta().user_says(&wa_id(40), "¿cuándo empieza?", Some(&wamid));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meta tried to deliver the reply while recado was down (it retries later).
+    wait_for("Meta to try the reply", Duration::from_secs(10), || async {
+        h.sandbox.meta().delivery_stats().1 > failures_before
+    })
+    .await;
 
     h.start().await;
     h.wait_cell("41", "Estado WhatsApp", "read").await;
     h.wait_cell("40", "Última respuesta", "¿cuándo empieza?").await;
     wait_for("the survey after the restart", Duration::from_secs(20), || async { h.sent_to(40).len() == 2 }).await;
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sent_to(40).len(), 2, "confirmation once, survey once");
     assert_eq!(h.sent_to(41).len(), 1);
     assert!(h.sent_to(1).is_empty(), "the baseline row is still not new");
     h.stop().await;
     h.start().await;
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sandbox.meta().sent().len(), 3, "a second restart sends nothing");
     h.stop().await;
 }
@@ -218,18 +245,13 @@ async fn free_text_outside_the_window_uses_the_fallback_template() {
     provider: whatsapp
     text: "Nota para {{ Nombre }}"
 "#;
-    let yaml = h.yaml() + yaml_rules;
-    let config = recado::config::Config::from_yaml(&yaml).unwrap();
+    h.extra_rules = yaml_rules.into();
     h.user(50, true, None);
     h.user(51, true, None);
     h.add_row(row(50, "Antonia", "Sí", "Activo"));
     h.add_row(row(51, "Vicente", "Sí", "Activo"));
-    let app = recado::app::start(config).await.unwrap();
-    h.sandbox
-        .meta()
-        .update_settings(|s| s.webhook_url = Some(format!("http://{}/webhooks/whatsapp", app.webhook_addr())));
-    h.app = Some(app);
-    settle().await;
+    h.start().await;
+    h.quiesce().await;
     // 50 wrote to us recently: free text goes. 51 did not: fallback template.
     h.sandbox.meta().user_says(&wa_id(50), "hola", None);
     wait_for("the inbound message to be stored", Duration::from_secs(10), || async {
@@ -278,5 +300,187 @@ async fn a_reply_from_a_whatsapp_id_that_differs_from_the_number_reaches_the_row
     drop(c);
     assert_eq!(contact.phone, "+5511987654321");
     assert!(contact.last_inbound_at.is_some(), "the window is tracked for the number we send to");
+    h.stop().await;
+}
+
+/// Meta reports some failures only later, in a `failed` status webhook. They are classified
+/// like synchronous answers: a closed window switches free text to its template, a throughput
+/// or pair-rate failure is sent again — never failed outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_failures_are_classified_like_synchronous_ones() {
+    let mut h = Harness::new(vec![row(52, "Rocío", "Sí", "Activo"), row(53, "Pablo", "Sí", "Activo")]).await;
+    h.extra_rules = r#"
+  - id: aviso
+    source: inscripciones
+    when: { changed: Estado, to: Aviso }
+    provider: whatsapp
+    text: "Hola {{ Nombre }}, te esperamos mañana."
+    fallback_template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ Curso }}", "{{ Mentor }}"]
+"#
+    .into();
+    h.user(52, true, None);
+    h.user(53, true, None);
+    h.start().await;
+    // 52 wrote to us, so recado may send free text; Meta then says the window is closed.
+    h.sandbox.meta().user_says(&wa_id(52), "hola", None);
+    wait_for("the inbound message", Duration::from_secs(10), || async {
+        let mut c = h.store().conn().await.unwrap();
+        recado::store::inbound_count(&mut c).await.unwrap() == 1
+    })
+    .await;
+    let fault = |code: i64, to: u32| MetaFault {
+        code,
+        http_status: 400,
+        count: 1,
+        mode: Some("async".into()),
+        to: Some(wa_id(to)),
+        delay_ms: None,
+    };
+    h.sandbox.meta().inject(fault(131047, 52));
+    h.sandbox.meta().inject(fault(130429, 53));
+    h.edit("52", "Estado", json!("Aviso"));
+    h.edit("53", "Estado", json!("Egresado"));
+    // 53's throttled send is due again after Meta's pause: move time on rather than wait.
+    wait_for("both first attempts", Duration::from_secs(20), || async {
+        h.sent_to(52).len() == 1 && h.sent_to(53).len() == 1
+    })
+    .await;
+    wait_for("53 queued again", Duration::from_secs(20), || async {
+        h.messages().await.iter().any(|m| m.record_key.0 == "53" && m.state == MessageState::Queued)
+    })
+    .await;
+    h.clock.advance(Duration::from_secs(5));
+    h.wait_cell("52", "Estado WhatsApp", "read").await;
+    h.wait_cell("53", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    let to_52 = h.sent_to(52);
+    assert_eq!(to_52.len(), 2, "the text, then its fallback template");
+    assert_eq!(to_52[0].body["type"], "text");
+    assert_eq!(to_52[1].body["type"], "template");
+    assert_eq!(h.sent_to(53).len(), 2, "the throttled survey was sent again, once");
+    h.stop().await;
+}
+
+/// A send whose answer was lost, then downtime longer than the old fixed grace: Meta's retried
+/// status webhooks settle it after the restart, and it is not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_in_doubt_across_downtime_is_settled_by_the_providers_webhooks_not_sent_twice() {
+    let settings = MetaSettings {
+        status_delay_ms: 30,
+        messages_per_second: 1000.0,
+        webhook_time_scale: 0.0005,
+        ..Default::default()
+    };
+    let mut h = Harness::with_settings(vec![], settings).await;
+    h.extra_provider = "    call_timeout: 1s\n".into();
+    h.user(54, true, None);
+    h.start().await;
+    // While recado is away, Meta's webhooks cannot reach it (and are retried later).
+    h.sandbox.meta().update_settings(|s| s.webhook_url = Some("http://127.0.0.1:9/webhooks/whatsapp".into()));
+    h.sandbox.meta().inject(MetaFault {
+        code: 0,
+        http_status: 400,
+        count: 1,
+        mode: Some("drop".into()),
+        to: Some(wa_id(54)),
+        delay_ms: None,
+    });
+    h.add_row(row(54, "Inés", "Sí", "Activo"));
+    wait_for("Meta to accept the message", Duration::from_secs(20), || async { h.sent_to(54).len() == 1 }).await;
+    wait_for("the send to be in doubt", Duration::from_secs(20), || async {
+        h.messages().await.iter().any(|m| m.record_key.0 == "54" && m.state == MessageState::Sending && m.attempts == 1)
+    })
+    .await;
+    h.stop().await;
+    // Two minutes down.
+    h.clock.advance(Duration::from_secs(120));
+    h.start().await;
+    h.wait_cell("54", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    assert_eq!(h.sent_to(54).len(), 1, "sent once: the webhooks settled it");
+    let m = h.messages().await.into_iter().find(|m| m.record_key.0 == "54").unwrap();
+    assert_eq!(m.state, MessageState::Read);
+    assert!(m.provider_message_id.is_some());
+    h.stop().await;
+}
+
+/// Stopping while a send is in flight: it finishes, its outcome is recorded, and the last
+/// write-back carries it to the sheet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_the_send_in_flight_finish_and_writes_its_outcome_back() {
+    let mut h = Harness::new(vec![]).await;
+    h.start().await;
+    h.sandbox.meta().hold_sends();
+    h.add_row(row(55, "Julia", "Sí", "Activo"));
+    wait_for("the send to be in flight", Duration::from_secs(20), || async { h.sandbox.meta().held() == 1 }).await;
+    let app = h.app.take().unwrap();
+    let webhooks = format!("http://{}/healthz", app.webhook_addr());
+    let health = std::sync::Arc::clone(&app.ctx().health);
+    let flusher = format!("flusher:spreadsheet {}", crate::harness::SHEET);
+    let stopping = tokio::spawn(app.stop());
+    // Intake has stopped (the webhook server is closed) while the send still waits, and
+    // write-back is still running: it stops only after the senders.
+    wait_for("intake to stop", Duration::from_secs(20), || async { reqwest::get(&webhooks).await.is_err() }).await;
+    let rounds = health.rounds(&flusher);
+    wait_for("write-back to keep running while the send is in flight", Duration::from_secs(20), || async {
+        health.rounds(&flusher) >= rounds + 2
+    })
+    .await;
+    h.sandbox.meta().release();
+    tokio::time::timeout(Duration::from_secs(30), stopping).await.expect("stops").expect("no panic");
+    assert_eq!(h.sent_to(55).len(), 1);
+    assert_eq!(h.cell("55", "Estado WhatsApp"), "sent", "the last flush saw the send's outcome");
+}
+
+/// An opt-out that arrives while a message to that person waits for its turn stops it, however
+/// late; and a BAJA from someone never messaged reaches their row's consent column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_stops_a_message_already_waiting_to_be_sent() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_provider = "    max_in_flight: 1\n".into();
+    h.user(56, true, None);
+    h.user(57, true, None);
+    h.start().await;
+    h.sandbox.meta().hold_sends();
+    h.add_row(row(56, "Carmen", "Sí", "Activo"));
+    wait_for("56's send in flight", Duration::from_secs(20), || async { h.sandbox.meta().held() == 1 }).await;
+    h.add_row(row(57, "Raúl", "Sí", "Activo"));
+    wait_for("57's message waiting for a free slot", Duration::from_secs(20), || async {
+        h.messages().await.iter().any(|m| m.record_key.0 == "57" && m.state == MessageState::Sending)
+    })
+    .await;
+    // 57 has never been messaged and writes BAJA.
+    h.sandbox.meta().user_says(&wa_id(57), "Baja", None);
+    wait_for("57's opt-out", Duration::from_secs(20), || async {
+        let mut c = h.store().conn().await.unwrap();
+        recado::store::contact(&mut c, &crate::harness::e164(57))
+            .await
+            .unwrap()
+            .is_some_and(|c| c.opted_out_at.is_some())
+    })
+    .await;
+    h.sandbox.meta().release();
+    h.wait_cell("57", "Estado WhatsApp", "skipped").await;
+    h.wait_cell("57", "Consentimiento", "BAJA").await;
+    h.wait_cell("56", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    assert!(h.sent_to(57).is_empty(), "nothing after BAJA, however late");
+    h.stop().await;
+}
+
+/// A multi-line cell (Alt+Enter, a pasted address) as a template parameter: Meta refuses line
+/// breaks (132018), so recado sends it on one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_line_cell_goes_out_on_one_line() {
+    let mut h = Harness::new(vec![]).await;
+    h.user(58, true, None);
+    h.start().await;
+    h.add_row(row(58, "Ana María\nSoto    Vera\t(apoderada)", "Sí", "Activo"));
+    h.wait_cell("58", "Estado WhatsApp", "read").await;
+    let sent = h.sent_to(58);
+    assert_eq!(sent[0].body["template"]["components"][0]["parameters"][0]["text"], "Ana María Soto Vera (apoderada)");
     h.stop().await;
 }

@@ -11,15 +11,16 @@ use recado::sandbox::google::Kind;
 use recado::sandbox::GoogleFault;
 use recado::store::{self, Store};
 
-use crate::harness::{row, settle, Harness, SHEET, TAB};
+use crate::harness::{row, wait_for, Harness, SHEET, TAB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_poll_costs_one_request() {
     let mut h = Harness::new((1..=50).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
     h.start().await;
-    settle().await;
+    h.quiesce().await;
     h.sandbox.google().reset_counts();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start = h.polls();
+    wait_for("ten idle polls", Duration::from_secs(20), || async { h.polls() >= start + 10 }).await;
     let counts = h.sandbox.google().counts();
     let probes = counts.get(Kind::DriveGet.name()).copied().unwrap_or(0);
     let total: u64 = counts.values().sum();
@@ -37,7 +38,7 @@ async fn a_google_429_delays_the_poll_and_loses_nothing() {
     h.sandbox.google().inject(GoogleFault { status: 429, count: 1, scope: Some("read".into()) });
     h.add_row(row(80, "Diego", "Sí", "Activo"));
     h.wait_cell("80", "Estado WhatsApp", "read").await;
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sent_to(80).len(), 1);
     h.stop().await;
 }

@@ -1,29 +1,43 @@
-//! Spawns the sandbox and the daemon (zero2prod style) and offers waiting helpers.
+//! Spawns the sandbox and the daemon (zero2prod style) and offers helpers that wait on
+//! conditions, never on the wall clock: time moves only through the daemon's injected
+//! [`Clock`], and "nothing more happens" is shown by waiting until the daemon is quiet
+//! (sources polled again, outbox, inbox and write-back empty, no webhook in flight).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recado::app::{self, RunningApp};
 use recado::config::Config;
+use recado::engine::Clock;
 use recado::sandbox::{MetaSettings, Sandbox, SimUser, TemplateDef};
 use recado::store::{self, OutboxMessage, Store};
 use serde_json::{json, Value};
 
 pub const SHEET: &str = "sheet-test";
 pub const TAB: &str = "Inscripciones";
+pub const SOURCE: &str = "inscripciones";
 
 pub struct Harness {
     pub sandbox: Sandbox,
     pub dir: tempfile::TempDir,
     pub app: Option<RunningApp>,
+    /// The daemon's clock: tests move it instead of waiting.
+    pub clock: Arc<Clock>,
     key_file: PathBuf,
     pub flush_interval: &'static str,
     /// Extra rules (YAML list items, indented by two spaces) appended to `rules:`.
     pub extra_rules: String,
     /// Extra top-level YAML (e.g. `defaults:`).
     pub extra_top: String,
+    /// Extra keys for the source (YAML, indented by four spaces).
+    pub extra_source: String,
+    /// Extra keys for the provider (YAML, indented by four spaces).
+    pub extra_provider: String,
+    /// The consent column the configuration names.
+    pub consent_column: &'static str,
     /// The provider's messages per second.
     pub mps: u32,
 }
@@ -34,6 +48,10 @@ pub fn phone(n: u32) -> String {
 
 pub fn wa_id(n: u32) -> String {
     format!("5698765{n:04}")
+}
+
+pub fn e164(n: u32) -> String {
+    format!("+5698765{n:04}")
 }
 
 pub fn row(id: u32, name: &str, consent: &str, estado: &str) -> Vec<Value> {
@@ -66,18 +84,8 @@ impl Harness {
         init_logs();
         let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await.expect("sandbox starts");
         sandbox.google().set_quota(10_000, 10_000);
-        sandbox.meta().add_template(TemplateDef {
-            name: "confirmacion_inscripcion".into(),
-            language: "es".into(),
-            body_params: 3,
-            url_button: false,
-        });
-        sandbox.meta().add_template(TemplateDef {
-            name: "encuesta_seguimiento".into(),
-            language: "es".into(),
-            body_params: 1,
-            url_button: true,
-        });
+        sandbox.meta().add_template(TemplateDef::new("confirmacion_inscripcion", "es", 3, false));
+        sandbox.meta().add_template(TemplateDef::new("encuesta_seguimiento", "es", 1, true));
         let mut all = vec![header()];
         all.extend(rows);
         sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
@@ -89,10 +97,14 @@ impl Harness {
             sandbox,
             dir,
             app: None,
+            clock: Arc::new(Clock::system()),
             key_file,
             flush_interval: "200ms",
             extra_rules: String::new(),
             extra_top: String::new(),
+            extra_source: String::new(),
+            extra_provider: String::new(),
+            consent_column: "Consentimiento",
             mps: 200,
         }
     }
@@ -131,8 +143,9 @@ providers:
     base_url: "{base}/meta"
     messages_per_second: {mps}
     pair_interval: 100ms
+{provider}
 sources:
-  - id: inscripciones
+  - id: {SOURCE}
     type: google_sheets
     spreadsheet_id: {SHEET}
     tab: {TAB}
@@ -146,16 +159,17 @@ sources:
     sheets_base_url: "{base}/google/sheets/"
     drive_base_url: "{base}/google/"
     consent:
-      column: Consentimiento
+      column: {consent}
     write_back:
       status: Estado WhatsApp
       status_at: Fecha estado
       error: Error WhatsApp
       last_reply: Última respuesta
       last_reply_at: Fecha respuesta
+{source}
 rules:
   - id: confirmacion
-    source: inscripciones
+    source: {SOURCE}
     when: row_added
     provider: whatsapp
     template:
@@ -163,7 +177,7 @@ rules:
       language: es
       body: ["{{{{ Nombre }}}}", "{{{{ Curso }}}}", "{{{{ Mentor }}}}"]
   - id: encuesta
-    source: inscripciones
+    source: {SOURCE}
     when: {{ changed: Estado, to: Egresado }}
     provider: whatsapp
     template:
@@ -179,26 +193,39 @@ rules:
             flush = self.flush_interval,
             rules = self.extra_rules,
             top = self.extra_top,
+            source = self.extra_source,
+            provider = self.extra_provider,
+            consent = self.consent_column,
             mps = self.mps,
         )
     }
 
-    /// Starts the daemon and points the sandbox's webhooks at it; waits for the first read.
+    pub fn config(&self) -> Config {
+        Config::from_yaml_with(&self.yaml(), &recado::config::Env::fixed::<&str, &str>([]))
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
+    }
+
+    /// Starts the daemon on the harness's clock and points the sandbox's webhooks at it; waits
+    /// for the first read to be committed.
     pub async fn start(&mut self) {
-        let config = Config::from_yaml(&self.yaml()).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let app = app::start(config).await.expect("daemon starts");
-        let url = format!("http://{}/webhooks/whatsapp", app.webhook_addr());
-        self.sandbox.meta().update_settings(|s| s.webhook_url = Some(url));
-        self.app = Some(app);
+        self.start_without_waiting().await;
         let store = self.store();
         wait_for("the first poll to be committed", Duration::from_secs(20), || {
             let store = store.clone();
             async move {
                 let mut c = store.conn().await.expect("conn");
-                store::source_state(&mut c, "inscripciones").await.expect("state").baseline_done
+                store::source_state(&mut c, SOURCE).await.expect("state").baseline_done
             }
         })
         .await;
+    }
+
+    /// Starts the daemon without waiting for its first read.
+    pub async fn start_without_waiting(&mut self) {
+        let app = app::start_with_clock(self.config(), Arc::clone(&self.clock)).await.expect("daemon starts");
+        let url = format!("http://{}/webhooks/whatsapp", app.webhook_addr());
+        self.sandbox.meta().update_settings(|s| s.webhook_url = Some(url));
+        self.app = Some(app);
     }
 
     pub async fn stop(&mut self) {
@@ -207,12 +234,16 @@ rules:
         }
     }
 
+    pub fn running(&self) -> &RunningApp {
+        self.app.as_ref().expect("daemon running")
+    }
+
     pub fn store(&self) -> Store {
-        self.app.as_ref().expect("daemon running").ctx().store.clone()
+        self.running().ctx().store.clone()
     }
 
     pub fn webhook_url(&self) -> String {
-        format!("http://{}/webhooks/whatsapp", self.app.as_ref().expect("daemon running").webhook_addr())
+        format!("http://{}/webhooks/whatsapp", self.running().webhook_addr())
     }
 
     pub async fn messages(&self) -> Vec<OutboxMessage> {
@@ -241,6 +272,39 @@ rules:
     pub fn edit(&self, key: &str, column: &str, value: Value) {
         assert!(self.sandbox.google().edit_by_key(SHEET, TAB, "ID", key, column, value), "edit {key}.{column}");
     }
+
+    /// Completed polls of the source.
+    pub fn polls(&self) -> u64 {
+        self.running().ctx().health.rounds(&format!("source:{SOURCE}"))
+    }
+
+    /// Waits until the daemon is quiet: the source polled twice more (so every edit made before
+    /// the call has been read), nothing due in the outbox or in flight, no webhook waiting on
+    /// either side, no write-back pending. After it, "nothing more happened" can be asserted.
+    pub async fn quiesce(&self) {
+        let start = self.polls();
+        wait_for("the source to be polled twice more", Duration::from_secs(20), || async { self.polls() >= start + 2 })
+            .await;
+        let store = self.store();
+        wait_for("the daemon to be quiet", Duration::from_secs(30), || {
+            let store = store.clone();
+            async move {
+                if self.sandbox.meta().deliveries_in_flight() > 0 || self.sandbox.meta().held() > 0 {
+                    return false;
+                }
+                let mut c = store.conn().await.expect("conn");
+                let now = self.clock.now_ms();
+                let busy = store::all_messages(&mut c).await.expect("messages").iter().any(|m| {
+                    m.state == recado::domain::MessageState::Sending
+                        || (m.state == recado::domain::MessageState::Queued && m.next_attempt_at <= now)
+                });
+                !busy
+                    && store::pending_webhook_count(&mut c).await.expect("inbox") == 0
+                    && store::pending_write_count(&mut c).await.expect("writes") == 0
+            }
+        })
+        .await;
+    }
 }
 
 /// Polls `cond` every 25 ms until it holds; panics with `what` after `limit`.
@@ -257,11 +321,6 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("timed out after {limit:?} waiting for {what}");
-}
-
-/// Lets a few poll and flush cycles pass (to show that nothing more happens).
-pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(900)).await;
 }
 
 /// Logs for debugging a test: `RECADO_LOG=debug cargo test -- --nocapture`.

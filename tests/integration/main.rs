@@ -4,10 +4,12 @@
 mod harness;
 
 mod boundaries;
+mod cli;
 
 mod config_files;
 mod delivery;
 mod economy;
+mod health;
 mod rows;
 mod time;
 mod webhooks;

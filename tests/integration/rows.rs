@@ -3,7 +3,7 @@
 use recado::sandbox::GoogleFault;
 use serde_json::json;
 
-use crate::harness::{row, settle, Harness, SHEET, TAB};
+use crate::harness::{row, Harness, SHEET, TAB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_get_their_error_once_and_the_rest_keeps_working() {
@@ -41,7 +41,7 @@ async fn bad_rows_get_their_error_once_and_the_rest_keeps_working() {
     h.edit("61", "Teléfono", json!("+56 9 8765 0061"));
     h.wait_cell("61", "Estado WhatsApp", "read").await;
     assert_eq!(h.cell("61", "Error WhatsApp"), "");
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sandbox.meta().sent().len(), 3, "Martina, the first 62 and the fixed 61");
     h.stop().await;
 }
@@ -70,5 +70,36 @@ async fn write_back_reaches_the_right_row_after_a_sort_and_an_insert_above() {
             assert!(status.is_empty() || r[0] == json!(71), "row {:?} got someone else's status", r[0]);
         }
     }
+    h.stop().await;
+}
+
+/// A name in the configuration that differs from the header only by case works everywhere:
+/// consent, a `changed` trigger, a template parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_named_with_another_case_is_found_everywhere() {
+    let mut h = Harness::new(vec![row(80, "Pía", "Sí", "Activo")]).await;
+    h.consent_column = "consentimiento";
+    h.extra_rules = r#"
+  - id: aviso
+    source: inscripciones
+    when: { changed: estado, to: Aviso }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ nombre }}", "{{ curso }}", "{{ Mentor }}"]
+"#
+    .into();
+    h.user(80, true, None);
+    h.user(81, true, None);
+    h.start().await;
+    h.add_row(row(81, "Rosa", "Sí", "Activo"));
+    h.wait_cell("81", "Estado WhatsApp", "read").await;
+    h.edit("80", "Estado", json!("Aviso"));
+    h.wait_cell("80", "Estado WhatsApp", "read").await;
+    let sent = h.sent_to(80);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["template"]["components"][0]["parameters"][0]["text"], "Pía");
+    assert_eq!(h.cell("81", "Error WhatsApp"), "", "consent was read, not taken as missing");
     h.stop().await;
 }

@@ -1,24 +1,25 @@
-//! Time as a trigger: date-relative reminders, lateness, quiet hours and campaigns.
+//! Time as a trigger: date-relative reminders, lateness, quiet hours and campaigns. Time moves
+//! by the daemon's injected clock, never by waiting.
 
 use std::time::Duration;
 
-use chrono::{Timelike, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use serde_json::{json, Value};
 
-use crate::harness::{row, settle, wait_for, Harness};
+use crate::harness::{row, wait_for, Harness};
 
-/// A header with an appointment column, and a row whose appointment is `in_secs` from now
-/// plus two days (so a `-2d` reminder fires in `in_secs`).
-fn with_appointment(id: u32, in_secs: i64) -> Vec<Value> {
+/// A row whose appointment is two days and `in_secs` after `now` (so a `-2d` reminder is due
+/// `in_secs` after `now`), written as text in the sheet's zone.
+fn with_appointment(now: DateTime<Utc>, id: u32, in_secs: i64) -> Vec<Value> {
     let mut r = row(id, &format!("P{id}"), "Sí", "Activo");
-    r.push(json!(appointment(in_secs)));
+    r.push(json!(appointment(now, in_secs)));
     r
 }
 
-/// `2026-11-23 10:00:05` in America/Santiago (the sheet's zone), two days after now + secs.
-fn appointment(in_secs: i64) -> String {
+/// `2026-11-23 10:00:05` in America/Santiago (the sheet's zone).
+fn appointment(now: DateTime<Utc>, in_secs: i64) -> String {
     let tz: chrono_tz::Tz = "America/Santiago".parse().unwrap();
-    let at = Utc::now() + chrono::Duration::days(2) + chrono::Duration::seconds(in_secs);
+    let at = now + chrono::Duration::days(2) + chrono::Duration::seconds(in_secs);
     at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
@@ -47,14 +48,15 @@ const QUARTERLY: &str = r#"
       button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
 "#;
 
-async fn reminder_harness(rows: Vec<Vec<Value>>) -> Harness {
+/// A harness whose tab has an appointment column, holding `rows(now)`.
+async fn reminder_harness(rows: impl FnOnce(DateTime<Utc>) -> Vec<Vec<Value>>) -> Harness {
     let mut h = Harness::new(vec![]).await;
     let mut all = vec![{
         let mut hd = crate::harness::header();
         hd.push(json!("Fecha cita"));
         hd
     }];
-    all.extend(rows);
+    all.extend(rows(h.clock.now()));
     h.sandbox.google().seed(crate::harness::SHEET, "America/Santiago", vec![(crate::harness::TAB.to_string(), all)]);
     h.extra_rules = REMINDER.to_string();
     h
@@ -68,17 +70,16 @@ async fn timer_state(h: &Harness, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_fires_once_at_its_time_and_the_baseline_rows_get_theirs() {
-    let mut h = reminder_harness(vec![with_appointment(100, 3)]).await;
+    let mut h = reminder_harness(|now| vec![with_appointment(now, 100, 3600)]).await;
     h.user(100, true, None);
     h.start().await;
-    let planned_at = Utc::now();
     assert_eq!(timer_state(&h, "100").await, vec!["pending"], "planned for an existing row at the first read");
-    assert!(h.sent_to(100).is_empty());
+    h.quiesce().await;
+    assert!(h.sent_to(100).is_empty(), "not before its time");
+    h.clock.advance(Duration::from_secs(3601));
     wait_for("the reminder", Duration::from_secs(15), || async { !h.sent_to(100).is_empty() }).await;
-    let sent_at = h.sent_to(100)[0].at_ms;
-    assert!(sent_at >= planned_at.timestamp_millis() + 1500, "not before its time");
     h.wait_cell("100", "Estado WhatsApp", "read").await;
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sent_to(100).len(), 1);
     assert_eq!(timer_state(&h, "100").await, vec!["fired"]);
     h.stop().await;
@@ -86,19 +87,23 @@ async fn a_reminder_fires_once_at_its_time_and_the_baseline_rows_get_theirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_the_date_moves_the_reminder_and_clearing_consent_or_deleting_cancels() {
-    let mut h =
-        reminder_harness(vec![with_appointment(101, 3600), with_appointment(102, 3), with_appointment(103, 3)]).await;
+    let mut h = reminder_harness(|now| {
+        vec![with_appointment(now, 101, 3 * 3600), with_appointment(now, 102, 3600), with_appointment(now, 103, 3600)]
+    })
+    .await;
     h.user(101, true, None);
     h.start().await;
-    // 101's appointment moves to two days and 2 seconds from now: the reminder moves too.
-    h.edit("101", "Fecha cita", json!(appointment(2)));
+    // 101's appointment moves two hours earlier: the reminder moves too.
+    h.edit("101", "Fecha cita", json!(appointment(h.clock.now(), 3600)));
     // 102 withdraws consent; 103's row is deleted.
     h.edit("102", "Consentimiento", json!(""));
     let rows = h.sandbox.google().rows(crate::harness::SHEET, crate::harness::TAB);
     let n = rows.iter().position(|r| r[0] == json!(103)).unwrap() + 1;
     assert!(h.sandbox.google().delete_row(crate::harness::SHEET, crate::harness::TAB, n));
+    h.quiesce().await;
+    h.clock.advance(Duration::from_secs(3601));
     wait_for("the moved reminder", Duration::from_secs(15), || async { !h.sent_to(101).is_empty() }).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.quiesce().await;
     assert!(h.sent_to(102).is_empty(), "consent withdrawn");
     assert!(h.sent_to(103).is_empty(), "row deleted");
     assert_eq!(timer_state(&h, "102").await, vec!["cancelled"]);
@@ -109,15 +114,15 @@ async fn moving_the_date_moves_the_reminder_and_clearing_consent_or_deleting_can
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_planning_and_firing_fires_once_and_downtime_beyond_lateness_skips() {
-    let mut h = reminder_harness(vec![with_appointment(104, 2), with_appointment(105, 1)]).await;
-    // 104 may be up to 3 s late after the restart; 105 may not be late at all.
+    let mut h = reminder_harness(|now| vec![with_appointment(now, 104, 120), with_appointment(now, 105, 60)]).await;
+    // 104 may be up to 3 minutes late after the restart; 105 may not be late at all.
     h.extra_rules = r#"
   - id: tolerante
     source: inscripciones
     when: { date: Fecha cita, offset: -2d }
     if: "ID == 104"
     provider: whatsapp
-    lateness: 3s
+    lateness: 3m
     template:
       name: confirmacion_inscripcion
       language: es
@@ -138,7 +143,8 @@ async fn a_restart_between_planning_and_firing_fires_once_and_downtime_beyond_la
     h.start().await;
     assert_eq!(timer_state(&h, "104").await, vec!["pending"]);
     h.stop().await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Four minutes down: 104 is two minutes late (within its lateness), 105 three.
+    h.clock.advance(Duration::from_secs(240));
     h.start().await;
     wait_for("the late reminder", Duration::from_secs(10), || async { !h.sent_to(104).is_empty() }).await;
     h.wait_cell("105", "Estado WhatsApp", "skipped").await;
@@ -147,7 +153,7 @@ async fn a_restart_between_planning_and_firing_fires_once_and_downtime_beyond_la
         "{}",
         h.cell("105", "Error WhatsApp")
     );
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sent_to(104).len(), 1);
     assert!(h.sent_to(105).is_empty());
     h.stop().await;
@@ -155,9 +161,12 @@ async fn a_restart_between_planning_and_firing_fires_once_and_downtime_beyond_la
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_date_is_reported_on_the_row_once() {
-    let mut r = row(106, "P106", "Sí", "Activo");
-    r.push(json!("el martes"));
-    let mut h = reminder_harness(vec![r, with_appointment(107, 3600)]).await;
+    let mut h = reminder_harness(|now| {
+        let mut r = row(106, "P106", "Sí", "Activo");
+        r.push(json!("el martes"));
+        vec![r, with_appointment(now, 107, 3600)]
+    })
+    .await;
     h.start().await;
     wait_for("the date problem on the row", Duration::from_secs(10), || async {
         h.cell("106", "Error WhatsApp").contains("'el martes' is not a date")
@@ -170,7 +179,7 @@ async fn an_unreadable_date_is_reported_on_the_row_once() {
     );
     assert_eq!(timer_state(&h, "107").await, vec!["pending"], "the other rows keep working");
     // Later reads (our own write-back moves the sheet's version) leave the problem on the row.
-    settle().await;
+    h.quiesce().await;
     assert!(h.cell("106", "Error WhatsApp").starts_with("date unreadable"), "{}", h.cell("106", "Error WhatsApp"));
     h.stop().await;
 }
@@ -179,25 +188,31 @@ async fn an_unreadable_date_is_reported_on_the_row_once() {
 async fn quiet_hours_defer_instead_of_dropping() {
     let mut h = Harness::new(vec![]).await;
     // A window that is closed now: it opens in a few hours (UTC, no holidays).
-    let now = Utc::now();
+    let now = h.clock.now();
     let start = (now.hour() + 3) % 24;
     let end = (now.hour() + 5) % 24;
     h.extra_top = format!("defaults:\n  time_zone: UTC\n  send_between: \"{start:02}:00-{end:02}:00\"\n");
     h.start().await;
+    h.user(110, true, None);
     h.add_row(row(110, "Noche", "Sí", "Activo"));
     wait_for("the message to be queued", Duration::from_secs(10), || async { !h.messages().await.is_empty() }).await;
-    settle().await;
+    h.quiesce().await;
     assert!(h.sent_to(110).is_empty(), "deferred, not sent");
     let m = &h.messages().await[0];
     assert_eq!(m.state, recado::domain::MessageState::Queued);
     let opens = chrono::DateTime::from_timestamp_millis(m.next_attempt_at).unwrap();
     assert_eq!((opens.hour(), opens.minute()), (start, 0), "due when the window opens");
     assert!(opens > now);
+    // When the window opens, it goes.
+    h.clock.advance((opens - h.clock.now()).to_std().unwrap() + Duration::from_secs(1));
+    h.wait_cell("110", "Estado WhatsApp", "read").await;
+    assert_eq!(h.sent_to(110).len(), 1);
     h.stop().await;
 }
 
 /// A campaign occurrence interrupted half-way (half its messages already in the outbox, the
-/// occurrence not marked done) completes after a restart without duplicates.
+/// occurrence not marked done) completes after a restart without duplicates, and the rows that
+/// already had their message keep the state they reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_campaign_completes_without_duplicates() {
     use recado::domain::{MessageContent, PhoneNumber, RecordKey, TemplateMessage};
@@ -213,18 +228,13 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
     // The state an interruption leaves: the occurrence (a minute ago) is still due, and the
     // first half of its messages are already queued.
     let store = recado::store::Store::open(&h.state_path()).await.unwrap();
-    let occurrence = Utc::now() - chrono::Duration::minutes(1);
+    let occurrence = h.clock.now() - chrono::Duration::minutes(1);
     let occurrence = occurrence.with_second(0).unwrap().with_nanosecond(0).unwrap();
     let key = format!("cron@{}", occurrence.format("%Y-%m-%dT%H:%MZ"));
     let mut tx = store.begin().await.unwrap();
-    recado::store::set_campaign_next(
-        &mut tx,
-        "trimestral",
-        occurrence.timestamp_millis(),
-        Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
+    recado::store::set_campaign_next(&mut tx, "trimestral", occurrence.timestamp_millis(), h.clock.now_ms())
+        .await
+        .unwrap();
     for i in 1..=n / 2 {
         let intent = recado::domain::Intent {
             rule_id: "trimestral".into(),
@@ -251,7 +261,7 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
         h.sandbox.meta().sent_count() >= n as usize
     })
     .await;
-    settle().await;
+    h.quiesce().await;
     let messages = h.messages().await;
     let keys: std::collections::HashSet<&str> = messages.iter().map(|m| m.record_key.0.as_str()).collect();
     assert_eq!(messages.len(), n as usize, "one message per record");
@@ -260,24 +270,78 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
     let mut c = h.store().conn().await.unwrap();
     let next = recado::store::campaign_next(&mut c, "trimestral").await.unwrap().unwrap();
     drop(c);
-    assert!(next > Utc::now().timestamp_millis(), "the occurrence is done; the next one is in the future");
+    assert!(next > h.clock.now_ms(), "the occurrence is done; the next one is in the future");
+    h.stop().await;
+}
+
+/// Running an occurrence again after an interruption must not write `queued` over rows whose
+/// message already went further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_run_again_leaves_rows_that_were_read_as_read() {
+    let mut h = Harness::new((1..=6).map(|i| row(i, &format!("P{i}"), "Sí", "Egresado")).collect()).await;
+    for i in 1..=6 {
+        h.user(i, true, None);
+    }
+    h.extra_top = "defaults:\n  time_zone: UTC\n".into();
+    h.extra_rules = QUARTERLY.into();
+    h.start().await;
+    // The first run of the occurrence, half a day ago.
+    let occurrence = (h.clock.now() - chrono::Duration::hours(2)).with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let set_due = |store: recado::store::Store| async move {
+        let mut tx = store.begin().await.unwrap();
+        recado::store::set_campaign_next(&mut tx, "trimestral", occurrence.timestamp_millis(), 0).await.unwrap();
+        tx.commit().await.unwrap();
+    };
+    h.stop().await;
+    h.extra_top = "defaults:\n  time_zone: UTC\n  lateness: 1d\n".into();
+    let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+    set_due(store.clone()).await;
+    store.close().await;
+    h.start().await;
+    for i in 1..=6 {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", "read").await;
+    }
+    // The same occurrence again, as after an interruption before it was marked done.
+    h.stop().await;
+    let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+    set_due(store.clone()).await;
+    store.close().await;
+    h.start().await;
+    wait_for("the occurrence to be run again", Duration::from_secs(10), || async {
+        let mut c = h.store().conn().await.unwrap();
+        recado::store::campaign_next(&mut c, "trimestral")
+            .await
+            .unwrap()
+            .is_some_and(|n| n > occurrence.timestamp_millis())
+    })
+    .await;
+    h.quiesce().await;
+    for i in 1..=6 {
+        assert_eq!(
+            h.cell(&i.to_string(), "Estado WhatsApp"),
+            "read",
+            "row {i} must keep the state its message reached"
+        );
+    }
+    assert_eq!(h.sandbox.meta().sent_count(), 6, "nobody got it twice");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_what_is_then_sent_and_changes_nothing() {
-    let mut no_consent = with_appointment(122, 5);
-    no_consent[5] = json!("");
-    let mut bad_date = row(123, "P123", "Sí", "Activo");
-    bad_date.push(json!("pronto"));
-    let mut bad_phone = with_appointment(124, 5);
-    bad_phone[2] = json!("no tiene");
-    let mut h =
-        reminder_harness(vec![with_appointment(120, 3), with_appointment(121, 3600), no_consent, bad_date, bad_phone])
-            .await;
+    let mut h = reminder_harness(|now| {
+        let mut no_consent = with_appointment(now, 122, 3600);
+        no_consent[5] = json!("");
+        let mut bad_date = row(123, "P123", "Sí", "Activo");
+        bad_date.push(json!("pronto"));
+        let mut bad_phone = with_appointment(now, 124, 3600);
+        bad_phone[2] = json!("no tiene");
+        vec![with_appointment(now, 120, 3600), with_appointment(now, 121, 7200), no_consent, bad_date, bad_phone]
+    })
+    .await;
     h.user(120, true, None);
-    let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
-    let lines = recado::plan::plan(&config, 3, None, Utc::now()).await.unwrap();
+    let config = h.config();
+    let lines = recado::plan::plan(&config, 3, None, h.clock.now()).await.unwrap();
     assert!(!h.state_path().exists(), "plan creates no state");
     let by = |k: &str| lines.iter().find(|l| l.record == k).unwrap_or_else(|| panic!("no line for {k}: {lines:?}"));
     assert_eq!(by("120").status, "send");
@@ -291,6 +355,13 @@ async fn plan_shows_what_is_then_sent_and_changes_nothing() {
     assert!(recado::plan::render(&lines, recado::plan::Format::Csv).lines().count() == lines.len() + 1);
 
     h.start().await;
+    let mut c = h.store().conn().await.unwrap();
+    for (key, line) in [("120", by("120")), ("121", by("121"))] {
+        let t = recado::store::timers_of(&mut c, "inscripciones", Some(&[key])).await.unwrap();
+        assert_eq!(t[0].due_at, line.when_utc.unwrap().timestamp_millis(), "the timer is due when the plan said");
+    }
+    drop(c);
+    h.clock.advance(Duration::from_secs(3601));
     wait_for("the planned reminder", Duration::from_secs(15), || async { !h.sent_to(120).is_empty() }).await;
     let sent = &h.sent_to(120)[0];
     let params: Vec<String> = sent.body["template"]["components"][0]["parameters"]
@@ -300,15 +371,9 @@ async fn plan_shows_what_is_then_sent_and_changes_nothing() {
         .map(|p| p["text"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(params, by("120").parameters, "the plan showed exactly what was sent");
-    let planned = by("120").when_utc.unwrap().timestamp_millis();
-    assert!((sent.at_ms - planned).abs() < 1500, "sent when planned ({} vs {planned})", sent.at_ms);
-    let mut c = h.store().conn().await.unwrap();
-    let t = recado::store::timers_of(&mut c, "inscripciones", Some(&["121"])).await.unwrap();
-    drop(c);
-    assert_eq!(t[0].due_at, by("121").when_utc.unwrap().timestamp_millis());
     // Asked again, the plan no longer lists what was sent.
     h.stop().await;
-    let again = recado::plan::plan(&config, 3, None, Utc::now()).await.unwrap();
+    let again = recado::plan::plan(&config, 3, None, h.clock.now()).await.unwrap();
     assert!(again.iter().all(|l| l.record != "120" || l.status != "send"), "{again:?}");
 }
 
@@ -325,7 +390,7 @@ async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
     h.start().await;
     h.stop().await;
     let store = recado::store::Store::open(&h.state_path()).await.unwrap();
-    let missed = Utc::now() - chrono::Duration::hours(5);
+    let missed = h.clock.now() - chrono::Duration::hours(5);
     let mut tx = store.begin().await.unwrap();
     recado::store::set_campaign_next(&mut tx, "trimestral", missed.timestamp_millis(), missed.timestamp_millis())
         .await
@@ -336,11 +401,11 @@ async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
     h.wait_cell("2", "Estado WhatsApp", "skipped").await;
     assert!(h.cell("2", "Error WhatsApp").contains("campaign"), "{}", h.cell("2", "Error WhatsApp"));
     assert_eq!(h.cell("1", "Estado WhatsApp"), "", "not a graduate: not part of the campaign");
-    settle().await;
+    h.quiesce().await;
     assert_eq!(h.sandbox.meta().sent_count(), 0, "nothing stale was sent");
     let mut c = h.store().conn().await.unwrap();
     let next = recado::store::campaign_next(&mut c, "trimestral").await.unwrap().unwrap();
     drop(c);
-    assert!(next > Utc::now().timestamp_millis());
+    assert!(next > h.clock.now_ms());
     h.stop().await;
 }

@@ -3,7 +3,7 @@
 use recado::providers::meta_cloud::webhook::sign;
 use recado::store;
 
-use crate::harness::{settle, Harness};
+use crate::harness::Harness;
 
 fn status_body(wamid: &str) -> String {
     format!(
@@ -68,7 +68,7 @@ async fn unsigned_and_mis_signed_webhooks_are_refused_with_no_effect() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    settle().await;
+    h.quiesce().await;
     let mut c = h.store().conn().await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks").fetch_one(&mut *c).await.unwrap();
     assert_eq!(stored, 1);
@@ -95,5 +95,141 @@ async fn verification_handshake() {
     let health: serde_json::Value =
         http.get(url.replace("/webhooks/whatsapp", "/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
+    h.stop().await;
+}
+
+async fn post_signed(h: &Harness, body: &str) -> u16 {
+    reqwest::Client::new()
+        .post(h.webhook_url())
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign("sandbox-app-secret", body.as_bytes()))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// One delivery that cannot be applied (here: its message's stored content is damaged) is
+/// parked with its reason; the deliveries after it — an opt-out among them — are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_cannot_be_applied_is_parked_and_the_rest_go_on() {
+    let mut h = Harness::new(vec![]).await;
+    h.user(60, true, None);
+    h.start().await;
+    h.add_row(crate::harness::row(60, "Elena", "Sí", "Activo"));
+    h.add_row(crate::harness::row(61, "Hugo", "Sí", "Activo"));
+    h.wait_cell("60", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    let m = h.messages().await.into_iter().find(|m| m.record_key.0 == "60").unwrap();
+    let wamid = m.provider_message_id.clone().unwrap();
+    let mut c = h.store().conn().await.unwrap();
+    sqlx::query("UPDATE messages SET content = 'not json' WHERE id = $1").bind(m.id).execute(&mut *c).await.unwrap();
+    drop(c);
+    // A status not seen before for the damaged message, then an opt-out from 61.
+    assert_eq!(post_signed(&h, &status_body(&wamid).replace("\"read\"", "\"failed\"")).await, 200);
+    let baja = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":"1234567890"},"contacts":[{"profile":{"name":"Hugo"},"wa_id":"56987650061"}],"messages":[{"from":"56987650061","id":"wamid.BAJA61","timestamp":"1700000000","type":"text","text":{"body":"BAJA"}}]}}]}]}"#;
+    assert_eq!(post_signed(&h, baja).await, 200);
+    h.wait_cell("61", "Consentimiento", "BAJA").await;
+    let store = h.store();
+    crate::harness::wait_for("the damaged delivery to be parked", std::time::Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            store::parked_webhook_count(&mut c).await.unwrap() == 1
+                && store::pending_webhook_count(&mut c).await.unwrap() == 0
+        }
+    })
+    .await;
+    let mut c = h.store().conn().await.unwrap();
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM webhooks WHERE parked_at IS NOT NULL")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert!(outcome.starts_with("parked: ") && outcome.contains("message content"), "{outcome}");
+    drop(c);
+    h.stop().await;
+}
+
+/// A person with a username and no visible number: Meta sends their business-scoped id only.
+/// Known from earlier status webhooks, they are matched by it; unknown, their message is kept
+/// unmatched; and an unreadable item never drops the statuses that came with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_without_a_visible_number_are_matched_by_their_user_id_and_nothing_is_dropped() {
+    let mut h = Harness::new(vec![]).await;
+    h.sandbox.meta().add_user(recado::sandbox::SimUser {
+        wa_id: crate::harness::wa_id(62),
+        user_id: Some("CL.1349120865530274".into()),
+        read_after_ms: 40,
+        ..Default::default()
+    });
+    h.start().await;
+    h.add_row(crate::harness::row(62, "Olga", "Sí", "Activo"));
+    h.wait_cell("62", "Estado WhatsApp", "read").await;
+    // Olga hides her number behind a username and writes.
+    h.sandbox.meta().add_user(recado::sandbox::SimUser {
+        wa_id: crate::harness::wa_id(62),
+        user_id: Some("CL.1349120865530274".into()),
+        username: Some("@olga".into()),
+        phone_visible: false,
+        ..Default::default()
+    });
+    h.sandbox.meta().user_says(&crate::harness::wa_id(62), "¿sigue en pie?", None);
+    h.wait_cell("62", "Última respuesta", "¿sigue en pie?").await;
+    // Someone unknown, without a number, in the same delivery as a status and a broken item.
+    h.add_row(crate::harness::row(63, "Tito", "Sí", "Activo"));
+    h.wait_cell("63", "Estado WhatsApp", "delivered").await;
+    let wamid = h.sent_to(63)[0].wamid.clone();
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"1","phone_number_id":"1234567890"}},
+        "contacts":[{{"profile":{{"name":"X","username":"@x"}},"user_id":"US.777"}}],
+        "messages":[{{"from_user_id":"US.777","id":"wamid.U777","timestamp":"1700000000","type":"text","text":{{"body":"hola"}}}},{{"id":"wamid.NOSENDER","type":"text"}}],
+        "statuses":[{{"id":"{wamid}","status":"read","timestamp":"1700000001","recipient_id":"56987650063"}}]}}}}]}}]}}"#
+    );
+    assert_eq!(post_signed(&h, &body).await, 200);
+    h.wait_cell("63", "Estado WhatsApp", "read").await;
+    let mut c = h.store().conn().await.unwrap();
+    let unmatched: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT phone, sender_id FROM inbound WHERE provider_message_id = 'wamid.U777'")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+    assert_eq!(unmatched, (None, Some("US.777".to_string())));
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM webhooks ORDER BY id DESC LIMIT 1").fetch_one(&mut *c).await.unwrap();
+    assert!(outcome.contains("1 unreadable"), "{outcome}");
+    drop(c);
+    h.stop().await;
+}
+
+/// Meta retries an unacknowledged webhook for days at growing intervals: after an outage of
+/// (compressed) hours, the reply still arrives and reaches the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_sent_during_a_long_outage_arrives_after_the_restart() {
+    let settings = recado::sandbox::MetaSettings {
+        status_delay_ms: 30,
+        messages_per_second: 1000.0,
+        // An hour of Meta's schedule is 360 ms here.
+        webhook_time_scale: 0.0001,
+        ..Default::default()
+    };
+    let mut h = Harness::with_settings(vec![], settings).await;
+    h.user(64, true, None);
+    h.start().await;
+    h.add_row(crate::harness::row(64, "Marta", "Sí", "Activo"));
+    h.wait_cell("64", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    h.stop().await;
+    let wamid = h.sent_to(64)[0].wamid.clone();
+    let (_, failures) = h.sandbox.meta().delivery_stats();
+    h.sandbox.meta().user_says(&crate::harness::wa_id(64), "llego tarde", Some(&wamid));
+    // Down for what Meta counts as more than an hour of retries.
+    crate::harness::wait_for("Meta to retry through an hour", std::time::Duration::from_secs(20), || async {
+        h.sandbox.meta().delivery_stats().1 >= failures + 8
+    })
+    .await;
+    h.start().await;
+    h.wait_cell("64", "Última respuesta", "llego tarde").await;
     h.stop().await;
 }

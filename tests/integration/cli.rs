@@ -1,0 +1,95 @@
+//! The `recado` binary as an operator runs it: logs at debug level carry no phone number and no
+//! secret, and `recado check` reports every problem of a bad file without echoing secrets or
+//! exhausting memory.
+
+use std::process::Command;
+
+fn recado() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_recado"))
+}
+
+/// The demo's participants' numbers, as digits.
+fn demo_numbers() -> Vec<String> {
+    (4301..=4320).map(|n| format!("5698765{n}")).collect()
+}
+
+#[test]
+fn a_whole_demo_at_debug_level_logs_no_phone_number_and_no_secret() {
+    let out = recado()
+        .args(["demo", "--until-settled", "--timeout", "120"])
+        .env("RECADO_LOG", "debug")
+        .output()
+        .expect("recado runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the demo settles:\n{}", &text[text.len().saturating_sub(3000)..]);
+    assert!(text.lines().filter(|l| l.contains("DEBUG")).count() > 10, "debug logs were on");
+    let squeezed: String = text.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')')).collect();
+    for n in demo_numbers() {
+        let national = &n[2..];
+        for form in [n.clone(), format!("+{n}"), national.to_string()] {
+            assert!(!squeezed.contains(&form), "the number {form} appears in the output");
+        }
+    }
+    for secret in ["sandbox-token", "sandbox-app-secret", "sandbox-verify", "ya29.", "BEGIN PRIVATE KEY", "MIIEv"] {
+        assert!(!text.contains(secret), "the secret '{secret}' appears in the output");
+    }
+}
+
+fn check(yaml: &[u8]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recado.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = recado().args(["check", "--config"]).arg(&path).output().expect("recado runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn check_names_the_field_of_a_secret_given_as_a_number_and_never_echoes_it() {
+    let (code, text) = check(
+        b"state: {path: /tmp/x.db}\nproviders:\n  - id: w\n    type: meta_cloud\n    phone_number_id: \"1\"\n    access_token: 20261122\n    app_secret: s\n    verify_token: v\n",
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("providers[0].access_token"), "{text}");
+    assert!(!text.contains("20261122"), "the secret was echoed:\n{text}");
+}
+
+#[test]
+fn check_refuses_an_alias_bomb_quickly_and_says_why() {
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n";
+    let (code, text) = check(bomb.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("expands to more than"), "{text}");
+}
+
+#[test]
+fn check_says_a_binary_file_is_not_yaml() {
+    let garbage: Vec<u8> = (0..2048u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let (code, text) = check(&garbage);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not a text file"), "{text}");
+    assert!(!text.contains("missing section"), "{text}");
+}
+
+#[test]
+fn an_unknown_section_hides_none_of_the_other_problems() {
+    let (code, text) = check(b"state: {path: /tmp/x.db}\ncolour: blue\nhttp: {listen: nowhere}\nrules:\n  - id: r\n    source: s\n    when: row_added\n    provider: p\n    text: hola\n");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("colour: unknown section"), "{text}");
+    assert!(text.contains("http.listen"), "{text}");
+    assert!(text.contains("rules[0].source"), "{text}");
+    assert!(!text.contains("state: missing section"), "{text}");
+}
+
+#[test]
+fn numbers_too_large_are_reported_with_their_path_not_a_panic() {
+    let yaml = "state: {path: /tmp/x.db}\ndefaults: {lateness: 99999999999999999999d}\nsources:\n  - id: s\n    type: google_sheets\n    spreadsheet_id: x\n    tab: T\n    key_column: ID\n    phone_column: Tel\n    poll_interval: 1e308s\n    service_account_key: \"{}\"\nrules:\n  - id: r\n    source: s\n    when: {date: Fecha, offset: -99999999999999d}\n    provider: p\n    text: hola\n";
+    let (code, text) = check(yaml.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    for path in ["defaults.lateness", "sources[0].poll_interval", "rules[0].when.offset"] {
+        assert!(text.contains(path), "missing {path}:\n{text}");
+    }
+}

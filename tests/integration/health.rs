@@ -1,0 +1,69 @@
+//! What an operator sees and what the store keeps: `/healthz` names a component that keeps
+//! failing, and old rows are pruned after their retention.
+
+use std::time::Duration;
+
+use recado::store;
+use serde_json::Value;
+
+use crate::harness::{wait_for, Harness, SHEET};
+
+/// A source that fails every poll (its tab is gone) makes `/healthz` say so, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_source_that_keeps_failing() {
+    let mut h = Harness::new(vec![]).await;
+    h.sandbox.google().seed(SHEET, "America/Santiago", vec![("Otra pestaña".to_string(), vec![])]);
+    h.start_without_waiting().await;
+    let url = h.webhook_url().replace("/webhooks/whatsapp", "/healthz");
+    let last = std::sync::Mutex::new(Value::Null);
+    wait_for("/healthz to report the failing source", Duration::from_secs(20), || async {
+        let r = reqwest::get(&url).await.unwrap();
+        let code = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        let degraded = code == 503 && body["status"] == "degraded";
+        *last.lock().unwrap() = body;
+        degraded
+    })
+    .await;
+    let last = last.into_inner().unwrap();
+    let source = &last["components"]["source:inscripciones"];
+    assert_eq!(source["degraded"], true, "{last:#}");
+    assert!(source["last_error"].as_str().unwrap_or("").contains("no tab 'Inscripciones'"), "{last:#}");
+    assert_eq!(last["components"]["provider:whatsapp"]["degraded"], false);
+    h.stop().await;
+}
+
+/// Raw webhooks, status de-duplication entries and inbound messages older than their retention
+/// are pruned; recent ones and unapplied deliveries are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_rows_are_pruned_after_their_retention() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_top = "".into();
+    h.start().await;
+    let now = h.clock.now_ms();
+    let day = 86_400_000i64;
+    let mut c = h.store().conn().await.unwrap();
+    for (age_days, processed) in [(100, true), (100, false), (10, true)] {
+        let id = store::insert_webhook(&mut c, "whatsapp", "{}", now - age_days * day).await.unwrap();
+        if processed {
+            store::finish_webhook(&mut c, id, "applied", now - age_days * day).await.unwrap();
+        }
+    }
+    for (id, age) in [("wamid.old", 100), ("wamid.new", 1)] {
+        store::record_status_event(&mut c, id, "read", now - age * day).await.unwrap();
+    }
+    drop(c);
+    let ctx = std::sync::Arc::clone(h.running().ctx());
+    let (_stop, shutdown) = recado::engine::Shutdown::new();
+    let pruned = recado::engine::retention::RetentionLoop::new(ctx).prune_all(&shutdown).await.unwrap();
+    assert_eq!((pruned.webhooks, pruned.status_events), (1, 1), "{pruned:?}");
+    let mut c = h.store().conn().await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE received_at < $1")
+        .bind(now - day)
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(left, 2, "the recent one and the one never applied stay");
+    drop(c);
+    h.stop().await;
+}
