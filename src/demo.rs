@@ -276,10 +276,12 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     let header = ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Consentimiento", "Estado"].map(|h| json!(h)).to_vec();
     let mut rows = vec![header];
     rows.extend(ALREADY_REGISTERED.iter().map(row));
-    sandbox.meta().add_template(TemplateDef::new("recordatorio_cita", "es", 2, false));
-    sandbox.google().seed(
+    sandbox.meta().add_template(TemplateDef::new("recordatorio_cita", "es", 3, false));
+    // Typed as a person types into a Chilean sheet: dates become date cells, numbers numbers.
+    sandbox.google().seed_typed(
         SHEET,
         "America/Santiago",
+        "es_CL",
         vec![(TAB.to_string(), rows), ("Citas".to_string(), appointments())],
     );
     for p in ALREADY_REGISTERED.iter().chain(NEW_REGISTRATIONS) {
@@ -499,7 +501,14 @@ fn appointments() -> Vec<Vec<Value>> {
 }
 
 fn print_appointments(sandbox: &Sandbox) {
-    let rows = sandbox.google().rows(SHEET, "Citas");
+    // As the sheet shows them (dates formatted), not as serial numbers.
+    let rows: Vec<Vec<Value>> = sandbox
+        .google()
+        .read(SHEET, "Citas", "FORMATTED_VALUE", "SERIAL_NUMBER")
+        .ok()
+        .and_then(|v| v.get("values").cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
     let Some(header) = rows.first() else { return };
     let col = |name: &str| header.iter().position(|h| cell_text(h) == name);
     let cols = [col("ID"), col("Nombre"), col("Fecha cita"), col("Estado WhatsApp"), col("Error WhatsApp")];

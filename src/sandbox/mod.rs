@@ -85,6 +85,11 @@ impl Sandbox {
         &self.state.google
     }
 
+    /// The emulators' state, shared (for tasks that outlive a borrow of the sandbox).
+    pub fn shared(&self) -> SandboxState {
+        std::sync::Arc::clone(&self.state)
+    }
+
     pub fn meta(&self) -> &Arc<MetaState> {
         &self.state.meta
     }

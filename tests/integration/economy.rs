@@ -7,6 +7,7 @@ use recado::domain::{FieldWrite, RecordKey, WriteTarget};
 use recado::engine::flusher::Flusher;
 use recado::engine::{Clock, EngineCtx};
 use recado::rules::RuleSet;
+use recado::sandbox::google::FaultSpec;
 use recado::sandbox::google::Kind;
 use recado::sandbox::GoogleFault;
 use recado::store::{self, Store};
@@ -34,12 +35,17 @@ async fn a_google_429_delays_the_poll_and_loses_nothing() {
     let mut h = Harness::new(vec![]).await;
     h.user(80, true, None);
     h.start().await;
-    h.sandbox.google().inject(GoogleFault { status: 429, count: 2, scope: Some("drive".into()) });
+    // Drive signals its rate limit as 403 userRateLimitExceeded or 429 rateLimitExceeded
+    // (its legacy error shape), Sheets as 429 RESOURCE_EXHAUSTED.
+    h.sandbox.google().inject(GoogleFault { status: 403, count: 1, scope: Some("drive".into()) });
+    h.sandbox.google().inject(GoogleFault { status: 429, count: 1, scope: Some("drive".into()) });
     h.sandbox.google().inject(GoogleFault { status: 429, count: 1, scope: Some("read".into()) });
     h.add_row(row(80, "Diego", "Sí", "Activo"));
     h.wait_cell("80", "Estado WhatsApp", "read").await;
     h.quiesce().await;
     assert_eq!(h.sent_to(80).len(), 1);
+    let source = h.running().ctx().health.get("source:inscripciones").unwrap();
+    assert_eq!(source.consecutive_failures, 0, "a quota answer is a delay, not a failure: {source:?}");
     h.stop().await;
 }
 
@@ -103,4 +109,40 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     h.sandbox.google().reset_counts();
     assert!(flusher.flush_once().await.unwrap().done.is_empty());
     assert!(h.sandbox.google().counts().is_empty());
+}
+
+/// A Google call that never answers costs one call timeout, not the source: the next poll
+/// carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_call_that_never_answers_times_out_and_the_source_carries_on() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_source = "    call_timeout: 1s\n".into();
+    h.user(81, true, None);
+    h.start().await;
+    let fault = FaultSpec { timeout: true, scope: Some("read".into()), ..FaultSpec::default() };
+    h.sandbox.google().try_inject(fault).unwrap();
+    h.add_row(row(81, "Eva", "Sí", "Activo"));
+    h.wait_cell("81", "Estado WhatsApp", "read").await;
+    let source = h.running().ctx().health.get("source:inscripciones").unwrap();
+    assert!(source.rounds > 0);
+    h.sandbox.google().release_held();
+    h.stop().await;
+}
+
+/// Stopping never waits for a poll stuck on a call that does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_hung_poll() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_source = "    call_timeout: 300s\n".into();
+    h.start().await;
+    let fault = FaultSpec { timeout: true, scope: Some("drive".into()), count: 1000, ..FaultSpec::default() };
+    h.sandbox.google().try_inject(fault).unwrap();
+    let probes = h.sandbox.google().count(Kind::DriveGet);
+    wait_for("a probe to hang", Duration::from_secs(20), || async {
+        h.sandbox.google().count(Kind::DriveGet) > probes
+    })
+    .await;
+    let app = h.app.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), app.stop()).await.expect("stop does not wait for the hung call");
+    h.sandbox.google().release_held();
 }

@@ -1,9 +1,10 @@
 //! Rows: bad rows get their error, and write-back finds rows that moved.
 
+use recado::sandbox::google::{Kind, SheetAction};
 use recado::sandbox::GoogleFault;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::harness::{row, Harness, SHEET, TAB};
+use crate::harness::{row, wait_for, Harness, SHEET, TAB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_get_their_error_once_and_the_rest_keeps_working() {
@@ -101,5 +102,222 @@ async fn a_column_named_with_another_case_is_found_everywhere() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body["template"]["components"][0]["parameters"][0]["text"], "Pía");
     assert_eq!(h.cell("81", "Error WhatsApp"), "", "consent was read, not taken as missing");
+    h.stop().await;
+}
+
+/// For every row: its status cell must be the state of its record's latest message, or empty
+/// for a record that never had one. Returns the rows that are wrong.
+async fn misplaced(h: &Harness) -> Vec<String> {
+    let messages = h.messages().await;
+    let mut latest: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for m in &messages {
+        latest.insert(m.record_key.0.clone(), m.state.as_str().to_string());
+    }
+    let rows = h.sandbox.google().rows(SHEET, TAB);
+    let header = &rows[0];
+    let status_col = header.iter().position(|v| v == "Estado WhatsApp").unwrap();
+    let mut wrong = Vec::new();
+    for r in rows.iter().skip(1) {
+        let key = match r.first() {
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) => s.clone(),
+            _ => continue,
+        };
+        let status = r.get(status_col).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let want = latest.get(&key).cloned().unwrap_or_default();
+        if status != want {
+            wrong.push(format!("row {key}: shows '{status}', its own state is '{want}'"));
+        }
+    }
+    wrong
+}
+
+/// The sheet is sorted, and rows inserted, between a flush's read and its write: values land
+/// on other people's rows for at most one flush, then the check puts them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_repairs_what_a_sort_during_a_flush_put_on_the_wrong_rows() {
+    let mut h = Harness::new((1..=8).map(|i| row(i, &format!("M{i}"), "Sí", "Activo")).collect()).await;
+    for i in 20..40 {
+        h.user(i, true, None);
+    }
+    h.start().await;
+    // Right after each of the next flushes' reads, someone sorts or inserts a row.
+    let g = h.sandbox.google();
+    g.after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "Nombre", true));
+    g.after_next(
+        Kind::ValuesBatchGet,
+        SheetAction::insert_row(SHEET, TAB, Some(2), row(90, "Insertada", "Sí", "Activo")),
+    );
+    g.after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "Nombre", false));
+    g.after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "ID", true));
+    for i in 20..40 {
+        h.add_row(row(i, &format!("{}{i}", (b'A' + (i * 7 % 26) as u8) as char), "Sí", "Activo"));
+    }
+    for i in 20..40 {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", "read").await;
+    }
+    h.quiesce().await;
+    assert_eq!(g.pending_actions(), 0, "every sort and insert happened mid-flush");
+    // One more flush interval: the last check has run.
+    let wrong = misplaced(&h).await;
+    assert!(wrong.is_empty(), "values on the wrong rows:\n{}", wrong.join("\n"));
+    h.stop().await;
+}
+
+/// Sorts and inserts at random moments while sixty people get their messages: in the end,
+/// every row shows its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sorts_and_inserts_during_write_back_leave_every_row_its_own_data() {
+    let mut h = Harness::new((1..=10).map(|i| row(i, &format!("B{i}"), "Sí", "Activo")).collect()).await;
+    h.flush_interval = "100ms";
+    for i in 100..160 {
+        h.user(i, true, None);
+    }
+    h.start().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shared = h.sandbox.shared();
+    let shuffler = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                n += 1;
+                let google = &shared.google;
+                match rand::random::<u8>() % 4 {
+                    0 => {
+                        google.sort_by(SHEET, TAB, "Nombre", rand::random());
+                    }
+                    1 => {
+                        google.sort_by(SHEET, TAB, "Teléfono", rand::random());
+                    }
+                    2 => {
+                        let at = Some(2 + (rand::random::<u8>() % 5) as usize);
+                        google.insert_row(SHEET, TAB, at, row(5000 + n, "Nueva", "Sí", "Activo"));
+                    }
+                    _ => {
+                        let _ = google
+                            .try_after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "ID", rand::random()));
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(rand::random::<u8>() % 80))).await;
+            }
+        })
+    };
+    for i in 100..160 {
+        h.add_row(row(i, &format!("{}{i}", (b'A' + (i % 26) as u8) as char), "Sí", "Activo"));
+    }
+    for i in 100..160 {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", "read").await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    shuffler.await.unwrap();
+    h.sandbox.google().clear_faults();
+    h.quiesce().await;
+    let wrong = misplaced(&h).await;
+    assert!(wrong.is_empty(), "values on the wrong rows:\n{}", wrong.join("\n"));
+    h.stop().await;
+}
+
+/// Values Google refuses (too large for one request, once cut to a cell's size) are isolated,
+/// reported once and dropped; every other row's status is written, and nothing is retried for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_values_never_block_the_rest_of_write_back() {
+    let mut h = Harness::new((1..=8).map(|i| row(i, &format!("C{i}"), "Sí", "Activo")).collect()).await;
+    h.start().await;
+    h.sandbox.google().set_payload_limit(4_000);
+    let huge: String = "respuesta muy larga ".repeat(3_000);
+    let mut writes = Vec::new();
+    for i in 1..=8u32 {
+        let (field, value) =
+            if i <= 3 { ("Última respuesta", huge.clone()) } else { ("Estado WhatsApp", format!("read {i}")) };
+        writes.push(recado::domain::FieldWrite {
+            source_id: crate::harness::SOURCE.into(),
+            target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(i.to_string())),
+            field: field.into(),
+            value,
+        });
+    }
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(crate::harness::SOURCE);
+    for i in 4..=8 {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", &format!("read {i}")).await;
+    }
+    h.quiesce().await;
+    for i in 1..=3 {
+        assert_eq!(h.cell(&i.to_string(), "Última respuesta"), "", "refused, dropped, reported");
+    }
+    h.stop().await;
+}
+
+/// A date a person typed is a date cell: messages show it as a date, both when a change sends
+/// at once and when a reminder fires from the stored snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_cells_appear_as_dates_in_messages() {
+    let mut h = Harness::new(vec![]).await;
+    // Typed by a person: "25/11/2026 10:30" in a Chilean sheet is a date-time cell.
+    let appointment = (h.clock.now() + chrono::Duration::days(3)).with_timezone(&chrono_tz::America::Santiago);
+    let typed = appointment.format("%d/%m/%Y %H:%M").to_string();
+    let mut hd = crate::harness::header();
+    hd.push(json!("Fecha cita"));
+    let r: Vec<Value> = ["70", "Luz", "+56 9 8765 0070", "Soldadura", "Luis Pérez", "Sí", "Activo", typed.as_str()]
+        .iter()
+        .map(|v| json!(v))
+        .collect();
+    h.sandbox.google().seed_typed(SHEET, "America/Santiago", "es_CL", vec![(TAB.to_string(), vec![hd, r])]);
+    assert!(h.sandbox.google().rows(SHEET, TAB)[1][7].is_number(), "a date cell, read as a serial number");
+    h.extra_rules = r#"
+  - id: cita
+    source: inscripciones
+    when: { changed: Estado, to: Citado }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ row['Fecha cita'] }}", "{{ Mentor }}"]
+  - id: recordatorio
+    source: inscripciones
+    when: { date: Fecha cita, offset: -2d }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ row['Fecha cita'] }}", "{{ Mentor }}"]
+"#
+    .into();
+    h.user(70, true, None);
+    h.start().await;
+    h.edit("70", "Estado", json!("Citado"));
+    wait_for("the appointment message", std::time::Duration::from_secs(20), || async { h.sent_to(70).len() == 1 })
+        .await;
+    let param = |i: usize| h.sent_to(70)[i].body["template"]["components"][0]["parameters"][1]["text"].clone();
+    assert_eq!(param(0), json!(typed), "shown as the date, not a serial number");
+    h.clock.advance(std::time::Duration::from_secs(86_400 + 60));
+    wait_for("the reminder", std::time::Duration::from_secs(20), || async { h.sent_to(70).len() == 2 }).await;
+    assert_eq!(param(1), json!(typed), "the reminder, from the snapshot, shows the date too");
+    h.stop().await;
+}
+
+/// A tab whose grid has no spare column: recado widens it before writing its new headers
+/// (Google refuses writes outside the grid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_widens_a_tab_that_has_no_spare_column() {
+    let mut h = Harness::new(vec![]).await;
+    let mut hd = crate::harness::header();
+    for i in hd.len()..26 {
+        hd.push(json!(format!("Extra {i}")));
+    }
+    let mut r = row(71, "Paz", "Sí", "Activo");
+    r.resize(26, json!("x"));
+    h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), vec![hd, r])]);
+    assert_eq!(h.sandbox.google().grid(SHEET, TAB), Some((1000, 26)));
+    h.user(72, true, None);
+    h.start().await;
+    h.add_row(row(72, "Gil", "Sí", "Activo"));
+    h.wait_cell("72", "Estado WhatsApp", "read").await;
+    let (_, columns) = h.sandbox.google().grid(SHEET, TAB).unwrap();
+    assert_eq!(columns, 29, "widened for the three columns written so far: status, its time, the error");
     h.stop().await;
 }
