@@ -109,13 +109,13 @@ impl Dispatcher {
             .take()
             .map(|rx| tokio::spawn(Arc::clone(&self).record_accepted(rx)));
         let wake = self.ctx.dispatch_wake.get(&id).cloned().unwrap_or_default();
-        let mut last_doubt_check: Option<Instant> = None;
+        let mut last_doubt_check: Option<i64> = None;
         loop {
             if shutdown.is_set() {
                 break;
             }
-            if last_doubt_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                last_doubt_check = Some(Instant::now());
+            if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
+                last_doubt_check = Some(self.now_ms());
                 if let Err(e) = self.settle_in_doubt().await {
                     error!(provider = %id, "checking sends in doubt failed: {e}");
                 }

@@ -5,7 +5,9 @@
 //! path and query), stored, and only then acknowledged with what the vendor expects;
 //! processing happens from the store (see `engine::inbox`). Unsigned requests get 401,
 //! mis-signed ones 403, bodies that are not text 400, and none of them changes anything.
-//! Bodies are size-limited.
+//! Bodies are size-limited: a request whose declared `Content-Length` is over the limit is
+//! refused with 413 before a byte of its body is read (a client that sent
+//! `Expect: 100-continue` never sends it), and a body without a length is cut off at the limit.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,7 +39,23 @@ pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Rout
         .route("/webhooks/{provider}", get(handshake).post(receive))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next)))
         .with_state(AppState { ctx, providers: Arc::new(providers) })
+}
+
+/// Answers 413 from the headers alone when the declared length is over the limit, so the
+/// client hears the refusal before it streams the body (reading part of it and then closing
+/// would reset the connection under the client's feet).
+async fn refuse_declared_oversize(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body over the configured limit").into_response();
+    }
+    next.run(req).await
 }
 
 /// Serves until shutdown.

@@ -484,3 +484,36 @@ async fn a_multi_line_cell_goes_out_on_one_line() {
     assert_eq!(sent[0].body["template"]["components"][0]["parameters"][0]["text"], "Ana María Soto Vera (apoderada)");
     h.stop().await;
 }
+
+/// A send Meta never answered (and never received): after the provider's grace, with no status
+/// webhook to settle it, it is sent again — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_never_got_an_answer_is_sent_again_after_the_grace_once() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_provider = "    call_timeout: 1s\n    in_doubt_grace: 10m\n".into();
+    h.user(59, true, None);
+    h.start().await;
+    h.sandbox.meta().inject(MetaFault {
+        code: 0,
+        http_status: 400,
+        count: 1,
+        mode: Some("timeout".into()),
+        to: Some(wa_id(59)),
+        delay_ms: None,
+    });
+    h.add_row(row(59, "Beatriz", "Sí", "Activo"));
+    wait_for("the send to be in doubt", Duration::from_secs(20), || async {
+        h.messages().await.iter().any(|m| m.record_key.0 == "59" && m.state == MessageState::Sending && m.attempts == 1)
+    })
+    .await;
+    assert!(h.sent_to(59).is_empty(), "Meta never received it");
+    // Not before the grace.
+    h.clock.advance(Duration::from_secs(5 * 60));
+    h.quiesce_polls(3).await;
+    assert!(h.sent_to(59).is_empty(), "still waiting for Meta to say");
+    h.clock.advance(Duration::from_secs(6 * 60));
+    h.wait_cell("59", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    assert_eq!(h.sent_to(59).len(), 1);
+    h.stop().await;
+}

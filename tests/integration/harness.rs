@@ -278,6 +278,13 @@ rules:
         self.running().ctx().health.rounds(&format!("source:{SOURCE}"))
     }
 
+    /// Waits until the source has been polled `n` more times (every change made before the call
+    /// has been read and acted on by then).
+    pub async fn quiesce_polls(&self, n: u64) {
+        let start = self.polls();
+        wait_for("more polls", Duration::from_secs(20), || async { self.polls() >= start + n }).await;
+    }
+
     /// Waits until the daemon is quiet: the source polled twice more (so every edit made before
     /// the call has been read), nothing due in the outbox or in flight, no webhook waiting on
     /// either side, no write-back pending. After it, "nothing more happened" can be asserted.

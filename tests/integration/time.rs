@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::harness::{row, wait_for, Harness};
 
 /// A row whose appointment is two days and `in_secs` after `now` (so a `-2d` reminder is due
-/// `in_secs` after `now`), written as text in the sheet's zone.
+/// `in_secs` after `now`), as typed in the sheet's zone.
 fn with_appointment(now: DateTime<Utc>, id: u32, in_secs: i64) -> Vec<Value> {
     let mut r = row(id, &format!("P{id}"), "Sí", "Activo");
     r.push(json!(appointment(now, in_secs)));
@@ -57,7 +57,13 @@ async fn reminder_harness(rows: impl FnOnce(DateTime<Utc>) -> Vec<Vec<Value>>) -
         hd
     }];
     all.extend(rows(h.clock.now()));
-    h.sandbox.google().seed(crate::harness::SHEET, "America/Santiago", vec![(crate::harness::TAB.to_string(), all)]);
+    // Typed as a person types them: the appointments become date-time cells.
+    h.sandbox.google().seed_typed(
+        crate::harness::SHEET,
+        "America/Santiago",
+        "es_CL",
+        vec![(crate::harness::TAB.to_string(), all)],
+    );
     h.extra_rules = REMINDER.to_string();
     h
 }
