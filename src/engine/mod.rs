@@ -258,6 +258,17 @@ impl EngineCtx {
         };
         RecordView::with_phone(settings, record, phone)
     }
+
+    /// Like [`EngineCtx::view`], for a record whose number the phone index already holds:
+    /// that number was normalised by recado from this record's current field (the poller
+    /// writes the index with the snapshot), so it is not parsed again. A record without one is
+    /// parsed, which also gives the reason its number is not valid.
+    pub fn view_indexed(&self, settings: &SourceSettings, record: Record, indexed_phone: Option<String>) -> RecordView {
+        match indexed_phone {
+            Some(e164) => RecordView::with_phone(settings, record, Ok(PhoneNumber::from_e164_unchecked(e164))),
+            None => self.view(settings, record),
+        }
+    }
 }
 
 /// A record with what rules need to know about it besides its fields.

@@ -324,12 +324,13 @@ impl TimerLoop {
         loop {
             let mut tx = self.ctx.store.begin().await?;
             let page = store::snapshot_page(&mut tx, &rule.source, &after, CAMPAIGN_PAGE).await?;
-            let Some((last, _)) = page.last() else { break };
+            let Some((last, _, _)) = page.last() else { break };
             after = last.0.clone();
             let mut intents = Vec::new();
             let mut writes = Vec::new();
-            for (key, row) in &page {
-                let view = self.ctx.view(settings, record_from_snapshot(key.clone(), row));
+            for (key, row, indexed_phone) in &page {
+                let view =
+                    self.ctx.view_indexed(settings, record_from_snapshot(key.clone(), row), indexed_phone.clone());
                 match self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
                     Some(Ok(_)) if late => {
                         let reason = format!(
@@ -349,7 +350,18 @@ impl TimerLoop {
                         let due = self.ctx.time_context(&rule.source, view.tz, now).send_at(rule).timestamp_millis();
                         intents.push((intent, due));
                     }
-                    Some(Err(reason)) => info!(rule = %rule.id, record = %key, "{reason}"),
+                    // A record the campaign is for but cannot reach says why on its row, as
+                    // a new row that cannot be messaged does.
+                    Some(Err(reason)) => {
+                        info!(rule = %rule.id, record = %key, "{reason}");
+                        writes.extend(self.ctx.record_status_writes(
+                            &rule.source,
+                            key,
+                            MessageState::Skipped,
+                            now_ms,
+                            Some(&reason),
+                        ));
+                    }
                     None => {}
                 }
             }

@@ -154,15 +154,20 @@ pub async fn snapshot_row_of(
     row.as_ref().map(snapshot_row).transpose()
 }
 
-/// A page of a source's snapshot in key order, after `after` (campaigns walk it page by page).
+/// A page of a source's snapshot in key order, after `after` (campaigns walk it page by page),
+/// each record with the phone number the phone index holds for it (`None`: none valid, or not
+/// indexed), so a campaign does not parse 100,000 numbers the poller already parsed.
 pub async fn snapshot_page(
     conn: &mut SqliteConnection,
     source_id: &str,
     after: &str,
     limit: i64,
-) -> StoreResult<Vec<(RecordKey, SnapshotRow)>> {
+) -> StoreResult<Vec<(RecordKey, SnapshotRow, Option<String>)>> {
     let rows = sqlx::query(
-        "SELECT record_key, row_hash, fields, date_fields FROM snapshot_rows WHERE source_id = $1 AND record_key > $2 ORDER BY record_key LIMIT $3",
+        "SELECT s.record_key, s.row_hash, s.fields, s.date_fields,
+                (SELECT c.phone FROM contact_records c WHERE c.source_id = s.source_id AND c.record_key = s.record_key
+                 LIMIT 1) AS phone
+         FROM snapshot_rows s WHERE s.source_id = $1 AND s.record_key > $2 ORDER BY s.record_key LIMIT $3",
     )
     .bind(source_id)
     .bind(after)
@@ -171,7 +176,7 @@ pub async fn snapshot_page(
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        out.push((RecordKey(col(&r, "record_key")?), snapshot_row(&r)?));
+        out.push((RecordKey(col(&r, "record_key")?), snapshot_row(&r)?, col(&r, "phone")?));
     }
     Ok(out)
 }

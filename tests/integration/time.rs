@@ -415,3 +415,50 @@ async fn a_campaign_missed_beyond_lateness_is_skipped_and_reported() {
     assert!(next > h.clock.now_ms());
     h.stop().await;
 }
+
+/// A campaign reaches the number each row holds when it runs: a number edited after the first
+/// read gets the message, a number made unreadable gets the reason on its row (campaigns take
+/// numbers from the phone index the poller keeps with the snapshot, so the index must follow
+/// every edit), and a row it cannot reach says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_reaches_the_number_the_row_holds_now() {
+    let mut h = Harness::new((1..=4).map(|i| row(i, &format!("P{i}"), "Sí", "Egresado")).collect()).await;
+    h.extra_top = "defaults:\n  time_zone: UTC\n".into();
+    h.extra_rules = QUARTERLY.into();
+    h.start().await;
+    h.edit("2", "Teléfono", json!(crate::harness::phone(42)));
+    h.edit("3", "Teléfono", json!("no tiene"));
+    h.edit("4", "Consentimiento", json!("No"));
+    h.quiesce_polls(2).await;
+    assert_eq!(h.cell("4", "Estado WhatsApp"), "", "withdrawing consent is not news by itself");
+
+    let occurrence = (h.clock.now() - chrono::Duration::minutes(1)).with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::set_campaign_next(&mut tx, "trimestral", occurrence.timestamp_millis(), h.clock.now_ms())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_timers();
+    wait_for("the occurrence to run", Duration::from_secs(20), || async {
+        let mut c = h.store().conn().await.unwrap();
+        recado::store::campaign_next(&mut c, "trimestral")
+            .await
+            .unwrap()
+            .is_some_and(|n| n > occurrence.timestamp_millis())
+    })
+    .await;
+    h.quiesce().await;
+    assert_eq!(h.sent_to(1).len(), 1);
+    // Only the survey counts here: a corrected number also unblocks the row's welcome.
+    let surveys = |n: u32| h.sent_to(n).iter().filter(|m| m.body["template"]["name"] == "encuesta_seguimiento").count();
+    assert_eq!(surveys(1), 1);
+    assert_eq!(surveys(42), 1, "the edited number got it");
+    assert_eq!(surveys(2), 0, "the old number did not");
+    assert_eq!(surveys(3), 0);
+    let error = h.cell("3", "Error WhatsApp");
+    assert!(error.contains("not a phone number"), "{error}");
+    assert_eq!(surveys(4), 0);
+    assert_eq!(h.cell("4", "Estado WhatsApp"), "skipped");
+    assert_eq!(h.cell("4", "Error WhatsApp"), "not sent: no consent");
+    h.stop().await;
+}
