@@ -18,6 +18,9 @@ pub struct SnapshotRow {
     pub fields: BTreeMap<String, String>,
     /// Fields that hold dates (their text is a serial number): shown as dates in messages.
     pub dates: BTreeSet<String>,
+    /// The record was part of the source's first read (the baseline): it was never news, and
+    /// fixing its phone or consent later does not make it news either.
+    pub from_baseline: bool,
 }
 
 impl SnapshotRow {
@@ -25,7 +28,7 @@ impl SnapshotRow {
         let fields: BTreeMap<String, String> = record.fields.iter().map(|(k, v)| (k.clone(), v.canonical())).collect();
         let dates =
             record.fields.iter().filter(|(_, v)| matches!(v, CellValue::Date(_))).map(|(k, _)| k.clone()).collect();
-        Self { hash: record_fingerprint(record), fields, dates }
+        Self { hash: record_fingerprint(record), fields, dates, from_baseline: false }
     }
 }
 

@@ -426,8 +426,11 @@ fn plan(
             let Some(&i) = index.get(change.key()) else { continue };
             let record = &read.records[i];
             let Some(phone) = read.phones.get(&record.key) else { continue };
-            let facts =
-                RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
+            // A record of the first read was never news: a corrected phone or a consent given
+            // later does not send it the welcome meant for new records.
+            let gate_columns: &[&str] =
+                if snapshot.get(change.key()).is_some_and(|row| row.from_baseline) { &[] } else { &gates };
+            let facts = RecordFacts { phone, consent: consent_of(record), gate_columns, dates: &settings.dates };
             let out = ctx.rules.evaluate(id, change, record, &facts);
             for intent in out.intents {
                 // Quiet hours: a message created now goes out when the window allows.
@@ -488,7 +491,12 @@ fn plan(
         match c {
             Change::Added(k) | Change::Changed { key: k, .. } => {
                 if let Some(&i) = index.get(k) {
-                    upserts.push((k.clone(), SnapshotRow::of(&read.records[i])));
+                    let mut row = SnapshotRow::of(&read.records[i]);
+                    row.from_baseline = match c {
+                        Change::Added(_) => baseline,
+                        _ => snapshot.get(k).is_some_and(|old| old.from_baseline),
+                    };
+                    upserts.push((k.clone(), row));
                 }
             }
             Change::Removed(k) => removals.push(k.clone()),

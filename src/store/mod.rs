@@ -88,6 +88,7 @@ fn migrator() -> Migrator {
         m(2, "indexes", include_str!("migrations/0002_indexes.sql")),
         m(3, "timers", include_str!("migrations/0003_timers.sql")),
         m(4, "vendor neutral", include_str!("migrations/0004_vendor_neutral.sql")),
+        m(5, "baseline records", include_str!("migrations/0005_baseline_records.sql")),
     ])
 }
 

@@ -65,6 +65,7 @@ fn snapshot_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<SnapshotRow> {
     let fields: String = col(r, "fields")?;
     let dates: Option<String> = col(r, "date_fields")?;
     Ok(SnapshotRow {
+        from_baseline: col::<i64>(r, "from_baseline")? != 0,
         hash: col::<i64>(r, "row_hash")? as u64,
         fields: serde_json::from_str(&fields).map_err(corrupt)?,
         dates: dates.map(|d| serde_json::from_str(&d)).transpose().map_err(corrupt)?.unwrap_or_default(),
@@ -75,10 +76,12 @@ fn snapshot_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<SnapshotRow> {
 /// damaged row does not stop the source (it reads as new, and idempotency keys stop a second
 /// message).
 pub async fn load_snapshot(conn: &mut SqliteConnection, source_id: &str) -> StoreResult<(Snapshot, Vec<String>)> {
-    let rows = sqlx::query("SELECT record_key, row_hash, fields, date_fields FROM snapshot_rows WHERE source_id = $1")
-        .bind(source_id)
-        .fetch_all(conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT record_key, row_hash, fields, date_fields, from_baseline FROM snapshot_rows WHERE source_id = $1",
+    )
+    .bind(source_id)
+    .fetch_all(conn)
+    .await?;
     let mut snap = Snapshot::with_capacity(rows.len());
     let mut damaged = Vec::new();
     for r in rows {
@@ -105,17 +108,22 @@ pub async fn upsert_snapshot_rows(
             let corrupt = |e: serde_json::Error| StoreError::Corrupt { what: "snapshot row", detail: e.to_string() };
             let fields = serde_json::to_string(&r.fields).map_err(corrupt)?;
             let dates = if r.dates.is_empty() { None } else { Some(serde_json::to_string(&r.dates).map_err(corrupt)?) };
-            encoded.push((k, r.hash as i64, fields, dates));
+            encoded.push((k, r.hash as i64, fields, dates, i64::from(r.from_baseline)));
         }
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO snapshot_rows (source_id, record_key, row_hash, fields, date_fields) ",
+            "INSERT INTO snapshot_rows (source_id, record_key, row_hash, fields, date_fields, from_baseline) ",
         );
-        qb.push_values(encoded, |mut b, (k, hash, fields, dates)| {
-            b.push_bind(source_id).push_bind(k.0.as_str()).push_bind(hash).push_bind(fields).push_bind(dates);
+        qb.push_values(encoded, |mut b, (k, hash, fields, dates, from_baseline)| {
+            b.push_bind(source_id)
+                .push_bind(k.0.as_str())
+                .push_bind(hash)
+                .push_bind(fields)
+                .push_bind(dates)
+                .push_bind(from_baseline);
         });
         qb.push(
             " ON CONFLICT (source_id, record_key) DO UPDATE SET row_hash = excluded.row_hash, fields = excluded.fields,
-              date_fields = excluded.date_fields",
+              date_fields = excluded.date_fields, from_baseline = excluded.from_baseline",
         );
         qb.build().execute(&mut *conn).await?;
     }
@@ -146,7 +154,7 @@ pub async fn snapshot_row_of(
     key: &str,
 ) -> StoreResult<Option<SnapshotRow>> {
     let row =
-        sqlx::query("SELECT row_hash, fields, date_fields FROM snapshot_rows WHERE source_id = $1 AND record_key = $2")
+        sqlx::query("SELECT row_hash, fields, date_fields, from_baseline FROM snapshot_rows WHERE source_id = $1 AND record_key = $2")
             .bind(source_id)
             .bind(key)
             .fetch_optional(conn)
@@ -164,7 +172,7 @@ pub async fn snapshot_page(
     limit: i64,
 ) -> StoreResult<Vec<(RecordKey, SnapshotRow, Option<String>)>> {
     let rows = sqlx::query(
-        "SELECT s.record_key, s.row_hash, s.fields, s.date_fields,
+        "SELECT s.record_key, s.row_hash, s.fields, s.date_fields, s.from_baseline,
                 (SELECT c.phone FROM contact_records c WHERE c.source_id = s.source_id AND c.record_key = s.record_key
                  LIMIT 1) AS phone
          FROM snapshot_rows s WHERE s.source_id = $1 AND s.record_key > $2 ORDER BY s.record_key LIMIT $3",

@@ -19,6 +19,38 @@ async fn first_start_sends_nothing() {
     h.stop().await;
 }
 
+/// A row that was already there at the first read is never "new": giving consent or fixing the
+/// phone later sends it no welcome (it still gets what its changes call for), while a row that
+/// appeared later and was blocked gets its welcome once it is fixed, after a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixing_a_row_of_the_first_read_sends_no_welcome() {
+    let mut no_phone = row(2, "Berta", "Sí", "Activo");
+    no_phone[2] = json!("sin número");
+    let mut h = Harness::new(vec![row(1, "Amparo", "No", "Activo"), no_phone]).await;
+    h.start().await;
+    h.add_row(row(3, "Carla", "No", "Activo"));
+    h.wait_cell("3", "Estado WhatsApp", "skipped").await;
+    h.stop().await;
+    h.start().await;
+    // An unrelated edit first: the row stays a row of the first read after it changes.
+    h.edit("2", "Nombre", json!("Berta B."));
+    h.quiesce_polls(1).await;
+    h.edit("1", "Consentimiento", json!("Sí"));
+    h.edit("2", "Teléfono", json!(crate::harness::phone(2)));
+    h.edit("3", "Consentimiento", json!("Sí"));
+    wait_for("the welcome of row 3", Duration::from_secs(20), || async { !h.sent_to(3).is_empty() }).await;
+    h.edit("1", "Estado", json!("Egresado"));
+    wait_for("the survey of row 1", Duration::from_secs(20), || async { !h.sent_to(1).is_empty() }).await;
+    h.quiesce().await;
+    let names = |n: u32| {
+        h.sent_to(n).iter().map(|m| m.body["template"]["name"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(1), ["encuesta_seguimiento"], "consent given later: no welcome, but the survey");
+    assert!(names(2).is_empty(), "a corrected phone on a row of the first read sends nothing");
+    assert_eq!(names(3), ["confirmacion_inscripcion"], "a row blocked when it appeared gets its welcome");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_consenting_row_gets_exactly_one_template() {
     let mut h = Harness::new(vec![row(1, "Ana", "Sí", "Activo")]).await;
