@@ -396,8 +396,8 @@ async fn asynchronous_failures_are_classified_like_synchronous_ones() {
     h.stop().await;
 }
 
-/// A send whose answer was lost, then downtime longer than the old fixed grace: Meta's retried
-/// status webhooks settle it after the restart, and it is not sent twice.
+/// A send whose answer was lost, then downtime longer than the grace: Meta's retried status
+/// webhooks settle it after the restart, and it is not sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_in_doubt_across_downtime_is_settled_by_the_providers_webhooks_not_sent_twice() {
     let settings = MetaSettings {
@@ -427,8 +427,9 @@ async fn a_send_in_doubt_across_downtime_is_settled_by_the_providers_webhooks_no
     })
     .await;
     h.stop().await;
-    // Two minutes down.
-    h.clock.advance(Duration::from_secs(120));
+    // Twenty minutes down: longer than the grace (15 min), so only a grace that also counts
+    // from the process's start keeps recado from sending again before Meta's retries arrive.
+    h.clock.advance(Duration::from_secs(20 * 60));
     h.start().await;
     h.wait_cell("54", "Estado WhatsApp", "read").await;
     h.quiesce().await;
