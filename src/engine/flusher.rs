@@ -61,7 +61,16 @@ impl Flusher {
         // inbox have stopped, so these see every outcome.
         for _ in 0..5 {
             match self.flush_once().await {
-                Ok(r) if r.done.is_empty() && r.dropped.is_empty() && r.rejected.is_empty() => break,
+                // Done when nothing was written and the last write has been verified.
+                Ok(r)
+                    if r.done.is_empty()
+                        && r.dropped.is_empty()
+                        && r.rejected.is_empty()
+                        && r.repairs.is_empty()
+                        && !self.writer.needs_check() =>
+                {
+                    break
+                }
                 Ok(_) => {}
                 Err(e) => {
                     warn!(writer = %self.writer.label(), "last write-back before stopping failed; it waits for the next start: {e}");

@@ -292,6 +292,21 @@ rules:
         let start = self.polls();
         wait_for("the source to be polled twice more", Duration::from_secs(20), || async { self.polls() >= start + 2 })
             .await;
+        self.quiet().await;
+        // Two more write-back rounds: the last write is verified (and any value a sort put on
+        // the wrong row is put back and verified) before anything is asserted.
+        let flusher = format!("flusher:spreadsheet {SHEET}");
+        let rounds = self.running().ctx().health.rounds(&flusher);
+        wait_for("two more write-back rounds", Duration::from_secs(20), || async {
+            self.running().ctx().health.rounds(&flusher) >= rounds + 2
+        })
+        .await;
+        self.quiet().await;
+    }
+
+    /// Nothing due in the outbox or in flight, no webhook waiting on either side, no
+    /// write-back queued.
+    async fn quiet(&self) {
         let store = self.store();
         wait_for("the daemon to be quiet", Duration::from_secs(30), || {
             let store = store.clone();

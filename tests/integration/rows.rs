@@ -164,6 +164,51 @@ async fn write_back_repairs_what_a_sort_during_a_flush_put_on_the_wrong_rows() {
     h.stop().await;
 }
 
+/// A write that Google applied but never answered (the call timed out), with a sort between
+/// the flush's read and that write: the values that landed on other people's rows are still
+/// found and put back, although recado saw the write fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_timed_out_but_landed_during_a_sort_is_still_checked() {
+    let mut h = Harness::new((1..=8).map(|i| row(i, &format!("M{i}"), "Sí", "Activo")).collect()).await;
+    h.extra_source = "    call_timeout: 1s\n".into();
+    for i in 20..28 {
+        h.user(i, true, None);
+    }
+    h.start().await;
+    // One row all the way first, so the write-back columns exist.
+    h.add_row(row(20, "Abril", "Sí", "Activo"));
+    h.wait_cell("20", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    // The next flush: the sheet is sorted right after its read, and its write takes effect at
+    // Google but its answer never comes.
+    let g = h.sandbox.google();
+    g.after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "Nombre", false));
+    let fault = recado::sandbox::google::FaultSpec {
+        timeout: true,
+        applied: true,
+        scope: Some("write".into()),
+        ..Default::default()
+    };
+    g.try_inject(fault).unwrap();
+    let writes = g.count(Kind::ValuesBatchUpdate);
+    for i in 21..28 {
+        h.add_row(row(i, &format!("A{i}"), "Sí", "Activo"));
+    }
+    wait_for("the write that times out", std::time::Duration::from_secs(20), || async {
+        g.count(Kind::ValuesBatchUpdate) > writes
+    })
+    .await;
+    for i in 21..28 {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", "read").await;
+    }
+    h.quiesce().await;
+    assert_eq!(g.pending_actions(), 0, "the sort happened mid-flush");
+    let wrong = misplaced(&h).await;
+    assert!(wrong.is_empty(), "values on the wrong rows:\n{}", wrong.join("\n"));
+    g.release_held();
+    h.stop().await;
+}
+
 /// Sorts and inserts at random moments while sixty people get their messages: in the end,
 /// every row shows its own state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,7 +175,8 @@ impl SheetWriter {
         let previous = self.check.lock().unwrap_or_else(PoisonError::into_inner).take();
         let result = self.write_checked(batch, previous.as_ref()).await;
         if result.is_err() && previous.is_some() {
-            // Nothing was written: the previous write still has to be checked.
+            // Nothing was attempted (a failed write leaves its own check, which carries the
+            // previous one's repairs): the previous write still has to be checked.
             let mut slot = self.check.lock().unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
                 *slot = previous;
@@ -279,7 +280,22 @@ impl SheetWriter {
         }
         self.grow_grid(&layouts).await?;
 
-        let outcome = self.write_cells(cells, &layouts, &mut report).await?;
+        let outcome = match self.write_cells(cells, &layouts, &mut report).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // A write that failed may still have landed (a timeout says nothing about
+                // Google's side), on rows that moved since the read: check all of it next
+                // time. It includes this round's repairs, so the previous write's check is
+                // carried along.
+                if written.values().any(|t| !t.written.is_empty()) {
+                    for tw in written.values_mut() {
+                        tw.origins.clear();
+                    }
+                    *self.check.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastWrite { tabs: written });
+                }
+                return Err(e);
+            }
+        };
         report.done = outcome.complete();
         // Only what really went out is checked next time.
         let done: HashSet<usize> = report.done.iter().copied().collect();
@@ -604,7 +620,10 @@ fn check_previous(
     // 2. A written value on another record's row, where that record did not have it before.
     for ((field, value), keys) in &intended {
         let Some(column) = layout.columns.get(field) else { continue };
-        for (i, cell) in column.iter().enumerate().skip(1) {
+        // Google leaves out a column's trailing empty cells: an empty value written onto one
+        // of the last rows is only seen by walking every row the key column has.
+        for i in 1..column.len().max(layout.keys.len()) {
+            let cell = column.get(i).map(String::as_str).unwrap_or("");
             if cell != value {
                 continue;
             }
@@ -695,6 +714,26 @@ mod tests {
         // 1 had "read" before: it is its own value, not ours.
         let now = layout(&[("2", "read"), ("1", "read")]);
         assert!(check_previous(&now, &tw, "s", &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn an_empty_value_on_the_last_row_is_found_although_google_leaves_it_out() {
+        // We cleared 2's status; a sort had put 3 on that row, the last one, so the read of the
+        // column stops before it.
+        let tw = TabWrite {
+            written: vec![(rec("2"), "Estado".into(), String::new())],
+            before: [("Estado".to_string(), [("3".to_string(), "read".to_string())].into_iter().collect())]
+                .into_iter()
+                .collect(),
+            origins: Vec::new(),
+        };
+        let mut now = layout(&[("2", ""), ("1", "sent"), ("3", "")]);
+        if let Some(c) = now.columns.get_mut("Estado") {
+            c.truncate(3);
+        }
+        let repairs = check_previous(&now, &tw, "s", &[], &[]);
+        let got: Vec<(String, String)> = repairs.iter().map(|r| (r.target.to_string(), r.value.clone())).collect();
+        assert_eq!(got, vec![("record 3".into(), "read".into())]);
     }
 
     #[test]
