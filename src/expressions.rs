@@ -18,6 +18,9 @@ use crate::schedule::DateOrder;
 const DATE_ORDER_VAR: &str = "__recado_date_order";
 /// The hidden variable carrying the source's date format for date cells.
 const DATE_FORMAT_VAR: &str = "__recado_date_format";
+/// The hidden variable mapping the text each date cell of the record is shown as back to its
+/// serial, so `| date(...)` reads any date cell whatever format it is shown in.
+const DATE_SERIALS_VAR: &str = "__recado_date_serials";
 
 /// The environment every expression is compiled in.
 pub fn environment() -> Environment<'static> {
@@ -41,7 +44,13 @@ fn date_filter(
         .and_then(|v| v.as_str().and_then(|s| s.parse::<DateOrder>().ok()))
         .unwrap_or_default();
     let text = value.to_string();
-    let d = crate::schedule::parse_date(&text, order)
+    // A date cell of this record is read from its serial, not from the text it is shown as.
+    let serial = state
+        .lookup(DATE_SERIALS_VAR)
+        .and_then(|m| m.get_item(&value).ok())
+        .and_then(|v| f64::try_from(v).ok())
+        .map(crate::domain::record::format_number);
+    let d = crate::schedule::parse_date(serial.as_deref().unwrap_or(&text), order)
         .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))?;
     let fmt = match format {
         Some(f) => f,
@@ -147,8 +156,13 @@ pub fn context(record: &Record, dates: &DateStyle) -> Value {
 /// (`{{ nombre }}` for the header `Nombre`) are variables too.
 pub fn context_with(record: &Record, dates: &DateStyle, aliases: &[String]) -> Value {
     let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+    let mut serials: BTreeMap<String, Value> = BTreeMap::new();
     for (k, v) in &record.fields {
-        fields.insert(k.clone(), cell(v, dates));
+        let shown = cell(v, dates);
+        if let CellValue::Date(serial) = v {
+            serials.entry(shown.to_string()).or_insert(Value::from(*serial));
+        }
+        fields.insert(k.clone(), shown);
     }
     for alias in aliases {
         if !fields.contains_key(alias) {
@@ -166,6 +180,9 @@ pub fn context_with(record: &Record, dates: &DateStyle, aliases: &[String]) -> V
         DateOrder::Ymd => "ymd",
     };
     fields.insert(DATE_ORDER_VAR.to_string(), Value::from(order));
+    if !serials.is_empty() {
+        fields.insert(DATE_SERIALS_VAR.to_string(), Value::from(serials));
+    }
     if let Some(f) = &dates.format {
         fields.insert(DATE_FORMAT_VAR.to_string(), Value::from(f.as_str()));
     }
@@ -179,6 +196,11 @@ fn cell(v: &CellValue, dates: &DateStyle) -> Value {
         CellValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => Value::from(*n as i64),
         CellValue::Number(n) => Value::from(*n),
         CellValue::Bool(b) => Value::from(*b),
+        // A time-of-day cell (`TIME`) is a serial below one day: just the time.
+        CellValue::Date(serial) if (0.0..1.0).contains(serial) => {
+            let minutes = (serial * 24.0 * 60.0).round() as u32 % (24 * 60);
+            Value::from(format!("{:02}:{:02}", minutes / 60, minutes % 60))
+        }
         CellValue::Date(serial) => {
             match crate::schedule::parse_date(&crate::domain::record::format_number(*serial), dates.order) {
                 Ok(d) => {
@@ -224,6 +246,21 @@ mod tests {
         assert_eq!(render("{{ Día | date('%d de %m') }}", &r, &style), "26 de 11");
         let custom = DateStyle { order: DateOrder::Dmy, format: Some("%d-%m-%Y".into()) };
         assert_eq!(render("{{ row['Fecha cita'] }}", &r, &custom), "26-11-2026 10:30");
+    }
+
+    #[test]
+    fn the_date_filter_reads_date_cells_whatever_format_they_are_shown_in() {
+        let r = rec(&[("Día", CellValue::Date(46352.0)), ("Otra", CellValue::Text("3 de mayo".into()))]);
+        let words = DateStyle { order: DateOrder::Dmy, format: Some("%d de %B".into()) };
+        assert_eq!(render("{{ Día }}", &r, &words), "26 de November");
+        assert_eq!(render("{{ Día | date('%Y-%m-%d') }}", &r, &words), "2026-11-26");
+        assert!(render("{{ Otra | date('%Y') }}", &r, &words).starts_with("error"), "text that is no date");
+    }
+
+    #[test]
+    fn time_cells_render_as_times() {
+        let r = rec(&[("Hora cita", CellValue::Date(0.6458333333333334))]);
+        assert_eq!(render("{{ row['Hora cita'] }}", &r, &DateStyle::default()), "15:30");
     }
 
     #[test]

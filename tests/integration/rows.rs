@@ -345,6 +345,69 @@ async fn date_cells_appear_as_dates_in_messages() {
     h.stop().await;
 }
 
+/// Date and time cells far down a tab, in columns empty in its first rows (a column filled
+/// only for newer rows, or typed into after recado started), still appear as a date and a
+/// time, not as serial numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_and_time_cells_below_the_first_rows_appear_as_dates_and_times() {
+    let mut h = Harness::new(vec![]).await;
+    let mut hd = crate::harness::header();
+    hd.push(json!("Fecha cita"));
+    hd.push(json!("Hora"));
+    hd.push(json!("Inicio"));
+    let mut rows = vec![hd];
+    for i in 1..=60u32 {
+        let mut r: Vec<Value> = row(i, &format!("P{i}"), "Sí", "Activo")
+            .into_iter()
+            .map(|v| if v.is_number() { json!(v.to_string()) } else { v })
+            .collect();
+        r.extend([json!(""), json!(""), json!("")]);
+        rows.push(r);
+    }
+    let typed = (h.clock.now() + chrono::Duration::days(30)).with_timezone(&chrono_tz::America::Santiago);
+    let date = typed.format("%d/%m/%Y").to_string();
+    rows[60][7] = json!(date);
+    rows[60][8] = json!("15:30");
+    h.sandbox.google().seed_typed(SHEET, "America/Santiago", "es_CL", vec![(TAB.to_string(), rows)]);
+    assert!(h.sandbox.google().rows(SHEET, TAB)[60][7].is_number(), "a date cell, read as a serial number");
+    assert!(h.sandbox.google().rows(SHEET, TAB)[60][8].is_number(), "a time cell, read as a fraction of a day");
+    h.extra_rules = r#"
+  - id: cita
+    source: inscripciones
+    when: { changed: Estado, to: Citado }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Nombre }}", "{{ row['Fecha cita'] or Inicio }}", "{{ Hora }}"]
+"#
+    .into();
+    h.user(60, true, None);
+    h.user(30, true, None);
+    h.start().await;
+    h.edit("60", "Estado", json!("Citado"));
+    wait_for("the appointment message", std::time::Duration::from_secs(20), || async { h.sent_to(60).len() == 1 })
+        .await;
+    let param = |n: u32, i: usize| h.sent_to(n)[0].body["template"]["components"][0]["parameters"][i]["text"].clone();
+    assert_eq!(param(60, 1), json!(date), "shown as the date, not a serial number");
+    assert_eq!(param(60, 2), json!("15:30"), "shown as the time");
+    // Typed after recado started into a column that held nothing yet (once the header has
+    // its write-back columns, so only the new number can make recado look again).
+    h.quiesce().await;
+    let google = h.sandbox.google();
+    assert!(google.edit_by_key_typed(SHEET, TAB, "ID", "30", "Inicio", json!(date)));
+    assert!(google.edit_by_key_typed(SHEET, TAB, "ID", "30", "Hora", json!("09:05")));
+    h.quiesce_polls(1).await;
+    h.edit("30", "Estado", json!("Citado"));
+    wait_for("the second appointment message", std::time::Duration::from_secs(20), || async {
+        h.sent_to(30).len() == 1
+    })
+    .await;
+    assert_eq!(param(30, 1), json!(date));
+    assert_eq!(param(30, 2), json!("09:05"));
+    h.stop().await;
+}
+
 /// A tab whose grid has no spare column: recado widens it before writing its new headers
 /// (Google refuses writes outside the grid).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

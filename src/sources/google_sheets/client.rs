@@ -244,51 +244,63 @@ impl SheetsClient {
     /// The number-format type (`DATE`, `DATE_TIME`, `TIME`, `NUMBER`, …) of each cell of a block
     /// of rows, by column.
     pub async fn formats(&self, range: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
-        let v = self
-            .get_json(
-                "spreadsheets.get (formats)",
-                Paid::Now,
-                self.sheets_url(""),
-                &[
-                    ("ranges", range),
-                    ("includeGridData", "true"),
-                    ("fields", "sheets.data.rowData.values.effectiveFormat.numberFormat.type"),
-                ],
-            )
-            .await?;
-        let rows = v["sheets"][0]["data"][0]["rowData"].as_array().cloned().unwrap_or_default();
-        Ok(rows
+        Ok(self.formats_of(&[range.to_string()]).await?.into_iter().next().unwrap_or_default())
+    }
+
+    /// [`SheetsClient::formats`] of several ranges of one tab in one request, in the order
+    /// asked (Google answers one grid block per range, in that order).
+    pub async fn formats_of(&self, ranges: &[String]) -> Result<Vec<Vec<Vec<Option<String>>>>, SourceError> {
+        let mut query: Vec<(&str, &str)> = ranges.iter().map(|r| ("ranges", r.as_str())).collect();
+        query.push(("includeGridData", "true"));
+        query.push(("fields", "sheets.data.rowData.values.effectiveFormat.numberFormat.type"));
+        let v = self.get_json("spreadsheets.get (formats)", Paid::Now, self.sheets_url(""), &query).await?;
+        let blocks = v["sheets"][0]["data"].as_array().cloned().unwrap_or_default();
+        let mut out: Vec<Vec<Vec<Option<String>>>> = blocks
             .iter()
-            .map(|r| {
-                r["values"]
+            .map(|block| {
+                block["rowData"]
                     .as_array()
-                    .map(|cells| {
-                        cells
-                            .iter()
-                            .map(|c| c["effectiveFormat"]["numberFormat"]["type"].as_str().map(String::from))
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|r| {
+                                r["values"]
+                                    .as_array()
+                                    .map(|cells| {
+                                        cells
+                                            .iter()
+                                            .map(|c| {
+                                                c["effectiveFormat"]["numberFormat"]["type"].as_str().map(String::from)
+                                            })
+                                            .collect()
+                                    })
+                                    .unwrap_or_default()
+                            })
                             .collect()
                     })
                     .unwrap_or_default()
             })
-            .collect())
+            .collect();
+        out.resize(ranges.len(), Vec::new());
+        Ok(out)
     }
 
     /// Reads a range, unformatted, dates as serial numbers.
+    /// The answer of a large tab is tens of megabytes: it is decoded off the async runtime,
+    /// straight into rows.
     pub async fn values(&self, range: &str) -> Result<Vec<Vec<Value>>, SourceError> {
         let url = self.sheets_url(&format!("/values/{}", encode(range)));
-        let v = self
-            .get_json(
-                "values.get",
-                Paid::Now,
-                url,
-                &[
-                    ("valueRenderOption", "UNFORMATTED_VALUE"),
-                    ("dateTimeRenderOption", "SERIAL_NUMBER"),
-                    ("majorDimension", "ROWS"),
-                ],
-            )
-            .await?;
-        let range: ValueRange = serde_json::from_value(v)
+        let query = [
+            ("valueRenderOption", "UNFORMATTED_VALUE"),
+            ("dateTimeRenderOption", "SERIAL_NUMBER"),
+            ("majorDimension", "ROWS"),
+        ];
+        let body = self
+            .call("values.get", Paid::Now, |token| self.http.get(&url).query(&query).bearer_auth(token))
+            .await
+            .map_err(|(_, _, e)| e)?;
+        let range = tokio::task::spawn_blocking(move || serde_json::from_slice::<ValueRange>(&body))
+            .await
+            .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
             .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))?;
         Ok(range.values)
     }

@@ -1,10 +1,13 @@
 //! Reading one tab: the Drive version probe, the spreadsheet's time zone, and the whole tab read
 //! UNFORMATTED with dates as serial numbers, turned into records off the async runtime.
 //!
-//! Which columns hold dates is learnt from the cells' number formats (`DATE`, `DATE_TIME`) of a
-//! sample of rows, once and again when the header changes or ten minutes have passed: a date a
-//! person typed is a date cell, read as a serial number, and must be shown as a date in
-//! messages while the scheduling maths keep the serial.
+//! Which columns hold dates is learnt from the cells' number formats (`DATE`, `DATE_TIME`,
+//! `TIME`): a date a person typed is a date cell, read as a serial number, and must be shown as
+//! a date in messages while the scheduling maths keep the serial. Only a column holding numbers
+//! can hold dates; the formats of the first rows are asked for, and for a numeric column with no
+//! number in those rows (a column filled only further down), the format of its first number.
+//! What was learnt is kept until the header changes, ten minutes pass, or a column with no
+//! known kind starts holding numbers.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -57,8 +60,32 @@ impl TabHint {
 
 struct Formats {
     header: Vec<String>,
-    date_columns: Vec<bool>,
+    /// Per column: whether it holds dates; `None` while it has held no number to tell.
+    kinds: Vec<Option<bool>>,
     at: Instant,
+}
+
+/// Number formats that mean a cell is a date, a date-time or a time of day.
+fn is_date_format(kind: Option<&str>) -> bool {
+    matches!(kind, Some("DATE" | "DATE_TIME" | "TIME"))
+}
+
+/// For each column, the first data row (index into `values`, 0 = header) holding a number.
+fn first_numbers(values: &[Vec<Value>], columns: usize) -> Vec<Option<usize>> {
+    let mut first = vec![None; columns];
+    let mut missing = columns;
+    for (i, row) in values.iter().enumerate().skip(1) {
+        for (c, v) in row.iter().enumerate().take(columns) {
+            if v.is_number() && first[c].is_none() {
+                first[c] = Some(i);
+                missing -= 1;
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+    }
+    first
 }
 
 /// The read side of one configured tab.
@@ -106,7 +133,7 @@ impl TabReader {
         let values = self.client.values(&a1::quote_tab(&self.cfg.tab)).await?;
         let header: Vec<String> = values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default();
         self.hint.set(header.clone());
-        let date_columns = self.date_columns(&header).await?;
+        let date_columns = self.date_columns(&header, &values).await?;
         let cfg = Arc::clone(&self.cfg);
         let spec = spec.clone();
         // Converting a large tab is CPU work: off the async runtime.
@@ -115,30 +142,52 @@ impl TabReader {
             .map_err(|e| SourceError::Transient(format!("converting the tab failed: {e}")))?
     }
 
-    async fn date_columns(&self, header: &[String]) -> Result<Vec<bool>, SourceError> {
+    async fn date_columns(&self, header: &[String], values: &[Vec<Value>]) -> Result<Vec<bool>, SourceError> {
+        let first = first_numbers(values, header.len());
+        let known = |f: &Formats| f.header == header && f.at.elapsed() < FORMATS_MAX_AGE;
         {
             let cached = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(f) = cached.as_ref() {
-                if f.header == header && f.at.elapsed() < FORMATS_MAX_AGE {
-                    return Ok(f.date_columns.clone());
+            if let Some(f) = cached.as_ref().filter(|f| known(f)) {
+                // Still good unless a column of unknown kind now holds a number.
+                if first.iter().zip(&f.kinds).all(|(n, k)| n.is_none() || k.is_some()) {
+                    return Ok(f.kinds.iter().map(|k| k.unwrap_or(false)).collect());
                 }
             }
         }
-        let range = format!("{}!2:{}", a1::quote_tab(&self.cfg.tab), 1 + FORMAT_SAMPLE_ROWS);
-        let rows = self.client.formats(&range).await?;
-        let mut date_columns = vec![false; header.len()];
-        for row in &rows {
-            for (i, kind) in row.iter().enumerate() {
-                if matches!(kind.as_deref(), Some("DATE" | "DATE_TIME")) {
-                    if let Some(d) = date_columns.get_mut(i) {
-                        *d = true;
+        let tab = a1::quote_tab(&self.cfg.tab);
+        let sample_end = 1 + FORMAT_SAMPLE_ROWS as usize;
+        let mut ranges = vec![format!("{tab}!2:{sample_end}")];
+        // Numeric columns whose first number lies below the sample: that one cell.
+        let mut singles: Vec<usize> = Vec::new();
+        for (c, n) in first.iter().enumerate() {
+            if let Some(i) = n.filter(|i| *i + 1 > sample_end) {
+                singles.push(c);
+                ranges.push(a1::cell(&self.cfg.tab, c, i as u32 + 1));
+            }
+        }
+        let blocks = self.client.formats_of(&ranges).await?;
+        let mut kinds: Vec<Option<bool>> = first.iter().map(|n| n.map(|_| false)).collect();
+        if let Some(sample) = blocks.first() {
+            for row in sample {
+                for (c, kind) in row.iter().enumerate() {
+                    if is_date_format(kind.as_deref()) {
+                        if let Some(k) = kinds.get_mut(c) {
+                            *k = Some(true);
+                        }
                     }
                 }
             }
         }
+        for (c, block) in singles.iter().zip(blocks.iter().skip(1)) {
+            let kind = block.first().and_then(|r| r.first()).and_then(|k| k.as_deref());
+            if let Some(k) = kinds.get_mut(*c) {
+                *k = Some(is_date_format(kind));
+            }
+        }
+        let dates = kinds.iter().map(|k| k.unwrap_or(false)).collect();
         *self.formats.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Formats { header: header.to_vec(), date_columns: date_columns.clone(), at: Instant::now() });
-        Ok(date_columns)
+            Some(Formats { header: header.to_vec(), kinds, at: Instant::now() });
+        Ok(dates)
     }
 }
 
@@ -204,7 +253,8 @@ fn cell_value(v: Value, date_column: bool) -> CellValue {
         Value::String(s) if s.is_empty() => CellValue::Empty,
         Value::String(s) => CellValue::Text(s),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if date_column && f >= 1.0 => CellValue::Date(f),
+            // Below 1 in a date column: a time of day (`TIME` cells).
+            Some(f) if date_column && f >= 0.0 => CellValue::Date(f),
             Some(f) => CellValue::Number(f),
             None => CellValue::Empty,
         },
