@@ -74,6 +74,7 @@ fn bench_rules(c: &mut Criterion) {
                 language: "es".into(),
                 body: vec!["{{ Nombre }}".into(), "{{ Curso }}".into(), "{{ Mentor }}".into()],
                 button_url_suffix: None,
+                body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
             }),
             time_zone: None,
             window: None,
@@ -90,6 +91,7 @@ fn bench_rules(c: &mut Criterion) {
                 language: "es".into(),
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: Some("{{ ID | urlencode }}".into()),
+                body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
             }),
             time_zone: None,
             window: None,
@@ -126,6 +128,7 @@ fn bench_planning(c: &mut Criterion) {
             language: "es".into(),
             body: vec!["{{ Nombre }}".into()],
             button_url_suffix: None,
+            body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
         })
     };
     let date_rule = |id: &str, offsets: &[&str], at: Option<chrono::NaiveTime>| RuleConfig {

@@ -69,6 +69,7 @@ rules:
                 button_url_suffix: None,
             }),
             fallback: None,
+            adjustments: Vec::new(),
         };
         store::insert_intent(&mut tx, &intent, now, now).await?;
     }

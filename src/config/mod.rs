@@ -148,7 +148,17 @@ pub struct TemplateSpec {
     pub language: String,
     pub body: Vec<String>,
     pub button_url_suffix: Option<String>,
+    /// Characters of the template's own body text (without parameters).
+    pub body_text_chars: usize,
 }
+
+/// Most characters a template's body text and its parameters may have together: WhatsApp
+/// refuses more, whichever provider carries it. What the template's own text does not take is
+/// left for the parameters.
+pub const TEMPLATE_TEXT_LIMIT: usize = 1024;
+
+/// What a template's own body text is taken to be when `body_text_chars` is not given.
+pub const DEFAULT_BODY_TEXT_CHARS: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendSpec {

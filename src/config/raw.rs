@@ -128,6 +128,11 @@ pub struct RawTemplate {
     /// Suffix for the template's dynamic URL button, e.g. `{{ ID | urlencode }}`.
     #[serde(default)]
     pub button_url_suffix: Option<String>,
+    /// Characters of the approved template's body text without its parameters (WhatsApp
+    /// refuses a template whose text and parameters together pass 1,024 characters, so the
+    /// parameters are cut to fit what is left). Default 200.
+    #[serde(default)]
+    pub body_text_chars: Option<u64>,
 }
 
 /// `inbound:`

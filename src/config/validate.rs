@@ -302,7 +302,27 @@ fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpe
             errs.push(format!("{path}.button_url_suffix"), e);
         }
     }
-    TemplateSpec { name: t.name, language: t.language, body: t.body, button_url_suffix: t.button_url_suffix }
+    let body_text_chars = match t.body_text_chars {
+        None => crate::config::DEFAULT_BODY_TEXT_CHARS,
+        Some(n) if n < crate::config::TEMPLATE_TEXT_LIMIT as u64 => n as usize,
+        Some(n) => {
+            errs.push(
+                format!("{path}.body_text_chars"),
+                format!(
+                    "expected fewer than {} characters (WhatsApp's limit for a template's text and parameters), got {n}",
+                    crate::config::TEMPLATE_TEXT_LIMIT
+                ),
+            );
+            crate::config::DEFAULT_BODY_TEXT_CHARS
+        }
+    };
+    TemplateSpec {
+        name: t.name,
+        language: t.language,
+        body: t.body,
+        button_url_suffix: t.button_url_suffix,
+        body_text_chars,
+    }
 }
 
 fn parse_trigger(errs: &mut Problems, path: &str, when: &Value) -> Option<Trigger> {

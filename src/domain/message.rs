@@ -152,4 +152,7 @@ pub struct Intent {
     pub content: MessageContent,
     /// Template to use when free text cannot be sent (outside the 24-hour window).
     pub fallback: Option<MessageContent>,
+    /// What was changed in rendered parameters so WhatsApp accepts them (a multi-line cell
+    /// put on one line, over-long parameters cut), for the log. Not stored.
+    pub adjustments: Vec<String>,
 }

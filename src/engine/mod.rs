@@ -271,6 +271,14 @@ impl EngineCtx {
     }
 }
 
+/// Says at debug level what was changed in a queued message's parameters so WhatsApp accepts
+/// them (the message itself shows the result; `recado plan` too).
+pub fn log_adjustments(intent: &crate::domain::Intent, message_id: i64) {
+    if !intent.adjustments.is_empty() {
+        tracing::debug!(rule = %intent.rule_id, record = %intent.record_key, message_id, adjustments = %intent.adjustments.join("; "), "parameters adjusted for WhatsApp");
+    }
+}
+
 /// A record with what rules need to know about it besides its fields.
 pub struct RecordView {
     pub record: Record,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 
 use super::timers::sync_timers;
-use super::{EngineCtx, Shutdown};
+use super::{log_adjustments, EngineCtx, Shutdown};
 use crate::config::Trigger;
 use crate::diff::{diff_read, Change, Snapshot, SnapshotRow};
 use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
@@ -297,6 +297,7 @@ impl SourcePoller {
                 for (intent, due) in by_key_intents.get(*k).into_iter().flatten() {
                     if let Some(mid) = store::insert_intent(&mut tx, intent, *due, now).await? {
                         info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message_id = mid, "message queued");
+                        log_adjustments(intent, mid);
                         providers.insert(intent.provider_id.clone());
                         report.queued += 1;
                         writes.extend(self.ctx.record_status_writes(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{record_from_snapshot, EngineCtx, RecordView, Shutdown};
 use crate::config::{RuleConfig, Trigger};
@@ -235,6 +235,7 @@ impl TimerLoop {
                 let due = time.send_at(rule).timestamp_millis();
                 if let Some(id) = store::insert_intent(tx, &intent, due, now_ms).await? {
                     info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message_id = id, "message queued");
+                    super::log_adjustments(&intent, id);
                     let writes = self.ctx.record_status_writes(
                         &intent.source_id,
                         &intent.record_key,
@@ -371,6 +372,9 @@ impl TimerLoop {
             let inserted: HashSet<String> =
                 store::insert_intents(&mut tx, &intents, now_ms).await?.into_iter().collect();
             for (intent, _) in intents.iter().filter(|(i, _)| inserted.contains(&i.idempotency_key)) {
+                if !intent.adjustments.is_empty() {
+                    debug!(rule = %intent.rule_id, record = %intent.record_key, adjustments = %intent.adjustments.join("; "), "parameters adjusted for WhatsApp");
+                }
                 writes.extend(self.ctx.record_status_writes(
                     &rule.source,
                     &intent.record_key,

@@ -19,46 +19,30 @@ use crate::diff::Change;
 use crate::domain::{same_field, Intent, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
 use crate::expressions::{context_with, environment, DateStyle};
 
-/// Most characters all body parameters of one template may have together. WhatsApp refuses a
-/// template whose text with its parameters exceeds 1,024 characters (error 132005); the rest
-/// is left for the template's own text.
-pub const MAX_BODY_PARAMETER_CHARS: usize = 900;
+use crate::config::TEMPLATE_TEXT_LIMIT;
 
 /// Makes template parameters acceptable to WhatsApp, which refuses (error 132018) parameters
 /// with a line break, a tab or more than four spaces in a row, and over-long ones: line breaks
 /// and tabs become spaces, runs of spaces become one, and when all of them are too long the
-/// longest are cut with an ellipsis. Returns what was changed, for the log.
-pub fn normalise_parameters(params: &mut [String]) -> Vec<String> {
+/// longest are cut with an ellipsis so that all of them fit in `max_chars`. Returns what was
+/// changed, for the log.
+pub fn normalise_parameters(params: &mut [String], max_chars: usize) -> Vec<String> {
     let mut notes = Vec::new();
     for (i, p) in params.iter_mut().enumerate() {
-        let mut out = String::with_capacity(p.len());
-        let mut last_space = false;
-        for c in p.chars() {
-            let c = if matches!(c, '\n' | '\r' | '\t') { ' ' } else { c };
-            if c == ' ' {
-                if !last_space {
-                    out.push(' ');
-                }
-                last_space = true;
-            } else {
-                out.push(c);
-                last_space = false;
-            }
-        }
-        let out = out.trim().to_string();
-        if out != *p {
+        if let Some(out) = one_line(p) {
             notes.push(format!("template parameter {}: line breaks, tabs or repeated spaces replaced", i + 1));
             *p = out;
         }
     }
     let total = |ps: &[String]| ps.iter().map(|p| p.chars().count()).sum::<usize>();
-    if total(params) > MAX_BODY_PARAMETER_CHARS {
-        notes.push(format!("template parameters longer than {MAX_BODY_PARAMETER_CHARS} characters together: cut"));
-        while total(params) > MAX_BODY_PARAMETER_CHARS {
+    let max_chars = max_chars.max(params.len() * 2);
+    if total(params) > max_chars {
+        notes.push(format!("template parameters longer than {max_chars} characters together: cut"));
+        while total(params) > max_chars {
             let Some((i, len)) = params.iter().map(|p| p.chars().count()).enumerate().max_by_key(|(_, n)| *n) else {
                 break;
             };
-            let excess = total(params) - MAX_BODY_PARAMETER_CHARS;
+            let excess = total(params) - max_chars;
             let keep = len.saturating_sub(excess + 1).max(1);
             if keep + 1 >= len {
                 break;
@@ -69,6 +53,27 @@ pub fn normalise_parameters(params: &mut [String]) -> Vec<String> {
         }
     }
     notes
+}
+
+/// `text` on one line with single spaces (line breaks and tabs become spaces, runs of spaces
+/// one), or `None` when it already is.
+fn one_line(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut last_space = false;
+    for c in text.chars() {
+        let c = if matches!(c, '\n' | '\r' | '\t') { ' ' } else { c };
+        if c == ' ' {
+            if !last_space {
+                out.push(' ');
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+    let out = out.trim().to_string();
+    (out != text).then_some(out)
 }
 
 /// A rule matched but nothing can be sent, and why (written back to the row).
@@ -300,11 +305,12 @@ impl RuleSet {
             Ok(p) => p.clone(),
             Err(e) => return Some(Err(format!("not sent: {e}"))),
         };
+        let mut adjustments = Vec::new();
         let rendered = match &r.send {
-            SendSpec::Template(t) => self.render_template(&r.id, "t", t, &ctx).map(|c| (c, None)),
+            SendSpec::Template(t) => self.render_template(&r.id, "t", t, &ctx, &mut adjustments).map(|c| (c, None)),
             SendSpec::Text { fallback, .. } => self.render(&format!("{}#text", r.id), &ctx).and_then(|body| {
                 let fb = match fallback {
-                    Some(t) => Some(self.render_template(&r.id, "f", t, &ctx)?),
+                    Some(t) => Some(self.render_template(&r.id, "f", t, &ctx, &mut adjustments)?),
                     None => None,
                 };
                 Ok((MessageContent::Text { body }, fb))
@@ -320,6 +326,7 @@ impl RuleSet {
                 phone,
                 content,
                 fallback,
+                adjustments,
             }),
             Err(e) => Err(format!("rule {}: {e}", r.id)),
         })
@@ -417,7 +424,14 @@ impl RuleSet {
         })
     }
 
-    fn render_template(&self, rule: &str, tag: &str, t: &TemplateSpec, ctx: &Value) -> Result<MessageContent, String> {
+    fn render_template(
+        &self,
+        rule: &str,
+        tag: &str,
+        t: &TemplateSpec,
+        ctx: &Value,
+        adjustments: &mut Vec<String>,
+    ) -> Result<MessageContent, String> {
         let mut body = Vec::with_capacity(t.body.len());
         for i in 0..t.body.len() {
             let v = self
@@ -428,11 +442,22 @@ impl RuleSet {
             }
             body.push(v);
         }
-        // Adjustments are visible in the content (and so in `recado plan`); not logged here:
-        // the rules are pure.
-        normalise_parameters(&mut body);
+        // Adjustments are visible in the content (and so in `recado plan`) and returned for the
+        // engine to log: the rules are pure.
+        let budget = TEMPLATE_TEXT_LIMIT.saturating_sub(t.body_text_chars);
+        adjustments.extend(normalise_parameters(&mut body, budget));
         let button_url_suffix = match &t.button_url_suffix {
-            Some(_) => Some(self.render(&format!("{rule}#{tag}.button"), ctx).map_err(|e| format!("button URL: {e}"))?),
+            Some(_) => {
+                let suffix =
+                    self.render(&format!("{rule}#{tag}.button"), ctx).map_err(|e| format!("button URL: {e}"))?;
+                Some(match one_line(&suffix) {
+                    Some(fixed) => {
+                        adjustments.push("button URL: line breaks, tabs or repeated spaces replaced".into());
+                        fixed
+                    }
+                    None => suffix,
+                })
+            }
             None => None,
         };
         Ok(MessageContent::Template(TemplateMessage {
@@ -531,6 +556,7 @@ mod tests {
             language: "es".into(),
             body: body.iter().map(|s| s.to_string()).collect(),
             button_url_suffix: button.map(String::from),
+            body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
         })
     }
 
@@ -654,6 +680,7 @@ mod tests {
                 language: "es".into(),
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: None,
+                body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
             }),
         };
         let rec = record(&[("Nombre", "Ana")]);
@@ -711,12 +738,12 @@ mod tests {
     #[test]
     fn parameters_are_made_acceptable_to_whatsapp() {
         let mut p = vec!["Av. Grecia 123\nDepto 4".to_string(), "a\tb     c".to_string(), "ok".to_string()];
-        let notes = normalise_parameters(&mut p);
+        let notes = normalise_parameters(&mut p, 824);
         assert_eq!(p, vec!["Av. Grecia 123 Depto 4", "a b c", "ok"]);
         assert_eq!(notes.len(), 2);
         let mut long = vec!["x".repeat(2000), "y".repeat(10)];
-        normalise_parameters(&mut long);
-        assert!(long.iter().map(|s| s.chars().count()).sum::<usize>() <= MAX_BODY_PARAMETER_CHARS);
+        normalise_parameters(&mut long, 824);
+        assert!(long.iter().map(|s| s.chars().count()).sum::<usize>() <= 824);
         assert!(long[0].ends_with('…'));
         assert_eq!(long[1], "y".repeat(10), "the short one is left alone");
     }

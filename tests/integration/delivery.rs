@@ -518,6 +518,60 @@ async fn a_multi_line_cell_goes_out_on_one_line() {
     h.stop().await;
 }
 
+/// A long cell in a template whose own text is long: parameters are cut to what the template's
+/// text leaves of WhatsApp's 1,024 characters, so Meta does not refuse it (132005). Told
+/// nothing about the template's text, recado assumes 200 characters, and Meta's refusal of a
+/// longer one is written on the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_parameters_fit_what_the_templates_own_text_leaves() {
+    let mut long_course = row(1, "Carmen", "Sí", "Activo");
+    long_course[3] = json!("Curso de ".repeat(100));
+    let mut other = long_course.clone();
+    other[0] = json!(2);
+    other[2] = json!(crate::harness::phone(2));
+    let mut h = Harness::new(vec![long_course, other]).await;
+    let mut aviso = recado::sandbox::meta::TemplateDef::new("aviso_largo", "es", 1, true);
+    aviso.body_chars = 600;
+    h.sandbox.meta().add_template(aviso);
+    h.extra_rules = r#"
+  - id: medido
+    source: inscripciones
+    when: { changed: Estado, to: Aviso }
+    provider: whatsapp
+    template:
+      name: aviso_largo
+      language: es
+      body: ["{{ Curso }}"]
+      button_url_suffix: "{{ ID }}"
+      body_text_chars: 600
+  - id: sin_medida
+    source: inscripciones
+    when: { changed: Estado, to: Aviso dos }
+    provider: whatsapp
+    template:
+      name: aviso_largo
+      language: es
+      body: ["{{ Curso }}"]
+      button_url_suffix: "{{ ID }}"
+"#
+    .into();
+    h.user(1, true, None);
+    h.user(2, true, None);
+    h.start().await;
+    h.edit("1", "Estado", json!("Aviso"));
+    h.edit("2", "Estado", json!("Aviso dos"));
+    h.wait_cell("1", "Estado WhatsApp", "read").await;
+    let sent = h.sent_to(1);
+    let param = sent[0].body["template"]["components"][0]["parameters"][0]["text"].as_str().unwrap_or("").to_string();
+    assert!(param.chars().count() <= 1024 - 600, "{} characters", param.chars().count());
+    assert!(param.ends_with('…'), "cut, and visibly so");
+    h.wait_cell("2", "Estado WhatsApp", "failed").await;
+    let error = h.cell("2", "Error WhatsApp");
+    assert!(error.contains("too long"), "{error}");
+    assert!(h.sent_to(2).is_empty(), "refused by Meta, not sent");
+    h.stop().await;
+}
+
 /// A send Meta never answered (and never received): after the provider's grace, with no status
 /// webhook to settle it, it is sent again — once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

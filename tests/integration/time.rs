@@ -256,6 +256,7 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
                 button_url_suffix: Some(format!("viewform?entry.1={i}")),
             }),
             fallback: None,
+            adjustments: Vec::new(),
         };
         recado::store::insert_intent(&mut tx, &intent, 0, 0).await.unwrap();
     }
