@@ -132,7 +132,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
     }
 
     for source in sources {
-        let name = format!("poller:{}", source.id());
+        let name = (format!("source:{}", source.id()), "source");
         let (ctx2, sd) = (Arc::clone(&ctx), intake.shutdown.clone());
         intake.handles.push(supervise(name, Arc::clone(&ctx.health), intake.shutdown.clone(), move || {
             let (ctx, source, mut sd) = (Arc::clone(&ctx2), Arc::clone(&source), sd.clone());
@@ -154,32 +154,38 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
     }
     {
         let (ctx2, sd) = (Arc::clone(&ctx), intake.shutdown.clone());
-        intake.handles.push(supervise("loop:timers".into(), Arc::clone(&ctx.health), sd.clone(), move || {
-            TimerLoop::new(Arc::clone(&ctx2)).run(sd.clone())
-        }));
+        intake.handles.push(supervise(
+            ("loop:timers".into(), "loop"),
+            Arc::clone(&ctx.health),
+            sd.clone(),
+            move || TimerLoop::new(Arc::clone(&ctx2)).run(sd.clone()),
+        ));
     }
     {
         let (ctx2, sd) = (Arc::clone(&ctx), intake.shutdown.clone());
-        intake.handles.push(supervise("loop:retention".into(), Arc::clone(&ctx.health), sd.clone(), move || {
-            RetentionLoop::new(Arc::clone(&ctx2)).run(sd.clone())
-        }));
+        intake.handles.push(supervise(
+            ("loop:retention".into(), "loop"),
+            Arc::clone(&ctx.health),
+            sd.clone(),
+            move || RetentionLoop::new(Arc::clone(&ctx2)).run(sd.clone()),
+        ));
     }
     for provider in providers.values() {
         let (ctx2, sd, provider) = (Arc::clone(&ctx), senders.shutdown.clone(), provider.clone());
-        let name = format!("dispatcher:{}", provider.id());
+        let name = (format!("provider:{}", provider.id()), "provider");
         senders.handles.push(supervise(name, Arc::clone(&ctx.health), sd.clone(), move || {
             Dispatcher::new(provider.clone(), Arc::clone(&ctx2)).run(sd.clone())
         }));
     }
     {
         let (ctx2, sd, providers) = (Arc::clone(&ctx), inbox.shutdown.clone(), providers.clone());
-        inbox.handles.push(supervise("loop:inbox".into(), Arc::clone(&ctx.health), sd.clone(), move || {
+        inbox.handles.push(supervise(("loop:inbox".into(), "loop"), Arc::clone(&ctx.health), sd.clone(), move || {
             InboxProcessor::new(Arc::clone(&ctx2), providers.clone()).run(sd.clone())
         }));
     }
     for writer in writers {
         let (ctx2, sd) = (Arc::clone(&ctx), writers_stage.shutdown.clone());
-        let name = format!("flusher:{}", writer.label());
+        let name = (format!("flusher:{}", writer.label()), "loop");
         writers_stage.handles.push(supervise(name, Arc::clone(&ctx.health), sd.clone(), move || {
             Flusher::new(Arc::clone(&writer), Arc::clone(&ctx2)).run(sd.clone())
         }));

@@ -117,12 +117,14 @@ impl Dispatcher {
             if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
                 last_doubt_check = Some(self.now_ms());
                 if let Err(e) = self.settle_in_doubt().await {
+                    self.ctx.health.failed(&self.health_name, "provider", &format!("checking sends in doubt: {e}"));
                     error!(provider = %id, "checking sends in doubt failed: {e}");
                 }
             }
             let batch = match self.due_batch().await {
                 Ok(b) => b,
                 Err(e) => {
+                    self.ctx.health.failed(&self.health_name, "provider", &format!("reading the outbox: {e}"));
                     error!(provider = %id, "reading the outbox failed: {e}");
                     Vec::new()
                 }
@@ -141,6 +143,7 @@ impl Dispatcher {
                     break;
                 }
                 if let Err(e) = self.dispatch_chunk(chunk.to_vec(), &mut shutdown).await {
+                    self.ctx.health.failed(&self.health_name, "provider", &format!("dispatching: {e}"));
                     error!(provider = %id, "dispatch failed: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -18,6 +18,8 @@ pub struct ComponentHealth {
     /// Unix ms of the last success.
     pub ok_at: Option<i64>,
     pub consecutive_failures: u32,
+    /// Failed rounds since the process started.
+    pub failures: u64,
     pub last_error: Option<String>,
     /// Times its loop was restarted after a panic.
     pub restarts: u32,
@@ -59,6 +61,7 @@ impl Health {
     pub fn failed(&self, name: &str, kind: &'static str, error: &str) {
         self.with(name, kind, |c| {
             c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+            c.failures = c.failures.saturating_add(1);
             c.last_error = Some(error.chars().take(300).collect());
             c.rounds += 1;
         });

@@ -1,6 +1,8 @@
 //! Supervision: every long-lived loop runs inside a supervisor that notices a panic, logs it,
 //! marks the loop's health, and starts the loop again after a growing pause (1 s … 60 s), so
-//! a bug in one loop neither dies silently nor takes the daemon down with it.
+//! a bug in one loop neither dies silently nor takes the daemon down with it. A restart counts
+//! against the same health component the loop reports its rounds to, so the loop's next good
+//! round clears it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,12 +16,17 @@ use super::Shutdown;
 
 /// Spawns `make()` and starts it again whenever it panics, until it returns (it stopped) or
 /// shutdown is requested.
-pub fn supervise<F, Fut>(name: String, health: Arc<Health>, shutdown: Shutdown, make: F) -> JoinHandle<()>
+pub fn supervise<F, Fut>(
+    (name, kind): (String, &'static str),
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    make: F,
+) -> JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    health.register(&name, "loop");
+    health.register(&name, kind);
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -61,7 +68,7 @@ mod tests {
         let (stop, shutdown) = Shutdown::new();
         let runs = Arc::new(AtomicU32::new(0));
         let r = Arc::clone(&runs);
-        let handle = supervise("test".into(), Arc::clone(&health), shutdown.clone(), move || {
+        let handle = supervise(("test".into(), "loop"), Arc::clone(&health), shutdown.clone(), move || {
             let r = Arc::clone(&r);
             let mut sd = shutdown.clone();
             async move {

@@ -45,7 +45,7 @@ async fn a_google_429_delays_the_poll_and_loses_nothing() {
     h.quiesce().await;
     assert_eq!(h.sent_to(80).len(), 1);
     let source = h.running().ctx().health.get("source:inscripciones").unwrap();
-    assert_eq!(source.consecutive_failures, 0, "a quota answer is a delay, not a failure: {source:?}");
+    assert_eq!(source.failures, 0, "a quota answer is a delay, not a failure: {source:?}");
     h.stop().await;
 }
 

@@ -33,6 +33,26 @@ async fn healthz_reports_a_source_that_keeps_failing() {
     h.stop().await;
 }
 
+/// Every component `/healthz` lists is one a loop reports its rounds to: a supervised loop's
+/// restarts count where its good rounds clear them, never under a name nothing clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_component_in_healthz_is_reported_to_by_its_loop() {
+    let mut h = Harness::new(vec![]).await;
+    h.user(90, true, None);
+    h.start().await;
+    h.add_row(crate::harness::row(90, "Eloísa", "Sí", "Activo"));
+    h.wait_cell("90", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    let all = h.running().ctx().health.all();
+    let silent: Vec<&String> =
+        all.iter().filter(|(name, c)| c.rounds == 0 && name.as_str() != "loop:retention").map(|(n, _)| n).collect();
+    assert!(silent.is_empty(), "components no loop reports to: {silent:?} (all: {:?})", all.keys());
+    for name in ["source:inscripciones", "provider:whatsapp", "loop:timers", "loop:inbox"] {
+        assert!(all.contains_key(name), "{name} missing: {:?}", all.keys());
+    }
+    h.stop().await;
+}
+
 /// Raw webhooks, status de-duplication entries and inbound messages older than their retention
 /// are pruned; recent ones and unapplied deliveries are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
