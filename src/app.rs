@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, SourceConfig};
 use crate::engine::dispatcher::Dispatcher;
@@ -81,13 +81,28 @@ impl Stage {
         Self { stop, shutdown, handles: Vec::new() }
     }
 
-    async fn stop(self) {
+    /// Signals the stage's loops and waits for them until `deadline`; loops still busy then
+    /// (a vendor call that hangs) are cut off. Nothing is lost by that: what they had not
+    /// finished stays in the store (queued values, sends in doubt) for the next start.
+    async fn stop_by(self, stage: &'static str, deadline: tokio::time::Instant) {
         let _ = self.stop.send(true);
-        for h in self.handles {
-            let _ = h.await;
+        let mut handles = self.handles.into_iter();
+        while let Some(mut h) = handles.next() {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                let left = 1 + handles.len();
+                warn!(stage, loops = left, "stop took too long: cutting off the loops still busy; their work waits in the store for the next start");
+                h.abort();
+                for h in handles.by_ref() {
+                    h.abort();
+                }
+            }
         }
     }
 }
+
+/// How long a graceful stop may take in all, kept under the unit's `TimeoutStopSec=60`
+/// (`deploy/recado.service`) so systemd never has to kill recado mid-write.
+pub const STOP_BUDGET: Duration = Duration::from_secs(50);
 
 /// The daemon, running.
 pub struct RunningApp {
@@ -213,11 +228,20 @@ impl RunningApp {
     /// inbox (applies what arrived), write-back (a last flush that sees every outcome), the
     /// store.
     pub async fn stop(self) {
+        self.stop_within(STOP_BUDGET).await
+    }
+
+    /// [`RunningApp::stop`] within `budget`: the senders get up to half of it, the inbox up to
+    /// a fifth of what is then left, and write-back the rest (its last flush is what users see).
+    pub async fn stop_within(self, budget: Duration) {
         info!("stopping: no new work is taken; in-flight sends finish");
-        self.intake.stop().await;
-        self.senders.stop().await;
-        self.inbox.stop().await;
-        self.writers.stop().await;
+        let start = tokio::time::Instant::now();
+        let end = start + budget;
+        self.intake.stop_by("intake", start + budget / 10).await;
+        self.senders.stop_by("senders", start + budget / 2).await;
+        let inbox_until = tokio::time::Instant::now() + end.saturating_duration_since(tokio::time::Instant::now()) / 5;
+        self.inbox.stop_by("inbox", inbox_until).await;
+        self.writers.stop_by("write-back", end).await;
         self.ctx.store.close().await;
         info!("stopped");
     }

@@ -92,7 +92,7 @@ pub async fn plan(
                         for p in rules.plan_timers(&cfg.id, &v.record, &v.facts(&[]), &time) {
                             match p {
                                 TimerPlan::Due(t) if t.rule_id == rule.id && t.due_at <= horizon => {
-                                    let key = format!("{}:{}:{}", rule.id, v.record.key, t.occurrence_key());
+                                    let key = format!("{}:{}:{}", rule.id, v.record.key.0, t.occurrence_key());
                                     if store.already(&key).await {
                                         continue;
                                     }
@@ -110,7 +110,7 @@ pub async fn plan(
                                     if t.rule_id == rule.id
                                         && t.due_at >= now - chrono::Duration::days(i64::from(days)) =>
                                 {
-                                    let key = format!("{}:{}:{}", rule.id, v.record.key, t.occurrence_key());
+                                    let key = format!("{}:{}:{}", rule.id, v.record.key.0, t.occurrence_key());
                                     if store.already(&key).await {
                                         continue;
                                     }
@@ -141,7 +141,7 @@ pub async fn plan(
                     while let Some(occ) = occurrence.filter(|o| *o <= horizon) {
                         let occ_key = format!("cron@{}", occ.format("%Y-%m-%dT%H:%MZ"));
                         for v in &views {
-                            let key = format!("{}:{}:{occ_key}", rule.id, v.record.key);
+                            let key = format!("{}:{}:{occ_key}", rule.id, v.record.key.0);
                             if store.already(&key).await {
                                 continue;
                             }

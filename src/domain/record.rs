@@ -4,12 +4,34 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// The stable identity of a record inside its source (the value of its key field).
+///
+/// Shown (`Display`, as logs do) masked when it looks like a phone number: some teams key
+/// their records by the phone, and a full number must never reach a log line. The raw key is
+/// `.0`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordKey(pub String);
 
+impl RecordKey {
+    /// How a raw key is shown in logs and messages: as is, or masked if it looks like a phone
+    /// number.
+    pub fn shown(raw: &str) -> std::borrow::Cow<'_, str> {
+        if looks_like_phone(raw) {
+            std::borrow::Cow::Owned(super::mask_phone(raw))
+        } else {
+            std::borrow::Cow::Borrowed(raw)
+        }
+    }
+}
+
+/// Seven digits or more, and nothing but what people write numbers with.
+fn looks_like_phone(raw: &str) -> bool {
+    raw.chars().filter(char::is_ascii_digit).count() >= 7
+        && raw.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '(' | ')' | '.' | ' '))
+}
+
 impl fmt::Display for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&RecordKey::shown(&self.0))
     }
 }
 
@@ -96,6 +118,15 @@ pub fn same_field(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_are_phone_numbers_are_shown_masked() {
+        assert_eq!(RecordKey("+56 9 8765 4321".into()).to_string(), "+56 9 **** *321");
+        assert_eq!(RecordKey("56987654321".into()).to_string(), "569*****321");
+        assert_eq!(RecordKey("1234".into()).to_string(), "1234");
+        assert_eq!(RecordKey("INS-2024-000123".into()).to_string(), "INS-2024-000123");
+        assert_eq!(RecordKey("a0B5g00000XyZ12EAF".into()).to_string(), "a0B5g00000XyZ12EAF");
+    }
 
     #[test]
     fn fields_are_found_whatever_their_case() {

@@ -18,6 +18,11 @@ use crate::domain::PendingWrite;
 use crate::sources::{SourceError, SourceWriter, WriteReport};
 use crate::store::{self, StoreError};
 
+/// Most queued values one flush loads: more than any writer carries in one flush (the
+/// largest takes 10,000 values), so a long queue (a campaign's statuses, a vendor down for hours)
+/// costs one bounded read per flush, not the whole queue each time.
+pub const PENDING_WRITES_PER_FLUSH: usize = 20_000;
+
 /// Why a flush did not complete (nothing is lost: the queue stays).
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -103,7 +108,7 @@ impl Flusher {
     pub async fn flush_once(&self) -> Result<WriteReport, FlushError> {
         let pending: Vec<PendingWrite> = {
             let mut conn = self.ctx.store.conn().await?;
-            store::pending_writes(&mut conn, &self.writer.source_ids()).await?
+            store::pending_writes(&mut conn, &self.writer.source_ids(), PENDING_WRITES_PER_FLUSH).await?
         };
         if pending.is_empty() && !self.writer.needs_check() {
             return Ok(WriteReport::default());

@@ -376,7 +376,7 @@ impl SourcePoller {
         let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
         for issue in &p.issues {
             if store::note_issue(tx, id, &issue.issue_key, &issue.record_key, &issue.message, now).await? {
-                warn!(source = %id, record = %issue.record_key, "record problem: {}", issue.message);
+                warn!(source = %id, record = %RecordKey::shown(&issue.record_key), "record problem: {}", issue.message);
                 writes.extend(self.ctx.error_write(id, issue.target.clone(), &issue.message));
                 report.new_issues += 1;
             }
@@ -390,7 +390,7 @@ impl SourcePoller {
                 if !record_key.is_empty() && p.present.contains(&key) {
                     writes.extend(self.ctx.error_write(id, WriteTarget::Record(key), ""));
                 }
-                info!(source = %id, record = %record_key, "record problem fixed");
+                info!(source = %id, record = %RecordKey::shown(&record_key), "record problem fixed");
             }
         }
         Ok(())
@@ -463,7 +463,7 @@ fn plan(
         for plan in ctx.rules.plan_timers(id, record, &facts, &time) {
             if let TimerPlan::BadDate { rule_id, reason } = &plan {
                 issues.push(RecordIssue {
-                    issue_key: format!("{DATE_ISSUE}{rule_id}:{}:{reason}", record.key),
+                    issue_key: format!("{DATE_ISSUE}{rule_id}:{}:{reason}", record.key.0),
                     target: WriteTarget::Record(record.key.clone()),
                     record_key: record.key.0.clone(),
                     message: format!("date unreadable: {reason}"),

@@ -2,7 +2,7 @@
 //! marks the loop's health, and starts the loop again after a growing pause (1 s … 60 s), so
 //! a bug in one loop neither dies silently nor takes the daemon down with it. A restart counts
 //! against the same health component the loop reports its rounds to, so the loop's next good
-//! round clears it.
+//! round clears it. Aborting the supervisor (a stop that ran out of time) aborts the loop too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +30,8 @@ where
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            match tokio::spawn(make()).await {
+            let mut running = AbortOnDrop(tokio::spawn(make()));
+            match (&mut running.0).await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
                     let payload = e.into_panic();
@@ -55,6 +56,16 @@ where
             }
         }
     })
+}
+
+/// The running loop, cut off with its supervisor: a stop that gives up on a hung loop aborts
+/// the supervisor, and the loop must not run on unseen.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ impl RuleSet {
                 source_id: r.source.clone(),
                 record_key: record.key.clone(),
                 provider_id: r.provider.clone(),
-                idempotency_key: format!("{}:{}:{}", r.id, record.key, occurrence),
+                idempotency_key: format!("{}:{}:{}", r.id, record.key.0, occurrence),
                 phone,
                 content,
                 fallback,

@@ -151,8 +151,10 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
             target: WriteTarget::EveryCopyOf(RecordKey(key.clone())),
             record_key: key.clone(),
             message: format!(
-                "duplicate {} '{key}'{where_}: only the first is used; give each record its own {}",
-                spec.key, spec.key
+                "duplicate {} '{}'{where_}: only the first is used; give each record its own {}",
+                spec.key,
+                RecordKey::shown(&key),
+                spec.key
             ),
         });
     }

@@ -243,7 +243,7 @@ mod tests {
         }
         let store = Store::open(&path).await.unwrap();
         let mut c = store.conn().await.unwrap();
-        let mut writes: Vec<String> = pending_writes(&mut c, &["s".to_string()])
+        let mut writes: Vec<String> = pending_writes(&mut c, &["s".to_string()], usize::MAX)
             .await
             .unwrap()
             .into_iter()

@@ -41,8 +41,12 @@ pub async fn queue_writes(conn: &mut SqliteConnection, writes: &[FieldWrite]) ->
     Ok(())
 }
 
-/// Queued values of these sources, oldest first.
-pub async fn pending_writes(conn: &mut SqliteConnection, source_ids: &[String]) -> StoreResult<Vec<PendingWrite>> {
+/// Queued values of these sources, oldest first, at most `limit` of them.
+pub async fn pending_writes(
+    conn: &mut SqliteConnection,
+    source_ids: &[String],
+    limit: usize,
+) -> StoreResult<Vec<PendingWrite>> {
     if source_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -53,7 +57,8 @@ pub async fn pending_writes(conn: &mut SqliteConnection, source_ids: &[String]) 
     for s in source_ids {
         sep.push_bind(s.as_str());
     }
-    qb.push(") ORDER BY seq");
+    qb.push(") ORDER BY seq LIMIT ");
+    qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     let rows = qb.build().fetch_all(conn).await?;
     rows.iter()
         .map(|r| {

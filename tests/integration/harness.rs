@@ -234,6 +234,13 @@ rules:
         }
     }
 
+    /// Stops with a stop budget shorter than production's.
+    pub async fn stop_within(&mut self, budget: Duration) {
+        if let Some(app) = self.app.take() {
+            app.stop_within(budget).await;
+        }
+    }
+
     pub fn running(&self) -> &RunningApp {
         self.app.as_ref().expect("daemon running")
     }

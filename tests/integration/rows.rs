@@ -297,6 +297,88 @@ async fn oversized_values_never_block_the_rest_of_write_back() {
     h.stop().await;
 }
 
+/// A refusal that is not about a value (Google's bare `400 INVALID_ARGUMENT`, as for a request
+/// it cannot take) drops nothing: the flush fails and is reported by `/healthz`'s counters, the
+/// queue waits, and every value lands once Google takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_names_no_value_keeps_every_value_queued() {
+    let mut h = Harness::new((1..=4).map(|i| row(i, &format!("R{i}"), "Sí", "Activo")).collect()).await;
+    h.start().await;
+    let g = h.sandbox.google();
+    // More refusals than halving four values takes: a bisecting writer would drop them all.
+    let refusals = 8;
+    g.try_inject(recado::sandbox::google::FaultSpec {
+        status: Some(400),
+        count: refusals,
+        scope: Some("write".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let writes: Vec<recado::domain::FieldWrite> = (1..=4u32)
+        .map(|i| recado::domain::FieldWrite {
+            source_id: crate::harness::SOURCE.into(),
+            target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(i.to_string())),
+            field: "Última respuesta".into(),
+            value: format!("respuesta {i}"),
+        })
+        .collect();
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(crate::harness::SOURCE);
+    for i in 1..=4 {
+        h.wait_cell(&i.to_string(), "Última respuesta", &format!("respuesta {i}")).await;
+    }
+    h.quiesce().await;
+    let health = h.running().ctx().health.all();
+    let flusher = health.iter().find(|(name, _)| name.starts_with("flusher:")).map(|(_, c)| c.clone());
+    let failures = flusher.map(|c| c.failures).unwrap_or(0);
+    assert!(failures >= 1, "the refused flushes are reported: {health:?}");
+    h.stop().await;
+}
+
+/// A stop whose last write-back hangs (Google never answers) still ends within its budget, so
+/// systemd never kills recado; the value stays queued and is written after the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_last_write_hangs_ends_in_time_and_the_value_lands_after_restart() {
+    let mut h = Harness::new(vec![row(1, "Hugo", "Sí", "Activo")]).await;
+    h.extra_source = "    call_timeout: 60s\n".into();
+    h.start().await;
+    let g = h.sandbox.google();
+    g.try_inject(recado::sandbox::google::FaultSpec {
+        timeout: true,
+        count: 1_000,
+        scope: Some("write".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let writes = g.count(Kind::ValuesBatchUpdate);
+    let value = recado::domain::FieldWrite {
+        source_id: crate::harness::SOURCE.into(),
+        target: recado::domain::WriteTarget::Record(recado::domain::RecordKey("1".into())),
+        field: "Última respuesta".into(),
+        value: "antes de parar".into(),
+    };
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, std::slice::from_ref(&value)).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(crate::harness::SOURCE);
+    wait_for("a write to hang", std::time::Duration::from_secs(20), || async {
+        g.count(Kind::ValuesBatchUpdate) > writes
+    })
+    .await;
+    // The held write alone would keep a stop waiting for a minute.
+    tokio::time::timeout(std::time::Duration::from_secs(30), h.stop_within(std::time::Duration::from_secs(3)))
+        .await
+        .expect("the stop ends within its budget although Google never answers");
+    h.sandbox.google().clear_faults();
+    h.sandbox.google().release_held();
+    assert_eq!(h.cell("1", "Última respuesta"), "", "the held write never landed");
+    h.start().await;
+    h.wait_cell("1", "Última respuesta", "antes de parar").await;
+    h.stop().await;
+}
+
 /// A date a person typed is a date cell: messages show it as a date, both when a change sends
 /// at once and when a reminder fires from the stored snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,11 +64,26 @@ impl GoogleErrorBody {
         self.status == 413 || self.message.contains("payload size exceeds")
     }
 
+    /// Google refused the request for the values it carries (one named value, or the size of
+    /// the whole), not for where they go or how the request is formed: only then may a value
+    /// be isolated and dropped.
+    pub fn is_about_content(&self) -> bool {
+        if self.is_payload_too_large() {
+            return true;
+        }
+        match self.data_index() {
+            // `Invalid data[0]: Unable to parse range: 'Old title'!C5` names an entry, but
+            // what is wrong is the tab, not the value.
+            Some(_) => !self.message.contains("Unable to parse range") && !self.is_grid_limit(),
+            None => false,
+        }
+    }
+
     pub fn is_grid_limit(&self) -> bool {
         self.message.contains("exceeds grid limits")
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let name = if self.status_name.is_empty() { String::new() } else { format!(" {}", self.status_name) };
         let message: String = self.message.chars().take(300).collect();
         format!("HTTP {}{name}: {message}", self.status)
@@ -115,6 +130,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(classify(503, b"<html>busy</html>", "values.get"), SourceError::Transient(_)));
+    }
+
+    #[test]
+    fn only_refusals_of_values_may_drop_a_value() {
+        let body = |m: &str| {
+            GoogleErrorBody::read(
+                400,
+                format!(r#"{{"error":{{"code":400,"message":"{m}","status":"INVALID_ARGUMENT"}}}}"#).as_bytes(),
+            )
+        };
+        assert!(body(
+            "Invalid data[2]: Your input contains more than the maximum of 50000 characters in a single cell."
+        )
+        .is_about_content());
+        assert!(body("Request payload size exceeds the limit: 10485760 bytes.").is_about_content());
+        assert!(!body("Invalid data[0]: Unable to parse range: 'Old'!C5").is_about_content());
+        assert!(!body("Invalid data[0]: Range ('Hoja'!AB5) exceeds grid limits. Max rows: 100, max columns: 26")
+            .is_about_content());
+        assert!(!body("Invalid JSON payload received. Unknown name \"foo\": Cannot find field.").is_about_content());
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //!
 //! A write is capped (cells and bytes), a value longer than a cell may hold is cut, and when
 //! Google refuses a batch for its content the refused value is isolated (Google names it as
-//! `data[i]`, or the batch is halved until it is found), reported once and dropped, while the
-//! rest is written: one bad value never blocks the others.
+//! `data[i]`, or a batch too large is halved until it is found), reported once and dropped,
+//! while the rest is written: one bad value never blocks the others. Any other refusal (a range
+//! Google cannot parse because a tab was renamed since the read, a malformed request) drops
+//! nothing: the flush fails, is reported, and the queue waits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -488,6 +490,21 @@ impl SheetWriter {
                     self.grow_grid(layouts).await?;
                     work.push(chunk);
                 }
+                Err(WriteFailure::Refused(body)) if !body.is_about_content() => {
+                    // Not this batch's values (a tab renamed since the read, a request recado
+                    // got wrong): nothing is dropped; the flush fails, the queue stays, and the
+                    // next flush reads the tabs again.
+                    *self.grid.lock().await = None;
+                    for t in &self.tabs {
+                        t.hint.forget_grid();
+                    }
+                    let e = SourceError::Permanent(format!("values.batchUpdate: {}", body.describe()));
+                    if out.cells.is_empty() {
+                        return Err(e);
+                    }
+                    warn!(writer = %self.label(), "part of a write-back waits for the next flush: {e}");
+                    return Ok(out);
+                }
                 Err(WriteFailure::Refused(body)) => {
                     let reason: String = body.message.chars().take(200).collect();
                     match body.data_index().filter(|i| *i < chunk.len()) {
@@ -497,6 +514,7 @@ impl SheetWriter {
                             refuse(&mut out.rejected, &mut chunk, &mut work, bad, &reason);
                             work.push(chunk);
                         }
+                        // Too large as a whole: halved until it fits or the one value is found.
                         None if chunk.len() > 1 => {
                             let mut first = chunk;
                             let second = first.split_off(first.len() / 2);
