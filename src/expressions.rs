@@ -257,6 +257,19 @@ mod tests {
         assert!(render("{{ Otra | date('%Y') }}", &r, &words).starts_with("error"), "text that is no date");
     }
 
+    /// The README's way to compare dates in a filter: ISO text through the `date` filter.
+    #[test]
+    fn a_filter_compares_dates_in_iso_form() {
+        let env = environment();
+        let words = DateStyle { order: DateOrder::Dmy, format: Some("%d de %B".into()) };
+        let r = rec(&[("Fecha cita", CellValue::Date(46352.0)), ("Texto", CellValue::Text("28/11/2026".into()))]);
+        let test =
+            |e: &str| env.compile_expression(e).and_then(|x| x.eval(context(&r, &words))).map(|v| v.is_true()).unwrap();
+        assert!(test("row['Fecha cita'] | date('%Y-%m-%d') >= '2026-11-01'"));
+        assert!(!test("row['Fecha cita'] | date('%Y-%m-%d') >= '2027-01-01'"));
+        assert!(test("Texto | date('%Y-%m-%d') == '2026-11-28'"));
+    }
+
     #[test]
     fn time_cells_render_as_times() {
         let r = rec(&[("Hora cita", CellValue::Date(0.6458333333333334))]);

@@ -26,6 +26,20 @@ pub struct ComponentHealth {
     /// Completed rounds (polls, flushes, …).
     pub rounds: u64,
     pub degraded: bool,
+    /// A source's request budget, as of its last round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaHealth>,
+}
+
+/// Where a source stands with its vendor's request quota.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct QuotaHealth {
+    /// Requests a minute recado allows itself.
+    pub per_minute: u32,
+    /// "Too many requests" answers in a row.
+    pub rate_limit_strikes: u32,
+    /// How much longer requests wait after the last such answer.
+    pub paused_for_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -65,6 +79,11 @@ impl Health {
             c.last_error = Some(error.chars().take(300).collect());
             c.rounds += 1;
         });
+    }
+
+    /// A source's quota state after a round.
+    pub fn quota(&self, name: &str, quota: QuotaHealth) {
+        self.with(name, "source", |c| c.quota = Some(quota));
     }
 
     /// A loop panicked and was restarted.

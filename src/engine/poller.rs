@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tracing::{debug, error, info, warn};
 
+use super::health::QuotaHealth;
 use super::timers::sync_timers;
 use super::{log_adjustments, EngineCtx, Shutdown};
 use crate::config::Trigger;
@@ -156,6 +157,15 @@ impl SourcePoller {
                     error!(source = %id, "poll failed: {e}");
                 }
             }
+            let quota = self.source.quota();
+            self.ctx.health.quota(
+                &self.health_name,
+                QuotaHealth {
+                    per_minute: quota.per_minute,
+                    rate_limit_strikes: quota.strikes,
+                    paused_for_ms: quota.paused_for.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                },
+            );
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = shutdown.wait() => break,

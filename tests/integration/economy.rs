@@ -46,6 +46,8 @@ async fn a_google_429_delays_the_poll_and_loses_nothing() {
     assert_eq!(h.sent_to(80).len(), 1);
     let source = h.running().ctx().health.get("source:inscripciones").unwrap();
     assert_eq!(source.failures, 0, "a quota answer is a delay, not a failure: {source:?}");
+    let quota = source.quota.expect("/healthz shows the source's quota");
+    assert!(quota.per_minute > 0 && quota.rate_limit_strikes == 0, "strikes clear once reads succeed: {quota:?}");
     h.stop().await;
 }
 

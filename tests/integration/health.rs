@@ -72,11 +72,26 @@ async fn old_rows_are_pruned_after_their_retention() {
     for (id, age) in [("wamid.old", 100), ("wamid.new", 1)] {
         store::record_status_event(&mut c, id, "read", now - age * day).await.unwrap();
     }
+    // Inbound messages are kept a year by default.
+    for (id, age) in [("wamid.in.old", 400), ("wamid.in.new", 10)] {
+        let row = store::InboundRow {
+            provider_message_id: id,
+            provider_id: "whatsapp",
+            sender_id: None,
+            phone: Some("+56987654321"),
+            record: None,
+            in_reply_to: None,
+            kind: "text",
+            body: "hola",
+            received_at: now - age * day,
+        };
+        assert!(store::insert_inbound(&mut c, &row).await.unwrap());
+    }
     drop(c);
     let ctx = std::sync::Arc::clone(h.running().ctx());
     let (_stop, shutdown) = recado::engine::Shutdown::new();
     let pruned = recado::engine::retention::RetentionLoop::new(ctx).prune_all(&shutdown).await.unwrap();
-    assert_eq!((pruned.webhooks, pruned.status_events), (1, 1), "{pruned:?}");
+    assert_eq!((pruned.webhooks, pruned.status_events, pruned.inbound), (1, 1, 1), "{pruned:?}");
     let mut c = h.store().conn().await.unwrap();
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE received_at < $1")
         .bind(now - day)
@@ -84,6 +99,7 @@ async fn old_rows_are_pruned_after_their_retention() {
         .await
         .unwrap();
     assert_eq!(left, 2, "the recent one and the one never applied stay");
+    assert_eq!(store::inbound_count(&mut c).await.unwrap(), 1, "the recent inbound message stays");
     drop(c);
     h.stop().await;
 }

@@ -624,19 +624,33 @@ fn check_previous(
         }
         out.push(FieldWrite { source_id: source_id.to_string(), target, field: field.to_string(), value });
     };
-    // 1. Every value written must be on its record's row.
-    let mut intended: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    // 1. Every value written must be on its record's rows. (A row without key is known only
+    //    by its place, which a sort changes: it cannot be followed, only kept off others.)
+    //    Per written (field, value): the keys whose rows may hold it, and whether rows without
+    //    key may.
+    let mut intended: HashMap<(String, String), (HashSet<String>, bool)> = HashMap::new();
     for (target, field, value) in &tw.written {
-        let WriteTarget::Record(k) = target else { continue };
-        intended.entry((field.clone(), value.clone())).or_default().insert(k.0.clone());
-        if let Some(r) = layout.row_of.get(k.0.trim()) {
-            if layout.cell(field, *r) != value {
-                push(&mut out, target.clone(), field, value.clone());
+        let entry = intended.entry((field.clone(), value.clone())).or_default();
+        let rows: Vec<u32> = match target {
+            WriteTarget::Record(k) => {
+                entry.0.insert(k.0.clone());
+                layout.row_of.get(k.0.trim()).copied().into_iter().collect()
             }
+            WriteTarget::EveryCopyOf(k) => {
+                entry.0.insert(k.0.clone());
+                layout.rows_of.get(k.0.trim()).cloned().unwrap_or_default()
+            }
+            WriteTarget::Unkeyed(_) => {
+                entry.1 = true;
+                Vec::new()
+            }
+        };
+        if rows.iter().any(|r| layout.cell(field, *r) != value) {
+            push(&mut out, target.clone(), field, value.clone());
         }
     }
     // 2. A written value on another record's row, where that record did not have it before.
-    for ((field, value), keys) in &intended {
+    for ((field, value), (keys, unkeyed_may)) in &intended {
         let Some(column) = layout.columns.get(field) else { continue };
         // Google leaves out a column's trailing empty cells: an empty value written onto one
         // of the last rows is only seen by walking every row the key column has.
@@ -648,7 +662,9 @@ fn check_previous(
             let row = i as u32 + 1;
             let key = layout.key_at(row);
             if key.is_empty() {
-                push(&mut out, WriteTarget::Unkeyed(format!("row:{row}")), field, String::new());
+                if !unkeyed_may {
+                    push(&mut out, WriteTarget::Unkeyed(format!("row:{row}")), field, String::new());
+                }
             } else if !keys.contains(key) && layout.row_of.get(key) == Some(&row) {
                 let before = tw.before.get(field).and_then(|b| b.get(key)).cloned().unwrap_or_default();
                 if before != *value {
@@ -752,6 +768,36 @@ mod tests {
         let repairs = check_previous(&now, &tw, "s", &[], &[]);
         let got: Vec<(String, String)> = repairs.iter().map(|r| (r.target.to_string(), r.value.clone())).collect();
         assert_eq!(got, vec![("record 3".into(), "read".into())]);
+    }
+
+    #[test]
+    fn error_messages_for_every_copy_of_a_key_and_for_rows_without_key_are_checked_too() {
+        let dup = "duplicate ID '7' in rows 2, 3";
+        let nokey = "a record in row 4 has no ID";
+        let tw = TabWrite {
+            written: vec![
+                (WriteTarget::EveryCopyOf(RecordKey("7".into())), "Estado".into(), dup.into()),
+                (WriteTarget::Unkeyed("row:4".into()), "Estado".into(), nokey.into()),
+            ],
+            before: [("Estado".to_string(), [("1".to_string(), "read".to_string())].into_iter().collect())]
+                .into_iter()
+                .collect(),
+            origins: Vec::new(),
+        };
+        // A sort moved 1 between the copies of 7 and the row without key to the end: one copy
+        // of 7 lacks the message, 1 has it, and the row without key keeps its own.
+        let now = layout(&[("7", dup), ("1", dup), ("7", ""), ("", nokey), ("9", nokey)]);
+        let repairs = check_previous(&now, &tw, "s", &[], &[]);
+        let mut got: Vec<(String, String)> = repairs.iter().map(|r| (r.target.to_string(), r.value.clone())).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("every record keyed 7".into(), dup.into()),
+                ("record 1".into(), "read".into()),
+                ("record 9".into(), String::new()),
+            ]
+        );
     }
 
     #[test]
