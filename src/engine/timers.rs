@@ -328,25 +328,13 @@ impl TimerLoop {
             let Some((last, _, _)) = page.last() else { break };
             after = last.0.clone();
             let mut intents = Vec::new();
+            let mut missed = Vec::new();
             let mut writes = Vec::new();
             for (key, row, indexed_phone) in &page {
                 let view =
                     self.ctx.view_indexed(settings, record_from_snapshot(key.clone(), row), indexed_phone.clone());
                 match self.ctx.rules.intent_for(&rule.id, &occ_key, &view.record, &view.facts(&[])) {
-                    Some(Ok(_)) if late => {
-                        let reason = format!(
-                            "not sent: the campaign of {} was missed while recado was not running",
-                            occurrence.with_timezone(&tz).format("%Y-%m-%d %H:%M")
-                        );
-                        writes.extend(self.ctx.record_status_writes(
-                            &rule.source,
-                            key,
-                            MessageState::Skipped,
-                            now_ms,
-                            Some(&reason),
-                        ));
-                        count += 1;
-                    }
+                    Some(Ok(intent)) if late => missed.push(intent),
                     Some(Ok(intent)) => {
                         let due = self.ctx.time_context(&rule.source, view.tz, now).send_at(rule).timestamp_millis();
                         intents.push((intent, due));
@@ -364,6 +352,26 @@ impl TimerLoop {
                         ));
                     }
                     None => {}
+                }
+            }
+            // Missed, except for the records this occurrence did reach before an interruption:
+            // their rows keep the state their message got to.
+            if !missed.is_empty() {
+                let keys: Vec<String> = missed.iter().map(|i| i.idempotency_key.clone()).collect();
+                let reached = store::existing_idempotency_keys(&mut tx, &keys).await?;
+                let reason = format!(
+                    "not sent: the campaign of {} was missed while recado was not running",
+                    occurrence.with_timezone(&tz).format("%Y-%m-%d %H:%M")
+                );
+                for intent in missed.iter().filter(|i| !reached.contains(&i.idempotency_key)) {
+                    writes.extend(self.ctx.record_status_writes(
+                        &rule.source,
+                        &intent.record_key,
+                        MessageState::Skipped,
+                        now_ms,
+                        Some(&reason),
+                    ));
+                    count += 1;
                 }
             }
             // Many rows per statement: a campaign is the one place where thousands of messages

@@ -330,6 +330,27 @@ pub async fn all_messages(conn: &mut SqliteConnection) -> StoreResult<Vec<Outbox
     messages_from_rows(rows)
 }
 
+/// Which of these idempotency keys have a message already.
+pub async fn existing_idempotency_keys(
+    conn: &mut SqliteConnection,
+    keys: &[String],
+) -> StoreResult<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in keys.chunks(500) {
+        let mut qb =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT idempotency_key FROM messages WHERE idempotency_key IN (");
+        let mut sep = qb.separated(", ");
+        for k in chunk {
+            sep.push_bind(k.as_str());
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            out.insert(col::<String>(&r, "idempotency_key")?);
+        }
+    }
+    Ok(out)
+}
+
 /// Whether a message with this idempotency key exists (used by `plan` and tests).
 pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) -> StoreResult<bool> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE idempotency_key = $1")

@@ -308,29 +308,34 @@ async fn a_campaign_run_again_leaves_rows_that_were_read_as_read() {
     for i in 1..=6 {
         h.wait_cell(&i.to_string(), "Estado WhatsApp", "read").await;
     }
-    // The same occurrence again, as after an interruption before it was marked done.
-    h.stop().await;
-    let store = recado::store::Store::open(&h.state_path()).await.unwrap();
-    set_due(store.clone()).await;
-    store.close().await;
-    h.start().await;
-    wait_for("the occurrence to be run again", Duration::from_secs(10), || async {
-        let mut c = h.store().conn().await.unwrap();
-        recado::store::campaign_next(&mut c, "trimestral")
-            .await
-            .unwrap()
-            .is_some_and(|n| n > occurrence.timestamp_millis())
-    })
-    .await;
-    h.quiesce().await;
-    for i in 1..=6 {
-        assert_eq!(
-            h.cell(&i.to_string(), "Estado WhatsApp"),
-            "read",
-            "row {i} must keep the state its message reached"
-        );
+    // The same occurrence again, as after an interruption before it was marked done: first
+    // within its lateness, then after a downtime longer than it (the occurrence is missed, but
+    // the rows it reached keep their state).
+    for lateness in ["1d", "1h"] {
+        h.stop().await;
+        h.extra_top = format!("defaults:\n  time_zone: UTC\n  lateness: {lateness}\n");
+        let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+        set_due(store.clone()).await;
+        store.close().await;
+        h.start().await;
+        wait_for("the occurrence to be run again", Duration::from_secs(10), || async {
+            let mut c = h.store().conn().await.unwrap();
+            recado::store::campaign_next(&mut c, "trimestral")
+                .await
+                .unwrap()
+                .is_some_and(|n| n > occurrence.timestamp_millis())
+        })
+        .await;
+        h.quiesce().await;
+        for i in 1..=6 {
+            assert_eq!(
+                h.cell(&i.to_string(), "Estado WhatsApp"),
+                "read",
+                "row {i} must keep the state its message reached (lateness {lateness})"
+            );
+        }
+        assert_eq!(h.sandbox.meta().sent_count(), 6, "nobody got it twice");
     }
-    assert_eq!(h.sandbox.meta().sent_count(), 6, "nobody got it twice");
     h.stop().await;
 }
 
