@@ -283,15 +283,17 @@ impl Dispatcher {
             )
             .await?;
         }
-        for (m, switched) in &ready {
-            let u = MessageUpdate {
-                state: Some(MessageState::Sending),
-                attempts: Some(m.attempts),
-                content: switched.clone(),
-                ..Default::default()
-            };
-            store::update_message(&mut tx, m.id, &u, now).await?;
+        let mut still_queued = Vec::with_capacity(ready.len());
+        for (m, switched) in ready {
+            // Withdrawn since the chunk was read (its record changed, its contact opted out):
+            // not sent, and its row already says why.
+            if store::mark_sending(&mut tx, m.id, m.attempts, switched.as_ref(), now).await? {
+                still_queued.push((m, switched));
+            } else {
+                debug!(message_id = m.id, "withdrawn while its chunk was prepared: not sent");
+            }
         }
+        let ready = still_queued;
         tx.commit().await?;
 
         let mut pending = ready.into_iter().map(|(m, _)| m);

@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::health::QuotaHealth;
 use super::timers::sync_timers;
-use super::{log_adjustments, EngineCtx, Shutdown};
+use super::{log_adjustments, record_from_snapshot, EngineCtx, Shutdown};
 use crate::config::Trigger;
 use crate::diff::{diff_read, Change, Snapshot, SnapshotRow};
 use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
@@ -39,6 +39,8 @@ pub struct PollReport {
     pub queued: usize,
     pub blocked: usize,
     pub new_issues: usize,
+    /// Queued messages withdrawn because their record no longer calls for them.
+    pub withdrawn: usize,
     pub commits: usize,
 }
 
@@ -300,6 +302,45 @@ impl SourcePoller {
                         .cloned()
                         .collect();
                     timers_changed += sync_timers(&mut tx, &id, &plans, &chunk_planned, now).await?;
+                }
+            }
+            // Queued messages of records that changed or went: withdrawn when the record no
+            // longer calls for them (first, so a rule may queue the corrected one below).
+            if !p.baseline {
+                let touched: Vec<&str> = chunk
+                    .iter()
+                    .filter(|k| upserts.contains_key(*k) || removals.contains(*k))
+                    .map(|k| k.0.as_str())
+                    .collect();
+                if !touched.is_empty() {
+                    for m in store::queued_for_records(&mut tx, &id, &touched).await? {
+                        let reason = match upserts.get(&m.record_key) {
+                            None => Some("not sent: the record was removed before it was sent"),
+                            Some(row) => {
+                                let indexed = phones.get(&m.record_key).and_then(|p| (*p).clone());
+                                let view = self.ctx.view_indexed(
+                                    &self.settings,
+                                    record_from_snapshot(m.record_key.clone(), row),
+                                    indexed,
+                                );
+                                if view.consent == Some(false) {
+                                    Some("not sent: consent was withdrawn before it was sent")
+                                } else if view.phone.as_ref().map_or(true, |p| *p != m.phone) {
+                                    Some("not sent: the phone changed before it was sent")
+                                } else {
+                                    None
+                                }
+                            }
+                        };
+                        let Some(reason) = reason else { continue };
+                        if store::withdraw_queued(&mut tx, m.id, reason, now).await? {
+                            info!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, "{reason}");
+                            report.withdrawn += 1;
+                            if upserts.contains_key(&m.record_key) {
+                                writes.extend(self.ctx.status_writes(&m, MessageState::Skipped, now, Some(reason)));
+                            }
+                        }
+                    }
                 }
             }
             // Messages: `queued` is written only for those actually inserted.

@@ -304,6 +304,69 @@ pub async fn requeue_failed_send(
     Ok(())
 }
 
+/// Marks a queued message `sending` (attempts counted, content switched to its fallback when
+/// given), only if it is still queued: false when something withdrew it since it was read
+/// (an edit of its record, an opt-out), and then it must not be sent.
+pub async fn mark_sending(
+    conn: &mut SqliteConnection,
+    id: i64,
+    attempts: u32,
+    content: Option<&MessageContent>,
+    now: i64,
+) -> StoreResult<bool> {
+    let content = content.map(encode).transpose()?;
+    let r = sqlx::query(
+        "UPDATE messages SET state = 'sending', attempts = $2, content = COALESCE($3, content), updated_at = $4
+         WHERE id = $1 AND state = 'queued'",
+    )
+    .bind(id)
+    .bind(i64::from(attempts))
+    .bind(content)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Queued messages of these records of a source.
+pub async fn queued_for_records(
+    conn: &mut SqliteConnection,
+    source_id: &str,
+    keys: &[&str],
+) -> StoreResult<Vec<OutboxMessage>> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE state = 'queued' AND source_id = "
+        ));
+        qb.push_bind(source_id).push(" AND record_key IN (");
+        let mut sep = qb.separated(", ");
+        for k in chunk {
+            sep.push_bind(*k);
+        }
+        qb.push(") ORDER BY id");
+        out.extend(messages_from_rows(qb.build().fetch_all(&mut *conn).await?)?);
+    }
+    Ok(out)
+}
+
+/// Withdraws a message still queued (`skipped`, with the reason) and frees its idempotency
+/// key, so that the rule may queue it afresh once the record calls for it again (a phone
+/// corrected, consent given back, a row pasted back). False when it was no longer queued.
+pub async fn withdraw_queued(conn: &mut SqliteConnection, id: i64, reason: &str, now: i64) -> StoreResult<bool> {
+    let r = sqlx::query(
+        "UPDATE messages SET state = 'skipped', error = $2, state_at = $3, updated_at = $3,
+            idempotency_key = idempotency_key || '~withdrawn:' || id
+         WHERE id = $1 AND state = 'queued'",
+    )
+    .bind(id)
+    .bind(reason)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// Queued messages to `phone` (used to skip them all on opt-out).
 pub async fn queued_for_phone(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Vec<OutboxMessage>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

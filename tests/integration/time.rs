@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::{json, Value};
 
-use crate::harness::{row, wait_for, Harness};
+use crate::harness::{row, wait_for, Harness, SHEET, TAB};
 
 /// A row whose appointment is two days and `in_secs` after `now` (so a `-2d` reminder is due
 /// `in_secs` after `now`), as typed in the sheet's zone.
@@ -213,6 +213,47 @@ async fn quiet_hours_defer_instead_of_dropping() {
     h.clock.advance((opens - h.clock.now()).to_std().unwrap() + Duration::from_secs(1));
     h.wait_cell("110", "Estado WhatsApp", "read").await;
     assert_eq!(h.sent_to(110).len(), 1);
+    h.stop().await;
+}
+
+/// While a message waits for the sending window, its record changes: consent withdrawn, the
+/// phone corrected, the row deleted. At the window nothing goes to anyone who said no or to
+/// the wrong number; the corrected number gets the message; each row says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_follows_its_record_until_it_is_sent() {
+    let mut h = Harness::new(vec![]).await;
+    let now = h.clock.now();
+    let start = (now.hour() + 3) % 24;
+    let end = (now.hour() + 5) % 24;
+    h.extra_top = format!("defaults:\n  time_zone: UTC\n  send_between: \"{start:02}:00-{end:02}:00\"\n");
+    h.start().await;
+    for n in [111, 112, 113, 114, 115] {
+        h.user(n, true, None);
+    }
+    for (n, name) in [(111, "Retira"), (112, "Corrige"), (113, "Borrada"), (115, "Queda")] {
+        h.add_row(row(n, name, "Sí", "Activo"));
+    }
+    wait_for("four messages queued", Duration::from_secs(10), || async { h.messages().await.len() == 4 }).await;
+    h.quiesce().await;
+    h.edit("111", "Consentimiento", json!("No"));
+    h.edit("112", "Teléfono", json!(crate::harness::phone(114)));
+    assert!(h.sandbox.google().delete_row(SHEET, TAB, 4), "row of 113");
+    h.quiesce().await;
+    assert!(h.sandbox.meta().sent_count() == 0, "still outside the window");
+    let opens = h.messages().await.iter().map(|m| m.next_attempt_at).max().unwrap();
+    let opens = chrono::DateTime::from_timestamp_millis(opens).unwrap();
+    h.clock.advance((opens - h.clock.now()).to_std().unwrap() + Duration::from_secs(1));
+    h.wait_cell("115", "Estado WhatsApp", "read").await;
+    h.wait_cell("112", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    assert!(h.sent_to(111).is_empty(), "consent withdrawn before the window");
+    assert!(h.sent_to(112).is_empty(), "the old number of 112");
+    assert_eq!(h.sent_to(114).len(), 1, "the corrected number of 112, once");
+    assert!(h.sent_to(113).is_empty(), "the deleted row");
+    assert_eq!(h.sent_to(115).len(), 1);
+    assert_eq!(h.cell("111", "Estado WhatsApp"), "skipped");
+    assert!(h.cell("111", "Error WhatsApp").contains("consent was withdrawn"), "{}", h.cell("111", "Error WhatsApp"));
+    assert_eq!(h.cell("112", "Error WhatsApp"), "");
     h.stop().await;
 }
 
