@@ -197,6 +197,17 @@ impl Dispatcher {
                     info!(message_id = m.id, record = %m.record_key, "a send in doubt was accepted by the provider: recorded, not sent again");
                     self.commit_accepted(&[(m, acc)]).await;
                 }
+                Reconciliation::NotSent | Reconciliation::Unknown if m.attempts >= self.max_attempts => {
+                    // Every attempt went unanswered and no status ever came: sending more
+                    // would only risk duplicates (the usual cause is webhooks that do not
+                    // reach recado).
+                    let reason = format!(
+                        "outcome unknown: {} sends got no answer and no status from the provider; not sent again (check that the provider's webhooks reach recado)",
+                        m.attempts
+                    );
+                    warn!(message_id = m.id, record = %m.record_key, attempts = m.attempts, "{reason}");
+                    self.finish(&m, MessageState::Failed, &reason).await?;
+                }
                 Reconciliation::NotSent | Reconciliation::Unknown => {
                     warn!(message_id = m.id, record = %m.record_key, to = %m.phone, "send outcome unknown and the provider never confirmed it: sending again");
                     let mut tx = self.ctx.store.begin().await?;

@@ -574,6 +574,43 @@ async fn long_parameters_fit_what_the_templates_own_text_leaves() {
 
 /// A send Meta never answered (and never received): after the provider's grace, with no status
 /// webhook to settle it, it is sent again — once.
+/// Sends that never get an answer, again and again (the provider's webhooks do not reach
+/// recado either): after `max_attempts` the message is failed with the reason, never sent
+/// again every grace period for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_that_never_get_an_answer_stop_at_max_attempts() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_provider = "    call_timeout: 1s\n    in_doubt_grace: 10m\n    max_attempts: 2\n".into();
+    h.user(58, true, None);
+    h.start().await;
+    h.sandbox.meta().inject(MetaFault {
+        code: 0,
+        http_status: 400,
+        count: 100,
+        mode: Some("timeout".into()),
+        to: Some(wa_id(58)),
+        delay_ms: None,
+    });
+    h.add_row(row(58, "Berta", "Sí", "Activo"));
+    for attempt in 1..=2u32 {
+        wait_for(&format!("attempt {attempt} to be in doubt"), Duration::from_secs(20), || async {
+            h.messages().await.iter().any(|m| m.state == MessageState::Sending && m.attempts == attempt)
+        })
+        .await;
+        h.clock.advance(Duration::from_secs(11 * 60));
+    }
+    h.wait_cell("58", "Estado WhatsApp", "failed").await;
+    h.quiesce().await;
+    let m = h.messages().await.into_iter().find(|m| m.record_key.0 == "58").unwrap();
+    assert_eq!(m.attempts, 2);
+    assert!(h.cell("58", "Error WhatsApp").contains("no answer"), "{}", h.cell("58", "Error WhatsApp"));
+    h.clock.advance(Duration::from_secs(60 * 60));
+    h.quiesce().await;
+    let m = h.messages().await.into_iter().find(|m| m.record_key.0 == "58").unwrap();
+    assert_eq!((m.state, m.attempts), (MessageState::Failed, 2), "not sent again");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_never_got_an_answer_is_sent_again_after_the_grace_once() {
     let mut h = Harness::new(vec![]).await;
