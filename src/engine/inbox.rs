@@ -228,9 +228,14 @@ impl InboxProcessor {
             return Ok(());
         }
         let mut m = store::message_by_provider_id(tx, provider_message_id).await?;
-        if m.is_none() {
-            // A send whose answer was lost: the status carries our outbox id. It belongs to this
-            // message only if no other send of it was recorded since.
+        // A send whose answer was lost: the status carries our outbox id. It belongs to this
+        // message only if no other send of it was recorded since, and if this send was not
+        // one the provider already reported failed (the message was queued again for a new
+        // send: a late `sent` of the failed one must not stand for it).
+        if m.is_none()
+            && (status == MessageState::Failed
+                || !store::status_event_seen(tx, provider_message_id, MessageState::Failed.as_str()).await?)
+        {
             if let Some(id) = callback_data.and_then(|c| c.parse::<i64>().ok()) {
                 m = store::message_by_id(tx, id)
                     .await?

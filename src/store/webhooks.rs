@@ -84,6 +84,22 @@ pub async fn parked_webhook_count(conn: &mut SqliteConnection) -> StoreResult<i6
 }
 
 /// Records that a provider reported `status` for a message. False when already seen.
+/// Whether this status of this provider message was already recorded (within the retention
+/// of status events).
+pub async fn status_event_seen(
+    conn: &mut SqliteConnection,
+    provider_message_id: &str,
+    status: &str,
+) -> StoreResult<bool> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM status_events WHERE provider_message_id = $1 AND status = $2")
+            .bind(provider_message_id)
+            .bind(status)
+            .fetch_one(conn)
+            .await?;
+    Ok(n > 0)
+}
+
 pub async fn record_status_event(
     conn: &mut SqliteConnection,
     provider_message_id: &str,

@@ -313,7 +313,7 @@ rules:
 
     /// Nothing due in the outbox or in flight, no webhook waiting on either side, no
     /// write-back queued.
-    async fn quiet(&self) {
+    pub async fn quiet(&self) {
         let store = self.store();
         wait_for("the daemon to be quiet", Duration::from_secs(30), || {
             let store = store.clone();

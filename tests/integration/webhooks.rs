@@ -251,3 +251,42 @@ async fn a_reply_sent_during_a_long_outage_arrives_after_the_restart() {
     h.wait_cell("64", "Última respuesta", "llego tarde").await;
     h.stop().await;
 }
+
+/// Meta does not keep webhook order: a late `sent` of a send that Meta already reported failed
+/// (and recado queued again) must not mark the message sent; the new send goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_status_of_a_failed_send_does_not_stand_for_its_retry() {
+    let mut h = Harness::new(vec![]).await;
+    h.sandbox.meta().update_settings(|s| s.statuses = false);
+    h.user(64, false, None);
+    h.start().await;
+    h.add_row(crate::harness::row(64, "Inés", "Sí", "Activo"));
+    h.wait_cell("64", "Estado WhatsApp", "sent").await;
+    let first = h.sent_to(64)[0].wamid.clone();
+    let id = h.messages().await[0].id;
+    let status = |state: &str, extra: &str| {
+        format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"1","phone_number_id":"1234567890"}},
+            "statuses":[{{"id":"{first}","status":"{state}","timestamp":"1700000001","recipient_id":"{}","biz_opaque_callback_data":"{id}"{extra}}}]}}}}]}}]}}"#,
+            crate::harness::wa_id(64)
+        )
+    };
+    let failed = status("failed", r#","errors":[{"code":131000,"title":"Something went wrong"}]"#);
+    assert_eq!(post_signed(&h, &failed).await, 200);
+    crate::harness::wait_for("the message to be queued again", std::time::Duration::from_secs(20), || async {
+        h.messages().await[0].state == recado::domain::MessageState::Queued
+    })
+    .await;
+    assert_eq!(post_signed(&h, &status("delivered", "")).await, 200);
+    h.quiet().await;
+    assert_eq!(h.messages().await[0].state, recado::domain::MessageState::Queued, "the late status is not the retry's");
+    h.clock.advance(std::time::Duration::from_secs(3600));
+    crate::harness::wait_for("the retry to go out", std::time::Duration::from_secs(20), || async {
+        h.sent_to(64).len() == 2
+    })
+    .await;
+    h.quiesce().await;
+    let m = &h.messages().await[0];
+    assert_ne!(m.provider_message_id.as_deref(), Some(first.as_str()));
+    h.stop().await;
+}
