@@ -59,7 +59,7 @@ pub struct Dispatcher {
     max_in_flight: usize,
     max_attempts: u32,
     pair_interval: Duration,
-    paused_until: Mutex<Option<Instant>>,
+    paused_until: Arc<Mutex<Option<Instant>>>,
     last_sent: Mutex<HashMap<String, Instant>>,
     accepted: mpsc::Sender<Recorded>,
     accepted_rx: Mutex<Option<mpsc::Receiver<Recorded>>>,
@@ -79,6 +79,7 @@ impl Dispatcher {
         let (accepted, rx) = mpsc::channel(RECORDER_QUEUE);
         let health_name = format!("provider:{}", s.id);
         ctx.health.register(&health_name, "provider");
+        let paused_until = ctx.provider_pauses.get(&s.id).cloned().unwrap_or_default();
         Arc::new(Self {
             provider,
             ctx,
@@ -87,7 +88,7 @@ impl Dispatcher {
             max_in_flight: s.max_in_flight,
             max_attempts: s.max_attempts,
             pair_interval: s.throughput.pair_interval,
-            paused_until: Mutex::new(None),
+            paused_until,
             last_sent: Mutex::new(HashMap::new()),
             accepted,
             accepted_rx: Mutex::new(Some(rx)),

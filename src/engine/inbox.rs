@@ -308,7 +308,13 @@ impl InboxProcessor {
         let max_attempts = provider.settings().max_attempts;
         let reason = err.describe();
         let (due, attempts, content): (i64, u32, Option<&MessageContent>) = match provider.classify_failure(err) {
-            SendError::Throttled { pause, .. } => (now + pause.as_millis() as i64, m.attempts, None),
+            SendError::Throttled { pause, .. } => {
+                // The provider's pace, heard late: every send of this provider waits, as when
+                // the send itself was answered with it.
+                warn!(provider = %provider.id(), pause = ?pause, "provider throttling reported by webhook: slowing down: {reason}");
+                self.ctx.pause_provider(provider.id(), pause);
+                (now + pause.as_millis() as i64, m.attempts, None)
+            }
             SendError::PairRate { .. } => {
                 let pair = provider.settings().throughput.pair_interval.as_millis() as i64;
                 (now + pair.max(1000) * 2, m.attempts, None)

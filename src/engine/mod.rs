@@ -89,6 +89,9 @@ pub struct EngineCtx {
     pub timers_wake: Arc<Notify>,
     /// Time zone of each source, for times written back.
     pub time_zones: RwLock<HashMap<String, chrono_tz::Tz>>,
+    /// Until when each provider's sends are paused (it asked us to slow down), shared by its
+    /// dispatcher and the inbox, which hears of throttling from status webhooks.
+    pub provider_pauses: HashMap<String, Arc<Mutex<Option<tokio::time::Instant>>>>,
     /// Bumped on every opt-out, so dispatchers re-check contacts they read before it.
     pub opt_out_epoch: AtomicU64,
     phone_cache: Mutex<PhoneCache>,
@@ -114,6 +117,8 @@ impl EngineCtx {
             }
         }
         let sources = config.sources.iter().map(|s| (s.id().to_string(), s.settings().clone())).collect();
+        let provider_pauses =
+            config.providers.iter().map(|p| (p.id().to_string(), Arc::new(Mutex::new(None)))).collect();
         let started_at = clock.now_ms();
         Arc::new(Self {
             store,
@@ -127,10 +132,22 @@ impl EngineCtx {
             flush_wake,
             timers_wake: Arc::new(Notify::new()),
             time_zones: RwLock::new(HashMap::new()),
+            provider_pauses,
             opt_out_epoch: AtomicU64::new(0),
             phone_cache: Mutex::new(HashMap::new()),
             started_at,
         })
+    }
+
+    /// Pauses a provider's sends for `d` (a longer pause already in force stays).
+    pub fn pause_provider(&self, provider_id: &str, d: std::time::Duration) {
+        if let Some(p) = self.provider_pauses.get(provider_id) {
+            let mut p = p.lock().unwrap_or_else(PoisonError::into_inner);
+            let until = tokio::time::Instant::now() + d;
+            if p.is_none_or(|cur| cur < until) {
+                *p = Some(until);
+            }
+        }
     }
 
     pub fn now_ms(&self) -> i64 {

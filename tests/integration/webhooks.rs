@@ -290,3 +290,30 @@ async fn a_late_status_of_a_failed_send_does_not_stand_for_its_retry() {
     assert_ne!(m.provider_message_id.as_deref(), Some(first.as_str()));
     h.stop().await;
 }
+
+/// Throttling that Meta reports by webhook (130429 on a `failed` status) slows every send of
+/// the provider down, exactly as when a send is answered with it: the provider is paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_reported_by_webhook_pauses_the_provider() {
+    let mut h = Harness::new(vec![]).await;
+    h.sandbox.meta().update_settings(|s| s.statuses = false);
+    h.user(65, false, None);
+    h.start().await;
+    h.add_row(crate::harness::row(65, "Rosa", "Sí", "Activo"));
+    h.wait_cell("65", "Estado WhatsApp", "sent").await;
+    let wamid = h.sent_to(65)[0].wamid.clone();
+    let pause = h.running().ctx().provider_pauses.get("whatsapp").cloned().expect("the provider's pause");
+    assert!(pause.lock().unwrap().is_none_or(|t| t <= tokio::time::Instant::now()), "not paused yet");
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"1","phone_number_id":"1234567890"}},
+        "statuses":[{{"id":"{wamid}","status":"failed","timestamp":"1700000001","recipient_id":"{}","errors":[{{"code":130429,"title":"Rate limit hit"}}]}}]}}}}]}}]}}"#,
+        crate::harness::wa_id(65)
+    );
+    assert_eq!(post_signed(&h, &body).await, 200);
+    crate::harness::wait_for("the message to be queued again", std::time::Duration::from_secs(20), || async {
+        h.messages().await[0].state == recado::domain::MessageState::Queued
+    })
+    .await;
+    assert!(pause.lock().unwrap().is_some_and(|t| t > tokio::time::Instant::now()), "every send of the provider waits");
+    h.stop().await;
+}
