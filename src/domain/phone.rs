@@ -92,6 +92,19 @@ impl fmt::Display for PhoneNumber {
     }
 }
 
+/// `raw` as is, or masked (see [`mask_phone`]) when it looks like a phone number: seven digits
+/// or more and nothing but what people write numbers with. For text that is usually not a
+/// number (a record key, a cell that should hold a date) but may be one.
+pub fn mask_if_phone(raw: &str) -> std::borrow::Cow<'_, str> {
+    let looks_like_phone = raw.chars().filter(char::is_ascii_digit).count() >= 7
+        && raw.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '(' | ')' | '.' | ' '));
+    if looks_like_phone {
+        std::borrow::Cow::Owned(mask_phone(raw))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
 /// Masks text that may hold phone numbers: every digit but the first three and the last three
 /// of the whole text becomes `*` (other characters stay, so `+56 9 8765 4321` reads
 /// `+56 9 **** *321`, and a cell holding two numbers shows neither). Short texts are masked

@@ -15,18 +15,8 @@ impl RecordKey {
     /// How a raw key is shown in logs and messages: as is, or masked if it looks like a phone
     /// number.
     pub fn shown(raw: &str) -> std::borrow::Cow<'_, str> {
-        if looks_like_phone(raw) {
-            std::borrow::Cow::Owned(super::mask_phone(raw))
-        } else {
-            std::borrow::Cow::Borrowed(raw)
-        }
+        super::phone::mask_if_phone(raw)
     }
-}
-
-/// Seven digits or more, and nothing but what people write numbers with.
-fn looks_like_phone(raw: &str) -> bool {
-    raw.chars().filter(char::is_ascii_digit).count() >= 7
-        && raw.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '(' | ')' | '.' | ' '))
 }
 
 impl fmt::Display for RecordKey {

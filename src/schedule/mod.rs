@@ -123,7 +123,10 @@ fn from_serial(n: f64) -> Option<DateValue> {
 /// (`21/11/2026`, `21-11-26 10:30`, `21.11.2026`).
 pub fn parse_date(text: &str, order: DateOrder) -> Result<DateValue, String> {
     let t = text.trim();
-    let bad = || format!("'{t}' is not a date (expected a date cell, 2026-11-21 or 21/11/2026)");
+    // The text goes to logs: a phone pasted into a date column is shown masked.
+    let bad = || {
+        format!("'{}' is not a date (expected a date cell, 2026-11-21 or 21/11/2026)", crate::domain::mask_if_phone(t))
+    };
     if t.is_empty() {
         return Err("the date is empty".into());
     }

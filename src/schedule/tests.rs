@@ -191,3 +191,11 @@ proptest! {
         prop_assert!(w.allows(next.with_timezone(&tz).naive_local()));
     }
 }
+
+#[test]
+fn a_phone_in_a_date_column_is_not_shown_whole() {
+    let e = parse_date("+56 9 8765 4321", DateOrder::Dmy).unwrap_err();
+    assert!(e.contains("+56 9 **** *321") && !e.contains("8765"), "{e}");
+    let e = parse_date("pronto", DateOrder::Dmy).unwrap_err();
+    assert!(e.starts_with("'pronto' is not a date"), "{e}");
+}

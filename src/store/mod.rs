@@ -78,28 +78,31 @@ where
     row.try_get(name).map_err(|e| StoreError::Corrupt { what: name, detail: e.to_string() })
 }
 
-/// The schema, in order. Each migration runs once, in a transaction (sqlx's migrator).
+/// The schema, in order: (version, name, SQL). One list, so the migrator and the portability
+/// test can never disagree about which migrations exist.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "indexes", include_str!("migrations/0002_indexes.sql")),
+    (3, "timers", include_str!("migrations/0003_timers.sql")),
+    (4, "vendor neutral", include_str!("migrations/0004_vendor_neutral.sql")),
+    (5, "baseline records", include_str!("migrations/0005_baseline_records.sql")),
+];
+
+/// Each migration runs once, in a transaction (sqlx's migrator).
 fn migrator() -> Migrator {
-    let m = |version: i64, name: &'static str, sql: &'static str| {
-        Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
-    };
-    Migrator::with_migrations(vec![
-        m(1, "init", include_str!("migrations/0001_init.sql")),
-        m(2, "indexes", include_str!("migrations/0002_indexes.sql")),
-        m(3, "timers", include_str!("migrations/0003_timers.sql")),
-        m(4, "vendor neutral", include_str!("migrations/0004_vendor_neutral.sql")),
-        m(5, "baseline records", include_str!("migrations/0005_baseline_records.sql")),
-    ])
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
 }
 
 /// The embedded migrations' SQL (for the portability test).
 pub fn migration_sql() -> Vec<&'static str> {
-    vec![
-        include_str!("migrations/0001_init.sql"),
-        include_str!("migrations/0002_indexes.sql"),
-        include_str!("migrations/0003_timers.sql"),
-        include_str!("migrations/0004_vendor_neutral.sql"),
-    ]
+    MIGRATIONS.iter().map(|(_, _, sql)| *sql).collect()
 }
 
 /// Handle to the database.
