@@ -299,12 +299,11 @@ impl SheetWriter {
             }
         };
         report.done = outcome.complete();
-        // Only what really went out is checked next time.
         let done: HashSet<usize> = report.done.iter().copied().collect();
         for tw in written.values_mut() {
             let origins = std::mem::take(&mut tw.origins);
-            let mut kept = origins.into_iter().map(|o| o.map_or(outcome.finished, |i| done.contains(&i)));
-            tw.written.retain(|_| kept.next().unwrap_or(false));
+            let mut kept = kept_for_check(&origins, outcome.finished, &done).into_iter();
+            tw.written.retain(|_| kept.next().unwrap_or(true));
         }
         report.rejected = outcome.rejected;
         report.repairs = repairs;
@@ -557,6 +556,15 @@ impl Written {
     }
 }
 
+/// Which written values the next flush checks. After a write that went through to the end,
+/// the values that went out (a value refused for its content never landed anywhere). After
+/// one that stopped part-way (a timeout, a 503, the request cap), every value attempted,
+/// repairs included: any of them may have landed on rows that moved, and a repair that did
+/// not go out must be tried again, so none may be forgotten.
+fn kept_for_check(origins: &[Option<usize>], finished: bool, done: &HashSet<usize>) -> Vec<bool> {
+    origins.iter().map(|o| !finished || o.is_none_or(|i| done.contains(&i))).collect()
+}
+
 /// Marks a refused cell's value as rejected, and takes the value's other cells (an
 /// every-copy target) out of the work too.
 fn refuse(rejected: &mut Vec<(usize, String)>, chunk: &mut Vec<Cell>, work: &mut [Vec<Cell>], bad: Cell, reason: &str) {
@@ -798,6 +806,14 @@ mod tests {
                 ("record 9".into(), String::new()),
             ]
         );
+    }
+
+    #[test]
+    fn a_write_that_stopped_part_way_keeps_everything_for_the_check() {
+        let origins = [Some(0), Some(1), None];
+        let done: HashSet<usize> = [0].into_iter().collect();
+        assert_eq!(kept_for_check(&origins, true, &done), vec![true, false, true], "1 was refused for its content");
+        assert_eq!(kept_for_check(&origins, false, &done), vec![true, true, true], "1 and the repair may have landed");
     }
 
     #[test]
