@@ -130,9 +130,21 @@ fn seconds(v: &Value) -> i64 {
 }
 
 /// A WhatsApp id (digits of an E.164 number) as a phone number, when it is one.
+/// The E.164 number of a WhatsApp id. Two countries' ids differ from the number people have
+/// in their records: Mexican mobiles keep the `1` Mexico dropped in 2019 (`521…` → `+52…`),
+/// and Brazilian accounts older than the ninth mobile digit lack it (`55 11 8765 4321` →
+/// `+55 11 98765 4321`).
 fn phone_of(wa_id: &str) -> Option<PhoneNumber> {
     let ok = (7..=15).contains(&wa_id.len()) && wa_id.chars().all(|c| c.is_ascii_digit());
-    ok.then(|| PhoneNumber::from_e164_unchecked(format!("+{wa_id}")))
+    if !ok {
+        return None;
+    }
+    let e164 = match (wa_id.len(), wa_id.get(..3), wa_id.get(..2), wa_id.as_bytes().get(4)) {
+        (13, Some("521"), _, _) => format!("+52{}", &wa_id[3..]),
+        (12, _, Some("55"), Some(b'6'..=b'9')) => format!("+55{}9{}", &wa_id[2..4], &wa_id[4..]),
+        _ => format!("+{wa_id}"),
+    };
+    Some(PhoneNumber::from_e164_unchecked(e164))
 }
 
 fn status_event(s: &Value) -> Result<Option<ProviderEvent>, String> {
@@ -289,6 +301,18 @@ mod tests {
         );
         assert!(parse(b"{}").is_err());
         assert!(parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn whatsapp_ids_become_the_numbers_records_hold() {
+        let e164 = |w: &str| phone_of(w).map(|p| p.as_str().to_string());
+        assert_eq!(e164("5215512345678").as_deref(), Some("+525512345678"), "Mexico: the old 1 goes");
+        assert_eq!(e164("551187654321").as_deref(), Some("+5511987654321"), "Brazil: the ninth digit comes");
+        assert_eq!(e164("551132654321").as_deref(), Some("+551132654321"), "Brazil: a landline stays");
+        assert_eq!(e164("5511987654321").as_deref(), Some("+5511987654321"));
+        assert_eq!(e164("5491123456789").as_deref(), Some("+5491123456789"), "Argentina keeps its 9");
+        assert_eq!(e164("56987654321").as_deref(), Some("+56987654321"));
+        assert_eq!(e164("12"), None);
     }
 
     /// Meta's own example of a message from a user with a username and no visible number
