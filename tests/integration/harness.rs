@@ -234,6 +234,23 @@ rules:
         }
     }
 
+    /// Queues `(record key, field, value)` write-backs as the engine does, and wakes the flusher.
+    pub async fn queue_writes(&self, writes: &[(String, &str, String)]) {
+        let writes: Vec<recado::domain::FieldWrite> = writes
+            .iter()
+            .map(|(key, field, value)| recado::domain::FieldWrite {
+                source_id: SOURCE.into(),
+                target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(key.clone())),
+                field: (*field).into(),
+                value: value.clone(),
+            })
+            .collect();
+        let mut tx = self.store().begin().await.expect("begin");
+        store::queue_writes(&mut tx, &writes).await.expect("queue writes");
+        tx.commit().await.expect("commit");
+        self.running().ctx().wake_flusher(SOURCE);
+    }
+
     /// Stops with a stop budget shorter than production's.
     pub async fn stop_within(&mut self, budget: Duration) {
         if let Some(app) = self.app.take() {

@@ -244,6 +244,8 @@ async fn random_sorts_and_inserts_during_write_back_leave_every_row_its_own_data
                             .try_after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "ID", rand::random()));
                     }
                 }
+                // The gap between two disturbances is what makes their moments random; nothing
+                // waits on it for a result (the assertions below wait on conditions).
                 tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(rand::random::<u8>() % 80))).await;
             }
         })
@@ -272,21 +274,16 @@ async fn oversized_values_never_block_the_rest_of_write_back() {
     h.start().await;
     h.sandbox.google().set_payload_limit(4_000);
     let huge: String = "respuesta muy larga ".repeat(3_000);
-    let mut writes = Vec::new();
-    for i in 1..=8u32 {
-        let (field, value) =
-            if i <= 3 { ("Última respuesta", huge.clone()) } else { ("Estado WhatsApp", format!("read {i}")) };
-        writes.push(recado::domain::FieldWrite {
-            source_id: crate::harness::SOURCE.into(),
-            target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(i.to_string())),
-            field: field.into(),
-            value,
-        });
-    }
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(crate::harness::SOURCE);
+    let writes: Vec<(String, &str, String)> = (1..=8u32)
+        .map(|i| {
+            if i <= 3 {
+                (i.to_string(), "Última respuesta", huge.clone())
+            } else {
+                (i.to_string(), "Estado WhatsApp", format!("read {i}"))
+            }
+        })
+        .collect();
+    h.queue_writes(&writes).await;
     for i in 4..=8 {
         h.wait_cell(&i.to_string(), "Estado WhatsApp", &format!("read {i}")).await;
     }
@@ -314,18 +311,9 @@ async fn a_refusal_that_names_no_value_keeps_every_value_queued() {
         ..Default::default()
     })
     .unwrap();
-    let writes: Vec<recado::domain::FieldWrite> = (1..=4u32)
-        .map(|i| recado::domain::FieldWrite {
-            source_id: crate::harness::SOURCE.into(),
-            target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(i.to_string())),
-            field: "Última respuesta".into(),
-            value: format!("respuesta {i}"),
-        })
-        .collect();
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(crate::harness::SOURCE);
+    let writes: Vec<(String, &str, String)> =
+        (1..=4u32).map(|i| (i.to_string(), "Última respuesta", format!("respuesta {i}"))).collect();
+    h.queue_writes(&writes).await;
     for i in 1..=4 {
         h.wait_cell(&i.to_string(), "Última respuesta", &format!("respuesta {i}")).await;
     }
@@ -353,16 +341,7 @@ async fn a_stop_whose_last_write_hangs_ends_in_time_and_the_value_lands_after_re
     })
     .unwrap();
     let writes = g.count(Kind::ValuesBatchUpdate);
-    let value = recado::domain::FieldWrite {
-        source_id: crate::harness::SOURCE.into(),
-        target: recado::domain::WriteTarget::Record(recado::domain::RecordKey("1".into())),
-        field: "Última respuesta".into(),
-        value: "antes de parar".into(),
-    };
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, std::slice::from_ref(&value)).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(crate::harness::SOURCE);
+    h.queue_writes(&[("1".into(), "Última respuesta", "antes de parar".into())]).await;
     wait_for("a write to hang", std::time::Duration::from_secs(20), || async {
         g.count(Kind::ValuesBatchUpdate) > writes
     })
