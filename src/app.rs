@@ -63,9 +63,16 @@ pub fn connect_sources(config: &Config, http: &reqwest::Client) -> anyhow::Resul
     Ok((sources, writers))
 }
 
-/// Every configured provider, by id.
-pub fn connect_providers(config: &Config, http: &reqwest::Client) -> HashMap<String, Provider> {
-    config.providers.iter().map(|p| (p.id().to_string(), p.connect(http))).collect()
+/// Every configured provider, by id. Vendors that call recado back at a URL given with each
+/// message (status callbacks) are told `http.public_url`, or else the address recado listens
+/// on (the sandbox and tests, where the vendor is on this machine).
+pub fn connect_providers(
+    config: &Config,
+    http: &reqwest::Client,
+    listening: Option<SocketAddr>,
+) -> HashMap<String, Provider> {
+    let public_base = config.http.public_url.clone().or_else(|| listening.map(|a| format!("http://{a}")));
+    config.providers.iter().map(|p| (p.id().to_string(), p.connect(http, public_base.as_deref()))).collect()
 }
 
 /// A stop signal and the loops that listen to it.
@@ -126,7 +133,6 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
     let rules = Arc::new(RuleSet::compile(&config.rules).map_err(anyhow::Error::msg)?);
     let http = http_client()?;
     let (sources, writers) = connect_sources(&config, &http)?;
-    let providers = connect_providers(&config, &http);
     let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
     let ctx = EngineCtx::new(store, Arc::clone(&config), rules, clock, &groups);
     let (mut intake, mut senders, mut inbox, mut writers_stage) =
@@ -137,6 +143,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     let webhook_addr = listener.local_addr()?;
+    let providers = connect_providers(&config, &http, Some(webhook_addr));
     {
         let (ctx, sd, providers) = (Arc::clone(&ctx), intake.shutdown.clone(), providers.clone());
         intake.handles.push(tokio::spawn(async move {

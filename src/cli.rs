@@ -47,7 +47,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = crate::plan::Format::Table)]
         format: crate::plan::Format,
     },
-    /// Serve the Google and Meta emulators and print their base URLs.
+    /// Serve the Google, Meta and Twilio emulators and print their base URLs.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8790")]
         listen: SocketAddr,
@@ -61,6 +61,9 @@ pub enum Command {
         /// Seconds to wait for the demo to settle.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// The WhatsApp provider the demo's rules send through.
+        #[arg(long, value_enum, default_value = "meta")]
+        provider: crate::demo::DemoProvider,
     },
 }
 
@@ -142,12 +145,18 @@ pub async fn execute(cli: Cli) -> i32 {
                 "  meta phone_number_id {}  access_token {}  app_secret {}",
                 s.phone_number_id, s.access_token, s.app_secret
             );
+            let t = crate::sandbox::TwilioSettings::default();
+            println!("  twilio base_url    {}", sandbox.twilio_base_url());
+            println!(
+                "  twilio account_sid {}  auth_token {}  from {}  (templates: POST /admin/twilio/contents)",
+                t.account_sid, t.auth_token, t.sender
+            );
             let _ = tokio::signal::ctrl_c().await;
             sandbox.stop().await;
             0
         }
-        Command::Demo { until_settled, timeout } => {
-            match crate::demo::run(until_settled, Duration::from_secs(timeout)).await {
+        Command::Demo { until_settled, timeout, provider } => {
+            match crate::demo::run(provider, until_settled, Duration::from_secs(timeout)).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -15,16 +15,43 @@ use serde_json::{json, Value};
 use crate::app;
 use crate::config::Config;
 use crate::domain::MessageState;
-use crate::sandbox::{MetaSettings, Sandbox, SimUser, TemplateDef};
+use crate::sandbox::{ContentDef, MetaSettings, Sandbox, SimUser, TemplateDef, TwilioSettings, TwilioUser};
 use crate::store;
 
 const SHEET: &str = "demo-empleo-joven";
 const TAB: &str = "Inscripciones";
 const DEMO_YAML: &str = include_str!("../config/demo.yaml");
+const DEMO_TWILIO_PROVIDER: &str = include_str!("../config/demo-twilio-provider.yaml");
+
+/// The WhatsApp provider the demo sends through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoProvider {
+    Meta,
+    Twilio,
+}
 
 /// Fills the demo configuration's placeholders.
 pub fn demo_config_yaml(sandbox_url: &str, key_file: &str, state_path: &str) -> String {
-    DEMO_YAML.replace("${SANDBOX}", sandbox_url).replace("${KEY_FILE}", key_file).replace("${STATE_PATH}", state_path)
+    demo_config_yaml_for(DemoProvider::Meta, sandbox_url, key_file, state_path)
+}
+
+/// The demo configuration for `provider`: the Meta one, or the same with its provider entry
+/// replaced by the Twilio one (rules switch by `provider:` alone, and the id stays).
+pub fn demo_config_yaml_for(provider: DemoProvider, sandbox_url: &str, key_file: &str, state_path: &str) -> String {
+    let yaml = match provider {
+        DemoProvider::Meta => DEMO_YAML.to_string(),
+        DemoProvider::Twilio => {
+            let start = DEMO_YAML.find("providers:\n").map(|i| i + "providers:\n".len());
+            let end = DEMO_YAML.find("\nsources:");
+            match (start, end) {
+                (Some(s), Some(e)) if s <= e => {
+                    format!("{}{}{}", &DEMO_YAML[..s], DEMO_TWILIO_PROVIDER, &DEMO_YAML[e..])
+                }
+                _ => DEMO_YAML.to_string(),
+            }
+        }
+    };
+    yaml.replace("${SANDBOX}", sandbox_url).replace("${KEY_FILE}", key_file).replace("${STATE_PATH}", state_path)
 }
 
 struct Person {
@@ -251,32 +278,49 @@ fn simulate(sandbox: &Sandbox, p: &Person) {
     if wa_id.len() < 8 {
         return;
     }
-    let mut u = SimUser { wa_id, name: p.name.to_string(), read_after_ms: 400, ..Default::default() };
+    let mut u = SimUser { wa_id: wa_id.clone(), name: p.name.to_string(), read_after_ms: 400, ..Default::default() };
     match p.behaviour {
         Behaviour::Reads => {}
         Behaviour::Ignores => u.reads = false,
         Behaviour::Replies(text) => u.reply = Some(text.to_string()),
         Behaviour::NotOnWhatsApp => u.on_whatsapp = false,
     }
+    sandbox.twilio().add_user(TwilioUser {
+        number: format!("+{wa_id}"),
+        name: u.name.clone(),
+        on_whatsapp: u.on_whatsapp,
+        reads: u.reads,
+        read_after_ms: u.read_after_ms,
+        reply: u.reply.clone(),
+        reply_after_ms: u.reply_after_ms,
+    });
     sandbox.meta().add_user(u);
 }
 
 /// Runs the demo. With `until_settled`, returns once everything settled (Ok) or the time ran
 /// out (Err); otherwise keeps running until Ctrl-C.
-pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
+pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let settings = MetaSettings { status_delay_ms: 150, ..Default::default() };
-    let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await?;
-    println!("▶ Sandbox de Google y Meta en {}", sandbox.base_url());
+    let twilio = TwilioSettings { status_delay_ms: 150, ..Default::default() };
+    let sandbox = Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), settings, twilio).await?;
+    let vendor = match provider {
+        DemoProvider::Meta => "Meta",
+        DemoProvider::Twilio => "Twilio",
+    };
+    println!("▶ Sandbox de Google y {vendor} en {}", sandbox.base_url());
 
     let key_file = dir.path().join("service-account.json");
     std::fs::write(&key_file, sandbox.service_account_key("recado-demo@recado-sandbox.iam.gserviceaccount.com"))?;
-    sandbox.meta().add_template(TemplateDef::new("confirmacion_inscripcion", "es", 3, false));
-    sandbox.meta().add_template(TemplateDef::new("encuesta_seguimiento", "es", 1, true));
+    for (name, params, button) in
+        [("confirmacion_inscripcion", 3, false), ("encuesta_seguimiento", 1, true), ("recordatorio_cita", 3, false)]
+    {
+        sandbox.meta().add_template(TemplateDef::new(name, "es", params, button));
+        sandbox.twilio().add_content(ContentDef::new(name, "es", params, button));
+    }
     let header = ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Consentimiento", "Estado"].map(|h| json!(h)).to_vec();
     let mut rows = vec![header];
     rows.extend(ALREADY_REGISTERED.iter().map(row));
-    sandbox.meta().add_template(TemplateDef::new("recordatorio_cita", "es", 3, false));
     // Typed as a person types into a Chilean sheet: dates become date cells, numbers numbers.
     sandbox.google().seed_typed(
         SHEET,
@@ -293,12 +337,17 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     );
 
     let state_path = dir.path().join("recado.db");
-    let yaml =
-        demo_config_yaml(&sandbox.base_url(), &key_file.display().to_string(), &state_path.display().to_string());
+    let yaml = demo_config_yaml_for(
+        provider,
+        &sandbox.base_url(),
+        &key_file.display().to_string(),
+        &state_path.display().to_string(),
+    );
     let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
     let running = app::start(config).await?;
     let webhook_url = format!("http://{}/webhooks/whatsapp", running.webhook_addr());
     sandbox.meta().update_settings(|s| s.webhook_url = Some(webhook_url.clone()));
+    sandbox.twilio().update_settings(|s| s.inbound_url = Some(webhook_url.clone()));
     println!("▶ recado escucha webhooks en {webhook_url}; estado en {}", state_path.display());
 
     let started = Instant::now();

@@ -22,6 +22,7 @@ pub use crate::validation::{ConfigError, ConfigErrors, Env};
 pub use validate::normalise_keyword;
 
 use crate::providers::meta_cloud::MetaCloudConfig;
+use crate::providers::twilio::TwilioConfig;
 use crate::providers::ProviderSettings;
 use crate::schedule::{Offset, SendWindow};
 use crate::sources::google_sheets::GoogleSheetsConfig;
@@ -88,21 +89,38 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
     MetaCloud(MetaCloudConfig),
+    Twilio(TwilioConfig),
 }
 
 impl ProviderConfig {
-    /// The provider this configuration describes, ready to send.
-    pub fn connect(&self, http: &reqwest::Client) -> crate::providers::Provider {
+    /// The provider this configuration describes, ready to send. `public_base` is where the
+    /// vendor reaches recado (`http.public_url`, else the address it listens on).
+    pub fn connect(&self, http: &reqwest::Client, public_base: Option<&str>) -> crate::providers::Provider {
         match self {
             ProviderConfig::MetaCloud(m) => crate::providers::Provider::MetaCloud(
                 crate::providers::meta_cloud::MetaCloud::new(m.clone(), http.clone()),
             ),
+            ProviderConfig::Twilio(t) => crate::providers::Provider::Twilio(crate::providers::twilio::Twilio::new(
+                t.clone(),
+                http.clone(),
+                public_base,
+            )),
+        }
+    }
+
+    /// Why a rule cannot send template (`name`, `language`) through this provider, when the
+    /// configuration can tell (Twilio maps templates to Content SIDs; Meta knows them by name).
+    pub fn template_problem(&self, name: &str, language: &str) -> Option<String> {
+        match self {
+            ProviderConfig::MetaCloud(_) => None,
+            ProviderConfig::Twilio(t) => t.template_problem(name, language),
         }
     }
 
     pub fn settings(&self) -> &ProviderSettings {
         match self {
             ProviderConfig::MetaCloud(m) => &m.settings,
+            ProviderConfig::Twilio(t) => &t.settings,
         }
     }
 

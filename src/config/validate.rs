@@ -37,13 +37,17 @@ pub fn normalise_keyword(s: &str) -> String {
 type Validator<T> = fn(&mut Problems, &Env, &str, Value, &mut HashSet<String>) -> Option<T>;
 
 /// `providers[*].type` → the vendor that validates the entry. A new provider is one line here.
-const PROVIDER_TYPES: &[(&str, Validator<ProviderConfig>)] = &[("meta_cloud", meta_cloud)];
+const PROVIDER_TYPES: &[(&str, Validator<ProviderConfig>)] = &[("meta_cloud", meta_cloud), ("twilio", twilio)];
 
 /// `sources[*].type` → the vendor that validates the entry. A new source is one line here.
 const SOURCE_TYPES: &[(&str, Validator<SourceConfig>)] = &[("google_sheets", google_sheets)];
 
 fn meta_cloud(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<ProviderConfig> {
     crate::providers::meta_cloud::config::validate(p, env, path, v, ids).map(ProviderConfig::MetaCloud)
+}
+
+fn twilio(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<ProviderConfig> {
+    crate::providers::twilio::config::validate(p, env, path, v, ids).map(ProviderConfig::Twilio)
 }
 
 fn google_sheets(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<SourceConfig> {
@@ -195,6 +199,14 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         }
         let template = r.template.map(|t| template_spec(&mut p, &format!("{path}.template"), t));
         let fallback = r.fallback_template.map(|t| template_spec(&mut p, &format!("{path}.fallback_template"), t));
+        // A provider that knows templates by its own ids must know each one the rule names.
+        if let Some(provider) = providers.iter().find(|c: &&ProviderConfig| c.id() == r.provider) {
+            for (at, t) in [("template", &template), ("fallback_template", &fallback)] {
+                if let Some(problem) = t.as_ref().and_then(|t| provider.template_problem(&t.name, &t.language)) {
+                    p.push(format!("{path}.{at}.name"), problem);
+                }
+            }
+        }
         let send = match (template, r.text) {
             (Some(t), None) => {
                 if fallback.is_some() {

@@ -70,6 +70,24 @@ impl PhoneNumber {
     }
 
     /// `+56912345678`.
+    /// The E.164 number of a WhatsApp id (the digits WhatsApp knows a person by), when it is
+    /// one. Two countries' ids differ from the number people have in their records: Mexican
+    /// mobiles keep the `1` Mexico dropped in 2019 (`521…` → `+52…`), and Brazilian accounts
+    /// older than the ninth mobile digit lack it (`55 11 8765 4321` → `+55 11 98765 4321`).
+    /// Every WhatsApp provider reports these ids, whatever its own wire format.
+    pub fn from_whatsapp_id(id: &str) -> Option<PhoneNumber> {
+        let ok = (7..=15).contains(&id.len()) && id.chars().all(|c| c.is_ascii_digit());
+        if !ok {
+            return None;
+        }
+        let e164 = match (id.len(), id.get(..3), id.get(..2), id.as_bytes().get(4)) {
+            (13, Some("521"), _, _) => format!("+52{}", &id[3..]),
+            (12, _, Some("55"), Some(b'6'..=b'9')) => format!("+55{}9{}", &id[2..4], &id[4..]),
+            _ => format!("+{id}"),
+        };
+        Some(PhoneNumber(e164))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -42,6 +42,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
 }
 
 /// Messages marked `sending` together, in one transaction, right before their sends.
+/// How often the provider is asked what its webhooks said (for vendors that do not redeliver
+/// them after an outage).
+const CATCH_UP_EVERY_MS: i64 = 10 * 60 * 1000;
 const CHUNK: usize = 32;
 /// Accepted sends waiting to be recorded; senders wait when it is full.
 const RECORDER_QUEUE: usize = 1024;
@@ -111,9 +114,17 @@ impl Dispatcher {
             .map(|rx| tokio::spawn(Arc::clone(&self).record_accepted(rx)));
         let wake = self.ctx.dispatch_wake.get(&id).cloned().unwrap_or_default();
         let mut last_doubt_check: Option<i64> = None;
+        let mut last_catch_up: Option<i64> = None;
         loop {
             if shutdown.is_set() {
                 break;
+            }
+            if last_catch_up.is_none_or(|t| self.now_ms() - t >= CATCH_UP_EVERY_MS) {
+                last_catch_up = Some(self.now_ms());
+                if let Err(e) = self.catch_up().await {
+                    self.ctx.health.failed(&self.health_name, "provider", &format!("catching up: {e}"));
+                    warn!(provider = %id, "catching up on what the provider said while recado could not hear failed: {e}");
+                }
             }
             if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
                 last_doubt_check = Some(self.now_ms());
@@ -172,6 +183,30 @@ impl Dispatcher {
             Err(_) => None,
         };
         next.unwrap_or(i64::MAX)
+    }
+
+    /// Asks the provider what its webhooks said since the last delivery stored (a day back at
+    /// the first start) and stores it as deliveries: the inbox applies them like any other, and
+    /// de-duplicates what was heard already. A no-op for providers that redeliver webhooks.
+    async fn catch_up(&self) -> anyhow::Result<()> {
+        let since = {
+            let mut c = self.ctx.store.conn().await?;
+            store::latest_webhook_at(&mut c, self.provider.id()).await?
+        }
+        .unwrap_or(self.ctx.started_at - 24 * 3600 * 1000);
+        let fetched = self.provider.catch_up(since).await.map_err(anyhow::Error::msg)?;
+        if fetched.is_empty() {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let mut tx = self.ctx.store.begin().await?;
+        for d in &fetched {
+            store::insert_webhook(&mut tx, self.provider.id(), &d.query, &d.body, now).await?;
+        }
+        tx.commit().await?;
+        debug!(provider = %self.provider.id(), deliveries = fetched.len(), "caught up from the provider's API");
+        self.ctx.inbox_wake.notify_one();
+        Ok(())
     }
 
     /// Sends in doubt past their grace: asked about where the provider can say, else sent
@@ -631,7 +666,7 @@ mod tests {
 
     async fn dispatcher(dir: &std::path::Path) -> Arc<Dispatcher> {
         let config = crate::config::one_provider_for_tests(&dir.join("s.db"));
-        let provider = config.providers[0].connect(&reqwest::Client::new());
+        let provider = config.providers[0].connect(&reqwest::Client::new(), None);
         let store = crate::store::Store::open(&config.state.path).await.unwrap();
         let rules = Arc::new(crate::rules::RuleSet::compile(&config.rules).unwrap());
         let ctx = EngineCtx::new(store, Arc::new(config), rules, Arc::new(super::super::Clock::system()), &[]);

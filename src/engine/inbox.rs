@@ -133,7 +133,7 @@ impl InboxProcessor {
             tx.commit().await?;
             return Ok(effects);
         };
-        let parsed = match provider.parse_webhook(w.body.as_bytes()) {
+        let parsed = match provider.parse_webhook(&w.query, w.body.as_bytes()) {
             Ok(p) => p,
             Err(e) => {
                 warn!(provider = %w.provider_id, webhook = w.id, "a signed delivery could not be read; parked: {e}");

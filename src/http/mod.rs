@@ -127,7 +127,7 @@ async fn receive(
     };
     let stored = async {
         let mut conn = st.ctx.store.conn().await?;
-        store::insert_webhook(&mut conn, &provider, text, st.ctx.now_ms()).await
+        store::insert_webhook(&mut conn, &provider, uri.query().unwrap_or(""), text, st.ctx.now_ms()).await
     }
     .await;
     match stored {

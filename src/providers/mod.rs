@@ -1,6 +1,6 @@
 //! WhatsApp providers behind one contract.
 //!
-//! A provider is a folder here (`meta_cloud/`, …) with the same inner shape: its config and
+//! A provider is a folder here (`meta_cloud/`, `twilio/`) with the same inner shape: its config and
 //! validation, its client (`mod.rs`), its error classification (`errors.rs`), its webhook
 //! verification and parsing (`webhook.rs`), and its emulator twin under `sandbox/`. Its URLs,
 //! JSON, form fields, header names and error codes never leave the folder. The engine sees the
@@ -13,12 +13,15 @@
 //!   events, and [`Provider::acknowledgement`] what the vendor expects back;
 //! * [`Provider::classify_failure`] an error reported later in a status webhook, exactly like a
 //!   synchronous one;
-//! * [`Provider::reconcile`] a send whose outcome is unknown, where the vendor can be asked.
+//! * [`Provider::reconcile`] a send whose outcome is unknown, where the vendor can be asked;
+//! * [`Provider::catch_up`] on what its webhooks said while recado could not hear them, for
+//!   vendors that do not redeliver them.
 //!
 //! Adding a vendor is a folder, one variant here (and in `config::ProviderConfig`), and the
 //! wiring in `app.rs`.
 
 pub mod meta_cloud;
+pub mod twilio;
 
 use std::time::Duration;
 
@@ -219,16 +222,26 @@ pub enum Reconciliation {
     Unknown,
 }
 
+/// A delivery recado fetched itself, in the vendor's own webhook format (applied exactly like
+/// one the vendor sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedDelivery {
+    pub query: String,
+    pub body: String,
+}
+
 /// A configured provider (closed set: one variant per vendor).
 #[derive(Clone)]
 pub enum Provider {
     MetaCloud(meta_cloud::MetaCloud),
+    Twilio(twilio::Twilio),
 }
 
 impl Provider {
     pub fn settings(&self) -> &ProviderSettings {
         match self {
             Provider::MetaCloud(m) => m.settings(),
+            Provider::Twilio(t) => t.settings(),
         }
     }
 
@@ -245,6 +258,7 @@ impl Provider {
     ) -> Result<Accepted, SendError> {
         match self {
             Provider::MetaCloud(m) => m.send(to, content, callback_data).await,
+            Provider::Twilio(t) => t.send(to, content, callback_data).await,
         }
     }
 
@@ -252,6 +266,7 @@ impl Provider {
     pub fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookRejection> {
         match self {
             Provider::MetaCloud(m) => m.verify_webhook(request),
+            Provider::Twilio(t) => t.verify_webhook(request),
         }
     }
 
@@ -259,6 +274,7 @@ impl Provider {
     pub fn handshake(&self, query: &str) -> Handshake {
         match self {
             Provider::MetaCloud(m) => m.handshake(query),
+            Provider::Twilio(t) => t.handshake(query),
         }
     }
 
@@ -266,13 +282,16 @@ impl Provider {
     pub fn acknowledgement(&self) -> Acknowledgement {
         match self {
             Provider::MetaCloud(_) => meta_cloud::ACKNOWLEDGEMENT,
+            Provider::Twilio(_) => twilio::ACKNOWLEDGEMENT,
         }
     }
 
-    /// Parses a verified delivery into events.
-    pub fn parse_webhook(&self, body: &[u8]) -> Result<ParsedWebhook, String> {
+    /// Parses a verified delivery into events: its body, and the query string of the URL the
+    /// vendor called (vendors that sign URLs carry data there).
+    pub fn parse_webhook(&self, query: &str, body: &[u8]) -> Result<ParsedWebhook, String> {
         match self {
             Provider::MetaCloud(_) => meta_cloud::webhook::parse(body),
+            Provider::Twilio(t) => t.parse_webhook(query, body),
         }
     }
 
@@ -280,6 +299,18 @@ impl Provider {
     pub fn classify_failure(&self, error: &ProviderError) -> SendError {
         match self {
             Provider::MetaCloud(_) => meta_cloud::errors::classify_code(error.code, 0, error.clone()),
+            Provider::Twilio(_) => twilio::errors::classify_code(error.code, 0, error.clone()),
+        }
+    }
+
+    /// What the vendor's webhooks would have said since `since_ms` (Unix ms), fetched from its
+    /// API, for vendors that do not redeliver webhooks after an outage (empty for the others).
+    /// Applying them again is harmless: statuses and inbound messages are de-duplicated.
+    pub async fn catch_up(&self, since_ms: i64) -> Result<Vec<FetchedDelivery>, String> {
+        match self {
+            // Meta retries undelivered webhooks for days.
+            Provider::MetaCloud(_) => Ok(Vec::new()),
+            Provider::Twilio(t) => t.catch_up(since_ms).await,
         }
     }
 
@@ -287,6 +318,7 @@ impl Provider {
     pub async fn reconcile(&self, send: &InDoubtSend) -> Reconciliation {
         match self {
             Provider::MetaCloud(m) => m.reconcile(send).await,
+            Provider::Twilio(t) => t.reconcile(send).await,
         }
     }
 }

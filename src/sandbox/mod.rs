@@ -1,14 +1,16 @@
-//! The sandbox: emulators of Google (OAuth, Sheets, Drive) and Meta's WhatsApp Cloud API over
-//! real HTTP on loopback, plus an admin API to seed sheets, edit cells as a person would, read
+//! The sandbox: emulators of Google (OAuth, Sheets, Drive), Meta's WhatsApp Cloud API and
+//! Twilio's Messaging API over real HTTP on loopback, plus an admin API to seed sheets, edit cells as a person would, read
 //! what was sent, make simulated people reply and inject faults.
 //!
 //! It serves `recado sandbox`, `recado demo` and the integration tests; the daemon talks to it
 //! through the same clients it uses in production (only base URLs differ). Paths:
-//! `/google/token`, `/google/sheets/v4/…`, `/google/drive/v3/…`, `/meta/{version}/…`, `/admin/…`.
+//! `/google/token`, `/google/sheets/v4/…`, `/google/drive/v3/…`, `/meta/{version}/…`,
+//! `/twilio/2010-04-01/…`, `/admin/…`.
 
 pub mod google;
 pub mod keys;
 pub mod meta;
+pub mod twilio;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -24,10 +26,12 @@ use tokio::sync::watch;
 
 pub use google::{GoogleFault, GoogleState};
 pub use meta::{MetaFault, MetaSettings, MetaState, SimUser, TemplateDef};
+pub use twilio::{ContentDef, TwilioFault, TwilioSettings, TwilioState, TwilioUser};
 
 pub struct SandboxInner {
     pub google: GoogleState,
     pub meta: Arc<MetaState>,
+    pub twilio: Arc<TwilioState>,
     base_url: OnceLock<String>,
 }
 
@@ -50,6 +54,15 @@ pub struct Sandbox {
 impl Sandbox {
     /// Binds `listen` (port 0 for any) and serves until [`Sandbox::stop`].
     pub async fn start(listen: SocketAddr, settings: MetaSettings) -> anyhow::Result<Sandbox> {
+        Self::start_with(listen, settings, TwilioSettings::default()).await
+    }
+
+    /// [`Sandbox::start`] with the Twilio emulator's settings too.
+    pub async fn start_with(
+        listen: SocketAddr,
+        settings: MetaSettings,
+        twilio: TwilioSettings,
+    ) -> anyhow::Result<Sandbox> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -57,6 +70,7 @@ impl Sandbox {
         let state = Arc::new(SandboxInner {
             google: GoogleState::new(),
             meta: Arc::new(MetaState::new(settings)),
+            twilio: Arc::new(TwilioState::new(twilio)),
             base_url: OnceLock::new(),
         });
         let _ = state.base_url.set(format!("http://{addr}"));
@@ -104,6 +118,15 @@ impl Sandbox {
         format!("{}/google/", self.base_url())
     }
 
+    pub fn twilio(&self) -> &Arc<TwilioState> {
+        &self.state.twilio
+    }
+
+    /// Base URL for a `twilio` provider.
+    pub fn twilio_base_url(&self) -> String {
+        format!("{}/twilio", self.base_url())
+    }
+
     /// Base URL for a `meta_cloud` provider.
     pub fn meta_base_url(&self) -> String {
         format!("{}/meta", self.base_url())
@@ -145,6 +168,11 @@ fn router(state: SandboxState) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/meta/{version}/{phone_id}/messages", post(meta::send))
+        .route(
+            "/twilio/2010-04-01/Accounts/{account}/Messages.json",
+            post(twilio::create_message).get(twilio::list_messages),
+        )
+        .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}", get(twilio::fetch_message))
         .route("/admin", get(admin_index))
         .route("/admin/google/service-accounts", post(admin_service_account))
         .route("/admin/google/spreadsheets/{id}", axum::routing::put(admin_seed))
@@ -165,6 +193,12 @@ fn router(state: SandboxState) -> Router {
         .route("/admin/meta/faults", post(admin_meta_fault))
         .route("/admin/meta/hold", post(admin_meta_hold))
         .route("/admin/meta/messages", get(admin_meta_messages))
+        .route("/admin/twilio/settings", get(admin_twilio_settings).put(admin_twilio_settings_put))
+        .route("/admin/twilio/contents", post(admin_twilio_content))
+        .route("/admin/twilio/users", post(admin_twilio_user))
+        .route("/admin/twilio/reply", post(admin_twilio_reply))
+        .route("/admin/twilio/faults", post(admin_twilio_fault))
+        .route("/admin/twilio/messages", get(admin_twilio_messages))
         .with_state(state)
 }
 
@@ -183,6 +217,7 @@ async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
         "sheets_base_url": format!("{b}/google/sheets/"),
         "drive_base_url": format!("{b}/google/"),
         "meta_base_url": format!("{b}/meta"),
+        "twilio_base_url": format!("{b}/twilio"),
         "admin": [
             "POST /admin/google/service-accounts {client_email}",
             "PUT /admin/google/spreadsheets/{id} {time_zone, locale?, user_entered?, tabs:[{title, rows}]}",
@@ -203,7 +238,13 @@ async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
             "POST /admin/meta/reply {from, text, context?}",
             "POST /admin/meta/faults {code, http_status?, count?, mode?: sync|async|timeout|drop, to?, delay_ms?}",
             "POST /admin/meta/hold {hold}",
-            "GET /admin/meta/messages"
+            "GET /admin/meta/messages",
+            "GET|PUT /admin/twilio/settings",
+            "POST /admin/twilio/contents {friendly_name, language, variables, url_button?} → {content_sid}",
+            "POST /admin/twilio/users {number, name?, on_whatsapp?, reads?, read_after_ms?, reply?, reply_after_ms?}",
+            "POST /admin/twilio/reply {from, text, replying_to?}",
+            "POST /admin/twilio/faults {code, http_status?, count?, mode?: sync|async|timeout|drop|reset, to?, delay_ms?}",
+            "GET /admin/twilio/messages"
         ]
     }))
 }
@@ -460,4 +501,47 @@ async fn admin_meta_hold(State(st): State<SandboxState>, Json(h): Json<HoldIn>) 
 
 async fn admin_meta_messages(State(st): State<SandboxState>) -> Json<Value> {
     Json(json!(st.meta.sent()))
+}
+
+async fn admin_twilio_settings(State(st): State<SandboxState>) -> Json<TwilioSettings> {
+    Json(st.twilio.settings())
+}
+
+async fn admin_twilio_settings_put(State(st): State<SandboxState>, Json(s): Json<TwilioSettings>) -> Response {
+    st.twilio.update_settings(|cur| *cur = s);
+    ok()
+}
+
+async fn admin_twilio_content(State(st): State<SandboxState>, Json(c): Json<ContentDef>) -> Response {
+    let sid = st.twilio.add_content(c);
+    Json(json!({ "content_sid": sid })).into_response()
+}
+
+async fn admin_twilio_user(State(st): State<SandboxState>, Json(u): Json<TwilioUser>) -> Response {
+    st.twilio.add_user(u);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct TwilioReplyIn {
+    from: String,
+    text: String,
+    #[serde(default)]
+    replying_to: Option<String>,
+}
+
+async fn admin_twilio_reply(State(st): State<SandboxState>, Json(r): Json<TwilioReplyIn>) -> Response {
+    let sid = st.twilio.user_says(&r.from, &r.text, r.replying_to.as_deref());
+    Json(json!({ "sid": sid })).into_response()
+}
+
+async fn admin_twilio_fault(State(st): State<SandboxState>, Json(f): Json<TwilioFault>) -> Response {
+    match st.twilio.try_inject(f) {
+        Ok(()) => ok(),
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn admin_twilio_messages(State(st): State<SandboxState>) -> Json<Value> {
+    Json(json!(st.twilio.sent()))
 }

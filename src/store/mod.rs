@@ -86,6 +86,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "timers", include_str!("migrations/0003_timers.sql")),
     (4, "vendor neutral", include_str!("migrations/0004_vendor_neutral.sql")),
     (5, "baseline records", include_str!("migrations/0005_baseline_records.sql")),
+    (6, "webhook query", include_str!("migrations/0006_webhook_query.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

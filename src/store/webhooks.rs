@@ -11,17 +11,36 @@ pub struct StoredWebhook {
     pub id: i64,
     pub provider_id: String,
     pub body: String,
+    /// The query string of the URL the vendor called (empty when it had none).
+    pub query: String,
     /// Times applying it failed already.
     pub attempts: u32,
     pub received_at: i64,
 }
 
-/// Persists a verified webhook body.
-pub async fn insert_webhook(conn: &mut SqliteConnection, provider_id: &str, body: &str, now: i64) -> StoreResult<i64> {
-    Ok(sqlx::query_scalar("INSERT INTO webhooks (provider_id, received_at, body) VALUES ($1, $2, $3) RETURNING id")
+/// Persists a verified webhook: its body and the query string of the URL it was sent to.
+pub async fn insert_webhook(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    query: &str,
+    body: &str,
+    now: i64,
+) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO webhooks (provider_id, received_at, body, query) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(provider_id)
+    .bind(now)
+    .bind(body)
+    .bind(query)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// When the latest delivery of a provider was stored (Unix ms), if any.
+pub async fn latest_webhook_at(conn: &mut SqliteConnection, provider_id: &str) -> StoreResult<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT MAX(received_at) FROM webhooks WHERE provider_id = $1")
         .bind(provider_id)
-        .bind(now)
-        .bind(body)
         .fetch_one(conn)
         .await?)
 }
@@ -29,7 +48,7 @@ pub async fn insert_webhook(conn: &mut SqliteConnection, provider_id: &str, body
 /// Deliveries not yet applied (nor parked), oldest first.
 pub async fn pending_webhooks(conn: &mut SqliteConnection, limit: i64) -> StoreResult<Vec<StoredWebhook>> {
     let rows = sqlx::query(
-        "SELECT id, provider_id, body, attempts, received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT $1",
+        "SELECT id, provider_id, body, query, attempts, received_at FROM webhooks WHERE processed_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)
@@ -40,6 +59,7 @@ pub async fn pending_webhooks(conn: &mut SqliteConnection, limit: i64) -> StoreR
                 id: col(r, "id")?,
                 provider_id: col(r, "provider_id")?,
                 body: col(r, "body")?,
+                query: col(r, "query")?,
                 attempts: col::<i64>(r, "attempts")?.clamp(0, 1000) as u32,
                 received_at: col(r, "received_at")?,
             })

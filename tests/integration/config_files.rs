@@ -128,3 +128,67 @@ defaults:
     assert!(text.contains("unknown variant `carrier_pigeon`"), "{text}");
     assert!(text.contains("unknown field `colour`"), "{text}");
 }
+
+/// The Twilio demo is the Meta demo with one provider entry swapped: rules are untouched, and
+/// the Content SIDs it names are the ones the sandbox gives its templates.
+#[test]
+fn the_twilio_demo_switches_provider_by_its_entry_alone() {
+    use recado::demo::{demo_config_yaml_for, DemoProvider};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.json");
+    std::fs::write(&key, recado::sandbox::GoogleState::new().create_service_account("http://127.0.0.1:1", "a@b.c"))
+        .unwrap();
+    let yaml = |p| demo_config_yaml_for(p, "http://127.0.0.1:1", &key.display().to_string(), "/tmp/x.db");
+    let (meta, twilio) = (yaml(DemoProvider::Meta), yaml(DemoProvider::Twilio));
+    let rules = |y: &str| y[y.find("\nrules:").unwrap()..].to_string();
+    assert_eq!(rules(&meta), rules(&twilio), "the rules are the same text");
+    let c = Config::from_yaml(&twilio).unwrap_or_else(|e| panic!("{e}"));
+    let recado::config::ProviderConfig::Twilio(t) = &c.providers[0] else { panic!("not twilio") };
+    for name in ["confirmacion_inscripcion", "encuesta_seguimiento", "recordatorio_cita"] {
+        assert_eq!(t.content_sid(name, "es"), Some(recado::sandbox::twilio::content_sid(name, "es").as_str()));
+    }
+}
+
+/// A Twilio entry with every kind of mistake, and a rule naming a template its provider does
+/// not map:
+/// all reported at once, each with its path.
+#[test]
+fn a_bad_twilio_provider_yields_all_its_errors_with_their_paths() {
+    let yaml = r#"
+state: { path: /tmp/x.db }
+providers:
+  - id: tw
+    type: twilio
+    account_sid: AC123
+    auth_token_env: NOT_SET_ANYWHERE
+    api_key_secret: s
+    from: "+14155238886"
+    content_templates:
+      - { name: confirmacion, language: es, content_sid: HX12 }
+      - { name: confirmacion, language: es, content_sid: HX7b18c4c6eedc4b4e129d688d79324a6f }
+  - id: tw2
+    type: twilio
+    account_sid: AC00000000000000000000000000000001
+    auth_token: t
+    from: "whatsapp:+14155238886"
+sources: []
+rules:
+  - id: r
+    source: nada
+    when: row_added
+    provider: tw2
+    template: { name: recordatorio, language: es, body: [] }
+"#;
+    let e = Config::from_yaml_with(yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
+    for want in [
+        "providers[0].account_sid",
+        "providers[0].auth_token",
+        "providers[0].api_key_sid",
+        "providers[0].from",
+        "providers[0].content_templates[0].content_sid",
+        "providers[0].content_templates[1]",
+        "rules[0].template.name: provider 'tw2' (twilio) has no content_templates entry for 'recordatorio' in 'es'",
+    ] {
+        assert!(e.contains(want), "missing {want} in:\n{e}");
+    }
+}

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use recado::app::{self, RunningApp};
 use recado::config::Config;
 use recado::engine::Clock;
-use recado::sandbox::{MetaSettings, Sandbox, SimUser, TemplateDef};
+use recado::sandbox::{
+    ContentDef, MetaFault, MetaSettings, Sandbox, SimUser, TemplateDef, TwilioFault, TwilioSettings, TwilioUser,
+};
 use recado::store::{self, OutboxMessage, Store};
 use serde_json::{json, Value};
 
@@ -20,7 +22,53 @@ pub const SHEET: &str = "sheet-test";
 pub const TAB: &str = "Inscripciones";
 pub const SOURCE: &str = "inscripciones";
 
+/// Which WhatsApp provider the daemon sends through: the delivery suite runs for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    Meta,
+    Twilio,
+}
+
+/// Templates both emulators know, by (name, language, body parameters, URL button).
+const TEMPLATES: &[(&str, &str, usize, bool)] =
+    &[("confirmacion_inscripcion", "es", 3, false), ("encuesta_seguimiento", "es", 1, true)];
+
+/// A message as the provider received it, in neutral terms.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The provider's id for it.
+    pub id: String,
+    /// The template's name, or `None` for free text.
+    pub template: Option<String>,
+    /// Template parameters in order, a URL button's suffix last.
+    pub params: Vec<String>,
+    /// The free text.
+    pub text: Option<String>,
+    /// Our outbox id, as the provider will echo it.
+    pub callback_data: Option<String>,
+}
+
+/// A fault, in the vendor's own terms for each provider.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// The number's or account's throughput exceeded (synchronous).
+    Throttled,
+    /// A server error (synchronous).
+    ServerError,
+    /// Refused for good (synchronous).
+    Refused,
+    /// Accepted, then reported undeliverable.
+    UndeliverableLater,
+    /// Accepted, then reported outside the 24-hour window.
+    WindowClosedLater,
+    /// Accepted, then reported throttled.
+    ThrottledLater,
+    /// Never answered; nothing sent.
+    NoAnswer,
+}
+
 pub struct Harness {
+    pub vendor: Vendor,
     pub sandbox: Sandbox,
     pub dir: tempfile::TempDir,
     pub app: Option<RunningApp>,
@@ -40,6 +88,8 @@ pub struct Harness {
     pub consent_column: &'static str,
     /// The provider's messages per second.
     pub mps: u32,
+    /// `http.public_url`, when the test puts recado behind a (pretend) reverse proxy.
+    pub public_url: Option<&'static str>,
 }
 
 pub fn phone(n: u32) -> String {
@@ -80,12 +130,23 @@ impl Harness {
         .await
     }
 
+    /// The same on `vendor`.
+    pub async fn on(vendor: Vendor, rows: Vec<Vec<Value>>) -> Self {
+        let mut h = Self::new(rows).await;
+        h.vendor = vendor;
+        h
+    }
+
     pub async fn with_settings(rows: Vec<Vec<Value>>, settings: MetaSettings) -> Self {
         init_logs();
-        let sandbox = Sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await.expect("sandbox starts");
+        let twilio = TwilioSettings { status_delay_ms: 30, messages_per_second: 1000.0, ..Default::default() };
+        let sandbox =
+            Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), settings, twilio).await.expect("sandbox starts");
         sandbox.google().set_quota(10_000, 10_000);
-        sandbox.meta().add_template(TemplateDef::new("confirmacion_inscripcion", "es", 3, false));
-        sandbox.meta().add_template(TemplateDef::new("encuesta_seguimiento", "es", 1, true));
+        for (name, language, params, button) in TEMPLATES {
+            sandbox.meta().add_template(TemplateDef::new(name, language, *params, *button));
+            sandbox.twilio().add_content(ContentDef::new(name, language, *params, *button));
+        }
         let mut all = vec![header()];
         all.extend(rows);
         sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
@@ -94,6 +155,7 @@ impl Harness {
         std::fs::write(&key_file, sandbox.service_account_key("recado-test@sandbox.iam.gserviceaccount.com"))
             .expect("key written");
         Self {
+            vendor: Vendor::Meta,
             sandbox,
             dir,
             app: None,
@@ -106,9 +168,11 @@ impl Harness {
             extra_provider: String::new(),
             consent_column: "Consentimiento",
             mps: 200,
+            public_url: None,
         }
     }
 
+    /// Person `n` on WhatsApp (on both emulators).
     pub fn user(&self, n: u32, reads: bool, reply: Option<&str>) {
         self.sandbox.meta().add_user(SimUser {
             wa_id: wa_id(n),
@@ -119,6 +183,83 @@ impl Harness {
             reply_after_ms: 60,
             ..Default::default()
         });
+        self.sandbox.twilio().add_user(TwilioUser {
+            number: e164(n),
+            name: format!("P{n}"),
+            reads,
+            read_after_ms: 60,
+            reply: reply.map(String::from),
+            reply_after_ms: 60,
+            ..Default::default()
+        });
+    }
+
+    /// Person `n` writes to the business (replying to provider message `replying_to`).
+    pub fn says(&self, n: u32, text: &str, replying_to: Option<&str>) -> String {
+        match self.vendor {
+            Vendor::Meta => self.sandbox.meta().user_says(&wa_id(n), text, replying_to),
+            Vendor::Twilio => self.sandbox.twilio().user_says(&e164(n), text, replying_to),
+        }
+    }
+
+    /// Injects `fault` for `count` sends to person `n`, in the provider's terms; returns the
+    /// vendor's error code (0 when the fault has none).
+    pub fn fault(&self, fault: Fault, count: u32, n: u32) -> i64 {
+        let (mode, meta, twilio) = match fault {
+            Fault::Throttled => ("sync", (130429, 400), (20429, 429)),
+            Fault::ServerError => ("sync", (131000, 500), (20500, 500)),
+            Fault::Refused => ("sync", (132001, 404), (21211, 400)),
+            Fault::UndeliverableLater => ("async", (131026, 400), (63003, 400)),
+            Fault::WindowClosedLater => ("async", (131047, 400), (63016, 400)),
+            // 63017 (account throughput) rather than 63018 (the sender's limit): both pause
+            // the provider, 63018 for a minute of real time, longer than a test should wait.
+            Fault::ThrottledLater => ("async", (130429, 400), (63017, 400)),
+            Fault::NoAnswer => ("timeout", (0, 400), (0, 400)),
+        };
+        match self.vendor {
+            Vendor::Meta => {
+                self.sandbox.meta().inject(MetaFault {
+                    code: meta.0,
+                    http_status: meta.1,
+                    count,
+                    mode: Some(mode.into()),
+                    to: Some(wa_id(n)),
+                    delay_ms: None,
+                });
+                meta.0
+            }
+            Vendor::Twilio => {
+                self.sandbox.twilio().inject(TwilioFault {
+                    code: twilio.0,
+                    http_status: twilio.1,
+                    count,
+                    mode: Some(mode.into()),
+                    to: Some(e164(n)),
+                    delay_ms: None,
+                });
+                twilio.0
+            }
+        }
+    }
+
+    /// Every status callback and webhook delivered twice, and `read` before `delivered`.
+    pub fn duplicate_and_reorder_webhooks(&self) {
+        self.sandbox.meta().update_settings(|s| {
+            s.duplicate_webhooks = true;
+            s.reorder_webhooks = true;
+        });
+        self.sandbox.twilio().update_settings(|s| {
+            s.duplicate_webhooks = true;
+            s.reorder_webhooks = true;
+        });
+    }
+
+    /// Webhook POSTs the provider made, and how many were not acknowledged.
+    pub fn delivery_stats(&self) -> (u64, u64) {
+        match self.vendor {
+            Vendor::Meta => self.sandbox.meta().delivery_stats(),
+            Vendor::Twilio => self.sandbox.twilio().delivery_stats(),
+        }
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -133,15 +274,8 @@ state:
   path: "{state}"
 http:
   listen: "127.0.0.1:0"
-providers:
-  - id: whatsapp
-    type: meta_cloud
-    phone_number_id: "1234567890"
-    access_token: sandbox-token
-    app_secret: sandbox-app-secret
-    verify_token: sandbox-verify
-    base_url: "{base}/meta"
-    messages_per_second: {mps}
+{public_url}providers:
+{vendor}    messages_per_second: {mps}
     pair_interval: 100ms
 {provider}
 sources:
@@ -195,9 +329,53 @@ rules:
             top = self.extra_top,
             source = self.extra_source,
             provider = self.extra_provider,
+            vendor = self.provider_yaml(),
+            public_url = self.public_url.map(|u| format!("  public_url: \"{u}\"\n")).unwrap_or_default(),
             consent = self.consent_column,
             mps = self.mps,
         )
+    }
+
+    /// The provider entry (id `whatsapp`) for the harness's vendor, without throughput.
+    fn provider_yaml(&self) -> String {
+        let base = self.sandbox.base_url();
+        match self.vendor {
+            Vendor::Meta => format!(
+                r#"  - id: whatsapp
+    type: meta_cloud
+    phone_number_id: "1234567890"
+    access_token: sandbox-token
+    app_secret: sandbox-app-secret
+    verify_token: sandbox-verify
+    base_url: "{base}/meta"
+"#
+            ),
+            Vendor::Twilio => {
+                let s = self.sandbox.twilio().settings();
+                let templates: String = TEMPLATES
+                    .iter()
+                    .map(|(name, language, ..)| {
+                        format!(
+                            "      - {{ name: {name}, language: {language}, content_sid: {} }}\n",
+                            recado::sandbox::twilio::content_sid(name, language)
+                        )
+                    })
+                    .collect();
+                format!(
+                    r#"  - id: whatsapp
+    type: twilio
+    account_sid: {account}
+    auth_token: {token}
+    from: "{from}"
+    base_url: "{base}/twilio"
+    content_templates:
+{templates}"#,
+                    account = s.account_sid,
+                    token = s.auth_token,
+                    from = s.sender,
+                )
+            }
+        }
     }
 
     pub fn config(&self) -> Config {
@@ -224,7 +402,8 @@ rules:
     pub async fn start_without_waiting(&mut self) {
         let app = app::start_with_clock(self.config(), Arc::clone(&self.clock)).await.expect("daemon starts");
         let url = format!("http://{}/webhooks/whatsapp", app.webhook_addr());
-        self.sandbox.meta().update_settings(|s| s.webhook_url = Some(url));
+        self.sandbox.meta().update_settings(|s| s.webhook_url = Some(url.clone()));
+        self.sandbox.twilio().update_settings(|s| s.inbound_url = Some(url));
         self.app = Some(app);
     }
 
@@ -280,8 +459,69 @@ rules:
     }
 
     /// Messages the Meta emulator accepted for person `n`.
-    pub fn sent_to(&self, n: u32) -> Vec<recado::sandbox::meta::SentMessage> {
+    pub fn meta_sent_to(&self, n: u32) -> Vec<recado::sandbox::meta::SentMessage> {
         self.sandbox.meta().sent().into_iter().filter(|m| m.to == wa_id(n)).collect()
+    }
+
+    /// Messages the provider accepted for person `n`, oldest first.
+    pub fn sent_to(&self, n: u32) -> Vec<Sent> {
+        match self.vendor {
+            Vendor::Meta => self
+                .meta_sent_to(n)
+                .into_iter()
+                .map(|m| {
+                    let t = &m.body["template"];
+                    let params = t["components"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
+                        .map(|p| p["text"].as_str().unwrap_or_default().to_string())
+                        .collect();
+                    Sent {
+                        id: m.wamid.clone(),
+                        template: t["name"].as_str().map(String::from),
+                        params,
+                        text: m.body["text"]["body"].as_str().map(String::from),
+                        callback_data: m.callback_data.clone(),
+                    }
+                })
+                .collect(),
+            Vendor::Twilio => self
+                .sandbox
+                .twilio()
+                .sent()
+                .into_iter()
+                .filter(|m| m.to == format!("whatsapp:{}", e164(n)))
+                .map(|m| {
+                    let params = (1..=m.variables.len())
+                        .map(|i| {
+                            m.variables.get(&i.to_string()).and_then(Value::as_str).unwrap_or_default().to_string()
+                        })
+                        .collect();
+                    let callback_data = m
+                        .status_callback
+                        .as_deref()
+                        .and_then(|u| u.split_once("recado_message="))
+                        .map(|(_, id)| id.split(['&', '#']).next().unwrap_or("").to_string());
+                    Sent {
+                        id: m.sid.clone(),
+                        params,
+                        text: m.template.is_none().then(|| m.body.clone()),
+                        template: m.template.clone(),
+                        callback_data,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Every message the provider accepted.
+    pub fn sent_count(&self) -> usize {
+        match self.vendor {
+            Vendor::Meta => self.sandbox.meta().sent_count(),
+            Vendor::Twilio => self.sandbox.twilio().sent_count(),
+        }
     }
 
     pub async fn wait_cell(&self, key: &str, column: &str, want: &str) {
@@ -335,7 +575,10 @@ rules:
         wait_for("the daemon to be quiet", Duration::from_secs(30), || {
             let store = store.clone();
             async move {
-                if self.sandbox.meta().deliveries_in_flight() > 0 || self.sandbox.meta().held() > 0 {
+                if self.sandbox.meta().deliveries_in_flight() > 0
+                    || self.sandbox.meta().held() > 0
+                    || self.sandbox.twilio().deliveries_in_flight() > 0
+                {
                     return false;
                 }
                 let mut c = store.conn().await.expect("conn");

@@ -64,7 +64,7 @@ async fn old_rows_are_pruned_after_their_retention() {
     let day = 86_400_000i64;
     let mut c = h.store().conn().await.unwrap();
     for (age_days, processed) in [(100, true), (100, false), (10, true)] {
-        let id = store::insert_webhook(&mut c, "whatsapp", "{}", now - age_days * day).await.unwrap();
+        let id = store::insert_webhook(&mut c, "whatsapp", "", "{}", now - age_days * day).await.unwrap();
         if processed {
             store::finish_webhook(&mut c, id, "applied", now - age_days * day).await.unwrap();
         }

@@ -417,12 +417,7 @@ async fn plan_shows_what_is_then_sent_and_changes_nothing() {
     h.clock.advance(Duration::from_secs(3601));
     wait_for("the planned reminder", Duration::from_secs(15), || async { !h.sent_to(120).is_empty() }).await;
     let sent = &h.sent_to(120)[0];
-    let params: Vec<String> = sent.body["template"]["components"][0]["parameters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["text"].as_str().unwrap().to_string())
-        .collect();
+    let params = sent.params.clone();
     assert_eq!(params, by("120").parameters, "the plan showed exactly what was sent");
     // Asked again, the plan no longer lists what was sent.
     h.stop().await;
@@ -497,7 +492,8 @@ async fn a_campaign_reaches_the_number_the_row_holds_now() {
     h.quiesce().await;
     assert_eq!(h.sent_to(1).len(), 1);
     // Only the survey counts here: a corrected number also unblocks the row's welcome.
-    let surveys = |n: u32| h.sent_to(n).iter().filter(|m| m.body["template"]["name"] == "encuesta_seguimiento").count();
+    let surveys =
+        |n: u32| h.sent_to(n).iter().filter(|m| m.template.as_deref() == Some("encuesta_seguimiento")).count();
     assert_eq!(surveys(1), 1);
     assert_eq!(surveys(42), 1, "the edited number got it");
     assert_eq!(surveys(2), 0, "the old number did not");

@@ -198,7 +198,7 @@ async fn people_without_a_visible_number_are_matched_by_their_user_id_and_nothin
     // Someone unknown, without a number, in the same delivery as a status and a broken item.
     h.add_row(crate::harness::row(63, "Tito", "Sí", "Activo"));
     h.wait_cell("63", "Estado WhatsApp", "delivered").await;
-    let wamid = h.sent_to(63)[0].wamid.clone();
+    let wamid = h.sent_to(63)[0].id.clone();
     let body = format!(
         r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"1","phone_number_id":"1234567890"}},
         "contacts":[{{"profile":{{"name":"X","username":"@x"}},"user_id":"US.777"}}],
@@ -239,7 +239,7 @@ async fn a_reply_sent_during_a_long_outage_arrives_after_the_restart() {
     h.wait_cell("64", "Estado WhatsApp", "read").await;
     h.quiesce().await;
     h.stop().await;
-    let wamid = h.sent_to(64)[0].wamid.clone();
+    let wamid = h.sent_to(64)[0].id.clone();
     let (_, failures) = h.sandbox.meta().delivery_stats();
     h.sandbox.meta().user_says(&crate::harness::wa_id(64), "llego tarde", Some(&wamid));
     // Down for what Meta counts as more than an hour of retries.
@@ -262,7 +262,7 @@ async fn a_late_status_of_a_failed_send_does_not_stand_for_its_retry() {
     h.start().await;
     h.add_row(crate::harness::row(64, "Inés", "Sí", "Activo"));
     h.wait_cell("64", "Estado WhatsApp", "sent").await;
-    let first = h.sent_to(64)[0].wamid.clone();
+    let first = h.sent_to(64)[0].id.clone();
     let id = h.messages().await[0].id;
     let status = |state: &str, extra: &str| {
         format!(
@@ -301,7 +301,7 @@ async fn throttling_reported_by_webhook_pauses_the_provider() {
     h.start().await;
     h.add_row(crate::harness::row(65, "Rosa", "Sí", "Activo"));
     h.wait_cell("65", "Estado WhatsApp", "sent").await;
-    let wamid = h.sent_to(65)[0].wamid.clone();
+    let wamid = h.sent_to(65)[0].id.clone();
     let pause = h.running().ctx().provider_pauses.get("whatsapp").cloned().expect("the provider's pause");
     assert!(pause.lock().unwrap().is_none_or(|t| t <= tokio::time::Instant::now()), "not paused yet");
     let body = format!(
@@ -315,5 +315,67 @@ async fn throttling_reported_by_webhook_pauses_the_provider() {
     })
     .await;
     assert!(pause.lock().unwrap().is_some_and(|t| t > tokio::time::Instant::now()), "every send of the provider waits");
+    h.stop().await;
+}
+
+/// Twilio signs the URL it called and the form: behind a reverse proxy that is the configured
+/// public URL (with or without the default port), never the address recado listens on.
+/// Unsigned, mis-signed or tampered requests change nothing; a good one is answered with empty
+/// TwiML and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_requests_are_verified_against_the_public_url() {
+    use recado::providers::twilio::webhook::compute_signature;
+    let mut h = Harness::on(crate::harness::Vendor::Twilio, vec![]).await;
+    h.public_url = Some("https://recado.example.org");
+    h.start().await;
+    let local = h.webhook_url();
+    let public = "https://recado.example.org/webhooks/whatsapp";
+    let token = h.sandbox.twilio().settings().auth_token;
+    let params: Vec<(String, String)> = [
+        ("MessageSid", "SM00000000000000000000000000000062"),
+        ("SmsStatus", "received"),
+        ("From", "whatsapp:+56987650062"),
+        ("To", "whatsapp:+14155238886"),
+        ("WaId", "56987650062"),
+        ("Body", "hola, ¿a qué hora?"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let http = reqwest::Client::new();
+    let post = |signature: Option<String>, form: Vec<(String, String)>| {
+        let mut r = http.post(&local).form(&form);
+        if let Some(s) = signature {
+            r = r.header("x-twilio-signature", s);
+        }
+        async move { r.send().await.unwrap() }
+    };
+    assert_eq!(post(None, params.clone()).await.status(), 401, "unsigned");
+    let wrong_token = compute_signature("another-token", public, &params);
+    assert_eq!(post(Some(wrong_token), params.clone()).await.status(), 403, "another account's token");
+    let over_local = compute_signature(&token, &local, &params);
+    assert_eq!(post(Some(over_local), params.clone()).await.status(), 403, "signed over the proxy's upstream URL");
+    let good = compute_signature(&token, public, &params);
+    let mut tampered = params.clone();
+    tampered[5].1 = "BAJA".into();
+    assert_eq!(post(Some(good.clone()), tampered).await.status(), 403, "a parameter changed after signing");
+    let mut c = h.store().conn().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks").fetch_one(&mut *c).await.unwrap();
+    assert_eq!(stored, 0, "nothing refused was stored");
+    drop(c);
+
+    let r = post(Some(good), params.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/xml"));
+    assert_eq!(r.text().await.unwrap(), r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#);
+    // Twilio's signing side may add the default port: accepted too (and de-duplicated).
+    let with_port = compute_signature(&token, "https://recado.example.org:443/webhooks/whatsapp", &params);
+    assert_eq!(post(Some(with_port), params.clone()).await.status(), 200);
+    h.quiesce().await;
+    let mut c = h.store().conn().await.unwrap();
+    assert_eq!(store::inbound_count(&mut c).await.unwrap(), 1, "one message, heard twice");
+    let contact = store::contact(&mut c, "+56987650062").await.unwrap().unwrap();
+    assert!(contact.last_inbound_at.is_some(), "the window opened");
+    drop(c);
     h.stop().await;
 }

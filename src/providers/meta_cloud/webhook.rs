@@ -129,22 +129,9 @@ fn seconds(v: &Value) -> i64 {
     }
 }
 
-/// A WhatsApp id (digits of an E.164 number) as a phone number, when it is one.
-/// The E.164 number of a WhatsApp id. Two countries' ids differ from the number people have
-/// in their records: Mexican mobiles keep the `1` Mexico dropped in 2019 (`521…` → `+52…`),
-/// and Brazilian accounts older than the ninth mobile digit lack it (`55 11 8765 4321` →
-/// `+55 11 98765 4321`).
+/// The E.164 number of a WhatsApp id (see [`PhoneNumber::from_whatsapp_id`]).
 fn phone_of(wa_id: &str) -> Option<PhoneNumber> {
-    let ok = (7..=15).contains(&wa_id.len()) && wa_id.chars().all(|c| c.is_ascii_digit());
-    if !ok {
-        return None;
-    }
-    let e164 = match (wa_id.len(), wa_id.get(..3), wa_id.get(..2), wa_id.as_bytes().get(4)) {
-        (13, Some("521"), _, _) => format!("+52{}", &wa_id[3..]),
-        (12, _, Some("55"), Some(b'6'..=b'9')) => format!("+55{}9{}", &wa_id[2..4], &wa_id[4..]),
-        _ => format!("+{wa_id}"),
-    };
-    Some(PhoneNumber::from_e164_unchecked(e164))
+    PhoneNumber::from_whatsapp_id(wa_id)
 }
 
 fn status_event(s: &Value) -> Result<Option<ProviderEvent>, String> {
