@@ -30,6 +30,20 @@ use axum::http::HeaderMap;
 use crate::domain::{MessageContent, PhoneNumber, ProviderError, ProviderEvent};
 use crate::validation::Problems;
 
+/// Decoded `application/x-www-form-urlencoded` pairs (a form body or a query string), in order;
+/// `+` is a space.
+pub fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec =
+                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().to_string();
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
 /// How fast a provider may send: provider-neutral.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Throughput {

@@ -244,9 +244,16 @@ async fn random_sorts_and_inserts_during_write_back_leave_every_row_its_own_data
                             .try_after_next(Kind::ValuesBatchGet, SheetAction::sort(SHEET, TAB, "ID", rand::random()));
                     }
                 }
-                // The gap between two disturbances is what makes their moments random; nothing
-                // waits on it for a result (the assertions below wait on conditions).
-                tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(rand::random::<u8>() % 80))).await;
+                // The next disturbance comes once the daemon has read or written the sheet one to
+                // three more times: every flush and poll meets sorts and inserts, at moments
+                // that vary with the daemon's own pace.
+                let seen =
+                    |g: &recado::sandbox::GoogleState| g.count(Kind::ValuesBatchGet) + g.count(Kind::ValuesBatchUpdate);
+                let (before, more) = (seen(google), 1 + u64::from(rand::random::<u8>() % 3));
+                wait_for("the daemon to use the sheet again", std::time::Duration::from_secs(20), || async {
+                    stop.load(std::sync::atomic::Ordering::Acquire) || seen(google) >= before + more
+                })
+                .await;
             }
         })
     };

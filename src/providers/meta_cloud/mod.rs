@@ -130,7 +130,7 @@ impl MetaCloud {
     }
 
     pub fn handshake(&self, query: &str) -> Handshake {
-        let pairs: Vec<(String, String)> = url_pairs(query);
+        let pairs: Vec<(String, String)> = super::form_pairs(query);
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         match webhook::verify_subscription(
             get("hub.mode"),
@@ -148,19 +148,6 @@ impl MetaCloud {
     pub async fn reconcile(&self, _send: &InDoubtSend) -> Reconciliation {
         Reconciliation::Unknown
     }
-}
-
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec =
-                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().to_string();
-            (dec(k), dec(v))
-        })
-        .collect()
 }
 
 /// A reqwest error without its URL (which names the phone number id).
@@ -229,7 +216,7 @@ mod tests {
     #[test]
     fn handshake_query() {
         assert_eq!(
-            url_pairs("hub.mode=subscribe&hub.verify_token=a%20b&hub.challenge=1"),
+            crate::providers::form_pairs("hub.mode=subscribe&hub.verify_token=a%20b&hub.challenge=1"),
             vec![
                 ("hub.mode".into(), "subscribe".into()),
                 ("hub.verify_token".into(), "a b".into()),

@@ -15,6 +15,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{InboundKind, MessageState, PhoneNumber, ProviderEvent, Sender};
+pub use crate::providers::form_pairs;
 use crate::providers::ParsedWebhook;
 
 use super::errors::error_of;
@@ -35,19 +36,6 @@ pub enum SignatureError {
     Mismatch,
     #[error("bodySHA256 does not match the body")]
     BodyMismatch,
-}
-
-/// Decoded `application/x-www-form-urlencoded` pairs, in order (`+` is a space).
-pub fn form_pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec =
-                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().to_string();
-            (dec(k), dec(v))
-        })
-        .collect()
 }
 
 /// The string Twilio signs: the URL, then for each parameter name (sorted) each of its
