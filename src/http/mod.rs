@@ -3,8 +3,9 @@
 //! A webhook request is verified by its provider over the exact bytes received (and, for
 //! vendors that sign URLs, over the URL the vendor called: the configured public URL with this
 //! path and query), stored, and only then acknowledged with what the vendor expects;
-//! processing happens from the store (see `engine::inbox`). Unsigned requests get 401,
-//! mis-signed ones 403, bodies that are not text 400, and none of them changes anything.
+//! processing happens from the store (see `engine::inbox`). Unsigned requests get 401 (or
+//! 403, where a vendor treats both alike), mis-signed ones 403, bodies that are not text 400,
+//! and none of them changes anything.
 //! Bodies are size-limited: a request whose declared `Content-Length` is over the limit is
 //! refused with 413 before a byte of its body is read (a client that sent
 //! `Expect: 100-continue` never sends it), and a body without a length is cut off at the limit.

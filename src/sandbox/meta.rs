@@ -422,6 +422,20 @@ impl MetaState {
         self.envelope(json!({ "statuses": [st] }))
     }
 
+    /// The signed status webhook Meta would send for `m`, addressed to the configured webhook
+    /// URL (none while no URL is set).
+    pub fn signed_status(&self, m: &SentMessage, status: &str) -> Option<super::SignedRequest> {
+        let s = self.settings();
+        let url = s.webhook_url?;
+        let body = serde_json::to_vec(&self.status_body(m, status, None)).ok()?;
+        let signature = sign(&s.app_secret, &body);
+        Some(super::SignedRequest {
+            url,
+            headers: vec![("content-type", "application/json".into()), ("x-hub-signature-256", signature)],
+            body,
+        })
+    }
+
     /// POSTs a signed webhook after `delay`; until it is answered 200, again at once, then at
     /// growing intervals for seven days, as Meta does (scaled by `webhook_time_scale`).
     fn deliver(self: &std::sync::Arc<Self>, body: Value, delay: Duration) {

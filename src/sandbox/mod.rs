@@ -28,6 +28,15 @@ pub use google::{GoogleFault, GoogleState};
 pub use meta::{MetaFault, MetaSettings, MetaState, SimUser, TemplateDef};
 pub use twilio::{ContentDef, TwilioFault, TwilioSettings, TwilioState, TwilioUser};
 
+/// A webhook exactly as the vendor would POST it (URL, signature header, body), built but not
+/// sent: load runs post many of these themselves to measure ingestion alone.
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
 pub struct SandboxInner {
     pub google: GoogleState,
     pub meta: Arc<MetaState>,

@@ -234,6 +234,10 @@ pub struct TwilioMessage {
     pub error_code: Option<i64>,
     /// Unix seconds.
     pub created: i64,
+    /// When the API accepted it, in Unix milliseconds (for load runs).
+    pub at_ms: i64,
+    /// Who created it: the Account SID or the SID of the API key used (none for inbound).
+    pub credential: Option<String>,
 }
 
 pub struct TwilioState {
@@ -421,6 +425,8 @@ impl TwilioState {
                 status: "received".into(),
                 error_code: None,
                 created: unix(),
+                at_ms: chrono::Utc::now().timestamp_millis(),
+                credential: None,
             });
         }
         if let Some(url) = s.inbound_url {
@@ -488,6 +494,32 @@ impl TwilioState {
                 }
             });
         }
+    }
+
+    /// The signed status callback Twilio would send for `m`, addressed to its `StatusCallback`
+    /// (none when the message has none).
+    pub fn signed_status(&self, m: &TwilioMessage, status: &str) -> Option<super::SignedRequest> {
+        let url = m.status_callback.as_deref()?;
+        let url = url.split_once('#').map_or(url, |(u, _)| u).to_string();
+        let params: Vec<(String, String)> =
+            self.callback_fields(m, status, None).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let signature = compute_signature(&self.settings().auth_token, &url, &params);
+        let body = params
+            .iter()
+            .map(|(k, v)| {
+                format!("{k}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_bytes();
+        Some(super::SignedRequest {
+            url,
+            headers: vec![
+                ("content-type", "application/x-www-form-urlencoded".into()),
+                ("x-twilio-signature", signature),
+            ],
+            body,
+        })
     }
 
     fn callback_fields(&self, m: &TwilioMessage, status: &str, error: Option<i64>) -> Vec<(&'static str, String)> {
@@ -577,6 +609,9 @@ impl TwilioState {
     }
 }
 
+/// How long Twilio keeps a message in a sender's queue.
+const QUEUE_LIMIT: Duration = Duration::from_secs(10 * 3600);
+
 fn unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -626,17 +661,15 @@ fn resource(account: &str, m: &TwilioMessage) -> Value {
     })
 }
 
-/// Basic auth with the Account SID and Auth Token, or the API key.
-fn authenticated(s: &TwilioSettings, headers: &HeaderMap) -> bool {
-    let Some(encoded) =
-        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "))
-    else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
+/// Basic auth with the Account SID and Auth Token, or the API key: who authenticated (the
+/// Account SID or the key's SID), if anyone did.
+fn authenticated(s: &TwilioSettings, headers: &HeaderMap) -> Option<String> {
+    let encoded = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8_lossy(&decoded);
-    let Some((user, password)) = text.split_once(':') else { return false };
-    (user == s.account_sid && password == s.auth_token) || (user == s.api_key_sid && password == s.api_key_secret)
+    let (user, password) = text.split_once(':')?;
+    ((user == s.account_sid && password == s.auth_token) || (user == s.api_key_sid && password == s.api_key_secret))
+        .then(|| user.to_string())
 }
 
 fn unauthenticated() -> Response {
@@ -655,9 +688,9 @@ pub async fn create_message(
     let tw = Arc::clone(&st.twilio);
     let _open = Open::new(&tw.requests);
     let s = tw.settings();
-    if !authenticated(&s, &headers) {
+    let Some(credential) = authenticated(&s, &headers) else {
         return unauthenticated();
-    }
+    };
     if account != s.account_sid {
         return twilio_error(
             404,
@@ -787,12 +820,28 @@ pub async fn create_message(
                 failure = Some(("failed", 63016));
             }
         }
-        // Twilio's queue: everything is accepted; each message leaves in its turn.
+        // Twilio's queue: everything is accepted; each message leaves in its turn, up to ten
+        // hours' worth. Beyond that a sender refuses the create (21611) while a Messaging
+        // Service accepts and fails it (30001).
         let gap = Duration::from_secs_f64(1.0 / g.settings.messages_per_second.max(0.01));
         let now = Instant::now();
         let slot = g.next_slot.max(now);
-        g.next_slot = slot + gap;
-        slot
+        if slot.duration_since(now) > QUEUE_LIMIT {
+            if service.is_none() {
+                return twilio_error(
+                    400,
+                    21611,
+                    "This 'From' number has exceeded the maximum number of queued messages",
+                );
+            }
+            if failure.is_none() {
+                failure = Some(("failed", 30001));
+            }
+            now
+        } else {
+            g.next_slot = slot + gap;
+            slot
+        }
     };
     let m = TwilioMessage {
         sid: new_sid("SM"),
@@ -808,6 +857,8 @@ pub async fn create_message(
         status: if service.is_some() { "accepted".into() } else { "queued".into() },
         error_code: None,
         created: unix(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        credential: Some(credential),
     };
     tw.lock().messages.push(m.clone());
     tw.after_send(&m, failure, leaves_at);
@@ -831,7 +882,7 @@ pub async fn list_messages(
 ) -> Response {
     let tw = Arc::clone(&st.twilio);
     let s = tw.settings();
-    if !authenticated(&s, &headers) {
+    if authenticated(&s, &headers).is_none() {
         return unauthenticated();
     }
     if account != s.account_sid {
@@ -888,7 +939,7 @@ pub async fn fetch_message(
 ) -> Response {
     let tw = Arc::clone(&st.twilio);
     let s = tw.settings();
-    if !authenticated(&s, &headers) {
+    if authenticated(&s, &headers).is_none() {
         return unauthenticated();
     }
     let sid = message.strip_suffix(".json").unwrap_or(&message);

@@ -651,3 +651,27 @@ async fn a_twilio_send_whose_connection_was_reset_is_found_in_the_messages_list_
     assert_eq!(m.provider_message_id.as_deref(), Some(h.sent_to(60)[0].id.as_str()));
     h.stop().await;
 }
+
+/// Twilio through a Messaging Service, authenticated with an API key: the message goes out
+/// through the service (Twilio picks the sender from its pool and first answers `accepted`), the
+/// key is what authenticates the calls, and statuses and the reply come back to the row as from
+/// a number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_messaging_service_with_an_api_key_sends_and_hears_back() {
+    let mut h = Harness::on(Vendor::Twilio, vec![]).await;
+    h.twilio_service_with_api_key = true;
+    h.user(62, true, Some("listo, gracias"));
+    h.start().await;
+    h.add_row(row(62, "Ramona", "Sí", "Activo"));
+    h.wait_cell("62", "Última respuesta", "listo, gracias").await;
+    h.wait_cell("62", "Estado WhatsApp", "read").await;
+    h.quiesce().await;
+    let settings = h.sandbox.twilio().settings();
+    let sent: Vec<_> = h.sandbox.twilio().sent().into_iter().filter(|m| m.direction != "inbound").collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].messaging_service_sid.as_deref(), Some(settings.messaging_service_sid.as_str()));
+    assert_eq!(sent[0].from, settings.sender, "the service's pool sent it");
+    assert_eq!(sent[0].credential.as_deref(), Some(settings.api_key_sid.as_str()), "the API key authenticated");
+    assert_eq!(h.sent_to(62)[0].template.as_deref(), Some("confirmacion_inscripcion"));
+    h.stop().await;
+}

@@ -90,6 +90,9 @@ pub struct Harness {
     pub mps: u32,
     /// `http.public_url`, when the test puts recado behind a (pretend) reverse proxy.
     pub public_url: Option<&'static str>,
+    /// Twilio: send through the Messaging Service, authenticated with the API key (the Auth
+    /// Token then only verifies webhooks), instead of from the number with the Auth Token.
+    pub twilio_service_with_api_key: bool,
 }
 
 pub fn phone(n: u32) -> String {
@@ -169,6 +172,7 @@ impl Harness {
             consent_column: "Consentimiento",
             mps: 200,
             public_url: None,
+            twilio_service_with_api_key: false,
         }
     }
 
@@ -361,18 +365,24 @@ rules:
                         )
                     })
                     .collect();
+                let sender = if self.twilio_service_with_api_key {
+                    format!(
+                        "    api_key_sid: {}\n    api_key_secret: {}\n    messaging_service_sid: {}\n",
+                        s.api_key_sid, s.api_key_secret, s.messaging_service_sid
+                    )
+                } else {
+                    format!("    from: \"{}\"\n", s.sender)
+                };
                 format!(
                     r#"  - id: whatsapp
     type: twilio
     account_sid: {account}
     auth_token: {token}
-    from: "{from}"
-    base_url: "{base}/twilio"
+{sender}    base_url: "{base}/twilio"
     content_templates:
 {templates}"#,
                     account = s.account_sid,
                     token = s.auth_token,
-                    from = s.sender,
                 )
             }
         }

@@ -350,7 +350,7 @@ async fn twilio_requests_are_verified_against_the_public_url() {
         }
         async move { r.send().await.unwrap() }
     };
-    assert_eq!(post(None, params.clone()).await.status(), 401, "unsigned");
+    assert_eq!(post(None, params.clone()).await.status(), 403, "unsigned");
     let wrong_token = compute_signature("another-token", public, &params);
     assert_eq!(post(Some(wrong_token), params.clone()).await.status(), 403, "another account's token");
     let over_local = compute_signature(&token, &local, &params);
@@ -377,5 +377,92 @@ async fn twilio_requests_are_verified_against_the_public_url() {
     let contact = store::contact(&mut c, "+56987650062").await.unwrap().unwrap();
     assert!(contact.last_inbound_at.is_some(), "the window opened");
     drop(c);
+    h.stop().await;
+}
+
+/// Twilio's other inbound shapes over real HTTP: a list reply (`ListId`/`ListTitle`) to the
+/// template recado sent, and a photo (`NumMedia`, `MediaUrl0`, `MediaContentType0`) reach their
+/// rows like text does. A JSON body signed through `bodySHA256` is verified over the body's hash
+/// (tampered → 403, nothing stored); as it is no message request, it is parked, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_list_replies_media_and_json_bodies_arrive_over_http() {
+    use crate::harness::{e164, row, wait_for, Vendor};
+    use recado::providers::twilio::webhook::{body_sha256, compute_signature};
+    let mut h = Harness::on(Vendor::Twilio, vec![]).await;
+    h.start().await;
+    h.add_row(row(63, "Ana", "Sí", "Activo"));
+    h.add_row(row(64, "Beto", "Sí", "Activo"));
+    wait_for("both templates sent", std::time::Duration::from_secs(20), || async {
+        h.sent_to(63).len() == 1 && h.sent_to(64).len() == 1
+    })
+    .await;
+    let settings = h.sandbox.twilio().settings();
+    let url = h.webhook_url();
+    let http = reqwest::Client::new();
+    let post_form = |fields: Vec<(&str, String)>| {
+        let params: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let signature = compute_signature(&settings.auth_token, &url, &params);
+        let request = http.post(&url).header("x-twilio-signature", signature).form(&params);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let from = |n: u32| vec![("From", format!("whatsapp:{}", e164(n))), ("WaId", e164(n)[1..].to_string())];
+    let mut list_reply = from(63);
+    list_reply.extend([
+        ("MessageSid", "SM00000000000000000000000000000063".to_string()),
+        ("SmsStatus", "received".into()),
+        ("To", settings.sender.clone()),
+        ("MessageType", "interactive".into()),
+        ("Body", "Martes 10:00".into()),
+        ("ListId", "horario-2".into()),
+        ("ListTitle", "Martes 10:00".into()),
+        ("OriginalRepliedMessageSid", h.sent_to(63)[0].id.clone()),
+        ("NumMedia", "0".into()),
+    ]);
+    assert_eq!(post_form(list_reply).await, 200);
+    let mut photo = from(64);
+    photo.extend([
+        ("MessageSid", "MM00000000000000000000000000000064".to_string()),
+        ("SmsStatus", "received".into()),
+        ("To", settings.sender.clone()),
+        ("MessageType", "image".into()),
+        ("Body", String::new()),
+        ("NumMedia", "1".into()),
+        ("MediaContentType0", "image/jpeg".into()),
+        (
+            "MediaUrl0",
+            format!("https://api.twilio.com/2010-04-01/Accounts/{}/Messages/MM64/Media/ME1", settings.account_sid),
+        ),
+    ]);
+    assert_eq!(post_form(photo).await, 200);
+    h.wait_cell("63", "Última respuesta", "Martes 10:00").await;
+    h.wait_cell("64", "Última respuesta", "[image]").await;
+
+    let json_body = br#"{"type":"com.twilio.messaging.message.delivered","data":{"messageSid":"SM1"}}"#;
+    let json_url = format!("{url}?bodySHA256={}", body_sha256(json_body));
+    let signature = compute_signature(&settings.auth_token, &json_url, &[]);
+    let post_json = |body: &'static [u8]| {
+        let request = http
+            .post(&json_url)
+            .header("x-twilio-signature", signature.clone())
+            .header("content-type", "application/json")
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post_json(br#"{"type":"com.twilio.messaging.message.failed","data":{"messageSid":"SM1"}}"#).await, 403);
+    let mut c = h.store().conn().await.unwrap();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE body LIKE '{%'").fetch_one(&mut *c).await.unwrap();
+    assert_eq!(stored, 0, "the tampered body was not stored");
+    drop(c);
+    assert_eq!(post_json(json_body).await, 200);
+    let store = h.store();
+    wait_for("the JSON delivery to be parked", std::time::Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            store::parked_webhook_count(&mut c).await.unwrap() == 1
+        }
+    })
+    .await;
     h.stop().await;
 }

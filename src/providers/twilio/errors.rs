@@ -31,10 +31,12 @@ pub fn meaning(code: i64) -> Option<&'static str> {
         21408 => "the account may not send to this region",
         21606 => "the 'From' number is not a WhatsApp sender of this account",
         21610 => "the recipient unsubscribed (replied STOP) from this sender",
+        21611 => "the sender's queue is full (more than ten hours of messages at its pace)",
         21614 => "the 'To' number is not a mobile number",
         21617 => "the message is longer than 1,600 characters",
         21656 => "the ContentVariables are not valid",
         21655 => "the ContentSid is not valid",
+        30001 => "the sender's queue overflowed (more than ten hours of messages at its pace)",
         30003 => "unreachable: the phone is off or out of coverage",
         30005 => "unknown destination: the number does not exist",
         30006 => "landline or unreachable carrier",
@@ -101,6 +103,9 @@ pub fn classify_code(code: i64, http_status: u16, error: ProviderError) -> SendE
         63017 => SendError::Throttled { reason, pause: Duration::from_secs(2) },
         // The sender's WhatsApp limit: Twilio queued what it could; slow right down.
         63018 => SendError::Throttled { reason, pause: Duration::from_secs(60) },
+        // Ten hours of messages already wait in the sender's queue: nothing was sent; wait for
+        // the queue to drain rather than adding to it.
+        21611 | 30001 => SendError::Throttled { reason, pause: Duration::from_secs(300) },
         // A daily cap: nothing goes for a long while.
         63038 => SendError::Throttled { reason, pause: Duration::from_secs(3600) },
         63016 => SendError::WindowClosed { error },
@@ -155,6 +160,10 @@ mod tests {
         assert!(matches!(classify_code(63016, 0, e(63016)), SendError::WindowClosed { .. }));
         assert!(matches!(classify_code(63018, 0, e(63018)), SendError::Throttled { .. }));
         assert!(matches!(classify_code(21610, 0, e(21610)), SendError::OptedOut { .. }));
+        // A full queue: the sender refuses the create, a Messaging Service fails it afterwards;
+        // either way nothing went out and it is tried again later.
+        assert!(matches!(classify(400, &body(21611, 400, "queue full")), SendError::Throttled { .. }));
+        assert!(matches!(classify_code(30001, 0, e(30001)), SendError::Throttled { .. }));
         for code in [30003, 30005, 30006, 30007, 30008, 63003, 63024] {
             match classify_code(code, 0, e(code)) {
                 SendError::Permanent { error } => {

@@ -194,10 +194,9 @@ impl Twilio {
 
     pub fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookRejection> {
         let header = request.headers.get(webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-        webhook::verify(self.config.auth_token.expose(), request.url, request.body, header).map_err(|e| match e {
-            webhook::SignatureError::Missing => WebhookRejection::Unsigned(e.to_string()),
-            _ => WebhookRejection::Forged(e.to_string()),
-        })
+        // Unsigned is refused like mis-signed (403): to Twilio's side both mean "not from us".
+        webhook::verify(self.config.auth_token.expose(), request.url, request.body, header)
+            .map_err(|e| WebhookRejection::Forged(e.to_string()))
     }
 
     /// Twilio has no subscription handshake.
