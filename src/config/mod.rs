@@ -117,6 +117,16 @@ impl ProviderConfig {
         }
     }
 
+    /// Why the vendor could not reach recado's webhooks with this configuration, when the
+    /// configuration can tell.
+    pub fn reachability_problem(&self, public_url: Option<&str>) -> Option<String> {
+        match self {
+            // Meta's callback URL is set in its dashboard, not per message.
+            ProviderConfig::MetaCloud(_) => None,
+            ProviderConfig::Twilio(t) => t.reachability_problem(public_url),
+        }
+    }
+
     pub fn settings(&self) -> &ProviderSettings {
         match self {
             ProviderConfig::MetaCloud(m) => &m.settings,

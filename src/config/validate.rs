@@ -136,7 +136,12 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     for (path, entry) in p.list("providers", raw_providers) {
         let Some((kind, body)) = typed(&mut p, &path, entry, &provider_types) else { continue };
         if let Some((_, validate)) = PROVIDER_TYPES.iter().find(|(t, _)| *t == kind) {
-            providers.extend(validate(&mut p, env, &path, body, &mut provider_ids));
+            if let Some(provider) = validate(&mut p, env, &path, body, &mut provider_ids) {
+                if let Some(problem) = provider.reachability_problem(http.public_url.as_deref()) {
+                    p.push(path.clone(), problem);
+                }
+                providers.push(provider);
+            }
         }
     }
 

@@ -13,7 +13,7 @@ mod status;
 mod target;
 
 pub use message::{InboundKind, Intent, MessageContent, ProviderError, ProviderEvent, Sender, TemplateMessage};
-pub use phone::{mask_if_phone, mask_phone, MaskedText, PhoneError, PhoneNumber};
+pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneError, PhoneNumber};
 pub use record::{same_field, CellValue, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;

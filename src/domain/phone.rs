@@ -123,6 +123,39 @@ pub fn mask_if_phone(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `text` with every phone-number-like run in it (seven digits or more, with the `+`, spaces,
+/// dashes, dots and brackets people write numbers with) masked by [`mask_phone`]; the rest
+/// of the text stays readable. For vendors' error messages, which quote the number.
+pub fn mask_phones_in(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let part_of_number = |c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '(' | ')' | '.' | ' ');
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !(chars[i].is_ascii_digit() || chars[i] == '+') {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        while end < chars.len() && part_of_number(chars[end]) {
+            end += 1;
+        }
+        // Trailing separators belong to the text, not the number.
+        while end > i && !chars[end - 1].is_ascii_digit() {
+            end -= 1;
+        }
+        let run: String = chars[i..end.max(i + 1)].iter().collect();
+        if run.chars().filter(char::is_ascii_digit).count() >= 7 {
+            out.push_str(&mask_phone(&run));
+        } else {
+            out.push_str(&run);
+        }
+        i = end.max(i + 1);
+    }
+    out
+}
+
 /// Masks text that may hold phone numbers: every digit but the first three and the last three
 /// of the whole text becomes `*` (other characters stay, so `+56 9 8765 4321` reads
 /// `+56 9 **** *321`, and a cell holding two numbers shows neither). Short texts are masked
@@ -155,6 +188,16 @@ pub fn mask_phone(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_inside_a_message_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            mask_phones_in("The 'To' number whatsapp:+56987654321 is not a valid phone number."),
+            "The 'To' number whatsapp:+569*****321 is not a valid phone number."
+        );
+        assert_eq!(mask_phones_in("error 21211 at 10:30, retry 2"), "error 21211 at 10:30, retry 2");
+        assert_eq!(mask_phones_in("call +56 9 8765 4321."), "call +56 9 **** *321.");
+    }
     use phonenumber::country::Id;
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{EngineCtx, Shutdown};
 use crate::domain::{MessageContent, MessageState};
-use crate::providers::{Accepted, InDoubtSend, Provider, Reconciliation, SendError};
+use crate::providers::{Accepted, CatchUp, InDoubtSend, Provider, Reconciliation, SendError};
 use crate::store::{self, MessageUpdate, OutboxMessage, StoreError};
 
 /// The 24-hour customer-service window.
@@ -45,7 +45,13 @@ pub fn retry_delay(attempt: u32) -> Duration {
 /// How often the provider is asked what its webhooks said (for vendors that do not redeliver
 /// them after an outage).
 const CATCH_UP_EVERY_MS: i64 = 10 * 60 * 1000;
+/// How far back catching up looks at most: news of older messages is not looked for.
+const CATCH_UP_HORIZON_MS: i64 = 24 * 3600 * 1000;
 const CHUNK: usize = 32;
+/// Other sends to the same person recorded within this long before a send in doubt are not it.
+const KNOWN_IDS_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// A send in doubt whose lookup keeps failing is given up (failed, never re-sent) after a day.
+const UNDECIDED_GIVE_UP_MS: i64 = 24 * 3600 * 1000;
 /// Accepted sends waiting to be recorded; senders wait when it is full.
 const RECORDER_QUEUE: usize = 1024;
 /// Recipients remembered for the pair interval; older entries are dropped beyond this.
@@ -189,19 +195,30 @@ impl Dispatcher {
     /// the first start) and stores it as deliveries: the inbox applies them like any other, and
     /// de-duplicates what was heard already. A no-op for providers that redeliver webhooks.
     async fn catch_up(&self) -> anyhow::Result<()> {
-        let since = {
+        let id = self.provider.id();
+        let now = self.now_ms();
+        let horizon = now - CATCH_UP_HORIZON_MS;
+        let ask = {
             let mut c = self.ctx.store.conn().await?;
-            store::latest_webhook_at(&mut c, self.provider.id()).await?
-        }
-        .unwrap_or(self.ctx.started_at - 24 * 3600 * 1000);
-        let fetched = self.provider.catch_up(since).await.map_err(anyhow::Error::msg)?;
+            // From when the provider last reached recado, or from the oldest message that may
+            // still hear news (its `delivered` or `read` may have come while recado could not
+            // hear), whichever is earlier; never more than the horizon back.
+            let heard = store::latest_webhook_at(&mut c, id).await?.unwrap_or(horizon);
+            let unsettled = store::oldest_unsettled_at(&mut c, id, horizon).await?.unwrap_or(heard);
+            let since_ms = heard.min(unsettled).max(horizon);
+            CatchUp {
+                since_ms,
+                known_states: store::provider_states_since(&mut c, id, since_ms - CATCH_UP_HORIZON_MS).await?,
+                known_inbound: store::inbound_ids_since(&mut c, id, since_ms - CATCH_UP_HORIZON_MS).await?,
+            }
+        };
+        let fetched = self.provider.catch_up(&ask).await.map_err(anyhow::Error::msg)?;
         if fetched.is_empty() {
             return Ok(());
         }
-        let now = self.now_ms();
         let mut tx = self.ctx.store.begin().await?;
         for d in &fetched {
-            store::insert_webhook(&mut tx, self.provider.id(), &d.query, &d.body, now).await?;
+            store::insert_fetched_webhook(&mut tx, id, &d.query, &d.body, now).await?;
         }
         tx.commit().await?;
         debug!(provider = %self.provider.id(), deliveries = fetched.len(), "caught up from the provider's API");
@@ -222,13 +239,35 @@ impl Dispatcher {
             store::in_doubt(&mut c, self.provider.id(), now - grace).await?
         };
         for m in stale {
+            let known_ids = {
+                let mut c = self.ctx.store.conn().await?;
+                store::provider_ids_to(&mut c, self.provider.id(), m.phone.as_str(), m.updated_at - KNOWN_IDS_WINDOW_MS)
+                    .await?
+            };
             let ask = InDoubtSend {
                 callback_data: m.id.to_string(),
                 to: m.phone.clone(),
                 content: m.content.clone(),
                 marked_at: m.updated_at,
+                known_ids,
             };
             match self.provider.reconcile(&ask).await {
+                Reconciliation::Undecided(why) if now - m.updated_at < UNDECIDED_GIVE_UP_MS => {
+                    // Sending again on a lookup that did not conclude could send twice.
+                    self.ctx.health.failed(
+                        &self.health_name,
+                        "provider",
+                        &format!("looking up a send in doubt: {why}"),
+                    );
+                    warn!(message_id = m.id, record = %m.record_key, "a send in doubt could not be looked up; asking again later: {why}");
+                }
+                Reconciliation::Undecided(why) => {
+                    let reason = format!(
+                        "outcome unknown: the provider could not say for a day whether it accepted this send ({why}); not sent again"
+                    );
+                    warn!(message_id = m.id, record = %m.record_key, "{reason}");
+                    self.finish(&m, MessageState::Failed, &reason).await?;
+                }
                 Reconciliation::Accepted(acc) => {
                     info!(message_id = m.id, record = %m.record_key, "a send in doubt was accepted by the provider: recorded, not sent again");
                     self.commit_accepted(&[(m, acc)]).await;

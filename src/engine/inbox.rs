@@ -223,10 +223,6 @@ impl InboxProcessor {
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
         let now = self.ctx.now_ms();
-        if !store::record_status_event(tx, provider_message_id, status.as_str(), now).await? {
-            debug!(id = %provider_message_id, %status, "duplicate status ignored");
-            return Ok(());
-        }
         let mut m = store::message_by_provider_id(tx, provider_message_id).await?;
         // A send whose answer was lost: the status carries our outbox id. It belongs to this
         // message only if no other send of it was recorded since, and if this send was not
@@ -243,9 +239,15 @@ impl InboxProcessor {
             }
         }
         let Some(m) = m else {
+            // Not recorded as seen: the message may be a send still in doubt, whose id is
+            // learnt later; the status heard again then (caught up from the provider) applies.
             debug!(id = %provider_message_id, "status for a message recado does not know");
             return Ok(());
         };
+        if !store::record_status_event(tx, provider_message_id, status.as_str(), now).await? {
+            debug!(id = %provider_message_id, %status, "duplicate status ignored");
+            return Ok(());
+        }
         store::upsert_contact(tx, m.phone.as_str(), now).await?;
         store::add_contact_ids(tx, m.phone.as_str(), recipient_ids, now).await?;
         if status == MessageState::Failed && m.state.advance(MessageState::Failed).is_some() {

@@ -223,6 +223,8 @@ pub struct InDoubtSend {
     pub content: MessageContent,
     /// When it was marked `sending` (Unix ms).
     pub marked_at: i64,
+    /// Provider ids already recorded for other sends to the same person: not this send.
+    pub known_ids: Vec<String>,
 }
 
 /// What the provider knows of a send whose outcome was unknown.
@@ -232,8 +234,22 @@ pub enum Reconciliation {
     Accepted(Accepted),
     /// The provider has no record of it: safe to send.
     NotSent,
-    /// The provider cannot be asked (or did not say): wait for its webhooks.
+    /// The provider cannot be asked: the send's webhooks are all there is to wait for.
     Unknown,
+    /// The provider can be asked but the lookup did not conclude (it failed, or too many
+    /// messages to look through): ask again later, never send again on this answer.
+    Undecided(String),
+}
+
+/// What recado asks a provider to catch up on: everything since `since_ms` (Unix ms) that it
+/// does not know yet.
+#[derive(Debug, Clone, Default)]
+pub struct CatchUp {
+    pub since_ms: i64,
+    /// Provider id → state recado has for its messages in the window.
+    pub known_states: std::collections::HashMap<String, crate::domain::MessageState>,
+    /// Inbound messages recado already has.
+    pub known_inbound: std::collections::HashSet<String>,
 }
 
 /// A delivery recado fetched itself, in the vendor's own webhook format (applied exactly like
@@ -317,14 +333,15 @@ impl Provider {
         }
     }
 
-    /// What the vendor's webhooks would have said since `since_ms` (Unix ms), fetched from its
-    /// API, for vendors that do not redeliver webhooks after an outage (empty for the others).
-    /// Applying them again is harmless: statuses and inbound messages are de-duplicated.
-    pub async fn catch_up(&self, since_ms: i64) -> Result<Vec<FetchedDelivery>, String> {
+    /// What the vendor's webhooks would have said since `ask.since_ms` and recado does not know,
+    /// fetched from its API, for vendors that do not redeliver webhooks after an outage (empty
+    /// for the others). Applying one again is harmless: statuses and inbound messages are
+    /// de-duplicated.
+    pub async fn catch_up(&self, ask: &CatchUp) -> Result<Vec<FetchedDelivery>, String> {
         match self {
             // Meta retries undelivered webhooks for days.
             Provider::MetaCloud(_) => Ok(Vec::new()),
-            Provider::Twilio(t) => t.catch_up(since_ms).await,
+            Provider::Twilio(t) => t.catch_up(ask).await,
         }
     }
 

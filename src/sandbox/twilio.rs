@@ -173,7 +173,9 @@ pub struct TwilioFault {
     pub count: u32,
     /// `sync` (an error answer; the default), `async` (accepted, then a `failed`/`undelivered`
     /// callback with the code), `timeout` (never answered; nothing sent), `drop` (accepted,
-    /// then the answer hangs) or `reset` (accepted, then the connection is reset).
+    /// then the answer hangs) or `reset` (accepted, then the connection is reset) for sends;
+    /// `list` for the next Messages list requests instead (answered with `http_status` and
+    /// `code`).
     #[serde(default)]
     pub mode: Option<String>,
     /// Only for sends to this number (E.164); any when absent.
@@ -194,13 +196,13 @@ impl TwilioFault {
     /// A fault with a typo is an error, not "anything": a test cannot pass by accident.
     pub fn validate(&self) -> Result<(), String> {
         let mode = self.mode.as_deref().unwrap_or("sync");
-        if !["sync", "async", "timeout", "drop", "reset"].contains(&mode) {
-            return Err(format!("unknown fault mode '{mode}': expected sync, async, timeout, drop or reset"));
+        if !["sync", "async", "timeout", "drop", "reset", "list"].contains(&mode) {
+            return Err(format!("unknown fault mode '{mode}': expected sync, async, timeout, drop, reset or list"));
         }
-        if matches!(mode, "sync" | "async") && self.code <= 0 {
+        if matches!(mode, "sync" | "async" | "list") && self.code <= 0 {
             return Err(format!("a {mode} fault needs Twilio's error code"));
         }
-        if mode == "sync" && !(400..=599).contains(&self.http_status) {
+        if matches!(mode, "sync" | "list") && !(400..=599).contains(&self.http_status) {
             return Err(format!("http_status {} is not an error status", self.http_status));
         }
         if self.count == 0 {
@@ -330,6 +332,11 @@ impl TwilioState {
     }
 
     /// Adds a fault written by test code (panics on a malformed one: a typo must not pass).
+    /// Forgets every fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     pub fn inject(&self, f: TwilioFault) {
         if let Err(e) = self.try_inject(f) {
             panic!("malformed Twilio fault: {e}");
@@ -401,6 +408,8 @@ impl TwilioState {
             ("AccountSid", s.account_sid.clone()),
             ("From", format!("whatsapp:{number}")),
             ("ApiVersion", "2010-04-01".into()),
+            // The sender is in the account's Messaging Service: inbound messages name it.
+            ("MessagingServiceSid", s.messaging_service_sid.clone()),
         ];
         if let Some(r) = replying_to {
             fields.push(("OriginalRepliedMessageSid", r.to_string()));
@@ -420,7 +429,7 @@ impl TwilioState {
                 content_sid: None,
                 template: None,
                 variables: Default::default(),
-                messaging_service_sid: None,
+                messaging_service_sid: Some(s.messaging_service_sid.clone()),
                 status_callback: None,
                 status: "received".into(),
                 error_code: None,
@@ -545,6 +554,16 @@ impl TwilioState {
             f.push(("ErrorCode", code.to_string()));
         }
         f
+    }
+
+    /// The person reads message `sid` now (as any time later): its status becomes `read` and
+    /// the callback is posted, to whoever listens at that moment.
+    pub fn mark_read(self: &Arc<Self>, sid: &str) {
+        let Some(m) = self.lock().messages.iter().find(|m| m.sid == sid).cloned() else { return };
+        self.set_status(sid, "read", None);
+        if let Some(url) = m.status_callback.clone() {
+            self.deliver(url, self.callback_fields(&m, "read", None), Duration::ZERO);
+        }
     }
 
     fn set_status(&self, sid: &str, status: &str, error: Option<i64>) {
@@ -783,14 +802,17 @@ pub async fn create_message(
     // Faults.
     let fault = {
         let mut g = tw.lock();
-        g.faults.iter().position(|f| f.to.as_deref().is_none_or(|t| t == number)).map(|pos| {
-            let f = g.faults[pos].clone();
-            g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
-            if g.faults[pos].count == 0 {
-                g.faults.remove(pos);
-            }
-            f
-        })
+        g.faults
+            .iter()
+            .position(|f| f.mode.as_deref() != Some("list") && f.to.as_deref().is_none_or(|t| t == number))
+            .map(|pos| {
+                let f = g.faults[pos].clone();
+                g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
+                if g.faults[pos].count == 0 {
+                    g.faults.remove(pos);
+                }
+                f
+            })
     };
     let mut failure: Option<(&'static str, i64)> = None;
     let mut after_accept: Option<&str> = None;
@@ -887,6 +909,20 @@ pub async fn list_messages(
     }
     if account != s.account_sid {
         return twilio_error(404, 20404, "The requested resource was not found");
+    }
+    let fault = {
+        let mut g = tw.lock();
+        g.faults.iter().position(|f| f.mode.as_deref() == Some("list")).map(|pos| {
+            let f = g.faults[pos].clone();
+            g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
+            if g.faults[pos].count == 0 {
+                g.faults.remove(pos);
+            }
+            f
+        })
+    };
+    if let Some(f) = fault {
+        return twilio_error(f.http_status, f.code, "Injected by the sandbox");
     }
     let q = form_pairs(query.as_deref().unwrap_or(""));
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());

@@ -150,3 +150,18 @@ pub async fn insert_inbound(conn: &mut SqliteConnection, m: &InboundRow<'_>) -> 
 pub async fn inbound_count(conn: &mut SqliteConnection) -> StoreResult<i64> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM inbound").fetch_one(conn).await?)
 }
+
+/// Ids of this provider's inbound messages received since `since` (Unix ms).
+pub async fn inbound_ids_since(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    since: i64,
+) -> StoreResult<std::collections::HashSet<String>> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT provider_message_id FROM inbound WHERE provider_id = $1 AND received_at >= $2")
+            .bind(provider_id)
+            .bind(since)
+            .fetch_all(conn)
+            .await?;
+    Ok(ids.into_iter().collect())
+}

@@ -87,6 +87,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "vendor neutral", include_str!("migrations/0004_vendor_neutral.sql")),
     (5, "baseline records", include_str!("migrations/0005_baseline_records.sql")),
     (6, "webhook query", include_str!("migrations/0006_webhook_query.sql")),
+    (7, "fetched deliveries", include_str!("migrations/0007_fetched_deliveries.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

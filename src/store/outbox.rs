@@ -186,6 +186,67 @@ pub async fn in_doubt(conn: &mut SqliteConnection, provider_id: &str, before: i6
     messages_from_rows(rows)
 }
 
+/// Provider message ids already recorded on this provider's messages to `phone` created since
+/// `since` (Unix ms): a lookup of a send in doubt must not claim one of them.
+pub async fn provider_ids_to(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    phone: &str,
+    since: i64,
+) -> StoreResult<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT provider_message_id FROM messages
+         WHERE provider_id = $1 AND phone = $2 AND provider_message_id IS NOT NULL AND updated_at >= $3",
+    )
+    .bind(provider_id)
+    .bind(phone)
+    .bind(since)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The creation time (Unix ms) of this provider's oldest message created since `since` that
+/// may still hear news (in doubt, sent or delivered).
+pub async fn oldest_unsettled_at(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    since: i64,
+) -> StoreResult<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT MIN(created_at) FROM messages
+         WHERE provider_id = $1 AND state IN ('sending', 'sent', 'delivered') AND created_at >= $2",
+    )
+    .bind(provider_id)
+    .bind(since)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Provider id → state of this provider's messages created since `since` (Unix ms).
+pub async fn provider_states_since(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    since: i64,
+) -> StoreResult<std::collections::HashMap<String, MessageState>> {
+    let rows = sqlx::query(
+        "SELECT provider_message_id, state FROM messages
+         WHERE provider_id = $1 AND provider_message_id IS NOT NULL AND created_at >= $2",
+    )
+    .bind(provider_id)
+    .bind(since)
+    .fetch_all(conn)
+    .await?;
+    let mut out = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = col(r, "provider_message_id")?;
+        let state: String = col(r, "state")?;
+        if let Ok(s) = state.parse::<MessageState>() {
+            out.insert(id, s);
+        }
+    }
+    Ok(out)
+}
+
 pub async fn message_by_id(conn: &mut SqliteConnection, id: i64) -> StoreResult<Option<OutboxMessage>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1")))
         .bind(id)

@@ -26,20 +26,43 @@ pub async fn insert_webhook(
     body: &str,
     now: i64,
 ) -> StoreResult<i64> {
+    insert(conn, provider_id, query, body, now, false).await
+}
+
+/// Stores deliveries recado fetched from the provider's API (see [`latest_webhook_at`]).
+pub async fn insert_fetched_webhook(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    query: &str,
+    body: &str,
+    now: i64,
+) -> StoreResult<i64> {
+    insert(conn, provider_id, query, body, now, true).await
+}
+
+async fn insert(
+    conn: &mut SqliteConnection,
+    provider_id: &str,
+    query: &str,
+    body: &str,
+    now: i64,
+    fetched: bool,
+) -> StoreResult<i64> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO webhooks (provider_id, received_at, body, query) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO webhooks (provider_id, received_at, body, query, fetched) VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(provider_id)
     .bind(now)
     .bind(body)
     .bind(query)
+    .bind(i64::from(fetched))
     .fetch_one(conn)
     .await?)
 }
 
-/// When the latest delivery of a provider was stored (Unix ms), if any.
+/// When the provider last reached recado with a delivery of its own (fetched ones excluded).
 pub async fn latest_webhook_at(conn: &mut SqliteConnection, provider_id: &str) -> StoreResult<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT MAX(received_at) FROM webhooks WHERE provider_id = $1")
+    Ok(sqlx::query_scalar("SELECT MAX(received_at) FROM webhooks WHERE provider_id = $1 AND fetched = 0")
         .bind(provider_id)
         .fetch_one(conn)
         .await?)

@@ -188,6 +188,8 @@ rules:
         "providers[0].content_templates[0].content_sid",
         "providers[0].content_templates[1]",
         "rules[0].template.name: provider 'tw2' (twilio) has no content_templates entry for 'recordatorio' in 'es'",
+        // At the real Twilio with no public URL, status callbacks could never reach recado.
+        "providers[1]: Twilio must be able to reach recado's webhooks: set http.public_url",
     ] {
         assert!(e.contains(want), "missing {want} in:\n{e}");
     }

@@ -623,14 +623,7 @@ async fn a_twilio_send_whose_connection_was_reset_is_found_in_the_messages_list_
     h.start().await;
     // Statuses cannot reach recado either: only the list can tell.
     h.sandbox.twilio().update_settings(|s| s.statuses = false);
-    h.sandbox.twilio().inject(recado::sandbox::TwilioFault {
-        code: 0,
-        http_status: 400,
-        count: 1,
-        mode: Some("reset".into()),
-        to: Some(crate::harness::e164(60)),
-        delay_ms: None,
-    });
+    h.fault(Fault::AnswerLost, 1, 60);
     // And one that never reached Twilio at all: the list has nothing, so it is sent again.
     h.fault(Fault::NoAnswer, 1, 61);
     h.add_row(row(60, "Olga", "Sí", "Activo"));
@@ -649,6 +642,105 @@ async fn a_twilio_send_whose_connection_was_reset_is_found_in_the_messages_list_
     assert_eq!(h.sent_to(61).len(), 1, "not in the list: sent again, once");
     let m = h.messages().await.into_iter().find(|m| m.record_key.0 == "60").unwrap();
     assert_eq!(m.provider_message_id.as_deref(), Some(h.sent_to(60)[0].id.as_str()));
+    // Olga read it while recado could not hear: the next catch-up from the list tells, now
+    // that the message's id is known.
+    h.clock.advance(Duration::from_secs(11 * 60));
+    h.wait_cell("60", "Estado WhatsApp", "read").await;
+    h.stop().await;
+}
+
+/// Twilio: while the Messages list cannot be read (Twilio answering 500), a send in doubt is
+/// neither sent again nor given up; once the list answers, it is found and recorded, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_in_doubt_is_not_sent_again_while_the_messages_list_cannot_be_read() {
+    let mut h = Harness::on(Vendor::Twilio, vec![]).await;
+    h.extra_provider = "    in_doubt_grace: 10m\n    call_timeout: 1s\n".into();
+    h.start().await;
+    h.sandbox.twilio().update_settings(|s| s.statuses = false);
+    h.fault(Fault::AnswerLost, 1, 64);
+    h.add_row(row(64, "Rosa", "Sí", "Activo"));
+    wait_for("the send in doubt", Duration::from_secs(20), || async {
+        h.messages().await.iter().any(|m| m.state == MessageState::Sending)
+    })
+    .await;
+    h.sandbox.twilio().inject(recado::sandbox::TwilioFault {
+        code: 20500,
+        http_status: 500,
+        count: 1000,
+        mode: Some("list".into()),
+        to: None,
+        delay_ms: None,
+    });
+    h.clock.advance(Duration::from_secs(11 * 60));
+    wait_for("the lookup to be tried and fail", Duration::from_secs(20), || async {
+        let health = h.running().ctx().health.get("provider:whatsapp");
+        health.and_then(|c| c.last_error).is_some_and(|e| e.contains("looking up a send in doubt"))
+    })
+    .await;
+    // Asked again at the next check, and failing again: still nothing sent.
+    let failures = || h.running().ctx().health.get("provider:whatsapp").map_or(0, |c| c.failures);
+    let before = failures();
+    h.clock.advance(Duration::from_secs(60));
+    wait_for("a second lookup", Duration::from_secs(20), || async { failures() > before }).await;
+    assert_eq!(h.sent_to(64).len(), 1, "not sent again on a lookup that failed");
+    assert!(h.messages().await.iter().all(|m| m.state == MessageState::Sending), "still in doubt, not given up");
+    h.sandbox.twilio().clear_faults();
+    h.clock.advance(Duration::from_secs(60));
+    h.wait_cell("64", "Estado WhatsApp", "sent").await;
+    h.quiesce().await;
+    assert_eq!(h.sent_to(64).len(), 1);
+    h.stop().await;
+}
+
+/// Twilio: a send refused later for throughput (an async 63017) is queued again; if that
+/// second send's answer is lost, the lookup must not take the failed first message for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_earlier_attempt_in_the_list_does_not_stand_for_a_send_in_doubt() {
+    let mut h = Harness::on(Vendor::Twilio, vec![]).await;
+    h.extra_provider = "    in_doubt_grace: 10m\n    call_timeout: 1s\n".into();
+    h.start().await;
+    h.fault(Fault::ThrottledLater, 1, 65);
+    h.fault(Fault::NoAnswer, 1, 65);
+    h.add_row(row(65, "Sara", "Sí", "Activo"));
+    wait_for("the second send in doubt", Duration::from_secs(30), || async {
+        h.messages().await.iter().any(|m| m.state == MessageState::Sending && m.attempts >= 2)
+    })
+    .await;
+    assert_eq!(h.sent_to(65).len(), 1, "only the first, failed, send reached Twilio");
+    h.clock.advance(Duration::from_secs(11 * 60));
+    h.wait_cell("65", "Estado WhatsApp", "delivered").await;
+    h.quiesce().await;
+    assert_eq!(h.sent_to(65).len(), 2, "the failed one, and the one sent again after the lookup");
+    let m = h.messages().await.into_iter().find(|m| m.record_key.0 == "65").unwrap();
+    assert_eq!(m.provider_message_id.as_deref(), Some(h.sent_to(65)[1].id.as_str()), "the new send's id");
+    h.stop().await;
+}
+
+/// Twilio does not deliver a callback again after its retries: a message read while recado was
+/// stopped, sent long before the last callback recado heard, is caught up from the Messages
+/// list at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_that_came_while_recado_was_stopped_is_caught_up_at_start() {
+    let mut h = Harness::on(Vendor::Twilio, vec![]).await;
+    h.user(66, false, None);
+    h.user(67, false, None);
+    h.start().await;
+    h.add_row(row(66, "Inés", "Sí", "Activo"));
+    h.wait_cell("66", "Estado WhatsApp", "delivered").await;
+    // An hour later another message, whose callbacks recado hears.
+    h.clock.advance(Duration::from_secs(3600));
+    h.add_row(row(67, "Julio", "Sí", "Activo"));
+    h.wait_cell("67", "Estado WhatsApp", "delivered").await;
+    h.quiesce().await;
+    h.stop().await;
+    let sid = h.sent_to(66)[0].id.clone();
+    h.sandbox.twilio().mark_read(&sid);
+    wait_for("Twilio to give up on the callback", Duration::from_secs(20), || async {
+        h.sandbox.twilio().deliveries_in_flight() == 0
+    })
+    .await;
+    h.start().await;
+    h.wait_cell("66", "Estado WhatsApp", "read").await;
     h.stop().await;
 }
 
@@ -673,5 +765,41 @@ async fn a_twilio_messaging_service_with_an_api_key_sends_and_hears_back() {
     assert_eq!(sent[0].from, settings.sender, "the service's pool sent it");
     assert_eq!(sent[0].credential.as_deref(), Some(settings.api_key_sid.as_str()), "the API key authenticated");
     assert_eq!(h.sent_to(62)[0].template.as_deref(), Some("confirmacion_inscripcion"));
+    h.stop().await;
+}
+
+/// Twilio: carrier-level failures reported in status callbacks (30003, 30005, 30006, 30007,
+/// 30008) reach each row with their meaning and code, and are not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_undelivered_codes_reach_the_row_with_their_meaning() {
+    let mut h = Harness::on(Vendor::Twilio, vec![]).await;
+    h.start().await;
+    let cases = [
+        (70, 30003, "unreachable"),
+        (71, 30005, "unknown destination"),
+        (72, 30006, "landline"),
+        (73, 30007, "spam"),
+        (74, 30008, "unknown delivery error"),
+    ];
+    for (n, code, _) in cases {
+        h.sandbox.twilio().inject(recado::sandbox::TwilioFault {
+            code,
+            http_status: 400,
+            count: 1,
+            mode: Some("async".into()),
+            to: Some(crate::harness::e164(n)),
+            delay_ms: None,
+        });
+        h.add_row(row(n, "Persona", "Sí", "Activo"));
+    }
+    for (n, code, words) in cases {
+        h.wait_cell(&n.to_string(), "Estado WhatsApp", "failed").await;
+        let error = h.cell(&n.to_string(), "Error WhatsApp");
+        assert!(error.contains(words) && error.contains(&code.to_string()), "{n}: {error}");
+    }
+    h.quiesce().await;
+    for (n, ..) in cases {
+        assert_eq!(h.sent_to(n).len(), 1, "{n}: undelivered is final");
+    }
     h.stop().await;
 }

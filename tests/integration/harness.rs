@@ -65,6 +65,8 @@ pub enum Fault {
     ThrottledLater,
     /// Never answered; nothing sent.
     NoAnswer,
+    /// Accepted, then the answer lost (Twilio: the connection reset; Meta: it hangs).
+    AnswerLost,
 }
 
 pub struct Harness {
@@ -219,6 +221,10 @@ impl Harness {
             // the provider, 63018 for a minute of real time, longer than a test should wait.
             Fault::ThrottledLater => ("async", (130429, 400), (63017, 400)),
             Fault::NoAnswer => ("timeout", (0, 400), (0, 400)),
+            Fault::AnswerLost => match self.vendor {
+                Vendor::Meta => ("drop", (0, 400), (0, 400)),
+                Vendor::Twilio => ("reset", (0, 400), (0, 400)),
+            },
         };
         match self.vendor {
             Vendor::Meta => {

@@ -49,7 +49,16 @@ async fn bad_rows_get_their_error_once_and_the_rest_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_reaches_the_right_row_after_a_sort_and_an_insert_above() {
-    let mut h = Harness::new((1..=6).map(|i| row(i, &format!("Z{i}"), "Sí", "Activo")).collect()).await;
+    write_back_after_a_sort_and_an_insert(crate::harness::Vendor::Meta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_reaches_the_right_row_after_a_sort_and_an_insert_above_through_twilio() {
+    write_back_after_a_sort_and_an_insert(crate::harness::Vendor::Twilio).await;
+}
+
+async fn write_back_after_a_sort_and_an_insert(vendor: crate::harness::Vendor) {
+    let mut h = Harness::on(vendor, (1..=6).map(|i| row(i, &format!("Z{i}"), "Sí", "Activo")).collect()).await;
     h.flush_interval = "1s";
     h.user(70, true, None);
     h.start().await;

@@ -466,3 +466,40 @@ async fn twilio_list_replies_media_and_json_bodies_arrive_over_http() {
     .await;
     h.stop().await;
 }
+
+/// With `status_callback_url`, Twilio calls (and signs) that address, not recado's public URL:
+/// callbacks signed over it, with the query recado added, are accepted; over another host, not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_callbacks_are_verified_against_the_configured_status_callback_url() {
+    use recado::providers::twilio::webhook::compute_signature;
+    let mut h = Harness::on(crate::harness::Vendor::Twilio, vec![]).await;
+    h.public_url = Some("https://recado.example.org");
+    h.extra_provider = "    status_callback_url: \"https://callbacks.example.org/twilio\"\n".into();
+    h.start().await;
+    let token = h.sandbox.twilio().settings().auth_token;
+    let params: Vec<(String, String)> = [
+        ("MessageSid", "SM00000000000000000000000000000075"),
+        ("MessageStatus", "delivered"),
+        ("To", "whatsapp:+56987650075"),
+        ("From", "whatsapp:+14155238886"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let local = format!("{}?recado_message=75", h.webhook_url());
+    let http = reqwest::Client::new();
+    let post = |signed_over: &str| {
+        let signature = compute_signature(&token, signed_over, &params);
+        let request = http.post(&local).header("x-twilio-signature", signature).form(&params);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post("https://callbacks.example.org/twilio?recado_message=75").await, 200);
+    assert_eq!(
+        post("https://recado.example.org/webhooks/whatsapp?recado_message=75").await,
+        200,
+        "the public URL still works"
+    );
+    assert_eq!(post("https://elsewhere.example.org/twilio?recado_message=75").await, 403);
+    assert_eq!(post("https://callbacks.example.org/twilio?recado_message=76").await, 403, "the query is signed too");
+    h.stop().await;
+}

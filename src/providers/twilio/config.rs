@@ -18,6 +18,9 @@ use crate::domain::Secret;
 use crate::providers::{ProviderSettings, RawSettings};
 use crate::validation::{Env, Problems, SecretSources};
 
+/// Twilio's API, where `base_url` points unless told otherwise.
+pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
+
 /// One approved template as Twilio's Content API knows it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +131,15 @@ impl TwilioConfig {
     }
 
     /// Why a rule cannot send this template through this provider, if it cannot.
+    /// Every message names its status callback URL: against the real Twilio it must be an
+    /// address Twilio can call, not the one recado listens on.
+    pub fn reachability_problem(&self, public_url: Option<&str>) -> Option<String> {
+        let real_twilio = self.base_url.trim_end_matches('/') == DEFAULT_BASE_URL;
+        (real_twilio && public_url.is_none() && self.status_callback_url.is_none()).then(|| {
+            "Twilio must be able to reach recado's webhooks: set http.public_url (or this provider's status_callback_url) to the https address Twilio calls".to_string()
+        })
+    }
+
     pub fn template_problem(&self, name: &str, language: &str) -> Option<String> {
         if self.content_sid(name, language).is_some() {
             return None;
@@ -228,7 +240,7 @@ pub fn validate(
             p.push(at.clone(), format!("'{}' in '{}' is listed twice", c.name, c.language));
         }
     }
-    let base_url = p.url(&format!("{path}.base_url"), t.base_url, "https://api.twilio.com", false);
+    let base_url = p.url(&format!("{path}.base_url"), t.base_url, DEFAULT_BASE_URL, false);
     let status_callback_url =
         t.status_callback_url.map(|u| p.url(&format!("{path}.status_callback_url"), Some(u), "", false));
     let settings = ProviderSettings::validate(

@@ -57,9 +57,15 @@ pub fn meaning(code: i64) -> Option<&'static str> {
 /// has no code.
 pub fn classify(http_status: u16, body: &[u8]) -> SendError {
     let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
-        let snippet: String =
-            String::from_utf8_lossy(&body[..body.len().min(200)]).split_whitespace().collect::<Vec<_>>().join(" ");
-        return if http_status >= 500 || http_status == 429 || http_status == 408 {
+        let snippet: String = crate::domain::mask_phones_in(
+            &String::from_utf8_lossy(&body[..body.len().min(200)]).split_whitespace().collect::<Vec<_>>().join(" "),
+        );
+        return if http_status >= 500 && http_status != 503 {
+            // Not Twilio's own answer but a gateway's (502, 504): the request may have reached
+            // Twilio and been accepted behind it. Looked up before any new send.
+            SendError::InDoubt { reason: format!("Twilio's gateway answered HTTP {http_status}: {snippet}") }
+        } else if http_status == 503 || http_status == 429 || http_status == 408 {
+            // Refused before processing: safe to send again.
             SendError::Retry { reason: format!("Twilio answered HTTP {http_status}: {snippet}") }
         } else {
             SendError::Permanent {
@@ -79,6 +85,10 @@ pub fn classify(http_status: u16, body: &[u8]) -> SendError {
 /// The error as written to a row: the code's meaning, with Twilio's own words when they add
 /// something.
 pub fn error_of(code: i64, message: &str, _more_info: Option<String>) -> ProviderError {
+    // Twilio's messages quote the number ("The 'To' number whatsapp:+… is not valid"): masked,
+    // as they reach logs.
+    let masked = crate::domain::mask_phones_in(message);
+    let message = masked.as_str();
     match meaning(code) {
         Some(m) => ProviderError {
             code,
@@ -140,6 +150,10 @@ mod tests {
         assert!(matches!(classify(401, &body(20003, 401, "Authenticate")), SendError::Unavailable { .. }));
         assert!(matches!(classify(500, &body(20500, 500, "Internal Server Error")), SendError::Retry { .. }));
         assert!(matches!(classify(503, b"<html>busy</html>"), SendError::Retry { .. }));
+        assert!(
+            matches!(classify(504, b"<html>gateway timeout</html>"), SendError::InDoubt { .. }),
+            "a gateway's timeout may hide an accepted send"
+        );
         assert!(matches!(classify(400, b"nope"), SendError::Permanent { .. }));
         match classify(400, &body(21211, 400, "The 'To' number whatsapp:+5691 is not a valid phone number.")) {
             SendError::Permanent { error } => {

@@ -27,11 +27,15 @@ use serde_json::{Map, Value};
 pub use config::TwilioConfig;
 
 use super::{
-    Accepted, Acknowledgement, FetchedDelivery, Handshake, InDoubtSend, ParsedWebhook, ProviderSettings,
+    Accepted, Acknowledgement, CatchUp, FetchedDelivery, Handshake, InDoubtSend, ParsedWebhook, ProviderSettings,
     Reconciliation, SendError, WebhookRejection, WebhookRequest,
 };
-use crate::domain::{MessageContent, PhoneNumber, ProviderError};
+use crate::domain::{MessageContent, MessageState, PhoneNumber, ProviderError};
 use config::TwilioSender;
+
+/// Appended to the status callback URL: Twilio's connection overrides asking for five retries
+/// of a failed callback, on any failure.
+const CONNECTION_OVERRIDES: &str = "#rc=5&rp=all";
 
 /// Twilio expects a 200; an empty TwiML document tells it to answer nothing.
 pub const ACKNOWLEDGEMENT: Acknowledgement = Acknowledgement {
@@ -79,6 +83,8 @@ struct MessageResource {
     direction: Option<String>,
     #[serde(default)]
     messaging_service_sid: Option<String>,
+    #[serde(default)]
+    num_media: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -146,7 +152,10 @@ impl Twilio {
                 percent_encoding::utf8_percent_encode(callback_data, percent_encoding::NON_ALPHANUMERIC).to_string();
             // The fragment (Twilio's connection overrides, never sent or signed) asks for
             // retries of a failed callback: five, on any failure.
-            form.push(("StatusCallback", format!("{url}{sep}{}={id}#rc=5&rp=all", webhook::CALLBACK_PARAMETER)));
+            form.push((
+                "StatusCallback",
+                format!("{url}{sep}{}={id}{CONNECTION_OVERRIDES}", webhook::CALLBACK_PARAMETER),
+            ));
         }
         Ok(form)
     }
@@ -194,9 +203,29 @@ impl Twilio {
 
     pub fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookRejection> {
         let header = request.headers.get(webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+        // Twilio signs the URL it called: recado's public URL, or `status_callback_url` when
+        // that is where callbacks are sent (then with the query recado added to it). In case
+        // Twilio signs the connection overrides recado appended, those variants are tried too.
+        let token = self.config.auth_token.expose();
+        let query = request.url.split_once('?').map(|(_, q)| q);
+        let mut urls = vec![request.url.to_string()];
+        if let Some(cb) = &self.config.status_callback_url {
+            let base = cb.split('?').next().unwrap_or(cb);
+            urls.push(query.map_or_else(|| base.to_string(), |q| format!("{base}?{q}")));
+        }
+        if query.is_some_and(|q| q.contains(webhook::CALLBACK_PARAMETER)) {
+            let with_overrides: Vec<String> = urls.iter().map(|u| format!("{u}{CONNECTION_OVERRIDES}")).collect();
+            urls.extend(with_overrides);
+        }
+        let mut outcome = Err(webhook::SignatureError::Missing);
+        for url in &urls {
+            outcome = webhook::verify(token, url, request.body, header);
+            if !matches!(outcome, Err(webhook::SignatureError::Mismatch)) {
+                break;
+            }
+        }
         // Unsigned is refused like mis-signed (403): to Twilio's side both mean "not from us".
-        webhook::verify(self.config.auth_token.expose(), request.url, request.body, header)
-            .map_err(|e| WebhookRejection::Forged(e.to_string()))
+        outcome.map_err(|e| WebhookRejection::Forged(e.to_string()))
     }
 
     /// Twilio has no subscription handshake.
@@ -230,9 +259,17 @@ impl Twilio {
             {
                 Ok(r) if r.status().is_success() => match r.json::<MessagePage>().await {
                     Ok(p) => p,
-                    Err(_) => return Reconciliation::Unknown,
+                    Err(e) => return Reconciliation::Undecided(format!("unreadable Messages list page: {e}")),
                 },
-                _ => return Reconciliation::Unknown,
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let bytes = r.bytes().await.unwrap_or_default();
+                    return Reconciliation::Undecided(format!(
+                        "listing messages: {}",
+                        errors::classify(status, &bytes).describe()
+                    ));
+                }
+                Err(e) => return Reconciliation::Undecided(format!("listing messages: {}", reason(&e))),
             };
             let mut older_seen = false;
             for m in &page.messages {
@@ -242,7 +279,7 @@ impl Twilio {
                     older_seen = true;
                     continue;
                 }
-                if self.is_the_send(m, &to, &send.content) {
+                if !send.known_ids.contains(&m.sid) && self.is_the_send(m, &to, &send.content) {
                     return Reconciliation::Accepted(Accepted {
                         provider_message_id: m.sid.clone(),
                         recipient_ids: Vec::new(),
@@ -256,16 +293,18 @@ impl Twilio {
                 _ => return Reconciliation::NotSent,
             }
         }
-        // Too many recent messages to this person to be sure: wait.
-        Reconciliation::Unknown
+        Reconciliation::Undecided(format!(
+            "more than {} recent messages to this person: not sure which is this send",
+            RECONCILE_PAGES * 50
+        ))
     }
 
     /// Reads the Messages list since `since_ms`: messages people wrote to this sender, and the
     /// current status of what it sent, as the form-encoded webhooks Twilio would have posted.
     /// Twilio retries a webhook only within seconds (its connection overrides), so after an
     /// outage this is the only way to hear them.
-    pub async fn catch_up(&self, since_ms: i64) -> Result<Vec<FetchedDelivery>, String> {
-        let since = since_ms / 1000 - RECONCILE_SKEW_SECONDS;
+    pub async fn catch_up(&self, ask: &CatchUp) -> Result<Vec<FetchedDelivery>, String> {
+        let since = ask.since_ms / 1000 - RECONCILE_SKEW_SECONDS;
         let mut out = Vec::new();
         let filters: Vec<Vec<(&str, String)>> = match &self.config.sender {
             TwilioSender::From(from) => vec![vec![("To", from.clone())], vec![("From", from.clone())]],
@@ -276,6 +315,7 @@ impl Twilio {
             let mut query = filter;
             query.push(("PageSize", CATCH_UP_PAGE_SIZE.to_string()));
             let mut request = self.http.get(&self.messages_url).query(&query);
+            let mut complete = false;
             for _ in 0..CATCH_UP_PAGES {
                 let response = request
                     .basic_auth(user, Some(password))
@@ -298,15 +338,25 @@ impl Twilio {
                         .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
                         .map(|c| c.timestamp());
                     match created {
-                        Some(c) if c >= since => out.extend(self.as_webhook(m)),
+                        Some(c) if c >= since => out.extend(self.as_webhook(m, ask)),
                         Some(_) => older_seen = true,
                         None => {}
                     }
                 }
                 match page.next_page_uri.filter(|u| !u.is_empty()) {
                     Some(next) if !older_seen => request = self.http.get(format!("{}{}", self.config.base_url, next)),
-                    _ => break,
+                    _ => {
+                        complete = true;
+                        break;
+                    }
                 }
+            }
+            if !complete {
+                // Ran out of pages before reaching `since`: say so rather than pretend.
+                return Err(format!(
+                    "more than {} messages since the last delivery: only the newest were caught up",
+                    CATCH_UP_PAGES * CATCH_UP_PAGE_SIZE
+                ));
             }
         }
         Ok(out)
@@ -314,15 +364,31 @@ impl Twilio {
 
     /// A listed message as the webhook Twilio would have sent about it, when it is one this
     /// sender received or sent.
-    fn as_webhook(&self, m: &MessageResource) -> Option<FetchedDelivery> {
+    fn as_webhook(&self, m: &MessageResource, ask: &CatchUp) -> Option<FetchedDelivery> {
         let ours = match &self.config.sender {
             TwilioSender::From(from) => m.to.as_deref() == Some(from) || m.from.as_deref() == Some(from),
-            TwilioSender::MessagingService(mg) => {
-                m.messaging_service_sid.as_deref() == Some(mg) || m.direction.as_deref() == Some("inbound")
-            }
+            // The account may have other services and numbers: only this service's messages.
+            TwilioSender::MessagingService(mg) => m.messaging_service_sid.as_deref() == Some(mg),
         };
         if !ours {
             return None;
+        }
+        let inbound = m.direction.as_deref() == Some("inbound");
+        if inbound && ask.known_inbound.contains(&m.sid) {
+            return None;
+        }
+        if !inbound {
+            let listed = match m.status.as_deref() {
+                Some("sent") => MessageState::Sent,
+                Some("delivered") => MessageState::Delivered,
+                Some("read") => MessageState::Read,
+                Some("failed" | "undelivered") => MessageState::Failed,
+                _ => return None,
+            };
+            // Nothing new about a message whose state recado has already reached.
+            if ask.known_states.get(&m.sid).is_some_and(|known| known.advance(listed).is_none()) {
+                return None;
+            }
         }
         let mut form: Vec<(&str, String)> = vec![("MessageSid", m.sid.clone()), ("SmsSid", m.sid.clone())];
         if let Some(a) = &m.account_sid {
@@ -335,6 +401,14 @@ impl Twilio {
             form.push(("Body", m.body.clone().unwrap_or_default()));
             if let Some(digits) = m.from.as_deref().and_then(|f| f.strip_prefix("whatsapp:+")) {
                 form.push(("WaId", digits.to_string()));
+            }
+            if let Some(n) = &m.num_media {
+                form.push(("NumMedia", n.clone()));
+            }
+            // Not a field of Twilio's webhooks: when the person wrote, which the webhook's
+            // arrival would have told.
+            if let Some(d) = &m.date_created {
+                form.push((webhook::CAUGHT_UP_DATE, d.clone()));
             }
         } else {
             let status = m.status.clone()?;
@@ -357,8 +431,15 @@ impl Twilio {
         Some(FetchedDelivery { query: String::new(), body })
     }
 
+    /// Whether a listed message is the send in doubt: to the same person, from this sender,
+    /// not already failed (an earlier attempt refused later, e.g. for throughput, carries the
+    /// same content), with the same content. Messages already recorded for other sends were
+    /// excluded by the caller.
     fn is_the_send(&self, m: &MessageResource, to: &str, content: &MessageContent) -> bool {
         if m.to.as_deref() != Some(to) || !m.direction.as_deref().is_some_and(|d| d.starts_with("outbound")) {
+            return false;
+        }
+        if matches!(m.status.as_deref(), Some("failed" | "undelivered" | "canceled")) {
             return false;
         }
         let sender_ok = match &self.config.sender {

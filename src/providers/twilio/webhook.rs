@@ -120,6 +120,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The field a delivery caught up from the Messages list adds: when the message was created
+/// (RFC 2822, as the list gives it). Not one of Twilio's.
+pub const CAUGHT_UP_DATE: &str = "RecadoDateCreated";
+
 /// Parses a (verified) request: a status callback or an inbound message. `query` is the query
 /// string of the URL Twilio called (it carries the outbox id of the message a status is about).
 /// Tolerant, as Twilio adds parameters without notice: unknown ones are ignored, and statuses
@@ -194,11 +198,14 @@ fn inbound_event<'a>(sid: &str, get: &impl Fn(&str) -> Option<&'a str>) -> Resul
         (Some("text") | None, _, _) => InboundKind::Text { body: get("Body").unwrap_or_default().to_string() },
         (Some(other), _, _) => InboundKind::Other { message_type: other.to_string() },
     };
+    // Twilio's webhooks carry no time (they arrive as it happens); a caught-up one does.
+    let timestamp =
+        get(CAUGHT_UP_DATE).and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok()).map_or(0, |d| d.timestamp());
     Ok(ProviderEvent::Inbound {
         provider_message_id: sid.to_string(),
         from: Sender { phone, user_ids: wa_id.into_iter().collect() },
         profile_name: get("ProfileName").map(str::to_string),
-        timestamp: 0,
+        timestamp,
         context_message_id: get("OriginalRepliedMessageSid").map(str::to_string),
         kind,
     })
