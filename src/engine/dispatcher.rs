@@ -119,18 +119,13 @@ impl Dispatcher {
             .take()
             .map(|rx| tokio::spawn(Arc::clone(&self).record_accepted(rx)));
         let wake = self.ctx.dispatch_wake.get(&id).cloned().unwrap_or_default();
+        // Catching up lists pages of the provider's messages: its own task, so sending never
+        // waits for it.
+        let catching_up = tokio::spawn(Arc::clone(&self).catch_up_loop(shutdown.clone()));
         let mut last_doubt_check: Option<i64> = None;
-        let mut last_catch_up: Option<i64> = None;
         loop {
             if shutdown.is_set() {
                 break;
-            }
-            if last_catch_up.is_none_or(|t| self.now_ms() - t >= CATCH_UP_EVERY_MS) {
-                last_catch_up = Some(self.now_ms());
-                if let Err(e) = self.catch_up().await {
-                    self.ctx.health.failed(&self.health_name, "provider", &format!("catching up: {e}"));
-                    warn!(provider = %id, "catching up on what the provider said while recado could not hear failed: {e}");
-                }
             }
             if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
                 last_doubt_check = Some(self.now_ms());
@@ -174,7 +169,30 @@ impl Dispatcher {
         if let Some(r) = recorder {
             let _ = r.await;
         }
+        let _ = catching_up.await;
         info!(provider = %id, "dispatcher stopped");
+    }
+
+    /// Catches up at start, then every [`CATCH_UP_EVERY_MS`] on the daemon's clock.
+    async fn catch_up_loop(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            let started = self.now_ms();
+            let round = tokio::select! {
+                r = self.catch_up() => r,
+                _ = shutdown.wait() => return,
+            };
+            if let Err(e) = round {
+                self.ctx.health.failed(&self.health_name, "provider", &format!("catching up: {e}"));
+                warn!(provider = %self.provider.id(), "catching up on what the provider said while recado could not hear failed: {e}");
+            }
+            let next = started + CATCH_UP_EVERY_MS;
+            while self.now_ms() < next {
+                tokio::select! {
+                    _ = self.ctx.clock.sleep_until(next, Duration::from_secs(60)) => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
+        }
     }
 
     async fn due_batch(&self) -> Result<Vec<OutboxMessage>, StoreError> {
