@@ -214,6 +214,17 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
     }
     info!(webhooks = %webhook_addr, sources = config.sources.len(), providers = config.providers.len(), rules = config.rules.len(), "recado started");
     if let Some(public) = &config.http.public_url {
+        // A `user:pass@` in the URL is a credential: never logged.
+        let public = match public.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match authority.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://…@{host}{path}"),
+                    None => public.clone(),
+                }
+            }
+            None => public.clone(),
+        };
         for p in &config.providers {
             info!(provider = %p.id(), "webhook callback URL to configure at the provider: {public}/webhooks/{}", p.id());
         }
