@@ -47,6 +47,8 @@ pub fn retry_delay(attempt: u32) -> Duration {
 const CATCH_UP_EVERY_MS: i64 = 10 * 60 * 1000;
 /// How far back catching up looks at most: news of older messages is not looked for.
 const CATCH_UP_HORIZON_MS: i64 = 24 * 3600 * 1000;
+/// How far the daemon's clock and the provider's may disagree about when a message was sent.
+const CATCH_UP_SLACK_MS: i64 = 10 * 60 * 1000;
 const CHUNK: usize = 32;
 /// Other sends to the same person recorded within this long before a send in doubt are not it.
 const KNOWN_IDS_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -224,10 +226,14 @@ impl Dispatcher {
             let heard = store::latest_webhook_at(&mut c, id).await?.unwrap_or(horizon);
             let unsettled = store::oldest_unsettled_at(&mut c, id, horizon).await?.unwrap_or(heard);
             let since_ms = heard.min(unsettled).max(horizon);
+            // A message the provider lists from `since_ms` on was sent (or received) then or
+            // later, so recado touched its row then or later too; the slack covers the two
+            // clocks.
+            let known_since = since_ms - CATCH_UP_SLACK_MS;
             CatchUp {
                 since_ms,
-                known_states: store::provider_states_since(&mut c, id, since_ms - CATCH_UP_HORIZON_MS).await?,
-                known_inbound: store::inbound_ids_since(&mut c, id, since_ms - CATCH_UP_HORIZON_MS).await?,
+                known_states: store::provider_states_since(&mut c, id, known_since).await?,
+                known_inbound: store::inbound_ids_since(&mut c, id, known_since).await?,
             }
         };
         let fetched = self.provider.catch_up(&ask).await.map_err(anyhow::Error::msg)?;

@@ -30,6 +30,56 @@ use axum::http::HeaderMap;
 use crate::domain::{MessageContent, PhoneNumber, ProviderError, ProviderEvent};
 use crate::validation::Problems;
 
+/// `pairs` as an `application/x-www-form-urlencoded` body (the inverse of [`form_pairs`]).
+pub fn encode_form<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let enc =
+                |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+            format!("{}={}", enc(k.as_ref()), enc(v.as_ref()))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Sends a request to `vendor`'s send endpoint and reads the whole answer, both within
+/// `timeout`. Only a refused connection is safe to retry: anything after the request was
+/// written (a timeout included) may have been accepted, so it is in doubt.
+pub async fn exchange(
+    request: reqwest::RequestBuilder,
+    vendor: &str,
+    timeout: std::time::Duration,
+) -> Result<(reqwest::StatusCode, Vec<u8>), SendError> {
+    let response = request.timeout(timeout).send().await.map_err(|e| {
+        if e.is_connect() {
+            SendError::Retry { reason: format!("cannot reach {vendor}: {}", transport_reason(&e, vendor)) }
+        } else if e.is_timeout() {
+            SendError::InDoubt { reason: format!("no answer from {vendor} within {} s", timeout.as_secs()) }
+        } else {
+            SendError::InDoubt { reason: format!("no answer from {vendor}: {}", transport_reason(&e, vendor)) }
+        }
+    })?;
+    let status = response.status();
+    let bytes = tokio::time::timeout(timeout, response.bytes())
+        .await
+        .map_err(|_| SendError::InDoubt { reason: format!("the answer from {vendor} did not finish in time") })?
+        .map_err(|e| SendError::InDoubt {
+            reason: format!("answer from {vendor} cut short: {}", transport_reason(&e, vendor)),
+        })?;
+    Ok((status, bytes.to_vec()))
+}
+
+/// A transport error in words, with the URL (which may carry ids or tokens) replaced by the
+/// vendor's name.
+pub fn transport_reason(e: &reqwest::Error, vendor: &str) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), vendor);
+    }
+    text
+}
+
 /// Decoded `application/x-www-form-urlencoded` pairs (a form body or a query string), in order;
 /// `+` is a space.
 pub fn form_pairs(text: &str) -> Vec<(String, String)> {

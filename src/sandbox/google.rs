@@ -2911,19 +2911,7 @@ fn opt<'a>(q: &'a [(String, String)], name: &str, default: &'a str) -> &'a str {
 }
 
 fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
-    raw.map(|r| url_decode_pairs(&r)).unwrap_or_default()
-}
-
-fn url_decode_pairs(raw: &str) -> Vec<(String, String)> {
-    raw.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec =
-                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().to_string();
-            (dec(k), dec(v))
-        })
-        .collect()
+    raw.map(|r| crate::providers::form_pairs(&r)).unwrap_or_default()
 }
 
 #[derive(Deserialize)]

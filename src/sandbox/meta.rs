@@ -629,14 +629,7 @@ pub async fn send(
     let mut lose_answer = false;
     let fault = {
         let mut g = meta.lock();
-        g.faults.iter().position(|f| f.to.as_deref().is_none_or(|t| t == to)).map(|pos| {
-            let f = g.faults[pos].clone();
-            g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
-            if g.faults[pos].count == 0 {
-                g.faults.remove(pos);
-            }
-            f
-        })
+        super::take_fault(&mut g.faults, |f| f.to.as_deref().is_none_or(|t| t == to), |f| &mut f.count)
     };
     if let Some(f) = fault {
         if let Some(ms) = f.delay_ms {

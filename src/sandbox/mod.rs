@@ -37,6 +37,23 @@ pub struct SignedRequest {
     pub body: Vec<u8>,
 }
 
+/// Takes one use of the first fault in `faults` that `applies`: a fault injected with a count
+/// is used up one request at a time, then removed. `count` says where a fault keeps its count.
+pub(crate) fn take_fault<F: Clone>(
+    faults: &mut std::collections::VecDeque<F>,
+    applies: impl Fn(&F) -> bool,
+    count: impl Fn(&mut F) -> &mut u32,
+) -> Option<F> {
+    let pos = faults.iter().position(applies)?;
+    let fault = faults[pos].clone();
+    let left = count(&mut faults[pos]);
+    *left = left.saturating_sub(1);
+    if *left == 0 {
+        faults.remove(pos);
+    }
+    Some(fault)
+}
+
 pub struct SandboxInner {
     pub google: GoogleState,
     pub meta: Arc<MetaState>,

@@ -513,14 +513,7 @@ impl TwilioState {
         let params: Vec<(String, String)> =
             self.callback_fields(m, status, None).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         let signature = compute_signature(&self.settings().auth_token, &url, &params);
-        let body = params
-            .iter()
-            .map(|(k, v)| {
-                format!("{k}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
-            })
-            .collect::<Vec<_>>()
-            .join("&")
-            .into_bytes();
+        let body = crate::providers::encode_form(&params).into_bytes();
         Some(super::SignedRequest {
             url,
             headers: vec![
@@ -802,17 +795,11 @@ pub async fn create_message(
     // Faults.
     let fault = {
         let mut g = tw.lock();
-        g.faults
-            .iter()
-            .position(|f| f.mode.as_deref() != Some("list") && f.to.as_deref().is_none_or(|t| t == number))
-            .map(|pos| {
-                let f = g.faults[pos].clone();
-                g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
-                if g.faults[pos].count == 0 {
-                    g.faults.remove(pos);
-                }
-                f
-            })
+        super::take_fault(
+            &mut g.faults,
+            |f| f.mode.as_deref() != Some("list") && f.to.as_deref().is_none_or(|t| t == number),
+            |f| &mut f.count,
+        )
     };
     let mut failure: Option<(&'static str, i64)> = None;
     let mut after_accept: Option<&str> = None;
@@ -912,14 +899,7 @@ pub async fn list_messages(
     }
     let fault = {
         let mut g = tw.lock();
-        g.faults.iter().position(|f| f.mode.as_deref() == Some("list")).map(|pos| {
-            let f = g.faults[pos].clone();
-            g.faults[pos].count = g.faults[pos].count.saturating_sub(1);
-            if g.faults[pos].count == 0 {
-                g.faults.remove(pos);
-            }
-            f
-        })
+        super::take_fault(&mut g.faults, |f| f.mode.as_deref() == Some("list"), |f| &mut f.count)
     };
     if let Some(f) = fault {
         return twilio_error(f.http_status, f.code, "Injected by the sandbox");

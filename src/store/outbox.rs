@@ -222,7 +222,8 @@ pub async fn oldest_unsettled_at(
     .await?)
 }
 
-/// Provider id → state of this provider's messages created since `since` (Unix ms).
+/// Provider id → state of this provider's messages touched (sent, or heard of) since `since`
+/// (Unix ms).
 pub async fn provider_states_since(
     conn: &mut SqliteConnection,
     provider_id: &str,
@@ -230,7 +231,7 @@ pub async fn provider_states_since(
 ) -> StoreResult<std::collections::HashMap<String, MessageState>> {
     let rows = sqlx::query(
         "SELECT provider_message_id, state FROM messages
-         WHERE provider_id = $1 AND provider_message_id IS NOT NULL AND created_at >= $2",
+         WHERE provider_id = $1 AND provider_message_id IS NOT NULL AND updated_at >= $2",
     )
     .bind(provider_id)
     .bind(since)

@@ -76,31 +76,8 @@ impl MetaCloud {
         callback_data: &str,
     ) -> Result<Accepted, SendError> {
         let body = request_body(to, content, callback_data);
-        let timeout = self.config.settings.call_timeout;
-        let response = self
-            .http
-            .post(&self.url)
-            .bearer_auth(self.config.access_token.expose())
-            .json(&body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| {
-                // A refused connection never reached Meta: safe to retry. Anything after the
-                // request was written (a timeout included) may have been accepted.
-                if e.is_connect() {
-                    SendError::Retry { reason: format!("cannot reach Meta: {}", reason(&e)) }
-                } else if e.is_timeout() {
-                    SendError::InDoubt { reason: format!("no answer from Meta within {} s", timeout.as_secs()) }
-                } else {
-                    SendError::InDoubt { reason: format!("no answer from Meta: {}", reason(&e)) }
-                }
-            })?;
-        let status = response.status();
-        let bytes = tokio::time::timeout(timeout, response.bytes())
-            .await
-            .map_err(|_| SendError::InDoubt { reason: "the answer from Meta did not finish in time".into() })?
-            .map_err(|e| SendError::InDoubt { reason: format!("answer from Meta cut short: {}", reason(&e)) })?;
+        let request = self.http.post(&self.url).bearer_auth(self.config.access_token.expose()).json(&body);
+        let (status, bytes) = super::exchange(request, "Meta", self.config.settings.call_timeout).await?;
         if status.is_success() {
             let parsed: SendResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| SendError::InDoubt { reason: format!("unreadable answer from Meta: {e}") })?;
@@ -151,14 +128,6 @@ impl MetaCloud {
 }
 
 /// A reqwest error without its URL (which names the phone number id).
-fn reason(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "Meta");
-    }
-    text
-}
-
 /// The JSON body Meta expects for `content`.
 pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &str) -> Value {
     let mut body = json!({

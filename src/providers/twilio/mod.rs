@@ -167,32 +167,9 @@ impl Twilio {
         callback_data: &str,
     ) -> Result<Accepted, SendError> {
         let form = self.form(to, content, callback_data).map_err(|error| SendError::Permanent { error })?;
-        let timeout = self.config.settings.call_timeout;
         let (user, password) = self.credentials();
-        let response = self
-            .http
-            .post(&self.messages_url)
-            .basic_auth(user, Some(password))
-            .form(&form)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| {
-                // A refused connection never reached Twilio: safe to retry. Anything after
-                // the request was written (a timeout included) may have been accepted.
-                if e.is_connect() {
-                    SendError::Retry { reason: format!("cannot reach Twilio: {}", reason(&e)) }
-                } else if e.is_timeout() {
-                    SendError::InDoubt { reason: format!("no answer from Twilio within {} s", timeout.as_secs()) }
-                } else {
-                    SendError::InDoubt { reason: format!("no answer from Twilio: {}", reason(&e)) }
-                }
-            })?;
-        let status = response.status();
-        let bytes = tokio::time::timeout(timeout, response.bytes())
-            .await
-            .map_err(|_| SendError::InDoubt { reason: "the answer from Twilio did not finish in time".into() })?
-            .map_err(|e| SendError::InDoubt { reason: format!("answer from Twilio cut short: {}", reason(&e)) })?;
+        let request = self.http.post(&self.messages_url).basic_auth(user, Some(password)).form(&form);
+        let (status, bytes) = super::exchange(request, "Twilio", self.config.settings.call_timeout).await?;
         if status.is_success() {
             let m: MessageResource = serde_json::from_slice(&bytes)
                 .map_err(|e| SendError::InDoubt { reason: format!("unreadable answer from Twilio: {e}") })?;
@@ -421,14 +398,7 @@ impl Twilio {
                 form.push(("ErrorCode", code.to_string()));
             }
         }
-        let body = form
-            .iter()
-            .map(|(k, v)| {
-                format!("{k}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
-            })
-            .collect::<Vec<_>>()
-            .join("&");
-        Some(FetchedDelivery { query: String::new(), body })
+        Some(FetchedDelivery { query: String::new(), body: super::encode_form(&form) })
     }
 
     /// Whether a listed message is the send in doubt: to the same person, from this sender,
@@ -474,11 +444,7 @@ pub fn content_variables(body: &[String], button_url_suffix: Option<&str>) -> Ma
 
 /// A reqwest error without its URL (which names the account).
 fn reason(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "Twilio");
-    }
-    text
+    super::transport_reason(e, "Twilio")
 }
 
 #[cfg(test)]
