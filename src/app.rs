@@ -29,7 +29,7 @@ use crate::engine::timers::TimerLoop;
 use crate::engine::{Clock, EngineCtx, Shutdown};
 use crate::providers::Provider;
 use crate::rules::RuleSet;
-use crate::sources::{google_sheets, Source, SourceWriter};
+use crate::sources::{google_sheets, salesforce, Source, SourceWriter};
 use crate::store::Store;
 
 /// The HTTP client for vendor APIs. Each call also sets its own timeout.
@@ -50,16 +50,25 @@ pub type Connected = (Vec<Arc<Source>>, Vec<Arc<SourceWriter>>);
 /// Connects every configured source.
 pub fn connect_sources(config: &Config, http: &reqwest::Client) -> anyhow::Result<Connected> {
     let mut sheets = Vec::new();
+    let mut orgs = Vec::new();
     for s in &config.sources {
         match s {
             SourceConfig::GoogleSheets(g) => sheets.push(g.clone()),
+            SourceConfig::Salesforce(c) => orgs.push(c.clone()),
         }
     }
-    let (readers, writers) = google_sheets::connect(&sheets, http).map_err(anyhow::Error::msg)?;
+    let (readers, sheet_writers) = google_sheets::connect(&sheets, http).map_err(anyhow::Error::msg)?;
     let mut by_id: HashMap<String, Arc<Source>> =
         readers.into_iter().map(|r| (r.settings().id.clone(), Arc::new(Source::GoogleSheets(r)))).collect();
+    let (records, record_writers) = salesforce::connect(&orgs, http).map_err(anyhow::Error::msg)?;
+    by_id.extend(records.into_iter().map(|r| (r.settings().id.clone(), Arc::new(Source::Salesforce(r)))));
     let sources = config.sources.iter().filter_map(|s| by_id.remove(s.id())).collect();
-    let writers = writers.into_iter().map(|w| Arc::new(SourceWriter::GoogleSheets(w))).collect();
+    let writers = sheet_writers
+        .into_iter()
+        .map(SourceWriter::GoogleSheets)
+        .chain(record_writers.into_iter().map(SourceWriter::Salesforce))
+        .map(Arc::new)
+        .collect();
     Ok((sources, writers))
 }
 

@@ -173,6 +173,17 @@ pub fn context_with(record: &Record, dates: &DateStyle, aliases: &[String]) -> V
         }
     }
     let row = Value::from(fields.clone());
+    // Relationship paths (`Contacto__r.Name`) are also reachable with dots:
+    // `{{ Contacto__r.Name }}`.
+    let mut nested: BTreeMap<String, PathTree> = BTreeMap::new();
+    for (k, v) in fields.iter().filter(|(k, _)| k.contains('.')) {
+        let parts: Vec<&str> = k.split('.').collect();
+        let Some((first, rest)) = parts.split_first() else { continue };
+        nested.entry((*first).to_string()).or_default().insert(rest, v.clone());
+    }
+    for (name, tree) in nested {
+        fields.entry(name).or_insert_with(|| tree.into_value());
+    }
     fields.insert("row".to_string(), row);
     let order = match dates.order {
         DateOrder::Dmy => "dmy",
@@ -187,6 +198,33 @@ pub fn context_with(record: &Record, dates: &DateStyle, aliases: &[String]) -> V
         fields.insert(DATE_FORMAT_VAR.to_string(), Value::from(f.as_str()));
     }
     Value::from(fields)
+}
+
+/// The fields under one relationship name, nested as the path is.
+#[derive(Default)]
+struct PathTree {
+    leaves: BTreeMap<String, Value>,
+    branches: BTreeMap<String, PathTree>,
+}
+
+impl PathTree {
+    fn insert(&mut self, rest: &[&str], v: Value) {
+        match rest {
+            [] => {}
+            [leaf] => {
+                self.leaves.insert((*leaf).to_string(), v);
+            }
+            [head, tail @ ..] => self.branches.entry((*head).to_string()).or_default().insert(tail, v),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        let mut map = self.leaves;
+        for (k, t) in self.branches {
+            map.entry(k).or_insert_with(|| t.into_value());
+        }
+        Value::from(map)
+    }
 }
 
 fn cell(v: &CellValue, dates: &DateStyle) -> Value {

@@ -26,6 +26,7 @@ use crate::providers::twilio::TwilioConfig;
 use crate::providers::ProviderSettings;
 use crate::schedule::{Offset, SendWindow};
 use crate::sources::google_sheets::GoogleSheetsConfig;
+use crate::sources::salesforce::SalesforceConfig;
 use crate::sources::SourceSettings;
 
 /// A validated configuration.
@@ -143,12 +144,14 @@ impl ProviderConfig {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     GoogleSheets(GoogleSheetsConfig),
+    Salesforce(SalesforceConfig),
 }
 
 impl SourceConfig {
     pub fn settings(&self) -> &SourceSettings {
         match self {
             SourceConfig::GoogleSheets(g) => &g.settings,
+            SourceConfig::Salesforce(s) => &s.settings,
         }
     }
 

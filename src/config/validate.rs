@@ -40,7 +40,8 @@ type Validator<T> = fn(&mut Problems, &Env, &str, Value, &mut HashSet<String>) -
 const PROVIDER_TYPES: &[(&str, Validator<ProviderConfig>)] = &[("meta_cloud", meta_cloud), ("twilio", twilio)];
 
 /// `sources[*].type` → the vendor that validates the entry. A new source is one line here.
-const SOURCE_TYPES: &[(&str, Validator<SourceConfig>)] = &[("google_sheets", google_sheets)];
+const SOURCE_TYPES: &[(&str, Validator<SourceConfig>)] =
+    &[("google_sheets", google_sheets), ("salesforce", salesforce)];
 
 fn meta_cloud(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<ProviderConfig> {
     crate::providers::meta_cloud::config::validate(p, env, path, v, ids).map(ProviderConfig::MetaCloud)
@@ -48,6 +49,10 @@ fn meta_cloud(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashS
 
 fn twilio(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<ProviderConfig> {
     crate::providers::twilio::config::validate(p, env, path, v, ids).map(ProviderConfig::Twilio)
+}
+
+fn salesforce(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<SourceConfig> {
+    crate::sources::salesforce::config::validate(p, env, path, v, ids).map(SourceConfig::Salesforce)
 }
 
 fn google_sheets(p: &mut Problems, env: &Env, path: &str, v: Value, ids: &mut HashSet<String>) -> Option<SourceConfig> {
@@ -344,9 +349,9 @@ fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpe
 
 fn parse_trigger(errs: &mut Problems, path: &str, when: &Value) -> Option<Trigger> {
     const EXPECTED: &str =
-        "expected row_added, {changed: FIELD, to: VALUE}, {date: FIELD, offset: -2d, at: \"10:00\"} or {cron: \"0 10 1 */3 *\"}";
+        "expected row_added (or record_added), {changed: FIELD, to: VALUE}, {date: FIELD, offset: -2d, at: \"10:00\"} or {cron: \"0 10 1 */3 *\"}";
     match when {
-        Value::String(s) if s == "row_added" => Some(Trigger::RowAdded),
+        Value::String(s) if s == "row_added" || s == "record_added" => Some(Trigger::RowAdded),
         Value::String(s) => {
             errs.push(path, format!("unknown trigger '{s}': {EXPECTED}"));
             None

@@ -86,6 +86,8 @@ struct Planned {
     /// Phone of each record whose index entry must be (re)written.
     phones: Vec<(RecordKey, Option<String>)>,
     present: HashSet<RecordKey>,
+    /// The read had every record (else only the changed ones: problems of the others stand).
+    complete: bool,
 }
 
 impl SourcePoller {
@@ -189,7 +191,9 @@ impl SourcePoller {
             }
             self.state.time_zone = Some(tz);
         }
-        let read = match self.source.read(&self.spec).await {
+        // The first poll after each start reads everything; then from the committed version.
+        let since = if self.synced { self.state.version.clone() } else { None };
+        let read = match self.source.read(&self.spec, since.as_deref()).await {
             Ok(r) => r,
             Err(SourceError::MissingFields(missing)) => {
                 if self.missing_reported.as_ref() != Some(&missing) {
@@ -203,6 +207,7 @@ impl SourcePoller {
         self.missing_reported = None;
 
         let baseline = !self.state.baseline_done && self.settings.first_start == FirstStart::Baseline;
+        let version = read.version.clone().or(probe.version);
         let now = self.ctx.clock.now();
         let snapshot = std::mem::take(&mut self.snapshot);
         let ctx = Arc::clone(&self.ctx);
@@ -220,7 +225,7 @@ impl SourcePoller {
         };
         let mut snapshot = planned.0;
         let planned = planned.1;
-        let result = self.commit(&planned, probe.version, now.timestamp_millis()).await;
+        let result = self.commit(&planned, version, now.timestamp_millis()).await;
         match result {
             Ok(report) => {
                 // Committed: now memory may follow.
@@ -434,9 +439,11 @@ impl SourcePoller {
         }
         for (issue_key, record_key) in open {
             let key = RecordKey(record_key.clone());
-            // A date problem of a record not planned this time (unchanged) still stands.
+            // A date problem of a record not planned this time (unchanged) still stands, and so
+            // does any problem of a record an incremental read did not bring.
             let unplanned = issue_key.starts_with(DATE_ISSUE) && p.present.contains(&key) && !planned.contains(&key);
-            if !current.contains(issue_key.as_str()) && !unplanned {
+            let unread = !p.complete && !p.present.contains(&key) && !p.removals.contains(&key);
+            if !current.contains(issue_key.as_str()) && !unplanned && !unread {
                 store::resolve_issue(tx, id, &issue_key).await?;
                 if !record_key.is_empty() && p.present.contains(&key) {
                     writes.extend(self.ctx.error_write(id, WriteTarget::Record(key), ""));
@@ -555,6 +562,7 @@ fn plan(
         }
     }
     let present: HashSet<RecordKey> = read.records.iter().map(|r| r.key.clone()).collect();
+    let complete = read.complete;
     (
         snapshot,
         Planned {
@@ -569,6 +577,7 @@ fn plan(
             removals,
             phones,
             present,
+            complete,
         },
     )
 }

@@ -1,4 +1,4 @@
-//! The sandbox: emulators of Google (OAuth, Sheets, Drive), Meta's WhatsApp Cloud API and
+//! The sandbox: emulators of Google (OAuth, Sheets, Drive), Salesforce, Meta's WhatsApp Cloud API and
 //! Twilio's Messaging API over real HTTP on loopback, plus an admin API to seed sheets, edit cells as a person would, read
 //! what was sent, make simulated people reply and inject faults.
 //!
@@ -10,6 +10,7 @@
 pub mod google;
 pub mod keys;
 pub mod meta;
+pub mod salesforce;
 pub mod twilio;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 
 pub use google::{GoogleFault, GoogleState};
 pub use meta::{MetaFault, MetaSettings, MetaState, SimUser, TemplateDef};
+pub use salesforce::{RecordFault, SalesforceState, SfAction, SfFault, SfKind};
 pub use twilio::{ContentDef, TwilioFault, TwilioSettings, TwilioState, TwilioUser};
 
 /// A webhook exactly as the vendor would POST it (URL, signature header, body), built but not
@@ -58,6 +60,7 @@ pub struct SandboxInner {
     pub google: GoogleState,
     pub meta: Arc<MetaState>,
     pub twilio: Arc<TwilioState>,
+    pub salesforce: Arc<SalesforceState>,
     base_url: OnceLock<String>,
 }
 
@@ -97,6 +100,7 @@ impl Sandbox {
             google: GoogleState::new(),
             meta: Arc::new(MetaState::new(settings)),
             twilio: Arc::new(TwilioState::new(twilio)),
+            salesforce: Arc::new(SalesforceState::new()),
             base_url: OnceLock::new(),
         });
         let _ = state.base_url.set(format!("http://{addr}"));
@@ -153,6 +157,15 @@ impl Sandbox {
         format!("{}/twilio", self.base_url())
     }
 
+    pub fn salesforce(&self) -> &Arc<SalesforceState> {
+        &self.state.salesforce
+    }
+
+    /// Login and instance URL for a `salesforce` source.
+    pub fn salesforce_url(&self) -> String {
+        format!("{}/salesforce", self.base_url())
+    }
+
     /// Base URL for a `meta_cloud` provider.
     pub fn meta_base_url(&self) -> String {
         format!("{}/meta", self.base_url())
@@ -199,6 +212,23 @@ fn router(state: SandboxState) -> Router {
             post(twilio::create_message).get(twilio::list_messages),
         )
         .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}", get(twilio::fetch_message))
+        .route("/salesforce/services/oauth2/token", post(salesforce::token))
+        .route("/salesforce/services/data/{version}/query", get(salesforce::query))
+        .route("/salesforce/services/data/{version}/query/{next}", get(salesforce::query_more))
+        .route(
+            "/salesforce/services/data/{version}/composite/sobjects",
+            axum::routing::patch(salesforce::collection).post(salesforce::collection),
+        )
+        .route(
+            "/salesforce/services/data/{version}/composite/sobjects/{object}/{field}",
+            axum::routing::patch(salesforce::upsert),
+        )
+        .route("/salesforce/services/data/{version}/sobjects/{object}/describe", get(salesforce::describe))
+        .route("/salesforce/services/data/{version}/sobjects/{object}/deleted", get(salesforce::deleted))
+        .route("/salesforce/services/data/{version}/sobjects/{object}/deleted/", get(salesforce::deleted))
+        .route("/salesforce/services/data/{version}/sobjects/{object}/updated", get(salesforce::updated))
+        .route("/salesforce/services/data/{version}/sobjects/{object}/updated/", get(salesforce::updated))
+        .route("/salesforce/services/data/{version}/limits", get(salesforce::limits))
         .route("/admin", get(admin_index))
         .route("/admin/google/service-accounts", post(admin_service_account))
         .route("/admin/google/spreadsheets/{id}", axum::routing::put(admin_seed))
@@ -225,6 +255,15 @@ fn router(state: SandboxState) -> Router {
         .route("/admin/twilio/reply", post(admin_twilio_reply))
         .route("/admin/twilio/faults", post(admin_twilio_fault))
         .route("/admin/twilio/messages", get(admin_twilio_messages))
+        .route("/admin/salesforce/objects", post(admin_sf_object))
+        .route("/admin/salesforce/records/{object}", post(admin_sf_create).get(admin_sf_records))
+        .route("/admin/salesforce/records/{object}/{id}", axum::routing::patch(admin_sf_update).delete(admin_sf_delete))
+        .route("/admin/salesforce/faults", post(admin_sf_fault).delete(admin_sf_faults_clear))
+        .route("/admin/salesforce/record-faults", post(admin_sf_record_fault))
+        .route("/admin/salesforce/limits", axum::routing::put(admin_sf_limits))
+        .route("/admin/salesforce/advance", post(admin_sf_advance))
+        .route("/admin/salesforce/time-zone", axum::routing::put(admin_sf_time_zone))
+        .route("/admin/salesforce/requests", get(admin_sf_requests))
         .with_state(state)
 }
 
@@ -244,6 +283,7 @@ async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
         "drive_base_url": format!("{b}/google/"),
         "meta_base_url": format!("{b}/meta"),
         "twilio_base_url": format!("{b}/twilio"),
+        "salesforce_url": format!("{b}/salesforce"),
         "admin": [
             "POST /admin/google/service-accounts {client_email}",
             "PUT /admin/google/spreadsheets/{id} {time_zone, locale?, user_entered?, tabs:[{title, rows}]}",
@@ -270,7 +310,19 @@ async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
             "POST /admin/twilio/users {number, name?, on_whatsapp?, reads?, read_after_ms?, reply?, reply_after_ms?}",
             "POST /admin/twilio/reply {from, text, replying_to?}",
             "POST /admin/twilio/faults {code, http_status?, count?, mode?: sync|async|timeout|drop|reset, to?, delay_ms?}",
-            "GET /admin/twilio/messages"
+            "GET /admin/twilio/messages",
+            "POST /admin/salesforce/objects {name, prefix, fields:[{name, type, length?, reference_to?, external_id?, required?}]}",
+            "POST /admin/salesforce/records/{object} {records:[{field: value}]} → {ids}",
+            "GET /admin/salesforce/records/{object}",
+            "PATCH /admin/salesforce/records/{object}/{id} {field: value}",
+            "DELETE /admin/salesforce/records/{object}/{id}",
+            "POST /admin/salesforce/faults {kind?, status?, error_code?, message?, expire_session?, timeout?, count?}",
+            "DELETE /admin/salesforce/faults",
+            "POST /admin/salesforce/record-faults {id?, status_code, message?, count?}",
+            "PUT /admin/salesforce/limits {used, max}",
+            "POST /admin/salesforce/advance {ms}",
+            "PUT /admin/salesforce/time-zone {time_zone}",
+            "GET /admin/salesforce/requests"
         ]
     }))
 }
@@ -570,4 +622,104 @@ async fn admin_twilio_fault(State(st): State<SandboxState>, Json(f): Json<Twilio
 
 async fn admin_twilio_messages(State(st): State<SandboxState>) -> Json<Value> {
     Json(json!(st.twilio.sent()))
+}
+
+async fn admin_sf_object(State(st): State<SandboxState>, Json(def): Json<salesforce::ObjectDef>) -> Response {
+    if def.prefix.len() != 3 || !def.prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return bad_request("prefix must be three letters or digits");
+    }
+    st.salesforce.define_object(def);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct SfRecordsIn {
+    records: Vec<serde_json::Map<String, Value>>,
+}
+
+async fn admin_sf_create(
+    State(st): State<SandboxState>,
+    Path(object): Path<String>,
+    Json(b): Json<SfRecordsIn>,
+) -> Response {
+    match st.salesforce.create_many(&object, b.records) {
+        Ok(ids) => Json(json!({ "ids": ids })).into_response(),
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn admin_sf_records(State(st): State<SandboxState>, Path(object): Path<String>) -> Json<Value> {
+    Json(json!({ "records": st.salesforce.records(&object) }))
+}
+
+async fn admin_sf_update(
+    State(st): State<SandboxState>,
+    Path((object, id)): Path<(String, String)>,
+    Json(fields): Json<serde_json::Map<String, Value>>,
+) -> Response {
+    match st.salesforce.update(&object, &id, fields) {
+        Ok(()) => ok(),
+        Err(e) => bad_request(&e),
+    }
+}
+
+async fn admin_sf_delete(State(st): State<SandboxState>, Path((object, id)): Path<(String, String)>) -> Response {
+    if st.salesforce.delete(&object, &id) {
+        ok()
+    } else {
+        not_found("record")
+    }
+}
+
+async fn admin_sf_fault(State(st): State<SandboxState>, Json(f): Json<SfFault>) -> Response {
+    st.salesforce.inject(f);
+    ok()
+}
+
+async fn admin_sf_faults_clear(State(st): State<SandboxState>) -> Response {
+    st.salesforce.clear_faults();
+    ok()
+}
+
+async fn admin_sf_record_fault(State(st): State<SandboxState>, Json(f): Json<RecordFault>) -> Response {
+    st.salesforce.inject_record_error(f);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct SfLimitsIn {
+    used: u64,
+    max: u64,
+}
+
+async fn admin_sf_limits(State(st): State<SandboxState>, Json(b): Json<SfLimitsIn>) -> Response {
+    st.salesforce.set_usage(b.used, b.max);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct SfAdvanceIn {
+    ms: u64,
+}
+
+async fn admin_sf_advance(State(st): State<SandboxState>, Json(b): Json<SfAdvanceIn>) -> Response {
+    st.salesforce.advance(std::time::Duration::from_millis(b.ms));
+    ok()
+}
+
+#[derive(Deserialize)]
+struct SfTimeZoneIn {
+    time_zone: String,
+}
+
+async fn admin_sf_time_zone(State(st): State<SandboxState>, Json(b): Json<SfTimeZoneIn>) -> Response {
+    if b.time_zone.parse::<chrono_tz::Tz>().is_err() {
+        return bad_request("time_zone must be an IANA time zone such as America/Santiago");
+    }
+    st.salesforce.set_time_zone(&b.time_zone);
+    ok()
+}
+
+async fn admin_sf_requests(State(st): State<SandboxState>) -> Json<Value> {
+    Json(json!(st.salesforce.counts()))
 }

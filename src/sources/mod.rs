@@ -16,7 +16,9 @@
 //! the wiring in `app.rs`.
 
 pub mod google_sheets;
+pub mod jwt;
 mod records;
+pub mod salesforce;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -305,6 +307,9 @@ pub struct SourceRead {
     /// read says `false`, and removals come in `deleted`.
     pub complete: bool,
     pub deleted: Vec<RecordKey>,
+    /// Where the next read continues from (a watermark), committed with this read's results
+    /// and handed back to [`Source::read`]; `None` for sources that always read everything.
+    pub version: Option<String>,
 }
 
 /// What a write did, by index into the batch it was given.
@@ -338,12 +343,14 @@ pub struct QuotaState {
 /// A configured source, read side (closed set: one variant per vendor).
 pub enum Source {
     GoogleSheets(google_sheets::TabReader),
+    Salesforce(salesforce::RecordReader),
 }
 
 impl Source {
     pub fn settings(&self) -> &SourceSettings {
         match self {
             Source::GoogleSheets(s) => s.settings(),
+            Source::Salesforce(s) => s.settings(),
         }
     }
 
@@ -355,6 +362,7 @@ impl Source {
     pub async fn probe(&self) -> Result<Probe, SourceError> {
         match self {
             Source::GoogleSheets(s) => s.probe().await,
+            Source::Salesforce(s) => s.probe().await,
         }
     }
 
@@ -362,26 +370,33 @@ impl Source {
     pub async fn time_zone(&self) -> Result<String, SourceError> {
         match self {
             Source::GoogleSheets(s) => s.time_zone().await,
+            Source::Salesforce(s) => s.time_zone().await,
         }
     }
 
-    /// Reads the records. CPU-heavy conversion runs off the async runtime.
-    pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {
+    /// Reads the records. `since` is the version of the last read whose results were
+    /// committed ([`SourceRead::version`]); `None` asks for a full read. CPU-heavy conversion
+    /// runs off the async runtime.
+    pub async fn read(&self, spec: &ReadSpec, since: Option<&str>) -> Result<SourceRead, SourceError> {
         match self {
             Source::GoogleSheets(s) => s.read(spec).await,
+            Source::Salesforce(s) => s.read(spec, since).await,
         }
     }
 
     pub fn quota(&self) -> QuotaState {
         match self {
             Source::GoogleSheets(s) => s.quota(),
+            Source::Salesforce(s) => s.quota(),
         }
     }
 }
 
 /// A configured write group, write side (closed set: one variant per vendor).
+#[allow(clippy::large_enum_variant)] // one per write group, made once: size does not matter
 pub enum SourceWriter {
     GoogleSheets(google_sheets::SheetWriter),
+    Salesforce(salesforce::RecordWriter),
 }
 
 impl SourceWriter {
@@ -389,6 +404,7 @@ impl SourceWriter {
     pub fn label(&self) -> String {
         match self {
             SourceWriter::GoogleSheets(w) => w.label(),
+            SourceWriter::Salesforce(w) => w.label(),
         }
     }
 
@@ -396,6 +412,7 @@ impl SourceWriter {
     pub fn source_ids(&self) -> Vec<String> {
         match self {
             SourceWriter::GoogleSheets(w) => w.source_ids(),
+            SourceWriter::Salesforce(w) => w.source_ids(),
         }
     }
 
@@ -403,6 +420,7 @@ impl SourceWriter {
     pub fn flush_interval(&self) -> Duration {
         match self {
             SourceWriter::GoogleSheets(w) => w.flush_interval(),
+            SourceWriter::Salesforce(w) => w.flush_interval(),
         }
     }
 
@@ -410,6 +428,7 @@ impl SourceWriter {
     pub async fn write(&self, batch: &[PendingWrite]) -> Result<WriteReport, SourceError> {
         match self {
             SourceWriter::GoogleSheets(w) => w.write(batch).await,
+            SourceWriter::Salesforce(w) => w.write(batch).await,
         }
     }
 
@@ -417,6 +436,7 @@ impl SourceWriter {
     pub fn needs_check(&self) -> bool {
         match self {
             SourceWriter::GoogleSheets(w) => w.needs_check(),
+            SourceWriter::Salesforce(w) => w.needs_check(),
         }
     }
 }

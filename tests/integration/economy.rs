@@ -62,7 +62,7 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     let (sources, writers) = recado::app::connect_sources(&config, &recado::app::http_client().unwrap()).unwrap();
     // As in the daemon, the poller has looked at the tab before the first flush.
     sources[0].time_zone().await.unwrap();
-    sources[0].read(&recado::sources::ReadSpec::default()).await.unwrap();
+    sources[0].read(&recado::sources::ReadSpec::default(), None).await.unwrap();
     let source_id = config.sources[0].id().to_string();
     let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
     let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules, Arc::new(Clock::system()), &groups);

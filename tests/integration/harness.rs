@@ -95,6 +95,8 @@ pub struct Harness {
     /// Twilio: send through the Messaging Service, authenticated with the API key (the Auth
     /// Token then only verifies webhooks), instead of from the number with the Auth Token.
     pub twilio_service_with_api_key: bool,
+    /// The whole configuration, when a test writes its own (another source type).
+    pub yaml_override: Option<String>,
 }
 
 pub fn phone(n: u32) -> String {
@@ -175,6 +177,7 @@ impl Harness {
             mps: 200,
             public_url: None,
             twilio_service_with_api_key: false,
+            yaml_override: None,
         }
     }
 
@@ -347,7 +350,7 @@ rules:
     }
 
     /// The provider entry (id `whatsapp`) for the harness's vendor, without throughput.
-    fn provider_yaml(&self) -> String {
+    pub fn provider_yaml(&self) -> String {
         let base = self.sandbox.base_url();
         match self.vendor {
             Vendor::Meta => format!(
@@ -395,7 +398,8 @@ rules:
     }
 
     pub fn config(&self) -> Config {
-        Config::from_yaml_with(&self.yaml(), &recado::config::Env::fixed::<&str, &str>([]))
+        let yaml = self.yaml_override.clone().unwrap_or_else(|| self.yaml());
+        Config::from_yaml_with(&yaml, &recado::config::Env::fixed::<&str, &str>([]))
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
     }
 

@@ -11,5 +11,6 @@ mod delivery;
 mod economy;
 mod health;
 mod rows;
+mod salesforce;
 mod time;
 mod webhooks;

@@ -10,9 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use ring::signature::RsaKeyPair;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -26,14 +24,7 @@ use crate::sources::SourceError;
 pub const SCOPES: &str =
     "https://www.googleapis.com/auth/spreadsheets https://www.googleapis.com/auth/drive.metadata.readonly";
 
-/// Reads a PKCS#8 PEM private key.
-pub fn signing_key(pem: &str) -> Result<RsaKeyPair, String> {
-    let body: String = pem.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body.as_bytes())
-        .map_err(|_| "not a PEM private key".to_string())?;
-    RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("not an RSA PKCS#8 private key ({e})"))
-}
+pub use crate::sources::jwt::signing_key;
 
 /// A service account that hands out access tokens.
 #[derive(Clone)]
@@ -87,7 +78,6 @@ impl ServiceAccount {
 
     fn assertion(&self) -> Result<String, SourceError> {
         let now = chrono::Utc::now().timestamp();
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let mut header = serde_json::json!({ "alg": "RS256", "typ": "JWT" });
         if let Some(kid) = &self.key.private_key_id {
             header["kid"] = serde_json::json!(kid);
@@ -99,12 +89,8 @@ impl ServiceAccount {
             "iat": now,
             "exp": now + 3600,
         });
-        let signed = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-        let mut signature = vec![0; self.signer.public().modulus_len()];
-        self.signer
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signed.as_bytes(), &mut signature)
-            .map_err(|_| SourceError::Permanent("cannot sign the service-account assertion".into()))?;
-        Ok(format!("{signed}.{}", b64(&signature)))
+        crate::sources::jwt::sign(&self.signer, &header, &claims)
+            .map_err(|e| SourceError::Permanent(format!("service-account key: {e}")))
     }
 
     async fn grant(&self) -> Result<(Secret, Duration), SourceError> {

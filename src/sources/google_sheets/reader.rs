@@ -234,6 +234,7 @@ fn convert(
         issues: read.issues,
         complete: true,
         deleted: Vec::new(),
+        version: None,
     })
 }
 

@@ -1,0 +1,391 @@
+//! `sources[*]` with `type: salesforce`: the YAML as written (every field documented) and its
+//! validation.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::Secret;
+use crate::sources::{RawConsent, RawSettings, RawWriteBack, SourceSettings};
+use crate::validation::{Env, Problems, SecretSources};
+
+/// Salesforce's production login host (also the JWT audience of production orgs).
+pub const PRODUCTION_LOGIN: &str = "https://login.salesforce.com";
+/// The login host of sandbox orgs (and their JWT audience).
+pub const SANDBOX_LOGIN: &str = "https://test.salesforce.com";
+/// The API version used when none is configured (Winter '25; every later org accepts it).
+pub const DEFAULT_API_VERSION: &str = "62.0";
+
+/// One object of a Salesforce org, as written in YAML.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSalesforce {
+    /// Name used by rules.
+    pub id: String,
+    /// Where tokens are asked for: `https://login.salesforce.com` (production, default),
+    /// `https://test.salesforce.com` (sandboxes) or the org's My Domain
+    /// (`https://acme.my.salesforce.com`, required for the client credentials flow).
+    #[serde(default)]
+    pub login_url: Option<String>,
+    /// REST API version, e.g. `62.0`.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// The object whose records are watched (API name), e.g. `Cita__c` or `Contact`.
+    pub object: String,
+    /// Fields to read (API names), relationship paths included (`Contacto__r.MobilePhone`).
+    /// The key, phone, consent and time-zone fields and every field a rule's trigger names are
+    /// read whether listed or not; list every other field a message uses.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// A SOQL condition records must meet, e.g. `Estado__c != 'Cancelada'`. Records that stop
+    /// meeting it count as removed.
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
+    /// The field that identifies a record (default `Id`).
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// The field with the WhatsApp number (a relationship path is fine:
+    /// `Contacto__r.MobilePhone`).
+    pub phone_field: String,
+    /// Region for numbers written without a country code (ISO 3166 alpha-2, e.g. `CL`).
+    #[serde(default)]
+    pub default_region: Option<String>,
+    /// Consent field: records without consent get no business-initiated message.
+    #[serde(default)]
+    pub consent: Option<RawConsent>,
+    /// A field holding each person's IANA time zone (optional).
+    #[serde(default)]
+    pub time_zone_field: Option<String>,
+    /// The time zone Date fields and local times are read in (IANA); by default the org's
+    /// (`Organization.TimeZoneSidKey`).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// How text dates are written: `dmy` (default), `mdy`, `ymd`.
+    #[serde(default)]
+    pub date_order: Option<String>,
+    /// How date fields appear in messages (strftime, e.g. `%d/%m/%Y`).
+    #[serde(default)]
+    pub date_format: Option<String>,
+    /// How often to look for changes (default `30s`).
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    /// How far back each look reaches past the last change seen (default `2m`): a save whose
+    /// transaction took longer than this to commit could be missed.
+    #[serde(default)]
+    pub overlap: Option<String>,
+    /// How often deletions are asked for (default `5m`, at least `2m`: Salesforce's deleted
+    /// records window must span more than a minute).
+    #[serde(default)]
+    pub deletions_every: Option<String>,
+    /// How long write-back may wait to be batched (default `2s`).
+    #[serde(default)]
+    pub flush_interval: Option<String>,
+    /// The longest one call to Salesforce may take (default `30s`).
+    #[serde(default)]
+    pub call_timeout: Option<String>,
+    /// Share of the org's daily API allocation recado may use (default `0.5`); above it
+    /// polling slows down.
+    #[serde(default)]
+    pub max_api_share: Option<f64>,
+    /// `baseline` (default) or `process_existing`.
+    #[serde(default)]
+    pub first_start: Option<String>,
+    /// Fields recado writes to (they must exist on the object and be writable).
+    #[serde(default)]
+    pub write_back: Option<RawWriteBack>,
+    /// How recado signs in.
+    pub auth: RawAuth,
+}
+
+/// `auth:` of a Salesforce source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `jwt_bearer` (a connected app with a certificate; recommended) or `client_credentials`
+    /// (a connected app's client id and secret; My Domain login URL only).
+    pub flow: String,
+    /// The connected app's consumer key (both flows).
+    #[serde(alias = "client_id")]
+    pub consumer_key: String,
+    /// JWT bearer: the integration user's username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// JWT bearer: the PKCS#8 PEM private key whose certificate the connected app holds
+    /// (`private_key_file`, `private_key_env` or inline `private_key`).
+    #[serde(default)]
+    pub private_key: Option<Value>,
+    #[serde(default)]
+    pub private_key_env: Option<Value>,
+    #[serde(default)]
+    pub private_key_file: Option<Value>,
+    /// Client credentials: the consumer secret (`client_secret_file`, `client_secret_env` or
+    /// inline).
+    #[serde(default)]
+    pub client_secret: Option<Value>,
+    #[serde(default)]
+    pub client_secret_env: Option<Value>,
+    #[serde(default)]
+    pub client_secret_file: Option<Value>,
+    /// JWT bearer: the `aud` claim. Default: `https://test.salesforce.com` when the login URL
+    /// is a sandbox's, else `https://login.salesforce.com`.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// How recado signs in to an org.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    JwtBearer { consumer_key: String, username: String, private_key: Secret, audience: String },
+    ClientCredentials { client_id: String, client_secret: Secret },
+}
+
+/// A validated Salesforce source.
+#[derive(Debug, Clone)]
+pub struct SalesforceConfig {
+    pub settings: SourceSettings,
+    /// Without trailing slash.
+    pub login_url: String,
+    /// `vNN.N`.
+    pub api_version: String,
+    pub object: String,
+    /// Configured fields, in order.
+    pub fields: Vec<String>,
+    pub filter: Option<String>,
+    pub time_zone: Option<String>,
+    pub overlap: Duration,
+    pub deletions_every: Duration,
+    pub max_api_share: f64,
+    pub auth: AuthConfig,
+}
+
+impl SalesforceConfig {
+    /// Who the org's sessions belong to: sources of one org share a token and an API budget.
+    pub fn org_key(&self) -> String {
+        let who = match &self.auth {
+            AuthConfig::JwtBearer { consumer_key, username, .. } => format!("{consumer_key}/{username}"),
+            AuthConfig::ClientCredentials { client_id, .. } => client_id.clone(),
+        };
+        format!("{}#{who}", self.login_url)
+    }
+}
+
+/// An API name (`Fecha__c`) or a relationship path (`Contacto__r.MobilePhone`).
+pub fn is_field_path(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !part.contains("___")
+        })
+        && name.split('.').count() <= 6
+}
+
+/// Validates one `type: salesforce` entry at `path`.
+pub fn validate(
+    p: &mut Problems,
+    env: &Env,
+    path: &str,
+    value: Value,
+    ids: &mut HashSet<String>,
+) -> Option<SalesforceConfig> {
+    let s: RawSalesforce = p.parse(path, value)?;
+    p.unique(ids, &format!("{path}.id"), &s.id);
+    if !is_field_path(&s.object) || s.object.contains('.') {
+        p.push(format!("{path}.object"), format!("expected an object's API name such as Cita__c, got '{}'", s.object));
+    }
+    let login_url = p.url(&format!("{path}.login_url"), s.login_url, PRODUCTION_LOGIN, false);
+    let version = s.api_version.unwrap_or_else(|| DEFAULT_API_VERSION.into());
+    let version = version.trim_start_matches('v').to_string();
+    let version_ok = version
+        .split_once('.')
+        .is_some_and(|(a, b)| a.parse::<u32>().is_ok_and(|a| (31..=99).contains(&a)) && b == "0");
+    if !version_ok {
+        p.push(
+            format!("{path}.api_version"),
+            format!("expected a REST API version such as 62.0 (31.0 or later), got '{version}'"),
+        );
+    }
+    let key_field = s.key_field.unwrap_or_else(|| "Id".into());
+    for (i, f) in s.fields.iter().enumerate() {
+        if !is_field_path(f) {
+            p.push(
+                format!("{path}.fields[{i}]"),
+                format!("expected a field API name or relationship path such as Contacto__r.MobilePhone, got '{f}'"),
+            );
+        }
+    }
+    for (name, value) in [
+        ("key_field", Some(&key_field)),
+        ("phone_field", Some(&s.phone_field)),
+        ("time_zone_field", s.time_zone_field.as_ref()),
+    ] {
+        if let Some(v) = value {
+            if !is_field_path(v) {
+                p.push(format!("{path}.{name}"), format!("expected a field API name or relationship path, got '{v}'"));
+            }
+        }
+    }
+    if let Some(c) = &s.consent {
+        if !is_field_path(&c.column) {
+            p.push(
+                format!("{path}.consent.field"),
+                format!("expected a field API name or relationship path, got '{}'", c.column),
+            );
+        }
+    }
+    if let Some(w) = &s.write_back {
+        for (name, f) in [
+            ("status", &w.status),
+            ("status_at", &w.status_at),
+            ("error", &w.error),
+            ("last_reply", &w.last_reply),
+            ("last_reply_at", &w.last_reply_at),
+        ] {
+            if let Some(f) = f {
+                if !is_field_path(f) || f.contains('.') {
+                    p.push(
+                        format!("{path}.write_back.{name}"),
+                        format!("expected a field of {} itself (API name, no relationship path), got '{f}'", s.object),
+                    );
+                }
+                if s.fields.iter().any(|x| x.eq_ignore_ascii_case(f)) {
+                    p.push(
+                        format!("{path}.write_back.{name}"),
+                        format!("'{f}' is also in fields: recado's own writes are never read as changes"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(f) = &s.filter {
+        let upper = f.to_uppercase();
+        if f.trim().is_empty() {
+            p.push(format!("{path}.where"), "must not be empty");
+        } else if [" ORDER BY ", " LIMIT ", "SELECT "]
+            .iter()
+            .any(|k| upper.contains(k.trim_start()) && upper.contains(k))
+        {
+            p.push(
+                format!("{path}.where"),
+                "expected only a condition (what follows WHERE), without ORDER BY, LIMIT or a subquery",
+            );
+        }
+    }
+    if let Some(tz) = &s.time_zone {
+        p.time_zone(&format!("{path}.time_zone"), tz);
+    }
+    let overlap = p.duration(
+        &format!("{path}.overlap"),
+        s.overlap.as_deref(),
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    let deletions_every = p.duration(
+        &format!("{path}.deletions_every"),
+        s.deletions_every.as_deref(),
+        Duration::from_secs(300),
+        Duration::from_secs(120),
+        Duration::from_secs(24 * 3600),
+    );
+    let max_api_share = p.number(&format!("{path}.max_api_share"), s.max_api_share, 0.5, 0.0..=1.0);
+    let auth = validate_auth(p, env, &format!("{path}.auth"), s.auth, &login_url);
+    let settings = SourceSettings::validate(
+        p,
+        path,
+        RawSettings {
+            id: s.id,
+            key_field: ("key_field".into(), key_field),
+            phone_field: ("phone_field".into(), s.phone_field),
+            default_region: s.default_region,
+            consent: s.consent,
+            time_zone_field: s.time_zone_field,
+            date_order: s.date_order,
+            date_format: s.date_format,
+            poll_interval: s.poll_interval,
+            flush_interval: s.flush_interval,
+            first_start: s.first_start,
+            write_back: s.write_back,
+            call_timeout: s.call_timeout,
+        },
+    );
+    Some(SalesforceConfig {
+        settings,
+        login_url,
+        api_version: format!("v{version}"),
+        object: s.object,
+        fields: s.fields,
+        filter: s.filter,
+        time_zone: s.time_zone,
+        overlap,
+        deletions_every,
+        max_api_share,
+        auth: auth?,
+    })
+}
+
+fn validate_auth(p: &mut Problems, env: &Env, path: &str, a: RawAuth, login_url: &str) -> Option<AuthConfig> {
+    p.non_empty(&format!("{path}.consumer_key"), &a.consumer_key);
+    match a.flow.as_str() {
+        "jwt_bearer" => {
+            if a.client_secret.is_some() || a.client_secret_env.is_some() || a.client_secret_file.is_some() {
+                p.push(
+                    format!("{path}.client_secret"),
+                    "the JWT bearer flow signs with a private key; leave client_secret out",
+                );
+            }
+            let username = a.username.unwrap_or_default();
+            if username.trim().is_empty() {
+                p.push(format!("{path}.username"), "the JWT bearer flow needs the integration user's username");
+            }
+            let key = p.secret(
+                env,
+                path,
+                "private_key",
+                SecretSources::new(a.private_key, a.private_key_env, a.private_key_file),
+            );
+            if let Some(k) = &key {
+                if let Err(e) = crate::sources::jwt::signing_key(k.expose()) {
+                    p.push(format!("{path}.private_key"), e);
+                }
+            }
+            let default_audience =
+                if login_url.starts_with(SANDBOX_LOGIN) || login_url.contains(".sandbox.my.salesforce.com") {
+                    SANDBOX_LOGIN
+                } else {
+                    PRODUCTION_LOGIN
+                };
+            let audience = a.audience.unwrap_or_else(|| default_audience.into());
+            Some(AuthConfig::JwtBearer { consumer_key: a.consumer_key, username, private_key: key?, audience })
+        }
+        "client_credentials" => {
+            if login_url == PRODUCTION_LOGIN || login_url == SANDBOX_LOGIN {
+                p.push(format!("{path}.flow"), "the client credentials flow needs the org's My Domain as login_url (https://<domain>.my.salesforce.com), not login. or test.salesforce.com");
+            }
+            if a.private_key.is_some()
+                || a.private_key_file.is_some()
+                || a.private_key_env.is_some()
+                || a.username.is_some()
+            {
+                p.push(
+                    format!("{path}.private_key"),
+                    "the client credentials flow uses client_secret; leave private_key and username out",
+                );
+            }
+            let secret = p.secret(
+                env,
+                path,
+                "client_secret",
+                SecretSources::new(a.client_secret, a.client_secret_env, a.client_secret_file),
+            );
+            Some(AuthConfig::ClientCredentials { client_id: a.consumer_key, client_secret: secret? })
+        }
+        other => {
+            p.push(format!("{path}.flow"), format!("expected jwt_bearer or client_credentials, got '{other}'"));
+            None
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! Reading one object: a full read at the first poll after each start, then incremental reads
+//! on `SystemModstamp` that never miss and never repeat.
+//!
+//! * **Watermark.** Each read reaches back to the watermark minus an overlap
+//!   (`SystemModstamp >= <watermark − overlap> ORDER BY SystemModstamp, Id`, every page until
+//!   `done`): a save whose transaction committed late, or several records sharing one
+//!   `SystemModstamp` across a page boundary, are still seen. The watermark is the server's
+//!   time (its `Date`) when the read began, never this machine's clock, and it travels to the
+//!   poller as the read's version: it moves only when the poll's results are committed.
+//! * **De-duplication.** Records whose `(Id, SystemModstamp)` was already read are dropped
+//!   before anything else, so the overlap costs nothing but its bytes, and an idle poll is one
+//!   request. What a read saw becomes "already read" only once the poller has committed it
+//!   (the next read is handed that read's version).
+//! * **The `where` filter.** The incremental query is not filtered, so a record that stops
+//!   meeting the condition is seen; the new records are then checked against the condition
+//!   (`Id IN (…) AND (<where>)`) and those that no longer meet it count as removed.
+//! * **Deletions** come from `getDeleted` every `deletions_every` of server time; when
+//!   Salesforce's delete log no longer reaches back to the last check, the next read is a
+//!   full one.
+//! * **Values.** Date-times (`2026-11-24T13:00:00.000+0000`, UTC) become date cells in the
+//!   source's time zone; dates (`2026-11-24`, no zone) stay that day. Relationship paths are
+//!   flattened (`Contacto__r.MobilePhone`). Conversion runs off the async runtime.
+//! * **Limits.** Above `max_api_share` of the org's daily allocation, polls are spaced ten
+//!   times further apart (the skipped ones cost nothing), and the log and `/healthz` say so.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::client::OrgClient;
+use super::config::SalesforceConfig;
+use crate::domain::{CellValue, RecordKey};
+use crate::sources::{
+    read_records, ColumnSpec, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
+};
+
+/// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
+const IDS_PER_QUERY: usize = 200;
+/// Above this many new records, the `where` check reads the whole window's ids instead.
+const IDS_BY_LIST_MAX: usize = 400;
+
+/// What readers and writers of one object share: where each key's record is (when the key is
+/// not `Id`).
+#[derive(Debug, Default)]
+pub struct ObjectHint {
+    ids: Mutex<HashMap<String, String>>,
+}
+
+impl ObjectHint {
+    /// The record id of `key`.
+    pub fn id_of(&self, key: &str) -> Option<String> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    fn update(&self, full: bool, seen: &[(String, String)], gone: &[String]) {
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            ids.clear();
+        }
+        for (key, id) in seen {
+            ids.insert(key.clone(), id.clone());
+        }
+        ids.retain(|_, id| !gone.contains(id));
+    }
+}
+
+/// The poll position, carried as the source's version: `wm=<ms>;del=<ms>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    /// Changes at or after this (minus the overlap) are read next.
+    watermark_ms: i64,
+    /// Deletions after this are asked for next.
+    deletions_ms: i64,
+}
+
+impl Mark {
+    fn parse(v: &str) -> Option<Mark> {
+        let mut wm = None;
+        let mut del = None;
+        for part in v.split(';') {
+            if let Some(x) = part.strip_prefix("wm=") {
+                wm = x.parse().ok();
+            } else if let Some(x) = part.strip_prefix("del=") {
+                del = x.parse().ok();
+            }
+        }
+        Some(Mark { watermark_ms: wm?, deletions_ms: del? })
+    }
+
+    fn encode(&self) -> String {
+        format!("wm={};del={}", self.watermark_ms, self.deletions_ms)
+    }
+}
+
+/// A read not yet known to be committed: its version, whether it was full, the `(Id,
+/// SystemModstamp)` it saw and the ids deleted.
+type Pending = (String, bool, Vec<(String, String)>, Vec<String>);
+
+#[derive(Default)]
+struct ReaderState {
+    /// `(Id → SystemModstamp)` of every record already read and committed.
+    seen: HashMap<String, String>,
+    /// What the last read saw, with its version: it joins `seen` once a read is handed that
+    /// version (the poller committed it).
+    pending: Option<Pending>,
+    /// The version the last read returned.
+    last_version: Option<String>,
+    /// The next read is a full one (the delete log no longer reaches back far enough).
+    force_full: bool,
+    /// Polls are spaced out until then (API usage above the configured share).
+    slowed_until: Option<Instant>,
+    slowed: bool,
+    time_zone: Option<chrono_tz::Tz>,
+}
+
+/// The read side of one configured object.
+pub struct RecordReader {
+    cfg: Arc<SalesforceConfig>,
+    client: OrgClient,
+    hint: Arc<ObjectHint>,
+    state: Mutex<ReaderState>,
+}
+
+impl RecordReader {
+    pub fn new(cfg: Arc<SalesforceConfig>, client: OrgClient, hint: Arc<ObjectHint>) -> Self {
+        Self { cfg, client, hint, state: Mutex::new(ReaderState::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReaderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn settings(&self) -> &SourceSettings {
+        &self.cfg.settings
+    }
+
+    /// Costs nothing: a Salesforce source is read at every poll, except while polls are spaced
+    /// out for the API allocation (then the last version is given back, which the poller takes
+    /// as "unchanged").
+    pub async fn probe(&self) -> Result<Probe, SourceError> {
+        let s = self.lock();
+        if s.slowed_until.is_some_and(|u| Instant::now() < u) {
+            return Ok(Probe { version: s.last_version.clone() });
+        }
+        Ok(Probe { version: None })
+    }
+
+    /// The configured time zone, else the org's (`Organization.TimeZoneSidKey`).
+    pub async fn time_zone(&self) -> Result<String, SourceError> {
+        if let Some(tz) = &self.cfg.time_zone {
+            return Ok(tz.clone());
+        }
+        let (records, _, _) =
+            self.client.query("SELECT TimeZoneSidKey FROM Organization", "the org's time zone").await?;
+        let tz = records
+            .first()
+            .and_then(|r| r["TimeZoneSidKey"].as_str())
+            .map(String::from)
+            .ok_or_else(|| SourceError::Transient("Salesforce did not say the org's time zone".into()))?;
+        if let Ok(parsed) = tz.parse::<chrono_tz::Tz>() {
+            self.lock().time_zone = Some(parsed);
+        }
+        Ok(tz)
+    }
+
+    async fn tz(&self) -> Result<chrono_tz::Tz, SourceError> {
+        if let Some(tz) = self.lock().time_zone {
+            return Ok(tz);
+        }
+        let name = self.time_zone().await?;
+        let tz = name.parse::<chrono_tz::Tz>().map_err(|_| {
+            SourceError::Permanent(format!(
+                "the time zone '{name}' is not an IANA time zone; set time_zone in the source"
+            ))
+        })?;
+        self.lock().time_zone = Some(tz);
+        Ok(tz)
+    }
+
+    pub fn quota(&self) -> QuotaState {
+        let s = self.lock();
+        let paused_for = s.slowed_until.and_then(|u| u.checked_duration_since(Instant::now()));
+        QuotaState { paused_for, strikes: 0, per_minute: 0 }
+    }
+
+    /// The fields every read selects: `Id`, then the key, phone, consent, time-zone fields,
+    /// the fields rules need, and the configured ones (each once; write-back fields never).
+    pub fn selected(&self, spec: &ReadSpec) -> Vec<String> {
+        let s = &self.cfg.settings;
+        let write_back = s.write_back.fields();
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |name: &str| {
+            let name = name.trim();
+            if name.is_empty()
+                || out.iter().any(|o| o.eq_ignore_ascii_case(name))
+                || write_back.iter().any(|w| w.eq_ignore_ascii_case(name))
+                || name.eq_ignore_ascii_case("SystemModstamp")
+            {
+                return;
+            }
+            out.push(name.to_string());
+        };
+        add("Id");
+        add(&s.key_field);
+        add(&s.phone_field);
+        if let Some(c) = &s.consent {
+            add(&c.field);
+        }
+        if let Some(t) = &s.time_zone_field {
+            add(t);
+        }
+        for r in &spec.required {
+            add(r);
+        }
+        for f in &self.cfg.fields {
+            add(f);
+        }
+        out
+    }
+
+    /// Reads the object: fully when `since` is `None` (or unreadable, or the delete log says
+    /// so), else what changed since that version.
+    pub async fn read(&self, spec: &ReadSpec, since: Option<&str>) -> Result<SourceRead, SourceError> {
+        let tz = self.tz().await?;
+        let mark = {
+            let mut s = self.lock();
+            // The poller committed the previous read: what it saw is now "already read".
+            if let Some((version, full, seen, gone)) = s.pending.take() {
+                if since == Some(version.as_str()) {
+                    if full {
+                        s.seen.clear();
+                    }
+                    for (id, stamp) in seen {
+                        s.seen.insert(id, stamp);
+                    }
+                    for id in gone {
+                        s.seen.remove(&id);
+                    }
+                }
+            }
+            let mark = since.and_then(Mark::parse);
+            if s.force_full || mark.is_none() {
+                None
+            } else {
+                mark
+            }
+        };
+        let selected = self.selected(spec);
+        let read = match mark {
+            None => self.full_read(spec, &selected, tz).await?,
+            Some(m) => self.incremental_read(spec, &selected, tz, m).await?,
+        };
+        self.watch_usage();
+        Ok(read)
+    }
+
+    async fn full_read(
+        &self,
+        spec: &ReadSpec,
+        selected: &[String],
+        tz: chrono_tz::Tz,
+    ) -> Result<SourceRead, SourceError> {
+        let soql = match &self.cfg.filter {
+            Some(w) => format!("SELECT {}, SystemModstamp FROM {} WHERE {w}", selected.join(", "), self.cfg.object),
+            None => format!("SELECT {}, SystemModstamp FROM {}", selected.join(", "), self.cfg.object),
+        };
+        let (records, _, server_ms) = self.client.query(&soql, &format!("reading {}", self.cfg.object)).await?;
+        let started = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
+        // A second's margin: `Date` has whole seconds.
+        let mark = Mark { watermark_ms: started - 1_000, deletions_ms: started - 1_000 };
+        let version = mark.encode();
+        let seen = id_stamps(&records);
+        let pass = Pass { complete: true, seen, deleted: Vec::new(), gone: Vec::new() };
+        let read = self.convert(spec, selected, tz, records, pass, version.clone()).await?;
+        let mut s = self.lock();
+        s.force_full = false;
+        s.last_version = Some(version);
+        Ok(read)
+    }
+
+    async fn incremental_read(
+        &self,
+        spec: &ReadSpec,
+        selected: &[String],
+        tz: chrono_tz::Tz,
+        mark: Mark,
+    ) -> Result<SourceRead, SourceError> {
+        let overlap = i64::try_from(self.cfg.overlap.as_millis()).unwrap_or(0);
+        let since = soql_datetime(mark.watermark_ms - overlap);
+        let soql = format!(
+            "SELECT {}, SystemModstamp FROM {} WHERE SystemModstamp >= {since} ORDER BY SystemModstamp, Id",
+            selected.join(", "),
+            self.cfg.object
+        );
+        let what = format!("reading changes of {}", self.cfg.object);
+        let (records, _, server_ms) = self.client.query(&soql, &what).await?;
+        let now = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
+        // Drop what was already read (same Id, same SystemModstamp).
+        let fresh: Vec<Value> = {
+            let s = self.lock();
+            records
+                .into_iter()
+                .filter(|r| {
+                    let id = r["Id"].as_str().unwrap_or_default();
+                    let stamp = r["SystemModstamp"].as_str().unwrap_or_default();
+                    s.seen.get(id).is_none_or(|seen| seen != stamp)
+                })
+                .collect()
+        };
+        let seen = id_stamps(&fresh);
+        // Records that no longer meet the `where` condition count as removed.
+        let mut gone: Vec<String> = Vec::new();
+        let mut deleted: Vec<String> = Vec::new();
+        let mut kept = fresh;
+        if let (Some(w), false) = (&self.cfg.filter, kept.is_empty()) {
+            let matching = self.matching(w, &kept, &since).await?;
+            let (inside, outside): (Vec<Value>, Vec<Value>) =
+                kept.into_iter().partition(|r| r["Id"].as_str().is_some_and(|id| matching.contains(id)));
+            gone.extend(outside.iter().filter_map(|r| r["Id"].as_str().map(String::from)));
+            kept = inside;
+        }
+        let mut next = Mark { watermark_ms: now - 1_000, deletions_ms: mark.deletions_ms };
+        let every = i64::try_from(self.cfg.deletions_every.as_millis()).unwrap_or(300_000);
+        if now - mark.deletions_ms >= every {
+            match self.deleted_since(mark.deletions_ms, now).await? {
+                Deletions::Ids(ids, covered) => {
+                    gone.extend(ids.iter().cloned());
+                    deleted = ids;
+                    next.deletions_ms = covered;
+                }
+                Deletions::ResyncNeeded => {
+                    warn!(source = %self.cfg.settings.id, "Salesforce's delete log no longer reaches back to the last check: reading every record again");
+                    self.lock().force_full = true;
+                    return self.full_read(spec, selected, tz).await;
+                }
+            }
+        }
+        // A record deleted and then seen in the same read: the deletion wins.
+        let removed: HashSet<&String> = gone.iter().collect();
+        kept.retain(|r| r["Id"].as_str().is_none_or(|id| !removed.contains(&id.to_string())));
+        let version = next.encode();
+        let read = self
+            .convert(spec, selected, tz, kept, Pass { complete: false, seen, deleted, gone }, version.clone())
+            .await?;
+        self.lock().last_version = Some(version);
+        Ok(read)
+    }
+
+    /// The ids among `records` that meet the `where` condition now.
+    async fn matching(&self, filter: &str, records: &[Value], since: &str) -> Result<HashSet<String>, SourceError> {
+        let what = format!("checking {}'s where condition", self.cfg.object);
+        let ids: Vec<&str> = records.iter().filter_map(|r| r["Id"].as_str()).collect();
+        let mut out = HashSet::new();
+        if ids.len() > IDS_BY_LIST_MAX {
+            let soql = format!("SELECT Id FROM {} WHERE SystemModstamp >= {since} AND ({filter})", self.cfg.object);
+            let (found, _, _) = self.client.query(&soql, &what).await?;
+            out.extend(found.iter().filter_map(|r| r["Id"].as_str().map(String::from)));
+            return Ok(out);
+        }
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().map(|id| soql_string(id)).collect();
+            let soql = format!("SELECT Id FROM {} WHERE Id IN ({}) AND ({filter})", self.cfg.object, list.join(", "));
+            let (found, _, _) = self.client.query(&soql, &what).await?;
+            out.extend(found.iter().filter_map(|r| r["Id"].as_str().map(String::from)));
+        }
+        Ok(out)
+    }
+
+    async fn deleted_since(&self, from_ms: i64, now_ms: i64) -> Result<Deletions, SourceError> {
+        let enc = |ms: i64| {
+            let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+            percent_encoding::utf8_percent_encode(
+                &t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string()
+        };
+        let path = format!(
+            "{}/sobjects/{}/deleted/?start={}&end={}",
+            self.client.data_path(),
+            self.cfg.object,
+            enc(from_ms),
+            enc(now_ms)
+        );
+        let (v, _) = self.client.get_json(&path, &format!("asking {} for deletions", self.cfg.object)).await?;
+        let parse = |k: &str| v[k].as_str().and_then(parse_sf_datetime);
+        if parse("earliestDateAvailable").is_some_and(|earliest| earliest > from_ms) {
+            return Ok(Deletions::ResyncNeeded);
+        }
+        let ids = v["deletedRecords"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["id"].as_str().map(String::from))
+            .collect();
+        // The next window starts where this one was covered (Salesforce's advice).
+        let covered = parse("latestDateCovered").unwrap_or(from_ms).max(from_ms);
+        Ok(Deletions::Ids(ids, covered))
+    }
+
+    async fn convert(
+        &self,
+        spec: &ReadSpec,
+        selected: &[String],
+        tz: chrono_tz::Tz,
+        records: Vec<Value>,
+        pass: Pass,
+        version: String,
+    ) -> Result<SourceRead, SourceError> {
+        let Pass { complete, seen, deleted, gone } = pass;
+        let cfg = Arc::clone(&self.cfg);
+        let spec = spec.clone();
+        let selected = selected.to_vec();
+        // Converting many records is CPU work: off the async runtime.
+        let (read, keyed) = tokio::task::spawn_blocking(move || {
+            let table = to_table(&selected, &records, tz);
+            let keyed = key_ids(&cfg.settings.key_field, &selected, &table);
+            let read = to_records(&cfg.settings, &spec, &table);
+            (read, keyed)
+        })
+        .await
+        .map_err(|e| SourceError::Transient(format!("converting the records failed: {e}")))?;
+        let mut read = read.take_read()?;
+        let key_is_id = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
+        read.deleted = if key_is_id {
+            gone.iter().map(|id| RecordKey(id.clone())).collect()
+        } else {
+            let by_id: HashMap<String, String> = {
+                let ids = self.hint.ids.lock().unwrap_or_else(PoisonError::into_inner);
+                ids.iter().map(|(k, id)| (id.clone(), k.clone())).collect()
+            };
+            gone.iter().filter_map(|id| by_id.get(id).map(|k| RecordKey(k.clone()))).collect()
+        };
+        read.complete = complete;
+        read.version = Some(version.clone());
+        self.hint.update(complete, &keyed, &deleted);
+        self.lock().pending = Some((version, complete, seen, deleted));
+        Ok(read)
+    }
+
+    /// Slows polling down (and says so) while the org's API usage is above the share recado may
+    /// use; says so again when it is back under.
+    fn watch_usage(&self) {
+        let Some(usage) = self.client.usage() else { return };
+        let mut s = self.lock();
+        if usage.share() >= self.cfg.max_api_share {
+            let every = (self.cfg.settings.poll_interval * 10).min(Duration::from_secs(3600));
+            s.slowed_until = Some(Instant::now() + every);
+            if !s.slowed {
+                s.slowed = true;
+                warn!(
+                    source = %self.cfg.settings.id,
+                    used = usage.used,
+                    allocation = usage.max,
+                    share = self.cfg.max_api_share,
+                    every_s = every.as_secs_f64(),
+                    "Salesforce API usage is above the share recado may use: polling less often"
+                );
+            }
+        } else if s.slowed {
+            s.slowed = false;
+            s.slowed_until = None;
+            info!(source = %self.cfg.settings.id, used = usage.used, allocation = usage.max, "Salesforce API usage back under the share: polling as configured");
+        }
+    }
+}
+
+/// What one read saw, besides its records.
+struct Pass {
+    /// Every record is in the read.
+    complete: bool,
+    /// `(Id, SystemModstamp)` of every record read (those outside the `where` condition too).
+    seen: Vec<(String, String)>,
+    /// Ids Salesforce says were deleted.
+    deleted: Vec<String>,
+    /// Ids that count as removed: deleted, or no longer meeting the condition.
+    gone: Vec<String>,
+}
+
+fn id_stamps(records: &[Value]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter_map(|r| Some((r["Id"].as_str()?.to_string(), r["SystemModstamp"].as_str()?.to_string())))
+        .collect()
+}
+
+enum Deletions {
+    /// Deleted ids, and up to when the log was read.
+    Ids(Vec<String>, i64),
+    ResyncNeeded,
+}
+
+/// A read turned into records, or the fields it lacks.
+struct Converted(Result<SourceRead, Vec<String>>);
+
+impl Converted {
+    fn take_read(self) -> Result<SourceRead, SourceError> {
+        self.0.map_err(SourceError::MissingFields)
+    }
+}
+
+fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: &Table) -> Converted {
+    let write_back = settings.write_back.fields();
+    let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
+    let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
+    let column_spec = ColumnSpec {
+        key: &settings.key_field,
+        phone: &settings.phone_field,
+        write_back: &write_back,
+        required: &required,
+        referenced: &referenced,
+        default_region: settings.default_region,
+        locator: |_| None,
+    };
+    Converted(read_records(table, &column_spec).map(|r| SourceRead {
+        records: r.records,
+        phones: r.phones,
+        issues: r.issues,
+        ..Default::default()
+    }))
+}
+
+/// `(key, Id)` of every row (when the key is another field).
+fn key_ids(key_field: &str, selected: &[String], table: &Table) -> Vec<(String, String)> {
+    if key_field.eq_ignore_ascii_case("Id") {
+        return Vec::new();
+    }
+    let (Some(k), Some(i)) =
+        (crate::sources::find_field(selected, key_field), crate::sources::find_field(selected, "Id"))
+    else {
+        return Vec::new();
+    };
+    table
+        .rows
+        .iter()
+        .filter_map(|r| Some((r.get(k)?.canonical(), r.get(i)?.canonical())))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+/// Query records → a table whose header is the selected names.
+fn to_table(selected: &[String], records: &[Value], tz: chrono_tz::Tz) -> Table {
+    let rows = records.iter().map(|r| selected.iter().map(|path| cell(lookup(r, path), tz)).collect()).collect();
+    Table { header: selected.to_vec(), rows }
+}
+
+/// The value at a relationship path, matching names as Salesforce does (ignoring case).
+fn lookup<'a>(record: &'a Value, path: &str) -> &'a Value {
+    let mut current = record;
+    for part in path.split('.') {
+        let next = match current {
+            Value::Object(m) => {
+                m.get(part).or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(part)).map(|(_, v)| v))
+            }
+            _ => None,
+        };
+        match next {
+            Some(v) => current = v,
+            None => return &Value::Null,
+        }
+    }
+    current
+}
+
+/// A value as Salesforce sends it → a cell: date-times to the source's local time, dates as
+/// they are.
+fn cell(v: &Value, tz: chrono_tz::Tz) -> CellValue {
+    match v {
+        Value::Null => CellValue::Empty,
+        Value::Bool(b) => CellValue::Bool(*b),
+        Value::Number(n) => n.as_f64().map(CellValue::Number).unwrap_or(CellValue::Empty),
+        Value::String(s) if s.is_empty() => CellValue::Empty,
+        Value::String(s) => {
+            if let Some(ms) = is_sf_datetime(s).then(|| parse_sf_datetime(s)).flatten() {
+                if let Some(t) = chrono::DateTime::from_timestamp_millis(ms) {
+                    return CellValue::Date(serial(t.with_timezone(&tz).naive_local()));
+                }
+            }
+            if s.len() == 10 {
+                if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+                    return CellValue::Date(serial(d.and_time(chrono::NaiveTime::MIN)));
+                }
+            }
+            CellValue::Text(s.clone())
+        }
+        other => CellValue::Text(other.to_string()),
+    }
+}
+
+/// `2026-11-24T13:00:00.000+0000`: exactly how Salesforce writes date-times.
+fn is_sf_datetime(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 28 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && (b[23] == b'+' || b[23] == b'-')
+}
+
+/// A Salesforce date-time (`…+0000`) in UTC milliseconds.
+pub fn parse_sf_datetime(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z").ok().map(|t| t.timestamp_millis())
+}
+
+/// Days since 1899-12-30, the time of day as the fraction.
+fn serial(t: chrono::NaiveDateTime) -> f64 {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1899, 12, 30).unwrap_or_default().and_time(chrono::NaiveTime::MIN);
+    let d = t - epoch;
+    d.num_milliseconds() as f64 / 86_400_000.0
+}
+
+/// A SOQL date-time literal (unquoted, whole seconds, UTC): `2026-11-22T13:00:00Z`.
+pub fn soql_datetime(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.div_euclid(1000) * 1000)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// A SOQL string literal: quoted, with `\` and `'` escaped.
+pub fn soql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_become_cells_in_the_sources_time_zone() {
+        let tz: chrono_tz::Tz = "America/Santiago".parse().unwrap();
+        // 13:00 UTC on 24 Nov 2026 is 10:00 in Santiago (UTC-3 in summer).
+        let CellValue::Date(s) = cell(&json!("2026-11-24T13:00:00.000+0000"), tz) else { panic!("date-time") };
+        let CellValue::Date(day) = cell(&json!("2026-11-24"), tz) else { panic!("date") };
+        assert_eq!(day, 46350.0);
+        assert!((s - (46350.0 + 10.0 / 24.0)).abs() < 1e-9, "{s}");
+        assert_eq!(cell(&json!("Agendada"), tz), CellValue::Text("Agendada".into()));
+        assert_eq!(cell(&json!(null), tz), CellValue::Empty);
+        assert_eq!(cell(&json!(true), tz), CellValue::Bool(true));
+    }
+
+    #[test]
+    fn relationship_paths_are_flattened() {
+        let r = json!({"Id": "a01", "Contacto__r": {"attributes": {}, "MobilePhone": "+56 9 1"}, "Otro__r": null});
+        assert_eq!(lookup(&r, "Contacto__r.MobilePhone"), &json!("+56 9 1"));
+        assert_eq!(lookup(&r, "contacto__r.mobilephone"), &json!("+56 9 1"));
+        assert_eq!(lookup(&r, "Otro__r.Name"), &Value::Null);
+    }
+
+    #[test]
+    fn marks_and_literals() {
+        let m = Mark { watermark_ms: 5, deletions_ms: 7 };
+        assert_eq!(Mark::parse(&m.encode()), Some(m));
+        assert_eq!(Mark::parse("garbage"), None);
+        assert_eq!(soql_datetime(1_795_352_400_123), "2026-11-22T13:00:00Z");
+        assert_eq!(soql_string("O'Higgins"), "'O\\'Higgins'");
+    }
+}

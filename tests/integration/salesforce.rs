@@ -1,0 +1,491 @@
+//! Salesforce as the system of record: the daemon polls the Salesforce emulator over HTTP
+//! (JWT bearer sign-in, SOQL on `SystemModstamp`, `getDeleted`), sends through the WhatsApp
+//! emulator, and writes statuses back through sObject Collections.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use recado::sandbox::salesforce::{FieldDef, FieldKind, ObjectDef, RecordFault, SfAction, SfFault, SfKind};
+use serde_json::{json, Map, Value};
+
+use crate::harness::{e164, phone, wait_for, Harness};
+
+const SOURCE: &str = "citas";
+
+fn fields(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// The health programme's org: families (Contact, with a consent checkbox) and their
+/// appointments (`Cita__c`).
+fn define_org(h: &Harness) {
+    let sf = h.sandbox.salesforce();
+    sf.add_field("Contact", FieldDef::new("Consentimiento_WhatsApp__c", FieldKind::Boolean));
+    sf.define_object(ObjectDef::new(
+        "Cita__c",
+        "a01",
+        vec![
+            FieldDef::reference("Contacto__c", "Contact"),
+            FieldDef::new("Fecha__c", FieldKind::Datetime),
+            FieldDef::new("Dia_Control__c", FieldKind::Date),
+            FieldDef::new("Estado__c", FieldKind::Picklist).with_length(40),
+            FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40),
+            FieldDef::new("WhatsApp_Fecha__c", FieldKind::Datetime),
+            FieldDef::new("WhatsApp_Error__c", FieldKind::String).with_length(255),
+            FieldDef::new("WhatsApp_Respuesta__c", FieldKind::String).with_length(255),
+            FieldDef::new("WhatsApp_Fecha_Respuesta__c", FieldKind::Datetime),
+        ],
+    ));
+}
+
+/// A mother (person `n`) with consent, and her id.
+fn mother(h: &Harness, n: u32) -> String {
+    h.sandbox
+        .salesforce()
+        .create(
+            "Contact",
+            fields(json!({"FirstName": format!("Madre{n}"), "LastName": "Rojas", "MobilePhone": phone(n), "Consentimiento_WhatsApp__c": true})),
+        )
+        .expect("contact created")
+}
+
+/// An appointment of `contact` at `at`.
+fn cita(h: &Harness, contact: &str, at: DateTime<Utc>, estado: &str) -> String {
+    h.sandbox
+        .salesforce()
+        .create("Cita__c", fields(json!({"Contacto__c": contact, "Fecha__c": at.to_rfc3339(), "Estado__c": estado})))
+        .expect("cita created")
+}
+
+fn org_yaml(h: &Harness, extra_source: &str, extra_rules: &str) -> String {
+    let base = h.sandbox.salesforce_url();
+    let key = h.dir.path().join("salesforce.key");
+    std::fs::write(&key, recado::sandbox::keys::PRIVATE_KEY_PEM).expect("key written");
+    format!(
+        r#"
+state:
+  path: "{state}"
+http:
+  listen: "127.0.0.1:0"
+providers:
+{provider}    messages_per_second: 1000
+    pair_interval: 10ms
+sources:
+  - id: {SOURCE}
+    type: salesforce
+    login_url: "{base}"
+    api_version: "62.0"
+    object: Cita__c
+    fields: [Fecha__c, Estado__c, Contacto__r.FirstName]
+    phone_field: Contacto__r.MobilePhone
+    default_region: CL
+    consent:
+      field: Contacto__r.Consentimiento_WhatsApp__c
+    poll_interval: 150ms
+    flush_interval: 100ms
+    deletions_every: 2m
+    auth:
+      flow: jwt_bearer
+      consumer_key: "{consumer}"
+      username: "{user}"
+      private_key_file: "{key}"
+    write_back:
+      status: WhatsApp_Estado__c
+      status_at: WhatsApp_Fecha__c
+      error: WhatsApp_Error__c
+      last_reply: WhatsApp_Respuesta__c
+      last_reply_at: WhatsApp_Fecha_Respuesta__c
+{extra_source}
+rules:
+  - id: confirmacion
+    source: {SOURCE}
+    when: record_added
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{{{ Contacto__r.FirstName }}}}", "{{{{ Estado__c }}}}", "{{{{ Fecha__c | date }}}}"]
+  - id: reprogramada
+    source: {SOURCE}
+    when: {{ changed: Estado__c, to: Reprogramada }}
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{{{ row['Contacto__r.FirstName'] }}}}"]
+      button_url_suffix: "cita?id={{{{ Id }}}}"
+{extra_rules}
+"#,
+        state = h.state_path().display(),
+        provider = h.provider_yaml(),
+        consumer = recado::sandbox::salesforce::SANDBOX_CONSUMER_KEY,
+        user = recado::sandbox::salesforce::SANDBOX_USERNAME,
+        key = key.display(),
+    )
+}
+
+/// A harness on the org, with `seed` run before the daemon starts.
+async fn org(extra_source: &str, extra_rules: &str) -> Harness {
+    let mut h = Harness::new(vec![]).await;
+    define_org(&h);
+    h.yaml_override = Some(org_yaml(&h, extra_source, extra_rules));
+    h
+}
+
+async fn start(h: &mut Harness) {
+    h.start_without_waiting().await;
+    let store = h.store();
+    wait_for("the first read to be committed", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.expect("conn");
+            recado::store::source_state(&mut c, SOURCE).await.expect("state").baseline_done
+        }
+    })
+    .await;
+}
+
+fn polls(h: &Harness) -> u64 {
+    h.running().ctx().health.rounds(&format!("source:{SOURCE}"))
+}
+
+async fn more_polls(h: &Harness, n: u64) {
+    let start = polls(h);
+    wait_for("more polls", Duration::from_secs(20), || async { polls(h) >= start + n }).await;
+}
+
+/// The source polled twice more and nothing left to do.
+async fn settle(h: &Harness) {
+    more_polls(h, 2).await;
+    h.quiet().await;
+}
+
+fn field(h: &Harness, id: &str, name: &str) -> Value {
+    h.sandbox.salesforce().get("Cita__c", id).and_then(|r| r.get(name).cloned()).unwrap_or(Value::Null)
+}
+
+async fn wait_field(h: &Harness, id: &str, name: &str, want: &str) {
+    wait_for(&format!("{name} of {id} to be {want}"), Duration::from_secs(20), || async {
+        field(h, id, name).as_str() == Some(want)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_sends_nothing_and_a_new_appointment_is_confirmed_once_with_its_status_on_the_record() {
+    let mut h = org("", "").await;
+    let now = Utc::now();
+    let m1 = mother(&h, 1);
+    cita(&h, &m1, now + chrono::Duration::days(5), "Agendada");
+    h.user(2, true, Some("Confirmo"));
+    start(&mut h).await;
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 0, "records there at first start are the baseline");
+
+    let m2 = mother(&h, 2);
+    let c2 = cita(&h, &m2, now + chrono::Duration::days(6), "Agendada");
+    wait_field(&h, &c2, "WhatsApp_Estado__c", "read").await;
+    let sent = h.sent_to(2);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].params[0], "Madre2", "the name came through the relationship path");
+    assert_eq!(sent[0].params[1], "Agendada");
+    assert!(
+        field(&h, &c2, "WhatsApp_Fecha__c").as_str().is_some_and(|t| t.ends_with("+0000")),
+        "a date-time field gets a date-time"
+    );
+    wait_field(&h, &c2, "WhatsApp_Respuesta__c", "Confirmo").await;
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 1, "seen again in the overlap, the record is not news");
+
+    // A restart reads everything again: still nothing new.
+    h.stop().await;
+    start(&mut h).await;
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 1);
+    let tokens = h.sandbox.salesforce().count(SfKind::Token);
+    assert_eq!(tokens, 2, "one sign-in per start: the session is reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_change_sends_once_and_other_edits_send_nothing() {
+    let mut h = org("", "").await;
+    let m = mother(&h, 3);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
+    h.user(3, false, None);
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    sf.update("Cita__c", &c, fields(json!({"Fecha__c": (Utc::now() + chrono::Duration::days(7)).to_rfc3339()})))
+        .unwrap();
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 0, "a change no rule watches sends nothing");
+    sf.update("Cita__c", &c, fields(json!({"Estado__c": "Reprogramada"}))).unwrap();
+    wait_for("the change to be sent", Duration::from_secs(20), || async { h.sent_to(3).len() == 1 }).await;
+    settle(&h).await;
+    let sent = h.sent_to(3);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].params, vec!["Madre3".to_string(), format!("cita?id={c}")]);
+    // recado's own writes move SystemModstamp: they are read again and are not changes.
+    assert!(field(&h, &c, "WhatsApp_Estado__c").as_str().is_some());
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sharing_a_system_modstamp_across_a_page_boundary_are_neither_missed_nor_repeated() {
+    let mut h = org("", "").await;
+    start(&mut h).await;
+    let m = mother(&h, 4);
+    // One save of 2,001 appointments: one SystemModstamp, two query pages.
+    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
+    let batch: Vec<Map<String, Value>> =
+        (0..2001).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
+    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    let stamps: std::collections::HashSet<String> =
+        ids.iter().map(|id| field(&h, id, "SystemModstamp").as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(stamps.len(), 1, "the emulator gives one save one SystemModstamp");
+    let store = h.store();
+    wait_for("a message per appointment", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            recado::store::all_messages(&mut c).await.unwrap().len() >= 2001
+        }
+    })
+    .await;
+    more_polls(&h, 3).await;
+    let mut c = store.conn().await.unwrap();
+    let messages = recado::store::all_messages(&mut c).await.unwrap();
+    let keys: std::collections::HashSet<&str> = messages.iter().map(|m| m.record_key.0.as_str()).collect();
+    assert_eq!(messages.len(), 2001, "none repeated");
+    assert_eq!(keys.len(), 2001, "none missed");
+    assert!(h.sandbox.salesforce().count(SfKind::QueryMore) >= 1, "the change spanned two pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_while_a_query_is_paged_is_seen_on_the_next_poll() {
+    let mut h = org("", "").await;
+    let m = mother(&h, 5);
+    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
+    let batch: Vec<Map<String, Value>> =
+        (0..2100).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
+    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    h.user(5, false, None);
+    start(&mut h).await;
+    // The first record changes while the second page of the next read is being served (the
+    // record lies in the page already read, whose snapshot predates the edit).
+    let target = ids[0].clone();
+    h.sandbox.salesforce().after_next(
+        SfKind::QueryMore,
+        SfAction::Update {
+            object: "Cita__c".into(),
+            id: target.clone(),
+            fields: fields(json!({"Estado__c": "Reprogramada"})),
+        },
+    );
+    wait_for("the edit to be sent", Duration::from_secs(20), || async { h.sent_to(5).len() == 1 }).await;
+    settle(&h).await;
+    assert_eq!(h.sent_to(5).len(), 1);
+    assert_eq!(h.sent_to(5)[0].params[1], format!("cita?id={target}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_cancels_its_reminders() {
+    let rule = r#"
+  - id: recordatorio
+    source: citas
+    when: { date: Fecha__c, offset: -2d, at: "10:00" }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Contacto__r.FirstName }}", "{{ Estado__c }}", "{{ Fecha__c | date }}"]
+"#;
+    let mut h = org("", rule).await;
+    let m = mother(&h, 6);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(10), "Agendada");
+    start(&mut h).await;
+    let store = h.store();
+    let timers = || {
+        let store = store.clone();
+        let c = c.clone();
+        async move {
+            let mut conn = store.conn().await.unwrap();
+            recado::store::timers_of(&mut conn, SOURCE, Some(&[c.as_str()])).await.unwrap()
+        }
+    };
+    assert_eq!(timers().await.iter().filter(|t| t.state == "pending").count(), 1);
+    assert!(h.sandbox.salesforce().delete("Cita__c", &c));
+    settle(&h).await;
+    assert_eq!(
+        h.sandbox.salesforce().count(SfKind::Deleted),
+        0,
+        "deletions are asked for every 2 minutes of server time"
+    );
+    // Salesforce's clock moves on: the next poll asks for deletions.
+    h.sandbox.salesforce().advance(Duration::from_secs(150));
+    wait_for("the reminder to be cancelled", Duration::from_secs(20), || async {
+        timers().await.iter().all(|t| t.state == "cancelled")
+    })
+    .await;
+    assert_eq!(h.sandbox.salesforce().count(SfKind::Deleted), 1);
+    assert_eq!(h.sent_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_ends_mid_poll_is_renewed_and_the_poll_completes() {
+    let mut h = org("", "").await;
+    let m = mother(&h, 7);
+    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
+    let batch: Vec<Map<String, Value>> =
+        (0..2100).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
+    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    h.user(7, false, None);
+    // The session ends as the second page of the first read is asked for.
+    h.sandbox.salesforce().inject(SfFault {
+        kind: Some(SfKind::QueryMore),
+        status: 401,
+        error_code: String::new(),
+        message: String::new(),
+        expire_session: true,
+        timeout: false,
+        count: 1,
+    });
+    start(&mut h).await;
+    assert_eq!(h.sandbox.salesforce().count(SfKind::Token), 2, "signed in again once");
+    let health = h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default();
+    assert_eq!(health.failures, 0, "the poll did not fail: {health:?}");
+    h.sandbox.salesforce().update("Cita__c", &ids[2050], fields(json!({"Estado__c": "Reprogramada"}))).unwrap();
+    wait_for("the change to be sent", Duration::from_secs(20), || async { h.sent_to(7).len() == 1 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_slows_down_above_the_share_of_the_daily_allocation_and_resumes_below_it() {
+    let mut h = org("    max_api_share: 0.5\n", "").await;
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    more_polls(&h, 3).await;
+    let before = sf.count(SfKind::Query);
+    more_polls(&h, 5).await;
+    assert!(sf.count(SfKind::Query) >= before + 4, "an idle poll is one query");
+    sf.set_usage(9_000, 15_000);
+    more_polls(&h, 2).await;
+    let slowed = sf.count(SfKind::Query);
+    more_polls(&h, 6).await;
+    assert!(
+        sf.count(SfKind::Query) <= slowed + 1,
+        "polls are spaced out: {} queries",
+        sf.count(SfKind::Query) - slowed
+    );
+    let health = h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default();
+    assert!(
+        health.quota.as_ref().is_some_and(|q| q.paused_for_ms.is_some()),
+        "/healthz says polls are spaced out: {health:?}"
+    );
+    sf.set_usage(100, 15_000);
+    let resumed = sf.count(SfKind::Query);
+    wait_for("polling at the configured pace again", Duration::from_secs(20), || async {
+        sf.count(SfKind::Query) >= resumed + 5
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_salesforce_refuses_to_update_does_not_block_the_others() {
+    let mut h = org("", "").await;
+    start(&mut h).await;
+    for n in [8, 9, 10] {
+        h.user(n, false, None);
+    }
+    let sf = h.sandbox.salesforce();
+    let (m8, m9, m10) = (mother(&h, 8), mother(&h, 9), mother(&h, 10));
+    let at = Utc::now() + chrono::Duration::days(4);
+    let c8 = cita(&h, &m8, at, "Agendada");
+    // A validation rule refuses every write to this one; that one is locked once.
+    sf.inject_record_error(RecordFault {
+        id: Some(c8.clone()),
+        status_code: "FIELD_CUSTOM_VALIDATION_EXCEPTION".into(),
+        message: "La cita no puede cambiar después de atendida".into(),
+        count: 1000,
+    });
+    let c9 = cita(&h, &m9, at, "Agendada");
+    sf.inject_record_error(RecordFault {
+        id: Some(c9.clone()),
+        status_code: "UNABLE_TO_LOCK_ROW".into(),
+        message: "unable to obtain exclusive access to this record".into(),
+        count: 1,
+    });
+    let c10 = cita(&h, &m10, at, "Agendada");
+    wait_field(&h, &c10, "WhatsApp_Estado__c", "delivered").await;
+    wait_field(&h, &c9, "WhatsApp_Estado__c", "delivered").await;
+    settle(&h).await;
+    assert_eq!(field(&h, &c8, "WhatsApp_Estado__c"), Value::Null, "refused every time");
+    assert_eq!(h.sent_count(), 3, "each was sent once");
+    let mut c = h.store().conn().await.unwrap();
+    assert_eq!(
+        recado::store::pending_write_count(&mut c).await.unwrap(),
+        0,
+        "the refused values were dropped, not retried for ever"
+    );
+    let _ = e164(8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_fire_from_a_date_time_and_from_a_date_field_at_the_local_time() {
+    let rules = r#"
+  - id: recordatorio
+    source: citas
+    when: { date: Fecha__c, offset: -2d, at: "10:00" }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Contacto__r.FirstName }}", "{{ Estado__c }}", "{{ Fecha__c | date }}"]
+  - id: control
+    source: citas
+    when: { date: Dia_Control__c, offset: -1d, at: "09:00" }
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Contacto__r.FirstName }}"]
+      button_url_suffix: "control?id={{ Id }}"
+"#;
+    let mut h = org("    fields: [Fecha__c, Estado__c, Contacto__r.FirstName, Dia_Control__c]\n", rules).await;
+    // The override repeats `fields`: keep the later one only.
+    let yaml =
+        h.yaml_override.take().unwrap().replacen("    fields: [Fecha__c, Estado__c, Contacto__r.FirstName]\n", "", 1);
+    h.yaml_override = Some(yaml);
+    let m = mother(&h, 11);
+    let sf = h.sandbox.salesforce();
+    // 2026-12-10 16:30 UTC = 13:30 in Santiago (UTC-3); the reminder is 2026-12-08 10:00 local.
+    let c = sf
+        .create(
+            "Cita__c",
+            fields(json!({"Contacto__c": m, "Fecha__c": "2026-12-10T16:30:00.000+0000", "Dia_Control__c": "2026-12-20", "Estado__c": "Agendada"})),
+        )
+        .unwrap();
+    start(&mut h).await;
+    let mut conn = h.store().conn().await.unwrap();
+    let timers = recado::store::timers_of(&mut conn, SOURCE, Some(&[c.as_str()])).await.unwrap();
+    let due = |rule: &str| timers.iter().find(|t| t.rule_id == rule).map(|t| t.due_at);
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
+    assert_eq!(due("recordatorio"), Some(at("2026-12-08T10:00:00-03:00")), "{timers:?}");
+    assert_eq!(
+        due("control"),
+        Some(at("2026-12-19T09:00:00-03:00")),
+        "a date has no zone: the day before at 09:00 local"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_the_object_does_not_have_stops_the_source_with_salesforces_words() {
+    let mut h = org("", "").await;
+    let yaml = h.yaml_override.take().unwrap().replace("Contacto__r.FirstName]", "Contacto__r.FirstName, Telefono__c]");
+    h.yaml_override = Some(yaml);
+    h.start_without_waiting().await;
+    wait_for("the poll to fail", Duration::from_secs(20), || async {
+        let health = h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default();
+        health.last_error.is_some_and(|e| e.contains("No such column 'Telefono__c' on entity 'Cita__c'"))
+    })
+    .await;
+}
