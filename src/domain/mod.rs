@@ -17,4 +17,4 @@ pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneErro
 pub use record::{same_field, CellValue, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;
-pub use target::{FieldWrite, PendingWrite, WriteTarget};
+pub use target::{interaction, FieldWrite, PendingWrite, WriteTarget};

@@ -17,6 +17,31 @@ pub enum WriteTarget {
     /// A record that has no key, so only its source can find it: `locator` is opaque outside the
     /// source (for a table, a row number that is written only if that row still has no key).
     Unkeyed(String),
+    /// The interaction log's entry for one message (`out:…`) or reply (`in:…`) about a record:
+    /// sources that keep a log write it as a record of its own (see [`interaction`]).
+    Interaction { record: RecordKey, entry: String },
+}
+
+/// The fields of an interaction log entry, in neutral names: each source maps them to its own.
+pub mod interaction {
+    /// `outbound` or `inbound`.
+    pub const DIRECTION: &str = "direction";
+    /// What was said: a template's name and parameters, or the text.
+    pub const CONTENT: &str = "content";
+    /// The rule that sent it (outbound).
+    pub const RULE: &str = "rule";
+    /// The message's state (`sent`, `delivered`, `read`, `failed`, `skipped`; `received`).
+    pub const STATUS: &str = "status";
+    pub const STATUS_AT: &str = "status_at";
+    pub const SENT_AT: &str = "sent_at";
+    pub const DELIVERED_AT: &str = "delivered_at";
+    pub const READ_AT: &str = "read_at";
+    pub const ERROR: &str = "error";
+    /// The provider's id for the message.
+    pub const MESSAGE_ID: &str = "message_id";
+    /// Every neutral field name.
+    pub const ALL: [&str; 10] =
+        [DIRECTION, CONTENT, RULE, STATUS, STATUS_AT, SENT_AT, DELIVERED_AT, READ_AT, ERROR, MESSAGE_ID];
 }
 
 impl WriteTarget {
@@ -26,13 +51,16 @@ impl WriteTarget {
             WriteTarget::Record(_) => "record",
             WriteTarget::EveryCopyOf(_) => "every_copy",
             WriteTarget::Unkeyed(_) => "unkeyed",
+            WriteTarget::Interaction { .. } => "interaction",
         }
     }
 
-    pub fn value(&self) -> &str {
+    pub fn value(&self) -> String {
         match self {
-            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
-            WriteTarget::Unkeyed(l) => l,
+            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => k.0.clone(),
+            WriteTarget::Unkeyed(l) => l.clone(),
+            // The entry never holds `|`; a record key may.
+            WriteTarget::Interaction { record, entry } => format!("{entry}|{}", record.0),
         }
     }
 
@@ -42,6 +70,10 @@ impl WriteTarget {
             "record" => Some(WriteTarget::Record(RecordKey(value))),
             "every_copy" => Some(WriteTarget::EveryCopyOf(RecordKey(value))),
             "unkeyed" => Some(WriteTarget::Unkeyed(value)),
+            "interaction" => {
+                let (entry, record) = value.split_once('|')?;
+                Some(WriteTarget::Interaction { record: RecordKey(record.to_string()), entry: entry.to_string() })
+            }
             _ => None,
         }
     }
@@ -50,6 +82,7 @@ impl WriteTarget {
     pub fn record_key(&self) -> Option<&RecordKey> {
         match self {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => Some(k),
+            WriteTarget::Interaction { record, .. } => Some(record),
             WriteTarget::Unkeyed(_) => None,
         }
     }
@@ -61,6 +94,7 @@ impl fmt::Display for WriteTarget {
             WriteTarget::Record(k) => write!(f, "record {k}"),
             WriteTarget::EveryCopyOf(k) => write!(f, "every record keyed {k}"),
             WriteTarget::Unkeyed(l) => write!(f, "unkeyed record at {l}"),
+            WriteTarget::Interaction { record, entry } => write!(f, "log entry {entry} of record {record}"),
         }
     }
 }

@@ -604,6 +604,12 @@ impl Dispatcher {
             store::update_message(&mut tx, m.id, &u, now).await?;
             store::upsert_contact(&mut tx, m.phone.as_str(), now).await?;
             store::add_contact_ids(&mut tx, m.phone.as_str(), &acc.recipient_ids, now).await?;
+            let logged = next.unwrap_or(current);
+            store::queue_writes(
+                &mut tx,
+                &self.ctx.interaction_writes(m, logged, now, None, Some(&acc.provider_message_id)),
+            )
+            .await?;
             if next.is_some() && store::is_latest_for_record(&mut tx, m).await? {
                 // A successful send clears an old send error, but not a record problem that is
                 // still there (a duplicate key, say).
@@ -705,6 +711,7 @@ impl Dispatcher {
             ..Default::default()
         };
         store::update_message(&mut tx, m.id, &u, now).await?;
+        store::queue_writes(&mut tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
         if store::is_latest_for_record(&mut tx, m).await? {
             store::queue_writes(&mut tx, &self.ctx.status_writes(m, state, now, Some(reason))).await?;
         }

@@ -278,6 +278,8 @@ impl InboxProcessor {
             ..Default::default()
         };
         store::update_message(tx, m.id, &u, now).await?;
+        let logs = self.ctx.interaction_writes(&m, next, now, reason.as_deref(), Some(provider_message_id));
+        store::queue_writes(tx, &logs).await?;
         if store::is_latest_for_record(tx, &m).await? {
             let clear = if next == MessageState::Failed {
                 reason.as_deref()
@@ -423,6 +425,7 @@ impl InboxProcessor {
                         value: self.ctx.format_time(&m.source_id, at),
                     });
                 }
+                writes.extend(self.ctx.reply_log_writes(&m.source_id, &m.record_key, provider_message_id, &text, at));
             }
             info!(record = %m.record_key, from = %who, "reply received");
         } else {
@@ -445,6 +448,7 @@ impl InboxProcessor {
                         };
                         store::update_message(tx, q.id, &u, now).await?;
                         writes.extend(self.ctx.status_writes(&q, MessageState::Skipped, now, Some(reason)));
+                        writes.extend(self.ctx.interaction_writes(&q, MessageState::Skipped, now, Some(reason), None));
                     }
                     // Their consent field says so, in every record that holds their number.
                     let mut records = store::records_with_phone(tx, p).await?;

@@ -34,7 +34,10 @@ pub use health::Health;
 
 use crate::config::Config;
 use crate::diff::SnapshotRow;
-use crate::domain::{CellValue, FieldWrite, MessageState, PhoneError, PhoneNumber, Record, RecordKey, WriteTarget};
+use crate::domain::{
+    interaction, CellValue, FieldWrite, MessageContent, MessageState, PhoneError, PhoneNumber, Record, RecordKey,
+    WriteTarget,
+};
 use crate::rules::{RecordFacts, RuleSet, TimeContext};
 use crate::sources::SourceSettings;
 use crate::store::{OutboxMessage, Store};
@@ -69,6 +72,16 @@ type PhoneCache = HashMap<(String, phonenumber::country::Id), Result<PhoneNumber
 
 /// Most phone parses remembered.
 const PHONE_CACHE_LIMIT: usize = 500_000;
+
+/// What a message said, for the interaction log: a template's name and parameters, or the
+/// text.
+fn describe_content(c: &MessageContent) -> String {
+    match c {
+        MessageContent::Template(t) if t.body.is_empty() => format!("template {}", t.name),
+        MessageContent::Template(t) => format!("template {}: {}", t.name, t.body.join(" | ")),
+        MessageContent::Text { body } => body.clone(),
+    }
+}
 
 /// State shared by the loops.
 pub struct EngineCtx {
@@ -232,6 +245,86 @@ impl EngineCtx {
             push(&fields.error, e.to_string());
         }
         out
+    }
+
+    /// The interaction log entry of an outbound message, for sources that keep a log: its
+    /// content and rule, its state with the time of each step, its error and the provider's
+    /// id. Every change of the message rewrites the same entry (the queue coalesces).
+    pub fn interaction_writes(
+        &self,
+        m: &OutboxMessage,
+        state: MessageState,
+        at_ms: i64,
+        error: Option<&str>,
+        provider_message_id: Option<&str>,
+    ) -> Vec<FieldWrite> {
+        if !self.source(&m.source_id).is_some_and(|s| s.logs_interactions) {
+            return Vec::new();
+        }
+        let target = WriteTarget::Interaction {
+            record: m.record_key.clone(),
+            // The outbox id with its creation time: unique even across a new state file.
+            entry: format!("out:{}-{}", m.id, m.created_at),
+        };
+        let time = self.format_time(&m.source_id, at_ms);
+        let mut fields: Vec<(&str, String)> = vec![
+            (interaction::DIRECTION, "outbound".into()),
+            (interaction::CONTENT, describe_content(&m.content)),
+            (interaction::RULE, m.rule_id.clone()),
+            (interaction::STATUS, state.as_str().into()),
+            (interaction::STATUS_AT, time.clone()),
+        ];
+        match state {
+            MessageState::Sent => fields.push((interaction::SENT_AT, time)),
+            MessageState::Delivered => fields.push((interaction::DELIVERED_AT, time)),
+            MessageState::Read => fields.push((interaction::READ_AT, time)),
+            _ => {}
+        }
+        if let Some(e) = error {
+            fields.push((interaction::ERROR, e.to_string()));
+        }
+        if let Some(id) = provider_message_id.or(m.provider_message_id.as_deref()) {
+            fields.push((interaction::MESSAGE_ID, id.to_string()));
+        }
+        fields
+            .into_iter()
+            .map(|(field, value)| FieldWrite {
+                source_id: m.source_id.clone(),
+                target: target.clone(),
+                field: field.to_string(),
+                value,
+            })
+            .collect()
+    }
+
+    /// The interaction log entry of a reply about a record.
+    pub fn reply_log_writes(
+        &self,
+        source_id: &str,
+        key: &RecordKey,
+        provider_message_id: &str,
+        text: &str,
+        at_ms: i64,
+    ) -> Vec<FieldWrite> {
+        if !self.source(source_id).is_some_and(|s| s.logs_interactions) {
+            return Vec::new();
+        }
+        let target = WriteTarget::Interaction { record: key.clone(), entry: format!("in:{provider_message_id}") };
+        [
+            (interaction::DIRECTION, "inbound".to_string()),
+            (interaction::CONTENT, text.to_string()),
+            (interaction::STATUS, "received".to_string()),
+            (interaction::STATUS_AT, self.format_time(source_id, at_ms)),
+            (interaction::MESSAGE_ID, provider_message_id.to_string()),
+        ]
+        .into_iter()
+        .map(|(field, value)| FieldWrite {
+            source_id: source_id.to_string(),
+            target: target.clone(),
+            field: field.to_string(),
+            value,
+        })
+        .collect()
     }
 
     /// The error field of a record.

@@ -344,6 +344,13 @@ impl SourcePoller {
                             if upserts.contains_key(&m.record_key) {
                                 writes.extend(self.ctx.status_writes(&m, MessageState::Skipped, now, Some(reason)));
                             }
+                            writes.extend(self.ctx.interaction_writes(
+                                &m,
+                                MessageState::Skipped,
+                                now,
+                                Some(reason),
+                                None,
+                            ));
                         }
                     }
                 }

@@ -53,6 +53,9 @@ pub struct SourceSettings {
     pub write_back: WriteBackFields,
     /// The longest any one call to the vendor may take.
     pub call_timeout: Duration,
+    /// Every message and reply about a record is also logged as an entry of its own
+    /// ([`WriteTarget::Interaction`](crate::domain::WriteTarget::Interaction)).
+    pub logs_interactions: bool,
 }
 
 /// Whether records that exist at first start count as added.
@@ -256,6 +259,7 @@ impl SourceSettings {
             first_start,
             write_back,
             call_timeout,
+            logs_interactions: false,
         }
     }
 }

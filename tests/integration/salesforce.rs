@@ -489,3 +489,120 @@ async fn a_field_the_object_does_not_have_stops_the_source_with_salesforces_word
     })
     .await;
 }
+
+const TASK_LOG: &str = r#"    interaction_log:
+      object: Task
+      contact_field: Contacto__c
+      fields:
+        status: WhatsApp_Estado__c
+        message_id: WhatsApp_Id__c
+        direction: WhatsApp_Direccion__c
+"#;
+
+fn tasks(h: &Harness) -> Vec<Map<String, Value>> {
+    h.sandbox.salesforce().records("Task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_and_reply_is_a_task_on_the_contact_and_the_appointment_once_across_a_restart() {
+    let mut h = org(TASK_LOG, "").await;
+    let sf = h.sandbox.salesforce();
+    sf.add_field("Task", FieldDef::new("Recado_Id__c", FieldKind::String).with_length(80));
+    sf.add_field("Task", FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40));
+    sf.add_field("Task", FieldDef::new("WhatsApp_Id__c", FieldKind::String).with_length(100));
+    sf.add_field("Task", FieldDef::new("WhatsApp_Direccion__c", FieldKind::String).with_length(20));
+    h.user(12, true, None);
+    start(&mut h).await;
+    let m = mother(&h, 12);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(3), "Agendada");
+    wait_for("the message's Task to say read", Duration::from_secs(20), || async {
+        tasks(&h).iter().any(|t| t.get("WhatsApp_Estado__c").and_then(Value::as_str) == Some("read"))
+    })
+    .await;
+    let sent = h.sent_to(12);
+    assert_eq!(sent.len(), 1);
+    h.says(12, "Confirmo, gracias", Some(&sent[0].id));
+    wait_for("the reply's Task", Duration::from_secs(20), || async { tasks(&h).len() == 2 }).await;
+    settle(&h).await;
+    let all = tasks(&h);
+    let out = all.iter().find(|t| t["WhatsApp_Direccion__c"] == "outbound").expect("outbound task");
+    let inb = all.iter().find(|t| t["WhatsApp_Direccion__c"] == "inbound").expect("inbound task");
+    assert_eq!(out["WhoId"], json!(m), "on the Contact");
+    assert_eq!(out["WhatId"], json!(c), "and on the appointment");
+    assert_eq!(out["WhatsApp_Id__c"], json!(sent[0].id));
+    assert_eq!(out["Status"], "Completed");
+    assert!(
+        out["Description"].as_str().is_some_and(|d| d.contains("confirmacion_inscripcion") && d.contains("Madre12")),
+        "{out:?}"
+    );
+    assert_eq!(inb["Description"], "Confirmo, gracias");
+    assert_eq!(inb["WhoId"], json!(m));
+
+    // After a restart recado no longer knows the Task's id: a new status for the same message
+    // finds the Task by recado's id and updates it.
+    h.stop().await;
+    start(&mut h).await;
+    let key = out["Recado_Id__c"].as_str().unwrap().trim_start_matches("citas:").to_string();
+    let write = recado::domain::FieldWrite {
+        source_id: SOURCE.into(),
+        target: recado::domain::WriteTarget::Interaction { record: recado::domain::RecordKey(c.clone()), entry: key },
+        field: "status".into(),
+        value: "read".into(),
+    };
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, &[write]).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(SOURCE);
+    settle(&h).await;
+    assert_eq!(tasks(&h).len(), 2, "one Task per message and per reply, across a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_log_object_is_upserted_on_its_external_id() {
+    let log = r#"    interaction_log:
+      object: WhatsApp_Message__c
+      key_field: Recado_Id__c
+      contact_field: Contacto__c
+      record_lookup: Cita__c
+      contact_lookup: Contacto__c
+      fields:
+        direction: Direccion__c
+        content: Contenido__c
+        status: Estado__c
+        sent_at: Enviado__c
+        read_at: Leido__c
+        message_id: Mensaje_Id__c
+"#;
+    let mut h = org(log, "").await;
+    h.sandbox.salesforce().define_object(ObjectDef::new(
+        "WhatsApp_Message__c",
+        "a02",
+        vec![
+            FieldDef::new("Recado_Id__c", FieldKind::String).with_length(80).external_id(),
+            FieldDef::reference("Cita__c", "Cita__c"),
+            FieldDef::reference("Contacto__c", "Contact"),
+            FieldDef::new("Direccion__c", FieldKind::Picklist),
+            FieldDef::new("Contenido__c", FieldKind::Textarea),
+            FieldDef::new("Estado__c", FieldKind::Picklist),
+            FieldDef::new("Enviado__c", FieldKind::Datetime),
+            FieldDef::new("Leido__c", FieldKind::Datetime),
+            FieldDef::new("Mensaje_Id__c", FieldKind::String),
+        ],
+    ));
+    h.user(13, true, None);
+    start(&mut h).await;
+    let m = mother(&h, 13);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(3), "Agendada");
+    let logs = || h.sandbox.salesforce().records("WhatsApp_Message__c");
+    wait_for("the log entry to say read", Duration::from_secs(20), || async {
+        logs().iter().any(|r| r.get("Estado__c").and_then(Value::as_str) == Some("read"))
+    })
+    .await;
+    settle(&h).await;
+    let all = logs();
+    assert_eq!(all.len(), 1, "every status updated the same entry");
+    assert_eq!(all[0]["Cita__c"], json!(c));
+    assert_eq!(all[0]["Contacto__c"], json!(m));
+    assert!(all[0]["Enviado__c"].as_str().is_some_and(|t| t.ends_with("+0000")));
+    assert!(all[0]["Leido__c"].as_str().is_some());
+}

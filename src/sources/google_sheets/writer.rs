@@ -132,6 +132,8 @@ impl TabLayout {
                 .filter(|r| (*r as usize) <= self.keys.len().max(1) && self.key_at(*r).is_empty())
                 .into_iter()
                 .collect(),
+            // A sheet keeps no interaction log (the engine queues none for it).
+            WriteTarget::Interaction { .. } => Vec::new(),
         }
     }
 }
@@ -652,6 +654,7 @@ fn check_previous(
                 entry.1 = true;
                 Vec::new()
             }
+            WriteTarget::Interaction { .. } => Vec::new(),
         };
         if rows.iter().any(|r| layout.cell(field, *r) != value) {
             push(&mut out, target.clone(), field, value.clone());

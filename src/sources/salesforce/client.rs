@@ -182,10 +182,7 @@ impl OrgClient {
             if e.is_timeout() {
                 SourceError::Timeout { what: "the Salesforce token endpoint".into(), after: i.timeout }
             } else {
-                SourceError::Transient(format!(
-                    "cannot reach the Salesforce token endpoint: {}",
-                    without_url(&e)
-                ))
+                SourceError::Transient(format!("cannot reach the Salesforce token endpoint: {}", without_url(&e)))
             }
         })?;
         let status = response.status().as_u16();
@@ -271,10 +268,7 @@ impl OrgClient {
             if e.is_timeout() {
                 SourceError::Timeout { what: format!("Salesforce ({what})"), after: i.timeout }
             } else {
-                SourceError::Transient(format!(
-                    "cannot reach Salesforce for {what}: {}",
-                    without_url(&e)
-                ))
+                SourceError::Transient(format!("cannot reach Salesforce for {what}: {}", without_url(&e)))
             }
         })?;
         let status = response.status().as_u16();

@@ -97,6 +97,62 @@ pub struct RawSalesforce {
     pub write_back: Option<RawWriteBack>,
     /// How recado signs in.
     pub auth: RawAuth,
+    /// Log every message and reply as a record of its own (a Task, or a custom object).
+    #[serde(default)]
+    pub interaction_log: Option<RawInteractionLog>,
+}
+
+/// `interaction_log:` of a Salesforce source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInteractionLog {
+    /// `Task` (default: an activity on the Contact and the record) or a custom object such as
+    /// `WhatsApp_Message__c`.
+    #[serde(default)]
+    pub object: Option<String>,
+    /// A text field of the log object holding recado's id for the entry, so a retry updates
+    /// the entry instead of creating another (default `Recado_Id__c`; on a custom object, mark
+    /// it External ID and Unique: entries are then upserted on it).
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// The field of the watched record holding the Contact's id (e.g. `Contacto__c`; `Id`
+    /// when the source is `Contact` itself).
+    #[serde(default)]
+    pub contact_field: Option<String>,
+    /// Custom object: its lookup to the watched record (a Task uses `WhatId`).
+    #[serde(default)]
+    pub record_lookup: Option<String>,
+    /// Custom object: its lookup to the Contact (a Task uses `WhoId`).
+    #[serde(default)]
+    pub contact_lookup: Option<String>,
+    /// Task: its `Subject`; `{direction}` and `{rule}` are replaced (default
+    /// `WhatsApp {direction} {rule}`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The log object's field for each value recado records: `direction`, `content`, `rule`,
+    /// `status`, `status_at`, `sent_at`, `delivered_at`, `read_at`, `error`, `message_id`. A
+    /// Task puts `content` in `Description` unless it is mapped.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// A validated interaction log.
+#[derive(Debug, Clone)]
+pub struct InteractionLog {
+    pub object: String,
+    pub key_field: String,
+    pub contact_field: Option<String>,
+    pub record_lookup: Option<String>,
+    pub contact_lookup: Option<String>,
+    pub subject: String,
+    /// (neutral name, field of the log object).
+    pub fields: Vec<(String, String)>,
+}
+
+impl InteractionLog {
+    pub fn is_task(&self) -> bool {
+        self.object.eq_ignore_ascii_case("Task")
+    }
 }
 
 /// `auth:` of a Salesforce source.
@@ -158,6 +214,7 @@ pub struct SalesforceConfig {
     pub deletions_every: Duration,
     pub max_api_share: f64,
     pub auth: AuthConfig,
+    pub interaction_log: Option<InteractionLog>,
 }
 
 impl SalesforceConfig {
@@ -293,7 +350,8 @@ pub fn validate(
     );
     let max_api_share = p.number(&format!("{path}.max_api_share"), s.max_api_share, 0.5, 0.0..=1.0);
     let auth = validate_auth(p, env, &format!("{path}.auth"), s.auth, &login_url);
-    let settings = SourceSettings::validate(
+    let interaction_log = s.interaction_log.map(|l| validate_log(p, &format!("{path}.interaction_log"), l));
+    let mut settings = SourceSettings::validate(
         p,
         path,
         RawSettings {
@@ -312,6 +370,7 @@ pub fn validate(
             call_timeout: s.call_timeout,
         },
     );
+    settings.logs_interactions = interaction_log.is_some();
     Some(SalesforceConfig {
         settings,
         login_url,
@@ -324,7 +383,74 @@ pub fn validate(
         deletions_every,
         max_api_share,
         auth: auth?,
+        interaction_log,
     })
+}
+
+fn validate_log(p: &mut Problems, path: &str, l: RawInteractionLog) -> InteractionLog {
+    let object = l.object.unwrap_or_else(|| "Task".into());
+    if !is_field_path(&object) || object.contains('.') {
+        p.push(
+            format!("{path}.object"),
+            format!("expected an object's API name such as Task or WhatsApp_Message__c, got '{object}'"),
+        );
+    }
+    let is_task = object.eq_ignore_ascii_case("Task");
+    let key_field = l.key_field.unwrap_or_else(|| "Recado_Id__c".into());
+    let check = |p: &mut Problems, name: &str, v: &str| {
+        if !is_field_path(v) || v.contains('.') {
+            p.push(format!("{path}.{name}"), format!("expected a field API name, got '{v}'"));
+        }
+    };
+    check(p, "key_field", &key_field);
+    for (name, v) in [
+        ("contact_field", &l.contact_field),
+        ("record_lookup", &l.record_lookup),
+        ("contact_lookup", &l.contact_lookup),
+    ] {
+        if let Some(v) = v {
+            check(p, name, v);
+        }
+    }
+    for (k, v) in &l.fields {
+        if !crate::domain::interaction::ALL.contains(&k.as_str()) {
+            p.push(
+                format!("{path}.fields.{k}"),
+                format!("unknown value '{k}' (expected one of {})", crate::domain::interaction::ALL.join(", ")),
+            );
+        }
+        check(p, &format!("fields.{k}"), v);
+    }
+    if is_task && (l.record_lookup.is_some() || l.contact_lookup.is_some()) {
+        p.push(
+            format!("{path}.record_lookup"),
+            "a Task is linked through WhatId and WhoId; record_lookup and contact_lookup are for custom objects",
+        );
+    }
+    if !is_task && l.fields.is_empty() {
+        p.push(
+            format!("{path}.fields"),
+            format!("say which fields of {object} hold the direction, content, status, … of each entry"),
+        );
+    }
+    let (record_lookup, contact_lookup) = if is_task {
+        (Some("WhatId".to_string()), Some("WhoId".to_string()))
+    } else {
+        (l.record_lookup, l.contact_lookup)
+    };
+    let mut fields: Vec<(String, String)> = l.fields.into_iter().collect();
+    if is_task && !fields.iter().any(|(k, _)| k == crate::domain::interaction::CONTENT) {
+        fields.push((crate::domain::interaction::CONTENT.into(), "Description".into()));
+    }
+    InteractionLog {
+        object,
+        key_field,
+        contact_field: l.contact_field,
+        record_lookup,
+        contact_lookup,
+        subject: l.subject.unwrap_or_else(|| "WhatsApp {direction} {rule}".into()),
+        fields,
+    }
 }
 
 fn validate_auth(p: &mut Problems, env: &Env, path: &str, a: RawAuth, login_url: &str) -> Option<AuthConfig> {

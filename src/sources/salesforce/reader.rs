@@ -48,9 +48,24 @@ const IDS_BY_LIST_MAX: usize = 400;
 #[derive(Debug, Default)]
 pub struct ObjectHint {
     ids: Mutex<HashMap<String, String>>,
+    /// Each record's Contact (the interaction log's `contact_field`).
+    contacts: Mutex<HashMap<String, String>>,
 }
 
 impl ObjectHint {
+    /// The Contact id of the record with `key`, as last read.
+    pub fn contact_of(&self, key: &str) -> Option<String> {
+        self.contacts.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    fn set_contacts(&self, full: bool, pairs: Vec<(String, String)>) {
+        let mut c = self.contacts.lock().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            c.clear();
+        }
+        c.extend(pairs);
+    }
+
     /// The record id of `key`.
     pub fn id_of(&self, key: &str) -> Option<String> {
         self.ids.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
@@ -212,6 +227,9 @@ impl RecordReader {
         }
         if let Some(t) = &s.time_zone_field {
             add(t);
+        }
+        if let Some(c) = self.cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref()) {
+            add(c);
         }
         for r in &spec.required {
             add(r);
@@ -416,11 +434,14 @@ impl RecordReader {
         let spec = spec.clone();
         let selected = selected.to_vec();
         // Converting many records is CPU work: off the async runtime.
-        let (read, keyed) = tokio::task::spawn_blocking(move || {
+        let (read, keyed, contacts) = tokio::task::spawn_blocking(move || {
             let table = to_table(&selected, &records, tz);
             let keyed = key_ids(&cfg.settings.key_field, &selected, &table);
+            let contact = cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref());
+            let contacts =
+                contact.map(|c| column_pairs(&cfg.settings.key_field, c, &selected, &table)).unwrap_or_default();
             let read = to_records(&cfg.settings, &spec, &table);
-            (read, keyed)
+            (read, keyed, contacts)
         })
         .await
         .map_err(|e| SourceError::Transient(format!("converting the records failed: {e}")))?;
@@ -438,6 +459,7 @@ impl RecordReader {
         read.complete = complete;
         read.version = Some(version.clone());
         self.hint.update(complete, &keyed, &deleted);
+        self.hint.set_contacts(complete, contacts);
         self.lock().pending = Some((version, complete, seen, deleted));
         Ok(read)
     }
@@ -529,8 +551,13 @@ fn key_ids(key_field: &str, selected: &[String], table: &Table) -> Vec<(String, 
     if key_field.eq_ignore_ascii_case("Id") {
         return Vec::new();
     }
+    column_pairs(key_field, "Id", selected, table)
+}
+
+/// `(key, value of field)` of every row that has both.
+fn column_pairs(key_field: &str, field: &str, selected: &[String], table: &Table) -> Vec<(String, String)> {
     let (Some(k), Some(i)) =
-        (crate::sources::find_field(selected, key_field), crate::sources::find_field(selected, "Id"))
+        (crate::sources::find_field(selected, key_field), crate::sources::find_field(selected, field))
     else {
         return Vec::new();
     };
@@ -538,7 +565,7 @@ fn key_ids(key_field: &str, selected: &[String], table: &Table) -> Vec<(String, 
         .rows
         .iter()
         .filter_map(|r| Some((r.get(k)?.canonical(), r.get(i)?.canonical())))
-        .filter(|(k, _)| !k.is_empty())
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .collect()
 }
 

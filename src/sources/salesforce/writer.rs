@@ -21,7 +21,7 @@ use super::client::OrgClient;
 use super::config::SalesforceConfig;
 use super::errors::{classify, one_line, record_outcome, RecordOutcome};
 use super::reader::ObjectHint;
-use crate::domain::{PendingWrite, WriteTarget};
+use crate::domain::{interaction, PendingWrite, WriteTarget};
 use crate::sources::{SourceError, WriteReport};
 
 /// Records per sObject Collections call (Salesforce's limit).
@@ -38,19 +38,36 @@ struct FieldMeta {
     updateable: bool,
 }
 
+/// Queued values with their index in the batch.
+type Indexed<'a> = Vec<(usize, &'a PendingWrite)>;
+/// A log entry's record key, its neutral values, and the batch indices it carries.
+type LogEntry = (String, HashMap<String, String>, Vec<usize>);
+/// A log entry's key and the fields of its log record.
+type LogBody = (String, Map<String, Value>);
+
 /// The write side of one configured object.
 pub struct RecordWriter {
     cfg: Arc<SalesforceConfig>,
     client: OrgClient,
     hint: Arc<ObjectHint>,
-    fields: Mutex<Option<HashMap<String, FieldMeta>>>,
+    /// `describe` of each object written to, by name.
+    fields: Mutex<HashMap<String, HashMap<String, FieldMeta>>>,
+    /// Log entries already in Salesforce: entry key → record id.
+    log_ids: Mutex<HashMap<String, String>>,
     /// The time zone the engine's times are written in.
     time_zone: Mutex<Option<chrono_tz::Tz>>,
 }
 
 impl RecordWriter {
     pub fn new(cfg: Arc<SalesforceConfig>, client: OrgClient, hint: Arc<ObjectHint>) -> Self {
-        Self { cfg, client, hint, fields: Mutex::new(None), time_zone: Mutex::new(None) }
+        Self {
+            cfg,
+            client,
+            hint,
+            fields: Mutex::new(HashMap::new()),
+            log_ids: Mutex::new(HashMap::new()),
+            time_zone: Mutex::new(None),
+        }
     }
 
     pub fn label(&self) -> String {
@@ -70,12 +87,12 @@ impl RecordWriter {
         false
     }
 
-    async fn describe(&self) -> Result<HashMap<String, FieldMeta>, SourceError> {
-        if let Some(f) = self.fields.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Ok(f);
+    async fn describe(&self, object: &str) -> Result<HashMap<String, FieldMeta>, SourceError> {
+        if let Some(f) = self.fields.lock().unwrap_or_else(PoisonError::into_inner).get(object) {
+            return Ok(f.clone());
         }
-        let path = format!("{}/sobjects/{}/describe", self.client.data_path(), self.cfg.object);
-        let (v, _) = self.client.get_json(&path, &format!("describing {}", self.cfg.object)).await?;
+        let path = format!("{}/sobjects/{object}/describe", self.client.data_path());
+        let (v, _) = self.client.get_json(&path, &format!("describing {object}")).await?;
         let fields: HashMap<String, FieldMeta> = v["fields"]
             .as_array()
             .into_iter()
@@ -88,12 +105,13 @@ impl RecordWriter {
                         name,
                         kind: f["type"].as_str().unwrap_or("string").to_string(),
                         length: f["length"].as_u64().unwrap_or(0) as usize,
-                        updateable: f["updateable"].as_bool().unwrap_or(false),
+                        updateable: f["updateable"].as_bool().unwrap_or(false)
+                            || f["createable"].as_bool().unwrap_or(false),
                     },
                 ))
             })
             .collect();
-        *self.fields.lock().unwrap_or_else(PoisonError::into_inner) = Some(fields.clone());
+        self.fields.lock().unwrap_or_else(PoisonError::into_inner).insert(object.to_string(), fields.clone());
         Ok(fields)
     }
 
@@ -118,7 +136,7 @@ impl RecordWriter {
     fn id_of(&self, target: &WriteTarget) -> Option<String> {
         let key = match target {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
-            WriteTarget::Unkeyed(_) => return None,
+            WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return None,
         };
         if self.cfg.settings.key_field.eq_ignore_ascii_case("Id") {
             let ok = (key.len() == 15 || key.len() == 18) && key.chars().all(|c| c.is_ascii_alphanumeric());
@@ -133,12 +151,20 @@ impl RecordWriter {
         if batch.is_empty() {
             return Ok(report);
         }
-        let fields = self.describe().await?;
         let tz = self.tz().await?;
+        let (logs, records_batch): (Indexed<'_>, Indexed<'_>) =
+            batch.iter().enumerate().partition(|(_, p)| matches!(p.write.target, WriteTarget::Interaction { .. }));
+        if !logs.is_empty() {
+            self.write_log(&logs, tz, &mut report).await?;
+        }
+        if records_batch.is_empty() {
+            return Ok(report);
+        }
+        let fields = self.describe(&self.cfg.object).await?;
         // Per record: field → value, and the batch indices the record carries.
         let mut records: BTreeMap<String, (Map<String, Value>, Vec<usize>)> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
-        for (i, p) in batch.iter().enumerate() {
+        for (i, p) in records_batch {
             let Some(id) = self.id_of(&p.write.target) else {
                 debug!(source = %self.cfg.settings.id, target = %p.write.target, "no record to write to");
                 report.dropped.push(i);
@@ -220,6 +246,185 @@ impl RecordWriter {
             }
         }
         Ok(report)
+    }
+}
+
+impl RecordWriter {
+    /// Interaction log entries: one log record per entry, created once and updated after
+    /// (upserted on the key field for a custom object; looked up by it, then updated or
+    /// created, for a Task, whose fields cannot be external ids).
+    async fn write_log(
+        &self,
+        batch: &[(usize, &PendingWrite)],
+        tz: chrono_tz::Tz,
+        report: &mut WriteReport,
+    ) -> Result<(), SourceError> {
+        let Some(log) = &self.cfg.interaction_log else {
+            report.dropped.extend(batch.iter().map(|(i, _)| *i));
+            return Ok(());
+        };
+        let fields = self.describe(&log.object).await?;
+        // Per entry: its record, its neutral values, and the batch indices it carries.
+        let mut entries: BTreeMap<String, LogEntry> = BTreeMap::new();
+        for (i, p) in batch {
+            let WriteTarget::Interaction { record, entry } = &p.write.target else { continue };
+            let key = format!("{}:{entry}", self.cfg.settings.id);
+            let e = entries.entry(key).or_insert_with(|| (record.0.clone(), HashMap::new(), Vec::new()));
+            e.1.insert(p.write.field.clone(), p.write.value.clone());
+            e.2.push(*i);
+        }
+        let mut bodies: Vec<(String, Map<String, Value>)> = Vec::new();
+        for (key, (record, values, indices)) in &entries {
+            let mut r = Map::new();
+            let mut put = |field: &str, value: &str| -> Result<(), String> {
+                let meta = fields.get(&field.to_lowercase()).ok_or_else(|| {
+                    format!("{} has no field '{field}': create it or fix interaction_log", log.object)
+                })?;
+                r.insert(meta.name.clone(), field_value(meta, value, tz)?);
+                Ok(())
+            };
+            let mut problem = put(&log.key_field, key).err();
+            for (neutral, field) in &log.fields {
+                if let Some(v) = values.get(neutral) {
+                    if let Err(e) = put(field, v) {
+                        problem.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(lookup) = &log.record_lookup {
+                if let Some(id) = self.id_of(&WriteTarget::Record(crate::domain::RecordKey(record.clone()))) {
+                    r.insert(lookup.clone(), json!(id));
+                }
+            }
+            if let (Some(lookup), Some(contact)) = (&log.contact_lookup, self.hint.contact_of(record)) {
+                r.insert(lookup.clone(), json!(contact));
+            }
+            if log.is_task() {
+                let get = |k: &str| values.get(k).map(String::as_str).unwrap_or("");
+                let subject = log
+                    .subject
+                    .replace("{direction}", get(interaction::DIRECTION))
+                    .replace("{rule}", get(interaction::RULE));
+                r.insert("Subject".into(), json!(subject.trim()));
+                r.insert("Status".into(), json!("Completed"));
+                if let Some(day) = get(interaction::STATUS_AT).get(..10) {
+                    r.insert("ActivityDate".into(), json!(day));
+                }
+            }
+            if let Some(reason) = problem {
+                report.rejected.extend(indices.iter().map(|i| (*i, reason.clone())));
+                continue;
+            }
+            bodies.push((key.clone(), r));
+        }
+        let what = format!("logging interactions in {}", log.object);
+        for chunk in bodies.chunks(RECORDS_PER_CALL).take(CALLS_PER_FLUSH) {
+            let results = if log.is_task() {
+                self.write_tasks(log, chunk, &what, report).await?
+            } else {
+                let records: Vec<Value> = chunk
+                    .iter()
+                    .map(|(_, r)| {
+                        let mut r = r.clone();
+                        r.insert("attributes".into(), json!({ "type": log.object }));
+                        Value::Object(r)
+                    })
+                    .collect();
+                let path = format!("{}/composite/sobjects/{}/{}", self.client.data_path(), log.object, log.key_field);
+                let body = json!({ "allOrNone": false, "records": records });
+                let answer = self.client.call(reqwest::Method::PATCH, &path, Some(&body), &what).await?;
+                report.writes += 1;
+                if answer.status != 200 {
+                    return Err(classify(answer.status, &answer.body, &what));
+                }
+                let results: Vec<Value> = serde_json::from_slice(&answer.body)
+                    .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
+                chunk.iter().map(|(k, _)| k.clone()).zip(results).collect()
+            };
+            for (key, result) in results {
+                let Some((_, _, indices)) = entries.get(&key) else { continue };
+                if result["success"] == true {
+                    if let Some(id) = result["id"].as_str().filter(|id| !id.is_empty()) {
+                        self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), id.to_string());
+                    }
+                    report.done.extend(indices);
+                    continue;
+                }
+                let error = &result["errors"][0];
+                let code = error["statusCode"].as_str().unwrap_or("UNKNOWN");
+                match record_outcome(code, error["message"].as_str().unwrap_or("")) {
+                    RecordOutcome::Retry => {}
+                    RecordOutcome::Gone => {
+                        // The log record was deleted by someone: write it afresh next time.
+                        self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                    }
+                    RecordOutcome::Refused(reason) => {
+                        report.rejected.extend(indices.iter().map(|i| (*i, reason.clone())));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tasks: the ids of entries not known yet are looked up by the key field (a create whose
+    /// answer was lost is found, not repeated), then known ones are updated and new ones
+    /// created. Returns each entry's SaveResult.
+    async fn write_tasks(
+        &self,
+        log: &super::config::InteractionLog,
+        chunk: &[(String, Map<String, Value>)],
+        what: &str,
+        report: &mut WriteReport,
+    ) -> Result<Vec<(String, Value)>, SourceError> {
+        let unknown: Vec<&String> = {
+            let ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            chunk.iter().map(|(k, _)| k).filter(|k| !ids.contains_key(*k)).collect()
+        };
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown.iter().map(|k| super::reader::soql_string(k)).collect();
+            let soql =
+                format!("SELECT Id, {0} FROM {1} WHERE {0} IN ({2})", log.key_field, log.object, list.join(", "));
+            let (found, requests, _) = self.client.query(&soql, what).await?;
+            report.reads += requests;
+            let mut ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            for r in found {
+                let key = r.get(&log.key_field).and_then(Value::as_str);
+                if let (Some(k), Some(id)) = (key, r["Id"].as_str()) {
+                    ids.insert(k.to_string(), id.to_string());
+                }
+            }
+        }
+        let known: HashMap<String, String> = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (updates, creates): (Vec<&LogBody>, Vec<&LogBody>) = chunk.iter().partition(|(k, _)| known.contains_key(k));
+        let mut out = Vec::new();
+        let path = format!("{}/composite/sobjects", self.client.data_path());
+        for (method, group) in [(reqwest::Method::PATCH, updates), (reqwest::Method::POST, creates)] {
+            if group.is_empty() {
+                continue;
+            }
+            let records: Vec<Value> = group
+                .iter()
+                .map(|(k, r)| {
+                    let mut r = r.clone();
+                    r.insert("attributes".into(), json!({ "type": log.object }));
+                    if let Some(id) = known.get(k) {
+                        r.insert("id".into(), json!(id));
+                    }
+                    Value::Object(r)
+                })
+                .collect();
+            let body = json!({ "allOrNone": false, "records": records });
+            let answer = self.client.call(method, &path, Some(&body), what).await?;
+            report.writes += 1;
+            if answer.status != 200 {
+                return Err(classify(answer.status, &answer.body, what));
+            }
+            let results: Vec<Value> = serde_json::from_slice(&answer.body)
+                .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
+            out.extend(group.iter().map(|(k, _)| k.clone()).zip(results));
+        }
+        Ok(out)
     }
 }
 
