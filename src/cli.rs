@@ -47,7 +47,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = crate::plan::Format::Table)]
         format: crate::plan::Format,
     },
-    /// Serve the Google, Meta and Twilio emulators and print their base URLs.
+    /// Serve the Google, Salesforce, Meta and Twilio emulators and print their base URLs.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8790")]
         listen: SocketAddr,
@@ -64,6 +64,9 @@ pub enum Command {
         /// The WhatsApp provider the demo's rules send through.
         #[arg(long, value_enum, default_value = "meta")]
         provider: crate::demo::DemoProvider,
+        /// The story: `empleo` (a registration sheet) or `salud` (appointments in Salesforce).
+        #[arg(long, value_enum, default_value = "empleo")]
+        scenario: crate::demo::DemoScenario,
     },
 }
 
@@ -155,8 +158,8 @@ pub async fn execute(cli: Cli) -> i32 {
             sandbox.stop().await;
             0
         }
-        Command::Demo { until_settled, timeout, provider } => {
-            match crate::demo::run(provider, until_settled, Duration::from_secs(timeout)).await {
+        Command::Demo { until_settled, timeout, provider, scenario } => {
+            match crate::demo::run_scenario(scenario, provider, until_settled, Duration::from_secs(timeout)).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");

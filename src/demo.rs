@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
+mod salud;
+
 use crate::app;
 use crate::config::Config;
 use crate::domain::MessageState;
@@ -22,6 +24,29 @@ const SHEET: &str = "demo-empleo-joven";
 const TAB: &str = "Inscripciones";
 const DEMO_YAML: &str = include_str!("../config/demo.yaml");
 const DEMO_TWILIO_PROVIDER: &str = include_str!("../config/demo-twilio-provider.yaml");
+
+/// The story the demo plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoScenario {
+    /// An employment programme's registration sheet (Google Sheets).
+    Empleo,
+    /// A health programme's appointments in Salesforce, logged as Tasks.
+    Salud,
+}
+
+/// Runs `scenario`.
+pub async fn run_scenario(
+    scenario: DemoScenario,
+    provider: DemoProvider,
+    until_settled: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    match scenario {
+        DemoScenario::Empleo => run(provider, until_settled, timeout).await,
+        DemoScenario::Salud if provider == DemoProvider::Meta => salud::run(until_settled, timeout).await,
+        DemoScenario::Salud => Err(anyhow::anyhow!("the salud scenario sends through Meta (leave --provider out)")),
+    }
+}
 
 /// The WhatsApp provider the demo sends through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -394,20 +419,8 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
     }
     // Valentina (1003) replied to her survey in the simulation; make sure the reply arrives.
 
-    let deadline = started + timeout;
-    let settled = loop {
-        narrator.tell(&running).await;
-        match settledness(&running).await {
-            Ok(None) => break true,
-            Ok(Some(reason)) if Instant::now() > deadline => {
-                println!("✗ No se completó en {}s: {reason}", timeout.as_secs());
-                break false;
-            }
-            Ok(Some(_)) => {}
-            Err(e) => println!("⚠ {e:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let settled =
+        settle(&running, &mut narrator, (EXPECTED_MESSAGES, EXPECTED_REPLIES), started + timeout, timeout).await;
 
     print_sheet(&sandbox);
     print_appointments(&sandbox);
@@ -436,6 +449,29 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
     result
 }
 
+/// Narrates until the scenario settled (`expected`: messages and replies) or `deadline`.
+async fn settle(
+    running: &app::RunningApp,
+    narrator: &mut Narrator,
+    expected: (usize, i64),
+    deadline: Instant,
+    timeout: Duration,
+) -> bool {
+    loop {
+        narrator.tell(running).await;
+        match settledness(running, expected.0, expected.1).await {
+            Ok(None) => return true,
+            Ok(Some(reason)) if Instant::now() > deadline => {
+                println!("✗ No se completó en {}s: {reason}", timeout.as_secs());
+                return false;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => println!("⚠ {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn wait_until<F, Fut>(limit: Duration, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -452,11 +488,15 @@ where
 }
 
 /// `None` when settled, else what is still missing.
-async fn settledness(running: &app::RunningApp) -> anyhow::Result<Option<String>> {
+async fn settledness(
+    running: &app::RunningApp,
+    expected_messages: usize,
+    expected_replies: i64,
+) -> anyhow::Result<Option<String>> {
     let mut c = running.ctx().store.conn().await?;
     let messages = store::all_messages(&mut c).await?;
-    if messages.len() < EXPECTED_MESSAGES {
-        return Ok(Some(format!("{} of {EXPECTED_MESSAGES} messages queued", messages.len())));
+    if messages.len() < expected_messages {
+        return Ok(Some(format!("{} of {expected_messages} messages queued", messages.len())));
     }
     let open: Vec<_> = messages
         .iter()
@@ -466,13 +506,13 @@ async fn settledness(running: &app::RunningApp) -> anyhow::Result<Option<String>
         return Ok(Some(format!("{} message(s) still on their way", open.len())));
     }
     let replies = store::inbound_count(&mut c).await?;
-    if replies < EXPECTED_REPLIES {
-        return Ok(Some(format!("{replies} of {EXPECTED_REPLIES} replies received")));
+    if replies < expected_replies {
+        return Ok(Some(format!("{replies} of {expected_replies} replies received")));
     }
     let inbox = store::pending_webhook_count(&mut c).await?;
     let writes = store::pending_write_count(&mut c).await?;
     if inbox > 0 || writes > 0 {
-        return Ok(Some(format!("{inbox} webhook(s) and {writes} cell(s) of write-back pending")));
+        return Ok(Some(format!("{inbox} webhook(s) and {writes} value(s) of write-back pending")));
     }
     Ok(None)
 }

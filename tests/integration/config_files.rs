@@ -194,3 +194,34 @@ rules:
         assert!(e.contains(want), "missing {want} in:\n{e}");
     }
 }
+
+#[test]
+fn the_salesforce_example_validates_and_a_bad_salesforce_source_says_everything_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/salesforce.example.yaml")).unwrap();
+    for name in ["meta-access-token", "meta-app-secret", "meta-verify-token", "salesforce-key.pem"] {
+        let path = dir.path().join(name);
+        let content = if name.ends_with(".pem") { recado::sandbox::keys::PRIVATE_KEY_PEM } else { "secret" };
+        std::fs::write(&path, content).unwrap();
+        text = text.replace(&format!("/run/credentials/recado.service/{name}"), &path.display().to_string());
+    }
+    let c =
+        Config::from_yaml_with(&text, &recado::config::Env::fixed::<&str, &str>([])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.sources[0].id(), "citas");
+
+    let bad = text
+        .replace("object: Cita__c", "object: \"Cita c\"")
+        .replace("flow: jwt_bearer", "flow: password")
+        .replace("Contacto__r.FirstName]", "Contacto__r.FirstName, \"no es un campo\"]")
+        .replace("max_api_share: 0.2", "max_api_share: 2");
+    let e = Config::from_yaml_with(&bad, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
+    for want in [
+        "sources[0].object",
+        "sources[0].auth.flow: expected jwt_bearer or client_credentials",
+        "sources[0].fields[4]",
+        "sources[0].max_api_share",
+    ] {
+        assert!(e.contains(want), "missing {want} in:\n{e}");
+    }
+}

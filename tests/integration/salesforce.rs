@@ -135,7 +135,7 @@ async fn org(extra_source: &str, extra_rules: &str) -> Harness {
 async fn start(h: &mut Harness) {
     h.start_without_waiting().await;
     let store = h.store();
-    wait_for("the first read to be committed", Duration::from_secs(20), || {
+    wait_for("the first read to be committed", Duration::from_secs(30), || {
         let store = store.clone();
         async move {
             let mut c = store.conn().await.expect("conn");
@@ -605,4 +605,47 @@ async fn a_custom_log_object_is_upserted_on_its_external_id() {
     assert_eq!(all[0]["Contacto__c"], json!(m));
     assert!(all[0]["Enviado__c"].as_str().is_some_and(|t| t.ends_with("+0000")));
     assert!(all[0]["Leido__c"].as_str().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_takes_a_query_per_two_thousand_records_an_idle_poll_one_and_write_back_two_hundred_a_call() {
+    let mut h = org("", "").await;
+    let m = mother(&h, 14);
+    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
+    let batch: Vec<Map<String, Value>> =
+        (0..20_000).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
+    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    // Old records: outside the overlap of later polls.
+    h.sandbox.salesforce().advance(Duration::from_secs(600));
+    let started = std::time::Instant::now();
+    start(&mut h).await;
+    eprintln!("first sync of 20,000 records: {:?}", started.elapsed());
+    let sf = h.sandbox.salesforce();
+    let first = sf.count(SfKind::Query) + sf.count(SfKind::QueryMore);
+    assert_eq!(first, 1 + 10, "the org's time zone, then 20,000 records in pages of 2,000");
+    more_polls(&h, 1).await;
+    let before = sf.count(SfKind::Query) + sf.count(SfKind::QueryMore);
+    more_polls(&h, 5).await;
+    let after = sf.count(SfKind::Query) + sf.count(SfKind::QueryMore);
+    let polls = 5;
+    assert!(after - before <= polls + 1, "{} requests for {polls} idle polls", after - before);
+
+    // 10,000 status write-backs: 50 collection calls (and one describe).
+    let writes: Vec<recado::domain::FieldWrite> = ids[..10_000]
+        .iter()
+        .map(|id| recado::domain::FieldWrite {
+            source_id: SOURCE.into(),
+            target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(id.clone())),
+            field: "WhatsApp_Estado__c".into(),
+            value: "delivered".into(),
+        })
+        .collect();
+    let composite_before = sf.count(SfKind::Composite);
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(SOURCE);
+    h.quiet().await;
+    assert_eq!(sf.count(SfKind::Composite) - composite_before, 50);
+    assert_eq!(field(&h, &ids[9_999], "WhatsApp_Estado__c"), json!("delivered"));
 }
