@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use recado::sandbox::salesforce::{FieldDef, FieldKind, ObjectDef, RecordFault, SfAction, SfFault, SfKind};
 use serde_json::{json, Map, Value};
 
-use crate::harness::{e164, phone, wait_for, Harness};
+use crate::harness::{phone, wait_for, Harness};
 
 const SOURCE: &str = "citas";
 
@@ -55,6 +55,14 @@ fn cita(h: &Harness, contact: &str, at: DateTime<Utc>, estado: &str) -> String {
         .salesforce()
         .create("Cita__c", fields(json!({"Contacto__c": contact, "Fecha__c": at.to_rfc3339(), "Estado__c": estado})))
         .expect("cita created")
+}
+
+/// `n` appointments of `contact` saved at once (one save: one SystemModstamp), nine days away.
+fn many_citas(h: &Harness, contact: &str, n: usize) -> Vec<String> {
+    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
+    let batch: Vec<Map<String, Value>> =
+        (0..n).map(|_| fields(json!({"Contacto__c": contact, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
+    h.sandbox.salesforce().create_many("Cita__c", batch).expect("citas created")
 }
 
 fn org_yaml(h: &Harness, extra_source: &str, extra_rules: &str) -> String {
@@ -236,10 +244,7 @@ async fn records_sharing_a_system_modstamp_across_a_page_boundary_are_neither_mi
     start(&mut h).await;
     let m = mother(&h, 4);
     // One save of 2,001 appointments: one SystemModstamp, two query pages.
-    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
-    let batch: Vec<Map<String, Value>> =
-        (0..2001).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
-    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    let ids = many_citas(&h, &m, 2001);
     let stamps: std::collections::HashSet<String> =
         ids.iter().map(|id| field(&h, id, "SystemModstamp").as_str().unwrap_or_default().to_string()).collect();
     assert_eq!(stamps.len(), 1, "the emulator gives one save one SystemModstamp");
@@ -265,10 +270,7 @@ async fn records_sharing_a_system_modstamp_across_a_page_boundary_are_neither_mi
 async fn an_edit_made_while_a_query_is_paged_is_seen_on_the_next_poll() {
     let mut h = org("", "").await;
     let m = mother(&h, 5);
-    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
-    let batch: Vec<Map<String, Value>> =
-        (0..2100).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
-    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    let ids = many_citas(&h, &m, 2100);
     h.user(5, false, None);
     start(&mut h).await;
     // The first record changes while the second page of the next read is being served (the
@@ -335,10 +337,7 @@ async fn a_deleted_record_cancels_its_reminders() {
 async fn a_session_that_ends_mid_poll_is_renewed_and_the_poll_completes() {
     let mut h = org("", "").await;
     let m = mother(&h, 7);
-    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
-    let batch: Vec<Map<String, Value>> =
-        (0..2100).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
-    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    let ids = many_citas(&h, &m, 2100);
     h.user(7, false, None);
     // The session ends as the second page of the first read is asked for.
     h.sandbox.salesforce().inject(SfFault {
@@ -426,7 +425,6 @@ async fn a_record_salesforce_refuses_to_update_does_not_block_the_others() {
         0,
         "the refused values were dropped, not retried for ever"
     );
-    let _ = e164(8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,10 +609,7 @@ async fn a_custom_log_object_is_upserted_on_its_external_id() {
 async fn a_first_sync_takes_a_query_per_two_thousand_records_an_idle_poll_one_and_write_back_two_hundred_a_call() {
     let mut h = org("", "").await;
     let m = mother(&h, 14);
-    let at = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
-    let batch: Vec<Map<String, Value>> =
-        (0..20_000).map(|_| fields(json!({"Contacto__c": m, "Fecha__c": at, "Estado__c": "Agendada"}))).collect();
-    let ids = h.sandbox.salesforce().create_many("Cita__c", batch).unwrap();
+    let ids = many_citas(&h, &m, 20_000);
     // Old records: outside the overlap of later polls.
     h.sandbox.salesforce().advance(Duration::from_secs(600));
     let started = std::time::Instant::now();

@@ -685,7 +685,6 @@ fn after(sf: &SalesforceState, kind: SfKind) {
     }
 }
 
-#[derive(Deserialize)]
 pub struct TokenForm {
     grant_type: Option<String>,
     assertion: Option<String>,
@@ -712,10 +711,7 @@ pub async fn token(State(st): State<SandboxState>, headers: HeaderMap, body: Str
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return oauth_error(status, &f.error_code, &f.message);
     }
-    let form: TokenForm = match serde_urlencoded_form(&body) {
-        Some(f) => f,
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "invalid request body"),
-    };
+    let form = token_form(&body);
     let base = format!("{}/salesforce", st.base_url());
     let mut g = sf.lock();
     let now = g.now_ms();
@@ -762,15 +758,15 @@ pub async fn token(State(st): State<SandboxState>, headers: HeaderMap, body: Str
     .into_response()
 }
 
-fn serde_urlencoded_form(body: &str) -> Option<TokenForm> {
+fn token_form(body: &str) -> TokenForm {
     let pairs = crate::providers::form_pairs(body);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    Some(TokenForm {
+    TokenForm {
         grant_type: get("grant_type"),
         assertion: get("assertion"),
         client_id: get("client_id"),
         client_secret: get("client_secret"),
-    })
+    }
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {

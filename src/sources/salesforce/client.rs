@@ -70,6 +70,8 @@ struct Inner {
     usage: Mutex<Option<Usage>>,
     /// Sign-ins so far (for tests and logs).
     sign_ins: Mutex<u64>,
+    /// The org's time zone, once asked (it is the same for every object of the org).
+    time_zone: Mutex<Option<String>>,
 }
 
 /// A client for one org (sources of one org share it: one session, one usage).
@@ -114,6 +116,7 @@ impl OrgClient {
                 session: tokio::sync::Mutex::new(None),
                 usage: Mutex::new(None),
                 sign_ins: Mutex::new(0),
+                time_zone: Mutex::new(None),
             }),
         })
     }
@@ -129,6 +132,21 @@ impl OrgClient {
 
     pub fn sign_ins(&self) -> u64 {
         *self.inner.sign_ins.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The org's time zone (`Organization.TimeZoneSidKey`), asked once per process.
+    pub async fn org_time_zone(&self) -> Result<String, SourceError> {
+        if let Some(tz) = self.inner.time_zone.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ok(tz);
+        }
+        let (records, _, _) = self.query("SELECT TimeZoneSidKey FROM Organization", "the org's time zone").await?;
+        let tz = records
+            .first()
+            .and_then(|r| r["TimeZoneSidKey"].as_str())
+            .map(String::from)
+            .ok_or_else(|| SourceError::Transient("Salesforce did not say the org's time zone".into()))?;
+        *self.inner.time_zone.lock().unwrap_or_else(PoisonError::into_inner) = Some(tz.clone());
+        Ok(tz)
     }
 
     async fn session(&self) -> Result<Session, SourceError> {

@@ -321,10 +321,7 @@ pub fn validate(
         let upper = f.to_uppercase();
         if f.trim().is_empty() {
             p.push(format!("{path}.where"), "must not be empty");
-        } else if [" ORDER BY ", " LIMIT ", "SELECT "]
-            .iter()
-            .any(|k| upper.contains(k.trim_start()) && upper.contains(k))
-        {
+        } else if [" ORDER BY ", " LIMIT ", "SELECT "].iter().any(|k| format!(" {upper} ").contains(k)) {
             p.push(
                 format!("{path}.where"),
                 "expected only a condition (what follows WHERE), without ORDER BY, LIMIT or a subquery",

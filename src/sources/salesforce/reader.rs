@@ -129,7 +129,6 @@ struct ReaderState {
     /// Polls are spaced out until then (API usage above the configured share).
     slowed_until: Option<Instant>,
     slowed: bool,
-    time_zone: Option<chrono_tz::Tz>,
 }
 
 /// The read side of one configured object.
@@ -166,34 +165,14 @@ impl RecordReader {
 
     /// The configured time zone, else the org's (`Organization.TimeZoneSidKey`).
     pub async fn time_zone(&self) -> Result<String, SourceError> {
-        if let Some(tz) = &self.cfg.time_zone {
-            return Ok(tz.clone());
+        match &self.cfg.time_zone {
+            Some(tz) => Ok(tz.clone()),
+            None => self.client.org_time_zone().await,
         }
-        let (records, _, _) =
-            self.client.query("SELECT TimeZoneSidKey FROM Organization", "the org's time zone").await?;
-        let tz = records
-            .first()
-            .and_then(|r| r["TimeZoneSidKey"].as_str())
-            .map(String::from)
-            .ok_or_else(|| SourceError::Transient("Salesforce did not say the org's time zone".into()))?;
-        if let Ok(parsed) = tz.parse::<chrono_tz::Tz>() {
-            self.lock().time_zone = Some(parsed);
-        }
-        Ok(tz)
     }
 
     async fn tz(&self) -> Result<chrono_tz::Tz, SourceError> {
-        if let Some(tz) = self.lock().time_zone {
-            return Ok(tz);
-        }
-        let name = self.time_zone().await?;
-        let tz = name.parse::<chrono_tz::Tz>().map_err(|_| {
-            SourceError::Permanent(format!(
-                "the time zone '{name}' is not an IANA time zone; set time_zone in the source"
-            ))
-        })?;
-        self.lock().time_zone = Some(tz);
-        Ok(tz)
+        source_tz(&self.cfg, &self.client).await
     }
 
     pub fn quota(&self) -> QuotaState {
@@ -445,7 +424,7 @@ impl RecordReader {
         })
         .await
         .map_err(|e| SourceError::Transient(format!("converting the records failed: {e}")))?;
-        let mut read = read.take_read()?;
+        let mut read = read.map_err(SourceError::MissingFields)?;
         let key_is_id = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
         read.deleted = if key_is_id {
             gone.iter().map(|id| RecordKey(id.clone())).collect()
@@ -510,22 +489,25 @@ fn id_stamps(records: &[Value]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The zone a source's dates are read and written in: its `time_zone`, else the org's.
+pub async fn source_tz(cfg: &SalesforceConfig, client: &OrgClient) -> Result<chrono_tz::Tz, SourceError> {
+    let name = match &cfg.time_zone {
+        Some(tz) => tz.clone(),
+        None => client.org_time_zone().await?,
+    };
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        SourceError::Permanent(format!("the time zone '{name}' is not an IANA time zone; set time_zone in the source"))
+    })
+}
+
 enum Deletions {
     /// Deleted ids, and up to when the log was read.
     Ids(Vec<String>, i64),
     ResyncNeeded,
 }
 
-/// A read turned into records, or the fields it lacks.
-struct Converted(Result<SourceRead, Vec<String>>);
-
-impl Converted {
-    fn take_read(self) -> Result<SourceRead, SourceError> {
-        self.0.map_err(SourceError::MissingFields)
-    }
-}
-
-fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: &Table) -> Converted {
+/// A table turned into records, or the fields it lacks.
+fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: &Table) -> Result<SourceRead, Vec<String>> {
     let write_back = settings.write_back.fields();
     let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
     let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
@@ -538,12 +520,12 @@ fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: &Table) -> Conv
         default_region: settings.default_region,
         locator: |_| None,
     };
-    Converted(read_records(table, &column_spec).map(|r| SourceRead {
+    read_records(table, &column_spec).map(|r| SourceRead {
         records: r.records,
         phones: r.phones,
         issues: r.issues,
         ..Default::default()
-    }))
+    })
 }
 
 /// `(key, Id)` of every row (when the key is another field).

@@ -54,20 +54,11 @@ pub struct RecordWriter {
     fields: Mutex<HashMap<String, HashMap<String, FieldMeta>>>,
     /// Log entries already in Salesforce: entry key → record id.
     log_ids: Mutex<HashMap<String, String>>,
-    /// The time zone the engine's times are written in.
-    time_zone: Mutex<Option<chrono_tz::Tz>>,
 }
 
 impl RecordWriter {
     pub fn new(cfg: Arc<SalesforceConfig>, client: OrgClient, hint: Arc<ObjectHint>) -> Self {
-        Self {
-            cfg,
-            client,
-            hint,
-            fields: Mutex::new(HashMap::new()),
-            log_ids: Mutex::new(HashMap::new()),
-            time_zone: Mutex::new(None),
-        }
+        Self { cfg, client, hint, fields: Mutex::new(HashMap::new()), log_ids: Mutex::new(HashMap::new()) }
     }
 
     pub fn label(&self) -> String {
@@ -115,23 +106,6 @@ impl RecordWriter {
         Ok(fields)
     }
 
-    async fn tz(&self) -> Result<chrono_tz::Tz, SourceError> {
-        if let Some(tz) = *self.time_zone.lock().unwrap_or_else(PoisonError::into_inner) {
-            return Ok(tz);
-        }
-        let name = match &self.cfg.time_zone {
-            Some(t) => t.clone(),
-            None => {
-                let (records, _, _) =
-                    self.client.query("SELECT TimeZoneSidKey FROM Organization", "the org's time zone").await?;
-                records.first().and_then(|r| r["TimeZoneSidKey"].as_str()).unwrap_or("UTC").to_string()
-            }
-        };
-        let tz = name.parse().unwrap_or(chrono_tz::UTC);
-        *self.time_zone.lock().unwrap_or_else(PoisonError::into_inner) = Some(tz);
-        Ok(tz)
-    }
-
     /// The record id a target writes to, if there is one.
     fn id_of(&self, target: &WriteTarget) -> Option<String> {
         let key = match target {
@@ -151,7 +125,8 @@ impl RecordWriter {
         if batch.is_empty() {
             return Ok(report);
         }
-        let tz = self.tz().await?;
+        // The engine's times are local to the source's zone.
+        let tz = super::reader::source_tz(&self.cfg, &self.client).await?;
         let (logs, records_batch): (Indexed<'_>, Indexed<'_>) =
             batch.iter().enumerate().partition(|(_, p)| matches!(p.write.target, WriteTarget::Interaction { .. }));
         if !logs.is_empty() {
