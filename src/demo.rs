@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-mod salud;
+pub mod salud;
 
 use crate::app;
 use crate::config::Config;

@@ -52,7 +52,7 @@ fn fields(v: Value) -> Map<String, Value> {
 }
 
 /// The org: Contacts with a consent checkbox, appointments, and the Task fields the log uses.
-fn define_org(sandbox: &Sandbox) {
+pub fn define_org(sandbox: &Sandbox) {
     let sf = sandbox.salesforce();
     sf.add_field("Contact", FieldDef::new("Consentimiento_WhatsApp__c", FieldKind::Boolean));
     sf.define_object(ObjectDef::new(

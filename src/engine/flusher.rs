@@ -60,7 +60,13 @@ impl Flusher {
                 }
                 _ = shutdown.wait() => break,
             }
-            self.flush_logged().await;
+            if let Some(pause) = self.flush_logged().await {
+                // The vendor said when to come back: every write stays queued until then.
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait() => break,
+                }
+            }
         }
         // Last flushes, so nothing acknowledged waits for the next start: the senders and the
         // inbox have stopped, so these see every outcome.
@@ -86,7 +92,8 @@ impl Flusher {
         info!(writer = %self.writer.label(), "write-back flusher stopped");
     }
 
-    async fn flush_logged(&self) {
+    /// Flushes once and logs the outcome; says how long to wait when the vendor asked for a pause.
+    async fn flush_logged(&self) -> Option<Duration> {
         match self.flush_once().await {
             Ok(r) => {
                 self.ctx.health.ok(&self.health_name, "loop", self.ctx.now_ms());
@@ -94,14 +101,16 @@ impl Flusher {
                     debug!(writer = %self.writer.label(), written = r.done.len(), dropped = r.dropped.len(), repaired = r.repairs.len(), "write-back flushed");
                 }
             }
-            Err(FlushError::Source(SourceError::RateLimited { detail, .. })) => {
-                warn!(writer = %self.writer.label(), "write-back delayed by the quota: {detail}")
+            Err(FlushError::Source(SourceError::RateLimited { detail, pause })) => {
+                warn!(writer = %self.writer.label(), pause_s = pause.as_secs(), "write-back delayed by the quota: {detail}");
+                return Some(pause).filter(|p| !p.is_zero());
             }
             Err(e) => {
                 self.ctx.health.failed(&self.health_name, "loop", &e.to_string());
                 error!(writer = %self.writer.label(), "write-back failed, will retry: {e}");
             }
         }
+        None
     }
 
     /// Flushes what is queued for this writer (and checks its previous write).

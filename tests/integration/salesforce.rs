@@ -644,3 +644,159 @@ async fn a_first_sync_takes_a_query_per_two_thousand_records_an_idle_poll_one_an
     assert_eq!(sf.count(SfKind::Composite) - composite_before, 50);
     assert_eq!(field(&h, &ids[9_999], "WhatsApp_Estado__c"), json!("delivered"));
 }
+
+const REMINDER: &str = r#"
+  - id: recordatorio
+    source: citas
+    when: { date: Fecha__c, offset: -2d, at: "10:00" }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Contacto__r.FirstName }}", "{{ Estado__c }}", "{{ Fecha__c | date }}"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_reads_the_org_and_shows_each_reminder_and_who_gets_nothing_without_changing_anything() {
+    let mut h = org("", REMINDER).await;
+    let sf = h.sandbox.salesforce();
+    let with_consent = mother(&h, 15);
+    let without = sf
+        .create(
+            "Contact",
+            fields(json!({"FirstName": "Madre16", "LastName": "Soto", "MobilePhone": phone(16), "Consentimiento_WhatsApp__c": false})),
+        )
+        .unwrap();
+    let at = h.clock.now() + chrono::Duration::days(3);
+    let ok = cita(&h, &with_consent, at, "Agendada");
+    let refused = cita(&h, &without, at, "Agendada");
+    let writes_before = sf.count(SfKind::Composite);
+
+    let config = h.config();
+    let lines = recado::plan::plan(&config, 3, None, h.clock.now()).await.unwrap();
+    assert!(!h.state_path().exists(), "plan creates no state");
+    assert_eq!(sf.count(SfKind::Composite), writes_before, "plan writes nothing to the org");
+    let by = |k: &str| lines.iter().find(|l| l.record == k).unwrap_or_else(|| panic!("no line for {k}: {lines:?}"));
+    assert_eq!(by(&ok).status, "send");
+    assert_eq!(by(&ok).rule, "recordatorio");
+    assert_eq!(by(&ok).parameters[0], "Madre15", "relationship fields are rendered");
+    assert!(by(&ok).when_local.ends_with("10:00"), "at 10:00 in the org's zone: {:?}", by(&ok));
+    assert_eq!(by(&ok).time_zone, "America/Santiago");
+    assert_eq!(by(&refused).status, "not sent");
+    assert_eq!(by(&refused).reason, "no consent");
+
+    // The daemon then plans the same moment.
+    start(&mut h).await;
+    let mut c = h.store().conn().await.unwrap();
+    let timers = recado::store::timers_of(&mut c, SOURCE, Some(&[ok.as_str()])).await.unwrap();
+    let reminder = timers.iter().find(|t| t.rule_id == "recordatorio").expect("a timer for the reminder");
+    assert_eq!(reminder.due_at, by(&ok).when_utc.unwrap().timestamp_millis(), "due when the plan said");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_allocation_stops_every_call_to_the_org_and_keeps_the_writes_queued() {
+    let mut h = org("", "").await;
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    let m = mother(&h, 17);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(4), "Agendada");
+    wait_for("the confirmation", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
+    settle(&h).await;
+    sf.set_usage(15_000, 15_000);
+    let refused_before = sf.limit_refusals();
+    wait_for("Salesforce to refuse a call", Duration::from_secs(20), || async { sf.limit_refusals() > refused_before })
+        .await;
+    let calls = sf.total_requests();
+    more_polls(&h, 6).await;
+    // A write-back waits too, instead of spending refused calls.
+    let write = recado::domain::FieldWrite {
+        source_id: SOURCE.into(),
+        target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(c.clone())),
+        field: "WhatsApp_Estado__c".into(),
+        value: "delivered".into(),
+    };
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, &[write]).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(SOURCE);
+    more_polls(&h, 6).await;
+    assert_eq!(sf.total_requests(), calls, "no call to the org while the allocation is spent");
+    let health = h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default();
+    let paused = health.quota.as_ref().and_then(|q| q.paused_for_ms).unwrap_or(0);
+    assert!(paused > 10 * 60 * 1000, "/healthz says the source waits: {health:?}");
+    let mut conn = h.store().conn().await.unwrap();
+    assert_eq!(recado::store::pending_write_count(&mut conn).await.unwrap(), 1, "the write waits, queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_credentials_flow_signs_in_reads_and_writes_back() {
+    let mut h = org("", "").await;
+    let jwt = format!(
+        "    auth:\n      flow: jwt_bearer\n      consumer_key: \"{}\"\n      username: \"{}\"\n      private_key_file: \"{}\"\n",
+        recado::sandbox::salesforce::SANDBOX_CONSUMER_KEY,
+        recado::sandbox::salesforce::SANDBOX_USERNAME,
+        h.dir.path().join("salesforce.key").display(),
+    );
+    let yaml = h.yaml_override.take().unwrap();
+    assert!(yaml.contains(&jwt), "the JWT block is where the test expects it");
+    let credentials = format!(
+        "    auth:\n      flow: client_credentials\n      consumer_key: \"{}\"\n      client_secret: \"{}\"\n",
+        recado::sandbox::salesforce::SANDBOX_CLIENT_ID,
+        recado::sandbox::salesforce::SANDBOX_CLIENT_SECRET,
+    );
+    h.yaml_override = Some(yaml.replace(&jwt, &credentials));
+    h.user(18, false, None);
+    start(&mut h).await;
+    let m = mother(&h, 18);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(4), "Agendada");
+    wait_field(&h, &c, "WhatsApp_Estado__c", "delivered").await;
+    assert_eq!(h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default().last_error, None);
+
+    // A wrong secret is refused with Salesforce's words and a hint.
+    h.stop().await;
+    let yaml = h.yaml_override.take().unwrap();
+    h.yaml_override = Some(yaml.replace(recado::sandbox::salesforce::SANDBOX_CLIENT_SECRET, "not-the-secret"));
+    h.start_without_waiting().await;
+    wait_for("the sign-in to be refused", Duration::from_secs(20), || async {
+        let health = h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default();
+        health.last_error.is_some_and(|e| e.contains("invalid_client"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_where_condition_on_today_is_read_again_each_day_and_a_record_entering_it_counts_as_new() {
+    let mut h = org("    where: \"Dia_Control__c = TODAY\"\n", "").await;
+    let santiago = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms).unwrap().with_timezone(&chrono_tz::America::Santiago).date_naive()
+    };
+    let today = santiago(h.sandbox.salesforce().now_ms());
+    let m = mother(&h, 19);
+    h.user(19, false, None);
+    let control = |day: chrono::NaiveDate| {
+        h.sandbox
+            .salesforce()
+            .create(
+                "Cita__c",
+                fields(json!({"Contacto__c": m, "Fecha__c": (Utc::now() + chrono::Duration::days(3)).to_rfc3339(),
+                "Dia_Control__c": day.to_string(), "Estado__c": "Agendada"})),
+            )
+            .unwrap()
+    };
+    let _today = control(today);
+    let tomorrow = control(today.succ_opt().unwrap());
+    start(&mut h).await;
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 0, "the baseline sends nothing");
+    let sf = h.sandbox.salesforce();
+    let full_reads =
+        || sf.queries().iter().filter(|q| q.contains("WHERE Dia_Control__c = TODAY") && !q.contains("Id IN")).count();
+    let before = full_reads();
+
+    // A day later nobody edited the record, but it now meets the condition.
+    sf.advance(Duration::from_secs(24 * 3600));
+    wait_field(&h, &tomorrow, "WhatsApp_Estado__c", "delivered").await;
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 1, "only the record that entered the condition");
+    assert_eq!(full_reads(), before + 1, "one full read for the new day, then incremental polls again");
+}

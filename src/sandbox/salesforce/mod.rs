@@ -168,6 +168,8 @@ struct Inner {
     cursors: HashMap<String, Cursor>,
     next_cursor: u64,
     api_used: u64,
+    /// Calls refused with `REQUEST_LIMIT_EXCEEDED`.
+    limit_refusals: u64,
     api_max: u64,
     faults: VecDeque<SfFault>,
     record_faults: VecDeque<RecordFault>,
@@ -221,6 +223,7 @@ impl SalesforceState {
                 cursors: HashMap::new(),
                 next_cursor: 1,
                 api_used: 0,
+                limit_refusals: 0,
                 api_max: 15_000,
                 faults: VecDeque::new(),
                 record_faults: VecDeque::new(),
@@ -390,6 +393,16 @@ impl SalesforceState {
     /// Requests served, by kind.
     pub fn count(&self, kind: SfKind) -> u64 {
         self.lock().counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Requests served, every kind (refused ones too).
+    pub fn total_requests(&self) -> u64 {
+        self.lock().counts.values().sum()
+    }
+
+    /// Calls refused because the daily allocation was spent.
+    pub fn limit_refusals(&self) -> u64 {
+        self.lock().limit_refusals
     }
 
     pub fn counts(&self) -> BTreeMap<String, u64> {
@@ -647,6 +660,7 @@ fn gate<'a>(sf: &'a SalesforceState, kind: SfKind, version: &str, headers: &Head
         return Gate::Answer(reply(&g, s, b));
     }
     if g.api_used >= g.api_max {
+        g.limit_refusals += 1;
         let (s, b) = error_array(StatusCode::FORBIDDEN, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.");
         return Gate::Answer(reply(&g, s, b));
     }

@@ -72,6 +72,9 @@ struct Inner {
     sign_ins: Mutex<u64>,
     /// The org's time zone, once asked (it is the same for every object of the org).
     time_zone: Mutex<Option<String>>,
+    /// Salesforce said `REQUEST_LIMIT_EXCEEDED`: no call goes out before then (each refused
+    /// call would only spend more of the allocation, and the reader and the writer share it).
+    limited_until: Mutex<Option<std::time::Instant>>,
 }
 
 /// A client for one org (sources of one org share it: one session, one usage).
@@ -117,6 +120,7 @@ impl OrgClient {
                 usage: Mutex::new(None),
                 sign_ins: Mutex::new(0),
                 time_zone: Mutex::new(None),
+                limited_until: Mutex::new(None),
             }),
         })
     }
@@ -128,6 +132,12 @@ impl OrgClient {
 
     pub fn usage(&self) -> Option<Usage> {
         *self.inner.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long calls still wait after Salesforce said the allocation is spent.
+    pub fn limited_for(&self) -> Option<Duration> {
+        let until = *self.inner.limited_until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.and_then(|u| u.checked_duration_since(std::time::Instant::now())).filter(|d| !d.is_zero())
     }
 
     pub fn sign_ins(&self) -> u64 {
@@ -246,10 +256,23 @@ impl OrgClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Answer, SourceError> {
+        if let Some(pause) = self.limited_for() {
+            return Err(SourceError::RateLimited {
+                detail: format!("Salesforce refused the last call for the API allocation; {what} waits"),
+                pause,
+            });
+        }
         let mut renewed = false;
         loop {
             let session = self.session().await?;
             let answer = self.send(&session, method.clone(), path, body, what).await?;
+            if let Some(SourceError::RateLimited { pause, detail }) =
+                (answer.status == 403 || answer.status == 429).then(|| classify(answer.status, &answer.body, what))
+            {
+                tracing::warn!(what, pause_s = pause.as_secs(), "Salesforce refused the call for its API limits: no calls to the org until the pause ends ({detail})");
+                *self.inner.limited_until.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(std::time::Instant::now() + pause);
+            }
             if answer.status == 401 && !renewed {
                 let code = api_error(&answer.body).map(|e| e.code).unwrap_or_default();
                 if code == "INVALID_SESSION_ID" || code.is_empty() {

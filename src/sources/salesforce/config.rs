@@ -40,7 +40,10 @@ pub struct RawSalesforce {
     #[serde(default)]
     pub fields: Vec<String>,
     /// A SOQL condition records must meet, e.g. `Estado__c != 'Cancelada'`. Records that stop
-    /// meeting it count as removed.
+    /// meeting it count as removed, records that start meeting it as added. With relative date
+    /// literals (`Fecha__c = NEXT_N_DAYS:7`, `>= TODAY`) the set changes with the calendar, not
+    /// only with edits: such a source is read in full once more on the first poll of each day
+    /// (in the source's time zone).
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
     /// The field that identifies a record (default `Id`).

@@ -90,24 +90,34 @@ struct Mark {
     watermark_ms: i64,
     /// Deletions after this are asked for next.
     deletions_ms: i64,
+    /// The local day of the last full read: a `where` with relative dates (`TODAY`,
+    /// `NEXT_N_DAYS:7`) selects other records each day without any record changing, so such a
+    /// source is read fully again on the first poll of each day.
+    full_day: Option<chrono::NaiveDate>,
 }
 
 impl Mark {
     fn parse(v: &str) -> Option<Mark> {
         let mut wm = None;
         let mut del = None;
+        let mut day = None;
         for part in v.split(';') {
             if let Some(x) = part.strip_prefix("wm=") {
                 wm = x.parse().ok();
             } else if let Some(x) = part.strip_prefix("del=") {
                 del = x.parse().ok();
+            } else if let Some(x) = part.strip_prefix("day=") {
+                day = x.parse().ok();
             }
         }
-        Some(Mark { watermark_ms: wm?, deletions_ms: del? })
+        Some(Mark { watermark_ms: wm?, deletions_ms: del?, full_day: day })
     }
 
     fn encode(&self) -> String {
-        format!("wm={};del={}", self.watermark_ms, self.deletions_ms)
+        match self.full_day {
+            Some(day) => format!("wm={};del={};day={day}", self.watermark_ms, self.deletions_ms),
+            None => format!("wm={};del={}", self.watermark_ms, self.deletions_ms),
+        }
     }
 }
 
@@ -153,11 +163,12 @@ impl RecordReader {
     }
 
     /// Costs nothing: a Salesforce source is read at every poll, except while polls are spaced
-    /// out for the API allocation (then the last version is given back, which the poller takes
-    /// as "unchanged").
+    /// out for the API allocation or wait after `REQUEST_LIMIT_EXCEEDED` (then the last version
+    /// is given back, which the poller takes as "unchanged").
     pub async fn probe(&self) -> Result<Probe, SourceError> {
+        let limited = self.client.limited_for().is_some();
         let s = self.lock();
-        if s.slowed_until.is_some_and(|u| Instant::now() < u) {
+        if limited || s.slowed_until.is_some_and(|u| Instant::now() < u) {
             return Ok(Probe { version: s.last_version.clone() });
         }
         Ok(Probe { version: None })
@@ -176,8 +187,10 @@ impl RecordReader {
     }
 
     pub fn quota(&self) -> QuotaState {
+        let limited = self.client.limited_for();
         let s = self.lock();
-        let paused_for = s.slowed_until.and_then(|u| u.checked_duration_since(Instant::now()));
+        let slowed = s.slowed_until.and_then(|u| u.checked_duration_since(Instant::now()));
+        let paused_for = limited.max(slowed);
         QuotaState { paused_for, strikes: 0, per_minute: 0 }
     }
 
@@ -268,7 +281,11 @@ impl RecordReader {
         let (records, _, server_ms) = self.client.query(&soql, &format!("reading {}", self.cfg.object)).await?;
         let started = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
         // A second's margin: `Date` has whole seconds.
-        let mark = Mark { watermark_ms: started - 1_000, deletions_ms: started - 1_000 };
+        let mark = Mark {
+            watermark_ms: started - 1_000,
+            deletions_ms: started - 1_000,
+            full_day: Some(local_day(started, tz)),
+        };
         let version = mark.encode();
         let seen = id_stamps(&records);
         let pass = Pass { complete: true, seen, deleted: Vec::new(), gone: Vec::new() };
@@ -296,6 +313,11 @@ impl RecordReader {
         let what = format!("reading changes of {}", self.cfg.object);
         let (records, _, server_ms) = self.client.query(&soql, &what).await?;
         let now = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
+        if self.cfg.filter.as_deref().is_some_and(mentions_relative_dates) && mark.full_day != Some(local_day(now, tz))
+        {
+            info!(source = %self.cfg.settings.id, "a new day: the where condition's relative dates select other records, reading them all again");
+            return self.full_read(spec, selected, tz).await;
+        }
         // Drop what was already read (same Id, same SystemModstamp).
         let fresh: Vec<Value> = {
             let s = self.lock();
@@ -320,7 +342,7 @@ impl RecordReader {
             gone.extend(outside.iter().filter_map(|r| r["Id"].as_str().map(String::from)));
             kept = inside;
         }
-        let mut next = Mark { watermark_ms: now - 1_000, deletions_ms: mark.deletions_ms };
+        let mut next = Mark { watermark_ms: now - 1_000, deletions_ms: mark.deletions_ms, full_day: mark.full_day };
         let every = i64::try_from(self.cfg.deletions_every.as_millis()).unwrap_or(300_000);
         if now - mark.deletions_ms >= every {
             match self.deleted_since(mark.deletions_ms, now).await? {
@@ -468,6 +490,55 @@ impl RecordReader {
             info!(source = %self.cfg.settings.id, used = usage.used, allocation = usage.max, "Salesforce API usage back under the share: polling as configured");
         }
     }
+}
+
+/// The local day of a server time.
+fn local_day(ms: i64, tz: chrono_tz::Tz) -> chrono::NaiveDate {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).unwrap_or_default().with_timezone(&tz).date_naive()
+}
+
+/// Whether a `where` condition uses SOQL's relative date literals (`TODAY`, `LAST_WEEK`,
+/// `NEXT_N_DAYS:7`, `THIS_FISCAL_YEAR`, …), outside quoted strings. A custom field's name
+/// (`Last_Visit__c`) is not one.
+fn mentions_relative_dates(filter: &str) -> bool {
+    let mut unquoted = String::with_capacity(filter.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in filter.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '\'' {
+                in_string = false;
+            }
+            unquoted.push(' ');
+        } else if c == '\'' {
+            in_string = true;
+            unquoted.push(' ');
+        } else {
+            unquoted.push(c);
+        }
+    }
+    unquoted.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|token| {
+        let t = token.to_ascii_uppercase();
+        !t.contains("__")
+            && (matches!(t.as_str(), "TODAY" | "YESTERDAY" | "TOMORROW")
+                || [
+                    "THIS_",
+                    "LAST_",
+                    "NEXT_",
+                    "N_DAYS_",
+                    "N_WEEKS_",
+                    "N_MONTHS_",
+                    "N_QUARTERS_",
+                    "N_YEARS_",
+                    "N_FISCAL_",
+                ]
+                .iter()
+                .any(|p| t.starts_with(p)))
+    })
 }
 
 /// What one read saw, besides its records.
@@ -657,9 +728,22 @@ mod tests {
     }
 
     #[test]
+    fn relative_date_literals_are_recognised_outside_strings_and_field_names() {
+        assert!(mentions_relative_dates("Fecha__c >= TODAY"));
+        assert!(mentions_relative_dates("Fecha__c = next_n_days:7 AND Estado__c = 'Agendada'"));
+        assert!(mentions_relative_dates("CreatedDate = LAST_WEEK"));
+        assert!(!mentions_relative_dates("Estado__c = 'TODAY'"));
+        assert!(!mentions_relative_dates("Last_Visit__c != null AND Fecha__c > 2026-11-01T00:00:00Z"));
+        assert!(!mentions_relative_dates("Estado__c IN ('Agendada', 'Reprogramada')"));
+    }
+
+    #[test]
     fn marks_and_literals() {
-        let m = Mark { watermark_ms: 5, deletions_ms: 7 };
+        let m = Mark { watermark_ms: 5, deletions_ms: 7, full_day: None };
         assert_eq!(Mark::parse(&m.encode()), Some(m));
+        let d = Mark { watermark_ms: 5, deletions_ms: 7, full_day: chrono::NaiveDate::from_ymd_opt(2026, 11, 22) };
+        assert_eq!(d.encode(), "wm=5;del=7;day=2026-11-22");
+        assert_eq!(Mark::parse(&d.encode()), Some(d));
         assert_eq!(Mark::parse("garbage"), None);
         assert_eq!(soql_datetime(1_795_352_400_123), "2026-11-22T13:00:00Z");
         assert_eq!(soql_string("O'Higgins"), "'O\\'Higgins'");
