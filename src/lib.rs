@@ -3,7 +3,7 @@
 //!
 //! Modules in reading order, lowest layer first (no module depends on one below it in this
 //! list): the pure core (`domain`, `schedule`, `diff`, `expressions`), configuration checks
-//! (`validation`), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
+//! (`validation`), conversations (`flows`, pure too), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
 //! contract each), the assembled configuration (`config`), `rules`, the state `store`, the loops
 //! that connect them (`engine`), the HTTP server, the sandbox emulators, the wiring (`app`), and
 //! the commands (`plan`, `demo`, `cli`). `ARCHITECTURE.md` has the map and the invariants.
@@ -16,6 +16,7 @@ pub mod diff;
 pub mod domain;
 pub mod engine;
 pub mod expressions;
+pub mod flows;
 pub mod http;
 pub mod plan;
 pub mod providers;

@@ -202,7 +202,7 @@ fn line(
                 p.extend(t.button_url_suffix);
                 (t.name, p)
             }
-            MessageContent::Text { body } => ("text".to_string(), vec![body]),
+            other => (other.label(), vec![other.readable_text()]),
         },
         Some(Err(e)) => {
             failure = Some(e.trim_start_matches("not sent: ").to_string());

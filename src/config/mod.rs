@@ -39,6 +39,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     pub inbound: InboundConfig,
     pub defaults: Defaults,
+    /// The conversations (`flows:`).
+    pub flows: std::sync::Arc<crate::flows::FlowSet>,
 }
 
 /// Time settings every rule inherits unless it sets its own.
@@ -215,6 +217,12 @@ pub struct RuleConfig {
 pub struct InboundConfig {
     /// Normalised (upper case, accents removed).
     pub opt_out_keywords: Vec<String>,
+    /// The flow a message nothing else handles starts.
+    pub entry_flow: Option<String>,
+    /// The language texts fall back to.
+    pub default_language: String,
+    /// Languages every flow text must have.
+    pub languages: Vec<String>,
 }
 
 impl Config {

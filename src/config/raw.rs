@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The sections of a configuration file, in the order `recado check` reports them.
-pub const SECTIONS: &[&str] = &["state", "http", "providers", "sources", "rules", "inbound", "defaults"];
+pub const SECTIONS: &[&str] = &["state", "http", "providers", "sources", "rules", "flows", "inbound", "defaults"];
 
 /// `defaults:` (each can be overridden per rule).
 #[derive(Debug, Default, Deserialize)]
@@ -136,11 +136,20 @@ pub struct RawTemplate {
 }
 
 /// `inbound:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawInbound {
     /// A reply that is exactly one of these words (case- and accent-insensitive) opts the
     /// person out. Default: BAJA, STOP, SALIR, CANCELAR, UNSUBSCRIBE.
     #[serde(default)]
     pub opt_out_keywords: Option<Vec<String>>,
+    /// The flow (`flows:`) that a message nothing else handles starts: the menu.
+    #[serde(default)]
+    pub entry_flow: Option<String>,
+    /// The language flow texts fall back to, and that a plain string is in (default `es`).
+    #[serde(default)]
+    pub default_language: Option<String>,
+    /// Languages every flow text must have (`recado check` reports the missing ones).
+    #[serde(default)]
+    pub languages: Option<Vec<String>>,
 }

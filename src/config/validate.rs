@@ -16,21 +16,7 @@ use super::raw::*;
 use super::*;
 use crate::validation::{Env, Problems, LONGEST_DURATION};
 
-/// Upper case without accents, for keyword matching (`Bája` = `BAJA`).
-pub fn normalise_keyword(s: &str) -> String {
-    s.trim()
-        .chars()
-        .map(|c| match c {
-            'á' | 'à' | 'ä' | 'â' | 'Á' | 'À' | 'Ä' | 'Â' => 'A',
-            'é' | 'è' | 'ë' | 'ê' | 'É' | 'È' | 'Ë' | 'Ê' => 'E',
-            'í' | 'ì' | 'ï' | 'î' | 'Í' | 'Ì' | 'Ï' | 'Î' => 'I',
-            'ó' | 'ò' | 'ö' | 'ô' | 'Ó' | 'Ò' | 'Ö' | 'Ô' => 'O',
-            'ú' | 'ù' | 'ü' | 'û' | 'Ú' | 'Ù' | 'Ü' | 'Û' => 'U',
-            'ñ' | 'Ñ' => 'N',
-            other => other.to_ascii_uppercase(),
-        })
-        .collect()
-}
+pub use crate::domain::normalise_keyword;
 
 /// Validates one list entry of a vendor section (problems, environment, path, the entry
 /// without its `type`, the ids seen so far).
@@ -265,14 +251,49 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         None => None,
         Some(v) => p.parse::<RawInbound>("inbound", v),
     };
+    let inbound = inbound.unwrap_or_default();
     let keywords = inbound
-        .and_then(|i| i.opt_out_keywords)
+        .opt_out_keywords
         .unwrap_or_else(|| ["BAJA", "STOP", "SALIR", "CANCELAR", "UNSUBSCRIBE"].map(String::from).to_vec());
-    let inbound = InboundConfig { opt_out_keywords: keywords.iter().map(|k| normalise_keyword(k)).collect() };
+    let default_language = inbound.default_language.unwrap_or_else(|| "es".into());
+    p.non_empty("inbound.default_language", &default_language);
+    let languages: Vec<String> = inbound.languages.unwrap_or_default();
+    let flows = crate::flows::config::validate(
+        &mut p,
+        take("flows"),
+        &crate::flows::config::Languages { default: &default_language, required: &languages },
+    );
+    if let Some(entry) = &inbound.entry_flow {
+        if flows.get(entry).is_none() {
+            let known: Vec<&str> = flows.flows.keys().map(String::as_str).collect();
+            p.push(
+                "inbound.entry_flow",
+                format!(
+                    "no flow '{entry}'; expected one of {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            );
+        }
+    }
+    let inbound = InboundConfig {
+        opt_out_keywords: keywords.iter().map(|k| normalise_keyword(k)).collect(),
+        entry_flow: inbound.entry_flow,
+        default_language,
+        languages,
+    };
 
     if p.is_empty() {
         if let Some(state) = state {
-            return Ok(Config { state, http, providers, sources, rules, inbound, defaults });
+            return Ok(Config {
+                state,
+                http,
+                providers,
+                sources,
+                rules,
+                inbound,
+                defaults,
+                flows: std::sync::Arc::new(flows),
+            });
         }
     }
     Err(p.into_errors())

@@ -24,14 +24,55 @@ pub enum MessageContent {
     Text {
         body: String,
     },
+    /// A question with options: reply buttons, or a list opened by a button labelled
+    /// `list_button`. Free-form, so inside the window only. Providers that cannot show
+    /// buttons send it as numbered text.
+    Choice {
+        body: String,
+        options: Vec<ReplyOption>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        list_button: Option<String>,
+    },
+}
+
+/// One option of a [`MessageContent::Choice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyOption {
+    /// Comes back with the tap.
+    pub id: String,
+    pub title: String,
 }
 
 impl MessageContent {
-    /// A short description for logs and the plan: the template name or "text".
+    /// A short description for logs and the plan: the template name, "text" or "choice".
     pub fn label(&self) -> String {
         match self {
             MessageContent::Template(t) => t.name.clone(),
             MessageContent::Text { .. } => "text".to_string(),
+            MessageContent::Choice { .. } => "choice".to_string(),
+        }
+    }
+
+    /// Free-form content (not a template): WhatsApp only delivers it inside the 24-hour window.
+    pub fn is_free_form(&self) -> bool {
+        !matches!(self, MessageContent::Template(_))
+    }
+
+    /// The text a person reads, options numbered (`1. Horarios`), for providers and places
+    /// that cannot show buttons.
+    pub fn readable_text(&self) -> String {
+        match self {
+            MessageContent::Template(t) if t.body.is_empty() => t.name.clone(),
+            MessageContent::Template(t) => format!("{}: {}", t.name, t.body.join(" | ")),
+            MessageContent::Text { body } => body.clone(),
+            MessageContent::Choice { body, options, .. } => {
+                let mut out = body.clone();
+                out.push('\n');
+                for (i, o) in options.iter().enumerate() {
+                    out.push_str(&format!("\n{}. {}", i + 1, o.title));
+                }
+                out
+            }
         }
     }
 }

@@ -12,9 +12,27 @@ mod secret;
 mod status;
 mod target;
 
-pub use message::{InboundKind, Intent, MessageContent, ProviderError, ProviderEvent, Sender, TemplateMessage};
+pub use message::{
+    InboundKind, Intent, MessageContent, ProviderError, ProviderEvent, ReplyOption, Sender, TemplateMessage,
+};
 pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneError, PhoneNumber};
 pub use record::{same_field, CellValue, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;
 pub use target::{interaction, FieldWrite, PendingWrite, WriteTarget};
+
+/// Upper case without accents, for keyword matching (`Bája` = `BAJA`).
+pub fn normalise_keyword(s: &str) -> String {
+    s.trim()
+        .chars()
+        .map(|c| match c {
+            'á' | 'à' | 'ä' | 'â' | 'Á' | 'À' | 'Ä' | 'Â' => 'A',
+            'é' | 'è' | 'ë' | 'ê' | 'É' | 'È' | 'Ë' | 'Ê' => 'E',
+            'í' | 'ì' | 'ï' | 'î' | 'Í' | 'Ì' | 'Ï' | 'Î' => 'I',
+            'ó' | 'ò' | 'ö' | 'ô' | 'Ó' | 'Ò' | 'Ö' | 'Ô' => 'O',
+            'ú' | 'ù' | 'ü' | 'û' | 'Ú' | 'Ù' | 'Ü' | 'Û' => 'U',
+            'ñ' | 'Ñ' => 'N',
+            other => other.to_ascii_uppercase(),
+        })
+        .collect()
+}

@@ -347,20 +347,18 @@ impl Dispatcher {
                 continue;
             }
             let mut switched = None;
-            if let MessageContent::Text { .. } = m.content {
-                if !inside_service_window(contact.and_then(|c| c.last_inbound_at), now) {
-                    match m.fallback.clone() {
-                        Some(fb) => {
-                            debug!(message_id = m.id, "outside the 24-hour window: using the template fallback");
-                            m.content = fb.clone();
-                            switched = Some(fb);
-                        }
-                        None => {
-                            let reason =
-                                "not sent: free text outside the 24-hour window and the rule has no fallback_template";
-                            self.finish(&m, MessageState::Skipped, reason).await?;
-                            continue;
-                        }
+            if m.content.is_free_form() && !inside_service_window(contact.and_then(|c| c.last_inbound_at), now) {
+                match m.fallback.clone() {
+                    Some(fb) => {
+                        debug!(message_id = m.id, "outside the 24-hour window: using the template fallback");
+                        m.content = fb.clone();
+                        switched = Some(fb);
+                    }
+                    None => {
+                        let reason =
+                            "not sent: free text outside the 24-hour window and the rule has no fallback_template";
+                        self.finish(&m, MessageState::Skipped, reason).await?;
+                        continue;
                     }
                 }
             }
@@ -669,7 +667,7 @@ impl Dispatcher {
                 return Ok(());
             }
             SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
-                (MessageContent::Text { .. }, Some(fb)) => MessageUpdate {
+                (c, Some(fb)) if c.is_free_form() => MessageUpdate {
                     state: Some(MessageState::Queued),
                     next_attempt_at: Some(now),
                     content: Some(fb.clone()),

@@ -327,7 +327,7 @@ impl InboxProcessor {
                 (now + super::dispatcher::retry_delay(m.attempts).as_millis() as i64, m.attempts, None)
             }
             SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
-                (MessageContent::Text { .. }, Some(fb)) => (now, m.attempts, Some(fb)),
+                (c, Some(fb)) if c.is_free_form() => (now, m.attempts, Some(fb)),
                 _ => return Ok(false),
             },
             SendError::OptedOut { .. } => {
@@ -406,7 +406,14 @@ impl InboxProcessor {
             return Ok(());
         }
         let mut writes: Vec<FieldWrite> = Vec::new();
-        if let Some(m) = &origin {
+        let keyword = crate::config::normalise_keyword(&text);
+        let opting_out = self.ctx.config.inbound.opt_out_keywords.contains(&keyword);
+        // A contact inside a conversation is answering the bot, not the rule's message.
+        let conversing = match &phone {
+            Some(p) if !opting_out => self.live_conversation(tx, p, now).await?.is_some(),
+            _ => false,
+        };
+        if let (Some(m), false) = (&origin, conversing) {
             if let Some(settings) = self.ctx.source(&m.source_id) {
                 let target = WriteTarget::Record(m.record_key.clone());
                 if let Some(f) = &settings.write_back.last_reply {
@@ -431,11 +438,11 @@ impl InboxProcessor {
         } else {
             info!(from = %who, "message from a contact with no conversation on record");
         }
-        let keyword = crate::config::normalise_keyword(&text);
-        if self.ctx.config.inbound.opt_out_keywords.contains(&keyword) {
+        if opting_out {
             match &phone {
                 Some(p) => {
                     store::set_opted_out(tx, p, &text, now).await?;
+                    store::end_conversation(tx, p).await?;
                     effects.opted_out = true;
                     info!(from = %who, "contact opted out: nothing more will be sent to them");
                     for q in store::queued_for_phone(tx, p).await? {
@@ -474,8 +481,180 @@ impl InboxProcessor {
                 ),
             }
         }
+        if let (Some(p), false) = (&phone, opting_out) {
+            // A reply to a rule's recent message is that rule's; anything else talks to the bot.
+            let recent_reply = origin.as_ref().is_some_and(|m| {
+                context_message_id.is_some() || now - m.created_at < super::dispatcher::SERVICE_WINDOW_MS
+            });
+            if conversing || !recent_reply {
+                let talk = Talk { provider, phone: p, inbound_id: provider_message_id, kind, origin: origin.as_ref() };
+                writes.extend(self.converse(tx, &talk, now, effects).await?);
+            }
+        }
         effects.sources.extend(writes.iter().map(|w| w.source_id.clone()));
         store::queue_writes(tx, &writes).await?;
         Ok(())
     }
+
+    /// The contact's conversation, if one is in progress (not expired, its flow still
+    /// configured).
+    async fn live_conversation(
+        &self,
+        tx: &mut Tx,
+        phone: &str,
+        now: i64,
+    ) -> Result<Option<store::StoredConversation>, StoreError> {
+        let Some(c) = store::conversation(tx, phone).await? else { return Ok(None) };
+        let live = self
+            .ctx
+            .config
+            .flows
+            .get(&c.conversation.flow)
+            .is_some_and(|f| !crate::flows::expired(f, c.updated_at, now));
+        Ok(live.then_some(c))
+    }
+
+    /// One turn of the contact's conversation: continues it, or starts the entry flow. Queues
+    /// the bot's messages in the outbox and returns the values to save to the contact's record.
+    async fn converse(
+        &self,
+        tx: &mut Tx,
+        talk: &Talk<'_>,
+        now: i64,
+        effects: &mut Effects,
+    ) -> Result<Vec<FieldWrite>, StoreError> {
+        let flows = &self.ctx.config.flows;
+        let default_language = self.ctx.config.inbound.default_language.as_str();
+        let who = mask_phone(talk.phone);
+        if store::contact(tx, talk.phone).await?.is_some_and(|c| c.opted_out_at.is_some()) {
+            debug!(from = %who, "the contact opted out: the bot does not answer");
+            return Ok(Vec::new());
+        }
+        let input = crate::flows::Input {
+            text: talk.kind.text(),
+            choice_id: match talk.kind {
+                InboundKind::Interactive { id, .. } => Some(id.clone()),
+                InboundKind::Button { payload, .. } => Some(payload.clone()),
+                _ => None,
+            },
+        };
+        let (flow, turn, record, started_at) = match self.live_conversation(tx, talk.phone, now).await? {
+            Some(c) => {
+                let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };
+                let context = self.turn_context(tx, c.record.as_ref()).await?;
+                let turn = crate::flows::answer(flow, c.conversation, &input, default_language, &context);
+                (flow, turn, c.record, c.started_at)
+            }
+            None => {
+                let entry = self.ctx.config.inbound.entry_flow.as_deref().and_then(|id| flows.get(id));
+                let Some(flow) = entry else {
+                    store::end_conversation(tx, talk.phone).await?;
+                    return Ok(Vec::new());
+                };
+                let record = match talk.origin {
+                    Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
+                    None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
+                };
+                let context = self.turn_context(tx, record.as_ref()).await?;
+                info!(from = %who, flow = %flow.id, "conversation started");
+                let turn = crate::flows::start(flow, default_language, default_language, &context);
+                (flow, turn, record, now)
+            }
+        };
+        let mut writes = Vec::new();
+        let phone = crate::domain::PhoneNumber::from_e164_unchecked(talk.phone);
+        for (n, action) in turn.actions.into_iter().enumerate() {
+            match action {
+                crate::flows::Action::Send(out) => {
+                    let content = match out {
+                        crate::flows::Outgoing::Text(body) => MessageContent::Text { body },
+                        crate::flows::Outgoing::Choice { body, options, list_button } => MessageContent::Choice {
+                            body,
+                            options: options
+                                .into_iter()
+                                .map(|(id, title)| crate::domain::ReplyOption { id, title })
+                                .collect(),
+                            list_button,
+                        },
+                    };
+                    let intent = crate::domain::Intent {
+                        rule_id: format!("{FLOW_RULE_PREFIX}{}", flow.id),
+                        // Bot messages belong to no record: their statuses are not a rule's.
+                        source_id: String::new(),
+                        record_key: crate::domain::RecordKey(String::new()),
+                        provider_id: talk.provider.id().to_string(),
+                        idempotency_key: format!("{FLOW_RULE_PREFIX}{}:{n}", talk.inbound_id),
+                        phone: phone.clone(),
+                        content,
+                        fallback: None,
+                        adjustments: Vec::new(),
+                    };
+                    store::insert_intent(tx, &intent, now, now).await?;
+                    effects.providers.insert(talk.provider.id().to_string());
+                }
+                crate::flows::Action::Save { field, value } => match &record {
+                    Some((source_id, key)) => writes.push(FieldWrite {
+                        source_id: source_id.clone(),
+                        target: WriteTarget::Record(key.clone()),
+                        field,
+                        value,
+                    }),
+                    None => {
+                        info!(from = %who, flow = %flow.id, %field, "an answer to save, but the contact has no record")
+                    }
+                },
+                crate::flows::Action::Handoff { topic } => {
+                    // The hand-off inbox takes it from here (not built yet): the bot lets go.
+                    info!(from = %who, flow = %flow.id, topic = topic.as_deref().unwrap_or(""), "hand-off requested");
+                }
+            }
+        }
+        match turn.conversation {
+            Some(conversation) => {
+                let stored = store::StoredConversation {
+                    phone: talk.phone.to_string(),
+                    conversation,
+                    provider_id: talk.provider.id().to_string(),
+                    record,
+                    started_at,
+                    updated_at: now,
+                };
+                store::save_conversation(tx, &stored).await?;
+            }
+            None => {
+                debug!(from = %who, flow = %flow.id, "conversation ended");
+                store::end_conversation(tx, talk.phone).await?;
+            }
+        }
+        Ok(writes)
+    }
+
+    /// What flow texts can use of the contact's record: its fields as last read.
+    async fn turn_context(
+        &self,
+        tx: &mut Tx,
+        record: Option<&(String, crate::domain::RecordKey)>,
+    ) -> Result<crate::flows::TurnContext, StoreError> {
+        let mut context = crate::flows::TurnContext::default();
+        if let Some((source, key)) = record {
+            if let Some(row) = store::snapshot_row_of(tx, source, &key.0).await? {
+                for (k, v) in row.fields {
+                    context.record.insert(k, serde_json::Value::String(v));
+                }
+            }
+        }
+        Ok(context)
+    }
+}
+
+/// The rule id of a conversation's messages: `flow:<flow id>`.
+pub const FLOW_RULE_PREFIX: &str = "flow:";
+
+/// One inbound message, as a conversation sees it.
+struct Talk<'a> {
+    provider: &'a Provider,
+    phone: &'a str,
+    inbound_id: &'a str,
+    kind: &'a InboundKind,
+    origin: Option<&'a OutboxMessage>,
 }

@@ -77,9 +77,8 @@ const PHONE_CACHE_LIMIT: usize = 500_000;
 /// text.
 fn describe_content(c: &MessageContent) -> String {
     match c {
-        MessageContent::Template(t) if t.body.is_empty() => format!("template {}", t.name),
-        MessageContent::Template(t) => format!("template {}: {}", t.name, t.body.join(" | ")),
-        MessageContent::Text { body } => body.clone(),
+        MessageContent::Template(_) => format!("template {}", c.readable_text()),
+        _ => c.readable_text(),
     }
 }
 

@@ -354,6 +354,21 @@ impl MetaState {
         self.user_sends(wa_id, msg, Some(context))
     }
 
+    /// A simulated person taps a reply button (`list: false`) or picks a list row of an
+    /// interactive message the business sent (`context`: its id).
+    pub fn user_picks(
+        self: &std::sync::Arc<Self>,
+        wa_id: &str,
+        id: &str,
+        title: &str,
+        list: bool,
+        context: Option<&str>,
+    ) -> String {
+        let (kind, key) = if list { ("list_reply", "list_reply") } else { ("button_reply", "button_reply") };
+        let msg = json!({ "type": "interactive", "interactive": { "type": kind, key: { "id": id, "title": title } } });
+        self.user_sends(wa_id, msg, context)
+    }
+
     /// An inbound message as Meta shows it: the sender's number only when it is visible, their
     /// business-scoped id when they have one, their name and username in `contacts`.
     fn user_sends(self: &std::sync::Arc<Self>, wa_id: &str, mut msg: Value, context: Option<&str>) -> String {
@@ -776,7 +791,12 @@ pub async fn send(
                     return meta_error(400, 131008, "Required parameter is missing", "Parameter text is empty");
                 }
             }
-            "interactive" => {}
+            "interactive" => {
+                if let Err(details) = interactive_problem(&req["interactive"]) {
+                    drop(g);
+                    return meta_error(400, 131009, "Parameter value is not valid", &details);
+                }
+            }
             other => {
                 drop(g);
                 return meta_error(400, 131051, "Unsupported message type", &format!("type {other} is not supported"));
@@ -814,9 +834,110 @@ pub async fn send(
     Json(json!({ "messaging_product": "whatsapp", "contacts": [ { "input": to_raw, "wa_id": wa_id } ], "messages": [ { "id": m.wamid, "message_status": "accepted" } ] })).into_response()
 }
 
+/// What WhatsApp refuses in an interactive message (reply buttons or a list): counts, lengths,
+/// missing parts, duplicate ids.
+fn interactive_problem(i: &Value) -> Result<(), String> {
+    let chars = |v: &Value| v.as_str().map(|s| s.chars().count());
+    match chars(&i["body"]["text"]) {
+        None | Some(0) => return Err("interactive.body.text is required".into()),
+        Some(n) if n > 1024 => return Err(format!("body text length {n} exceeds the maximum of 1024")),
+        _ => {}
+    }
+    if chars(&i["footer"]["text"]).is_some_and(|n| n > 60) {
+        return Err("footer text exceeds the maximum of 60".into());
+    }
+    let mut ids = std::collections::HashSet::new();
+    match i["type"].as_str() {
+        Some("button") => {
+            let buttons = i["action"]["buttons"].as_array().cloned().unwrap_or_default();
+            if buttons.is_empty() || buttons.len() > 3 {
+                return Err(format!("buttons count {} must be between 1 and 3", buttons.len()));
+            }
+            for (n, b) in buttons.iter().enumerate() {
+                if b["type"] != "reply" {
+                    return Err(format!("buttons[{n}].type must be reply"));
+                }
+                let title = chars(&b["reply"]["title"]).unwrap_or(0);
+                if title == 0 || title > 20 {
+                    return Err(format!("Button title length invalid. Min length: 1, Max length: 20 (buttons[{n}])"));
+                }
+                let id = b["reply"]["id"].as_str().unwrap_or("");
+                if id.is_empty() || id.chars().count() > 256 {
+                    return Err(format!("button id length invalid. Min length: 1, Max length: 256 (buttons[{n}])"));
+                }
+                if !ids.insert(id.to_string()) {
+                    return Err("Duplicate buttons: button ids must be unique".into());
+                }
+                let title = b["reply"]["title"].as_str().unwrap_or("");
+                if !ids.insert(format!("\u{0}title:{title}")) {
+                    return Err("Duplicate buttons: button titles must be unique".into());
+                }
+            }
+        }
+        Some("list") => {
+            let label = chars(&i["action"]["button"]).unwrap_or(0);
+            if label == 0 || label > 20 {
+                return Err("action.button length invalid. Min length: 1, Max length: 20".into());
+            }
+            let sections = i["action"]["sections"].as_array().cloned().unwrap_or_default();
+            if sections.is_empty() || sections.len() > 10 {
+                return Err(format!("sections count {} must be between 1 and 10", sections.len()));
+            }
+            let mut rows = 0;
+            for (n, sec) in sections.iter().enumerate() {
+                if sections.len() > 1 && chars(&sec["title"]).unwrap_or(0) == 0 {
+                    return Err(format!("sections[{n}].title is required when there is more than one section"));
+                }
+                for r in sec["rows"].as_array().cloned().unwrap_or_default() {
+                    rows += 1;
+                    let title = chars(&r["title"]).unwrap_or(0);
+                    if title == 0 || title > 24 {
+                        return Err("Row title length invalid. Min length: 1, Max length: 24".into());
+                    }
+                    if chars(&r["description"]).is_some_and(|d| d > 72) {
+                        return Err("Row description length invalid. Max length: 72".into());
+                    }
+                    let id = r["id"].as_str().unwrap_or("");
+                    if id.is_empty() || id.chars().count() > 200 {
+                        return Err("Row id length invalid. Min length: 1, Max length: 200".into());
+                    }
+                    if !ids.insert(id.to_string()) {
+                        return Err("Duplicate rows: row ids must be unique".into());
+                    }
+                }
+            }
+            if rows == 0 || rows > 10 {
+                return Err(format!("Total row count {rows} exceeds the maximum of 10 or is 0"));
+            }
+        }
+        other => return Err(format!("interactive.type {} is not supported here", other.unwrap_or("(missing)"))),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interactive_messages_are_held_to_whatsapps_limits() {
+        let buttons = |titles: &[&str]| {
+            json!({"type": "button", "body": {"text": "¿Qué necesitas?"}, "action": {"buttons": titles.iter().enumerate()
+                .map(|(i, t)| json!({"type": "reply", "reply": {"id": format!("b{i}"), "title": t}})).collect::<Vec<_>>()}})
+        };
+        assert!(interactive_problem(&buttons(&["Horarios", "Reportar"])).is_ok());
+        assert!(interactive_problem(&buttons(&["a", "b", "c", "d"])).unwrap_err().contains("between 1 and 3"));
+        assert!(interactive_problem(&buttons(&["Un título de más de veinte"])).unwrap_err().contains("Max length: 20"));
+        assert!(interactive_problem(&buttons(&["a", "a"])).unwrap_err().contains("unique"));
+        let list = |n: usize, label: &str| {
+            json!({"type": "list", "body": {"text": "Elige"}, "action": {"button": label, "sections": [{"rows": (0..n)
+                .map(|i| json!({"id": format!("r{i}"), "title": format!("Opción {i}")})).collect::<Vec<_>>()}]}})
+        };
+        assert!(interactive_problem(&list(10, "Ver opciones")).is_ok());
+        assert!(interactive_problem(&list(11, "Ver opciones")).is_err());
+        assert!(interactive_problem(&list(2, "")).is_err());
+        assert!(interactive_problem(&json!({"type": "button", "action": {}})).unwrap_err().contains("body.text"));
+    }
 
     #[test]
     fn parameters_meta_refuses() {

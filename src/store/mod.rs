@@ -13,6 +13,7 @@
 //! an unreadable value is a [`StoreError::Corrupt`].
 
 pub mod contacts;
+pub mod conversations;
 pub mod issues;
 pub mod outbox;
 pub mod retention;
@@ -30,6 +31,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlSafeStr, SqlitePool};
 
 pub use contacts::*;
+pub use conversations::*;
 pub use issues::*;
 pub use outbox::*;
 pub use retention::*;
@@ -88,6 +90,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "baseline records", include_str!("migrations/0005_baseline_records.sql")),
     (6, "webhook query", include_str!("migrations/0006_webhook_query.sql")),
     (7, "fetched deliveries", include_str!("migrations/0007_fetched_deliveries.sql")),
+    (8, "conversations", include_str!("migrations/0008_conversations.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

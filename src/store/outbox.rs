@@ -269,10 +269,11 @@ pub async fn message_by_provider_id(
     row.as_ref().map(message_from_row).transpose()
 }
 
-/// The most recent message that reached the provider for a phone number.
+/// The most recent message of a rule that reached the provider for a phone number (a
+/// conversation's answers belong to no record's message).
 pub async fn latest_sent_to(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<OutboxMessage>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE phone = $1 AND provider_message_id IS NOT NULL ORDER BY id DESC LIMIT 1"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE phone = $1 AND provider_message_id IS NOT NULL AND source_id <> '' ORDER BY id DESC LIMIT 1"
     )))
     .bind(phone)
     .fetch_optional(conn)

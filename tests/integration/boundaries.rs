@@ -11,6 +11,7 @@ const LAYERS: &[&str] = &[
     "diff",
     "expressions",
     "validation",
+    "flows",
     "sources",
     "providers",
     "config",
@@ -27,7 +28,7 @@ const LAYERS: &[&str] = &[
 
 /// Modules that must not know any vendor.
 const VENDOR_FREE: &[&str] =
-    &["domain", "schedule", "diff", "expressions", "validation", "rules", "store", "engine", "http", "plan"];
+    &["domain", "schedule", "diff", "expressions", "validation", "flows", "rules", "store", "engine", "http", "plan"];
 
 /// Words that name a vendor, its wire format or its concepts.
 const VENDOR_WORDS: &[&str] = &[

@@ -7,6 +7,7 @@ mod boundaries;
 mod cli;
 
 mod config_files;
+mod conversations;
 mod delivery;
 mod economy;
 mod health;

@@ -141,6 +141,22 @@ pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &
             body["type"] = json!("text");
             body["text"] = json!({ "preview_url": true, "body": text });
         }
+        MessageContent::Choice { body: text, options, list_button } => {
+            let action = match list_button {
+                None => json!({ "buttons": options.iter().map(|o| json!({
+                    "type": "reply", "reply": { "id": o.id, "title": o.title }
+                })).collect::<Vec<_>>() }),
+                Some(label) => json!({ "button": label, "sections": [ { "rows": options.iter().map(|o| json!({
+                    "id": o.id, "title": o.title
+                })).collect::<Vec<_>>() } ] }),
+            };
+            body["type"] = json!("interactive");
+            body["interactive"] = json!({
+                "type": if list_button.is_some() { "list" } else { "button" },
+                "body": { "text": text },
+                "action": action,
+            });
+        }
         MessageContent::Template(t) => {
             let mut components = Vec::new();
             if !t.body.is_empty() {

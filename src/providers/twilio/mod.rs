@@ -133,6 +133,9 @@ impl Twilio {
         }
         match content {
             MessageContent::Text { body } => form.push(("Body", body.clone())),
+            // Buttons need a Content template made in advance: a question made up in the
+            // conversation goes as numbered text, which the flow also reads.
+            MessageContent::Choice { .. } => form.push(("Body", content.readable_text())),
             MessageContent::Template(t) => {
                 let sid = self.config.content_sid(&t.name, &t.language).ok_or_else(|| ProviderError {
                     code: 0,
@@ -420,6 +423,7 @@ impl Twilio {
         sender_ok
             && match content {
                 MessageContent::Text { body: text } => body == text,
+                MessageContent::Choice { .. } => body == content.readable_text(),
                 MessageContent::Template(t) => t
                     .body
                     .iter()

@@ -1,0 +1,506 @@
+//! The `flows:` section as written in YAML, and its validation into a [`FlowSet`].
+//!
+//! ```yaml
+//! flows:
+//!   - id: menu
+//!     expires_after: 2h            # a conversation left unanswered this long is over
+//!     steps:
+//!       - id: hola
+//!         say: "¡Hola! Soy el asistente de la Municipalidad."
+//!       - id: opcion
+//!         ask:
+//!           text: "¿En qué te podemos ayudar?"
+//!           choices:
+//!             - { id: horarios, title: "Horarios", goto: horarios }
+//!             - { id: reporte, title: "Reportar un problema", goto: que }
+//!           retry: "No entendí. Toca una de las opciones."
+//!       - id: horarios
+//!         say: { es: "Atendemos de 8:30 a 14:00.", en: "We are open 8:30–14:00." }
+//!         end: true
+//!       - id: que
+//!         ask: { text: "¿Qué problema quieres reportar?", type: text, save: Problema }
+//! ```
+//!
+//! Every text is either one string (the default language) or a map of language → text.
+//! Validation reports every problem with its path (`flows[0].steps[1].ask.choices[3].title`):
+//! WhatsApp's limits on buttons and lists, targets of `goto` that do not exist, texts missing
+//! for a configured language, template syntax.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::*;
+use crate::validation::Problems;
+
+/// A text: one string, or one per language.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawText {
+    One(String),
+    ByLanguage(BTreeMap<String, String>),
+}
+
+/// One entry of `flows:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlow {
+    /// Unique name (rules and `inbound.entry_flow` refer to it).
+    pub id: String,
+    /// A conversation nobody answered for this long is over, and the next message starts
+    /// afresh (default `24h`).
+    #[serde(default)]
+    pub expires_after: Option<String>,
+    /// The steps, run from the first.
+    pub steps: Vec<Value>,
+}
+
+/// One step: exactly one of `say`, `ask`, `save`, `handoff` (or none, with `goto` or `end`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Unique within the flow; `goto` targets it.
+    pub id: String,
+    /// Send a text.
+    #[serde(default)]
+    pub say: Option<RawText>,
+    /// Ask a question and wait for the answer.
+    #[serde(default)]
+    pub ask: Option<RawAsk>,
+    /// Write a value to a field of the contact's record.
+    #[serde(default)]
+    pub save: Option<RawSave>,
+    /// Give the contact to a person (the bot stays silent until the hand-off closes).
+    #[serde(default)]
+    pub handoff: Option<RawHandoff>,
+    /// The step to go to next (default: the one below). `end` ends the conversation.
+    #[serde(default)]
+    pub goto: Option<String>,
+    /// End the conversation after this step.
+    #[serde(default)]
+    pub end: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsk {
+    /// The question.
+    pub text: RawText,
+    /// `choice` (default when `choices` are given), `yes_no`, `number`, `text` (default
+    /// otherwise), `date`, `phone`, `email`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The options of a `choice`: up to 3 are reply buttons, up to 10 a list.
+    #[serde(default)]
+    pub choices: Option<Vec<RawChoice>>,
+    /// The label of the button that opens a list (required above 3 options; with 3 or fewer
+    /// it shows them as a list instead of buttons).
+    #[serde(default)]
+    pub list_button: Option<RawText>,
+    /// `yes_no`: the two buttons.
+    #[serde(default)]
+    pub yes: Option<RawChoice>,
+    #[serde(default)]
+    pub no: Option<RawChoice>,
+    /// `number`: bounds, and whether decimals are refused.
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub integer: Option<bool>,
+    /// `text`: the longest answer taken (default 1,000 characters).
+    #[serde(default)]
+    pub max_chars: Option<u64>,
+    /// `phone`: the country of numbers typed without one (default `CL`).
+    #[serde(default)]
+    pub default_region: Option<String>,
+    /// Sent before the question again when an answer does not fit.
+    #[serde(default)]
+    pub retry: Option<RawText>,
+    /// Answers that do not fit before giving up (default 2).
+    #[serde(default)]
+    pub retries: Option<u64>,
+    /// Where to go when it gives up: a step id or `end` (default).
+    #[serde(default)]
+    pub on_fail: Option<String>,
+    /// The field of the contact's record the answer is written to.
+    #[serde(default)]
+    pub save: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChoice {
+    /// Sent back by the button or row; unique within the question (default: the title).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// What the person sees (≤ 20 characters on a button, ≤ 24 in a list).
+    pub title: RawText,
+    /// What is saved as the answer (default: the title in the default language).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The step this option leads to (default: the step after the question).
+    #[serde(default)]
+    pub goto: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSave {
+    /// The field (column or API name) of the contact's record.
+    pub field: String,
+    /// The value, e.g. `"{{ answers.que }}"` or `Confirmada`.
+    pub value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoff {
+    /// A topic or queue for the people who take over.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// What the rest of the configuration tells flow validation.
+pub struct Languages<'a> {
+    pub default: &'a str,
+    /// Every text must have each of these (besides the default).
+    pub required: &'a [String],
+}
+
+/// Validates `flows:`.
+pub fn validate(p: &mut Problems, value: Option<Value>, languages: &Languages<'_>) -> FlowSet {
+    let mut flows = BTreeMap::new();
+    let mut ids = HashSet::new();
+    for (path, raw) in p.list("flows", value) {
+        let version = version_of(&raw);
+        let Some(f) = p.parse::<RawFlow>(&path, raw) else { continue };
+        p.unique(&mut ids, &format!("{path}.id"), &f.id);
+        let expires_after = p.duration(
+            &format!("{path}.expires_after"),
+            f.expires_after.as_deref(),
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(60),
+            Duration::from_secs(30 * 24 * 3600),
+        );
+        if f.steps.is_empty() {
+            p.push(format!("{path}.steps"), "a flow needs at least one step");
+        }
+        let raw_steps: Vec<(String, RawStep)> = f
+            .steps
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let sp = format!("{path}.steps[{i}]");
+                p.parse::<RawStep>(&sp, v).map(|s| (sp, s))
+            })
+            .collect();
+        let mut step_ids = HashSet::new();
+        for (sp, s) in &raw_steps {
+            p.unique(&mut step_ids, &format!("{sp}.id"), &s.id);
+        }
+        let mut v = StepValidator { p, languages, step_ids: &step_ids };
+        let steps: Vec<Step> = raw_steps.into_iter().filter_map(|(sp, s)| v.step(&sp, s)).collect();
+        flows.insert(f.id.clone(), Flow::new(f.id, version, steps, expires_after));
+    }
+    FlowSet { flows, default_language: languages.default.to_string() }
+}
+
+/// A short hash of the flow as written: it changes when anything in the flow changes.
+fn version_of(raw: &Value) -> String {
+    let text = serde_json::to_string(raw).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    hex::encode(&digest.as_ref()[..8])
+}
+
+struct StepValidator<'p, 'l> {
+    p: &'p mut Problems,
+    languages: &'l Languages<'l>,
+    step_ids: &'l HashSet<String>,
+}
+
+impl StepValidator<'_, '_> {
+    fn step(&mut self, path: &str, s: RawStep) -> Option<Step> {
+        let given = [s.say.is_some(), s.ask.is_some(), s.save.is_some(), s.handoff.is_some()];
+        let count = given.iter().filter(|g| **g).count();
+        if count > 1 {
+            self.p.push(path, "a step does one thing: give only one of say, ask, save, handoff");
+        }
+        let ends = s.end == Some(true);
+        if count == 0 && s.goto.is_none() && !ends {
+            self.p.push(path, "a step needs one of say, ask, save, handoff, goto or end");
+        }
+        if ends && s.goto.is_some() {
+            self.p.push(format!("{path}.end"), "give goto or end, not both");
+        }
+        if s.handoff.is_some() && (s.goto.is_some() || ends) {
+            self.p.push(format!("{path}.handoff"), "a hand-off ends the conversation: leave goto and end out");
+        }
+        let next = if ends {
+            Next::End
+        } else {
+            match &s.goto {
+                Some(g) => self.target(&format!("{path}.goto"), g),
+                None => Next::Following,
+            }
+        };
+        let kind = if let Some(t) = s.say {
+            StepKind::Say(self.text(&format!("{path}.say"), t, MAX_TEXT_BODY))
+        } else if let Some(a) = s.ask {
+            StepKind::Ask(Box::new(self.ask(&format!("{path}.ask"), a)))
+        } else if let Some(save) = s.save {
+            self.p.non_empty(&format!("{path}.save.field"), &save.field);
+            self.template(&format!("{path}.save.value"), &save.value);
+            StepKind::Save { field: save.field, value: save.value }
+        } else if let Some(h) = s.handoff {
+            StepKind::Handoff { topic: h.topic }
+        } else {
+            StepKind::Pass
+        };
+        Some(Step { id: s.id, kind, next })
+    }
+
+    fn target(&mut self, path: &str, id: &str) -> Next {
+        if id == "end" {
+            return Next::End;
+        }
+        if !self.step_ids.contains(id) {
+            let mut known: Vec<&String> = self.step_ids.iter().collect();
+            known.sort();
+            let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
+            self.p.push(path, format!("no step '{id}' in this flow; expected one of {} or end", known.join(", ")));
+        }
+        Next::Goto(id.to_string())
+    }
+
+    fn template(&mut self, path: &str, text: &str) {
+        if let Err(e) = crate::expressions::check_template(text) {
+            self.p.push(path, e);
+        }
+    }
+
+    /// A text with its languages, each at most `max` characters.
+    fn text(&mut self, path: &str, raw: RawText, max: usize) -> LocalText {
+        let by_language = match raw {
+            RawText::One(s) => [(self.languages.default.to_string(), s)].into(),
+            RawText::ByLanguage(m) => m,
+        };
+        if !by_language.contains_key(self.languages.default) {
+            self.p.push(path, format!("missing the text in the default language '{}'", self.languages.default));
+        }
+        for lang in self.languages.required {
+            if !by_language.contains_key(lang) {
+                self.p.push(path, format!("missing the text in '{lang}'"));
+            }
+        }
+        for (lang, t) in &by_language {
+            let lp = format!("{path}.{lang}");
+            if t.trim().is_empty() {
+                self.p.push(&lp, "must not be empty");
+            } else if t.chars().count() > max {
+                self.p.push(&lp, format!("at most {max} characters (WhatsApp's limit), found {}", t.chars().count()));
+            }
+            self.template(&lp, t);
+        }
+        LocalText { by_language }
+    }
+
+    fn ask(&mut self, path: &str, a: RawAsk) -> Ask {
+        let kind = a.kind.clone().unwrap_or_else(|| if a.choices.is_some() { "choice" } else { "text" }.into());
+        let is_choice = matches!(kind.as_str(), "choice" | "yes_no");
+        let prompt =
+            self.text(&format!("{path}.text"), a.text, if is_choice { MAX_INTERACTIVE_BODY } else { MAX_TEXT_BODY });
+        let only = |p: &mut Problems, given: bool, name: &str| {
+            if given {
+                p.push(format!("{path}.{name}"), format!("not used by an ask of type {kind}"));
+            }
+        };
+        only(self.p, a.choices.is_some() && kind != "choice", "choices");
+        only(self.p, a.list_button.is_some() && kind != "choice", "list_button");
+        only(self.p, (a.yes.is_some() || a.no.is_some()) && kind != "yes_no", "yes");
+        only(self.p, (a.min.is_some() || a.max.is_some() || a.integer.is_some()) && kind != "number", "min");
+        only(self.p, a.max_chars.is_some() && kind != "text", "max_chars");
+        only(self.p, a.default_region.is_some() && kind != "phone", "default_region");
+        let answer = match kind.as_str() {
+            "choice" => {
+                let raw = a.choices.unwrap_or_default();
+                let list = a.list_button.is_some() || raw.len() > MAX_BUTTONS;
+                let title_max = if list { MAX_ROW_TITLE } else { MAX_BUTTON_TITLE };
+                if raw.is_empty() {
+                    self.p.push(format!("{path}.choices"), "give at least one choice");
+                } else if raw.len() > MAX_LIST_ROWS {
+                    self.p.push(
+                        format!("{path}.choices"),
+                        format!("at most {MAX_LIST_ROWS} choices (WhatsApp's list limit), found {}", raw.len()),
+                    );
+                } else if raw.len() > MAX_BUTTONS && a.list_button.is_none() {
+                    self.p.push(
+                        format!("{path}.list_button"),
+                        format!("more than {MAX_BUTTONS} choices are shown as a list: give the label of the button that opens it"),
+                    );
+                }
+                let mut ids = HashSet::new();
+                let options = raw
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| self.choice(&format!("{path}.choices[{i}]"), c, title_max, &mut ids))
+                    .collect();
+                let list_button = a.list_button.map(|b| self.text(&format!("{path}.list_button"), b, MAX_LIST_BUTTON));
+                AnswerKind::Choice { options, list_button }
+            }
+            "yes_no" => {
+                let mut ids = HashSet::new();
+                let mut side = |v: &mut Self, name: &str, c: Option<RawChoice>| match c {
+                    Some(c) => v.choice(&format!("{path}.{name}"), c, MAX_BUTTON_TITLE, &mut ids),
+                    None => {
+                        v.p.push(
+                            format!("{path}.{name}"),
+                            "a yes/no question needs the titles of both buttons (yes and no)",
+                        );
+                        ChoiceOption { id: name.into(), title: LocalText::default(), value: name.into(), goto: None }
+                    }
+                };
+                let yes = side(self, "yes", a.yes);
+                let no = side(self, "no", a.no);
+                AnswerKind::YesNo { yes, no }
+            }
+            "number" => {
+                if let (Some(lo), Some(hi)) = (a.min, a.max) {
+                    if lo > hi {
+                        self.p.push(format!("{path}.min"), "must not be greater than max");
+                    }
+                }
+                AnswerKind::Number { min: a.min, max: a.max, integer: a.integer.unwrap_or(false) }
+            }
+            "text" => AnswerKind::Text {
+                max_chars: self.p.count(&format!("{path}.max_chars"), a.max_chars, 1000, 1..=4096) as usize,
+            },
+            "date" => AnswerKind::Date,
+            "phone" => AnswerKind::Phone {
+                default_region: self.p.region(&format!("{path}.default_region"), a.default_region.as_deref()),
+            },
+            "email" => AnswerKind::Email,
+            other => {
+                self.p.push(
+                    format!("{path}.type"),
+                    format!("unknown type '{other}'; expected choice, yes_no, number, text, date, phone or email"),
+                );
+                AnswerKind::Text { max_chars: 1000 }
+            }
+        };
+        let retry = a.retry.map(|t| self.text(&format!("{path}.retry"), t, MAX_TEXT_BODY));
+        let retries = self.p.count(&format!("{path}.retries"), a.retries, 2, 0..=10) as u32;
+        let on_fail = match &a.on_fail {
+            None => Next::End,
+            Some(t) => self.target(&format!("{path}.on_fail"), t),
+        };
+        if let Some(f) = &a.save {
+            self.p.non_empty(&format!("{path}.save"), f);
+        }
+        Ask { prompt, answer, retry, retries, on_fail, save: a.save }
+    }
+
+    fn choice(&mut self, path: &str, c: RawChoice, title_max: usize, ids: &mut HashSet<String>) -> ChoiceOption {
+        let title = self.text(&format!("{path}.title"), c.title, title_max);
+        let default_title = title.get(self.languages.default, self.languages.default).to_string();
+        let id = c.id.unwrap_or_else(|| default_title.clone());
+        if id.chars().count() > 200 {
+            self.p.push(format!("{path}.id"), "at most 200 characters");
+        }
+        if !ids.insert(id.clone()) {
+            self.p.push(format!("{path}.id"), format!("duplicate choice id '{id}'"));
+        }
+        let goto = c.goto.as_deref().map(|g| self.target(&format!("{path}.goto"), g));
+        ChoiceOption { id, value: c.value.unwrap_or(default_title), title, goto }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(v: Value, required: &[String]) -> (FlowSet, Vec<String>) {
+        let mut p = Problems::new();
+        let set = validate(&mut p, Some(v), &Languages { default: "es", required });
+        let errors = p.into_errors().0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        (set, errors)
+    }
+
+    #[test]
+    fn a_menu_is_read() {
+        let (set, errors) = check(
+            json!([{"id": "menu", "steps": [
+                {"id": "hola", "say": "Hola"},
+                {"id": "opcion", "ask": {"text": "¿Qué necesitas?", "choices": [
+                    {"id": "horarios", "title": "Horarios", "goto": "horarios"},
+                    {"title": "Otro", "goto": "end"}]}},
+                {"id": "horarios", "say": {"es": "De 8:30 a 14:00", "en": "8:30 to 14:00"}, "end": true}
+            ]}]),
+            &[],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let f = set.get("menu").unwrap();
+        assert_eq!(f.steps.len(), 3);
+        assert_eq!(f.expires_after, Duration::from_secs(24 * 3600));
+        let StepKind::Ask(a) = &f.steps[1].kind else { panic!() };
+        let AnswerKind::Choice { options, .. } = &a.answer else { panic!() };
+        assert_eq!(options[1].id, "Otro", "the title is the id when none is given");
+        assert_eq!(options[1].goto, Some(Next::End));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let (_, errors) = check(
+            json!([
+                {"id": "menu", "steps": [
+                    {"id": "a", "ask": {"text": "Elige", "choices": [
+                        {"title": "Un título demasiado largo para un botón", "goto": "nada"},
+                        {"title": "B"}, {"title": "C"}, {"title": "D"}]}},
+                    {"id": "b", "say": {"en": "Hello"}},
+                    {"id": "b", "ask": {"text": "¿Edad?", "type": "edad"}},
+                    {"id": "c", "say": "x", "ask": {"text": "y"}},
+                    {"id": "d"}
+                ]},
+                {"id": "menu", "steps": []}
+            ]),
+            &["en".to_string()],
+        );
+        let has = |p: &str, m: &str| errors.iter().any(|e| e.starts_with(p) && e.contains(m));
+        assert!(has("flows[0].steps[0].ask.list_button", "shown as a list"), "{errors:?}");
+        assert!(has("flows[0].steps[0].ask.choices[0].goto", "no step 'nada'"), "{errors:?}");
+        assert!(has("flows[0].steps[0].ask.text", "missing the text in 'en'"), "{errors:?}");
+        assert!(has("flows[0].steps[1].say", "default language 'es'"), "{errors:?}");
+        assert!(has("flows[0].steps[2].id", "duplicate id 'b'"), "{errors:?}");
+        assert!(has("flows[0].steps[2].ask.type", "unknown type 'edad'"), "{errors:?}");
+        assert!(has("flows[0].steps[3]", "only one of say, ask"), "{errors:?}");
+        assert!(has("flows[0].steps[4]", "needs one of say"), "{errors:?}");
+        assert!(has("flows[1].id", "duplicate id 'menu'"), "{errors:?}");
+        assert!(has("flows[1].steps", "at least one step"), "{errors:?}");
+    }
+
+    #[test]
+    fn button_titles_are_held_to_whatsapps_limits() {
+        let choices = json!([{"title": "Veintiún caracteres xx"}, {"title": "B"}]);
+        let (_, errors) =
+            check(json!([{"id": "f", "steps": [{"id": "a", "ask": {"text": "Elige", "choices": choices}}]}]), &[]);
+        assert!(errors.iter().any(|e| e.contains("choices[0].title.es") && e.contains("at most 20")), "{errors:?}");
+        // The same title fits a list row (24).
+        let (_, errors) = check(
+            json!([{"id": "f", "steps": [{"id": "a", "ask": {"text": "Elige", "list_button": "Ver opciones", "choices": choices}}]}]),
+            &[],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn the_version_follows_the_content() {
+        let v1 = json!({"id": "a", "steps": [{"id": "x", "say": "hola"}]});
+        let v2 = json!({"id": "a", "steps": [{"id": "x", "say": "chao"}]});
+        assert_eq!(version_of(&v1), version_of(&v1.clone()));
+        assert_ne!(version_of(&v1), version_of(&v2));
+    }
+}

@@ -1,0 +1,735 @@
+//! Conversations: flows defined in YAML, driven by what people write (pure core).
+//!
+//! A flow is a list of steps. `say` sends a text, `ask` sends a question and waits for the
+//! answer, `save` writes a value to a field of the contact's record, `handoff` gives the
+//! contact to a person, `end` ends; after a step the next one runs unless the step says
+//! `goto` (or `end`). A choice's option can `goto` a step of its own, which is how menus branch.
+//!
+//! This module only decides. [`start`] and [`answer`] take the flow, the contact's
+//! [`Conversation`] and what they wrote, and return a [`Turn`]: the conversation as it is now
+//! (or `None` when it ended) and the [`Action`]s to carry out — messages to send, values to
+//! save, a hand-off. The inbox does the IO (store, outbox, write-back) in one transaction.
+//!
+//! **A flow changed while someone is in it.** Each conversation keeps the version (a hash of
+//! the flow's content) it started with. When an answer arrives for an older version: if the
+//! step it was waiting on still exists and still asks something, that step is asked again in
+//! its new wording (the answer is not read against a question the person never saw); otherwise
+//! the flow starts again from its first step. Answers given so far are kept either way.
+
+pub mod config;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::normalise_keyword;
+
+/// WhatsApp's limits on interactive messages (the same on every provider: they are
+/// WhatsApp's): reply buttons, list rows, their titles and the body.
+pub const MAX_BUTTONS: usize = 3;
+pub const MAX_LIST_ROWS: usize = 10;
+pub const MAX_BUTTON_TITLE: usize = 20;
+pub const MAX_ROW_TITLE: usize = 24;
+pub const MAX_LIST_BUTTON: usize = 20;
+pub const MAX_INTERACTIVE_BODY: usize = 1024;
+pub const MAX_TEXT_BODY: usize = 4096;
+/// Steps one turn may run before it waits: a `goto` loop without an `ask` ends the
+/// conversation instead of spinning.
+const MAX_STEPS_PER_TURN: usize = 100;
+
+/// A text in several languages. `get` falls back to the default language, then to any.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalText {
+    pub by_language: BTreeMap<String, String>,
+}
+
+impl LocalText {
+    pub fn get<'a>(&'a self, language: &str, fallback: &str) -> &'a str {
+        self.by_language
+            .get(language)
+            .or_else(|| self.by_language.get(fallback))
+            .or_else(|| self.by_language.values().next())
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// Every variant, for matching what people type.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.by_language.values().map(String::as_str)
+    }
+}
+
+/// The configured flows.
+#[derive(Debug, Clone, Default)]
+pub struct FlowSet {
+    pub flows: BTreeMap<String, Flow>,
+    /// The language texts fall back to.
+    pub default_language: String,
+}
+
+impl FlowSet {
+    pub fn get(&self, id: &str) -> Option<&Flow> {
+        self.flows.get(id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub id: String,
+    /// A hash of the flow's content: conversations remember the version they started in.
+    pub version: String,
+    pub steps: Vec<Step>,
+    index: HashMap<String, usize>,
+    /// A conversation nobody answered for this long is over; the next message starts afresh.
+    pub expires_after: Duration,
+}
+
+impl Flow {
+    pub fn new(id: String, version: String, steps: Vec<Step>, expires_after: Duration) -> Self {
+        let index = steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        Self { id, version, steps, index, expires_after }
+    }
+
+    fn position(&self, step: &str) -> Option<usize> {
+        self.index.get(step).copied()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub kind: StepKind,
+    /// Where to go after this step.
+    pub next: Next,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// The step below (the end of the flow after the last one).
+    Following,
+    Goto(String),
+    End,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Say(LocalText),
+    Ask(Box<Ask>),
+    /// A value (a template over the answers and the record) saved to a field of the
+    /// contact's record.
+    Save {
+        field: String,
+        value: String,
+    },
+    Handoff {
+        topic: Option<String>,
+    },
+    /// Only moves on (`goto`) or ends (`end`).
+    Pass,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub prompt: LocalText,
+    pub answer: AnswerKind,
+    /// Sent (before the question again) when an answer does not fit.
+    pub retry: Option<LocalText>,
+    /// Answers that do not fit before the flow gives up on this question.
+    pub retries: u32,
+    /// Where to go when it gives up.
+    pub on_fail: Next,
+    /// The field of the contact's record the answer is written to.
+    pub save: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum AnswerKind {
+    /// One of the options: reply buttons (≤ 3, unless `list_button`), or a list (≤ 10 rows)
+    /// opened by a button labelled `list_button`.
+    Choice {
+        options: Vec<ChoiceOption>,
+        list_button: Option<LocalText>,
+    },
+    Number {
+        min: Option<f64>,
+        max: Option<f64>,
+        integer: bool,
+    },
+    /// Yes or no, as two buttons.
+    YesNo {
+        yes: ChoiceOption,
+        no: ChoiceOption,
+    },
+    Text {
+        max_chars: usize,
+    },
+    Date,
+    Phone {
+        default_region: phonenumber::country::Id,
+    },
+    Email,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChoiceOption {
+    pub id: String,
+    pub title: LocalText,
+    /// What is saved as the answer (default: the title in the default language).
+    pub value: String,
+    pub goto: Option<Next>,
+}
+
+/// Where a contact is in a flow. Stored between messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub flow: String,
+    pub version: String,
+    /// The step waiting for an answer.
+    pub step: String,
+    /// Answers that did not fit, for this step.
+    pub attempts: u32,
+    /// Answers so far, by the id of the step that asked.
+    pub answers: BTreeMap<String, String>,
+    pub language: String,
+}
+
+/// What the contact wrote: the text, and the id of the button or list row they tapped.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Input {
+    pub text: String,
+    pub choice_id: Option<String>,
+}
+
+/// A message to send, provider-neutral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Text(String),
+    Choice { body: String, options: Vec<(String, String)>, list_button: Option<String> },
+}
+
+/// Something the inbox carries out after a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Outgoing),
+    Save { field: String, value: String },
+    Handoff { topic: Option<String> },
+}
+
+/// The outcome of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// `None`: the conversation ended (or was handed to a person).
+    pub conversation: Option<Conversation>,
+    pub actions: Vec<Action>,
+}
+
+/// What texts are rendered with: the record's fields (nested by dotted names), and whatever
+/// else the caller adds. `answers` is added by the turn.
+#[derive(Debug, Clone, Default)]
+pub struct TurnContext {
+    pub record: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Starts `flow` for a contact.
+pub fn start(flow: &Flow, language: &str, default_language: &str, ctx: &TurnContext) -> Turn {
+    let conv = Conversation {
+        flow: flow.id.clone(),
+        version: flow.version.clone(),
+        step: String::new(),
+        attempts: 0,
+        answers: BTreeMap::new(),
+        language: language.to_string(),
+    };
+    let mut run = Run::new(flow, conv, default_language, ctx);
+    run.from(0);
+    run.finish()
+}
+
+/// Takes the contact's answer to the step their conversation waits on.
+pub fn answer(flow: &Flow, conv: Conversation, input: &Input, default_language: &str, ctx: &TurnContext) -> Turn {
+    let outdated = conv.version != flow.version;
+    let position = flow.position(&conv.step);
+    let mut conv = conv;
+    conv.version = flow.version.clone();
+    let mut run = Run::new(flow, conv, default_language, ctx);
+    let waiting = position.and_then(|p| match flow.steps.get(p) {
+        Some(step @ Step { kind: StepKind::Ask(ask), .. }) => Some((p, step, ask)),
+        _ => None,
+    });
+    let Some((pos, step, ask)) = waiting else {
+        // The step is gone (or no longer asks): the flow starts again, answers kept.
+        run.from(0);
+        return run.finish();
+    };
+    if outdated {
+        run.conv.attempts = 0;
+        run.prompt(step, ask, None);
+        return run.finish();
+    }
+    match read_answer(&ask.answer, input) {
+        Some((value, goto)) => {
+            run.conv.answers.insert(step.id.clone(), value.clone());
+            run.conv.attempts = 0;
+            if let Some(field) = &ask.save {
+                run.actions.push(Action::Save { field: field.clone(), value });
+            }
+            let next = goto.unwrap_or_else(|| step.next.clone());
+            run.follow(pos, &next);
+        }
+        None => {
+            run.conv.attempts += 1;
+            if run.conv.attempts > ask.retries {
+                run.conv.attempts = 0;
+                let on_fail = ask.on_fail.clone();
+                match on_fail {
+                    Next::Following => run.from(pos + 1),
+                    other => run.follow(pos, &other),
+                }
+            } else {
+                run.prompt(step, ask, ask.retry.as_ref());
+            }
+        }
+    }
+    run.finish()
+}
+
+/// Whether a conversation last touched at `updated_at` is over at `now` (milliseconds).
+pub fn expired(flow: &Flow, updated_at: i64, now: i64) -> bool {
+    now.saturating_sub(updated_at) > i64::try_from(flow.expires_after.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One turn in progress.
+struct Run<'a> {
+    flow: &'a Flow,
+    conv: Conversation,
+    default_language: &'a str,
+    ctx: &'a TurnContext,
+    actions: Vec<Action>,
+    /// Texts waiting to go out with the next message (one message per turn where possible).
+    pending: Vec<String>,
+    ended: bool,
+    waiting: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(flow: &'a Flow, conv: Conversation, default_language: &'a str, ctx: &'a TurnContext) -> Self {
+        Self {
+            flow,
+            conv,
+            default_language,
+            ctx,
+            actions: Vec::new(),
+            pending: Vec::new(),
+            ended: false,
+            waiting: false,
+        }
+    }
+
+    fn text(&self, t: &LocalText) -> String {
+        render(t.get(&self.conv.language, self.default_language), &self.conv.answers, self.ctx)
+    }
+
+    /// Runs steps from `pos` until one waits for an answer or the flow ends.
+    fn from(&mut self, mut pos: usize) {
+        for _ in 0..MAX_STEPS_PER_TURN {
+            let Some(step) = self.flow.steps.get(pos) else {
+                self.ended = true;
+                return;
+            };
+            match &step.kind {
+                StepKind::Say(t) => {
+                    let t = self.text(t);
+                    self.pending.push(t);
+                }
+                StepKind::Ask(ask) => {
+                    self.prompt(step, ask, None);
+                    return;
+                }
+                StepKind::Save { field, value } => {
+                    let value = render(value, &self.conv.answers, self.ctx);
+                    self.actions.push(Action::Save { field: field.clone(), value });
+                }
+                StepKind::Handoff { topic } => {
+                    self.flush();
+                    self.actions.push(Action::Handoff { topic: topic.clone() });
+                    self.ended = true;
+                    return;
+                }
+                StepKind::Pass => {}
+            }
+            match &step.next {
+                Next::Following => pos += 1,
+                Next::End => {
+                    self.ended = true;
+                    return;
+                }
+                Next::Goto(id) => match self.flow.position(id) {
+                    Some(p) => pos = p,
+                    None => {
+                        self.ended = true;
+                        return;
+                    }
+                },
+            }
+        }
+        // A loop of steps that never asks anything.
+        self.ended = true;
+    }
+
+    /// Goes on after the step at `pos` as `next` says.
+    fn follow(&mut self, pos: usize, next: &Next) {
+        match next {
+            Next::Following => self.from(pos + 1),
+            Next::End => self.ended = true,
+            Next::Goto(id) => match self.flow.position(id) {
+                Some(p) => self.from(p),
+                None => self.ended = true,
+            },
+        }
+    }
+
+    /// Sends the question of `step` (after `before`, a retry text) and waits for its answer.
+    fn prompt(&mut self, step: &Step, ask: &Ask, before: Option<&LocalText>) {
+        if let Some(t) = before {
+            let t = self.text(t);
+            self.pending.push(t);
+        }
+        let question = self.text(&ask.prompt);
+        let lang = self.conv.language.clone();
+        let options = |opts: &[&ChoiceOption]| -> Vec<(String, String)> {
+            opts.iter().map(|o| (o.id.clone(), o.title.get(&lang, self.default_language).to_string())).collect()
+        };
+        let message = match &ask.answer {
+            AnswerKind::Choice { options: opts, list_button } => {
+                let refs: Vec<&ChoiceOption> = opts.iter().collect();
+                Some((options(&refs), list_button.as_ref().map(|b| self.text(b))))
+            }
+            AnswerKind::YesNo { yes, no } => Some((options(&[yes, no]), None)),
+            _ => None,
+        };
+        match message {
+            Some((options, list_button)) => {
+                // The texts before the question share its message when they fit.
+                let mut body = self.pending.join("\n\n");
+                if body.is_empty() {
+                    body = question;
+                } else if body.chars().count() + 2 + question.chars().count() <= MAX_INTERACTIVE_BODY {
+                    body = format!("{body}\n\n{question}");
+                } else {
+                    self.flush();
+                    body = question;
+                }
+                self.pending.clear();
+                self.actions.push(Action::Send(Outgoing::Choice { body, options, list_button }));
+            }
+            None => {
+                self.pending.push(question);
+                self.flush();
+            }
+        }
+        self.conv.step = step.id.clone();
+        self.waiting = true;
+    }
+
+    /// Sends the texts waiting, as one message.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let text = self.pending.join("\n\n");
+        self.pending.clear();
+        self.actions.push(Action::Send(Outgoing::Text(text)));
+    }
+
+    fn finish(mut self) -> Turn {
+        self.flush();
+        let conversation = if self.ended || !self.waiting { None } else { Some(self.conv) };
+        Turn { conversation, actions: self.actions }
+    }
+}
+
+/// Renders a flow text: `{{ answers.que }}`, `{{ Nombre }}` (a field of the record). Unknown
+/// names render empty: a person must never see a template error.
+pub fn render(text: &str, answers: &BTreeMap<String, String>, ctx: &TurnContext) -> String {
+    if !text.contains("{{") && !text.contains("{%") {
+        return text.to_string();
+    }
+    let mut env = crate::expressions::environment();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    let mut context = ctx.record.clone();
+    context.insert("answers".into(), serde_json::to_value(answers).unwrap_or_default());
+    env.render_str(text, serde_json::Value::Object(context)).unwrap_or_else(|_| text.to_string())
+}
+
+/// Reads an answer: its value and, for a choice with its own `goto`, where to go.
+fn read_answer(kind: &AnswerKind, input: &Input) -> Option<(String, Option<Next>)> {
+    let text = input.text.trim();
+    match kind {
+        AnswerKind::Choice { options, .. } => {
+            pick(options.iter().collect::<Vec<_>>().as_slice(), input).map(|o| (o.value.clone(), o.goto.clone()))
+        }
+        AnswerKind::YesNo { yes, no } => {
+            if let Some(o) = pick(&[yes, no], input) {
+                return Some((o.value.clone(), o.goto.clone()));
+            }
+            let word = normalise_keyword(text.trim_end_matches(['.', '!']));
+            match word.as_str() {
+                "SI" | "S" | "YES" | "Y" | "SIM" | "OUI" | "CLARO" | "OK" => {
+                    Some((yes.value.clone(), yes.goto.clone()))
+                }
+                "NO" | "N" | "NAO" | "NON" => Some((no.value.clone(), no.goto.clone())),
+                _ => None,
+            }
+        }
+        AnswerKind::Number { min, max, integer } => {
+            let n: f64 = text.replace(',', ".").parse().ok().filter(|n: &f64| n.is_finite())?;
+            if *integer && n.fract() != 0.0 {
+                return None;
+            }
+            if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
+                return None;
+            }
+            Some((crate::domain::record::format_number(n), None))
+        }
+        AnswerKind::Text { max_chars } => {
+            (!text.is_empty() && text.chars().count() <= *max_chars).then(|| (text.to_string(), None))
+        }
+        AnswerKind::Date => {
+            let d = crate::schedule::parse_date(text, crate::schedule::DateOrder::Dmy).ok()?;
+            Some((d.date.format("%Y-%m-%d").to_string(), None))
+        }
+        AnswerKind::Phone { default_region } => {
+            let p = crate::domain::PhoneNumber::parse(text, *default_region).ok()?;
+            Some((p.as_str().to_string(), None))
+        }
+        AnswerKind::Email => valid_email(text).then(|| (text.to_string(), None)),
+    }
+}
+
+/// The option a person chose: the button or row they tapped, its number in a numbered list,
+/// or its title typed out (case and accents aside).
+fn pick<'o>(options: &[&'o ChoiceOption], input: &Input) -> Option<&'o ChoiceOption> {
+    if let Some(id) = &input.choice_id {
+        if let Some(o) = options.iter().find(|o| &o.id == id) {
+            return Some(o);
+        }
+    }
+    let text = input.text.trim().trim_end_matches(['.', ')']);
+    if let Ok(n) = text.parse::<usize>() {
+        return n.checked_sub(1).and_then(|i| options.get(i)).copied();
+    }
+    let typed = normalise_keyword(text);
+    if typed.is_empty() {
+        return None;
+    }
+    options
+        .iter()
+        .find(|o| o.title.all().any(|t| normalise_keyword(t) == typed) || normalise_keyword(&o.id) == typed)
+        .copied()
+}
+
+fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    !local.is_empty()
+        && s.len() <= 254
+        && !s.chars().any(char::is_whitespace)
+        && !domain.contains('@')
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> LocalText {
+        LocalText { by_language: [("es".to_string(), s.to_string())].into() }
+    }
+
+    fn opt(id: &str, title: &str, goto: Option<&str>) -> ChoiceOption {
+        ChoiceOption {
+            id: id.into(),
+            title: text(title),
+            value: title.into(),
+            goto: goto.map(|g| Next::Goto(g.into())),
+        }
+    }
+
+    fn step(id: &str, kind: StepKind, next: Next) -> Step {
+        Step { id: id.into(), kind, next }
+    }
+
+    fn ask(prompt: &str, answer: AnswerKind) -> Ask {
+        Ask {
+            prompt: text(prompt),
+            answer,
+            retry: Some(text("No entendí.")),
+            retries: 1,
+            on_fail: Next::End,
+            save: None,
+        }
+    }
+
+    fn menu() -> Flow {
+        Flow::new(
+            "menu".into(),
+            "v1".into(),
+            vec![
+                step("hola", StepKind::Say(text("¡Hola!")), Next::Following),
+                step(
+                    "opcion",
+                    StepKind::Ask(Box::new(ask(
+                        "¿Qué necesitas?",
+                        AnswerKind::Choice {
+                            options: vec![
+                                opt("horarios", "Horarios", Some("horarios")),
+                                opt("reporte", "Reportar", Some("que")),
+                            ],
+                            list_button: None,
+                        },
+                    ))),
+                    Next::End,
+                ),
+                step("horarios", StepKind::Say(text("De 8:30 a 14:00.")), Next::End),
+                step(
+                    "que",
+                    StepKind::Ask(Box::new(Ask {
+                        save: Some("Problema".into()),
+                        ..ask("¿Qué pasó?", AnswerKind::Text { max_chars: 500 })
+                    })),
+                    Next::Following,
+                ),
+                step("gracias", StepKind::Say(text("Gracias: {{ answers.que }}")), Next::End),
+            ],
+            Duration::from_secs(3600),
+        )
+    }
+
+    fn ctx() -> TurnContext {
+        TurnContext::default()
+    }
+
+    fn says(i: &str) -> Input {
+        Input { text: i.into(), choice_id: None }
+    }
+
+    #[test]
+    fn a_menu_greets_and_asks_in_one_message_then_branches() {
+        let f = menu();
+        let t = start(&f, "es", "es", &ctx());
+        assert_eq!(
+            t.actions,
+            vec![Action::Send(Outgoing::Choice {
+                body: "¡Hola!\n\n¿Qué necesitas?".into(),
+                options: vec![("horarios".into(), "Horarios".into()), ("reporte".into(), "Reportar".into())],
+                list_button: None
+            })]
+        );
+        let conv = t.conversation.unwrap();
+        assert_eq!(conv.step, "opcion");
+        // Tapped, numbered and typed answers all pick the option.
+        for input in
+            [Input { text: "Horarios".into(), choice_id: Some("horarios".into()) }, says("1"), says(" horarios ")]
+        {
+            let t = answer(&f, conv.clone(), &input, "es", &ctx());
+            assert_eq!(t.actions, vec![Action::Send(Outgoing::Text("De 8:30 a 14:00.".into()))]);
+            assert!(t.conversation.is_none(), "the branch ends the conversation");
+        }
+    }
+
+    #[test]
+    fn a_free_text_answer_is_saved_and_rendered() {
+        let f = menu();
+        let conv = start(&f, "es", "es", &ctx()).conversation.unwrap();
+        let conv = answer(&f, conv, &says("2"), "es", &ctx()).conversation.unwrap();
+        assert_eq!(conv.step, "que");
+        let t = answer(&f, conv, &says("Un bache"), "es", &ctx());
+        assert_eq!(
+            t.actions,
+            vec![
+                Action::Save { field: "Problema".into(), value: "Un bache".into() },
+                Action::Send(Outgoing::Text("Gracias: Un bache".into()))
+            ]
+        );
+        assert!(t.conversation.is_none());
+    }
+
+    #[test]
+    fn an_answer_that_does_not_fit_is_asked_again_then_given_up() {
+        let f = menu();
+        let conv = start(&f, "es", "es", &ctx()).conversation.unwrap();
+        let t = answer(&f, conv, &says("7"), "es", &ctx());
+        let Action::Send(Outgoing::Choice { body, .. }) = &t.actions[0] else { panic!("{t:?}") };
+        assert_eq!(body, "No entendí.\n\n¿Qué necesitas?");
+        let conv = t.conversation.unwrap();
+        assert_eq!(conv.attempts, 1);
+        let t = answer(&f, conv, &says("qué?"), "es", &ctx());
+        assert!(t.conversation.is_none(), "retries: 1, so the second miss gives up (on_fail: end)");
+        assert!(t.actions.is_empty());
+    }
+
+    #[test]
+    fn each_answer_type_reads_what_people_type() {
+        let read = |k: AnswerKind, s: &str| read_answer(&k, &says(s)).map(|(v, _)| v);
+        let num = || AnswerKind::Number { min: Some(1.0), max: Some(7.0), integer: true };
+        assert_eq!(read(num(), "5"), Some("5".into()));
+        assert_eq!(read(num(), "9"), None);
+        assert_eq!(read(num(), "2,5"), None);
+        assert_eq!(read(AnswerKind::Number { min: None, max: None, integer: false }, "2,5"), Some("2.5".into()));
+        let yn = || AnswerKind::YesNo { yes: opt("si", "Sí", None), no: opt("no", "No", None) };
+        assert_eq!(read(yn(), "si"), Some("Sí".into()));
+        assert_eq!(read(yn(), "NO."), Some("No".into()));
+        assert_eq!(read(yn(), "tal vez"), None);
+        assert_eq!(read(AnswerKind::Date, "24/12/2026"), Some("2026-12-24".into()));
+        assert_eq!(read(AnswerKind::Date, "mañana"), None);
+        assert_eq!(read(AnswerKind::Email, "ana@example.org"), Some("ana@example.org".into()));
+        assert_eq!(read(AnswerKind::Email, "ana at example"), None);
+        assert_eq!(read(AnswerKind::Email, "ana@example"), None);
+        let phone = || AnswerKind::Phone { default_region: phonenumber::country::Id::CL };
+        assert_eq!(read(phone(), "9 8765 4321"), Some("+56987654321".into()));
+        assert_eq!(read(phone(), "123"), None);
+        assert_eq!(read(AnswerKind::Text { max_chars: 5 }, "hola"), Some("hola".into()));
+        assert_eq!(read(AnswerKind::Text { max_chars: 5 }, "hola mundo"), None);
+        assert_eq!(read(AnswerKind::Text { max_chars: 5 }, "  "), None);
+    }
+
+    #[test]
+    fn a_changed_flow_asks_the_step_again_or_starts_over() {
+        let f = menu();
+        let conv = start(&f, "es", "es", &ctx()).conversation.unwrap();
+        let mut changed = menu();
+        changed.version = "v2".into();
+        let t = answer(&changed, conv.clone(), &says("1"), "es", &ctx());
+        assert_eq!(t.conversation.as_ref().unwrap().step, "opcion", "the same step, asked again");
+        assert_eq!(t.conversation.as_ref().unwrap().version, "v2");
+        assert!(matches!(&t.actions[0], Action::Send(Outgoing::Choice { body, .. }) if body == "¿Qué necesitas?"));
+        let mut gone = conv;
+        gone.step = "paso_borrado".into();
+        let t = answer(&f, gone, &says("1"), "es", &ctx());
+        assert_eq!(t.conversation.unwrap().step, "opcion", "from the start");
+    }
+
+    #[test]
+    fn a_goto_loop_without_a_question_ends() {
+        let f = Flow::new(
+            "loop".into(),
+            "v".into(),
+            vec![step("a", StepKind::Pass, Next::Goto("b".into())), step("b", StepKind::Pass, Next::Goto("a".into()))],
+            Duration::from_secs(60),
+        );
+        let t = start(&f, "es", "es", &ctx());
+        assert!(t.conversation.is_none());
+    }
+
+    #[test]
+    fn texts_fall_back_to_the_default_language_and_render_record_fields() {
+        let t = LocalText { by_language: [("es".into(), "Hola".into()), ("en".into(), "Hello".into())].into() };
+        assert_eq!(t.get("en", "es"), "Hello");
+        assert_eq!(t.get("qu", "es"), "Hola");
+        let mut record = serde_json::Map::new();
+        record.insert("Nombre".into(), serde_json::json!("Ana"));
+        let ctx = TurnContext { record };
+        assert_eq!(render("Hola {{ Nombre }} {{ Falta }}", &BTreeMap::new(), &ctx), "Hola Ana ");
+    }
+}

@@ -1,0 +1,314 @@
+//! Conversation tests as data: each file in `tests/conversations/` is a scenario — the flows'
+//! configuration, the people, and a transcript (what a person says or taps → what the bot
+//! answers, which cells change) — run over real HTTP against the sandbox, on each provider the
+//! scenario names (Meta shows buttons and lists; Twilio gets numbered options, answered by
+//! number).
+//!
+//! Transcript lines (one key each, `as: N` to speak as person N instead of the first one):
+//! `user: TEXT`, `tap: TITLE` (a button or list row of the bot's last message; on Twilio, its
+//! number), `bot: TEXT` or `bot: {says: TEXT, options: [TITLE, …]}` (the next bot message
+//! contains TEXT and offers exactly those options), `no_reply: true` (the daemon settles and
+//! the bot said nothing more), `cell: {row: N, column: C, is: V}`, `restart: true`,
+//! `advance: 3h` (moves the daemon's clock).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::harness::{e164, header, row, wa_id, wait_for, Harness, Vendor, SHEET, TAB};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    about: String,
+    #[serde(default = "meta_only")]
+    vendors: Vec<String>,
+    /// Extra columns of the sheet (for answers saved to the row).
+    #[serde(default)]
+    columns: Vec<String>,
+    /// People with a row in the sheet.
+    #[serde(default)]
+    people: Vec<u32>,
+    /// People on WhatsApp without a row.
+    #[serde(default)]
+    strangers: Vec<u32>,
+    /// Top-level YAML added to the harness's configuration (`flows:`, `inbound:`).
+    config: String,
+    script: Vec<Value>,
+}
+
+fn meta_only() -> Vec<String> {
+    vec!["meta".into()]
+}
+
+/// A bot message as the person sees it.
+#[derive(Debug, Clone)]
+struct BotMessage {
+    provider_id: String,
+    text: String,
+    /// (id, title) of buttons or list rows (Meta); numbered lines are in `text` (Twilio).
+    options: Vec<(String, String)>,
+    list: bool,
+}
+
+fn bot_messages(h: &Harness, n: u32) -> Vec<BotMessage> {
+    match h.vendor {
+        Vendor::Meta => h
+            .meta_sent_to(n)
+            .into_iter()
+            .filter(|m| m.body["type"] != "template")
+            .map(|m| {
+                let i = &m.body["interactive"];
+                let list = i["type"] == "list";
+                let options = if list {
+                    i["action"]["sections"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|s| s["rows"].as_array().cloned().unwrap_or_default())
+                        .map(|r| {
+                            (r["id"].as_str().unwrap_or("").to_string(), r["title"].as_str().unwrap_or("").to_string())
+                        })
+                        .collect()
+                } else {
+                    i["action"]["buttons"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|b| {
+                            (
+                                b["reply"]["id"].as_str().unwrap_or("").to_string(),
+                                b["reply"]["title"].as_str().unwrap_or("").to_string(),
+                            )
+                        })
+                        .collect()
+                };
+                let text = m.body["text"]["body"].as_str().or(i["body"]["text"].as_str()).unwrap_or("").to_string();
+                BotMessage { provider_id: m.wamid.clone(), text, options, list }
+            })
+            .collect(),
+        Vendor::Twilio => h
+            .sandbox
+            .twilio()
+            .sent()
+            .into_iter()
+            .filter(|m| m.to == format!("whatsapp:{}", e164(n)) && m.template.is_none())
+            .map(|m| BotMessage { provider_id: m.sid.clone(), text: m.body.clone(), options: Vec::new(), list: false })
+            .collect(),
+    }
+}
+
+/// The numbered option `title` in a text (`2. Reportar un problema`).
+fn numbered(text: &str, title: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let (n, t) = l.split_once(". ")?;
+        (t.trim() == title).then(|| n.trim().parse().ok()).flatten()
+    })
+}
+
+struct Runner {
+    h: Harness,
+    file: String,
+    /// Bot messages already checked, per person.
+    seen: HashMap<u32, usize>,
+    last: HashMap<u32, BotMessage>,
+    default_person: u32,
+}
+
+impl Runner {
+    fn fail(&self, line: usize, what: &str) -> ! {
+        panic!("{} ({:?}), line {}: {what}", self.file, self.h.vendor, line + 1)
+    }
+
+    async fn next_bot(&mut self, n: u32, line: usize) -> BotMessage {
+        let want = self.seen.get(&n).copied().unwrap_or(0) + 1;
+        let h = &self.h;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = bot_messages(h, n);
+            if all.len() >= want {
+                let m = all[want - 1].clone();
+                self.seen.insert(n, want);
+                self.last.insert(n, m.clone());
+                return m;
+            }
+            if std::time::Instant::now() > deadline {
+                self.fail(line, &format!("expected bot message #{want}, the bot sent {}", all.len()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn run_line(&mut self, i: usize, v: &Value) {
+        let who = v.get("as").and_then(Value::as_u64).map(|n| n as u32).unwrap_or(self.default_person);
+        if let Some(text) = v.get("user").and_then(Value::as_str) {
+            self.h.says(who, text, None);
+        } else if let Some(title) = v.get("tap").and_then(Value::as_str) {
+            let Some(last) = self.last.get(&who).cloned() else { self.fail(i, "tap before any bot message") };
+            match self.h.vendor {
+                Vendor::Meta => {
+                    let Some((id, t)) = last.options.iter().find(|(_, t)| t == title) else {
+                        self.fail(i, &format!("no option '{title}' in {:?}", last.options))
+                    };
+                    self.h.sandbox.meta().user_picks(&wa_id(who), id, t, last.list, Some(&last.provider_id));
+                }
+                Vendor::Twilio => {
+                    let Some(number) = numbered(&last.text, title) else {
+                        self.fail(i, &format!("no numbered option '{title}' in {:?}", last.text))
+                    };
+                    self.h.says(who, &number.to_string(), None);
+                }
+            }
+        } else if let Some(expect) = v.get("bot") {
+            let m = self.next_bot(who, i).await;
+            let (says, options) = match expect {
+                Value::String(s) => (s.clone(), None),
+                other => (
+                    other.get("says").and_then(Value::as_str).unwrap_or("").to_string(),
+                    other
+                        .get("options")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect::<Vec<_>>()),
+                ),
+            };
+            if !m.text.contains(&says) {
+                self.fail(i, &format!("the bot said {:?}, expected it to contain {says:?}", m.text));
+            }
+            if let Some(options) = options {
+                match self.h.vendor {
+                    Vendor::Meta => {
+                        let titles: Vec<&String> = m.options.iter().map(|(_, t)| t).collect();
+                        if titles != options.iter().collect::<Vec<_>>() {
+                            self.fail(i, &format!("options {titles:?}, expected {options:?}"));
+                        }
+                    }
+                    Vendor::Twilio => {
+                        for (k, o) in options.iter().enumerate() {
+                            if numbered(&m.text, o) != Some(k as u32 + 1) {
+                                self.fail(i, &format!("expected option {}. {o} in {:?}", k + 1, m.text));
+                            }
+                        }
+                    }
+                }
+            }
+        } else if v.get("no_reply").is_some() {
+            self.h.quiet().await;
+            let count = bot_messages(&self.h, who).len();
+            let seen = self.seen.get(&who).copied().unwrap_or(0);
+            if count != seen {
+                let extra = &bot_messages(&self.h, who)[seen..];
+                self.fail(i, &format!("expected no reply, the bot said {extra:?}"));
+            }
+        } else if let Some(c) = v.get("cell") {
+            let key = c["row"].as_u64().map(|k| k.to_string()).unwrap_or_default();
+            let column = c["column"].as_str().unwrap_or("");
+            let want = c["is"].as_str().map(String::from).unwrap_or_else(|| c["is"].to_string());
+            let h = &self.h;
+            wait_for(&format!("{}: row {key} {column} = {want}", self.file), Duration::from_secs(20), || async {
+                h.cell(&key, column) == want
+            })
+            .await;
+        } else if v.get("restart").is_some() {
+            self.h.quiet().await;
+            self.h.stop().await;
+            self.h.start().await;
+        } else if let Some(d) = v.get("advance").and_then(Value::as_str) {
+            let d = recado::validation::parse_duration(d).unwrap_or_else(|e| self.fail(i, &e));
+            self.h.clock.advance(d);
+        } else {
+            self.fail(i, &format!("unknown line {v}"));
+        }
+    }
+}
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conversations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/conversations exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::String(s) => json!(s),
+        Yaml::Integer(i) => json!(i),
+        Yaml::Real(r) => r.parse::<f64>().map(|f| json!(f)).unwrap_or_else(|_| json!(r)),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+fn load(path: &Path) -> Scenario {
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc = docs.first().unwrap_or_else(|| panic!("{} is empty", path.display()));
+    serde_json::from_value(yaml_to_json(doc)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn run(path: &Path, vendor: Vendor) {
+    let file = path.file_name().unwrap().to_string_lossy().to_string();
+    let scenario = load(path);
+    let mut rows: Vec<Vec<Value>> = scenario.people.iter().map(|n| row(*n, &format!("P{n}"), "Sí", "Activo")).collect();
+    for r in &mut rows {
+        r.extend(scenario.columns.iter().map(|_| json!("")));
+    }
+    let mut h = Harness::on(vendor, Vec::new()).await;
+    let mut all = vec![header()];
+    all[0].extend(scenario.columns.iter().map(|c| json!(c)));
+    all.extend(rows);
+    h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
+    for n in scenario.people.iter().chain(&scenario.strangers) {
+        h.user(*n, false, None);
+    }
+    h.extra_top = scenario.config.clone();
+    h.start().await;
+    let default_person = scenario.people.first().or(scenario.strangers.first()).copied().unwrap_or(100);
+    let mut r = Runner {
+        h,
+        file: format!("{file} ({})", scenario.about),
+        seen: HashMap::new(),
+        last: HashMap::new(),
+        default_person,
+    };
+    for (i, line) in scenario.script.iter().enumerate() {
+        r.run_line(i, line).await;
+    }
+    r.h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_conversation_scenario_runs_as_written() {
+    let files = scenarios();
+    assert!(!files.is_empty(), "no scenario in tests/conversations");
+    for path in files {
+        for v in load(&path).vendors {
+            let vendor = match v.as_str() {
+                "meta" => Vendor::Meta,
+                "twilio" => Vendor::Twilio,
+                other => panic!("{}: unknown vendor {other}", path.display()),
+            };
+            run(&path, vendor).await;
+        }
+    }
+}
