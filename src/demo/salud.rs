@@ -71,7 +71,7 @@ pub fn define_org(sandbox: &Sandbox) {
         ],
     ));
     for (name, length) in
-        [("Recado_Id__c", 80), ("WhatsApp_Direccion__c", 20), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100)]
+        [("Recado_Id__c", 255), ("WhatsApp_Direccion__c", 20), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100)]
     {
         sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
     }

@@ -505,7 +505,7 @@ fn tasks(h: &Harness) -> Vec<Map<String, Value>> {
 async fn every_message_and_reply_is_a_task_on_the_contact_and_the_appointment_once_across_a_restart() {
     let mut h = org(TASK_LOG, "").await;
     let sf = h.sandbox.salesforce();
-    sf.add_field("Task", FieldDef::new("Recado_Id__c", FieldKind::String).with_length(80));
+    sf.add_field("Task", FieldDef::new("Recado_Id__c", FieldKind::String).with_length(255));
     sf.add_field("Task", FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40));
     sf.add_field("Task", FieldDef::new("WhatsApp_Id__c", FieldKind::String).with_length(100));
     sf.add_field("Task", FieldDef::new("WhatsApp_Direccion__c", FieldKind::String).with_length(20));
@@ -576,7 +576,7 @@ async fn a_custom_log_object_is_upserted_on_its_external_id() {
         "WhatsApp_Message__c",
         "a02",
         vec![
-            FieldDef::new("Recado_Id__c", FieldKind::String).with_length(80).external_id(),
+            FieldDef::new("Recado_Id__c", FieldKind::String).with_length(255).external_id(),
             FieldDef::reference("Cita__c", "Cita__c"),
             FieldDef::reference("Contacto__c", "Contact"),
             FieldDef::new("Direccion__c", FieldKind::Picklist),
@@ -799,4 +799,35 @@ async fn a_where_condition_on_today_is_read_again_each_day_and_a_record_entering
     settle(&h).await;
     assert_eq!(h.sent_count(), 1, "only the record that entered the condition");
     assert_eq!(full_reads(), before + 1, "one full read for the new day, then incremental polls again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
+    let rule = r#"
+  - id: nombre
+    source: citas
+    when: { changed: Contacto__r.FirstName }
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Contacto__r.FirstName }}"]
+      button_url_suffix: "cita?id={{ Id }}"
+"#;
+    let mut h = org("    full_read_every: 10m\n", rule).await;
+    let m = mother(&h, 20);
+    h.user(20, false, None);
+    let _c = cita(&h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
+    // Saved a while ago: the first read takes it as read for good.
+    h.sandbox.salesforce().advance(Duration::from_secs(5));
+    start(&mut h).await;
+    settle(&h).await;
+    let sf = h.sandbox.salesforce();
+    sf.update("Contact", &m, fields(json!({"FirstName": "Marisol"}))).unwrap();
+    more_polls(&h, 3).await;
+    h.quiet().await;
+    assert_eq!(h.sent_count(), 0, "the appointment's own stamp did not move: incremental polls do not see it");
+    sf.advance(Duration::from_secs(11 * 60));
+    wait_for("the change on the Contact to be seen", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
+    assert_eq!(h.sent_to(20)[0].params[0], "Marisol");
 }

@@ -446,7 +446,7 @@ impl Inner {
         self.next_id += 1;
         let Some(obj) = self.objects.get_mut(&object.to_lowercase()) else { return String::new() };
         let id = make_id(&obj.def.prefix, n);
-        let stamp = json!(format_datetime(now));
+        let stamp = json!(format_datetime(whole_second(now)));
         values.insert("Id".into(), json!(id));
         values.insert("IsDeleted".into(), json!(false));
         values.insert("CreatedDate".into(), stamp.clone());
@@ -590,8 +590,14 @@ impl Inner {
     }
 }
 
+/// Salesforce keeps date-times to the second (`…:07.000+0000`): two saves within one second
+/// carry the same `SystemModstamp`.
+fn whole_second(ms: i64) -> i64 {
+    ms - ms.rem_euclid(1000)
+}
+
 fn touch(rec: &mut Rec, now: i64) {
-    let stamp = json!(format_datetime(now));
+    let stamp = json!(format_datetime(whole_second(now)));
     rec.values.insert("LastModifiedDate".into(), stamp.clone());
     rec.values.insert("SystemModstamp".into(), stamp);
 }

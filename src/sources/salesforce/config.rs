@@ -82,6 +82,12 @@ pub struct RawSalesforce {
     /// records window must span more than a minute).
     #[serde(default)]
     pub deletions_every: Option<String>,
+    /// A field read through a relationship (`Contacto__r.MobilePhone`) can change without the
+    /// record's `SystemModstamp` moving, so a source that reads any is read in full again this
+    /// often (default `1h`, at least `10m`); a phone or consent changed on the Contact is seen
+    /// within this time.
+    #[serde(default)]
+    pub full_read_every: Option<String>,
     /// How long write-back may wait to be batched (default `2s`).
     #[serde(default)]
     pub flush_interval: Option<String>,
@@ -215,6 +221,8 @@ pub struct SalesforceConfig {
     pub time_zone: Option<String>,
     pub overlap: Duration,
     pub deletions_every: Duration,
+    /// How often a source reading relationship fields is read in full.
+    pub full_read_every: Duration,
     pub max_api_share: f64,
     pub auth: AuthConfig,
     pub interaction_log: Option<InteractionLog>,
@@ -348,6 +356,13 @@ pub fn validate(
         Duration::from_secs(120),
         Duration::from_secs(24 * 3600),
     );
+    let full_read_every = p.duration(
+        &format!("{path}.full_read_every"),
+        s.full_read_every.as_deref(),
+        Duration::from_secs(3600),
+        Duration::from_secs(600),
+        Duration::from_secs(7 * 24 * 3600),
+    );
     let max_api_share = p.number(&format!("{path}.max_api_share"), s.max_api_share, 0.5, 0.0..=1.0);
     let auth = validate_auth(p, env, &format!("{path}.auth"), s.auth, &login_url);
     let interaction_log = s.interaction_log.map(|l| validate_log(p, &format!("{path}.interaction_log"), l));
@@ -381,6 +396,7 @@ pub fn validate(
         time_zone: s.time_zone,
         overlap,
         deletions_every,
+        full_read_every,
         max_api_share,
         auth: auth?,
         interaction_log,

@@ -90,32 +90,34 @@ struct Mark {
     watermark_ms: i64,
     /// Deletions after this are asked for next.
     deletions_ms: i64,
-    /// The local day of the last full read: a `where` with relative dates (`TODAY`,
+    /// Server time of the last full read. A `where` with relative dates (`TODAY`,
     /// `NEXT_N_DAYS:7`) selects other records each day without any record changing, so such a
-    /// source is read fully again on the first poll of each day.
-    full_day: Option<chrono::NaiveDate>,
+    /// source is read fully again on the first poll of each day; fields read through a
+    /// relationship change without the record's stamp moving, so such a source is read fully
+    /// again every `full_read_every`.
+    full_ms: Option<i64>,
 }
 
 impl Mark {
     fn parse(v: &str) -> Option<Mark> {
         let mut wm = None;
         let mut del = None;
-        let mut day = None;
+        let mut full = None;
         for part in v.split(';') {
             if let Some(x) = part.strip_prefix("wm=") {
                 wm = x.parse().ok();
             } else if let Some(x) = part.strip_prefix("del=") {
                 del = x.parse().ok();
-            } else if let Some(x) = part.strip_prefix("day=") {
-                day = x.parse().ok();
+            } else if let Some(x) = part.strip_prefix("full=") {
+                full = x.parse().ok();
             }
         }
-        Some(Mark { watermark_ms: wm?, deletions_ms: del?, full_day: day })
+        Some(Mark { watermark_ms: wm?, deletions_ms: del?, full_ms: full })
     }
 
     fn encode(&self) -> String {
-        match self.full_day {
-            Some(day) => format!("wm={};del={};day={day}", self.watermark_ms, self.deletions_ms),
+        match self.full_ms {
+            Some(full) => format!("wm={};del={};full={full}", self.watermark_ms, self.deletions_ms),
             None => format!("wm={};del={}", self.watermark_ms, self.deletions_ms),
         }
     }
@@ -281,13 +283,9 @@ impl RecordReader {
         let (records, _, server_ms) = self.client.query(&soql, &format!("reading {}", self.cfg.object)).await?;
         let started = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
         // A second's margin: `Date` has whole seconds.
-        let mark = Mark {
-            watermark_ms: started - 1_000,
-            deletions_ms: started - 1_000,
-            full_day: Some(local_day(started, tz)),
-        };
+        let mark = Mark { watermark_ms: started - 1_000, deletions_ms: started - 1_000, full_ms: Some(started) };
         let version = mark.encode();
-        let seen = id_stamps(&records);
+        let seen = id_stamps(&records, started);
         let pass = Pass { complete: true, seen, deleted: Vec::new(), gone: Vec::new() };
         let read = self.convert(spec, selected, tz, records, pass, version.clone()).await?;
         let mut s = self.lock();
@@ -313,9 +311,14 @@ impl RecordReader {
         let what = format!("reading changes of {}", self.cfg.object);
         let (records, _, server_ms) = self.client.query(&soql, &what).await?;
         let now = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
-        if self.cfg.filter.as_deref().is_some_and(mentions_relative_dates) && mark.full_day != Some(local_day(now, tz))
-        {
+        let new_day = mark.full_ms.map(|ms| local_day(ms, tz)) != Some(local_day(now, tz));
+        if new_day && self.cfg.filter.as_deref().is_some_and(mentions_relative_dates) {
             info!(source = %self.cfg.settings.id, "a new day: the where condition's relative dates select other records, reading them all again");
+            return self.full_read(spec, selected, tz).await;
+        }
+        let every = i64::try_from(self.cfg.full_read_every.as_millis()).unwrap_or(i64::MAX);
+        if selected.iter().any(|f| f.contains('.')) && mark.full_ms.is_none_or(|ms| now - ms >= every) {
+            info!(source = %self.cfg.settings.id, "reading every record again: fields read through a relationship change without the record's SystemModstamp moving");
             return self.full_read(spec, selected, tz).await;
         }
         // Drop what was already read (same Id, same SystemModstamp).
@@ -330,7 +333,7 @@ impl RecordReader {
                 })
                 .collect()
         };
-        let seen = id_stamps(&fresh);
+        let seen = id_stamps(&fresh, now);
         // Records that no longer meet the `where` condition count as removed.
         let mut gone: Vec<String> = Vec::new();
         let mut deleted: Vec<String> = Vec::new();
@@ -342,7 +345,7 @@ impl RecordReader {
             gone.extend(outside.iter().filter_map(|r| r["Id"].as_str().map(String::from)));
             kept = inside;
         }
-        let mut next = Mark { watermark_ms: now - 1_000, deletions_ms: mark.deletions_ms, full_day: mark.full_day };
+        let mut next = Mark { watermark_ms: now - 1_000, deletions_ms: mark.deletions_ms, full_ms: mark.full_ms };
         let every = i64::try_from(self.cfg.deletions_every.as_millis()).unwrap_or(300_000);
         if now - mark.deletions_ms >= every {
             match self.deleted_since(mark.deletions_ms, now).await? {
@@ -553,10 +556,19 @@ struct Pass {
     gone: Vec<String>,
 }
 
-fn id_stamps(records: &[Value]) -> Vec<(String, String)> {
+/// `(Id, SystemModstamp)` of the records that can be taken as read for good at server time
+/// `now`. Salesforce keeps `SystemModstamp` to the second, so a record stamped in the last two
+/// seconds may be saved again with the very same stamp: it is left out, read again by the next
+/// poll (inside the overlap) and, if unchanged, dropped by the diff.
+fn id_stamps(records: &[Value], now: i64) -> Vec<(String, String)> {
     records
         .iter()
-        .filter_map(|r| Some((r["Id"].as_str()?.to_string(), r["SystemModstamp"].as_str()?.to_string())))
+        .filter_map(|r| {
+            let stamp = r["SystemModstamp"].as_str()?;
+            let at = chrono::DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%.f%z").ok()?.timestamp_millis();
+            let id = r["Id"].as_str()?;
+            (at <= now - 2_000).then(|| (id.to_string(), stamp.to_string()))
+        })
         .collect()
 }
 
@@ -739,10 +751,10 @@ mod tests {
 
     #[test]
     fn marks_and_literals() {
-        let m = Mark { watermark_ms: 5, deletions_ms: 7, full_day: None };
+        let m = Mark { watermark_ms: 5, deletions_ms: 7, full_ms: None };
         assert_eq!(Mark::parse(&m.encode()), Some(m));
-        let d = Mark { watermark_ms: 5, deletions_ms: 7, full_day: chrono::NaiveDate::from_ymd_opt(2026, 11, 22) };
-        assert_eq!(d.encode(), "wm=5;del=7;day=2026-11-22");
+        let d = Mark { watermark_ms: 5, deletions_ms: 7, full_ms: Some(9) };
+        assert_eq!(d.encode(), "wm=5;del=7;full=9");
         assert_eq!(Mark::parse(&d.encode()), Some(d));
         assert_eq!(Mark::parse("garbage"), None);
         assert_eq!(soql_datetime(1_795_352_400_123), "2026-11-22T13:00:00Z");

@@ -258,7 +258,21 @@ impl RecordWriter {
                 r.insert(meta.name.clone(), field_value(meta, value, tz)?);
                 Ok(())
             };
-            let mut problem = put(&log.key_field, key).err();
+            // The key finds the entry again after a restart: cut, it would find nothing (or
+            // another message's entry). Too long is a configuration problem, said as such.
+            let key_fits = fields
+                .get(&log.key_field.to_lowercase())
+                .is_none_or(|meta| meta.length == 0 || key.chars().count() <= meta.length);
+            let mut problem = if key_fits {
+                put(&log.key_field, key).err()
+            } else {
+                Some(format!(
+                    "{}.{} is shorter than recado's log keys ({} characters): make it a Text(255)",
+                    log.object,
+                    log.key_field,
+                    key.chars().count()
+                ))
+            };
             for (neutral, field) in &log.fields {
                 if let Some(v) = values.get(neutral) {
                     if let Err(e) = put(field, v) {
