@@ -79,6 +79,7 @@ fn bench_rules(c: &mut Criterion) {
             time_zone: None,
             window: None,
             lateness: None,
+            on_reply: None,
         },
         RuleConfig {
             id: "encuesta".into(),
@@ -96,6 +97,7 @@ fn bench_rules(c: &mut Criterion) {
             time_zone: None,
             window: None,
             lateness: None,
+            on_reply: None,
         },
     ];
     let set = RuleSet::compile(&rules).unwrap();
@@ -145,6 +147,7 @@ fn bench_planning(c: &mut Criterion) {
         time_zone: None,
         window: None,
         lateness: None,
+        on_reply: None,
     };
     let rules = vec![
         date_rule("cita", &["-2d"], chrono::NaiveTime::from_hms_opt(10, 0, 0)),

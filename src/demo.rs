@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
+pub mod municipio;
 pub mod salud;
 
 use crate::app;
@@ -32,6 +33,9 @@ pub enum DemoScenario {
     Empleo,
     /// A health programme's appointments in Salesforce, logged as Tasks.
     Salud,
+    /// A municipality's 24/7 bot (privacy notice, menu, a report) and a survey answered in
+    /// the chat.
+    Municipio,
 }
 
 /// Runs `scenario`.
@@ -45,6 +49,10 @@ pub async fn run_scenario(
         DemoScenario::Empleo => run(provider, until_settled, timeout).await,
         DemoScenario::Salud if provider == DemoProvider::Meta => salud::run(until_settled, timeout).await,
         DemoScenario::Salud => Err(anyhow::anyhow!("the salud scenario sends through Meta (leave --provider out)")),
+        DemoScenario::Municipio if provider == DemoProvider::Meta => municipio::run(until_settled, timeout).await,
+        DemoScenario::Municipio => {
+            Err(anyhow::anyhow!("the municipio scenario sends through Meta (leave --provider out)"))
+        }
     }
 }
 
@@ -440,13 +448,7 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
     } else {
         Err(anyhow::anyhow!("the demo did not settle within {}s", timeout.as_secs()))
     };
-    if !until_settled && settled {
-        println!("\nSandbox: {}/admin  ·  Ctrl-C para salir", sandbox.base_url());
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    running.stop().await;
-    sandbox.stop().await;
-    result
+    finish(running, sandbox, until_settled, result).await
 }
 
 /// Narrates until the scenario settled (`expected`: messages and replies) or `deadline`.
@@ -630,6 +632,23 @@ fn print_sheet(sandbox: &Sandbox) {
             .collect();
         println!("  {}", line.join(" │ "));
     }
+}
+
+/// Ends a scenario: with `until_settled` (or a failure) at once, else when Ctrl-C is pressed,
+/// so the sandbox's admin pages can be looked at.
+async fn finish(
+    running: app::RunningApp,
+    sandbox: Sandbox,
+    until_settled: bool,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if !until_settled && result.is_ok() {
+        println!("\nSandbox: {}/admin  ·  Ctrl-C para salir", sandbox.base_url());
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    running.stop().await;
+    sandbox.stop().await;
+    result
 }
 
 fn fit(s: &str, n: usize) -> String {

@@ -211,6 +211,9 @@ pub struct RuleConfig {
     pub time_zone: Option<chrono_tz::Tz>,
     pub window: Option<SendWindow>,
     pub lateness: Option<Duration>,
+    /// The flow that takes replies to this rule's messages (its first question is the one the
+    /// template asked).
+    pub on_reply: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +226,13 @@ pub struct InboundConfig {
     pub default_language: String,
     /// Languages every flow text must have.
     pub languages: Vec<String>,
+    /// Normalised.
+    pub opt_in_keywords: Vec<String>,
+    pub opt_out_reply: Option<String>,
+    pub opt_in_reply: Option<String>,
+    /// The privacy notice's version when one is configured (its flow is
+    /// [`crate::flows::config::CONSENT_FLOW`] in `flows`).
+    pub consent_version: Option<String>,
 }
 
 impl Config {

@@ -112,6 +112,11 @@ pub struct RawRule {
     /// Overrides `defaults.lateness` for this rule.
     #[serde(default)]
     pub lateness: Option<String>,
+    /// A flow (`flows:`) that takes the replies to this rule's messages: its first step is
+    /// the question the template asked (e.g. the reminder's buttons "Confirmo" / "Necesito
+    /// cambiar la hora"), and the reply is read as its answer.
+    #[serde(default)]
+    pub on_reply: Option<String>,
 }
 
 /// A template and how to fill its parameters.
@@ -152,4 +157,18 @@ pub struct RawInbound {
     /// Languages every flow text must have (`recado check` reports the missing ones).
     #[serde(default)]
     pub languages: Option<Vec<String>>,
+    /// A message that is one of these (alone or in a short message) opts a person back in
+    /// after an opt-out. Default: ALTA, START.
+    #[serde(default)]
+    pub opt_in_keywords: Option<Vec<String>>,
+    /// Sent to confirm an opt-out, e.g. "Listo, no te escribiremos más. Escribe ALTA para
+    /// volver." (the only message an opted-out person gets).
+    #[serde(default)]
+    pub opt_out_reply: Option<String>,
+    /// Sent to confirm an opt-in.
+    #[serde(default)]
+    pub opt_in_reply: Option<String>,
+    /// The privacy notice asked before the bot answers anything else (see the README).
+    #[serde(default)]
+    pub consent: Option<Value>,
 }

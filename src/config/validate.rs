@@ -243,6 +243,7 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 time_zone: rule_tz,
                 window: rule_window,
                 lateness,
+                on_reply: r.on_reply,
             });
         }
     }
@@ -258,14 +259,39 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     let default_language = inbound.default_language.unwrap_or_else(|| "es".into());
     p.non_empty("inbound.default_language", &default_language);
     let languages: Vec<String> = inbound.languages.unwrap_or_default();
-    let flows = crate::flows::config::validate(
-        &mut p,
-        take("flows"),
-        &crate::flows::config::Languages { default: &default_language, required: &languages },
-    );
+    let flow_languages = crate::flows::config::Languages { default: &default_language, required: &languages };
+    let mut flows = crate::flows::config::validate(&mut p, take("flows"), &flow_languages);
+    let consent_version = match inbound.consent {
+        Some(v) => crate::flows::config::consent_flow(&mut p, v, &flow_languages).map(|(flow, version)| {
+            flows.flows.insert(flow.id.clone(), flow);
+            version
+        }),
+        None => None,
+    };
+    for (i, r) in rules.iter().enumerate() {
+        if let Some(id) = &r.on_reply {
+            match flows.get(id) {
+                None => p.push(format!("rules[{i}].on_reply"), format!("no flow '{id}'")),
+                Some(f) if !matches!(f.steps.first().map(|s| &s.kind), Some(crate::flows::StepKind::Ask(_))) => p.push(
+                    format!("rules[{i}].on_reply"),
+                    format!("flow '{id}' must start with an ask step: the reply is read as its answer"),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    let opt_in = inbound.opt_in_keywords.unwrap_or_else(|| ["ALTA", "START"].map(String::from).to_vec());
+    for (name, text) in [("opt_out_reply", &inbound.opt_out_reply), ("opt_in_reply", &inbound.opt_in_reply)] {
+        if let Some(t) = text {
+            p.non_empty(&format!("inbound.{name}"), t);
+            if t.chars().count() > crate::flows::MAX_TEXT_BODY {
+                p.push(format!("inbound.{name}"), "at most 4096 characters (WhatsApp's limit)");
+            }
+        }
+    }
     if let Some(entry) = &inbound.entry_flow {
         if flows.get(entry).is_none() {
-            let known: Vec<&str> = flows.flows.keys().map(String::as_str).collect();
+            let known: Vec<&str> = flows.flows.keys().map(String::as_str).filter(|k| !k.starts_with("__")).collect();
             p.push(
                 "inbound.entry_flow",
                 format!(
@@ -280,6 +306,10 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         entry_flow: inbound.entry_flow,
         default_language,
         languages,
+        opt_in_keywords: opt_in.iter().map(|k| normalise_keyword(k)).collect(),
+        opt_out_reply: inbound.opt_out_reply,
+        opt_in_reply: inbound.opt_in_reply,
+        consent_version,
     };
 
     if p.is_empty() {

@@ -187,13 +187,7 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     } else {
         Err(anyhow::anyhow!("the demo did not settle within {}s", timeout.as_secs()))
     };
-    if !until_settled && result.is_ok() {
-        println!("\nSandbox: {}/admin  ·  Ctrl-C para salir", sandbox.base_url());
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    running.stop().await;
-    sandbox.stop().await;
-    result
+    super::finish(running, sandbox, until_settled, result).await
 }
 
 fn text(r: &Map<String, Value>, k: &str) -> String {

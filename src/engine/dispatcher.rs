@@ -342,7 +342,8 @@ impl Dispatcher {
         let mut later: Vec<(i64, i64)> = Vec::new();
         for mut m in chunk {
             let contact = contacts.get(m.phone.as_str());
-            if contact.is_some_and(|c| c.opted_out_at.is_some()) {
+            // The confirmation of an opt-out is the one message an opted-out person gets.
+            if contact.is_some_and(|c| c.opted_out_at.is_some()) && m.rule_id != super::inbox::OPT_OUT_REPLY_RULE {
                 self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
                 continue;
             }
@@ -470,7 +471,7 @@ impl Dispatcher {
 
     /// True when the contact opted out after `epoch` (read from the store only then).
     async fn opted_out_since(&self, epoch: u64, m: &OutboxMessage) -> Result<bool, StoreError> {
-        if self.ctx.opt_out_epoch.load(Ordering::Acquire) == epoch {
+        if self.ctx.opt_out_epoch.load(Ordering::Acquire) == epoch || m.rule_id == super::inbox::OPT_OUT_REPLY_RULE {
             return Ok(false);
         }
         let mut c = self.ctx.store.conn().await?;
@@ -602,6 +603,29 @@ impl Dispatcher {
             store::update_message(&mut tx, m.id, &u, now).await?;
             store::upsert_contact(&mut tx, m.phone.as_str(), now).await?;
             store::add_contact_ids(&mut tx, m.phone.as_str(), &acc.recipient_ids, now).await?;
+            // A rule whose replies go to a flow: the conversation waits for the answer to the
+            // question the template asked, from now (its reminder and expiry count from here).
+            let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
+            if let (Some(flow), MessageState::Queued | MessageState::Sending) =
+                (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current)
+            {
+                if let Some(conversation) = flow.opening(&self.ctx.config.inbound.default_language) {
+                    let record = Some((m.source_id.clone(), m.record_key.clone()));
+                    let stored = super::conversation_row(
+                        flow,
+                        m.phone.as_str(),
+                        conversation,
+                        &m.provider_id,
+                        record.clone(),
+                        now,
+                        now,
+                    );
+                    store::save_conversation(&mut tx, &stored).await?;
+                    let started = super::progress_write(flow, record.as_ref(), super::FlowProgress::Started);
+                    store::queue_writes(&mut tx, &started.into_iter().collect::<Vec<_>>()).await?;
+                    sources.insert(m.source_id.clone());
+                }
+            }
             let logged = next.unwrap_or(current);
             store::queue_writes(
                 &mut tx,

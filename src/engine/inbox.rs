@@ -58,6 +58,9 @@ impl InboxProcessor {
                     if n > 0 {
                         continue;
                     }
+                    if let Err(e) = self.sweep_conversations().await {
+                        warn!("conversation reminders and expiries will be retried: {e}");
+                    }
                     tokio::select! {
                         _ = self.ctx.inbox_wake.notified() => {}
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -406,14 +409,20 @@ impl InboxProcessor {
             return Ok(());
         }
         let mut writes: Vec<FieldWrite> = Vec::new();
-        let keyword = crate::config::normalise_keyword(&text);
-        let opting_out = self.ctx.config.inbound.opt_out_keywords.contains(&keyword);
+        let inbound = &self.ctx.config.inbound;
+        let opting_out = crate::flows::is_keyword_message(&text, &inbound.opt_out_keywords);
         // A contact inside a conversation is answering the bot, not the rule's message.
-        let conversing = match &phone {
-            Some(p) if !opting_out => self.live_conversation(tx, p, now).await?.is_some(),
-            _ => false,
+        let live = match &phone {
+            Some(p) if !opting_out => self.live_conversation(tx, p, now).await?,
+            _ => None,
         };
-        if let (Some(m), false) = (&origin, conversing) {
+        let conversing = live.is_some();
+        // A reply is written to the rule's record unless the person is talking to the bot
+        // about something else (a conversation about that same record still counts).
+        let about_origin = |m: &OutboxMessage| {
+            live.as_ref().is_none_or(|c| c.record == Some((m.source_id.clone(), m.record_key.clone())))
+        };
+        if let Some(m) = origin.as_ref().filter(|m| about_origin(m)) {
             if let Some(settings) = self.ctx.source(&m.source_id) {
                 let target = WriteTarget::Record(m.record_key.clone());
                 if let Some(f) = &settings.write_back.last_reply {
@@ -464,35 +473,174 @@ impl InboxProcessor {
                     }
                     records.sort();
                     records.dedup();
-                    for (source_id, key) in records {
-                        let Some(consent) = self.ctx.source(&source_id).and_then(|s| s.consent.as_ref()) else {
-                            continue;
-                        };
-                        writes.push(FieldWrite {
-                            source_id: source_id.clone(),
-                            target: WriteTarget::Record(key),
-                            field: consent.field.clone(),
-                            value: consent.opted_out_value.clone(),
-                        });
-                    }
+                    writes.extend(self.consent_writes(records, |c| c.opted_out_value.clone()));
                 }
                 None => warn!(
                     "an opt-out from a sender without a visible number that recado does not know: nothing to mark"
                 ),
             }
-        }
-        if let (Some(p), false) = (&phone, opting_out) {
-            // A reply to a rule's recent message is that rule's; anything else talks to the bot.
-            let recent_reply = origin.as_ref().is_some_and(|m| {
-                context_message_id.is_some() || now - m.created_at < super::dispatcher::SERVICE_WINDOW_MS
-            });
-            if conversing || !recent_reply {
-                let talk = Talk { provider, phone: p, inbound_id: provider_message_id, kind, origin: origin.as_ref() };
-                writes.extend(self.converse(tx, &talk, now, effects).await?);
+            if let (Some(p), Some(reply)) = (&phone, &inbound.opt_out_reply) {
+                self.queue_reply(tx, provider, p, OPT_OUT_REPLY_RULE, provider_message_id, reply, now, effects).await?;
             }
+        }
+        let mut opted_in = false;
+        if let (Some(p), false) = (&phone, opting_out) {
+            if crate::flows::is_keyword_message(&text, &inbound.opt_in_keywords) {
+                let c = store::contact(tx, p).await?.unwrap_or_default();
+                if c.opted_out_at.is_some() || c.consent.as_deref() == Some("refused") {
+                    opted_in = true;
+                    store::clear_opted_out(tx, p, now).await?;
+                    info!(from = %who, "contact opted back in");
+                    let records = store::records_with_phone(tx, p).await?;
+                    writes.extend(self.consent_writes(records, |c| c.granted_value.clone()));
+                    if let Some(reply) = &inbound.opt_in_reply {
+                        self.queue_reply(tx, provider, p, OPT_IN_REPLY_RULE, provider_message_id, reply, now, effects)
+                            .await?;
+                    }
+                }
+            }
+        }
+        if let (Some(p), false, false) = (&phone, opting_out, opted_in) {
+            // A reply to a rule's recent message is that rule's (its `on_reply` flow, if any);
+            // anything else talks to the bot.
+            // Only the first reply to a message is that message's; later ones talk to the bot.
+            let mut recent = origin
+                .as_ref()
+                .filter(|m| context_message_id.is_some() || now - m.created_at < super::dispatcher::SERVICE_WINDOW_MS);
+            if let Some(m) = recent {
+                if store::earlier_replies(tx, m.id, provider_message_id).await? > 0 {
+                    recent = None;
+                }
+            }
+            let talk = Talk {
+                provider,
+                phone: p,
+                inbound_id: provider_message_id,
+                kind,
+                origin: if conversing { None } else { recent },
+                from_bot_side: conversing,
+            };
+            writes.extend(self.converse(tx, &talk, now, effects).await?);
         }
         effects.sources.extend(writes.iter().map(|w| w.source_id.clone()));
         store::queue_writes(tx, &writes).await?;
+        Ok(())
+    }
+
+    /// Sends the reminders of conversations left unanswered (once, inside the 24-hour window)
+    /// and ends those that expired, writing their progress (`incompleta`) to the record.
+    pub async fn sweep_conversations(&self) -> Result<usize, StoreError> {
+        let now = self.ctx.now_ms();
+        let due = {
+            let mut conn = self.ctx.store.conn().await?;
+            store::conversations_due(&mut conn, now, 100).await?
+        };
+        let n = due.len();
+        for c in due {
+            let mut tx = self.ctx.store.begin().await?;
+            // An answer applied meanwhile moved it on: nothing to do.
+            let Some(cur) = store::conversation(&mut tx, &c.phone).await?.filter(|cur| cur.updated_at == c.updated_at)
+            else {
+                continue;
+            };
+            let who = mask_phone(&cur.phone);
+            let flow = self.ctx.config.flows.get(&cur.conversation.flow);
+            let mut writes = Vec::new();
+            match flow {
+                Some(f) if cur.expires_at.is_none_or(|e| e > now) => {
+                    let contact = store::contact(&mut tx, &cur.phone).await?.unwrap_or_default();
+                    let inside = super::dispatcher::inside_service_window(contact.last_inbound_at, now);
+                    if let (Some((_, text)), true, None) = (&f.reminder, inside, contact.opted_out_at) {
+                        let body = crate::flows::render(
+                            text.get(&cur.conversation.language, &self.ctx.config.inbound.default_language),
+                            &cur.conversation.answers,
+                            &self.turn_context(&mut tx, cur.record.as_ref()).await?,
+                        );
+                        let intent = crate::domain::Intent {
+                            rule_id: format!("{FLOW_RULE_PREFIX}{}", f.id),
+                            source_id: String::new(),
+                            record_key: crate::domain::RecordKey(String::new()),
+                            provider_id: cur.provider_id.clone(),
+                            idempotency_key: format!("{FLOW_RULE_PREFIX}remind:{}:{}", cur.phone, cur.started_at),
+                            phone: crate::domain::PhoneNumber::from_e164_unchecked(&cur.phone),
+                            content: MessageContent::Text { body },
+                            fallback: None,
+                            adjustments: Vec::new(),
+                        };
+                        store::insert_intent(&mut tx, &intent, now, now).await?;
+                        self.ctx.wake_dispatcher(&cur.provider_id);
+                        info!(to = %who, flow = %f.id, "conversation reminder queued");
+                    } else {
+                        debug!(to = %who, flow = %f.id, "conversation reminder skipped: outside the 24-hour window");
+                    }
+                    let mut stored = cur.clone();
+                    stored.conversation.reminded = true;
+                    stored.remind_at = None;
+                    store::save_conversation(&mut tx, &stored).await?;
+                }
+                _ => {
+                    info!(to = %who, flow = %cur.conversation.flow, "conversation expired unanswered");
+                    if let Some(f) = flow {
+                        writes.extend(super::progress_write(f, cur.record.as_ref(), super::FlowProgress::Expired));
+                    }
+                    store::end_conversation(&mut tx, &cur.phone).await?;
+                }
+            }
+            store::queue_writes(&mut tx, &writes).await?;
+            tx.commit().await?;
+            for w in &writes {
+                self.ctx.wake_flusher(&w.source_id);
+            }
+        }
+        Ok(n)
+    }
+
+    /// `value` written to the consent field of each record (of sources that have one).
+    fn consent_writes(
+        &self,
+        records: impl IntoIterator<Item = (String, crate::domain::RecordKey)>,
+        value: impl Fn(&crate::sources::ConsentConfig) -> String,
+    ) -> Vec<FieldWrite> {
+        records
+            .into_iter()
+            .filter_map(|(source_id, key)| {
+                let consent = self.ctx.source(&source_id)?.consent.as_ref()?;
+                Some(FieldWrite {
+                    field: consent.field.clone(),
+                    value: value(consent),
+                    target: WriteTarget::Record(key),
+                    source_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Queues a confirmation (`rule`: opt-out or opt-in) answering inbound message `inbound_id`.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_reply(
+        &self,
+        tx: &mut Tx,
+        provider: &Provider,
+        phone: &str,
+        rule: &str,
+        inbound_id: &str,
+        text: &str,
+        now: i64,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let intent = crate::domain::Intent {
+            rule_id: rule.to_string(),
+            source_id: String::new(),
+            record_key: crate::domain::RecordKey(String::new()),
+            provider_id: provider.id().to_string(),
+            idempotency_key: format!("{rule}:{inbound_id}"),
+            phone: crate::domain::PhoneNumber::from_e164_unchecked(phone),
+            content: MessageContent::Text { body: text.to_string() },
+            fallback: None,
+            adjustments: Vec::new(),
+        };
+        store::insert_intent(tx, &intent, now, now).await?;
+        effects.providers.insert(provider.id().to_string());
         Ok(())
     }
 
@@ -514,8 +662,9 @@ impl InboxProcessor {
         Ok(live.then_some(c))
     }
 
-    /// One turn of the contact's conversation: continues it, or starts the entry flow. Queues
-    /// the bot's messages in the outbox and returns the values to save to the contact's record.
+    /// One turn of the contact's conversation: continues it, answers the opening question of
+    /// the rule's `on_reply` flow, or starts the privacy notice or the entry flow. Queues the
+    /// bot's messages in the outbox and returns the values to save to the contact's record.
     async fn converse(
         &self,
         tx: &mut Tx,
@@ -524,9 +673,11 @@ impl InboxProcessor {
         effects: &mut Effects,
     ) -> Result<Vec<FieldWrite>, StoreError> {
         let flows = &self.ctx.config.flows;
-        let default_language = self.ctx.config.inbound.default_language.as_str();
+        let inbound = &self.ctx.config.inbound;
+        let default_language = inbound.default_language.as_str();
         let who = mask_phone(talk.phone);
-        if store::contact(tx, talk.phone).await?.is_some_and(|c| c.opted_out_at.is_some()) {
+        let contact = store::contact(tx, talk.phone).await?.unwrap_or_default();
+        if contact.opted_out_at.is_some() {
             debug!(from = %who, "the contact opted out: the bot does not answer");
             return Ok(Vec::new());
         }
@@ -538,95 +689,201 @@ impl InboxProcessor {
                 _ => None,
             },
         };
-        let (flow, turn, record, started_at) = match self.live_conversation(tx, talk.phone, now).await? {
-            Some(c) => {
-                let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };
-                let context = self.turn_context(tx, c.record.as_ref()).await?;
-                let turn = crate::flows::answer(flow, c.conversation, &input, default_language, &context);
-                (flow, turn, c.record, c.started_at)
-            }
-            None => {
-                let entry = self.ctx.config.inbound.entry_flow.as_deref().and_then(|id| flows.get(id));
+        let live = self.live_conversation(tx, talk.phone, now).await?;
+        let fresh = live.is_none();
+        let (flow, turn, record, started_at) = if let Some(c) = live {
+            let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };
+            let context = self.turn_context(tx, c.record.as_ref()).await?;
+            let turn = crate::flows::answer(flow, c.conversation, &input, default_language, &context);
+            (flow, turn, c.record, c.started_at)
+        } else {
+            let record = match talk.origin {
+                Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
+                None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
+            };
+            let context = self.turn_context(tx, record.as_ref()).await?;
+            // A reply to a rule's message whose rule hands replies to a flow.
+            let opening = talk
+                .origin
+                .and_then(|m| self.ctx.config.rules.iter().find(|r| r.id == m.rule_id))
+                .and_then(|r| r.on_reply.as_deref())
+                .and_then(|id| flows.get(id))
+                .and_then(|f| {
+                    crate::flows::answer_opening(f, &input, default_language, default_language, &context)
+                        .map(|t| (f, t))
+                });
+            if let Some((flow, turn)) = opening {
+                (flow, turn, record, now)
+            } else if talk.origin.is_some() && !talk.from_bot_side {
+                // A reply to a rule's recent message without `on_reply`: written back, no bot.
+                return Ok(Vec::new());
+            } else {
+                let consent = self.consent_state(tx, &contact, record.as_ref()).await?;
+                if consent == ConsentState::Refused {
+                    debug!(from = %who, "the contact refused the privacy notice: the bot does not answer");
+                    return Ok(Vec::new());
+                }
+                let entry = if consent == ConsentState::Ask {
+                    flows.get(crate::flows::config::CONSENT_FLOW)
+                } else {
+                    inbound.entry_flow.as_deref().and_then(|id| flows.get(id))
+                };
                 let Some(flow) = entry else {
                     store::end_conversation(tx, talk.phone).await?;
                     return Ok(Vec::new());
                 };
-                let record = match talk.origin {
-                    Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
-                    None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
-                };
-                let context = self.turn_context(tx, record.as_ref()).await?;
                 info!(from = %who, flow = %flow.id, "conversation started");
                 let turn = crate::flows::start(flow, default_language, default_language, &context);
                 (flow, turn, record, now)
             }
         };
+        let method = if input.choice_id.is_some() { "button" } else { "typed" };
         let mut writes = Vec::new();
-        let phone = crate::domain::PhoneNumber::from_e164_unchecked(talk.phone);
-        for (n, action) in turn.actions.into_iter().enumerate() {
-            match action {
-                crate::flows::Action::Send(out) => {
-                    let content = match out {
-                        crate::flows::Outgoing::Text(body) => MessageContent::Text { body },
-                        crate::flows::Outgoing::Choice { body, options, list_button } => MessageContent::Choice {
-                            body,
-                            options: options
-                                .into_iter()
-                                .map(|(id, title)| crate::domain::ReplyOption { id, title })
-                                .collect(),
-                            list_button,
-                        },
-                    };
-                    let intent = crate::domain::Intent {
-                        rule_id: format!("{FLOW_RULE_PREFIX}{}", flow.id),
-                        // Bot messages belong to no record: their statuses are not a rule's.
-                        source_id: String::new(),
-                        record_key: crate::domain::RecordKey(String::new()),
-                        provider_id: talk.provider.id().to_string(),
-                        idempotency_key: format!("{FLOW_RULE_PREFIX}{}:{n}", talk.inbound_id),
-                        phone: phone.clone(),
-                        content,
-                        fallback: None,
-                        adjustments: Vec::new(),
-                    };
-                    store::insert_intent(tx, &intent, now, now).await?;
-                    effects.providers.insert(talk.provider.id().to_string());
-                }
-                crate::flows::Action::Save { field, value } => match &record {
-                    Some((source_id, key)) => writes.push(FieldWrite {
-                        source_id: source_id.clone(),
-                        target: WriteTarget::Record(key.clone()),
-                        field,
-                        value,
-                    }),
-                    None => {
-                        info!(from = %who, flow = %flow.id, %field, "an answer to save, but the contact has no record")
+        let mut current = Some((flow, turn, started_at, fresh));
+        let mut n = 0;
+        while let Some((flow, turn, started_at, fresh)) = current.take() {
+            let mut accepted = false;
+            let mut handed_off = false;
+            if fresh {
+                writes.extend(super::progress_write(flow, record.as_ref(), super::FlowProgress::Started));
+            }
+            for action in turn.actions {
+                match action {
+                    crate::flows::Action::Send(out) => {
+                        let content = match out {
+                            crate::flows::Outgoing::Text(body) => MessageContent::Text { body },
+                            crate::flows::Outgoing::Choice { body, options, list_button } => MessageContent::Choice {
+                                body,
+                                options: options
+                                    .into_iter()
+                                    .map(|(id, title)| crate::domain::ReplyOption { id, title })
+                                    .collect(),
+                                list_button,
+                            },
+                        };
+                        self.queue_bot_message(tx, talk, &flow.id, n, content, now, effects).await?;
+                        n += 1;
                     }
-                },
-                crate::flows::Action::Handoff { topic } => {
-                    // The hand-off inbox takes it from here (not built yet): the bot lets go.
-                    info!(from = %who, flow = %flow.id, topic = topic.as_deref().unwrap_or(""), "hand-off requested");
+                    crate::flows::Action::Save { field, value } => match &record {
+                        Some((source_id, key)) => writes.push(FieldWrite {
+                            source_id: source_id.clone(),
+                            target: WriteTarget::Record(key.clone()),
+                            field,
+                            value,
+                        }),
+                        None => {
+                            info!(from = %who, flow = %flow.id, %field, "an answer to save, but the contact has no record")
+                        }
+                    },
+                    crate::flows::Action::Handoff { topic } => {
+                        // The hand-off inbox takes it from here (not built yet): the bot lets go.
+                        info!(from = %who, flow = %flow.id, topic = topic.as_deref().unwrap_or(""), "hand-off requested");
+                        handed_off = true;
+                    }
+                    crate::flows::Action::Consent { granted } => {
+                        let version = inbound.consent_version.as_deref().unwrap_or("");
+                        store::set_consent(tx, talk.phone, granted, method, version, now).await?;
+                        info!(from = %who, granted, version, method, "answer to the privacy notice recorded");
+                        writes.extend(self.consent_writes(record.clone(), |c| {
+                            if granted {
+                                c.granted_value.clone()
+                            } else {
+                                c.opted_out_value.clone()
+                            }
+                        }));
+                        accepted = granted;
+                    }
                 }
             }
-        }
-        match turn.conversation {
-            Some(conversation) => {
-                let stored = store::StoredConversation {
-                    phone: talk.phone.to_string(),
-                    conversation,
-                    provider_id: talk.provider.id().to_string(),
-                    record,
-                    started_at,
-                    updated_at: now,
-                };
-                store::save_conversation(tx, &stored).await?;
+            match turn.conversation {
+                Some(conversation) => {
+                    let stored = super::conversation_row(
+                        flow,
+                        talk.phone,
+                        conversation,
+                        talk.provider.id(),
+                        record.clone(),
+                        started_at,
+                        now,
+                    );
+                    store::save_conversation(tx, &stored).await?;
+                }
+                None => {
+                    debug!(from = %who, flow = %flow.id, "conversation ended");
+                    store::end_conversation(tx, talk.phone).await?;
+                    if !handed_off {
+                        writes.extend(super::progress_write(flow, record.as_ref(), super::FlowProgress::Completed));
+                    }
+                }
             }
-            None => {
-                debug!(from = %who, flow = %flow.id, "conversation ended");
-                store::end_conversation(tx, talk.phone).await?;
+            // Accepted the notice: the menu follows at once.
+            if accepted {
+                if let Some(entry) = inbound.entry_flow.as_deref().and_then(|id| flows.get(id)) {
+                    let context = self.turn_context(tx, record.as_ref()).await?;
+                    let turn = crate::flows::start(entry, default_language, default_language, &context);
+                    current = Some((entry, turn, now, true));
+                }
             }
         }
         Ok(writes)
+    }
+
+    /// Queues one of the bot's messages (number `n` of the turn) for the contact.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_bot_message(
+        &self,
+        tx: &mut Tx,
+        talk: &Talk<'_>,
+        flow_id: &str,
+        n: usize,
+        content: MessageContent,
+        now: i64,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let intent = crate::domain::Intent {
+            rule_id: format!("{FLOW_RULE_PREFIX}{flow_id}"),
+            // Bot messages belong to no record: their statuses are not a rule's.
+            source_id: String::new(),
+            record_key: crate::domain::RecordKey(String::new()),
+            provider_id: talk.provider.id().to_string(),
+            idempotency_key: format!("{FLOW_RULE_PREFIX}{}:{n}", talk.inbound_id),
+            phone: crate::domain::PhoneNumber::from_e164_unchecked(talk.phone),
+            content,
+            fallback: None,
+            adjustments: Vec::new(),
+        };
+        store::insert_intent(tx, &intent, now, now).await?;
+        effects.providers.insert(talk.provider.id().to_string());
+        Ok(())
+    }
+
+    /// Whether the contact must be shown the privacy notice before the bot answers: not when
+    /// no notice is configured, when they accepted this version, or when their record says
+    /// they consent; silence when they refused it.
+    async fn consent_state(
+        &self,
+        tx: &mut Tx,
+        contact: &store::Contact,
+        record: Option<&(String, crate::domain::RecordKey)>,
+    ) -> Result<ConsentState, StoreError> {
+        let Some(version) = self.ctx.config.inbound.consent_version.as_deref() else { return Ok(ConsentState::Given) };
+        if contact.consent_version.as_deref() == Some(version) {
+            return Ok(match contact.consent.as_deref() {
+                Some("accepted") => ConsentState::Given,
+                _ => ConsentState::Refused,
+            });
+        }
+        if let Some((source_id, key)) = record {
+            if let Some(c) = self.ctx.source(source_id).and_then(|s| s.consent.as_ref()) {
+                if let Some(row) = store::snapshot_row_of(tx, source_id, &key.0).await? {
+                    let value = row.fields.get(&c.field).map(String::as_str).unwrap_or("");
+                    if c.is_granted(value) {
+                        return Ok(ConsentState::Given);
+                    }
+                }
+            }
+        }
+        Ok(ConsentState::Ask)
     }
 
     /// What flow texts can use of the contact's record: its fields as last read.
@@ -649,6 +906,10 @@ impl InboxProcessor {
 
 /// The rule id of a conversation's messages: `flow:<flow id>`.
 pub const FLOW_RULE_PREFIX: &str = "flow:";
+/// The rule id of the confirmation of an opt-out: the one message an opted-out person gets.
+pub const OPT_OUT_REPLY_RULE: &str = "inbound:opt_out";
+/// The rule id of the confirmation of an opt-in.
+pub const OPT_IN_REPLY_RULE: &str = "inbound:opt_in";
 
 /// One inbound message, as a conversation sees it.
 struct Talk<'a> {
@@ -656,5 +917,16 @@ struct Talk<'a> {
     phone: &'a str,
     inbound_id: &'a str,
     kind: &'a InboundKind,
+    /// The rule's message this one replies to (quoted, or sent in the last 24 hours).
     origin: Option<&'a OutboxMessage>,
+    /// Talk to the bot even though `origin` is set (the contact is in a conversation).
+    from_bot_side: bool,
+}
+
+/// Where a contact stands with the privacy notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsentState {
+    Given,
+    Refused,
+    Ask,
 }

@@ -433,3 +433,57 @@ pub fn record_from_snapshot(key: RecordKey, row: &SnapshotRow) -> Record {
         .collect();
     Record { key, fields }
 }
+
+/// How a conversation is stored after a turn at `now`: its reminder (once per conversation)
+/// and its expiry come from the flow.
+pub fn conversation_row(
+    flow: &crate::flows::Flow,
+    phone: &str,
+    conversation: crate::flows::Conversation,
+    provider_id: &str,
+    record: Option<(String, RecordKey)>,
+    started_at: i64,
+    now: i64,
+) -> crate::store::StoredConversation {
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+    let remind_at = flow.reminder.as_ref().filter(|_| !conversation.reminded).map(|(after, _)| now + ms(*after));
+    crate::store::StoredConversation {
+        phone: phone.to_string(),
+        conversation,
+        provider_id: provider_id.to_string(),
+        record,
+        started_at,
+        updated_at: now,
+        remind_at,
+        expires_at: Some(now + ms(flow.expires_after)),
+    }
+}
+
+/// Where a flow stands, for its `progress` field on the contact's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowProgress {
+    Started,
+    Completed,
+    Expired,
+}
+
+/// The write of a flow's progress to the contact's record, when the flow has one for it.
+pub fn progress_write(
+    flow: &crate::flows::Flow,
+    record: Option<&(String, RecordKey)>,
+    stage: FlowProgress,
+) -> Option<FieldWrite> {
+    let p = flow.progress.as_ref()?;
+    let (source_id, key) = record?;
+    let value = match stage {
+        FlowProgress::Started => p.started.clone(),
+        FlowProgress::Completed => p.completed.clone(),
+        FlowProgress::Expired => p.expired.clone(),
+    }?;
+    Some(FieldWrite {
+        source_id: source_id.clone(),
+        target: WriteTarget::Record(key.clone()),
+        field: p.field.clone(),
+        value,
+    })
+}

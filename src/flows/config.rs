@@ -53,8 +53,34 @@ pub struct RawFlow {
     /// afresh (default `24h`).
     #[serde(default)]
     pub expires_after: Option<String>,
+    /// A contact who stopped answering for this long gets `reminder` once (only inside
+    /// WhatsApp's 24-hour window; outside it nothing is sent).
+    #[serde(default)]
+    pub remind_after: Option<String>,
+    #[serde(default)]
+    pub reminder: Option<RawText>,
+    /// Where the conversation stands, written to a field of the contact's record.
+    #[serde(default)]
+    pub progress: Option<RawProgress>,
     /// The steps, run from the first.
     pub steps: Vec<Value>,
+}
+
+/// `progress:` of a flow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProgress {
+    /// The field (column or API name) of the contact's record.
+    pub field: String,
+    /// Written when the conversation starts (e.g. `en curso`).
+    #[serde(default)]
+    pub started: Option<String>,
+    /// Written when it reaches its end (e.g. `completa`).
+    #[serde(default)]
+    pub completed: Option<String>,
+    /// Written when it expires unfinished (e.g. `incompleta`).
+    #[serde(default)]
+    pub expired: Option<String>,
 }
 
 /// One step: exactly one of `say`, `ask`, `save`, `handoff` (or none, with `goto` or `end`).
@@ -164,6 +190,73 @@ pub struct RawHandoff {
     pub topic: Option<String>,
 }
 
+/// `inbound.consent`: the privacy notice an unknown contact, or one without consent, is asked
+/// to accept before the bot answers anything else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsent {
+    /// The notice: what is kept, why, and a link to the full policy (≤ 1,024 characters).
+    pub notice: RawText,
+    /// The button that accepts (≤ 20 characters), e.g. `Acepto`.
+    pub accept: RawText,
+    /// The button that refuses, e.g. `No acepto`.
+    pub refuse: RawText,
+    /// The notice's version, stored with each answer: a new version is asked again.
+    pub version: String,
+    /// Said after a refusal (the bot then stays silent until the person writes an opt-in
+    /// keyword).
+    #[serde(default)]
+    pub refused: Option<RawText>,
+}
+
+/// The id of the built-in consent flow (ids starting with `__` are recado's).
+pub const CONSENT_FLOW: &str = "__consent";
+
+/// Validates `inbound.consent` into the built-in consent flow; returns it with the notice's
+/// version.
+pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -> Option<(Flow, String)> {
+    let path = "inbound.consent";
+    let flow_version = version_of(&value);
+    let raw = p.parse::<RawConsent>(path, value)?;
+    p.non_empty(&format!("{path}.version"), &raw.version);
+    let ids: HashSet<String> = ["notice", "accepted", "refused", "refused_text"].map(String::from).into();
+    let mut v = StepValidator { p, languages, step_ids: &ids };
+    let notice = v.text(&format!("{path}.notice"), raw.notice, MAX_INTERACTIVE_BODY);
+    let accept = v.text(&format!("{path}.accept"), raw.accept, MAX_BUTTON_TITLE);
+    let refuse = v.text(&format!("{path}.refuse"), raw.refuse, MAX_BUTTON_TITLE);
+    let refused = raw.refused.map(|t| v.text(&format!("{path}.refused"), t, MAX_TEXT_BODY));
+    let option = |id: &str, title: LocalText, goto: &str| ChoiceOption {
+        id: id.into(),
+        value: id.into(),
+        title,
+        goto: Some(Next::Goto(goto.into())),
+    };
+    let mut steps = vec![
+        Step {
+            id: "notice".into(),
+            kind: StepKind::Ask(Box::new(Ask {
+                prompt: notice,
+                answer: AnswerKind::Choice {
+                    options: vec![option("accept", accept, "accepted"), option("refuse", refuse, "refused")],
+                    list_button: None,
+                },
+                retry: None,
+                retries: 2,
+                on_fail: Next::End,
+                save: None,
+            })),
+            next: Next::End,
+        },
+        Step { id: "accepted".into(), kind: StepKind::Consent { granted: true }, next: Next::End },
+        Step { id: "refused".into(), kind: StepKind::Consent { granted: false }, next: Next::Following },
+    ];
+    if let Some(t) = refused {
+        steps.push(Step { id: "refused_text".into(), kind: StepKind::Say(t), next: Next::End });
+    }
+    let flow = Flow::new(CONSENT_FLOW.into(), flow_version, steps, Duration::from_secs(24 * 3600));
+    Some((flow, raw.version))
+}
+
 /// What the rest of the configuration tells flow validation.
 pub struct Languages<'a> {
     pub default: &'a str,
@@ -179,6 +272,9 @@ pub fn validate(p: &mut Problems, value: Option<Value>, languages: &Languages<'_
         let version = version_of(&raw);
         let Some(f) = p.parse::<RawFlow>(&path, raw) else { continue };
         p.unique(&mut ids, &format!("{path}.id"), &f.id);
+        if f.id.starts_with("__") {
+            p.push(format!("{path}.id"), "ids starting with __ are recado's own");
+        }
         let expires_after = p.duration(
             &format!("{path}.expires_after"),
             f.expires_after.as_deref(),
@@ -204,7 +300,39 @@ pub fn validate(p: &mut Problems, value: Option<Value>, languages: &Languages<'_
         }
         let mut v = StepValidator { p, languages, step_ids: &step_ids };
         let steps: Vec<Step> = raw_steps.into_iter().filter_map(|(sp, s)| v.step(&sp, s)).collect();
-        flows.insert(f.id.clone(), Flow::new(f.id, version, steps, expires_after));
+        let reminder = match (f.remind_after, f.reminder) {
+            (Some(after), Some(text)) => {
+                let text = v.text(&format!("{path}.reminder"), text, MAX_TEXT_BODY);
+                let after = v.p.duration(
+                    &format!("{path}.remind_after"),
+                    Some(&after),
+                    Duration::from_secs(3600),
+                    Duration::from_secs(60),
+                    Duration::from_secs(23 * 3600),
+                );
+                if after >= expires_after {
+                    v.p.push(format!("{path}.remind_after"), "must be shorter than expires_after");
+                }
+                Some((after, text))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                v.p.push(format!("{path}.reminder"), "give the reminder's text with remind_after");
+                None
+            }
+            (None, Some(_)) => {
+                v.p.push(format!("{path}.remind_after"), "give when the reminder goes out (e.g. 4h)");
+                None
+            }
+        };
+        let progress = f.progress.map(|pr| {
+            v.p.non_empty(&format!("{path}.progress.field"), &pr.field);
+            Progress { field: pr.field, started: pr.started, completed: pr.completed, expired: pr.expired }
+        });
+        let mut flow = Flow::new(f.id, version, steps, expires_after);
+        flow.reminder = reminder;
+        flow.progress = progress;
+        flows.insert(flow.id.clone(), flow);
     }
     FlowSet { flows, default_language: languages.default.to_string() }
 }
@@ -404,17 +532,45 @@ impl StepValidator<'_, '_> {
     }
 
     fn choice(&mut self, path: &str, c: RawChoice, title_max: usize, ids: &mut HashSet<String>) -> ChoiceOption {
+        if title_max == MAX_BUTTON_TITLE {
+            let long = match &c.title {
+                RawText::One(t) => t.chars().count() > MAX_BUTTON_TITLE && t.chars().count() <= MAX_ROW_TITLE,
+                RawText::ByLanguage(m) => {
+                    m.values().any(|t| t.chars().count() > MAX_BUTTON_TITLE && t.chars().count() <= MAX_ROW_TITLE)
+                }
+            };
+            if long {
+                self.p.push(
+                    format!("{path}.title"),
+                    format!("a button title has at most {MAX_BUTTON_TITLE} characters (WhatsApp's limit); shorten it, or give list_button to show the choices as a list (rows take {MAX_ROW_TITLE})"),
+                );
+                let title = self.text(&format!("{path}.title"), c.title, MAX_ROW_TITLE);
+                return self.finish_choice(path, c.id, c.value, c.goto, title, ids);
+            }
+        }
         let title = self.text(&format!("{path}.title"), c.title, title_max);
+        self.finish_choice(path, c.id, c.value, c.goto, title, ids)
+    }
+
+    fn finish_choice(
+        &mut self,
+        path: &str,
+        id: Option<String>,
+        value: Option<String>,
+        goto: Option<String>,
+        title: LocalText,
+        ids: &mut HashSet<String>,
+    ) -> ChoiceOption {
         let default_title = title.get(self.languages.default, self.languages.default).to_string();
-        let id = c.id.unwrap_or_else(|| default_title.clone());
+        let id = id.unwrap_or_else(|| default_title.clone());
         if id.chars().count() > 200 {
             self.p.push(format!("{path}.id"), "at most 200 characters");
         }
         if !ids.insert(id.clone()) {
             self.p.push(format!("{path}.id"), format!("duplicate choice id '{id}'"));
         }
-        let goto = c.goto.as_deref().map(|g| self.target(&format!("{path}.goto"), g));
-        ChoiceOption { id, value: c.value.unwrap_or(default_title), title, goto }
+        let goto = goto.as_deref().map(|g| self.target(&format!("{path}.goto"), g));
+        ChoiceOption { id, value: value.unwrap_or(default_title), title, goto }
     }
 }
 
@@ -487,8 +643,17 @@ mod tests {
         let choices = json!([{"title": "Veintiún caracteres xx"}, {"title": "B"}]);
         let (_, errors) =
             check(json!([{"id": "f", "steps": [{"id": "a", "ask": {"text": "Elige", "choices": choices}}]}]), &[]);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("choices[0].title") && e.contains("at most 20") && e.contains("list_button")),
+            "{errors:?}"
+        );
+        let long = json!([{"title": "Un título demasiado largo hasta para una lista"}]);
+        let (_, errors) =
+            check(json!([{"id": "f", "steps": [{"id": "a", "ask": {"text": "Elige", "choices": long}}]}]), &[]);
         assert!(errors.iter().any(|e| e.contains("choices[0].title.es") && e.contains("at most 20")), "{errors:?}");
-        // The same title fits a list row (24).
+        // The first title fits a list row (24).
         let (_, errors) = check(
             json!([{"id": "f", "steps": [{"id": "a", "ask": {"text": "Elige", "list_button": "Ver opciones", "choices": choices}}]}]),
             &[],

@@ -83,12 +83,41 @@ pub struct Flow {
     index: HashMap<String, usize>,
     /// A conversation nobody answered for this long is over; the next message starts afresh.
     pub expires_after: Duration,
+    /// Sent once, inside the 24-hour window, to a contact who stopped answering for this long.
+    pub reminder: Option<(Duration, LocalText)>,
+    /// Where the conversation stands, written to a field of the contact's record.
+    pub progress: Option<Progress>,
+}
+
+/// Values written to a field of the record as a conversation starts, completes or expires
+/// (e.g. `en curso` / `completa` / `incompleta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub field: String,
+    pub started: Option<String>,
+    pub completed: Option<String>,
+    pub expired: Option<String>,
 }
 
 impl Flow {
     pub fn new(id: String, version: String, steps: Vec<Step>, expires_after: Duration) -> Self {
         let index = steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
-        Self { id, version, steps, index, expires_after }
+        Self { id, version, steps, index, expires_after, reminder: None, progress: None }
+    }
+
+    /// A conversation waiting for the answer to the flow's first question, whose text a
+    /// rule's template showed (`on_reply`); `None` when the flow does not start with one.
+    pub fn opening(&self, language: &str) -> Option<Conversation> {
+        let first = self.steps.first().filter(|s| matches!(s.kind, StepKind::Ask(_)))?;
+        Some(Conversation {
+            flow: self.id.clone(),
+            version: self.version.clone(),
+            step: first.id.clone(),
+            attempts: 0,
+            answers: BTreeMap::new(),
+            language: language.to_string(),
+            reminded: false,
+        })
     }
 
     fn position(&self, step: &str) -> Option<usize> {
@@ -124,6 +153,10 @@ pub enum StepKind {
     },
     Handoff {
         topic: Option<String>,
+    },
+    /// Records the contact's answer to the privacy notice (the built-in consent flow).
+    Consent {
+        granted: bool,
     },
     /// Only moves on (`goto`) or ends (`end`).
     Pass,
@@ -192,6 +225,9 @@ pub struct Conversation {
     /// Answers so far, by the id of the step that asked.
     pub answers: BTreeMap<String, String>,
     pub language: String,
+    /// The flow's reminder went out (at most once per conversation).
+    #[serde(default)]
+    pub reminded: bool,
 }
 
 /// What the contact wrote: the text, and the id of the button or list row they tapped.
@@ -212,8 +248,17 @@ pub enum Outgoing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Outgoing),
-    Save { field: String, value: String },
-    Handoff { topic: Option<String> },
+    Save {
+        field: String,
+        value: String,
+    },
+    Handoff {
+        topic: Option<String>,
+    },
+    /// The contact accepted (or refused) the privacy notice.
+    Consent {
+        granted: bool,
+    },
 }
 
 /// The outcome of one message.
@@ -240,6 +285,7 @@ pub fn start(flow: &Flow, language: &str, default_language: &str, ctx: &TurnCont
         attempts: 0,
         answers: BTreeMap::new(),
         language: language.to_string(),
+        reminded: false,
     };
     let mut run = Run::new(flow, conv, default_language, ctx);
     run.from(0);
@@ -292,6 +338,35 @@ pub fn answer(flow: &Flow, conv: Conversation, input: &Input, default_language: 
         }
     }
     run.finish()
+}
+
+/// Takes a reply to a message recado sent first (a rule's template) as the answer to the
+/// flow's first question, whose text the template already showed: the flow goes on from
+/// there (`on_reply`). `None` when the flow does not start with a question.
+pub fn answer_opening(
+    flow: &Flow,
+    input: &Input,
+    language: &str,
+    default_language: &str,
+    ctx: &TurnContext,
+) -> Option<Turn> {
+    let conv = flow.opening(language)?;
+    Some(answer(flow, conv, input, default_language, ctx))
+}
+
+/// Whether a message is one of `keywords` (normalised: upper case, no accents), alone or in a
+/// short message ("baja por favor", "STOP"), but not inside a longer sentence that merely
+/// contains the word ("no quiero que me den de baja") nor negated ("no baja").
+pub fn is_keyword_message(text: &str, keywords: &[String]) -> bool {
+    let normalised = normalise_keyword(text);
+    let words: Vec<&str> = normalised.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    if words.iter().any(|w| matches!(*w, "NO" | "NOT" | "NUNCA" | "NAO" | "DONT" | "NI")) {
+        return false;
+    }
+    keywords.iter().any(|k| {
+        let kw: Vec<&str> = k.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+        !kw.is_empty() && words.len() <= kw.len() + 2 && words.windows(kw.len()).any(|w| w == kw.as_slice())
+    })
 }
 
 /// Whether a conversation last touched at `updated_at` is over at `now` (milliseconds).
@@ -356,6 +431,7 @@ impl<'a> Run<'a> {
                     self.ended = true;
                     return;
                 }
+                StepKind::Consent { granted } => self.actions.push(Action::Consent { granted: *granted }),
                 StepKind::Pass => {}
             }
             match &step.next {
@@ -708,6 +784,67 @@ mod tests {
         gone.step = "paso_borrado".into();
         let t = answer(&f, gone, &says("1"), "es", &ctx());
         assert_eq!(t.conversation.unwrap().step, "opcion", "from the start");
+    }
+
+    #[test]
+    fn opt_out_words_count_alone_or_in_short_messages_only() {
+        let k = vec!["BAJA".to_string(), "STOP".to_string(), "DARME DE BAJA".to_string()];
+        for yes in ["BAJA", "baja", "Bája por favor", "STOP!", "quiero darme de baja", "baja gracias"] {
+            assert!(is_keyword_message(yes, &k), "{yes}");
+        }
+        for no in [
+            "no quiero que me den de baja",
+            "no baja",
+            "la baja de presión fue ayer, gracias doctora",
+            "stopped",
+            "hola",
+            "",
+        ] {
+            assert!(!is_keyword_message(no, &k), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_reply_to_a_template_answers_the_flows_first_question() {
+        let f = Flow::new(
+            "confirmar".into(),
+            "v".into(),
+            vec![
+                step(
+                    "respuesta",
+                    StepKind::Ask(Box::new(Ask {
+                        save: Some("Estado".into()),
+                        ..ask(
+                            "¿Confirmas?",
+                            AnswerKind::Choice {
+                                options: vec![
+                                    ChoiceOption {
+                                        value: "Confirmada".into(),
+                                        ..opt("si", "Confirmo", Some("gracias"))
+                                    },
+                                    opt("cambio", "Necesito cambiar la hora", Some("cambio")),
+                                ],
+                                list_button: None,
+                            },
+                        )
+                    })),
+                    Next::End,
+                ),
+                step("gracias", StepKind::Say(text("¡Gracias!")), Next::End),
+                step("cambio", StepKind::Say(text("Te llamaremos.")), Next::End),
+            ],
+            Duration::from_secs(60),
+        );
+        let tap = Input { text: "Confirmo".into(), choice_id: Some("Confirmo".into()) };
+        let t = answer_opening(&f, &tap, "es", "es", &ctx()).unwrap();
+        assert_eq!(
+            t.actions,
+            vec![
+                Action::Save { field: "Estado".into(), value: "Confirmada".into() },
+                Action::Send(Outgoing::Text("¡Gracias!".into()))
+            ]
+        );
+        assert!(t.conversation.is_none());
     }
 
     #[test]

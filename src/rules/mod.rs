@@ -553,6 +553,7 @@ mod tests {
             time_zone: None,
             window: None,
             lateness: None,
+            on_reply: None,
         }
     }
 

@@ -119,6 +119,33 @@ pub struct SimUser {
     /// Whether webhooks show the user's number (`from`, `wa_id`); users with a username may
     /// hide it.
     pub phone_visible: bool,
+    /// What the person does, in order: the first line when [`MetaState::start_script`] is
+    /// called, each next one after a message from the business arrives (and is read).
+    pub script: Vec<ScriptLine>,
+}
+
+/// A message a simulated person sent to the business.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserMessage {
+    pub wa_id: String,
+    /// The text, or the title of the button or row tapped.
+    pub text: String,
+    pub at_ms: i64,
+}
+
+/// One thing a scripted person does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScriptLine {
+    /// Writes this text.
+    pub say: Option<String>,
+    /// Taps the reply button or list row with this title (or a template's quick-reply button)
+    /// of the message just received.
+    pub tap: Option<String>,
+    /// Acts only on a message containing this text; earlier messages are read and let pass.
+    pub after: Option<String>,
+    /// Thinks this long before acting.
+    pub delay_ms: u64,
 }
 
 impl Default for SimUser {
@@ -134,6 +161,7 @@ impl Default for SimUser {
             user_id: None,
             username: None,
             phone_visible: true,
+            script: Vec::new(),
         }
     }
 }
@@ -239,6 +267,10 @@ struct Inner {
     pair: HashMap<String, VecDeque<Instant>>,
     faults: VecDeque<MetaFault>,
     replied: std::collections::HashSet<String>,
+    /// The next script line of each scripted user.
+    script_pos: HashMap<String, usize>,
+    /// What simulated people wrote or tapped, in order.
+    received: Vec<UserMessage>,
     throttled: u64,
     deliveries: u64,
     delivery_failures: u64,
@@ -257,6 +289,8 @@ impl MetaState {
                 pair: HashMap::new(),
                 faults: VecDeque::new(),
                 replied: Default::default(),
+                script_pos: Default::default(),
+                received: Vec::new(),
                 throttled: 0,
                 deliveries: 0,
                 delivery_failures: 0,
@@ -354,6 +388,89 @@ impl MetaState {
         self.user_sends(wa_id, msg, Some(context))
     }
 
+    /// What simulated people wrote (or the titles they tapped), oldest first.
+    pub fn received(&self) -> Vec<UserMessage> {
+        self.lock().received.clone()
+    }
+
+    /// A scripted person does the first line of their script.
+    pub fn start_script(self: &std::sync::Arc<Self>, wa_id: &str) {
+        self.lock().script_pos.insert(wa_id.to_string(), 0);
+        self.script_step(wa_id, None);
+    }
+
+    /// Whether every scripted user has done every line.
+    pub fn scripts_done(&self) -> bool {
+        let g = self.lock();
+        g.users
+            .values()
+            .filter(|u| !u.script.is_empty())
+            .all(|u| g.script_pos.get(&u.wa_id).is_some_and(|p| *p >= u.script.len()))
+    }
+
+    /// Runs the user's next script line in answer to `received` (`None`: the start).
+    fn script_step(self: &std::sync::Arc<Self>, wa_id: &str, received: Option<&SentMessage>) {
+        let (line, pos) = {
+            let g = self.lock();
+            let Some(user) = g.users.get(wa_id) else { return };
+            let Some(pos) = g.script_pos.get(wa_id).copied() else { return };
+            let Some(line) = user.script.get(pos).cloned() else { return };
+            (line, pos)
+        };
+        let text = received.map(shown_text).unwrap_or_default();
+        if received.is_some() && line.after.as_deref().is_some_and(|a| !text.contains(a)) {
+            return;
+        }
+        if received.is_none() && line.after.is_some() {
+            return;
+        }
+        self.lock().script_pos.insert(wa_id.to_string(), pos + 1);
+        let this = std::sync::Arc::clone(self);
+        let wa = wa_id.to_string();
+        let received = received.cloned();
+        let pending = InFlight::new(&this.in_flight);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(line.delay_ms)).await;
+            if let Some(say) = &line.say {
+                this.user_says(&wa, say, None);
+            } else if let (Some(title), Some(m)) = (&line.tap, &received) {
+                let i = &m.body["interactive"];
+                let options: Vec<(String, String, bool)> = i["action"]["buttons"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        (
+                            b["reply"]["id"].as_str().unwrap_or("").to_string(),
+                            b["reply"]["title"].as_str().unwrap_or("").to_string(),
+                            false,
+                        )
+                    })
+                    .chain(i["action"]["sections"].as_array().into_iter().flatten().flat_map(|s| {
+                        s["rows"].as_array().cloned().unwrap_or_default().into_iter().map(|r| {
+                            (
+                                r["id"].as_str().unwrap_or("").to_string(),
+                                r["title"].as_str().unwrap_or("").to_string(),
+                                true,
+                            )
+                        })
+                    }))
+                    .collect();
+                match options.iter().find(|(_, t, _)| t == title) {
+                    Some((id, t, list)) => {
+                        this.user_picks(&wa, id, t, *list, Some(&m.wamid));
+                    }
+                    // A template's quick-reply button.
+                    None if m.body["type"] == "template" => {
+                        this.user_taps(&wa, title, title, &m.wamid);
+                    }
+                    None => tracing::warn!(title, "sandbox: a scripted user found no such option to tap"),
+                }
+            }
+            drop(pending);
+        });
+    }
+
     /// A simulated person taps a reply button (`list: false`) or picks a list row of an
     /// interactive message the business sent (`context`: its id).
     pub fn user_picks(
@@ -396,7 +513,22 @@ impl MetaState {
         if let Some(c) = context {
             msg["context"] = json!({ "from": self.settings().phone_number_id, "id": c });
         }
-        self.lock().windows.insert(wa_id.to_string(), Instant::now());
+        let said = msg["text"]["body"]
+            .as_str()
+            .or(msg["button"]["text"].as_str())
+            .or(msg["interactive"]["button_reply"]["title"].as_str())
+            .or(msg["interactive"]["list_reply"]["title"].as_str())
+            .unwrap_or("")
+            .to_string();
+        {
+            let mut g = self.lock();
+            g.windows.insert(wa_id.to_string(), Instant::now());
+            g.received.push(UserMessage {
+                wa_id: wa_id.to_string(),
+                text: said,
+                at_ms: chrono::Utc::now().timestamp_millis(),
+            });
+        }
         let body = self.envelope(json!({ "contacts": [contact], "messages": [msg] }));
         self.deliver(body, Duration::ZERO);
         id
@@ -526,6 +658,16 @@ impl MetaState {
                 self.deliver(self.status_body(m, "read", None), read_at);
             }
         }
+        if !user.script.is_empty() {
+            let this = std::sync::Arc::clone(self);
+            let m = m.clone();
+            let pending = InFlight::new(&this.in_flight);
+            tokio::spawn(async move {
+                tokio::time::sleep(read_at).await;
+                this.script_step(&m.wa_id, Some(&m));
+                drop(pending);
+            });
+        }
         if let Some(text) = user.reply {
             let first = self.lock().replied.insert(m.wa_id.clone());
             if first {
@@ -547,6 +689,42 @@ impl MetaState {
 /// then a few more times with decreasing frequency over the next 7 days").
 const WEBHOOK_RETRIES: &[u64] =
     &[0, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 48 * 3600, 48 * 3600, 48 * 3600];
+
+/// What a person reads in a message: its text, an interactive message's body, or a
+/// template's name and parameters.
+pub fn shown_text(m: &SentMessage) -> String {
+    let b = &m.body;
+    if let Some(t) = b["text"]["body"].as_str() {
+        return t.to_string();
+    }
+    if let Some(t) = b["interactive"]["body"]["text"].as_str() {
+        return t.to_string();
+    }
+    template_text(b)
+}
+
+/// The options of an interactive message (button or row titles).
+pub fn shown_options(m: &SentMessage) -> Vec<String> {
+    let i = &m.body["interactive"];
+    let buttons = i["action"]["buttons"].as_array().into_iter().flatten().map(|b| &b["reply"]["title"]);
+    let rows = i["action"]["sections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["rows"].as_array().into_iter().flatten().map(|r| &r["title"]));
+    buttons.chain(rows).filter_map(|t| t.as_str().map(String::from)).collect()
+}
+
+fn template_text(b: &Value) -> String {
+    let params: Vec<&str> = b["template"]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["parameters"].as_array().into_iter().flatten())
+        .filter_map(|p| p["text"].as_str())
+        .collect();
+    format!("{} {}", b["template"]["name"].as_str().unwrap_or(""), params.join(" "))
+}
 
 fn unix() -> i64 {
     chrono::Utc::now().timestamp()

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 pub use google::{GoogleFault, GoogleState};
-pub use meta::{MetaFault, MetaSettings, MetaState, SimUser, TemplateDef};
+pub use meta::{MetaFault, MetaSettings, MetaState, ScriptLine, SimUser, TemplateDef, UserMessage};
 pub use salesforce::{RecordFault, SalesforceState, SfAction, SfFault, SfKind};
 pub use twilio::{ContentDef, TwilioFault, TwilioSettings, TwilioState, TwilioUser};
 

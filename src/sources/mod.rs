@@ -72,6 +72,8 @@ pub struct ConsentConfig {
     /// Lower-cased.
     pub granted_values: Vec<String>,
     pub opted_out_value: String,
+    /// Written when the person accepts the privacy notice or opts back in.
+    pub granted_value: String,
 }
 
 impl ConsentConfig {
@@ -114,6 +116,10 @@ pub struct RawConsent {
     /// Written to the consent field when the person opts out (default `BAJA`).
     #[serde(default)]
     pub opted_out_value: Option<String>,
+    /// Written when the person accepts the privacy notice in the chat or opts back in
+    /// (default: the first of `granted_values` as written, else `Sí`).
+    #[serde(default)]
+    pub granted_value: Option<String>,
 }
 
 /// `write_back:` in any source's configuration: each entry is a field; leave one out to not
@@ -190,7 +196,13 @@ impl SourceSettings {
         };
         let consent = raw.consent.map(|c| {
             p.non_empty(&format!("{path}.consent.column"), &c.column);
+            let granted_value = c
+                .granted_value
+                .clone()
+                .or_else(|| c.granted_values.as_ref().and_then(|v| v.first().cloned()))
+                .unwrap_or_else(|| "Sí".into());
             ConsentConfig {
+                granted_value,
                 field: c.column,
                 granted_values: c
                     .granted_values

@@ -14,6 +14,9 @@ pub struct Contact {
     pub phone: String,
     pub opted_out_at: Option<i64>,
     pub last_inbound_at: Option<i64>,
+    /// Their answer to the privacy notice (`accepted` / `refused`) and its version.
+    pub consent: Option<String>,
+    pub consent_version: Option<String>,
 }
 
 fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
@@ -21,21 +24,25 @@ fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
         phone: col(r, "phone")?,
         opted_out_at: col(r, "opted_out_at")?,
         last_inbound_at: col(r, "last_inbound_at")?,
+        consent: col(r, "consent")?,
+        consent_version: col(r, "consent_version")?,
     })
 }
 
 pub async fn contact(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<Contact>> {
-    let row = sqlx::query("SELECT phone, opted_out_at, last_inbound_at FROM contacts WHERE phone = $1")
-        .bind(phone)
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version FROM contacts WHERE phone = $1",
+    )
+    .bind(phone)
+    .fetch_optional(conn)
+    .await?;
     row.as_ref().map(contact_from_row).transpose()
 }
 
 /// The contact a provider id belongs to.
 pub async fn contact_by_user_id(conn: &mut SqliteConnection, user_id: &str) -> StoreResult<Option<Contact>> {
     let row = sqlx::query(
-        "SELECT c.phone, c.opted_out_at, c.last_inbound_at FROM contact_ids i JOIN contacts c ON c.phone = i.phone WHERE i.user_id = $1",
+        "SELECT c.phone, c.opted_out_at, c.last_inbound_at, c.consent, c.consent_version FROM contact_ids i JOIN contacts c ON c.phone = i.phone WHERE i.user_id = $1",
     )
     .bind(user_id)
     .fetch_optional(conn)
@@ -93,13 +100,56 @@ pub async fn set_opted_out(conn: &mut SqliteConnection, phone: &str, text: &str,
     Ok(())
 }
 
+/// Replies to outbox message `message_id` received before inbound message `except`.
+pub async fn earlier_replies(conn: &mut SqliteConnection, message_id: i64, except: &str) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM inbound WHERE in_reply_to = $1 AND provider_message_id <> $2")
+        .bind(message_id)
+        .bind(except)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// A person opted back in: recado may write to them again (and asks for consent again).
+pub async fn clear_opted_out(conn: &mut SqliteConnection, phone: &str, now: i64) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE contacts SET opted_out_at = NULL, opt_out_text = NULL, consent = NULL, consent_version = NULL, updated_at = $2 WHERE phone = $1",
+    )
+    .bind(phone)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a person's answer to the privacy notice.
+pub async fn set_consent(
+    conn: &mut SqliteConnection,
+    phone: &str,
+    accepted: bool,
+    method: &str,
+    version: &str,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE contacts SET consent = $2, consent_at = $3, consent_method = $4, consent_version = $5, updated_at = $3 WHERE phone = $1",
+    )
+    .bind(phone)
+    .bind(if accepted { "accepted" } else { "refused" })
+    .bind(now)
+    .bind(method)
+    .bind(version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Contacts for several phones at once (the dispatcher checks a chunk in one query).
 pub async fn contacts_for(conn: &mut SqliteConnection, phones: &[&str]) -> StoreResult<HashMap<String, Contact>> {
     if phones.is_empty() {
         return Ok(HashMap::new());
     }
     let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "SELECT phone, opted_out_at, last_inbound_at FROM contacts WHERE phone IN (",
+        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version FROM contacts WHERE phone IN (",
     );
     let mut sep = qb.separated(", ");
     for p in phones {

@@ -91,6 +91,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "webhook query", include_str!("migrations/0006_webhook_query.sql")),
     (7, "fetched deliveries", include_str!("migrations/0007_fetched_deliveries.sql")),
     (8, "conversations", include_str!("migrations/0008_conversations.sql")),
+    (9, "consent", include_str!("migrations/0009_consent.sql")),
+    (10, "conversation timers", include_str!("migrations/0010_conversation_timers.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

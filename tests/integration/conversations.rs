@@ -9,7 +9,8 @@
 //! number), `bot: TEXT` or `bot: {says: TEXT, options: [TITLE, …]}` (the next bot message
 //! contains TEXT and offers exactly those options), `no_reply: true` (the daemon settles and
 //! the bot said nothing more), `cell: {row: N, column: C, is: V}`, `restart: true`,
-//! `advance: 3h` (moves the daemon's clock).
+//! `advance: 3h` (moves the daemon's clock), `edit: {row: N, column: C, value: V}` (staff edit
+//! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,15 @@ struct Scenario {
     /// People with a row in the sheet.
     #[serde(default)]
     people: Vec<u32>,
+    /// People with a row whose consent column is empty.
+    #[serde(default)]
+    unconsented: Vec<u32>,
     /// People on WhatsApp without a row.
     #[serde(default)]
     strangers: Vec<u32>,
+    /// Rules added to the harness's (YAML list items indented by two spaces).
+    #[serde(default)]
+    rules: String,
     /// Top-level YAML added to the harness's configuration (`flows:`, `inbound:`).
     config: String,
     script: Vec<Value>,
@@ -211,6 +218,23 @@ impl Runner {
                 h.cell(&key, column) == want
             })
             .await;
+        } else if let Some(e) = v.get("edit") {
+            let key = e["row"].as_u64().map(|k| k.to_string()).unwrap_or_default();
+            self.h.edit(&key, e["column"].as_str().unwrap_or(""), e["value"].clone());
+        } else if let Some(title) = v.get("tap_template").and_then(Value::as_str) {
+            let h = &self.h;
+            let mut template = None;
+            wait_for("a template to tap", Duration::from_secs(20), || {
+                template = h.sent_to(who).into_iter().rev().find(|m| m.template.is_some());
+                let found = template.is_some();
+                async move { found }
+            })
+            .await;
+            let id = template.map(|t| t.id).unwrap_or_default();
+            match h.vendor {
+                Vendor::Meta => h.sandbox.meta().user_taps(&wa_id(who), title, title, &id),
+                Vendor::Twilio => h.sandbox.twilio().user_taps(&e164(who), title, title, &id),
+            };
         } else if v.get("restart").is_some() {
             self.h.quiet().await;
             self.h.stop().await;
@@ -269,7 +293,12 @@ fn load(path: &Path) -> Scenario {
 async fn run(path: &Path, vendor: Vendor) {
     let file = path.file_name().unwrap().to_string_lossy().to_string();
     let scenario = load(path);
-    let mut rows: Vec<Vec<Value>> = scenario.people.iter().map(|n| row(*n, &format!("P{n}"), "Sí", "Activo")).collect();
+    let mut rows: Vec<Vec<Value>> = scenario
+        .people
+        .iter()
+        .map(|n| row(*n, &format!("P{n}"), "Sí", "Activo"))
+        .chain(scenario.unconsented.iter().map(|n| row(*n, &format!("P{n}"), "", "Activo")))
+        .collect();
     for r in &mut rows {
         r.extend(scenario.columns.iter().map(|_| json!("")));
     }
@@ -278,12 +307,14 @@ async fn run(path: &Path, vendor: Vendor) {
     all[0].extend(scenario.columns.iter().map(|c| json!(c)));
     all.extend(rows);
     h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
-    for n in scenario.people.iter().chain(&scenario.strangers) {
+    for n in scenario.people.iter().chain(&scenario.unconsented).chain(&scenario.strangers) {
         h.user(*n, false, None);
     }
     h.extra_top = scenario.config.clone();
+    h.extra_rules = scenario.rules.lines().map(|l| format!("  {l}\n")).collect();
     h.start().await;
-    let default_person = scenario.people.first().or(scenario.strangers.first()).copied().unwrap_or(100);
+    let default_person =
+        scenario.people.first().or(scenario.unconsented.first()).or(scenario.strangers.first()).copied().unwrap_or(100);
     let mut r = Runner {
         h,
         file: format!("{file} ({})", scenario.about),

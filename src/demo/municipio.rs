@@ -1,0 +1,216 @@
+//! `recado demo --scenario municipio`: the conversations story. Residents write first to the
+//! municipality's WhatsApp number: the privacy notice, the menu, a problem reported in the
+//! chat, someone who refuses, someone who opts out. Then an employment programme's graduate
+//! gets the follow-up survey as a template and answers it inside WhatsApp, each answer landing
+//! in its column of her row. The people are scripted users of the WhatsApp emulator: they
+//! write, wait for the bot's answer and tap its buttons.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use super::{cell_text, fit, wait_until, Narrator};
+use crate::app;
+use crate::config::Config;
+use crate::sandbox::meta::{shown_options, shown_text};
+use crate::sandbox::{MetaSettings, Sandbox, ScriptLine, SimUser, TemplateDef, TwilioSettings};
+
+const YAML: &str = include_str!("../../config/demo-municipio.yaml");
+const SHEET: &str = "demo-municipio";
+const TAB: &str = "Participantes";
+
+fn say(text: &str) -> ScriptLine {
+    ScriptLine { say: Some(text.into()), delay_ms: 300, ..Default::default() }
+}
+
+fn tap(title: &str) -> ScriptLine {
+    ScriptLine { tap: Some(title.into()), delay_ms: 300, ..Default::default() }
+}
+
+fn after(line: ScriptLine, text: &str) -> ScriptLine {
+    ScriptLine { after: Some(text.into()), ..line }
+}
+
+/// A scripted person: name, WhatsApp id, what they do.
+struct Resident {
+    name: &'static str,
+    wa_id: &'static str,
+    script: Vec<ScriptLine>,
+}
+
+fn residents() -> Vec<Resident> {
+    vec![
+        Resident {
+            name: "Rosa (vecina)",
+            wa_id: "56987654401",
+            script: vec![
+                say("hola"),
+                after(tap("Acepto"), "guardamos tu número"),
+                after(tap("Horarios"), "¿En qué te podemos ayudar?"),
+                after(say("buenas, otra consulta"), "Atendemos"),
+                after(tap("Reportar un problema"), "¿En qué te podemos ayudar?"),
+                after(say("Un bache grande frente al consultorio"), "¿Qué problema"),
+                after(say("Calle Los Aromos 345, esquina Pasaje 2"), "¿Dónde está?"),
+            ],
+        },
+        Resident {
+            name: "Pedro (vecino)",
+            wa_id: "56987654402",
+            script: vec![
+                say("Hola, buenas tardes"),
+                after(tap("No acepto"), "guardamos tu número"),
+                after(say("ok"), "Entendido"),
+            ],
+        },
+        Resident {
+            name: "Luis (vecino)",
+            wa_id: "56987654403",
+            script: vec![
+                say("hola"),
+                after(tap("Acepto"), "guardamos tu número"),
+                after(say("no quiero que me den de baja, solo consultar"), "¿En qué te podemos ayudar?"),
+                after(say("baja por favor"), "No entendí"),
+            ],
+        },
+    ]
+}
+
+fn graduate() -> Resident {
+    Resident {
+        name: "Camila (egresada)",
+        wa_id: "56987654301",
+        script: vec![
+            after(say("4"), "encuesta_egreso"),
+            after(tap("Sí"), "¿Estás trabajando?"),
+            after(say("Me sirvió para encontrar trabajo en una constructora"), "¿Algo que quieras contarnos"),
+        ],
+    }
+}
+
+fn sheet() -> Vec<Vec<Value>> {
+    let header =
+        ["ID", "Nombre", "Teléfono", "Consentimiento", "Estado", "Encuesta", "Satisfacción", "Trabaja", "Comentario"];
+    let mut rows = vec![header.iter().map(|h| json!(h)).collect::<Vec<_>>()];
+    for (id, name, phone) in [("P-1", "Camila Rojas", "+56 9 8765 4301"), ("P-2", "Tomás Reyes", "+56 9 8765 4308")] {
+        let mut r = vec![json!(id), json!(name), json!(phone), json!("Sí"), json!("Activo")];
+        r.extend(std::iter::repeat_n(json!(""), 4));
+        rows.push(r);
+    }
+    rows
+}
+
+/// Runs the scenario (on Meta). See [`super::run`] for `until_settled` and `timeout`.
+pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let settings = MetaSettings { status_delay_ms: 100, ..Default::default() };
+    let sandbox =
+        Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), settings, TwilioSettings::default()).await?;
+    println!("▶ Sandbox de Google y Meta en {}", sandbox.base_url());
+    sandbox.meta().add_template(TemplateDef::new("encuesta_egreso", "es", 1, false));
+    sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), sheet())]);
+    let people: Vec<Resident> = residents().into_iter().chain([graduate()]).collect();
+    for p in &people {
+        sandbox.meta().add_user(SimUser {
+            wa_id: p.wa_id.into(),
+            name: p.name.into(),
+            read_after_ms: 200,
+            script: p.script.clone(),
+            ..Default::default()
+        });
+    }
+    let key_file = dir.path().join("sa.json");
+    std::fs::write(&key_file, sandbox.service_account_key("recado-demo@sandbox.iam.gserviceaccount.com"))?;
+    let state_path = dir.path().join("recado.db");
+    let yaml = YAML
+        .replace("${SANDBOX}", &sandbox.base_url())
+        .replace("${KEY_FILE}", &key_file.display().to_string())
+        .replace("${STATE_PATH}", &state_path.display().to_string());
+    let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
+    let running = app::start(config).await?;
+    let webhook_url = format!("http://{}/webhooks/whatsapp", running.webhook_addr());
+    sandbox.meta().update_settings(|s| s.webhook_url = Some(webhook_url.clone()));
+    println!("▶ recado escucha webhooks en {webhook_url}; estado en {}", state_path.display());
+    let store = running.ctx().store.clone();
+    wait_until(Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            let Ok(mut c) = store.conn().await else { return false };
+            crate::store::source_state(&mut c, "participantes").await.is_ok_and(|s| s.baseline_done)
+        }
+    })
+    .await;
+
+    let started = Instant::now();
+    let mut narrator = Narrator::default();
+    for p in residents() {
+        println!("💬 {} escribe al número de la Municipalidad", p.name);
+        sandbox.meta().start_script(p.wa_id);
+    }
+    println!("🎓 El programa marca a Camila como Egresado: recibe la encuesta de seguimiento");
+    sandbox.google().edit_by_key(SHEET, TAB, "ID", "P-1", "Estado", json!("Egresado"));
+    sandbox.meta().start_script(graduate().wa_id);
+
+    let meta = sandbox.meta();
+    let scripts = wait_until(timeout, || async { meta.scripts_done() }).await;
+    let settled = scripts && super::settle(&running, &mut narrator, (0, 0), started + timeout, timeout).await;
+    let answered = wait_until(Duration::from_secs(10), || async {
+        sandbox.google().rows(SHEET, TAB).iter().any(|r| r.iter().any(|c| cell_text(c) == "completa"))
+    })
+    .await;
+    print_transcripts(&sandbox, &people);
+    print_sheet(&sandbox);
+    super::print_summary(&running).await?;
+    let result = if settled && answered {
+        println!("✔ Cada conversación terminó, y la encuesta quedó en la fila de Camila.");
+        Ok(())
+    } else if !scripts {
+        Err(anyhow::anyhow!("the residents' scripts did not finish within {}s", timeout.as_secs()))
+    } else if !answered {
+        Err(anyhow::anyhow!("the survey's answers did not reach the sheet"))
+    } else {
+        Err(anyhow::anyhow!("the demo did not settle within {}s", timeout.as_secs()))
+    };
+    super::finish(running, sandbox, until_settled, result).await
+}
+
+/// Each person's conversation, in order: what they wrote or tapped, what recado answered.
+fn print_transcripts(sandbox: &Sandbox, people: &[Resident]) {
+    let sent = sandbox.meta().sent();
+    let received = sandbox.meta().received();
+    for p in people {
+        println!("\nConversación con {}:", p.name);
+        let mut lines: Vec<(i64, String)> =
+            received.iter().filter(|m| m.wa_id == p.wa_id).map(|m| (m.at_ms, format!("  👤 {}", m.text))).collect();
+        for m in sent.iter().filter(|m| m.wa_id == p.wa_id) {
+            let options = shown_options(m);
+            let shown = shown_text(m).replace('\n', " ");
+            let text = if options.is_empty() { shown } else { format!("{shown}  [{}]", options.join("] [")) };
+            let who = if m.body["type"] == "template" { "🤖 (plantilla)" } else { "🤖" };
+            lines.push((m.at_ms, format!("  {who} {}", fit(&text, 150).trim_end())));
+        }
+        lines.sort_by_key(|(at, _)| *at);
+        for (_, l) in lines {
+            println!("{l}");
+        }
+    }
+}
+
+fn print_sheet(sandbox: &Sandbox) {
+    let rows = sandbox.google().rows(SHEET, TAB);
+    let Some(header) = rows.first() else { return };
+    let wanted = ["ID", "Nombre", "Estado", "Encuesta", "Satisfacción", "Trabaja", "Comentario"];
+    let cols: Vec<Option<usize>> = wanted.iter().map(|w| header.iter().position(|h| cell_text(h) == *w)).collect();
+    let widths = [4, 14, 9, 10, 12, 7, 52];
+    println!("\nLa planilla \"{TAB}\" después de recado:");
+    println!("  {}", wanted.iter().zip(widths).map(|(w, n)| fit(w, n)).collect::<Vec<_>>().join(" │ "));
+    for r in rows.iter().skip(1) {
+        let line: Vec<String> = cols
+            .iter()
+            .zip(widths)
+            .map(|(c, n)| fit(&c.and_then(|c| r.get(c)).map(cell_text).unwrap_or_default(), n))
+            .collect();
+        println!("  {}", line.join(" │ "));
+    }
+}
