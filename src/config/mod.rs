@@ -226,6 +226,8 @@ pub struct InboundConfig {
     pub default_language: String,
     /// Languages every flow text must have.
     pub languages: Vec<String>,
+    /// The record field holding a contact's language.
+    pub language_field: Option<String>,
     /// Normalised.
     pub opt_in_keywords: Vec<String>,
     pub opt_out_reply: Option<String>,

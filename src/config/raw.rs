@@ -157,6 +157,10 @@ pub struct RawInbound {
     /// Languages every flow text must have (`recado check` reports the missing ones).
     #[serde(default)]
     pub languages: Option<Vec<String>>,
+    /// The field of a contact's record that holds their language (`es`, `en`, …), used when
+    /// they have not chosen one in a conversation.
+    #[serde(default)]
+    pub language_field: Option<String>,
     /// A message that is one of these (alone or in a short message) opts a person back in
     /// after an opt-out. Default: ALTA, START.
     #[serde(default)]

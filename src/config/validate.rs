@@ -306,6 +306,7 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         entry_flow: inbound.entry_flow,
         default_language,
         languages,
+        language_field: inbound.language_field,
         opt_in_keywords: opt_in.iter().map(|k| normalise_keyword(k)).collect(),
         opt_out_reply: inbound.opt_out_reply,
         opt_in_reply: inbound.opt_in_reply,

@@ -606,10 +606,21 @@ impl Dispatcher {
             // A rule whose replies go to a flow: the conversation waits for the answer to the
             // question the template asked, from now (its reminder and expiry count from here).
             let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
-            if let (Some(flow), MessageState::Queued | MessageState::Sending) =
-                (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current)
+            // A conversation in progress about something else is not taken over: a reply that
+            // quotes this message still reaches this flow.
+            let busy = store::conversation(&mut tx, m.phone.as_str()).await?.is_some_and(|c| {
+                c.expires_at.is_none_or(|e| e > now)
+                    && (Some(c.conversation.flow.as_str()) != on_reply
+                        || c.record != Some((m.source_id.clone(), m.record_key.clone())))
+            });
+            if let (Some(flow), MessageState::Queued | MessageState::Sending, false) =
+                (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current, busy)
             {
-                if let Some(conversation) = flow.opening(&self.ctx.config.inbound.default_language) {
+                let language = store::contact(&mut tx, m.phone.as_str())
+                    .await?
+                    .and_then(|c| c.language)
+                    .unwrap_or_else(|| self.ctx.config.inbound.default_language.clone());
+                if let Some(conversation) = flow.opening(&language) {
                     let record = Some((m.source_id.clone(), m.record_key.clone()));
                     let stored = super::conversation_row(
                         flow,

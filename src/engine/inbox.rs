@@ -51,15 +51,21 @@ impl InboxProcessor {
     pub async fn run(self, mut shutdown: Shutdown) {
         info!("inbox processor started");
         let health = "loop:inbox";
+        let mut last_sweep =
+            std::time::Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(std::time::Instant::now);
         loop {
+            // Reminders and expiries also run while deliveries keep arriving.
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                last_sweep = std::time::Instant::now();
+                if let Err(e) = self.sweep_conversations().await {
+                    warn!("conversation reminders and expiries will be retried: {e}");
+                }
+            }
             match self.process_pending().await {
                 Ok(n) => {
                     self.ctx.health.ok(health, "loop", self.ctx.now_ms());
                     if n > 0 {
                         continue;
-                    }
-                    if let Err(e) = self.sweep_conversations().await {
-                        warn!("conversation reminders and expiries will be retried: {e}");
                     }
                     tokio::select! {
                         _ = self.ctx.inbox_wake.notified() => {}
@@ -296,6 +302,14 @@ impl InboxProcessor {
         }
         if next == MessageState::Failed {
             warn!(message_id = m.id, record = %m.record_key, "message failed: {}", reason.unwrap_or_default());
+            // The question never reached them: the conversation that waited for its answer is
+            // over (the record shows the failure, not a missing answer).
+            let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
+            if let (Some(flow), Some(c)) = (on_reply, store::conversation(tx, m.phone.as_str()).await?) {
+                if c.conversation.flow == flow && c.record == Some((m.source_id.clone(), m.record_key.clone())) {
+                    store::end_conversation(tx, m.phone.as_str()).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -410,17 +424,33 @@ impl InboxProcessor {
         }
         let mut writes: Vec<FieldWrite> = Vec::new();
         let inbound = &self.ctx.config.inbound;
-        let opting_out = crate::flows::is_keyword_message(&text, &inbound.opt_out_keywords);
-        // A contact inside a conversation is answering the bot, not the rule's message.
+        // Typed words (or a template's button) can opt out; a tap on the bot's own options
+        // cannot, whatever its title.
+        let typed = matches!(kind, InboundKind::Text { .. } | InboundKind::Button { .. });
+        let opting_out = typed && crate::flows::is_keyword_message(&text, &inbound.opt_out_keywords);
         let live = match &phone {
             Some(p) if !opting_out => self.live_conversation(tx, p, now).await?,
             _ => None,
         };
-        let conversing = live.is_some();
+        // A reply that quotes a rule's message whose replies go to a flow answers that message,
+        // whatever conversation is in progress (two appointments on one phone: each reply goes
+        // to its own record).
+        let quoted_reply = origin.as_ref().is_some_and(|m| {
+            let quoted = context_message_id.is_some() && m.provider_message_id.as_deref() == context_message_id;
+            let flow = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
+            quoted
+                && flow.is_some_and(|f| {
+                    live.as_ref().is_none_or(|c| {
+                        c.conversation.flow != f || c.record != Some((m.source_id.clone(), m.record_key.clone()))
+                    })
+                })
+        });
+        // Otherwise a contact inside a conversation is answering the bot, not the rule.
+        let conversing = live.is_some() && !quoted_reply;
         // A reply is written to the rule's record unless the person is talking to the bot
         // about something else (a conversation about that same record still counts).
         let about_origin = |m: &OutboxMessage| {
-            live.as_ref().is_none_or(|c| c.record == Some((m.source_id.clone(), m.record_key.clone())))
+            quoted_reply || live.as_ref().is_none_or(|c| c.record == Some((m.source_id.clone(), m.record_key.clone())))
         };
         if let Some(m) = origin.as_ref().filter(|m| about_origin(m)) {
             if let Some(settings) = self.ctx.source(&m.source_id) {
@@ -484,7 +514,7 @@ impl InboxProcessor {
             }
         }
         let mut opted_in = false;
-        if let (Some(p), false) = (&phone, opting_out) {
+        if let (Some(p), false, true) = (&phone, opting_out, typed) {
             if crate::flows::is_keyword_message(&text, &inbound.opt_in_keywords) {
                 let c = store::contact(tx, p).await?.unwrap_or_default();
                 if c.opted_out_at.is_some() || c.consent.as_deref() == Some("refused") {
@@ -518,7 +548,7 @@ impl InboxProcessor {
                 inbound_id: provider_message_id,
                 kind,
                 origin: if conversing { None } else { recent },
-                from_bot_side: conversing,
+                answers_quoted: quoted_reply,
             };
             writes.extend(self.converse(tx, &talk, now, effects).await?);
         }
@@ -681,16 +711,34 @@ impl InboxProcessor {
             debug!(from = %who, "the contact opted out: the bot does not answer");
             return Ok(Vec::new());
         }
+        if store::conversation(tx, talk.phone)
+            .await?
+            .is_some_and(|c| c.conversation.flow == HANDOFF_FLOW && c.expires_at.is_none_or(|e| e > now))
+        {
+            debug!(from = %who, "handed to a person: the bot stays silent");
+            return Ok(Vec::new());
+        }
+        let text = match talk.kind {
+            // A reaction answers nothing.
+            InboundKind::Other { message_type } if message_type == "reaction" => return Ok(Vec::new()),
+            // Media, a location, …: not an answer to any question.
+            InboundKind::Other { .. } => String::new(),
+            other => other.text(),
+        };
         let input = crate::flows::Input {
-            text: talk.kind.text(),
+            text,
             choice_id: match talk.kind {
                 InboundKind::Interactive { id, .. } => Some(id.clone()),
                 InboundKind::Button { payload, .. } => Some(payload.clone()),
                 _ => None,
             },
         };
-        let live = self.live_conversation(tx, talk.phone, now).await?;
+        let live = if talk.answers_quoted { None } else { self.live_conversation(tx, talk.phone, now).await? };
         let fresh = live.is_none();
+        let language = match &contact.language {
+            Some(l) => l.clone(),
+            None => self.record_language(tx, talk).await?.unwrap_or_else(|| default_language.to_string()),
+        };
         let (flow, turn, record, started_at) = if let Some(c) = live {
             let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };
             let context = self.turn_context(tx, c.record.as_ref()).await?;
@@ -709,14 +757,10 @@ impl InboxProcessor {
                 .and_then(|r| r.on_reply.as_deref())
                 .and_then(|id| flows.get(id))
                 .and_then(|f| {
-                    crate::flows::answer_opening(f, &input, default_language, default_language, &context)
-                        .map(|t| (f, t))
+                    crate::flows::answer_opening(f, &input, &language, default_language, &context).map(|t| (f, t))
                 });
             if let Some((flow, turn)) = opening {
                 (flow, turn, record, now)
-            } else if talk.origin.is_some() && !talk.from_bot_side {
-                // A reply to a rule's recent message without `on_reply`: written back, no bot.
-                return Ok(Vec::new());
             } else {
                 let consent = self.consent_state(tx, &contact, record.as_ref()).await?;
                 if consent == ConsentState::Refused {
@@ -732,8 +776,8 @@ impl InboxProcessor {
                     store::end_conversation(tx, talk.phone).await?;
                     return Ok(Vec::new());
                 };
-                info!(from = %who, flow = %flow.id, "conversation started");
-                let turn = crate::flows::start(flow, default_language, default_language, &context);
+                info!(from = %who, flow = %flow.id, %language, "conversation started");
+                let turn = crate::flows::start(flow, &language, default_language, &context);
                 (flow, turn, record, now)
             }
         };
@@ -744,6 +788,7 @@ impl InboxProcessor {
         while let Some((flow, turn, started_at, fresh)) = current.take() {
             let mut accepted = false;
             let mut handed_off = false;
+            let gave_up = turn.gave_up;
             if fresh {
                 writes.extend(super::progress_write(flow, record.as_ref(), super::FlowProgress::Started));
             }
@@ -779,6 +824,26 @@ impl InboxProcessor {
                         // The hand-off inbox takes it from here (not built yet): the bot lets go.
                         info!(from = %who, flow = %flow.id, topic = topic.as_deref().unwrap_or(""), "hand-off requested");
                         handed_off = true;
+                        let waiting = crate::flows::Conversation {
+                            flow: HANDOFF_FLOW.into(),
+                            version: String::new(),
+                            step: topic.unwrap_or_default(),
+                            attempts: 0,
+                            answers: Default::default(),
+                            language: language.clone(),
+                            reminded: false,
+                        };
+                        let stored = store::StoredConversation {
+                            phone: talk.phone.to_string(),
+                            conversation: waiting,
+                            provider_id: talk.provider.id().to_string(),
+                            record: record.clone(),
+                            started_at: now,
+                            updated_at: now,
+                            remind_at: None,
+                            expires_at: Some(now + HANDOFF_SILENCE_MS),
+                        };
+                        store::save_conversation(tx, &stored).await?;
                     }
                     crate::flows::Action::Consent { granted } => {
                         let version = inbound.consent_version.as_deref().unwrap_or("");
@@ -792,6 +857,10 @@ impl InboxProcessor {
                             }
                         }));
                         accepted = granted;
+                    }
+                    crate::flows::Action::SetLanguage(l) => {
+                        store::set_language(tx, talk.phone, &l, now).await?;
+                        info!(from = %who, language = %l, "language chosen");
                     }
                 }
             }
@@ -808,19 +877,20 @@ impl InboxProcessor {
                     );
                     store::save_conversation(tx, &stored).await?;
                 }
+                // A hand-off keeps its own row (the bot's silence).
+                None if handed_off => {}
                 None => {
-                    debug!(from = %who, flow = %flow.id, "conversation ended");
+                    debug!(from = %who, flow = %flow.id, gave_up, "conversation ended");
                     store::end_conversation(tx, talk.phone).await?;
-                    if !handed_off {
-                        writes.extend(super::progress_write(flow, record.as_ref(), super::FlowProgress::Completed));
-                    }
+                    let stage = if gave_up { super::FlowProgress::Expired } else { super::FlowProgress::Completed };
+                    writes.extend(super::progress_write(flow, record.as_ref(), stage));
                 }
             }
             // Accepted the notice: the menu follows at once.
             if accepted {
                 if let Some(entry) = inbound.entry_flow.as_deref().and_then(|id| flows.get(id)) {
                     let context = self.turn_context(tx, record.as_ref()).await?;
-                    let turn = crate::flows::start(entry, default_language, default_language, &context);
+                    let turn = crate::flows::start(entry, &language, default_language, &context);
                     current = Some((entry, turn, now, true));
                 }
             }
@@ -855,6 +925,22 @@ impl InboxProcessor {
         store::insert_intent(tx, &intent, now, now).await?;
         effects.providers.insert(talk.provider.id().to_string());
         Ok(())
+    }
+
+    /// The language the contact's record gives (`inbound.language_field`), if it is one flows
+    /// speak.
+    async fn record_language(&self, tx: &mut Tx, talk: &Talk<'_>) -> Result<Option<String>, StoreError> {
+        let inbound = &self.ctx.config.inbound;
+        let Some(field) = &inbound.language_field else { return Ok(None) };
+        let record = match talk.origin {
+            Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
+            None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
+        };
+        let Some((source_id, key)) = record else { return Ok(None) };
+        let Some(row) = store::snapshot_row_of(tx, &source_id, &key.0).await? else { return Ok(None) };
+        let value = row.fields.get(field).map(|v| v.trim().to_lowercase()).unwrap_or_default();
+        let known = value == inbound.default_language || inbound.languages.contains(&value);
+        Ok(known.then_some(value))
     }
 
     /// Whether the contact must be shown the privacy notice before the bot answers: not when
@@ -904,6 +990,11 @@ impl InboxProcessor {
     }
 }
 
+/// The conversation row of a contact handed to a person: the bot stays silent until it ends.
+pub const HANDOFF_FLOW: &str = "__handoff";
+/// How long the bot stays silent after a hand-off (until the hand-off inbox closes it).
+const HANDOFF_SILENCE_MS: i64 = 24 * 3600 * 1000;
+
 /// The rule id of a conversation's messages: `flow:<flow id>`.
 pub const FLOW_RULE_PREFIX: &str = "flow:";
 /// The rule id of the confirmation of an opt-out: the one message an opted-out person gets.
@@ -919,8 +1010,8 @@ struct Talk<'a> {
     kind: &'a InboundKind,
     /// The rule's message this one replies to (quoted, or sent in the last 24 hours).
     origin: Option<&'a OutboxMessage>,
-    /// Talk to the bot even though `origin` is set (the contact is in a conversation).
-    from_bot_side: bool,
+    /// It answers the quoted rule message (`origin`), not the conversation in progress.
+    answers_quoted: bool,
 }
 
 /// Where a contact stands with the privacy notice.

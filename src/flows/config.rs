@@ -155,6 +155,10 @@ pub struct RawAsk {
     /// The field of the contact's record the answer is written to.
     #[serde(default)]
     pub save: Option<String>,
+    /// The answer is the language the contact is spoken to in from now on (and in later
+    /// conversations): a `choice` whose options' values are language codes.
+    #[serde(default)]
+    pub sets_language: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +248,7 @@ pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -
                 retries: 2,
                 on_fail: Next::End,
                 save: None,
+                sets_language: false,
             })),
             next: Next::End,
         },
@@ -528,7 +533,26 @@ impl StepValidator<'_, '_> {
         if let Some(f) = &a.save {
             self.p.non_empty(&format!("{path}.save"), f);
         }
-        Ask { prompt, answer, retry, retries, on_fail, save: a.save }
+        let sets_language = a.sets_language.unwrap_or(false);
+        if sets_language {
+            match &answer {
+                AnswerKind::Choice { options, .. } => {
+                    let known: Vec<&str> = std::iter::once(self.languages.default)
+                        .chain(self.languages.required.iter().map(String::as_str))
+                        .collect();
+                    for (i, o) in options.iter().enumerate() {
+                        if !known.contains(&o.value.as_str()) {
+                            self.p.push(
+                                format!("{path}.choices[{i}].value"),
+                                format!("a language choice's value is a language code: one of {}", known.join(", ")),
+                            );
+                        }
+                    }
+                }
+                _ => self.p.push(format!("{path}.sets_language"), "only a choice can set the language"),
+            }
+        }
+        Ask { prompt, answer, retry, retries, on_fail, save: a.save, sets_language }
     }
 
     fn choice(&mut self, path: &str, c: RawChoice, title_max: usize, ids: &mut HashSet<String>) -> ChoiceOption {

@@ -174,6 +174,8 @@ pub struct Ask {
     pub on_fail: Next,
     /// The field of the contact's record the answer is written to.
     pub save: Option<String>,
+    /// The answer (a language code) is the language the contact is spoken to in from now on.
+    pub sets_language: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +261,8 @@ pub enum Action {
     Consent {
         granted: bool,
     },
+    /// The contact chose the language they are spoken to in.
+    SetLanguage(String),
 }
 
 /// The outcome of one message.
@@ -267,6 +271,8 @@ pub struct Turn {
     /// `None`: the conversation ended (or was handed to a person).
     pub conversation: Option<Conversation>,
     pub actions: Vec<Action>,
+    /// It ended because a question got no usable answer within its retries (not completed).
+    pub gave_up: bool,
 }
 
 /// What texts are rendered with: the record's fields (nested by dotted names), and whatever
@@ -317,6 +323,10 @@ pub fn answer(flow: &Flow, conv: Conversation, input: &Input, default_language: 
         Some((value, goto)) => {
             run.conv.answers.insert(step.id.clone(), value.clone());
             run.conv.attempts = 0;
+            if ask.sets_language {
+                run.conv.language = value.clone();
+                run.actions.push(Action::SetLanguage(value.clone()));
+            }
             if let Some(field) = &ask.save {
                 run.actions.push(Action::Save { field: field.clone(), value });
             }
@@ -328,6 +338,7 @@ pub fn answer(flow: &Flow, conv: Conversation, input: &Input, default_language: 
             if run.conv.attempts > ask.retries {
                 run.conv.attempts = 0;
                 let on_fail = ask.on_fail.clone();
+                run.gave_up = on_fail == Next::End;
                 match on_fail {
                     Next::Following => run.from(pos + 1),
                     other => run.follow(pos, &other),
@@ -354,10 +365,16 @@ pub fn answer_opening(
     Some(answer(flow, conv, input, default_language, ctx))
 }
 
-/// Whether a message is one of `keywords` (normalised: upper case, no accents), alone or in a
-/// short message ("baja por favor", "STOP"), but not inside a longer sentence that merely
-/// contains the word ("no quiero que me den de baja") nor negated ("no baja").
+/// Whether a message is one of `keywords` (normalised: upper case, no accents), alone or with
+/// only courtesy words around it ("baja por favor", "quiero darme de baja", "STOP"), never
+/// inside a sentence that says something else ("no quiero que me den de baja", "cancelar la
+/// hora") nor negated ("no baja").
 pub fn is_keyword_message(text: &str, keywords: &[String]) -> bool {
+    /// Words that may surround a keyword without changing what the message asks.
+    const COURTESY: &[&str] = &[
+        "POR", "FAVOR", "PORFA", "PORFAVOR", "PF", "GRACIAS", "MUCHAS", "YA", "OK", "QUIERO", "ME", "DE", "LA", "EL",
+        "DAR", "DARME", "HACER", "PLEASE", "THANKS", "NOW", "AHORA", "HOLA", "BUENAS", "BUENOS", "DIAS", "TARDES",
+    ];
     let normalised = normalise_keyword(text);
     let words: Vec<&str> = normalised.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
     if words.iter().any(|w| matches!(*w, "NO" | "NOT" | "NUNCA" | "NAO" | "DONT" | "NI")) {
@@ -365,7 +382,13 @@ pub fn is_keyword_message(text: &str, keywords: &[String]) -> bool {
     }
     keywords.iter().any(|k| {
         let kw: Vec<&str> = k.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
-        !kw.is_empty() && words.len() <= kw.len() + 2 && words.windows(kw.len()).any(|w| w == kw.as_slice())
+        if kw.is_empty() || kw.len() > words.len() {
+            return false;
+        }
+        (0..=words.len() - kw.len()).any(|at| {
+            words[at..at + kw.len()] == kw[..]
+                && words[..at].iter().chain(&words[at + kw.len()..]).all(|w| COURTESY.contains(w))
+        })
     })
 }
 
@@ -385,6 +408,7 @@ struct Run<'a> {
     pending: Vec<String>,
     ended: bool,
     waiting: bool,
+    gave_up: bool,
 }
 
 impl<'a> Run<'a> {
@@ -398,6 +422,7 @@ impl<'a> Run<'a> {
             pending: Vec::new(),
             ended: false,
             waiting: false,
+            gave_up: false,
         }
     }
 
@@ -521,7 +546,7 @@ impl<'a> Run<'a> {
     fn finish(mut self) -> Turn {
         self.flush();
         let conversation = if self.ended || !self.waiting { None } else { Some(self.conv) };
-        Turn { conversation, actions: self.actions }
+        Turn { conversation, actions: self.actions, gave_up: self.gave_up }
     }
 }
 
@@ -644,6 +669,7 @@ mod tests {
             retries: 1,
             on_fail: Next::End,
             save: None,
+            sets_language: false,
         }
     }
 
@@ -743,6 +769,7 @@ mod tests {
         let t = answer(&f, conv, &says("qué?"), "es", &ctx());
         assert!(t.conversation.is_none(), "retries: 1, so the second miss gives up (on_fail: end)");
         assert!(t.actions.is_empty());
+        assert!(t.gave_up, "not a completed conversation");
     }
 
     #[test]
@@ -788,13 +815,17 @@ mod tests {
 
     #[test]
     fn opt_out_words_count_alone_or_in_short_messages_only() {
-        let k = vec!["BAJA".to_string(), "STOP".to_string(), "DARME DE BAJA".to_string()];
-        for yes in ["BAJA", "baja", "Bája por favor", "STOP!", "quiero darme de baja", "baja gracias"] {
+        let k = vec!["BAJA".to_string(), "STOP".to_string(), "DARME DE BAJA".to_string(), "CANCELAR".to_string()];
+        for yes in
+            ["BAJA", "baja", "Bája por favor", "STOP!", "quiero darme de baja", "baja gracias", "hola, baja porfa"]
+        {
             assert!(is_keyword_message(yes, &k), "{yes}");
         }
         for no in [
             "no quiero que me den de baja",
             "no baja",
+            "baja la música",
+            "cancelar la hora",
             "la baja de presión fue ayer, gracias doctora",
             "stopped",
             "hola",
@@ -845,6 +876,41 @@ mod tests {
             ]
         );
         assert!(t.conversation.is_none());
+    }
+
+    #[test]
+    fn a_language_chosen_in_the_chat_is_spoken_from_then_on() {
+        let both = |es: &str, en: &str| LocalText {
+            by_language: [("es".to_string(), es.to_string()), ("en".to_string(), en.to_string())].into(),
+        };
+        let f = Flow::new(
+            "idioma".into(),
+            "v".into(),
+            vec![
+                step(
+                    "idioma",
+                    StepKind::Ask(Box::new(Ask {
+                        sets_language: true,
+                        ..ask(
+                            "¿Idioma? / Language?",
+                            AnswerKind::Choice {
+                                options: vec![
+                                    ChoiceOption { value: "es".into(), ..opt("es", "Español", None) },
+                                    ChoiceOption { value: "en".into(), ..opt("en", "English", None) },
+                                ],
+                                list_button: None,
+                            },
+                        )
+                    })),
+                    Next::Following,
+                ),
+                step("hola", StepKind::Say(both("Hola", "Hello")), Next::End),
+            ],
+            Duration::from_secs(60),
+        );
+        let conv = start(&f, "es", "es", &ctx()).conversation.unwrap();
+        let t = answer(&f, conv, &says("English"), "es", &ctx());
+        assert_eq!(t.actions, vec![Action::SetLanguage("en".into()), Action::Send(Outgoing::Text("Hello".into()))]);
     }
 
     #[test]

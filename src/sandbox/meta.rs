@@ -393,6 +393,18 @@ impl MetaState {
         self.lock().received.clone()
     }
 
+    /// A simulated person reacts with `emoji` to message `message_id`.
+    pub fn user_reacts(self: &std::sync::Arc<Self>, wa_id: &str, message_id: &str, emoji: &str) -> String {
+        let msg = json!({ "type": "reaction", "reaction": { "message_id": message_id, "emoji": emoji } });
+        self.user_sends(wa_id, msg, None)
+    }
+
+    /// A simulated person sends a photo (by a media id, as WhatsApp does).
+    pub fn user_sends_image(self: &std::sync::Arc<Self>, wa_id: &str, caption: &str) -> String {
+        let msg = json!({ "type": "image", "image": { "id": format!("{}", rand::random::<u64>()), "mime_type": "image/jpeg", "sha256": "", "caption": caption } });
+        self.user_sends(wa_id, msg, None)
+    }
+
     /// A scripted person does the first line of their script.
     pub fn start_script(self: &std::sync::Arc<Self>, wa_id: &str) {
         self.lock().script_pos.insert(wa_id.to_string(), 0);

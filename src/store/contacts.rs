@@ -17,6 +17,8 @@ pub struct Contact {
     /// Their answer to the privacy notice (`accepted` / `refused`) and its version.
     pub consent: Option<String>,
     pub consent_version: Option<String>,
+    /// The language they chose in a conversation.
+    pub language: Option<String>,
 }
 
 fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
@@ -26,12 +28,13 @@ fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
         last_inbound_at: col(r, "last_inbound_at")?,
         consent: col(r, "consent")?,
         consent_version: col(r, "consent_version")?,
+        language: col(r, "language")?,
     })
 }
 
 pub async fn contact(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<Contact>> {
     let row = sqlx::query(
-        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version FROM contacts WHERE phone = $1",
+        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version, language FROM contacts WHERE phone = $1",
     )
     .bind(phone)
     .fetch_optional(conn)
@@ -42,7 +45,7 @@ pub async fn contact(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Op
 /// The contact a provider id belongs to.
 pub async fn contact_by_user_id(conn: &mut SqliteConnection, user_id: &str) -> StoreResult<Option<Contact>> {
     let row = sqlx::query(
-        "SELECT c.phone, c.opted_out_at, c.last_inbound_at, c.consent, c.consent_version FROM contact_ids i JOIN contacts c ON c.phone = i.phone WHERE i.user_id = $1",
+        "SELECT c.phone, c.opted_out_at, c.last_inbound_at, c.consent, c.consent_version, c.language FROM contact_ids i JOIN contacts c ON c.phone = i.phone WHERE i.user_id = $1",
     )
     .bind(user_id)
     .fetch_optional(conn)
@@ -121,6 +124,17 @@ pub async fn clear_opted_out(conn: &mut SqliteConnection, phone: &str, now: i64)
     Ok(())
 }
 
+/// The language a person chose.
+pub async fn set_language(conn: &mut SqliteConnection, phone: &str, language: &str, now: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE contacts SET language = $2, updated_at = $3 WHERE phone = $1")
+        .bind(phone)
+        .bind(language)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Records a person's answer to the privacy notice.
 pub async fn set_consent(
     conn: &mut SqliteConnection,
@@ -149,7 +163,7 @@ pub async fn contacts_for(conn: &mut SqliteConnection, phones: &[&str]) -> Store
         return Ok(HashMap::new());
     }
     let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version FROM contacts WHERE phone IN (",
+        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version, language FROM contacts WHERE phone IN (",
     );
     let mut sep = qb.separated(", ");
     for p in phones {

@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "conversations", include_str!("migrations/0008_conversations.sql")),
     (9, "consent", include_str!("migrations/0009_consent.sql")),
     (10, "conversation timers", include_str!("migrations/0010_conversation_timers.sql")),
+    (11, "contact language", include_str!("migrations/0011_contact_language.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

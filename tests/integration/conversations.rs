@@ -10,7 +10,9 @@
 //! contains TEXT and offers exactly those options), `no_reply: true` (the daemon settles and
 //! the bot said nothing more), `cell: {row: N, column: C, is: V}`, `restart: true`,
 //! `advance: 3h` (moves the daemon's clock), `edit: {row: N, column: C, value: V}` (staff edit
-//! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got).
+//! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got),
+//! `change: {from: TEXT, to: TEXT}` (edits the configuration; a `restart` applies it),
+//! `react: true` (a 👍 on the bot's last message), `photo: CAPTION` (Meta only).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,12 +41,23 @@ struct Scenario {
     /// People on WhatsApp without a row.
     #[serde(default)]
     strangers: Vec<u32>,
+    /// More rows for people already listed: `{id: 381, person: 380}` is row 381 with person
+    /// 380's phone (one phone, two records).
+    #[serde(default)]
+    more_rows: Vec<MoreRow>,
     /// Rules added to the harness's (YAML list items indented by two spaces).
     #[serde(default)]
     rules: String,
     /// Top-level YAML added to the harness's configuration (`flows:`, `inbound:`).
     config: String,
     script: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoreRow {
+    id: u32,
+    person: u32,
 }
 
 fn meta_only() -> Vec<String> {
@@ -221,11 +234,19 @@ impl Runner {
         } else if let Some(e) = v.get("edit") {
             let key = e["row"].as_u64().map(|k| k.to_string()).unwrap_or_default();
             self.h.edit(&key, e["column"].as_str().unwrap_or(""), e["value"].clone());
-        } else if let Some(title) = v.get("tap_template").and_then(Value::as_str) {
+        } else if let Some(t) = v.get("tap_template") {
+            // `TITLE` (on the last template), or `{title: TITLE, template: N}` (the N-th, from 1).
+            let title = t.as_str().or(t["title"].as_str()).unwrap_or("").to_string();
+            let nth = t["template"].as_u64().map(|n| n as usize);
+            let title = title.as_str();
             let h = &self.h;
             let mut template = None;
             wait_for("a template to tap", Duration::from_secs(20), || {
-                template = h.sent_to(who).into_iter().rev().find(|m| m.template.is_some());
+                let templates: Vec<_> = h.sent_to(who).into_iter().filter(|m| m.template.is_some()).collect();
+                template = match nth {
+                    Some(n) => templates.get(n.saturating_sub(1)).cloned(),
+                    None => templates.last().cloned(),
+                };
                 let found = template.is_some();
                 async move { found }
             })
@@ -235,6 +256,18 @@ impl Runner {
                 Vendor::Meta => h.sandbox.meta().user_taps(&wa_id(who), title, title, &id),
                 Vendor::Twilio => h.sandbox.twilio().user_taps(&e164(who), title, title, &id),
             };
+        } else if v.get("react").is_some() {
+            let Some(last) = self.last.get(&who).cloned() else { self.fail(i, "a reaction before any bot message") };
+            self.h.sandbox.meta().user_reacts(&wa_id(who), &last.provider_id, "👍");
+        } else if let Some(caption) = v.get("photo").and_then(Value::as_str) {
+            self.h.sandbox.meta().user_sends_image(&wa_id(who), caption);
+        } else if let Some(c) = v.get("change") {
+            // The configuration edited (takes effect at the next restart).
+            let (from, to) = (c["from"].as_str().unwrap_or(""), c["to"].as_str().unwrap_or(""));
+            if !self.h.extra_top.contains(from) {
+                self.fail(i, &format!("the configuration has no {from:?} to change"));
+            }
+            self.h.extra_top = self.h.extra_top.replace(from, to);
         } else if v.get("restart").is_some() {
             self.h.quiet().await;
             self.h.stop().await;
@@ -298,6 +331,11 @@ async fn run(path: &Path, vendor: Vendor) {
         .iter()
         .map(|n| row(*n, &format!("P{n}"), "Sí", "Activo"))
         .chain(scenario.unconsented.iter().map(|n| row(*n, &format!("P{n}"), "", "Activo")))
+        .chain(scenario.more_rows.iter().map(|r| {
+            let mut v = row(r.id, &format!("P{}", r.id), "Sí", "Activo");
+            v[2] = json!(crate::harness::phone(r.person));
+            v
+        }))
         .collect();
     for r in &mut rows {
         r.extend(scenario.columns.iter().map(|_| json!("")));
