@@ -47,6 +47,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = crate::plan::Format::Table)]
         format: crate::plan::Format,
     },
+    /// Erase recado's copy of one person's personal data (messages, replies, answers,
+    /// conversations, the contact); if they had opted out, keep only a keyed hash of their
+    /// number so nothing is sent to it again. Records in the sources are not touched.
+    Forget {
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+        /// The person's phone number, in any common format.
+        phone: String,
+        /// The country of a number written without its country code.
+        #[arg(long, default_value = "CL")]
+        region: String,
+    },
     /// Serve the Google, Salesforce, Meta and Twilio emulators and print their base URLs.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8790")]
@@ -64,7 +76,8 @@ pub enum Command {
         /// The WhatsApp provider the demo's rules send through.
         #[arg(long, value_enum, default_value = "meta")]
         provider: crate::demo::DemoProvider,
-        /// The story: `empleo` (a registration sheet) or `salud` (appointments in Salesforce).
+        /// The story: `empleo` (a registration sheet), `salud` (appointments in Salesforce) or
+        /// `municipio` (the bot and a survey answered in the chat).
         #[arg(long, value_enum, default_value = "empleo")]
         scenario: crate::demo::DemoScenario,
     },
@@ -129,6 +142,25 @@ pub async fn execute(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Forget { config, phone, region } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return 1;
+                }
+            };
+            match forget(&config, &phone, &region).await {
+                Ok(report) => {
+                    print!("{report}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
         Command::Sandbox { listen } => {
             let sandbox = match Sandbox::start(listen, MetaSettings::default()).await {
                 Ok(s) => s,
@@ -168,4 +200,40 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// `recado forget`: erases what the state store holds about one number; returns the report.
+pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let region: phonenumber::country::Id =
+        region.to_uppercase().parse().map_err(|_| anyhow::anyhow!("unknown country code '{region}' for --region"))?;
+    let number = crate::domain::PhoneNumber::parse(phone, region).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = crate::store::Store::open(&config.state.path)
+        .await
+        .with_context(|| format!("opening the state store {}", config.state.path.display()))?;
+    let mut tx = store.begin().await?;
+    let e = crate::store::forget_contact(&mut tx, number.as_str(), chrono::Utc::now().timestamp_millis()).await?;
+    tx.commit().await?;
+    store.close().await;
+    let mut out = format!("erased what recado held about {}:\n", number.masked());
+    out.push_str(&format!(
+        "  {} message(s): number, content and errors erased (kept as bare rows so no rule sends them again)\n",
+        e.messages
+    ));
+    out.push_str(&format!("  {} reply(ies) and answer(s)\n", e.replies));
+    out.push_str(&format!("  {} conversation(s) in progress\n", e.conversations));
+    out.push_str(&format!("  {} provider id(s) of the person\n", e.provider_ids));
+    out.push_str(&format!("  {} raw webhook(s) that carried the number\n", e.raw_webhooks));
+    out.push_str(if e.contact {
+        "  the contact (consent answer, language, 24-hour window)\n"
+    } else {
+        "  no contact was on record\n"
+    });
+    out.push_str(if e.opt_out_kept {
+        "kept: their opt-out, as a keyed hash of the number (nothing will be sent to it)\n"
+    } else {
+        "kept: nothing\n"
+    });
+    out.push_str("not touched: their records in your sources (the sheet or Salesforce is yours to edit; recado's copy follows it at the next poll)\n");
+    Ok(out)
 }

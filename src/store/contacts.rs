@@ -32,14 +32,23 @@ fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
     })
 }
 
+/// The contact; a number never seen whose person was erased after opting out is returned as
+/// opted out.
 pub async fn contact(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<Contact>> {
     let row = sqlx::query(
         "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version, language FROM contacts WHERE phone = $1",
     )
     .bind(phone)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    row.as_ref().map(contact_from_row).transpose()
+    match row {
+        Some(r) => contact_from_row(&r).map(Some),
+        None => Ok(super::erased_opt_outs(conn, &[phone]).await?.get(phone).map(|at| Contact {
+            phone: phone.to_string(),
+            opted_out_at: Some(*at),
+            ..Default::default()
+        })),
+    }
 }
 
 /// The contact a provider id belongs to.
@@ -53,13 +62,30 @@ pub async fn contact_by_user_id(conn: &mut SqliteConnection, user_id: &str) -> S
     row.as_ref().map(contact_from_row).transpose()
 }
 
-/// Creates the contact if needed.
+/// Creates the contact if needed. A number whose person was erased (`recado forget`) after
+/// opting out comes back opted out.
 pub async fn upsert_contact(conn: &mut SqliteConnection, phone: &str, now: i64) -> StoreResult<()> {
-    sqlx::query("INSERT INTO contacts (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO UPDATE SET updated_at = excluded.updated_at")
-        .bind(phone)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    let created =
+        sqlx::query("INSERT INTO contacts (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING")
+            .bind(phone)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+            > 0;
+    if created {
+        if let Some(at) = super::erased_opt_outs(conn, &[phone]).await?.get(phone) {
+            sqlx::query(
+                "UPDATE contacts SET opted_out_at = $2, opt_out_text = '(before being forgotten)' WHERE phone = $1",
+            )
+            .bind(phone)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    } else {
+        sqlx::query("UPDATE contacts SET updated_at = $2 WHERE phone = $1").bind(phone).bind(now).execute(conn).await?;
+    }
     Ok(())
 }
 
@@ -170,8 +196,14 @@ pub async fn contacts_for(conn: &mut SqliteConnection, phones: &[&str]) -> Store
         sep.push_bind(*p);
     }
     qb.push(")");
-    let rows = qb.build().fetch_all(conn).await?;
-    rows.iter().map(|r| contact_from_row(r).map(|c| (c.phone.clone(), c))).collect()
+    let rows = qb.build().fetch_all(&mut *conn).await?;
+    let mut found: HashMap<String, Contact> =
+        rows.iter().map(|r| contact_from_row(r).map(|c| (c.phone.clone(), c))).collect::<StoreResult<_>>()?;
+    let missing: Vec<&str> = phones.iter().copied().filter(|p| !found.contains_key(*p)).collect();
+    for (phone, at) in super::erased_opt_outs(conn, &missing).await? {
+        found.insert(phone.clone(), Contact { phone, opted_out_at: Some(at), ..Default::default() });
+    }
+    Ok(found)
 }
 
 /// An inbound message as stored.

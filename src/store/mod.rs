@@ -14,6 +14,7 @@
 
 pub mod contacts;
 pub mod conversations;
+pub mod forget;
 pub mod issues;
 pub mod outbox;
 pub mod retention;
@@ -32,6 +33,7 @@ use sqlx::{Row, SqlSafeStr, SqlitePool};
 
 pub use contacts::*;
 pub use conversations::*;
+pub use forget::*;
 pub use issues::*;
 pub use outbox::*;
 pub use retention::*;
@@ -94,6 +96,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "consent", include_str!("migrations/0009_consent.sql")),
     (10, "conversation timers", include_str!("migrations/0010_conversation_timers.sql")),
     (11, "contact language", include_str!("migrations/0011_contact_language.sql")),
+    (12, "forget", include_str!("migrations/0012_forget.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

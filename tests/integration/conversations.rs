@@ -381,3 +381,61 @@ async fn every_conversation_scenario_runs_as_written() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_erases_a_person_and_keeps_only_their_opt_out() {
+    let mut h = Harness::new(Vec::new()).await;
+    h.extra_top = r#"
+inbound:
+  entry_flow: menu
+  opt_out_reply: "Listo, no te escribiremos más."
+flows:
+  - id: menu
+    steps:
+      - id: que
+        ask: { text: "Cuéntanos tu consulta." }
+      - id: gracias
+        say: "Gracias."
+"#
+    .into();
+    h.user(390, false, None);
+    h.start().await;
+    h.says(390, "hola", None);
+    wait_for("the menu", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 1 }).await;
+    h.says(390, "baja por favor", None);
+    wait_for("the opt-out confirmation", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 2 }).await;
+    h.quiet().await;
+    h.stop().await;
+
+    let report = recado::cli::forget(&h.config(), &crate::harness::phone(390), "CL").await.expect("forget");
+    assert!(report.contains("2 message(s)"), "{report}");
+    assert!(report.contains("2 reply(ies)"), "{report}");
+    assert!(report.contains("kept: their opt-out"), "{report}");
+    assert!(!report.contains(&e164(390)), "the report masks the number: {report}");
+    {
+        let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+        let mut c = store.conn().await.unwrap();
+        let number = e164(390);
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM messages WHERE phone = $1) + (SELECT COUNT(*) FROM inbound WHERE phone = $1)
+                  + (SELECT COUNT(*) FROM contacts WHERE phone = $1) + (SELECT COUNT(*) FROM webhooks WHERE body LIKE $2)",
+        )
+        .bind(&number)
+        .bind(format!("%{}%", wa_id(390)))
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "nothing with the number is left");
+        drop(c);
+        store.close().await;
+    }
+
+    // They write again: still opted out, so the bot says nothing; a new row with their number
+    // gets nothing either.
+    h.start().await;
+    h.says(390, "hola", None);
+    h.add_row(crate::harness::row(390, "P390", "Sí", "Activo"));
+    h.quiet().await;
+    assert_eq!(bot_messages(&h, 390).len(), 2, "no answer after being forgotten");
+    assert!(h.sent_to(390).iter().all(|m| m.template.is_none()), "no rule message either");
+}

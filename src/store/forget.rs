@@ -1,0 +1,134 @@
+//! `recado forget`: erasing recado's copy of one person's personal data, keeping only what
+//! honours their opt-out — a keyed hash of their number (HMAC-SHA256 with a random key kept in
+//! this state file), so nothing is sent to that number again and nothing else about them stays.
+//!
+//! Messages are kept as bare rows (their idempotency keys stop a rule from messaging the record
+//! again as if it were new) with the number, the content and the error erased.
+
+use sqlx::SqliteConnection;
+
+use super::StoreResult;
+
+/// What was erased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub messages: u64,
+    pub replies: u64,
+    pub conversations: u64,
+    pub provider_ids: u64,
+    pub raw_webhooks: u64,
+    pub contact: bool,
+    /// The opt-out was kept, as a keyed hash of the number.
+    pub opt_out_kept: bool,
+}
+
+/// The key of the number hashes (created on first use).
+async fn hash_key(conn: &mut SqliteConnection) -> StoreResult<Vec<u8>> {
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT value FROM store_keys WHERE name = 'phone_hash'").fetch_optional(&mut *conn).await?;
+    if let Some(k) = existing.and_then(|k| hex::decode(k).ok()) {
+        return Ok(k);
+    }
+    let key: [u8; 32] = rand::random();
+    sqlx::query("INSERT INTO store_keys (name, value) VALUES ('phone_hash', $1) ON CONFLICT (name) DO NOTHING")
+        .bind(hex::encode(key))
+        .execute(&mut *conn)
+        .await?;
+    let stored: String =
+        sqlx::query_scalar("SELECT value FROM store_keys WHERE name = 'phone_hash'").fetch_one(&mut *conn).await?;
+    Ok(hex::decode(stored).unwrap_or_else(|_| key.to_vec()))
+}
+
+fn phone_hash(key: &[u8], phone: &str) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    hex::encode(ring::hmac::sign(&k, phone.as_bytes()).as_ref())
+}
+
+/// When an erased person (by number) had opted out, for the numbers given.
+pub async fn erased_opt_outs(
+    conn: &mut SqliteConnection,
+    phones: &[&str],
+) -> StoreResult<std::collections::HashMap<String, i64>> {
+    let mut out = std::collections::HashMap::new();
+    let any: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM erased_contacts").fetch_one(&mut *conn).await?;
+    if any == 0 || phones.is_empty() {
+        return Ok(out);
+    }
+    let key = hash_key(conn).await?;
+    for p in phones {
+        let at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT opted_out_at FROM erased_contacts WHERE phone_hash = $1")
+                .bind(phone_hash(&key, p))
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(Some(at)) = at {
+            out.insert((*p).to_string(), at);
+        }
+    }
+    Ok(out)
+}
+
+/// Erases what recado holds about `phone` (E.164).
+pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) -> StoreResult<Erased> {
+    let mut e = Erased::default();
+    let opted_out: Option<Option<i64>> = sqlx::query_scalar("SELECT opted_out_at FROM contacts WHERE phone = $1")
+        .bind(phone)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM contact_ids WHERE phone = $1")
+        .bind(phone)
+        .fetch_all(&mut *conn)
+        .await?;
+    let erased_content = r#"{"type":"text","body":""}"#;
+    e.messages = sqlx::query(
+        "UPDATE messages SET phone = '', content = $2, fallback = NULL, error = NULL, recipient_id = NULL,
+                state = CASE WHEN state IN ('queued', 'sending') THEN 'skipped' ELSE state END
+         WHERE phone = $1",
+    )
+    .bind(phone)
+    .bind(erased_content)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    e.replies =
+        sqlx::query("DELETE FROM inbound WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected();
+    for id in &ids {
+        e.replies +=
+            sqlx::query("DELETE FROM inbound WHERE sender_id = $1").bind(id).execute(&mut *conn).await?.rows_affected();
+    }
+    e.conversations = sqlx::query("DELETE FROM conversations WHERE phone = $1")
+        .bind(phone)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    e.provider_ids =
+        sqlx::query("DELETE FROM contact_ids WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected();
+    // Raw deliveries carry the number (digits, or with `+` in form bodies).
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() >= 8 {
+        // Only applied (or parked) ones: a delivery still waiting is applied first.
+        e.raw_webhooks = sqlx::query(
+            "DELETE FROM webhooks WHERE (processed_at IS NOT NULL OR parked_at IS NOT NULL) AND body LIKE $1",
+        )
+        .bind(format!("%{digits}%"))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    e.contact =
+        sqlx::query("DELETE FROM contacts WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected() > 0;
+    if let Some(Some(at)) = opted_out {
+        let key = hash_key(conn).await?;
+        sqlx::query(
+            "INSERT INTO erased_contacts (phone_hash, opted_out_at, erased_at) VALUES ($1, $2, $3)
+             ON CONFLICT (phone_hash) DO UPDATE SET opted_out_at = excluded.opted_out_at, erased_at = excluded.erased_at",
+        )
+        .bind(phone_hash(&key, phone))
+        .bind(at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        e.opt_out_kept = true;
+    }
+    Ok(e)
+}
