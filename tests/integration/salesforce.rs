@@ -831,3 +831,53 @@ async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
     wait_for("the change on the Contact to be seen", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
     assert_eq!(h.sent_to(20)[0].params[0], "Marisol");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_new_tasks_are_looked_up_under_the_uri_limit_and_created_once() {
+    let mut h = org(TASK_LOG, "").await;
+    for (name, length) in
+        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
+    {
+        h.sandbox.salesforce().add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
+    }
+    let m = mother(&h, 21);
+    let ids = many_citas(&h, &m, 200);
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    let before = sf.count(SfKind::Query);
+    // 200 entries at once, each with a realistic provider id (the keys are long).
+    let writes: Vec<recado::domain::FieldWrite> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(n, id)| {
+            let entry = format!("out:wamid.HBgLNTY5ODc2NTQzMjEVAgARGBI{n:012}QUFBQUFBQUFBQUFBQUFBQQA=");
+            [("direction", "outbound".to_string()), ("status", "sent".to_string())].map(|(field, value)| {
+                recado::domain::FieldWrite {
+                    source_id: SOURCE.into(),
+                    target: recado::domain::WriteTarget::Interaction {
+                        record: recado::domain::RecordKey(id.clone()),
+                        entry: entry.clone(),
+                    },
+                    field: field.into(),
+                    value,
+                }
+            })
+        })
+        .collect();
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(SOURCE);
+    wait_for("200 Tasks", Duration::from_secs(30), || async { tasks(&h).len() == 200 }).await;
+    h.quiet().await;
+    assert_eq!(tasks(&h).len(), 200, "each entry once");
+    let lookups = sf.queries().iter().filter(|q| q.contains("FROM Task")).count();
+    assert_eq!(
+        lookups,
+        5,
+        "200 keys looked up 40 at a time (queries since start: {})",
+        sf.count(SfKind::Query) - before
+    );
+    let health = h.running().ctx().health.get(&format!("flusher:salesforce Cita__c ({SOURCE})")).unwrap_or_default();
+    assert_eq!(health.last_error, None);
+}

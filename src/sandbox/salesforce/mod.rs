@@ -848,8 +848,15 @@ pub async fn query(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    // Salesforce refuses a request line longer than 16,384 bytes (URI and headers).
+    if raw.as_ref().is_some_and(|q| q.len() + version.len() + 40 > MAX_URI_BYTES) {
+        return (StatusCode::URI_TOO_LONG, "414 Request-URI Too Long").into_response();
+    }
     or_hang(query_now(&st, &version, &headers, raw)).await
 }
+
+/// The longest request URI Salesforce accepts.
+pub const MAX_URI_BYTES: usize = 16_384;
 
 /// Marks an answer that a fault says never comes.
 #[derive(Clone, Copy)]

@@ -370,8 +370,10 @@ impl RecordWriter {
             let ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
             chunk.iter().map(|(k, _)| k).filter(|k| !ids.contains_key(*k)).collect()
         };
-        if !unknown.is_empty() {
-            let list: Vec<String> = unknown.iter().map(|k| super::reader::soql_string(k)).collect();
+        // A GET carries the keys: 40 at a time stays far under Salesforce's 16 KB URI limit
+        // (keys are about 100 characters, percent-encoded).
+        for keys in unknown.chunks(40) {
+            let list: Vec<String> = keys.iter().map(|k| super::reader::soql_string(k)).collect();
             let soql =
                 format!("SELECT Id, {0} FROM {1} WHERE {0} IN ({2})", log.key_field, log.object, list.join(", "));
             let (found, requests, _) = self.client.query(&soql, what).await?;
