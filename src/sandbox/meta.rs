@@ -263,6 +263,8 @@ struct Inner {
     users: HashMap<String, SimUser>,
     windows: HashMap<String, Instant>,
     sent: Vec<SentMessage>,
+    /// Messages accepted per recipient (load runs wait on it without scanning `sent`).
+    sent_to: HashMap<String, (usize, i64)>,
     bucket: (f64, Instant),
     pair: HashMap<String, VecDeque<Instant>>,
     faults: VecDeque<MetaFault>,
@@ -285,6 +287,7 @@ impl MetaState {
                 users: HashMap::new(),
                 windows: HashMap::new(),
                 sent: Vec::new(),
+                sent_to: HashMap::new(),
                 bucket: (0.0, Instant::now()),
                 pair: HashMap::new(),
                 faults: VecDeque::new(),
@@ -363,6 +366,11 @@ impl MetaState {
     /// How many messages were accepted (cheaper than `sent()` for polling).
     pub fn sent_count(&self) -> usize {
         self.lock().sent.len()
+    }
+
+    /// Messages accepted for one recipient (digits), and when the last one was (ms).
+    pub fn sent_count_to(&self, wa_id: &str) -> (usize, i64) {
+        self.lock().sent_to.get(wa_id).copied().unwrap_or((0, 0))
     }
 
     /// Sends answered with 130429 (the number's throughput exceeded).
@@ -1015,7 +1023,13 @@ pub async fn send(
         callback_data: callback,
         at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    meta.lock().sent.push(m.clone());
+    {
+        let mut g = meta.lock();
+        let e = g.sent_to.entry(m.wa_id.clone()).or_default();
+        e.0 += 1;
+        e.1 = m.at_ms;
+        g.sent.push(m.clone());
+    }
     meta.after_send(&m, async_failure);
     if lose_answer {
         // Accepted and sent, but the answer never reaches the client.
