@@ -376,12 +376,7 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
         &key_file.display().to_string(),
         &state_path.display().to_string(),
     );
-    let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
-    let running = app::start(config).await?;
-    let webhook_url = format!("http://{}/webhooks/whatsapp", running.webhook_addr());
-    sandbox.meta().update_settings(|s| s.webhook_url = Some(webhook_url.clone()));
-    sandbox.twilio().update_settings(|s| s.inbound_url = Some(webhook_url.clone()));
-    println!("▶ recado escucha webhooks en {webhook_url}; estado en {}", state_path.display());
+    let running = start_daemon(&sandbox, &yaml, &state_path).await?;
 
     let started = Instant::now();
     let mut narrator = Narrator::default();
@@ -615,23 +610,51 @@ fn print_appointments(sandbox: &Sandbox) {
 }
 
 fn print_sheet(sandbox: &Sandbox) {
-    let rows = sandbox.google().rows(SHEET, TAB);
-    let Some(header) = rows.first() else { return };
     let wanted = ["ID", "Nombre", "Consentimiento", "Estado", "Estado WhatsApp", "Error WhatsApp", "Última respuesta"];
+    print_columns(
+        &sandbox.google().rows(SHEET, TAB),
+        &format!("La planilla \"{TAB}\" después de recado:"),
+        &wanted,
+        &[5, 20, 14, 9, 15, 44, 26],
+    );
+}
+
+/// Prints the `wanted` columns of a sheet's rows (header first) under `title`, each cut to its width.
+fn print_columns(rows: &[Vec<Value>], title: &str, wanted: &[&str], widths: &[usize]) {
+    let Some(header) = rows.first() else { return };
     let cols: Vec<Option<usize>> = wanted.iter().map(|w| header.iter().position(|h| cell_text(h) == *w)).collect();
-    let widths = [5, 20, 14, 9, 15, 44, 26];
-    println!("\nLa planilla \"{TAB}\" después de recado:");
-    let line: Vec<String> = wanted.iter().zip(widths).map(|(w, n)| fit(w, n)).collect();
+    println!("\n{title}");
+    let line: Vec<String> = wanted.iter().zip(widths).map(|(w, n)| fit(w, *n)).collect();
     println!("  {}", line.join(" │ "));
     println!("  {}", widths.iter().map(|n| "─".repeat(*n)).collect::<Vec<_>>().join("─┼─"));
     for r in rows.iter().skip(1) {
         let line: Vec<String> = cols
             .iter()
             .zip(widths)
-            .map(|(c, n)| fit(&c.and_then(|c| r.get(c)).map(cell_text).unwrap_or_default(), n))
+            .map(|(c, n)| fit(&c.and_then(|c| r.get(c)).map(cell_text).unwrap_or_default(), *n))
             .collect();
         println!("  {}", line.join(" │ "));
     }
+}
+
+/// Starts the daemon on a demo configuration (placeholders filled) and points both WhatsApp
+/// emulators' webhooks at it.
+async fn start_daemon(sandbox: &Sandbox, yaml: &str, state_path: &std::path::Path) -> anyhow::Result<app::RunningApp> {
+    let config = Config::from_yaml(yaml).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
+    let running = app::start(config).await?;
+    let webhook_url = format!("http://{}/webhooks/whatsapp", running.webhook_addr());
+    sandbox.meta().update_settings(|s| s.webhook_url = Some(webhook_url.clone()));
+    sandbox.twilio().update_settings(|s| s.inbound_url = Some(webhook_url.clone()));
+    println!("▶ recado escucha webhooks en {webhook_url}; estado en {}", state_path.display());
+    Ok(running)
+}
+
+/// A scenario's configuration with its placeholders filled.
+fn fill(template: &str, sandbox: &Sandbox, key_file: &std::path::Path, state_path: &std::path::Path) -> String {
+    template
+        .replace("${SANDBOX}", &sandbox.base_url())
+        .replace("${KEY_FILE}", &key_file.display().to_string())
+        .replace("${STATE_PATH}", &state_path.display().to_string())
 }
 
 /// Ends a scenario: with `until_settled` (or a failure) at once, else when Ctrl-C is pressed,

@@ -12,9 +12,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use super::{cell_text, fit, wait_until, Narrator};
-use crate::app;
-use crate::config::Config;
-use crate::sandbox::meta::{shown_options, shown_text};
+use crate::sandbox::meta::{interactive_options, shown_text};
 use crate::sandbox::{MetaSettings, Sandbox, ScriptLine, SimUser, TemplateDef, TwilioSettings};
 
 const YAML: &str = include_str!("../../config/demo-municipio.yaml");
@@ -123,15 +121,8 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     let key_file = dir.path().join("sa.json");
     std::fs::write(&key_file, sandbox.service_account_key("recado-demo@sandbox.iam.gserviceaccount.com"))?;
     let state_path = dir.path().join("recado.db");
-    let yaml = YAML
-        .replace("${SANDBOX}", &sandbox.base_url())
-        .replace("${KEY_FILE}", &key_file.display().to_string())
-        .replace("${STATE_PATH}", &state_path.display().to_string());
-    let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
-    let running = app::start(config).await?;
-    let webhook_url = format!("http://{}/webhooks/whatsapp", running.webhook_addr());
-    sandbox.meta().update_settings(|s| s.webhook_url = Some(webhook_url.clone()));
-    println!("▶ recado escucha webhooks en {webhook_url}; estado en {}", state_path.display());
+    let running =
+        super::start_daemon(&sandbox, &super::fill(YAML, &sandbox, &key_file, &state_path), &state_path).await?;
     let store = running.ctx().store.clone();
     wait_until(Duration::from_secs(10), || {
         let store = store.clone();
@@ -184,7 +175,7 @@ fn print_transcripts(sandbox: &Sandbox, people: &[Resident]) {
         let mut lines: Vec<(i64, String)> =
             received.iter().filter(|m| m.wa_id == p.wa_id).map(|m| (m.at_ms, format!("  👤 {}", m.text))).collect();
         for m in sent.iter().filter(|m| m.wa_id == p.wa_id) {
-            let options = shown_options(m);
+            let options: Vec<String> = interactive_options(m).into_iter().map(|(_, t)| t).collect();
             let shown = shown_text(m).replace('\n', " ");
             let text = if options.is_empty() { shown } else { format!("{shown}  [{}]", options.join("] [")) };
             let who = if m.body["type"] == "template" { "🤖 (plantilla)" } else { "🤖" };
@@ -198,19 +189,7 @@ fn print_transcripts(sandbox: &Sandbox, people: &[Resident]) {
 }
 
 fn print_sheet(sandbox: &Sandbox) {
-    let rows = sandbox.google().rows(SHEET, TAB);
-    let Some(header) = rows.first() else { return };
     let wanted = ["ID", "Nombre", "Estado", "Encuesta", "Satisfacción", "Trabaja", "Comentario"];
-    let cols: Vec<Option<usize>> = wanted.iter().map(|w| header.iter().position(|h| cell_text(h) == *w)).collect();
-    let widths = [4, 14, 9, 10, 12, 7, 52];
-    println!("\nLa planilla \"{TAB}\" después de recado:");
-    println!("  {}", wanted.iter().zip(widths).map(|(w, n)| fit(w, n)).collect::<Vec<_>>().join(" │ "));
-    for r in rows.iter().skip(1) {
-        let line: Vec<String> = cols
-            .iter()
-            .zip(widths)
-            .map(|(c, n)| fit(&c.and_then(|c| r.get(c)).map(cell_text).unwrap_or_default(), n))
-            .collect();
-        println!("  {}", line.join(" │ "));
-    }
+    let title = format!("La planilla \"{TAB}\" después de recado:");
+    super::print_columns(&sandbox.google().rows(SHEET, TAB), &title, &wanted, &[4, 14, 9, 10, 12, 7, 52]);
 }

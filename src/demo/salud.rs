@@ -11,8 +11,6 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use super::{wait_until, Narrator};
-use crate::app;
-use crate::config::Config;
 use crate::sandbox::salesforce::{FieldDef, FieldKind, ObjectDef, SfKind};
 use crate::sandbox::{MetaSettings, Sandbox, SimUser, TemplateDef, TwilioSettings};
 
@@ -131,15 +129,9 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     let key_file = dir.path().join("conectada.key");
     std::fs::write(&key_file, crate::sandbox::keys::PRIVATE_KEY_PEM)?;
     let state_path = dir.path().join("recado.db");
-    let yaml = DEMO_SALUD_YAML
-        .replace("${SANDBOX}", &sandbox.base_url())
-        .replace("${KEY_FILE}", &key_file.display().to_string())
-        .replace("${STATE_PATH}", &state_path.display().to_string());
-    let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("the demo configuration is invalid:\n{e}"))?;
-    let running = app::start(config).await?;
-    let webhook_url = format!("http://{}/webhooks/whatsapp", running.webhook_addr());
-    sandbox.meta().update_settings(|s| s.webhook_url = Some(webhook_url.clone()));
-    println!("▶ recado escucha webhooks en {webhook_url}; estado en {}", state_path.display());
+    let running =
+        super::start_daemon(&sandbox, &super::fill(DEMO_SALUD_YAML, &sandbox, &key_file, &state_path), &state_path)
+            .await?;
 
     let started = Instant::now();
     let mut narrator = Narrator::default();

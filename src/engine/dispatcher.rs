@@ -608,11 +608,14 @@ impl Dispatcher {
             let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
             // A conversation in progress about something else is not taken over: a reply that
             // quotes this message still reaches this flow.
-            let busy = store::conversation(&mut tx, m.phone.as_str()).await?.is_some_and(|c| {
-                c.expires_at.is_none_or(|e| e > now)
-                    && (Some(c.conversation.flow.as_str()) != on_reply
-                        || c.record != Some((m.source_id.clone(), m.record_key.clone())))
-            });
+            let busy = match on_reply {
+                None => true,
+                Some(flow) => store::conversation(&mut tx, m.phone.as_str()).await?.is_some_and(|c| {
+                    c.expires_at.is_none_or(|e| e > now)
+                        && (c.conversation.flow != flow
+                            || c.record != Some((m.source_id.clone(), m.record_key.clone())))
+                }),
+            };
             if let (Some(flow), MessageState::Queued | MessageState::Sending, false) =
                 (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current, busy)
             {

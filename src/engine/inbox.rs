@@ -428,10 +428,12 @@ impl InboxProcessor {
         // cannot, whatever its title.
         let typed = matches!(kind, InboundKind::Text { .. } | InboundKind::Button { .. });
         let opting_out = typed && crate::flows::is_keyword_message(&text, &inbound.opt_out_keywords);
-        let live = match &phone {
-            Some(p) if !opting_out => self.live_conversation(tx, p, now).await?,
+        // The contact's conversation row, read once for this message.
+        let stored = match &phone {
+            Some(p) if !opting_out => store::conversation(tx, p).await?,
             _ => None,
         };
+        let live = stored.clone().filter(|c| self.is_live(c, now));
         // A reply that quotes a rule's message whose replies go to a flow answers that message,
         // whatever conversation is in progress (two appointments on one phone: each reply goes
         // to its own record).
@@ -549,6 +551,7 @@ impl InboxProcessor {
                 kind,
                 origin: if conversing { None } else { recent },
                 answers_quoted: quoted_reply,
+                stored: stored.clone(),
             };
             writes.extend(self.converse(tx, &talk, now, effects).await?);
         }
@@ -674,22 +677,9 @@ impl InboxProcessor {
         Ok(())
     }
 
-    /// The contact's conversation, if one is in progress (not expired, its flow still
-    /// configured).
-    async fn live_conversation(
-        &self,
-        tx: &mut Tx,
-        phone: &str,
-        now: i64,
-    ) -> Result<Option<store::StoredConversation>, StoreError> {
-        let Some(c) = store::conversation(tx, phone).await? else { return Ok(None) };
-        let live = self
-            .ctx
-            .config
-            .flows
-            .get(&c.conversation.flow)
-            .is_some_and(|f| !crate::flows::expired(f, c.updated_at, now));
-        Ok(live.then_some(c))
+    /// Whether a conversation is in progress (not expired, its flow still configured).
+    fn is_live(&self, c: &store::StoredConversation, now: i64) -> bool {
+        self.ctx.config.flows.get(&c.conversation.flow).is_some_and(|f| !crate::flows::expired(f, c.updated_at, now))
     }
 
     /// One turn of the contact's conversation: continues it, answers the opening question of
@@ -711,8 +701,9 @@ impl InboxProcessor {
             debug!(from = %who, "the contact opted out: the bot does not answer");
             return Ok(Vec::new());
         }
-        if store::conversation(tx, talk.phone)
-            .await?
+        if talk
+            .stored
+            .as_ref()
             .is_some_and(|c| c.conversation.flow == HANDOFF_FLOW && c.expires_at.is_none_or(|e| e > now))
         {
             debug!(from = %who, "handed to a person: the bot stays silent");
@@ -733,7 +724,7 @@ impl InboxProcessor {
                 _ => None,
             },
         };
-        let live = if talk.answers_quoted { None } else { self.live_conversation(tx, talk.phone, now).await? };
+        let live = if talk.answers_quoted { None } else { talk.stored.clone().filter(|c| self.is_live(c, now)) };
         let fresh = live.is_none();
         let language = match &contact.language {
             Some(l) => l.clone(),
@@ -1012,6 +1003,8 @@ struct Talk<'a> {
     origin: Option<&'a OutboxMessage>,
     /// It answers the quoted rule message (`origin`), not the conversation in progress.
     answers_quoted: bool,
+    /// The contact's conversation row as this message found it.
+    stored: Option<store::StoredConversation>,
 }
 
 /// Where a contact stands with the privacy notice.

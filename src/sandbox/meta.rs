@@ -454,31 +454,10 @@ impl MetaState {
             if let Some(say) = &line.say {
                 this.user_says(&wa, say, None);
             } else if let (Some(title), Some(m)) = (&line.tap, &received) {
-                let i = &m.body["interactive"];
-                let options: Vec<(String, String, bool)> = i["action"]["buttons"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|b| {
-                        (
-                            b["reply"]["id"].as_str().unwrap_or("").to_string(),
-                            b["reply"]["title"].as_str().unwrap_or("").to_string(),
-                            false,
-                        )
-                    })
-                    .chain(i["action"]["sections"].as_array().into_iter().flatten().flat_map(|s| {
-                        s["rows"].as_array().cloned().unwrap_or_default().into_iter().map(|r| {
-                            (
-                                r["id"].as_str().unwrap_or("").to_string(),
-                                r["title"].as_str().unwrap_or("").to_string(),
-                                true,
-                            )
-                        })
-                    }))
-                    .collect();
-                match options.iter().find(|(_, t, _)| t == title) {
-                    Some((id, t, list)) => {
-                        this.user_picks(&wa, id, t, *list, Some(&m.wamid));
+                let list = m.body["interactive"]["type"] == "list";
+                match interactive_options(m).into_iter().find(|(_, t)| t == title) {
+                    Some((id, t)) => {
+                        this.user_picks(&wa, &id, &t, list, Some(&m.wamid));
                     }
                     // A template's quick-reply button.
                     None if m.body["type"] == "template" => {
@@ -723,16 +702,19 @@ pub fn shown_text(m: &SentMessage) -> String {
     template_text(b)
 }
 
-/// The options of an interactive message (button or row titles).
-pub fn shown_options(m: &SentMessage) -> Vec<String> {
+/// The options of an interactive message: (id, title) of its reply buttons or list rows.
+pub fn interactive_options(m: &SentMessage) -> Vec<(String, String)> {
     let i = &m.body["interactive"];
-    let buttons = i["action"]["buttons"].as_array().into_iter().flatten().map(|b| &b["reply"]["title"]);
+    let buttons = i["action"]["buttons"].as_array().into_iter().flatten().map(|b| &b["reply"]);
     let rows = i["action"]["sections"]
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|s| s["rows"].as_array().into_iter().flatten().map(|r| &r["title"]));
-    buttons.chain(rows).filter_map(|t| t.as_str().map(String::from)).collect()
+        .flat_map(|s| s["rows"].as_array().into_iter().flatten());
+    buttons
+        .chain(rows)
+        .map(|o| (o["id"].as_str().unwrap_or("").to_string(), o["title"].as_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 fn template_text(b: &Value) -> String {

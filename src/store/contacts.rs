@@ -65,27 +65,28 @@ pub async fn contact_by_user_id(conn: &mut SqliteConnection, user_id: &str) -> S
 /// Creates the contact if needed. A number whose person was erased (`recado forget`) after
 /// opting out comes back opted out.
 pub async fn upsert_contact(conn: &mut SqliteConnection, phone: &str, now: i64) -> StoreResult<()> {
-    let created =
-        sqlx::query("INSERT INTO contacts (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING")
-            .bind(phone)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-            > 0;
-    if created {
-        if let Some(at) = super::erased_opt_outs(conn, &[phone]).await?.get(phone) {
-            sqlx::query(
-                "UPDATE contacts SET opted_out_at = $2, opt_out_text = '(before being forgotten)' WHERE phone = $1",
-            )
-            .bind(phone)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-    } else {
-        sqlx::query("UPDATE contacts SET updated_at = $2 WHERE phone = $1").bind(phone).bind(now).execute(conn).await?;
+    // Known contacts (nearly every call) cost one statement.
+    let known = sqlx::query("UPDATE contacts SET updated_at = $2 WHERE phone = $1")
+        .bind(phone)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        > 0;
+    if known {
+        return Ok(());
     }
+    let opted_out = super::erased_opt_outs(conn, &[phone]).await?.get(phone).copied();
+    sqlx::query(
+        "INSERT INTO contacts (phone, updated_at, opted_out_at, opt_out_text) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (phone) DO UPDATE SET updated_at = excluded.updated_at",
+    )
+    .bind(phone)
+    .bind(now)
+    .bind(opted_out)
+    .bind(opted_out.map(|_| "(before being forgotten)"))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

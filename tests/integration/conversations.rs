@@ -80,34 +80,11 @@ fn bot_messages(h: &Harness, n: u32) -> Vec<BotMessage> {
             .meta_sent_to(n)
             .into_iter()
             .filter(|m| m.body["type"] != "template")
-            .map(|m| {
-                let i = &m.body["interactive"];
-                let list = i["type"] == "list";
-                let options = if list {
-                    i["action"]["sections"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|s| s["rows"].as_array().cloned().unwrap_or_default())
-                        .map(|r| {
-                            (r["id"].as_str().unwrap_or("").to_string(), r["title"].as_str().unwrap_or("").to_string())
-                        })
-                        .collect()
-                } else {
-                    i["action"]["buttons"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|b| {
-                            (
-                                b["reply"]["id"].as_str().unwrap_or("").to_string(),
-                                b["reply"]["title"].as_str().unwrap_or("").to_string(),
-                            )
-                        })
-                        .collect()
-                };
-                let text = m.body["text"]["body"].as_str().or(i["body"]["text"].as_str()).unwrap_or("").to_string();
-                BotMessage { provider_id: m.wamid.clone(), text, options, list }
+            .map(|m| BotMessage {
+                provider_id: m.wamid.clone(),
+                text: recado::sandbox::meta::shown_text(&m),
+                options: recado::sandbox::meta::interactive_options(&m),
+                list: m.body["interactive"]["type"] == "list",
             })
             .collect(),
         Vendor::Twilio => h
@@ -146,20 +123,12 @@ impl Runner {
     async fn next_bot(&mut self, n: u32, line: usize) -> BotMessage {
         let want = self.seen.get(&n).copied().unwrap_or(0) + 1;
         let h = &self.h;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let all = bot_messages(h, n);
-            if all.len() >= want {
-                let m = all[want - 1].clone();
-                self.seen.insert(n, want);
-                self.last.insert(n, m.clone());
-                return m;
-            }
-            if std::time::Instant::now() > deadline {
-                self.fail(line, &format!("expected bot message #{want}, the bot sent {}", all.len()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{} ({:?}), line {}: bot message #{want}", self.file, h.vendor, line + 1);
+        wait_for(&what, Duration::from_secs(20), || async { bot_messages(h, n).len() >= want }).await;
+        let m = bot_messages(h, n)[want - 1].clone();
+        self.seen.insert(n, want);
+        self.last.insert(n, m.clone());
+        m
     }
 
     async fn run_line(&mut self, i: usize, v: &Value) {

@@ -168,6 +168,14 @@ async fn settle(h: &Harness) {
     h.quiet().await;
 }
 
+/// Queues write-back values for the source, as the engine does, and wakes its flusher.
+async fn queue(h: &Harness, writes: &[recado::domain::FieldWrite]) {
+    let mut tx = h.store().begin().await.unwrap();
+    recado::store::queue_writes(&mut tx, writes).await.unwrap();
+    tx.commit().await.unwrap();
+    h.running().ctx().wake_flusher(SOURCE);
+}
+
 fn field(h: &Harness, id: &str, name: &str) -> Value {
     h.sandbox.salesforce().get("Cita__c", id).and_then(|r| r.get(name).cloned()).unwrap_or(Value::Null)
 }
@@ -547,10 +555,7 @@ async fn every_message_and_reply_is_a_task_on_the_contact_and_the_appointment_on
         field: "status".into(),
         value: "read".into(),
     };
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, &[write]).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(SOURCE);
+    queue(&h, &[write]).await;
     settle(&h).await;
     assert_eq!(tasks(&h).len(), 2, "one Task per message and per reply, across a restart");
 }
@@ -636,10 +641,7 @@ async fn a_first_sync_takes_a_query_per_two_thousand_records_an_idle_poll_one_an
         })
         .collect();
     let composite_before = sf.count(SfKind::Composite);
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(SOURCE);
+    queue(&h, &writes).await;
     h.quiet().await;
     assert_eq!(sf.count(SfKind::Composite) - composite_before, 50);
     assert_eq!(field(&h, &ids[9_999], "WhatsApp_Estado__c"), json!("delivered"));
@@ -715,10 +717,7 @@ async fn a_spent_daily_allocation_stops_every_call_to_the_org_and_keeps_the_writ
         field: "WhatsApp_Estado__c".into(),
         value: "delivered".into(),
     };
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, &[write]).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(SOURCE);
+    queue(&h, &[write]).await;
     more_polls(&h, 6).await;
     assert_eq!(sf.total_requests(), calls, "no call to the org while the allocation is spent");
     let health = h.running().ctx().health.get(&format!("source:{SOURCE}")).unwrap_or_default();
@@ -864,10 +863,7 @@ async fn two_hundred_new_tasks_are_looked_up_under_the_uri_limit_and_created_onc
             })
         })
         .collect();
-    let mut tx = h.store().begin().await.unwrap();
-    recado::store::queue_writes(&mut tx, &writes).await.unwrap();
-    tx.commit().await.unwrap();
-    h.running().ctx().wake_flusher(SOURCE);
+    queue(&h, &writes).await;
     wait_for("200 Tasks", Duration::from_secs(30), || async { tasks(&h).len() == 200 }).await;
     h.quiet().await;
     assert_eq!(tasks(&h).len(), 200, "each entry once");
