@@ -64,7 +64,7 @@ pub async fn plan(
         }
         let source_tz: chrono_tz::Tz = source.time_zone().await?.parse().unwrap_or(chrono_tz::UTC);
         let spec =
-            ReadSpec { required: Vec::new(), referenced: crate::rules::referenced_fields(&config.rules, &cfg.id) };
+            ReadSpec { required: Vec::new(), referenced: crate::rules::referenced_paths(&config.rules, &cfg.id) };
         let read = source.read(&spec, None).await.map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
         let views: Vec<RecordView> = read
             .records

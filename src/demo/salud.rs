@@ -53,21 +53,24 @@ fn fields(v: Value) -> Map<String, Value> {
 pub fn define_org(sandbox: &Sandbox) {
     let sf = sandbox.salesforce();
     sf.add_field("Contact", FieldDef::new("Consentimiento_WhatsApp__c", FieldKind::Boolean));
-    sf.define_object(ObjectDef::new(
-        "Cita__c",
-        "a01",
-        vec![
-            FieldDef::reference("Contacto__c", "Contact").required(),
-            FieldDef::new("Fecha__c", FieldKind::Datetime),
-            FieldDef::new("Estado__c", FieldKind::Picklist).with_length(40),
-            FieldDef::new("Centro__c", FieldKind::String).with_length(80),
-            FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40),
-            FieldDef::new("WhatsApp_Fecha__c", FieldKind::Datetime),
-            FieldDef::new("WhatsApp_Error__c", FieldKind::String).with_length(255),
-            FieldDef::new("WhatsApp_Respuesta__c", FieldKind::String).with_length(255),
-            FieldDef::new("WhatsApp_Fecha_Respuesta__c", FieldKind::Datetime),
-        ],
-    ));
+    sf.define_object(
+        ObjectDef::new(
+            "Cita__c",
+            "a01",
+            vec![
+                FieldDef::reference("Contacto__c", "Contact").required(),
+                FieldDef::new("Fecha__c", FieldKind::Datetime),
+                FieldDef::new("Estado__c", FieldKind::Picklist).with_length(40),
+                FieldDef::new("Centro__c", FieldKind::String).with_length(80),
+                FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40),
+                FieldDef::new("WhatsApp_Fecha__c", FieldKind::Datetime),
+                FieldDef::new("WhatsApp_Error__c", FieldKind::String).with_length(255),
+                FieldDef::new("WhatsApp_Respuesta__c", FieldKind::String).with_length(255),
+                FieldDef::new("WhatsApp_Fecha_Respuesta__c", FieldKind::Datetime),
+            ],
+        )
+        .with_activities(),
+    );
     for (name, length) in
         [("Recado_Id__c", 255), ("WhatsApp_Direccion__c", 20), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100)]
     {
@@ -171,7 +174,10 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     super::print_summary(&running).await?;
     let (used, max) = sf.usage();
     println!("  llamadas a la API de Salesforce: {used} de {max} diarias");
-    let result = if settled && logged {
+    let tasks = sf.records("Task").len();
+    let result = if logged && tasks > tasks_expected {
+        Err(anyhow::anyhow!("the interaction log has {tasks} Tasks for {tasks_expected} messages and replies"))
+    } else if settled && logged {
         println!("✔ Cada mensaje llegó a su estado final, quedó escrito en su cita y registrado como Tarea.");
         Ok(())
     } else if !logged {

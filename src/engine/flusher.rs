@@ -32,6 +32,14 @@ pub enum FlushError {
     Store(#[from] StoreError),
 }
 
+/// How long to wait after `failures` refusals in a row that need a person (a field, a
+/// permission), for a loop that runs every `interval`: the interval twice (a passing hiccup),
+/// then doubling, at most eight times the interval and at most a minute (pure).
+pub fn refused_backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(2).min(3);
+    (interval * factor).min(Duration::from_secs(60)).max(interval)
+}
+
 pub struct Flusher {
     writer: Arc<SourceWriter>,
     ctx: Arc<EngineCtx>,
@@ -51,6 +59,8 @@ impl Flusher {
         info!(writer = %self.writer.label(), "write-back flusher started");
         let wake =
             self.writer.source_ids().first().and_then(|id| self.ctx.flush_wake.get(id).cloned()).unwrap_or_default();
+        // Flushes refused for good in a row: the next one waits longer each time.
+        let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -60,8 +70,9 @@ impl Flusher {
                 }
                 _ = shutdown.wait() => break,
             }
-            if let Some(pause) = self.flush_logged().await {
-                // The vendor said when to come back: every write stays queued until then.
+            if let Some(pause) = self.flush_logged(&mut failures).await {
+                // The vendor said when to come back, or the last flushes were refused: every
+                // write stays queued until then.
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.wait() => break,
@@ -92,25 +103,36 @@ impl Flusher {
         info!(writer = %self.writer.label(), "write-back flusher stopped");
     }
 
-    /// Flushes once and logs the outcome; says how long to wait when the vendor asked for a pause.
-    async fn flush_logged(&self) -> Option<Duration> {
-        match self.flush_once().await {
+    /// Flushes once and logs the outcome; says how long to wait when the vendor asked for a
+    /// pause, or when flushes keep being refused for a reason only a person can fix (a field
+    /// or permission missing): longer each time, up to eight flush intervals or a minute, so
+    /// a broken configuration is not hammered every flush and a fixed one is picked up soon.
+    async fn flush_logged(&self, failures: &mut u32) -> Option<Duration> {
+        let failed = match self.flush_once().await {
+            Ok(WriteReport { failed: Some(e), .. }) => FlushError::Source(e),
             Ok(r) => {
+                *failures = 0;
                 self.ctx.health.ok(&self.health_name, "loop", self.ctx.now_ms());
                 if !r.done.is_empty() || !r.repairs.is_empty() {
                     debug!(writer = %self.writer.label(), written = r.done.len(), dropped = r.dropped.len(), repaired = r.repairs.len(), "write-back flushed");
                 }
+                return None;
             }
-            Err(FlushError::Source(SourceError::RateLimited { detail, pause })) => {
-                warn!(writer = %self.writer.label(), pause_s = pause.as_secs(), "write-back delayed by the quota: {detail}");
-                return Some(pause).filter(|p| !p.is_zero());
-            }
-            Err(e) => {
-                self.ctx.health.failed(&self.health_name, "loop", &e.to_string());
-                error!(writer = %self.writer.label(), "write-back failed, will retry: {e}");
-            }
+            Err(e) => e,
+        };
+        if let FlushError::Source(SourceError::RateLimited { detail, pause }) = failed {
+            warn!(writer = %self.writer.label(), pause_s = pause.as_secs(), "write-back delayed by the quota: {detail}");
+            return Some(pause).filter(|p| !p.is_zero());
         }
-        None
+        self.ctx.health.failed(&self.health_name, "loop", &failed.to_string());
+        error!(writer = %self.writer.label(), "write-back failed, will retry: {failed}");
+        match failed {
+            FlushError::Source(SourceError::Permanent(_) | SourceError::MissingFields(_)) => {
+                *failures += 1;
+                Some(refused_backoff(self.interval, *failures))
+            }
+            _ => None,
+        }
     }
 
     /// Flushes what is queued for this writer (and checks its previous write).
@@ -141,5 +163,19 @@ impl Flusher {
             tx.commit().await.map_err(StoreError::from)?;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_wait_longer_each_time_within_bounds() {
+        let second = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=7).map(|n| refused_backoff(second, n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 1, 2, 4, 8, 8, 8]);
+        assert_eq!(refused_backoff(Duration::from_secs(10), 6), Duration::from_secs(60));
+        assert_eq!(refused_backoff(Duration::from_secs(90), 1), Duration::from_secs(90));
     }
 }

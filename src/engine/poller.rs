@@ -115,7 +115,7 @@ impl SourcePoller {
         }
         required.sort();
         required.dedup();
-        let mut referenced = crate::rules::referenced_fields(&ctx.config.rules, &settings.id);
+        let mut referenced = crate::rules::referenced_paths(&ctx.config.rules, &settings.id);
         referenced.extend(settings.time_zone_field.iter().cloned());
         let health_name = format!("source:{}", settings.id);
         ctx.health.register(&health_name, "source");
@@ -135,6 +135,8 @@ impl SourcePoller {
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let id = self.settings.id.clone();
         info!(source = %id, records = self.snapshot.len(), "poller started");
+        // Polls refused in a row for a reason only a person can fix: each waits longer.
+        let mut refusals = 0u32;
         loop {
             if shutdown.is_set() {
                 break;
@@ -145,6 +147,9 @@ impl SourcePoller {
                 r = self.poll_once() => r,
                 _ = shutdown.wait() => break,
             };
+            let refused =
+                matches!(outcome, Err(PollError::Source(SourceError::Permanent(_) | SourceError::MissingFields(_))));
+            refusals = if refused { refusals + 1 } else { 0 };
             match outcome {
                 Ok(r) => {
                     self.ctx.health.ok(&self.health_name, "source", self.ctx.now_ms());
@@ -170,8 +175,15 @@ impl SourcePoller {
                     paused_for_ms: quota.paused_for.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 },
             );
+            // A source refusing for good (a permission, a field gone) is asked again less and
+            // less often (up to eight poll intervals or a minute), not every poll.
+            let wait = if refusals > 0 {
+                super::flusher::refused_backoff(self.settings.poll_interval, refusals)
+            } else {
+                self.settings.poll_interval
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait() => break,
             }
         }

@@ -493,11 +493,21 @@ fn add_template_spec(
 /// Field names the rules of `source_id` refer to in their filters, templates and texts (the
 /// top-level variables; fields under `row[...]` are not seen).
 pub fn referenced_fields(rules: &[RuleConfig], source_id: &str) -> Vec<String> {
+    referenced(rules, source_id, false)
+}
+
+/// As [`referenced_fields`], with attribute access kept as a path: `{{ Contacto__r.FirstName }}`
+/// gives `Contacto__r.FirstName` (a source that reads fields by name selects these).
+pub fn referenced_paths(rules: &[RuleConfig], source_id: &str) -> Vec<String> {
+    referenced(rules, source_id, true)
+}
+
+fn referenced(rules: &[RuleConfig], source_id: &str, nested: bool) -> Vec<String> {
     let env = environment();
     let mut out: HashSet<String> = HashSet::new();
     let mut add = |text: &str| {
         if let Ok(t) = env.template_from_str(text) {
-            out.extend(t.undeclared_variables(false));
+            out.extend(t.undeclared_variables(nested));
         }
     };
     for r in rules.iter().filter(|r| r.source == source_id) {
@@ -777,6 +787,8 @@ mod tests {
             Some("Curso == 'x'"),
             tmpl(&["{{ Nombre }} {{ row['Otro'] }}"], Some("{{ ID | urlencode }}")),
         );
-        assert_eq!(referenced_fields(&[r], "s"), vec!["Curso", "ID", "Nombre"]);
+        assert_eq!(referenced_fields(std::slice::from_ref(&r), "s"), vec!["Curso", "ID", "Nombre"]);
+        let sf = rule(Trigger::RowAdded, None, tmpl(&["{{ Contacto__r.FirstName }} {{ Fecha__c | date }}"], None));
+        assert_eq!(referenced_paths(&[sf], "s"), vec!["Contacto__r.FirstName", "Fecha__c"]);
     }
 }

@@ -214,6 +214,7 @@ fn router(state: SandboxState) -> Router {
         .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}", get(twilio::fetch_message))
         .route("/salesforce/services/oauth2/token", post(salesforce::token))
         .route("/salesforce/services/data/{version}/query", get(salesforce::query))
+        .route("/salesforce/services/data/{version}/queryAll", get(salesforce::query_all))
         .route("/salesforce/services/data/{version}/query/{next}", get(salesforce::query_more))
         .route(
             "/salesforce/services/data/{version}/composite/sobjects",

@@ -343,6 +343,10 @@ pub struct WriteReport {
     /// Vendor requests spent.
     pub reads: usize,
     pub writes: usize,
+    /// A part of the batch failed as a whole (the interaction log's object cannot be
+    /// described, say): its values stay queued, and the flusher treats this as a failed flush,
+    /// while everything above still counts.
+    pub failed: Option<SourceError>,
 }
 
 /// How much of its vendor quota a source is using.

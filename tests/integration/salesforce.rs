@@ -21,21 +21,24 @@ fn fields(v: Value) -> Map<String, Value> {
 fn define_org(h: &Harness) {
     let sf = h.sandbox.salesforce();
     sf.add_field("Contact", FieldDef::new("Consentimiento_WhatsApp__c", FieldKind::Boolean));
-    sf.define_object(ObjectDef::new(
-        "Cita__c",
-        "a01",
-        vec![
-            FieldDef::reference("Contacto__c", "Contact"),
-            FieldDef::new("Fecha__c", FieldKind::Datetime),
-            FieldDef::new("Dia_Control__c", FieldKind::Date),
-            FieldDef::new("Estado__c", FieldKind::Picklist).with_length(40),
-            FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40),
-            FieldDef::new("WhatsApp_Fecha__c", FieldKind::Datetime),
-            FieldDef::new("WhatsApp_Error__c", FieldKind::String).with_length(255),
-            FieldDef::new("WhatsApp_Respuesta__c", FieldKind::String).with_length(255),
-            FieldDef::new("WhatsApp_Fecha_Respuesta__c", FieldKind::Datetime),
-        ],
-    ));
+    sf.define_object(
+        ObjectDef::new(
+            "Cita__c",
+            "a01",
+            vec![
+                FieldDef::reference("Contacto__c", "Contact"),
+                FieldDef::new("Fecha__c", FieldKind::Datetime),
+                FieldDef::new("Dia_Control__c", FieldKind::Date),
+                FieldDef::new("Estado__c", FieldKind::Picklist).with_length(40),
+                FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40),
+                FieldDef::new("WhatsApp_Fecha__c", FieldKind::Datetime),
+                FieldDef::new("WhatsApp_Error__c", FieldKind::String).with_length(255),
+                FieldDef::new("WhatsApp_Respuesta__c", FieldKind::String).with_length(255),
+                FieldDef::new("WhatsApp_Fecha_Respuesta__c", FieldKind::Datetime),
+            ],
+        )
+        .with_activities(),
+    );
 }
 
 /// A mother (person `n`) with consent, and her id.
@@ -324,21 +327,34 @@ async fn a_deleted_record_cancels_its_reminders() {
         }
     };
     assert_eq!(timers().await.iter().filter(|t| t.state == "pending").count(), 1);
-    assert!(h.sandbox.salesforce().delete("Cita__c", &c));
-    settle(&h).await;
-    assert_eq!(
-        h.sandbox.salesforce().count(SfKind::Deleted),
-        0,
-        "deletions are asked for every 2 minutes of server time"
-    );
-    // Salesforce's clock moves on: the next poll asks for deletions.
-    h.sandbox.salesforce().advance(Duration::from_secs(150));
+    let sf = h.sandbox.salesforce();
+    // Deleted (in the Recycle Bin): the next poll's queryAll brings it with IsDeleted.
+    assert!(sf.delete("Cita__c", &c));
     wait_for("the reminder to be cancelled", Duration::from_secs(20), || async {
         timers().await.iter().all(|t| t.state == "cancelled")
     })
     .await;
-    assert_eq!(h.sandbox.salesforce().count(SfKind::Deleted), 1);
-    assert_eq!(h.sent_count(), 0);
+    assert_eq!(sf.count(SfKind::Deleted), 0, "seen with the changes, without asking for deletions");
+    // Deleted and emptied from the Recycle Bin before a poll saw it: only the delete log knows,
+    // asked every 2 minutes of server time.
+    let c2 = cita(&h, &m, Utc::now() + chrono::Duration::days(12), "Agendada");
+    let pending2 = || {
+        let store = store.clone();
+        let c2 = c2.clone();
+        async move {
+            let mut conn = store.conn().await.unwrap();
+            let timers = recado::store::timers_of(&mut conn, SOURCE, Some(&[c2.as_str()])).await.unwrap();
+            timers.iter().filter(|t| t.state == "pending").count()
+        }
+    };
+    wait_for("the second appointment's reminder", Duration::from_secs(20), || async { pending2().await == 1 }).await;
+    assert!(sf.hard_delete("Cita__c", &c2));
+    settle(&h).await;
+    assert_eq!(pending2().await, 1, "a hard delete is not in queryAll");
+    sf.advance(Duration::from_secs(150));
+    wait_for("the second reminder to be cancelled", Duration::from_secs(20), || async { pending2().await == 0 }).await;
+    assert_eq!(sf.count(SfKind::Deleted), 1);
+    assert_eq!(h.sent_count(), 1, "the second appointment's confirmation, no reminder");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,6 +371,7 @@ async fn a_session_that_ends_mid_poll_is_renewed_and_the_poll_completes() {
         message: String::new(),
         expire_session: true,
         timeout: false,
+        record: None,
         count: 1,
     });
     start(&mut h).await;
@@ -374,7 +391,14 @@ async fn polling_slows_down_above_the_share_of_the_daily_allocation_and_resumes_
     let before = sf.count(SfKind::Query);
     more_polls(&h, 5).await;
     assert!(sf.count(SfKind::Query) >= before + 4, "an idle poll is one query");
+    // Other integrations' use does not count against recado's share…
     sf.set_usage(9_000, 15_000);
+    let busy_org = sf.count(SfKind::Query);
+    more_polls(&h, 4).await;
+    assert!(sf.count(SfKind::Query) >= busy_org + 3, "the org's other use does not slow recado");
+    // …recado's own does: the allocation shrinks until recado's requests are half of it.
+    let ours = sf.total_requests() - sf.count(SfKind::Token);
+    sf.set_usage(ours, ours * 2);
     more_polls(&h, 2).await;
     let slowed = sf.count(SfKind::Query);
     more_polls(&h, 6).await;
@@ -876,4 +900,151 @@ async fn two_hundred_new_tasks_are_looked_up_under_the_uri_limit_and_created_onc
     );
     let health = h.running().ctx().health.get(&format!("flusher:salesforce Cita__c ({SOURCE})")).unwrap_or_default();
     assert_eq!(health.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_unticks_the_consent_on_the_contact_and_her_next_appointment_gets_nothing() {
+    let mut h = org("", "").await;
+    h.user(21, true, None);
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    let m = mother(&h, 21);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(4), "Agendada");
+    wait_field(&h, &c, "WhatsApp_Estado__c", "read").await;
+    let sent = h.sent_to(21);
+    assert_eq!(sent.len(), 1);
+    h.says(21, "BAJA", Some(&sent[0].id));
+    wait_for("the consent on the Contact to be unticked", Duration::from_secs(20), || async {
+        sf.get("Contact", &m).and_then(|r| r.get("Consentimiento_WhatsApp__c").cloned()) == Some(json!(false))
+    })
+    .await;
+    wait_field(&h, &c, "WhatsApp_Respuesta__c", "BAJA").await;
+    let errors = field(&h, &c, "WhatsApp_Error__c");
+    assert!(errors.is_null() || errors == "", "no write-back problem on the appointment: {errors}");
+    // Her next appointment is read with the consent unticked: no template for it.
+    let _next = cita(&h, &m, Utc::now() + chrono::Duration::days(11), "Agendada");
+    settle(&h).await;
+    let templates = h.sent_to(21).iter().filter(|s| s.template.is_some()).count();
+    assert_eq!(templates, 1, "only the first appointment's confirmation");
+}
+
+fn reply_write(id: &str, value: &str) -> recado::domain::FieldWrite {
+    recado::domain::FieldWrite {
+        source_id: SOURCE.into(),
+        target: recado::domain::WriteTarget::Record(recado::domain::RecordKey(id.into())),
+        field: "WhatsApp_Respuesta__c".into(),
+        value: value.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_for_one_record_is_split_until_that_record_is_alone_and_the_others_are_written() {
+    let mut h = org("", "").await;
+    let m = mother(&h, 22);
+    let ids = many_citas(&h, &m, 3);
+    start(&mut h).await;
+    settle(&h).await;
+    let sf = h.sandbox.salesforce();
+    // A value Salesforce cannot parse fails the whole call, whatever allOrNone says.
+    sf.inject(SfFault {
+        kind: None,
+        status: 400,
+        error_code: "JSON_PARSER_ERROR".into(),
+        message: "Cannot deserialize instance of double from VALUE_STRING".into(),
+        expire_session: false,
+        timeout: false,
+        record: Some(ids[1].clone()),
+        count: 100,
+    });
+    let before = sf.count(SfKind::Composite);
+    queue(&h, &ids.iter().map(|id| reply_write(id, "Confirmo")).collect::<Vec<_>>()).await;
+    wait_field(&h, &ids[0], "WhatsApp_Respuesta__c", "Confirmo").await;
+    wait_field(&h, &ids[2], "WhatsApp_Respuesta__c", "Confirmo").await;
+    settle(&h).await;
+    assert_eq!(field(&h, &ids[1], "WhatsApp_Respuesta__c"), Value::Null);
+    // All three, then [first] and [second, third], then [second] and [third].
+    assert_eq!(sf.count(SfKind::Composite) - before, 5);
+    let mut conn = h.store().conn().await.unwrap();
+    let left = recado::store::pending_writes(&mut conn, &[SOURCE.to_string()], 100).await.unwrap();
+    assert!(left.is_empty(), "the refused value is reported and dropped, not retried: {left:?}");
+    more_polls(&h, 3).await;
+    assert_eq!(sf.count(SfKind::Composite) - before, 5, "and never sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_deleted_while_running_is_described_again_and_only_its_values_are_refused() {
+    let mut h = org("", "").await;
+    h.user(23, false, None);
+    start(&mut h).await;
+    let m = mother(&h, 23);
+    let first = cita(&h, &m, Utc::now() + chrono::Duration::days(4), "Agendada");
+    wait_field(&h, &first, "WhatsApp_Estado__c", "delivered").await;
+    let sf = h.sandbox.salesforce();
+    let describes = sf.count(SfKind::Describe);
+    assert!(sf.remove_field("Cita__c", "WhatsApp_Estado__c"));
+    let second = cita(&h, &m, Utc::now() + chrono::Duration::days(6), "Agendada");
+    wait_for("the second appointment's status time", Duration::from_secs(20), || async {
+        field(&h, &second, "WhatsApp_Fecha__c").is_string()
+    })
+    .await;
+    settle(&h).await;
+    assert!(sf.count(SfKind::Describe) > describes, "described again after the refusal");
+    let mut conn = h.store().conn().await.unwrap();
+    let left = recado::store::pending_writes(&mut conn, &[SOURCE.to_string()], 100).await.unwrap();
+    assert!(left.is_empty(), "values for the deleted field are dropped: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_only_a_template_names_is_read_without_being_listed() {
+    let rule = r#"
+  - id: control
+    source: citas
+    when: { changed: Estado__c, to: Control }
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Dia_Control__c | date }}"]
+      button_url_suffix: "cita?id={{ Id }}"
+"#;
+    let mut h = org("", rule).await;
+    let m = mother(&h, 24);
+    h.user(24, false, None);
+    let c = h
+        .sandbox
+        .salesforce()
+        .create(
+            "Cita__c",
+            fields(json!({"Contacto__c": m, "Fecha__c": Utc::now().to_rfc3339(), "Estado__c": "Agendada", "Dia_Control__c": "2026-12-01"})),
+        )
+        .expect("cita created");
+    start(&mut h).await;
+    settle(&h).await;
+    let sf = h.sandbox.salesforce();
+    sf.update("Cita__c", &c, fields(json!({"Estado__c": "Control"}))).unwrap();
+    wait_for("the control message", Duration::from_secs(20), || async { h.sent_to(24).len() == 1 }).await;
+    assert_eq!(h.sent_to(24)[0].params[0], "01/12/2026");
+    assert!(sf.queries().iter().any(|q| q.contains("Dia_Control__c")), "selected from the template");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_refused_on_an_object_without_activities_never_hold_back_the_statuses() {
+    let mut h = org(TASK_LOG, "").await;
+    let sf = h.sandbox.salesforce();
+    for (name, length) in
+        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
+    {
+        sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
+    }
+    assert!(sf.set_activities("Cita__c", false));
+    h.user(25, true, None);
+    start(&mut h).await;
+    let m = mother(&h, 25);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(3), "Agendada");
+    wait_field(&h, &c, "WhatsApp_Estado__c", "read").await;
+    settle(&h).await;
+    assert!(tasks(&h).is_empty(), "Salesforce refuses a Task on an object without Allow Activities");
+    let mut conn = h.store().conn().await.unwrap();
+    let left = recado::store::pending_writes(&mut conn, &[SOURCE.to_string()], 100).await.unwrap();
+    assert!(left.is_empty(), "the refused entries are reported and dropped: {left:?}");
 }

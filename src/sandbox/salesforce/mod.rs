@@ -4,7 +4,8 @@
 //!   connected app's registered certificate, `iss`, `sub`, `aud`, `exp`) and the client
 //!   credentials flow (form or HTTP Basic), answered as Salesforce answers (`instance_url`, no
 //!   `expires_in`); OAuth errors as `{"error","error_description"}`.
-//! * `GET /services/data/vNN.N/query?q=…` and `…/query/{locator}-{offset}` — a real SOQL subset
+//! * `GET /services/data/vNN.N/query?q=…` (and `queryAll`, with the Recycle Bin) and
+//!   `…/query/{locator}-{offset}` — a real SOQL subset
 //!   ([`soql`]) resolved against the schema ([`schema`]): relationship paths, typed `WHERE`
 //!   literals (a quoted date-time is refused as Salesforce refuses it), `ORDER BY`, `LIMIT`;
 //!   `MALFORMED_QUERY` / `INVALID_FIELD` / `INVALID_TYPE` in Salesforce's words; batches of
@@ -106,6 +107,10 @@ pub struct SfFault {
     /// The answer never comes.
     #[serde(default)]
     pub timeout: bool,
+    /// Only sObject Collections calls that carry this record fail (a value Salesforce
+    /// cannot parse fails the whole call, whatever `allOrNone` says).
+    #[serde(default)]
+    pub record: Option<String>,
     #[serde(default = "one")]
     pub count: u32,
 }
@@ -143,6 +148,9 @@ pub enum SfAction {
 struct Rec {
     values: HashMap<String, Value>,
     deleted_at: Option<i64>,
+    /// Deleted and emptied from the Recycle Bin: `queryAll` no longer sees it; the delete log
+    /// still has it.
+    emptied: bool,
 }
 
 struct Obj {
@@ -260,7 +268,7 @@ impl SalesforceState {
 
     /// Adds (or replaces) an object; the system fields are added to `def`.
     pub fn define_object(&self, def: ObjectDef) {
-        let def = ObjectDef::new(&def.name, &def.prefix, def.fields);
+        let def = ObjectDef { activities: def.activities, ..ObjectDef::new(&def.name, &def.prefix, def.fields) };
         self.lock().objects.insert(def.name.to_lowercase(), Obj { def, records: BTreeMap::new() });
     }
 
@@ -272,6 +280,26 @@ impl SalesforceState {
         obj.def.fields.retain(|f| !f.name.eq_ignore_ascii_case(&field.name));
         obj.def.fields.push(field);
         true
+    }
+
+    /// Ticks or unticks *Allow Activities* on an object.
+    pub fn set_activities(&self, object: &str, on: bool) -> bool {
+        let mut g = self.lock();
+        let Some(obj) = g.objects.get_mut(&object.to_lowercase()) else { return false };
+        obj.def.activities = on;
+        true
+    }
+
+    /// Deletes a field from an object (an administrator removing it while recado runs).
+    pub fn remove_field(&self, object: &str, field: &str) -> bool {
+        let mut g = self.lock();
+        let Some(obj) = g.objects.get_mut(&object.to_lowercase()) else { return false };
+        let before = obj.def.fields.len();
+        obj.def.fields.retain(|f| !f.name.eq_ignore_ascii_case(field));
+        for r in obj.records.values_mut() {
+            r.values.retain(|k, _| !k.eq_ignore_ascii_case(field));
+        }
+        obj.def.fields.len() < before
     }
 
     /// The org's time zone (`TimeZoneSidKey` of `Organization`).
@@ -297,6 +325,21 @@ impl SalesforceState {
 
     pub fn create(&self, object: &str, fields: Map<String, Value>) -> Result<String, String> {
         Ok(self.create_many(object, vec![fields])?.remove(0))
+    }
+
+    /// A record deleted and emptied from the Recycle Bin at once (a hard delete): only the
+    /// delete log (`getDeleted`) knows it.
+    pub fn hard_delete(&self, object: &str, id: &str) -> bool {
+        let mut g = self.lock();
+        let now = g.now_ms();
+        if !g.staff_delete(object, id, now) {
+            return false;
+        }
+        let rec = normalize_id(id).and_then(|id| g.objects.get_mut(&object.to_lowercase())?.records.get_mut(&id));
+        if let Some(rec) = rec {
+            rec.emptied = true;
+        }
+        true
     }
 
     /// An edit made as staff would.
@@ -461,7 +504,7 @@ impl Inner {
                 .join(" ");
             values.insert("Name".into(), json!(name));
         }
-        obj.records.insert(id.clone(), Rec { values, deleted_at: None });
+        obj.records.insert(id.clone(), Rec { values, deleted_at: None, emptied: false });
         id
     }
 
@@ -515,7 +558,13 @@ impl Inner {
                         let target = self.object_of_id(&id)?;
                         let wanted = def.reference_to.as_deref().unwrap_or("*");
                         let live = target.records.get(&id).is_some_and(|r| r.deleted_at.is_none());
-                        (live && (wanted == "*" || target.def.name.eq_ignore_ascii_case(wanted))).then_some(())
+                        // A polymorphic `WhatId` takes objects with Allow Activities only.
+                        let fits = if wanted == "*" {
+                            target.def.activities
+                        } else {
+                            target.def.name.eq_ignore_ascii_case(wanted)
+                        };
+                        (live && fits).then_some(())
                     });
                     if target_ok.is_none() {
                         return Err((
@@ -578,7 +627,20 @@ impl Inner {
     }
 
     fn take_fault(&mut self, kind: SfKind) -> Option<SfFault> {
-        super::take_fault(&mut self.faults, |f| f.kind.is_none_or(|k| k == kind), |f| &mut f.count)
+        super::take_fault(
+            &mut self.faults,
+            |f| f.record.is_none() && f.kind.is_none_or(|k| k == kind),
+            |f| &mut f.count,
+        )
+    }
+
+    /// A fault for a collection call that carries one of `ids`.
+    fn take_call_fault(&mut self, ids: &[String]) -> Option<SfFault> {
+        super::take_fault(
+            &mut self.faults,
+            |f| f.record.as_deref().and_then(normalize_id).is_some_and(|r| ids.contains(&r)),
+            |f| &mut f.count,
+        )
     }
 
     fn take_record_fault(&mut self, id: &str) -> Option<RecordFault> {
@@ -852,7 +914,21 @@ pub async fn query(
     if raw.as_ref().is_some_and(|q| q.len() + version.len() + 40 > MAX_URI_BYTES) {
         return (StatusCode::URI_TOO_LONG, "414 Request-URI Too Long").into_response();
     }
-    or_hang(query_now(&st, &version, &headers, raw)).await
+    or_hang(query_now(&st, &version, &headers, raw, false)).await
+}
+
+/// `GET /services/data/{version}/queryAll?q=`: as `query`, with the records in the Recycle Bin
+/// (`IsDeleted = true`) too.
+pub async fn query_all(
+    State(st): State<SandboxState>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if raw.as_ref().is_some_and(|q| q.len() + version.len() + 40 > MAX_URI_BYTES) {
+        return (StatusCode::URI_TOO_LONG, "414 Request-URI Too Long").into_response();
+    }
+    or_hang(query_now(&st, &version, &headers, raw, true)).await
 }
 
 /// The longest request URI Salesforce accepts.
@@ -877,7 +953,7 @@ async fn or_hang(answer: Response) -> Response {
     answer
 }
 
-fn query_now(st: &SandboxState, version: &str, headers: &HeaderMap, raw: Option<String>) -> Response {
+fn query_now(st: &SandboxState, version: &str, headers: &HeaderMap, raw: Option<String>, all: bool) -> Response {
     let (version, headers) = (version.to_string(), headers.clone());
     let sf = &st.salesforce;
     let mut g = match gate(sf, SfKind::Query, &version, &headers) {
@@ -894,7 +970,7 @@ fn query_now(st: &SandboxState, version: &str, headers: &HeaderMap, raw: Option<
         .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("batchSize=")?.parse::<usize>().ok()))
         .filter(|n| (200..=MAX_BATCH).contains(n))
         .unwrap_or(MAX_BATCH);
-    let answer = match run_query(&g, &q, &version) {
+    let answer = match run_query(&g, &q, &version, all) {
         Ok(records) => {
             let total = records.len();
             let records = Arc::new(records);
@@ -1019,7 +1095,7 @@ fn value_at<'a>(g: &'a Inner, rec: &'a Rec, r: &Resolved) -> Option<&'a Value> {
     current.values.get(&r.field).filter(|v| !v.is_null())
 }
 
-fn run_query(g: &Inner, q: &str, version: &str) -> Result<Vec<Value>, soql::QueryError> {
+fn run_query(g: &Inner, q: &str, version: &str, all: bool) -> Result<Vec<Value>, soql::QueryError> {
     let parsed = soql::parse(q)?;
     let Some(obj) = g.object(&parsed.object) else {
         let mut e = soql::invalid_field(
@@ -1051,10 +1127,11 @@ fn run_query(g: &Inner, q: &str, version: &str) -> Result<Vec<Value>, soql::Quer
     }
     let tz = g.tz();
     let today = chrono::Utc::now().with_timezone(&tz).date_naive() + chrono::Duration::milliseconds(g.offset_ms);
+    // A deleted record stays in the Recycle Bin (seen by queryAll) until it is purged.
     let mut rows: Vec<&Rec> = obj
         .records
         .values()
-        .filter(|r| r.deleted_at.is_none())
+        .filter(|r| r.deleted_at.is_none_or(|t| all && !r.emptied && t >= g.purged_before))
         .filter(|r| filter.as_ref().is_none_or(|f| eval(g, r, f, today, tz)))
         .collect();
     if !order.is_empty() {
@@ -1398,6 +1475,16 @@ fn write_collection(st: &SandboxState, version: &str, headers: &HeaderMap, body:
             "EXCEEDED_ID_LIMIT",
             "record limit reached. cannot submit more than 200 records into this call",
         );
+    }
+    let ids: Vec<String> = input
+        .records
+        .iter()
+        .filter_map(|r| r.get("id").or(r.get("Id")).and_then(Value::as_str).and_then(normalize_id))
+        .collect();
+    if let Some(f) = g.take_call_fault(&ids) {
+        let (s, b) =
+            error_array(StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST), &f.error_code, &f.message);
+        return reply(&g, s, b);
     }
     // Whole-request checks first (unknown fields, values of the wrong shape): 400, nothing saved.
     let mut prepared = Vec::new();
@@ -1775,25 +1862,26 @@ mod tests {
         .unwrap();
         sf.create("Cita__c", fields(json!({"Fecha__c": "2026-11-25T13:00:00Z", "Estado__c": "Cancelada"}))).unwrap();
         let g = sf.lock();
-        let rows = run_query(&g, "SELECT Id, Contacto__r.MobilePhone, Contacto__r.Name, Fecha__c FROM Cita__c WHERE Estado__c != 'cancelada' AND Fecha__c >= 2026-11-24T00:00:00Z", "v62.0").unwrap();
+        let rows = run_query(&g, "SELECT Id, Contacto__r.MobilePhone, Contacto__r.Name, Fecha__c FROM Cita__c WHERE Estado__c != 'cancelada' AND Fecha__c >= 2026-11-24T00:00:00Z", "v62.0", false).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["Contacto__r"]["MobilePhone"], "+56987650001");
         assert_eq!(rows[0]["Contacto__r"]["Name"], "Ana Rojas");
         assert_eq!(rows[0]["Fecha__c"], "2026-11-24T13:00:00.000+0000");
-        let all = run_query(&g, "SELECT Id, Contacto__r.Name FROM Cita__c ORDER BY Fecha__c DESC", "v62.0").unwrap();
+        let all =
+            run_query(&g, "SELECT Id, Contacto__r.Name FROM Cita__c ORDER BY Fecha__c DESC", "v62.0", false).unwrap();
         assert_eq!(all[0]["Contacto__r"], Value::Null, "an empty lookup is null");
 
-        let e = run_query(&g, "SELECT Id FROM Cita__c WHERE SystemModstamp >= '2026-11-24T00:00:00Z'", "v62.0")
+        let e = run_query(&g, "SELECT Id FROM Cita__c WHERE SystemModstamp >= '2026-11-24T00:00:00Z'", "v62.0", false)
             .unwrap_err();
         assert_eq!(e.code, "INVALID_FIELD");
         assert!(e.message.contains("must be of type dateTime and should not be enclosed in quotes"), "{}", e.message);
-        let e = run_query(&g, "SELECT Id, Telefono__c FROM Cita__c", "v62.0").unwrap_err();
+        let e = run_query(&g, "SELECT Id, Telefono__c FROM Cita__c", "v62.0", false).unwrap_err();
         assert!(e.message.contains("No such column 'Telefono__c' on entity 'Cita__c'"), "{}", e.message);
-        let e = run_query(&g, "SELECT Contact__r.Name FROM Cita__c", "v62.0").unwrap_err();
+        let e = run_query(&g, "SELECT Contact__r.Name FROM Cita__c", "v62.0", false).unwrap_err();
         assert!(e.message.contains("Didn't understand relationship 'Contact__r'"), "{}", e.message);
-        let e = run_query(&g, "SELECT Id FROM Cita", "v62.0").unwrap_err();
+        let e = run_query(&g, "SELECT Id FROM Cita", "v62.0", false).unwrap_err();
         assert_eq!(e.code, "INVALID_TYPE");
-        let e = run_query(&g, "SELECT Id FROM Cita__c WHERE Estado__c = 3", "v62.0").unwrap_err();
+        let e = run_query(&g, "SELECT Id FROM Cita__c WHERE Estado__c = 3", "v62.0", false).unwrap_err();
         assert!(e.message.contains("should be enclosed in quotes"), "{}", e.message);
     }
 }

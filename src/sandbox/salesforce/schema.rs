@@ -136,6 +136,10 @@ pub struct ObjectDef {
     /// Three characters every id of the object starts with (`003` for Contact).
     pub prefix: String,
     pub fields: Vec<FieldDef>,
+    /// *Allow Activities*: Tasks may point at its records (`WhatId`). Off unless asked for,
+    /// as on a new custom object.
+    #[serde(default)]
+    pub activities: bool,
 }
 
 impl ObjectDef {
@@ -153,7 +157,13 @@ impl ObjectDef {
                 all.push(f);
             }
         }
-        Self { name: name.into(), prefix: prefix.into(), fields: all }
+        Self { name: name.into(), prefix: prefix.into(), fields: all, activities: false }
+    }
+
+    /// With *Allow Activities* ticked.
+    pub fn with_activities(mut self) -> Self {
+        self.activities = true;
+        self
     }
 
     pub fn field(&self, name: &str) -> Option<&FieldDef> {

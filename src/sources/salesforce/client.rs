@@ -28,20 +28,69 @@ struct Session {
     instance_url: String,
 }
 
-/// The org's API usage as Salesforce last reported it.
+/// The org's API usage as Salesforce last reported it, and recado's own part of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Requests the whole org made in the last 24 hours (every integration, every user).
     pub used: u64,
+    /// The org's allocation for 24 hours.
     pub max: u64,
+    /// Requests this client made in the last 24 hours (counted here: Salesforce reports a
+    /// connected app's own figure only when the app has a per-app limit).
+    pub ours: u64,
 }
 
+/// Above this share of the allocation used by the whole org, recado slows down whatever its
+/// own part: the org is about to be refused everything, other integrations included.
+pub const ORG_NEARLY_SPENT: f64 = 0.95;
+
 impl Usage {
+    /// recado's share of the org's daily allocation.
     pub fn share(&self) -> f64 {
-        if self.max == 0 {
-            0.0
-        } else {
-            self.used as f64 / self.max as f64
+        ratio(self.ours, self.max)
+    }
+
+    /// The whole org's share of its allocation.
+    pub fn org_share(&self) -> f64 {
+        ratio(self.used, self.max)
+    }
+
+    /// Whether polls should be spaced out: recado used its share, or the org is nearly out.
+    pub fn above(&self, max_share: f64) -> bool {
+        self.max > 0 && (self.share() >= max_share || self.org_share() >= ORG_NEARLY_SPENT)
+    }
+}
+
+fn ratio(used: u64, max: u64) -> f64 {
+    if max == 0 {
+        0.0
+    } else {
+        used as f64 / max as f64
+    }
+}
+
+/// Requests counted per hour over the last 24 hours (Salesforce's allocation is a rolling
+/// 24-hour window).
+#[derive(Debug, Default)]
+struct OwnRequests {
+    /// (hour since the epoch, requests in it), oldest first.
+    hours: std::collections::VecDeque<(i64, u64)>,
+}
+
+impl OwnRequests {
+    fn count(&mut self, now_ms: i64) {
+        let hour = now_ms.div_euclid(3_600_000);
+        match self.hours.back_mut() {
+            Some((h, n)) if *h == hour => *n += 1,
+            _ => self.hours.push_back((hour, 1)),
         }
+        while self.hours.front().is_some_and(|(h, _)| *h <= hour - 24) {
+            self.hours.pop_front();
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.hours.iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -49,7 +98,7 @@ impl Usage {
 pub fn parse_limit_info(header: &str) -> Option<Usage> {
     let part = header.split(';').map(str::trim).find_map(|p| p.strip_prefix("api-usage="))?;
     let (used, max) = part.split_once('/')?;
-    Some(Usage { used: used.trim().parse().ok()?, max: max.trim().parse().ok()? })
+    Some(Usage { used: used.trim().parse().ok()?, max: max.trim().parse().ok()?, ours: 0 })
 }
 
 /// An answer: status, body, and the server's time when it answered (milliseconds).
@@ -68,6 +117,8 @@ struct Inner {
     timeout: Duration,
     session: tokio::sync::Mutex<Option<Session>>,
     usage: Mutex<Option<Usage>>,
+    /// This client's own requests to the org's REST API.
+    own_requests: Mutex<OwnRequests>,
     /// Sign-ins so far (for tests and logs).
     sign_ins: Mutex<u64>,
     /// The org's time zone, once asked (it is the same for every object of the org).
@@ -118,6 +169,7 @@ impl OrgClient {
                 timeout,
                 session: tokio::sync::Mutex::new(None),
                 usage: Mutex::new(None),
+                own_requests: Mutex::new(OwnRequests::default()),
                 sign_ins: Mutex::new(0),
                 time_zone: Mutex::new(None),
                 limited_until: Mutex::new(None),
@@ -131,7 +183,9 @@ impl OrgClient {
     }
 
     pub fn usage(&self) -> Option<Usage> {
-        *self.inner.usage.lock().unwrap_or_else(PoisonError::into_inner)
+        let org = (*self.inner.usage.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let ours = self.inner.own_requests.lock().unwrap_or_else(PoisonError::into_inner).total();
+        Some(Usage { ours, ..org })
     }
 
     /// How long calls still wait after Salesforce said the allocation is spent.
@@ -322,6 +376,8 @@ impl OrgClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
             .map(|t| t.timestamp_millis());
+        let counted_at = server_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        i.own_requests.lock().unwrap_or_else(PoisonError::into_inner).count(counted_at);
         let body = tokio::time::timeout(i.timeout, response.bytes())
             .await
             .map_err(|_| SourceError::Timeout { what: format!("Salesforce's answer to {what}"), after: i.timeout })?
@@ -343,8 +399,23 @@ impl OrgClient {
     /// Runs a SOQL query and follows `nextRecordsUrl` until `done`. Returns the records, the
     /// number of requests spent, and the server's time at the first answer.
     pub async fn query(&self, soql: &str, what: &str) -> Result<(Vec<Value>, usize, Option<i64>), SourceError> {
+        self.query_at("query", soql, what).await
+    }
+
+    /// As [`query`](Self::query), through `queryAll`: records in the Recycle Bin come too,
+    /// with `IsDeleted = true`.
+    pub async fn query_all(&self, soql: &str, what: &str) -> Result<(Vec<Value>, usize, Option<i64>), SourceError> {
+        self.query_at("queryAll", soql, what).await
+    }
+
+    async fn query_at(
+        &self,
+        resource: &str,
+        soql: &str,
+        what: &str,
+    ) -> Result<(Vec<Value>, usize, Option<i64>), SourceError> {
         let q = percent_encoding::utf8_percent_encode(soql, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let (first, server_ms) = self.get_json(&format!("{}/query?q={q}", self.data_path()), what).await?;
+        let (first, server_ms) = self.get_json(&format!("{}/{resource}?q={q}", self.data_path()), what).await?;
         let mut page: QueryPage = serde_json::from_value(first).map_err(|e| {
             SourceError::Transient(format!("unexpected query answer from Salesforce ({})", one_line(&e.to_string())))
         })?;
@@ -386,11 +457,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn own_requests_are_counted_over_a_rolling_day() {
+        let mut own = OwnRequests::default();
+        let hour = 3_600_000;
+        own.count(0);
+        own.count(10);
+        own.count(5 * hour);
+        assert_eq!(own.total(), 3);
+        own.count(24 * hour);
+        assert_eq!(own.total(), 2, "the first hour left the window");
+        let usage = Usage { used: 100, max: 1000, ours: 500 };
+        assert!(usage.above(0.5));
+        assert!(!Usage { ours: 10, ..usage }.above(0.5));
+        assert!(Usage { used: 960, ours: 10, ..usage }.above(0.5), "the org is nearly spent");
+    }
+
+    #[test]
     fn limit_info_is_read() {
-        assert_eq!(parse_limit_info("api-usage=18/5000"), Some(Usage { used: 18, max: 5000 }));
+        assert_eq!(parse_limit_info("api-usage=18/5000"), Some(Usage { used: 18, max: 5000, ours: 0 }));
         assert_eq!(
             parse_limit_info("api-usage=25/5000; per-app-api-usage=17/250(appName=sample-connected-app)"),
-            Some(Usage { used: 25, max: 5000 })
+            Some(Usage { used: 25, max: 5000, ours: 0 })
         );
         assert_eq!(parse_limit_info("nothing"), None);
     }

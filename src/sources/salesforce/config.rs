@@ -94,7 +94,8 @@ pub struct RawSalesforce {
     /// The longest one call to Salesforce may take (default `30s`).
     #[serde(default)]
     pub call_timeout: Option<String>,
-    /// Share of the org's daily API allocation recado may use (default `0.5`); above it
+    /// Share of the org's daily API allocation recado's own requests may use (default
+    /// `0.5`, counted over the last 24 hours); above it, or when the whole org has used 95 %,
     /// polling slows down.
     #[serde(default)]
     pub max_api_share: Option<f64>,

@@ -14,7 +14,9 @@
 //! * **The `where` filter.** The incremental query is not filtered, so a record that stops
 //!   meeting the condition is seen; the new records are then checked against the condition
 //!   (`Id IN (…) AND (<where>)`) and those that no longer meet it count as removed.
-//! * **Deletions** come from `getDeleted` every `deletions_every` of server time; when
+//! * **Deletions** come with the changes: incremental reads go through `queryAll`, which
+//!   returns records in the Recycle Bin with `IsDeleted = true`. `getDeleted`, every
+//!   `deletions_every` of server time, catches records purged before a poll saw them; when
 //!   Salesforce's delete log no longer reaches back to the last check, the next read is a
 //!   full one.
 //! * **Values.** Date-times (`2026-11-24T13:00:00.000+0000`, UTC) become date cells in the
@@ -33,6 +35,7 @@ use tracing::{info, warn};
 
 use super::client::OrgClient;
 use super::config::SalesforceConfig;
+use super::errors::{api_error, classify};
 use crate::domain::{CellValue, RecordKey};
 use crate::sources::{
     read_records, ColumnSpec, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
@@ -50,12 +53,52 @@ pub struct ObjectHint {
     ids: Mutex<HashMap<String, String>>,
     /// Each record's Contact (the interaction log's `contact_field`).
     contacts: Mutex<HashMap<String, String>>,
+    /// The records each record's relationship paths lead to, as last read: record key →
+    /// (`contacto__r` lowercased, related object, related id). A write to
+    /// `Contacto__r.Consentimiento_WhatsApp__c` goes to that record.
+    related: Mutex<HashMap<String, Vec<Related>>>,
+    /// Whether a full read filled this since the start.
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+/// A record a relationship path leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Related {
+    /// The path to it, lowercased (`contacto__r`, `cuenta__r.owner`).
+    pub path: String,
+    /// Its object (`Contact`).
+    pub object: String,
+    /// Its id.
+    pub id: String,
 }
 
 impl ObjectHint {
     /// The Contact id of the record with `key`, as last read.
     pub fn contact_of(&self, key: &str) -> Option<String> {
         self.contacts.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    /// The record `path` (`Contacto__r`) leads to from the record with `key`, as last read.
+    pub fn related_of(&self, key: &str, path: &str) -> Option<Related> {
+        let related = self.related.lock().unwrap_or_else(PoisonError::into_inner);
+        related.get(key)?.iter().find(|r| r.path.eq_ignore_ascii_case(path)).cloned()
+    }
+
+    fn set_related(&self, full: bool, pairs: Vec<(String, Vec<Related>)>) {
+        let mut r = self.related.lock().unwrap_or_else(PoisonError::into_inner);
+        if full {
+            r.clear();
+        }
+        r.extend(pairs);
+        if full {
+            self.loaded.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether the object was read in full since the start (until then, which record a key
+    /// or a relationship path leads to is not known).
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn set_contacts(&self, full: bool, pairs: Vec<(String, String)>) {
@@ -231,6 +274,12 @@ impl RecordReader {
         for f in &self.cfg.fields {
             add(f);
         }
+        // Fields only templates and filters name are read too (an undefined name would fail
+        // the message); a name the object does not have stops the source with Salesforce's
+        // words, as one in `fields:` does.
+        for f in spec.referenced.iter().filter(|f| super::config::is_field_path(f)) {
+            add(f);
+        }
         out
     }
 
@@ -303,13 +352,16 @@ impl RecordReader {
     ) -> Result<SourceRead, SourceError> {
         let overlap = i64::try_from(self.cfg.overlap.as_millis()).unwrap_or(0);
         let since = soql_datetime(mark.watermark_ms - overlap);
+        // Through queryAll: a record deleted since (in the Recycle Bin, its SystemModstamp
+        // moved) comes with IsDeleted = true, so a deletion is seen by the next poll at no
+        // extra cost; `getDeleted` below only catches records purged before a poll saw them.
         let soql = format!(
-            "SELECT {}, SystemModstamp FROM {} WHERE SystemModstamp >= {since} ORDER BY SystemModstamp, Id",
+            "SELECT {}, SystemModstamp, IsDeleted FROM {} WHERE SystemModstamp >= {since} ORDER BY SystemModstamp, Id",
             selected.join(", "),
             self.cfg.object
         );
         let what = format!("reading changes of {}", self.cfg.object);
-        let (records, _, server_ms) = self.client.query(&soql, &what).await?;
+        let (records, _, server_ms) = self.client.query_all(&soql, &what).await?;
         let now = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
         let new_day = mark.full_ms.map(|ms| local_day(ms, tz)) != Some(local_day(now, tz));
         if new_day && self.cfg.filter.as_deref().is_some_and(mentions_relative_dates) {
@@ -334,9 +386,10 @@ impl RecordReader {
                 .collect()
         };
         let seen = id_stamps(&fresh, now);
-        // Records that no longer meet the `where` condition count as removed.
-        let mut gone: Vec<String> = Vec::new();
-        let mut deleted: Vec<String> = Vec::new();
+        let (binned, fresh): (Vec<Value>, Vec<Value>) = fresh.into_iter().partition(|r| r["IsDeleted"] == true);
+        let mut deleted: Vec<String> = binned.iter().filter_map(|r| r["Id"].as_str().map(String::from)).collect();
+        // Records deleted, or no longer meeting the `where` condition, count as removed.
+        let mut gone: Vec<String> = deleted.clone();
         let mut kept = fresh;
         if let (Some(w), false) = (&self.cfg.filter, kept.is_empty()) {
             let matching = self.matching(w, &kept, &since).await?;
@@ -351,7 +404,7 @@ impl RecordReader {
             match self.deleted_since(mark.deletions_ms, now).await? {
                 Deletions::Ids(ids, covered) => {
                     gone.extend(ids.iter().cloned());
-                    deleted = ids;
+                    deleted.extend(ids);
                     next.deletions_ms = covered;
                 }
                 Deletions::ResyncNeeded => {
@@ -408,7 +461,18 @@ impl RecordReader {
             enc(from_ms),
             enc(now_ms)
         );
-        let (v, _) = self.client.get_json(&path, &format!("asking {} for deletions", self.cfg.object)).await?;
+        let what = format!("asking {} for deletions", self.cfg.object);
+        let answer = self.client.call(reqwest::Method::GET, &path, None, &what).await?;
+        if answer.status == 400 && api_error(&answer.body).is_some_and(|e| e.code == "INVALID_REPLICATION_DATE") {
+            // The last check is older than Salesforce keeps deletions (15 days): whatever was
+            // deleted since can only be known by reading everything.
+            return Ok(Deletions::ResyncNeeded);
+        }
+        if !(200..300).contains(&answer.status) {
+            return Err(classify(answer.status, &answer.body, &what));
+        }
+        let v: Value = serde_json::from_slice(&answer.body)
+            .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
         let parse = |k: &str| v[k].as_str().and_then(parse_sf_datetime);
         if parse("earliestDateAvailable").is_some_and(|earliest| earliest > from_ms) {
             return Ok(Deletions::ResyncNeeded);
@@ -438,14 +502,15 @@ impl RecordReader {
         let spec = spec.clone();
         let selected = selected.to_vec();
         // Converting many records is CPU work: off the async runtime.
-        let (read, keyed, contacts) = tokio::task::spawn_blocking(move || {
+        let (read, keyed, contacts, related) = tokio::task::spawn_blocking(move || {
+            let related = related_records(&cfg.settings.key_field, &selected, &records, tz);
             let table = to_table(&selected, &records, tz);
             let keyed = key_ids(&cfg.settings.key_field, &selected, &table);
             let contact = cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref());
             let contacts =
                 contact.map(|c| column_pairs(&cfg.settings.key_field, c, &selected, &table)).unwrap_or_default();
             let read = to_records(&cfg.settings, &spec, &table);
-            (read, keyed, contacts)
+            (read, keyed, contacts, related)
         })
         .await
         .map_err(|e| SourceError::Transient(format!("converting the records failed: {e}")))?;
@@ -464,6 +529,7 @@ impl RecordReader {
         read.version = Some(version.clone());
         self.hint.update(complete, &keyed, &deleted);
         self.hint.set_contacts(complete, contacts);
+        self.hint.set_related(complete, related);
         self.lock().pending = Some((version, complete, seen, deleted));
         Ok(read)
     }
@@ -473,24 +539,25 @@ impl RecordReader {
     fn watch_usage(&self) {
         let Some(usage) = self.client.usage() else { return };
         let mut s = self.lock();
-        if usage.share() >= self.cfg.max_api_share {
+        if usage.above(self.cfg.max_api_share) {
             let every = (self.cfg.settings.poll_interval * 10).min(Duration::from_secs(3600));
             s.slowed_until = Some(Instant::now() + every);
             if !s.slowed {
                 s.slowed = true;
                 warn!(
                     source = %self.cfg.settings.id,
-                    used = usage.used,
+                    ours = usage.ours,
+                    org_used = usage.used,
                     allocation = usage.max,
                     share = self.cfg.max_api_share,
                     every_s = every.as_secs_f64(),
-                    "Salesforce API usage is above the share recado may use: polling less often"
+                    "recado's Salesforce API usage is above its share of the daily allocation (or the org's is nearly spent): polling less often"
                 );
             }
         } else if s.slowed {
             s.slowed = false;
             s.slowed_until = None;
-            info!(source = %self.cfg.settings.id, used = usage.used, allocation = usage.max, "Salesforce API usage back under the share: polling as configured");
+            info!(source = %self.cfg.settings.id, ours = usage.ours, org_used = usage.used, allocation = usage.max, "Salesforce API usage back under the share: polling as configured");
         }
     }
 }
@@ -634,6 +701,39 @@ fn column_pairs(key_field: &str, field: &str, selected: &[String], table: &Table
         .collect()
 }
 
+/// For each record, the records its selected relationship paths lead to, from the
+/// `attributes` Salesforce sends with each related record (`{"type": "Contact", "url":
+/// ".../sobjects/Contact/003…"}`). Records with no relationship path selected give nothing.
+fn related_records(
+    key_field: &str,
+    selected: &[String],
+    records: &[Value],
+    tz: chrono_tz::Tz,
+) -> Vec<(String, Vec<Related>)> {
+    let mut paths: Vec<&str> = selected.iter().filter_map(|f| f.rsplit_once('.').map(|(p, _)| p)).collect();
+    paths.sort_unstable_by_key(|p| p.to_lowercase());
+    paths.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    records
+        .iter()
+        .filter_map(|r| {
+            let key = cell(lookup(r, key_field), tz).canonical();
+            let related: Vec<Related> = paths
+                .iter()
+                .filter_map(|path| {
+                    let attributes = &lookup(r, path)["attributes"];
+                    let object = attributes["type"].as_str()?;
+                    let id = attributes["url"].as_str()?.rsplit('/').next().filter(|id| !id.is_empty())?;
+                    Some(Related { path: path.to_lowercase(), object: object.to_string(), id: id.to_string() })
+                })
+                .collect();
+            (!key.is_empty() && !related.is_empty()).then_some((key, related))
+        })
+        .collect()
+}
+
 /// Query records → a table whose header is the selected names.
 fn to_table(selected: &[String], records: &[Value], tz: chrono_tz::Tz) -> Table {
     let rows = records.iter().map(|r| selected.iter().map(|path| cell(lookup(r, path), tz)).collect()).collect();
@@ -737,6 +837,24 @@ mod tests {
         assert_eq!(lookup(&r, "Contacto__r.MobilePhone"), &json!("+56 9 1"));
         assert_eq!(lookup(&r, "contacto__r.mobilephone"), &json!("+56 9 1"));
         assert_eq!(lookup(&r, "Otro__r.Name"), &Value::Null);
+    }
+
+    #[test]
+    fn related_records_come_from_the_attributes_salesforce_sends() {
+        let tz: chrono_tz::Tz = "America/Santiago".parse().unwrap();
+        let records = [
+            json!({"Id": "a01", "Contacto__r": {"attributes": {"type": "Contact", "url": "/services/data/v62.0/sobjects/Contact/003A"}, "MobilePhone": "+56 9 1"}}),
+            json!({"Id": "a02", "Contacto__r": null}),
+        ];
+        let selected = ["Id".to_string(), "Contacto__r.MobilePhone".into(), "Contacto__r.FirstName".into()];
+        let related = related_records("Id", &selected, &records, tz);
+        assert_eq!(
+            related,
+            vec![(
+                "a01".to_string(),
+                vec![Related { path: "contacto__r".into(), object: "Contact".into(), id: "003A".into() }]
+            )]
+        );
     }
 
     #[test]

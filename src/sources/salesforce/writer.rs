@@ -1,6 +1,10 @@
 //! Write-back to the fields of the records themselves, through sObject Collections
 //! (`PATCH composite/sobjects`, up to 200 records a call, `allOrNone: false`).
 //!
+//! A field named by a relationship path (`Contacto__r.Consentimiento_WhatsApp__c`: the consent
+//! lives on the Contact) is written to the record the path led to when the record was last
+//! read, as Salesforce's `attributes` said; a consent checkbox is ticked or unticked.
+//!
 //! Values queued for one record are coalesced into one record of the call. Each value is
 //! converted to its field's type first, as `describe` gives it (read once): the engine's local
 //! times (`2026-11-24 10:00:00`, in the source's time zone) become UTC date-times, text is cut
@@ -8,9 +12,12 @@
 //! each record's SaveResult is handled on its own: written, gone (`ENTITY_IS_DELETED`: dropped
 //! with a log line), refused for good (a validation rule: reported once and dropped), or
 //! transient (`UNABLE_TO_LOCK_ROW`: left queued for the next flush). One record never blocks
-//! the others.
+//! the others: a call refused as a whole (400) is first taken as a sign that the object changed
+//! (`describe` again next flush), then split in halves until the record it is about is alone.
+//! The interaction log is written after the records and apart from them: a log that fails
+//! keeps its entries queued without holding back the statuses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +33,8 @@ use crate::sources::{SourceError, WriteReport};
 
 /// Records per sObject Collections call (Salesforce's limit).
 pub const RECORDS_PER_CALL: usize = 200;
+/// Log record ids kept in memory (about 10 MB at most).
+const LOG_IDS_KEPT: usize = 50_000;
 /// Calls one flush makes at most (10,000 records); the rest waits for the next flush.
 pub const CALLS_PER_FLUSH: usize = 50;
 
@@ -36,6 +45,25 @@ struct FieldMeta {
     kind: String,
     length: usize,
     updateable: bool,
+}
+
+/// Where one queued value goes.
+enum Destination {
+    /// This field of this record.
+    Record { object: String, id: String, field: String },
+    /// Not known until the object is read: the value stays queued.
+    Later,
+    /// No record: the value is dropped.
+    Nowhere,
+    /// Never writable, for this reason.
+    Refused(String),
+}
+
+/// One record of a write-back call.
+struct Outgoing {
+    object: String,
+    values: Map<String, Value>,
+    indices: Vec<usize>,
 }
 
 /// Queued values with their index in the batch.
@@ -106,6 +134,35 @@ impl RecordWriter {
         Ok(fields)
     }
 
+    /// Where a value for `field` of a record goes. A field of the object itself goes to the
+    /// record; a relationship path (`Contacto__r.Consentimiento_WhatsApp__c`) goes to the
+    /// record the path led to when the record was last read.
+    fn destination(&self, target: &WriteTarget, field: &str) -> Destination {
+        let key = match target {
+            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
+            WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return Destination::Nowhere,
+        };
+        let own_ids = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
+        let Some((path, name)) = field.rsplit_once('.') else {
+            return match self.id_of(target) {
+                Some(id) => Destination::Record { object: self.cfg.object.clone(), id, field: field.to_string() },
+                None if !own_ids && !self.hint.loaded() => Destination::Later,
+                None => Destination::Nowhere,
+            };
+        };
+        if !self.hint.loaded() {
+            // Since the start nothing was read: where the path leads is not known yet.
+            return Destination::Later;
+        }
+        if !own_ids && self.hint.id_of(key).is_none() {
+            return Destination::Nowhere;
+        }
+        match self.hint.related_of(key, path) {
+            Some(r) => Destination::Record { object: r.object, id: r.id, field: name.to_string() },
+            None => Destination::Refused(format!("the record has no {path} to write {name} to: the lookup is empty")),
+        }
+    }
+
     /// The record id a target writes to, if there is one.
     fn id_of(&self, target: &WriteTarget) -> Option<String> {
         let key = match target {
@@ -129,37 +186,74 @@ impl RecordWriter {
         let tz = super::reader::source_tz(&self.cfg, &self.client).await?;
         let (logs, records_batch): (Indexed<'_>, Indexed<'_>) =
             batch.iter().enumerate().partition(|(_, p)| matches!(p.write.target, WriteTarget::Interaction { .. }));
+        if !records_batch.is_empty() {
+            match self.write_records(&records_batch, tz, &mut report).await {
+                Err(e @ SourceError::RateLimited { .. }) => return Err(e),
+                Err(e) => report.failed = Some(e),
+                Ok(()) => {}
+            }
+        }
+        // The log after the records, and apart: a log that cannot be written (its object
+        // refused, its lookup failing) keeps its entries queued and never holds back the
+        // statuses on the records.
         if !logs.is_empty() {
-            self.write_log(&logs, tz, &mut report).await?;
+            if let Err(e) = self.write_log(&logs, tz, &mut report).await {
+                report.failed.get_or_insert(e);
+            }
         }
-        if records_batch.is_empty() {
-            return Ok(report);
-        }
-        let fields = self.describe(&self.cfg.object).await?;
-        // Per record: field → value, and the batch indices the record carries.
-        let mut records: BTreeMap<String, (Map<String, Value>, Vec<usize>)> = BTreeMap::new();
+        Ok(report)
+    }
+
+    /// Values for fields of the records (and of the records their relationship paths lead to).
+    async fn write_records(
+        &self,
+        records_batch: &[(usize, &PendingWrite)],
+        tz: chrono_tz::Tz,
+        report: &mut WriteReport,
+    ) -> Result<(), SourceError> {
+        // Objects whose `describe` this flush fetched (others come from earlier flushes).
+        let mut described_now: HashSet<String> = HashSet::new();
+        // Per record: its object, field → value, and the batch indices it carries.
+        let mut records: BTreeMap<String, Outgoing> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
-        for (i, p) in records_batch {
-            let Some(id) = self.id_of(&p.write.target) else {
-                debug!(source = %self.cfg.settings.id, target = %p.write.target, "no record to write to");
-                report.dropped.push(i);
-                continue;
+        for &(i, p) in records_batch {
+            let (object, id, name) = match self.destination(&p.write.target, &p.write.field) {
+                Destination::Record { object, id, field } => (object, id, field),
+                Destination::Later => continue,
+                Destination::Nowhere => {
+                    debug!(source = %self.cfg.settings.id, target = %p.write.target, "no record to write to");
+                    report.dropped.push(i);
+                    continue;
+                }
+                Destination::Refused(reason) => {
+                    report.rejected.push((i, reason));
+                    continue;
+                }
             };
-            let Some(meta) = fields.get(&p.write.field.to_lowercase()) else {
-                report.rejected.push((
-                    i,
-                    format!("{} has no field '{}': create it or fix write_back", self.cfg.object, p.write.field),
-                ));
+            if !self.fields.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&object) {
+                described_now.insert(object.clone());
+            }
+            let fields = self.describe(&object).await?;
+            let Some(meta) = fields.get(&name.to_lowercase()) else {
+                report
+                    .rejected
+                    .push((i, format!("{object} has no field '{name}': create it or fix the source's configuration")));
                 continue;
             };
             if !meta.updateable {
                 report.rejected.push((
                     i,
-                    format!("the field '{}' of {} is not writable by the integration user", meta.name, self.cfg.object),
+                    format!("the field '{}' of {object} is not writable by the integration user", meta.name),
                 ));
                 continue;
             }
-            let value = match field_value(meta, &p.write.value, tz) {
+            let consent = self.cfg.settings.consent.as_ref().filter(|c| c.field.eq_ignore_ascii_case(&p.write.field));
+            let value = match consent {
+                // The consent on a checkbox: ticked when the value grants it ("BAJA" unticks).
+                Some(c) if meta.kind == "boolean" => Ok(json!(c.is_granted(&p.write.value))),
+                _ => field_value(meta, &p.write.value, tz),
+            };
+            let value = match value {
                 Ok(v) => v,
                 Err(e) => {
                     report.rejected.push((i, e));
@@ -168,35 +262,75 @@ impl RecordWriter {
             };
             let entry = records.entry(id.clone()).or_insert_with(|| {
                 order.push(id.clone());
-                (Map::new(), Vec::new())
+                Outgoing { object: object.clone(), values: Map::new(), indices: Vec::new() }
             });
             // The queue is in order: a later value for the same field wins.
-            entry.0.insert(meta.name.clone(), value);
-            entry.1.push(i);
+            entry.values.insert(meta.name.clone(), value);
+            entry.indices.push(i);
         }
-        for chunk in order.chunks(RECORDS_PER_CALL).take(CALLS_PER_FLUSH) {
+        // One object after the other: Salesforce splits a call into chunks at each change of
+        // type, and refuses more than ten.
+        order.sort_by_cached_key(|id| records.get(id).map(|r| (r.object != self.cfg.object, r.object.clone())));
+        // A call Salesforce refuses as a whole (400: a value of a shape `describe` did not
+        // foresee) is split in halves until the record it is about is alone, and that one
+        // is reported: one bad record never holds back the others.
+        let mut calls: Vec<&[String]> = order.chunks(RECORDS_PER_CALL).take(CALLS_PER_FLUSH).rev().collect();
+        let mut made = 0;
+        while let Some(chunk) = calls.pop() {
+            if made == CALLS_PER_FLUSH * 2 {
+                break;
+            }
+            made += 1;
             let body_records: Vec<Value> = chunk
                 .iter()
                 .filter_map(|id| {
-                    let (values, _) = records.get(id)?;
-                    let mut r = values.clone();
-                    r.insert("attributes".into(), json!({ "type": self.cfg.object }));
+                    let out = records.get(id)?;
+                    let mut r = out.values.clone();
+                    r.insert("attributes".into(), json!({ "type": out.object }));
                     r.insert("id".into(), json!(id));
                     Some(Value::Object(r))
                 })
                 .collect();
             let body = json!({ "allOrNone": false, "records": body_records });
             let path = format!("{}/composite/sobjects", self.client.data_path());
-            let what = format!("writing back to {}", self.cfg.object);
+            let what = format!("writing back to {} (and the records it points to)", self.cfg.object);
             let answer = self.client.call(reqwest::Method::PATCH, &path, Some(&body), &what).await?;
             report.writes += 1;
+            if answer.status == 400 {
+                let refused = classify(answer.status, &answer.body, &what);
+                // Most likely a field was deleted or changed since `describe`: describe
+                // again on the next flush, where such values are refused one by one.
+                let stale: Vec<&String> = chunk
+                    .iter()
+                    .filter_map(|id| records.get(id).map(|r| &r.object))
+                    .filter(|o| !described_now.contains(*o))
+                    .collect();
+                if !stale.is_empty() {
+                    let mut cache = self.fields.lock().unwrap_or_else(PoisonError::into_inner);
+                    for object in stale {
+                        cache.remove(object);
+                    }
+                    return Err(refused);
+                }
+                if let [id] = chunk {
+                    let reason = refused.to_string();
+                    if let Some(out) = records.get(id) {
+                        report.rejected.extend(out.indices.iter().map(|i| (*i, reason.clone())));
+                    }
+                } else {
+                    let (first, second) = chunk.split_at(chunk.len() / 2);
+                    calls.push(second);
+                    calls.push(first);
+                }
+                continue;
+            }
             if answer.status != 200 {
                 return Err(classify(answer.status, &answer.body, &what));
             }
             let results: Vec<Value> = serde_json::from_slice(&answer.body)
                 .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
             for (n, id) in chunk.iter().enumerate() {
-                let Some((_, indices)) = records.get(id) else { continue };
+                let Some(Outgoing { indices, .. }) = records.get(id) else { continue };
                 // Salesforce answers one result per record, in order; a missing one stays queued.
                 let Some(result) = results.get(n) else { continue };
                 if result["success"] == true {
@@ -220,7 +354,7 @@ impl RecordWriter {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 }
 
@@ -367,7 +501,12 @@ impl RecordWriter {
         report: &mut WriteReport,
     ) -> Result<Vec<(String, Value)>, SourceError> {
         let unknown: Vec<&String> = {
-            let ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            // Ids are kept for the statuses that follow a message; past this many they are
+            // forgotten, and looked up again by key when needed.
+            if ids.len() >= LOG_IDS_KEPT {
+                ids.clear();
+            }
             chunk.iter().map(|(k, _)| k).filter(|k| !ids.contains_key(*k)).collect()
         };
         // A GET carries the keys: 40 at a time stays far under Salesforce's 16 KB URI limit
@@ -386,7 +525,10 @@ impl RecordWriter {
                 }
             }
         }
-        let known: HashMap<String, String> = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let known: HashMap<String, String> = {
+            let ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            chunk.iter().filter_map(|(k, _)| Some((k.clone(), ids.get(k)?.clone()))).collect()
+        };
         let (updates, creates): (Vec<&LogBody>, Vec<&LogBody>) = chunk.iter().partition(|(k, _)| known.contains_key(k));
         let mut out = Vec::new();
         let path = format!("{}/composite/sobjects", self.client.data_path());
