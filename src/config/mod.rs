@@ -161,6 +161,14 @@ impl SourceConfig {
     pub fn id(&self) -> &str {
         &self.settings().id
     }
+
+    /// Whether a conversation can add records to it (`save: {to: …}`).
+    pub fn adds_records(&self) -> bool {
+        match self {
+            SourceConfig::GoogleSheets(_) => true,
+            SourceConfig::Salesforce(_) => false,
+        }
+    }
 }
 
 /// A rule's trigger.

@@ -280,6 +280,23 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         }
     }
+    // A flow that adds records adds them to a source that can take them.
+    for flow in flows.flows.values() {
+        for step in &flow.steps {
+            let crate::flows::StepKind::Create { source, .. } = &step.kind else { continue };
+            let path = format!("flows.{}.{}.save.to", flow.id, step.id);
+            match sources.iter().find(|s| s.id() == source.as_str()) {
+                None => p.push(path, format!("no source with id '{source}' (known: {})", list(&source_ids))),
+                Some(s) if !s.adds_records() => p.push(
+                    path,
+                    format!(
+                        "source '{source}' cannot take new records from a conversation (Google Sheets sources can)"
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
     let opt_in = inbound.opt_in_keywords.unwrap_or_else(|| ["ALTA", "START"].map(String::from).to_vec());
     for (name, text) in [("opt_out_reply", &inbound.opt_out_reply), ("opt_in_reply", &inbound.opt_in_reply)] {
         if let Some(t) = text {

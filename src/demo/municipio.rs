@@ -18,6 +18,8 @@ use crate::sandbox::{MetaSettings, Sandbox, ScriptLine, SimUser, TemplateDef, Tw
 const YAML: &str = include_str!("../../config/demo-municipio.yaml");
 const SHEET: &str = "demo-municipio";
 const TAB: &str = "Participantes";
+/// The tab where reports made in the chat are added, one row each.
+const REPORTS: &str = "Incidencias";
 
 fn say(text: &str) -> ScriptLine {
     ScriptLine { say: Some(text.into()), delay_ms: 300, ..Default::default() }
@@ -107,7 +109,8 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
         Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), settings, TwilioSettings::default()).await?;
     println!("▶ Sandbox de Google y Meta en {}", sandbox.base_url());
     sandbox.meta().add_template(TemplateDef::new("encuesta_egreso", "es", 1, false));
-    sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), sheet())]);
+    let reports = vec![["ID", "Fecha", "Problema", "Lugar", "Teléfono"].map(|h| json!(h)).to_vec()];
+    sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), sheet()), (REPORTS.to_string(), reports)]);
     let people: Vec<Resident> = residents().into_iter().chain([graduate()]).collect();
     for p in &people {
         sandbox.meta().add_user(SimUser {
@@ -150,16 +153,20 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
         sandbox.google().rows(SHEET, TAB).iter().any(|r| r.iter().any(|c| cell_text(c) == "completa"))
     })
     .await;
+    let reported =
+        wait_until(Duration::from_secs(10), || async { sandbox.google().rows(SHEET, REPORTS).len() == 2 }).await;
     print_transcripts(&sandbox, &people);
     print_sheet(&sandbox);
     super::print_summary(&running).await?;
-    let result = if settled && answered {
-        println!("✔ Cada conversación terminó, y la encuesta quedó en la fila de Camila.");
+    let result = if settled && answered && reported {
+        println!("✔ Cada conversación terminó, el reporte quedó en «{REPORTS}» y la encuesta en la fila de Camila.");
         Ok(())
     } else if !scripts {
         Err(anyhow::anyhow!("the residents' scripts did not finish within {}s", timeout.as_secs()))
     } else if !answered {
         Err(anyhow::anyhow!("the survey's answers did not reach the sheet"))
+    } else if !reported {
+        Err(anyhow::anyhow!("the resident's report is not one row of the {REPORTS} tab"))
     } else {
         Err(anyhow::anyhow!("the demo did not settle within {}s", timeout.as_secs()))
     };
@@ -192,4 +199,7 @@ fn print_sheet(sandbox: &Sandbox) {
     let wanted = ["ID", "Nombre", "Estado", "Encuesta", "Satisfacción", "Trabaja", "Comentario"];
     let title = format!("La planilla \"{TAB}\" después de recado:");
     super::print_columns(&sandbox.google().rows(SHEET, TAB), &title, &wanted, &[4, 14, 9, 10, 12, 7, 52]);
+    let wanted = ["ID", "Fecha", "Problema", "Lugar", "Teléfono"];
+    let title = format!("La pestaña \"{REPORTS}\" (un reporte por fila, agregado por el bot):");
+    super::print_columns(&sandbox.google().rows(SHEET, REPORTS), &title, &wanted, &[12, 19, 40, 30, 14]);
 }

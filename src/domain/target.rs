@@ -20,6 +20,9 @@ pub enum WriteTarget {
     /// The interaction log's entry for one message (`out:…`) or reply (`in:…`) about a record:
     /// sources that keep a log write it as a record of its own (see [`interaction`]).
     Interaction { record: RecordKey, entry: String },
+    /// A record this write creates (a report a conversation took, say), under a key recado
+    /// chose: the source adds it once, and a repeat of the write finds it by that key.
+    NewRecord(RecordKey),
 }
 
 /// The fields of an interaction log entry, in neutral names: each source maps them to its own.
@@ -52,12 +55,13 @@ impl WriteTarget {
             WriteTarget::EveryCopyOf(_) => "every_copy",
             WriteTarget::Unkeyed(_) => "unkeyed",
             WriteTarget::Interaction { .. } => "interaction",
+            WriteTarget::NewRecord(_) => "new_record",
         }
     }
 
     pub fn value(&self) -> String {
         match self {
-            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => k.0.clone(),
+            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) | WriteTarget::NewRecord(k) => k.0.clone(),
             WriteTarget::Unkeyed(l) => l.clone(),
             // The entry never holds `|`; a record key may.
             WriteTarget::Interaction { record, entry } => format!("{entry}|{}", record.0),
@@ -70,6 +74,7 @@ impl WriteTarget {
             "record" => Some(WriteTarget::Record(RecordKey(value))),
             "every_copy" => Some(WriteTarget::EveryCopyOf(RecordKey(value))),
             "unkeyed" => Some(WriteTarget::Unkeyed(value)),
+            "new_record" => Some(WriteTarget::NewRecord(RecordKey(value))),
             "interaction" => {
                 let (entry, record) = value.split_once('|')?;
                 Some(WriteTarget::Interaction { record: RecordKey(record.to_string()), entry: entry.to_string() })
@@ -81,7 +86,7 @@ impl WriteTarget {
     /// The record key, when the target has one.
     pub fn record_key(&self) -> Option<&RecordKey> {
         match self {
-            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => Some(k),
+            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) | WriteTarget::NewRecord(k) => Some(k),
             WriteTarget::Interaction { record, .. } => Some(record),
             WriteTarget::Unkeyed(_) => None,
         }
@@ -95,6 +100,7 @@ impl fmt::Display for WriteTarget {
             WriteTarget::EveryCopyOf(k) => write!(f, "every record keyed {k}"),
             WriteTarget::Unkeyed(l) => write!(f, "unkeyed record at {l}"),
             WriteTarget::Interaction { record, entry } => write!(f, "log entry {entry} of record {record}"),
+            WriteTarget::NewRecord(k) => write!(f, "new record {k}"),
         }
     }
 }
@@ -128,6 +134,7 @@ mod tests {
             WriteTarget::Record(RecordKey("A-7".into())),
             WriteTarget::EveryCopyOf(RecordKey("7".into())),
             WriteTarget::Unkeyed("row:12".into()),
+            WriteTarget::NewRecord(RecordKey("R-1a2b".into())),
         ] {
             assert_eq!(WriteTarget::from_parts(t.kind(), t.value().to_string()), Some(t.clone()));
         }

@@ -587,7 +587,7 @@ impl InboxProcessor {
                         let body = crate::flows::render(
                             text.get(&cur.conversation.language, &self.ctx.config.inbound.default_language),
                             &cur.conversation.answers,
-                            &self.turn_context(&mut tx, cur.record.as_ref()).await?,
+                            &self.turn_context(&mut tx, &cur.phone, cur.record.as_ref(), now).await?,
                         );
                         let intent = crate::domain::Intent {
                             rule_id: format!("{FLOW_RULE_PREFIX}{}", f.id),
@@ -732,7 +732,7 @@ impl InboxProcessor {
         };
         let (flow, turn, record, started_at) = if let Some(c) = live {
             let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };
-            let context = self.turn_context(tx, c.record.as_ref()).await?;
+            let context = self.turn_context(tx, talk.phone, c.record.as_ref(), now).await?;
             let turn = crate::flows::answer(flow, c.conversation, &input, default_language, &context);
             (flow, turn, c.record, c.started_at)
         } else {
@@ -740,7 +740,7 @@ impl InboxProcessor {
                 Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
                 None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
             };
-            let context = self.turn_context(tx, record.as_ref()).await?;
+            let context = self.turn_context(tx, talk.phone, record.as_ref(), now).await?;
             // A reply to a rule's message whose rule hands replies to a flow.
             let opening = talk
                 .origin
@@ -776,6 +776,7 @@ impl InboxProcessor {
         let mut writes = Vec::new();
         let mut current = Some((flow, turn, started_at, fresh));
         let mut n = 0;
+        let mut created = 0;
         while let Some((flow, turn, started_at, fresh)) = current.take() {
             let mut accepted = false;
             let mut handed_off = false;
@@ -811,6 +812,20 @@ impl InboxProcessor {
                             info!(from = %who, flow = %flow.id, %field, "an answer to save, but the contact has no record")
                         }
                     },
+                    crate::flows::Action::Create { source, fields } => {
+                        // A key of its own, the same if this message is handled again: the
+                        // source adds the record once and finds it by that key after.
+                        let key = new_record_key(talk.inbound_id, created);
+                        created += 1;
+                        info!(from = %who, flow = %flow.id, %source, record = %key, "a new record from the conversation");
+                        let target = WriteTarget::NewRecord(crate::domain::RecordKey(key));
+                        writes.extend(fields.into_iter().map(|(field, value)| FieldWrite {
+                            source_id: source.clone(),
+                            target: target.clone(),
+                            field,
+                            value,
+                        }));
+                    }
                     crate::flows::Action::Handoff { topic } => {
                         // The hand-off inbox takes it from here (not built yet): the bot lets go.
                         info!(from = %who, flow = %flow.id, topic = topic.as_deref().unwrap_or(""), "hand-off requested");
@@ -880,7 +895,7 @@ impl InboxProcessor {
             // Accepted the notice: the menu follows at once.
             if accepted {
                 if let Some(entry) = inbound.entry_flow.as_deref().and_then(|id| flows.get(id)) {
-                    let context = self.turn_context(tx, record.as_ref()).await?;
+                    let context = self.turn_context(tx, talk.phone, record.as_ref(), now).await?;
                     let turn = crate::flows::start(entry, &language, default_language, &context);
                     current = Some((entry, turn, now, true));
                 }
@@ -964,12 +979,24 @@ impl InboxProcessor {
     }
 
     /// What flow texts can use of the contact's record: its fields as last read.
+    /// What a flow's texts and saved values may use: the contact's record's fields,
+    /// `contact.phone`, and `now` (local time of the record's source, else of the first source).
     async fn turn_context(
         &self,
         tx: &mut Tx,
+        phone: &str,
         record: Option<&(String, crate::domain::RecordKey)>,
+        now: i64,
     ) -> Result<crate::flows::TurnContext, StoreError> {
         let mut context = crate::flows::TurnContext::default();
+        context.record.insert("contact".into(), serde_json::json!({ "phone": phone }));
+        let zone_of = match record {
+            Some((source, _)) => Some(source.as_str()),
+            None => self.ctx.config.sources.first().map(|s| s.settings().id.as_str()),
+        };
+        if let Some(source) = zone_of {
+            context.record.insert("now".into(), serde_json::Value::String(self.ctx.format_time(source, now)));
+        }
         if let Some((source, key)) = record {
             if let Some(row) = store::snapshot_row_of(tx, source, &key.0).await? {
                 for (k, v) in row.fields {
@@ -979,6 +1006,15 @@ impl InboxProcessor {
         }
         Ok(context)
     }
+}
+
+/// The key of the `n`-th record a conversation creates while handling one inbound message:
+/// `R-` and 10 hex digits of a hash, the same each time that message is handled.
+pub fn new_record_key(inbound_id: &str, n: usize) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{inbound_id}:{n}").as_bytes());
+    let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!("R-{hex}")
 }
 
 /// The conversation row of a contact handed to a person: the bot stays silent until it ends.

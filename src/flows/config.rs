@@ -181,9 +181,20 @@ pub struct RawChoice {
 #[serde(deny_unknown_fields)]
 pub struct RawSave {
     /// The field (column or API name) of the contact's record.
-    pub field: String,
+    #[serde(default)]
+    pub field: Option<String>,
     /// The value, e.g. `"{{ answers.que }}"` or `Confirmada`.
-    pub value: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Instead of a field of the contact's record: a new record (row) in this source, e.g. a
+    /// report taken in the chat in the `incidencias` tab. It gets a key recado chooses, so a
+    /// repeat never adds it twice.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// With `to`: the new record's fields (column or API name → value template, with
+    /// `answers.x`, the contact's record fields, `contact.phone` and `now`).
+    #[serde(default)]
+    pub fields: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,6 +367,36 @@ struct StepValidator<'p, 'l> {
 }
 
 impl StepValidator<'_, '_> {
+    /// `save: {field, value}` (a field of the contact's record) or `save: {to, fields}` (a new
+    /// record in a source).
+    fn save(&mut self, path: &str, save: RawSave) -> StepKind {
+        match (save.field, save.value, save.to, save.fields) {
+            (Some(field), Some(value), None, None) => {
+                self.p.non_empty(&format!("{path}.field"), &field);
+                self.template(&format!("{path}.value"), &value);
+                StepKind::Save { field, value }
+            }
+            (None, None, Some(source), Some(fields)) => {
+                self.p.non_empty(&format!("{path}.to"), &source);
+                if fields.is_empty() {
+                    self.p.push(format!("{path}.fields"), "expected at least one field of the new record");
+                }
+                for (name, value) in &fields {
+                    self.p.non_empty(&format!("{path}.fields"), name);
+                    self.template(&format!("{path}.fields.{name}"), value);
+                }
+                StepKind::Create { source, fields: fields.into_iter().collect() }
+            }
+            _ => {
+                self.p.push(
+                    path,
+                    "expected either field and value (a field of the contact's record) or to and fields (a new record in a source)",
+                );
+                StepKind::Pass
+            }
+        }
+    }
+
     fn step(&mut self, path: &str, s: RawStep) -> Option<Step> {
         let given = [s.say.is_some(), s.ask.is_some(), s.save.is_some(), s.handoff.is_some()];
         let count = given.iter().filter(|g| **g).count();
@@ -385,9 +426,7 @@ impl StepValidator<'_, '_> {
         } else if let Some(a) = s.ask {
             StepKind::Ask(Box::new(self.ask(&format!("{path}.ask"), a)))
         } else if let Some(save) = s.save {
-            self.p.non_empty(&format!("{path}.save.field"), &save.field);
-            self.template(&format!("{path}.save.value"), &save.value);
-            StepKind::Save { field: save.field, value: save.value }
+            self.save(&format!("{path}.save"), save)
         } else if let Some(h) = s.handoff {
             StepKind::Handoff { topic: h.topic }
         } else {

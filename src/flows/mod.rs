@@ -151,6 +151,11 @@ pub enum StepKind {
         field: String,
         value: String,
     },
+    /// A new record in a source, its fields templates like `Save`'s value.
+    Create {
+        source: String,
+        fields: Vec<(String, String)>,
+    },
     Handoff {
         topic: Option<String>,
     },
@@ -253,6 +258,11 @@ pub enum Action {
     Save {
         field: String,
         value: String,
+    },
+    /// Add a record to `source` with these field values (the `n`-th of the turn).
+    Create {
+        source: String,
+        fields: Vec<(String, String)>,
     },
     Handoff {
         topic: Option<String>,
@@ -449,6 +459,11 @@ impl<'a> Run<'a> {
                 StepKind::Save { field, value } => {
                     let value = render(value, &self.conv.answers, self.ctx);
                     self.actions.push(Action::Save { field: field.clone(), value });
+                }
+                StepKind::Create { source, fields } => {
+                    let fields =
+                        fields.iter().map(|(f, v)| (f.clone(), render(v, &self.conv.answers, self.ctx))).collect();
+                    self.actions.push(Action::Create { source: source.clone(), fields });
                 }
                 StepKind::Handoff { topic } => {
                     self.flush();

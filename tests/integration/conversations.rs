@@ -408,3 +408,95 @@ flows:
     assert_eq!(bot_messages(&h, 390).len(), 2, "no answer after being forgotten");
     assert!(h.sent_to(390).iter().all(|m| m.template.is_none()), "no rule message either");
 }
+
+/// The report a resident makes in the chat becomes a row of its own in the `Incidencias` tab,
+/// once, even when Google applies the append and the answer is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_taken_in_the_chat_becomes_one_new_row_of_another_tab_even_when_the_answer_is_lost() {
+    use crate::harness::{SHEET, TAB};
+    let mut h = Harness::new(Vec::new()).await;
+    let incidencias = vec![vec![json!("ID"), json!("Problema"), json!("Lugar"), json!("Teléfono"), json!("Fecha")]];
+    h.sandbox.google().seed(
+        SHEET,
+        "America/Santiago",
+        vec![(TAB.to_string(), vec![header()]), ("Incidencias".into(), incidencias)],
+    );
+    let base = h.sandbox.base_url();
+    h.extra_source = format!(
+        r#"  - id: incidencias
+    type: google_sheets
+    spreadsheet_id: {SHEET}
+    tab: Incidencias
+    key_column: ID
+    phone_column: Teléfono
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 200ms
+    service_account_key_file: "{key}"
+    sheets_base_url: "{base}/google/sheets/"
+    drive_base_url: "{base}/google/"
+"#,
+        key = h.key_file.display()
+    );
+    h.extra_top = r#"
+inbound:
+  entry_flow: reporte
+flows:
+  - id: reporte
+    steps:
+      - id: que
+        ask: { text: "¿Qué problema quieres reportar?" }
+      - id: donde
+        ask: { text: "¿Dónde está?" }
+      - id: guardar
+        save:
+          to: incidencias
+          fields:
+            Problema: "{{ answers.que }}"
+            Lugar: "{{ answers.donde }}"
+            Teléfono: "{{ contact.phone }}"
+            Fecha: "{{ now }}"
+      - id: gracias
+        say: "Gracias, registramos tu reporte."
+"#
+    .into();
+    h.user(301, false, None);
+    h.start().await;
+    let bot_messages = |n: usize| {
+        let h = &h;
+        async move { h.meta_sent_to(301).len() >= n }
+    };
+    h.says(301, "hola", None);
+    wait_for("the first question", Duration::from_secs(20), || bot_messages(1)).await;
+    h.says(301, "Un bache grande", None);
+    wait_for("the second question", Duration::from_secs(20), || bot_messages(2)).await;
+    // Google adds the row and the answer never arrives.
+    h.sandbox
+        .google()
+        .try_inject(recado::sandbox::google::FaultSpec {
+            status: Some(503),
+            applied: true,
+            scope: Some("write".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    h.says(301, "Av. Matta 1234", None);
+    wait_for("the thanks", Duration::from_secs(20), || bot_messages(3)).await;
+    let rows = || h.sandbox.google().rows(SHEET, "Incidencias");
+    wait_for("the report's row", Duration::from_secs(20), || async { rows().len() == 2 }).await;
+    h.quiesce().await;
+    let rows = rows();
+    assert_eq!(rows.len(), 2, "one row, not two, after the lost answer: {rows:?}");
+    let row: Vec<String> = rows[1].iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
+    assert!(row[0].starts_with("R-") && row[0].len() == 12, "recado's key: {row:?}");
+    assert_eq!(&row[1..4], ["Un bache grande", "Av. Matta 1234", crate::harness::e164(301).as_str()]);
+    assert!(row[4].starts_with("20"), "the local time: {row:?}");
+    let health = h.running().ctx().health.all();
+    assert!(
+        health.iter().any(|(name, c)| name.starts_with("flusher:") && c.failures >= 1),
+        "the lost answer was a failed flush: {health:?}"
+    );
+    let mut conn = h.store().conn().await.unwrap();
+    let left = recado::store::pending_writes(&mut conn, &["incidencias".to_string()], 100).await.unwrap();
+    assert!(left.is_empty(), "nothing left queued: {left:?}");
+}

@@ -76,7 +76,7 @@ pub struct Harness {
     pub app: Option<RunningApp>,
     /// The daemon's clock: tests move it instead of waiting.
     pub clock: Arc<Clock>,
-    key_file: PathBuf,
+    pub key_file: PathBuf,
     pub flush_interval: &'static str,
     /// Extra rules (YAML list items, indented by two spaces) appended to `rules:`.
     pub extra_rules: String,

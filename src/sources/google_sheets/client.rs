@@ -341,6 +341,19 @@ impl SheetsClient {
         }
     }
 
+    /// Appends rows after the last row of a tab's table (`values.append`, rows inserted, RAW
+    /// so a resident's text is never a formula).
+    pub async fn append_rows(&self, title: &str, rows: &[Vec<String>]) -> Result<(), SourceError> {
+        let range = format!("'{}'!A1", title.replace('\'', "''"));
+        let url = self.sheets_url(&format!("/values/{}:append", encode(&range)));
+        let body = json!({ "values": rows });
+        let query = [("valueInputOption", "RAW"), ("insertDataOption", "INSERT_ROWS")];
+        self.call("values.append", Paid::Now, |token| self.http.post(&url).query(&query).json(&body).bearer_auth(token))
+            .await
+            .map(|_| ())
+            .map_err(|(_, _, e)| e)
+    }
+
     /// Adds `n` columns at the right of a tab (`spreadsheets.batchUpdate` + `appendDimension`):
     /// Google refuses writes outside a tab's grid.
     pub async fn append_columns(&self, sheet_id: i64, n: u64) -> Result<(), SourceError> {

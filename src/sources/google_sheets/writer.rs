@@ -20,7 +20,7 @@
 //! Google cannot parse because a tab was renamed since the read, a malformed request) drops
 //! nothing: the flush fails, is reported, and the queue waits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -126,7 +126,9 @@ impl TabLayout {
 
     fn rows(&self, target: &WriteTarget) -> Vec<u32> {
         match target {
-            WriteTarget::Record(k) => self.row_of.get(k.0.trim()).copied().into_iter().collect(),
+            WriteTarget::Record(k) | WriteTarget::NewRecord(k) => {
+                self.row_of.get(k.0.trim()).copied().into_iter().collect()
+            }
             WriteTarget::EveryCopyOf(k) => self.rows_of.get(k.0.trim()).cloned().unwrap_or_default(),
             WriteTarget::Unkeyed(loc) => locator_row(loc)
                 .filter(|r| (*r as usize) <= self.keys.len().max(1) && self.key_at(*r).is_empty())
@@ -137,6 +139,9 @@ impl TabLayout {
         }
     }
 }
+
+/// Records a conversation adds, by tab and key: (column, value, batch index) of each field.
+type NewRows = BTreeMap<String, BTreeMap<String, Vec<(usize, String, usize)>>>;
 
 /// A cell to write and where it came from.
 struct Cell {
@@ -235,6 +240,8 @@ impl SheetWriter {
 
         // Resolve every value to a cell now.
         let mut cells: Vec<Cell> = Vec::new();
+        // Records to add, by tab and key: (column, value, batch index) of each field.
+        let mut new_rows: NewRows = BTreeMap::new();
         let mut written: HashMap<String, TabWrite> = HashMap::new();
         let items = chosen.iter().map(|&i| (Some(i), &batch[i].write)).chain(repairs.iter().map(|r| (None, r)));
         for (origin, w) in items {
@@ -250,6 +257,12 @@ impl SheetWriter {
                 cells.push(Cell { range: a1::cell(&layout.title, col, 1), value: w.field.clone(), origin: None });
             }
             let rows = layout.rows(&w.target);
+            if let (WriteTarget::NewRecord(key), true, Some(i)) = (&w.target, rows.is_empty(), origin) {
+                // Not in the sheet yet: appended after the cells are written.
+                let row = new_rows.entry(layout.title.clone()).or_default().entry(key.0.clone()).or_default();
+                row.push((col, cut(&w.value), i));
+                continue;
+            }
             if rows.is_empty() {
                 if let Some(i) = origin {
                     debug!(source = %w.source_id, target = %w.target, "record no longer there: write-back dropped");
@@ -301,6 +314,9 @@ impl SheetWriter {
             }
         };
         report.done = outcome.complete();
+        if outcome.finished && !new_rows.is_empty() {
+            self.append_new_rows(&layouts, new_rows, &mut report).await;
+        }
         let done: HashSet<usize> = report.done.iter().copied().collect();
         for tw in written.values_mut() {
             let origins = std::mem::take(&mut tw.origins);
@@ -436,6 +452,37 @@ impl SheetWriter {
             }
         }
         Ok(())
+    }
+
+    /// Adds the records a conversation created, one `values.append` per tab, each row with
+    /// its key in the key column (the next flush finds it by that key, so a repeat after a
+    /// lost answer updates instead of adding it twice). A tab whose append fails keeps its
+    /// values queued.
+    async fn append_new_rows(&self, layouts: &HashMap<String, TabLayout>, new_rows: NewRows, report: &mut WriteReport) {
+        for (title, rows) in new_rows {
+            let (Some(layout), Some(tab)) = (layouts.get(&title), self.tab_by_title(&title)) else { continue };
+            let Some(key_col) = find_field(&layout.header, &tab.cfg.settings.key_field) else { continue };
+            let mut values: Vec<Vec<String>> = Vec::new();
+            let mut origins: Vec<usize> = Vec::new();
+            for (key, fields) in rows {
+                let width = fields.iter().map(|(c, _, _)| c + 1).max().unwrap_or(0).max(key_col + 1);
+                let mut row = vec![String::new(); width];
+                row[key_col] = key;
+                for (col, value, origin) in fields {
+                    row[col] = value;
+                    origins.push(origin);
+                }
+                values.push(row);
+            }
+            report.writes += 1;
+            match self.client.append_rows(&title, &values).await {
+                Ok(()) => report.done.extend(origins),
+                Err(e) => {
+                    warn!(writer = %self.label(), tab = %title, rows = values.len(), "new records wait for the next flush: {e}");
+                    report.failed.get_or_insert(e);
+                }
+            }
+        }
     }
 
     /// Writes the cells, isolating values Google refuses. Returns, per batch index, whether
@@ -642,7 +689,7 @@ fn check_previous(
     for (target, field, value) in &tw.written {
         let entry = intended.entry((field.clone(), value.clone())).or_default();
         let rows: Vec<u32> = match target {
-            WriteTarget::Record(k) => {
+            WriteTarget::Record(k) | WriteTarget::NewRecord(k) => {
                 entry.0.insert(k.0.clone());
                 layout.row_of.get(k.0.trim()).copied().into_iter().collect()
             }

@@ -141,6 +141,11 @@ impl RecordWriter {
         let key = match target {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
             WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return Destination::Nowhere,
+            WriteTarget::NewRecord(_) => {
+                return Destination::Refused(
+                    "a conversation can add records to a Google Sheets source only (for now)".into(),
+                )
+            }
         };
         let own_ids = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
         let Some((path, name)) = field.rsplit_once('.') else {
@@ -167,7 +172,7 @@ impl RecordWriter {
     fn id_of(&self, target: &WriteTarget) -> Option<String> {
         let key = match target {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
-            WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return None,
+            WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } | WriteTarget::NewRecord(_) => return None,
         };
         if self.cfg.settings.key_field.eq_ignore_ascii_case("Id") {
             let ok = (key.len() == 15 || key.len() == 18) && key.chars().all(|c| c.is_ascii_alphanumeric());
