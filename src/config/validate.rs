@@ -168,6 +168,25 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         ),
     };
 
+    // A Salesforce date-time is an instant: it becomes a local time in one zone when read, and
+    // rules then read that local time in theirs. Both must be the same zone: a source without
+    // its own `time_zone` reads in `defaults.time_zone` (else the org's).
+    for (i, source) in sources.iter_mut().enumerate() {
+        let SourceConfig::Salesforce(sf) = source else { continue };
+        match (&sf.time_zone, defaults.time_zone) {
+            (None, Some(d)) => sf.time_zone = Some(d.name().to_string()),
+            (Some(own), Some(d)) if own.parse::<chrono_tz::Tz>().is_ok_and(|o| o != d) => p.push(
+                format!("sources[{i}].time_zone"),
+                format!(
+                    "differs from defaults.time_zone ({}): rules would read this source's date-times, converted to {own}, as times in {}; set one of them",
+                    d.name(),
+                    d.name()
+                ),
+            ),
+            _ => {}
+        }
+    }
+
     let mut rule_ids = HashSet::new();
     let mut rules = Vec::new();
     for (path, r) in p.parse_list::<RawRule>("rules", take("rules")) {
@@ -227,6 +246,21 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         };
         let rule_tz = r.time_zone.as_deref().and_then(|t| p.time_zone(&format!("{path}.time_zone"), t));
+        let instants_in = sources.iter().find_map(|s| match s {
+            SourceConfig::Salesforce(sf) if sf.settings.id == r.source => Some(sf.time_zone.clone()),
+            _ => None,
+        });
+        if let (Some(tz), Some(Some(source_tz))) = (rule_tz, &instants_in) {
+            if tz.name() != source_tz.as_str() {
+                p.push(
+                    format!("{path}.time_zone"),
+                    format!(
+                        "source '{}' reads date-times in {source_tz}: a rule on it cannot use another zone",
+                        r.source
+                    ),
+                );
+            }
+        }
         let rule_window =
             window(&mut p, &path, r.send_between.as_deref(), r.send_days.as_deref(), r.holidays.as_deref());
         let lateness = r.lateness.as_deref().map(|l| {

@@ -196,7 +196,8 @@ impl SourcePoller {
         if self.synced && self.state.baseline_done && probe.version.is_some() && self.state.version == probe.version {
             return Ok(PollReport { unchanged: true, ..Default::default() });
         }
-        if self.state.time_zone.is_none() {
+        // Asked again at each start: a zone configured since (or the org's, changed) counts.
+        if self.state.time_zone.is_none() || !self.synced {
             let tz = self.source.time_zone().await?;
             if let Ok(parsed) = tz.parse::<chrono_tz::Tz>() {
                 self.ctx.set_source_tz(&self.settings.id, parsed);

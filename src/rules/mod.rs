@@ -531,7 +531,8 @@ fn referenced(rules: &[RuleConfig], source_id: &str, nested: bool) -> Vec<String
             }
         }
     }
-    out.remove("row");
+    // `row` holds every field (`row.Fecha__c`, `row['Fecha cita']`): not a field itself.
+    out.retain(|name| name != "row" && !name.starts_with("row."));
     let mut v: Vec<String> = out.into_iter().collect();
     v.sort();
     v
@@ -788,7 +789,11 @@ mod tests {
             tmpl(&["{{ Nombre }} {{ row['Otro'] }}"], Some("{{ ID | urlencode }}")),
         );
         assert_eq!(referenced_fields(std::slice::from_ref(&r), "s"), vec!["Curso", "ID", "Nombre"]);
-        let sf = rule(Trigger::RowAdded, None, tmpl(&["{{ Contacto__r.FirstName }} {{ Fecha__c | date }}"], None));
+        let sf = rule(
+            Trigger::RowAdded,
+            None,
+            tmpl(&["{{ Contacto__r.FirstName }} {{ Fecha__c | date }} {{ row.Centro__c }}"], None),
+        );
         assert_eq!(referenced_paths(&[sf], "s"), vec!["Contacto__r.FirstName", "Fecha__c"]);
     }
 }

@@ -841,8 +841,8 @@ async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
     let m = mother(&h, 20);
     h.user(20, false, None);
     let _c = cita(&h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
-    // Saved a while ago: the first read takes it as read for good.
-    h.sandbox.salesforce().advance(Duration::from_secs(5));
+    // Saved a while ago, before the overlap: incremental reads do not bring it again.
+    h.sandbox.salesforce().advance(Duration::from_secs(3 * 60));
     start(&mut h).await;
     settle(&h).await;
     let sf = h.sandbox.salesforce();
@@ -1047,4 +1047,62 @@ async fn tasks_refused_on_an_object_without_activities_never_hold_back_the_statu
     let mut conn = h.store().conn().await.unwrap();
     let left = recado::store::pending_writes(&mut conn, &[SOURCE.to_string()], 100).await.unwrap();
     assert!(left.is_empty(), "the refused entries are reported and dropped: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_entry_for_a_deleted_appointment_is_dropped_not_retried_for_ever() {
+    let mut h = org(TASK_LOG, "").await;
+    let sf = h.sandbox.salesforce();
+    for (name, length) in
+        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
+    {
+        sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
+    }
+    h.user(26, false, None);
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    let m = mother(&h, 26);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(3), "Agendada");
+    wait_for("the message's Task", Duration::from_secs(20), || async { tasks(&h).len() == 1 }).await;
+    settle(&h).await;
+    let key = tasks(&h)[0]["Recado_Id__c"].as_str().unwrap().trim_start_matches("citas:").to_string();
+    // The appointment is deleted, and its Task with it; then a status for the message arrives.
+    assert!(sf.delete("Cita__c", &c));
+    let write = recado::domain::FieldWrite {
+        source_id: SOURCE.into(),
+        target: recado::domain::WriteTarget::Interaction { record: recado::domain::RecordKey(c.clone()), entry: key },
+        field: "status".into(),
+        value: "read".into(),
+    };
+    queue(&h, &[write]).await;
+    let store = h.store();
+    wait_for("the entry to leave the queue", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut conn = store.conn().await.unwrap();
+            recado::store::pending_writes(&mut conn, &[SOURCE.to_string()], 100).await.unwrap().is_empty()
+        }
+    })
+    .await;
+    let calls = sf.count(SfKind::Composite);
+    more_polls(&h, 5).await;
+    h.quiet().await;
+    assert_eq!(sf.count(SfKind::Composite), calls, "not written again and again");
+    assert!(tasks(&h).is_empty(), "no Task on a deleted appointment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_times_are_read_in_the_zone_rules_use_when_the_org_is_elsewhere() {
+    // The org runs on California time; the programme is in Santiago.
+    let mut h = org("", "defaults:\n  time_zone: America/Santiago\n").await;
+    h.sandbox.salesforce().set_time_zone("America/Los_Angeles");
+    h.user(27, false, None);
+    start(&mut h).await;
+    let m = mother(&h, 27);
+    // 13:00 UTC on 1 December is 10:00 in Santiago (and 05:00 in Los Angeles).
+    let at = DateTime::parse_from_rfc3339("2026-12-01T13:00:00Z").unwrap().with_timezone(&Utc);
+    cita(&h, &m, at, "Agendada");
+    wait_for("the confirmation", Duration::from_secs(20), || async { h.sent_to(27).len() == 1 }).await;
+    let sent = h.sent_to(27);
+    assert!(sent[0].params[2].contains("10:00"), "the time in Santiago: {:?}", sent[0].params);
 }

@@ -566,6 +566,12 @@ impl Inner {
                         };
                         (live && fits).then_some(())
                     });
+                    let deleted = normalize_id(s).is_some_and(|id| {
+                        self.object_of_id(&id).and_then(|o| o.records.get(&id)).is_some_and(|r| r.deleted_at.is_some())
+                    });
+                    if deleted {
+                        return Err(("ENTITY_IS_DELETED".into(), "entity is deleted".into(), vec![def.name.clone()]));
+                    }
                     if target_ok.is_none() {
                         return Err((
                             "FIELD_INTEGRITY_EXCEPTION".into(),
@@ -611,6 +617,16 @@ impl Inner {
         rec.deleted_at = Some(now);
         rec.values.insert("IsDeleted".into(), json!(true));
         touch(rec, now);
+        // Its activities go with it, as in Salesforce.
+        if let Some(tasks) = self.objects.get_mut("task") {
+            for task in tasks.records.values_mut().filter(|t| t.deleted_at.is_none()) {
+                if task.values.get("WhatId").and_then(Value::as_str) == Some(id.as_str()) {
+                    task.deleted_at = Some(now);
+                    task.values.insert("IsDeleted".into(), json!(true));
+                    touch(task, now);
+                }
+            }
+        }
         true
     }
 

@@ -7,7 +7,7 @@
 //!   `SystemModstamp` across a page boundary, are still seen. The watermark is the server's
 //!   time (its `Date`) when the read began, never this machine's clock, and it travels to the
 //!   poller as the read's version: it moves only when the poll's results are committed.
-//! * **De-duplication.** Records whose `(Id, SystemModstamp)` was already read are dropped
+//! * **De-duplication.** Records whose `(Id, SystemModstamp, content)` was already read are dropped
 //!   before anything else, so the overlap costs nothing but its bytes, and an idle poll is one
 //!   request. What a read saw becomes "already read" only once the poller has committed it
 //!   (the next read is handed that read's version).
@@ -334,7 +334,7 @@ impl RecordReader {
         // A second's margin: `Date` has whole seconds.
         let mark = Mark { watermark_ms: started - 1_000, deletions_ms: started - 1_000, full_ms: Some(started) };
         let version = mark.encode();
-        let seen = id_stamps(&records, started);
+        let seen = id_stamps(&records);
         let pass = Pass { complete: true, seen, deleted: Vec::new(), gone: Vec::new() };
         let read = self.convert(spec, selected, tz, records, pass, version.clone()).await?;
         let mut s = self.lock();
@@ -373,19 +373,18 @@ impl RecordReader {
             info!(source = %self.cfg.settings.id, "reading every record again: fields read through a relationship change without the record's SystemModstamp moving");
             return self.full_read(spec, selected, tz).await;
         }
-        // Drop what was already read (same Id, same SystemModstamp).
+        // Drop what was already read (same Id, same SystemModstamp, same content).
         let fresh: Vec<Value> = {
             let s = self.lock();
             records
                 .into_iter()
                 .filter(|r| {
                     let id = r["Id"].as_str().unwrap_or_default();
-                    let stamp = r["SystemModstamp"].as_str().unwrap_or_default();
-                    s.seen.get(id).is_none_or(|seen| seen != stamp)
+                    s.seen.get(id).is_none_or(|seen| *seen != fingerprint(r))
                 })
                 .collect()
         };
-        let seen = id_stamps(&fresh, now);
+        let seen = id_stamps(&fresh);
         let (binned, fresh): (Vec<Value>, Vec<Value>) = fresh.into_iter().partition(|r| r["IsDeleted"] == true);
         let mut deleted: Vec<String> = binned.iter().filter_map(|r| r["Id"].as_str().map(String::from)).collect();
         // Records deleted, or no longer meeting the `where` condition, count as removed.
@@ -504,7 +503,7 @@ impl RecordReader {
         // Converting many records is CPU work: off the async runtime.
         let (read, keyed, contacts, related) = tokio::task::spawn_blocking(move || {
             let related = related_records(&cfg.settings.key_field, &selected, &records, tz);
-            let table = to_table(&selected, &records, tz);
+            let table = to_table(&selected, &records, tz, cfg.settings.time_zone_field.as_deref());
             let keyed = key_ids(&cfg.settings.key_field, &selected, &table);
             let contact = cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref());
             let contacts =
@@ -615,7 +614,7 @@ fn mentions_relative_dates(filter: &str) -> bool {
 struct Pass {
     /// Every record is in the read.
     complete: bool,
-    /// `(Id, SystemModstamp)` of every record read (those outside the `where` condition too).
+    /// `(Id, fingerprint)` of every record read (those outside the `where` condition too).
     seen: Vec<(String, String)>,
     /// Ids Salesforce says were deleted.
     deleted: Vec<String>,
@@ -623,23 +622,30 @@ struct Pass {
     gone: Vec<String>,
 }
 
-/// `(Id, SystemModstamp)` of the records that can be taken as read for good at server time
-/// `now`. Salesforce keeps `SystemModstamp` to the second, so a record stamped in the last two
-/// seconds may be saved again with the very same stamp: it is left out, read again by the next
-/// poll (inside the overlap) and, if unchanged, dropped by the diff.
-fn id_stamps(records: &[Value], now: i64) -> Vec<(String, String)> {
-    records
-        .iter()
-        .filter_map(|r| {
-            let stamp = r["SystemModstamp"].as_str()?;
-            let at = chrono::DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%.f%z").ok()?.timestamp_millis();
-            let id = r["Id"].as_str()?;
-            (at <= now - 2_000).then(|| (id.to_string(), stamp.to_string()))
-        })
-        .collect()
+/// `(Id, fingerprint)` of each record, to recognise it when the overlap brings it again.
+fn id_stamps(records: &[Value]) -> Vec<(String, String)> {
+    records.iter().filter_map(|r| Some((r["Id"].as_str()?.to_string(), fingerprint(r)))).collect()
 }
 
-/// The zone a source's dates are read and written in: its `time_zone`, else the org's.
+/// What makes a record "already read": its `SystemModstamp` and a hash of what it holds.
+/// The stamp alone is not enough: it has whole seconds, so a second save within the same
+/// second, committed after a poll read the first, carries the same stamp.
+fn fingerprint(record: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Value::Object(m) = record {
+        // `IsDeleted` is asked for by incremental reads only: it counts once it is true (a
+        // deletion within the second of the last save keeps the stamp).
+        for (k, v) in m.iter().filter(|(k, v)| k.as_str() != "IsDeleted" || **v == Value::Bool(true)) {
+            k.hash(&mut h);
+            v.to_string().hash(&mut h);
+        }
+    }
+    format!("{}#{:016x}", record["SystemModstamp"].as_str().unwrap_or_default(), h.finish())
+}
+
+/// The zone a source's dates are read and written in: its `time_zone` (or
+/// `defaults.time_zone`, filled in by the configuration), else the org's.
 pub async fn source_tz(cfg: &SalesforceConfig, client: &OrgClient) -> Result<chrono_tz::Tz, SourceError> {
     let name = match &cfg.time_zone {
         Some(tz) => tz.clone(),
@@ -735,8 +741,18 @@ fn related_records(
 }
 
 /// Query records → a table whose header is the selected names.
-fn to_table(selected: &[String], records: &[Value], tz: chrono_tz::Tz) -> Table {
-    let rows = records.iter().map(|r| selected.iter().map(|path| cell(lookup(r, path), tz)).collect()).collect();
+fn to_table(selected: &[String], records: &[Value], tz: chrono_tz::Tz, tz_field: Option<&str>) -> Table {
+    let rows = records
+        .iter()
+        .map(|r| {
+            // A record with its own zone has its date-times read in it, the zone its rules use.
+            let zone = tz_field
+                .and_then(|f| lookup(r, f).as_str())
+                .and_then(|name| name.trim().parse::<chrono_tz::Tz>().ok())
+                .unwrap_or(tz);
+            selected.iter().map(|path| cell(lookup(r, path), zone)).collect()
+        })
+        .collect();
     Table { header: selected.to_vec(), rows }
 }
 

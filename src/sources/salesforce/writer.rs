@@ -483,8 +483,14 @@ impl RecordWriter {
                 match record_outcome(code, error["message"].as_str().unwrap_or("")) {
                     RecordOutcome::Retry => {}
                     RecordOutcome::Gone => {
-                        // The log record was deleted by someone: write it afresh next time.
-                        self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                        // An update: the log record itself was deleted by someone, so it is
+                        // written afresh next time. A creation: a record it points to (the
+                        // appointment, the Contact) is gone, and it never can be: dropped.
+                        let known = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).remove(&key).is_some();
+                        if !known {
+                            warn!(source = %self.cfg.settings.id, code, "a log entry points at a record that is gone: dropped");
+                            report.dropped.extend(indices);
+                        }
                     }
                     RecordOutcome::Refused(reason) => {
                         report.rejected.extend(indices.iter().map(|i| (*i, reason.clone())));
@@ -524,7 +530,11 @@ impl RecordWriter {
             report.reads += requests;
             let mut ids = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner);
             for r in found {
-                let key = r.get(&log.key_field).and_then(Value::as_str);
+                // Salesforce names the field in its own casing, whatever the query said.
+                let key = r
+                    .as_object()
+                    .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(&log.key_field)))
+                    .and_then(|(_, v)| v.as_str());
                 if let (Some(k), Some(id)) = (key, r["Id"].as_str()) {
                     ids.insert(k.to_string(), id.to_string());
                 }
