@@ -372,6 +372,7 @@ async fn a_session_that_ends_mid_poll_is_renewed_and_the_poll_completes() {
         expire_session: true,
         timeout: false,
         record: None,
+        applied: false,
         count: 1,
     });
     start(&mut h).await;
@@ -953,6 +954,7 @@ async fn a_call_refused_for_one_record_is_split_until_that_record_is_alone_and_t
         message: "Cannot deserialize instance of double from VALUE_STRING".into(),
         expire_session: false,
         timeout: false,
+        applied: false,
         record: Some(ids[1].clone()),
         count: 100,
     });
@@ -1105,4 +1107,79 @@ async fn date_times_are_read_in_the_zone_rules_use_when_the_org_is_elsewhere() {
     wait_for("the confirmation", Duration::from_secs(20), || async { h.sent_to(27).len() == 1 }).await;
     let sent = h.sent_to(27);
     assert!(sent[0].params[2].contains("10:00"), "the time in Santiago: {:?}", sent[0].params);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_whose_answer_is_lost_is_found_and_not_created_again() {
+    let mut h = org(TASK_LOG, "").await;
+    let sf = h.sandbox.salesforce();
+    for (name, length) in
+        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
+    {
+        sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
+    }
+    h.user(28, true, None);
+    start(&mut h).await;
+    let sf = h.sandbox.salesforce();
+    // Every collection call's answer is lost once (the write-back and the Task alike): each is
+    // carried out by Salesforce, and recado hears a 503.
+    sf.inject(SfFault {
+        kind: Some(SfKind::Composite),
+        status: 503,
+        error_code: "SERVER_UNAVAILABLE".into(),
+        message: "Server unavailable".into(),
+        expire_session: false,
+        timeout: false,
+        record: None,
+        applied: true,
+        count: 3,
+    });
+    let m = mother(&h, 28);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(3), "Agendada");
+    wait_field(&h, &c, "WhatsApp_Estado__c", "read").await;
+    wait_for("the Task to say read", Duration::from_secs(20), || async {
+        tasks(&h).iter().any(|t| t.get("WhatsApp_Estado__c").and_then(Value::as_str) == Some("read"))
+    })
+    .await;
+    settle(&h).await;
+    assert_eq!(tasks(&h).len(), 1, "one Task for the message, although its creation's answer was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_the_contact_is_seen_at_the_next_related_check_without_a_full_read() {
+    let rule = r#"
+  - id: nombre
+    source: citas
+    when: { changed: Contacto__r.FirstName }
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      body: ["{{ Contacto__r.FirstName }}"]
+      button_url_suffix: "cita?id={{ Id }}"
+"#;
+    let mut h = org("", rule).await;
+    let m = mother(&h, 29);
+    h.user(29, false, None);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
+    h.sandbox.salesforce().advance(Duration::from_secs(3 * 60));
+    start(&mut h).await;
+    settle(&h).await;
+    let sf = h.sandbox.salesforce();
+    sf.update("Contact", &m, fields(json!({"FirstName": "Marisol"}))).unwrap();
+    more_polls(&h, 3).await;
+    h.quiet().await;
+    assert_eq!(h.sent_count(), 0, "not before the related check is due");
+    // The related check runs with the deletions check (every 2 minutes here), far sooner than
+    // the hourly full read.
+    let full_reads = || sf.queries().iter().filter(|q| q.starts_with("SELECT") && !q.contains("WHERE")).count();
+    let before = full_reads();
+    sf.advance(Duration::from_secs(150));
+    wait_for("the change on the Contact to be seen", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
+    assert_eq!(h.sent_to(29)[0].params[0], "Marisol");
+    assert_eq!(full_reads(), before, "no full read");
+    assert!(
+        sf.queries().iter().any(|q| q.contains(&format!("WHERE Id IN ('{c}')"))),
+        "only that appointment is read again"
+    );
 }

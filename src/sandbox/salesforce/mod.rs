@@ -107,6 +107,10 @@ pub struct SfFault {
     /// The answer never comes.
     #[serde(default)]
     pub timeout: bool,
+    /// The call is carried out, then its answer is lost (this error instead, or a hang with
+    /// `timeout`): sObject Collections calls only.
+    #[serde(default)]
+    pub applied: bool,
     /// Only sObject Collections calls that carry this record fail (a value Salesforce
     /// cannot parse fails the whole call, whatever `allOrNone` says).
     #[serde(default)]
@@ -645,7 +649,16 @@ impl Inner {
     fn take_fault(&mut self, kind: SfKind) -> Option<SfFault> {
         super::take_fault(
             &mut self.faults,
-            |f| f.record.is_none() && f.kind.is_none_or(|k| k == kind),
+            |f| f.record.is_none() && !f.applied && f.kind.is_none_or(|k| k == kind),
+            |f| &mut f.count,
+        )
+    }
+
+    /// A fault that lets a collection call be carried out and then loses its answer.
+    fn take_lost_answer(&mut self) -> Option<SfFault> {
+        super::take_fault(
+            &mut self.faults,
+            |f| f.applied && f.kind.is_none_or(|k| k == SfKind::Composite),
             |f| &mut f.count,
         )
     }
@@ -1684,7 +1697,16 @@ fn write_collection(st: &SandboxState, version: &str, headers: &HeaderMap, body:
             }
         }
     }
-    let answer = reply(&g, StatusCode::OK, Value::Array(results));
+    let lost = g.take_lost_answer();
+    let answer = match lost {
+        Some(f) if f.timeout => hang_marker(),
+        Some(f) => {
+            let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let (s, b) = error_array(status, &f.error_code, &f.message);
+            reply(&g, s, b)
+        }
+        None => reply(&g, StatusCode::OK, Value::Array(results)),
+    };
     drop(g);
     after(sf, SfKind::Composite);
     answer

@@ -14,6 +14,10 @@
 //! * **The `where` filter.** The incremental query is not filtered, so a record that stops
 //!   meeting the condition is seen; the new records are then checked against the condition
 //!   (`Id IN (…) AND (<where>)`) and those that no longer meet it count as removed.
+//! * **Related records.** Every `deletions_every`, each object the relationship paths lead to
+//!   (the Contact) is asked which of its records changed; the records pointing at them are
+//!   read again by id (a full read when there are too many). A full read every
+//!   `full_read_every` is the backstop.
 //! * **Deletions** come with the changes: incremental reads go through `queryAll`, which
 //!   returns records in the Recycle Bin with `IsDeleted = true`. `getDeleted`, every
 //!   `deletions_every` of server time, catches records purged before a poll saw them; when
@@ -361,7 +365,7 @@ impl RecordReader {
             self.cfg.object
         );
         let what = format!("reading changes of {}", self.cfg.object);
-        let (records, _, server_ms) = self.client.query_all(&soql, &what).await?;
+        let (mut records, _, server_ms) = self.client.query_all(&soql, &what).await?;
         let now = server_ms.ok_or_else(|| SourceError::Transient("Salesforce's answer had no Date".into()))?;
         let new_day = mark.full_ms.map(|ms| local_day(ms, tz)) != Some(local_day(now, tz));
         if new_day && self.cfg.filter.as_deref().is_some_and(mentions_relative_dates) {
@@ -372,6 +376,23 @@ impl RecordReader {
         if selected.iter().any(|f| f.contains('.')) && mark.full_ms.is_none_or(|ms| now - ms >= every) {
             info!(source = %self.cfg.settings.id, "reading every record again: fields read through a relationship change without the record's SystemModstamp moving");
             return self.full_read(spec, selected, tz).await;
+        }
+        let deletions_every = i64::try_from(self.cfg.deletions_every.as_millis()).unwrap_or(300_000);
+        if now - mark.deletions_ms >= deletions_every {
+            // A record whose Contact changed (a number, the consent) keeps its own stamp: the
+            // records whose related records changed since the last check are read again.
+            let since_related = soql_datetime(mark.deletions_ms - overlap);
+            match self.related_changes(selected, &since_related).await? {
+                Some(more) => {
+                    let have: HashSet<String> =
+                        records.iter().filter_map(|r| r["Id"].as_str().map(String::from)).collect();
+                    records.extend(more.into_iter().filter(|r| r["Id"].as_str().is_some_and(|id| !have.contains(id))));
+                }
+                None => {
+                    info!(source = %self.cfg.settings.id, "many related records changed: reading every record again");
+                    return self.full_read(spec, selected, tz).await;
+                }
+            }
         }
         // Drop what was already read (same Id, same SystemModstamp, same content).
         let fresh: Vec<Value> = {
@@ -398,8 +419,7 @@ impl RecordReader {
             kept = inside;
         }
         let mut next = Mark { watermark_ms: now - 1_000, deletions_ms: mark.deletions_ms, full_ms: mark.full_ms };
-        let every = i64::try_from(self.cfg.deletions_every.as_millis()).unwrap_or(300_000);
-        if now - mark.deletions_ms >= every {
+        if now - mark.deletions_ms >= deletions_every {
             match self.deleted_since(mark.deletions_ms, now).await? {
                 Deletions::Ids(ids, covered) => {
                     gone.extend(ids.iter().cloned());
@@ -422,6 +442,62 @@ impl RecordReader {
             .await?;
         self.lock().last_version = Some(version);
         Ok(read)
+    }
+
+    /// The records whose related records (through the selected relationship paths) changed
+    /// since `since`, read again; `None` when so many changed that a full read is cheaper.
+    async fn related_changes(&self, selected: &[String], since: &str) -> Result<Option<Vec<Value>>, SourceError> {
+        // Each related object once, with the records that point at each of its ids.
+        let mut pointing: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+        {
+            let related = self.hint.related.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, list) in related.iter() {
+                let Some(own) = self.record_id(key) else { continue };
+                for r in list {
+                    pointing.entry(r.object.clone()).or_default().entry(r.id.clone()).or_default().push(own.clone());
+                }
+            }
+        }
+        if pointing.is_empty() || !selected.iter().any(|f| f.contains('.')) {
+            return Ok(Some(Vec::new()));
+        }
+        let mut ids: Vec<String> = Vec::new();
+        for (object, by_id) in &pointing {
+            let soql = format!("SELECT Id FROM {object} WHERE SystemModstamp >= {since}");
+            let (changed, _, _) = self.client.query(&soql, &format!("asking {object} what changed")).await?;
+            for c in changed {
+                if let Some(own) = c["Id"].as_str().and_then(|id| by_id.get(id)) {
+                    ids.extend(own.iter().cloned());
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        if ids.len() > IDS_BY_LIST_MAX {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().map(|id| soql_string(id)).collect();
+            let soql = format!(
+                "SELECT {}, SystemModstamp FROM {} WHERE Id IN ({})",
+                selected.join(", "),
+                self.cfg.object,
+                list.join(", ")
+            );
+            let (found, _, _) = self.client.query(&soql, &format!("reading {} again", self.cfg.object)).await?;
+            out.extend(found);
+        }
+        Ok(Some(out))
+    }
+
+    /// The Salesforce id of the record with `key`.
+    fn record_id(&self, key: &str) -> Option<String> {
+        if self.cfg.settings.key_field.eq_ignore_ascii_case("Id") {
+            Some(key.to_string())
+        } else {
+            self.hint.id_of(key)
+        }
     }
 
     /// The ids among `records` that meet the `where` condition now.
