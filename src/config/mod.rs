@@ -238,8 +238,8 @@ pub struct InboundConfig {
     pub language_field: Option<String>,
     /// Normalised.
     pub opt_in_keywords: Vec<String>,
-    pub opt_out_reply: Option<String>,
-    pub opt_in_reply: Option<String>,
+    pub opt_out_reply: Option<crate::flows::LocalText>,
+    pub opt_in_reply: Option<crate::flows::LocalText>,
     /// The privacy notice's version when one is configured (its flow is
     /// [`crate::flows::config::CONSENT_FLOW`] in `flows`).
     pub consent_version: Option<String>,

@@ -167,11 +167,12 @@ pub struct RawInbound {
     pub opt_in_keywords: Option<Vec<String>>,
     /// Sent to confirm an opt-out, e.g. "Listo, no te escribiremos más. Escribe ALTA para
     /// volver." (the only message an opted-out person gets).
+    /// A string, or one per language (`{ es: …, en: … }`): the contact's language is used.
     #[serde(default)]
-    pub opt_out_reply: Option<String>,
-    /// Sent to confirm an opt-in.
+    pub opt_out_reply: Option<crate::flows::config::RawText>,
+    /// Sent to confirm an opt-in (a string, or one per language).
     #[serde(default)]
-    pub opt_in_reply: Option<String>,
+    pub opt_in_reply: Option<crate::flows::config::RawText>,
     /// The privacy notice asked before the bot answers anything else (see the README).
     #[serde(default)]
     pub consent: Option<Value>,

@@ -332,14 +332,11 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         }
     }
     let opt_in = inbound.opt_in_keywords.unwrap_or_else(|| ["ALTA", "START"].map(String::from).to_vec());
-    for (name, text) in [("opt_out_reply", &inbound.opt_out_reply), ("opt_in_reply", &inbound.opt_in_reply)] {
-        if let Some(t) = text {
-            p.non_empty(&format!("inbound.{name}"), t);
-            if t.chars().count() > crate::flows::MAX_TEXT_BODY {
-                p.push(format!("inbound.{name}"), "at most 4096 characters (WhatsApp's limit)");
-            }
-        }
-    }
+    let mut reply = |name: &str, text: Option<crate::flows::config::RawText>| {
+        text.map(|t| crate::flows::config::local_text(&mut p, &flow_languages, &format!("inbound.{name}"), t))
+    };
+    let opt_out_reply = reply("opt_out_reply", inbound.opt_out_reply);
+    let opt_in_reply = reply("opt_in_reply", inbound.opt_in_reply);
     if let Some(entry) = &inbound.entry_flow {
         if flows.get(entry).is_none() {
             let known: Vec<&str> = flows.flows.keys().map(String::as_str).filter(|k| !k.starts_with("__")).collect();
@@ -359,8 +356,8 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         languages,
         language_field: inbound.language_field,
         opt_in_keywords: opt_in.iter().map(|k| normalise_keyword(k)).collect(),
-        opt_out_reply: inbound.opt_out_reply,
-        opt_in_reply: inbound.opt_in_reply,
+        opt_out_reply,
+        opt_in_reply,
         consent_version,
     };
 

@@ -512,6 +512,8 @@ impl InboxProcessor {
                 ),
             }
             if let (Some(p), Some(reply)) = (&phone, &inbound.opt_out_reply) {
+                let language = store::contact(tx, p).await?.and_then(|c| c.language);
+                let reply = reply.get(language.as_deref().unwrap_or(""), &inbound.default_language);
                 self.queue_reply(tx, provider, p, OPT_OUT_REPLY_RULE, provider_message_id, reply, now, effects).await?;
             }
         }
@@ -526,6 +528,7 @@ impl InboxProcessor {
                     let records = store::records_with_phone(tx, p).await?;
                     writes.extend(self.consent_writes(records, |c| c.granted_value.clone()));
                     if let Some(reply) = &inbound.opt_in_reply {
+                        let reply = reply.get(c.language.as_deref().unwrap_or(""), &inbound.default_language);
                         self.queue_reply(tx, provider, p, OPT_IN_REPLY_RULE, provider_message_id, reply, now, effects)
                             .await?;
                     }

@@ -274,6 +274,13 @@ pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -
 }
 
 /// What the rest of the configuration tells flow validation.
+/// A text outside flows (a confirmation), with its languages checked like a flow's.
+pub fn local_text(p: &mut Problems, languages: &Languages<'_>, path: &str, raw: RawText) -> LocalText {
+    let ids = HashSet::new();
+    let mut v = StepValidator { p, languages, step_ids: &ids };
+    v.text(path, raw, MAX_TEXT_BODY)
+}
+
 pub struct Languages<'a> {
     pub default: &'a str,
     /// Every text must have each of these (besides the default).
