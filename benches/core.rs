@@ -72,6 +72,7 @@ fn bench_rules(c: &mut Criterion) {
             send: SendSpec::Template(TemplateSpec {
                 name: "confirmacion".into(),
                 language: "es".into(),
+                languages: Vec::new(),
                 body: vec!["{{ Nombre }}".into(), "{{ Curso }}".into(), "{{ Mentor }}".into()],
                 button_url_suffix: None,
                 body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
@@ -90,6 +91,7 @@ fn bench_rules(c: &mut Criterion) {
             send: SendSpec::Template(TemplateSpec {
                 name: "encuesta".into(),
                 language: "es".into(),
+                languages: Vec::new(),
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: Some("{{ ID | urlencode }}".into()),
                 body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
@@ -128,6 +130,7 @@ fn bench_planning(c: &mut Criterion) {
         SendSpec::Template(TemplateSpec {
             name: "recordatorio".into(),
             language: "es".into(),
+            languages: Vec::new(),
             body: vec!["{{ Nombre }}".into()],
             button_url_suffix: None,
             body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,

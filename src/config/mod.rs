@@ -188,6 +188,8 @@ pub enum Trigger {
 pub struct TemplateSpec {
     pub name: String,
     pub language: String,
+    /// Other languages it is approved in: a contact's chosen language among them is used.
+    pub languages: Vec<String>,
     pub body: Vec<String>,
     pub button_url_suffix: Option<String>,
     /// Characters of the template's own body text (without parameters).

@@ -127,6 +127,10 @@ pub struct RawTemplate {
     pub name: String,
     /// Language code, e.g. `es` or `es_MX`.
     pub language: String,
+    /// Other languages the template is approved in (same name, same parameters), e.g.
+    /// `[en, qu]`: a contact who chose one of them in a conversation gets that one.
+    #[serde(default)]
+    pub languages: Vec<String>,
     /// Body parameters in order, each an expression such as `{{ Nombre }}`.
     #[serde(default)]
     pub body: Vec<String>,

@@ -220,6 +220,12 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 if let Some(problem) = t.as_ref().and_then(|t| provider.template_problem(&t.name, &t.language)) {
                     p.push(format!("{path}.{at}.name"), problem);
                 }
+                for (i, language) in t.iter().flat_map(|t| t.languages.iter().enumerate()) {
+                    let name = t.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
+                    if let Some(problem) = provider.template_problem(name, language) {
+                        p.push(format!("{path}.{at}.languages[{i}]"), problem);
+                    }
+                }
             }
         }
         let send = match (template, r.text) {
@@ -438,9 +444,13 @@ fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpe
             crate::config::DEFAULT_BODY_TEXT_CHARS
         }
     };
+    for (i, l) in t.languages.iter().enumerate() {
+        errs.non_empty(&format!("{path}.languages[{i}]"), l);
+    }
     TemplateSpec {
         name: t.name,
         language: t.language,
+        languages: t.languages,
         body: t.body,
         button_url_suffix: t.button_url_suffix,
         body_text_chars,

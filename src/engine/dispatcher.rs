@@ -347,6 +347,19 @@ impl Dispatcher {
                 self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
                 continue;
             }
+            // A template approved in the language the contact chose goes in that language.
+            if let (MessageContent::Template(t), Some(language)) =
+                (&mut m.content, contact.and_then(|c| c.language.as_deref()))
+            {
+                let approved =
+                    self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).is_some_and(|r| match &r.send {
+                        crate::config::SendSpec::Template(spec) => spec.languages.iter().any(|l| l == language),
+                        crate::config::SendSpec::Text { .. } => false,
+                    });
+                if approved && t.language != language {
+                    t.language = language.to_string();
+                }
+            }
             let mut switched = None;
             if m.content.is_free_form() && !inside_service_window(contact.and_then(|c| c.last_inbound_at), now) {
                 match m.fallback.clone() {

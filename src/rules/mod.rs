@@ -572,6 +572,7 @@ mod tests {
         SendSpec::Template(TemplateSpec {
             name: "confirmacion".into(),
             language: "es".into(),
+            languages: Vec::new(),
             body: body.iter().map(|s| s.to_string()).collect(),
             button_url_suffix: button.map(String::from),
             body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
@@ -696,6 +697,7 @@ mod tests {
             fallback: Some(TemplateSpec {
                 name: "hola".into(),
                 language: "es".into(),
+                languages: Vec::new(),
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: None,
                 body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,

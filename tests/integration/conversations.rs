@@ -500,3 +500,64 @@ flows:
     let left = recado::store::pending_writes(&mut conn, &["incidencias".to_string()], 100).await.unwrap();
     assert!(left.is_empty(), "nothing left queued: {left:?}");
 }
+
+/// A contact who chose English in the chat gets a rule's template in English when the
+/// template is approved in it, and the default language otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_template_goes_in_the_language_the_contact_chose() {
+    let mut h = Harness::new(vec![row(380, "Ana", "Sí", "Activo"), row(381, "Beto", "Sí", "Activo")]).await;
+    h.sandbox.meta().add_template(recado::sandbox::TemplateDef::new("encuesta_seguimiento", "en", 1, true));
+    h.extra_top = r#"
+inbound:
+  entry_flow: inicio
+  default_language: es
+  languages: [en]
+flows:
+  - id: inicio
+    steps:
+      - id: idioma
+        ask:
+          text: { es: "¿Idioma? / Language?", en: "¿Idioma? / Language?" }
+          sets_language: true
+          choices:
+            - { title: { es: "Español", en: "Español" }, value: es }
+            - { title: { es: "English", en: "English" }, value: en }
+      - id: listo
+        say: { es: "Listo.", en: "Done." }
+"#
+    .into();
+    h.extra_rules = r#"
+  - id: egreso
+    source: inscripciones
+    when: { changed: Estado, to: Graduado }
+    provider: whatsapp
+    template:
+      name: encuesta_seguimiento
+      language: es
+      languages: [en]
+      body: ["{{ Nombre }}"]
+      button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
+"#
+    .into();
+    h.user(380, false, None);
+    h.user(381, false, None);
+    h.start().await;
+    h.says(380, "hola", None);
+    wait_for("the language question", Duration::from_secs(20), || async { h.meta_sent_to(380).len() == 1 }).await;
+    h.says(380, "English", None);
+    wait_for("the answer in English", Duration::from_secs(20), || async { h.meta_sent_to(380).len() == 2 }).await;
+    h.edit("380", "Estado", json!("Graduado"));
+    h.edit("381", "Estado", json!("Graduado"));
+    let template_language = |n: u32| {
+        h.meta_sent_to(n)
+            .iter()
+            .find(|m| m.body["template"]["name"] == "encuesta_seguimiento")
+            .map(|m| m.body["template"]["language"]["code"].as_str().unwrap_or_default().to_string())
+    };
+    wait_for("both surveys", Duration::from_secs(20), || async {
+        template_language(380).is_some() && template_language(381).is_some()
+    })
+    .await;
+    assert_eq!(template_language(380).as_deref(), Some("en"), "Ana chose English");
+    assert_eq!(template_language(381).as_deref(), Some("es"), "Beto chose nothing: the rule's language");
+}
