@@ -162,6 +162,13 @@ impl SourceConfig {
         &self.settings().id
     }
 
+    pub fn settings_mut(&mut self) -> &mut SourceSettings {
+        match self {
+            SourceConfig::GoogleSheets(g) => &mut g.settings,
+            SourceConfig::Salesforce(s) => &mut s.settings,
+        }
+    }
+
     /// Whether a conversation can add records to it (`save: {to: …}`).
     pub fn adds_records(&self) -> bool {
         match self {

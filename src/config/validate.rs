@@ -323,8 +323,26 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     // A flow that adds records adds them to a source that can take them.
     for flow in flows.flows.values() {
         for step in &flow.steps {
-            let crate::flows::StepKind::Create { source, .. } = &step.kind else { continue };
+            let crate::flows::StepKind::Create { source, fields } = &step.kind else { continue };
             let path = format!("flows.{}.{}.save.to", flow.id, step.id);
+            if let Some(target) = sources.iter_mut().find(|s| s.id() == source.as_str()) {
+                let settings = target.settings_mut();
+                // Rows a conversation adds (reports) are not people, unless said otherwise.
+                settings.person_records.get_or_insert(false);
+                let key = settings.key_field.clone();
+                let mut seen: HashSet<String> = HashSet::new();
+                for (name, _) in fields {
+                    let fields_path = format!("flows.{}.{}.save.fields.{name}", flow.id, step.id);
+                    if name.trim().eq_ignore_ascii_case(key.trim()) {
+                        p.push(
+                            fields_path,
+                            format!("'{key}' is the source's key: recado fills it with the new record's key"),
+                        );
+                    } else if !seen.insert(name.trim().to_lowercase()) {
+                        p.push(fields_path, "the same field twice (names are matched ignoring case)");
+                    }
+                }
+            }
             match sources.iter().find(|s| s.id() == source.as_str()) {
                 None => p.push(path, format!("no source with id '{source}' (known: {})", list(&source_ids))),
                 Some(s) if !s.adds_records() => p.push(

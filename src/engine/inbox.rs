@@ -741,7 +741,7 @@ impl InboxProcessor {
         } else {
             let record = match talk.origin {
                 Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
-                None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
+                None => self.person_record(tx, talk.phone).await?,
             };
             let context = self.turn_context(tx, talk.phone, record.as_ref(), now).await?;
             // A reply to a rule's message whose rule hands replies to a flow.
@@ -943,7 +943,7 @@ impl InboxProcessor {
         let Some(field) = &inbound.language_field else { return Ok(None) };
         let record = match talk.origin {
             Some(m) => Some((m.source_id.clone(), m.record_key.clone())),
-            None => store::records_with_phone(tx, talk.phone).await?.into_iter().next(),
+            None => self.person_record(tx, talk.phone).await?,
         };
         let Some((source_id, key)) = record else { return Ok(None) };
         let Some(row) = store::snapshot_row_of(tx, &source_id, &key.0).await? else { return Ok(None) };
@@ -982,6 +982,25 @@ impl InboxProcessor {
     }
 
     /// What flow texts can use of the contact's record: its fields as last read.
+    /// The record a contact's conversation belongs to when no message of a rule says: the first
+    /// with their number, in the order the sources are configured, among sources whose rows
+    /// are people (not a log of reports).
+    async fn person_record(
+        &self,
+        tx: &mut Tx,
+        phone: &str,
+    ) -> Result<Option<(String, crate::domain::RecordKey)>, StoreError> {
+        let sources = &self.ctx.config.sources;
+        let position = |id: &str| sources.iter().position(|s| s.id() == id);
+        let mut records: Vec<(String, crate::domain::RecordKey)> = store::records_with_phone(tx, phone)
+            .await?
+            .into_iter()
+            .filter(|(id, _)| self.ctx.source(id).is_some_and(|s| s.person_records != Some(false)))
+            .collect();
+        records.sort_by_key(|(id, _)| position(id));
+        Ok(records.into_iter().next())
+    }
+
     /// What a flow's texts and saved values may use: the contact's record's fields,
     /// `contact.phone`, and `now` (local time of the record's source, else of the first source).
     async fn turn_context(

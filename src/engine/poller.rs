@@ -67,6 +67,9 @@ pub struct SourcePoller {
     /// Timers (and the phone index) are planned for every record at the first full read after
     /// start (the configuration may have changed while stopped), then only for changed records.
     synced: bool,
+    /// The source's zone changed since the last run (a configured zone, or the org's): every
+    /// date-time reads as another local time, so the next read is a baseline, not news.
+    zone_changed: bool,
     health_name: String,
 }
 
@@ -128,6 +131,7 @@ impl SourcePoller {
             spec: ReadSpec { required, referenced },
             missing_reported: None,
             synced: false,
+            zone_changed: false,
             health_name,
         })
     }
@@ -202,6 +206,10 @@ impl SourcePoller {
             if let Ok(parsed) = tz.parse::<chrono_tz::Tz>() {
                 self.ctx.set_source_tz(&self.settings.id, parsed);
             }
+            if self.state.time_zone.as_ref().is_some_and(|old| *old != tz) {
+                warn!(source = %self.settings.id, from = ?self.state.time_zone, to = %tz, "the source's time zone changed: its next read is a baseline (date-times read as other local times are not changes; reminders are planned again)");
+                self.zone_changed = true;
+            }
             self.state.time_zone = Some(tz);
         }
         // The first poll after each start reads everything; then from the committed version.
@@ -219,7 +227,8 @@ impl SourcePoller {
         };
         self.missing_reported = None;
 
-        let baseline = !self.state.baseline_done && self.settings.first_start == FirstStart::Baseline;
+        let baseline =
+            (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline) || self.zone_changed;
         let version = read.version.clone().or(probe.version);
         let now = self.ctx.clock.now();
         let snapshot = std::mem::take(&mut self.snapshot);
@@ -250,6 +259,7 @@ impl SourcePoller {
                 }
                 self.snapshot = snapshot;
                 self.synced = true;
+                self.zone_changed = false;
                 Ok(report)
             }
             Err(e) => {

@@ -50,6 +50,9 @@ pub struct SourceSettings {
     pub poll_interval: Duration,
     pub flush_interval: Duration,
     pub first_start: FirstStart,
+    /// A row is a person's record, found by their number in conversations (not so for a log
+    /// of reports). Unset: yes, unless conversations add records to it (`save: {to: …}`).
+    pub person_records: Option<bool>,
     pub write_back: WriteBackFields,
     /// The longest any one call to the vendor may take.
     pub call_timeout: Duration,
@@ -152,6 +155,7 @@ pub struct RawSettings {
     pub poll_interval: Option<String>,
     pub flush_interval: Option<String>,
     pub first_start: Option<String>,
+    pub person_records: Option<bool>,
     pub write_back: Option<RawWriteBack>,
     pub call_timeout: Option<String>,
 }
@@ -269,6 +273,7 @@ impl SourceSettings {
             poll_interval,
             flush_interval,
             first_start,
+            person_records: raw.person_records,
             write_back,
             call_timeout,
             logs_interactions: false,

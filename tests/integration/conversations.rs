@@ -429,6 +429,7 @@ async fn a_report_taken_in_the_chat_becomes_one_new_row_of_another_tab_even_when
     tab: Incidencias
     key_column: ID
     phone_column: Teléfono
+    person_records: false
     default_region: CL
     poll_interval: 150ms
     flush_interval: 200ms
@@ -445,9 +446,9 @@ flows:
   - id: reporte
     steps:
       - id: que
-        ask: { text: "¿Qué problema quieres reportar?" }
+        ask: { text: "¿Qué problema quieres reportar?", save: Problema }
       - id: donde
-        ask: { text: "¿Dónde está?" }
+        ask: { text: "¿Dónde está?", save: Lugar }
       - id: guardar
         save:
           to: incidencias
@@ -499,6 +500,23 @@ flows:
     let mut conn = h.store().conn().await.unwrap();
     let left = recado::store::pending_writes(&mut conn, &["incidencias".to_string()], 100).await.unwrap();
     assert!(left.is_empty(), "nothing left queued: {left:?}");
+    drop(conn);
+    // A second report is a row of its own: the first one's row is not the resident's record
+    // (the tab holds reports, not people), so its answers are not written over it.
+    h.says(301, "otra cosa", None);
+    wait_for("the first question again", Duration::from_secs(20), || bot_messages(4)).await;
+    h.says(301, "Luminaria apagada", None);
+    wait_for("the second question again", Duration::from_secs(20), || bot_messages(5)).await;
+    h.says(301, "Plaza de Armas", None);
+    wait_for("the second report's row", Duration::from_secs(20), || async {
+        h.sandbox.google().rows(SHEET, "Incidencias").len() == 3
+    })
+    .await;
+    h.quiesce().await;
+    let rows = h.sandbox.google().rows(SHEET, "Incidencias");
+    assert_eq!(rows[1][1], "Un bache grande", "the first report is untouched: {rows:?}");
+    assert_eq!(rows[2][1], "Luminaria apagada");
+    assert_eq!(rows[2][2], "Plaza de Armas");
 }
 
 /// A contact who chose English in the chat gets a rule's template in English when the
@@ -560,4 +578,70 @@ flows:
     .await;
     assert_eq!(template_language(380).as_deref(), Some("en"), "Ana chose English");
     assert_eq!(template_language(381).as_deref(), Some("es"), "Beto chose nothing: the rule's language");
+}
+
+/// Someone known only in a second source (another tab) is recognised by their number: the bot
+/// greets them with their record's fields, and their answer lands in that record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_in_another_source_is_found_by_phone_and_answers_land_there() {
+    use crate::harness::{SHEET, TAB};
+    let mut h = Harness::new(Vec::new()).await;
+    let voluntarios = vec![
+        vec![json!("ID"), json!("Nombre"), json!("Teléfono"), json!("Comentario")],
+        vec![json!("V-1"), json!("Rosa"), json!(crate::harness::phone(391)), json!("")],
+    ];
+    h.sandbox.google().seed(
+        SHEET,
+        "America/Santiago",
+        vec![(TAB.to_string(), vec![header(), row(390, "Ana", "Sí", "Activo")]), ("Voluntarios".into(), voluntarios)],
+    );
+    let base = h.sandbox.base_url();
+    h.extra_source = format!(
+        r#"  - id: voluntarios
+    type: google_sheets
+    spreadsheet_id: {SHEET}
+    tab: Voluntarios
+    key_column: ID
+    phone_column: Teléfono
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 200ms
+    service_account_key_file: "{key}"
+    sheets_base_url: "{base}/google/sheets/"
+    drive_base_url: "{base}/google/"
+"#,
+        key = h.key_file.display()
+    );
+    h.extra_top = r#"
+inbound:
+  entry_flow: saludo
+flows:
+  - id: saludo
+    steps:
+      - id: pregunta
+        ask: { text: "Hola {{ Nombre }}, ¿algo que contarnos?", save: Comentario }
+      - id: gracias
+        say: "Gracias, {{ Nombre }}."
+"#
+    .into();
+    h.user(391, false, None);
+    h.start().await;
+    let store = h.store();
+    wait_for("both sources indexed", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut conn = store.conn().await.unwrap();
+            !recado::store::records_with_phone(&mut conn, &e164(391)).await.unwrap().is_empty()
+        }
+    })
+    .await;
+    h.says(391, "hola", None);
+    wait_for("the greeting", Duration::from_secs(20), || async { h.meta_sent_to(391).len() == 1 }).await;
+    assert_eq!(h.meta_sent_to(391)[0].body["text"]["body"], "Hola Rosa, ¿algo que contarnos?");
+    h.says(391, "Quiero ayudar los sábados", None);
+    wait_for("the answer in Rosa's row", Duration::from_secs(20), || async {
+        h.sandbox.google().rows(SHEET, "Voluntarios").get(1).and_then(|r| r.get(3)).and_then(Value::as_str)
+            == Some("Quiero ayudar los sábados")
+    })
+    .await;
 }

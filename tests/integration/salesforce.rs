@@ -1183,3 +1183,34 @@ async fn a_change_on_the_contact_is_seen_at_the_next_related_check_without_a_ful
         "only that appointment is read again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_the_orgs_time_zone_is_not_taken_for_changed_appointments() {
+    let rule = r#"
+  - id: nueva_hora
+    source: citas
+    when: { changed: Fecha__c }
+    provider: whatsapp
+    template:
+      name: confirmacion_inscripcion
+      language: es
+      body: ["{{ Contacto__r.FirstName }}", "{{ Estado__c }}", "{{ Fecha__c | date }}"]
+"#;
+    let mut h = org("", rule).await;
+    let m = mother(&h, 30);
+    h.user(30, false, None);
+    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(6), "Agendada");
+    start(&mut h).await;
+    settle(&h).await;
+    h.stop().await;
+    // The org's default zone is changed while recado is stopped: every date-time now reads as
+    // another local time.
+    h.sandbox.salesforce().set_time_zone("America/Los_Angeles");
+    start(&mut h).await;
+    settle(&h).await;
+    assert_eq!(h.sent_count(), 0, "a new zone is not a new appointment time");
+    // A real change still counts.
+    let later = (Utc::now() + chrono::Duration::days(8)).to_rfc3339();
+    h.sandbox.salesforce().update("Cita__c", &c, fields(json!({"Fecha__c": later}))).unwrap();
+    wait_for("the new time to be announced", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
+}

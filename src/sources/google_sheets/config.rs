@@ -57,6 +57,11 @@ pub struct RawGoogleSheets {
     /// them as added (sends to every matching row: use with care).
     #[serde(default)]
     pub first_start: Option<String>,
+    /// Whether a row here is a person's record (default `true`). `false` for a log such as
+    /// the reports a bot adds: rules still run on it, but a conversation never takes one of
+    /// its rows as the person's record (answers are not saved to it).
+    #[serde(default)]
+    pub person_records: Option<bool>,
     /// Consent column: rows without consent get no business-initiated message.
     #[serde(default)]
     pub consent: Option<RawConsent>,
@@ -158,6 +163,7 @@ pub fn validate(
             poll_interval: g.poll_interval,
             flush_interval: g.flush_interval,
             first_start: g.first_start,
+            person_records: g.person_records,
             write_back: g.write_back,
             call_timeout: g.call_timeout,
         },

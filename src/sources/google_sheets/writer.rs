@@ -274,6 +274,11 @@ impl SheetWriter {
             for r in rows {
                 cells.push(Cell { range: a1::cell(&layout.title, col, r), value: value.clone(), origin });
             }
+            if matches!(w.target, WriteTarget::NewRecord(_)) {
+                // Found by its own key each time: nothing for the next write's check to
+                // compare (rows appended in this flush are not in its before-values).
+                continue;
+            }
             let tw = written.entry(layout.title.clone()).or_default();
             tw.written.push((w.target.clone(), w.field.clone(), value));
             tw.origins.push(origin);

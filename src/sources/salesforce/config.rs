@@ -102,6 +102,11 @@ pub struct RawSalesforce {
     /// `baseline` (default) or `process_existing`.
     #[serde(default)]
     pub first_start: Option<String>,
+    /// Whether a row here is a person's record (default `true`). `false` for a log such as
+    /// the reports a bot adds: rules still run on it, but a conversation never takes one of
+    /// its rows as the person's record (answers are not saved to it).
+    #[serde(default)]
+    pub person_records: Option<bool>,
     /// Fields recado writes to (they must exist on the object and be writable).
     #[serde(default)]
     pub write_back: Option<RawWriteBack>,
@@ -382,6 +387,7 @@ pub fn validate(
             poll_interval: s.poll_interval,
             flush_interval: s.flush_interval,
             first_start: s.first_start,
+            person_records: s.person_records,
             write_back: s.write_back,
             call_timeout: s.call_timeout,
         },

@@ -47,6 +47,8 @@ use crate::sources::{
 
 /// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
 const IDS_PER_QUERY: usize = 200;
+/// Changed related records looked at by one check; more, and the source is read in full.
+const RELATED_CHANGES_MAX: usize = 2_000;
 /// Above this many new records, the `where` check reads the whole window's ids instead.
 const IDS_BY_LIST_MAX: usize = 400;
 
@@ -463,8 +465,22 @@ impl RecordReader {
         }
         let mut ids: Vec<String> = Vec::new();
         for (object, by_id) in &pointing {
-            let soql = format!("SELECT Id FROM {object} WHERE SystemModstamp >= {since}");
-            let (changed, _, _) = self.client.query(&soql, &format!("asking {object} what changed")).await?;
+            // One page at most: more changes than that, and a full read is cheaper.
+            let soql = format!("SELECT Id FROM {object} WHERE SystemModstamp >= {since} LIMIT {RELATED_CHANGES_MAX}");
+            let changed = match self.client.query(&soql, &format!("asking {object} what changed")).await {
+                Ok((changed, _, _)) => changed,
+                Err(
+                    e @ (SourceError::RateLimited { .. } | SourceError::Transient(_) | SourceError::Timeout { .. }),
+                ) => return Err(e),
+                Err(e) => {
+                    // Not readable by the integration user: the periodic full read covers it.
+                    warn!(source = %self.cfg.settings.id, %object, "cannot ask the related object what changed: {e}");
+                    continue;
+                }
+            };
+            if changed.len() >= RELATED_CHANGES_MAX {
+                return Ok(None);
+            }
             for c in changed {
                 if let Some(own) = c["Id"].as_str().and_then(|id| by_id.get(id)) {
                     ids.extend(own.iter().cloned());
@@ -805,9 +821,11 @@ fn related_records(
             let related: Vec<Related> = paths
                 .iter()
                 .filter_map(|path| {
-                    let attributes = &lookup(r, path)["attributes"];
-                    let object = attributes["type"].as_str()?;
-                    let id = attributes["url"].as_str()?.rsplit('/').next().filter(|id| !id.is_empty())?;
+                    // The object from the URL: a polymorphic relationship (`Owner`, `What`)
+                    // says `"type": "Name"`, which cannot be queried.
+                    let mut url = lookup(r, path)["attributes"]["url"].as_str()?.rsplit('/');
+                    let id = url.next().filter(|id| !id.is_empty())?;
+                    let object = url.next().filter(|o| !o.is_empty())?;
                     Some(Related { path: path.to_lowercase(), object: object.to_string(), id: id.to_string() })
                 })
                 .collect();

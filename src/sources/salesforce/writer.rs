@@ -487,7 +487,12 @@ impl RecordWriter {
                         // written afresh next time. A creation: a record it points to (the
                         // appointment, the Contact) is gone, and it never can be: dropped.
                         let known = self.log_ids.lock().unwrap_or_else(PoisonError::into_inner).remove(&key).is_some();
-                        if !known {
+                        if !known && code != "ENTITY_IS_DELETED" {
+                            // A reference Salesforce does not accept (no sharing access, a
+                            // stale id): said once, not silently lost.
+                            let reason = format!("Salesforce refused the log entry: {code}");
+                            report.rejected.extend(indices.iter().map(|i| (*i, reason.clone())));
+                        } else if !known {
                             warn!(source = %self.cfg.settings.id, code, "a log entry points at a record that is gone: dropped");
                             report.dropped.extend(indices);
                         }
