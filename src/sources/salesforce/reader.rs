@@ -47,6 +47,8 @@ use crate::sources::{
 
 /// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
 const IDS_PER_QUERY: usize = 200;
+/// The part of `max_api_share` at which the log says usage is approaching it.
+const APPROACHING: f64 = 0.8;
 /// Changed related records looked at by one check; more, and the source is read in full.
 const RELATED_CHANGES_MAX: usize = 2_000;
 /// Above this many new records, the `where` check reads the whole window's ids instead.
@@ -190,6 +192,8 @@ struct ReaderState {
     /// Polls are spaced out until then (API usage above the configured share).
     slowed_until: Option<Instant>,
     slowed: bool,
+    /// Usage is past [`APPROACHING`] of the share (said once in the log).
+    approaching: bool,
 }
 
 /// The read side of one configured object.
@@ -649,6 +653,12 @@ impl RecordReader {
             s.slowed = false;
             s.slowed_until = None;
             info!(source = %self.cfg.settings.id, ours = usage.ours, org_used = usage.used, allocation = usage.max, "Salesforce API usage back under the share: polling as configured");
+        } else if usage.above(self.cfg.max_api_share * APPROACHING) != s.approaching {
+            // Said once on the way up (and once on the way down), before polls slow down.
+            s.approaching = !s.approaching;
+            if s.approaching {
+                warn!(source = %self.cfg.settings.id, ours = usage.ours, allocation = usage.max, share = self.cfg.max_api_share, "recado's Salesforce API usage is approaching its share of the daily allocation: polls will slow down when it is reached");
+            }
         }
     }
 }
