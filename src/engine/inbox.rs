@@ -555,6 +555,7 @@ impl InboxProcessor {
                 origin: if conversing { None } else { recent },
                 answers_quoted: quoted_reply,
                 stored: stored.clone(),
+                context_id: context_message_id,
             };
             writes.extend(self.converse(tx, &talk, now, effects).await?);
         }
@@ -719,7 +720,7 @@ impl InboxProcessor {
             InboundKind::Other { .. } => String::new(),
             other => other.text(),
         };
-        let input = crate::flows::Input {
+        let mut input = crate::flows::Input {
             text,
             choice_id: match talk.kind {
                 InboundKind::Interactive { id, .. } => Some(id.clone()),
@@ -728,6 +729,15 @@ impl InboxProcessor {
             },
         };
         let live = if talk.answers_quoted { None } else { talk.stored.clone().filter(|c| self.is_live(c, now)) };
+        if let (Some(tapped), InboundKind::Interactive { .. }, true) = (talk.context_id, talk.kind, live.is_some()) {
+            // A button of an earlier question (still on the person's screen) answers that
+            // question, not the one waiting: it is not taken as an answer, and the waiting
+            // question is asked again.
+            if store::latest_choice_to(tx, talk.phone).await?.is_some_and(|latest| latest != tapped) {
+                debug!(from = %who, "a tap on an earlier question's button: asking the current one again");
+                input = crate::flows::Input { text: String::new(), choice_id: None };
+            }
+        }
         let fresh = live.is_none();
         let language = match &contact.language {
             Some(l) => l.clone(),
@@ -1063,6 +1073,8 @@ struct Talk<'a> {
     answers_quoted: bool,
     /// The contact's conversation row as this message found it.
     stored: Option<store::StoredConversation>,
+    /// The provider's id of the message this one quotes or whose button it taps.
+    context_id: Option<&'a str>,
 }
 
 /// Where a contact stands with the privacy notice.

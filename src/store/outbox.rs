@@ -281,6 +281,21 @@ pub async fn latest_sent_to(conn: &mut SqliteConnection, phone: &str) -> StoreRe
     row.as_ref().map(message_from_row).transpose()
 }
 
+/// The provider's id of the last question with options a conversation sent to a phone (its
+/// buttons are the ones a tap should come from).
+pub async fn latest_choice_to(conn: &mut SqliteConnection, phone: &str) -> StoreResult<Option<String>> {
+    let id: Option<String> = sqlx::query_scalar(
+        "SELECT provider_message_id FROM messages
+         WHERE phone = $1 AND rule_id LIKE 'flow:%' AND json_extract(content, '$.type') = 'choice'
+           AND provider_message_id IS NOT NULL
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(phone)
+    .fetch_optional(conn)
+    .await?;
+    Ok(id)
+}
+
 /// True when no newer message exists for the same record (its status owns the record's fields).
 pub async fn is_latest_for_record(conn: &mut SqliteConnection, m: &OutboxMessage) -> StoreResult<bool> {
     let newer: i64 =

@@ -645,3 +645,48 @@ flows:
     })
     .await;
 }
+
+/// A button of an earlier question, still on the person's screen, does not answer the question
+/// the conversation waits on: that one is asked again, and nothing is saved for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_on_an_earlier_questions_button_does_not_answer_the_current_one() {
+    let mut h = Harness::new(vec![row(392, "Ana", "Sí", "Activo")]).await;
+    h.extra_top = r#"
+inbound:
+  entry_flow: encuesta
+flows:
+  - id: encuesta
+    steps:
+      - id: trabaja
+        ask: { text: "¿Estás trabajando?", type: yes_no, yes: { title: "Sí" }, no: { title: "No" }, save: Trabaja, retry: "Responde con los botones." }
+      - id: estudia
+        ask: { text: "¿Estás estudiando?", type: yes_no, yes: { title: "Sí" }, no: { title: "No" }, save: Estudia, retry: "Responde con los botones." }
+      - id: fin
+        say: "Gracias."
+"#
+    .into();
+    h.user(392, false, None);
+    h.start().await;
+    let meta = h.sandbox.meta();
+    let sent = || h.meta_sent_to(392);
+    h.says(392, "hola", None);
+    wait_for("the first question", Duration::from_secs(20), || async { sent().len() == 1 }).await;
+    let first = sent()[0].clone();
+    let options = recado::sandbox::meta::interactive_options(&first);
+    let (yes_id, yes_title) = options.iter().find(|(_, t)| t == "Sí").cloned().expect("a Sí button");
+    meta.user_picks(&wa_id(392), &yes_id, &yes_title, false, Some(&first.wamid));
+    wait_for("the second question", Duration::from_secs(20), || async { sent().len() == 2 }).await;
+    h.wait_cell("392", "Trabaja", "Sí").await;
+    // The first question's "Sí" again, tapped on the first message.
+    meta.user_picks(&wa_id(392), &yes_id, &yes_title, false, Some(&first.wamid));
+    wait_for("the second question asked again", Duration::from_secs(20), || async { sent().len() == 3 }).await;
+    let again = recado::sandbox::meta::shown_text(&sent()[2]);
+    assert!(again.contains("¿Estás estudiando?"), "the waiting question again: {again}");
+    h.quiesce().await;
+    assert_eq!(h.cell("392", "Estudia"), "", "the old tap answered nothing");
+    // A tap on the second question's own button answers it.
+    let second = sent()[2].clone();
+    let no = recado::sandbox::meta::interactive_options(&second).into_iter().find(|(_, t)| t == "No").expect("No");
+    meta.user_picks(&wa_id(392), &no.0, &no.1, false, Some(&second.wamid));
+    h.wait_cell("392", "Estudia", "No").await;
+}

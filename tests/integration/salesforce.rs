@@ -530,6 +530,15 @@ const TASK_LOG: &str = r#"    interaction_log:
         direction: WhatsApp_Direccion__c
 "#;
 
+/// The Task fields [`TASK_LOG`] maps, created on Activity.
+fn add_task_fields(h: &Harness) {
+    for (name, length) in
+        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
+    {
+        h.sandbox.salesforce().add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
+    }
+}
+
 fn tasks(h: &Harness) -> Vec<Map<String, Value>> {
     h.sandbox.salesforce().records("Task")
 }
@@ -537,11 +546,7 @@ fn tasks(h: &Harness) -> Vec<Map<String, Value>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_and_reply_is_a_task_on_the_contact_and_the_appointment_once_across_a_restart() {
     let mut h = org(TASK_LOG, "").await;
-    let sf = h.sandbox.salesforce();
-    sf.add_field("Task", FieldDef::new("Recado_Id__c", FieldKind::String).with_length(255));
-    sf.add_field("Task", FieldDef::new("WhatsApp_Estado__c", FieldKind::String).with_length(40));
-    sf.add_field("Task", FieldDef::new("WhatsApp_Id__c", FieldKind::String).with_length(100));
-    sf.add_field("Task", FieldDef::new("WhatsApp_Direccion__c", FieldKind::String).with_length(20));
+    add_task_fields(&h);
     h.user(12, true, None);
     start(&mut h).await;
     let m = mother(&h, 12);
@@ -859,11 +864,7 @@ async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_new_tasks_are_looked_up_under_the_uri_limit_and_created_once() {
     let mut h = org(TASK_LOG, "").await;
-    for (name, length) in
-        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
-    {
-        h.sandbox.salesforce().add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
-    }
+    add_task_fields(&h);
     let m = mother(&h, 21);
     let ids = many_citas(&h, &m, 200);
     start(&mut h).await;
@@ -1033,11 +1034,7 @@ async fn a_field_only_a_template_names_is_read_without_being_listed() {
 async fn tasks_refused_on_an_object_without_activities_never_hold_back_the_statuses() {
     let mut h = org(TASK_LOG, "").await;
     let sf = h.sandbox.salesforce();
-    for (name, length) in
-        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
-    {
-        sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
-    }
+    add_task_fields(&h);
     assert!(sf.set_activities("Cita__c", false));
     h.user(25, true, None);
     start(&mut h).await;
@@ -1054,12 +1051,7 @@ async fn tasks_refused_on_an_object_without_activities_never_hold_back_the_statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_entry_for_a_deleted_appointment_is_dropped_not_retried_for_ever() {
     let mut h = org(TASK_LOG, "").await;
-    let sf = h.sandbox.salesforce();
-    for (name, length) in
-        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
-    {
-        sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
-    }
+    add_task_fields(&h);
     h.user(26, false, None);
     start(&mut h).await;
     let sf = h.sandbox.salesforce();
@@ -1112,12 +1104,7 @@ async fn date_times_are_read_in_the_zone_rules_use_when_the_org_is_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_created_whose_answer_is_lost_is_found_and_not_created_again() {
     let mut h = org(TASK_LOG, "").await;
-    let sf = h.sandbox.salesforce();
-    for (name, length) in
-        [("Recado_Id__c", 255), ("WhatsApp_Estado__c", 40), ("WhatsApp_Id__c", 100), ("WhatsApp_Direccion__c", 20)]
-    {
-        sf.add_field("Task", FieldDef::new(name, FieldKind::String).with_length(length));
-    }
+    add_task_fields(&h);
     h.user(28, true, None);
     start(&mut h).await;
     let sf = h.sandbox.salesforce();
