@@ -1012,7 +1012,8 @@ impl InboxProcessor {
     }
 
     /// What a flow's texts and saved values may use: the contact's record's fields,
-    /// `contact.phone`, and `now` (local time of the record's source, else of the first source).
+    /// `contact.phone`, and `now` (local time in `defaults.time_zone`, else in the zone of the
+    /// record's source, else of the first source).
     async fn turn_context(
         &self,
         tx: &mut Tx,
@@ -1022,12 +1023,14 @@ impl InboxProcessor {
     ) -> Result<crate::flows::TurnContext, StoreError> {
         let mut context = crate::flows::TurnContext::default();
         context.record.insert("contact".into(), serde_json::json!({ "phone": phone }));
-        let zone_of = match record {
-            Some((source, _)) => Some(source.as_str()),
-            None => self.ctx.config.sources.first().map(|s| s.settings().id.as_str()),
-        };
-        if let Some(source) = zone_of {
-            context.record.insert("now".into(), serde_json::Value::String(self.ctx.format_time(source, now)));
+        // The programme's zone when configured; else the record's source's, else the first
+        // source's (a report's time in the tab of a municipality is its local time).
+        let zone = self.ctx.config.defaults.time_zone.or_else(|| {
+            let source = record.map(|(s, _)| s.as_str()).or(self.ctx.config.sources.first().map(|s| s.id()))?;
+            Some(self.ctx.source_tz(source))
+        });
+        if let Some(t) = zone.and_then(|z| chrono::TimeZone::timestamp_millis_opt(&z, now).single()) {
+            context.record.insert("now".into(), serde_json::Value::String(t.format("%Y-%m-%d %H:%M:%S").to_string()));
         }
         if let Some((source, key)) = record {
             if let Some(row) = store::snapshot_row_of(tx, source, &key.0).await? {
