@@ -326,6 +326,7 @@ fn simulate(sandbox: &Sandbox, p: &Person) {
         read_after_ms: u.read_after_ms,
         reply: u.reply.clone(),
         reply_after_ms: u.reply_after_ms,
+        script: u.script.clone(),
     });
     sandbox.meta().add_user(u);
 }

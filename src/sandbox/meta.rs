@@ -124,6 +124,8 @@ pub struct SimUser {
     pub script: Vec<ScriptLine>,
 }
 
+pub use super::ScriptLine;
+
 /// A message a simulated person sent to the business.
 #[derive(Debug, Clone, Serialize)]
 pub struct UserMessage {
@@ -131,21 +133,6 @@ pub struct UserMessage {
     /// The text, or the title of the button or row tapped.
     pub text: String,
     pub at_ms: i64,
-}
-
-/// One thing a scripted person does.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScriptLine {
-    /// Writes this text.
-    pub say: Option<String>,
-    /// Taps the reply button or list row with this title (or a template's quick-reply button)
-    /// of the message just received.
-    pub tap: Option<String>,
-    /// Acts only on a message containing this text; earlier messages are read and let pass.
-    pub after: Option<String>,
-    /// Thinks this long before acting.
-    pub delay_ms: u64,
 }
 
 impl Default for SimUser {

@@ -21,12 +21,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 pub use google::{GoogleFault, GoogleState};
-pub use meta::{MetaFault, MetaSettings, MetaState, ScriptLine, SimUser, TemplateDef, UserMessage};
+pub use meta::{MetaFault, MetaSettings, MetaState, SimUser, TemplateDef, UserMessage};
 pub use salesforce::{RecordFault, SalesforceState, SfAction, SfFault, SfKind};
 pub use twilio::{ContentDef, TwilioFault, TwilioSettings, TwilioState, TwilioUser};
 
@@ -37,6 +37,22 @@ pub struct SignedRequest {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+}
+
+/// One thing a scripted person does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScriptLine {
+    /// Writes this text.
+    pub say: Option<String>,
+    /// Taps the reply button or list row with this title (or a template's quick-reply button)
+    /// of the message just received; on Twilio, where options come as numbered text, types
+    /// the option's number.
+    pub tap: Option<String>,
+    /// Acts only on a message containing this text; earlier messages are read and let pass.
+    pub after: Option<String>,
+    /// Thinks this long before acting.
+    pub delay_ms: u64,
 }
 
 /// Takes one use of the first fault in `faults` that `applies`: a fault injected with a count

@@ -145,6 +145,9 @@ pub struct TwilioUser {
     /// Replies this text to the first message it reads.
     pub reply: Option<String>,
     pub reply_after_ms: u64,
+    /// What the person does, in order: the first line when [`TwilioState::start_script`] is
+    /// called, each next one after a message from the sender arrives (and is read).
+    pub script: Vec<super::ScriptLine>,
 }
 
 impl Default for TwilioUser {
@@ -157,6 +160,7 @@ impl Default for TwilioUser {
             read_after_ms: 300,
             reply: None,
             reply_after_ms: 600,
+            script: Vec::new(),
         }
     }
 }
@@ -275,6 +279,8 @@ struct Inner {
     next_slot: Instant,
     faults: VecDeque<TwilioFault>,
     replied: HashSet<String>,
+    /// The next script line of each scripted user.
+    script_pos: HashMap<String, usize>,
     refused_concurrency: u64,
     deliveries: u64,
     delivery_failures: u64,
@@ -292,6 +298,7 @@ impl TwilioState {
                 next_slot: Instant::now(),
                 faults: VecDeque::new(),
                 replied: HashSet::new(),
+                script_pos: HashMap::new(),
                 refused_concurrency: 0,
                 deliveries: 0,
                 delivery_failures: 0,
@@ -372,6 +379,60 @@ impl TwilioState {
     /// is the SID of the message they reply to, if they quote one.
     pub fn user_says(self: &Arc<Self>, number: &str, text: &str, replying_to: Option<&str>) -> String {
         self.user_sends(number, vec![("Body", text.to_string()), ("MessageType", "text".into())], replying_to)
+    }
+
+    /// A scripted person does the first line of their script.
+    pub fn start_script(self: &Arc<Self>, number: &str) {
+        self.lock().script_pos.insert(number.to_string(), 0);
+        self.script_step(number, None);
+    }
+
+    /// Whether every scripted user has done every line.
+    pub fn scripts_done(&self) -> bool {
+        let g = self.lock();
+        g.users
+            .values()
+            .filter(|u| !u.script.is_empty())
+            .all(|u| g.script_pos.get(&u.number).is_some_and(|p| *p >= u.script.len()))
+    }
+
+    /// Runs the user's next script line in answer to `received` (`None`: the start). A tap on
+    /// numbered options types the option's number, as people do on Twilio; on a template, it
+    /// taps its quick-reply button.
+    fn script_step(self: &Arc<Self>, number: &str, received: Option<&TwilioMessage>) {
+        let (line, pos) = {
+            let g = self.lock();
+            let Some(user) = g.users.get(number) else { return };
+            let Some(pos) = g.script_pos.get(number).copied() else { return };
+            let Some(line) = user.script.get(pos).cloned() else { return };
+            (line, pos)
+        };
+        let text = received.map(|m| m.body.clone()).unwrap_or_default();
+        if line.after.as_deref().is_some_and(|a| received.is_none() || !text.contains(a)) {
+            return;
+        }
+        self.lock().script_pos.insert(number.to_string(), pos + 1);
+        let this = Arc::clone(self);
+        let number = number.to_string();
+        let received = received.cloned();
+        let pending = Open::new(&this.in_flight);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(line.delay_ms)).await;
+            if let Some(say) = &line.say {
+                this.user_says(&number, say, None);
+            } else if let (Some(title), Some(m)) = (&line.tap, &received) {
+                match numbered_option(&m.body, title) {
+                    Some(n) => {
+                        this.user_says(&number, &n.to_string(), None);
+                    }
+                    None if m.template.is_some() => {
+                        this.user_taps(&number, title, title, &m.sid);
+                    }
+                    None => tracing::warn!(title, "sandbox: a scripted user found no such option to pick"),
+                }
+            }
+            drop(pending);
+        });
     }
 
     /// A simulated person taps a quick-reply button of a template.
@@ -605,6 +666,17 @@ impl TwilioState {
                 send(self, "read", None, read_at);
             }
         }
+        if !user.script.is_empty() {
+            let this = Arc::clone(self);
+            let m = m.clone();
+            let number = number.clone();
+            let pending = Open::new(&this.in_flight);
+            tokio::spawn(async move {
+                tokio::time::sleep(read_at).await;
+                this.script_step(&number, Some(&m));
+                drop(pending);
+            });
+        }
         if let Some(text) = user.reply {
             if self.lock().replied.insert(number.clone()) {
                 let this = Arc::clone(self);
@@ -619,6 +691,14 @@ impl TwilioState {
             }
         }
     }
+}
+
+/// The number of the option titled `title` in a text of numbered options (`2. Reportar`).
+pub fn numbered_option(body: &str, title: &str) -> Option<usize> {
+    body.lines().find_map(|l| {
+        let (n, rest) = l.trim().split_once(". ")?;
+        (rest.trim() == title).then(|| n.parse().ok()).flatten()
+    })
 }
 
 /// How long Twilio keeps a message in a sender's queue.
@@ -973,6 +1053,13 @@ pub async fn fetch_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_options_are_found_by_title() {
+        let body = "¿En qué te podemos ayudar?\n\n1. Horarios\n2. Reportar un problema";
+        assert_eq!(numbered_option(body, "Reportar un problema"), Some(2));
+        assert_eq!(numbered_option(body, "Trámites"), None);
+    }
 
     #[test]
     fn faults_with_typos_are_refused() {

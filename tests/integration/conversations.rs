@@ -690,3 +690,55 @@ flows:
     meta.user_picks(&wa_id(392), &no.0, &no.1, false, Some(&second.wamid));
     h.wait_cell("392", "Estudia", "No").await;
 }
+
+/// A scripted person on Twilio writes, waits for the bot, and picks an option by its number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_person_on_twilio_follows_the_menu_by_numbers() {
+    use recado::sandbox::ScriptLine;
+    let mut h = Harness::on(Vendor::Twilio, Vec::new()).await;
+    h.extra_top = r#"
+inbound:
+  entry_flow: menu
+flows:
+  - id: menu
+    steps:
+      - id: opcion
+        ask:
+          text: "¿En qué te podemos ayudar?"
+          choices:
+            - { id: horarios, title: "Horarios", goto: horarios }
+            - { id: tramites, title: "Trámites", goto: tramites }
+      - id: horarios
+        say: "Atendemos de 8:30 a 14:00."
+        end: true
+      - id: tramites
+        say: "Los trámites se hacen en línea."
+        end: true
+"#
+    .into();
+    let line = |say: Option<&str>, tap: Option<&str>, after: Option<&str>| ScriptLine {
+        say: say.map(String::from),
+        tap: tap.map(String::from),
+        after: after.map(String::from),
+        delay_ms: 10,
+    };
+    h.sandbox.twilio().add_user(recado::sandbox::twilio::TwilioUser {
+        number: e164(393),
+        name: "Vecina".into(),
+        read_after_ms: 20,
+        script: vec![line(Some("hola"), None, None), line(None, Some("Trámites"), Some("¿En qué te podemos ayudar?"))],
+        ..Default::default()
+    });
+    h.start().await;
+    let twilio = h.sandbox.twilio();
+    twilio.start_script(&e164(393));
+    wait_for("the script to be done", Duration::from_secs(20), || async { twilio.scripts_done() }).await;
+    wait_for("the answer to the second option", Duration::from_secs(20), || async {
+        twilio.sent().iter().any(|m| m.body == "Los trámites se hacen en línea.")
+    })
+    .await;
+    assert!(
+        !twilio.sent().iter().any(|m| m.body.starts_with("Atendemos")),
+        "the second option, typed as 2, not the first"
+    );
+}
