@@ -324,6 +324,14 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The language a message's record gives in `inbound.language_field`, if any.
+    async fn record_language(&self, m: &OutboxMessage) -> Result<Option<String>, StoreError> {
+        let Some(field) = &self.ctx.config.inbound.language_field else { return Ok(None) };
+        let mut conn = self.ctx.store.conn().await?;
+        let row = store::snapshot_row_of(&mut conn, &m.source_id, &m.record_key.0).await?;
+        Ok(row.and_then(|r| r.fields.get(field).map(|v| v.trim().to_lowercase())).filter(|v| !v.is_empty()))
+    }
+
     /// Policy checks for a chunk, one `sending` commit for the chunk, then each send as its
     /// turn in the throughput budget comes.
     async fn dispatch_chunk(
@@ -347,17 +355,21 @@ impl Dispatcher {
                 self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
                 continue;
             }
-            // A template approved in the language the contact chose goes in that language.
-            if let (MessageContent::Template(t), Some(language)) =
-                (&mut m.content, contact.and_then(|c| c.language.as_deref()))
-            {
-                let approved =
-                    self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).is_some_and(|r| match &r.send {
-                        crate::config::SendSpec::Template(spec) => spec.languages.iter().any(|l| l == language),
-                        crate::config::SendSpec::Text { .. } => false,
-                    });
-                if approved && t.language != language {
-                    t.language = language.to_string();
+            // A template approved in the contact's language (chosen in a conversation, else
+            // the record's `inbound.language_field`) goes in that language.
+            let approved: &[String] = match self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).map(|r| &r.send) {
+                Some(crate::config::SendSpec::Template(spec)) => &spec.languages,
+                _ => &[],
+            };
+            if let (MessageContent::Template(_), false) = (&m.content, approved.is_empty()) {
+                let language = match contact.and_then(|c| c.language.clone()) {
+                    Some(l) => Some(l),
+                    None => self.record_language(&m).await?,
+                };
+                if let (MessageContent::Template(t), Some(language)) = (&mut m.content, language) {
+                    if approved.contains(&language) {
+                        t.language = language;
+                    }
                 }
             }
             let mut switched = None;

@@ -519,17 +519,25 @@ flows:
     assert_eq!(rows[2][2], "Plaza de Armas");
 }
 
-/// A contact who chose English in the chat gets a rule's template in English when the
-/// template is approved in it, and the default language otherwise.
+/// A contact who chose English in the chat, or whose record says English, gets a rule's
+/// template in English when the template is approved in it; others get the rule's language.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rules_template_goes_in_the_language_the_contact_chose() {
-    let mut h = Harness::new(vec![row(380, "Ana", "Sí", "Activo"), row(381, "Beto", "Sí", "Activo")]).await;
+    use crate::harness::{SHEET, TAB};
+    let mut h = Harness::new(Vec::new()).await;
+    let mut all = vec![header(), row(380, "Ana", "Sí", "Activo"), row(381, "Beto", "Sí", "Activo")];
+    all.push(row(382, "Carla", "Sí", "Activo"));
+    for (r, language) in all.iter_mut().zip(["Idioma", "", "", "en"]) {
+        r.push(json!(language));
+    }
+    h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
     h.sandbox.meta().add_template(recado::sandbox::TemplateDef::new("encuesta_seguimiento", "en", 1, true));
     h.extra_top = r#"
 inbound:
   entry_flow: inicio
   default_language: es
   languages: [en]
+  language_field: Idioma
 flows:
   - id: inicio
     steps:
@@ -557,27 +565,30 @@ flows:
       button_url_suffix: "viewform?entry.1={{ ID | urlencode }}"
 "#
     .into();
-    h.user(380, false, None);
-    h.user(381, false, None);
+    for n in 380..=382 {
+        h.user(n, false, None);
+    }
     h.start().await;
     h.says(380, "hola", None);
     wait_for("the language question", Duration::from_secs(20), || async { h.meta_sent_to(380).len() == 1 }).await;
     h.says(380, "English", None);
     wait_for("the answer in English", Duration::from_secs(20), || async { h.meta_sent_to(380).len() == 2 }).await;
-    h.edit("380", "Estado", json!("Graduado"));
-    h.edit("381", "Estado", json!("Graduado"));
+    for n in ["380", "381", "382"] {
+        h.edit(n, "Estado", json!("Graduado"));
+    }
     let template_language = |n: u32| {
         h.meta_sent_to(n)
             .iter()
             .find(|m| m.body["template"]["name"] == "encuesta_seguimiento")
             .map(|m| m.body["template"]["language"]["code"].as_str().unwrap_or_default().to_string())
     };
-    wait_for("both surveys", Duration::from_secs(20), || async {
-        template_language(380).is_some() && template_language(381).is_some()
+    wait_for("the three surveys", Duration::from_secs(20), || async {
+        (380..=382).all(|n| template_language(n).is_some())
     })
     .await;
     assert_eq!(template_language(380).as_deref(), Some("en"), "Ana chose English");
     assert_eq!(template_language(381).as_deref(), Some("es"), "Beto chose nothing: the rule's language");
+    assert_eq!(template_language(382).as_deref(), Some("en"), "Carla's record says English");
 }
 
 /// Someone known only in a second source (another tab) is recognised by their number: the bot
