@@ -12,7 +12,8 @@
 //!   with the tab quoted only when Google quotes it.
 //! * Every tab has a grid (1000 × 26 by default). `values.update` / `values.batchUpdate` never
 //!   grow it: a write outside is `400 … exceeds grid limits` and the whole batch is refused;
-//!   `values.append` grows rows; `spreadsheets.batchUpdate` (`appendDimension`,
+//!   `values.append` grows rows; `spreadsheets.batchUpdate` (`appendCells` after the last row
+//!   with data, `appendDimension`,
 //!   `insertDimension`, `deleteDimension`, `updateSheetProperties`,
 //!   `updateSpreadsheetProperties`) is validated whole before anything is applied.
 //! * Size limits: 50,000 characters in a cell, a configurable request payload limit (400, not
@@ -2647,7 +2648,6 @@ const UNEMULATED_REQUESTS: &[&str] = &[
     "duplicateSheet",
     "updateCells",
     "repeatCell",
-    "appendCells",
     "sortRange",
     "setDataValidation",
     "mergeCells",
@@ -2716,6 +2716,49 @@ fn dimension_range(t: &Tab, r: &Value, inserting: bool) -> Result<(bool, usize, 
 
 fn one_request(s: &mut Spreadsheet, kind: &str, r: &Value) -> Result<(), String> {
     match kind {
+        "appendCells" => {
+            // After the last row with data (not after a "table" as values.append finds it),
+            // from column A, inserting rows when the grid is full.
+            if r["fields"].as_str().is_none_or(|f| f.trim().is_empty()) {
+                return Err("At least one field must be specified.".into()); // [U]
+            }
+            let id = r["sheetId"].as_i64().unwrap_or(0);
+            let ti = s.tabs.iter().position(|t| t.sheet_id == id).ok_or_else(|| format!("No grid with id: {id}"))?;
+            let rows: Vec<Vec<Value>> = r["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|row| {
+                    row["values"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|cell| {
+                            let v = &cell["userEnteredValue"];
+                            ["stringValue", "numberValue", "boolValue"]
+                                .iter()
+                                .find_map(|k| v.get(*k).cloned())
+                                .unwrap_or(Value::Null)
+                        })
+                        .collect()
+                })
+                .collect();
+            let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+            let t = &mut s.tabs[ti];
+            if width > t.column_count {
+                return Err(format!(
+                    "Range ({}!{}) exceeds grid limits. Max rows: {}, max columns: {}",
+                    t.title,
+                    a1_text(&t.title, 0, 0, width - 1, 0).rsplit('!').next().unwrap_or_default(),
+                    t.row_count,
+                    t.column_count
+                ));
+            }
+            let last = t.used_rows();
+            t.row_count = t.row_count.max(last + rows.len());
+            let plan = WritePlan { tab: ti, r0: last, c0: 0, values: rows };
+            apply_write(s, &plan, ValueInput::Raw);
+        }
         "appendDimension" => {
             let rows = dimension(&r["dimension"])?;
             let length = r["length"].as_i64().unwrap_or(0);
@@ -2888,6 +2931,7 @@ fn batch_update_spreadsheet(s: &Spreadsheet, body: &Value) -> Result<(Spreadshee
         let known = matches!(
             kind.as_str(),
             "appendDimension"
+                | "appendCells"
                 | "insertDimension"
                 | "deleteDimension"
                 | "updateSheetProperties"

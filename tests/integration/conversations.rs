@@ -415,7 +415,13 @@ flows:
 async fn a_report_taken_in_the_chat_becomes_one_new_row_of_another_tab_even_when_the_answer_is_lost() {
     use crate::harness::{SHEET, TAB};
     let mut h = Harness::new(Vec::new()).await;
-    let incidencias = vec![vec![json!("ID"), json!("Problema"), json!("Lugar"), json!("Teléfono"), json!("Fecha")]];
+    // Two handled reports, the first one's cells cleared by staff: new reports go after the
+    // last row with data, not into the blank row.
+    let incidencias = vec![
+        vec![json!("ID"), json!("Problema"), json!("Lugar"), json!("Teléfono"), json!("Fecha")],
+        vec![],
+        vec![json!("R-handled"), json!("Basura"), json!("Calle 1"), json!(""), json!("")],
+    ];
     h.sandbox.google().seed(
         SHEET,
         "America/Santiago",
@@ -484,11 +490,12 @@ flows:
     h.says(301, "Av. Matta 1234", None);
     wait_for("the thanks", Duration::from_secs(20), || bot_messages(3)).await;
     let rows = || h.sandbox.google().rows(SHEET, "Incidencias");
-    wait_for("the report's row", Duration::from_secs(20), || async { rows().len() == 2 }).await;
+    wait_for("the report's row", Duration::from_secs(20), || async { rows().len() == 4 }).await;
     h.quiesce().await;
     let rows = rows();
-    assert_eq!(rows.len(), 2, "one row, not two, after the lost answer: {rows:?}");
-    let row: Vec<String> = rows[1].iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(rows.len(), 4, "one row, not two, after the lost answer: {rows:?}");
+    assert!(rows[1].iter().all(|v| v.as_str().is_none_or(str::is_empty)), "the blank row stays blank: {rows:?}");
+    let row: Vec<String> = rows[3].iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect();
     assert!(row[0].starts_with("R-") && row[0].len() == 12, "recado's key: {row:?}");
     assert_eq!(&row[1..4], ["Un bache grande", "Av. Matta 1234", crate::harness::e164(301).as_str()]);
     assert!(row[4].starts_with("20"), "the local time: {row:?}");
@@ -509,14 +516,14 @@ flows:
     wait_for("the second question again", Duration::from_secs(20), || bot_messages(5)).await;
     h.says(301, "Plaza de Armas", None);
     wait_for("the second report's row", Duration::from_secs(20), || async {
-        h.sandbox.google().rows(SHEET, "Incidencias").len() == 3
+        h.sandbox.google().rows(SHEET, "Incidencias").len() == 5
     })
     .await;
     h.quiesce().await;
     let rows = h.sandbox.google().rows(SHEET, "Incidencias");
-    assert_eq!(rows[1][1], "Un bache grande", "the first report is untouched: {rows:?}");
-    assert_eq!(rows[2][1], "Luminaria apagada");
-    assert_eq!(rows[2][2], "Plaza de Armas");
+    assert_eq!(rows[3][1], "Un bache grande", "the first report is untouched: {rows:?}");
+    assert_eq!(rows[4][1], "Luminaria apagada");
+    assert_eq!(rows[4][2], "Plaza de Armas");
 }
 
 /// A contact who chose English in the chat, or whose record says English, gets a rule's

@@ -341,17 +341,28 @@ impl SheetsClient {
         }
     }
 
-    /// Appends rows after the last row of a tab's table (`values.append`, rows inserted, RAW
-    /// so a resident's text is never a formula).
-    pub async fn append_rows(&self, title: &str, rows: &[Vec<String>]) -> Result<(), SourceError> {
-        let range = format!("'{}'!A1", title.replace('\'', "''"));
-        let url = self.sheets_url(&format!("/values/{}:append", encode(&range)));
-        let body = json!({ "values": rows });
-        let query = [("valueInputOption", "RAW"), ("insertDataOption", "INSERT_ROWS")];
-        self.call("values.append", Paid::Now, |token| self.http.post(&url).query(&query).json(&body).bearer_auth(token))
-            .await
-            .map(|_| ())
-            .map_err(|(_, _, e)| e)
+    /// Appends rows after the last row with data of a tab, from column A (`spreadsheets.
+    /// batchUpdate` + `appendCells`: unlike `values.append`, a blank row inside the data does not
+    /// decide where they go), as strings, so a resident's text is never a formula.
+    pub async fn append_rows(&self, sheet_id: i64, rows: &[Vec<String>]) -> Result<(), SourceError> {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                let values: Vec<Value> = row
+                    .iter()
+                    .map(|v| if v.is_empty() { json!({}) } else { json!({ "userEnteredValue": { "stringValue": v } }) })
+                    .collect();
+                json!({ "values": values })
+            })
+            .collect();
+        let body = json!({ "requests": [ { "appendCells": { "sheetId": sheet_id, "rows": rows, "fields": "userEnteredValue" } } ] });
+        let url = format!("{}v4/spreadsheets/{}:batchUpdate", self.sheets_base, encode(&self.spreadsheet_id));
+        self.call("spreadsheets.batchUpdate (appendCells)", Paid::Now, |token| {
+            self.http.post(&url).json(&body).bearer_auth(token)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|(_, _, e)| e)
     }
 
     /// Adds `n` columns at the right of a tab (`spreadsheets.batchUpdate` + `appendDimension`):

@@ -436,19 +436,7 @@ impl SheetWriter {
         for (title, layout) in layouts.iter().filter(|(_, l)| !l.added.is_empty()) {
             let Some(tab) = self.tab_by_title(title) else { continue };
             let needed = (layout.header.len() + layout.added.len()) as u64;
-            let grid = match tab.hint.grid() {
-                Some(g) => g,
-                None => {
-                    let mut cached = self.grid.lock().await;
-                    if cached.is_none() {
-                        *cached = Some(self.client.metadata().await?.tabs);
-                    }
-                    let Some(g) = cached.as_ref().and_then(|g| g.iter().find(|t| &t.title == title)).cloned() else {
-                        continue;
-                    };
-                    g
-                }
-            };
+            let Some(grid) = self.grid_of(tab, title).await? else { continue };
             if needed > grid.columns {
                 let more = needed - grid.columns;
                 self.client.append_columns(grid.sheet_id, more).await?;
@@ -459,7 +447,19 @@ impl SheetWriter {
         Ok(())
     }
 
-    /// Adds the records a conversation created, one `values.append` per tab, each row with
+    /// A tab's grid (its id and size): known from the reader, else asked once.
+    async fn grid_of(&self, tab: &TabTarget, title: &str) -> Result<Option<TabMeta>, SourceError> {
+        if let Some(g) = tab.hint.grid() {
+            return Ok(Some(g));
+        }
+        let mut cached = self.grid.lock().await;
+        if cached.is_none() {
+            *cached = Some(self.client.metadata().await?.tabs);
+        }
+        Ok(cached.as_ref().and_then(|g| g.iter().find(|t| t.title == title)).cloned())
+    }
+
+    /// Adds the records a conversation created, one `appendCells` per tab, each row with
     /// its key in the key column (the next flush finds it by that key, so a repeat after a
     /// lost answer updates instead of adding it twice). A tab whose append fails keeps its
     /// values queued.
@@ -479,8 +479,16 @@ impl SheetWriter {
                 }
                 values.push(row);
             }
+            let grid = match self.grid_of(tab, &title).await {
+                Ok(Some(g)) => g,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.failed.get_or_insert(e);
+                    continue;
+                }
+            };
             report.writes += 1;
-            match self.client.append_rows(&title, &values).await {
+            match self.client.append_rows(grid.sheet_id, &values).await {
                 Ok(()) => report.done.extend(origins),
                 Err(e) => {
                     warn!(writer = %self.label(), tab = %title, rows = values.len(), "new records wait for the next flush: {e}");
