@@ -170,10 +170,12 @@ impl SourceConfig {
     }
 
     /// Whether a conversation can add records to it (`save: {to: …}`).
+    /// A Salesforce object can when its key is a field of its own (an External ID recado
+    /// upserts on), not `Id`, which Salesforce assigns.
     pub fn adds_records(&self) -> bool {
         match self {
             SourceConfig::GoogleSheets(_) => true,
-            SourceConfig::Salesforce(_) => false,
+            SourceConfig::Salesforce(s) => !s.settings.key_field.eq_ignore_ascii_case("Id"),
         }
     }
 }

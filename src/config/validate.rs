@@ -348,7 +348,7 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 Some(s) if !s.adds_records() => p.push(
                     path,
                     format!(
-                        "source '{source}' cannot take new records from a conversation (Google Sheets sources can)"
+                        "source '{source}' cannot take new records from a conversation: a Salesforce source needs key_field set to an External ID field of its object (recado upserts on it)"
                     ),
                 ),
                 Some(_) => {}

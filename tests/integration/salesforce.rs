@@ -1201,3 +1201,84 @@ async fn a_change_of_the_orgs_time_zone_is_not_taken_for_changed_appointments() 
     h.sandbox.salesforce().update("Cita__c", &c, fields(json!({"Fecha__c": later}))).unwrap();
     wait_for("the new time to be announced", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_taken_in_the_chat_becomes_one_record_upserted_on_recados_key() {
+    let reportes = r#"  - id: reportes
+    type: salesforce
+    login_url: "{base}"
+    api_version: "62.0"
+    object: Reporte__c
+    key_field: Recado_Key__c
+    phone_field: Telefono__c
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 100ms
+    auth:
+      flow: jwt_bearer
+      consumer_key: "{consumer}"
+      username: "{user}"
+      private_key_file: "{key}"
+"#;
+    let flows = r#"
+inbound:
+  entry_flow: reporte
+flows:
+  - id: reporte
+    steps:
+      - id: que
+        ask: { text: "¿Qué problema quieres reportar?" }
+      - id: guardar
+        save:
+          to: reportes
+          fields: { Problema__c: "{{ answers.que }}", Telefono__c: "{{ contact.phone }}" }
+      - id: gracias
+        say: "Gracias, registramos tu reporte."
+"#;
+    let mut h = org("", flows).await;
+    let extra = reportes
+        .replace("{base}", &h.sandbox.salesforce_url())
+        .replace("{consumer}", recado::sandbox::salesforce::SANDBOX_CONSUMER_KEY)
+        .replace("{user}", recado::sandbox::salesforce::SANDBOX_USERNAME)
+        .replace("{key}", &h.dir.path().join("salesforce.key").display().to_string());
+    let yaml = h.yaml_override.take().unwrap_or_default();
+    h.yaml_override = Some(yaml.replacen("\nrules:\n", &format!("{extra}\nrules:\n"), 1));
+    let sf = h.sandbox.salesforce();
+    sf.define_object(ObjectDef::new(
+        "Reporte__c",
+        "a03",
+        vec![
+            FieldDef::new("Recado_Key__c", FieldKind::String).with_length(40).external_id(),
+            FieldDef::new("Problema__c", FieldKind::String).with_length(255),
+            FieldDef::new("Telefono__c", FieldKind::Phone),
+        ],
+    ));
+    h.user(31, false, None);
+    start(&mut h).await;
+    h.says(31, "hola", None);
+    wait_for("the question", Duration::from_secs(20), || async { h.meta_sent_to(31).len() == 1 }).await;
+    // Salesforce creates the record and the answer is lost.
+    let sf = h.sandbox.salesforce();
+    sf.inject(SfFault {
+        kind: Some(SfKind::Composite),
+        status: 503,
+        error_code: "SERVER_UNAVAILABLE".into(),
+        message: "Server unavailable".into(),
+        expire_session: false,
+        timeout: false,
+        record: None,
+        applied: true,
+        count: 1,
+    });
+    h.says(31, "Un bache grande", None);
+    wait_for("the thanks", Duration::from_secs(20), || async { h.meta_sent_to(31).len() == 2 }).await;
+    wait_for("the report's record", Duration::from_secs(20), || async { !sf.records("Reporte__c").is_empty() }).await;
+    settle(&h).await;
+    let all = sf.records("Reporte__c");
+    assert_eq!(all.len(), 1, "one record although the first answer was lost: {all:?}");
+    assert_eq!(all[0]["Problema__c"], "Un bache grande");
+    assert!(all[0]["Recado_Key__c"].as_str().is_some_and(|k| k.starts_with("R-")), "{all:?}");
+    let mut conn = h.store().conn().await.unwrap();
+    let left = recado::store::pending_writes(&mut conn, &["reportes".to_string()], 100).await.unwrap();
+    assert!(left.is_empty(), "nothing left queued: {left:?}");
+}

@@ -141,11 +141,7 @@ impl RecordWriter {
         let key = match target {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
             WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return Destination::Nowhere,
-            WriteTarget::NewRecord(_) => {
-                return Destination::Refused(
-                    "a conversation can add records to a Google Sheets source only (for now)".into(),
-                )
-            }
+            WriteTarget::NewRecord(_) => return Destination::Nowhere,
         };
         let own_ids = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
         let Some((path, name)) = field.rsplit_once('.') else {
@@ -191,6 +187,15 @@ impl RecordWriter {
         let tz = super::reader::source_tz(&self.cfg, &self.client).await?;
         let (logs, records_batch): (Indexed<'_>, Indexed<'_>) =
             batch.iter().enumerate().partition(|(_, p)| matches!(p.write.target, WriteTarget::Interaction { .. }));
+        let (new_records, records_batch): (Indexed<'_>, Indexed<'_>) =
+            records_batch.into_iter().partition(|(_, p)| matches!(p.write.target, WriteTarget::NewRecord(_)));
+        if !new_records.is_empty() {
+            match self.create_records(&new_records, tz, &mut report).await {
+                Err(e @ SourceError::RateLimited { .. }) => return Err(e),
+                Err(e) => report.failed = Some(e),
+                Ok(()) => {}
+            }
+        }
         if !records_batch.is_empty() {
             match self.write_records(&records_batch, tz, &mut report).await {
                 Err(e @ SourceError::RateLimited { .. }) => return Err(e),
@@ -207,6 +212,81 @@ impl RecordWriter {
             }
         }
         Ok(report)
+    }
+
+    /// Records a conversation adds: upserted on the key field (an External ID) with recado's
+    /// key, so a call whose answer was lost, made again, updates the record it created.
+    async fn create_records(
+        &self,
+        batch: &[(usize, &PendingWrite)],
+        tz: chrono_tz::Tz,
+        report: &mut WriteReport,
+    ) -> Result<(), SourceError> {
+        let object = &self.cfg.object;
+        let fields = self.describe(object).await?;
+        let key_field = &self.cfg.settings.key_field;
+        let mut records: BTreeMap<String, Outgoing> = BTreeMap::new();
+        for &(i, p) in batch {
+            let WriteTarget::NewRecord(key) = &p.write.target else { continue };
+            let Some(meta) = fields.get(&p.write.field.to_lowercase()).filter(|m| m.updateable) else {
+                report.rejected.push((i, format!("{object} has no field '{}' recado can write", p.write.field)));
+                continue;
+            };
+            match field_value(meta, &p.write.value, tz) {
+                Ok(v) => {
+                    let r = records.entry(key.0.clone()).or_insert_with(|| Outgoing {
+                        object: object.clone(),
+                        values: Map::new(),
+                        indices: Vec::new(),
+                    });
+                    r.values.insert(meta.name.clone(), v);
+                    r.indices.push(i);
+                }
+                Err(e) => report.rejected.push((i, e)),
+            }
+        }
+        let keys: Vec<&String> = records.keys().collect();
+        let what = format!("adding records to {object}");
+        let path = format!("{}/composite/sobjects/{object}/{key_field}", self.client.data_path());
+        for chunk in keys.chunks(RECORDS_PER_CALL).take(CALLS_PER_FLUSH) {
+            let body_records: Vec<Value> = chunk
+                .iter()
+                .filter_map(|k| {
+                    let mut r = records.get(*k)?.values.clone();
+                    r.insert("attributes".into(), json!({ "type": object }));
+                    r.insert(key_field.clone(), json!(k));
+                    Some(Value::Object(r))
+                })
+                .collect();
+            let body = json!({ "allOrNone": false, "records": body_records });
+            let answer = self.client.call(reqwest::Method::PATCH, &path, Some(&body), &what).await?;
+            report.writes += 1;
+            if answer.status != 200 {
+                return Err(classify(answer.status, &answer.body, &what));
+            }
+            let results: Vec<Value> = serde_json::from_slice(&answer.body)
+                .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
+            for (k, result) in chunk.iter().zip(results) {
+                let Some(Outgoing { indices, .. }) = records.get(*k) else { continue };
+                if result["success"] == true {
+                    report.done.extend(indices);
+                    continue;
+                }
+                let error = &result["errors"][0];
+                let code = error["statusCode"].as_str().unwrap_or("UNKNOWN");
+                match record_outcome(code, error["message"].as_str().unwrap_or("")) {
+                    RecordOutcome::Retry => {}
+                    RecordOutcome::Gone | RecordOutcome::Refused(_) => {
+                        let reason = format!(
+                            "Salesforce refused the new record: {code}: {}",
+                            one_line(error["message"].as_str().unwrap_or(""))
+                        );
+                        report.rejected.extend(indices.iter().map(|i| (*i, reason.clone())));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Values for fields of the records (and of the records their relationship paths lead to).
