@@ -530,6 +530,21 @@ const TASK_LOG: &str = r#"    interaction_log:
         direction: WhatsApp_Direccion__c
 "#;
 
+/// The next `count` sObject Collections calls are carried out and their answers lost (503).
+fn lost_answers(count: u32) -> SfFault {
+    SfFault {
+        kind: Some(SfKind::Composite),
+        status: 503,
+        error_code: "SERVER_UNAVAILABLE".into(),
+        message: "Server unavailable".into(),
+        expire_session: false,
+        timeout: false,
+        record: None,
+        applied: true,
+        count,
+    }
+}
+
 /// The Task fields [`TASK_LOG`] maps, created on Activity.
 fn add_task_fields(h: &Harness) {
     for (name, length) in
@@ -1110,17 +1125,7 @@ async fn a_task_created_whose_answer_is_lost_is_found_and_not_created_again() {
     let sf = h.sandbox.salesforce();
     // Every collection call's answer is lost once (the write-back and the Task alike): each is
     // carried out by Salesforce, and recado hears a 503.
-    sf.inject(SfFault {
-        kind: Some(SfKind::Composite),
-        status: 503,
-        error_code: "SERVER_UNAVAILABLE".into(),
-        message: "Server unavailable".into(),
-        expire_session: false,
-        timeout: false,
-        record: None,
-        applied: true,
-        count: 3,
-    });
+    sf.inject(lost_answers(3));
     let m = mother(&h, 28);
     let c = cita(&h, &m, Utc::now() + chrono::Duration::days(3), "Agendada");
     wait_field(&h, &c, "WhatsApp_Estado__c", "read").await;
@@ -1259,17 +1264,7 @@ flows:
     wait_for("the question", Duration::from_secs(20), || async { h.meta_sent_to(31).len() == 1 }).await;
     // Salesforce creates the record and the answer is lost.
     let sf = h.sandbox.salesforce();
-    sf.inject(SfFault {
-        kind: Some(SfKind::Composite),
-        status: 503,
-        error_code: "SERVER_UNAVAILABLE".into(),
-        message: "Server unavailable".into(),
-        expire_session: false,
-        timeout: false,
-        record: None,
-        applied: true,
-        count: 1,
-    });
+    sf.inject(lost_answers(1));
     h.says(31, "Un bache grande", None);
     wait_for("the thanks", Duration::from_secs(20), || async { h.meta_sent_to(31).len() == 2 }).await;
     wait_for("the report's record", Duration::from_secs(20), || async { !sf.records("Reporte__c").is_empty() }).await;

@@ -214,6 +214,26 @@ impl RecordWriter {
         Ok(report)
     }
 
+    /// One sObject Collections call (`allOrNone: false`) that must succeed as a whole: the
+    /// SaveResult of each record, in order.
+    async fn collection(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        records: Vec<Value>,
+        what: &str,
+        report: &mut WriteReport,
+    ) -> Result<Vec<Value>, SourceError> {
+        let body = json!({ "allOrNone": false, "records": records });
+        let answer = self.client.call(method, path, Some(&body), what).await?;
+        report.writes += 1;
+        if answer.status != 200 {
+            return Err(classify(answer.status, &answer.body, what));
+        }
+        serde_json::from_slice(&answer.body)
+            .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))
+    }
+
     /// Records a conversation adds: upserted on the key field (an External ID) with recado's
     /// key, so a call whose answer was lost, made again, updates the record it created.
     async fn create_records(
@@ -258,14 +278,7 @@ impl RecordWriter {
                     Some(Value::Object(r))
                 })
                 .collect();
-            let body = json!({ "allOrNone": false, "records": body_records });
-            let answer = self.client.call(reqwest::Method::PATCH, &path, Some(&body), &what).await?;
-            report.writes += 1;
-            if answer.status != 200 {
-                return Err(classify(answer.status, &answer.body, &what));
-            }
-            let results: Vec<Value> = serde_json::from_slice(&answer.body)
-                .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
+            let results = self.collection(reqwest::Method::PATCH, &path, body_records, &what, report).await?;
             for (k, result) in chunk.iter().zip(results) {
                 let Some(Outgoing { indices, .. }) = records.get(*k) else { continue };
                 if result["success"] == true {
@@ -539,14 +552,7 @@ impl RecordWriter {
                     })
                     .collect();
                 let path = format!("{}/composite/sobjects/{}/{}", self.client.data_path(), log.object, log.key_field);
-                let body = json!({ "allOrNone": false, "records": records });
-                let answer = self.client.call(reqwest::Method::PATCH, &path, Some(&body), &what).await?;
-                report.writes += 1;
-                if answer.status != 200 {
-                    return Err(classify(answer.status, &answer.body, &what));
-                }
-                let results: Vec<Value> = serde_json::from_slice(&answer.body)
-                    .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
+                let results = self.collection(reqwest::Method::PATCH, &path, records, &what, report).await?;
                 chunk.iter().map(|(k, _)| k.clone()).zip(results).collect()
             };
             for (key, result) in results {
@@ -647,14 +653,7 @@ impl RecordWriter {
                     Value::Object(r)
                 })
                 .collect();
-            let body = json!({ "allOrNone": false, "records": records });
-            let answer = self.client.call(method, &path, Some(&body), what).await?;
-            report.writes += 1;
-            if answer.status != 200 {
-                return Err(classify(answer.status, &answer.body, what));
-            }
-            let results: Vec<Value> = serde_json::from_slice(&answer.body)
-                .map_err(|_| SourceError::Transient(format!("unreadable answer from Salesforce to {what}")))?;
+            let results = self.collection(method, &path, records, what, report).await?;
             out.extend(group.iter().map(|(k, _)| k.clone()).zip(results));
         }
         Ok(out)
