@@ -939,11 +939,22 @@ pub async fn query(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    query_either(&st, &version, &headers, raw, false).await
+}
+
+/// A query, or a queryAll (`all`): the Recycle Bin too.
+async fn query_either(
+    st: &SandboxState,
+    version: &str,
+    headers: &HeaderMap,
+    raw: Option<String>,
+    all: bool,
+) -> Response {
     // Salesforce refuses a request line longer than 16,384 bytes (URI and headers).
     if raw.as_ref().is_some_and(|q| q.len() + version.len() + 40 > MAX_URI_BYTES) {
         return (StatusCode::URI_TOO_LONG, "414 Request-URI Too Long").into_response();
     }
-    or_hang(query_now(&st, &version, &headers, raw, false)).await
+    or_hang(query_now(st, version, headers, raw, all)).await
 }
 
 /// `GET /services/data/{version}/queryAll?q=`: as `query`, with the records in the Recycle Bin
@@ -954,10 +965,7 @@ pub async fn query_all(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    if raw.as_ref().is_some_and(|q| q.len() + version.len() + 40 > MAX_URI_BYTES) {
-        return (StatusCode::URI_TOO_LONG, "414 Request-URI Too Long").into_response();
-    }
-    or_hang(query_now(&st, &version, &headers, raw, true)).await
+    query_either(&st, &version, &headers, raw, true).await
 }
 
 /// The longest request URI Salesforce accepts.

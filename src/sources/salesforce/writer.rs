@@ -285,15 +285,11 @@ impl RecordWriter {
                     report.done.extend(indices);
                     continue;
                 }
-                let error = &result["errors"][0];
-                let code = error["statusCode"].as_str().unwrap_or("UNKNOWN");
-                match record_outcome(code, error["message"].as_str().unwrap_or("")) {
+                let (code, message) = save_error(&result);
+                match record_outcome(code, message) {
                     RecordOutcome::Retry => {}
                     RecordOutcome::Gone | RecordOutcome::Refused(_) => {
-                        let reason = format!(
-                            "Salesforce refused the new record: {code}: {}",
-                            one_line(error["message"].as_str().unwrap_or(""))
-                        );
+                        let reason = format!("Salesforce refused the new record: {code}: {}", one_line(message));
                         report.rejected.extend(indices.iter().map(|i| (*i, reason.clone())));
                     }
                 }
@@ -435,9 +431,7 @@ impl RecordWriter {
                     report.done.extend(indices);
                     continue;
                 }
-                let error = &result["errors"][0];
-                let code = error["statusCode"].as_str().unwrap_or("UNKNOWN");
-                let message = error["message"].as_str().unwrap_or("");
+                let (code, message) = save_error(result);
                 match record_outcome(code, message) {
                     RecordOutcome::Retry => {
                         debug!(source = %self.cfg.settings.id, record = %id, code, "write-back to a record will be retried");
@@ -564,9 +558,8 @@ impl RecordWriter {
                     report.done.extend(indices);
                     continue;
                 }
-                let error = &result["errors"][0];
-                let code = error["statusCode"].as_str().unwrap_or("UNKNOWN");
-                match record_outcome(code, error["message"].as_str().unwrap_or("")) {
+                let (code, message) = save_error(&result);
+                match record_outcome(code, message) {
                     RecordOutcome::Retry => {}
                     RecordOutcome::Gone => {
                         // An update: the log record itself was deleted by someone, so it is
@@ -658,6 +651,12 @@ impl RecordWriter {
         }
         Ok(out)
     }
+}
+
+/// The first error of a failed SaveResult: its `statusCode` and message.
+fn save_error(result: &Value) -> (&str, &str) {
+    let error = &result["errors"][0];
+    (error["statusCode"].as_str().unwrap_or("UNKNOWN"), error["message"].as_str().unwrap_or(""))
 }
 
 /// A queued value as the field's type wants it.
