@@ -427,24 +427,7 @@ async fn a_report_taken_in_the_chat_becomes_one_new_row_of_another_tab_even_when
         "America/Santiago",
         vec![(TAB.to_string(), vec![header()]), ("Incidencias".into(), incidencias)],
     );
-    let base = h.sandbox.base_url();
-    h.extra_source = format!(
-        r#"  - id: incidencias
-    type: google_sheets
-    spreadsheet_id: {SHEET}
-    tab: Incidencias
-    key_column: ID
-    phone_column: Teléfono
-    person_records: false
-    default_region: CL
-    poll_interval: 150ms
-    flush_interval: 200ms
-    service_account_key_file: "{key}"
-    sheets_base_url: "{base}/google/sheets/"
-    drive_base_url: "{base}/google/"
-"#,
-        key = h.key_file.display()
-    );
+    h.extra_source = another_tab(&h, "incidencias", "Incidencias", "    person_records: false\n");
     h.extra_top = r#"
 inbound:
   entry_flow: reporte
@@ -613,23 +596,7 @@ async fn a_contact_in_another_source_is_found_by_phone_and_answers_land_there() 
         "America/Santiago",
         vec![(TAB.to_string(), vec![header(), row(390, "Ana", "Sí", "Activo")]), ("Voluntarios".into(), voluntarios)],
     );
-    let base = h.sandbox.base_url();
-    h.extra_source = format!(
-        r#"  - id: voluntarios
-    type: google_sheets
-    spreadsheet_id: {SHEET}
-    tab: Voluntarios
-    key_column: ID
-    phone_column: Teléfono
-    default_region: CL
-    poll_interval: 150ms
-    flush_interval: 200ms
-    service_account_key_file: "{key}"
-    sheets_base_url: "{base}/google/sheets/"
-    drive_base_url: "{base}/google/"
-"#,
-        key = h.key_file.display()
-    );
+    h.extra_source = another_tab(&h, "voluntarios", "Voluntarios", "");
     h.extra_top = r#"
 inbound:
   entry_flow: saludo
@@ -759,4 +726,27 @@ flows:
         !twilio.sent().iter().any(|m| m.body.starts_with("Atendemos")),
         "the second option, typed as 2, not the first"
     );
+}
+
+/// A second Google Sheets source: tab `tab` of the harness's spreadsheet (keyed by `ID`, with
+/// `Teléfono`), with `extra` settings lines.
+fn another_tab(h: &Harness, id: &str, tab: &str, extra: &str) -> String {
+    use crate::harness::SHEET;
+    format!(
+        r#"  - id: {id}
+    type: google_sheets
+    spreadsheet_id: {SHEET}
+    tab: {tab}
+    key_column: ID
+    phone_column: Teléfono
+{extra}    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 200ms
+    service_account_key_file: "{key}"
+    sheets_base_url: "{base}/google/sheets/"
+    drive_base_url: "{base}/google/"
+"#,
+        key = h.key_file.display(),
+        base = h.sandbox.base_url()
+    )
 }

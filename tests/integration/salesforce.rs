@@ -845,9 +845,25 @@ async fn a_where_condition_on_today_is_read_again_each_day_and_a_record_entering
     assert_eq!(full_reads(), before + 1, "one full read for the new day, then incremental polls again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
-    let rule = r#"
+/// An org whose rule announces a change of the Contact's first name, an appointment of person
+/// `n` saved before the overlap, the daemon settled, and then the Contact renamed: nothing is
+/// sent yet, as the appointment's own stamp did not move. Returns the appointment's id.
+async fn renamed_contact(h: &mut Harness, n: u32) -> String {
+    let m = mother(h, n);
+    h.user(n, false, None);
+    let c = cita(h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
+    // Saved a while ago, before the overlap: incremental reads do not bring it again.
+    h.sandbox.salesforce().advance(Duration::from_secs(3 * 60));
+    start(h).await;
+    settle(h).await;
+    h.sandbox.salesforce().update("Contact", &m, fields(json!({"FirstName": "Marisol"}))).unwrap();
+    more_polls(h, 3).await;
+    h.quiet().await;
+    assert_eq!(h.sent_count(), 0, "the appointment's own stamp did not move: incremental polls do not see it");
+    c
+}
+
+const RENAME_RULE: &str = r#"
   - id: nombre
     source: citas
     when: { changed: Contacto__r.FirstName }
@@ -858,22 +874,25 @@ async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
       body: ["{{ Contacto__r.FirstName }}"]
       button_url_suffix: "cita?id={{ Id }}"
 "#;
-    let mut h = org("    full_read_every: 10m\n", rule).await;
-    let m = mother(&h, 20);
-    h.user(20, false, None);
-    let _c = cita(&h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
-    // Saved a while ago, before the overlap: incremental reads do not bring it again.
-    h.sandbox.salesforce().advance(Duration::from_secs(3 * 60));
-    start(&mut h).await;
-    settle(&h).await;
+
+/// Full SELECTs without a condition: full reads.
+fn full_reads(sf: &recado::sandbox::salesforce::SalesforceState) -> usize {
+    sf.queries().iter().filter(|q| q.starts_with("SELECT") && !q.contains("WHERE")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_the_contact_is_seen_by_the_next_full_read() {
+    // The related check is due after the full read here, so only the full read can see it.
+    let mut h = org("    full_read_every: 10m\n", RENAME_RULE).await;
+    h.yaml_override = h.yaml_override.take().map(|y| y.replace("deletions_every: 2m", "deletions_every: 30m"));
+    renamed_contact(&mut h, 20).await;
     let sf = h.sandbox.salesforce();
-    sf.update("Contact", &m, fields(json!({"FirstName": "Marisol"}))).unwrap();
-    more_polls(&h, 3).await;
-    h.quiet().await;
-    assert_eq!(h.sent_count(), 0, "the appointment's own stamp did not move: incremental polls do not see it");
+    let before = full_reads(sf);
     sf.advance(Duration::from_secs(11 * 60));
     wait_for("the change on the Contact to be seen", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
     assert_eq!(h.sent_to(20)[0].params[0], "Marisol");
+    assert_eq!(full_reads(sf), before + 1, "seen by a full read");
+    assert!(!sf.queries().iter().any(|q| q.starts_with("SELECT Id FROM Contact")), "not by the related check");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1139,37 +1158,16 @@ async fn a_task_created_whose_answer_is_lost_is_found_and_not_created_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_the_contact_is_seen_at_the_next_related_check_without_a_full_read() {
-    let rule = r#"
-  - id: nombre
-    source: citas
-    when: { changed: Contacto__r.FirstName }
-    provider: whatsapp
-    template:
-      name: encuesta_seguimiento
-      language: es
-      body: ["{{ Contacto__r.FirstName }}"]
-      button_url_suffix: "cita?id={{ Id }}"
-"#;
-    let mut h = org("", rule).await;
-    let m = mother(&h, 29);
-    h.user(29, false, None);
-    let c = cita(&h, &m, Utc::now() + chrono::Duration::days(5), "Agendada");
-    h.sandbox.salesforce().advance(Duration::from_secs(3 * 60));
-    start(&mut h).await;
-    settle(&h).await;
-    let sf = h.sandbox.salesforce();
-    sf.update("Contact", &m, fields(json!({"FirstName": "Marisol"}))).unwrap();
-    more_polls(&h, 3).await;
-    h.quiet().await;
-    assert_eq!(h.sent_count(), 0, "not before the related check is due");
+    let mut h = org("", RENAME_RULE).await;
+    let c = renamed_contact(&mut h, 29).await;
     // The related check runs with the deletions check (every 2 minutes here), far sooner than
     // the hourly full read.
-    let full_reads = || sf.queries().iter().filter(|q| q.starts_with("SELECT") && !q.contains("WHERE")).count();
-    let before = full_reads();
+    let sf = h.sandbox.salesforce();
+    let before = full_reads(sf);
     sf.advance(Duration::from_secs(150));
     wait_for("the change on the Contact to be seen", Duration::from_secs(20), || async { h.sent_count() == 1 }).await;
     assert_eq!(h.sent_to(29)[0].params[0], "Marisol");
-    assert_eq!(full_reads(), before, "no full read");
+    assert_eq!(full_reads(sf), before, "no full read");
     assert!(
         sf.queries().iter().any(|q| q.contains(&format!("WHERE Id IN ('{c}')"))),
         "only that appointment is read again"
