@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::validation::{ConfigError, ConfigErrors, Env};
+pub(crate) use validate::flow_template;
 pub use validate::normalise_keyword;
 
 use crate::providers::meta_cloud::MetaCloudConfig;

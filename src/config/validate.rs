@@ -320,6 +320,23 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         }
     }
+    // A template a flow says must be known to every provider a contact may write on (the
+    // bot answers on the provider the message came in on).
+    for flow in flows.flows.values() {
+        for step in &flow.steps {
+            let crate::flows::StepKind::SayTemplate(t) = &step.kind else { continue };
+            let path = format!("flows.{}.{}.say.template", flow.id, step.id);
+            for provider in &providers {
+                for (at, language) in std::iter::once(("name".to_string(), &t.language))
+                    .chain(t.languages.iter().enumerate().map(|(i, l)| (format!("languages[{i}]"), l)))
+                {
+                    if let Some(problem) = provider.template_problem(&t.name, language) {
+                        p.push(format!("{path}.{at}"), problem);
+                    }
+                }
+            }
+        }
+    }
     // A flow that adds records adds them to a source that can take them.
     for flow in flows.flows.values() {
         for step in &flow.steps {
@@ -433,6 +450,12 @@ fn list(ids: &HashSet<String>) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// A template written in a flow (`say: {template: …}`), read and checked like a rule's.
+pub(crate) fn flow_template(p: &mut Problems, path: &str, v: Value) -> Option<TemplateSpec> {
+    let t = p.parse::<RawTemplate>(path, v)?;
+    Some(template_spec(p, path, t))
 }
 
 fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpec {

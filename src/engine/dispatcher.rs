@@ -382,7 +382,7 @@ impl Dispatcher {
                     }
                     None => {
                         let reason =
-                            "not sent: free text outside the 24-hour window and the rule has no fallback_template";
+                            "not sent: free text outside the 24-hour window and no fallback_template (a rule's) to send instead";
                         self.finish(&m, MessageState::Skipped, reason).await?;
                         continue;
                     }

@@ -802,6 +802,7 @@ impl InboxProcessor {
                     crate::flows::Action::Send(out) => {
                         let content = match out {
                             crate::flows::Outgoing::Text(body) => MessageContent::Text { body },
+                            crate::flows::Outgoing::Template(t) => MessageContent::Template(t),
                             crate::flows::Outgoing::Choice { body, options, list_button } => MessageContent::Choice {
                                 body,
                                 options: options

@@ -89,9 +89,12 @@ pub struct RawProgress {
 pub struct RawStep {
     /// Unique within the flow; `goto` targets it.
     pub id: String,
-    /// Send a text.
+    /// Send a text (one string, or one per language), or an approved template:
+    /// `say: {template: {name, language, languages, body, button_url_suffix}}`, written like a
+    /// rule's. A template goes out even outside WhatsApp's 24-hour window, and can carry what
+    /// a text cannot (a header image, a document, buttons approved with it).
     #[serde(default)]
-    pub say: Option<RawText>,
+    pub say: Option<Value>,
     /// Ask a question and wait for the answer.
     #[serde(default)]
     pub ask: Option<RawAsk>,
@@ -273,7 +276,6 @@ pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -
     Some((flow, raw.version))
 }
 
-/// What the rest of the configuration tells flow validation.
 /// A text outside flows (a confirmation), with its languages checked like a flow's.
 pub fn local_text(p: &mut Problems, languages: &Languages<'_>, path: &str, raw: RawText) -> LocalText {
     let ids = HashSet::new();
@@ -428,8 +430,8 @@ impl StepValidator<'_, '_> {
                 None => Next::Following,
             }
         };
-        let kind = if let Some(t) = s.say {
-            StepKind::Say(self.text(&format!("{path}.say"), t, MAX_TEXT_BODY))
+        let kind = if let Some(v) = s.say {
+            self.say(&format!("{path}.say"), v)
         } else if let Some(a) = s.ask {
             StepKind::Ask(Box::new(self.ask(&format!("{path}.ask"), a)))
         } else if let Some(save) = s.save {
@@ -440,6 +442,26 @@ impl StepValidator<'_, '_> {
             StepKind::Pass
         };
         Some(Step { id: s.id, kind, next })
+    }
+
+    /// `say:` a text, or `{template: …}`.
+    fn say(&mut self, path: &str, v: Value) -> StepKind {
+        match v {
+            Value::Object(mut m) if m.contains_key("template") => {
+                let template = m.remove("template").unwrap_or_default();
+                for other in m.keys() {
+                    self.p.push(format!("{path}.{other}"), "unknown field: say takes a text or {template: …}");
+                }
+                match crate::config::flow_template(self.p, &format!("{path}.template"), template) {
+                    Some(spec) => StepKind::SayTemplate(Box::new(spec)),
+                    None => StepKind::Pass,
+                }
+            }
+            v => match self.p.parse::<RawText>(path, v) {
+                Some(t) => StepKind::Say(self.text(path, t, MAX_TEXT_BODY)),
+                None => StepKind::Pass,
+            },
+        }
     }
 
     fn target(&mut self, path: &str, id: &str) -> Next {

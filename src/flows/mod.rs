@@ -144,6 +144,8 @@ pub enum Next {
 #[derive(Debug, Clone)]
 pub enum StepKind {
     Say(LocalText),
+    /// An approved template, its parameters templates over the answers and the record.
+    SayTemplate(Box<crate::config::TemplateSpec>),
     Ask(Box<Ask>),
     /// A value (a template over the answers and the record) saved to a field of the
     /// contact's record.
@@ -248,6 +250,7 @@ pub struct Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Text(String),
+    Template(crate::domain::TemplateMessage),
     Choice { body: String, options: Vec<(String, String)>, list_button: Option<String> },
 }
 
@@ -440,6 +443,30 @@ impl<'a> Run<'a> {
         render(t.get(&self.conv.language, self.default_language), &self.conv.answers, self.ctx)
     }
 
+    /// A template step's message: in the contact's language when the template is approved in
+    /// it. WhatsApp refuses an empty parameter, and a person must never see a template error,
+    /// so one that renders empty is sent as "-"; parameters are made acceptable as a rule's.
+    fn template(&self, spec: &crate::config::TemplateSpec) -> crate::domain::TemplateMessage {
+        let language = if spec.languages.contains(&self.conv.language) {
+            self.conv.language.clone()
+        } else {
+            spec.language.clone()
+        };
+        let mut body: Vec<String> = spec
+            .body
+            .iter()
+            .map(|b| render(b, &self.conv.answers, self.ctx))
+            .map(|v| if v.trim().is_empty() { "-".to_string() } else { v })
+            .collect();
+        let budget = crate::config::TEMPLATE_TEXT_LIMIT.saturating_sub(spec.body_text_chars);
+        crate::rules::normalise_parameters(&mut body, budget);
+        let button_url_suffix = spec.button_url_suffix.as_ref().map(|s| {
+            let s = render(s, &self.conv.answers, self.ctx);
+            crate::rules::one_line(&s).unwrap_or(s)
+        });
+        crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix }
+    }
+
     /// Runs steps from `pos` until one waits for an answer or the flow ends.
     fn from(&mut self, mut pos: usize) {
         for _ in 0..MAX_STEPS_PER_TURN {
@@ -451,6 +478,12 @@ impl<'a> Run<'a> {
                 StepKind::Say(t) => {
                     let t = self.text(t);
                     self.pending.push(t);
+                }
+                StepKind::SayTemplate(spec) => {
+                    // The texts before it go first, in their own message.
+                    self.flush();
+                    let message = self.template(spec);
+                    self.actions.push(Action::Send(Outgoing::Template(message)));
                 }
                 StepKind::Ask(ask) => {
                     self.prompt(step, ask, None);
@@ -949,5 +982,45 @@ mod tests {
         record.insert("Nombre".into(), serde_json::json!("Ana"));
         let ctx = TurnContext { record };
         assert_eq!(render("Hola {{ Nombre }} {{ Falta }}", &BTreeMap::new(), &ctx), "Hola Ana ");
+    }
+
+    #[test]
+    fn a_template_step_never_sends_an_empty_or_multi_line_parameter() {
+        let spec = crate::config::TemplateSpec {
+            name: "requisitos".into(),
+            language: "es".into(),
+            languages: vec!["en".into()],
+            body: vec!["{{ Falta }}".into(), "{{ answers.que }}".into()],
+            button_url_suffix: None,
+            body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
+        };
+        let f = Flow::new(
+            "f".into(),
+            "v".into(),
+            vec![
+                step(
+                    "que",
+                    StepKind::Ask(Box::new(ask("¿Qué?", AnswerKind::Text { max_chars: 500 }))),
+                    Next::Following,
+                ),
+                step("hola", StepKind::Say(text("Gracias.")), Next::Following),
+                step("req", StepKind::SayTemplate(Box::new(spec)), Next::End),
+            ],
+            Duration::from_secs(60),
+        );
+        let conv = start(&f, "qu", "es", &ctx()).conversation.unwrap();
+        let t = answer(&f, conv, &says("un bache\nen la esquina"), "es", &ctx());
+        let message = crate::domain::TemplateMessage {
+            name: "requisitos".into(),
+            language: "es".into(),
+            body: vec!["-".into(), "un bache en la esquina".into()],
+            button_url_suffix: None,
+        };
+        assert_eq!(
+            t.actions,
+            vec![Action::Send(Outgoing::Text("Gracias.".into())), Action::Send(Outgoing::Template(message))],
+            "not approved in qu: the template's own language; the text goes before it"
+        );
+        assert!(t.conversation.is_none());
     }
 }

@@ -57,7 +57,7 @@ pub fn normalise_parameters(params: &mut [String], max_chars: usize) -> Vec<Stri
 
 /// `text` on one line with single spaces (line breaks and tabs become spaces, runs of spaces
 /// one), or `None` when it already is.
-fn one_line(text: &str) -> Option<String> {
+pub fn one_line(text: &str) -> Option<String> {
     // Most parameters already are: answered without allocating.
     let clean =
         !text.contains(['\n', '\r', '\t']) && !text.contains("  ") && !text.starts_with(' ') && !text.ends_with(' ');

@@ -178,9 +178,22 @@ rules:
     when: row_added
     provider: tw2
     template: { name: recordatorio, language: es, body: [] }
+flows:
+  - id: tramite
+    steps:
+      - id: requisitos
+        say: { template: { name: requisitos, language: es, languages: [en], body: ["{{ Nombre"] } }
+      - id: otra
+        say: { template: { name: requisitos, idioma: es }, es: "Hola" }
 "#;
     let e = Config::from_yaml_with(yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
     for want in [
+        // A template a flow says is checked like a rule's, on every provider.
+        "flows.tramite.requisitos.say.template.name: provider 'tw2' (twilio) has no content_templates entry for 'requisitos' in 'es'",
+        "flows.tramite.requisitos.say.template.languages[0]: provider 'tw2' (twilio) has no content_templates entry for 'requisitos' in 'en'",
+        "flows[0].steps[0].say.template.body[0]",
+        "flows[0].steps[1].say.template.idioma: unknown field `idioma`",
+        "flows[0].steps[1].say.es: unknown field: say takes a text or {template: …}",
         "providers[0].account_sid",
         "providers[0].auth_token",
         "providers[0].api_key_sid",

@@ -581,6 +581,70 @@ flows:
     assert_eq!(template_language(382).as_deref(), Some("en"), "Carla's record says English");
 }
 
+/// A flow can send an approved template (a procedure's requirements, approved with its
+/// document): the texts before it go first, then the template, in the contact's language when
+/// it is approved in it, its parameters filled from the answers and the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_says_an_approved_template_after_its_texts_in_the_contacts_language() {
+    let mut h = Harness::new(vec![row(386, "Ana", "Sí", "Activo"), row(387, "Beto", "Sí", "Activo")]).await;
+    for language in ["es", "en"] {
+        h.sandbox.meta().add_template(recado::sandbox::TemplateDef::new("requisitos_tramite", language, 2, false));
+    }
+    h.extra_top = r#"
+inbound:
+  entry_flow: tramite
+  default_language: es
+  languages: [en]
+flows:
+  - id: tramite
+    steps:
+      - id: idioma
+        ask:
+          text: { es: "¿Idioma? / Language?", en: "¿Idioma? / Language?" }
+          sets_language: true
+          choices:
+            - { title: { es: "Español", en: "Español" }, value: es }
+            - { title: { es: "English", en: "English" }, value: en }
+      - id: cual
+        ask:
+          text: { es: "¿Qué trámite?", en: "Which procedure?" }
+          choices:
+            - { id: licencia, title: { es: "Licencia", en: "Licence" }, value: Licencia }
+            - { id: patente, title: { es: "Patente", en: "Permit" }, value: Patente }
+      - id: aviso
+        say: { es: "Te enviamos los requisitos.", en: "Here are the requirements." }
+      - id: requisitos
+        say:
+          template:
+            name: requisitos_tramite
+            language: es
+            languages: [en]
+            body: ["{{ Nombre }}", "{{ answers.cual }}"]
+        end: true
+"#
+    .into();
+    h.start().await;
+    for (n, language, procedure) in [(386, "Español", "Licencia"), (387, "English", "Permit")] {
+        h.says(n, "hola", None);
+        wait_for("the language question", Duration::from_secs(20), || async { h.meta_sent_to(n).len() == 1 }).await;
+        h.says(n, language, None);
+        wait_for("the procedure question", Duration::from_secs(20), || async { h.meta_sent_to(n).len() == 2 }).await;
+        h.says(n, procedure, None);
+        wait_for("the text and the template", Duration::from_secs(20), || async { h.meta_sent_to(n).len() == 4 }).await;
+    }
+    let ana = h.meta_sent_to(386);
+    assert_eq!(ana[2].body["text"]["body"], "Te enviamos los requisitos.", "the text goes first");
+    let template = &ana[3].body["template"];
+    assert_eq!(template["name"], "requisitos_tramite");
+    assert_eq!(template["language"]["code"], "es");
+    assert_eq!(template["components"][0]["parameters"][0]["text"], "Ana");
+    assert_eq!(template["components"][0]["parameters"][1]["text"], "Licencia");
+    let beto = h.meta_sent_to(387);
+    assert_eq!(beto[2].body["text"]["body"], "Here are the requirements.");
+    assert_eq!(beto[3].body["template"]["language"]["code"], "en", "Beto chose English");
+    assert_eq!(beto[3].body["template"]["components"][0]["parameters"][1]["text"], "Patente", "the saved value");
+}
+
 /// Someone known only in a second source (another tab) is recognised by their number: the bot
 /// greets them with their record's fields, and their answer lands in that record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
