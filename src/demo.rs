@@ -49,10 +49,7 @@ pub async fn run_scenario(
         DemoScenario::Empleo => run(provider, until_settled, timeout).await,
         DemoScenario::Salud if provider == DemoProvider::Meta => salud::run(until_settled, timeout).await,
         DemoScenario::Salud => Err(anyhow::anyhow!("the salud scenario sends through Meta (leave --provider out)")),
-        DemoScenario::Municipio if provider == DemoProvider::Meta => municipio::run(until_settled, timeout).await,
-        DemoScenario::Municipio => {
-            Err(anyhow::anyhow!("the municipio scenario sends through Meta (leave --provider out)"))
-        }
+        DemoScenario::Municipio => municipio::run(provider, until_settled, timeout).await,
     }
 }
 
@@ -71,20 +68,24 @@ pub fn demo_config_yaml(sandbox_url: &str, key_file: &str, state_path: &str) -> 
 /// The demo configuration for `provider`: the Meta one, or the same with its provider entry
 /// replaced by the Twilio one (rules switch by `provider:` alone, and the id stays).
 pub fn demo_config_yaml_for(provider: DemoProvider, sandbox_url: &str, key_file: &str, state_path: &str) -> String {
-    let yaml = match provider {
-        DemoProvider::Meta => DEMO_YAML.to_string(),
-        DemoProvider::Twilio => {
-            let start = DEMO_YAML.find("providers:\n").map(|i| i + "providers:\n".len());
-            let end = DEMO_YAML.find("\nsources:");
-            match (start, end) {
-                (Some(s), Some(e)) if s <= e => {
-                    format!("{}{}{}", &DEMO_YAML[..s], DEMO_TWILIO_PROVIDER, &DEMO_YAML[e..])
-                }
-                _ => DEMO_YAML.to_string(),
-            }
-        }
-    };
-    yaml.replace("${SANDBOX}", sandbox_url).replace("${KEY_FILE}", key_file).replace("${STATE_PATH}", state_path)
+    with_provider(DEMO_YAML, provider)
+        .replace("${SANDBOX}", sandbox_url)
+        .replace("${KEY_FILE}", key_file)
+        .replace("${STATE_PATH}", state_path)
+}
+
+/// A demo configuration as written (Meta), or with its `providers:` entry replaced by the
+/// Twilio one: rules and flows switch by `provider:` alone, and the id stays.
+fn with_provider(yaml: &str, provider: DemoProvider) -> String {
+    if provider == DemoProvider::Meta {
+        return yaml.to_string();
+    }
+    let start = yaml.find("providers:\n").map(|i| i + "providers:\n".len());
+    let end = yaml.find("\nsources:");
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e => format!("{}{}{}", &yaml[..s], DEMO_TWILIO_PROVIDER, &yaml[e..]),
+        _ => yaml.to_string(),
+    }
 }
 
 struct Person {

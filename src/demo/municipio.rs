@@ -3,7 +3,8 @@
 //! chat, someone who refuses, someone who opts out. Then an employment programme's graduate
 //! gets the follow-up survey as a template and answers it inside WhatsApp, each answer landing
 //! in its column of her row. The people are scripted users of the WhatsApp emulator: they
-//! write, wait for the bot's answer and tap its buttons.
+//! write, wait for the bot's answer and tap its buttons (on Twilio, which shows no buttons to
+//! a bot, they answer the numbered options by number).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::{cell_text, fit, wait_until, Narrator};
+use super::{cell_text, fit, wait_until, DemoProvider, Narrator};
 use crate::sandbox::meta::{interactive_options, shown_text};
-use crate::sandbox::{MetaSettings, Sandbox, ScriptLine, SimUser, TemplateDef, TwilioSettings};
+use crate::sandbox::{ContentDef, MetaSettings, Sandbox, ScriptLine, SimUser, TemplateDef, TwilioSettings, TwilioUser};
 
 const YAML: &str = include_str!("../../config/demo-municipio.yaml");
 const SHEET: &str = "demo-municipio";
@@ -101,31 +102,46 @@ fn sheet() -> Vec<Vec<Value>> {
     rows
 }
 
-/// Runs the scenario (on Meta). See [`super::run`] for `until_settled` and `timeout`.
-pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
+/// Runs the scenario through `provider`. See [`super::run`] for `until_settled` and `timeout`.
+pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let settings = MetaSettings { status_delay_ms: 100, ..Default::default() };
-    let sandbox =
-        Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), settings, TwilioSettings::default()).await?;
-    println!("▶ Sandbox de Google y Meta en {}", sandbox.base_url());
+    let twilio = TwilioSettings { status_delay_ms: 100, ..Default::default() };
+    let sandbox = Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), settings, twilio).await?;
+    let vendor = match provider {
+        DemoProvider::Meta => "Meta",
+        DemoProvider::Twilio => "Twilio",
+    };
+    println!("▶ Sandbox de Google y {vendor} en {}", sandbox.base_url());
     sandbox.meta().add_template(TemplateDef::new("encuesta_egreso", "es", 1, false));
+    sandbox.twilio().add_content(ContentDef::new("encuesta_egreso", "es", 1, false));
     let reports = vec![["ID", "Fecha", "Problema", "Lugar", "Teléfono"].map(|h| json!(h)).to_vec()];
     sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), sheet()), (REPORTS.to_string(), reports)]);
     let people: Vec<Resident> = residents().into_iter().chain([graduate()]).collect();
     for p in &people {
-        sandbox.meta().add_user(SimUser {
-            wa_id: p.wa_id.into(),
-            name: p.name.into(),
-            read_after_ms: 200,
-            script: p.script.clone(),
-            ..Default::default()
-        });
+        match provider {
+            DemoProvider::Meta => sandbox.meta().add_user(SimUser {
+                wa_id: p.wa_id.into(),
+                name: p.name.into(),
+                read_after_ms: 200,
+                script: p.script.clone(),
+                ..Default::default()
+            }),
+            DemoProvider::Twilio => sandbox.twilio().add_user(TwilioUser {
+                number: format!("+{}", p.wa_id),
+                name: p.name.into(),
+                read_after_ms: 200,
+                script: p.script.clone(),
+                ..Default::default()
+            }),
+        }
     }
     let key_file = dir.path().join("sa.json");
     std::fs::write(&key_file, sandbox.service_account_key("recado-demo@sandbox.iam.gserviceaccount.com"))?;
     let state_path = dir.path().join("recado.db");
+    let yaml = super::with_provider(YAML, provider);
     let running =
-        super::start_daemon(&sandbox, &super::fill(YAML, &sandbox, &key_file, &state_path), &state_path).await?;
+        super::start_daemon(&sandbox, &super::fill(&yaml, &sandbox, &key_file, &state_path), &state_path).await?;
     let store = running.ctx().store.clone();
     wait_until(Duration::from_secs(10), || {
         let store = store.clone();
@@ -138,16 +154,25 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut narrator = Narrator::default();
+    let start_script = |wa_id: &str| match provider {
+        DemoProvider::Meta => sandbox.meta().start_script(wa_id),
+        DemoProvider::Twilio => sandbox.twilio().start_script(&format!("+{wa_id}")),
+    };
     for p in residents() {
         println!("💬 {} escribe al número de la Municipalidad", p.name);
-        sandbox.meta().start_script(p.wa_id);
+        start_script(p.wa_id);
     }
     println!("🎓 El programa marca a Camila como Egresado: recibe la encuesta de seguimiento");
     sandbox.google().edit_by_key(SHEET, TAB, "ID", "P-1", "Estado", json!("Egresado"));
-    sandbox.meta().start_script(graduate().wa_id);
+    start_script(graduate().wa_id);
 
-    let meta = sandbox.meta();
-    let scripts = wait_until(timeout, || async { meta.scripts_done() }).await;
+    let scripts = wait_until(timeout, || async {
+        match provider {
+            DemoProvider::Meta => sandbox.meta().scripts_done(),
+            DemoProvider::Twilio => sandbox.twilio().scripts_done(),
+        }
+    })
+    .await;
     let settled = scripts && super::settle(&running, &mut narrator, (0, 0), started + timeout, timeout).await;
     let answered = wait_until(Duration::from_secs(10), || async {
         sandbox.google().rows(SHEET, TAB).iter().any(|r| r.iter().any(|c| cell_text(c) == "completa"))
@@ -155,7 +180,7 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
     .await;
     let reported =
         wait_until(Duration::from_secs(10), || async { sandbox.google().rows(SHEET, REPORTS).len() == 2 }).await;
-    print_transcripts(&sandbox, &people);
+    print_transcripts(&sandbox, provider, &people);
     print_sheet(&sandbox);
     super::print_summary(&running).await?;
     let result = if settled && answered && reported {
@@ -174,19 +199,37 @@ pub async fn run(until_settled: bool, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// Each person's conversation, in order: what they wrote or tapped, what recado answered.
-fn print_transcripts(sandbox: &Sandbox, people: &[Resident]) {
-    let sent = sandbox.meta().sent();
-    let received = sandbox.meta().received();
+fn print_transcripts(sandbox: &Sandbox, provider: DemoProvider, people: &[Resident]) {
     for p in people {
         println!("\nConversación con {}:", p.name);
-        let mut lines: Vec<(i64, String)> =
-            received.iter().filter(|m| m.wa_id == p.wa_id).map(|m| (m.at_ms, format!("  👤 {}", m.text))).collect();
-        for m in sent.iter().filter(|m| m.wa_id == p.wa_id) {
-            let options: Vec<String> = interactive_options(m).into_iter().map(|(_, t)| t).collect();
-            let shown = shown_text(m).replace('\n', " ");
-            let text = if options.is_empty() { shown } else { format!("{shown}  [{}]", options.join("] [")) };
-            let who = if m.body["type"] == "template" { "🤖 (plantilla)" } else { "🤖" };
-            lines.push((m.at_ms, format!("  {who} {}", fit(&text, 150).trim_end())));
+        let mut lines: Vec<(i64, String)> = Vec::new();
+        let mut bot = |at: i64, template: bool, text: &str| {
+            let who = if template { "🤖 (plantilla)" } else { "🤖" };
+            lines.push((at, format!("  {who} {}", fit(&text.replace('\n', " "), 150).trim_end())));
+        };
+        match provider {
+            DemoProvider::Meta => {
+                for m in sandbox.meta().sent().iter().filter(|m| m.wa_id == p.wa_id) {
+                    let options: Vec<String> = interactive_options(m).into_iter().map(|(_, t)| t).collect();
+                    let shown = shown_text(m);
+                    let text = if options.is_empty() { shown } else { format!("{shown}  [{}]", options.join("] [")) };
+                    bot(m.at_ms, m.body["type"] == "template", &text);
+                }
+                let received = sandbox.meta().received();
+                lines.extend(
+                    received.iter().filter(|m| m.wa_id == p.wa_id).map(|m| (m.at_ms, format!("  👤 {}", m.text))),
+                );
+            }
+            DemoProvider::Twilio => {
+                let number = format!("whatsapp:+{}", p.wa_id);
+                for m in sandbox.twilio().sent().iter().filter(|m| m.to == number) {
+                    bot(m.at_ms, m.template.is_some(), &m.body);
+                }
+                let received = sandbox.twilio().received();
+                lines.extend(
+                    received.iter().filter(|m| m.from == number).map(|m| (m.at_ms, format!("  👤 {}", m.body))),
+                );
+            }
         }
         lines.sort_by_key(|(at, _)| *at);
         for (_, l) in lines {

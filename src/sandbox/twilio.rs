@@ -355,6 +355,11 @@ impl TwilioState {
         self.lock().messages.iter().filter(|m| m.direction != "inbound").cloned().collect()
     }
 
+    /// What people wrote (inbound messages), oldest first.
+    pub fn received(&self) -> Vec<TwilioMessage> {
+        self.lock().messages.iter().filter(|m| m.direction == "inbound").cloned().collect()
+    }
+
     pub fn sent_count(&self) -> usize {
         self.lock().messages.iter().filter(|m| m.direction != "inbound").count()
     }
