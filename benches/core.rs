@@ -26,7 +26,7 @@ fn record(i: usize, version: usize) -> Record {
     fields.insert("Consentimiento".to_string(), CellValue::Text("Sí".into()));
     fields.insert(
         "Estado".to_string(),
-        CellValue::Text(if version > 0 && i % 100 == 0 { "Egresado" } else { "Activo" }.into()),
+        CellValue::Text(if version > 0 && i.is_multiple_of(100) { "Egresado" } else { "Activo" }.into()),
     );
     fields.insert("Comuna".to_string(), CellValue::Text(format!("Comuna {}", i % 346)));
     debug_assert_eq!(fields.len(), COLUMNS.len());

@@ -122,6 +122,8 @@ pub const STOP_BUDGET: Duration = Duration::from_secs(50);
 
 /// The daemon, running.
 pub struct RunningApp {
+    /// Held until the daemon stops: a second daemon on the same state refuses to start.
+    _lock: crate::store::StateLock,
     ctx: Arc<EngineCtx>,
     webhook_addr: SocketAddr,
     intake: Stage,
@@ -138,6 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
 /// Starts everything. Returns once the webhook server listens and every loop is spawned.
 pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Result<RunningApp> {
     let config = Arc::new(config);
+    let lock = crate::store::StateLock::acquire(&config.state.path)?;
     let store = Store::open(&config.state.path).await?;
     let rules = Arc::new(RuleSet::compile(&config.rules).map_err(anyhow::Error::msg)?);
     let http = http_client()?;
@@ -238,7 +241,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
             info!(provider = %p.id(), "webhook callback URL to configure at the provider: {public}/webhooks/{}", p.id());
         }
     }
-    Ok(RunningApp { ctx, webhook_addr, intake, senders, inbox, writers: writers_stage })
+    Ok(RunningApp { _lock: lock, ctx, webhook_addr, intake, senders, inbox, writers: writers_stage })
 }
 
 impl RunningApp {
@@ -274,12 +277,120 @@ impl RunningApp {
     }
 }
 
-/// `recado run`: starts and runs until SIGTERM or Ctrl-C.
+/// `recado run`: starts and runs until SIGTERM or Ctrl-C, telling systemd how it goes when
+/// it runs under a `Type=notify` unit.
 pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    run_notifying(config, crate::systemd::Notifier::from_env(), wait_for_signal()).await
+}
+
+/// A round of a loop lasting longer than this is taken for a stuck loop: systemd's watchdog
+/// stops being fed and restarts recado. Generous: one round may make several vendor calls of
+/// up to two minutes each (a large sheet's first read).
+pub const STUCK_AFTER: Duration = Duration::from_secs(600);
+
+/// Runs until `stop` completes. Through `notifier`: `READY=1` once the store is open, the
+/// webhook server listens and every source has completed its first read; `WATCHDOG=1` while
+/// no loop is stuck; `STATUS=` with what is queued; `STOPPING=1` when `stop` completes.
+pub async fn run_notifying(
+    config: Config,
+    notifier: crate::systemd::Notifier,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let app = start(config).await?;
-    wait_for_signal().await;
+    let notifier = Arc::new(notifier);
+    let (done, done_rx) = watch::channel(false);
+    let pinger = tokio::spawn(notify_loop(Arc::clone(&app.ctx), Arc::clone(&notifier), done_rx));
+    stop.await;
+    notifier.stopping();
+    let _ = done.send(true);
+    let _ = pinger.await;
     app.stop().await;
     Ok(())
+}
+
+/// What systemd hears while recado runs (see [`run_notifying`]).
+async fn notify_loop(ctx: Arc<EngineCtx>, notifier: Arc<crate::systemd::Notifier>, mut done: watch::Receiver<bool>) {
+    if !notifier.enabled() {
+        return;
+    }
+    let tick = notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(5))
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let sources: Vec<String> = ctx.config.sources.iter().map(|s| format!("source:{}", s.id())).collect();
+    let mut ready = false;
+    let mut last_status = String::new();
+    let mut last_status_at = std::time::Instant::now();
+    let mut stuck_reported = false;
+    loop {
+        let stuck = ctx.health.stuck(STUCK_AFTER);
+        if stuck.is_empty() {
+            stuck_reported = false;
+            if notifier.watchdog_interval().is_some() {
+                notifier.watchdog();
+            }
+        } else if !stuck_reported {
+            stuck_reported = true;
+            let names: Vec<String> = stuck.iter().map(|(n, d)| format!("{n} ({} s)", d.as_secs())).collect();
+            tracing::error!(loops = %names.join(", "), "a loop is stuck in one round: systemd's watchdog is no longer fed, so the service will be restarted");
+        }
+        let status = if ready {
+            let due = last_status_at.elapsed() >= Duration::from_secs(10) || last_status.is_empty();
+            if due {
+                queue_status(&ctx).await
+            } else {
+                last_status.clone()
+            }
+        } else {
+            let waiting: Vec<&String> =
+                sources.iter().filter(|s| ctx.health.get(s).is_none_or(|c| c.ok_at.is_none())).collect();
+            if waiting.is_empty() {
+                ready = true;
+                let status = queue_status(&ctx).await;
+                notifier.ready(&status);
+                info!("ready: every source has completed its first read");
+                last_status = status.clone();
+                last_status_at = std::time::Instant::now();
+                status
+            } else {
+                let first = waiting[0];
+                let error = ctx
+                    .health
+                    .get(first)
+                    .and_then(|c| c.last_error)
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
+                format!("starting: waiting for the first read of {}{error}", first.trim_start_matches("source:"))
+            }
+        };
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
+            last_status_at = std::time::Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = done.changed() => return,
+        }
+    }
+}
+
+/// `STATUS=` once running: what waits to be sent, written back and applied.
+async fn queue_status(ctx: &EngineCtx) -> String {
+    let counts = async {
+        let mut c = ctx.store.conn().await?;
+        let by_state = crate::store::counts_by_state(&mut c).await?;
+        let queued: i64 = by_state.iter().filter(|(s, _)| s == "queued").map(|(_, n)| n).sum();
+        let writes = crate::store::pending_write_count(&mut c).await?;
+        let webhooks = crate::store::pending_webhook_count(&mut c).await?;
+        Ok::<_, crate::store::StoreError>((queued, writes, webhooks))
+    };
+    match counts.await {
+        Ok((queued, writes, webhooks)) => {
+            format!("running: {queued} message(s) queued, {writes} write-back value(s) pending, {webhooks} webhook deliveries to apply")
+        }
+        Err(e) => format!("running (the queue cannot be read: {e})"),
+    }
 }
 
 async fn wait_for_signal() {

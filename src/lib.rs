@@ -25,4 +25,5 @@ pub mod sandbox;
 pub mod schedule;
 pub mod sources;
 pub mod store;
+pub mod systemd;
 pub mod validation;

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::validation::{ConfigError, ConfigErrors, Env};
-pub(crate) use validate::flow_template;
 pub use validate::normalise_keyword;
 
 use crate::providers::meta_cloud::MetaCloudConfig;
@@ -194,25 +193,7 @@ pub enum Trigger {
     Cron { expr: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateSpec {
-    pub name: String,
-    pub language: String,
-    /// Other languages it is approved in: a contact's chosen language among them is used.
-    pub languages: Vec<String>,
-    pub body: Vec<String>,
-    pub button_url_suffix: Option<String>,
-    /// Characters of the template's own body text (without parameters).
-    pub body_text_chars: usize,
-}
-
-/// Most characters a template's body text and its parameters may have together: WhatsApp
-/// refuses more, whichever provider carries it. What the template's own text does not take is
-/// left for the parameters.
-pub const TEMPLATE_TEXT_LIMIT: usize = 1024;
-
-/// What a template's own body text is taken to be when `body_text_chars` is not given.
-pub const DEFAULT_BODY_TEXT_CHARS: usize = 200;
+pub use crate::domain::{TemplateSpec, DEFAULT_BODY_TEXT_CHARS, TEMPLATE_TEXT_LIMIT};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendSpec {

@@ -300,7 +300,7 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     p.non_empty("inbound.default_language", &default_language);
     let languages: Vec<String> = inbound.languages.unwrap_or_default();
     let flow_languages = crate::flows::config::Languages { default: &default_language, required: &languages };
-    let mut flows = crate::flows::config::validate(&mut p, take("flows"), &flow_languages);
+    let mut flows = crate::flows::config::validate(&mut p, take("flows"), &flow_languages, &flow_template);
     let consent_version = match inbound.consent {
         Some(v) => crate::flows::config::consent_flow(&mut p, v, &flow_languages).map(|(flow, version)| {
             flows.flows.insert(flow.id.clone(), flow);
@@ -453,7 +453,7 @@ fn list(ids: &HashSet<String>) -> String {
 }
 
 /// A template written in a flow (`say: {template: …}`), read and checked like a rule's.
-pub(crate) fn flow_template(p: &mut Problems, path: &str, v: Value) -> Option<TemplateSpec> {
+fn flow_template(p: &mut Problems, path: &str, v: Value) -> Option<TemplateSpec> {
     let t = p.parse::<RawTemplate>(path, v)?;
     Some(template_spec(p, path, t))
 }

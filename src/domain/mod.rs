@@ -11,6 +11,7 @@ pub mod record;
 mod secret;
 mod status;
 mod target;
+mod template;
 
 pub use message::{
     InboundKind, Intent, MessageContent, ProviderError, ProviderEvent, ReplyOption, Sender, TemplateMessage,
@@ -20,6 +21,7 @@ pub use record::{same_field, CellValue, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;
 pub use target::{interaction, FieldWrite, PendingWrite, WriteTarget};
+pub use template::{normalise_parameters, one_line, TemplateSpec, DEFAULT_BODY_TEXT_CHARS, TEMPLATE_TEXT_LIMIT};
 
 /// Upper case without accents, for keyword matching (`Bája` = `BAJA`).
 pub fn normalise_keyword(s: &str) -> String {

@@ -129,6 +129,7 @@ impl Dispatcher {
             if shutdown.is_set() {
                 break;
             }
+            let busy = self.ctx.health.busy(&self.health_name);
             if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
                 last_doubt_check = Some(self.now_ms());
                 if let Err(e) = self.settle_in_doubt().await {
@@ -146,6 +147,7 @@ impl Dispatcher {
             };
             if batch.is_empty() {
                 let next = self.next_due().await;
+                drop(busy);
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = self.ctx.clock.sleep_until(next, Duration::from_secs(5)) => {}

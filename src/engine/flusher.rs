@@ -108,6 +108,7 @@ impl Flusher {
     /// or permission missing): longer each time, up to eight flush intervals or a minute, so
     /// a broken configuration is not hammered every flush and a fixed one is picked up soon.
     async fn flush_logged(&self, failures: &mut u32) -> Option<Duration> {
+        let _busy = self.ctx.health.busy(&self.health_name);
         let failed = match self.flush_once().await {
             Ok(WriteReport { failed: Some(e), .. }) => FlushError::Source(e),
             Ok(r) => {

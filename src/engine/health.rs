@@ -2,8 +2,9 @@
 //! how many times in a row it failed, its last error, and how many times its loop was
 //! restarted after a panic. A component that keeps failing is degraded.
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -45,6 +46,25 @@ pub struct QuotaHealth {
 #[derive(Default)]
 pub struct Health {
     components: Mutex<BTreeMap<String, ComponentHealth>>,
+    /// Loops in the middle of a round, since when. A loop waiting for work is not here: only a
+    /// round that never ends (a call that hangs, a deadlock) stays, and makes the loop stuck.
+    busy: Mutex<HashMap<String, Instant>>,
+}
+
+/// A round in progress (see [`Health::busy`]); the round ends when this is dropped.
+pub struct Busy {
+    health: Arc<Health>,
+    name: String,
+    since: Instant,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = self.health.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        if busy.get(&self.name) == Some(&self.since) {
+            busy.remove(&self.name);
+        }
+    }
 }
 
 impl Health {
@@ -108,7 +128,38 @@ impl Health {
         self.components.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// A round of `name`'s loop begins; it ends when the returned guard is dropped.
+    pub fn busy(self: &Arc<Self>, name: &str) -> Busy {
+        let since = Instant::now();
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), since);
+        Busy { health: Arc::clone(self), name: name.to_string(), since }
+    }
+
+    /// Loops whose current round has lasted longer than `after`, with how long.
+    pub fn stuck(&self, after: Duration) -> Vec<(String, Duration)> {
+        let busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(String, Duration)> =
+            busy.iter().map(|(n, t)| (n.clone(), t.elapsed())).filter(|(_, d)| *d > after).collect();
+        out.sort();
+        out
+    }
+
     pub fn degraded(&self) -> bool {
         self.components.lock().unwrap_or_else(PoisonError::into_inner).values().any(|c| c.degraded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_is_stuck_only_while_a_round_lasts_too_long() {
+        let health = Arc::new(Health::default());
+        let round = health.busy("loop:inbox");
+        assert_eq!(health.stuck(Duration::ZERO).len(), 1, "in a round");
+        assert!(health.stuck(Duration::from_secs(60)).is_empty(), "not for long");
+        drop(round);
+        assert!(health.stuck(Duration::ZERO).is_empty(), "waiting for work is not stuck");
     }
 }

@@ -61,7 +61,10 @@ impl InboxProcessor {
                     warn!("conversation reminders and expiries will be retried: {e}");
                 }
             }
-            match self.process_pending().await {
+            let busy = self.ctx.health.busy(health);
+            let processed = self.process_pending().await;
+            drop(busy);
+            match processed {
                 Ok(n) => {
                     self.ctx.health.ok(health, "loop", self.ctx.now_ms());
                     if n > 0 {

@@ -147,10 +147,12 @@ impl SourcePoller {
             }
             // Shutdown never waits for a poll: an abandoned round committed nothing, or whole
             // transactions only.
+            let busy = self.ctx.health.busy(&self.health_name);
             let outcome = tokio::select! {
                 r = self.poll_once() => r,
                 _ = shutdown.wait() => break,
             };
+            drop(busy);
             let refused =
                 matches!(outcome, Err(PollError::Source(SourceError::Permanent(_) | SourceError::MissingFields(_))));
             refusals = if refused { refusals + 1 } else { 0 };

@@ -28,7 +28,10 @@ impl RetentionLoop {
                 _ = shutdown.wait() => break,
             }
             wait = Duration::from_secs(3600);
-            match self.prune_all(&shutdown).await {
+            let busy = self.ctx.health.busy("loop:retention");
+            let pruned = self.prune_all(&shutdown).await;
+            drop(busy);
+            match pruned {
                 Ok(total) => {
                     self.ctx.health.ok("loop:retention", "loop", self.ctx.now_ms());
                     if total != Pruned::default() {

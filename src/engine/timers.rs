@@ -103,7 +103,10 @@ impl TimerLoop {
                 let next_timer = store::next_timer_at(&mut c).await?;
                 Ok::<_, StoreError>([next_timer, next_campaign].into_iter().flatten().min())
             };
-            let next = match round.await {
+            let busy = self.ctx.health.busy(health);
+            let outcome = round.await;
+            drop(busy);
+            let next = match outcome {
                 Ok(n) => {
                     self.ctx.health.ok(health, "loop", self.ctx.now_ms());
                     n

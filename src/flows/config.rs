@@ -238,7 +238,7 @@ pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -
     let raw = p.parse::<RawConsent>(path, value)?;
     p.non_empty(&format!("{path}.version"), &raw.version);
     let ids: HashSet<String> = ["notice", "accepted", "refused", "refused_text"].map(String::from).into();
-    let mut v = StepValidator { p, languages, step_ids: &ids };
+    let mut v = StepValidator { p, languages, step_ids: &ids, templates: None };
     let notice = v.text(&format!("{path}.notice"), raw.notice, MAX_INTERACTIVE_BODY);
     let accept = v.text(&format!("{path}.accept"), raw.accept, MAX_BUTTON_TITLE);
     let refuse = v.text(&format!("{path}.refuse"), raw.refuse, MAX_BUTTON_TITLE);
@@ -279,7 +279,7 @@ pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -
 /// A text outside flows (a confirmation), with its languages checked like a flow's.
 pub fn local_text(p: &mut Problems, languages: &Languages<'_>, path: &str, raw: RawText) -> LocalText {
     let ids = HashSet::new();
-    let mut v = StepValidator { p, languages, step_ids: &ids };
+    let mut v = StepValidator { p, languages, step_ids: &ids, templates: None };
     v.text(path, raw, MAX_TEXT_BODY)
 }
 
@@ -289,8 +289,17 @@ pub struct Languages<'a> {
     pub required: &'a [String],
 }
 
+/// Reads a template written in a flow (`say: {template: …}`). The configuration passes its
+/// own reader, so a flow's template is written and checked exactly like a rule's.
+pub type TemplateReader<'a> = &'a dyn Fn(&mut Problems, &str, Value) -> Option<crate::domain::TemplateSpec>;
+
 /// Validates `flows:`.
-pub fn validate(p: &mut Problems, value: Option<Value>, languages: &Languages<'_>) -> FlowSet {
+pub fn validate(
+    p: &mut Problems,
+    value: Option<Value>,
+    languages: &Languages<'_>,
+    templates: TemplateReader<'_>,
+) -> FlowSet {
     let mut flows = BTreeMap::new();
     let mut ids = HashSet::new();
     for (path, raw) in p.list("flows", value) {
@@ -323,7 +332,7 @@ pub fn validate(p: &mut Problems, value: Option<Value>, languages: &Languages<'_
         for (sp, s) in &raw_steps {
             p.unique(&mut step_ids, &format!("{sp}.id"), &s.id);
         }
-        let mut v = StepValidator { p, languages, step_ids: &step_ids };
+        let mut v = StepValidator { p, languages, step_ids: &step_ids, templates: Some(templates) };
         let steps: Vec<Step> = raw_steps.into_iter().filter_map(|(sp, s)| v.step(&sp, s)).collect();
         let reminder = match (f.remind_after, f.reminder) {
             (Some(after), Some(text)) => {
@@ -373,6 +382,8 @@ struct StepValidator<'p, 'l> {
     p: &'p mut Problems,
     languages: &'l Languages<'l>,
     step_ids: &'l HashSet<String>,
+    /// How templates are read, where steps may send one (not in the consent notice).
+    templates: Option<TemplateReader<'l>>,
 }
 
 impl StepValidator<'_, '_> {
@@ -452,7 +463,7 @@ impl StepValidator<'_, '_> {
                 for other in m.keys() {
                     self.p.push(format!("{path}.{other}"), "unknown field: say takes a text or {template: …}");
                 }
-                match crate::config::flow_template(self.p, &format!("{path}.template"), template) {
+                match self.templates.and_then(|read| read(self.p, &format!("{path}.template"), template)) {
                     Some(spec) => StepKind::SayTemplate(Box::new(spec)),
                     None => StepKind::Pass,
                 }
@@ -673,7 +684,7 @@ mod tests {
 
     fn check(v: Value, required: &[String]) -> (FlowSet, Vec<String>) {
         let mut p = Problems::new();
-        let set = validate(&mut p, Some(v), &Languages { default: "es", required });
+        let set = validate(&mut p, Some(v), &Languages { default: "es", required }, &|_, _, _| None);
         let errors = p.into_errors().0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
         (set, errors)
     }

@@ -145,7 +145,7 @@ pub enum Next {
 pub enum StepKind {
     Say(LocalText),
     /// An approved template, its parameters templates over the answers and the record.
-    SayTemplate(Box<crate::config::TemplateSpec>),
+    SayTemplate(Box<crate::domain::TemplateSpec>),
     Ask(Box<Ask>),
     /// A value (a template over the answers and the record) saved to a field of the
     /// contact's record.
@@ -446,7 +446,7 @@ impl<'a> Run<'a> {
     /// A template step's message: in the contact's language when the template is approved in
     /// it. WhatsApp refuses an empty parameter, and a person must never see a template error,
     /// so one that renders empty is sent as "-"; parameters are made acceptable as a rule's.
-    fn template(&self, spec: &crate::config::TemplateSpec) -> crate::domain::TemplateMessage {
+    fn template(&self, spec: &crate::domain::TemplateSpec) -> crate::domain::TemplateMessage {
         let language = if spec.languages.contains(&self.conv.language) {
             self.conv.language.clone()
         } else {
@@ -458,11 +458,11 @@ impl<'a> Run<'a> {
             .map(|b| render(b, &self.conv.answers, self.ctx))
             .map(|v| if v.trim().is_empty() { "-".to_string() } else { v })
             .collect();
-        let budget = crate::config::TEMPLATE_TEXT_LIMIT.saturating_sub(spec.body_text_chars);
-        crate::rules::normalise_parameters(&mut body, budget);
+        let budget = crate::domain::TEMPLATE_TEXT_LIMIT.saturating_sub(spec.body_text_chars);
+        crate::domain::normalise_parameters(&mut body, budget);
         let button_url_suffix = spec.button_url_suffix.as_ref().map(|s| {
             let s = render(s, &self.conv.answers, self.ctx);
-            crate::rules::one_line(&s).unwrap_or(s)
+            crate::domain::one_line(&s).unwrap_or(s)
         });
         crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix }
     }
@@ -986,13 +986,13 @@ mod tests {
 
     #[test]
     fn a_template_step_never_sends_an_empty_or_multi_line_parameter() {
-        let spec = crate::config::TemplateSpec {
+        let spec = crate::domain::TemplateSpec {
             name: "requisitos".into(),
             language: "es".into(),
             languages: vec!["en".into()],
             body: vec!["{{ Falta }}".into(), "{{ answers.que }}".into()],
             button_url_suffix: None,
-            body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
+            body_text_chars: crate::domain::DEFAULT_BODY_TEXT_CHARS,
         };
         let f = Flow::new(
             "f".into(),

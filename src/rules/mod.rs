@@ -19,68 +19,9 @@ use crate::diff::Change;
 use crate::domain::{same_field, Intent, MessageContent, PhoneError, PhoneNumber, Record, RecordKey, TemplateMessage};
 use crate::expressions::{context_with, environment, DateStyle};
 
-use crate::config::TEMPLATE_TEXT_LIMIT;
+use crate::domain::TEMPLATE_TEXT_LIMIT;
 
-/// Makes template parameters acceptable to WhatsApp, which refuses (error 132018) parameters
-/// with a line break, a tab or more than four spaces in a row, and over-long ones: line breaks
-/// and tabs become spaces, runs of spaces become one, and when all of them are too long the
-/// longest are cut with an ellipsis so that all of them fit in `max_chars`. Returns what was
-/// changed, for the log.
-pub fn normalise_parameters(params: &mut [String], max_chars: usize) -> Vec<String> {
-    let mut notes = Vec::new();
-    for (i, p) in params.iter_mut().enumerate() {
-        if let Some(out) = one_line(p) {
-            notes.push(format!("template parameter {}: line breaks, tabs or repeated spaces replaced", i + 1));
-            *p = out;
-        }
-    }
-    let total = |ps: &[String]| ps.iter().map(|p| p.chars().count()).sum::<usize>();
-    let max_chars = max_chars.max(params.len() * 2);
-    if total(params) > max_chars {
-        notes.push(format!("template parameters longer than {max_chars} characters together: cut"));
-        while total(params) > max_chars {
-            let Some((i, len)) = params.iter().map(|p| p.chars().count()).enumerate().max_by_key(|(_, n)| *n) else {
-                break;
-            };
-            let excess = total(params) - max_chars;
-            let keep = len.saturating_sub(excess + 1).max(1);
-            if keep + 1 >= len {
-                break;
-            }
-            let mut cut: String = params[i].chars().take(keep).collect();
-            cut.push('…');
-            params[i] = cut;
-        }
-    }
-    notes
-}
-
-/// `text` on one line with single spaces (line breaks and tabs become spaces, runs of spaces
-/// one), or `None` when it already is.
-pub fn one_line(text: &str) -> Option<String> {
-    // Most parameters already are: answered without allocating.
-    let clean =
-        !text.contains(['\n', '\r', '\t']) && !text.contains("  ") && !text.starts_with(' ') && !text.ends_with(' ');
-    if clean {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut last_space = false;
-    for c in text.chars() {
-        let c = if matches!(c, '\n' | '\r' | '\t') { ' ' } else { c };
-        if c == ' ' {
-            if !last_space {
-                out.push(' ');
-            }
-            last_space = true;
-        } else {
-            out.push(c);
-            last_space = false;
-        }
-    }
-    let out = out.trim().to_string();
-    (out != text).then_some(out)
-}
+pub use crate::domain::{normalise_parameters, one_line};
 
 /// A rule matched but nothing can be sent, and why (written back to the row).
 #[derive(Debug, Clone, PartialEq)]

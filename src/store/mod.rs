@@ -24,7 +24,7 @@ pub mod webhooks;
 pub mod writeback;
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -56,6 +56,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("cannot open the state store {path}: {detail}")]
     Open { path: String, detail: String },
+    #[error("another recado is running on the state store {path} (it holds {lock}): stop it first, or give this one its own state.path")]
+    Locked { path: String, lock: String },
 }
 
 impl StoreError {
@@ -122,14 +124,66 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database at `path` and migrates it.
-    pub async fn open(path: &Path) -> StoreResult<Store> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Open { path: dir.display().to_string(), detail: e.to_string() })?;
+/// The right to run on a state store: one daemon per state file. Two daemons on one store
+/// would both send what is queued (twice to the same people), so `recado run` takes this
+/// before anything else and keeps it until it exits; the operating system lets go of it even
+/// when the process is killed. Commands that only read or edit a few rows (`plan`, `forget`)
+/// do not need it: SQLite keeps them consistent with a running daemon.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock of the store at `path` (the file `<path>.lock`, created `0600`).
+    pub fn acquire(path: &Path) -> StoreResult<StateLock> {
+        create_parent(path)?;
+        let lock = PathBuf::from(format!("{}.lock", path.display()));
+        let file = private_file(&lock)
+            .map_err(|e| StoreError::Open { path: lock.display().to_string(), detail: e.to_string() })?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StoreError::Locked { path: path.display().to_string(), lock: lock.display().to_string() })
             }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(StoreError::Open { path: lock.display().to_string(), detail: format!("cannot lock it: {e}") })
+            }
+        }
+    }
+}
+
+fn create_parent(path: &Path) -> StoreResult<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open { path: dir.display().to_string(), detail: e.to_string() })?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, creating it readable by its owner only: the state holds phone
+/// numbers and what people wrote. (SQLite gives its `-wal` and `-shm` files the database
+/// file's permissions.)
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+impl Store {
+    /// Opens (creating if needed, `0600`) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> StoreResult<Store> {
+        create_parent(path)?;
+        if !path.exists() {
+            private_file(path)
+                .map_err(|e| StoreError::Open { path: path.display().to_string(), detail: e.to_string() })?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)

@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "engine",
     "http",
     "sandbox",
+    "systemd",
     "app",
     "plan",
     "demo",
@@ -27,8 +28,20 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Modules that must not know any vendor.
-const VENDOR_FREE: &[&str] =
-    &["domain", "schedule", "diff", "expressions", "validation", "flows", "rules", "store", "engine", "http", "plan"];
+const VENDOR_FREE: &[&str] = &[
+    "domain",
+    "schedule",
+    "diff",
+    "expressions",
+    "validation",
+    "flows",
+    "rules",
+    "store",
+    "engine",
+    "http",
+    "plan",
+    "systemd",
+];
 
 /// Words that name a vendor, its wire format or its concepts.
 const VENDOR_WORDS: &[&str] = &[

@@ -103,3 +103,69 @@ async fn old_rows_are_pruned_after_their_retention() {
     drop(c);
     h.stop().await;
 }
+
+/// The state holds phone numbers and what people wrote: it is readable by its owner only. Two
+/// daemons on one state would both send what is queued, so a second one refuses to start, and
+/// starts once the first has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_is_private_and_a_second_daemon_on_it_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new(vec![]).await;
+    h.start().await;
+    let path = h.state_path();
+    for file in [path.clone(), std::path::PathBuf::from(format!("{}-wal", path.display()))] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+    let second = recado::app::start(h.config()).await;
+    let Err(e) = second else { panic!("a second daemon started on the same state") };
+    let e = format!("{e:#}");
+    assert!(e.contains("another recado is running on the state store"), "{e}");
+    h.stop().await;
+    let third = recado::app::start(h.config()).await.expect("starts once the first has stopped");
+    third.stop().await;
+}
+
+/// Under a `Type=notify` unit: `READY=1` comes only once every source has completed its first
+/// read, with a status line; the watchdog is fed while the loops are alive; `STOPPING=1` comes
+/// when the stop begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_after_the_first_read_then_watchdog_pings_and_stopping() {
+    let h = Harness::new(vec![crate::harness::row(300, "Ana", "Sí", "Activo")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify");
+    let server = tokio::net::UnixDatagram::bind(&socket).unwrap();
+    let notifier = recado::systemd::Notifier::to_socket(socket, Some(Duration::from_millis(200)));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(recado::app::run_notifying(h.config(), notifier, async move {
+        let _ = stopped.await;
+    }));
+    let mut heard: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut next = async |heard: &mut Vec<String>| {
+        let n = tokio::time::timeout(Duration::from_secs(20), server.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .unwrap();
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        heard.push(m.clone());
+        m
+    };
+    let ready = loop {
+        let m = next(&mut heard).await;
+        if m.starts_with("READY=1") {
+            break m;
+        }
+    };
+    let store = store::Store::open(&h.state_path()).await.unwrap();
+    let mut c = store.conn().await.unwrap();
+    assert!(
+        store::source_state(&mut c, "inscripciones").await.unwrap().baseline_done,
+        "ready before the first read was committed; heard {heard:?}"
+    );
+    assert!(ready.contains("\nSTATUS=running: 0 message(s) queued"), "{ready}");
+    while next(&mut heard).await != "WATCHDOG=1" {}
+    let _ = stop.send(());
+    while !next(&mut heard).await.starts_with("STOPPING=1") {}
+    run.await.unwrap().unwrap();
+}
