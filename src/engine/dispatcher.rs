@@ -633,16 +633,38 @@ impl Dispatcher {
             // A rule whose replies go to a flow: the conversation waits for the answer to the
             // question the template asked, from now (its reminder and expiry count from here).
             let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
-            // A conversation in progress about something else is not taken over: a reply that
-            // quotes this message still reaches this flow.
-            let busy = match on_reply {
-                None => true,
-                Some(flow) => store::conversation(&mut tx, m.phone.as_str()).await?.is_some_and(|c| {
-                    c.expires_at.is_none_or(|e| e > now)
-                        && (c.conversation.flow != flow
-                            || c.record != Some((m.source_id.clone(), m.record_key.clone())))
-                }),
-            };
+            // The survey's question is now the last thing on the person's screen, so their next
+            // message answers it: the survey takes over a conversation in progress (an
+            // abandoned menu, say, whose progress is written as expired), except a hand-off to a
+            // person or the privacy notice, which it must not cut short. A reply that quotes
+            // this message still reaches this flow then.
+            let mut busy = on_reply.is_none();
+            if let (Some(flow), false) = (on_reply, busy) {
+                if let Some(c) = store::conversation(&mut tx, m.phone.as_str())
+                    .await?
+                    .filter(|c| c.expires_at.is_none_or(|e| e > now))
+                {
+                    let same = c.conversation.flow == flow
+                        && c.record == Some((m.source_id.clone(), m.record_key.clone()));
+                    let protected = [super::inbox::HANDOFF_FLOW, crate::flows::config::CONSENT_FLOW]
+                        .contains(&c.conversation.flow.as_str());
+                    if protected {
+                        busy = true;
+                        info!(message_id = m.id, flow = %c.conversation.flow, "survey not started: the person is in a hand-off or the privacy notice; a reply quoting the template still reaches it");
+                    } else if !same {
+                        info!(message_id = m.id, from = %c.conversation.flow, to = %flow, "a survey takes over the conversation in progress");
+                        if let Some(old) = self.ctx.config.flows.get(&c.conversation.flow) {
+                            let ended = super::progress_write(old, c.record.as_ref(), super::FlowProgress::Expired);
+                            store::queue_writes(&mut tx, &ended.into_iter().collect::<Vec<_>>()).await?;
+                            if let Some((source, _)) = &c.record {
+                                sources.insert(source.clone());
+                            }
+                        }
+                    } else {
+                        busy = true;
+                    }
+                }
+            }
             if let (Some(flow), MessageState::Queued | MessageState::Sending, false) =
                 (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current, busy)
             {
