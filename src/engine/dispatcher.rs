@@ -644,8 +644,8 @@ impl Dispatcher {
                     .await?
                     .filter(|c| c.expires_at.is_none_or(|e| e > now))
                 {
-                    let same = c.conversation.flow == flow
-                        && c.record == Some((m.source_id.clone(), m.record_key.clone()));
+                    let same =
+                        c.conversation.flow == flow && c.record == Some((m.source_id.clone(), m.record_key.clone()));
                     let protected = [super::inbox::HANDOFF_FLOW, crate::flows::config::CONSENT_FLOW]
                         .contains(&c.conversation.flow.as_str());
                     if protected {

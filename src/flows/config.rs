@@ -26,7 +26,7 @@
 //! WhatsApp's limits on buttons and lists, targets of `goto` that do not exist, texts missing
 //! for a configured language, template syntax.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -319,13 +319,17 @@ pub fn validate(
         if f.steps.is_empty() {
             p.push(format!("{path}.steps"), "a flow needs at least one step");
         }
+        let mut step_versions = HashMap::new();
         let raw_steps: Vec<(String, RawStep)> = f
             .steps
             .into_iter()
             .enumerate()
             .filter_map(|(i, v)| {
                 let sp = format!("{path}.steps[{i}]");
-                p.parse::<RawStep>(&sp, v).map(|s| (sp, s))
+                let version = version_of(&v);
+                let step = p.parse::<RawStep>(&sp, v)?;
+                step_versions.insert(step.id.clone(), version);
+                Some((sp, step))
             })
             .collect();
         let mut step_ids = HashSet::new();
@@ -363,7 +367,7 @@ pub fn validate(
             v.p.non_empty(&format!("{path}.progress.field"), &pr.field);
             Progress { field: pr.field, started: pr.started, completed: pr.completed, expired: pr.expired }
         });
-        let mut flow = Flow::new(f.id, version, steps, expires_after);
+        let mut flow = Flow::new(f.id, version, steps, expires_after).with_step_versions(step_versions);
         flow.reminder = reminder;
         flow.progress = progress;
         flows.insert(flow.id.clone(), flow);

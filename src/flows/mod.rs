@@ -11,10 +11,12 @@
 //! save, a hand-off. The inbox does the IO (store, outbox, write-back) in one transaction.
 //!
 //! **A flow changed while someone is in it.** Each conversation keeps the version (a hash of
-//! the flow's content) it started with. When an answer arrives for an older version: if the
-//! step it was waiting on still exists and still asks something, that step is asked again in
-//! its new wording (the answer is not read against a question the person never saw); otherwise
-//! the flow starts again from its first step. Answers given so far are kept either way.
+//! the step's content) of the question it waits on. An edit elsewhere in the flow (its last
+//! text, its reminder, another question) changes nothing for them: their answer is read as
+//! usual and the flow goes on in its new form. When the question itself changed, it is asked
+//! again in its new wording (the answer is not read against a question the person never saw);
+//! when the step is gone or no longer asks, the flow starts again from its first step. Answers
+//! given so far are kept either way.
 
 pub mod config;
 
@@ -77,10 +79,13 @@ impl FlowSet {
 #[derive(Debug, Clone)]
 pub struct Flow {
     pub id: String,
-    /// A hash of the flow's content: conversations remember the version they started in.
+    /// A hash of the flow's content.
     pub version: String,
     pub steps: Vec<Step>,
     index: HashMap<String, usize>,
+    /// A hash of each step's content: a conversation remembers the version of the question it
+    /// waits on. (Without them, each step's version follows the flow's.)
+    step_versions: HashMap<String, String>,
     /// A conversation nobody answered for this long is over; the next message starts afresh.
     pub expires_after: Duration,
     /// Sent once, inside the 24-hour window, to a contact who stopped answering for this long.
@@ -102,7 +107,18 @@ pub struct Progress {
 impl Flow {
     pub fn new(id: String, version: String, steps: Vec<Step>, expires_after: Duration) -> Self {
         let index = steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
-        Self { id, version, steps, index, expires_after, reminder: None, progress: None }
+        Self { id, version, steps, index, step_versions: HashMap::new(), expires_after, reminder: None, progress: None }
+    }
+
+    /// Sets the version (a hash of the content) of each step, by id.
+    pub fn with_step_versions(mut self, versions: HashMap<String, String>) -> Self {
+        self.step_versions = versions;
+        self
+    }
+
+    /// The version of step `id`.
+    pub fn step_version(&self, id: &str) -> String {
+        self.step_versions.get(id).cloned().unwrap_or_else(|| format!("{}:{id}", self.version))
     }
 
     /// A conversation waiting for the answer to the flow's first question, whose text a
@@ -111,7 +127,7 @@ impl Flow {
         let first = self.steps.first().filter(|s| matches!(s.kind, StepKind::Ask(_)))?;
         Some(Conversation {
             flow: self.id.clone(),
-            version: self.version.clone(),
+            version: self.step_version(&first.id),
             step: first.id.clone(),
             attempts: 0,
             answers: BTreeMap::new(),
@@ -313,10 +329,8 @@ pub fn start(flow: &Flow, language: &str, default_language: &str, ctx: &TurnCont
 
 /// Takes the contact's answer to the step their conversation waits on.
 pub fn answer(flow: &Flow, conv: Conversation, input: &Input, default_language: &str, ctx: &TurnContext) -> Turn {
-    let outdated = conv.version != flow.version;
+    let outdated = conv.version != flow.step_version(&conv.step);
     let position = flow.position(&conv.step);
-    let mut conv = conv;
-    conv.version = flow.version.clone();
     let mut run = Run::new(flow, conv, default_language, ctx);
     let waiting = position.and_then(|p| match flow.steps.get(p) {
         Some(step @ Step { kind: StepKind::Ask(ask), .. }) => Some((p, step, ask)),
@@ -578,6 +592,7 @@ impl<'a> Run<'a> {
             }
         }
         self.conv.step = step.id.clone();
+        self.conv.version = self.flow.step_version(&step.id);
         self.waiting = true;
     }
 
@@ -853,12 +868,30 @@ mod tests {
         changed.version = "v2".into();
         let t = answer(&changed, conv.clone(), &says("1"), "es", &ctx());
         assert_eq!(t.conversation.as_ref().unwrap().step, "opcion", "the same step, asked again");
-        assert_eq!(t.conversation.as_ref().unwrap().version, "v2");
+        assert_eq!(t.conversation.as_ref().unwrap().version, "v2:opcion");
         assert!(matches!(&t.actions[0], Action::Send(Outgoing::Choice { body, .. }) if body == "¿Qué necesitas?"));
         let mut gone = conv;
         gone.step = "paso_borrado".into();
         let t = answer(&f, gone, &says("1"), "es", &ctx());
         assert_eq!(t.conversation.unwrap().step, "opcion", "from the start");
+    }
+
+    #[test]
+    fn an_edit_elsewhere_in_the_flow_does_not_discard_the_answer() {
+        let versions = |last: &str| -> HashMap<String, String> {
+            [("opcion", "a"), ("que", "b"), ("gracias", last)].map(|(k, v)| (k.to_string(), v.to_string())).into()
+        };
+        let f = menu().with_step_versions(versions("c"));
+        let conv = start(&f, "es", "es", &ctx()).conversation.unwrap();
+        assert_eq!(conv.version, "a");
+        let mut edited = menu().with_step_versions(versions("c2"));
+        edited.version = "v2".into();
+        let t = answer(&edited, conv, &says("Horarios"), "es", &ctx());
+        assert_eq!(
+            t.actions,
+            vec![Action::Send(Outgoing::Text("De 8:30 a 14:00.".into()))],
+            "answered, not asked again"
+        );
     }
 
     #[test]
