@@ -242,6 +242,7 @@ pub fn consent_flow(p: &mut Problems, value: Value, languages: &Languages<'_>) -
     let notice = v.text(&format!("{path}.notice"), raw.notice, MAX_INTERACTIVE_BODY);
     let accept = v.text(&format!("{path}.accept"), raw.accept, MAX_BUTTON_TITLE);
     let refuse = v.text(&format!("{path}.refuse"), raw.refuse, MAX_BUTTON_TITLE);
+    v.distinct_titles(&[(format!("{path}.accept"), &accept), (format!("{path}.refuse"), &refuse)]);
     let refused = raw.refused.map(|t| v.text(&format!("{path}.refused"), t, MAX_TEXT_BODY));
     let option = |id: &str, title: LocalText, goto: &str| ChoiceOption {
         id: id.into(),
@@ -559,12 +560,15 @@ impl StepValidator<'_, '_> {
                     );
                 }
                 let mut ids = HashSet::new();
-                let options = raw
+                let options: Vec<ChoiceOption> = raw
                     .into_iter()
                     .enumerate()
                     .map(|(i, c)| self.choice(&format!("{path}.choices[{i}]"), c, title_max, &mut ids))
                     .collect();
                 let list_button = a.list_button.map(|b| self.text(&format!("{path}.list_button"), b, MAX_LIST_BUTTON));
+                let titles: Vec<(String, &LocalText)> =
+                    options.iter().enumerate().map(|(i, o)| (format!("{path}.choices[{i}].title"), &o.title)).collect();
+                self.distinct_titles(&titles);
                 AnswerKind::Choice { options, list_button }
             }
             "yes_no" => {
@@ -581,6 +585,10 @@ impl StepValidator<'_, '_> {
                 };
                 let yes = side(self, "yes", a.yes);
                 let no = side(self, "no", a.no);
+                self.distinct_titles(&[
+                    (format!("{path}.yes.title"), &yes.title),
+                    (format!("{path}.no.title"), &no.title),
+                ]);
                 AnswerKind::YesNo { yes, no }
             }
             "number" => {
@@ -636,6 +644,30 @@ impl StepValidator<'_, '_> {
             }
         }
         Ask { prompt, answer, retry, retries, on_fail, save: a.save, sets_language }
+    }
+
+    /// WhatsApp refuses a message whose buttons or rows share a title, and a typed title could
+    /// not tell them apart: each title must differ from the others in every language (case
+    /// and accents aside).
+    fn distinct_titles(&mut self, titles: &[(String, &LocalText)]) {
+        let mut seen: HashMap<(String, String), &str> = HashMap::new();
+        for (path, title) in titles {
+            for (language, text) in &title.by_language {
+                let key = (language.clone(), crate::domain::normalise_keyword(text));
+                if key.1.is_empty() {
+                    continue;
+                }
+                match seen.get(&key) {
+                    Some(first) => self.p.push(
+                        format!("{path}.{language}"),
+                        format!("'{text}' is also the title at {first}: WhatsApp refuses options with the same title"),
+                    ),
+                    None => {
+                        seen.insert(key, path);
+                    }
+                }
+            }
+        }
     }
 
     fn choice(&mut self, path: &str, c: RawChoice, title_max: usize, ids: &mut HashSet<String>) -> ChoiceOption {
@@ -766,6 +798,27 @@ mod tests {
             &[],
         );
         assert!(errors.is_empty(), "{errors:?}");
+        // Two options with the same title (case and accents aside), in any language.
+        let same = json!([
+            {"id": "a", "title": {"es": "Horarios", "en": "Hours"}},
+            {"id": "b", "title": {"es": "horários", "en": "Opening"}}
+        ]);
+        let yes_no = json!({"text": "¿Sí?", "type": "yes_no", "yes": {"title": "Sí"}, "no": {"title": "SI"}});
+        let (_, errors) = check(
+            json!([{"id": "f", "steps": [
+                {"id": "a", "ask": {"text": {"es": "Elige", "en": "Pick"}, "choices": same}},
+                {"id": "b", "ask": yes_no}
+            ]}]),
+            &[],
+        );
+        assert!(errors.iter().any(|e| e.starts_with("flows[0].steps[0].ask.choices[1].title.es: 'horários' is also the title at flows[0].steps[0].ask.choices[0].title")), "{errors:?}");
+        assert!(!errors.iter().any(|e| e.contains(".title.en")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("flows[0].steps[1].ask.no.title.es")), "{errors:?}");
+        let mut p = Problems::new();
+        let consent = json!({"notice": "Aviso", "accept": "Acepto", "refuse": "Acepto", "version": "1"});
+        consent_flow(&mut p, consent, &Languages { default: "es", required: &[] });
+        let errors: Vec<String> = p.into_errors().0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        assert!(errors.iter().any(|e| e.starts_with("inbound.consent.refuse.es")), "{errors:?}");
     }
 
     #[test]
