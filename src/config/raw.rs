@@ -149,7 +149,8 @@ pub struct RawTemplate {
 #[serde(deny_unknown_fields)]
 pub struct RawInbound {
     /// A reply that is exactly one of these words (case- and accent-insensitive) opts the
-    /// person out. Default: BAJA, STOP, SALIR, CANCELAR, UNSUBSCRIBE.
+    /// person out. Default: BAJA, STOP, UNSUBSCRIBE (not SALIR or CANCELAR: people type those
+    /// to leave a menu or on a button to cancel an appointment; see ADR 0008).
     #[serde(default)]
     pub opt_out_keywords: Option<Vec<String>>,
     /// The flow (`flows:`) that a message nothing else handles starts: the menu.
