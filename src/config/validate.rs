@@ -293,9 +293,8 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         Some(v) => p.parse::<RawInbound>("inbound", v),
     };
     let inbound = inbound.unwrap_or_default();
-    let keywords = inbound
-        .opt_out_keywords
-        .unwrap_or_else(|| ["BAJA", "STOP", "UNSUBSCRIBE"].map(String::from).to_vec());
+    let keywords =
+        inbound.opt_out_keywords.unwrap_or_else(|| ["BAJA", "STOP", "UNSUBSCRIBE"].map(String::from).to_vec());
     let default_language = inbound.default_language.unwrap_or_else(|| "es".into());
     p.non_empty("inbound.default_language", &default_language);
     let languages: Vec<String> = inbound.languages.unwrap_or_default();

@@ -82,11 +82,16 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
     let erased_content = r#"{"type":"text","body":""}"#;
     e.messages = sqlx::query(
         "UPDATE messages SET phone = '', content = $2, fallback = NULL, error = NULL, recipient_id = NULL,
-                state = CASE WHEN state IN ('queued', 'sending') THEN 'skipped' ELSE state END
+                state = CASE WHEN state IN ('queued', 'sending') THEN 'skipped' ELSE state END,
+                idempotency_key = CASE WHEN instr(idempotency_key, $3) > 0 THEN 'forgotten:' || id
+                                       ELSE idempotency_key END
          WHERE phone = $1",
     )
     .bind(phone)
     .bind(erased_content)
+    // A key that names the contact (a conversation reminder's) goes too; the others (a rule's
+    // `rule:record:occurrence`) stay, so no rule messages the record again as if it were new.
+    .bind(phone.trim_start_matches('+'))
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -360,6 +360,8 @@ inbound:
   opt_out_reply: "Listo, no te escribiremos más."
 flows:
   - id: menu
+    remind_after: 1h
+    reminder: "¿Sigues ahí?"
     steps:
       - id: que
         ask: { text: "Cuéntanos tu consulta." }
@@ -371,13 +373,15 @@ flows:
     h.start().await;
     h.says(390, "hola", None);
     wait_for("the menu", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 1 }).await;
+    h.clock.advance(Duration::from_secs(2 * 3600));
+    wait_for("the reminder", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 2 }).await;
     h.says(390, "baja por favor", None);
-    wait_for("the opt-out confirmation", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 2 }).await;
+    wait_for("the opt-out confirmation", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 3 }).await;
     h.quiet().await;
     h.stop().await;
 
     let report = recado::cli::forget(&h.config(), &crate::harness::phone(390), "CL").await.expect("forget");
-    assert!(report.contains("2 message(s)"), "{report}");
+    assert!(report.contains("3 message(s)"), "{report}");
     assert!(report.contains("2 reply(ies)"), "{report}");
     assert!(report.contains("kept: their opt-out"), "{report}");
     assert!(!report.contains(&e164(390)), "the report masks the number: {report}");
@@ -395,6 +399,32 @@ flows:
         .await
         .unwrap();
         assert_eq!(left, 0, "nothing with the number is left");
+        // Nor anywhere else: every column of every table.
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+        )
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+        let digits = wa_id(390);
+        for table in tables {
+            let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                .bind(&table)
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+            for column in columns {
+                // Names read from the schema itself, quoted.
+                let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM \"{table}\" WHERE CAST(\"{column}\" AS TEXT) LIKE $1"
+                )))
+                .bind(format!("%{digits}%"))
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+                assert_eq!(found, 0, "the number is still in {table}.{column}");
+            }
+        }
         drop(c);
         store.close().await;
     }
@@ -405,7 +435,7 @@ flows:
     h.says(390, "hola", None);
     h.add_row(crate::harness::row(390, "P390", "Sí", "Activo"));
     h.quiet().await;
-    assert_eq!(bot_messages(&h, 390).len(), 2, "no answer after being forgotten");
+    assert_eq!(bot_messages(&h, 390).len(), 3, "no answer after being forgotten");
     assert!(h.sent_to(390).iter().all(|m| m.template.is_none()), "no rule message either");
 }
 
