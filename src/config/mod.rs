@@ -120,6 +120,15 @@ impl ProviderConfig {
         }
     }
 
+    /// Most characters of a free text this provider delivers (Meta: WhatsApp's 4,096; Twilio:
+    /// its own 1,600).
+    pub fn max_text_chars(&self) -> usize {
+        match self {
+            ProviderConfig::MetaCloud(_) => crate::flows::MAX_TEXT_BODY,
+            ProviderConfig::Twilio(_) => crate::providers::twilio::config::MAX_BODY_CHARS,
+        }
+    }
+
     /// Why the vendor could not reach recado's webhooks with this configuration, when the
     /// configuration can tell.
     pub fn reachability_problem(&self, public_url: Option<&str>) -> Option<String> {

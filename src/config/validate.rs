@@ -336,6 +336,33 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         }
     }
+    // A text longer than a provider delivers would leave the person without an answer: the bot
+    // answers on the provider the person wrote through, so every provider's limit counts.
+    if let Some(provider) = providers.iter().min_by_key(|c| c.max_text_chars()) {
+        let max = provider.max_text_chars();
+        for flow in flows.flows.values() {
+            for step in &flow.steps {
+                let texts: Vec<(&str, &crate::flows::LocalText)> = match &step.kind {
+                    crate::flows::StepKind::Say(t) => vec![("say", t)],
+                    crate::flows::StepKind::Ask(a) => std::iter::once(("ask.text", &a.prompt))
+                        .chain(a.retry.iter().map(|r| ("ask.retry", r)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for (at, text) in texts {
+                    for (language, t) in &text.by_language {
+                        let n = t.chars().count();
+                        if n > max {
+                            p.push(
+                                format!("flows.{}.{}.{at}.{language}", flow.id, step.id),
+                                format!("{n} characters: provider '{}' delivers at most {max}; shorten it or split it into two say steps", provider.id()),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
     // A flow that adds records adds them to a source that can take them.
     for flow in flows.flows.values() {
         for step in &flow.steps {

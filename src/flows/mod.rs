@@ -36,6 +36,9 @@ pub const MAX_ROW_TITLE: usize = 24;
 pub const MAX_LIST_BUTTON: usize = 20;
 pub const MAX_INTERACTIVE_BODY: usize = 1024;
 pub const MAX_TEXT_BODY: usize = 4096;
+/// Texts that follow one another go out as one message up to this many characters (the
+/// shortest body a provider delivers); beyond it, as several.
+pub const MAX_JOINED_TEXT: usize = 1600;
 /// Steps one turn may run before it waits: a `goto` loop without an `ask` ends the
 /// conversation instead of spinning.
 const MAX_STEPS_PER_TURN: usize = 100;
@@ -596,14 +599,23 @@ impl<'a> Run<'a> {
         self.waiting = true;
     }
 
-    /// Sends the texts waiting, as one message.
+    /// Sends the texts waiting: as one message, or as several when together they would pass
+    /// [`MAX_JOINED_TEXT`] (a text is never cut).
     fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        let mut message = String::new();
+        for text in std::mem::take(&mut self.pending) {
+            let joined = message.chars().count() + 2 + text.chars().count();
+            if !message.is_empty() && joined > MAX_JOINED_TEXT {
+                self.actions.push(Action::Send(Outgoing::Text(std::mem::take(&mut message))));
+            }
+            if !message.is_empty() {
+                message.push_str("\n\n");
+            }
+            message.push_str(&text);
         }
-        let text = self.pending.join("\n\n");
-        self.pending.clear();
-        self.actions.push(Action::Send(Outgoing::Text(text)));
+        if !message.is_empty() {
+            self.actions.push(Action::Send(Outgoing::Text(message)));
+        }
     }
 
     fn finish(mut self) -> Turn {
@@ -874,6 +886,26 @@ mod tests {
         gone.step = "paso_borrado".into();
         let t = answer(&f, gone, &says("1"), "es", &ctx());
         assert_eq!(t.conversation.unwrap().step, "opcion", "from the start");
+    }
+
+    #[test]
+    fn texts_in_a_row_share_a_message_only_up_to_the_joined_limit() {
+        let long = "a".repeat(1000);
+        let f = Flow::new(
+            "f".into(),
+            "v".into(),
+            vec![
+                step("uno", StepKind::Say(text(&long)), Next::Following),
+                step("dos", StepKind::Say(text(&long)), Next::Following),
+                step("tres", StepKind::Say(text("corto")), Next::End),
+            ],
+            Duration::from_secs(60),
+        );
+        let t = start(&f, "es", "es", &ctx());
+        assert_eq!(
+            t.actions,
+            vec![Action::Send(Outgoing::Text(long.clone())), Action::Send(Outgoing::Text(format!("{long}\n\ncorto"))),]
+        );
     }
 
     #[test]

@@ -185,8 +185,11 @@ flows:
         say: { template: { name: requisitos, language: es, languages: [en], body: ["{{ Nombre"] } }
       - id: otra
         say: { template: { name: requisitos, idioma: es }, es: "Hola" }
-"#;
-    let e = Config::from_yaml_with(yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
+      - id: largo
+        say: LARGO
+"#
+    .replace("LARGO", &"a".repeat(1700));
+    let e = Config::from_yaml_with(&yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
     for want in [
         // A template a flow says is checked like a rule's, on every provider.
         "flows.tramite.requisitos.say.template.name: provider 'tw2' (twilio) has no content_templates entry for 'requisitos' in 'es'",
@@ -194,6 +197,8 @@ flows:
         "flows[0].steps[0].say.template.body[0]",
         "flows[0].steps[1].say.template.idioma: unknown field `idioma`",
         "flows[0].steps[1].say.es: unknown field: say takes a text or {template: …}",
+        // Meta takes 4,096 characters; Twilio 1,600, and the bot answers on either.
+        "flows.tramite.largo.say.es: 1700 characters: provider 'tw2' delivers at most 1600",
         "providers[0].account_sid",
         "providers[0].auth_token",
         "providers[0].api_key_sid",

@@ -21,6 +21,9 @@ use crate::validation::{Env, Problems, SecretSources};
 /// Twilio's API, where `base_url` points unless told otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 
+/// Most characters of a `Body` Twilio accepts (error 21617 above it), WhatsApp included.
+pub const MAX_BODY_CHARS: usize = 1600;
+
 /// One approved template as Twilio's Content API knows it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
