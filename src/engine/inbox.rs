@@ -746,6 +746,14 @@ impl InboxProcessor {
             Some(l) => l.clone(),
             None => self.record_language(tx, talk).await?.unwrap_or_else(|| default_language.to_string()),
         };
+        // Someone who refused this version of the privacy notice gets nothing from the bot and
+        // nothing of theirs is kept, a survey a rule sent them included, until they opt in.
+        if let Some(version) = inbound.consent_version.as_deref() {
+            if contact.consent_version.as_deref() == Some(version) && contact.consent.as_deref() != Some("accepted") {
+                debug!(from = %who, "the contact refused the privacy notice: the bot does not answer");
+                return Ok(Vec::new());
+            }
+        }
         let (flow, turn, record, started_at) = if let Some(c) = live {
             let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };
             let context = self.turn_context(tx, talk.phone, c.record.as_ref(), now).await?;
