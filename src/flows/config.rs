@@ -104,12 +104,29 @@ pub struct RawStep {
     /// Give the contact to a person (the bot stays silent until the hand-off closes).
     #[serde(default)]
     pub handoff: Option<RawHandoff>,
+    /// Go to the step of the first condition that holds (else on as `goto`/`end` or the next
+    /// step say): `[{if: "answers.satisfaccion <= 2", goto: mejorar}]`. Conditions are
+    /// expressions like a rule's `if:` over the answers (a number question's answer is a
+    /// number), the record's fields, `contact.phone` and `now`.
+    #[serde(default)]
+    pub branch: Option<Vec<RawBranch>>,
     /// The step to go to next (default: the one below). `end` ends the conversation.
     #[serde(default)]
     pub goto: Option<String>,
     /// End the conversation after this step.
     #[serde(default)]
     pub end: Option<bool>,
+}
+
+/// One condition of a `branch:` step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBranch {
+    /// An expression, e.g. `answers.satisfaccion <= 2` or `Curso == "Soldadura"`.
+    #[serde(rename = "if")]
+    pub condition: String,
+    /// The step to go to when it holds.
+    pub goto: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,14 +440,14 @@ impl StepValidator<'_, '_> {
     }
 
     fn step(&mut self, path: &str, s: RawStep) -> Option<Step> {
-        let given = [s.say.is_some(), s.ask.is_some(), s.save.is_some(), s.handoff.is_some()];
+        let given = [s.say.is_some(), s.ask.is_some(), s.save.is_some(), s.handoff.is_some(), s.branch.is_some()];
         let count = given.iter().filter(|g| **g).count();
         if count > 1 {
-            self.p.push(path, "a step does one thing: give only one of say, ask, save, handoff");
+            self.p.push(path, "a step does one thing: give only one of say, ask, save, handoff, branch");
         }
         let ends = s.end == Some(true);
         if count == 0 && s.goto.is_none() && !ends {
-            self.p.push(path, "a step needs one of say, ask, save, handoff, goto or end");
+            self.p.push(path, "a step needs one of say, ask, save, handoff, branch, goto or end");
         }
         if ends && s.goto.is_some() {
             self.p.push(format!("{path}.end"), "give goto or end, not both");
@@ -454,6 +471,22 @@ impl StepValidator<'_, '_> {
             self.save(&format!("{path}.save"), save)
         } else if let Some(h) = s.handoff {
             StepKind::Handoff { topic: h.topic }
+        } else if let Some(branches) = s.branch {
+            if branches.is_empty() {
+                self.p.push(format!("{path}.branch"), "give at least one {if: CONDITION, goto: STEP}");
+            }
+            let branches = branches
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    if let Err(e) = crate::expressions::check_expression(&b.condition) {
+                        self.p.push(format!("{path}.branch[{i}].if"), e);
+                    }
+                    let next = self.target(&format!("{path}.branch[{i}].goto"), &b.goto);
+                    (b.condition, next)
+                })
+                .collect();
+            StepKind::Branch(branches)
         } else {
             StepKind::Pass
         };
@@ -758,7 +791,8 @@ mod tests {
                     {"id": "b", "say": {"en": "Hello"}},
                     {"id": "b", "ask": {"text": "¿Edad?", "type": "edad"}},
                     {"id": "c", "say": "x", "ask": {"text": "y"}},
-                    {"id": "d"}
+                    {"id": "d"},
+                    {"id": "e", "branch": [{"if": "answers.a <=", "goto": "b"}, {"if": "true", "goto": "zeta"}]}
                 ]},
                 {"id": "menu", "steps": []}
             ]),
@@ -773,6 +807,8 @@ mod tests {
         assert!(has("flows[0].steps[2].ask.type", "unknown type 'edad'"), "{errors:?}");
         assert!(has("flows[0].steps[3]", "only one of say, ask"), "{errors:?}");
         assert!(has("flows[0].steps[4]", "needs one of say"), "{errors:?}");
+        assert!(has("flows[0].steps[5].branch[0].if", ""), "{errors:?}");
+        assert!(has("flows[0].steps[5].branch[1].goto", "no step 'zeta'"), "{errors:?}");
         assert!(has("flows[1].id", "duplicate id 'menu'"), "{errors:?}");
         assert!(has("flows[1].steps", "at least one step"), "{errors:?}");
     }

@@ -184,6 +184,9 @@ pub enum StepKind {
     Consent {
         granted: bool,
     },
+    /// Goes to the target of the first condition that holds (expressions over the answers,
+    /// the record and the context), else on as the step says.
+    Branch(Vec<(String, Next)>),
     /// Only moves on (`goto`) or ends (`end`).
     Pass,
 }
@@ -484,6 +487,40 @@ impl<'a> Run<'a> {
         crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix }
     }
 
+    /// Whether a `branch` condition holds. The answers to number questions are numbers in it
+    /// (`answers.satisfaccion <= 2`); a condition that cannot be evaluated does not hold (a
+    /// person never sees an expression error).
+    fn holds(&self, condition: &str) -> bool {
+        let numbers: BTreeMap<String, serde_json::Value> = self
+            .conv
+            .answers
+            .iter()
+            .map(|(step, value)| {
+                let number = self
+                    .flow
+                    .position(step)
+                    .and_then(|p| self.flow.steps.get(p))
+                    .filter(|s| matches!(&s.kind, StepKind::Ask(a) if matches!(a.answer, AnswerKind::Number { .. })))
+                    .and_then(|_| value.parse::<f64>().ok())
+                    .and_then(serde_json::Number::from_f64);
+                let v = match number {
+                    Some(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) => {
+                        serde_json::Value::from(n.as_f64().unwrap_or_default() as i64)
+                    }
+                    Some(n) => serde_json::Value::Number(n),
+                    None => serde_json::Value::String(value.clone()),
+                };
+                (step.clone(), v)
+            })
+            .collect();
+        let mut context = self.ctx.record.clone();
+        context.insert("answers".into(), serde_json::to_value(numbers).unwrap_or_default());
+        let env = crate::expressions::environment();
+        env.compile_expression(condition)
+            .and_then(|e| e.eval(serde_json::Value::Object(context)))
+            .is_ok_and(|v| v.is_true())
+    }
+
     /// Runs steps from `pos` until one waits for an answer or the flow ends.
     fn from(&mut self, mut pos: usize) {
         for _ in 0..MAX_STEPS_PER_TURN {
@@ -523,6 +560,25 @@ impl<'a> Run<'a> {
                 }
                 StepKind::Consent { granted } => self.actions.push(Action::Consent { granted: *granted }),
                 StepKind::Pass => {}
+                StepKind::Branch(branches) => {
+                    if let Some(next) = branches.iter().find(|(c, _)| self.holds(c)).map(|(_, n)| n) {
+                        match next {
+                            Next::Following => pos += 1,
+                            Next::End => {
+                                self.ended = true;
+                                return;
+                            }
+                            Next::Goto(id) => match self.flow.position(id) {
+                                Some(p) => pos = p,
+                                None => {
+                                    self.ended = true;
+                                    return;
+                                }
+                            },
+                        }
+                        continue;
+                    }
+                }
             }
             match &step.next {
                 Next::Following => pos += 1,
@@ -717,6 +773,7 @@ fn valid_email(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::answer as answer_fn;
     use super::*;
 
     fn text(s: &str) -> LocalText {
@@ -886,6 +943,48 @@ mod tests {
         gone.step = "paso_borrado".into();
         let t = answer(&f, gone, &says("1"), "es", &ctx());
         assert_eq!(t.conversation.unwrap().step, "opcion", "from the start");
+    }
+
+    #[test]
+    fn a_branch_goes_where_the_first_condition_that_holds_says() {
+        let nota = Ask {
+            save: None,
+            ..ask("Del 1 al 5?", AnswerKind::Number { min: Some(1.0), max: Some(5.0), integer: true })
+        };
+        let f = Flow::new(
+            "f".into(),
+            "v".into(),
+            vec![
+                step("nota", StepKind::Ask(Box::new(nota)), Next::Following),
+                step(
+                    "segun",
+                    StepKind::Branch(vec![
+                        ("answers.nota <= 2".into(), Next::Goto("mejorar".into())),
+                        ("Curso == 'Soldadura' and answers.nota == 5".into(), Next::Goto("soldadura".into())),
+                        ("answers.nota >".into(), Next::End),
+                    ]),
+                    Next::Goto("gracias".into()),
+                ),
+                step("mejorar", StepKind::Say(text("¿Qué mejorarías?")), Next::End),
+                step("soldadura", StepKind::Say(text("¡Bravo, soldador!")), Next::End),
+                step("gracias", StepKind::Say(text("¡Gracias!")), Next::End),
+            ],
+            Duration::from_secs(60),
+        );
+        let mut record = serde_json::Map::new();
+        record.insert("Curso".into(), serde_json::json!("Soldadura"));
+        let ctx = TurnContext { record };
+        let said = |answer: &str| {
+            let conv = start(&f, "es", "es", &ctx).conversation.unwrap();
+            let t = answer_fn(&f, conv, &says(answer), "es", &ctx);
+            match &t.actions[..] {
+                [Action::Send(Outgoing::Text(s))] => s.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(said("2"), "¿Qué mejorarías?", "a number, compared as a number");
+        assert_eq!(said("5"), "¡Bravo, soldador!", "with the record's fields");
+        assert_eq!(said("4"), "¡Gracias!", "none holds (nor the broken one): the step's goto");
     }
 
     #[test]
