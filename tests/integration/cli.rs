@@ -93,3 +93,37 @@ fn numbers_too_large_are_reported_with_their_path_not_a_panic() {
         assert!(text.contains(path), "missing {path}:\n{text}");
     }
 }
+
+/// With `inbound.languages`, `recado check` names every text missing a language, with its path;
+/// the same configuration with the texts completed is valid.
+#[test]
+fn check_reports_each_text_missing_a_configured_language() {
+    let yaml = r#"
+state: {path: /tmp/x.db}
+inbound:
+  entry_flow: menu
+  languages: [en, qu]
+  opt_out_reply: { es: "Listo.", en: "Done.", qu: "Listo." }
+flows:
+  - id: menu
+    steps:
+      - id: hola
+        say: { es: "Hola", en: "Hello" }
+      - id: opcion
+        ask:
+          text: { es: "¿Qué necesitas?", en: "What do you need?", qu: "¿Imata munanki?" }
+          choices:
+            - { title: { es: "Horarios", en: "Hours", qu: "Pachakuna" } }
+            - { title: { es: "Trámites", qu: "Ruraykuna" } }
+"#;
+    let (code, text) = check(yaml.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("flows[0].steps[0].say: missing the text in 'qu'"), "{text}");
+    assert!(text.contains("flows[0].steps[1].ask.choices[1].title: missing the text in 'en'"), "{text}");
+    assert_eq!(text.matches("missing the text").count(), 2, "{text}");
+    let fixed = yaml
+        .replace(r#"en: "Hello" }"#, r#"en: "Hello", qu: "Napaykullayki" }"#)
+        .replace(r#"{ es: "Trámites", qu"#, r#"{ es: "Trámites", en: "Procedures", qu"#);
+    let (code, text) = check(fixed.as_bytes());
+    assert_eq!(code, 0, "{text}");
+}
