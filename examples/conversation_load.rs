@@ -1,8 +1,10 @@
-//! End-to-end conversations under load: N people talk to the bot at once through the Meta
-//! emulator, each answering a three-question survey (the entry flow) as soon as the bot's
-//! question arrives, for R rounds. The real daemon verifies and stores each webhook, runs the
-//! flow, queues the answer and sends it. Reports the latency from a person's message to the bot's
-//! answer being accepted by the emulator (p50, p99, max) and whether every conversation finished.
+//! End-to-end conversations under load: N people, each with a row in a Google Sheets tab, talk
+//! to the bot at once through the Meta emulator, each answering a three-question survey (the
+//! entry flow) as soon as the bot's question arrives, for R rounds. The real daemon verifies and
+//! stores each webhook, finds the person's row by phone, runs the flow, queues the answer and
+//! sends it, and writes each answer to its column of the row. Reports the latency from a
+//! person's message to the bot's answer being accepted by the emulator (p50, p99, max), whether
+//! every conversation finished, and when the last answers reached the sheet.
 //!
 //! `cargo run --release --example conversation_load -- --people 50 --rounds 6`
 //! `cargo run --release --example conversation_load -- --people 1000 --rounds 3`
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use recado::config::Config;
 use recado::sandbox::{MetaSettings, Sandbox, SimUser};
+use serde_json::{json, Value};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -43,7 +46,12 @@ async fn main() -> anyhow::Result<()> {
     for w in &wa_ids {
         sandbox.meta().add_user(SimUser { wa_id: w.clone(), reads: false, ..Default::default() });
     }
+    let mut rows = vec![["ID", "Teléfono", "Satisfaccion", "Trabaja", "Comentario"].map(|h| json!(h)).to_vec()];
+    rows.extend(wa_ids.iter().enumerate().map(|(i, w)| vec![json!(format!("P-{i}")), json!(format!("+{w}"))]));
+    sandbox.google().seed("carga", "America/Santiago", vec![("Egresados".to_string(), rows)]);
     let dir = tempfile::tempdir()?;
+    let key = dir.path().join("sa.json");
+    std::fs::write(&key, sandbox.service_account_key("load@sandbox.iam.gserviceaccount.com"))?;
     let base = sandbox.base_url();
     let yaml = format!(
         r#"
@@ -52,26 +60,38 @@ http: {{ listen: "127.0.0.1:0" }}
 providers:
   - {{ id: p, type: meta_cloud, phone_number_id: "1234567890", access_token: sandbox-token, app_secret: sandbox-app-secret,
       verify_token: v, base_url: "{base}/meta", messages_per_second: 1000, pair_interval: 10ms }}
+sources:
+  - {{ id: egresados, type: google_sheets, spreadsheet_id: carga, tab: Egresados, key_column: ID,
+      phone_column: Teléfono, default_region: CL, poll_interval: 5s, flush_interval: 1s,
+      service_account_key_file: "{key}", sheets_base_url: "{base}/google/sheets/", drive_base_url: "{base}/google/",
+      write_back: {{ status: Estado WhatsApp }} }}
 inbound:
   entry_flow: encuesta
 flows:
   - id: encuesta
     steps:
       - id: satisfaccion
-        ask: {{ text: "Del 1 al 5, ¿cuánto te sirvió el curso?", type: number, min: 1, max: 5, integer: true }}
+        ask: {{ text: "Del 1 al 5, ¿cuánto te sirvió el curso?", type: number, min: 1, max: 5, integer: true, save: Satisfaccion }}
       - id: trabaja
-        ask: {{ text: "¿Estás trabajando?", type: yes_no, yes: {{ title: "Sí" }}, no: {{ title: "No" }} }}
+        ask: {{ text: "¿Estás trabajando?", type: yes_no, yes: {{ title: "Sí" }}, no: {{ title: "No" }}, save: Trabaja }}
       - id: comentario
-        ask: {{ text: "¿Algo más?" }}
+        ask: {{ text: "¿Algo más?", save: Comentario }}
       - id: gracias
         say: "¡Gracias!"
 "#,
         db = dir.path().join("load.db").display(),
+        key = key.display(),
     );
     let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = recado::app::start(config).await?;
     let url = format!("http://{}/webhooks/p", app.webhook_addr());
     sandbox.meta().update_settings(|s| s.webhook_url = Some(url.clone()));
+    // The rows must be read (and their phones indexed) before people write.
+    let ready = Instant::now() + Duration::from_secs(60);
+    while app.ctx().health.rounds("source:egresados") == 0 {
+        anyhow::ensure!(Instant::now() < ready, "the sheet was not read within a minute");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let meta = sandbox.meta();
     let started = Instant::now();
@@ -81,10 +101,12 @@ flows:
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut expected = 0;
-            for _ in 0..rounds {
+            for round in 0..rounds {
                 // "hola" opens the survey; then each answer brings the next question (the
-                // last one, the thanks).
-                for text in std::iter::once("hola").chain(ANSWERS) {
+                // last one, the thanks). The comment names its round, so the sheet tells
+                // whether the last round's answers arrived.
+                let comment = format!("{} (ronda {})", ANSWERS[2], round + 1);
+                for text in ["hola", ANSWERS[0], ANSWERS[1], comment.as_str()] {
                     expected += 1;
                     // People start at different moments and take their time.
                     if !think.is_zero() {
@@ -118,6 +140,21 @@ flows:
         finished += usize::from(ok);
     }
     let elapsed = started.elapsed();
+    // Every answer of the last round in its row: how long after the last message it took.
+    let last_comment = format!("{} (ronda {rounds})", ANSWERS[2]);
+    let landed = |r: &Vec<Value>| {
+        r.get(2).and_then(Value::as_str) == Some("4") && r.get(4).and_then(Value::as_str) == Some(last_comment.as_str())
+    };
+    let wait_from = Instant::now();
+    let mut in_sheet = 0;
+    while wait_from.elapsed() < Duration::from_secs(60) {
+        in_sheet = sandbox.google().rows("carga", "Egresados").iter().skip(1).filter(|r| landed(r)).count();
+        if in_sheet == people {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sheet_lag = wait_from.elapsed();
     all.sort_unstable();
     println!(
         "people: {people}, rounds: {rounds} (each: hola + 3 answers → 4 bot messages), think time {} ms",
@@ -131,6 +168,10 @@ flows:
         all.last().copied().unwrap_or(0),
         all.len(),
         all.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "answers in their rows: {in_sheet} of {people}, all there {:.1} s after the last bot answer (flush interval 1 s)",
+        sheet_lag.as_secs_f64()
     );
     app.stop().await;
     sandbox.stop().await;
