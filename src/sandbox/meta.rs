@@ -249,6 +249,8 @@ struct Inner {
     templates: HashMap<(String, String), TemplateDef>,
     users: HashMap<String, SimUser>,
     windows: HashMap<String, Instant>,
+    /// How much older a window is than the wall clock says ([`Self::age_windows`]).
+    windows_aged: HashMap<String, Duration>,
     sent: Vec<SentMessage>,
     /// Messages accepted per recipient (load runs wait on it without scanning `sent`).
     sent_to: HashMap<String, (usize, i64)>,
@@ -273,6 +275,7 @@ impl MetaState {
                 templates: HashMap::new(),
                 users: HashMap::new(),
                 windows: HashMap::new(),
+                windows_aged: HashMap::new(),
                 sent: Vec::new(),
                 sent_to: HashMap::new(),
                 bucket: (0.0, Instant::now()),
@@ -343,6 +346,17 @@ impl MetaState {
     pub fn inject(&self, f: MetaFault) {
         if let Err(e) = self.try_inject(f) {
             panic!("malformed Meta fault: {e}");
+        }
+    }
+
+    /// Every person's 24-hour window closes `by` sooner, as if that much time had passed
+    /// since they wrote (tests that move the daemon's clock move WhatsApp's with it).
+    pub fn age_windows(&self, by: Duration) {
+        let mut g = self.lock();
+        let open: Vec<String> = g.windows.keys().cloned().collect();
+        for k in open {
+            let age = g.windows_aged.entry(k).or_default();
+            *age = age.saturating_add(by);
         }
     }
 
@@ -509,6 +523,7 @@ impl MetaState {
         {
             let mut g = self.lock();
             g.windows.insert(wa_id.to_string(), Instant::now());
+            g.windows_aged.remove(wa_id);
             g.received.push(UserMessage {
                 wa_id: wa_id.to_string(),
                 text: said,
@@ -974,7 +989,9 @@ pub async fn send(
             async_failure = Some((131026, "Message undeliverable", "Unable to deliver message. Reasons can include: the recipient phone number is not a WhatsApp phone number."));
         }
         if kind != "template" {
-            let open = g.windows.get(&wa_id).is_some_and(|t| t.elapsed() < Duration::from_secs(24 * 3600));
+            let open = g.windows.get(&wa_id).is_some_and(|t| {
+                t.elapsed() + g.windows_aged.get(&wa_id).copied().unwrap_or_default() < Duration::from_secs(24 * 3600)
+            });
             if !open {
                 if g.settings.window_error == "sync" {
                     drop(g);

@@ -274,6 +274,8 @@ struct Inner {
     contents: HashMap<String, ContentDef>,
     users: HashMap<String, TwilioUser>,
     windows: HashMap<String, Instant>,
+    /// How much older a window is than the wall clock says ([`Self::age_windows`]).
+    windows_aged: HashMap<String, Duration>,
     messages: Vec<TwilioMessage>,
     /// When the sender may send its next message (Twilio's queue).
     next_slot: Instant,
@@ -294,6 +296,7 @@ impl TwilioState {
                 contents: HashMap::new(),
                 users: HashMap::new(),
                 windows: HashMap::new(),
+                windows_aged: HashMap::new(),
                 messages: Vec::new(),
                 next_slot: Instant::now(),
                 faults: VecDeque::new(),
@@ -347,6 +350,17 @@ impl TwilioState {
     pub fn inject(&self, f: TwilioFault) {
         if let Err(e) = self.try_inject(f) {
             panic!("malformed Twilio fault: {e}");
+        }
+    }
+
+    /// Every person's 24-hour window closes `by` sooner, as if that much time had passed
+    /// since they wrote (tests that move the daemon's clock move WhatsApp's with it).
+    pub fn age_windows(&self, by: Duration) {
+        let mut g = self.lock();
+        let open: Vec<String> = g.windows.keys().cloned().collect();
+        for k in open {
+            let age = g.windows_aged.entry(k).or_default();
+            *age = age.saturating_add(by);
         }
     }
 
@@ -486,6 +500,7 @@ impl TwilioState {
         {
             let mut g = self.lock();
             g.windows.insert(number.to_string(), Instant::now());
+            g.windows_aged.remove(number);
             g.messages.push(TwilioMessage {
                 sid: sid.clone(),
                 to: s.sender.clone(),
@@ -909,7 +924,9 @@ pub async fn create_message(
             failure = Some(("undelivered", 63003));
         }
         if failure.is_none() && content_sid.is_none() {
-            let open = g.windows.get(number).is_some_and(|t| t.elapsed() < Duration::from_secs(24 * 3600));
+            let open = g.windows.get(number).is_some_and(|t| {
+                t.elapsed() + g.windows_aged.get(number).copied().unwrap_or_default() < Duration::from_secs(24 * 3600)
+            });
             if !open {
                 failure = Some(("failed", 63016));
             }

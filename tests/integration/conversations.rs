@@ -9,7 +9,7 @@
 //! number), `bot: TEXT` or `bot: {says: TEXT, options: [TITLE, …]}` (the next bot message
 //! contains TEXT and offers exactly those options), `no_reply: true` (the daemon settles and
 //! the bot said nothing more), `cell: {row: N, column: C, is: V}`, `restart: true`,
-//! `advance: 3h` (moves the daemon's clock), `edit: {row: N, column: C, value: V}` (staff edit
+//! `advance: 3h` (moves the daemon's clock, and WhatsApp's 24-hour windows with it), `edit: {row: N, column: C, value: V}` (staff edit
 //! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got),
 //! `change: {from: TEXT, to: TEXT}` (edits the configuration; a `restart` applies it),
 //! `react: true` (a 👍 on the bot's last message), `photo: CAPTION` (Meta only).
@@ -244,6 +244,10 @@ impl Runner {
         } else if let Some(d) = v.get("advance").and_then(Value::as_str) {
             let d = recado::validation::parse_duration(d).unwrap_or_else(|e| self.fail(i, &e));
             self.h.clock.advance(d);
+            // WhatsApp's 24-hour window moves with it: free text the daemon sends after the
+            // window closed is refused as WhatsApp refuses it.
+            self.h.sandbox.meta().age_windows(d);
+            self.h.sandbox.twilio().age_windows(d);
         } else {
             self.fail(i, &format!("unknown line {v}"));
         }

@@ -803,3 +803,40 @@ async fn twilio_undelivered_codes_reach_the_row_with_their_meaning() {
     }
     h.stop().await;
 }
+
+/// The emulator's 24-hour window moves with a test's clock (`age_windows`): free text after it
+/// closed is refused with 131047 as WhatsApp refuses it, and a new message from the person
+/// opens a new window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulators_window_closes_when_a_test_moves_time_and_reopens_when_the_person_writes() {
+    let settings = MetaSettings {
+        window_error: "sync".into(),
+        messages_per_second: 1000.0,
+        pair_burst: 100,
+        ..Default::default()
+    };
+    let sandbox =
+        recado::sandbox::Sandbox::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), settings).await.unwrap();
+    let person = "56911112222";
+    sandbox.meta().add_user(recado::sandbox::SimUser { wa_id: person.into(), ..Default::default() });
+    let url = format!("{}/meta/v23.0/1234567890/messages", sandbox.base_url());
+    let send = || async {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth("sandbox-token")
+            .json(&json!({"messaging_product": "whatsapp", "to": person, "type": "text", "text": {"body": "Hola"}}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    sandbox.meta().user_says(person, "hola", None);
+    let (status, body) = send().await;
+    assert_eq!(status, 200, "inside the window: {body}");
+    sandbox.meta().age_windows(Duration::from_secs(25 * 3600));
+    let (status, body) = send().await;
+    assert_eq!((status, body["error"]["code"].as_i64()), (400, Some(131047)), "{body}");
+    sandbox.meta().user_says(person, "sigo aquí", None);
+    assert_eq!(send().await.0, 200, "a new window");
+    sandbox.stop().await;
+}
