@@ -528,6 +528,8 @@ impl<'a> Run<'a> {
                 self.ended = true;
                 return;
             };
+            // Where a branch step's condition that holds leads (else: the step's own next).
+            let mut branched: Option<&Next> = None;
             match &step.kind {
                 StepKind::Say(t) => {
                     let t = self.text(t);
@@ -561,26 +563,10 @@ impl<'a> Run<'a> {
                 StepKind::Consent { granted } => self.actions.push(Action::Consent { granted: *granted }),
                 StepKind::Pass => {}
                 StepKind::Branch(branches) => {
-                    if let Some(next) = branches.iter().find(|(c, _)| self.holds(c)).map(|(_, n)| n) {
-                        match next {
-                            Next::Following => pos += 1,
-                            Next::End => {
-                                self.ended = true;
-                                return;
-                            }
-                            Next::Goto(id) => match self.flow.position(id) {
-                                Some(p) => pos = p,
-                                None => {
-                                    self.ended = true;
-                                    return;
-                                }
-                            },
-                        }
-                        continue;
-                    }
+                    branched = branches.iter().find(|(c, _)| self.holds(c)).map(|(_, n)| n);
                 }
             }
-            match &step.next {
+            match branched.unwrap_or(&step.next) {
                 Next::Following => pos += 1,
                 Next::End => {
                     self.ended = true;

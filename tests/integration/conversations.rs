@@ -64,6 +64,16 @@ fn meta_only() -> Vec<String> {
     vec!["meta".into()]
 }
 
+/// A first question that asks for the contact's language (Spanish or English), as YAML steps.
+const LANGUAGE_QUESTION: &str = r#"      - id: idioma
+        ask:
+          text: { es: "¿Idioma? / Language?", en: "¿Idioma? / Language?" }
+          sets_language: true
+          choices:
+            - { title: { es: "Español", en: "Español" }, value: es }
+            - { title: { es: "English", en: "English" }, value: en }
+"#;
+
 /// A bot message as the person sees it.
 #[derive(Debug, Clone)]
 struct BotMessage {
@@ -556,7 +566,8 @@ async fn a_rules_template_goes_in_the_language_the_contact_chose() {
     }
     h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
     h.sandbox.meta().add_template(recado::sandbox::TemplateDef::new("encuesta_seguimiento", "en", 1, true));
-    h.extra_top = r#"
+    h.extra_top = format!(
+        r#"
 inbound:
   entry_flow: inicio
   default_language: es
@@ -565,17 +576,10 @@ inbound:
 flows:
   - id: inicio
     steps:
-      - id: idioma
-        ask:
-          text: { es: "¿Idioma? / Language?", en: "¿Idioma? / Language?" }
-          sets_language: true
-          choices:
-            - { title: { es: "Español", en: "Español" }, value: es }
-            - { title: { es: "English", en: "English" }, value: en }
-      - id: listo
-        say: { es: "Listo.", en: "Done." }
+{LANGUAGE_QUESTION}      - id: listo
+        say: {{ es: "Listo.", en: "Done." }}
 "#
-    .into();
+    );
     h.extra_rules = r#"
   - id: egreso
     source: inscripciones
@@ -624,7 +628,8 @@ async fn a_flow_says_an_approved_template_after_its_texts_in_the_contacts_langua
     for language in ["es", "en"] {
         h.sandbox.meta().add_template(recado::sandbox::TemplateDef::new("requisitos_tramite", language, 2, false));
     }
-    h.extra_top = r#"
+    h.extra_top = format!(
+        r#"
 inbound:
   entry_flow: tramite
   default_language: es
@@ -632,31 +637,24 @@ inbound:
 flows:
   - id: tramite
     steps:
-      - id: idioma
+{LANGUAGE_QUESTION}      - id: cual
         ask:
-          text: { es: "¿Idioma? / Language?", en: "¿Idioma? / Language?" }
-          sets_language: true
+          text: {{ es: "¿Qué trámite?", en: "Which procedure?" }}
           choices:
-            - { title: { es: "Español", en: "Español" }, value: es }
-            - { title: { es: "English", en: "English" }, value: en }
-      - id: cual
-        ask:
-          text: { es: "¿Qué trámite?", en: "Which procedure?" }
-          choices:
-            - { id: licencia, title: { es: "Licencia", en: "Licence" }, value: Licencia }
-            - { id: patente, title: { es: "Patente", en: "Permit" }, value: Patente }
+            - {{ id: licencia, title: {{ es: "Licencia", en: "Licence" }}, value: Licencia }}
+            - {{ id: patente, title: {{ es: "Patente", en: "Permit" }}, value: Patente }}
       - id: aviso
-        say: { es: "Te enviamos los requisitos.", en: "Here are the requirements." }
+        say: {{ es: "Te enviamos los requisitos.", en: "Here are the requirements." }}
       - id: requisitos
         say:
           template:
             name: requisitos_tramite
             language: es
             languages: [en]
-            body: ["{{ Nombre }}", "{{ answers.cual }}"]
+            body: ["{{{{ Nombre }}}}", "{{{{ answers.cual }}}}"]
         end: true
 "#
-    .into();
+    );
     h.start().await;
     for (n, language, procedure) in [(386, "Español", "Licencia"), (387, "English", "Permit")] {
         h.says(n, "hola", None);
