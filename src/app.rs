@@ -283,10 +283,7 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     run_notifying(config, crate::systemd::Notifier::from_env(), wait_for_signal()).await
 }
 
-/// A round of a loop lasting longer than this is taken for a stuck loop: systemd's watchdog
-/// stops being fed and restarts recado. Generous: one round may make several vendor calls of
-/// up to two minutes each (a large sheet's first read).
-pub const STUCK_AFTER: Duration = Duration::from_secs(600);
+pub use crate::engine::STUCK_AFTER;
 
 /// Runs until `stop` completes. Through `notifier`: `READY=1` once the store is open, the
 /// webhook server listens and every source has completed its first read; `WATCHDOG=1` while

@@ -30,7 +30,7 @@ use chrono::TimeZone;
 use tokio::sync::{watch, Notify};
 
 pub use clock::Clock;
-pub use health::Health;
+pub use health::{Health, STUCK_AFTER};
 
 use crate::config::Config;
 use crate::diff::SnapshotRow;

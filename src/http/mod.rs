@@ -1,4 +1,5 @@
-//! The daemon's HTTP server: `/webhooks/{provider-id}` and `/healthz`. It names no vendor.
+//! The daemon's HTTP server: `/webhooks/{provider-id}`, `/healthz` (alive: no loop stuck) and
+//! `/readyz` (doing its job: every source read recently, nothing failing). It names no vendor.
 //!
 //! A webhook request is verified by its provider over the exact bytes received (and, for
 //! vendors that sign URLs, over the URL the vendor called: the configured public URL with this
@@ -39,6 +40,7 @@ pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Rout
     Router::new()
         .route("/webhooks/{provider}", get(handshake).post(receive))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next)))
         .with_state(AppState { ctx, providers: Arc::new(providers) })
@@ -156,13 +158,22 @@ async fn healthz(State(st): State<AppState>) -> Response {
     }
     .await;
     let components = st.ctx.health.all();
+    // Liveness: only a loop stuck in one round makes the process worth restarting. A source
+    // or provider that keeps failing is reported (`degraded`), and makes `/readyz` fail.
+    let stuck = st.ctx.health.stuck(crate::engine::STUCK_AFTER);
     let degraded = st.ctx.health.degraded();
     match result {
         Ok((counts, writes, inbox, parked)) => {
             let messages: serde_json::Map<String, serde_json::Value> =
                 counts.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let status = if degraded { "degraded" } else { "ok" };
-            let code = if degraded { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            let status = if !stuck.is_empty() {
+                "stuck"
+            } else if degraded {
+                "degraded"
+            } else {
+                "ok"
+            };
+            let code = if stuck.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             (
                 code,
                 Json(json!({
@@ -172,6 +183,7 @@ async fn healthz(State(st): State<AppState>) -> Response {
                     "pending_write_back": writes,
                     "pending_webhooks": inbox,
                     "parked_webhooks": parked,
+                    "stuck_loops": stuck.iter().map(|(n, d)| json!({"loop": n, "for_s": d.as_secs()})).collect::<Vec<_>>(),
                 })),
             )
                 .into_response()
@@ -182,4 +194,38 @@ async fn healthz(State(st): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Readiness: 200 `ready` when every source has completed a read recently (within three poll
+/// intervals, or five minutes for slower polls), no source or provider keeps failing and no
+/// loop is stuck; else 503 `not ready` with each reason.
+async fn readyz(State(st): State<AppState>) -> Response {
+    let ctx = &st.ctx;
+    let now = ctx.now_ms();
+    let mut reasons: Vec<String> = Vec::new();
+    for source in &ctx.config.sources {
+        let settings = source.settings();
+        let name = format!("source:{}", settings.id);
+        let allowed = (settings.poll_interval * 3).max(std::time::Duration::from_secs(300));
+        match ctx.health.get(&name).and_then(|c| c.ok_at) {
+            None => reasons.push(format!("{name}: no read completed yet")),
+            Some(at) if now - at > allowed.as_millis() as i64 => {
+                reasons.push(format!("{name}: last read completed {} s ago", (now - at) / 1000))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, c) in ctx.health.all() {
+        if c.degraded {
+            let error = c.last_error.unwrap_or_default();
+            reasons.push(format!("{name}: failed {} times in a row ({error})", c.consecutive_failures));
+        }
+    }
+    for (name, d) in ctx.health.stuck(crate::engine::STUCK_AFTER) {
+        reasons.push(format!("{name}: stuck in one round for {} s", d.as_secs()));
+    }
+    let ready = reasons.is_empty();
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready { "ready" } else { "not ready" };
+    (code, Json(json!({ "status": status, "reasons": reasons, "components": ctx.health.all() }))).into_response()
 }

@@ -1,5 +1,6 @@
-//! What an operator sees and what the store keeps: `/healthz` names a component that keeps
-//! failing, and old rows are pruned after their retention.
+//! What an operator sees and what the store keeps: `/readyz` names a component that keeps
+//! failing (`/healthz` stays alive), systemd hears ready / watchdog / stopping, one daemon per
+//! state file, and old rows are pruned after their retention.
 
 use std::time::Duration;
 
@@ -8,21 +9,27 @@ use serde_json::Value;
 
 use crate::harness::{wait_for, Harness, SHEET};
 
-/// A source that fails every poll (its tab is gone) makes `/healthz` say so, by name.
+/// A source that fails every poll (its tab is gone) makes `/readyz` fail, naming it and why,
+/// while `/healthz` (liveness: no loop stuck) stays 200 and reports it degraded: restarting
+/// recado would not bring the tab back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_reports_a_source_that_keeps_failing() {
+async fn readyz_names_a_source_that_keeps_failing_while_healthz_stays_alive() {
     let mut h = Harness::new(vec![]).await;
     h.sandbox.google().seed(SHEET, "America/Santiago", vec![("Otra pestaña".to_string(), vec![])]);
     h.start_without_waiting().await;
-    let url = h.webhook_url().replace("/webhooks/whatsapp", "/healthz");
+    let url = h.webhook_url().replace("/webhooks/whatsapp", "/readyz");
     let last = std::sync::Mutex::new(Value::Null);
-    wait_for("/healthz to report the failing source", Duration::from_secs(20), || async {
+    wait_for("/readyz to name the failing source", Duration::from_secs(20), || async {
         let r = reqwest::get(&url).await.unwrap();
         let code = r.status().as_u16();
         let body: Value = r.json().await.unwrap();
-        let degraded = code == 503 && body["status"] == "degraded";
+        let named = code == 503
+            && body["status"] == "not ready"
+            && body["reasons"].as_array().is_some_and(|r| {
+                r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("source:inscripciones: failed 3 times")))
+            });
         *last.lock().unwrap() = body;
-        degraded
+        named
     })
     .await;
     let last = last.into_inner().unwrap();
@@ -30,6 +37,23 @@ async fn healthz_reports_a_source_that_keeps_failing() {
     assert_eq!(source["degraded"], true, "{last:#}");
     assert!(source["last_error"].as_str().unwrap_or("").contains("no tab 'Inscripciones'"), "{last:#}");
     assert_eq!(last["components"]["provider:whatsapp"]["degraded"], false);
+    let live = reqwest::get(h.webhook_url().replace("/webhooks/whatsapp", "/healthz")).await.unwrap();
+    assert_eq!(live.status().as_u16(), 200, "alive: no loop is stuck");
+    let live: Value = live.json().await.unwrap();
+    assert_eq!(live["status"], "degraded", "{live:#}");
+    h.stop().await;
+}
+
+/// Once every source has completed its first read and nothing fails, `/readyz` is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_ready_after_the_first_read() {
+    let mut h = Harness::new(vec![crate::harness::row(301, "Ana", "Sí", "Activo")]).await;
+    h.start().await;
+    let url = h.webhook_url().replace("/webhooks/whatsapp", "/readyz");
+    let r = reqwest::get(&url).await.unwrap();
+    let code = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((code, body["status"].as_str()), (200, Some("ready")), "{body:#}");
     h.stop().await;
 }
 
