@@ -16,8 +16,19 @@ use crate::sandbox::{MetaSettings, Sandbox};
     about = "Google Sheets ⇄ WhatsApp: messages by rules, receipts and replies written back to the row"
 )]
 pub struct Cli {
+    /// How logs are written to stderr: `text` (for people; colours only on a terminal) or
+    /// `json` (one object per event, with its fields, for a log collector).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,11 @@ fn main() {
     };
     // Colours only for a person at a terminal; journald and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(log_filter(default)).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(log_filter(default)).with_writer(std::io::stderr);
+    match cli.log_format {
+        recado::cli::LogFormat::Text => logs.with_ansi(ansi).init(),
+        recado::cli::LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

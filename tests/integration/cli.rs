@@ -127,3 +127,36 @@ flows:
     let (code, text) = check(fixed.as_bytes());
     assert_eq!(code, 0, "{text}");
 }
+
+/// `--log-format json`: every line on stderr is one JSON event with its level and fields, for a
+/// log collector; and a whole conversation demo, at debug level, logs no phone number and no
+/// secret there either (its stdout prints the sheets, phones included, on purpose).
+#[test]
+fn json_logs_of_a_whole_conversation_demo_are_json_and_carry_no_phone_number_and_no_secret() {
+    let out = recado()
+        .args(["--log-format", "json", "demo", "--scenario", "municipio", "--until-settled", "--timeout", "120"])
+        .env("RECADO_LOG", "debug")
+        .output()
+        .expect("recado runs");
+    let logs = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "the demo settles:\n{}", &logs[logs.len().saturating_sub(3000)..]);
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}")))
+        .collect();
+    assert!(events.len() > 10, "debug logs were on: {} events", events.len());
+    assert!(events.iter().all(|e| e["level"].is_string() && e["fields"].is_object()), "{:?}", events.first());
+    assert!(
+        events.iter().any(|e| e["fields"]["flow"].is_string()),
+        "conversation events carry the flow as a field, not only in the message"
+    );
+    let squeezed: String = logs.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')')).collect();
+    for n in ["56987654401", "56987654402", "56987654403", "56987654301"] {
+        for form in [n.to_string(), format!("+{n}"), n[2..].to_string()] {
+            assert!(!squeezed.contains(&form), "the number {form} appears in the logs");
+        }
+    }
+    for secret in ["sandbox-token", "sandbox-app-secret", "sandbox-verify", "ya29.", "BEGIN PRIVATE KEY", "MIIEv"] {
+        assert!(!logs.contains(secret), "the secret '{secret}' appears in the logs");
+    }
+}
