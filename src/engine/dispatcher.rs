@@ -634,11 +634,19 @@ impl Dispatcher {
             // question the template asked, from now (its reminder and expiry count from here).
             let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
             // The survey's question is now the last thing on the person's screen, so their next
-            // message answers it: the survey takes over a conversation in progress (an
-            // abandoned menu, say, whose progress is written as expired), except a hand-off to a
-            // person or the privacy notice, which it must not cut short. A reply that quotes
-            // this message still reaches this flow then.
+            // message answers it: the survey takes over a conversation in progress (its progress
+            // is written as expired), except a hand-off to a person or the privacy notice, which
+            // it must not cut short. Nor does it start for someone who refused the privacy
+            // notice: the bot keeps nothing of theirs. A reply that quotes this message still
+            // reaches this flow when it does not start.
             let mut busy = on_reply.is_none();
+            let mut superseded = None;
+            let contact = store::contact(&mut tx, m.phone.as_str()).await?;
+            if let (Some(version), Some(c)) = (self.ctx.config.inbound.consent_version.as_deref(), &contact) {
+                if c.consent_version.as_deref() == Some(version) && c.consent.as_deref() != Some("accepted") {
+                    busy = true;
+                }
+            }
             if let (Some(flow), false) = (on_reply, busy) {
                 if let Some(c) = store::conversation(&mut tx, m.phone.as_str())
                     .await?
@@ -649,30 +657,33 @@ impl Dispatcher {
                     let protected = [super::inbox::HANDOFF_FLOW, crate::flows::config::CONSENT_FLOW]
                         .contains(&c.conversation.flow.as_str());
                     if protected {
-                        busy = true;
                         info!(message_id = m.id, flow = %c.conversation.flow, "survey not started: the person is in a hand-off or the privacy notice; a reply quoting the template still reaches it");
-                    } else if !same {
-                        info!(message_id = m.id, from = %c.conversation.flow, to = %flow, "a survey takes over the conversation in progress");
-                        if let Some(old) = self.ctx.config.flows.get(&c.conversation.flow) {
-                            let ended = super::progress_write(old, c.record.as_ref(), super::FlowProgress::Expired);
-                            store::queue_writes(&mut tx, &ended.into_iter().collect::<Vec<_>>()).await?;
-                            if let Some((source, _)) = &c.record {
-                                sources.insert(source.clone());
-                            }
-                        }
-                    } else {
+                    }
+                    if protected || same {
                         busy = true;
+                    } else {
+                        superseded = Some(c);
                     }
                 }
             }
             if let (Some(flow), MessageState::Queued | MessageState::Sending, false) =
                 (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current, busy)
             {
-                let language = store::contact(&mut tx, m.phone.as_str())
-                    .await?
+                let language = contact
                     .and_then(|c| c.language)
                     .unwrap_or_else(|| self.ctx.config.inbound.default_language.clone());
                 if let Some(conversation) = flow.opening(&language) {
+                    if let Some(old) = superseded {
+                        info!(message_id = m.id, from = %old.conversation.flow, to = %flow.id, "a survey takes over the conversation in progress");
+                        if let Some(old_flow) = self.ctx.config.flows.get(&old.conversation.flow) {
+                            let ended =
+                                super::progress_write(old_flow, old.record.as_ref(), super::FlowProgress::Expired);
+                            store::queue_writes(&mut tx, &ended.into_iter().collect::<Vec<_>>()).await?;
+                            if let Some((source, _)) = &old.record {
+                                sources.insert(source.clone());
+                            }
+                        }
+                    }
                     let record = Some((m.source_id.clone(), m.record_key.clone()));
                     let stored = super::conversation_row(
                         flow,

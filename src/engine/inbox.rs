@@ -590,7 +590,10 @@ impl InboxProcessor {
                 Some(f) if cur.expires_at.is_none_or(|e| e > now) => {
                     let contact = store::contact(&mut tx, &cur.phone).await?.unwrap_or_default();
                     let inside = super::dispatcher::inside_service_window(contact.last_inbound_at, now);
-                    if let (Some((_, text)), true, None) = (&f.reminder, inside, contact.opted_out_at) {
+                    let refused = self.ctx.config.inbound.consent_version.as_deref().is_some_and(|v| {
+                        contact.consent_version.as_deref() == Some(v) && contact.consent.as_deref() != Some("accepted")
+                    });
+                    if let (Some((_, text)), true, None, false) = (&f.reminder, inside, contact.opted_out_at, refused) {
                         let body = crate::flows::render(
                             text.get(&cur.conversation.language, &self.ctx.config.inbound.default_language),
                             &cur.conversation.answers,
@@ -611,7 +614,7 @@ impl InboxProcessor {
                         self.ctx.wake_dispatcher(&cur.provider_id);
                         info!(to = %who, flow = %f.id, "conversation reminder queued");
                     } else {
-                        debug!(to = %who, flow = %f.id, "conversation reminder skipped: outside the 24-hour window");
+                        debug!(to = %who, flow = %f.id, "conversation reminder skipped: outside the 24-hour window, opted out or privacy notice refused");
                     }
                     let mut stored = cur.clone();
                     stored.conversation.reminded = true;

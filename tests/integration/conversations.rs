@@ -206,10 +206,22 @@ impl Runner {
             let column = c["column"].as_str().unwrap_or("");
             let want = c["is"].as_str().map(String::from).unwrap_or_else(|| c["is"].to_string());
             let h = &self.h;
-            wait_for(&format!("{}: row {key} {column} = {want}", self.file), Duration::from_secs(20), || async {
-                h.cell(&key, column) == want
+            let seen = std::sync::Mutex::new(String::new());
+            let found = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let now = h.cell(&key, column);
+                    if now == want {
+                        return;
+                    }
+                    *seen.lock().unwrap() = now;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
             })
             .await;
+            if found.is_err() {
+                let seen = seen.lock().unwrap().clone();
+                self.fail(i, &format!("row {key} {column} is {seen:?} after 20 s, expected {want:?}"));
+            }
         } else if let Some(e) = v.get("edit") {
             let key = e["row"].as_u64().map(|k| k.to_string()).unwrap_or_default();
             self.h.edit(&key, e["column"].as_str().unwrap_or(""), e["value"].clone());
