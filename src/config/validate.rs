@@ -336,33 +336,6 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         }
     }
-    // A text longer than a provider delivers would leave the person without an answer: the bot
-    // answers on the provider the person wrote through, so every provider's limit counts.
-    if let Some(provider) = providers.iter().min_by_key(|c| c.max_text_chars()) {
-        let max = provider.max_text_chars();
-        for flow in flows.flows.values() {
-            for step in &flow.steps {
-                let texts: Vec<(&str, &crate::flows::LocalText)> = match &step.kind {
-                    crate::flows::StepKind::Say(t) => vec![("say", t)],
-                    crate::flows::StepKind::Ask(a) => std::iter::once(("ask.text", &a.prompt))
-                        .chain(a.retry.iter().map(|r| ("ask.retry", r)))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                for (at, text) in texts {
-                    for (language, t) in &text.by_language {
-                        let n = t.chars().count();
-                        if n > max {
-                            p.push(
-                                format!("flows.{}.{}.{at}.{language}", flow.id, step.id),
-                                format!("{n} characters: provider '{}' delivers at most {max}; shorten it or split it into two say steps", provider.id()),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
     // A flow that adds records adds them to a source that can take them.
     for flow in flows.flows.values() {
         for step in &flow.steps {
@@ -404,6 +377,41 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     };
     let opt_out_reply = reply("opt_out_reply", inbound.opt_out_reply);
     let opt_in_reply = reply("opt_in_reply", inbound.opt_in_reply);
+    // A text longer than a provider delivers would leave the person without an answer: the bot
+    // answers on the provider the person wrote through, so every provider's limit counts.
+    // (Answers rendered into a flow's texts are split at run time; the texts as written are
+    // the author's to keep short.)
+    if let Some(provider) = providers.iter().min_by_key(|c| c.max_text_chars()) {
+        let max = provider.max_text_chars();
+        let mut texts: Vec<(String, &crate::flows::LocalText)> = Vec::new();
+        for flow in flows.flows.values() {
+            texts.extend(flow.reminder.iter().map(|(_, t)| (format!("flows.{}.reminder", flow.id), t)));
+            for step in &flow.steps {
+                let at = format!("flows.{}.{}", flow.id, step.id);
+                match &step.kind {
+                    crate::flows::StepKind::Say(t) => texts.push((format!("{at}.say"), t)),
+                    crate::flows::StepKind::Ask(a) => {
+                        texts.push((format!("{at}.ask.text"), &a.prompt));
+                        texts.extend(a.retry.iter().map(|r| (format!("{at}.ask.retry"), r)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        texts.extend(opt_out_reply.iter().map(|t| ("inbound.opt_out_reply".to_string(), t)));
+        texts.extend(opt_in_reply.iter().map(|t| ("inbound.opt_in_reply".to_string(), t)));
+        for (path, text) in texts {
+            for (language, t) in &text.by_language {
+                let n = t.chars().count();
+                if n > max {
+                    p.push(
+                        format!("{path}.{language}"),
+                        format!("{n} characters: provider '{}' delivers at most {max}; shorten it", provider.id()),
+                    );
+                }
+            }
+        }
+    }
     if let Some(entry) = &inbound.entry_flow {
         if flows.get(entry).is_none() {
             let known: Vec<&str> = flows.flows.keys().map(String::as_str).filter(|k| !k.starts_with("__")).collect();

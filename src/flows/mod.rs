@@ -608,6 +608,12 @@ impl<'a> Run<'a> {
         let options = |opts: &[&ChoiceOption]| -> Vec<(String, String)> {
             opts.iter().map(|o| (o.id.clone(), o.title.get(&lang, self.default_language).to_string())).collect()
         };
+        // A question with options has at most 1,024 characters (WhatsApp's limit): answers
+        // rendered into it must not push it over.
+        let question = match &ask.answer {
+            AnswerKind::Choice { .. } | AnswerKind::YesNo { .. } => cut(&question, MAX_INTERACTIVE_BODY),
+            _ => question,
+        };
         let message = match &ask.answer {
             AnswerKind::Choice { options: opts, list_button } => {
                 let refs: Vec<&ChoiceOption> = opts.iter().collect();
@@ -642,10 +648,17 @@ impl<'a> Run<'a> {
     }
 
     /// Sends the texts waiting: as one message, or as several when together they would pass
-    /// [`MAX_JOINED_TEXT`] (a text is never cut).
+    /// [`MAX_JOINED_TEXT`]. A text longer than that by itself (answers rendered into it) is
+    /// split at line breaks or spaces, so every provider delivers it.
     fn flush(&mut self) {
         let mut message = String::new();
-        for text in std::mem::take(&mut self.pending) {
+        let pieces: Vec<String> = std::mem::take(&mut self.pending)
+            .iter()
+            .flat_map(|t| split_text(t, MAX_JOINED_TEXT))
+            // A text that rendered empty is not a message (WhatsApp refuses an empty body).
+            .filter(|p| !p.trim().is_empty())
+            .collect();
+        for text in pieces {
             let joined = message.chars().count() + 2 + text.chars().count();
             if !message.is_empty() && joined > MAX_JOINED_TEXT {
                 self.actions.push(Action::Send(Outgoing::Text(std::mem::take(&mut message))));
@@ -665,6 +678,34 @@ impl<'a> Run<'a> {
         let conversation = if self.ended || !self.waiting { None } else { Some(self.conv) };
         Turn { conversation, actions: self.actions, gave_up: self.gave_up }
     }
+}
+
+/// `text` in pieces of at most `max` characters, split at the last line break, else the last
+/// space, within each piece (a word longer than `max` is cut).
+fn split_text(text: &str, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest: &str = text;
+    while rest.chars().count() > max {
+        let end = rest.char_indices().nth(max).map(|(i, _)| i).unwrap_or(rest.len());
+        let head = &rest[..end];
+        let at = head.rfind('\n').or_else(|| head.rfind(' ')).filter(|i| *i > 0).unwrap_or(end);
+        out.push(rest[..at].trim_end().to_string());
+        rest = rest[at..].trim_start();
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
+    s.push('…');
+    s
 }
 
 /// Renders a flow text: `{{ answers.que }}`, `{{ Nombre }}` (a field of the record). Unknown
@@ -971,6 +1012,22 @@ mod tests {
         assert_eq!(said("2"), "¿Qué mejorarías?", "a number, compared as a number");
         assert_eq!(said("5"), "¡Bravo, soldador!", "with the record's fields");
         assert_eq!(said("4"), "¡Gracias!", "none holds (nor the broken one): the step's goto");
+    }
+
+    #[test]
+    fn a_text_longer_than_a_provider_delivers_is_split_at_spaces() {
+        let word = "palabra ";
+        let long = word.repeat(300); // 2,400 characters
+        let pieces = split_text(long.trim_end(), MAX_JOINED_TEXT);
+        assert_eq!(pieces.len(), 2, "{pieces:?}");
+        assert!(pieces
+            .iter()
+            .all(|p| p.chars().count() <= MAX_JOINED_TEXT && p.starts_with("palabra") && p.ends_with("palabra")));
+        assert_eq!(pieces.join(" "), long.trim_end(), "nothing lost");
+        let unbroken = "x".repeat(1700);
+        assert_eq!(split_text(&unbroken, MAX_JOINED_TEXT).concat(), unbroken);
+        assert_eq!(split_text("", 10), vec![String::new()]);
+        assert_eq!(cut("ñandú", 4), "ñan…");
     }
 
     #[test]

@@ -187,6 +187,8 @@ flows:
         say: { template: { name: requisitos, idioma: es }, es: "Hola" }
       - id: largo
         say: LARGO
+inbound:
+  opt_out_reply: LARGO
 "#
     .replace("LARGO", &"a".repeat(1700));
     let e = Config::from_yaml_with(&yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
@@ -199,6 +201,7 @@ flows:
         "flows[0].steps[1].say.es: unknown field: say takes a text or {template: …}",
         // Meta takes 4,096 characters; Twilio 1,600, and the bot answers on either.
         "flows.tramite.largo.say.es: 1700 characters: provider 'tw2' delivers at most 1600",
+        "inbound.opt_out_reply.es: 1700 characters: provider 'tw2' delivers at most 1600",
         "providers[0].account_sid",
         "providers[0].auth_token",
         "providers[0].api_key_sid",
