@@ -143,7 +143,9 @@ flows:
     // Every answer of the last round in its row: how long after the last message it took.
     let last_comment = format!("{} (ronda {rounds})", ANSWERS[2]);
     let landed = |r: &Vec<Value>| {
-        r.get(2).and_then(Value::as_str) == Some("4") && r.get(4).and_then(Value::as_str) == Some(last_comment.as_str())
+        r.get(2).and_then(Value::as_str) == Some("4")
+            && r.get(3).and_then(Value::as_str) == Some("Sí")
+            && r.get(4).and_then(Value::as_str) == Some(last_comment.as_str())
     };
     let wait_from = Instant::now();
     let mut in_sheet = 0;

@@ -385,12 +385,69 @@ pub fn validate(
             v.p.non_empty(&format!("{path}.progress.field"), &pr.field);
             Progress { field: pr.field, started: pr.started, completed: pr.completed, expired: pr.expired }
         });
+        if let Some(cycle) = loop_without_question(&steps) {
+            v.p.push(
+                format!("{path}.steps"),
+                format!("steps {} loop without asking anything: one message would run them again and again (sending each time); put an ask in the loop", cycle.join(" → ")),
+            );
+        }
         let mut flow = Flow::new(f.id, version, steps, expires_after).with_step_versions(step_versions);
         flow.reminder = reminder;
         flow.progress = progress;
         flows.insert(flow.id.clone(), flow);
     }
     FlowSet { flows, default_language: languages.default.to_string() }
+}
+
+/// A cycle of steps none of which waits for an answer (by step id, the first repeated at the
+/// end), if the flow has one.
+fn loop_without_question(steps: &[Step]) -> Option<Vec<String>> {
+    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let target = |i: usize, next: &Next| match next {
+        Next::Following => (i + 1 < steps.len()).then_some(i + 1),
+        Next::Goto(id) => index.get(id.as_str()).copied(),
+        Next::End => None,
+    };
+    let successors = |i: usize| -> Vec<usize> {
+        let step = &steps[i];
+        match &step.kind {
+            StepKind::Ask(_) | StepKind::Handoff { .. } => Vec::new(),
+            StepKind::Branch(branches) => {
+                branches.iter().map(|(_, n)| n).chain([&step.next]).filter_map(|n| target(i, n)).collect()
+            }
+            _ => target(i, &step.next).into_iter().collect(),
+        }
+    };
+    // Depth-first, with the path kept: 0 unseen, 1 on the path, 2 done.
+    let mut state = vec![0u8; steps.len()];
+    for start in 0..steps.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        let mut path: Vec<(usize, Vec<usize>)> = vec![(start, successors(start))];
+        state[start] = 1;
+        while let Some((node, next)) = path.last_mut() {
+            let node = *node;
+            match next.pop() {
+                Some(n) if state[n] == 1 => {
+                    let from = path.iter().position(|(p, _)| *p == n).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[from..].iter().map(|(p, _)| steps[*p].id.clone()).collect();
+                    cycle.push(steps[n].id.clone());
+                    return Some(cycle);
+                }
+                Some(n) if state[n] == 0 => {
+                    state[n] = 1;
+                    path.push((n, successors(n)));
+                }
+                Some(_) => {}
+                None => {
+                    state[node] = 2;
+                    path.pop();
+                }
+            }
+        }
+    }
+    None
 }
 
 /// A short hash of the flow as written: it changes when anything in the flow changes.
@@ -683,17 +740,25 @@ impl StepValidator<'_, '_> {
     /// not tell them apart: each title must differ from the others in every language (case
     /// and accents aside).
     fn distinct_titles(&mut self, titles: &[(String, &LocalText)]) {
-        let mut seen: HashMap<(String, String), &str> = HashMap::new();
-        for (path, title) in titles {
-            for (language, text) in &title.by_language {
-                let key = (language.clone(), crate::domain::normalise_keyword(text));
-                if key.1.is_empty() {
+        // Every language someone may be shown: a title missing in one falls back to the
+        // default language's, and must differ from the others there too.
+        let mut languages: Vec<&str> = vec![self.languages.default];
+        languages.extend(self.languages.required.iter().map(String::as_str));
+        languages.extend(titles.iter().flat_map(|(_, t)| t.by_language.keys().map(String::as_str)));
+        languages.sort_unstable();
+        languages.dedup();
+        for language in languages {
+            let mut seen: HashMap<String, &str> = HashMap::new();
+            for (path, title) in titles {
+                let text = title.get(language, self.languages.default);
+                let key = crate::domain::normalise_keyword(text);
+                if key.is_empty() {
                     continue;
                 }
                 match seen.get(&key) {
                     Some(first) => self.p.push(
                         format!("{path}.{language}"),
-                        format!("'{text}' is also the title at {first}: WhatsApp refuses options with the same title"),
+                        format!("'{text}' is also the title at {first} (in '{language}'): WhatsApp refuses options with the same title"),
                     ),
                     None => {
                         seen.insert(key, path);
@@ -850,11 +915,41 @@ mod tests {
         assert!(errors.iter().any(|e| e.starts_with("flows[0].steps[0].ask.choices[1].title.es: 'horários' is also the title at flows[0].steps[0].ask.choices[0].title")), "{errors:?}");
         assert!(!errors.iter().any(|e| e.contains(".title.en")), "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("flows[0].steps[1].ask.no.title.es")), "{errors:?}");
+        // The same title reached through the fallback to the default language.
+        let fallback = json!([{"id": "x", "title": {"es": "Uno", "en": "One"}}, {"id": "y", "title": {"es": "Dos", "en": "Uno"}}, {"id": "z", "title": {"es": "One"}}]);
+        let (_, errors) =
+            check(json!([{"id": "f", "steps": [{"id": "a", "ask": {"text": "Elige", "choices": fallback}}]}]), &[]);
+        assert!(errors.iter().any(|e| e.starts_with("flows[0].steps[0].ask.choices[2].title.en: 'One' is also the title at flows[0].steps[0].ask.choices[0].title")), "{errors:?}");
         let mut p = Problems::new();
         let consent = json!({"notice": "Aviso", "accept": "Acepto", "refuse": "Acepto", "version": "1"});
         consent_flow(&mut p, consent, &Languages { default: "es", required: &[] });
         let errors: Vec<String> = p.into_errors().0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
         assert!(errors.iter().any(|e| e.starts_with("inbound.consent.refuse.es")), "{errors:?}");
+    }
+
+    #[test]
+    fn a_loop_without_a_question_is_refused_and_one_through_a_question_is_not() {
+        let (_, errors) = check(
+            json!([{"id": "f", "steps": [
+                {"id": "a", "say": "Hola"},
+                {"id": "b", "branch": [{"if": "true", "goto": "a"}], "goto": "c"},
+                {"id": "c", "say": "Chao", "end": true}
+            ]}]),
+            &[],
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("flows[0].steps: steps a → b → a loop without asking anything")),
+            "{errors:?}"
+        );
+        let (_, errors) = check(
+            json!([{"id": "f", "steps": [
+                {"id": "a", "say": "Hola"},
+                {"id": "b", "ask": {"text": "¿Otra vez?", "type": "yes_no", "yes": {"title": "Sí", "goto": "a"}, "no": {"title": "No"}}},
+                {"id": "c", "say": "Chao"}
+            ]}]),
+            &[],
+        );
+        assert!(errors.is_empty(), "a loop through a question waits for the person: {errors:?}");
     }
 
     #[test]
