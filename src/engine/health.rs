@@ -10,7 +10,7 @@ use serde::Serialize;
 
 /// A round of a loop lasting longer than this is taken for a stuck loop: `/healthz` fails and
 /// systemd's watchdog stops being fed, so recado is restarted. Generous: one round may make
-/// several vendor calls of up to two minutes each (a large sheet's first read).
+/// several vendor calls of up to two minutes each (a very large source's first read).
 pub const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 /// Consecutive failures after which a component is reported degraded.
