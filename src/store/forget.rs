@@ -79,18 +79,33 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
         .bind(phone)
         .fetch_all(&mut *conn)
         .await?;
+    // A provider's message id can carry the number (Meta's wamids are base64 that embed it):
+    // the ids of their messages, and the status entries kept under them, go too. A status that
+    // arrives later for one of them is one recado does not know, and is ignored.
+    let sent_ids: Vec<String> = sqlx::query_scalar(
+        "SELECT provider_message_id FROM messages WHERE phone = $1 AND provider_message_id IS NOT NULL",
+    )
+    .bind(phone)
+    .fetch_all(&mut *conn)
+    .await?;
+    for id in &sent_ids {
+        sqlx::query("DELETE FROM status_events WHERE provider_message_id = $1").bind(id).execute(&mut *conn).await?;
+    }
     let erased_content = r#"{"type":"text","body":""}"#;
     e.messages = sqlx::query(
         "UPDATE messages SET phone = '', content = $2, fallback = NULL, error = NULL, recipient_id = NULL,
+                provider_message_id = NULL,
                 state = CASE WHEN state IN ('queued', 'sending') THEN 'skipped' ELSE state END,
-                idempotency_key = CASE WHEN instr(idempotency_key, $3) > 0 THEN 'forgotten:' || id
+                idempotency_key = CASE WHEN source_id = '' OR instr(idempotency_key, $3) > 0 THEN 'forgotten:' || id
                                        ELSE idempotency_key END
          WHERE phone = $1",
     )
     .bind(phone)
     .bind(erased_content)
-    // A key that names the contact (a conversation reminder's) goes too; the others (a rule's
-    // `rule:record:occurrence`) stay, so no rule messages the record again as if it were new.
+    // A key that names the contact (a conversation reminder's) goes too, and so do the keys of
+    // the bot's messages (they hold the provider's id of the message they answered, which can
+    // carry the number); a rule's `rule:record:occurrence` stays, so no rule messages the
+    // record again as if it were new.
     .bind(phone.trim_start_matches('+'))
     .execute(&mut *conn)
     .await?

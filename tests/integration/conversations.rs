@@ -425,6 +425,15 @@ flows:
         .await
         .unwrap();
         assert_eq!(left, 0, "nothing with the number is left");
+        // Provider ids can embed the number (Meta's wamids do), and bot messages' keys hold the
+        // id of the message they answered: none is kept.
+        let ids_left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE phone = '' AND (provider_message_id IS NOT NULL OR idempotency_key LIKE 'flow:%')",
+        )
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+        assert_eq!(ids_left, 0, "no provider id and no bot message key is left");
         // Nor anywhere else: every column of every table.
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
