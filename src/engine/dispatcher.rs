@@ -642,10 +642,8 @@ impl Dispatcher {
             let mut busy = on_reply.is_none();
             let mut superseded = None;
             let contact = store::contact(&mut tx, m.phone.as_str()).await?;
-            if let (Some(version), Some(c)) = (self.ctx.config.inbound.consent_version.as_deref(), &contact) {
-                if c.consent_version.as_deref() == Some(version) && c.consent.as_deref() != Some("accepted") {
-                    busy = true;
-                }
+            if contact.as_ref().is_some_and(|c| c.refused_notice(self.ctx.config.inbound.consent_version.as_deref())) {
+                busy = true;
             }
             if let (Some(flow), false) = (on_reply, busy) {
                 if let Some(c) = store::conversation(&mut tx, m.phone.as_str())

@@ -590,9 +590,7 @@ impl InboxProcessor {
                 Some(f) if cur.expires_at.is_none_or(|e| e > now) => {
                     let contact = store::contact(&mut tx, &cur.phone).await?.unwrap_or_default();
                     let inside = super::dispatcher::inside_service_window(contact.last_inbound_at, now);
-                    let refused = self.ctx.config.inbound.consent_version.as_deref().is_some_and(|v| {
-                        contact.consent_version.as_deref() == Some(v) && contact.consent.as_deref() != Some("accepted")
-                    });
+                    let refused = contact.refused_notice(self.ctx.config.inbound.consent_version.as_deref());
                     if let (Some((_, text)), true, None, false) = (&f.reminder, inside, contact.opted_out_at, refused) {
                         let body = crate::flows::render(
                             text.get(&cur.conversation.language, &self.ctx.config.inbound.default_language),
@@ -751,11 +749,9 @@ impl InboxProcessor {
         };
         // Someone who refused this version of the privacy notice gets nothing from the bot and
         // nothing of theirs is kept, a survey a rule sent them included, until they opt in.
-        if let Some(version) = inbound.consent_version.as_deref() {
-            if contact.consent_version.as_deref() == Some(version) && contact.consent.as_deref() != Some("accepted") {
-                debug!(from = %who, "the contact refused the privacy notice: the bot does not answer");
-                return Ok(Vec::new());
-            }
+        if contact.refused_notice(inbound.consent_version.as_deref()) {
+            debug!(from = %who, "the contact refused the privacy notice: the bot does not answer");
+            return Ok(Vec::new());
         }
         let (flow, turn, record, started_at) = if let Some(c) = live {
             let Some(flow) = flows.get(&c.conversation.flow) else { return Ok(Vec::new()) };

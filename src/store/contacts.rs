@@ -21,6 +21,15 @@ pub struct Contact {
     pub language: Option<String>,
 }
 
+impl Contact {
+    /// Whether they answered "No acepto" to privacy notice `version` (the current one, when
+    /// one is configured) and have not opted back in since.
+    pub fn refused_notice(&self, version: Option<&str>) -> bool {
+        version
+            .is_some_and(|v| self.consent_version.as_deref() == Some(v) && self.consent.as_deref() != Some("accepted"))
+    }
+}
+
 fn contact_from_row(r: &SqliteRow) -> StoreResult<Contact> {
     Ok(Contact {
         phone: col(r, "phone")?,
