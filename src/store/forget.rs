@@ -79,7 +79,7 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
         .bind(phone)
         .fetch_all(&mut *conn)
         .await?;
-    // A provider's message id can carry the number (Meta's wamids are base64 that embed it):
+    // A provider's message id can carry the number (some providers' ids are base64 that embed it):
     // the ids of their messages, and the status entries kept under them, go too. A status that
     // arrives later for one of them is one recado does not know, and is ignored.
     let sent_ids: Vec<String> = sqlx::query_scalar(
