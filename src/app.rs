@@ -332,38 +332,39 @@ async fn notify_loop(ctx: Arc<EngineCtx>, notifier: Arc<crate::systemd::Notifier
             tracing::error!(loops = %names.join(", "), "a loop is stuck in one round: systemd's watchdog is no longer fed, so the service will be restarted");
         }
         let status = if ready {
-            let due = last_status_at.elapsed() >= Duration::from_secs(10) || last_status.is_empty();
-            if due {
+            // The queue is asked for every ten seconds at most.
+            if last_status_at.elapsed() >= Duration::from_secs(10) {
+                last_status_at = std::time::Instant::now();
                 queue_status(&ctx).await
             } else {
                 last_status.clone()
             }
         } else {
-            let waiting: Vec<&String> =
-                sources.iter().filter(|s| ctx.health.get(s).is_none_or(|c| c.ok_at.is_none())).collect();
-            if waiting.is_empty() {
-                ready = true;
-                let status = queue_status(&ctx).await;
-                notifier.ready(&status);
-                info!("ready: every source has completed its first read");
-                last_status = status.clone();
-                last_status_at = std::time::Instant::now();
-                status
-            } else {
-                let first = waiting[0];
-                let error = ctx
-                    .health
-                    .get(first)
-                    .and_then(|c| c.last_error)
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default();
-                format!("starting: waiting for the first read of {}{error}", first.trim_start_matches("source:"))
+            let waiting = sources.iter().find(|s| ctx.health.get(s).is_none_or(|c| c.ok_at.is_none()));
+            match waiting {
+                None => {
+                    ready = true;
+                    let status = queue_status(&ctx).await;
+                    notifier.ready(&status);
+                    info!("ready: every source has completed its first read");
+                    last_status = status.clone();
+                    last_status_at = std::time::Instant::now();
+                    status
+                }
+                Some(first) => {
+                    let error = ctx
+                        .health
+                        .get(first)
+                        .and_then(|c| c.last_error)
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default();
+                    format!("starting: waiting for the first read of {}{error}", first.trim_start_matches("source:"))
+                }
             }
         };
         if status != last_status {
             notifier.status(&status);
             last_status = status;
-            last_status_at = std::time::Instant::now();
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}

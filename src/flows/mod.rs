@@ -502,12 +502,10 @@ impl<'a> Run<'a> {
                     .and_then(|p| self.flow.steps.get(p))
                     .filter(|s| matches!(&s.kind, StepKind::Ask(a) if matches!(a.answer, AnswerKind::Number { .. })))
                     .and_then(|_| value.parse::<f64>().ok())
-                    .and_then(serde_json::Number::from_f64);
+                    .filter(|f| f.is_finite());
                 let v = match number {
-                    Some(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) => {
-                        serde_json::Value::from(n.as_f64().unwrap_or_default() as i64)
-                    }
-                    Some(n) => serde_json::Value::Number(n),
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => serde_json::Value::from(f as i64),
+                    Some(f) => serde_json::Value::from(f),
                     None => serde_json::Value::String(value.clone()),
                 };
                 (step.clone(), v)

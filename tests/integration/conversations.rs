@@ -207,18 +207,14 @@ impl Runner {
             let want = c["is"].as_str().map(String::from).unwrap_or_else(|| c["is"].to_string());
             let h = &self.h;
             let seen = std::sync::Mutex::new(String::new());
-            let found = tokio::time::timeout(Duration::from_secs(20), async {
-                loop {
-                    let now = h.cell(&key, column);
-                    if now == want {
-                        return;
-                    }
-                    *seen.lock().unwrap() = now;
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
+            let found = crate::harness::holds_within(Duration::from_secs(20), || async {
+                let now = h.cell(&key, column);
+                let same = now == want;
+                *seen.lock().unwrap() = now;
+                same
             })
             .await;
-            if found.is_err() {
+            if !found {
                 let seen = seen.lock().unwrap().clone();
                 self.fail(i, &format!("row {key} {column} is {seen:?} after 20 s, expected {want:?}"));
             }

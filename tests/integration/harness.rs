@@ -617,7 +617,19 @@ rules:
 }
 
 /// Polls `cond` every 25 ms until it holds; panics with `what` after `limit`.
-pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if !holds_within(limit, cond).await {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
+}
+
+/// Polls `cond` every 25 ms until it holds (true) or `limit` passes (false), for callers that
+/// say more than [`wait_for`] when it does not.
+pub async fn holds_within<F, Fut>(limit: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -625,11 +637,11 @@ where
     let start = Instant::now();
     while start.elapsed() < limit {
         if cond().await {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("timed out after {limit:?} waiting for {what}");
+    false
 }
 
 /// Logs for debugging a test: `RECADO_LOG=debug cargo test -- --nocapture`.
