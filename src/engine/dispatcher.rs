@@ -350,6 +350,7 @@ impl Dispatcher {
         };
         let mut ready: Vec<(OutboxMessage, Option<MessageContent>)> = Vec::new();
         let mut later: Vec<(i64, i64)> = Vec::new();
+        let chunk_instant = Instant::now();
         for mut m in chunk {
             let contact = contacts.get(m.phone.as_str());
             // The confirmation of an opt-out is the one message an opted-out person gets.
@@ -390,12 +391,14 @@ impl Dispatcher {
                     }
                 }
             }
-            // Pair rate: space messages to the same person (also within this chunk).
+            // Pair rate: space messages to the same person (also within this chunk). Measured
+            // from one instant for the whole chunk, so two messages to one person put off
+            // together get the same time, and go in the order they were queued.
             let next_ok = self.last_sent().get(m.phone.as_str()).map(|t| *t + self.pair_interval);
             let twice_in_chunk = ready.iter().any(|(r, _)| r.phone == m.phone);
             match next_ok {
-                Some(t) if t > Instant::now() => {
-                    later.push((m.id, now + (t - Instant::now()).as_millis() as i64));
+                Some(t) if t > chunk_instant => {
+                    later.push((m.id, now + (t - chunk_instant).as_millis() as i64));
                     continue;
                 }
                 _ if twice_in_chunk => {
