@@ -268,6 +268,13 @@ impl Problems {
             self.push(join(path, &format!("{name}_file")), "expected the path of a file");
             return None;
         };
+        let file = match expand_credentials_directory(&file, env) {
+            Ok(f) => f,
+            Err(message) => {
+                self.push(join(path, &format!("{name}_file")), message);
+                return None;
+            }
+        };
         match std::fs::read_to_string(&file) {
             Ok(v) if v.trim().is_empty() => {
                 self.push(join(path, &format!("{name}_file")), format!("{file} is empty"));
@@ -302,6 +309,22 @@ impl Problems {
                 phonenumber::country::Id::CL
             }
         }
+    }
+}
+
+/// A secret file's path with a leading `${CREDENTIALS_DIRECTORY}` replaced by the directory
+/// systemd hands the service its `LoadCredential=` files in (set for `ExecStartPre=` too), so
+/// one configuration works whatever the unit is called.
+fn expand_credentials_directory(file: &str, env: &Env) -> Result<String, String> {
+    const VAR: &str = "${CREDENTIALS_DIRECTORY}";
+    let Some(rest) = file.strip_prefix(VAR) else {
+        return Ok(file.to_string());
+    };
+    match env.get("CREDENTIALS_DIRECTORY") {
+        Some(dir) if !dir.is_empty() => Ok(format!("{}{rest}", dir.trim_end_matches('/'))),
+        _ => Err(format!(
+            "{file} names ${{CREDENTIALS_DIRECTORY}}, which is not set: systemd sets it for a unit with LoadCredential=; elsewhere give the file's path"
+        )),
     }
 }
 
@@ -406,6 +429,22 @@ mod tests {
         assert!(parse_duration("99999999999999999999d").is_err(), "huge numbers are refused, not a panic");
         assert!(parse_duration("4000d").is_err());
         assert!(parse_duration("1e400s").is_err());
+    }
+
+    #[test]
+    fn a_secret_file_under_the_credentials_directory_is_read_from_where_systemd_put_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("meta_access_token"), "token-from-systemd\n").expect("write");
+        let under_systemd = Env::fixed([("CREDENTIALS_DIRECTORY", dir.path().display().to_string())]);
+        let given = || SecretSources::new(None, None, Some(serde_json::json!("${CREDENTIALS_DIRECTORY}/meta_access_token")));
+        let mut p = Problems::new();
+        let s = p.secret(&under_systemd, "providers[0]", "access_token", given());
+        assert_eq!(s.map(|s| s.expose().to_string()), Some("token-from-systemd".to_string()));
+
+        let mut p = Problems::new();
+        assert!(p.secret(&Env::fixed::<&str, &str>([]), "providers[0]", "access_token", given()).is_none());
+        let text = p.into_errors().to_string();
+        assert!(text.contains("providers[0].access_token_file") && text.contains("LoadCredential"), "{text}");
     }
 
     #[test]

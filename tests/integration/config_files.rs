@@ -17,20 +17,19 @@ fn the_demo_configuration_validates() {
 #[test]
 fn the_production_example_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k.json");
+    let key = dir.path().join("google-service-account.json");
     std::fs::write(
         &key,
         recado::sandbox::GoogleState::new().create_service_account("https://oauth2.googleapis.com", "a@b.c"),
     )
     .unwrap();
+    for (name, secret) in [("meta-access-token", "t"), ("meta-app-secret", "s"), ("meta-verify-token", "v")] {
+        std::fs::write(dir.path().join(name), secret).unwrap();
+    }
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sheets-meta.example.yaml")).unwrap();
-    let text = text.replace("/etc/recado/google-service-account.json", &key.display().to_string());
-    let env = recado::config::Env::fixed([
-        ("RECADO_META_ACCESS_TOKEN", "t"),
-        ("RECADO_META_APP_SECRET", "s"),
-        ("RECADO_META_VERIFY_TOKEN", "v"),
-    ]);
+    // As under systemd: every secret is a credential file in $CREDENTIALS_DIRECTORY.
+    let env = recado::config::Env::fixed([("CREDENTIALS_DIRECTORY", dir.path().display().to_string())]);
     let c = Config::from_yaml_with(&text, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.providers[0].id(), "whatsapp");
     assert_eq!(c.http.public_url.as_deref(), Some("https://recado.example.org"));
@@ -219,16 +218,15 @@ inbound:
 #[test]
 fn the_salesforce_example_validates_and_a_bad_salesforce_source_says_everything_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let mut text =
+    let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/salesforce.example.yaml")).unwrap();
     for name in ["meta-access-token", "meta-app-secret", "meta-verify-token", "salesforce-key.pem"] {
         let path = dir.path().join(name);
         let content = if name.ends_with(".pem") { recado::sandbox::keys::PRIVATE_KEY_PEM } else { "secret" };
         std::fs::write(&path, content).unwrap();
-        text = text.replace(&format!("/run/credentials/recado.service/{name}"), &path.display().to_string());
     }
-    let c =
-        Config::from_yaml_with(&text, &recado::config::Env::fixed::<&str, &str>([])).unwrap_or_else(|e| panic!("{e}"));
+    let credentials = recado::config::Env::fixed([("CREDENTIALS_DIRECTORY", dir.path().display().to_string())]);
+    let c = Config::from_yaml_with(&text, &credentials).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.sources[0].id(), "citas");
 
     let bad = text
@@ -236,7 +234,7 @@ fn the_salesforce_example_validates_and_a_bad_salesforce_source_says_everything_
         .replace("flow: jwt_bearer", "flow: password")
         .replace("Contacto__r.FirstName]", "Contacto__r.FirstName, \"no es un campo\"]")
         .replace("max_api_share: 0.2", "max_api_share: 2");
-    let e = Config::from_yaml_with(&bad, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
+    let e = Config::from_yaml_with(&bad, &credentials).unwrap_err().to_string();
     for want in [
         "sources[0].object",
         "sources[0].auth.flow: expected jwt_bearer or client_credentials",
