@@ -4,8 +4,8 @@
 //! Modules in reading order, lowest layer first (no module depends on one below it in this
 //! list): the pure core (`domain`, `schedule`, `diff`, `expressions`), configuration checks
 //! (`validation`), conversations (`flows`, pure too), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
-//! contract each), the assembled configuration (`config`), `rules`, the state `store`, the loops
-//! that connect them (`engine`), the HTTP server, the sandbox emulators, the wiring (`app`), and
+//! contract each), the assembled configuration (`config`), `rules`, the state `store`, the Prometheus
+//! `metrics`, the loops that connect them (`engine`), the HTTP server, the sandbox emulators, the wiring (`app`), and
 //! the commands (`plan`, `demo`, `cli`). `ARCHITECTURE.md` has the map and the invariants.
 
 pub mod app;
@@ -18,6 +18,7 @@ pub mod engine;
 pub mod expressions;
 pub mod flows;
 pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod providers;
 pub mod rules;

@@ -24,6 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{EngineCtx, Shutdown};
 use crate::domain::{MessageContent, MessageState};
+use crate::metrics::ProviderLabel;
 use crate::providers::{Accepted, CatchUp, InDoubtSend, Provider, Reconciliation, SendError};
 use crate::store::{self, MessageUpdate, OutboxMessage, StoreError};
 
@@ -464,13 +465,30 @@ impl Dispatcher {
             self.last_sent().insert(m.phone.as_str().to_string(), Instant::now());
             let this = Arc::clone(self);
             tokio::spawn(async move {
-                match this.provider.send(&m.phone, &m.content, &m.id.to_string()).await {
+                let started = Instant::now();
+                let sent = this.provider.send(&m.phone, &m.content, &m.id.to_string()).await;
+                this.ctx
+                    .metrics
+                    .send_seconds
+                    .get_or_create(&ProviderLabel { provider: this.provider.id().to_string() })
+                    .observe(started.elapsed().as_secs_f64());
+                match sent {
                     Ok(acc) => {
                         this.ctx.health.ok(&this.health_name, "provider", this.now_ms());
                         // Recorded in a batch; the permit is released once it is queued.
                         let _ = this.accepted.send(Some((m, acc))).await;
                     }
                     Err(e) => {
+                        let (class, code) = e.class_and_code();
+                        this.ctx
+                            .metrics
+                            .provider_errors
+                            .get_or_create(&crate::metrics::ProviderError {
+                                provider: this.provider.id().to_string(),
+                                class: class.to_string(),
+                                code: code.map_or_else(|| "none".to_string(), |c| c.to_string()),
+                            })
+                            .inc();
                         if matches!(
                             e,
                             SendError::Unavailable { .. } | SendError::Retry { .. } | SendError::InDoubt { .. }

@@ -46,6 +46,12 @@ pub struct QuotaHealth {
     pub rate_limit_strikes: u32,
     /// How much longer requests wait after the last such answer.
     pub paused_for_ms: Option<u64>,
+    /// Requests counted against the quota in its window, when known.
+    pub used: Option<u64>,
+    /// What the window allows, when known.
+    pub allowed: Option<u64>,
+    /// `minute` or `day`.
+    pub window: &'static str,
 }
 
 #[derive(Default)]

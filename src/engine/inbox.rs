@@ -20,6 +20,7 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::{EngineCtx, Shutdown};
+use crate::metrics::WebhookEvent;
 use crate::domain::{
     mask_phone, FieldWrite, InboundKind, MessageContent, MessageState, ProviderError, ProviderEvent, Sender,
     WriteTarget,
@@ -152,6 +153,11 @@ impl InboxProcessor {
                 let mut tx = self.ctx.store.begin().await?;
                 store::park_webhook(&mut tx, w.id, &format!("unreadable: {e}"), now).await?;
                 tx.commit().await?;
+                self.ctx
+                    .metrics
+                    .webhook_events
+                    .get_or_create(&WebhookEvent { provider: w.provider_id.clone(), kind: "parked".to_string() })
+                    .inc();
                 return Ok(effects);
             }
         };
@@ -168,6 +174,20 @@ impl InboxProcessor {
         };
         store::finish_webhook(&mut tx, w.id, &outcome, now).await?;
         tx.commit().await?;
+        // Counted once committed: a round retried after a store error counts once.
+        let count = |kind: &str, n: usize| {
+            if n > 0 {
+                self.ctx
+                    .metrics
+                    .webhook_events
+                    .get_or_create(&WebhookEvent { provider: w.provider_id.clone(), kind: kind.to_string() })
+                    .inc_by(n as u64);
+            }
+        };
+        let statuses = parsed.events.iter().filter(|e| matches!(e, ProviderEvent::Status { .. })).count();
+        count("status", statuses);
+        count("message", parsed.events.len() - statuses);
+        count("unreadable", parsed.problems.len());
         Ok(effects)
     }
 

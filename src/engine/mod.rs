@@ -89,6 +89,8 @@ pub struct EngineCtx {
     pub rules: Arc<RuleSet>,
     pub clock: Arc<Clock>,
     pub health: Arc<Health>,
+    /// The Prometheus metrics the loops count into (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Source-neutral settings of each source, by id.
     pub sources: HashMap<String, SourceSettings>,
     /// Wakes a provider's dispatcher when messages are queued.
@@ -138,6 +140,7 @@ impl EngineCtx {
             rules,
             clock,
             health: Arc::new(Health::default()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             sources,
             dispatch_wake,
             inbox_wake: Arc::new(Notify::new()),

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
@@ -19,6 +20,7 @@ use super::timers::sync_timers;
 use super::{log_adjustments, record_from_snapshot, EngineCtx, Shutdown};
 use crate::config::Trigger;
 use crate::diff::{diff_read, Change, Snapshot, SnapshotRow};
+use crate::metrics::{SourceLabel, SourceResult};
 use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
 use crate::rules::{Blocked, RecordFacts, TimerPlan};
 use crate::sources::{FirstStart, ReadSpec, RecordIssue, Source, SourceError, SourceRead, SourceSettings};
@@ -148,11 +150,13 @@ impl SourcePoller {
             // Shutdown never waits for a poll: an abandoned round committed nothing, or whole
             // transactions only.
             let busy = self.ctx.health.busy(&self.health_name);
+            let started = std::time::Instant::now();
             let outcome = tokio::select! {
                 r = self.poll_once() => r,
                 _ = shutdown.wait() => break,
             };
             drop(busy);
+            self.count_poll(&id, &outcome, started.elapsed());
             let refused =
                 matches!(outcome, Err(PollError::Source(SourceError::Permanent(_) | SourceError::MissingFields(_))));
             refusals = if refused { refusals + 1 } else { 0 };
@@ -179,6 +183,9 @@ impl SourcePoller {
                     per_minute: quota.per_minute,
                     rate_limit_strikes: quota.strikes,
                     paused_for_ms: quota.paused_for.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    used: quota.used,
+                    allowed: quota.allowed,
+                    window: quota.window,
                 },
             );
             // A source refusing for good (a permission, a field gone) is asked again less and
@@ -197,6 +204,18 @@ impl SourcePoller {
     }
 
     /// One poll. Public for tests.
+    /// Counts a poll and its duration for `/metrics`.
+    fn count_poll(&self, id: &str, outcome: &Result<PollReport, PollError>, took: Duration) {
+        let result = match outcome {
+            Ok(_) => "ok",
+            Err(PollError::Source(SourceError::RateLimited { .. })) => "rate_limited",
+            Err(_) => "failed",
+        };
+        let m = &self.ctx.metrics;
+        m.polls.get_or_create(&SourceResult { source: id.to_string(), result: result.to_string() }).inc();
+        m.poll_seconds.get_or_create(&SourceLabel { source: id.to_string() }).observe(took.as_secs_f64());
+    }
+
     pub async fn poll_once(&mut self) -> Result<PollReport, PollError> {
         let probe = self.source.probe().await?;
         if self.synced && self.state.baseline_done && probe.version.is_some() && self.state.version == probe.version {

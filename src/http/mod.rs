@@ -1,5 +1,6 @@
-//! The daemon's HTTP server: `/webhooks/{provider-id}`, `/healthz` (alive: no loop stuck) and
-//! `/readyz` (doing its job: every source read recently, nothing failing). It names no vendor.
+//! The daemon's HTTP server: `/webhooks/{provider-id}`, `/healthz` (alive: no loop stuck),
+//! `/readyz` (doing its job: every source read recently, nothing failing) and `/metrics`
+//! (Prometheus; see `metrics`). It names no vendor. Only `/webhooks/` needs to be public.
 //!
 //! A webhook request is verified by its provider over the exact bytes received (and, for
 //! vendors that sign URLs, over the URL the vendor called: the configured public URL with this
@@ -41,6 +42,7 @@ pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Rout
         .route("/webhooks/{provider}", get(handshake).post(receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next)))
         .with_state(AppState { ctx, providers: Arc::new(providers) })
@@ -115,17 +117,20 @@ async fn receive(
     let Some(p) = st.providers.get(&provider) else {
         return (StatusCode::NOT_FOUND, "unknown provider").into_response();
     };
+    let metrics = &st.ctx.metrics;
     let url = public_url(&st, &headers, &uri);
     if let Err(e) = p.verify_webhook(&WebhookRequest { url: &url, headers: &headers, body: &body }) {
         warn!(provider = %provider, "webhook refused: {e}");
-        let status = match e {
-            WebhookRejection::Unsigned(_) => StatusCode::UNAUTHORIZED,
-            WebhookRejection::Forged(_) => StatusCode::FORBIDDEN,
+        let (status, result) = match e {
+            WebhookRejection::Unsigned(_) => (StatusCode::UNAUTHORIZED, "unsigned"),
+            WebhookRejection::Forged(_) => (StatusCode::FORBIDDEN, "forged"),
         };
+        metrics.webhook(&provider, result);
         return (status, e.to_string()).into_response();
     }
     let Ok(text) = std::str::from_utf8(&body) else {
         warn!(provider = %provider, "webhook refused: the body is not UTF-8 text");
+        metrics.webhook(&provider, "not_text");
         return (StatusCode::BAD_REQUEST, "the body is not UTF-8 text").into_response();
     };
     let stored = async {
@@ -135,12 +140,14 @@ async fn receive(
     .await;
     match stored {
         Ok(_) => {
+            metrics.webhook(&provider, "accepted");
             st.ctx.inbox_wake.notify_one();
             let ack = p.acknowledgement();
             (StatusCode::OK, [(header::CONTENT_TYPE, ack.content_type)], ack.body).into_response()
         }
         Err(e) => {
             // Not stored means not acknowledged: the provider will deliver it again.
+            metrics.webhook(&provider, "not_stored");
             warn!(provider = %provider, "could not store a webhook, answering 503 so it is sent again: {e}");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
@@ -228,4 +235,58 @@ async fn readyz(State(st): State<AppState>) -> Response {
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let status = if ready { "ready" } else { "not ready" };
     (code, Json(json!({ "status": status, "reasons": reasons, "components": ctx.health.all() }))).into_response()
+}
+
+/// Prometheus text exposition. The states (funnels, backlogs, quotas) are read now; the event
+/// counters were counted as things happened.
+async fn metrics(State(st): State<AppState>) -> Response {
+    let ctx = &st.ctx;
+    let m = &ctx.metrics;
+    let started = std::time::Instant::now();
+    let read = async {
+        let mut conn = ctx.store.conn().await?;
+        let funnels = store::report::funnel(&mut conn, 0, None).await?;
+        let (writes, timers) = store::report::backlog(&mut conn).await?;
+        let webhooks = store::pending_webhook_count(&mut conn).await?;
+        Ok::<_, store::StoreError>((funnels, writes, timers, webhooks))
+    }
+    .await;
+    match read {
+        Ok((funnels, writes, timers, webhooks)) => {
+            m.messages.clear();
+            for f in &funnels {
+                for stage in store::report::FUNNEL_STAGES {
+                    m.messages
+                        .get_or_create(&crate::metrics::RuleStage { rule: f.rule.clone(), stage: stage.to_string() })
+                        .set(f.stage(stage));
+                }
+            }
+            m.write_back_pending.set(writes);
+            m.timers_pending.set(timers);
+            m.webhooks_pending.set(webhooks);
+        }
+        Err(e) => {
+            warn!("metrics: reading the store failed: {e}");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("the state store is unavailable: {e}")).into_response();
+        }
+    }
+    for (name, c) in ctx.health.all() {
+        let (Some(source), Some(q)) = (name.strip_prefix("source:"), c.quota.as_ref()) else {
+            continue;
+        };
+        let labels = crate::metrics::SourceWindow { source: source.to_string(), window: q.window.to_string() };
+        if let Some(used) = q.used {
+            m.quota_used.get_or_create(&labels).set(used as i64);
+        }
+        if let Some(allowed) = q.allowed {
+            m.quota_limit.get_or_create(&labels).set(allowed as i64);
+        }
+    }
+    m.scrape_seconds.set(started.elapsed().as_secs_f64());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        m.encode(),
+    )
+        .into_response()
 }

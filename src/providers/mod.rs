@@ -204,6 +204,20 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// For metrics: how recado classified the error, and the vendor's code when it gave one.
+    pub fn class_and_code(&self) -> (&'static str, Option<i64>) {
+        match self {
+            SendError::Retry { .. } => ("retry", None),
+            SendError::Throttled { .. } => ("throttled", None),
+            SendError::PairRate { .. } => ("pair_rate", None),
+            SendError::Unavailable { .. } => ("unavailable", None),
+            SendError::InDoubt { .. } => ("in_doubt", None),
+            SendError::WindowClosed { error } => ("window_closed", Some(error.code)),
+            SendError::OptedOut { error } => ("opted_out", Some(error.code)),
+            SendError::Permanent { error } => ("permanent", Some(error.code)),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             SendError::Retry { reason }

@@ -363,6 +363,13 @@ pub struct QuotaState {
     pub strikes: u32,
     /// The budget configured.
     pub per_minute: u32,
+    /// Requests counted against the vendor's quota in its current `window`, when known.
+    pub used: Option<u64>,
+    /// What the vendor (or the configuration) allows in that window, when known.
+    pub allowed: Option<u64>,
+    /// The quota's window: `minute` (recado's own per-minute budget) or `day` (an org's daily
+    /// API allocation).
+    pub window: &'static str,
 }
 
 /// A configured source, read side (closed set: one variant per vendor).

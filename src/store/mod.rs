@@ -3,7 +3,8 @@
 //! Everything that must survive a crash lives here: source snapshots ([`snapshots`]), the
 //! outbox ([`outbox`]), webhook bodies before they are applied ([`webhooks`]), contacts and
 //! what they wrote ([`contacts`]), the write-back queue ([`writeback`]), record problems
-//! ([`issues`]), timers and campaigns ([`timers`]), and their pruning ([`retention`]).
+//! ([`issues`]), timers and campaigns ([`timers`]), their pruning ([`retention`]), and the views
+//! people read ([`report`]: funnels, failures, one person's history).
 //! Functions take a `&mut SqliteConnection` so the engine composes them into one transaction
 //! (a snapshot moves only with its consequences); [`Store`] owns the pool.
 //!
@@ -17,6 +18,7 @@ pub mod conversations;
 pub mod forget;
 pub mod issues;
 pub mod outbox;
+pub mod report;
 pub mod retention;
 pub mod snapshots;
 pub mod timers;

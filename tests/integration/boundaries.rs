@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "config",
     "rules",
     "store",
+    "metrics",
     "engine",
     "http",
     "sandbox",

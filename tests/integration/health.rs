@@ -193,3 +193,55 @@ async fn systemd_hears_ready_after_the_first_read_then_watchdog_pings_and_stoppi
     while !next(&mut heard).await.starts_with("STOPPING=1") {}
     run.await.unwrap().unwrap();
 }
+
+/// `/metrics` shows each rule's funnel as the store has it, webhooks by result at the door,
+/// polls, send latency and the source's quota, and never a phone number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_each_rules_funnel_and_what_came_in() {
+    let mut h = Harness::new(vec![]).await;
+    h.user(91, true, None);
+    h.user(92, false, Some("Gracias"));
+    h.start().await;
+    h.add_row(crate::harness::row(91, "Ana", "Sí", "Activo"));
+    h.add_row(crate::harness::row(92, "Beto", "Sí", "Activo"));
+    h.wait_cell("91", "Estado WhatsApp", "read").await;
+    h.wait_cell("92", "Última respuesta", "Gracias").await;
+    let forged = reqwest::Client::new()
+        .post(h.webhook_url())
+        .header("X-Hub-Signature-256", format!("sha256={}", "0".repeat(64)))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    h.quiesce().await;
+    let r = reqwest::get(h.webhook_url().replace("/webhooks/whatsapp", "/metrics")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    for want in [
+        r#"recado_messages{rule="confirmacion",stage="sent"} 2"#,
+        r#"recado_messages{rule="confirmacion",stage="delivered"} 2"#,
+        r#"recado_messages{rule="confirmacion",stage="read"} 1"#,
+        r#"recado_messages{rule="confirmacion",stage="replied"} 1"#,
+        r#"recado_messages{rule="confirmacion",stage="failed"} 0"#,
+        r#"recado_webhooks_total{provider="whatsapp",result="forged"} 1"#,
+        r#"recado_webhooks_total{provider="whatsapp",result="accepted"}"#,
+        r#"recado_webhook_events_total{provider="whatsapp",kind="status"}"#,
+        r#"recado_webhook_events_total{provider="whatsapp",kind="message"} 1"#,
+        r#"recado_send_seconds_count{provider="whatsapp"} 2"#,
+        r#"recado_polls_total{source="inscripciones",result="ok"}"#,
+        r#"recado_poll_seconds_count{source="inscripciones"}"#,
+        r#"recado_source_quota_limit{source="inscripciones",window="minute"} 5000"#,
+        "recado_write_back_pending 0",
+        "recado_webhooks_pending 0",
+        "# EOF",
+    ] {
+        assert!(text.contains(want), "missing {want} in:\n{text}");
+    }
+    for n in [91, 92] {
+        let digits = crate::harness::e164(n).trim_start_matches('+').to_string();
+        assert!(!text.contains(&digits[digits.len() - 8..]), "a phone number in /metrics:\n{text}");
+    }
+    h.stop().await;
+}

@@ -14,6 +14,8 @@ pub struct Budget {
     limiter: DefaultDirectRateLimiter,
     per_minute: u32,
     pause: Mutex<Pause>,
+    /// When the requests of the last minute were paid for: the quota used, for `/metrics`.
+    recent: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 #[derive(Default)]
@@ -31,7 +33,12 @@ impl Budget {
         let burst = (per_minute / 6).max(2);
         let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-        Self { limiter: RateLimiter::direct(quota), per_minute, pause: Mutex::new(Pause::default()) }
+        Self {
+            limiter: RateLimiter::direct(quota),
+            per_minute,
+            pause: Mutex::new(Pause::default()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
+        }
     }
 
     fn pause(&self) -> std::sync::MutexGuard<'_, Pause> {
@@ -52,6 +59,10 @@ impl Budget {
         }
         for _ in 0..n.max(1) {
             self.limiter.until_ready().await;
+            let now = Instant::now();
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.push_back(now);
+            forget_older_than_a_minute(&mut recent, now);
         }
     }
 
@@ -75,7 +86,23 @@ impl Budget {
             paused_for: p.until.and_then(|t| t.checked_duration_since(Instant::now())),
             strikes: p.strikes,
             per_minute: self.per_minute,
+            used: Some(self.used_last_minute()),
+            allowed: Some(u64::from(self.per_minute)),
+            window: "minute",
         }
+    }
+
+    /// Requests paid for in the last 60 seconds.
+    fn used_last_minute(&self) -> u64 {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        forget_older_than_a_minute(&mut recent, Instant::now());
+        recent.len() as u64
+    }
+}
+
+fn forget_older_than_a_minute(recent: &mut std::collections::VecDeque<Instant>, now: Instant) {
+    while recent.front().is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60)) {
+        recent.pop_front();
     }
 }
 

@@ -246,7 +246,15 @@ impl RecordReader {
         let s = self.lock();
         let slowed = s.slowed_until.and_then(|u| u.checked_duration_since(Instant::now()));
         let paused_for = limited.max(slowed);
-        QuotaState { paused_for, strikes: 0, per_minute: 0 }
+        let usage = self.client.usage();
+        QuotaState {
+            paused_for,
+            strikes: 0,
+            per_minute: 0,
+            used: usage.map(|u| u.used),
+            allowed: usage.map(|u| u.max),
+            window: "day",
+        }
     }
 
     /// The fields every read selects: `Id`, then the key, phone, consent, time-zone fields,
