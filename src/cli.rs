@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `sandbox`, `demo`.
+//! The command line: `run`, `check`, `plan`, `report`, `contact`, `forget`, `sandbox`, `demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +69,35 @@ pub enum Command {
         /// The country of a number written without its country code.
         #[arg(long, default_value = "CL")]
         region: String,
+    },
+    /// Each rule's funnel (queued, sent, delivered, read, replied, failed, skipped), read from
+    /// the state store; safe while the daemon runs.
+    Report {
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+        /// Only this rule (`flow:<id>` for a conversation's messages).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Messages created since: a duration back from now (`7d`, `12h`) or a date
+        /// (`2026-11-01`, UTC). Default: all.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value_t = crate::report::Format::Table)]
+        format: crate::report::Format,
+    },
+    /// One person's history: messages and their states, what they wrote, consent and opt-out.
+    /// The number is masked unless --show-phone is given.
+    Contact {
+        #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+        /// The person's phone number, in any common format.
+        phone: String,
+        /// The country of a number written without its country code.
+        #[arg(long, default_value = "CL")]
+        region: String,
+        /// Print the number in full.
+        #[arg(long)]
+        show_phone: bool,
     },
     /// Serve the Google, Salesforce, Meta and Twilio emulators and print their base URLs.
     Sandbox {
@@ -172,6 +201,60 @@ pub async fn execute(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Report { config, rule, since, format } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return 1;
+                }
+            };
+            let since_ms = match since.as_deref().map(|s| crate::report::parse_since(s, chrono::Utc::now())) {
+                None => 0,
+                Some(Ok(ms)) => ms,
+                Some(Err(e)) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            };
+            match crate::report::funnels(&config, since_ms, rule.as_deref()).await {
+                Ok(f) => {
+                    print!("{}", crate::report::render(&f, format));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Contact { config, phone, region, show_phone } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return 1;
+                }
+            };
+            let number = match parse_phone(&phone, &region) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return 1;
+                }
+            };
+            match crate::report::contact(&config, number.as_str()).await {
+                Ok(h) => {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    print!("{}", crate::report::render_contact(number.as_str(), &h, show_phone, now));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
         Command::Sandbox { listen } => {
             let sandbox = match Sandbox::start(listen, MetaSettings::default()).await {
                 Ok(s) => s,
@@ -216,9 +299,7 @@ pub async fn execute(cli: Cli) -> i32 {
 /// `recado forget`: erases what the state store holds about one number; returns the report.
 pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Result<String> {
     use anyhow::Context;
-    let region: phonenumber::country::Id =
-        region.to_uppercase().parse().map_err(|_| anyhow::anyhow!("unknown country code '{region}' for --region"))?;
-    let number = crate::domain::PhoneNumber::parse(phone, region).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let number = parse_phone(phone, region)?;
     let store = crate::store::Store::open(&config.state.path)
         .await
         .with_context(|| format!("opening the state store {}", config.state.path.display()))?;
@@ -247,4 +328,11 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     });
     out.push_str("not touched: their records in your sources (the sheet or Salesforce is yours to edit; recado's copy follows it at the next poll)\n");
     Ok(out)
+}
+
+/// A number given on the command line, with `--region` for one written without its country code.
+fn parse_phone(phone: &str, region: &str) -> anyhow::Result<crate::domain::PhoneNumber> {
+    let region: phonenumber::country::Id =
+        region.to_uppercase().parse().map_err(|_| anyhow::anyhow!("unknown country code '{region}' for --region"))?;
+    crate::domain::PhoneNumber::parse(phone, region).map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -132,25 +132,59 @@ impl Metrics {
             scrape_seconds: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("messages", "Messages by rule and funnel stage (a read message also counts as sent and delivered)", m.messages.clone());
+        registry.register(
+            "messages",
+            "Messages by rule and funnel stage (a read message also counts as sent and delivered)",
+            m.messages.clone(),
+        );
         registry.register("send_seconds", "Seconds from a send call to the provider's answer", m.send_seconds.clone());
-        registry.register("provider_errors", "Send errors by provider, class and vendor code", m.provider_errors.clone());
+        registry.register(
+            "provider_errors",
+            "Send errors by provider, class and vendor code",
+            m.provider_errors.clone(),
+        );
         registry.register("polls", "Polls of each source by result", m.polls.clone());
         registry.register("poll_seconds", "Seconds a poll took", m.poll_seconds.clone());
-        registry.register("source_quota_used", "Requests counted against a source's quota in its window", m.quota_used.clone());
-        registry.register("source_quota_limit", "Requests a source's quota allows in its window", m.quota_limit.clone());
+        registry.register(
+            "source_quota_used",
+            "Requests counted against a source's quota in its window",
+            m.quota_used.clone(),
+        );
+        registry.register(
+            "source_quota_limit",
+            "Requests a source's quota allows in its window",
+            m.quota_limit.clone(),
+        );
         registry.register("webhooks", "Webhook requests by provider and result at the door", m.webhooks.clone());
-        registry.register("webhook_events", "Events applied from stored webhooks by provider and kind", m.webhook_events.clone());
-        registry.register("write_back_pending", "Values waiting to be written back to the sources", m.write_back_pending.clone());
-        registry.register("timers_pending", "Timers (reminders, survey reminders, expiries) not yet fired", m.timers_pending.clone());
+        registry.register(
+            "webhook_events",
+            "Events applied from stored webhooks by provider and kind",
+            m.webhook_events.clone(),
+        );
+        registry.register(
+            "write_back_pending",
+            "Values waiting to be written back to the sources",
+            m.write_back_pending.clone(),
+        );
+        registry.register(
+            "timers_pending",
+            "Timers (reminders, survey reminders, expiries) not yet fired",
+            m.timers_pending.clone(),
+        );
         registry.register("webhooks_pending", "Webhooks stored and not yet applied", m.webhooks_pending.clone());
-        registry.register("scrape_store_seconds", "Seconds the store queries of the last scrape took", m.scrape_seconds.clone());
+        registry.register(
+            "scrape_store_seconds",
+            "Seconds the store queries of the last scrape took",
+            m.scrape_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Counts a webhook request at the door.
     pub fn webhook(&self, provider: &str, result: &str) {
-        self.webhooks.get_or_create(&WebhookResult { provider: provider.to_string(), result: result.to_string() }).inc();
+        self.webhooks
+            .get_or_create(&WebhookResult { provider: provider.to_string(), result: result.to_string() })
+            .inc();
     }
 
     /// The text exposition of every metric.

@@ -436,7 +436,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("meta_access_token"), "token-from-systemd\n").expect("write");
         let under_systemd = Env::fixed([("CREDENTIALS_DIRECTORY", dir.path().display().to_string())]);
-        let given = || SecretSources::new(None, None, Some(serde_json::json!("${CREDENTIALS_DIRECTORY}/meta_access_token")));
+        let given =
+            || SecretSources::new(None, None, Some(serde_json::json!("${CREDENTIALS_DIRECTORY}/meta_access_token")));
         let mut p = Problems::new();
         let s = p.secret(&under_systemd, "providers[0]", "access_token", given());
         assert_eq!(s.map(|s| s.expose().to_string()), Some("token-from-systemd".to_string()));

@@ -20,11 +20,11 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::{EngineCtx, Shutdown};
-use crate::metrics::WebhookEvent;
 use crate::domain::{
     mask_phone, FieldWrite, InboundKind, MessageContent, MessageState, ProviderError, ProviderEvent, Sender,
     WriteTarget,
 };
+use crate::metrics::WebhookEvent;
 use crate::providers::{Provider, SendError};
 use crate::store::{self, InboundRow, MessageUpdate, OutboxMessage, StoreError, StoredWebhook, Tx};
 

@@ -283,10 +283,6 @@ async fn metrics(State(st): State<AppState>) -> Response {
         }
     }
     m.scrape_seconds.set(started.elapsed().as_secs_f64());
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        m.encode(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
         .into_response()
 }

@@ -267,6 +267,7 @@ pub async fn contact_history(conn: &mut SqliteConnection, phone: &str) -> StoreR
 /// Counts the operator watches: `(pending write-back cells, pending timers)`.
 pub async fn backlog(conn: &mut SqliteConnection) -> StoreResult<(i64, i64)> {
     let writes = super::pending_write_count(&mut *conn).await?;
-    let timers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE state = 'pending'").fetch_one(&mut *conn).await?;
+    let timers: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM timers WHERE state = 'pending'").fetch_one(&mut *conn).await?;
     Ok((writes, timers))
 }

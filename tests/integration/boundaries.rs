@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "systemd",
     "app",
     "plan",
+    "report",
     "demo",
     "cli",
 ];

@@ -218,8 +218,7 @@ inbound:
 #[test]
 fn the_salesforce_example_validates_and_a_bad_salesforce_source_says_everything_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/salesforce.example.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/salesforce.example.yaml")).unwrap();
     for name in ["meta-access-token", "meta-app-secret", "meta-verify-token", "salesforce-key.pem"] {
         let path = dir.path().join(name);
         let content = if name.ends_with(".pem") { recado::sandbox::keys::PRIVATE_KEY_PEM } else { "secret" };

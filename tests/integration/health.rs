@@ -245,3 +245,56 @@ async fn metrics_show_each_rules_funnel_and_what_came_in() {
     }
     h.stop().await;
 }
+
+/// `recado report` prints each rule's funnel from the store (table and CSV), and `recado
+/// contact` one person's history with the number masked unless asked; both beside a daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_and_contact_read_what_happened_from_the_store() {
+    let mut h = Harness::new(vec![]).await;
+    h.user(94, true, None);
+    h.user(95, false, Some("Gracias, ahí estaré"));
+    h.start().await;
+    h.add_row(crate::harness::row(94, "Ana", "Sí", "Activo"));
+    h.add_row(crate::harness::row(95, "Beto", "Sí", "Activo"));
+    h.wait_cell("94", "Estado WhatsApp", "read").await;
+    h.wait_cell("95", "Última respuesta", "Gracias, ahí estaré").await;
+    h.quiesce().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("recado.yaml");
+    std::fs::write(&config, h.yaml()).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("recado runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}:\n{text}");
+        text
+    };
+    // While the daemon runs.
+    let table = run(&["report"]);
+    let line = table.lines().find(|l| l.starts_with("confirmacion")).unwrap_or_else(|| panic!("{table}"));
+    let numbers: Vec<&str> = line.split_whitespace().skip(1).collect();
+    assert_eq!(
+        numbers,
+        ["2", "0", "2", "2", "1", "1", "0", "0"],
+        "total queued sent delivered read replied failed skipped:\n{table}"
+    );
+    let csv = run(&["report", "--format", "csv", "--since", "1d", "--rule", "confirmacion"]);
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        ["rule,total,queued,sent,delivered,read,replied,failed,skipped", "\"confirmacion\",2,0,2,2,1,1,0,0"],
+        "{csv}"
+    );
+
+    let number = crate::harness::e164(95);
+    let masked = run(&["contact", &number]);
+    assert!(!masked.contains(&number[number.len() - 8..]), "masked by default:\n{masked}");
+    assert!(masked.contains("confirmacion") && masked.contains("delivered"), "{masked}");
+    assert!(masked.contains("Gracias, ahí estaré"), "what they wrote:\n{masked}");
+    let shown = run(&["contact", &number, "--show-phone"]);
+    assert!(shown.starts_with(&number), "{shown}");
+    h.stop().await;
+}
