@@ -86,6 +86,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub max_body_bytes: usize,
+    /// The dashboard's password; `None` turns the dashboard off.
+    pub dashboard_password: Option<crate::domain::Secret>,
 }
 
 /// A configured provider, by vendor (closed set).

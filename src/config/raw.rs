@@ -70,6 +70,15 @@ pub struct RawHttp {
     /// Largest webhook body accepted, in bytes (default 1 MiB).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// The password of the dashboard at `/dashboard` (HTTP Basic, any user name): inline,
+    /// `dashboard_password_env` or `dashboard_password_file`. Without one the dashboard is off,
+    /// since it shows people's data.
+    #[serde(default)]
+    pub dashboard_password: Option<Value>,
+    #[serde(default)]
+    pub dashboard_password_env: Option<Value>,
+    #[serde(default)]
+    pub dashboard_password_file: Option<Value>,
 }
 
 /// One entry of `rules:`.

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::raw::*;
 use super::*;
-use crate::validation::{Env, Problems, LONGEST_DURATION};
+use crate::validation::{Env, Problems, SecretSources, LONGEST_DURATION};
 
 pub use crate::domain::normalise_keyword;
 
@@ -106,7 +106,18 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     };
     let public_url = h.public_url.map(|u| p.url("http.public_url", Some(u), "", false));
     let max_body_bytes = p.count("http.max_body_bytes", h.max_body_bytes, 1 << 20, 1024..=(64 << 20)) as usize;
-    let http = HttpConfig { listen, public_url, max_body_bytes };
+    let dashboard_password =
+        (h.dashboard_password.is_some() || h.dashboard_password_env.is_some() || h.dashboard_password_file.is_some())
+            .then(|| {
+                p.secret(
+                    env,
+                    "http",
+                    "dashboard_password",
+                    SecretSources::new(h.dashboard_password, h.dashboard_password_env, h.dashboard_password_file),
+                )
+            })
+            .flatten();
+    let http = HttpConfig { listen, public_url, max_body_bytes, dashboard_password };
 
     // Ids of entries that failed to parse still count for references, so one mistake does not
     // cascade into "no such source" problems elsewhere.

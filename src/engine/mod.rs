@@ -169,6 +169,12 @@ impl EngineCtx {
         self.clock.now_ms()
     }
 
+    /// The time zone of the first configured source that has one (for pages people read).
+    pub fn time_zones_first(&self) -> Option<chrono_tz::Tz> {
+        let zones = self.time_zones.read().unwrap_or_else(PoisonError::into_inner);
+        self.config.sources.iter().find_map(|s| zones.get(s.id()).copied())
+    }
+
     pub fn wake_dispatcher(&self, provider_id: &str) {
         if let Some(n) = self.dispatch_wake.get(provider_id) {
             n.notify_one();

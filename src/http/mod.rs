@@ -1,6 +1,7 @@
 //! The daemon's HTTP server: `/webhooks/{provider-id}`, `/healthz` (alive: no loop stuck),
 //! `/readyz` (doing its job: every source read recently, nothing failing) and `/metrics`
-//! (Prometheus; see `metrics`). It names no vendor. Only `/webhooks/` needs to be public.
+//! (Prometheus; see `metrics`), and the team's `/dashboard` ([`dashboard`], behind a password).
+//! It names no vendor. Only `/webhooks/` needs to be public.
 //!
 //! A webhook request is verified by its provider over the exact bytes received (and, for
 //! vendors that sign URLs, over the URL the vendor called: the configured public URL with this
@@ -11,6 +12,8 @@
 //! Bodies are size-limited: a request whose declared `Content-Length` is over the limit is
 //! refused with 413 before a byte of its body is read (a client that sent
 //! `Expect: 100-continue` never sends it), and a body without a length is cut off at the limit.
+
+mod dashboard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +46,7 @@ pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Rout
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard::page))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next)))
         .with_state(AppState { ctx, providers: Arc::new(providers) })

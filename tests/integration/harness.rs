@@ -82,6 +82,8 @@ pub struct Harness {
     pub extra_rules: String,
     /// Extra top-level YAML (e.g. `defaults:`).
     pub extra_top: String,
+    /// More of `http:` (indented two spaces).
+    pub extra_http: String,
     /// Extra keys for the source (YAML, indented by four spaces).
     pub extra_source: String,
     /// Extra keys for the provider (YAML, indented by four spaces).
@@ -171,6 +173,7 @@ impl Harness {
             flush_interval: "200ms",
             extra_rules: String::new(),
             extra_top: String::new(),
+            extra_http: String::new(),
             extra_source: String::new(),
             extra_provider: String::new(),
             consent_column: "Consentimiento",
@@ -287,7 +290,7 @@ state:
   path: "{state}"
 http:
   listen: "127.0.0.1:0"
-{public_url}providers:
+{http}{public_url}providers:
 {vendor}    messages_per_second: {mps}
     pair_interval: 100ms
 {provider}
@@ -340,6 +343,7 @@ rules:
             flush = self.flush_interval,
             rules = self.extra_rules,
             top = self.extra_top,
+            http = self.extra_http,
             source = self.extra_source,
             provider = self.extra_provider,
             vendor = self.provider_yaml(),
@@ -653,4 +657,16 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A Chromium to render pages with: RECADO_CHROMIUM, else `chromium` or `chromium-browser` on
+/// the PATH.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("RECADO_CHROMIUM") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|p| p.is_file())
 }
