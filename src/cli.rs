@@ -39,10 +39,14 @@ pub enum Command {
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
     },
-    /// Validate configuration offline and report every problem with its path.
+    /// Validate configuration and report every problem with its path; with --online, also
+    /// reach every source as the daemon will (access, and every field the configuration names).
     Check {
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
+        /// Also ask the live services (reads only; nothing is written or sent).
+        #[arg(long)]
+        online: bool,
     },
     /// Show what would be sent now and in the next days, and why some records get nothing,
     /// without sending and without changing the state.
@@ -126,7 +130,7 @@ pub enum Command {
 /// Runs a command; returns the process exit code.
 pub async fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config, online } => match Config::load(&config) {
             Ok(c) => {
                 println!(
                     "configuration is valid: {} provider(s), {} source(s), {} rule(s)",
@@ -134,7 +138,26 @@ pub async fn execute(cli: Cli) -> i32 {
                     c.sources.len(),
                     c.rules.len()
                 );
-                0
+                if !online {
+                    return 0;
+                }
+                match crate::preflight::check_sources(&c).await {
+                    Ok(findings) if findings.is_empty() => {
+                        println!("online: every source answered and has every field the configuration names");
+                        0
+                    }
+                    Ok(findings) => {
+                        eprintln!("online check found {} problem(s):", findings.len());
+                        for f in &findings {
+                            eprintln!("  - {}: {}", f.subject, f.message);
+                        }
+                        1
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        1
+                    }
+                }
             }
             Err(errors) => {
                 eprint!("{errors}");

@@ -6,7 +6,7 @@
 //! (`validation`), conversations (`flows`, pure too), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
 //! contract each), the assembled configuration (`config`), `rules`, the state `store`, the Prometheus
 //! `metrics`, the loops that connect them (`engine`), the HTTP server, the sandbox emulators, the wiring (`app`), and
-//! the commands (`plan`, `report`, `demo`, `cli`). `ARCHITECTURE.md` has the map and the invariants.
+//! the commands (`plan`, `preflight`, `report`, `demo`, `cli`). `ARCHITECTURE.md` has the map and the invariants.
 
 pub mod app;
 pub mod cli;
@@ -20,6 +20,7 @@ pub mod flows;
 pub mod http;
 pub mod metrics;
 pub mod plan;
+pub mod preflight;
 pub mod providers;
 pub mod report;
 pub mod rules;

@@ -1466,6 +1466,9 @@ pub struct GoogleState {
 
 struct Inner {
     spreadsheets: HashMap<String, Spreadsheet>,
+    /// Spreadsheets shared with named service accounts only (`share_only_with`); the others
+    /// are readable by every account the sandbox issued a token to.
+    shared_with: HashMap<String, Vec<String>>,
     /// client_email → PKCS#1 public key DER.
     accounts: HashMap<String, Vec<u8>>,
     tokens: HashMap<String, (String, Instant)>,
@@ -1493,6 +1496,7 @@ impl GoogleState {
         Self {
             inner: Mutex::new(Inner {
                 spreadsheets: HashMap::new(),
+                shared_with: HashMap::new(),
                 accounts: HashMap::new(),
                 tokens: HashMap::new(),
                 read_quota: 60,
@@ -1537,6 +1541,12 @@ impl GoogleState {
     /// stored as given (RAW): strings stay strings, numbers numbers.
     pub fn seed(&self, id: &str, time_zone: &str, tabs: Vec<(String, Vec<Vec<Value>>)>) {
         self.seed_with(id, time_zone, DEFAULT_LOCALE, ValueInput::Raw, tabs);
+    }
+
+    /// Shares spreadsheet `id` with these service accounts only (by `client_email`), as a person
+    /// sharing it from the sheet's Share dialog: any other account gets Google's refusal.
+    pub fn share_only_with(&self, id: &str, emails: &[&str]) {
+        self.lock().shared_with.insert(id.to_string(), emails.iter().map(|e| e.to_string()).collect());
     }
 
     /// Creates or replaces a spreadsheet whose strings are parsed as a person typing them
@@ -1784,7 +1794,12 @@ impl GoogleState {
 
     /// Counts a request and admits it: payload size, bearer token, injected faults, quotas.
     /// Returns the fault it drew, if any.
-    fn admit(&self, headers: &HeaderMap, kind: Kind, body_len: usize) -> Result<Option<ActiveFault>, Response> {
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        (kind, subject): (Kind, &str),
+        body_len: usize,
+    ) -> Result<Option<ActiveFault>, Response> {
         let mut g = self.lock();
         *g.counts.entry(kind.name()).or_insert(0) += 1;
         if body_len > g.payload_limit {
@@ -1800,6 +1815,16 @@ impl GoogleState {
             match g.tokens.get(token) {
                 Some((u, exp)) if *exp > Instant::now() => user = u.clone(),
                 _ => return Err(unauthenticated(kind)),
+            }
+            // A file not shared with the caller: Drive does not admit it exists; the Sheets API
+            // says the caller lacks permission.
+            if g.shared_with.get(subject).is_some_and(|users| !users.contains(&user)) {
+                return Err(match kind {
+                    Kind::DriveGet => drive_not_found(subject),
+                    _ => {
+                        google_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED", "The caller does not have permission")
+                    }
+                });
             }
         }
         if let Some(pos) = g.faults.iter().position(|f| f.scope.covers(kind)) {
@@ -1835,7 +1860,7 @@ impl GoogleState {
         body_len: usize,
         work: impl FnOnce(&mut Inner) -> Response,
     ) -> Response {
-        let fault = match self.admit(headers, kind, body_len) {
+        let fault = match self.admit(headers, (kind, subject), body_len) {
             Ok(f) => f,
             Err(r) => return r,
         };

@@ -416,6 +416,24 @@ impl Source {
         }
     }
 
+    /// The names of the fields the source holds now, where one cheap call tells (a sheet's
+    /// header row); `None` where only a read tells (Salesforce's relationship paths).
+    pub async fn field_names(&self) -> Result<Option<Vec<String>>, SourceError> {
+        match self {
+            Source::GoogleSheets(s) => s.header().await.map(Some),
+            Source::Salesforce(_) => Ok(None),
+        }
+    }
+
+    /// Who recado reads and writes as, for messages that tell a person what to share with
+    /// whom (a service account's e-mail, an integration user).
+    pub fn identity(&self) -> String {
+        match self {
+            Source::GoogleSheets(s) => s.identity(),
+            Source::Salesforce(s) => s.identity(),
+        }
+    }
+
     pub fn quota(&self) -> QuotaState {
         match self {
             Source::GoogleSheets(s) => s.quota(),

@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "systemd",
     "app",
     "plan",
+    "preflight",
     "report",
     "demo",
     "cli",

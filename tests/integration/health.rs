@@ -370,3 +370,47 @@ async fn the_dashboard_needs_its_password_and_shows_the_funnel_in_a_real_browser
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000, "a real picture ({} bytes)", bytes.len());
     h.stop().await;
 }
+
+/// `recado check --online` reaches the sheet as the daemon will: a misspelt column (in a rule's
+/// text) and a misspelt consent column each get "did you mean" and the real headers; a sheet
+/// not shared with the service account is named with the account's e-mail; a right
+/// configuration passes. Through the binary, over real HTTP against the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
+    let mut h = Harness::new(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("recado.yaml");
+    let check = |yaml: String| {
+        std::fs::write(&config, yaml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .output()
+            .expect("recado runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let (code, text) = check(h.yaml());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("online: every source answered"), "{text}");
+
+    h.consent_column = "Consentimento";
+    h.extra_rules = "  - id: curso\n    source: inscripciones\n    when: row_added\n    provider: whatsapp\n    text: \"Hola {{ Nombre }}, tu curso es {{ Cruso }}\"\n".to_string();
+    let (code, text) = check(h.yaml());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("'Cruso' (named by the text or filter of rule curso)"), "{text}");
+    assert!(text.contains("did you mean 'Curso'?"), "{text}");
+    assert!(
+        text.contains(
+            "'Consentimento' (named by consent) is not a field of the source; did you mean 'Consentimiento'?"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("its fields: 'ID', 'Nombre'"), "the real headers are listed:\n{text}");
+
+    h.sandbox.google().share_only_with(crate::harness::SHEET, &["someone-else@example.org"]);
+    let (code, text) = check(h.yaml());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("PERMISSION_DENIED"), "{text}");
+    assert!(text.contains("recado-test@sandbox.iam.gserviceaccount.com"), "names the account to share with:\n{text}");
+}

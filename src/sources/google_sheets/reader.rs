@@ -129,6 +129,17 @@ impl TabReader {
         self.client.budget().state()
     }
 
+    /// The tab's header row as people see it (for `recado check --online`).
+    pub async fn header(&self) -> Result<Vec<String>, SourceError> {
+        let values = self.client.values(&format!("{}!1:1", a1::quote_tab(&self.cfg.tab))).await?;
+        Ok(values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default())
+    }
+
+    /// Who recado reads the sheet as: the service account the sheet must be shared with.
+    pub fn identity(&self) -> String {
+        format!("the service account {}", self.client.account().client_email())
+    }
+
     pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {
         let values = self.client.values(&a1::quote_tab(&self.cfg.tab)).await?;
         let header: Vec<String> = values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default();

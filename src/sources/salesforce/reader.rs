@@ -230,6 +230,14 @@ impl RecordReader {
     }
 
     /// The configured time zone, else the org's (`Organization.TimeZoneSidKey`).
+    /// Who recado signs in as.
+    pub fn identity(&self) -> String {
+        match &self.cfg.auth {
+            super::config::AuthConfig::JwtBearer { username, .. } => format!("the integration user {username}"),
+            _ => "the connected app's run-as user".to_string(),
+        }
+    }
+
     pub async fn time_zone(&self) -> Result<String, SourceError> {
         match &self.cfg.time_zone {
             Some(tz) => Ok(tz.clone()),

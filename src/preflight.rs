@@ -1,0 +1,197 @@
+//! `recado check --online`: what only the live services can tell, asked before the daemon
+//! starts. Each source is reached as the daemon will reach it (same clients, same
+//! credentials): a source that refuses names the account recado reads as, so the person knows
+//! whom to share the sheet with; every field the configuration names (key, phone, consent,
+//! language, time zone, write-back, and what rules read) must be in the source, and a misspelt
+//! one gets "did you mean …?" with the list of real names. (A write-back field that is missing
+//! is added by recado, so it is reported only when it looks like a misspelt existing one.)
+//!
+//! Nothing is written and nothing is sent.
+
+use crate::config::{Config, Trigger};
+use crate::sources::{ReadSpec, Source};
+
+/// One problem found, about one configured thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// `sources.<id>` or the like.
+    pub subject: String,
+    pub message: String,
+}
+
+/// Every field the configuration names in source `id`, with what names it.
+pub fn named_fields(config: &Config, id: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let Some(s) = config.source(id) else {
+        return out;
+    };
+    out.push((s.key_field.clone(), "key".into()));
+    out.push((s.phone_field.clone(), "phone".into()));
+    if let Some(c) = &s.consent {
+        out.push((c.field.clone(), "consent".into()));
+    }
+    if let Some(f) = &s.time_zone_field {
+        out.push((f.clone(), "time_zone".into()));
+    }
+    if let Some(f) = &config.inbound.language_field {
+        out.push((f.clone(), "inbound.language_field".into()));
+    }
+    for f in s.write_back.fields() {
+        out.push((f.to_string(), "write_back".into()));
+    }
+    for r in config.rules.iter().filter(|r| r.source == id) {
+        match &r.trigger {
+            Trigger::Changed { field, .. } | Trigger::Date { field, .. } => {
+                out.push((field.clone(), format!("rule {}", r.id)))
+            }
+            Trigger::RowAdded | Trigger::Cron { .. } => {}
+        }
+    }
+    // Which rules' texts and filters read each field, so the finding names them.
+    let mut readers: std::collections::BTreeMap<String, Vec<&str>> = std::collections::BTreeMap::new();
+    for r in config.rules.iter().filter(|r| r.source == id) {
+        for f in crate::rules::referenced_paths(std::slice::from_ref(r), id) {
+            readers.entry(f).or_default().push(r.id.as_str());
+        }
+    }
+    for (f, rules) in readers {
+        out.push((f, format!("the text or filter of rule {}", rules.join(", "))));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(f, _)| seen.insert(f.clone()));
+    out
+}
+
+/// Checks every source against the live service.
+pub async fn check_sources(config: &Config) -> anyhow::Result<Vec<Finding>> {
+    let http = crate::app::http_client()?;
+    let (sources, _writers) = crate::app::connect_sources(config, &http)?;
+    let mut findings = Vec::new();
+    for source in &sources {
+        findings.extend(check_source(config, source).await);
+    }
+    Ok(findings)
+}
+
+async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
+    let id = source.id().to_string();
+    let subject = format!("sources.{id}");
+    let finding = |message: String| Finding { subject: subject.clone(), message };
+    // The first call also proves the credentials and the access.
+    if let Err(e) = source.time_zone().await {
+        return vec![finding(format!(
+            "{e}; recado reads it as {} (share it with that account, with edit rights)",
+            source.identity()
+        ))];
+    }
+    let names = match source.field_names().await {
+        Ok(n) => n,
+        Err(e) => return vec![finding(e.to_string())],
+    };
+    let wanted = named_fields(config, &id);
+    let Some(names) = names else {
+        // Only a read tells: one read with every named field required.
+        let spec = ReadSpec { required: wanted.iter().map(|(f, _)| f.clone()).collect(), referenced: Vec::new() };
+        return match source.read(&spec, None).await {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![finding(e.to_string())],
+        };
+    };
+    let mut out = Vec::new();
+    for (field, by) in &wanted {
+        if names.iter().any(|n| n == field) {
+            continue;
+        }
+        let near = closest(field, &names);
+        if by == "write_back" {
+            // recado adds a missing write-back column itself; one a few letters from an
+            // existing header is a misspelling that would add a second column.
+            if let Some(c) = near {
+                out.push(finding(format!(
+                    "'{field}' (named by write_back) is not in the source and would be added as a new field beside '{c}'; did you mean '{c}'?"
+                )));
+            }
+            continue;
+        }
+        let hint = match near {
+            Some(c) => format!("did you mean '{c}'? "),
+            None => String::new(),
+        };
+        out.push(finding(format!(
+            "'{field}' (named by {by}) is not a field of the source; {hint}its fields: {}",
+            names.iter().filter(|n| !n.is_empty()).map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    out
+}
+
+/// The real name closest to a misspelt one, when one is close enough to be meant (case,
+/// accents and a few letters apart).
+pub fn closest<'a>(wanted: &str, names: &'a [String]) -> Option<&'a str> {
+    let folded = fold(wanted);
+    let allowed = (folded.chars().count() / 3).clamp(1, 3);
+    names
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| (edit_distance(&folded, &fold(n)), n))
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.as_str())
+}
+
+/// Lower case without accents or surrounding spaces: "Teléfono " and "telefono" are the same.
+fn fold(text: &str) -> String {
+    text.trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'á' | 'à' | 'ä' | 'â' => 'a',
+            'é' | 'è' | 'ë' | 'ê' => 'e',
+            'í' | 'ì' | 'ï' | 'î' => 'i',
+            'ó' | 'ò' | 'ö' | 'ô' => 'o',
+            'ú' | 'ù' | 'ü' | 'û' => 'u',
+            'ñ' => 'n',
+            c => c,
+        })
+        .collect()
+}
+
+/// Edit distance over characters, a swap of two neighbours counting as one edit (optimal
+/// string alignment): "Cruso" is one edit from "Curso".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: distance between the first i characters of a and the first j of b.
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_field_finds_the_one_meant() {
+        let names: Vec<String> = ["ID", "Nombre", "Teléfono", "Curso", "Consentimiento"].map(String::from).to_vec();
+        assert_eq!(closest("Cruso", &names), Some("Curso"));
+        assert_eq!(closest("telefono", &names), Some("Teléfono"));
+        assert_eq!(closest("Consentimento", &names), Some("Consentimiento"));
+        assert_eq!(closest("Mentor", &names), None, "nothing close: no guess");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("cruso", "curso"), 1);
+    }
+}
