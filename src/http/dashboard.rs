@@ -44,6 +44,7 @@ pub async fn page(State(st): State<AppState>, headers: HeaderMap) -> Response {
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-store"),
+                (header::REFRESH, "60"),
                 (header::HeaderName::from_static("x-frame-options"), "DENY"),
                 (
                     header::HeaderName::from_static("content-security-policy"),
@@ -125,7 +126,7 @@ fn colour(stage: &str) -> &'static str {
 async fn render(st: &AppState) -> Result<String, crate::store::StoreError> {
     let ctx = &st.ctx;
     let now = ctx.now_ms();
-    // Times in the configured zone (else the first source's), as the team reads its sheet.
+    // Times in the configured zone (else the first source's), as the team reads its records.
     let tz = ctx.config.defaults.time_zone.or_else(|| ctx.time_zones_first()).unwrap_or(chrono_tz::UTC);
     let mut conn = ctx.store.conn().await?;
     let funnels = crate::store::report::funnel(&mut conn, 0, None).await?;
@@ -137,8 +138,8 @@ async fn render(st: &AppState) -> Result<String, crate::store::StoreError> {
     drop(conn);
 
     let mut html = String::from(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"60\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>recado</title><style>\
+        // The charset and the reload every minute travel as headers (`Content-Type`, `Refresh`).
+        "<!doctype html><html lang=\"en\"><head><title>recado</title><style>\
          body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1f2933;background:#f7f9fa}\
          h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px}\
          section{background:#fff;border:1px solid #e1e5ea;border-radius:6px;padding:12px 16px;margin-bottom:16px}\
