@@ -165,12 +165,8 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         },
         Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return 1;
-                }
+            let Some(config) = load(&config) else {
+                return 1;
             };
             match crate::app::run_until_signal(config).await {
                 Ok(()) => 0,
@@ -181,12 +177,8 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
         Command::Plan { config, days, rule, format } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return 1;
-                }
+            let Some(config) = load(&config) else {
+                return 1;
             };
             if let Some(r) = &rule {
                 if !config.rules.iter().any(|x| &x.id == r) {
@@ -206,12 +198,8 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
         Command::Forget { config, phone, region } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return 1;
-                }
+            let Some(config) = load(&config) else {
+                return 1;
             };
             match forget(&config, &phone, &region).await {
                 Ok(report) => {
@@ -225,12 +213,8 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
         Command::Report { config, rule, since, format } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return 1;
-                }
+            let Some(config) = load(&config) else {
+                return 1;
             };
             let since_ms = match since.as_deref().map(|s| crate::report::parse_since(s, chrono::Utc::now())) {
                 None => 0,
@@ -252,12 +236,8 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         }
         Command::Contact { config, phone, region, show_phone } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return 1;
-                }
+            let Some(config) = load(&config) else {
+                return 1;
             };
             let number = match parse_phone(&phone, &region) {
                 Ok(n) => n,
@@ -358,4 +338,9 @@ fn parse_phone(phone: &str, region: &str) -> anyhow::Result<crate::domain::Phone
     let region: phonenumber::country::Id =
         region.to_uppercase().parse().map_err(|_| anyhow::anyhow!("unknown country code '{region}' for --region"))?;
     crate::domain::PhoneNumber::parse(phone, region).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Loads the configuration, printing every problem when it is invalid.
+fn load(paths: &[PathBuf]) -> Option<Config> {
+    Config::load(paths).map_err(|errors| eprint!("{errors}")).ok()
 }

@@ -263,14 +263,8 @@ async fn report_and_contact_read_what_happened_from_the_store() {
     let config = dir.path().join("recado.yaml");
     std::fs::write(&config, h.yaml()).unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("recado runs");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{args:?}:\n{text}");
+        let (code, text) = recado_with_config(args, &config);
+        assert_eq!(code, Some(0), "{args:?}:\n{text}");
         text
     };
     // While the daemon runs.
@@ -382,13 +376,7 @@ async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     let config = dir.path().join("recado.yaml");
     let check = |yaml: String| {
         std::fs::write(&config, yaml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
-            .args(["check", "--online", "--config"])
-            .arg(&config)
-            .output()
-            .expect("recado runs");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.code(), text)
+        recado_with_config(&["check", "--online"], &config)
     };
     let (code, text) = check(h.yaml());
     assert_eq!(code, Some(0), "{text}");
@@ -413,4 +401,16 @@ async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("PERMISSION_DENIED"), "{text}");
     assert!(text.contains("recado-test@sandbox.iam.gserviceaccount.com"), "names the account to share with:\n{text}");
+}
+
+/// Runs the `recado` binary with `args` and `--config config`: its exit code and what it printed
+/// (stdout, then stderr).
+fn recado_with_config(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("recado runs");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
