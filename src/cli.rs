@@ -40,7 +40,9 @@ pub enum Command {
         config: Vec<PathBuf>,
     },
     /// Validate configuration and report every problem with its path; with --online, also
-    /// reach every source as the daemon will (access, and every field the configuration names).
+    /// reach every source and provider as the daemon will (access, every field the
+    /// configuration names, credentials, and every template: exists, approved, language,
+    /// parameters).
     Check {
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
@@ -141,9 +143,9 @@ pub async fn execute(cli: Cli) -> i32 {
                 if !online {
                     return 0;
                 }
-                match crate::preflight::check_sources(&c).await {
+                match crate::preflight::check_online(&c).await {
                     Ok(findings) if findings.is_empty() => {
-                        println!("online: every source answered and has every field the configuration names");
+                        println!("online: every source answered and has every field the configuration names; every provider took its credentials and has every template, approved, as the configuration sends it");
                         0
                     }
                     Ok(findings) => {

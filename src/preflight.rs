@@ -1,5 +1,7 @@
 //! `recado check --online`: what only the live services can tell, asked before the daemon
-//! starts. Each source is reached as the daemon will reach it (same clients, same
+//! starts. Each provider is asked whether its credentials work and whether every template the
+//! configuration sends exists, is approved, in that language, with the parameters the
+//! configuration fills (each vendor folder knows how to ask). Each source is reached as the daemon will reach it (same clients, same
 //! credentials): a source that refuses names the account recado reads as, so the person knows
 //! whom to share the sheet with; every field the configuration names (key, phone, consent,
 //! language, time zone, write-back, and what rules read) must be in the source, and a misspelt
@@ -9,6 +11,7 @@
 //! Nothing is written and nothing is sent.
 
 use crate::config::{Config, Trigger};
+use crate::domain::spelling::closest;
 use crate::sources::{ReadSpec, Source};
 
 /// One problem found, about one configured thing.
@@ -62,13 +65,22 @@ pub fn named_fields(config: &Config, id: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Checks every source against the live service.
-pub async fn check_sources(config: &Config) -> anyhow::Result<Vec<Finding>> {
+/// Checks every source and every provider against the live services.
+pub async fn check_online(config: &Config) -> anyhow::Result<Vec<Finding>> {
     let http = crate::app::http_client()?;
     let (sources, _writers) = crate::app::connect_sources(config, &http)?;
     let mut findings = Vec::new();
     for source in &sources {
         findings.extend(check_source(config, source).await);
+    }
+    let providers = crate::app::connect_providers(config, &http, None);
+    let uses = config.template_uses();
+    for p in &config.providers {
+        let Some(provider) = providers.get(p.id()) else { continue };
+        let mine: Vec<_> = uses.iter().filter(|u| u.provider == p.id()).map(|u| u.template.clone()).collect();
+        for message in provider.check_online(&mine).await {
+            findings.push(Finding { subject: format!("providers.{}", p.id()), message });
+        }
     }
     Ok(findings)
 }
@@ -123,75 +135,4 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
         )));
     }
     out
-}
-
-/// The real name closest to a misspelt one, when one is close enough to be meant (case,
-/// accents and a few letters apart).
-pub fn closest<'a>(wanted: &str, names: &'a [String]) -> Option<&'a str> {
-    let folded = fold(wanted);
-    let allowed = (folded.chars().count() / 3).clamp(1, 3);
-    names
-        .iter()
-        .filter(|n| !n.is_empty())
-        .map(|n| (edit_distance(&folded, &fold(n)), n))
-        .filter(|(d, _)| *d <= allowed)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, n)| n.as_str())
-}
-
-/// Lower case without accents or surrounding spaces: "Teléfono " and "telefono" are the same.
-fn fold(text: &str) -> String {
-    text.trim()
-        .to_lowercase()
-        .chars()
-        .map(|c| match c {
-            'á' | 'à' | 'ä' | 'â' => 'a',
-            'é' | 'è' | 'ë' | 'ê' => 'e',
-            'í' | 'ì' | 'ï' | 'î' => 'i',
-            'ó' | 'ò' | 'ö' | 'ô' => 'o',
-            'ú' | 'ù' | 'ü' | 'û' => 'u',
-            'ñ' => 'n',
-            c => c,
-        })
-        .collect()
-}
-
-/// Edit distance over characters, a swap of two neighbours counting as one edit (optimal
-/// string alignment): "Cruso" is one edit from "Curso".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: distance between the first i characters of a and the first j of b.
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    d[0] = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_misspelt_field_finds_the_one_meant() {
-        let names: Vec<String> = ["ID", "Nombre", "Teléfono", "Curso", "Consentimiento"].map(String::from).to_vec();
-        assert_eq!(closest("Cruso", &names), Some("Curso"));
-        assert_eq!(closest("telefono", &names), Some("Teléfono"));
-        assert_eq!(closest("Consentimento", &names), Some("Consentimiento"));
-        assert_eq!(closest("Mentor", &names), None, "nothing close: no guess");
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("cruso", "curso"), 1);
-    }
 }

@@ -113,12 +113,13 @@ impl ProviderConfig {
         }
     }
 
-    /// Why a rule cannot send template (`name`, `language`) through this provider, when the
-    /// configuration can tell (Twilio maps templates to Content SIDs; Meta knows them by name).
-    pub fn template_problem(&self, name: &str, language: &str) -> Option<String> {
+    /// Why a rule cannot send template `t` in `language` through this provider, when the
+    /// configuration can tell (Twilio maps templates to Content SIDs, which may declare their
+    /// variable count; Meta knows them by name, and only `check --online` can ask).
+    pub fn template_problem(&self, t: &TemplateSpec, language: &str) -> Option<String> {
         match self {
             ProviderConfig::MetaCloud(_) => None,
-            ProviderConfig::Twilio(t) => t.template_problem(name, language),
+            ProviderConfig::Twilio(c) => c.template_problem(&t.name, language, t.variables()),
         }
     }
 
@@ -249,7 +250,65 @@ pub struct InboundConfig {
     pub consent_version: Option<String>,
 }
 
+/// One template the configuration sends through one provider, in one language.
+#[derive(Debug, Clone)]
+pub struct ProviderTemplateUse {
+    pub provider: String,
+    /// Where the configuration names it, e.g. `rules[2].template`.
+    pub path: String,
+    pub template: crate::providers::TemplateUse,
+}
+
+/// Every template `rules` and `flows` send, in each language, through each provider that may
+/// carry it (a rule's own provider; for a flow, every provider, since the bot answers on the
+/// one the person wrote to).
+pub fn template_uses(
+    rules: &[RuleConfig],
+    flows: &crate::flows::FlowSet,
+    provider_ids: &[&str],
+) -> Vec<ProviderTemplateUse> {
+    let mut out = Vec::new();
+    let mut push = |provider: &str, path: String, t: &TemplateSpec, used_by: String| {
+        for language in t.all_languages() {
+            out.push(ProviderTemplateUse {
+                provider: provider.to_string(),
+                path: path.clone(),
+                template: crate::providers::TemplateUse {
+                    name: t.name.clone(),
+                    language: language.to_string(),
+                    parameters: t.body.len(),
+                    url_button: t.button_url_suffix.is_some(),
+                    used_by: used_by.clone(),
+                },
+            });
+        }
+    };
+    for (i, r) in rules.iter().enumerate() {
+        let (t, at) = match &r.send {
+            SendSpec::Template(t) => (t, "template"),
+            SendSpec::Text { fallback: Some(t), .. } => (t, "fallback_template"),
+            SendSpec::Text { fallback: None, .. } => continue,
+        };
+        push(&r.provider, format!("rules[{i}].{at}"), t, format!("rule {}", r.id));
+    }
+    for flow in flows.flows.values() {
+        for step in &flow.steps {
+            let crate::flows::StepKind::SayTemplate(t) = &step.kind else { continue };
+            for provider in provider_ids {
+                push(provider, format!("flows.{}.{}.say.template", flow.id, step.id), t, format!("flow {}", flow.id));
+            }
+        }
+    }
+    out
+}
+
 impl Config {
+    /// Every template this configuration sends (see [`template_uses`]).
+    pub fn template_uses(&self) -> Vec<ProviderTemplateUse> {
+        let ids: Vec<&str> = self.providers.iter().map(ProviderConfig::id).collect();
+        template_uses(&self.rules, &self.flows, &ids)
+    }
+
     /// Loads and validates `paths` (later files override earlier ones), then applies
     /// `RECADO__SECTION__KEY` overrides from the process environment.
     pub fn load(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {

@@ -228,12 +228,12 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         // A provider that knows templates by its own ids must know each one the rule names.
         if let Some(provider) = providers.iter().find(|c: &&ProviderConfig| c.id() == r.provider) {
             for (at, t) in [("template", &template), ("fallback_template", &fallback)] {
-                if let Some(problem) = t.as_ref().and_then(|t| provider.template_problem(&t.name, &t.language)) {
+                let Some(t) = t else { continue };
+                if let Some(problem) = provider.template_problem(t, &t.language) {
                     p.push(format!("{path}.{at}.name"), problem);
                 }
-                for (i, language) in t.iter().flat_map(|t| t.languages.iter().enumerate()) {
-                    let name = t.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
-                    if let Some(problem) = provider.template_problem(name, language) {
+                for (i, language) in t.languages.iter().enumerate() {
+                    if let Some(problem) = provider.template_problem(t, language) {
                         p.push(format!("{path}.{at}.languages[{i}]"), problem);
                     }
                 }
@@ -340,10 +340,35 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 for (at, language) in std::iter::once(("name".to_string(), &t.language))
                     .chain(t.languages.iter().enumerate().map(|(i, l)| (format!("languages[{i}]"), l)))
                 {
-                    if let Some(problem) = provider.template_problem(&t.name, language) {
+                    if let Some(problem) = provider.template_problem(t, language) {
                         p.push(format!("{path}.{at}"), problem);
                     }
                 }
+            }
+        }
+    }
+    // A template has one number of parameters: two places that fill it differently cannot
+    // both be right, and the provider refuses one of them at send time.
+    {
+        let ids: Vec<&str> = providers.iter().map(ProviderConfig::id).collect();
+        let mut first: std::collections::HashMap<(String, String, String), (usize, String)> =
+            std::collections::HashMap::new();
+        for u in crate::config::template_uses(&rules, &flows, &ids) {
+            let t = &u.template;
+            let key = (u.provider.clone(), t.name.clone(), t.language.clone());
+            let given = t.parameters + usize::from(t.url_button);
+            match first.get(&key) {
+                None => {
+                    first.insert(key, (given, u.path));
+                }
+                Some((n, at)) if *n != given && *at != u.path => p.push(
+                    u.path,
+                    format!(
+                        "template '{}' ({}) is given {given} parameter(s) here and {n} at {at}: one template takes one number",
+                        t.name, t.language
+                    ),
+                ),
+                Some(_) => {}
             }
         }
     }

@@ -9,6 +9,7 @@ mod message;
 mod phone;
 pub mod record;
 mod secret;
+pub mod spelling;
 mod status;
 mod target;
 mod template;

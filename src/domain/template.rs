@@ -16,6 +16,18 @@ pub struct TemplateSpec {
     pub body_text_chars: usize,
 }
 
+impl TemplateSpec {
+    /// Every variable the template is sent with: the body's, then a URL button's suffix.
+    pub fn variables(&self) -> usize {
+        self.body.len() + usize::from(self.button_url_suffix.is_some())
+    }
+
+    /// Its language, then the other languages it is approved in.
+    pub fn all_languages(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.language.as_str()).chain(self.languages.iter().map(String::as_str))
+    }
+}
+
 /// Most characters a template's body text and its parameters may have together: WhatsApp
 /// refuses more, whichever provider carries it. What the template's own text does not take is
 /// left for the parameters.

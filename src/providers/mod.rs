@@ -324,6 +324,20 @@ pub struct FetchedDelivery {
     pub body: String,
 }
 
+/// A template as the configuration sends it, for `recado check --online` to compare with the
+/// vendor's own registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateUse {
+    pub name: String,
+    pub language: String,
+    /// Body parameters the configuration fills ({{1}} … {{n}}).
+    pub parameters: usize,
+    /// Whether it fills a dynamic URL button's suffix.
+    pub url_button: bool,
+    /// What sends it, for the message: `rule confirmacion`, `flow menu`.
+    pub used_by: String,
+}
+
 /// A configured provider (closed set: one variant per vendor).
 #[derive(Clone)]
 pub enum Provider {
@@ -406,6 +420,16 @@ impl Provider {
             // Meta retries undelivered webhooks for days.
             Provider::MetaCloud(_) => Ok(Vec::new()),
             Provider::Twilio(t) => t.catch_up(ask).await,
+        }
+    }
+
+    /// Asks the vendor whether the credentials work and whether each template exists, is
+    /// approved, in that language, with that many parameters. Returns what is wrong, one
+    /// sentence each; nothing is sent.
+    pub async fn check_online(&self, uses: &[TemplateUse]) -> Vec<String> {
+        match self {
+            Provider::MetaCloud(m) => m.check_online(uses).await,
+            Provider::Twilio(t) => t.check_online(uses).await,
         }
     }
 

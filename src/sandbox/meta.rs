@@ -5,7 +5,9 @@
 //! differ from the number sent to (Brazilian mobiles lose their ninth digit), users with a
 //! username and no visible number (business-scoped ids), signed status webhooks (sent →
 //! delivered → read, or failed) retried as Meta does — at once, then less and less often for
-//! seven days, a schedule tests can compress — duplicated or reordered on request, simulated
+//! seven days, a schedule tests can compress — duplicated or reordered on request, the Graph
+//! reads `recado check --online` makes (`GET /{phone_number_id}`, and the business account's
+//! `message_templates`, paged with cursors; only an APPROVED template sends), simulated
 //! people who read and reply, and faults: error codes, answers that never come, sends accepted
 //! whose answer is lost, and a hold that keeps answers back until released.
 
@@ -13,10 +15,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::debug;
@@ -29,6 +32,9 @@ use crate::providers::meta_cloud::webhook::sign;
 #[serde(default)]
 pub struct MetaSettings {
     pub phone_number_id: String,
+    /// The WhatsApp Business Account the number belongs to (its templates are listed under
+    /// it).
+    pub business_account_id: String,
     pub access_token: String,
     pub app_secret: String,
     /// Where status and message webhooks are POSTed (the daemon's `/webhooks/<id>`).
@@ -58,6 +64,7 @@ impl Default for MetaSettings {
     fn default() -> Self {
         Self {
             phone_number_id: "1234567890".into(),
+            business_account_id: "1029384756".into(),
             access_token: "sandbox-token".into(),
             app_secret: "sandbox-app-secret".into(),
             webhook_url: None,
@@ -86,16 +93,62 @@ pub struct TemplateDef {
     /// stay within 1,024 characters when the template has other components, 32,768 otherwise.
     #[serde(default = "default_body_chars")]
     pub body_chars: usize,
+    /// Its review status: `APPROVED` (default), `PENDING`, `REJECTED`, `PAUSED` or `DISABLED`.
+    /// Only an approved template can be sent.
+    #[serde(default = "default_status")]
+    pub status: String,
+    /// Why it was rejected, when it was (`INVALID_FORMAT`, `PROMOTIONAL`, …).
+    #[serde(default)]
+    pub rejected_reason: Option<String>,
 }
 
 fn default_body_chars() -> usize {
     120
 }
 
+fn default_status() -> String {
+    "APPROVED".into()
+}
+
 impl TemplateDef {
     /// A template whose body has `body_params` parameters (and a URL button when `url_button`).
     pub fn new(name: &str, language: &str, body_params: usize, url_button: bool) -> Self {
-        Self { name: name.into(), language: language.into(), body_params, url_button, body_chars: default_body_chars() }
+        Self {
+            name: name.into(),
+            language: language.into(),
+            body_params,
+            url_button,
+            body_chars: default_body_chars(),
+            status: default_status(),
+            rejected_reason: None,
+        }
+    }
+
+    /// The template as the message_templates API lists it.
+    fn listed(&self, id: usize) -> Value {
+        let body: String = std::iter::once(format!("[{}]", self.name))
+            .chain((1..=self.body_params).map(|i| format!("{{{{{i}}}}}")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut components = vec![json!({ "type": "BODY", "text": body })];
+        if self.url_button {
+            components.push(json!({ "type": "BUTTONS", "buttons": [
+                { "type": "URL", "text": "Abrir", "url": "https://example.org/{{1}}" }
+            ] }));
+        }
+        let mut t = json!({
+            "name": self.name,
+            "language": self.language,
+            "status": self.status,
+            "category": "UTILITY",
+            "parameter_format": "POSITIONAL",
+            "components": components,
+            "id": format!("{}", 1_000_000_000_000u64 + id as u64),
+        });
+        if let Some(r) = &self.rejected_reason {
+            t["rejected_reason"] = json!(r);
+        }
+        t
     }
 }
 
@@ -764,6 +817,101 @@ pub fn meta_error(status: u16, code: i64, message: &str, details: &str) -> Respo
         .into_response()
 }
 
+/// The caller's bearer token is the number's; the version is shaped like `v23.0`.
+fn graph_refusal(s: &MetaSettings, headers: &HeaderMap, version: &str, path: &str) -> Option<Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token != s.access_token {
+        return Some(meta_error(401, 190, "Invalid OAuth access token - Cannot parse access token", ""));
+    }
+    let version_ok = version
+        .strip_prefix('v')
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+    (!version_ok).then(|| meta_error(400, 2500, "Unknown path components", path))
+}
+
+/// Graph's answer for an id that is not there (or not visible to the token).
+fn no_such_object(id: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": {
+            "message": format!("Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation. Please read the Graph API documentation at https://developers.facebook.com/docs/graph-api"),
+            "type": "GraphMethodException", "code": 100, "error_subcode": 33,
+            "fbtrace_id": format!("A{}", hex::encode(rand::random::<[u8; 8]>())) } })),
+    )
+        .into_response()
+}
+
+/// `GET /{version}/{phone_number_id}`: the number, as its token sees it.
+pub async fn phone_number(
+    State(st): State<SandboxState>,
+    Path((version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let s = st.meta.settings();
+    if let Some(refused) = graph_refusal(&s, &headers, &version, &format!("/{version}/{id}")) {
+        return refused;
+    }
+    if id != s.phone_number_id {
+        return no_such_object(&id);
+    }
+    Json(json!({
+        "verified_name": "Recado Sandbox",
+        "display_phone_number": "+1 555-010-0000",
+        "quality_rating": "GREEN",
+        "id": s.phone_number_id,
+    }))
+    .into_response()
+}
+
+/// `GET /{version}/{waba_id}/message_templates?limit=&after=`: the account's templates, a page
+/// at a time (default 25), with `paging.next` while more remain, as Graph pages.
+pub async fn message_templates(
+    State(st): State<SandboxState>,
+    Path((version, waba)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let s = st.meta.settings();
+    if let Some(refused) = graph_refusal(&s, &headers, &version, &format!("/{version}/{waba}/message_templates")) {
+        return refused;
+    }
+    if waba != s.business_account_id {
+        return no_such_object(&waba);
+    }
+    let pairs = crate::providers::form_pairs(query.as_deref().unwrap_or(""));
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let limit = get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(25).clamp(1, 1000);
+    let after = match get("after") {
+        None => 0,
+        Some(c) => match base64::engine::general_purpose::STANDARD
+            .decode(c.as_bytes())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => return meta_error(400, 100, "Invalid parameter", "Invalid cursor"),
+        },
+    };
+    let mut all: Vec<TemplateDef> = st.meta.lock().templates.values().cloned().collect();
+    all.sort_by(|a, b| (&a.name, &a.language).cmp(&(&b.name, &b.language)));
+    let page: Vec<Value> = all.iter().enumerate().skip(after).take(limit).map(|(i, t)| t.listed(i)).collect();
+    let end = after + page.len();
+    let cursor = |n: usize| base64::engine::general_purpose::STANDARD.encode(n.to_string());
+    let mut paging = json!({ "cursors": { "before": cursor(after), "after": cursor(end) } });
+    if end < all.len() {
+        let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        paging["next"] =
+            json!(format!("http://{host}/meta/{version}/{waba}/message_templates?limit={limit}&after={}", cursor(end)));
+    }
+    Json(json!({ "data": page, "paging": paging })).into_response()
+}
+
 /// `POST /{version}/{phone_number_id}/messages`
 pub async fn send(
     State(st): State<SandboxState>,
@@ -773,20 +921,8 @@ pub async fn send(
 ) -> Response {
     let meta = st.meta.clone();
     let s = meta.settings();
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if token != s.access_token {
-        return meta_error(401, 190, "Invalid OAuth access token - Cannot parse access token", "");
-    }
-    let version_ok = version
-        .strip_prefix('v')
-        .and_then(|r| r.split_once('.'))
-        .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
-    if !version_ok {
-        return meta_error(400, 2500, "Unknown path components", &format!("/{version}/{phone_id}/messages"));
+    if let Some(refused) = graph_refusal(&s, &headers, &version, &format!("/{version}/{phone_id}/messages")) {
+        return refused;
     }
     if phone_id != s.phone_number_id {
         return meta_error(400, 100, "Unsupported post request. Object does not exist, cannot be loaded due to missing permissions, or does not support this operation", "");
@@ -894,6 +1030,26 @@ pub async fn send(
                         &format!("template name ({name}) does not exist in {lang}"),
                     );
                 };
+                if t.status != "APPROVED" {
+                    drop(g);
+                    return match t.status.as_str() {
+                        "PAUSED" => {
+                            meta_error(400, 132015, "Template is Paused", "The template is paused due to low quality")
+                        }
+                        "DISABLED" => meta_error(
+                            400,
+                            132016,
+                            "Template is disabled",
+                            "The template has been disabled due to low quality",
+                        ),
+                        _ => meta_error(
+                            404,
+                            132001,
+                            "Template name does not exist in the translation",
+                            &format!("template name ({name}) does not exist in {lang}"),
+                        ),
+                    };
+                }
                 let comps = req["template"]["components"].as_array().cloned().unwrap_or_default();
                 let body_params = comps
                     .iter()

@@ -223,11 +223,16 @@ fn router(state: SandboxState) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/meta/{version}/{phone_id}/messages", post(meta::send))
+        .route("/meta/{version}/{phone_id}", get(meta::phone_number))
+        .route("/meta/{version}/{phone_id}/message_templates", get(meta::message_templates))
         .route(
             "/twilio/2010-04-01/Accounts/{account}/Messages.json",
             post(twilio::create_message).get(twilio::list_messages),
         )
         .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}", get(twilio::fetch_message))
+        .route("/twilio/2010-04-01/Accounts/{account}", get(twilio::fetch_account))
+        .route("/twilio/v1/Content/{sid}", get(twilio::fetch_content))
+        .route("/twilio/v1/Content/{sid}/ApprovalRequests", get(twilio::fetch_content_approval))
         .route("/salesforce/services/oauth2/token", post(salesforce::token))
         .route("/salesforce/services/data/{version}/query", get(salesforce::query))
         .route("/salesforce/services/data/{version}/queryAll", get(salesforce::query_all))

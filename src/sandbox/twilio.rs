@@ -9,7 +9,10 @@
 //! * `GET …/Messages.json` (filters `To`, `From`, paging newest first with `next_page_uri`)
 //!   and `GET …/Messages/{sid}.json`.
 //! * the Content API's registry (`HX…` SIDs with their variables; SIDs derive from name and
-//!   language, so a configuration can be written before the template is added);
+//!   language, so a configuration can be written before the template is added), read through
+//!   `GET /v1/Content/{sid}` and `GET /v1/Content/{sid}/ApprovalRequests` (its WhatsApp
+//!   approval; an unapproved template is free-form text to WhatsApp, 63016 outside the
+//!   window), and `GET /2010-04-01/Accounts/{sid}.json`;
 //! * per-sender throughput with Twilio's queueing: the API accepts everything, `sent` follows
 //!   at the sender's pace; REST concurrency above the account's limit is refused with 429/20429;
 //! * the 24-hour window: free text outside it is accepted, then fails with 63016;
@@ -100,11 +103,30 @@ pub struct ContentDef {
     /// A URL button whose suffix is variable n + 1.
     #[serde(default)]
     pub url_button: bool,
+    /// Its WhatsApp approval: `approved` (default), `pending`, `rejected`, `paused`,
+    /// `disabled`, `received` or `unsubmitted`. WhatsApp treats anything but an approved
+    /// template as free-form text, which fails outside the 24-hour window (63016).
+    #[serde(default = "approved")]
+    pub approval: String,
+    /// Why WhatsApp rejected it, when it did.
+    #[serde(default)]
+    pub rejection_reason: String,
+}
+
+fn approved() -> String {
+    "approved".into()
 }
 
 impl ContentDef {
     pub fn new(friendly_name: &str, language: &str, variables: usize, url_button: bool) -> Self {
-        Self { friendly_name: friendly_name.into(), language: language.into(), variables, url_button }
+        Self {
+            friendly_name: friendly_name.into(),
+            language: language.into(),
+            variables,
+            url_button,
+            approval: approved(),
+            rejection_reason: String::new(),
+        }
     }
 
     /// The Content SID: derived from name and language.
@@ -848,6 +870,8 @@ pub async fn create_message(
     if status_callback.as_deref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
         return twilio_error(400, 21609, "The StatusCallback URL is not valid.");
     }
+    // WhatsApp takes anything but an approved template as free-form text.
+    let mut approved_template = false;
     let (body_text, content_sid, template, variables) = match (get("Body"), get("ContentSid")) {
         (None, None) => return twilio_error(400, 21619, "A text message body or media urls must be specified."),
         (Some(_), Some(_)) => {
@@ -889,6 +913,7 @@ pub async fn create_message(
                     ),
                 );
             }
+            approved_template = c.approval == "approved";
             (c.render(&vars), Some(sid), Some(c.friendly_name.clone()), vars)
         }
     };
@@ -923,7 +948,7 @@ pub async fn create_message(
         if failure.is_none() && user.as_ref().is_some_and(|u| !u.on_whatsapp) {
             failure = Some(("undelivered", 63003));
         }
-        if failure.is_none() && content_sid.is_none() {
+        if failure.is_none() && !approved_template {
             let open = g.windows.get(number).is_some_and(|t| {
                 t.elapsed() + g.windows_aged.get(number).copied().unwrap_or_default() < Duration::from_secs(24 * 3600)
             });
@@ -1070,6 +1095,117 @@ pub async fn fetch_message(
             &format!("The requested resource /2010-04-01/Accounts/{account}/Messages/{message} was not found"),
         ),
     }
+}
+
+/// `GET /2010-04-01/Accounts/{sid}.json`: the account, when the credentials open it.
+pub async fn fetch_account(
+    State(st): State<SandboxState>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let s = st.twilio.settings();
+    if authenticated(&s, &headers).is_none() {
+        return unauthenticated();
+    }
+    let sid = account.strip_suffix(".json").unwrap_or(&account);
+    if sid != s.account_sid {
+        // Twilio answers another account's resource as if it did not exist.
+        return twilio_error(
+            404,
+            20404,
+            &format!("The requested resource /2010-04-01/Accounts/{account} was not found"),
+        );
+    }
+    Json(json!({
+        "sid": s.account_sid,
+        "friendly_name": "recado sandbox",
+        "status": "active",
+        "type": "Full",
+        "uri": format!("/2010-04-01/Accounts/{}.json", s.account_sid),
+    }))
+    .into_response()
+}
+
+/// The content resource the Content API shows for `c`.
+fn content_resource(account: &str, sid: &str, c: &ContentDef) -> Value {
+    let variables: serde_json::Map<String, Value> =
+        (1..=c.expected()).map(|i| (i.to_string(), Value::String(format!("ejemplo {i}")))).collect();
+    let body: String = std::iter::once(format!("[{}]", c.friendly_name))
+        .chain((1..=c.variables).map(|i| format!("{{{{{i}}}}}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let types = if c.url_button {
+        json!({ "twilio/call-to-action": { "body": body, "actions": [
+            { "type": "URL", "title": "Abrir", "url": format!("https://example.org/{{{{{}}}}}", c.expected()) }
+        ] } })
+    } else {
+        json!({ "twilio/text": { "body": body } })
+    };
+    json!({
+        "sid": sid,
+        "account_sid": account,
+        "friendly_name": c.friendly_name,
+        "language": c.language,
+        "variables": variables,
+        "types": types,
+        "url": format!("https://content.twilio.com/v1/Content/{sid}"),
+        "links": {
+            "approval_fetch": format!("https://content.twilio.com/v1/Content/{sid}/ApprovalRequests"),
+            "approval_create": format!("https://content.twilio.com/v1/Content/{sid}/ApprovalRequests/whatsapp"),
+        },
+    })
+}
+
+/// `GET /v1/Content/{sid}` (Twilio's Content API).
+pub async fn fetch_content(State(st): State<SandboxState>, Path(sid): Path<String>, headers: HeaderMap) -> Response {
+    let s = st.twilio.settings();
+    if authenticated(&s, &headers).is_none() {
+        return unauthenticated();
+    }
+    match st.twilio.lock().contents.get(&sid) {
+        Some(c) => Json(content_resource(&s.account_sid, &sid, c)).into_response(),
+        None => twilio_error(404, 20404, &format!("The requested resource /v1/Content/{sid} was not found")),
+    }
+}
+
+/// `GET /v1/Content/{sid}/ApprovalRequests`: the template's WhatsApp approval.
+pub async fn fetch_content_approval(
+    State(st): State<SandboxState>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let s = st.twilio.settings();
+    if authenticated(&s, &headers).is_none() {
+        return unauthenticated();
+    }
+    let Some(c) = st.twilio.lock().contents.get(&sid).cloned() else {
+        return twilio_error(
+            404,
+            20404,
+            &format!("The requested resource /v1/Content/{sid}/ApprovalRequests was not found"),
+        );
+    };
+    // A template never submitted has an empty `whatsapp` object.
+    let whatsapp = if c.approval == "unsubmitted" {
+        json!({})
+    } else {
+        json!({
+            "type": "whatsapp",
+            "name": c.friendly_name,
+            "category": "UTILITY",
+            "content_type": if c.url_button { "twilio/call-to-action" } else { "twilio/text" },
+            "status": c.approval,
+            "rejection_reason": c.rejection_reason,
+            "allow_category_change": true,
+        })
+    };
+    Json(json!({
+        "sid": sid,
+        "account_sid": s.account_sid,
+        "whatsapp": whatsapp,
+        "url": format!("https://content.twilio.com/v1/Content/{sid}/ApprovalRequests"),
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

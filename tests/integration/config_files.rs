@@ -215,6 +215,37 @@ inbound:
     }
 }
 
+/// Parameter counts are checked offline where the configuration can tell: a Twilio template
+/// that declares its variables, and one template filled with different counts in two places.
+#[test]
+fn template_parameter_counts_are_checked_against_what_the_configuration_declares() {
+    let yaml = r#"
+state: { path: /tmp/x.db }
+http: { public_url: "https://recado.example.org" }
+providers:
+  - id: tw
+    type: twilio
+    account_sid: AC00000000000000000000000000000001
+    auth_token: t
+    from: "whatsapp:+14155238886"
+    content_templates:
+      - { name: recordatorio, language: es, content_sid: HX7b18c4c6eedc4b4e129d688d79324a6f, variables: 2 }
+      - { name: aviso, language: es, content_sid: HX7b18c4c6eedc4b4e129d688d79324a70 }
+sources: []
+rules:
+  - { id: uno, source: s, when: row_added, provider: tw, template: { name: recordatorio, language: es, body: ["a"] } }
+  - { id: dos, source: s, when: row_added, provider: tw, template: { name: aviso, language: es, body: ["a"] } }
+  - { id: tres, source: s, when: row_added, provider: tw, template: { name: aviso, language: es, body: ["a", "b"] } }
+"#;
+    let e = Config::from_yaml_with(yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
+    for want in [
+        "rules[0].template.name: provider 'tw' declares 'recordatorio' in 'es' with 2 variable(s), and 1 are given",
+        "rules[2].template: template 'aviso' (es) is given 2 parameter(s) here and 1 at rules[1].template",
+    ] {
+        assert!(e.contains(want), "missing {want} in:\n{e}");
+    }
+}
+
 #[test]
 fn the_salesforce_example_validates_and_a_bad_salesforce_source_says_everything_wrong() {
     let dir = tempfile::tempdir().unwrap();

@@ -361,6 +361,7 @@ rules:
                 r#"  - id: whatsapp
     type: meta_cloud
     phone_number_id: "1234567890"
+    business_account_id: "1029384756"
     access_token: sandbox-token
     app_secret: sandbox-app-secret
     verify_token: sandbox-verify

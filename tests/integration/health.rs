@@ -403,6 +403,93 @@ async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     assert!(text.contains("recado-test@sandbox.iam.gserviceaccount.com"), "names the account to share with:\n{text}");
 }
 
+/// `recado check --online` asks the provider about every template the configuration sends:
+/// one that does not exist (with "did you mean"), one not approved, and one given the wrong
+/// number of parameters are each named with the rule that sends it, on Meta (the business
+/// account's message_templates) and on Twilio (the Content API and its WhatsApp approval); a
+/// token the provider refuses is reported as such. Through the binary, over real HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_catches_a_missing_an_unapproved_and_a_mismatched_template() {
+    for vendor in [crate::harness::Vendor::Meta, crate::harness::Vendor::Twilio] {
+        let mut h = Harness::on(vendor, vec![]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("recado.yaml");
+        let check = |yaml: String| {
+            std::fs::write(&config, yaml).unwrap();
+            recado_with_config(&["check", "--online"], &config)
+        };
+        let (code, text) = check(h.yaml());
+        assert_eq!(code, Some(0), "{vendor:?}: {text}");
+        assert!(text.contains("every template, approved"), "{text}");
+
+        h.sandbox.meta().add_template(recado::sandbox::TemplateDef {
+            status: "PENDING".into(),
+            ..recado::sandbox::TemplateDef::new("aviso_pendiente", "es", 1, false)
+        });
+        h.sandbox.twilio().add_content(recado::sandbox::ContentDef {
+            approval: "rejected".into(),
+            rejection_reason: "INVALID_FORMAT".into(),
+            ..recado::sandbox::ContentDef::new("aviso_pendiente", "es", 1, false)
+        });
+        let rule = |id: &str, name: &str, body: &str| {
+            format!("  - id: {id}\n    source: inscripciones\n    when: row_added\n    provider: whatsapp\n    template: {{ name: {name}, language: es, body: [{body}] }}\n")
+        };
+        h.extra_rules = [
+            rule("mal_escrita", "confirmacion_inscripcoin", "\"{{ Nombre }}\", \"{{ Curso }}\", \"{{ Mentor }}\""),
+            rule("pendiente", "aviso_pendiente", "\"{{ Nombre }}\""),
+            rule("faltan", "encuesta_seguimiento", "\"{{ Nombre }}\", \"{{ Curso }}\""),
+        ]
+        .concat();
+        // Twilio needs the Content SID of each; the misspelt one maps to a SID Twilio does not
+        // have.
+        let mapped = format!(
+            "    content_templates:\n      - {{ name: confirmacion_inscripcoin, language: es, content_sid: {} }}\n      - {{ name: aviso_pendiente, language: es, content_sid: {} }}\n",
+            recado::sandbox::twilio::content_sid("confirmacion_inscripcoin", "es"),
+            recado::sandbox::twilio::content_sid("aviso_pendiente", "es"),
+        );
+        let (code, text) = check(h.yaml().replace("    content_templates:\n", &mapped));
+        assert_eq!(code, Some(1), "{vendor:?}: {text}");
+        let expected: &[&str] = match vendor {
+            crate::harness::Vendor::Meta => &[
+                "template 'confirmacion_inscripcoin' (es, sent by rule mal_escrita) does not exist in the business account; did you mean 'confirmacion_inscripcion'?",
+                "template 'aviso_pendiente' (es, sent by rule pendiente) is PENDING, not APPROVED",
+                "template 'encuesta_seguimiento' (es, sent by rule faltan): its body takes 1 parameter(s) and the configuration gives 2",
+                "its URL button takes a suffix and the configuration gives no button_url_suffix",
+            ],
+            crate::harness::Vendor::Twilio => &[
+                "template 'confirmacion_inscripcoin' (es, sent by rule mal_escrita), Content SID HX",
+                "was not found",
+                "template 'aviso_pendiente' (es, sent by rule pendiente), Content SID HX",
+                "WhatsApp approval is 'rejected', not 'approved' (reason: INVALID_FORMAT)",
+                "template 'encuesta_seguimiento' (es, sent by rule faltan), Content SID HX",
+                "its URL button takes a variable and the configuration gives no button_url_suffix",
+            ],
+        };
+        for want in expected {
+            assert!(text.contains(want), "{vendor:?}: missing {want:?} in:\n{text}");
+        }
+        assert!(!text.contains("sent by rule confirmacion"), "{vendor:?}: the right templates pass:\n{text}");
+
+        // A token the provider refuses says so, once, instead of a line per template.
+        h.extra_rules.clear();
+        let wrong = match vendor {
+            crate::harness::Vendor::Meta => h.yaml().replace("access_token: sandbox-token", "access_token: caducado"),
+            crate::harness::Vendor::Twilio => {
+                let token = h.sandbox.twilio().settings().auth_token;
+                h.yaml().replace(&format!("auth_token: {token}"), "auth_token: caducado")
+            }
+        };
+        let (code, text) = check(wrong);
+        assert_eq!(code, Some(1), "{vendor:?}: {text}");
+        let refused = match vendor {
+            crate::harness::Vendor::Meta => "could not be read with the access token",
+            crate::harness::Vendor::Twilio => "could not be read with the configured credentials",
+        };
+        assert!(text.contains(refused), "{vendor:?}: {text}");
+        assert_eq!(text.matches("providers.whatsapp").count(), 1, "{vendor:?}: one line for a refused token:\n{text}");
+    }
+}
+
 /// Runs the `recado` binary with `args` and `--config config`: its exit code and what it printed
 /// (stdout, then stderr).
 fn recado_with_config(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {

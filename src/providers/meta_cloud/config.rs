@@ -19,6 +19,12 @@ pub struct RawMetaCloud {
     pub id: String,
     /// The WhatsApp Business phone number id (not the phone number itself).
     pub phone_number_id: String,
+    /// The WhatsApp Business Account id (WhatsApp Manager → Account tools → Phone numbers, or
+    /// the `entry[].id` of a webhook). Optional: `recado check --online` reads the account's
+    /// message templates through it to find a missing, unapproved or mismatched one before a
+    /// message fails.
+    #[serde(default)]
+    pub business_account_id: Option<String>,
     /// Access token (system-user token): inline, `access_token_env` or `access_token_file`.
     #[serde(default)]
     pub access_token: Option<Value>,
@@ -72,6 +78,7 @@ pub struct RawMetaCloud {
 pub struct MetaCloudConfig {
     pub settings: ProviderSettings,
     pub phone_number_id: String,
+    pub business_account_id: Option<String>,
     pub access_token: Secret,
     pub app_secret: Secret,
     pub verify_token: Secret,
@@ -93,6 +100,11 @@ pub fn validate(
     p.non_empty(&format!("{path}.phone_number_id"), &m.phone_number_id);
     if !m.phone_number_id.chars().all(|c| c.is_ascii_digit()) {
         p.push(format!("{path}.phone_number_id"), "expected the number's id (digits), not the phone number");
+    }
+    if let Some(waba) = &m.business_account_id {
+        if waba.is_empty() || !waba.chars().all(|c| c.is_ascii_digit()) {
+            p.push(format!("{path}.business_account_id"), "expected the WhatsApp Business Account id (digits)");
+        }
     }
     let access_token = p.secret(
         env,
@@ -139,6 +151,7 @@ pub fn validate(
     Some(MetaCloudConfig {
         settings,
         phone_number_id: m.phone_number_id,
+        business_account_id: m.business_account_id,
         access_token: access_token?,
         app_secret: app_secret?,
         verify_token: verify_token?,

@@ -1,6 +1,7 @@
 //! Meta WhatsApp Cloud API: `POST /{version}/{phone_number_id}/messages`.
 //!
 //! * [`config`] — `type: meta_cloud` in YAML and its validation.
+//! * [`account`] — what `recado check --online` asks Meta: the number, and the templates.
 //! * this module — builds Meta's JSON from [`MessageContent`], reads `messages[0].id` and the
 //!   recipient's ids from the answer; every call has a timeout.
 //! * [`errors`] — Meta's error `code` → what to do, for synchronous answers and failed-status
@@ -12,6 +13,7 @@
 //! from the status webhooks Meta retries for days: every send carries our outbox id in
 //! `biz_opaque_callback_data`, which the webhooks echo.
 
+pub mod account;
 pub mod config;
 pub mod errors;
 pub mod webhook;

@@ -21,6 +21,9 @@ use crate::validation::{Env, Problems, SecretSources};
 /// Twilio's API, where `base_url` points unless told otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 
+/// Twilio's Content API (templates and their WhatsApp approval), a host of its own.
+pub const DEFAULT_CONTENT_BASE_URL: &str = "https://content.twilio.com";
+
 /// Most characters of a `Body` Twilio accepts (error 21617 above it), WhatsApp included.
 pub const MAX_BODY_CHARS: usize = 1600;
 
@@ -34,6 +37,11 @@ pub struct ContentTemplate {
     pub language: String,
     /// The Content SID, `HX` and 32 hex digits.
     pub content_sid: String,
+    /// How many variables the approved template takes (`{{1}}` … `{{n}}`, a URL button's
+    /// included), when known: `recado check` then refuses a rule that gives another number.
+    /// `recado check --online` reads it from the Content API either way.
+    #[serde(default)]
+    pub variables: Option<usize>,
 }
 
 /// One WhatsApp sender on Twilio, as written in YAML.
@@ -76,6 +84,11 @@ pub struct RawTwilio {
     /// `https://api.dublin.ie1.twilio.com`, or the sandbox).
     #[serde(default)]
     pub base_url: Option<String>,
+    /// The Content API base URL, where `recado check --online` reads templates and their
+    /// approval (default `https://content.twilio.com`; when `base_url` points elsewhere, such
+    /// as the sandbox, which serves both, that).
+    #[serde(default)]
+    pub content_base_url: Option<String>,
     /// Where Twilio posts status callbacks. Default: `<http.public_url>/webhooks/<id>`, which
     /// is also the URL the signatures are checked against; set it only when Twilio reaches
     /// recado at another address.
@@ -124,6 +137,8 @@ pub struct TwilioConfig {
     pub content_templates: Vec<ContentTemplate>,
     /// Without trailing slash.
     pub base_url: String,
+    /// Without trailing slash.
+    pub content_base_url: String,
     pub status_callback_url: Option<String>,
 }
 
@@ -143,9 +158,16 @@ impl TwilioConfig {
         })
     }
 
-    pub fn template_problem(&self, name: &str, language: &str) -> Option<String> {
-        if self.content_sid(name, language).is_some() {
-            return None;
+    /// Why a rule cannot send template (`name`, `language`) with `parameters` variables
+    /// through this provider, if the configuration can tell.
+    pub fn template_problem(&self, name: &str, language: &str, parameters: usize) -> Option<String> {
+        if let Some(t) = self.content_templates.iter().find(|t| t.name == name && t.language == language) {
+            return t.variables.filter(|n| *n != parameters).map(|n| {
+                format!(
+                    "provider '{}' declares '{name}' in '{language}' with {n} variable(s), and {parameters} are given (Twilio refuses the message with 21656)",
+                    self.settings.id
+                )
+            });
         }
         let known: Vec<String> =
             self.content_templates.iter().map(|t| format!("{} ({})", t.name, t.language)).collect();
@@ -244,6 +266,8 @@ pub fn validate(
         }
     }
     let base_url = p.url(&format!("{path}.base_url"), t.base_url, DEFAULT_BASE_URL, false);
+    let content_default = if base_url == DEFAULT_BASE_URL { DEFAULT_CONTENT_BASE_URL } else { base_url.as_str() };
+    let content_base_url = p.url(&format!("{path}.content_base_url"), t.content_base_url, content_default, false);
     let status_callback_url =
         t.status_callback_url.map(|u| p.url(&format!("{path}.status_callback_url"), Some(u), "", false));
     let settings = ProviderSettings::validate(
@@ -270,6 +294,7 @@ pub fn validate(
         sender: sender?,
         content_templates: t.content_templates,
         base_url,
+        content_base_url,
         status_callback_url,
     })
 }

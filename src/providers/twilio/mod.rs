@@ -6,6 +6,8 @@
 //!   `ContentSid` + `ContentVariables`, free text as `Body`), with a `StatusCallback` that
 //!   carries our outbox id; reads the message SID from the 201; looks up sends whose answer was
 //!   lost in the Messages list; every call has a timeout.
+//! * [`account`] — what `recado check --online` asks Twilio: the account, and each template's
+//!   content and WhatsApp approval.
 //! * [`errors`] — Twilio's error `code` → what to do, for synchronous answers and `ErrorCode`s
 //!   in status callbacks alike.
 //! * [`webhook`] — `X-Twilio-Signature` over the public URL and the form, and tolerant parsing.
@@ -14,6 +16,7 @@
 //! looked up in the Messages list (to this person, from this sender, created since just before
 //! the send, with the same content) and sent again only when Twilio has no record of it.
 
+pub mod account;
 pub mod config;
 pub mod errors;
 pub mod webhook;
