@@ -105,10 +105,24 @@ pub enum Command {
         #[arg(long)]
         show_phone: bool,
     },
-    /// Serve the Google, Salesforce, Meta and Twilio emulators and print their base URLs.
+    /// Serve the Google, Salesforce, Meta and Twilio emulators and print their base URLs. With
+    /// --config, rehearse that configuration: write a copy of it pointed at the sandbox (in
+    /// --out), seed its sheets, register its templates and point the webhooks at the daemon,
+    /// so `recado run --config <out>/recado.yaml` works at once.
     Sandbox {
         #[arg(long, default_value = "127.0.0.1:8790")]
         listen: SocketAddr,
+        /// The configuration to rehearse (files as `recado run` takes them).
+        #[arg(long = "config", short = 'c', num_args = 1..)]
+        config: Vec<PathBuf>,
+        /// Rows for a sheet source, as `SOURCE=FILE.csv` (or `FILE.csv` when there is one
+        /// sheet source); its first line is the header. Default: a few example rows under the
+        /// headers the configuration names.
+        #[arg(long, requires = "config")]
+        seed: Vec<String>,
+        /// Where the rehearsal copy, its state file and its Google key are written.
+        #[arg(long, default_value = "recado-rehearsal", requires = "config")]
+        out: PathBuf,
     },
     /// The whole loop against the sandbox, no accounts needed.
     Demo {
@@ -260,7 +274,7 @@ pub async fn execute(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Sandbox { listen } => {
+        Command::Sandbox { listen, config, seed, out } => {
             let sandbox = match Sandbox::start(listen, MetaSettings::default()).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -268,6 +282,31 @@ pub async fn execute(cli: Cli) -> i32 {
                     return 1;
                 }
             };
+            if !config.is_empty() {
+                let seeds: Vec<(Option<String>, PathBuf)> = seed
+                    .iter()
+                    .map(|s| match s.split_once('=') {
+                        Some((source, file)) => (Some(source.to_string()), PathBuf::from(file)),
+                        None => (None, PathBuf::from(s)),
+                    })
+                    .collect();
+                match crate::sandbox::rehearsal::prepare(&sandbox, &config, &out, &seeds) {
+                    Ok(r) => {
+                        println!("sandbox listening on {}; rehearsal ready:", sandbox.base_url());
+                        for note in &r.notes {
+                            println!("  {note}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        sandbox.stop().await;
+                        return 1;
+                    }
+                }
+                let _ = tokio::signal::ctrl_c().await;
+                sandbox.stop().await;
+                return 0;
+            }
             let s = MetaSettings::default();
             println!("sandbox listening on {}", sandbox.base_url());
             println!("  admin API          {}/admin", sandbox.base_url());

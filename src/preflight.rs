@@ -10,7 +10,7 @@
 //!
 //! Nothing is written and nothing is sent.
 
-use crate::config::{Config, Trigger};
+use crate::config::Config;
 use crate::domain::spelling::closest;
 use crate::sources::{ReadSpec, Source};
 
@@ -20,49 +20,6 @@ pub struct Finding {
     /// `sources.<id>` or the like.
     pub subject: String,
     pub message: String,
-}
-
-/// Every field the configuration names in source `id`, with what names it.
-pub fn named_fields(config: &Config, id: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let Some(s) = config.source(id) else {
-        return out;
-    };
-    out.push((s.key_field.clone(), "key".into()));
-    out.push((s.phone_field.clone(), "phone".into()));
-    if let Some(c) = &s.consent {
-        out.push((c.field.clone(), "consent".into()));
-    }
-    if let Some(f) = &s.time_zone_field {
-        out.push((f.clone(), "time_zone".into()));
-    }
-    if let Some(f) = &config.inbound.language_field {
-        out.push((f.clone(), "inbound.language_field".into()));
-    }
-    for f in s.write_back.fields() {
-        out.push((f.to_string(), "write_back".into()));
-    }
-    for r in config.rules.iter().filter(|r| r.source == id) {
-        match &r.trigger {
-            Trigger::Changed { field, .. } | Trigger::Date { field, .. } => {
-                out.push((field.clone(), format!("rule {}", r.id)))
-            }
-            Trigger::RowAdded | Trigger::Cron { .. } => {}
-        }
-    }
-    // Which rules' texts and filters read each field, so the finding names them.
-    let mut readers: std::collections::BTreeMap<String, Vec<&str>> = std::collections::BTreeMap::new();
-    for r in config.rules.iter().filter(|r| r.source == id) {
-        for f in crate::rules::referenced_paths(std::slice::from_ref(r), id) {
-            readers.entry(f).or_default().push(r.id.as_str());
-        }
-    }
-    for (f, rules) in readers {
-        out.push((f, format!("the text or filter of rule {}", rules.join(", "))));
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|(f, _)| seen.insert(f.clone()));
-    out
 }
 
 /// Checks every source and every provider against the live services.
@@ -100,7 +57,7 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
         Ok(n) => n,
         Err(e) => return vec![finding(e.to_string())],
     };
-    let wanted = named_fields(config, &id);
+    let wanted = crate::rules::named_fields(config, &id);
     let Some(names) = names else {
         // Only a read tells: one read with every named field required.
         let spec = ReadSpec { required: wanted.iter().map(|(f, _)| f.clone()).collect(), referenced: Vec::new() };

@@ -317,6 +317,13 @@ impl Config {
 
     /// The same, with secrets and overrides looked up in `env`.
     pub fn load_with(paths: &[PathBuf], env: &Env) -> Result<Config, ConfigErrors> {
+        validate::validate(Self::merged(paths, env)?, env)
+    }
+
+    /// The files merged (later ones override earlier ones, then `RECADO__…` overrides from
+    /// `env`) as one tree, before validation: what `recado sandbox --config` rewrites into a
+    /// rehearsal copy.
+    pub fn merged(paths: &[PathBuf], env: &Env) -> Result<serde_json::Value, ConfigErrors> {
         let mut texts = Vec::new();
         let mut problems = Vec::new();
         for p in paths {
@@ -332,7 +339,7 @@ impl Config {
             return Err(ConfigErrors(problems));
         }
         let origin = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
-        Self::build(&texts, &origin, env)
+        Self::merge(&texts, &origin, env)
     }
 
     /// Validates YAML text (used by tests and the demo); process-environment overrides apply.
@@ -348,6 +355,10 @@ impl Config {
     }
 
     fn build(texts: &[String], origin: &str, env: &Env) -> Result<Config, ConfigErrors> {
+        validate::validate(Self::merge(texts, origin, env)?, env)
+    }
+
+    fn merge(texts: &[String], origin: &str, env: &Env) -> Result<serde_json::Value, ConfigErrors> {
         let mut builder = config::Config::builder();
         for t in texts {
             builder = builder.add_source(config::File::from_str(t, config::FileFormat::Yaml));
@@ -363,9 +374,7 @@ impl Config {
             )
             .build()
             .map_err(|e| ConfigErrors(vec![single(Path::new(origin), &e.to_string())]))?;
-        let value: serde_json::Value =
-            built.try_deserialize().map_err(|e| ConfigErrors(vec![single(Path::new(origin), &e.to_string())]))?;
-        validate::validate(value, env)
+        built.try_deserialize().map_err(|e| ConfigErrors(vec![single(Path::new(origin), &e.to_string())]))
     }
 
     /// The settings of a source by id.

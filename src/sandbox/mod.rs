@@ -10,6 +10,7 @@
 pub mod google;
 pub mod keys;
 pub mod meta;
+pub mod rehearsal;
 pub mod salesforce;
 pub mod twilio;
 

@@ -160,3 +160,115 @@ fn json_logs_of_a_whole_conversation_demo_are_json_and_carry_no_phone_number_and
         assert!(!logs.contains(secret), "the secret '{secret}' appears in the logs");
     }
 }
+
+/// Rehearsing one's own configuration: `recado sandbox --config` on the packaged example
+/// config (only its listening port and intervals changed) with a CSV of rows writes a copy
+/// pointed at the sandbox; `recado run` on that copy under a notify socket reports READY=1,
+/// and a row added as a person would gets its message, read, written back to the row. Both
+/// are the real binary over real HTTP; nothing else is set up by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_rehearsed_on_the_sandbox_runs_at_once_and_sends() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sheets-meta.example.yaml"))
+        .unwrap()
+        .replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{port}"))
+        .replace("poll_interval: 30s", "poll_interval: 200ms")
+        .replace("flush_interval: 5s", "flush_interval: 200ms");
+    let config = dir.path().join("recado.yaml");
+    std::fs::write(&config, example).unwrap();
+    let csv = dir.path().join("inscripciones.csv");
+    std::fs::write(
+        &csv,
+        "ID,Nombre,Teléfono,Curso,Mentor,Consentimiento,Estado\r\n1,\"Pérez, Ana\",+56 9 8765 0101,Soldadura,Luis,Sí,Activo\r\n",
+    )
+    .unwrap();
+    let out = dir.path().join("ensayo");
+    let mut sandbox = recado()
+        .args(["sandbox", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--seed")
+        .arg(format!("inscripciones={}", csv.display()))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(sandbox.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("run it: recado run --config");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(
+        text.contains("templates registered, approved: confirmacion_inscripcion (es), encuesta_seguimiento (es)"),
+        "{text}"
+    );
+    assert!(text.contains("seeded from") && text.contains("(1 row(s))"), "{text}");
+    let base =
+        printed[0].split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(';').to_string();
+
+    let socket = dir.path().join("notify");
+    let notify = tokio::net::UnixDatagram::bind(&socket).unwrap();
+    let mut daemon = recado()
+        .args(["run", "--config"])
+        .arg(out.join("recado.yaml"))
+        .env("NOTIFY_SOCKET", &socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let ready = loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), notify.recv(&mut buf))
+            .await
+            .expect("the daemon notifies within 30 s")
+            .unwrap();
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        if m.starts_with("READY=1") {
+            break m;
+        }
+    };
+    assert!(ready.contains("STATUS=running"), "{ready}");
+
+    let tab =
+        format!("{base}/admin/google/spreadsheets/1AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefg/tabs/Inscripciones");
+    let client = reqwest::Client::new();
+    let added = client
+        .post(format!("{tab}/rows"))
+        .json(&serde_json::json!({ "values": ["2", "Beto", "+56 9 8765 0102", "Soldadura", "Luis", "Sí", "Activo"] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(added.status().is_success());
+    let status_of_row_2 = || {
+        let client = client.clone();
+        let tab = tab.clone();
+        async move {
+            let rows: serde_json::Value = client.get(&tab).send().await.ok()?.json().await.ok()?;
+            let rows = rows["rows"].as_array()?.clone();
+            let header = rows.first()?.as_array()?.clone();
+            let at = header.iter().position(|h| h == "Estado WhatsApp")?;
+            let row = rows.iter().find(|r| r[0] == "2" || r[0] == 2)?;
+            row.get(at)?.as_str().map(String::from)
+        }
+    };
+    crate::harness::wait_for(
+        "the added row's message delivered, on its row",
+        std::time::Duration::from_secs(30),
+        || {
+            let status = status_of_row_2();
+            async move { matches!(status.await.as_deref(), Some("delivered" | "read")) }
+        },
+    )
+    .await;
+    let _ = daemon.kill();
+    let _ = sandbox.kill();
+    let _ = daemon.wait();
+    let _ = sandbox.wait();
+}
