@@ -81,6 +81,7 @@ fn bench_rules(c: &mut Criterion) {
             window: None,
             lateness: None,
             on_reply: None,
+            write_back: None,
         },
         RuleConfig {
             id: "encuesta".into(),
@@ -100,6 +101,7 @@ fn bench_rules(c: &mut Criterion) {
             window: None,
             lateness: None,
             on_reply: None,
+            write_back: None,
         },
     ];
     let set = RuleSet::compile(&rules).unwrap();
@@ -151,6 +153,7 @@ fn bench_planning(c: &mut Criterion) {
         window: None,
         lateness: None,
         on_reply: None,
+        write_back: None,
     };
     let rules = vec![
         date_rule("cita", &["-2d"], chrono::NaiveTime::from_hms_opt(10, 0, 0)),

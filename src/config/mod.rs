@@ -227,6 +227,22 @@ pub struct RuleConfig {
     /// The flow that takes replies to this rule's messages (its first question is the one the
     /// template asked).
     pub on_reply: Option<String>,
+    /// The rule's own status fields, when it has them (else the source's).
+    pub write_back: Option<RuleWriteBack>,
+}
+
+/// Where one rule writes its messages' status on the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleWriteBack {
+    pub status: Option<String>,
+    pub status_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl RuleWriteBack {
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        [&self.status, &self.status_at, &self.error].into_iter().filter_map(|f| f.as_deref())
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -126,6 +126,24 @@ pub struct RawRule {
     /// cambiar la hora"), and the reply is read as its answer.
     #[serde(default)]
     pub on_reply: Option<String>,
+    /// This rule's own status fields on the record, instead of the source's `write_back`
+    /// ones, so a later rule's status does not overwrite an earlier rule's on the same row:
+    /// `{status: Estado recordatorio, status_at: Fecha recordatorio, error: Error recordatorio}`
+    /// (each optional; one left out is not written for this rule).
+    #[serde(default)]
+    pub write_back: Option<RawRuleWriteBack>,
+}
+
+/// `rules[*].write_back`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleWriteBack {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub status_at: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// A template and how to fill its parameters.

@@ -283,6 +283,32 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         let lateness = r.lateness.as_deref().map(|l| {
             p.duration(&format!("{path}.lateness"), Some(l), DEFAULT_LATENESS, Duration::ZERO, LONGEST_DURATION)
         });
+        let write_back = r.write_back.map(|w| {
+            let w = RuleWriteBack { status: w.status, status_at: w.status_at, error: w.error };
+            let source = sources.iter().map(SourceConfig::settings).find(|s| s.id == r.source);
+            let mut seen = HashSet::new();
+            for f in w.fields() {
+                let at = format!("{path}.write_back");
+                let same = |other: &str| other.trim().to_lowercase() == f.trim().to_lowercase();
+                if f.trim().is_empty() {
+                    p.push(at, "field names must not be empty");
+                } else if !seen.insert(f.trim().to_lowercase()) {
+                    p.push(at, format!("'{f}' is used twice"));
+                } else if let Some(s) = source {
+                    if same(&s.key_field) || same(&s.phone_field) {
+                        p.push(at, format!("'{f}' is the key or phone field; recado must not overwrite it"));
+                    } else if s.consent.as_ref().is_some_and(|c| same(&c.field)) {
+                        p.push(at, format!("'{f}' is the consent field; a person's consent is not a status"));
+                    } else if s.write_back.fields().iter().any(|o| same(o)) {
+                        p.push(
+                            at,
+                            format!("'{f}' is already one of source '{}''s write_back fields; give the rule fields of its own", s.id),
+                        );
+                    }
+                }
+            }
+            w
+        });
         if let (Some(trigger), Some(send)) = (trigger, send) {
             rules.push(RuleConfig {
                 id: r.id,
@@ -295,7 +321,22 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 window: rule_window,
                 lateness,
                 on_reply: r.on_reply,
+                write_back,
             });
+        }
+    }
+
+    // A rule's own status fields are recado's, like the source's write-back fields: never
+    // read as data, never a change that triggers a rule.
+    for r in &rules {
+        let Some(w) = &r.write_back else { continue };
+        if let Some(source) = sources.iter_mut().find(|s| s.settings().id == r.source) {
+            let own = &mut source.settings_mut().write_back.rule_fields;
+            for f in w.fields() {
+                if !own.iter().any(|o| o == f) {
+                    own.push(f.to_string());
+                }
+            }
         }
     }
 

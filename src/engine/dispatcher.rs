@@ -725,7 +725,7 @@ impl Dispatcher {
                 &self.ctx.interaction_writes(m, logged, now, None, Some(&acc.provider_message_id)),
             )
             .await?;
-            if next.is_some() && store::is_latest_for_record(&mut tx, m).await? {
+            if next.is_some() && self.ctx.owns_status_fields(&mut tx, m).await? {
                 // A successful send clears an old send error, but not a record problem that is
                 // still there (a duplicate key, say).
                 let clear = (!store::has_open_issue(&mut tx, &m.source_id, &m.record_key.0).await?).then_some("");
@@ -827,7 +827,7 @@ impl Dispatcher {
         };
         store::update_message(&mut tx, m.id, &u, now).await?;
         store::queue_writes(&mut tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
-        if store::is_latest_for_record(&mut tx, m).await? {
+        if self.ctx.owns_status_fields(&mut tx, m).await? {
             store::queue_writes(&mut tx, &self.ctx.status_writes(m, state, now, Some(reason))).await?;
         }
         tx.commit().await?;

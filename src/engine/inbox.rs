@@ -312,7 +312,7 @@ impl InboxProcessor {
         store::update_message(tx, m.id, &u, now).await?;
         let logs = self.ctx.interaction_writes(&m, next, now, reason.as_deref(), Some(provider_message_id));
         store::queue_writes(tx, &logs).await?;
-        if store::is_latest_for_record(tx, &m).await? {
+        if self.ctx.owns_status_fields(tx, &m).await? {
             let clear = if next == MessageState::Failed {
                 reason.as_deref()
             } else if store::has_open_issue(tx, &m.source_id, &m.record_key.0).await? {

@@ -72,6 +72,8 @@ type PhoneCache = HashMap<(String, phonenumber::country::Id), Result<PhoneNumber
 
 /// Most phone parses remembered.
 const PHONE_CACHE_LIMIT: usize = 500_000;
+/// A message queued to go later than this shows `queued until <time>` on its record.
+const QUEUED_UNTIL_AFTER_MS: i64 = 60_000;
 
 /// What a message said, for the interaction log: a template's name and parameters, or the
 /// text.
@@ -222,20 +224,80 @@ impl EngineCtx {
         at_ms: i64,
         error: Option<&str>,
     ) -> Vec<FieldWrite> {
-        self.record_status_writes(&m.source_id, &m.record_key, state, at_ms, error)
+        self.record_status_writes(&m.source_id, &m.rule_id, &m.record_key, state, at_ms, error)
     }
 
-    /// The same for a record, without the message at hand.
+    /// The same for a record and the rule whose message it is, without the message at hand.
     pub fn record_status_writes(
         &self,
         source_id: &str,
+        rule_id: &str,
         key: &RecordKey,
         state: MessageState,
         at_ms: i64,
         error: Option<&str>,
     ) -> Vec<FieldWrite> {
+        self.write_status(source_id, rule_id, key, state.as_str().to_string(), at_ms, error)
+    }
+
+    /// `queued` for a message just queued, or `queued until 2026-11-23 09:00` (local time)
+    /// when it will wait more than a minute for its time (quiet hours, a reminder's hour), so
+    /// the row does not look stuck.
+    pub fn queued_writes(
+        &self,
+        source_id: &str,
+        rule_id: &str,
+        key: &RecordKey,
+        now_ms: i64,
+        due_ms: i64,
+    ) -> Vec<FieldWrite> {
+        let status = match self.source_tz(source_id).timestamp_millis_opt(due_ms).single() {
+            Some(due) if due_ms > now_ms + QUEUED_UNTIL_AFTER_MS => {
+                format!("{} until {}", MessageState::Queued.as_str(), due.format("%Y-%m-%d %H:%M"))
+            }
+            _ => MessageState::Queued.as_str().to_string(),
+        };
+        self.write_status(source_id, rule_id, key, status, now_ms, None)
+    }
+
+    /// The field that shows `rule_id`'s status on its records: its own, else its source's.
+    fn status_field(&self, source_id: &str, rule_id: &str) -> Option<&String> {
+        match self.config.rules.iter().find(|r| r.id == rule_id).and_then(|r| r.write_back.as_ref()) {
+            Some(w) => w.status.as_ref(),
+            None => self.source(source_id)?.write_back.status.as_ref(),
+        }
+    }
+
+    /// Whether `m`'s status may be written on its record: no newer message for the record
+    /// shows its status in the same field (the newest message owns a shared status field; a
+    /// rule with fields of its own owns them alone).
+    pub async fn owns_status_fields(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        m: &OutboxMessage,
+    ) -> Result<bool, crate::store::StoreError> {
+        let mine = self.status_field(&m.source_id, &m.rule_id);
+        let newer = crate::store::newer_rules_for_record(conn, m).await?;
+        Ok(newer.iter().all(|r| self.status_field(&m.source_id, r) != mine))
+    }
+
+    /// The status fields of `rule_id` (its own `write_back`, else its source's) set to
+    /// `status` at `at_ms`, with `error` as in [`Self::status_writes`].
+    fn write_status(
+        &self,
+        source_id: &str,
+        rule_id: &str,
+        key: &RecordKey,
+        status: String,
+        at_ms: i64,
+        error: Option<&str>,
+    ) -> Vec<FieldWrite> {
         let Some(settings) = self.source(source_id) else { return Vec::new() };
-        let fields = &settings.write_back;
+        let own = self.config.rules.iter().find(|r| r.id == rule_id).and_then(|r| r.write_back.as_ref());
+        let (status_field, status_at_field, error_field) = match own {
+            Some(w) => (&w.status, &w.status_at, &w.error),
+            None => (&settings.write_back.status, &settings.write_back.status_at, &settings.write_back.error),
+        };
         let mut out = Vec::new();
         let mut push = |field: &Option<String>, value: String| {
             if let Some(f) = field {
@@ -247,10 +309,10 @@ impl EngineCtx {
                 });
             }
         };
-        push(&fields.status, state.as_str().to_string());
-        push(&fields.status_at, self.format_time(source_id, at_ms));
+        push(status_field, status);
+        push(status_at_field, self.format_time(source_id, at_ms));
         if let Some(e) = error {
-            push(&fields.error, e.to_string());
+            push(error_field, e.to_string());
         }
         out
     }

@@ -407,19 +407,14 @@ impl SourcePoller {
                         log_adjustments(intent, mid);
                         providers.insert(intent.provider_id.clone());
                         report.queued += 1;
-                        writes.extend(self.ctx.record_status_writes(
-                            &id,
-                            &intent.record_key,
-                            MessageState::Queued,
-                            now,
-                            None,
-                        ));
+                        writes.extend(self.ctx.queued_writes(&id, &intent.rule_id, &intent.record_key, now, *due));
                     }
                 }
                 for b in by_key_blocked.get(*k).into_iter().flatten() {
                     warn!(rule = %b.rule_id, record = %b.record_key, "{}", b.reason);
                     writes.extend(self.ctx.record_status_writes(
                         &id,
+                        &b.rule_id,
                         &b.record_key,
                         MessageState::Skipped,
                         now,

@@ -205,6 +205,7 @@ impl TimerLoop {
             store::upsert_timer(tx, &set_state("skipped"), now_ms).await?;
             let writes = self.ctx.record_status_writes(
                 &t.source_id,
+                &t.rule_id,
                 &view.record.key,
                 MessageState::Skipped,
                 now_ms,
@@ -239,13 +240,8 @@ impl TimerLoop {
                 if let Some(id) = store::insert_intent(tx, &intent, due, now_ms).await? {
                     info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message_id = id, "message queued");
                     super::log_adjustments(&intent, id);
-                    let writes = self.ctx.record_status_writes(
-                        &intent.source_id,
-                        &intent.record_key,
-                        MessageState::Queued,
-                        now_ms,
-                        None,
-                    );
+                    let writes =
+                        self.ctx.queued_writes(&intent.source_id, &intent.rule_id, &intent.record_key, now_ms, due);
                     store::queue_writes(tx, &writes).await?;
                     return Ok(true);
                 }
@@ -348,6 +344,7 @@ impl TimerLoop {
                         info!(rule = %rule.id, record = %key, "{reason}");
                         writes.extend(self.ctx.record_status_writes(
                             &rule.source,
+                            &rule.id,
                             key,
                             MessageState::Skipped,
                             now_ms,
@@ -369,6 +366,7 @@ impl TimerLoop {
                 for intent in missed.iter().filter(|i| !reached.contains(&i.idempotency_key)) {
                     writes.extend(self.ctx.record_status_writes(
                         &rule.source,
+                        &rule.id,
                         &intent.record_key,
                         MessageState::Skipped,
                         now_ms,
@@ -382,17 +380,11 @@ impl TimerLoop {
             // run again after an interruption must not overwrite `read` with `queued`.
             let inserted: HashSet<String> =
                 store::insert_intents(&mut tx, &intents, now_ms).await?.into_iter().collect();
-            for (intent, _) in intents.iter().filter(|(i, _)| inserted.contains(&i.idempotency_key)) {
+            for (intent, due) in intents.iter().filter(|(i, _)| inserted.contains(&i.idempotency_key)) {
                 if !intent.adjustments.is_empty() {
                     debug!(rule = %intent.rule_id, record = %intent.record_key, adjustments = %intent.adjustments.join("; "), "parameters adjusted for WhatsApp");
                 }
-                writes.extend(self.ctx.record_status_writes(
-                    &rule.source,
-                    &intent.record_key,
-                    MessageState::Queued,
-                    now_ms,
-                    None,
-                ));
+                writes.extend(self.ctx.queued_writes(&rule.source, &rule.id, &intent.record_key, now_ms, *due));
             }
             count += inserted.len();
             store::queue_writes(&mut tx, &writes).await?;

@@ -549,6 +549,7 @@ mod tests {
             window: None,
             lateness: None,
             on_reply: None,
+            write_back: None,
         }
     }
 

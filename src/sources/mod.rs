@@ -94,14 +94,18 @@ pub struct WriteBackFields {
     pub error: Option<String>,
     pub last_reply: Option<String>,
     pub last_reply_at: Option<String>,
+    /// Status fields rules of this source write instead of the source's (`rules[*].write_back`):
+    /// recado's own, like the ones above, so never read as data.
+    pub rule_fields: Vec<String>,
 }
 
 impl WriteBackFields {
-    /// Every configured write-back field.
+    /// Every configured write-back field, the rules' own included.
     pub fn fields(&self) -> Vec<&str> {
         [&self.status, &self.status_at, &self.error, &self.last_reply, &self.last_reply_at]
             .into_iter()
             .filter_map(|c| c.as_deref())
+            .chain(self.rule_fields.iter().map(String::as_str))
             .collect()
     }
 }
@@ -225,6 +229,7 @@ impl SourceSettings {
                 error: w.error,
                 last_reply: w.last_reply,
                 last_reply_at: w.last_reply_at,
+                rule_fields: Vec::new(),
             })
             .unwrap_or_default();
         let mut seen = std::collections::HashSet::new();

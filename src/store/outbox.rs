@@ -296,16 +296,15 @@ pub async fn latest_choice_to(conn: &mut SqliteConnection, phone: &str) -> Store
     Ok(id)
 }
 
-/// True when no newer message exists for the same record (its status owns the record's fields).
-pub async fn is_latest_for_record(conn: &mut SqliteConnection, m: &OutboxMessage) -> StoreResult<bool> {
-    let newer: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE source_id = $1 AND record_key = $2 AND id > $3")
-            .bind(&m.source_id)
-            .bind(&m.record_key.0)
-            .bind(m.id)
-            .fetch_one(conn)
-            .await?;
-    Ok(newer == 0)
+/// The rules of the messages for the same record newer than `m` (a newer message's status
+/// owns the status fields it shares with `m`).
+pub async fn newer_rules_for_record(conn: &mut SqliteConnection, m: &OutboxMessage) -> StoreResult<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT DISTINCT rule_id FROM messages WHERE source_id = $1 AND record_key = $2 AND id > $3")
+        .bind(&m.source_id)
+        .bind(&m.record_key.0)
+        .bind(m.id)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// A change to one outbox message; `None` fields are left as they are.

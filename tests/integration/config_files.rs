@@ -217,8 +217,9 @@ inbound:
 
 /// Parameter counts are checked offline where the configuration can tell: a Twilio template
 /// that declares its variables, and one template filled with different counts in two places.
+/// A rule's own status columns must be its own: not the source's, not the key or phone.
 #[test]
-fn template_parameter_counts_are_checked_against_what_the_configuration_declares() {
+fn template_parameter_counts_and_rule_status_columns_are_checked_offline() {
     let yaml = r#"
 state: { path: /tmp/x.db }
 http: { public_url: "https://recado.example.org" }
@@ -231,14 +232,25 @@ providers:
     content_templates:
       - { name: recordatorio, language: es, content_sid: HX7b18c4c6eedc4b4e129d688d79324a6f, variables: 2 }
       - { name: aviso, language: es, content_sid: HX7b18c4c6eedc4b4e129d688d79324a70 }
-sources: []
+sources:
+  - id: s
+    type: google_sheets
+    spreadsheet_id: x
+    tab: t
+    key_column: ID
+    phone_column: Teléfono
+    service_account_key: "{}"
+    write_back: { status: Estado }
 rules:
   - { id: uno, source: s, when: row_added, provider: tw, template: { name: recordatorio, language: es, body: ["a"] } }
   - { id: dos, source: s, when: row_added, provider: tw, template: { name: aviso, language: es, body: ["a"] } }
   - { id: tres, source: s, when: row_added, provider: tw, template: { name: aviso, language: es, body: ["a", "b"] } }
+  - { id: cuatro, source: s, when: row_added, provider: tw, template: { name: aviso, language: es, body: ["a"] }, write_back: { status: Estado, error: Teléfono } }
 "#;
     let e = Config::from_yaml_with(yaml, &recado::config::Env::fixed::<&str, &str>([])).unwrap_err().to_string();
     for want in [
+        "rules[3].write_back: 'Estado' is already one of source 's''s write_back fields",
+        "rules[3].write_back: 'Teléfono' is the key or phone field",
         "rules[0].template.name: provider 'tw' declares 'recordatorio' in 'es' with 2 variable(s), and 1 are given",
         "rules[2].template: template 'aviso' (es) is given 2 parameter(s) here and 1 at rules[1].template",
     ] {

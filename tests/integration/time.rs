@@ -209,10 +209,51 @@ async fn quiet_hours_defer_instead_of_dropping() {
     let opens = chrono::DateTime::from_timestamp_millis(m.next_attempt_at).unwrap();
     assert_eq!((opens.hour(), opens.minute()), (start, 0), "due when the window opens");
     assert!(opens > now);
+    // The row says until when, not a bare "queued": in the sheet's own time zone, like every
+    // time recado writes on it.
+    let local = opens.with_timezone(&chrono_tz::America::Santiago);
+    h.wait_cell("110", "Estado WhatsApp", &format!("queued until {}", local.format("%Y-%m-%d %H:%M"))).await;
     // When the window opens, it goes.
     h.clock.advance((opens - h.clock.now()).to_std().unwrap() + Duration::from_secs(1));
     h.wait_cell("110", "Estado WhatsApp", "read").await;
     assert_eq!(h.sent_to(110).len(), 1);
+    h.stop().await;
+}
+
+/// Two rules message the same row: one writes the source's status columns, the other its own
+/// (`rules[*].write_back`), so the second does not overwrite the first's status, and neither
+/// column is read as data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_with_its_own_status_columns_leaves_the_other_rules_status_alone() {
+    let mut h = Harness::new(vec![]).await;
+    h.extra_rules = r#"  - id: bienvenida
+    source: inscripciones
+    when: row_added
+    provider: whatsapp
+    template: { name: confirmacion_inscripcion, language: es, body: ["{{ Nombre }}", "{{ Curso }}", "{{ Mentor }}"] }
+    write_back: { status: Estado bienvenida, status_at: Fecha bienvenida, error: Error bienvenida }
+"#
+    .to_string();
+    let refused = h.fault(crate::harness::Fault::Refused, 1, 116).to_string();
+    h.start().await;
+    h.user(116, true, None);
+    h.add_row(row(116, "Dos", "Sí", "Activo"));
+    wait_for("both messages", Duration::from_secs(10), || async { h.messages().await.len() == 2 }).await;
+    h.quiesce().await;
+    let messages = h.messages().await;
+    let state_of = |rule: &str| messages.iter().find(|m| m.rule_id == rule).map(|m| m.state.as_str()).unwrap();
+    // One of the two was refused (the fault takes the first send); each row column shows its
+    // own rule's outcome.
+    let (failed, read) = if state_of("bienvenida") == "failed" {
+        (("Estado bienvenida", "Error bienvenida"), ("Estado WhatsApp", "Error WhatsApp"))
+    } else {
+        (("Estado WhatsApp", "Error WhatsApp"), ("Estado bienvenida", "Error bienvenida"))
+    };
+    h.wait_cell("116", read.0, "read").await;
+    h.wait_cell("116", failed.0, "failed").await;
+    assert!(h.cell("116", failed.1).contains(&refused), "{}", h.cell("116", failed.1));
+    assert_eq!(h.cell("116", read.1), "");
+    assert!(!h.cell("116", "Fecha bienvenida").is_empty());
     h.stop().await;
 }
 
