@@ -37,6 +37,12 @@ test "$(stat -c %a "$root/etc/recado/recado.yaml")" = 640
 test -x "$root/usr/bin/recado"
 "$root/usr/bin/recado" --version
 grep -q '^ExecStart=/usr/bin/recado run --config /etc/recado/recado.yaml$' "$root/usr/lib/systemd/system/recado.service"
+# The man pages and completions the binary generated are in the package, and readable.
+zcat "$root/usr/share/man/man1/recado.1.gz" | grep -q '^\.TH recado 1'
+zcat "$root/usr/share/man/man1/recado-run.1.gz" | grep -q '^\.TH recado-run 1'
+grep -q 'complete -F _recado' "$root/usr/share/bash-completion/completions/recado"
+test -s "$root/usr/share/zsh/vendor-completions/_recado"
+test -s "$root/usr/share/fish/vendor_completions.d/recado.fish"
 
 systemd-analyze verify --root="$root" recado.service
 systemd-analyze security --offline=true --root="$root" --threshold=20 recado.service | tail -n 1

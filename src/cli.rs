@@ -24,6 +24,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `recado schema --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFormat {
+    /// JSON Schema 2020-12.
+    Json,
+    /// The reference page, `docs/configuration.md`.
+    Markdown,
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -123,6 +132,21 @@ pub enum Command {
         /// Where the rehearsal copy, its state file and its Google key are written.
         #[arg(long, default_value = "recado-rehearsal", requires = "config")]
         out: PathBuf,
+    },
+    /// Print the configuration's JSON Schema (for editors: `# yaml-language-server: $schema=…`)
+    /// or the configuration reference made from it.
+    Schema {
+        #[arg(long, value_enum, default_value = "json")]
+        format: SchemaFormat,
+    },
+    /// Print the completion script for a shell (e.g. `recado completions bash >
+    /// /usr/share/bash-completion/completions/recado`).
+    Completions { shell: clap_complete::Shell },
+    /// Print a man page (roff): `recado man > recado.1`, or one command's, `recado man run >
+    /// recado-run.1`; then `man ./recado.1`.
+    Man {
+        /// The command whose page to print (default: recado's own).
+        command: Option<String>,
     },
     /// The whole loop against the sandbox, no accounts needed.
     Demo {
@@ -326,6 +350,47 @@ pub async fn execute(cli: Cli) -> i32 {
             );
             let _ = tokio::signal::ctrl_c().await;
             sandbox.stop().await;
+            0
+        }
+        Command::Schema { format } => {
+            match format {
+                SchemaFormat::Json => match serde_json::to_string_pretty(&crate::config::schema::schema()) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 1;
+                    }
+                },
+                SchemaFormat::Markdown => print!("{}", crate::config::schema::markdown()),
+            }
+            0
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "recado", &mut std::io::stdout());
+            0
+        }
+        Command::Man { command } => {
+            let root = <Cli as clap::CommandFactory>::command();
+            let page = match command {
+                None => root,
+                Some(name) => match root.find_subcommand(&name) {
+                    // Named as its page is: recado-run(1).
+                    // The process prints one page and exits: leaking the name is harmless.
+                    Some(sub) => sub.clone().name(&*String::leak(format!("recado-{name}"))),
+                    None => {
+                        eprintln!("error: no command '{name}'");
+                        return 1;
+                    }
+                },
+            };
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(page).render(&mut out) {
+                eprintln!("error: {e}");
+                return 1;
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out);
             0
         }
         Command::Demo { until_settled, timeout, provider, scenario } => {

@@ -11,6 +11,7 @@
 //! nodes its aliases expand to, so no file can exhaust memory.
 
 mod raw;
+pub mod schema;
 mod validate;
 pub mod yaml_guard;
 

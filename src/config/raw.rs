@@ -9,7 +9,7 @@ use serde_json::Value;
 pub const SECTIONS: &[&str] = &["state", "http", "providers", "sources", "rules", "flows", "inbound", "defaults"];
 
 /// `defaults:` (each can be overridden per rule).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
     /// IANA time zone for rule times, e.g. `America/Santiago` (else the source's own).
@@ -31,7 +31,7 @@ pub struct RawDefaults {
 }
 
 /// `state:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     /// Path of the SQLite database file (created if missing).
@@ -42,7 +42,7 @@ pub struct RawState {
 }
 
 /// `state.retention:`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
     /// Raw webhook bodies once applied (default `90d`).
@@ -57,7 +57,7 @@ pub struct RawRetention {
 }
 
 /// `http:`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     /// Address to listen on, e.g. `0.0.0.0:8080`.
@@ -82,7 +82,7 @@ pub struct RawHttp {
 }
 
 /// One entry of `rules:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Unique name; part of every message's idempotency key, so do not rename a live rule.
@@ -135,7 +135,7 @@ pub struct RawRule {
 }
 
 /// `rules[*].write_back`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuleWriteBack {
     #[serde(default)]
@@ -147,7 +147,7 @@ pub struct RawRuleWriteBack {
 }
 
 /// A template and how to fill its parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTemplate {
     /// The approved template's name.
@@ -172,7 +172,7 @@ pub struct RawTemplate {
 }
 
 /// `inbound:`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInbound {
     /// A reply that is exactly one of these words (case- and accent-insensitive) opts the

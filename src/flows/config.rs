@@ -36,7 +36,7 @@ use super::*;
 use crate::validation::Problems;
 
 /// A text: one string, or one per language.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RawText {
     One(String),
@@ -44,7 +44,7 @@ pub enum RawText {
 }
 
 /// One entry of `flows:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFlow {
     /// Unique name (rules and `inbound.entry_flow` refer to it).
@@ -67,7 +67,7 @@ pub struct RawFlow {
 }
 
 /// `progress:` of a flow.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawProgress {
     /// The field (column or API name) of the contact's record.
@@ -84,7 +84,7 @@ pub struct RawProgress {
 }
 
 /// One step: exactly one of `say`, `ask`, `save`, `handoff` (or none, with `goto` or `end`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
     /// Unique within the flow; `goto` targets it.
@@ -119,7 +119,7 @@ pub struct RawStep {
 }
 
 /// One condition of a `branch:` step.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBranch {
     /// An expression, e.g. `answers.satisfaccion <= 2` or `Curso == "Soldadura"`.
@@ -129,7 +129,7 @@ pub struct RawBranch {
     pub goto: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAsk {
     /// The question.
@@ -181,7 +181,7 @@ pub struct RawAsk {
     pub sets_language: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawChoice {
     /// Sent back by the button or row; unique within the question (default: the title).
@@ -197,7 +197,7 @@ pub struct RawChoice {
     pub goto: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSave {
     /// The field (column or API name) of the contact's record.
@@ -217,7 +217,7 @@ pub struct RawSave {
     pub fields: Option<std::collections::BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHandoff {
     /// A topic or queue for the people who take over.
@@ -227,7 +227,7 @@ pub struct RawHandoff {
 
 /// `inbound.consent`: the privacy notice an unknown contact, or one without consent, is asked
 /// to accept before the bot answers anything else.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsent {
     /// The notice: what is kept, why, and a link to the full policy (≤ 1,024 characters).

@@ -111,7 +111,7 @@ impl WriteBackFields {
 }
 
 /// `consent:` in any source's configuration, as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsent {
     /// The consent field (a sheet column header, a Salesforce field).
@@ -131,7 +131,7 @@ pub struct RawConsent {
 
 /// `write_back:` in any source's configuration: each entry is a field; leave one out to not
 /// write it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWriteBack {
     /// queued / sent / delivered / read / failed / skipped.

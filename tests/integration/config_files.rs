@@ -286,3 +286,94 @@ fn the_salesforce_example_validates_and_a_bad_salesforce_source_says_everything_
         assert!(e.contains(want), "missing {want} in:\n{e}");
     }
 }
+
+/// The configuration reference and the JSON Schema in `docs/` are what the code generates
+/// (`recado schema`), and the schema accepts every example configuration: each key of each
+/// example is a field the schema knows, with a vendor entry checked against its own type.
+#[test]
+fn the_configuration_reference_and_schema_match_the_code_and_accept_the_examples() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = recado::config::schema::schema();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("docs/recado.schema.json")).unwrap()).unwrap();
+    assert!(
+        committed == schema,
+        "docs/recado.schema.json is stale: run `cargo run -- schema > docs/recado.schema.json`"
+    );
+    let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    assert!(
+        reference == recado::config::schema::markdown(),
+        "docs/configuration.md is stale: run `cargo run -- schema --format markdown > docs/configuration.md`"
+    );
+    for example in ["config/sheets-meta.example.yaml", "config/salesforce.example.yaml", "config/demo.yaml"] {
+        let tree = recado::config::Config::merged(&[root.join(example)], &recado::config::Env::fixed::<&str, &str>([]))
+            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        let mut unknown = Vec::new();
+        accepts(&schema, &schema, &tree, example, &mut unknown);
+        assert!(unknown.is_empty(), "keys the schema does not know: {unknown:?}");
+    }
+    // And it refuses what is not a field.
+    let mut unknown = Vec::new();
+    accepts(&schema, &schema, &serde_json::json!({ "rules": [ { "id": "r", "cuando": "x" } ] }), "t", &mut unknown);
+    assert_eq!(unknown, vec!["t.rules[0].cuando"]);
+}
+
+/// Collects every key of `value` that `node` does not allow (a small walker over the parts of
+/// JSON Schema the generated schema uses: `$ref`, `anyOf`/`oneOf`, objects and arrays).
+fn accepts(
+    root: &serde_json::Value,
+    node: &serde_json::Value,
+    value: &serde_json::Value,
+    path: &str,
+    unknown: &mut Vec<String>,
+) {
+    if let Some(r) = node["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return accepts(root, &root["$defs"][name], value, path, unknown);
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(options) = node[key].as_array() {
+            // The option whose `type` constant matches, else the first that takes the value.
+            let resolve = |o: &serde_json::Value| match o["$ref"].as_str() {
+                Some(r) => root["$defs"][r.rsplit('/').next().unwrap()].clone(),
+                None => o.clone(),
+            };
+            let chosen = options
+                .iter()
+                .map(resolve)
+                .find(|o| o["properties"]["type"]["const"] == value["type"] && !value["type"].is_null())
+                .or_else(|| {
+                    options.iter().map(resolve).find(|o| {
+                        let mut u = Vec::new();
+                        accepts(root, o, value, path, &mut u);
+                        u.is_empty() && o["type"] != "null"
+                    })
+                });
+            if let Some(o) = chosen {
+                accepts(root, &o, value, path, unknown);
+            }
+            return;
+        }
+    }
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match node["properties"].get(k) {
+                    Some(p) => accepts(root, p, v, &format!("{path}.{k}"), unknown),
+                    None if node["additionalProperties"] == false => unknown.push(format!("{path}.{k}")),
+                    None => {
+                        if let Some(extra) = node.get("additionalProperties").filter(|a| a.is_object()) {
+                            accepts(root, extra, v, &format!("{path}.{k}"), unknown);
+                        }
+                    }
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                accepts(root, &node["items"], v, &format!("{path}[{i}]"), unknown);
+            }
+        }
+        _ => {}
+    }
+}

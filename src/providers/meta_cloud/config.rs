@@ -12,7 +12,7 @@ use crate::providers::{ProviderSettings, RawSettings};
 use crate::validation::{Env, Problems, SecretSources};
 
 /// One WhatsApp Business number on Meta's Cloud API, as written in YAML.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetaCloud {
     /// Name used by rules and in the webhook path `/webhooks/<id>`.

@@ -28,7 +28,7 @@ pub const DEFAULT_CONTENT_BASE_URL: &str = "https://content.twilio.com";
 pub const MAX_BODY_CHARS: usize = 1600;
 
 /// One approved template as Twilio's Content API knows it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentTemplate {
     /// The name rules use (`template.name`), usually the template's friendly name.
@@ -45,7 +45,7 @@ pub struct ContentTemplate {
 }
 
 /// One WhatsApp sender on Twilio, as written in YAML.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTwilio {
     /// Name used by rules and in the webhook path `/webhooks/<id>`.

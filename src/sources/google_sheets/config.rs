@@ -11,7 +11,7 @@ use crate::sources::{RawConsent, RawSettings, RawWriteBack, SourceSettings};
 use crate::validation::{Env, Problems, SecretSources};
 
 /// One tab of a Google Sheet, as written in YAML.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGoogleSheets {
     /// Name used by rules.

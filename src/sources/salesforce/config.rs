@@ -19,7 +19,7 @@ pub const SANDBOX_LOGIN: &str = "https://test.salesforce.com";
 pub const DEFAULT_API_VERSION: &str = "62.0";
 
 /// One object of a Salesforce org, as written in YAML.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSalesforce {
     /// Name used by rules.
@@ -118,7 +118,7 @@ pub struct RawSalesforce {
 }
 
 /// `interaction_log:` of a Salesforce source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInteractionLog {
     /// `Task` (default: an activity on the Contact and the record) or a custom object such as
@@ -171,7 +171,7 @@ impl InteractionLog {
 }
 
 /// `auth:` of a Salesforce source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     /// `jwt_bearer` (a connected app with a certificate; recommended) or `client_credentials`
