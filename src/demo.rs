@@ -697,5 +697,25 @@ async fn print_summary(running: &app::RunningApp) -> anyhow::Result<()> {
         println!("  {state:<10} {n:>5}");
     }
     println!("  {:<10} {:>5}", "respuestas", replies);
+    // What a Prometheus server would scrape now: each rule's funnel.
+    let url = format!("http://{}/metrics", running.webhook_addr());
+    let text = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .context("scraping /metrics")?
+        .text()
+        .await
+        .context("reading /metrics")?;
+    let mut funnel: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("recado_messages{") && !l.ends_with(" 0")).collect();
+    funnel.sort_unstable();
+    anyhow::ensure!(!funnel.is_empty(), "/metrics shows no funnel");
+    println!("\n/metrics (GET {url}), el embudo por regla:");
+    for line in funnel {
+        println!("  {line}");
+    }
     Ok(())
 }

@@ -81,7 +81,16 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
         }
     }
     if !missing.is_empty() {
-        return Err(missing);
+        // Named as the configuration writes them, with the header meant when one is close: a
+        // misspelt consent column must not read as "nobody consented".
+        let names: Vec<String> = table.header.iter().map(|h| h.trim().to_string()).collect();
+        return Err(missing
+            .into_iter()
+            .map(|m| match crate::domain::spelling::closest(&m, &names) {
+                Some(c) => format!("'{m}' (did you mean '{c}'?)"),
+                None => format!("'{m}'"),
+            })
+            .collect());
     }
     let key_col = table.column(spec.key).unwrap_or(0);
     let phone_col = table.column(spec.phone).unwrap_or(0);
@@ -225,8 +234,8 @@ mod tests {
 
     #[test]
     fn missing_fields_are_all_named() {
-        let err = read_records(&table(), &spec(&["Curso", "Mentor"], &[])).unwrap_err();
-        assert_eq!(err, vec!["Curso".to_string(), "Mentor".to_string()]);
+        let err = read_records(&table(), &spec(&["Curso", "Mentor", "Consentimento"], &[])).unwrap_err();
+        assert_eq!(err, ["'Curso'", "'Mentor'", "'Consentimento' (did you mean 'Consentimiento'?)"]);
     }
 
     #[test]

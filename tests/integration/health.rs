@@ -365,6 +365,34 @@ async fn the_dashboard_needs_its_password_and_shows_the_funnel_in_a_real_browser
     h.stop().await;
 }
 
+/// A misspelt consent column does not read as "nobody consented": the daemon pauses the
+/// source, `/readyz` names the column with the header meant, nothing is sent and no row is
+/// marked "no consent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_consent_column_pauses_the_source_and_says_which_column_was_meant() {
+    let mut h = Harness::new(vec![crate::harness::row(120, "Ana", "Sí", "Activo")]).await;
+    h.consent_column = "Consentimento";
+    h.user(120, true, None);
+    h.start_without_waiting().await;
+    let url = h.webhook_url().replace("/webhooks/whatsapp", "/readyz");
+    let last = std::sync::Mutex::new(Value::Null);
+    wait_for("/readyz to name the misspelt column", Duration::from_secs(20), || async {
+        let r = reqwest::get(&url).await.unwrap();
+        let code = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        let error = body["components"]["source:inscripciones"]["last_error"].as_str().unwrap_or("").to_string();
+        *last.lock().unwrap() = body;
+        code == 503 && error.contains("'Consentimento' (did you mean 'Consentimiento'?)")
+    })
+    .await;
+    h.add_row(crate::harness::row(121, "Beto", "Sí", "Activo"));
+    h.quiesce().await;
+    assert!(h.messages().await.is_empty(), "nothing queued while the source is paused");
+    assert_eq!(h.sandbox.meta().sent_count(), 0);
+    assert_eq!(h.cell("120", "Error WhatsApp"), "", "no row says 'no consent'");
+    h.stop().await;
+}
+
 /// `recado check --online` reaches the sheet as the daemon will: a misspelt column (in a rule's
 /// text) and a misspelt consent column each get "did you mean" and the real headers; a sheet
 /// not shared with the service account is named with the account's e-mail; a right
