@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let key = dir.path().join("sa.json");
     std::fs::write(&key, sandbox.service_account_key("load@sandbox"))?;
+    sandbox.google().share("load", "load@sandbox");
     let base = sandbox.base_url();
     let yaml = format!(
         r#"

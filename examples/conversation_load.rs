@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let key = dir.path().join("sa.json");
     std::fs::write(&key, sandbox.service_account_key("load@sandbox.iam.gserviceaccount.com"))?;
+    sandbox.google().share("carga", "load@sandbox.iam.gserviceaccount.com");
     let base = sandbox.base_url();
     let yaml = format!(
         r#"

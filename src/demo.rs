@@ -347,6 +347,8 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
 
     let key_file = dir.path().join("service-account.json");
     std::fs::write(&key_file, sandbox.service_account_key("recado-demo@recado-sandbox.iam.gserviceaccount.com"))?;
+    // As the programme team does once: share the sheet with recado's service account.
+    sandbox.google().share(SHEET, "recado-demo@recado-sandbox.iam.gserviceaccount.com");
     for (name, params, button) in
         [("confirmacion_inscripcion", 3, false), ("encuesta_seguimiento", 1, true), ("recordatorio_cita", 3, false)]
     {

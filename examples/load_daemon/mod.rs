@@ -50,6 +50,7 @@ impl LoadDaemon {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("sa.json");
         std::fs::write(&key, sandbox.service_account_key("load@sandbox"))?;
+        sandbox.google().share("load", "load@sandbox");
         let base = sandbox.base_url();
         let provider = if twilio {
             format!(

@@ -138,6 +138,7 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
     }
     let key_file = dir.path().join("sa.json");
     std::fs::write(&key_file, sandbox.service_account_key("recado-demo@sandbox.iam.gserviceaccount.com"))?;
+    sandbox.google().share(SHEET, "recado-demo@sandbox.iam.gserviceaccount.com");
     let state_path = dir.path().join("recado.db");
     let yaml = super::with_provider(YAML, provider);
     let running =

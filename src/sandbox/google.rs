@@ -1549,6 +1549,17 @@ impl GoogleState {
         self.lock().shared_with.insert(id.to_string(), emails.iter().map(|e| e.to_string()).collect());
     }
 
+    /// Shares spreadsheet `id` with one more service account (by `client_email`), as a person
+    /// adding it in the sheet's Share dialog. As at Google, a sheet is shared with nobody until
+    /// then: every service account's reads are refused. Sharing outlives re-seeding the id.
+    pub fn share(&self, id: &str, email: &str) {
+        let mut g = self.lock();
+        let users = g.shared_with.entry(id.to_string()).or_default();
+        if !users.iter().any(|u| u == email) {
+            users.push(email.to_string());
+        }
+    }
+
     /// Creates or replaces a spreadsheet whose strings are parsed as a person typing them
     /// (USER_ENTERED) in `locale`: `"23/11/2026"` is a date in es_CL, `"0042"` the number 42.
     pub fn seed_typed(&self, id: &str, time_zone: &str, locale: &str, tabs: Vec<(String, Vec<Vec<Value>>)>) {
@@ -1816,9 +1827,9 @@ impl GoogleState {
                 Some((u, exp)) if *exp > Instant::now() => user = u.clone(),
                 _ => return Err(unauthenticated(kind)),
             }
-            // A file not shared with the caller: Drive does not admit it exists; the Sheets API
-            // says the caller lacks permission.
-            if g.shared_with.get(subject).is_some_and(|users| !users.contains(&user)) {
+            // A file not shared with the caller (every file, until a person shares it): Drive
+            // does not admit it exists; the Sheets API says the caller lacks permission.
+            if !g.shared_with.get(subject).is_some_and(|users| users.contains(&user)) {
                 return Err(match kind {
                     Kind::DriveGet => drive_not_found(subject),
                     _ => {
@@ -4033,6 +4044,10 @@ mod tests {
             sb.google().set_quota(1000, 1000);
             let http = reqwest::Client::new();
             let key = Secret::new(sb.service_account_key("unit@sandbox.iam.gserviceaccount.com"));
+            // The spreadsheets these tests seed, shared with the account as a person would.
+            for id in ["s", "rt"] {
+                sb.google().share(id, "unit@sandbox.iam.gserviceaccount.com");
+            }
             let account = ServiceAccount::new(&key, http.clone(), Duration::from_secs(5)).unwrap();
             let client = SheetsClient::new(
                 http.clone(),

@@ -309,7 +309,7 @@ async fn admin_index(State(st): State<SandboxState>) -> Json<Value> {
         "salesforce_url": format!("{b}/salesforce"),
         "admin": [
             "POST /admin/google/service-accounts {client_email}",
-            "PUT /admin/google/spreadsheets/{id} {time_zone, locale?, user_entered?, tabs:[{title, rows}]}",
+            "PUT /admin/google/spreadsheets/{id} {time_zone, locale?, user_entered?, tabs:[{title, rows}], shared_with: [client_email]}",
             "GET /admin/google/spreadsheets/{id}/tabs/{tab}",
             "POST /admin/google/spreadsheets/{id}/tabs/{tab}/rows {values, at?}",
             "DELETE /admin/google/spreadsheets/{id}/tabs/{tab}/rows/{n}",
@@ -377,6 +377,10 @@ struct SeedIn {
     #[serde(default)]
     user_entered: bool,
     tabs: Vec<TabIn>,
+    /// Service accounts (`client_email`) the spreadsheet is shared with, as a person does in
+    /// its Share dialog: a sheet shared with nobody refuses every account, as at Google.
+    #[serde(default)]
+    shared_with: Vec<String>,
 }
 
 fn default_locale() -> String {
@@ -390,6 +394,9 @@ fn default_tz() -> String {
 async fn admin_seed(State(st): State<SandboxState>, Path(id): Path<String>, Json(b): Json<SeedIn>) -> Response {
     let input = if b.user_entered { google::ValueInput::UserEntered } else { google::ValueInput::Raw };
     st.google.seed_with(&id, &b.time_zone, &b.locale, input, b.tabs.into_iter().map(|t| (t.title, t.rows)).collect());
+    for email in &b.shared_with {
+        st.google.share(&id, email);
+    }
     ok()
 }
 

@@ -9,9 +9,10 @@
 //! account and sender) are adopted by the emulators instead, so the copy differs from the
 //! original only where it must. Then the sandbox is made ready for it:
 //!
-//! * each Google Sheets source's tab is seeded from a CSV (`--seed SOURCE=FILE`) or with a few
-//!   example rows under the headers the configuration names, and every phone in them is a
-//!   simulated WhatsApp user who reads what arrives;
+//! * each Google Sheets source's tab is seeded from a CSV (`--seed SOURCE=FILE`) or with a
+//!   few example rows under the headers the configuration names, and its spreadsheet shared
+//!   with the rehearsal's service account (a sheet is shared with nobody until someone does);
+//!   every phone in the rows is a simulated WhatsApp user who reads what arrives;
 //! * every template the rules and flows send is registered, approved, with the parameters the
 //!   configuration fills (Twilio's Content SIDs are the sandbox's, rewritten in the copy);
 //! * the emulators' webhooks point at the daemon's `/webhooks/<provider id>`.
@@ -303,6 +304,8 @@ fn seed_sources(
     for (id, tabs) in spreadsheets {
         // As a person typing them: "23/11/2026" becomes a date, "42" a number.
         sandbox.google().seed_typed(id, &zone, "es_CL", tabs);
+        // As the team does once with the real sheet.
+        sandbox.google().share(id, SERVICE_ACCOUNT);
     }
     let mut users = 0;
     for phone in phones {

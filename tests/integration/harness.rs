@@ -163,6 +163,7 @@ impl Harness {
         let key_file = dir.path().join("sa.json");
         std::fs::write(&key_file, sandbox.service_account_key("recado-test@sandbox.iam.gserviceaccount.com"))
             .expect("key written");
+        sandbox.google().share(SHEET, "recado-test@sandbox.iam.gserviceaccount.com");
         Self {
             vendor: Vendor::Meta,
             sandbox,
