@@ -82,6 +82,9 @@ fn rewrite(sandbox: &Sandbox, mut tree: Value, dir: &Path, notes: &mut Vec<Strin
     let Some(http) = http.as_object_mut() else { bail!("http: expected a mapping") };
     let listen = http.get("listen").and_then(Value::as_str).unwrap_or("127.0.0.1:8080").to_string();
     let port = listen.rsplit(':').next().unwrap_or("8080").to_string();
+    if port == "0" {
+        bail!("http.listen: the rehearsal needs a fixed port (the emulators call the daemon there), not {listen}");
+    }
     let daemon = format!("http://127.0.0.1:{port}");
     http.insert("public_url".into(), json!(daemon));
     if had_secret(http, "dashboard_password") {
