@@ -170,7 +170,7 @@ pub enum Command {
 /// Runs a command; returns the process exit code.
 pub async fn execute(cli: Cli) -> i32 {
     match cli.command {
-        Command::Check { config, online } => match Config::load(&config) {
+        Command::Check { config, online } => match load_checked(&config) {
             Ok(c) => {
                 println!(
                     "configuration is valid: {} provider(s), {} source(s), {} rule(s)",
@@ -448,5 +448,16 @@ fn parse_phone(phone: &str, region: &str) -> anyhow::Result<crate::domain::Phone
 
 /// Loads the configuration, printing every problem when it is invalid.
 fn load(paths: &[PathBuf]) -> Option<Config> {
-    Config::load(paths).map_err(|errors| eprint!("{errors}")).ok()
+    load_checked(paths).map_err(|errors| eprint!("{errors}")).ok()
+}
+
+/// The configuration, validated, and checked against what the compiled rules can tell.
+fn load_checked(paths: &[PathBuf]) -> Result<Config, crate::config::ConfigErrors> {
+    let config = Config::load(paths)?;
+    let problems = crate::rules::config_problems(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(crate::config::ConfigErrors(problems))
+    }
 }

@@ -1,12 +1,13 @@
 //! `recado check --online`: what only the live services can tell, asked before the daemon
 //! starts. Each provider is asked whether its credentials work and whether every template the
 //! configuration sends exists, is approved, in that language, with the parameters the
-//! configuration fills (each vendor folder knows how to ask). Each source is reached as the daemon will reach it (same clients, same
-//! credentials): a source that refuses names the account recado reads as, so the person knows
-//! whom to share the sheet with; every field the configuration names (key, phone, consent,
-//! language, time zone, write-back, and what rules read) must be in the source, and a misspelt
-//! one gets "did you mean …?" with the list of real names. (A write-back field that is missing
-//! is added by recado, so it is reported only when it looks like a misspelt existing one.)
+//! configuration fills (each vendor folder knows how to ask). Each source is reached as the
+//! daemon will reach it (same clients, same credentials): a source that refuses says who
+//! recado is there and what to do (whom to share with, which user needs access); every field
+//! the configuration names (key, phone, consent, language, time zone, write-back, and what
+//! rules read) must be in the source, and a misspelt one gets "did you mean …?" with the list
+//! of real names. (A write-back field that is missing is added by recado, so it is reported
+//! only when it looks like a misspelt existing one.)
 //!
 //! Nothing is written and nothing is sent.
 
@@ -46,12 +47,14 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
     let id = source.id().to_string();
     let subject = format!("sources.{id}");
     let finding = |message: String| Finding { subject: subject.clone(), message };
-    // The first call also proves the credentials and the access.
-    if let Err(e) = source.time_zone().await {
-        return vec![finding(format!(
-            "{e}; recado reads it as {} (share it with that account, with edit rights)",
-            source.identity()
-        ))];
+    // The first call also proves the credentials and the access; a refusal (not a timeout or
+    // an outage) says who recado is there and what to do.
+    match source.time_zone().await {
+        Ok(_) => {}
+        Err(e @ crate::sources::SourceError::Permanent(_)) => {
+            return vec![finding(format!("{e}; {}", source.access_hint()))];
+        }
+        Err(e) => return vec![finding(e.to_string())],
     }
     let names = match source.field_names().await {
         Ok(n) => n,
@@ -59,8 +62,10 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
     };
     let wanted = crate::rules::named_fields(config, &id);
     let Some(names) = names else {
-        // Only a read tells: one read with every named field required.
-        let spec = ReadSpec { required: wanted.iter().map(|(f, _)| f.clone()).collect(), referenced: Vec::new() };
+        // Only a read tells: one read with every named field required, except the write-back
+        // ones, which reads never select (they are recado's own).
+        let required = wanted.iter().filter(|(_, by)| by != "write_back").map(|(f, _)| f.clone()).collect();
+        let spec = ReadSpec { required, referenced: Vec::new() };
         return match source.read(&spec, None).await {
             Ok(_) => Vec::new(),
             Err(e) => vec![finding(e.to_string())],

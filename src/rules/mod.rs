@@ -480,6 +480,37 @@ pub fn named_fields(config: &crate::config::Config, id: &str) -> Vec<(String, St
     out
 }
 
+/// What only the rules, compiled, can tell about a configuration: a rule that watches or reads
+/// a field recado writes itself (`write_back`, the source's or a rule's own). Such a field is
+/// never read as data, so the trigger would never fire and the text would fail on every record.
+pub fn config_problems(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut out = Vec::new();
+    for (i, r) in config.rules.iter().enumerate() {
+        let Some(s) = config.source(&r.source) else { continue };
+        let written: Vec<String> = s.write_back.fields().iter().map(|f| f.trim().to_lowercase()).collect();
+        let is_written = |f: &str| written.contains(&f.trim().to_lowercase());
+        if let Trigger::Changed { field, .. } | Trigger::Date { field, .. } = &r.trigger {
+            if is_written(field) {
+                out.push(crate::config::ConfigError {
+                    path: format!("rules[{i}].when"),
+                    message: format!("'{field}' is a field recado writes (write_back): a rule cannot watch it"),
+                });
+            }
+        }
+        for f in referenced_paths(std::slice::from_ref(r), &r.source) {
+            if is_written(&f) {
+                out.push(crate::config::ConfigError {
+                    path: format!("rules[{i}]"),
+                    message: format!(
+                        "its text or filter reads '{f}', a field recado writes (write_back), which is never read as data"
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// As [`referenced_fields`], with attribute access kept as a path: `{{ Contacto__r.FirstName }}`
 /// gives `Contacto__r.FirstName` (a source that reads fields by name selects these).
 pub fn referenced_paths(rules: &[RuleConfig], source_id: &str) -> Vec<String> {

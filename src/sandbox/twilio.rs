@@ -1097,14 +1097,16 @@ pub async fn fetch_message(
     }
 }
 
-/// `GET /2010-04-01/Accounts/{sid}.json`: the account, when the credentials open it.
+/// `GET /2010-04-01/Accounts/{sid}.json`: the account, when the Account SID and Auth Token
+/// open it (a standard API key gets 20003, as at Twilio).
 pub async fn fetch_account(
     State(st): State<SandboxState>,
     Path(account): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let s = st.twilio.settings();
-    if authenticated(&s, &headers).is_none() {
+    // Standard API keys may not read the Accounts resource: only the Auth Token opens it.
+    if authenticated(&s, &headers).is_none_or(|who| who != s.account_sid) {
         return unauthenticated();
     }
     let sid = account.strip_suffix(".json").unwrap_or(&account);

@@ -432,10 +432,11 @@ impl Source {
 
     /// Who recado reads and writes as, for messages that tell a person what to share with
     /// whom (a service account's e-mail, an integration user).
-    pub fn identity(&self) -> String {
+    /// Who recado is at the vendor and what a person does when the vendor refuses it.
+    pub fn access_hint(&self) -> String {
         match self {
-            Source::GoogleSheets(s) => s.identity(),
-            Source::Salesforce(s) => s.identity(),
+            Source::GoogleSheets(s) => s.access_hint(),
+            Source::Salesforce(s) => s.access_hint(),
         }
     }
 

@@ -272,3 +272,42 @@ async fn a_configuration_rehearsed_on_the_sandbox_runs_at_once_and_sends() {
     let _ = daemon.wait();
     let _ = sandbox.wait();
 }
+
+/// A rule cannot watch or read a field recado writes itself (the source's `write_back`, or a
+/// rule's own): such a field is never read as data, so `recado check` says so instead of the
+/// source pausing for good at run time.
+#[test]
+fn check_refuses_a_rule_that_watches_or_reads_a_field_recado_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.json");
+    std::fs::write(&key, recado::sandbox::GoogleState::new().create_service_account("http://127.0.0.1:1", "a@b.c"))
+        .unwrap();
+    let yaml = format!(
+        r#"
+state: {{ path: /tmp/x.db }}
+providers:
+  - {{ id: w, type: meta_cloud, phone_number_id: "1", access_token: t, app_secret: s, verify_token: v }}
+sources:
+  - id: s
+    type: google_sheets
+    spreadsheet_id: x
+    tab: t
+    key_column: ID
+    phone_column: Teléfono
+    service_account_key_file: "{key}"
+    write_back: {{ status: Estado WhatsApp }}
+rules:
+  - {{ id: a, source: s, when: {{ changed: Estado WhatsApp }}, provider: w, template: {{ name: t, language: es }} }}
+  - {{ id: b, source: s, when: row_added, provider: w, template: {{ name: t, language: es }}, write_back: {{ status: Estado_hola }} }}
+  - {{ id: c, source: s, when: row_added, if: "Estado_hola == ''", provider: w, template: {{ name: t, language: es }} }}
+"#,
+        key = key.display()
+    );
+    let (code, text) = check(yaml.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("rules[0].when: 'Estado WhatsApp' is a field recado writes (write_back): a rule cannot watch it"),
+        "{text}"
+    );
+    assert!(text.contains("rules[2]: its text or filter reads 'Estado_hola', a field recado writes"), "{text}");
+}

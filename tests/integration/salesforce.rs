@@ -1275,3 +1275,27 @@ flows:
     let left = recado::store::pending_writes(&mut conn, &["reportes".to_string()], 100).await.unwrap();
     assert!(left.is_empty(), "nothing left queued: {left:?}");
 }
+
+/// `recado check --online` on an org: the write-back fields (which reads never select) do not
+/// count as missing, a right configuration passes, and a misspelt field is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_passes_a_right_org_configuration_and_names_a_misspelt_field() {
+    let mut h = org("", "").await;
+    let config = h.dir.path().join("recado.yaml");
+    let check = |yaml: String| {
+        std::fs::write(&config, yaml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
+            .args(["check", "--online", "--config"])
+            .arg(&config)
+            .output()
+            .expect("recado runs");
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let yaml = h.yaml_override.take().unwrap();
+    let (code, text) = check(yaml.clone());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("online: every source answered"), "{text}");
+    let (code, text) = check(yaml.replace("fields: [Fecha__c, Estado__c,", "fields: [Fecha__c, Estdo__c,"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("Estdo__c"), "{text}");
+}

@@ -1,5 +1,6 @@
 //! What `recado check --online` asks Twilio: whether the credentials open the account
-//! (`GET /2010-04-01/Accounts/{sid}.json`, which must be `active`), and for each Content SID
+//! (`GET /2010-04-01/Accounts/{sid}.json`, which must be `active`; with an API key, which may
+//! not read that resource, one page of the Messages list), and for each Content SID
 //! the configuration maps a template to, whether the Content API has it
 //! (`GET /v1/Content/{sid}`: its language and its variables) and WhatsApp approved it
 //! (`GET /v1/Content/{sid}/ApprovalRequests`).
@@ -46,12 +47,21 @@ struct WhatsAppApproval {
 impl Twilio {
     pub async fn check_online(&self, uses: &[TemplateUse]) -> Vec<String> {
         let c = &self.config;
-        let account = format!("{}/2010-04-01/Accounts/{}.json", c.base_url, c.account_sid);
-        match self.get_json::<Account>(&account).await {
-            Err(e) => return vec![format!("the account could not be read with the configured credentials: {e}")],
-            Ok(a) => {
-                if let Some(status) = a.status.filter(|s| s != "active") {
-                    return vec![format!("the account is {status}, not active: Twilio sends nothing for it")];
+        if c.api_key.is_some() {
+            // A standard API key may not read the Accounts resource: the Messages list (one
+            // entry) proves the key and the account instead.
+            let page = format!("{}/2010-04-01/Accounts/{}/Messages.json?PageSize=1", c.base_url, c.account_sid);
+            if let Err(e) = self.get_json::<Value>(&page).await {
+                return vec![format!("the account could not be read with the configured API key: {e}")];
+            }
+        } else {
+            let account = format!("{}/2010-04-01/Accounts/{}.json", c.base_url, c.account_sid);
+            match self.get_json::<Account>(&account).await {
+                Err(e) => return vec![format!("the account could not be read with the configured credentials: {e}")],
+                Ok(a) => {
+                    if let Some(status) = a.status.filter(|s| s != "active") {
+                        return vec![format!("the account is {status}, not active: Twilio sends nothing for it")];
+                    }
                 }
             }
         }

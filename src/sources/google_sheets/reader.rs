@@ -136,8 +136,12 @@ impl TabReader {
     }
 
     /// Who recado reads the sheet as: the service account the sheet must be shared with.
-    pub fn identity(&self) -> String {
-        format!("the service account {}", self.client.account().client_email())
+    /// What to do when the spreadsheet refuses recado: share it with the account it reads as.
+    pub fn access_hint(&self) -> String {
+        format!(
+            "recado reads it as the service account {}: share the spreadsheet with that account as an Editor (recado writes back)",
+            self.client.account().client_email()
+        )
     }
 
     pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {

@@ -231,11 +231,16 @@ impl RecordReader {
 
     /// The configured time zone, else the org's (`Organization.TimeZoneSidKey`).
     /// Who recado signs in as.
-    pub fn identity(&self) -> String {
-        match &self.cfg.auth {
+    /// What to do when the org refuses recado: the user it signs in as needs access.
+    pub fn access_hint(&self) -> String {
+        let user = match &self.cfg.auth {
             super::config::AuthConfig::JwtBearer { username, .. } => format!("the integration user {username}"),
             _ => "the connected app's run-as user".to_string(),
-        }
+        };
+        format!(
+            "recado signs in as {user}: check the connected app's policies and that user's access to {}",
+            self.cfg.object
+        )
     }
 
     pub async fn time_zone(&self) -> Result<String, SourceError> {
