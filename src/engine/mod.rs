@@ -240,9 +240,10 @@ impl EngineCtx {
         self.write_status(source_id, rule_id, key, state.as_str().to_string(), at_ms, error)
     }
 
-    /// `queued` for a message just queued, or `queued until 2026-11-23 09:00` (local time)
-    /// when it will wait more than a minute for its time (quiet hours, a reminder's hour), so
-    /// the row does not look stuck.
+    /// `queued` for a message just queued, or `queued until 2026-11-23 09:00` when it will wait
+    /// more than a minute for its time (quiet hours, a reminder's hour), so the row does not
+    /// look stuck. The time is in the zone the rule's hours are in, named when it is not the
+    /// source's own (whose zone every other time on the row is in).
     pub fn queued_writes(
         &self,
         source_id: &str,
@@ -251,34 +252,50 @@ impl EngineCtx {
         now_ms: i64,
         due_ms: i64,
     ) -> Vec<FieldWrite> {
-        let status = match self.source_tz(source_id).timestamp_millis_opt(due_ms).single() {
+        let source_tz = self.source_tz(source_id);
+        let rule_tz = self
+            .config
+            .rules
+            .iter()
+            .find(|r| r.id == rule_id)
+            .and_then(|r| r.time_zone)
+            .or(self.config.defaults.time_zone)
+            .unwrap_or(source_tz);
+        let status = match rule_tz.timestamp_millis_opt(due_ms).single() {
             Some(due) if due_ms > now_ms + QUEUED_UNTIL_AFTER_MS => {
-                format!("{} until {}", MessageState::Queued.as_str(), due.format("%Y-%m-%d %H:%M"))
+                let zone = if rule_tz == source_tz { String::new() } else { format!(" ({})", rule_tz.name()) };
+                format!("{} until {}{zone}", MessageState::Queued.as_str(), due.format("%Y-%m-%d %H:%M"))
             }
             _ => MessageState::Queued.as_str().to_string(),
         };
         self.write_status(source_id, rule_id, key, status, now_ms, None)
     }
 
-    /// The field that shows `rule_id`'s status on its records: its own, else its source's.
-    fn status_field(&self, source_id: &str, rule_id: &str) -> Option<&String> {
-        match self.config.rules.iter().find(|r| r.id == rule_id).and_then(|r| r.write_back.as_ref()) {
-            Some(w) => w.status.as_ref(),
-            None => self.source(source_id)?.write_back.status.as_ref(),
-        }
+    /// The fields that show `rule_id`'s status on its records (status, its time, its error):
+    /// its own, else its source's.
+    fn status_fields(&self, source_id: &str, rule_id: &str) -> Vec<&String> {
+        let (status, at, error) =
+            match self.config.rules.iter().find(|r| r.id == rule_id).and_then(|r| r.write_back.as_ref()) {
+                Some(w) => (&w.status, &w.status_at, &w.error),
+                None => match self.source(source_id) {
+                    Some(s) => (&s.write_back.status, &s.write_back.status_at, &s.write_back.error),
+                    None => return Vec::new(),
+                },
+            };
+        [status, at, error].into_iter().flatten().collect()
     }
 
     /// Whether `m`'s status may be written on its record: no newer message for the record
-    /// shows its status in the same field (the newest message owns a shared status field; a
-    /// rule with fields of its own owns them alone).
+    /// writes any of the same fields (the newest message owns shared status fields; a rule with
+    /// fields of its own owns them alone).
     pub async fn owns_status_fields(
         &self,
         conn: &mut sqlx::SqliteConnection,
         m: &OutboxMessage,
     ) -> Result<bool, crate::store::StoreError> {
-        let mine = self.status_field(&m.source_id, &m.rule_id);
+        let mine = self.status_fields(&m.source_id, &m.rule_id);
         let newer = crate::store::newer_rules_for_record(conn, m).await?;
-        Ok(newer.iter().all(|r| self.status_field(&m.source_id, r) != mine))
+        Ok(newer.iter().all(|r| self.status_fields(&m.source_id, r).iter().all(|f| !mine.contains(f))))
     }
 
     /// The status fields of `rule_id` (its own `write_back`, else its source's) set to

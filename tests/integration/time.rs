@@ -209,10 +209,9 @@ async fn quiet_hours_defer_instead_of_dropping() {
     let opens = chrono::DateTime::from_timestamp_millis(m.next_attempt_at).unwrap();
     assert_eq!((opens.hour(), opens.minute()), (start, 0), "due when the window opens");
     assert!(opens > now);
-    // The row says until when, not a bare "queued": in the sheet's own time zone, like every
-    // time recado writes on it.
-    let local = opens.with_timezone(&chrono_tz::America::Santiago);
-    h.wait_cell("110", "Estado WhatsApp", &format!("queued until {}", local.format("%Y-%m-%d %H:%M"))).await;
+    // The row says until when, not a bare "queued": in the zone the hours were given in (UTC
+    // here), named, since the sheet's own zone (every other time on the row) is another.
+    h.wait_cell("110", "Estado WhatsApp", &format!("queued until {} (UTC)", opens.format("%Y-%m-%d %H:%M"))).await;
     // When the window opens, it goes.
     h.clock.advance((opens - h.clock.now()).to_std().unwrap() + Duration::from_secs(1));
     h.wait_cell("110", "Estado WhatsApp", "read").await;

@@ -112,11 +112,13 @@ impl MetaCloud {
                 serde_json::from_slice(&bytes).map_err(|e| format!("unreadable template list from Meta: {e}"))?;
             out.extend(page.data);
             match page.paging.and_then(|p| p.next) {
-                Some(next) => request = self.http.get(next),
+                // The token goes only to Meta's own address.
+                Some(next) if next.starts_with(&format!("{}/", c.base_url)) => request = self.http.get(next),
+                Some(_) => return Err("Meta's next page of templates is at another address; not followed".into()),
                 None => return Ok(out),
             }
         }
-        Ok(out)
+        Err(format!("the account has more than {} templates; the list was not read to its end", MAX_PAGES * 100))
     }
 
     /// One GET within the call timeout; a refusal in Meta's words with its code.

@@ -85,8 +85,8 @@ pub struct RawTwilio {
     #[serde(default)]
     pub base_url: Option<String>,
     /// The Content API base URL, where `recado check --online` reads templates and their
-    /// approval (default `https://content.twilio.com`; when `base_url` points elsewhere, such
-    /// as the sandbox, which serves both, that).
+    /// approval (default `https://content.twilio.com`, also with a regional `base_url`; when
+    /// `base_url` is not a twilio.com host, such as the sandbox, which serves both, that).
     #[serde(default)]
     pub content_base_url: Option<String>,
     /// Where Twilio posts status callbacks. Default: `<http.public_url>/webhooks/<id>`, which
@@ -266,7 +266,14 @@ pub fn validate(
         }
     }
     let base_url = p.url(&format!("{path}.base_url"), t.base_url, DEFAULT_BASE_URL, false);
-    let content_default = if base_url == DEFAULT_BASE_URL { DEFAULT_CONTENT_BASE_URL } else { base_url.as_str() };
+    // Twilio's own hosts (api.twilio.com, a regional edge) keep the Content API on its own
+    // host; anything else (the sandbox) serves both.
+    let twilio_host = base_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(|host| host == "twilio.com" || host.ends_with(".twilio.com"));
+    let content_default = if twilio_host { DEFAULT_CONTENT_BASE_URL } else { base_url.as_str() };
     let content_base_url = p.url(&format!("{path}.content_base_url"), t.content_base_url, content_default, false);
     let status_callback_url =
         t.status_callback_url.map(|u| p.url(&format!("{path}.status_callback_url"), Some(u), "", false));
