@@ -140,8 +140,34 @@ pub fn schema() -> Value {
             defs.remove(&fields);
             defs.insert(entry, def);
         }
+        for def in defs.values_mut() {
+            add_aliases(def);
+        }
     }
     s
+}
+
+/// Fields read under a second name (`#[serde(alias)]`, which schemars does not see): (field,
+/// alias, another field that only the owning definition has).
+const ALIASES: &[(&str, &str, &str)] = &[("column", "field", "granted_values"), ("consumer_key", "client_id", "flow")];
+
+/// Lets `def` take each alias in place of its field (one of the two, when it is required).
+fn add_aliases(def: &mut Value) {
+    for (field, alias, marker) in ALIASES {
+        let Some(props) = def["properties"].as_object_mut() else { continue };
+        let Some(original) = props.get(*field).cloned() else { continue };
+        if !props.contains_key(*marker) {
+            continue;
+        }
+        let mut same = original;
+        same["description"] = json!(format!("Another name for `{field}`."));
+        props.insert(alias.to_string(), same);
+        let required = def["required"].as_array().cloned().unwrap_or_default();
+        if required.iter().any(|r| r == field) {
+            def["required"] = Value::Array(required.into_iter().filter(|r| r != field).collect());
+            def["oneOf"] = json!([{ "required": [field] }, { "required": [alias] }]);
+        }
+    }
 }
 
 /// `docs/configuration.md`: every section and field with its type and description.

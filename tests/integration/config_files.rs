@@ -305,11 +305,19 @@ fn the_configuration_reference_and_schema_match_the_code_and_accept_the_examples
         reference == recado::config::schema::markdown(),
         "docs/configuration.md is stale: run `cargo run -- schema --format markdown > docs/configuration.md`"
     );
-    for example in ["config/sheets-meta.example.yaml", "config/salesforce.example.yaml", "config/demo.yaml"] {
-        let tree = recado::config::Config::merged(&[root.join(example)], &recado::config::Env::fixed::<&str, &str>([]))
-            .unwrap_or_else(|e| panic!("{example}: {e}"));
+    let examples: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("demo-twilio-provider.yaml"))
+        .collect();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for example in &examples {
+        let example = example.strip_prefix(root).unwrap().display().to_string();
+        let tree =
+            recado::config::Config::merged(&[root.join(&example)], &recado::config::Env::fixed::<&str, &str>([]))
+                .unwrap_or_else(|e| panic!("{example}: {e}"));
         let mut unknown = Vec::new();
-        accepts(&schema, &schema, &tree, example, &mut unknown);
+        accepts(&schema, &schema, &tree, &example, &mut unknown);
         assert!(unknown.is_empty(), "keys the schema does not know: {unknown:?}");
     }
     // And it refuses what is not a field.
@@ -331,8 +339,10 @@ fn accepts(
         let name = r.rsplit('/').next().unwrap();
         return accepts(root, &root["$defs"][name], value, path, unknown);
     }
+    // Alternatives (an option, a vendor entry); a definition with fields of its own uses
+    // `oneOf` only to say which of two names is required.
     for key in ["anyOf", "oneOf"] {
-        if let Some(options) = node[key].as_array() {
+        if let Some(options) = node[key].as_array().filter(|_| node.get("properties").is_none()) {
             // The option whose `type` constant matches, else the first that takes the value.
             let resolve = |o: &serde_json::Value| match o["$ref"].as_str() {
                 Some(r) => root["$defs"][r.rsplit('/').next().unwrap()].clone(),
@@ -349,8 +359,9 @@ fn accepts(
                         u.is_empty() && o["type"] != "null"
                     })
                 });
-            if let Some(o) = chosen {
-                accepts(root, &o, value, path, unknown);
+            match chosen {
+                Some(o) => accepts(root, &o, value, path, unknown),
+                None => unknown.push(format!("{path}: none of its allowed forms")),
             }
             return;
         }
