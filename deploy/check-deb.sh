@@ -50,6 +50,7 @@ systemd-analyze security --offline=true --root="$root" --threshold=20 recado.ser
 echo "the service starts and reports ready (packaged binary, packaged configuration, rehearsed on the sandbox):"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 sed "s/^  listen: 127.0.0.1:8080$/  listen: 127.0.0.1:$port/" "$root/etc/recado/recado.yaml" > "$work/recado.yaml"
+grep -q "^  listen: 127.0.0.1:$port$" "$work/recado.yaml" || { echo "the packaged config's http.listen line changed: update this script" >&2; exit 1; }
 "$root/usr/bin/recado" sandbox --listen 127.0.0.1:0 --config "$work/recado.yaml" --out "$work/rehearsal" > "$work/sandbox.log" 2>&1 &
 sandbox_pid=$!
 for _ in $(seq 300); do
@@ -64,8 +65,9 @@ binary, config, path = sys.argv[1:4]
 listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 listener.bind(path)
 listener.settimeout(60)
+log = open(path + ".log", "w")
 daemon = subprocess.Popen([binary, "run", "--config", config], env={"NOTIFY_SOCKET": path, "PATH": "/usr/bin:/bin"},
-                          stderr=subprocess.DEVNULL)
+                          stderr=log)
 def heard(prefix):
     while True:
         message = listener.recv(4096).decode()
@@ -79,6 +81,8 @@ try:
     code = daemon.wait(timeout=60)
 except Exception as e:
     daemon.kill()
+    log.close()
+    sys.stderr.write(open(path + ".log").read())
     sys.exit(f"the daemon did not report ready and stop: {e!r}")
 if code != 0:
     sys.exit(f"the daemon exited {code} after SIGTERM")

@@ -13,6 +13,8 @@ use crate::sandbox::{MetaSettings, Sandbox};
 #[command(
     name = "recado",
     version,
+    // `recado --help` and `recado COMMAND --help`; no `help` command (it has no page of its own).
+    disable_help_subcommand = true,
     about = "Google Sheets ⇄ WhatsApp: messages by rules, receipts and replies written back to the row"
 )]
 pub struct Cli {
@@ -53,6 +55,7 @@ pub enum Command {
     /// configuration names, credentials, and every template: exists, approved, language,
     /// parameters).
     Check {
+        /// Configuration files (YAML); later ones override earlier ones.
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
         /// Also ask the live services (reads only; nothing is written or sent).
@@ -62,6 +65,7 @@ pub enum Command {
     /// Show what would be sent now and in the next days, and why some records get nothing,
     /// without sending and without changing the state.
     Plan {
+        /// Configuration files (YAML); later ones override earlier ones.
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
         /// How many days ahead.
@@ -77,6 +81,7 @@ pub enum Command {
     /// conversations, the contact); if they had opted out, keep only a keyed hash of their
     /// number so nothing is sent to it again. Records in the sources are not touched.
     Forget {
+        /// Configuration files (YAML); later ones override earlier ones.
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
         /// The person's phone number, in any common format.
@@ -88,6 +93,7 @@ pub enum Command {
     /// Each rule's funnel (queued, sent, delivered, read, replied, failed, skipped), read from
     /// the state store; safe while the daemon runs.
     Report {
+        /// Configuration files (YAML); later ones override earlier ones.
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
         /// Only this rule (`flow:<id>` for a conversation's messages).
@@ -103,6 +109,7 @@ pub enum Command {
     /// One person's history: messages and their states, what they wrote, consent and opt-out.
     /// The number is masked unless --show-phone is given.
     Contact {
+        /// Configuration files (YAML); later ones override earlier ones.
         #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
         config: Vec<PathBuf>,
         /// The person's phone number, in any common format.
@@ -376,8 +383,12 @@ pub async fn execute(cli: Cli) -> i32 {
                 None => root,
                 Some(name) => match root.find_subcommand(&name) {
                     // Named as its page is: recado-run(1).
-                    // The process prints one page and exits: leaking the name is harmless.
-                    Some(sub) => sub.clone().name(&*String::leak(format!("recado-{name}"))),
+                    // Titled as its page is, recado-run(1); its synopsis is `recado run`.
+                    Some(sub) => sub
+                        .clone()
+                        .display_name(format!("recado-{name}"))
+                        .bin_name(format!("recado {name}"))
+                        .version(env!("CARGO_PKG_VERSION")),
                     None => {
                         eprintln!("error: no command '{name}'");
                         return 1;

@@ -63,8 +63,9 @@ pub async fn plan(
             continue;
         }
         let source_tz: chrono_tz::Tz = source.time_zone().await?.parse().unwrap_or(chrono_tz::UTC);
-        let spec =
-            ReadSpec { required: Vec::new(), referenced: crate::rules::referenced_paths(&config.rules, &cfg.id) };
+        // As the daemon reads it: a misspelt consent field is named, not taken for "no consent".
+        let required = crate::rules::required_fields(config.rules.iter().filter(|r| r.source == cfg.id), cfg);
+        let spec = ReadSpec { required, referenced: crate::rules::referenced_paths(&config.rules, &cfg.id) };
         let read = source.read(&spec, None).await.map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
         let views: Vec<RecordView> = read
             .records

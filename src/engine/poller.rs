@@ -108,18 +108,7 @@ impl SourcePoller {
         if let Some(tz) = state.time_zone.as_deref().and_then(|t| t.parse::<chrono_tz::Tz>().ok()) {
             ctx.set_source_tz(&settings.id, tz);
         }
-        let mut required: Vec<String> = Vec::new();
-        for r in ctx.rules.for_source(&settings.id) {
-            match &r.trigger {
-                Trigger::Changed { field, .. } | Trigger::Date { field, .. } => required.push(field.clone()),
-                Trigger::RowAdded | Trigger::Cron { .. } => {}
-            }
-        }
-        if let Some(c) = &settings.consent {
-            required.push(c.field.clone());
-        }
-        required.sort();
-        required.dedup();
+        let required = crate::rules::required_fields(ctx.rules.for_source(&settings.id), &settings);
         let mut referenced = crate::rules::referenced_paths(&ctx.config.rules, &settings.id);
         referenced.extend(settings.time_zone_field.iter().cloned());
         let health_name = format!("source:{}", settings.id);

@@ -480,6 +480,25 @@ pub fn named_fields(config: &crate::config::Config, id: &str) -> Vec<(String, St
     out
 }
 
+/// Fields a source's rules cannot work without (what triggers watch, and the consent field):
+/// a read without one of them fails and names it, instead of every record looking changed or
+/// without consent.
+pub fn required_fields<'a>(
+    rules: impl Iterator<Item = &'a RuleConfig>,
+    settings: &crate::sources::SourceSettings,
+) -> Vec<String> {
+    let mut required: Vec<String> = rules
+        .filter_map(|r| match &r.trigger {
+            Trigger::Changed { field, .. } | Trigger::Date { field, .. } => Some(field.clone()),
+            Trigger::RowAdded | Trigger::Cron { .. } => None,
+        })
+        .chain(settings.consent.iter().map(|c| c.field.clone()))
+        .collect();
+    required.sort();
+    required.dedup();
+    required
+}
+
 /// What only the rules, compiled, can tell about a configuration: a rule that watches or reads
 /// a field recado writes itself (`write_back`, the source's or a rule's own). Such a field is
 /// never read as data, so the trigger would never fire and the text would fail on every record.

@@ -77,7 +77,14 @@ pub fn prepare(
 /// The rehearsal copy of the merged configuration tree.
 fn rewrite(sandbox: &Sandbox, mut tree: Value, dir: &Path, notes: &mut Vec<String>) -> anyhow::Result<Value> {
     let Some(root) = tree.as_object_mut() else { bail!("the configuration is not a mapping") };
-    root.insert("state".into(), json!({ "path": dir.join("recado.db").display().to_string() }));
+    // Its own state file; the rest of `state` (retention) as configured.
+    let state = root.entry("state").or_insert_with(|| json!({}));
+    match state.as_object_mut() {
+        Some(s) => {
+            s.insert("path".into(), json!(dir.join("recado.db").display().to_string()));
+        }
+        None => *state = json!({ "path": dir.join("recado.db").display().to_string() }),
+    }
     let http = root.entry("http").or_insert_with(|| json!({}));
     let Some(http) = http.as_object_mut() else { bail!("http: expected a mapping") };
     let listen = http.get("listen").and_then(Value::as_str).unwrap_or("127.0.0.1:8080").to_string();
