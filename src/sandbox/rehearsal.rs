@@ -17,8 +17,13 @@
 //!   configuration fills (Twilio's Content SIDs are the sandbox's, rewritten in the copy);
 //! * the emulators' webhooks point at the daemon's `/webhooks/<provider id>`.
 //!
-//! `recado run --config <dir>/recado.yaml` then works at once. Salesforce sources are not
-//! rehearsed yet (their objects and field types would have to be invented): the command says so.
+//! A Salesforce source's object is defined from what the configuration names (a related
+//! `Contacto__r.MobilePhone` becomes a lookup to a Contact with that field; the consent field a
+//! checkbox; date triggers and write-back times date-times; the rest text), and its records
+//! created from a CSV whose columns are those fields, or a few examples; the source signs in to
+//! the emulator's connected app with its key, written beside the copy.
+//!
+//! `recado run --config <dir>/recado.yaml` then works at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +71,7 @@ pub fn prepare(
         .map_err(|e| anyhow::anyhow!("the rehearsal copy {} is not valid:\n{e}", config_path.display()))?;
     register_templates(sandbox, &config, &mut notes);
     seed_sources(sandbox, &config, seeds, &mut notes)?;
+    seed_orgs(sandbox, &config, seeds, &mut notes)?;
     notes.push(format!(
         "run it: recado run --config {}   (state in {})",
         config_path.display(),
@@ -183,10 +189,22 @@ fn rewrite(sandbox: &Sandbox, mut tree: Value, dir: &Path, notes: &mut Vec<Strin
                 s.insert("sheets_base_url".into(), json!(sandbox.sheets_base_url()));
                 s.insert("drive_base_url".into(), json!(sandbox.drive_base_url()));
             }
-            other => bail!(
-                "sources.{}: a {other} source cannot be rehearsed yet (its objects would have to be invented); `recado demo --scenario salud` shows Salesforce against the sandbox",
-                text(s, "id")
-            ),
+            "salesforce" => {
+                let key = dir.join("salesforce-key.pem");
+                std::fs::write(&key, super::keys::PRIVATE_KEY_PEM)
+                    .with_context(|| format!("writing {}", key.display()))?;
+                s.insert("login_url".into(), json!(sandbox.salesforce_url()));
+                s.insert(
+                    "auth".into(),
+                    json!({
+                        "flow": "jwt_bearer",
+                        "consumer_key": super::salesforce::SANDBOX_CONSUMER_KEY,
+                        "username": super::salesforce::SANDBOX_USERNAME,
+                        "private_key_file": key.display().to_string(),
+                    }),
+                );
+            }
+            other => bail!("sources.{}: the sandbox cannot rehearse a source of type '{other}'", text(s, "id")),
         }
     }
     Ok(tree)
@@ -248,13 +266,11 @@ fn seed_sources(
         .collect();
     for (source, path) in seeds {
         match source {
-            Some(id) if !sheets.iter().any(|g| &g.settings.id == id) => {
-                bail!("--seed {id}={}: no Google Sheets source '{id}'", path.display())
-            }
-            None if sheets.len() != 1 => bail!(
-                "--seed {}: name the source it is for (--seed SOURCE=FILE): there are {} sheet sources",
+            Some(id) if config.source(id).is_none() => bail!("--seed {id}={}: no source '{id}'", path.display()),
+            None if config.sources.len() != 1 => bail!(
+                "--seed {}: name the source it is for (--seed SOURCE=FILE): there are {} sources",
                 path.display(),
-                sheets.len()
+                config.sources.len()
             ),
             _ => {}
         }
@@ -317,6 +333,203 @@ fn seed_sources(
         // As the team does once with the real sheet.
         sandbox.google().share(id, SERVICE_ACCOUNT);
     }
+    let users = add_users(sandbox, phones);
+    if users > 0 {
+        notes.push(format!(
+            "{users} simulated WhatsApp user(s), one per phone in the rows (and the example row), read what arrives"
+        ));
+    }
+    Ok(())
+}
+
+/// Fields of the watched object recado reads about itself, never defined by the rehearsal.
+const SYSTEM_FIELDS: &[&str] =
+    &["Id", "Name", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted", "OwnerId"];
+/// Contact fields every org has.
+const CONTACT_FIELDS: &[&str] = &["Id", "FirstName", "LastName", "Name", "MobilePhone", "Phone", "Email"];
+
+/// Defines each Salesforce source's object (every field the configuration names, related
+/// ones on the Contact, the interaction log's fields) and creates its records from a CSV (a
+/// column per field, `Contacto__r.MobilePhone` included) or a few examples.
+fn seed_orgs(
+    sandbox: &Sandbox,
+    config: &Config,
+    seeds: &[(Option<String>, PathBuf)],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    use super::salesforce::{FieldDef, FieldKind, ObjectDef};
+    let sf = sandbox.salesforce();
+    for source in &config.sources {
+        let SourceConfig::Salesforce(c) = source else { continue };
+        let s = &c.settings;
+        let id = &s.id;
+        let dates: Vec<&str> = config
+            .rules
+            .iter()
+            .filter(|r| &r.source == id)
+            .filter_map(|r| match &r.trigger {
+                Trigger::Date { field, .. } => Some(field.as_str()),
+                _ => None,
+            })
+            .collect();
+        let consent = s.consent.as_ref().map(|c| c.field.as_str());
+        let times = [s.write_back.status_at.as_deref(), s.write_back.last_reply_at.as_deref()];
+        let kind_of = |f: &str| {
+            if Some(f) == consent {
+                FieldKind::Boolean
+            } else if dates.contains(&f) || times.contains(&Some(f)) {
+                FieldKind::Datetime
+            } else {
+                FieldKind::String
+            }
+        };
+        let mut names: Vec<String> = c.fields.clone();
+        names.extend(crate::rules::named_fields(config, id).into_iter().map(|(f, _)| f));
+        names.sort();
+        names.dedup();
+        let mut own: Vec<FieldDef> = Vec::new();
+        let mut lookups: Vec<String> = Vec::new();
+        for name in &names {
+            match name.split_once('.') {
+                None if SYSTEM_FIELDS.contains(&name.as_str()) => {}
+                None if *name == s.key_field => own.push(FieldDef::new(name, FieldKind::String).external_id()),
+                None => own.push(FieldDef::new(name, kind_of(name)).with_length(255)),
+                Some((relationship, field)) => {
+                    let lookup = lookup_field(relationship);
+                    if !lookups.contains(&lookup) {
+                        lookups.push(lookup.clone());
+                        own.push(FieldDef::reference(&lookup, "Contact"));
+                    }
+                    if !CONTACT_FIELDS.contains(&field) {
+                        sf.add_field("Contact", FieldDef::new(field, kind_of(name)).with_length(255));
+                    }
+                }
+            }
+        }
+        if let Some(log) = &c.interaction_log {
+            let mut log_fields: Vec<FieldDef> =
+                std::iter::once(FieldDef::new(&log.key_field, FieldKind::String).with_length(255))
+                    .chain(log.fields.iter().map(|(_, f)| FieldDef::new(f, FieldKind::String).with_length(255)))
+                    .collect();
+            if let Some(f) = &log.contact_field {
+                if !lookups.contains(f) && !own.iter().any(|d| &d.name == f) {
+                    lookups.push(f.clone());
+                    own.push(FieldDef::reference(f, "Contact"));
+                }
+            }
+            if log.is_task() {
+                for f in log_fields {
+                    sf.add_field("Task", f);
+                }
+            } else {
+                log_fields.extend(log.record_lookup.iter().map(|f| FieldDef::reference(f, &c.object)));
+                log_fields.extend(log.contact_lookup.iter().map(|f| FieldDef::reference(f, "Contact")));
+                sf.define_object(ObjectDef::new(&log.object, "a0L", log_fields));
+            }
+        }
+        sf.define_object(ObjectDef::new(&c.object, "a0R", own).with_activities());
+
+        let csv = seeds.iter().find(|(source, _)| source.as_deref().is_none_or(|x| x == id)).map(|(_, p)| p);
+        let rows = match csv {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                parse_csv(&text).with_context(|| format!("reading {}", path.display()))?
+            }
+            None => {
+                let header: Vec<String> = names
+                    .iter()
+                    .filter(|n| !s.write_back.fields().contains(&n.as_str()) && !SYSTEM_FIELDS.contains(&n.as_str()))
+                    .cloned()
+                    .collect();
+                let today = chrono::Utc::now();
+                let mut rows = vec![header.clone()];
+                for n in 1..=EXAMPLE_ROWS {
+                    rows.push(
+                        header
+                            .iter()
+                            .map(|f| {
+                                if *f == s.phone_field {
+                                    format!("+56 9 8765 {:04}", 9100 + n)
+                                } else if Some(f.as_str()) == consent {
+                                    "true".into()
+                                } else if dates.contains(&f.as_str()) {
+                                    (today + chrono::Duration::days(2 + n as i64)).to_rfc3339()
+                                } else if *f == s.key_field {
+                                    format!("R-{n:04}")
+                                } else {
+                                    format!("ejemplo {n}")
+                                }
+                            })
+                            .collect(),
+                    );
+                }
+                rows
+            }
+        };
+        let Some((header, data)) = rows.split_first() else { continue };
+        let mut created = 0;
+        let mut phones = Vec::new();
+        for row in data {
+            let mut record = Map::new();
+            let mut related: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+            for (name, value) in header.iter().zip(row) {
+                let value = match kind_of(name) {
+                    FieldKind::Boolean => json!(c.settings.consent.as_ref().is_some_and(|c| c.is_granted(value))),
+                    _ if value.is_empty() => Value::Null,
+                    _ => json!(value),
+                };
+                if *name == s.phone_field {
+                    phones.push(row_value(header, row, name));
+                }
+                match name.split_once('.') {
+                    Some((relationship, field)) => {
+                        related.entry(lookup_field(relationship)).or_default().insert(field.to_string(), value);
+                    }
+                    None => {
+                        record.insert(name.clone(), value);
+                    }
+                }
+            }
+            for (lookup, mut fields) in related {
+                fields.entry("LastName").or_insert_with(|| json!(format!("Ejemplo {}", created + 1)));
+                let contact =
+                    sf.create("Contact", fields).map_err(|e| anyhow::anyhow!("sources.{id}: a Contact: {e}"))?;
+                record.insert(lookup, json!(contact));
+            }
+            sf.create(&c.object, record).map_err(|e| anyhow::anyhow!("sources.{id}: a {} record: {e}", c.object))?;
+            created += 1;
+        }
+        notes.push(format!(
+            "source {id}: object {} defined ({} field(s), related ones on Contact) with {created} record(s){}",
+            c.object,
+            names.len(),
+            csv.map(|p| format!(" from {}", p.display())).unwrap_or_default()
+        ));
+        let records = format!("{}/admin/salesforce/records", sandbox.base_url());
+        notes.push(format!(
+            "  see the records: curl {records}/{object}\n    add one as staff would (rules for new records fire; those above are the baseline): POST a Contact to {records}/Contact, then a {object} with its id in the lookup field, e.g. curl -X POST {records}/{object} -H 'content-type: application/json' -d '{{...}}'",
+            object = c.object
+        ));
+        let users = add_users(sandbox, phones);
+        notes.push(format!("{users} simulated WhatsApp user(s), one per phone in the records, read what arrives"));
+    }
+    Ok(())
+}
+
+/// The lookup field of a relationship: `Contacto__r` → `Contacto__c`, `Contact` → `ContactId`.
+fn lookup_field(relationship: &str) -> String {
+    match relationship.strip_suffix("__r") {
+        Some(stem) => format!("{stem}__c"),
+        None => format!("{relationship}Id"),
+    }
+}
+
+fn row_value(header: &[String], row: &[String], name: &str) -> String {
+    header.iter().position(|h| h == name).and_then(|i| row.get(i)).cloned().unwrap_or_default()
+}
+
+/// Simulated WhatsApp users who read what arrives, one per phone.
+fn add_users(sandbox: &Sandbox, phones: Vec<String>) -> usize {
     let mut users = 0;
     for phone in phones {
         let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
@@ -337,12 +550,7 @@ fn seed_sources(
         });
         users += 1;
     }
-    if users > 0 {
-        notes.push(format!(
-            "{users} simulated WhatsApp user(s), one per phone in the rows (and the example row), read what arrives"
-        ));
-    }
-    Ok(())
+    users
 }
 
 /// A header with every field the configuration names in `source` (write-back columns are

@@ -1299,3 +1299,65 @@ async fn check_online_passes_a_right_org_configuration_and_names_a_misspelt_fiel
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("Estdo__c"), "{text}");
 }
+
+/// Rehearsing the Salesforce example configuration (only its port and intervals changed): the
+/// sandbox defines the object from what the configuration names (a lookup to a Contact for
+/// `Contacto__r.*`, the consent a checkbox), creates example records, and the daemon on the
+/// rehearsal copy signs in, reads them as the baseline, and a record added as staff would gets
+/// its message with the status written on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_salesforce_example_rehearsed_on_the_sandbox_sends_to_a_new_record() {
+    let sandbox = recado::sandbox::Sandbox::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        recado::sandbox::MetaSettings { status_delay_ms: 30, ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/salesforce.example.yaml"))
+        .unwrap()
+        .replace("listen: \"127.0.0.1:8080\"", &format!("listen: \"127.0.0.1:{port}\""))
+        .replace("poll_interval: 30s", "poll_interval: 200ms\n    flush_interval: 200ms")
+        .replace("send_between: \"09:00-20:00\"", "send_between: \"00:00-23:59\"");
+    let config = dir.path().join("recado.yaml");
+    std::fs::write(&config, example).unwrap();
+    let rehearsal =
+        recado::sandbox::rehearsal::prepare(&sandbox, &[config], &dir.path().join("ensayo"), &[]).expect("rehearsal");
+    let text = rehearsal.notes.join("\n");
+    assert!(text.contains("object Cita__c defined") && text.contains("with 3 record(s)"), "{text}");
+    let copy =
+        recado::config::Config::load(std::slice::from_ref(&rehearsal.config_path)).unwrap_or_else(|e| panic!("{e}"));
+    let running = recado::app::start(copy).await.unwrap();
+    let store = running.ctx().store.clone();
+    wait_for("the baseline read", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            recado::store::source_state(&mut c, "citas").await.unwrap().baseline_done
+        }
+    })
+    .await;
+    let sf = sandbox.salesforce();
+    let contact = sf
+        .create(
+            "Contact",
+            fields(json!({"FirstName": "Nueva", "LastName": "Familia", "MobilePhone": "+56 9 8765 9199", "Consentimiento_WhatsApp__c": true})),
+        )
+        .unwrap();
+    sandbox.meta().add_user(recado::sandbox::SimUser { wa_id: "56987659199".into(), ..Default::default() });
+    let cita = sf
+        .create(
+            "Cita__c",
+            fields(json!({"Contacto__c": contact, "Fecha__c": (Utc::now() + chrono::Duration::days(9)).to_rfc3339(), "Estado__c": "Agendada", "Centro__c": "CESFAM"})),
+        )
+        .unwrap();
+    wait_for("the new record's message, read, on the record", Duration::from_secs(20), || async {
+        sf.get("Cita__c", &cita)
+            .is_some_and(|r| matches!(r.get("WhatsApp_Estado__c").and_then(Value::as_str), Some("delivered" | "read")))
+    })
+    .await;
+    assert_eq!(sandbox.meta().sent_count(), 1, "only the new record: the examples are the baseline");
+    running.stop().await;
+    sandbox.stop().await;
+}
