@@ -56,6 +56,16 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
         }
         Err(e) => return vec![finding(e.to_string())],
     }
+    match source.can_write().await {
+        Ok(Some(false)) => {
+            return vec![finding(format!(
+                "readable but not writable (shared as Viewer): recado writes statuses back; {}",
+                source.access_hint()
+            ))]
+        }
+        Ok(_) => {}
+        Err(e) => return vec![finding(e.to_string())],
+    }
     let names = match source.field_names().await {
         Ok(n) => n,
         Err(e) => return vec![finding(e.to_string())],

@@ -1469,6 +1469,10 @@ struct Inner {
     /// Spreadsheets shared with named service accounts only (`share_only_with`); the others
     /// are readable by every account the sandbox issued a token to.
     shared_with: HashMap<String, Vec<String>>,
+    /// Accounts a spreadsheet is shared with as Viewer: they read, every write is refused.
+    viewers: HashMap<String, Vec<String>>,
+    /// The account of the request being served (Drive's `capabilities` depend on it).
+    caller: String,
     /// client_email → PKCS#1 public key DER.
     accounts: HashMap<String, Vec<u8>>,
     tokens: HashMap<String, (String, Instant)>,
@@ -1497,6 +1501,8 @@ impl GoogleState {
             inner: Mutex::new(Inner {
                 spreadsheets: HashMap::new(),
                 shared_with: HashMap::new(),
+                viewers: HashMap::new(),
+                caller: String::new(),
                 accounts: HashMap::new(),
                 tokens: HashMap::new(),
                 read_quota: 60,
@@ -1547,6 +1553,16 @@ impl GoogleState {
     /// sharing it from the sheet's Share dialog: any other account gets Google's refusal.
     pub fn share_only_with(&self, id: &str, emails: &[&str]) {
         self.lock().shared_with.insert(id.to_string(), emails.iter().map(|e| e.to_string()).collect());
+    }
+
+    /// Shares spreadsheet `id` with a service account as Viewer: it reads, and every write
+    /// (values and batchUpdate) gets 403 PERMISSION_DENIED; Drive says `canEdit: false`.
+    pub fn share_as_viewer(&self, id: &str, email: &str) {
+        let mut g = self.lock();
+        if let Some(editors) = g.shared_with.get_mut(id) {
+            editors.retain(|u| u != email);
+        }
+        g.viewers.entry(id.to_string()).or_default().push(email.to_string());
     }
 
     /// Shares spreadsheet `id` with one more service account (by `client_email`), as a person
@@ -1829,7 +1845,9 @@ impl GoogleState {
             }
             // A file not shared with the caller (every file, until a person shares it): Drive
             // does not admit it exists; the Sheets API says the caller lacks permission.
-            if !g.shared_with.get(subject).is_some_and(|users| users.contains(&user)) {
+            let editor = g.shared_with.get(subject).is_some_and(|users| users.contains(&user));
+            let viewer = g.viewers.get(subject).is_some_and(|users| users.contains(&user));
+            if !editor && !viewer {
                 return Err(match kind {
                     Kind::DriveGet => drive_not_found(subject),
                     _ => {
@@ -1837,6 +1855,15 @@ impl GoogleState {
                     }
                 });
             }
+            // A Viewer reads; Sheets refuses its writes.
+            if !editor && kind.is_write() {
+                return Err(google_error(
+                    StatusCode::FORBIDDEN,
+                    "PERMISSION_DENIED",
+                    "The caller does not have permission",
+                ));
+            }
+            g.caller = user.clone();
         }
         if let Some(pos) = g.faults.iter().position(|f| f.scope.covers(kind)) {
             let f = g.faults[pos].clone();
@@ -3056,6 +3083,7 @@ fn issue_token(g: &mut Inner, f: &TokenForm, expected_aud: &str) -> Response {
 
 /// Drive v3 file fields (a request for another is `Invalid field selection`).
 const DRIVE_FIELDS: &[&str] = &[
+    "capabilities",
     "kind",
     "id",
     "name",
@@ -3132,7 +3160,9 @@ pub async fn drive_get(
     st.google
         .serve(&headers, (Kind::DriveGet, &id.clone()), 0, move |g| {
             let Some(s) = g.spreadsheets.get(&id) else { return drive_not_found(&id) };
+            let can_edit = g.shared_with.get(&id).is_some_and(|users| users.contains(&g.caller));
             let file = json!({
+                "capabilities": { "canEdit": can_edit },
                 "kind": "drive#file", "id": s.id, "name": s.title, "mimeType": "application/vnd.google-apps.spreadsheet",
                 "version": s.version.to_string(), "trashed": false,
                 "modifiedTime": s.modified.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

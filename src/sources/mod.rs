@@ -430,6 +430,15 @@ impl Source {
         }
     }
 
+    /// Whether recado may write back, when the vendor says so without a write (`None`: only a
+    /// write would tell).
+    pub async fn can_write(&self) -> Result<Option<bool>, SourceError> {
+        match self {
+            Source::GoogleSheets(s) => s.can_write().await.map(Some),
+            Source::Salesforce(_) => Ok(None),
+        }
+    }
+
     /// Who recado reads and writes as, for messages that tell a person what to share with
     /// whom (a service account's e-mail, an integration user).
     /// Who recado is at the vendor and what a person does when the vendor refuses it.

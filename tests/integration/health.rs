@@ -395,8 +395,8 @@ async fn a_misspelt_consent_column_pauses_the_source_and_says_which_column_was_m
 
 /// `recado check --online` reaches the sheet as the daemon will: a misspelt column (in a rule's
 /// text) and a misspelt consent column each get "did you mean" and the real headers; a sheet
-/// not shared with the service account is named with the account's e-mail; a right
-/// configuration passes. Through the binary, over real HTTP against the sandbox.
+/// not shared with the service account is named with the account's e-mail, and one shared as
+/// Viewer is refused too (write-back would fail); a right configuration passes. Through the binary, over real HTTP against the sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     let mut h = Harness::new(vec![]).await;
@@ -429,6 +429,13 @@ async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("PERMISSION_DENIED"), "{text}");
     assert!(text.contains("recado-test@sandbox.iam.gserviceaccount.com"), "names the account to share with:\n{text}");
+
+    // Shared, but as Viewer: it reads, and every write-back would be refused.
+    h.sandbox.google().share_as_viewer(crate::harness::SHEET, "recado-test@sandbox.iam.gserviceaccount.com");
+    let (code, text) = check(h.yaml());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("readable but not writable (shared as Viewer)"), "{text}");
+    assert!(text.contains("as an Editor"), "{text}");
 }
 
 /// `recado check --online` asks the provider about every template the configuration sends:

@@ -208,6 +208,24 @@ impl SheetsClient {
         }
     }
 
+    /// Whether the account may edit the spreadsheet (Drive's `capabilities.canEdit`): a sheet
+    /// shared as Viewer reads fine and refuses every write-back.
+    pub async fn drive_can_edit(&self) -> Result<bool, SourceError> {
+        let url = format!("{}drive/v3/files/{}", self.drive_base, encode(&self.spreadsheet_id));
+        let query = [("fields", "capabilities/canEdit"), ("supportsAllDrives", "true")];
+        let body = self
+            .call_with(&self.drive_budget, "drive files.get", Paid::Now, |token| {
+                self.http.get(&url).query(&query).bearer_auth(token)
+            })
+            .await
+            .map_err(|(_, _, e)| e)?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| SourceError::Transient(format!("drive files.get: unreadable answer ({e})")))?;
+        v["capabilities"]["canEdit"]
+            .as_bool()
+            .ok_or_else(|| SourceError::Permanent("Drive did not say whether the file can be edited".into()))
+    }
+
     /// Time zone, locale and tabs.
     pub async fn metadata(&self) -> Result<Metadata, SourceError> {
         let v = self

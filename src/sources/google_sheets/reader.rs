@@ -136,6 +136,11 @@ impl TabReader {
     }
 
     /// Who recado reads the sheet as: the service account the sheet must be shared with.
+    /// Whether recado may write to the spreadsheet (it is shared as Editor, not Viewer).
+    pub async fn can_write(&self) -> Result<bool, SourceError> {
+        self.client.drive_can_edit().await
+    }
+
     /// What to do when the spreadsheet refuses recado: share it with the account it reads as.
     pub fn access_hint(&self) -> String {
         format!(
