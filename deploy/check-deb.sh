@@ -85,6 +85,8 @@ except Exception as e:
     sys.stderr.write(open(path + ".log").read())
     sys.exit(f"the daemon did not report ready and stop: {e!r}")
 if code != 0:
+    log.close()
+    sys.stderr.write(open(path + ".log").read())
     sys.exit(f"the daemon exited {code} after SIGTERM")
 print("  exited 0 after SIGTERM")
 PY

@@ -212,8 +212,13 @@ pub async fn execute(cli: Cli) -> i32 {
             }
         },
         Command::Run { config } => {
-            let Some(config) = load(&config) else {
-                return 1;
+            // Refused as `recado check` refuses it: a rule that could never work is not run.
+            let config = match load_checked(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return 1;
+                }
             };
             match crate::app::run_until_signal(config).await {
                 Ok(()) => 0,
@@ -384,11 +389,7 @@ pub async fn execute(cli: Cli) -> i32 {
                 Some(name) => match root.find_subcommand(&name) {
                     // Named as its page is: recado-run(1).
                     // Titled as its page is, recado-run(1); its synopsis is `recado run`.
-                    Some(sub) => sub
-                        .clone()
-                        .display_name(format!("recado-{name}"))
-                        .bin_name(format!("recado {name}"))
-                        .version(env!("CARGO_PKG_VERSION")),
+                    Some(sub) => sub.clone().display_name(format!("recado-{name}")).bin_name(format!("recado {name}")),
                     None => {
                         eprintln!("error: no command '{name}'");
                         return 1;
@@ -396,7 +397,8 @@ pub async fn execute(cli: Cli) -> i32 {
                 },
             };
             let mut out = Vec::new();
-            if let Err(e) = clap_mangen::Man::new(page).render(&mut out) {
+            let man = clap_mangen::Man::new(page).source(format!("recado {}", env!("CARGO_PKG_VERSION")));
+            if let Err(e) = man.render(&mut out) {
                 eprintln!("error: {e}");
                 return 1;
             }
@@ -459,7 +461,7 @@ fn parse_phone(phone: &str, region: &str) -> anyhow::Result<crate::domain::Phone
 
 /// Loads the configuration, printing every problem when it is invalid.
 fn load(paths: &[PathBuf]) -> Option<Config> {
-    load_checked(paths).map_err(|errors| eprint!("{errors}")).ok()
+    Config::load(paths).map_err(|errors| eprint!("{errors}")).ok()
 }
 
 /// The configuration, validated, and checked against what the compiled rules can tell.

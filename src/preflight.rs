@@ -26,10 +26,30 @@ pub struct Finding {
 /// Checks every source and every provider against the live services.
 pub async fn check_online(config: &Config) -> anyhow::Result<Vec<Finding>> {
     let http = crate::app::http_client()?;
-    let (sources, _writers) = crate::app::connect_sources(config, &http)?;
+    let (sources, writers) = crate::app::connect_sources(config, &http)?;
     let mut findings = Vec::new();
     for source in &sources {
-        findings.extend(check_source(config, source).await);
+        let found = check_source(config, source).await;
+        let reachable = found.is_empty();
+        findings.extend(found);
+        if !reachable {
+            continue;
+        }
+        let id = source.id();
+        // The fields that take a status: the source's, and each of its rules' own.
+        let status_fields: Vec<String> = config
+            .source(id)
+            .and_then(|s| s.write_back.status.clone())
+            .into_iter()
+            .chain(config.rules.iter().filter(|r| r.source == id).filter_map(|r| r.write_back.as_ref()?.status.clone()))
+            .collect();
+        for writer in writers.iter().filter(|w| w.source_ids().iter().any(|s| s == id)) {
+            match writer.write_back_problems(&status_fields).await {
+                Ok(problems) => findings
+                    .extend(problems.into_iter().map(|message| Finding { subject: format!("sources.{id}"), message })),
+                Err(e) => findings.push(Finding { subject: format!("sources.{id}"), message: e.to_string() }),
+            }
+        }
     }
     let providers = crate::app::connect_providers(config, &http, None);
     let uses = config.template_uses();
@@ -51,18 +71,16 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
     // an outage) says who recado is there and what to do.
     match source.time_zone().await {
         Ok(_) => {}
-        Err(e @ crate::sources::SourceError::Permanent(_)) => {
+        Err(e @ crate::sources::SourceError::Denied(_)) => {
             return vec![finding(format!("{e}; {}", source.access_hint()))];
         }
         Err(e) => return vec![finding(e.to_string())],
     }
     match source.can_write().await {
-        Ok(Some(false)) => {
-            return vec![finding(format!(
-                "readable but not writable (shared as Viewer): recado writes statuses back; {}",
-                source.access_hint()
-            ))]
-        }
+        Ok(Some(false)) => return vec![finding(format!(
+            "readable but not writable (shared as Viewer): recado writes statuses back and {}, which must be an Editor",
+            source.access_hint()
+        ))],
         Ok(_) => {}
         Err(e) => return vec![finding(e.to_string())],
     }

@@ -725,11 +725,18 @@ impl Dispatcher {
                 &self.ctx.interaction_writes(m, logged, now, None, Some(&acc.provider_message_id)),
             )
             .await?;
-            if next.is_some() && self.ctx.owns_status_fields(&mut tx, m).await? {
+            let owned = if next.is_some() { self.ctx.owned_status_fields(&mut tx, m).await? } else { Vec::new() };
+            if !owned.is_empty() {
                 // A successful send clears an old send error, but not a record problem that is
                 // still there (a duplicate key, say).
                 let clear = (!store::has_open_issue(&mut tx, &m.source_id, &m.record_key.0).await?).then_some("");
-                store::queue_writes(&mut tx, &self.ctx.status_writes(m, MessageState::Sent, now, clear)).await?;
+                let writes: Vec<_> = self
+                    .ctx
+                    .status_writes(m, MessageState::Sent, now, clear)
+                    .into_iter()
+                    .filter(|w| owned.contains(&w.field))
+                    .collect();
+                store::queue_writes(&mut tx, &writes).await?;
                 sources.insert(m.source_id.clone());
             }
         }
@@ -827,9 +834,8 @@ impl Dispatcher {
         };
         store::update_message(&mut tx, m.id, &u, now).await?;
         store::queue_writes(&mut tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
-        if self.ctx.owns_status_fields(&mut tx, m).await? {
-            store::queue_writes(&mut tx, &self.ctx.status_writes(m, state, now, Some(reason))).await?;
-        }
+        let writes = self.ctx.owned_status_writes(&mut tx, m, state, now, Some(reason)).await?;
+        store::queue_writes(&mut tx, &writes).await?;
         tx.commit().await?;
         warn!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, state = %state, "{reason}");
         self.ctx.wake_flusher(&m.source_id);

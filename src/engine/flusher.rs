@@ -128,7 +128,7 @@ impl Flusher {
         self.ctx.health.failed(&self.health_name, "loop", &failed.to_string());
         error!(writer = %self.writer.label(), "write-back failed, will retry: {failed}");
         match failed {
-            FlushError::Source(SourceError::Permanent(_) | SourceError::MissingFields(_)) => {
+            FlushError::Source(SourceError::Permanent(_) | SourceError::Denied(_) | SourceError::MissingFields(_)) => {
                 *failures += 1;
                 Some(refused_backoff(self.interval, *failures))
             }

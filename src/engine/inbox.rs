@@ -312,7 +312,8 @@ impl InboxProcessor {
         store::update_message(tx, m.id, &u, now).await?;
         let logs = self.ctx.interaction_writes(&m, next, now, reason.as_deref(), Some(provider_message_id));
         store::queue_writes(tx, &logs).await?;
-        if self.ctx.owns_status_fields(tx, &m).await? {
+        let owned = self.ctx.owned_status_fields(tx, &m).await?;
+        if !owned.is_empty() {
             let clear = if next == MessageState::Failed {
                 reason.as_deref()
             } else if store::has_open_issue(tx, &m.source_id, &m.record_key.0).await? {
@@ -320,7 +321,9 @@ impl InboxProcessor {
             } else {
                 Some("")
             };
-            store::queue_writes(tx, &self.ctx.status_writes(&m, next, now, clear)).await?;
+            let writes: Vec<_> =
+                self.ctx.status_writes(&m, next, now, clear).into_iter().filter(|w| owned.contains(&w.field)).collect();
+            store::queue_writes(tx, &writes).await?;
             effects.sources.insert(m.source_id.clone());
         }
         if next == MessageState::Failed {

@@ -285,17 +285,30 @@ impl EngineCtx {
         [status, at, error].into_iter().flatten().collect()
     }
 
-    /// Whether `m`'s status may be written on its record: no newer message for the record
-    /// writes any of the same fields (the newest message owns shared status fields; a rule with
-    /// fields of its own owns them alone).
-    pub async fn owns_status_fields(
+    /// The status fields `m` may still write on its record: those no newer message for the
+    /// record writes (the newest message owns shared status fields; a rule with fields of its
+    /// own owns them alone).
+    pub async fn owned_status_fields(
         &self,
         conn: &mut sqlx::SqliteConnection,
         m: &OutboxMessage,
-    ) -> Result<bool, crate::store::StoreError> {
-        let mine = self.status_fields(&m.source_id, &m.rule_id);
+    ) -> Result<Vec<String>, crate::store::StoreError> {
         let newer = crate::store::newer_rules_for_record(conn, m).await?;
-        Ok(newer.iter().all(|r| self.status_fields(&m.source_id, r).iter().all(|f| !mine.contains(f))))
+        let taken: Vec<&String> = newer.iter().flat_map(|r| self.status_fields(&m.source_id, r)).collect();
+        Ok(self.status_fields(&m.source_id, &m.rule_id).into_iter().filter(|f| !taken.contains(f)).cloned().collect())
+    }
+
+    /// [`Self::status_writes`] limited to the fields `m` still owns.
+    pub async fn owned_status_writes(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        m: &OutboxMessage,
+        state: MessageState,
+        at_ms: i64,
+        error: Option<&str>,
+    ) -> Result<Vec<FieldWrite>, crate::store::StoreError> {
+        let owned = self.owned_status_fields(conn, m).await?;
+        Ok(self.status_writes(m, state, at_ms, error).into_iter().filter(|w| owned.contains(&w.field)).collect())
     }
 
     /// The status fields of `rule_id` (its own `write_back`, else its source's) set to

@@ -146,8 +146,12 @@ impl SourcePoller {
             };
             drop(busy);
             self.count_poll(&id, &outcome, started.elapsed());
-            let refused =
-                matches!(outcome, Err(PollError::Source(SourceError::Permanent(_) | SourceError::MissingFields(_))));
+            let refused = matches!(
+                outcome,
+                Err(PollError::Source(
+                    SourceError::Permanent(_) | SourceError::Denied(_) | SourceError::MissingFields(_)
+                ))
+            );
             refusals = if refused { refusals + 1 } else { 0 };
             match outcome {
                 Ok(r) => {

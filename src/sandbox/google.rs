@@ -1826,7 +1826,7 @@ impl GoogleState {
         headers: &HeaderMap,
         (kind, subject): (Kind, &str),
         body_len: usize,
-    ) -> Result<Option<ActiveFault>, Response> {
+    ) -> Result<(Option<ActiveFault>, String), Response> {
         let mut g = self.lock();
         *g.counts.entry(kind.name()).or_insert(0) += 1;
         if body_len > g.payload_limit {
@@ -1863,7 +1863,6 @@ impl GoogleState {
                     "The caller does not have permission",
                 ));
             }
-            g.caller = user.clone();
         }
         if let Some(pos) = g.faults.iter().position(|f| f.scope.covers(kind)) {
             let f = g.faults[pos].clone();
@@ -1871,22 +1870,22 @@ impl GoogleState {
             if g.faults[pos].left == 0 {
                 g.faults.remove(pos);
             }
-            return Ok(Some(f));
+            return Ok((Some(f), user));
         }
         if g.window_start.elapsed() >= Duration::from_secs(60) {
             g.window_start = Instant::now();
             g.used.clear();
         }
         if matches!(kind, Kind::Token | Kind::DriveGet) {
-            return Ok(None); // Drive's quotas are far larger than Sheets'.
+            return Ok((None, user)); // Drive's quotas are far larger than Sheets'.
         }
         let limit = if kind.is_write() { g.write_quota } else { g.read_quota };
-        let used = g.used.entry((user, kind.is_write())).or_insert(0);
+        let used = g.used.entry((user.clone(), kind.is_write())).or_insert(0);
         if *used >= limit {
             return Err(quota_error(kind.is_write()));
         }
         *used += 1;
-        Ok(None)
+        Ok((None, user))
     }
 
     /// One request from admission to answer: the fault it drew (delay, hold, status), the work
@@ -1898,18 +1897,18 @@ impl GoogleState {
         body_len: usize,
         work: impl FnOnce(&mut Inner) -> Response,
     ) -> Response {
-        let fault = match self.admit(headers, (kind, subject), body_len) {
-            Ok(f) => f,
+        let (fault, caller) = match self.admit(headers, (kind, subject), body_len) {
+            Ok(admitted) => admitted,
             Err(r) => return r,
         };
-        let Some(f) = fault else { return self.work(kind, work) };
+        let Some(f) = fault else { return self.work(kind, &caller, work) };
         if f.applied {
-            let answer = self.work(kind, work);
+            let answer = self.work(kind, &caller, work);
             return self.misbehave(&f, kind, subject).await.unwrap_or(answer);
         }
         match self.misbehave(&f, kind, subject).await {
             Some(r) => r,
-            None => self.work(kind, work),
+            None => self.work(kind, &caller, work),
         }
     }
 
@@ -1925,8 +1924,11 @@ impl GoogleState {
         f.status.map(|status| fault_error(kind, status, subject))
     }
 
-    fn work(&self, kind: Kind, work: impl FnOnce(&mut Inner) -> Response) -> Response {
+    /// The work of a request, under the lock, with `caller` (the account it came from) set for
+    /// the length of it.
+    fn work(&self, kind: Kind, caller: &str, work: impl FnOnce(&mut Inner) -> Response) -> Response {
         let mut g = self.lock();
+        g.caller = caller.to_string();
         let r = work(&mut g);
         if r.status().is_success() {
             g.run_after(kind);
@@ -3117,7 +3119,6 @@ const DRIVE_FIELDS: &[&str] = &[
     "lastModifyingUser",
     "shared",
     "ownedByMe",
-    "capabilities",
     "viewersCanCopyContent",
     "copyRequiresWriterPermission",
     "writersCanShare",

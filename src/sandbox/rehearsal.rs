@@ -343,8 +343,7 @@ fn seed_sources(
 }
 
 /// Fields of the watched object recado reads about itself, never defined by the rehearsal.
-const SYSTEM_FIELDS: &[&str] =
-    &["Id", "Name", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted", "OwnerId"];
+const SYSTEM_FIELDS: &[&str] = &["Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted", "OwnerId"];
 /// Contact fields every org has.
 const CONTACT_FIELDS: &[&str] = &["Id", "FirstName", "LastName", "Name", "MobilePhone", "Phone", "Email"];
 
@@ -373,9 +372,11 @@ fn seed_orgs(
             })
             .collect();
         let consent = s.consent.as_ref().map(|c| c.field.as_str());
+        // A checkbox when "true" means yes; otherwise a text (a picklist) holding the values.
+        let consent_is_checkbox = s.consent.as_ref().is_some_and(|c| c.is_granted("true"));
         let times = [s.write_back.status_at.as_deref(), s.write_back.last_reply_at.as_deref()];
         let kind_of = |f: &str| {
-            if Some(f) == consent {
+            if Some(f) == consent && consent_is_checkbox {
                 FieldKind::Boolean
             } else if dates.contains(&f) || times.contains(&Some(f)) {
                 FieldKind::Datetime
@@ -451,7 +452,7 @@ fn seed_orgs(
                                 if *f == s.phone_field {
                                     format!("+56 9 8765 {:04}", 9100 + n)
                                 } else if Some(f.as_str()) == consent {
-                                    "true".into()
+                                    s.consent.as_ref().map(|c| c.granted_value.clone()).unwrap_or_default()
                                 } else if dates.contains(&f.as_str()) {
                                     (today + chrono::Duration::days(2 + n as i64)).to_rfc3339()
                                 } else if *f == s.key_field {
@@ -473,6 +474,10 @@ fn seed_orgs(
             let mut record = Map::new();
             let mut related: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
             for (name, value) in header.iter().zip(row) {
+                // The org sets these itself.
+                if SYSTEM_FIELDS.contains(&name.as_str()) {
+                    continue;
+                }
                 let value = match kind_of(name) {
                     FieldKind::Boolean => json!(c.settings.consent.as_ref().is_some_and(|c| c.is_granted(value))),
                     _ if value.is_empty() => Value::Null,

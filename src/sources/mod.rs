@@ -298,9 +298,13 @@ pub enum SourceError {
     /// The vendor did not answer in time.
     #[error("no answer to {what} within {} s", after.as_secs())]
     Timeout { what: String, after: Duration },
-    /// The request itself is wrong (no such tab, no permission, bad id): needs a person.
+    /// The request itself is wrong (no such tab, bad field): needs a person.
     #[error("refused: {0}")]
     Permanent(String),
+    /// recado's account may not do this (not shared, no permission, session refused): needs a
+    /// person to give it access.
+    #[error("refused access: {0}")]
+    Denied(String),
     /// Fields rules need are not there; the source is paused until they are.
     #[error("fields missing: {}", .0.join(", "))]
     MissingFields(Vec<String>),
@@ -441,7 +445,7 @@ impl Source {
 
     /// Who recado reads and writes as, for messages that tell a person what to share with
     /// whom (a service account's e-mail, an integration user).
-    /// Who recado is at the vendor and what a person does when the vendor refuses it.
+    /// Who recado is at the vendor, added to a refusal so a person knows whom to give access.
     pub fn access_hint(&self) -> String {
         match self {
             Source::GoogleSheets(s) => s.access_hint(),
@@ -470,6 +474,16 @@ impl SourceWriter {
         match self {
             SourceWriter::GoogleSheets(w) => w.label(),
             SourceWriter::Salesforce(w) => w.label(),
+        }
+    }
+
+    /// What only the vendor can tell about the write-back fields before anything is written
+    /// (`status_fields`: the fields that take a status). A sheet's missing column is added by
+    /// recado, so only fields recado cannot create are checked.
+    pub async fn write_back_problems(&self, status_fields: &[String]) -> Result<Vec<String>, SourceError> {
+        match self {
+            SourceWriter::GoogleSheets(_) => Ok(Vec::new()),
+            SourceWriter::Salesforce(w) => w.write_back_problems(status_fields).await,
         }
     }
 

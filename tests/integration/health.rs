@@ -435,7 +435,7 @@ async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     let (code, text) = check(h.yaml());
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("readable but not writable (shared as Viewer)"), "{text}");
-    assert!(text.contains("as an Editor"), "{text}");
+    assert!(text.contains("which must be an Editor"), "{text}");
 }
 
 /// `recado check --online` asks the provider about every template the configuration sends:

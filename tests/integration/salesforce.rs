@@ -1298,6 +1298,22 @@ async fn check_online_passes_a_right_org_configuration_and_names_a_misspelt_fiel
     let (code, text) = check(yaml.replace("fields: [Fecha__c, Estado__c,", "fields: [Fecha__c, Estdo__c,"));
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("Estdo__c"), "{text}");
+    // recado does not create Salesforce fields: a misspelt write-back field is found before
+    // the first write fails, and a status field that is not Text too.
+    let (code, text) = check(yaml.replace("status: WhatsApp_Estado__c", "status: WhatsApp_Estdo__c"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("'WhatsApp_Estdo__c' (named by write_back) is not a field of Cita__c, and recado does not create fields; did you mean 'WhatsApp_Estado__c'?"),
+        "{text}"
+    );
+    let swapped = yaml.replace(
+        "status: WhatsApp_Estado__c\n      status_at: WhatsApp_Fecha__c",
+        "status: WhatsApp_Fecha__c\n      status_at: WhatsApp_Estado__c",
+    );
+    assert_ne!(swapped, yaml);
+    let (code, text) = check(swapped);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("'WhatsApp_Fecha__c' (a status field) is of type datetime, and needs to be Text"), "{text}");
 }
 
 /// Rehearsing the Salesforce example configuration (only its port and intervals changed): the

@@ -101,12 +101,17 @@ pub fn classify(status: u16, body: &[u8], what: &str) -> SourceError {
     if status >= 500 || status == 408 {
         return SourceError::Transient(format!("{what}: {}", e.describe()));
     }
-    let hint = match status {
-        403 => " (is the spreadsheet shared with the service account's e-mail as Editor?)",
-        404 => " (check spreadsheet_id; a spreadsheet not shared with the service account is not found either)",
-        _ => "",
-    };
-    SourceError::Permanent(format!("{what}: {}{hint}", e.describe()))
+    match status {
+        401 | 403 => SourceError::Denied(format!(
+            "{what}: {} (is the spreadsheet shared with the service account's e-mail as Editor?)",
+            e.describe()
+        )),
+        404 => SourceError::Denied(format!(
+            "{what}: {} (check spreadsheet_id; a spreadsheet not shared with the service account is not found either)",
+            e.describe()
+        )),
+        _ => SourceError::Permanent(format!("{what}: {}", e.describe())),
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +129,7 @@ mod tests {
         let denied =
             br#"{"error":{"code":403,"message":"The caller does not have permission","status":"PERMISSION_DENIED"}}"#;
         match classify(403, denied, "values.get") {
-            SourceError::Permanent(m) => {
+            SourceError::Denied(m) => {
                 assert!(m.contains("PERMISSION_DENIED") && m.contains("shared with the service account"), "{m}")
             }
             other => panic!("{other:?}"),

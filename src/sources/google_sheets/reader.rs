@@ -141,12 +141,9 @@ impl TabReader {
         self.client.drive_can_edit().await
     }
 
-    /// What to do when the spreadsheet refuses recado: share it with the account it reads as.
+    /// Who recado is at Google, for a refusal's message (the account to share with).
     pub fn access_hint(&self) -> String {
-        format!(
-            "recado reads it as the service account {}: share the spreadsheet with that account as an Editor (recado writes back)",
-            self.client.account().client_email()
-        )
+        format!("recado reads it as the service account {}", self.client.account().client_email())
     }
 
     pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {

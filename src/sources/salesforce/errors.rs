@@ -46,8 +46,8 @@ pub fn classify(status: u16, body: &[u8], what: &str) -> SourceError {
             SourceError::Transient(format!("Salesforce dropped the query cursor ({message}); reading again"))
         }
         (500..=599, _) => SourceError::Transient(format!("Salesforce answered {status} to {what}{}", suffix(code, &message))),
-        (401, _) => SourceError::Permanent(format!("Salesforce refused the session for {what}{}", suffix(code, &message))),
-        (403, _) => SourceError::Permanent(format!(
+        (401, _) => SourceError::Denied(format!("Salesforce refused the session for {what}{}", suffix(code, &message))),
+        (403, _) => SourceError::Denied(format!(
             "Salesforce refused {what}{}: check the integration user's permission set (API Enabled, access to the object and fields)",
             suffix(code, &message)
         )),

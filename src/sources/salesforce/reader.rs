@@ -229,20 +229,16 @@ impl RecordReader {
         Ok(Probe { version: None })
     }
 
-    /// The configured time zone, else the org's (`Organization.TimeZoneSidKey`).
-    /// Who recado signs in as.
-    /// What to do when the org refuses recado: the user it signs in as needs access.
+    /// Who recado is in the org, for a refusal's message (the user that needs access).
     pub fn access_hint(&self) -> String {
         let user = match &self.cfg.auth {
             super::config::AuthConfig::JwtBearer { username, .. } => format!("the integration user {username}"),
             _ => "the connected app's run-as user".to_string(),
         };
-        format!(
-            "recado signs in as {user}: check the connected app's policies and that user's access to {}",
-            self.cfg.object
-        )
+        format!("recado signs in as {user}")
     }
 
+    /// The configured time zone, else the org's (`Organization.TimeZoneSidKey`).
     pub async fn time_zone(&self) -> Result<String, SourceError> {
         match &self.cfg.time_zone {
             Some(tz) => Ok(tz.clone()),

@@ -101,6 +101,40 @@ impl RecordWriter {
         self.cfg.settings.flush_interval
     }
 
+    /// What `recado check --online` asks before anything is written (a Salesforce field is
+    /// never created by recado, unlike a sheet's column): each write-back field of the object
+    /// exists and the integration user may edit it, and each field in `status_fields` is Text,
+    /// since it takes values such as `queued until 2026-11-23 09:00`.
+    pub async fn write_back_problems(&self, status_fields: &[String]) -> Result<Vec<String>, SourceError> {
+        let object = &self.cfg.object;
+        let fields = self.describe(object).await?;
+        let names: Vec<String> = fields.values().map(|f| f.name.clone()).collect();
+        let mut out = Vec::new();
+        for f in self.cfg.settings.write_back.fields() {
+            // A relationship path writes the related record (e.g. the Contact's consent).
+            if f.contains('.') {
+                continue;
+            }
+            match fields.get(&f.to_lowercase()) {
+                None => out.push(format!(
+                    "'{f}' (named by write_back) is not a field of {object}, and recado does not create fields; {}",
+                    crate::domain::spelling::did_you_mean(f, &names)
+                )),
+                Some(m) if !m.updateable => {
+                    out.push(format!("'{f}' (named by write_back) is not editable by the integration user on {object}"))
+                }
+                Some(m) if status_fields.iter().any(|s| s.eq_ignore_ascii_case(f)) && !matches!(m.kind.as_str(), "string" | "textarea") => {
+                    out.push(format!(
+                        "'{f}' (a status field) is of type {}, and needs to be Text: it takes values such as 'queued until 2026-11-23 09:00'",
+                        m.kind
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Every write is checked by its SaveResult: nothing to verify afterwards.
     pub fn needs_check(&self) -> bool {
         false
