@@ -77,10 +77,13 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
         Err(e) => return vec![finding(e.to_string())],
     }
     match source.can_write().await {
-        Ok(Some(false)) => return vec![finding(format!(
-            "readable but not writable (shared as Viewer): recado writes statuses back and {}, which must be an Editor",
-            source.access_hint()
-        ))],
+        Ok(Some(false)) => {
+            let who = source.access_hint();
+            let message = format!(
+                "readable but not writable (shared as Viewer): recado writes statuses back and {who}, which must be an Editor"
+            );
+            return vec![finding(message)];
+        }
         Ok(_) => {}
         Err(e) => return vec![finding(e.to_string())],
     }
