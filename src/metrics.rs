@@ -85,6 +85,9 @@ pub struct Metrics {
     pub polls: Family<SourceResult, Counter>,
     /// Seconds a poll took (read, diff, commit).
     pub poll_seconds: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    /// Phone numbers parsed by reads: after the first read, only changed cells' (a regression
+    /// back to every row's shows here first).
+    pub phone_parses: Family<SourceLabel, Counter>,
     /// Requests counted against a source's quota in its window (set at scrape).
     pub quota_used: Family<SourceWindow, Gauge>,
     /// What that window allows (set at scrape).
@@ -122,6 +125,7 @@ impl Metrics {
             provider_errors: Family::default(),
             polls: Family::default(),
             poll_seconds: Family::new_with_constructor(latency_buckets),
+            phone_parses: Family::default(),
             quota_used: Family::default(),
             quota_limit: Family::default(),
             webhooks: Family::default(),
@@ -145,6 +149,11 @@ impl Metrics {
         );
         registry.register("polls", "Polls of each source by result", m.polls.clone());
         registry.register("poll_seconds", "Seconds a poll took", m.poll_seconds.clone());
+        registry.register(
+            "phone_parses",
+            "Phone numbers parsed by reads of each source (cells not seen by an earlier read)",
+            m.phone_parses.clone(),
+        );
         registry.register(
             "source_quota_used",
             "Requests counted against a source's quota in its window",

@@ -196,7 +196,6 @@ impl SourcePoller {
         info!(source = %id, "poller stopped");
     }
 
-    /// One poll. Public for tests.
     /// Counts a poll and its duration for `/metrics`.
     fn count_poll(&self, id: &str, outcome: &Result<PollReport, PollError>, took: Duration) {
         let result = match outcome {
@@ -209,6 +208,7 @@ impl SourcePoller {
         m.poll_seconds.get_or_create(&SourceLabel { source: id.to_string() }).observe(took.as_secs_f64());
     }
 
+    /// One poll. Public for tests.
     pub async fn poll_once(&mut self) -> Result<PollReport, PollError> {
         let probe = self.source.probe().await?;
         if self.synced && self.state.baseline_done && probe.version.is_some() && self.state.version == probe.version {
@@ -240,6 +240,11 @@ impl SourcePoller {
             Err(e) => return Err(e.into()),
         };
         self.missing_reported = None;
+        self.ctx
+            .metrics
+            .phone_parses
+            .get_or_create(&SourceLabel { source: self.settings.id.clone() })
+            .inc_by(read.phone_parses as u64);
 
         let baseline =
             (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline) || self.zone_changed;

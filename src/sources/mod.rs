@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use records::{find_field, read_records, ColumnSpec, RecordIssue, RecordsRead, Table};
+pub use records::{find_field, read_records, ColumnSpec, PhoneCache, RecordIssue, RecordsRead, Table};
 
 use crate::domain::{FieldWrite, PendingWrite, PhoneError, PhoneNumber, Record, RecordKey};
 use crate::expressions::DateStyle;
@@ -340,6 +340,8 @@ pub struct SourceRead {
     /// Where the next read continues from (a watermark), committed with this read's results
     /// and handed back to [`Source::read`]; `None` for sources that always read everything.
     pub version: Option<String>,
+    /// Phone numbers this read had to parse (cell texts not seen by an earlier read).
+    pub phone_parses: usize,
 }
 
 /// What a write did, by index into the batch it was given.

@@ -33,6 +33,53 @@ pub fn find_field<S: AsRef<str>>(names: &[S], wanted: &str) -> Option<usize> {
     })
 }
 
+/// Phone numbers parsed from cell texts, kept from one read to the next: a poll that finds
+/// one changed cell parses at most that one number, not every row's (parsing is the dearest
+/// part of turning a large sheet into records). One per source (its default region).
+#[derive(Default)]
+pub struct PhoneCache {
+    inner: std::sync::Mutex<PhoneCacheInner>,
+}
+
+impl std::fmt::Debug for PhoneCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the numbers themselves.
+        let n = self.inner.lock().map(|i| i.parsed.len()).unwrap_or(0);
+        write!(f, "PhoneCache({n} numbers)")
+    }
+}
+
+#[derive(Default)]
+struct PhoneCacheInner {
+    /// Cell text → (the read that last saw it, the parse).
+    parsed: HashMap<String, (u64, Result<PhoneNumber, PhoneError>)>,
+    read: u64,
+}
+
+/// Most numbers kept for a source that is only read in part (an incremental read cannot tell
+/// which numbers are gone).
+const PHONE_CACHE_MOST: usize = 2_000_000;
+
+impl PhoneCache {
+    /// Parses `text`, or gives the parse of the same text in an earlier read; counts parses.
+    fn parse(
+        inner: &mut PhoneCacheInner,
+        text: &str,
+        region: phonenumber::country::Id,
+        parses: &mut usize,
+    ) -> Result<PhoneNumber, PhoneError> {
+        let read = inner.read;
+        if let Some((seen, p)) = inner.parsed.get_mut(text) {
+            *seen = read;
+            return p.clone();
+        }
+        *parses += 1;
+        let p = PhoneNumber::parse(text, region);
+        inner.parsed.insert(text.to_string(), (read, p.clone()));
+        p
+    }
+}
+
 /// What the reader needs to know about a source's fields.
 #[derive(Debug, Clone)]
 pub struct ColumnSpec<'a> {
@@ -48,6 +95,10 @@ pub struct ColumnSpec<'a> {
     /// Where a record without key is: `row:N` for the N-th sheet row. `None`: such records are
     /// reported without a place to write the report.
     pub locator: fn(usize) -> Option<String>,
+    /// The source's numbers from earlier reads.
+    pub phones: &'a PhoneCache,
+    /// The table holds every record (a full read): numbers it no longer has are forgotten.
+    pub complete: bool,
 }
 
 /// A problem with one record, written to it once.
@@ -69,6 +120,8 @@ pub struct RecordsRead {
     pub records: Vec<Record>,
     pub phones: HashMap<RecordKey, Result<PhoneNumber, PhoneError>>,
     pub issues: Vec<RecordIssue>,
+    /// Phone numbers parsed by this read (the rest came from [`PhoneCache`]).
+    pub phone_parses: usize,
 }
 
 /// Turns a table into records. Fails only when required fields are missing (nothing can be
@@ -104,6 +157,10 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
         .collect();
 
     let mut out = RecordsRead::default();
+    // One lock for the whole read: a read runs on one thread, and reads of a source do not
+    // overlap.
+    let mut cache = spec.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache.read += 1;
     let mut first_row: HashMap<String, usize> = HashMap::new();
     let mut duplicates: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, row) in table.rows.iter().enumerate() {
@@ -133,7 +190,7 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
         let record =
             Record { key: RecordKey(key), fields: fields.iter().map(|(c, h)| (h.clone(), cell(*c))).collect() };
         let phone_cell = cell(phone_col);
-        let phone = PhoneNumber::parse(&phone_cell.canonical(), spec.default_region);
+        let phone = PhoneCache::parse(&mut cache, &phone_cell.canonical(), spec.default_region, &mut out.phone_parses);
         if let Err(e) = &phone {
             out.issues.push(RecordIssue {
                 issue_key: format!(
@@ -149,6 +206,13 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
         out.phones.insert(record.key.clone(), phone);
         out.records.push(record);
     }
+    let read = cache.read;
+    if spec.complete {
+        cache.parsed.retain(|_, (seen, _)| *seen == read);
+    } else if cache.parsed.len() > PHONE_CACHE_MOST {
+        cache.parsed.clear();
+    }
+    drop(cache);
     let mut dup_keys: Vec<_> = duplicates.into_iter().collect();
     dup_keys.sort();
     for (key, rows) in dup_keys {
@@ -215,6 +279,8 @@ mod tests {
             referenced,
             default_region: phonenumber::country::Id::CL,
             locator: row_locator,
+            phones: Box::leak(Box::default()),
+            complete: true,
         }
     }
 

@@ -148,3 +148,52 @@ async fn stopping_does_not_wait_for_a_hung_poll() {
     tokio::time::timeout(Duration::from_secs(20), app.stop()).await.expect("stop does not wait for the hung call");
     h.sandbox.google().release_held();
 }
+
+/// Reading a sheet again parses only the phone numbers whose cells changed: the first read
+/// parses each row's, a poll after an edit elsewhere parses none, and a changed phone cell is
+/// the one number parsed (counted by `recado_phone_parses_total`, not timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
+    let rows: Vec<Vec<serde_json::Value>> =
+        (1000..1300).map(|n| crate::harness::row(n, "Persona", "Sí", "Activo")).collect();
+    let mut h = crate::harness::Harness::new(rows).await;
+    h.start().await;
+    let metrics = h.webhook_url().replace("/webhooks/whatsapp", "/metrics");
+    let scrape = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains("source=\"inscripciones\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        }
+    };
+    let polls = || scrape("recado_polls_total");
+    let parses = || scrape("recado_phone_parses_total");
+    let first = parses().await;
+    assert_eq!(first, 300, "the first read parses each row's number once");
+
+    // Another column changes: the next polls parse nothing.
+    h.edit("1001", "Estado", serde_json::json!("Egresado"));
+    let after = polls().await;
+    crate::harness::wait_for("two more polls", std::time::Duration::from_secs(20), || async {
+        polls().await >= after + 2
+    })
+    .await;
+    assert_eq!(parses().await, first, "no number parsed again");
+
+    // One phone changes: that number, and only it, is parsed.
+    h.edit("1002", "Teléfono", serde_json::json!(crate::harness::phone(1999)));
+    crate::harness::wait_for("the changed number parsed", std::time::Duration::from_secs(20), || async {
+        parses().await == first + 1
+    })
+    .await;
+    let after = polls().await;
+    crate::harness::wait_for("two more polls", std::time::Duration::from_secs(20), || async {
+        polls().await >= after + 2
+    })
+    .await;
+    assert_eq!(parses().await, first + 1);
+    h.stop().await;
+}

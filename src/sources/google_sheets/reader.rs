@@ -19,7 +19,7 @@ use super::client::{SheetsClient, TabMeta};
 use super::config::GoogleSheetsConfig;
 use crate::domain::CellValue;
 use crate::sources::{
-    read_records, ColumnSpec, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
+    read_records, ColumnSpec, PhoneCache, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
 };
 
 /// How often date columns are looked for again although the header did not change.
@@ -94,11 +94,12 @@ pub struct TabReader {
     client: SheetsClient,
     hint: Arc<TabHint>,
     formats: Mutex<Option<Formats>>,
+    phones: Arc<PhoneCache>,
 }
 
 impl TabReader {
     pub fn new(cfg: Arc<GoogleSheetsConfig>, client: SheetsClient, hint: Arc<TabHint>) -> Self {
-        Self { cfg, client, hint, formats: Mutex::new(None) }
+        Self { cfg, client, hint, formats: Mutex::new(None), phones: Arc::default() }
     }
 
     pub fn settings(&self) -> &SourceSettings {
@@ -135,7 +136,6 @@ impl TabReader {
         Ok(values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default())
     }
 
-    /// Who recado reads the sheet as: the service account the sheet must be shared with.
     /// Whether recado may write to the spreadsheet (it is shared as Editor, not Viewer).
     pub async fn can_write(&self) -> Result<bool, SourceError> {
         self.client.drive_can_edit().await
@@ -153,8 +153,9 @@ impl TabReader {
         let date_columns = self.date_columns(&header, &values).await?;
         let cfg = Arc::clone(&self.cfg);
         let spec = spec.clone();
+        let phones = Arc::clone(&self.phones);
         // Converting a large tab is CPU work: off the async runtime.
-        tokio::task::spawn_blocking(move || convert(&cfg.settings, values, &date_columns, &spec))
+        tokio::task::spawn_blocking(move || convert(&cfg.settings, values, &date_columns, &spec, &phones))
             .await
             .map_err(|e| SourceError::Transient(format!("converting the tab failed: {e}")))?
     }
@@ -218,6 +219,7 @@ fn convert(
     values: Vec<Vec<Value>>,
     date_columns: &[bool],
     spec: &ReadSpec,
+    phones: &PhoneCache,
 ) -> Result<SourceRead, SourceError> {
     let mut rows = values.into_iter();
     let header = rows.next().unwrap_or_default().iter().map(header_text).collect();
@@ -243,6 +245,9 @@ fn convert(
         referenced: &referenced,
         default_region: settings.default_region,
         locator: row_locator,
+        phones,
+        // A tab is always read whole.
+        complete: true,
     };
     let read = read_records(&table, &column_spec).map_err(SourceError::MissingFields)?;
     Ok(SourceRead {
@@ -252,6 +257,7 @@ fn convert(
         complete: true,
         deleted: Vec::new(),
         version: None,
+        phone_parses: read.phone_parses,
     })
 }
 

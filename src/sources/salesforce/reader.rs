@@ -42,7 +42,7 @@ use super::config::SalesforceConfig;
 use super::errors::{api_error, classify};
 use crate::domain::{CellValue, RecordKey};
 use crate::sources::{
-    read_records, ColumnSpec, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
+    read_records, ColumnSpec, PhoneCache, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
 };
 
 /// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
@@ -202,11 +202,12 @@ pub struct RecordReader {
     client: OrgClient,
     hint: Arc<ObjectHint>,
     state: Mutex<ReaderState>,
+    phones: Arc<PhoneCache>,
 }
 
 impl RecordReader {
     pub fn new(cfg: Arc<SalesforceConfig>, client: OrgClient, hint: Arc<ObjectHint>) -> Self {
-        Self { cfg, client, hint, state: Mutex::new(ReaderState::default()) }
+        Self { cfg, client, hint, state: Mutex::new(ReaderState::default()), phones: Arc::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReaderState> {
@@ -613,6 +614,7 @@ impl RecordReader {
         let cfg = Arc::clone(&self.cfg);
         let spec = spec.clone();
         let selected = selected.to_vec();
+        let phones = Arc::clone(&self.phones);
         // Converting many records is CPU work: off the async runtime.
         let (read, keyed, contacts, related) = tokio::task::spawn_blocking(move || {
             let related = related_records(&cfg.settings.key_field, &selected, &records, tz);
@@ -621,7 +623,7 @@ impl RecordReader {
             let contact = cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref());
             let contacts =
                 contact.map(|c| column_pairs(&cfg.settings.key_field, c, &selected, &table)).unwrap_or_default();
-            let read = to_records(&cfg.settings, &spec, &table);
+            let read = to_records(&cfg.settings, &spec, &table, &phones, complete);
             (read, keyed, contacts, related)
         })
         .await
@@ -782,7 +784,13 @@ enum Deletions {
 }
 
 /// A table turned into records, or the fields it lacks.
-fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: &Table) -> Result<SourceRead, Vec<String>> {
+fn to_records(
+    settings: &SourceSettings,
+    spec: &ReadSpec,
+    table: &Table,
+    phones: &PhoneCache,
+    complete: bool,
+) -> Result<SourceRead, Vec<String>> {
     let write_back = settings.write_back.fields();
     let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
     let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
@@ -794,11 +802,14 @@ fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: &Table) -> Resu
         referenced: &referenced,
         default_region: settings.default_region,
         locator: |_| None,
+        phones,
+        complete,
     };
     read_records(table, &column_spec).map(|r| SourceRead {
         records: r.records,
         phones: r.phones,
         issues: r.issues,
+        phone_parses: r.phone_parses,
         ..Default::default()
     })
 }
