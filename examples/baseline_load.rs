@@ -3,6 +3,7 @@
 //! transactions), and a second task posts signed status webhooks to it all along, one at a
 //! time. Reports how long the baseline took, and the webhooks' latency and status codes while
 //! it ran (none may be refused: a webhook not acknowledged is a webhook Meta must send again).
+//! Then one row is added and the time until its message is accepted is reported.
 //!
 //! `cargo run --release --example baseline_load -- --rows 1000000`
 //! (figures in BENCHMARKS.md).
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use recado::config::Config;
 use recado::providers::meta_cloud::webhook::sign;
-use recado::sandbox::{MetaSettings, Sandbox};
+use recado::sandbox::{MetaSettings, Sandbox, TemplateDef};
 use recado::store;
 use serde_json::json;
 
@@ -65,7 +66,7 @@ providers:
 sources:
   - {{ id: s, type: google_sheets, spreadsheet_id: load, tab: T, key_column: ID, phone_column: Teléfono,
       service_account_key_file: "{key}", sheets_base_url: "{base}/google/sheets/", drive_base_url: "{base}/google/",
-      poll_interval: 60s, requests_per_minute: 1000, call_timeout: 300s, consent: {{ column: Consentimiento }} }}
+      poll_interval: 2s, requests_per_minute: 1000, call_timeout: 300s, consent: {{ column: Consentimiento }} }}
 rules:
   - {{ id: bienvenida, source: s, when: row_added, provider: p,
       template: {{ name: x, language: es, body: ["{{{{ Nombre }}}}"] }} }}
@@ -129,6 +130,26 @@ rules:
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
+    // Then one row added, as a person would: how long until its message is accepted (the
+    // poll interval is 2 s; the rest is reading, diffing and sending).
+    sandbox.meta().add_template(TemplateDef::new("x", "es", 1, false));
+    let added = Instant::now();
+    let values = vec![
+        json!(n + 1),
+        json!("Nueva"),
+        json!("+56987659999"),
+        json!("Soldadura"),
+        json!("Luis Pérez"),
+        json!("Sí"),
+        json!("Activo"),
+        json!("Maipú"),
+    ];
+    sandbox.google().insert_row("load", "T", None, values);
+    while sandbox.meta().sent_count() == 0 {
+        anyhow::ensure!(added.elapsed() < Duration::from_secs(300), "the added row got no message within 300 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("one row added → message accepted after: {:.2} s (poll interval 2 s)", added.elapsed().as_secs_f64());
     app.stop().await;
     sandbox.stop().await;
     Ok(())
