@@ -280,6 +280,12 @@ fn seed_sources(
     let mut phones: Vec<String> = Vec::new();
     for g in &sheets {
         let id = &g.settings.id;
+        // The example rows, and one more to add by hand (its person is simulated too).
+        let mut examples = example_rows(config, id, EXAMPLE_ROWS + 1);
+        let extra = examples.pop().unwrap_or_default();
+        if let Some(header) = examples.first() {
+            phones.push(row_value(header, &extra, &g.settings.phone_field));
+        }
         let csv = seeds.iter().find(|(s, _)| s.as_deref().is_none_or(|s| s == id)).map(|(_, p)| p);
         let rows = match csv {
             Some(path) => {
@@ -294,7 +300,7 @@ fn seed_sources(
                 rows
             }
             None => {
-                let rows = example_rows(config, id, EXAMPLE_ROWS);
+                let rows = examples;
                 notes.push(format!(
                     "source {id}: tab '{}' seeded with {EXAMPLE_ROWS} example rows under the headers the configuration names: {}",
                     g.tab,
@@ -303,15 +309,6 @@ fn seed_sources(
                 rows
             }
         };
-        // One more example row than was seeded, to add by hand; its person is simulated too.
-        let example = example_rows(config, id, EXAMPLE_ROWS + 1).pop();
-        if let Some(p) = config.source(id).and_then(|s| {
-            let header = example_rows(config, id, 0).into_iter().next()?;
-            let at = header.iter().position(|h| *h == s.phone_field)?;
-            example.as_ref()?.get(at).cloned()
-        }) {
-            phones.push(p);
-        }
         let tab_url = format!(
             "{}/admin/google/spreadsheets/{}/tabs/{}",
             sandbox.base_url(),
@@ -320,7 +317,7 @@ fn seed_sources(
         );
         notes.push(format!(
             "  see the tab: curl {tab_url}\n    add a row as a person would (rules for new rows fire; the rows above are the baseline): curl -X POST {tab_url}/rows -H 'content-type: application/json' -d '{}'",
-            json!({ "values": example.unwrap_or_default() })
+            json!({ "values": extra })
         ));
         let phone_at = rows.first().and_then(|h| h.iter().position(|c| c.trim() == g.settings.phone_field));
         phones.extend(rows.iter().skip(1).filter_map(|r| phone_at.and_then(|i| r.get(i)).cloned()));

@@ -534,7 +534,7 @@ async fn check_online_catches_a_missing_an_unapproved_and_a_mismatched_template(
 
 /// Runs the `recado` binary with `args` and `--config config`: its exit code and what it printed
 /// (stdout, then stderr).
-fn recado_with_config(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
+pub fn recado_with_config(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
         .args(args)
         .arg("--config")

@@ -1284,12 +1284,7 @@ async fn check_online_passes_a_right_org_configuration_and_names_a_misspelt_fiel
     let config = h.dir.path().join("recado.yaml");
     let check = |yaml: String| {
         std::fs::write(&config, yaml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
-            .args(["check", "--online", "--config"])
-            .arg(&config)
-            .output()
-            .expect("recado runs");
-        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        crate::health::recado_with_config(&["check", "--online"], &config)
     };
     let yaml = h.yaml_override.take().unwrap();
     let (code, text) = check(yaml.clone());

@@ -191,16 +191,7 @@ impl SheetsClient {
     /// Drive's `version` of the spreadsheet: it moves on every change. One request, paid from
     /// the Drive budget.
     pub async fn drive_version(&self) -> Result<String, SourceError> {
-        let url = format!("{}drive/v3/files/{}", self.drive_base, encode(&self.spreadsheet_id));
-        let query = [("fields", "version,modifiedTime"), ("supportsAllDrives", "true")];
-        let body = self
-            .call_with(&self.drive_budget, "drive files.get", Paid::Now, |token| {
-                self.http.get(&url).query(&query).bearer_auth(token)
-            })
-            .await
-            .map_err(|(_, _, e)| e)?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| SourceError::Transient(format!("drive files.get: unreadable answer ({e})")))?;
+        let v = self.drive_file("version,modifiedTime").await?;
         match &v["version"] {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
@@ -211,19 +202,24 @@ impl SheetsClient {
     /// Whether the account may edit the spreadsheet (Drive's `capabilities.canEdit`): a sheet
     /// shared as Viewer reads fine and refuses every write-back.
     pub async fn drive_can_edit(&self) -> Result<bool, SourceError> {
+        let v = self.drive_file("capabilities/canEdit").await?;
+        v["capabilities"]["canEdit"]
+            .as_bool()
+            .ok_or_else(|| SourceError::Permanent("Drive did not say whether the file can be edited".into()))
+    }
+
+    /// Drive's `files.get` of the spreadsheet with `fields`, paid from the Drive budget.
+    async fn drive_file(&self, fields: &str) -> Result<Value, SourceError> {
         let url = format!("{}drive/v3/files/{}", self.drive_base, encode(&self.spreadsheet_id));
-        let query = [("fields", "capabilities/canEdit"), ("supportsAllDrives", "true")];
+        let query = [("fields", fields), ("supportsAllDrives", "true")];
         let body = self
             .call_with(&self.drive_budget, "drive files.get", Paid::Now, |token| {
                 self.http.get(&url).query(&query).bearer_auth(token)
             })
             .await
             .map_err(|(_, _, e)| e)?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| SourceError::Transient(format!("drive files.get: unreadable answer ({e})")))?;
-        v["capabilities"]["canEdit"]
-            .as_bool()
-            .ok_or_else(|| SourceError::Permanent("Drive did not say whether the file can be edited".into()))
+        serde_json::from_slice(&body)
+            .map_err(|e| SourceError::Transient(format!("drive files.get: unreadable answer ({e})")))
     }
 
     /// Time zone, locale and tabs.
