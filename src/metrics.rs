@@ -96,6 +96,12 @@ pub struct Metrics {
     pub webhooks: Family<WebhookResult, Counter>,
     /// Events applied from stored webhooks, by kind.
     pub webhook_events: Family<WebhookEvent, Counter>,
+    /// Transactions that stored webhook deliveries (concurrent deliveries share one).
+    pub webhook_commits: Counter,
+    /// Deliveries verified and waiting for their turn to be stored.
+    pub webhooks_storing: Gauge,
+    /// Transactions the inbox applied stored deliveries in.
+    pub inbox_transactions: Counter,
     /// Cells (or fields) waiting to be written back (set at scrape).
     pub write_back_pending: Gauge,
     /// Timers not yet fired (set at scrape).
@@ -130,6 +136,9 @@ impl Metrics {
             quota_limit: Family::default(),
             webhooks: Family::default(),
             webhook_events: Family::default(),
+            webhook_commits: Counter::default(),
+            webhooks_storing: Gauge::default(),
+            inbox_transactions: Counter::default(),
             write_back_pending: Gauge::default(),
             timers_pending: Gauge::default(),
             webhooks_pending: Gauge::default(),
@@ -169,6 +178,21 @@ impl Metrics {
             "webhook_events",
             "Events applied from stored webhooks by provider and kind",
             m.webhook_events.clone(),
+        );
+        registry.register(
+            "webhook_commits",
+            "Transactions that stored webhook deliveries (concurrent deliveries share one)",
+            m.webhook_commits.clone(),
+        );
+        registry.register(
+            "webhooks_storing",
+            "Webhook deliveries verified and waiting for their turn to be stored",
+            m.webhooks_storing.clone(),
+        );
+        registry.register(
+            "inbox_transactions",
+            "Transactions the inbox applied stored deliveries in",
+            m.inbox_transactions.clone(),
         );
         registry.register(
             "write_back_pending",

@@ -161,7 +161,7 @@ impl Flusher {
         if !finished.is_empty() {
             let mut tx = self.ctx.store.begin().await?;
             store::delete_writes(&mut tx, &finished).await?;
-            tx.commit().await.map_err(StoreError::from)?;
+            tx.commit().await?;
         }
         Ok(report)
     }

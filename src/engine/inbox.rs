@@ -1,4 +1,4 @@
-//! The inbox processor: applies stored webhook deliveries, oldest first, one transaction each.
+//! The inbox processor: applies stored webhook deliveries, oldest first, a batch a transaction.
 //!
 //! Statuses move a message forward only (duplicates and late arrivals are ignored,
 //! de-duplicated by provider message id and status). A `failed` status is classified by the
@@ -31,12 +31,35 @@ use crate::store::{self, InboundRow, MessageUpdate, OutboxMessage, StoreError, S
 /// Failed attempts to apply a delivery before it is parked.
 const MAX_APPLY_ATTEMPTS: u32 = 3;
 
-/// What applying a delivery did beyond the store (acted on after the commit).
+/// Deliveries read for one round of applying.
+const BATCH: i64 = 200;
+
+/// How long one transaction goes on applying deliveries: long enough that BEGIN and COMMIT
+/// cost little per delivery, short enough that webhooks stored meanwhile wait for the write
+/// lock only milliseconds.
+const TRANSACTION_BUDGET: Duration = Duration::from_millis(5);
+
+/// What applying a delivery did beyond the store (acted on after the commit), and the values
+/// it writes back (queued once for the whole transaction, in order).
 #[derive(Default)]
 struct Effects {
     opted_out: bool,
     sources: HashSet<String>,
     providers: HashSet<String>,
+    writes: Vec<FieldWrite>,
+}
+
+/// One delivery applied (or parked): what to act on and count once its transaction commits.
+#[derive(Default)]
+struct Applied {
+    provider_id: String,
+    effects: Effects,
+    /// The delivery's outcome, recorded with the others of its transaction (None: parked).
+    finished: Option<(i64, String)>,
+    parked: bool,
+    statuses: usize,
+    messages: usize,
+    unreadable: usize,
 }
 
 pub struct InboxProcessor {
@@ -97,98 +120,162 @@ impl InboxProcessor {
         info!("inbox processor stopped");
     }
 
-    /// Applies up to 200 stored deliveries. Returns how many were looked at.
+    /// Applies up to [`BATCH`] stored deliveries. Returns how many were looked at.
+    ///
+    /// Each transaction applies as many as fit in [`TRANSACTION_BUDGET`]: a transaction per
+    /// delivery cost two more hand-offs to SQLite's thread each (BEGIN, COMMIT), and the issue
+    /// "Scale for real" measured the inbox at a fifth of the rate deliveries are stored. When
+    /// one of them fails, its transaction is rolled back and the rest are applied again one
+    /// delivery a transaction, so the failing one is counted (and parked after
+    /// [`MAX_APPLY_ATTEMPTS`]) and the others go on.
     pub async fn process_pending(&self) -> Result<usize, StoreError> {
         let pending = {
             let mut conn = self.ctx.store.conn().await?;
-            store::pending_webhooks(&mut conn, 200).await?
+            store::pending_webhooks(&mut conn, BATCH).await?
         };
-        let n = pending.len();
-        let mut sources = HashSet::new();
-        for w in pending {
-            match self.apply_delivery(&w).await {
-                Ok(effects) => {
-                    if effects.opted_out {
-                        self.ctx.opt_out_epoch.fetch_add(1, Ordering::AcqRel);
-                    }
-                    for p in effects.providers {
-                        self.ctx.wake_dispatcher(&p);
-                    }
-                    sources.extend(effects.sources);
+        let mut rest = &pending[..];
+        while !rest.is_empty() {
+            match self.apply_deliveries(rest, TRANSACTION_BUDGET).await {
+                Ok(applied) => {
+                    rest = rest.get(applied.len()..).unwrap_or_default();
+                    self.after_commit(applied);
                 }
-                // The store is busy: this delivery and the rest wait for the next round.
+                // The store is busy: the rest waits for the next round.
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
-                    warn!(provider = %w.provider_id, webhook = w.id, attempt = w.attempts + 1, "a delivery could not be applied: {e}");
-                    let mut tx = self.ctx.store.begin().await?;
-                    if w.attempts + 1 >= MAX_APPLY_ATTEMPTS {
-                        error!(provider = %w.provider_id, webhook = w.id, "delivery parked after {MAX_APPLY_ATTEMPTS} attempts: {e}");
-                        store::park_webhook(&mut tx, w.id, &e.to_string(), self.ctx.now_ms()).await?;
-                    } else {
-                        store::count_webhook_attempt(&mut tx, w.id).await?;
+                    debug!(deliveries = rest.len(), "a batch of deliveries failed ({e}): applying them one at a time");
+                    for w in rest {
+                        match self.apply_deliveries(std::slice::from_ref(w), Duration::ZERO).await {
+                            Ok(applied) => self.after_commit(applied),
+                            // This delivery and the rest wait for the next round.
+                            Err(e) if e.is_transient() => return Err(e),
+                            Err(e) => self.count_failure(w, &e).await?,
+                        }
                     }
-                    tx.commit().await?;
+                    break;
                 }
             }
+        }
+        Ok(pending.len())
+    }
+
+    /// A delivery that could not be applied: one more attempt counted, or parked.
+    async fn count_failure(&self, w: &StoredWebhook, e: &StoreError) -> Result<(), StoreError> {
+        warn!(provider = %w.provider_id, webhook = w.id, attempt = w.attempts + 1, "a delivery could not be applied: {e}");
+        let mut tx = self.ctx.store.begin().await?;
+        if w.attempts + 1 >= MAX_APPLY_ATTEMPTS {
+            error!(provider = %w.provider_id, webhook = w.id, "delivery parked after {MAX_APPLY_ATTEMPTS} attempts: {e}");
+            store::park_webhook(&mut tx, w.id, &e.to_string(), self.ctx.now_ms()).await?;
+        } else {
+            store::count_webhook_attempt(&mut tx, w.id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Acts on what committed deliveries did: wakes the loops that have work now and counts
+    /// the events (once committed, so a batch applied again after a failure counts once).
+    fn after_commit(&self, applied: Vec<Applied>) {
+        let mut sources = HashSet::new();
+        let mut providers = HashSet::new();
+        let mut opted_out = false;
+        for a in applied {
+            opted_out |= a.effects.opted_out;
+            providers.extend(a.effects.providers);
+            sources.extend(a.effects.sources);
+            let count = |kind: &str, n: usize| {
+                if n > 0 {
+                    self.ctx
+                        .metrics
+                        .webhook_events
+                        .get_or_create(&WebhookEvent { provider: a.provider_id.clone(), kind: kind.to_string() })
+                        .inc_by(n as u64);
+                }
+            };
+            count("parked", usize::from(a.parked));
+            count("status", a.statuses);
+            count("message", a.messages);
+            count("unreadable", a.unreadable);
+        }
+        if opted_out {
+            self.ctx.opt_out_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        for p in providers {
+            self.ctx.wake_dispatcher(&p);
         }
         for s in sources {
             self.ctx.wake_flusher(&s);
         }
-        Ok(n)
     }
 
-    async fn apply_delivery(&self, w: &StoredWebhook) -> Result<Effects, StoreError> {
+    /// Applies deliveries in order, in one transaction, until `budget` has passed (at least
+    /// one). Returns what each applied delivery did; the others are left for the next call.
+    async fn apply_deliveries(
+        &self,
+        deliveries: &[StoredWebhook],
+        budget: Duration,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let started = std::time::Instant::now();
+        let mut tx = self.ctx.store.begin().await?;
+        let mut applied = Vec::with_capacity(deliveries.len());
+        for w in deliveries {
+            applied.push(self.apply_delivery(&mut tx, w).await?);
+            if started.elapsed() >= budget {
+                break;
+            }
+        }
+        // One statement for every value the deliveries write back (the last value of a field
+        // wins, as it would written one after the other), and one per outcome.
+        let mut writes = Vec::new();
+        let mut outcomes: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for a in &mut applied {
+            a.effects.sources.extend(a.effects.writes.iter().map(|w| w.source_id.clone()));
+            writes.append(&mut a.effects.writes);
+            if let Some((id, outcome)) = a.finished.take() {
+                outcomes.entry(outcome).or_default().push(id);
+            }
+        }
+        store::queue_writes(&mut tx, &writes).await?;
         let now = self.ctx.now_ms();
-        let mut effects = Effects::default();
+        for (outcome, ids) in &outcomes {
+            store::finish_webhooks(&mut tx, ids, outcome, now).await?;
+        }
+        tx.commit().await?;
+        self.ctx.metrics.inbox_transactions.inc();
+        Ok(applied)
+    }
+
+    async fn apply_delivery(&self, tx: &mut Tx, w: &StoredWebhook) -> Result<Applied, StoreError> {
+        let now = self.ctx.now_ms();
+        let mut applied = Applied { provider_id: w.provider_id.clone(), ..Applied::default() };
         let Some(provider) = self.providers.get(&w.provider_id) else {
-            let mut tx = self.ctx.store.begin().await?;
-            store::park_webhook(&mut tx, w.id, &format!("no provider '{}' is configured", w.provider_id), now).await?;
-            tx.commit().await?;
-            return Ok(effects);
+            store::park_webhook(tx, w.id, &format!("no provider '{}' is configured", w.provider_id), now).await?;
+            return Ok(applied);
         };
         let parsed = match provider.parse_webhook(&w.query, w.body.as_bytes()) {
             Ok(p) => p,
             Err(e) => {
                 warn!(provider = %w.provider_id, webhook = w.id, "a signed delivery could not be read; parked: {e}");
-                let mut tx = self.ctx.store.begin().await?;
-                store::park_webhook(&mut tx, w.id, &format!("unreadable: {e}"), now).await?;
-                tx.commit().await?;
-                self.ctx
-                    .metrics
-                    .webhook_events
-                    .get_or_create(&WebhookEvent { provider: w.provider_id.clone(), kind: "parked".to_string() })
-                    .inc();
-                return Ok(effects);
+                store::park_webhook(tx, w.id, &format!("unreadable: {e}"), now).await?;
+                applied.parked = true;
+                return Ok(applied);
             }
         };
         for p in &parsed.problems {
             warn!(provider = %w.provider_id, webhook = w.id, "part of a delivery could not be read and was skipped: {p}");
         }
-        let mut tx = self.ctx.store.begin().await?;
         for ev in &parsed.events {
-            self.apply(&mut tx, provider, ev, &mut effects).await?;
+            self.apply(tx, provider, ev, &mut applied.effects).await?;
         }
         let outcome = match parsed.problems.len() {
             0 => format!("applied {} event(s)", parsed.events.len()),
             n => format!("applied {} event(s); {n} unreadable: {}", parsed.events.len(), parsed.problems.join("; ")),
         };
-        store::finish_webhook(&mut tx, w.id, &outcome, now).await?;
-        tx.commit().await?;
-        // Counted once committed: a round retried after a store error counts once.
-        let count = |kind: &str, n: usize| {
-            if n > 0 {
-                self.ctx
-                    .metrics
-                    .webhook_events
-                    .get_or_create(&WebhookEvent { provider: w.provider_id.clone(), kind: kind.to_string() })
-                    .inc_by(n as u64);
-            }
-        };
-        let statuses = parsed.events.iter().filter(|e| matches!(e, ProviderEvent::Status { .. })).count();
-        count("status", statuses);
-        count("message", parsed.events.len() - statuses);
-        count("unreadable", parsed.problems.len());
-        Ok(effects)
+        applied.finished = Some((w.id, outcome));
+        applied.statuses = parsed.events.iter().filter(|e| matches!(e, ProviderEvent::Status { .. })).count();
+        applied.messages = parsed.events.len() - applied.statuses;
+        applied.unreadable = parsed.problems.len();
+        Ok(applied)
     }
 
     async fn apply(
@@ -280,8 +367,13 @@ impl InboxProcessor {
             debug!(id = %provider_message_id, %status, "duplicate status ignored");
             return Ok(());
         }
-        store::upsert_contact(tx, m.phone.as_str(), now).await?;
-        store::add_contact_ids(tx, m.phone.as_str(), recipient_ids, now).await?;
+        // The send recorded this recipient with its contact already (in the same transaction
+        // as the recipient id); a later status of it has nothing to add.
+        if recipient_ids.is_empty() || m.recipient_id.as_ref().is_none_or(|r| recipient_ids != std::slice::from_ref(r))
+        {
+            store::upsert_contact(tx, m.phone.as_str(), now).await?;
+            store::add_contact_ids(tx, m.phone.as_str(), recipient_ids, now).await?;
+        }
         if status == MessageState::Failed && m.state.advance(MessageState::Failed).is_some() {
             let err = error.cloned().unwrap_or(ProviderError {
                 code: 0,
@@ -311,7 +403,7 @@ impl InboxProcessor {
         };
         store::update_message(tx, m.id, &u, now).await?;
         let logs = self.ctx.interaction_writes(&m, next, now, reason.as_deref(), Some(provider_message_id));
-        store::queue_writes(tx, &logs).await?;
+        effects.writes.extend(logs);
         let owned = self.ctx.owned_status_fields(tx, &m).await?;
         if !owned.is_empty() {
             let clear = if next == MessageState::Failed {
@@ -321,10 +413,9 @@ impl InboxProcessor {
             } else {
                 Some("")
             };
-            let writes: Vec<_> =
-                self.ctx.status_writes(&m, next, now, clear).into_iter().filter(|w| owned.contains(&w.field)).collect();
-            store::queue_writes(tx, &writes).await?;
-            effects.sources.insert(m.source_id.clone());
+            effects
+                .writes
+                .extend(self.ctx.status_writes(&m, next, now, clear).into_iter().filter(|w| owned.contains(&w.field)));
         }
         if next == MessageState::Failed {
             warn!(message_id = m.id, record = %m.record_key, "message failed: {}", reason.unwrap_or_default());
@@ -585,8 +676,7 @@ impl InboxProcessor {
             };
             writes.extend(self.converse(tx, &talk, now, effects).await?);
         }
-        effects.sources.extend(writes.iter().map(|w| w.source_id.clone()));
-        store::queue_writes(tx, &writes).await?;
+        effects.writes.extend(writes);
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 //! `Expect: 100-continue` never sends it), and a body without a length is cut off at the limit.
 
 mod dashboard;
+mod ingest;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,9 +37,11 @@ use crate::store;
 struct AppState {
     ctx: Arc<EngineCtx>,
     providers: Arc<HashMap<String, Provider>>,
+    ingest: ingest::Ingest,
 }
 
-/// Builds the router (also used by tests through a real listener).
+/// Builds the router (also used by tests through a real listener). Starts the task that
+/// stores webhook deliveries (see [`ingest`]); it ends with the router.
 pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Router {
     let limit = ctx.config.http.max_body_bytes;
     Router::new()
@@ -49,7 +52,11 @@ pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Rout
         .route("/dashboard", get(dashboard::page))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next)))
-        .with_state(AppState { ctx, providers: Arc::new(providers) })
+        .with_state(AppState {
+            ingest: ingest::Ingest::start(ctx.store.clone(), ctx.metrics.clone()),
+            ctx,
+            providers: Arc::new(providers),
+        })
 }
 
 /// Answers 413 from the headers alone when the declared length is over the limit, so the
@@ -137,11 +144,15 @@ async fn receive(
         metrics.webhook(&provider, "not_text");
         return (StatusCode::BAD_REQUEST, "the body is not UTF-8 text").into_response();
     };
-    let stored = async {
-        let mut conn = st.ctx.store.conn().await?;
-        store::insert_webhook(&mut conn, &provider, uri.query().unwrap_or(""), text, st.ctx.now_ms()).await
-    }
-    .await;
+    let stored = st
+        .ingest
+        .store(store::NewWebhook {
+            provider_id: provider.clone(),
+            query: uri.query().unwrap_or("").to_string(),
+            body: text.to_string(),
+            received_at: st.ctx.now_ms(),
+        })
+        .await;
     match stored {
         Ok(_) => {
             metrics.webhook(&provider, "accepted");

@@ -27,11 +27,12 @@ pub mod writeback;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlSafeStr, SqlitePool};
+use sqlx::{Row, SqlSafeStr, SqliteConnection, SqlitePool};
 
 pub use contacts::*;
 pub use conversations::*;
@@ -44,8 +45,39 @@ pub use timers::*;
 pub use webhooks::*;
 pub use writeback::*;
 
-/// A write transaction.
-pub type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+/// How long a writer waits for the database before giving up (with a transient error): the
+/// in-process write gate and SQLite's busy timeout (for other processes, e.g. `recado forget`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A write transaction. It holds the store's write gate until it commits or is dropped.
+///
+/// SQLite has one writer at a time. Left to itself, a second writer polls for the lock with
+/// sleeps that grow to 100 ms (its busy handler), so a webhook stored while the inbox or a
+/// poll commits waited tens of milliseconds for a lock freed in one. Writers of this process
+/// queue on an async mutex instead, in order, and `BEGIN IMMEDIATE` then finds the lock free.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> StoreResult<()> {
+        Ok(self.inner.commit().await?)
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.inner
+    }
+}
 
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +90,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("cannot open the state store {path}: {detail}")]
     Open { path: String, detail: String },
+    #[error("state store: busy: no write turn within {0:?}")]
+    Busy(Duration),
     #[error("another recado is running on the state store {path} (it holds {lock}): stop it first, or give this one its own state.path")]
     Locked { path: String, lock: String },
 }
@@ -71,6 +105,7 @@ impl StoreError {
                 m.contains("locked") || m.contains("busy")
             }
             StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed) => true,
+            StoreError::Busy(_) => true,
             _ => false,
         }
     }
@@ -124,6 +159,8 @@ pub fn migration_sql() -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Taken by every write transaction of this process (see [`Tx`]).
+    write_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The right to run on a state store: one daemon per state file. Two daemons on one store
@@ -194,7 +231,7 @@ impl Store {
             // WAL + NORMAL is durable against process crashes; a power loss may lose the last
             // commits but never corrupts the database.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -203,7 +240,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::Open { path: path.display().to_string(), detail: e.to_string() })?;
         migrator().run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, write_gate: Arc::new(tokio::sync::Mutex::new(())) })
     }
 
     /// Opens an existing store read-only, without migrating (for `recado plan`). A missing file
@@ -221,11 +258,16 @@ impl Store {
         Ok(ReadOnlyStore(Some(pool)))
     }
 
-    /// Starts a write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so two
-    /// transactions never deadlock upgrading a read lock (SQLite would answer "busy" at once
-    /// instead of waiting for the busy timeout).
+    /// Starts a write transaction, in turn after the others of this process (see [`Tx`]).
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so two transactions never deadlock
+    /// upgrading a read lock (SQLite would answer "busy" at once instead of waiting for the
+    /// busy timeout).
     pub async fn begin(&self) -> StoreResult<Tx> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        let gate = tokio::time::timeout(BUSY_TIMEOUT, self.write_gate.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Busy(BUSY_TIMEOUT))?;
+        let inner = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Tx { inner, _gate: gate })
     }
 
     pub async fn conn(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Sqlite>> {

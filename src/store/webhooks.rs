@@ -29,6 +29,36 @@ pub async fn insert_webhook(
     insert(conn, provider_id, query, body, now, false).await
 }
 
+/// A verified delivery to store (see [`insert_webhooks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWebhook {
+    pub provider_id: String,
+    /// The query string of the URL the vendor called (empty when it had none).
+    pub query: String,
+    pub body: String,
+    pub received_at: i64,
+}
+
+/// Most deliveries one statement stores (5 parameters each, far under SQLite's limit).
+pub const MAX_WEBHOOKS_PER_INSERT: usize = 256;
+
+/// Persists verified deliveries in one statement, in order (a group commit of concurrent
+/// requests). At most [`MAX_WEBHOOKS_PER_INSERT`] at a time.
+pub async fn insert_webhooks(conn: &mut SqliteConnection, deliveries: &[NewWebhook]) -> StoreResult<()> {
+    for chunk in deliveries.chunks(MAX_WEBHOOKS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO webhooks (provider_id, received_at, body, query, fetched) ");
+        q.push_values(chunk, |mut row, d| {
+            row.push_bind(&d.provider_id)
+                .push_bind(d.received_at)
+                .push_bind(&d.body)
+                .push_bind(&d.query)
+                .push_bind(0_i64);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Stores deliveries recado fetched from the provider's API (see [`latest_webhook_at`]).
 pub async fn insert_fetched_webhook(
     conn: &mut SqliteConnection,
@@ -92,12 +122,21 @@ pub async fn pending_webhooks(conn: &mut SqliteConnection, limit: i64) -> StoreR
 
 /// Marks a delivery applied, with what it did.
 pub async fn finish_webhook(conn: &mut SqliteConnection, id: i64, outcome: &str, now: i64) -> StoreResult<()> {
-    sqlx::query("UPDATE webhooks SET processed_at = $2, outcome = $3 WHERE id = $1")
-        .bind(id)
-        .bind(now)
-        .bind(outcome)
-        .execute(conn)
-        .await?;
+    finish_webhooks(conn, &[id], outcome, now).await
+}
+
+/// Marks deliveries applied with the same outcome, in one statement.
+pub async fn finish_webhooks(conn: &mut SqliteConnection, ids: &[i64], outcome: &str, now: i64) -> StoreResult<()> {
+    for chunk in ids.chunks(500) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhooks SET processed_at = ");
+        q.push_bind(now).push(", outcome = ").push_bind(outcome).push(" WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

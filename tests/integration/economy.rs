@@ -197,3 +197,68 @@ async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
     assert_eq!(parses().await, first + 1);
     h.stop().await;
 }
+
+/// Deliveries that arrive while the store is busy wait their turn together and are stored in
+/// one transaction, not one each (group commit); each is still stored before its 200, and
+/// every status is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_that_arrive_together_are_stored_in_one_transaction() {
+    let n = 40u32;
+    let mut h = Harness::new(vec![]).await;
+    for i in 1..=n {
+        h.user(i, false, None);
+    }
+    h.start().await;
+    for i in 1..=n {
+        h.add_row(row(i, &format!("P{i}"), "Sí", "Activo"));
+    }
+    for i in 1..=n {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", "delivered").await;
+    }
+    h.quiesce().await;
+    let metrics = h.webhook_url().replace("/webhooks/whatsapp", "/metrics");
+    let scrape = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            text.lines()
+                .filter(|l| l.split([' ', '{']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        }
+    };
+    let reads: Vec<_> =
+        h.sandbox.meta().sent().iter().filter_map(|m| h.sandbox.meta().signed_status(m, "read")).collect();
+    assert_eq!(reads.len(), n as usize);
+
+    // The store is busy (a long transaction holds it) while every "read" arrives.
+    let busy = h.store().begin().await.unwrap();
+    let http = reqwest::Client::new();
+    let posts: Vec<_> = reads
+        .into_iter()
+        .map(|r| {
+            let mut post = http.post(&r.url).body(r.body);
+            for (name, value) in r.headers {
+                post = post.header(name, value);
+            }
+            tokio::spawn(async move { post.send().await.map(|a| a.status().as_u16()).unwrap_or(0) })
+        })
+        .collect();
+    wait_for("every delivery verified and waiting to be stored", Duration::from_secs(20), || async {
+        scrape("recado_webhooks_storing").await == u64::from(n)
+    })
+    .await;
+    let commits = scrape("recado_webhook_commits_total").await;
+    assert!(posts.iter().all(|p| !p.is_finished()), "nothing is answered before it is stored");
+    drop(busy);
+    for p in posts {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    // The writer may have taken the first one alone before the others queued behind it.
+    let stored_in = scrape("recado_webhook_commits_total").await - commits;
+    assert!((1..=2).contains(&stored_in), "{n} deliveries stored in {stored_in} transactions");
+    for i in 1..=n {
+        h.wait_cell(&i.to_string(), "Estado WhatsApp", "read").await;
+    }
+    h.stop().await;
+}
