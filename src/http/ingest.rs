@@ -11,10 +11,10 @@
 //! The queue is bounded: when the store falls behind, requests wait for room (and the vendor's
 //! timeout), they are never answered 200 unstored.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
-
-use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::store::{self, NewWebhook, Store};
@@ -45,18 +45,30 @@ impl Ingest {
 
     /// Stores one delivery; `Ok` once it is committed.
     pub async fn store(&self, delivery: NewWebhook) -> Result<(), String> {
-        self.metrics.webhooks_storing.inc();
-        let outcome = async {
-            let (stored, answer) = oneshot::channel();
-            self.queue
-                .send(Pending { delivery, stored })
-                .await
-                .map_err(|_| "the webhook writer has stopped".to_string())?;
-            answer.await.map_err(|_| "the webhook writer stopped before storing it".to_string())?
-        }
-        .await;
-        self.metrics.webhooks_storing.dec();
-        outcome
+        // Counted down on drop: a request whose client hung up is dropped mid-wait.
+        let _waiting = Waiting::new(&self.metrics);
+        let (stored, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { delivery, stored })
+            .await
+            .map_err(|_| "the webhook writer has stopped".to_string())?;
+        answer.await.map_err(|_| "the webhook writer stopped before storing it".to_string())?
+    }
+}
+
+/// One delivery counted in `recado_webhooks_storing` for as long as it lives.
+struct Waiting<'a>(&'a Metrics);
+
+impl<'a> Waiting<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.webhooks_storing.inc();
+        Waiting(metrics)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.webhooks_storing.dec();
     }
 }
 

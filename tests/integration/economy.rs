@@ -158,19 +158,8 @@ async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
         (1000..1300).map(|n| crate::harness::row(n, "Persona", "Sí", "Activo")).collect();
     let mut h = crate::harness::Harness::new(rows).await;
     h.start().await;
-    let metrics = h.webhook_url().replace("/webhooks/whatsapp", "/metrics");
-    let scrape = |name: &'static str| {
-        let metrics = metrics.clone();
-        async move {
-            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-            text.lines()
-                .filter(|l| l.starts_with(name) && l.contains("source=\"inscripciones\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        }
-    };
-    let polls = || scrape("recado_polls_total");
-    let parses = || scrape("recado_phone_parses_total");
+    let polls = || h.metric("recado_polls_total", "source=\"inscripciones\"");
+    let parses = || h.metric("recado_phone_parses_total", "source=\"inscripciones\"");
     let first = parses().await;
     assert_eq!(first, 300, "the first read parses each row's number once");
 
@@ -216,17 +205,7 @@ async fn webhooks_that_arrive_together_are_stored_in_one_transaction() {
         h.wait_cell(&i.to_string(), "Estado WhatsApp", "delivered").await;
     }
     h.quiesce().await;
-    let metrics = h.webhook_url().replace("/webhooks/whatsapp", "/metrics");
-    let scrape = |name: &'static str| {
-        let metrics = metrics.clone();
-        async move {
-            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-            text.lines()
-                .filter(|l| l.split([' ', '{']).next() == Some(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        }
-    };
+    let scrape = |name: &'static str| h.metric(name, "");
     let reads: Vec<_> =
         h.sandbox.meta().sent().iter().filter_map(|m| h.sandbox.meta().signed_status(m, "read")).collect();
     assert_eq!(reads.len(), n as usize);

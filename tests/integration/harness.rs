@@ -475,6 +475,16 @@ rules:
         format!("http://{}/webhooks/whatsapp", self.running().webhook_addr())
     }
 
+    /// The sum of the samples of metric `name` on `/metrics` whose labels contain `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> u64 {
+        let url = format!("http://{}/metrics", self.running().webhook_addr());
+        let text = reqwest::get(&url).await.expect("/metrics").text().await.expect("/metrics text");
+        text.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     pub async fn messages(&self) -> Vec<OutboxMessage> {
         let mut c = self.store().conn().await.expect("conn");
         store::all_messages(&mut c).await.expect("messages")

@@ -402,10 +402,7 @@ async fn check_online_catches_misspelt_headers_and_an_unshared_sheet() {
     let mut h = Harness::new(vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("recado.yaml");
-    let check = |yaml: String| {
-        std::fs::write(&config, yaml).unwrap();
-        recado_with_config(&["check", "--online"], &config)
-    };
+    let check = |yaml: String| check_online(&config, &yaml);
     let (code, text) = check(h.yaml());
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("online: every source answered"), "{text}");
@@ -449,10 +446,7 @@ async fn check_online_catches_a_missing_an_unapproved_and_a_mismatched_template(
         let mut h = Harness::on(vendor, vec![]).await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("recado.yaml");
-        let check = |yaml: String| {
-            std::fs::write(&config, yaml).unwrap();
-            recado_with_config(&["check", "--online"], &config)
-        };
+        let check = |yaml: String| check_online(&config, &yaml);
         let (code, text) = check(h.yaml());
         assert_eq!(code, Some(0), "{vendor:?}: {text}");
         assert!(text.contains("every template, approved"), "{text}");
@@ -534,6 +528,12 @@ async fn check_online_catches_a_missing_an_unapproved_and_a_mismatched_template(
 
 /// Runs the `recado` binary with `args` and `--config config`: its exit code and what it printed
 /// (stdout, then stderr).
+/// `recado check --online` on `yaml`, written to `config` first.
+fn check_online(config: &std::path::Path, yaml: &str) -> (Option<i32>, String) {
+    std::fs::write(config, yaml).unwrap();
+    recado_with_config(&["check", "--online"], config)
+}
+
 pub fn recado_with_config(args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recado"))
         .args(args)
