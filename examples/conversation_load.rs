@@ -67,6 +67,7 @@ sources:
       service_account_key_file: "{key}", sheets_base_url: "{base}/google/sheets/", drive_base_url: "{base}/google/",
       write_back: {{ status: Estado WhatsApp }} }}
 inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
   entry_flow: encuesta
 flows:
   - id: encuesta

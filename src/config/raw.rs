@@ -198,7 +198,8 @@ pub struct RawInbound {
     #[serde(default)]
     pub opt_in_keywords: Option<Vec<String>>,
     /// Sent to confirm an opt-out, e.g. "Listo, no te escribiremos más. Escribe ALTA para
-    /// volver." (the only message an opted-out person gets).
+    /// volver." (the only message an opted-out person gets). Required when flows or a privacy
+    /// notice are configured.
     /// A string, or one per language (`{ es: …, en: … }`): the contact's language is used.
     #[serde(default)]
     pub opt_out_reply: Option<crate::flows::config::RawText>,

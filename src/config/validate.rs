@@ -501,6 +501,15 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             );
         }
     }
+    // A bot that answers people tells someone who opts out that it worked (the one message an
+    // opted-out person gets); the text is configuration, so it must be there.
+    let converses = consent_version.is_some() || flows.flows.keys().any(|k| !k.starts_with("__"));
+    if converses && opt_out_reply.is_none() {
+        p.push(
+            "inbound.opt_out_reply",
+            "required when recado answers people (flows or a privacy notice are configured): someone who writes an opt-out keyword is told it worked, e.g. \"Listo, no te escribiremos más. Escribe ALTA para volver.\"",
+        );
+    }
     let inbound = InboundConfig {
         opt_out_keywords: keywords.iter().map(|k| normalise_keyword(k)).collect(),
         entry_flow: inbound.entry_flow,

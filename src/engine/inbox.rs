@@ -520,6 +520,22 @@ impl InboxProcessor {
             }
         }
         let text = kind.text();
+        let inbound = &self.ctx.config.inbound;
+        // Typed words (or a template's button) can opt out; a tap on the bot's own options
+        // cannot, whatever its title.
+        let typed = matches!(kind, InboundKind::Text { .. } | InboundKind::Button { .. });
+        let opting_out = typed && crate::flows::is_keyword_message(&text, &inbound.opt_out_keywords);
+        let opting_in = typed && !opting_out && crate::flows::is_keyword_message(&text, &inbound.opt_in_keywords);
+        // Someone who refused the privacy notice: nothing they write is kept (only that they
+        // wrote, for the 24-hour window and deduplication) or written back, except the
+        // keywords that change their standing.
+        let refused = match &phone {
+            Some(p) => {
+                store::contact(tx, p).await?.is_some_and(|c| c.refused_notice(inbound.consent_version.as_deref()))
+            }
+            None => false,
+        };
+        let kept = !refused || opting_out || opting_in;
         let fresh = store::insert_inbound(
             tx,
             &InboundRow {
@@ -530,7 +546,7 @@ impl InboxProcessor {
                 record: origin.as_ref().map(|m| (m.source_id.as_str(), m.record_key.0.as_str())),
                 in_reply_to: origin.as_ref().map(|m| m.id),
                 kind: kind.name(),
-                body: &text,
+                body: if kept { &text } else { "" },
                 received_at: at,
             },
         )
@@ -540,11 +556,6 @@ impl InboxProcessor {
             return Ok(());
         }
         let mut writes: Vec<FieldWrite> = Vec::new();
-        let inbound = &self.ctx.config.inbound;
-        // Typed words (or a template's button) can opt out; a tap on the bot's own options
-        // cannot, whatever its title.
-        let typed = matches!(kind, InboundKind::Text { .. } | InboundKind::Button { .. });
-        let opting_out = typed && crate::flows::is_keyword_message(&text, &inbound.opt_out_keywords);
         // The contact's conversation row, read once for this message.
         let stored = match &phone {
             Some(p) if !opting_out => store::conversation(tx, p).await?,
@@ -571,7 +582,9 @@ impl InboxProcessor {
         let about_origin = |m: &OutboxMessage| {
             quoted_reply || live.as_ref().is_none_or(|c| c.record == Some((m.source_id.clone(), m.record_key.clone())))
         };
-        if let Some(m) = origin.as_ref().filter(|m| about_origin(m)) {
+        if !kept {
+            info!(from = %who, "message from a contact who refused the privacy notice: not kept");
+        } else if let Some(m) = origin.as_ref().filter(|m| about_origin(m)) {
             if let Some(settings) = self.ctx.source(&m.source_id) {
                 let target = WriteTarget::Record(m.record_key.clone());
                 if let Some(f) = &settings.write_back.last_reply {
@@ -635,20 +648,18 @@ impl InboxProcessor {
             }
         }
         let mut opted_in = false;
-        if let (Some(p), false, true) = (&phone, opting_out, typed) {
-            if crate::flows::is_keyword_message(&text, &inbound.opt_in_keywords) {
-                let c = store::contact(tx, p).await?.unwrap_or_default();
-                if c.opted_out_at.is_some() || c.consent.as_deref() == Some("refused") {
-                    opted_in = true;
-                    store::clear_opted_out(tx, p, now).await?;
-                    info!(from = %who, "contact opted back in");
-                    let records = store::records_with_phone(tx, p).await?;
-                    writes.extend(self.consent_writes(records, |c| c.granted_value.clone()));
-                    if let Some(reply) = &inbound.opt_in_reply {
-                        let reply = reply.get(c.language.as_deref().unwrap_or(""), &inbound.default_language);
-                        self.queue_reply(tx, provider, p, OPT_IN_REPLY_RULE, provider_message_id, reply, now, effects)
-                            .await?;
-                    }
+        if let (Some(p), true) = (&phone, opting_in) {
+            let c = store::contact(tx, p).await?.unwrap_or_default();
+            if c.opted_out_at.is_some() || c.consent.as_deref() == Some("refused") {
+                opted_in = true;
+                store::clear_opted_out(tx, p, now).await?;
+                info!(from = %who, "contact opted back in");
+                let records = store::records_with_phone(tx, p).await?;
+                writes.extend(self.consent_writes(records, |c| c.granted_value.clone()));
+                if let Some(reply) = &inbound.opt_in_reply {
+                    let reply = reply.get(c.language.as_deref().unwrap_or(""), &inbound.default_language);
+                    self.queue_reply(tx, provider, p, OPT_IN_REPLY_RULE, provider_message_id, reply, now, effects)
+                        .await?;
                 }
             }
         }

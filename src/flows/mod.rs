@@ -764,26 +764,27 @@ fn read_answer(kind: &AnswerKind, input: &Input) -> Option<(String, Option<Next>
     }
 }
 
-/// The option a person chose: the button or row they tapped, its number in a numbered list,
-/// or its title typed out (case and accents aside).
+/// The option a person chose: the button or row they tapped, its title typed out (case and
+/// accents aside), or its number in a numbered list. A title wins over a position, so with
+/// options "10", "20" and "1" typing "1" picks "1", not the first option.
 fn pick<'o>(options: &[&'o ChoiceOption], input: &Input) -> Option<&'o ChoiceOption> {
     if let Some(id) = &input.choice_id {
         if let Some(o) = options.iter().find(|o| &o.id == id) {
             return Some(o);
         }
     }
-    let text = input.text.trim().trim_end_matches(['.', ')']);
-    if let Ok(n) = text.parse::<usize>() {
-        return n.checked_sub(1).and_then(|i| options.get(i)).copied();
-    }
-    let typed = normalise_keyword(text);
+    let typed = normalise_keyword(input.text.trim());
     if typed.is_empty() {
         return None;
     }
-    options
+    let titled = options
         .iter()
-        .find(|o| o.title.all().any(|t| normalise_keyword(t) == typed) || normalise_keyword(&o.id) == typed)
-        .copied()
+        .find(|o| o.title.all().any(|t| normalise_keyword(t) == typed) || normalise_keyword(&o.id) == typed);
+    if let Some(o) = titled {
+        return Some(o);
+    }
+    let number = input.text.trim().trim_end_matches(['.', ')']);
+    number.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| options.get(i)).copied()
 }
 
 fn valid_email(s: &str) -> bool {
@@ -895,6 +896,18 @@ mod tests {
             assert_eq!(t.actions, vec![Action::Send(Outgoing::Text("De 8:30 a 14:00.".into()))]);
             assert!(t.conversation.is_none(), "the branch ends the conversation");
         }
+    }
+
+    #[test]
+    fn a_typed_title_wins_over_a_position() {
+        let options = [opt("diez", "10", None), opt("veinte", "20", None), opt("uno", "1", None)];
+        let refs: Vec<&ChoiceOption> = options.iter().collect();
+        let picked = |s: &str| pick(&refs, &says(s)).map(|o| o.id.clone());
+        assert_eq!(picked("1").as_deref(), Some("uno"), "the title \"1\", not the first option");
+        assert_eq!(picked("20").as_deref(), Some("veinte"));
+        assert_eq!(picked("2").as_deref(), Some("veinte"), "no title \"2\": the second option");
+        assert_eq!(picked("2.").as_deref(), Some("veinte"));
+        assert_eq!(picked("4"), None);
     }
 
     #[test]

@@ -226,7 +226,8 @@ pub async fn contact_history(conn: &mut SqliteConnection, phone: &str) -> StoreR
     .await?;
     let messages = rows.iter().map(line).collect::<StoreResult<Vec<_>>>()?;
     let rows = sqlx::query(
-        "SELECT received_at, kind, body, in_reply_to FROM inbound WHERE phone = $1 ORDER BY received_at, provider_message_id",
+        "SELECT received_at, kind, body, in_reply_to FROM inbound WHERE phone = $1 ORDER BY received_at, rowid",
+        // (rowid: the order they were applied in, for messages of the same second)
     )
     .bind(phone)
     .fetch_all(&mut *conn)

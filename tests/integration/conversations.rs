@@ -12,7 +12,10 @@
 //! `advance: 3h` (moves the daemon's clock, and WhatsApp's 24-hour windows with it), `edit: {row: N, column: C, value: V}` (staff edit
 //! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got),
 //! `change: {from: TEXT, to: TEXT}` (edits the configuration; a `restart` applies it),
-//! `react: true` (a 👍 on the bot's last message), `photo: CAPTION` (Meta only).
+//! `react: true` (a 👍 on the bot's last message), `photo: CAPTION` (Meta only),
+//! `holds: {replies: [TEXT, …], consent: C, consent_method: M, consent_version: V}` (what
+//! recado's store holds about the person: the last things they wrote, their answer to the
+//! privacy notice; each key optional).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -217,6 +220,36 @@ impl Runner {
             if !found {
                 let seen = seen.lock().unwrap().clone();
                 self.fail(i, &format!("row {key} {column} is {seen:?} after 20 s, expected {want:?}"));
+            }
+        } else if let Some(want) = v.get("holds") {
+            // What recado's store holds about the person once the daemon settled: `replies`
+            // (the last things they wrote, oldest first), `consent`, `consent_method`,
+            // `consent_version` (a held consent also has its time).
+            self.h.quiet().await;
+            let mut conn = self.h.store().conn().await.expect("conn");
+            let history = recado::store::report::contact_history(&mut conn, &e164(who)).await.expect("history");
+            if let Some(replies) = want.get("replies").and_then(Value::as_array) {
+                let replies: Vec<&str> = replies.iter().filter_map(Value::as_str).collect();
+                let all: Vec<&str> = history.replies.iter().map(|r| r.body.as_str()).collect();
+                let held = &all[all.len().saturating_sub(replies.len())..];
+                if held != replies {
+                    self.fail(i, &format!("recado holds the replies {held:?}, expected {replies:?}"));
+                }
+            }
+            let standing = history.standing.clone().unwrap_or_default();
+            for (key, held) in [
+                ("consent", standing.consent.clone()),
+                ("consent_method", standing.consent_method.clone()),
+                ("consent_version", standing.consent_version.clone()),
+            ] {
+                if let Some(w) = want.get(key).and_then(Value::as_str) {
+                    if held.as_deref() != Some(w) {
+                        self.fail(i, &format!("recado holds {key} {held:?}, expected {w:?}"));
+                    }
+                }
+            }
+            if want.get("consent").is_some() && standing.consent_at.is_none() {
+                self.fail(i, "recado holds a consent answer without its time");
             }
         } else if let Some(e) = v.get("edit") {
             let key = e["row"].as_u64().map(|k| k.to_string()).unwrap_or_default();
@@ -491,6 +524,7 @@ async fn a_report_taken_in_the_chat_becomes_one_new_row_of_another_tab_even_when
     h.extra_source = another_tab(&h, "incidencias", "Incidencias", "    person_records: false\n");
     h.extra_top = r#"
 inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
   entry_flow: reporte
 flows:
   - id: reporte
@@ -586,6 +620,7 @@ async fn a_rules_template_goes_in_the_language_the_contact_chose() {
     h.extra_top = format!(
         r#"
 inbound:
+  opt_out_reply: {{ es: "Listo, no te escribiremos más.", en: "Done: we will not write again." }}
   entry_flow: inicio
   default_language: es
   languages: [en]
@@ -648,6 +683,7 @@ async fn a_flow_says_an_approved_template_after_its_texts_in_the_contacts_langua
     h.extra_top = format!(
         r#"
 inbound:
+  opt_out_reply: {{ es: "Listo, no te escribiremos más.", en: "Done: we will not write again." }}
   entry_flow: tramite
   default_language: es
   languages: [en]
@@ -712,6 +748,7 @@ async fn a_contact_in_another_source_is_found_by_phone_and_answers_land_there() 
     h.extra_source = another_tab(&h, "voluntarios", "Voluntarios", "");
     h.extra_top = r#"
 inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
   entry_flow: saludo
 flows:
   - id: saludo
@@ -751,6 +788,7 @@ async fn a_tap_on_an_earlier_questions_button_does_not_answer_the_current_one() 
     let mut h = Harness::new(vec![row(392, "Ana", "Sí", "Activo")]).await;
     h.extra_top = r#"
 inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
   entry_flow: encuesta
 flows:
   - id: encuesta
@@ -796,6 +834,7 @@ async fn a_scripted_person_on_twilio_follows_the_menu_by_numbers() {
     let mut h = Harness::on(Vendor::Twilio, Vec::new()).await;
     h.extra_top = r#"
 inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
   entry_flow: menu
 flows:
   - id: menu

@@ -619,11 +619,16 @@ rules:
                 }
                 let mut c = store.conn().await.expect("conn");
                 let now = self.clock.now_ms();
+                // A conversation whose reminder or expiry is due by the daemon's clock has not
+                // been swept yet (the sweep runs each second of real time). Read first: a sweep
+                // that commits after this read has queued its message before the next one.
+                let unswept = !store::conversations_due(&mut c, now, 1).await.expect("conversations").is_empty();
                 let busy = store::all_messages(&mut c).await.expect("messages").iter().any(|m| {
                     m.state == recado::domain::MessageState::Sending
                         || (m.state == recado::domain::MessageState::Queued && m.next_attempt_at <= now)
                 });
                 !busy
+                    && !unswept
                     && store::pending_webhook_count(&mut c).await.expect("inbox") == 0
                     && store::pending_write_count(&mut c).await.expect("writes") == 0
             }

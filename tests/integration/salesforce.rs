@@ -1225,6 +1225,7 @@ async fn a_report_taken_in_the_chat_becomes_one_record_upserted_on_recados_key()
 "#;
     let flows = r#"
 inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
   entry_flow: reporte
 flows:
   - id: reporte
