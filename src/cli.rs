@@ -438,6 +438,11 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     out.push_str(&format!("  {} conversation(s) in progress\n", e.conversations));
     out.push_str(&format!("  {} provider id(s) of the person\n", e.provider_ids));
     out.push_str(&format!("  {} raw webhook(s) that carried the number\n", e.raw_webhooks));
+    out.push_str(&format!(
+        "  recado's copy of {} record(s) holding the number (the next read is not taken as news)\n",
+        e.record_copies
+    ));
+    out.push_str(&format!("  {} value(s) waiting to be written to those records\n", e.queued_writes));
     out.push_str(if e.contact {
         "  the contact (consent answer, language, 24-hour window)\n"
     } else {
@@ -448,7 +453,7 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     } else {
         "kept: nothing\n"
     });
-    out.push_str("not touched: their records in your sources (the sheet or Salesforce is yours to edit; recado's copy follows it at the next poll)\n");
+    out.push_str("not touched: their records in your sources (the sheet or Salesforce is yours to edit; while a record still holds the number, recado reads it again at each poll)\n");
     Ok(out)
 }
 

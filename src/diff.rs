@@ -24,6 +24,13 @@ pub struct SnapshotRow {
 }
 
 impl SnapshotRow {
+    /// `recado forget` erased this copy but its fingerprint: a record always has fields (a
+    /// table's every column, an object's selected fields), so none means erased. The record
+    /// read again is not news: its fields are taken as they are, without firing rules.
+    pub fn is_erased(&self) -> bool {
+        self.fields.is_empty()
+    }
+
     pub fn of(record: &Record) -> Self {
         let fields: BTreeMap<String, String> = record.fields.iter().map(|(k, v)| (k.clone(), v.canonical())).collect();
         let dates =

@@ -529,6 +529,10 @@ fn plan(
             let Some(&i) = index.get(change.key()) else { continue };
             let record = &read.records[i];
             let Some(phone) = read.phones.get(&record.key) else { continue };
+            // Its copy was erased (`recado forget`): what changed since cannot be told.
+            if snapshot.get(change.key()).is_some_and(SnapshotRow::is_erased) {
+                continue;
+            }
             // A record of the first read was never news: a corrected phone or a consent given
             // later does not send it the welcome meant for new records.
             let gate_columns: &[&str] =

@@ -3,7 +3,9 @@
 //! this state file), so nothing is sent to that number again and nothing else about them stays.
 //!
 //! Messages are kept as bare rows (their idempotency keys stop a rule from messaging the record
-//! again as if it were new) with the number, the content and the error erased.
+//! again as if it were new) with the number, the content and the error erased. recado's copy of
+//! the records that hold the number keeps only its fingerprint, which the poller reads as "not
+//! news" the next time it sees the record (`SnapshotRow::is_erased`).
 
 use sqlx::SqliteConnection;
 
@@ -17,6 +19,10 @@ pub struct Erased {
     pub conversations: u64,
     pub provider_ids: u64,
     pub raw_webhooks: u64,
+    /// Records (in any source) whose copy recado kept, and whose entry in the phone index went.
+    pub record_copies: u64,
+    /// Values waiting to be written to their records (their replies, answers, statuses).
+    pub queued_writes: u64,
     pub contact: bool,
     /// The opt-out was kept, as a keyed hash of the number.
     pub opt_out_kept: bool,
@@ -91,6 +97,36 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
     for id in &sent_ids {
         sqlx::query("DELETE FROM status_events WHERE provider_message_id = $1").bind(id).execute(&mut *conn).await?;
     }
+    // Their records: recado's copy of each (the snapshot the pollers compare with) keeps only
+    // its fingerprint, so reading the record again is not news (see `SnapshotRow::is_erased`);
+    // values queued for them go; so does the phone index (a poll that reads the record while
+    // it still holds the number in the source puts it back).
+    let records: Vec<(String, String)> =
+        sqlx::query_as("SELECT source_id, record_key FROM contact_records WHERE phone = $1")
+            .bind(phone)
+            .fetch_all(&mut *conn)
+            .await?;
+    for (source_id, key) in &records {
+        e.record_copies += sqlx::query(
+            "UPDATE snapshot_rows SET fields = '{}', date_fields = NULL WHERE source_id = $1 AND record_key = $2",
+        )
+        .bind(source_id)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        e.queued_writes += sqlx::query(
+            "DELETE FROM write_queue WHERE source_id = $1
+               AND ((target_kind IN ('record', 'every_copy') AND target = $2)
+                    OR (target_kind = 'interaction' AND substr(target, instr(target, '|') + 1) = $2))",
+        )
+        .bind(source_id)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    sqlx::query("DELETE FROM contact_records WHERE phone = $1").bind(phone).execute(&mut *conn).await?;
     let erased_content = r#"{"type":"text","body":""}"#;
     e.messages = sqlx::query(
         "UPDATE messages SET phone = '', content = $2, fallback = NULL, error = NULL, recipient_id = NULL,

@@ -408,7 +408,9 @@ async fn every_conversation_scenario_runs_as_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_erases_a_person_and_keeps_only_their_opt_out() {
-    let mut h = Harness::new(Vec::new()).await;
+    use crate::harness::{phone, SOURCE};
+    // 390 talks to the bot and opts out; 393 never wrote. Both have a row.
+    let mut h = Harness::new(vec![row(390, "Rosa Pérez", "Sí", "Activo"), row(393, "Ana Díaz", "Sí", "Activo")]).await;
     h.extra_top = r#"
 inbound:
   entry_flow: menu
@@ -434,12 +436,31 @@ flows:
     wait_for("the opt-out confirmation", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 3 }).await;
     h.quiet().await;
     h.stop().await;
+    // A value still waiting to be written to her row when the daemon stopped.
+    {
+        let store = recado::store::Store::open(&h.state_path()).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let write = recado::domain::FieldWrite {
+            source_id: SOURCE.into(),
+            target: recado::domain::WriteTarget::Record(recado::domain::RecordKey("390".into())),
+            field: "Última respuesta".into(),
+            value: "baja por favor".into(),
+        };
+        recado::store::queue_writes(&mut tx, &[write]).await.unwrap();
+        tx.commit().await.unwrap();
+        store.close().await;
+    }
 
-    let report = recado::cli::forget(&h.config(), &crate::harness::phone(390), "CL").await.expect("forget");
+    let report = recado::cli::forget(&h.config(), &phone(390), "CL").await.expect("forget");
     assert!(report.contains("3 message(s)"), "{report}");
     assert!(report.contains("2 reply(ies)"), "{report}");
+    assert!(report.contains("recado's copy of 1 record(s)"), "{report}");
+    assert!(report.contains("1 value(s) waiting"), "{report}");
     assert!(report.contains("kept: their opt-out"), "{report}");
     assert!(!report.contains(&e164(390)), "the report masks the number: {report}");
+    let report = recado::cli::forget(&h.config(), &phone(393), "CL").await.expect("forget");
+    assert!(report.contains("recado's copy of 1 record(s)"), "{report}");
+    assert!(report.contains("kept: nothing"), "{report}");
     {
         let store = recado::store::Store::open(&h.state_path()).await.unwrap();
         let mut c = store.conn().await.unwrap();
@@ -470,7 +491,6 @@ flows:
         .fetch_all(&mut *c)
         .await
         .unwrap();
-        let digits = wa_id(390);
         for table in tables {
             let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
                 .bind(&table)
@@ -478,15 +498,20 @@ flows:
                 .await
                 .unwrap();
             for column in columns {
-                // Names read from the schema itself, quoted.
-                let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM \"{table}\" WHERE CAST(\"{column}\" AS TEXT) LIKE $1"
-                )))
-                .bind(format!("%{digits}%"))
-                .fetch_one(&mut *c)
-                .await
-                .unwrap();
-                assert_eq!(found, 0, "the number is still in {table}.{column}");
+                // The number as WhatsApp sends it and as the sheet holds it, her name, what she
+                // wrote; and the same of the person who never wrote.
+                for held in [wa_id(390), phone(390), "Rosa".into(), "baja".into(), wa_id(393), phone(393), "Ana".into()]
+                {
+                    // Names read from the schema itself, quoted.
+                    let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM \"{table}\" WHERE CAST(\"{column}\" AS TEXT) LIKE $1"
+                    )))
+                    .bind(format!("%{held}%"))
+                    .fetch_one(&mut *c)
+                    .await
+                    .unwrap();
+                    assert_eq!(found, 0, "{held:?} is still in {table}.{column}");
+                }
             }
         }
         drop(c);
@@ -497,10 +522,42 @@ flows:
     // gets nothing either.
     h.start().await;
     h.says(390, "hola", None);
-    h.add_row(crate::harness::row(390, "P390", "Sí", "Activo"));
+    let mut again = row(391, "P391", "Sí", "Activo");
+    again[2] = json!(phone(390));
+    h.add_row(again);
     h.quiet().await;
     assert_eq!(bot_messages(&h, 390).len(), 3, "no answer after being forgotten");
     assert!(h.sent_to(390).iter().all(|m| m.template.is_none()), "no rule message either");
+
+    // Her row is still in the sheet: read again, it is not news (what changed since the
+    // erasure cannot be told), and recado's copy is back. The next change is news again.
+    h.edit("393", "Estado", json!("Egresado"));
+    let store = h.store();
+    wait_for("the row read again", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            recado::store::snapshot_row_of(&mut c, SOURCE, "393").await.unwrap().is_some_and(|r| !r.is_erased())
+        }
+    })
+    .await;
+    h.quiet().await;
+    assert!(h.sent_to(393).is_empty(), "the first read after the erasure sends nothing");
+    h.edit("393", "Estado", json!("Activo"));
+    wait_for("the change read", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            let row = recado::store::snapshot_row_of(&mut c, SOURCE, "393").await.unwrap();
+            row.is_some_and(|r| r.fields.get("Estado").is_some_and(|v| v == "Activo"))
+        }
+    })
+    .await;
+    h.edit("393", "Estado", json!("Egresado"));
+    wait_for("the survey of a change made later", Duration::from_secs(20), || async {
+        h.sent_to(393).iter().any(|m| m.template.is_some())
+    })
+    .await;
 }
 
 /// The report a resident makes in the chat becomes a row of its own in the `Incidencias` tab,
