@@ -285,7 +285,11 @@ pub fn template_uses(
     provider_ids: &[&str],
 ) -> Vec<ProviderTemplateUse> {
     let mut out = Vec::new();
-    let mut push = |provider: &str, path: String, t: &TemplateSpec, used_by: String| {
+    let mut push = |provider: &str,
+                    path: String,
+                    t: &TemplateSpec,
+                    used_by: String,
+                    replies: Option<crate::providers::ReplyReader>| {
         for language in t.all_languages() {
             out.push(ProviderTemplateUse {
                 provider: provider.to_string(),
@@ -296,6 +300,7 @@ pub fn template_uses(
                     parameters: t.body.len(),
                     url_button: t.button_url_suffix.is_some(),
                     used_by: used_by.clone(),
+                    replies_read_by: replies.clone(),
                 },
             });
         }
@@ -306,13 +311,24 @@ pub fn template_uses(
             SendSpec::Text { fallback: Some(t), .. } => (t, "fallback_template"),
             SendSpec::Text { fallback: None, .. } => continue,
         };
-        push(&r.provider, format!("rules[{i}].{at}"), t, format!("rule {}", r.id));
+        // Replies to the rule's message go to its `on_reply` flow: its buttons must be answers.
+        let replies = r.on_reply.as_deref().and_then(|id| flows.get(id)).map(|f| {
+            let flow = f.clone();
+            crate::providers::ReplyReader::new(&f.id, move |text| crate::flows::opening_accepts(&flow, text))
+        });
+        push(&r.provider, format!("rules[{i}].{at}"), t, format!("rule {}", r.id), replies);
     }
     for flow in flows.flows.values() {
         for step in &flow.steps {
             let crate::flows::StepKind::SayTemplate(t) = &step.kind else { continue };
             for provider in provider_ids {
-                push(provider, format!("flows.{}.{}.say.template", flow.id, step.id), t, format!("flow {}", flow.id));
+                push(
+                    provider,
+                    format!("flows.{}.{}.say.template", flow.id, step.id),
+                    t,
+                    format!("flow {}", flow.id),
+                    None,
+                );
             }
         }
     }

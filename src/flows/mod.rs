@@ -398,6 +398,16 @@ pub fn answer_opening(
     Some(answer(flow, conv, input, default_language, ctx))
 }
 
+/// Whether `text` (a button's title, tapped) answers the flow's opening question: what
+/// `recado check --online` asks of each quick-reply button of a template whose replies the
+/// flow reads. A flow that does not open with a question takes nothing.
+pub fn opening_accepts(flow: &Flow, text: &str) -> bool {
+    match flow.steps.first().map(|s| &s.kind) {
+        Some(StepKind::Ask(a)) => read_answer(&a.answer, &Input { text: text.to_string(), choice_id: None }).is_some(),
+        _ => false,
+    }
+}
+
 /// Whether a message is one of `keywords` (normalised: upper case, no accents), alone or with
 /// only courtesy words around it ("baja por favor", "quiero darme de baja", "STOP"), never
 /// inside a sentence that says something else ("no quiero que me den de baja", "cancelar la

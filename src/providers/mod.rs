@@ -336,7 +336,51 @@ pub struct TemplateUse {
     pub url_button: bool,
     /// What sends it, for the message: `rule confirmacion`, `flow menu`.
     pub used_by: String,
+    /// The flow that reads the replies to it (a rule's `on_reply`), if one does.
+    pub replies_read_by: Option<ReplyReader>,
 }
+
+/// The flow that reads the replies to a template: whether a quick-reply button's text is an
+/// answer to its opening question.
+#[derive(Clone)]
+pub struct ReplyReader {
+    pub flow: String,
+    accepts: std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl ReplyReader {
+    pub fn new(flow: &str, accepts: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self { flow: flow.to_string(), accepts: std::sync::Arc::new(accepts) }
+    }
+
+    /// The buttons (by title) a person can tap that the flow does not take as an answer, as
+    /// one problem for `recado check --online`.
+    pub fn unread_buttons(&self, titles: &[String]) -> Option<String> {
+        let unread: Vec<String> =
+            titles.iter().filter(|t| !(self.accepts)(t.as_str())).map(|t| format!("'{t}'")).collect();
+        (!unread.is_empty()).then(|| {
+            format!(
+                "its quick-reply button(s) {} are not an answer flow '{}' takes (a person who taps one is asked again): give the flow's first question a choice with that title",
+                unread.join(", "),
+                self.flow
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for ReplyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyReader").field("flow", &self.flow).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for ReplyReader {
+    fn eq(&self, other: &Self) -> bool {
+        self.flow == other.flow
+    }
+}
+
+impl Eq for ReplyReader {}
 
 /// A configured provider (closed set: one variant per vendor).
 #[derive(Clone)]

@@ -100,6 +100,10 @@ pub struct TemplateDef {
     /// Why it was rejected, when it was (`INVALID_FORMAT`, `PROMOTIONAL`, …).
     #[serde(default)]
     pub rejected_reason: Option<String>,
+    /// Titles of its quick-reply buttons ("Confirmo", "Necesito cambiar la hora"): the only
+    /// replies a person can tap on it.
+    #[serde(default)]
+    pub quick_replies: Vec<String>,
 }
 
 fn default_body_chars() -> usize {
@@ -121,7 +125,14 @@ impl TemplateDef {
             body_chars: default_body_chars(),
             status: default_status(),
             rejected_reason: None,
+            quick_replies: Vec::new(),
         }
+    }
+
+    /// The same template with these quick-reply buttons.
+    pub fn with_quick_replies(mut self, titles: &[&str]) -> Self {
+        self.quick_replies = titles.iter().map(|t| t.to_string()).collect();
+        self
     }
 
     /// The template as the message_templates API lists it.
@@ -131,10 +142,13 @@ impl TemplateDef {
             .collect::<Vec<_>>()
             .join(" ");
         let mut components = vec![json!({ "type": "BODY", "text": body })];
+        let mut buttons: Vec<Value> =
+            self.quick_replies.iter().map(|t| json!({ "type": "QUICK_REPLY", "text": t })).collect();
         if self.url_button {
-            components.push(json!({ "type": "BUTTONS", "buttons": [
-                { "type": "URL", "text": "Abrir", "url": "https://example.org/{{1}}" }
-            ] }));
+            buttons.push(json!({ "type": "URL", "text": "Abrir", "url": "https://example.org/{{1}}" }));
+        }
+        if !buttons.is_empty() {
+            components.push(json!({ "type": "BUTTONS", "buttons": buttons }));
         }
         let mut t = json!({
             "name": self.name,
@@ -444,10 +458,31 @@ impl MetaState {
         self.user_sends(wa_id, msg, context)
     }
 
-    /// A simulated person taps a template quick-reply button.
-    pub fn user_taps(self: &std::sync::Arc<Self>, wa_id: &str, payload: &str, text: &str, context: &str) -> String {
-        let msg = json!({ "type": "button", "button": { "payload": payload, "text": text } });
-        self.user_sends(wa_id, msg, Some(context))
+    /// A simulated person taps the quick-reply button titled `title` of the template message
+    /// `context`. WhatsApp shows only the buttons the approved template has: a title it does
+    /// not have, or a message that is not such a template, is refused. The payload is the
+    /// button's text (recado sends no payloads of its own).
+    pub fn user_taps(self: &std::sync::Arc<Self>, wa_id: &str, title: &str, context: &str) -> Result<String, String> {
+        {
+            let g = self.lock();
+            let Some(m) = g.sent.iter().find(|m| m.wamid == context) else {
+                return Err(format!("no message {context} was sent"));
+            };
+            let name = m.body["template"]["name"].as_str().unwrap_or_default().to_string();
+            let language = m.body["template"]["language"]["code"].as_str().unwrap_or_default().to_string();
+            let buttons = g.templates.get(&(name.clone(), language.clone())).map(|t| t.quick_replies.clone());
+            match buttons {
+                None => return Err(format!("message {context} is not an approved template")),
+                Some(b) if !b.iter().any(|t| t == title) => {
+                    return Err(format!(
+                        "template '{name}' ({language}) has no quick-reply button '{title}' (it has {b:?})"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let msg = json!({ "type": "button", "button": { "payload": title, "text": title } });
+        Ok(self.user_sends(wa_id, msg, Some(context)))
     }
 
     /// What simulated people wrote (or the titles they tapped), oldest first.
@@ -515,7 +550,9 @@ impl MetaState {
                     }
                     // A template's quick-reply button.
                     None if m.body["type"] == "template" => {
-                        this.user_taps(&wa, title, title, &m.wamid);
+                        if let Err(e) = this.user_taps(&wa, title, &m.wamid) {
+                            tracing::warn!(title, "sandbox: a scripted user cannot tap: {e}");
+                        }
                     }
                     None => tracing::warn!(title, "sandbox: a scripted user found no such option to tap"),
                 }

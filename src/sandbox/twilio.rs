@@ -111,6 +111,10 @@ pub struct ContentDef {
     /// Why WhatsApp rejected it, when it did.
     #[serde(default)]
     pub rejection_reason: String,
+    /// Titles of its quick-reply buttons: the only replies a person can tap on it (each
+    /// action's id is its title).
+    #[serde(default)]
+    pub quick_replies: Vec<String>,
 }
 
 fn approved() -> String {
@@ -126,7 +130,14 @@ impl ContentDef {
             url_button,
             approval: approved(),
             rejection_reason: String::new(),
+            quick_replies: Vec::new(),
         }
+    }
+
+    /// The same template with these quick-reply buttons.
+    pub fn with_quick_replies(mut self, titles: &[&str]) -> Self {
+        self.quick_replies = titles.iter().map(|t| t.to_string()).collect();
+        self
     }
 
     /// The Content SID: derived from name and language.
@@ -467,7 +478,9 @@ impl TwilioState {
                         this.user_says(&number, &n.to_string(), None);
                     }
                     None if m.template.is_some() => {
-                        this.user_taps(&number, title, title, &m.sid);
+                        if let Err(e) = this.user_taps(&number, title, &m.sid) {
+                            tracing::warn!(title, "sandbox: a scripted user cannot tap: {e}");
+                        }
                     }
                     None => tracing::warn!(title, "sandbox: a scripted user found no such option to pick"),
                 }
@@ -476,15 +489,35 @@ impl TwilioState {
         });
     }
 
-    /// A simulated person taps a quick-reply button of a template.
-    pub fn user_taps(self: &Arc<Self>, number: &str, payload: &str, text: &str, replying_to: &str) -> String {
+    /// A simulated person taps the quick-reply button titled `title` of the template message
+    /// `replying_to`. WhatsApp shows only the buttons the approved content has: a title it
+    /// does not have, or a message that is not such a template, is refused.
+    pub fn user_taps(self: &Arc<Self>, number: &str, title: &str, replying_to: &str) -> Result<String, String> {
+        let payload = {
+            let g = self.lock();
+            let Some(m) = g.messages.iter().find(|m| m.sid == replying_to) else {
+                return Err(format!("no message {replying_to} was sent"));
+            };
+            let Some(content) = m.content_sid.as_ref().and_then(|sid| g.contents.get(sid)) else {
+                return Err(format!("message {replying_to} is not a content template"));
+            };
+            match content.quick_replies.iter().find(|t| *t == title) {
+                Some(id) => id.clone(),
+                None => {
+                    return Err(format!(
+                        "content '{}' ({}) has no quick-reply button '{title}' (it has {:?})",
+                        content.friendly_name, content.language, content.quick_replies
+                    ))
+                }
+            }
+        };
         let fields = vec![
-            ("Body", text.to_string()),
+            ("Body", title.to_string()),
             ("MessageType", "button".into()),
-            ("ButtonPayload", payload.to_string()),
-            ("ButtonText", text.to_string()),
+            ("ButtonPayload", payload),
+            ("ButtonText", title.to_string()),
         ];
-        self.user_sends(number, fields, Some(replying_to))
+        Ok(self.user_sends(number, fields, Some(replying_to)))
     }
 
     fn user_sends(
@@ -1136,12 +1169,21 @@ fn content_resource(account: &str, sid: &str, c: &ContentDef) -> Value {
         .chain((1..=c.variables).map(|i| format!("{{{{{i}}}}}")))
         .collect::<Vec<_>>()
         .join(" ");
-    let types = if c.url_button {
-        json!({ "twilio/call-to-action": { "body": body, "actions": [
-            { "type": "URL", "title": "Abrir", "url": format!("https://example.org/{{{{{}}}}}", c.expected()) }
-        ] } })
-    } else {
-        json!({ "twilio/text": { "body": body } })
+    let url =
+        json!({ "type": "URL", "title": "Abrir", "url": format!("https://example.org/{{{{{}}}}}", c.expected()) });
+    let replies = c.quick_replies.iter();
+    let types = match (c.url_button, c.quick_replies.is_empty()) {
+        (true, true) => json!({ "twilio/call-to-action": { "body": body, "actions": [url] } }),
+        (false, true) => json!({ "twilio/text": { "body": body } }),
+        (false, false) => json!({ "twilio/quick-reply": {
+            "body": body,
+            "actions": replies.map(|t| json!({ "title": t, "id": t })).collect::<Vec<_>>(),
+        } }),
+        // Both kinds of button: a card.
+        (true, false) => json!({ "twilio/card": {
+            "title": body,
+            "actions": replies.map(|t| json!({ "type": "QUICK_REPLY", "title": t, "id": t })).chain([url]).collect::<Vec<_>>(),
+        } }),
     };
     json!({
         "sid": sid,

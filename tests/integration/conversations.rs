@@ -48,6 +48,9 @@ struct Scenario {
     /// 380's phone (one phone, two records).
     #[serde(default)]
     more_rows: Vec<MoreRow>,
+    /// Quick-reply buttons of the approved templates, by template name (on every provider).
+    #[serde(default)]
+    template_buttons: HashMap<String, Vec<String>>,
     /// Rules added to the harness's (YAML list items indented by two spaces).
     #[serde(default)]
     rules: String,
@@ -272,10 +275,13 @@ impl Runner {
             })
             .await;
             let id = template.map(|t| t.id).unwrap_or_default();
-            match h.vendor {
-                Vendor::Meta => h.sandbox.meta().user_taps(&wa_id(who), title, title, &id),
-                Vendor::Twilio => h.sandbox.twilio().user_taps(&e164(who), title, title, &id),
+            let tapped = match h.vendor {
+                Vendor::Meta => h.sandbox.meta().user_taps(&wa_id(who), title, &id),
+                Vendor::Twilio => h.sandbox.twilio().user_taps(&e164(who), title, &id),
             };
+            if let Err(e) = tapped {
+                self.fail(i, &e);
+            }
         } else if v.get("react").is_some() {
             let Some(last) = self.last.get(&who).cloned() else { self.fail(i, "a reaction before any bot message") };
             self.h.sandbox.meta().user_reacts(&wa_id(who), &last.provider_id, "👍");
@@ -369,6 +375,9 @@ async fn run(path: &Path, vendor: Vendor) {
     all[0].extend(scenario.columns.iter().map(|c| json!(c)));
     all.extend(rows);
     h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
+    for (name, titles) in &scenario.template_buttons {
+        h.set_quick_replies(name, &titles.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     for n in scenario.people.iter().chain(&scenario.unconsented).chain(&scenario.strangers) {
         h.user(*n, false, None);
     }

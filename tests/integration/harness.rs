@@ -146,6 +146,18 @@ impl Harness {
         h
     }
 
+    /// Gives the harness's template `name` these quick-reply buttons, on every provider.
+    pub fn set_quick_replies(&self, name: &str, titles: &[&str]) {
+        for (n, language, params, button) in TEMPLATES.iter().filter(|t| t.0 == name) {
+            self.sandbox
+                .meta()
+                .add_template(TemplateDef::new(n, language, *params, *button).with_quick_replies(titles));
+            self.sandbox
+                .twilio()
+                .add_content(ContentDef::new(n, language, *params, *button).with_quick_replies(titles));
+        }
+    }
+
     pub async fn with_settings(rows: Vec<Vec<Value>>, settings: MetaSettings) -> Self {
         init_logs();
         let twilio = TwilioSettings { status_delay_ms: 30, messages_per_second: 1000.0, ..Default::default() };

@@ -526,6 +526,36 @@ async fn check_online_catches_a_missing_an_unapproved_and_a_mismatched_template(
     }
 }
 
+/// A template whose replies a flow reads: every quick-reply button a person can tap must be an
+/// answer to the flow's first question, or the person who taps it is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_finds_a_template_button_the_replying_flow_does_not_take() {
+    for vendor in [crate::harness::Vendor::Meta, crate::harness::Vendor::Twilio] {
+        let mut h = Harness::on(vendor, vec![]).await;
+        h.set_quick_replies("confirmacion_inscripcion", &["Confirmo", "No puedo"]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("recado.yaml");
+        h.extra_rules = "  - id: citacion\n    source: inscripciones\n    when: { changed: Estado, to: Citado }\n    provider: whatsapp\n    template: { name: confirmacion_inscripcion, language: es, body: [\"{{ Nombre }}\", \"{{ Curso }}\", \"{{ Mentor }}\"] }\n    on_reply: confirmar\n".into();
+        let flows = |second: &str| {
+            format!(
+                "inbound:\n  opt_out_reply: \"Listo.\"\nflows:\n  - id: confirmar\n    steps:\n      - id: respuesta\n        ask:\n          text: \"¿Confirmas?\"\n          choices: [{{ title: Confirmo }}, {{ title: \"{second}\" }}]\n"
+            )
+        };
+        h.extra_top = flows("Cambiar la hora");
+        let (code, text) = check_online(&config, &h.yaml());
+        assert_eq!(code, Some(1), "{vendor:?}: {text}");
+        assert!(
+            text.contains("quick-reply button(s) 'No puedo' are not an answer flow 'confirmar' takes"),
+            "{vendor:?}: {text}"
+        );
+        assert!(!text.contains("'Confirmo'"), "{vendor:?}: a button the flow takes passes: {text}");
+        // Typed differently (case, accents) still counts: the flow reads it the same.
+        h.extra_top = flows("no puedo");
+        let (code, text) = check_online(&config, &h.yaml());
+        assert_eq!(code, Some(0), "{vendor:?}: {text}");
+    }
+}
+
 /// Runs the `recado` binary with `args` and `--config config`: its exit code and what it printed
 /// (stdout, then stderr).
 /// `recado check --online` on `yaml`, written to `config` first.

@@ -1,7 +1,8 @@
 //! What `recado check --online` asks Meta: whether the token reaches the phone number
 //! (`GET /{version}/{phone_number_id}`), and whether each template recado will send is in the
 //! WhatsApp Business Account's registry (`GET /{version}/{waba_id}/message_templates`, every
-//! page) approved, in that language, with the parameters recado fills.
+//! page) approved, in that language, with the parameters recado fills, and with quick-reply
+//! buttons that the flow reading its replies (a rule's `on_reply`) takes as answers.
 //!
 //! Meta refuses a template send whose parameters do not match the approved template
 //! (132000), whose header needs a parameter recado does not give (132012), or whose name or
@@ -65,6 +66,8 @@ struct Button {
     kind: String,
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
 }
 
 impl MetaCloud {
@@ -205,6 +208,17 @@ fn compare(u: &TemplateUse, templates: &[Template]) -> Option<String> {
         ),
         _ => {}
     }
+    if let Some(reader) = &u.replies_read_by {
+        let quick_replies: Vec<String> = t
+            .components
+            .iter()
+            .filter(|c| c.kind.eq_ignore_ascii_case("BUTTONS"))
+            .flat_map(|c| c.buttons.iter())
+            .filter(|b| b.kind.eq_ignore_ascii_case("QUICK_REPLY"))
+            .filter_map(|b| b.text.clone())
+            .collect();
+        problems.extend(reader.unread_buttons(&quick_replies));
+    }
     (!problems.is_empty()).then(|| format!("{what}: {}", problems.join("; ")))
 }
 
@@ -243,6 +257,7 @@ mod tests {
             parameters,
             url_button: false,
             used_by: "rule r".into(),
+            replies_read_by: None,
         }
     }
 

@@ -3,7 +3,8 @@
 //! not read that resource, one page of the Messages list), and for each Content SID
 //! the configuration maps a template to, whether the Content API has it
 //! (`GET /v1/Content/{sid}`: its language and its variables) and WhatsApp approved it
-//! (`GET /v1/Content/{sid}/ApprovalRequests`).
+//! (`GET /v1/Content/{sid}/ApprovalRequests`), and that each quick-reply button of a template
+//! whose replies a flow reads is an answer that flow takes.
 //!
 //! Twilio accepts a send with an unapproved or mismatched template and fails it afterwards
 //! (63016, 63028), one person at a time; these are found here instead. Nothing is sent.
@@ -68,7 +69,8 @@ impl Twilio {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for u in uses {
-            if !seen.insert((u.name.clone(), u.language.clone(), u.parameters, u.url_button)) {
+            let reader = u.replies_read_by.as_ref().map(|r| r.flow.clone());
+            if !seen.insert((u.name.clone(), u.language.clone(), u.parameters, u.url_button, reader)) {
                 continue;
             }
             let what = format!("template '{}' ({}, sent by {})", u.name, u.language, u.used_by);
@@ -123,6 +125,21 @@ impl Twilio {
                 )),
                 None => problems.push("it was never submitted for WhatsApp approval".into()),
             },
+        }
+        if let Some(reader) = &u.replies_read_by {
+            // `twilio/quick-reply` actions are all quick replies; a card's have a type.
+            let quick_replies: Vec<String> = content
+                .types
+                .iter()
+                .flatten()
+                .flat_map(|(kind, t)| {
+                    let all = kind == "twilio/quick-reply";
+                    t["actions"].as_array().cloned().unwrap_or_default().into_iter().filter_map(move |a| {
+                        (all || a["type"] == "QUICK_REPLY").then(|| a["title"].as_str().map(String::from)).flatten()
+                    })
+                })
+                .collect();
+            problems.extend(reader.unread_buttons(&quick_replies));
         }
         (!problems.is_empty()).then(|| problems.join("; "))
     }
