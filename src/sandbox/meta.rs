@@ -293,6 +293,9 @@ pub struct MetaState {
     in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Sends waiting for a release.
     waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Seconds added to the clock of the timestamps it writes (time passed, for tests that
+    /// move the daemon's clock: see `age_windows`).
+    time_offset_secs: std::sync::atomic::AtomicI64,
 }
 
 /// Counts one scheduled delivery until dropped.
@@ -359,6 +362,7 @@ impl MetaState {
             hold: tokio::sync::watch::channel(false).0,
             in_flight: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             waiting: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            time_offset_secs: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -416,9 +420,17 @@ impl MetaState {
         }
     }
 
+    /// Unix seconds as this WhatsApp's clock reads them (moved on by `age_windows`).
+    fn now_secs(&self) -> i64 {
+        unix() + self.time_offset_secs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Every person's 24-hour window closes `by` sooner, as if that much time had passed
-    /// since they wrote (tests that move the daemon's clock move WhatsApp's with it).
+    /// since they wrote (tests that move the daemon's clock move WhatsApp's with it); the
+    /// timestamps it writes from now on move on by `by` too.
     pub fn age_windows(&self, by: Duration) {
+        // Time passes for WhatsApp too: the timestamps of what it sends from now on as well.
+        self.time_offset_secs.fetch_add(by.as_secs() as i64, std::sync::atomic::Ordering::Relaxed);
         let mut g = self.lock();
         let open: Vec<String> = g.windows.keys().cloned().collect();
         for k in open {
@@ -587,7 +599,7 @@ impl MetaState {
             .cloned()
             .unwrap_or_else(|| SimUser { wa_id: wa_id.to_string(), ..Default::default() });
         msg["id"] = json!(id);
-        msg["timestamp"] = json!(unix().to_string());
+        msg["timestamp"] = json!(self.now_secs().to_string());
         let mut contact = json!({ "profile": { "name": user.name } });
         if let Some(u) = &user.username {
             contact["profile"]["username"] = json!(u);
@@ -637,8 +649,7 @@ impl MetaState {
     }
 
     fn status_body(&self, m: &SentMessage, status: &str, error: Option<(i64, &str, &str)>) -> Value {
-        let mut st =
-            json!({ "id": m.wamid, "status": status, "timestamp": unix().to_string(), "recipient_id": m.wa_id });
+        let mut st = json!({ "id": m.wamid, "status": status, "timestamp": self.now_secs().to_string(), "recipient_id": m.wa_id });
         if let Some(c) = &m.callback_data {
             st["biz_opaque_callback_data"] = json!(c);
         }

@@ -48,6 +48,10 @@ struct Scenario {
     /// 380's phone (one phone, two records).
     #[serde(default)]
     more_rows: Vec<MoreRow>,
+    /// Values in the people's rows at the start: `{row: N, column: C, value: V}` (the column
+    /// one of `columns`).
+    #[serde(default)]
+    cells: Vec<Value>,
     /// Quick-reply buttons of the approved templates, by template name (on every provider).
     #[serde(default)]
     template_buttons: HashMap<String, Vec<String>>,
@@ -245,7 +249,12 @@ impl Runner {
                 ("consent_method", standing.consent_method.clone()),
                 ("consent_version", standing.consent_version.clone()),
             ] {
-                if let Some(w) = want.get(key).and_then(Value::as_str) {
+                // A value, or one per provider (`{meta: button, twilio: typed}`).
+                let vendor = match self.h.vendor {
+                    Vendor::Meta => "meta",
+                    Vendor::Twilio => "twilio",
+                };
+                if let Some(w) = want.get(key).and_then(|v| v.as_str().or(v[vendor].as_str())) {
                     if held.as_deref() != Some(w) {
                         self.fail(i, &format!("recado holds {key} {held:?}, expected {w:?}"));
                     }
@@ -369,6 +378,16 @@ async fn run(path: &Path, vendor: Vendor) {
         .collect();
     for r in &mut rows {
         r.extend(scenario.columns.iter().map(|_| json!("")));
+    }
+    for c in &scenario.cells {
+        let key = c["row"].as_u64().unwrap_or_default();
+        let column = c["column"].as_str().unwrap_or_default();
+        let at = scenario.columns.iter().position(|x| x == column);
+        let row = rows.iter_mut().find(|r| r[0] == json!(key.to_string()) || r[0] == json!(key));
+        match (at, row) {
+            (Some(at), Some(row)) => row[header().len() + at] = c["value"].clone(),
+            _ => panic!("{file}: cell {c} names no row or no column of `columns`"),
+        }
     }
     let mut h = Harness::on(vendor, Vec::new()).await;
     let mut all = vec![header()];
@@ -567,6 +586,51 @@ flows:
         h.sent_to(393).iter().any(|m| m.template.is_some())
     })
     .await;
+}
+
+/// A bot answer that could not go at once (the provider failed) and whose retry comes after
+/// the person's 24-hour window closed is not sent as free text: it is skipped, with the reason
+/// on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_answer_still_waiting_when_the_window_closes_is_skipped_with_its_reason() {
+    let mut h = Harness::new(Vec::new()).await;
+    h.extra_top = r#"
+inbound:
+  entry_flow: menu
+  opt_out_reply: "Listo, no te escribiremos más."
+flows:
+  - id: menu
+    steps:
+      - id: hola
+        say: "Hola, soy el asistente."
+"#
+    .into();
+    h.user(395, false, None);
+    h.start().await;
+    h.fault(crate::harness::Fault::ServerError, 1, 395);
+    h.says(395, "hola", None);
+    let store = h.store();
+    let answer = || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.unwrap();
+            recado::store::all_messages(&mut c).await.unwrap().into_iter().find(|m| m.phone.as_str() == e164(395))
+        }
+    };
+    wait_for("the answer to fail once", Duration::from_secs(20), || async {
+        answer().await.is_some_and(|m| m.attempts >= 1 && m.state == recado::domain::MessageState::Queued)
+    })
+    .await;
+    let day = Duration::from_secs(25 * 3600);
+    h.clock.advance(day);
+    h.sandbox.meta().age_windows(day);
+    wait_for("the answer skipped", Duration::from_secs(20), || async {
+        answer().await.is_some_and(|m| m.state == recado::domain::MessageState::Skipped)
+    })
+    .await;
+    let m = answer().await.unwrap();
+    assert!(m.error.as_deref().is_some_and(|e| e.contains("outside the 24-hour window")), "{:?}", m.error);
+    assert!(bot_messages(&h, 395).is_empty(), "nothing reached the person");
 }
 
 /// The report a resident makes in the chat becomes a row of its own in the `Incidencias` tab,
@@ -845,6 +909,79 @@ flows:
             == Some("Quiero ayudar los sábados")
     })
     .await;
+}
+
+/// One number in two sources (a participant who also volunteers): the conversation is about
+/// the record of the first source in the configuration, and an opt-out is marked in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_in_two_sources_talks_about_the_first_and_opts_out_of_both() {
+    use crate::harness::{SHEET, TAB};
+    let mut h = Harness::new(Vec::new()).await;
+    let mut inscripciones = vec![header(), row(396, "Ana", "Sí", "Activo")];
+    inscripciones[0].push(json!("Comentario"));
+    inscripciones[1].push(json!(""));
+    let voluntarios = vec![
+        vec![json!("ID"), json!("Nombre"), json!("Teléfono"), json!("Consentimiento"), json!("Comentario")],
+        vec![json!("V-2"), json!("Ana María"), json!(crate::harness::phone(396)), json!("Sí"), json!("")],
+    ];
+    h.sandbox.google().seed(
+        SHEET,
+        "America/Santiago",
+        vec![(TAB.to_string(), inscripciones), ("Voluntarios".into(), voluntarios)],
+    );
+    h.extra_source = another_tab(&h, "voluntarios", "Voluntarios", "    consent:\n      column: Consentimiento\n");
+    h.extra_top = r#"
+inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
+  entry_flow: saludo
+flows:
+  - id: saludo
+    steps:
+      - id: pregunta
+        ask: { text: "Hola {{ Nombre }}, ¿algo que contarnos?", save: Comentario }
+      - id: gracias
+        say: "Gracias."
+"#
+    .into();
+    h.user(396, false, None);
+    h.start().await;
+    let store = h.store();
+    wait_for("both records indexed", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut conn = store.conn().await.unwrap();
+            recado::store::records_with_phone(&mut conn, &e164(396)).await.unwrap().len() == 2
+        }
+    })
+    .await;
+    h.says(396, "hola", None);
+    wait_for("the greeting", Duration::from_secs(20), || async { h.meta_sent_to(396).len() == 1 }).await;
+    assert_eq!(
+        h.meta_sent_to(396)[0].body["text"]["body"],
+        "Hola Ana, ¿algo que contarnos?",
+        "the first source's record"
+    );
+    h.says(396, "Todo bien", None);
+    wait_for("the answer in the first source's row", Duration::from_secs(20), || async {
+        h.cell("396", "Comentario") == "Todo bien"
+    })
+    .await;
+    h.says(396, "BAJA", None);
+    let volunteer = |column: usize| {
+        h.sandbox
+            .google()
+            .rows(SHEET, "Voluntarios")
+            .get(1)
+            .and_then(|r| r.get(column))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    wait_for("the opt-out in both records", Duration::from_secs(20), || async {
+        h.cell("396", "Consentimiento") == "BAJA" && volunteer(3).as_deref() == Some("BAJA")
+    })
+    .await;
+    h.quiet().await;
+    assert_eq!(volunteer(4).unwrap_or_default(), "", "the answer went to one record only");
 }
 
 /// A button of an earlier question, still on the person's screen, does not answer the question
