@@ -310,6 +310,8 @@ struct Inner {
     /// How much older a window is than the wall clock says ([`Self::age_windows`]).
     windows_aged: HashMap<String, Duration>,
     messages: Vec<TwilioMessage>,
+    /// Messages accepted per recipient (`whatsapp:+…`) and when the last one was (ms).
+    sent_to: HashMap<String, (usize, i64)>,
     /// When the sender may send its next message (Twilio's queue).
     next_slot: Instant,
     faults: VecDeque<TwilioFault>,
@@ -328,6 +330,7 @@ impl TwilioState {
                 settings,
                 contents: HashMap::new(),
                 users: HashMap::new(),
+                sent_to: HashMap::new(),
                 windows: HashMap::new(),
                 windows_aged: HashMap::new(),
                 messages: Vec::new(),
@@ -398,6 +401,12 @@ impl TwilioState {
     }
 
     /// Outbound messages accepted, oldest first.
+    /// Messages accepted for one recipient (E.164), and when the last one was (ms); cheaper
+    /// than `sent()` for polling.
+    pub fn sent_count_to(&self, number: &str) -> (usize, i64) {
+        self.lock().sent_to.get(&format!("whatsapp:{number}")).copied().unwrap_or((0, 0))
+    }
+
     pub fn sent(&self) -> Vec<TwilioMessage> {
         self.lock().messages.iter().filter(|m| m.direction != "inbound").cloned().collect()
     }
@@ -1029,7 +1038,12 @@ pub async fn create_message(
         at_ms: chrono::Utc::now().timestamp_millis(),
         credential: Some(credential),
     };
-    tw.lock().messages.push(m.clone());
+    {
+        let mut g = tw.lock();
+        let count = g.sent_to.entry(m.to.clone()).or_default();
+        *count = (count.0 + 1, m.at_ms);
+        g.messages.push(m.clone());
+    }
     tw.after_send(&m, failure, leaves_at);
     match after_accept {
         Some("drop") => std::future::pending::<()>().await,
