@@ -6,7 +6,10 @@
 //! Then one row is added and the time until its message is accepted is reported.
 //!
 //! `cargo run --release --example baseline_load -- --rows 1000000`
-//! (figures in BENCHMARKS.md).
+//! `cargo build --release && cargo run --release --example baseline_load -- --rows 1000000 --daemon target/release/recado`
+//! (figures in BENCHMARKS.md). With `--daemon PATH` the daemon is that binary, run as a
+//! separate process (`recado run --config …`) against the sandbox in this one, and its own
+//! peak RSS is reported; without it, daemon and sandbox share this process.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +25,30 @@ use serde_json::json;
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn text_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// A free loopback port (bound and released: the daemon binds it next).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A process's peak resident set (`VmHWM`), in MB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The daemon under test: in this process, or a separate one.
+enum Daemon {
+    InProcess(recado::app::RunningApp),
+    Separate(std::process::Child),
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -56,10 +83,12 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&key, sandbox.service_account_key("load@sandbox"))?;
     sandbox.google().share("load", "load@sandbox");
     let base = sandbox.base_url();
+    let daemon_path = text_arg("--daemon");
+    let port = if daemon_path.is_some() { free_port()? } else { 0 };
     let yaml = format!(
         r#"
 state: {{ path: "{db}" }}
-http: {{ listen: "127.0.0.1:0" }}
+http: {{ listen: "127.0.0.1:{port}" }}
 providers:
   - {{ id: p, type: meta_cloud, phone_number_id: "1234567890", access_token: sandbox-token, app_secret: sandbox-app-secret,
       verify_token: v, base_url: "{base}/meta" }}
@@ -75,9 +104,34 @@ rules:
         key = key.display()
     );
     let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = config.state.path.clone();
     let started = Instant::now();
-    let app = recado::app::start(config).await?;
-    let url = format!("http://{}/webhooks/p", app.webhook_addr());
+    let (daemon, url) = match &daemon_path {
+        None => {
+            let app = recado::app::start(config).await?;
+            let url = format!("http://{}/webhooks/p", app.webhook_addr());
+            (Daemon::InProcess(app), url)
+        }
+        Some(path) => {
+            let file = dir.path().join("recado.yaml");
+            std::fs::write(&file, &yaml)?;
+            let child = std::process::Command::new(path)
+                .args(["run", "--config"])
+                .arg(&file)
+                .env("RECADO_LOG", "warn")
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("starting {path}: {e}"))?;
+            // Listening once it answers.
+            let url = format!("http://127.0.0.1:{port}/webhooks/p");
+            let http = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "the daemon did not listen within 30 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (Daemon::Separate(child), url)
+        }
+    };
     let done = Arc::new(AtomicBool::new(false));
     let poster = {
         let done = Arc::clone(&done);
@@ -108,7 +162,23 @@ rules:
             (latencies, refused)
         })
     };
-    let store = app.ctx().store.clone();
+    // The state store says when the baseline is committed (read from here, as `recado report`
+    // would, whichever process the daemon is).
+    let store = match &daemon {
+        Daemon::InProcess(app) => app.ctx().store.clone(),
+        Daemon::Separate(_) => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if db.exists() {
+                    if let Ok(s) = store::Store::open(&db).await {
+                        break s;
+                    }
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the daemon's state store did not appear");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     loop {
         let mut c = store.conn().await?;
         if store::source_state(&mut c, "s").await?.baseline_done {
@@ -150,7 +220,20 @@ rules:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("one row added → message accepted after: {:.2} s (poll interval 2 s)", added.elapsed().as_secs_f64());
-    app.stop().await;
+    match daemon {
+        Daemon::InProcess(app) => {
+            let me = std::process::id();
+            app.stop().await;
+            println!("peak RSS of this process (daemon and sandbox): {:.0} MB", peak_rss_mb(me).unwrap_or(0.0));
+        }
+        Daemon::Separate(mut child) => {
+            println!("peak RSS of the daemon alone: {:.0} MB", peak_rss_mb(child.id()).unwrap_or(0.0));
+            store.close().await;
+            // A graceful stop, as systemd asks.
+            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+            child.wait()?;
+        }
+    }
     sandbox.stop().await;
     Ok(())
 }

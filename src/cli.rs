@@ -422,6 +422,14 @@ pub async fn execute(cli: Cli) -> i32 {
 pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     let number = parse_phone(phone, region)?;
+    // A running daemon holds the snapshot and the phone index in memory: erasing its copy
+    // under it would be undone, or half done. One at a time.
+    let _lock = crate::store::StateLock::acquire(&config.state.path).map_err(|e| match e {
+        crate::store::StoreError::Locked { .. } => anyhow::anyhow!(
+            "{e}; recado forget needs the daemon stopped (systemctl stop recado; recado forget …; systemctl start recado)"
+        ),
+        other => anyhow::Error::new(other),
+    })?;
     let store = crate::store::Store::open(&config.state.path)
         .await
         .with_context(|| format!("opening the state store {}", config.state.path.display()))?;
@@ -442,7 +450,10 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
         "  recado's copy of {} record(s) holding the number (the next read is not taken as news)\n",
         e.record_copies
     ));
-    out.push_str(&format!("  {} value(s) waiting to be written to those records\n", e.queued_writes));
+    out.push_str(&format!(
+        "  {} value(s) waiting to be written to those records, or to records their conversations were adding\n",
+        e.queued_writes
+    ));
     out.push_str(if e.contact {
         "  the contact (consent answer, language, 24-hour window)\n"
     } else {
@@ -453,7 +464,7 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     } else {
         "kept: nothing\n"
     });
-    out.push_str("not touched: their records in your sources (the sheet or Salesforce is yours to edit; while a record still holds the number, recado reads it again at each poll)\n");
+    out.push_str("not touched: their records in your sources (the sheet or Salesforce is yours to edit; a record that still holds the number is read again when recado starts)\n");
     Ok(out)
 }
 

@@ -44,6 +44,9 @@ const TRANSACTION_BUDGET: Duration = Duration::from_millis(5);
 #[derive(Default)]
 struct Effects {
     opted_out: bool,
+    /// The delivery came from someone who refused the privacy notice (or is refusing it now):
+    /// its raw body (their words, their profile name) is not kept either.
+    erase_raw: bool,
     sources: HashSet<String>,
     providers: HashSet<String>,
     writes: Vec<FieldWrite>,
@@ -218,12 +221,18 @@ impl InboxProcessor {
         let started = std::time::Instant::now();
         let mut tx = self.ctx.store.begin().await?;
         let mut applied = Vec::with_capacity(deliveries.len());
+        let mut erase = Vec::new();
         for w in deliveries {
-            applied.push(self.apply_delivery(&mut tx, w).await?);
+            let a = self.apply_delivery(&mut tx, w).await?;
+            if a.effects.erase_raw {
+                erase.push(w.id);
+            }
+            applied.push(a);
             if started.elapsed() >= budget {
                 break;
             }
         }
+        store::erase_webhook_bodies(&mut tx, &erase).await?;
         // One statement for every value the deliveries write back (the last value of a field
         // wins, as it would written one after the other), and one per outcome.
         let mut writes = Vec::new();
@@ -583,6 +592,7 @@ impl InboxProcessor {
             quoted_reply || live.as_ref().is_none_or(|c| c.record == Some((m.source_id.clone(), m.record_key.clone())))
         };
         if !kept {
+            effects.erase_raw = true;
             info!(from = %who, "message from a contact who refused the privacy notice: not kept");
         } else if let Some(m) = origin.as_ref().filter(|m| about_origin(m)) {
             if let Some(settings) = self.ctx.source(&m.source_id) {
@@ -1002,6 +1012,7 @@ impl InboxProcessor {
                     crate::flows::Action::Consent { granted } => {
                         let version = inbound.consent_version.as_deref().unwrap_or("");
                         store::set_consent(tx, talk.phone, granted, method, version, now).await?;
+                        effects.erase_raw |= !granted;
                         info!(from = %who, granted, version, method, "answer to the privacy notice recorded");
                         writes.extend(self.consent_writes(record.clone(), |c| {
                             if granted {

@@ -400,13 +400,13 @@ impl TwilioState {
         }
     }
 
-    /// Outbound messages accepted, oldest first.
     /// Messages accepted for one recipient (E.164), and when the last one was (ms); cheaper
     /// than `sent()` for polling.
     pub fn sent_count_to(&self, number: &str) -> (usize, i64) {
         self.lock().sent_to.get(&format!("whatsapp:{number}")).copied().unwrap_or((0, 0))
     }
 
+    /// Outbound messages accepted, oldest first.
     pub fn sent(&self) -> Vec<TwilioMessage> {
         self.lock().messages.iter().filter(|m| m.direction != "inbound").cloned().collect()
     }

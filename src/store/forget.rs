@@ -126,6 +126,19 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
         .await?
         .rows_affected();
     }
+    // Records their conversations were adding (a report with their number in it) and not yet
+    // written: every field of such a record goes.
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    e.queued_writes += sqlx::query(
+        "DELETE FROM write_queue WHERE target_kind = 'new_record' AND target IN (
+             SELECT target FROM write_queue WHERE target_kind = 'new_record'
+               AND (instr(value, $1) > 0 OR instr(replace(replace(replace(value, ' ', ''), '-', ''), '+', ''), $2) > 0))",
+    )
+    .bind(phone)
+    .bind(&digits)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
     sqlx::query("DELETE FROM contact_records WHERE phone = $1").bind(phone).execute(&mut *conn).await?;
     let erased_content = r#"{"type":"text","body":""}"#;
     e.messages = sqlx::query(
@@ -160,7 +173,6 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
     e.provider_ids =
         sqlx::query("DELETE FROM contact_ids WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected();
     // Raw deliveries carry the number (digits, or with `+` in form bodies).
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
     if digits.len() >= 8 {
         // Only applied (or parked) ones: a delivery still waiting is applied first.
         e.raw_webhooks = sqlx::query(

@@ -166,8 +166,8 @@ pub struct Store {
 /// The right to run on a state store: one daemon per state file. Two daemons on one store
 /// would both send what is queued (twice to the same people), so `recado run` takes this
 /// before anything else and keeps it until it exits; the operating system lets go of it even
-/// when the process is killed. Commands that only read or edit a few rows (`plan`, `forget`)
-/// do not need it: SQLite keeps them consistent with a running daemon.
+/// when the process is killed. `recado forget` takes it too (it erases what a running daemon
+/// holds in memory as well); commands that only read (`plan`, `report`) do not need it.
 #[derive(Debug)]
 pub struct StateLock {
     _file: std::fs::File,

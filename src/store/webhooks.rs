@@ -140,6 +140,21 @@ pub async fn finish_webhooks(conn: &mut SqliteConnection, ids: &[i64], outcome: 
     Ok(())
 }
 
+/// Erases the raw bodies of applied deliveries whose sender's words recado must not keep (the
+/// row stays, with its outcome).
+pub async fn erase_webhook_bodies(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<()> {
+    for chunk in ids.chunks(500) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhooks SET body = '' WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Parks a delivery that cannot be applied: kept with its reason, never retried.
 pub async fn park_webhook(conn: &mut SqliteConnection, id: i64, reason: &str, now: i64) -> StoreResult<()> {
     sqlx::query("UPDATE webhooks SET processed_at = $2, parked_at = $2, outcome = $3 WHERE id = $1")

@@ -126,6 +126,12 @@ flows:
         .replace(r#"{ es: "Trámites", qu"#, r#"{ es: "Trámites", en: "Procedures", qu"#);
     let (code, text) = check(fixed.as_bytes());
     assert_eq!(code, 0, "{text}");
+    // A bot tells someone who opts out that it worked: the text is required.
+    let silent = fixed.replace("  opt_out_reply: { es: \"Listo.\", en: \"Done.\", qu: \"Listo.\" }\n", "");
+    assert_ne!(silent, fixed);
+    let (code, text) = check(silent.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("inbound.opt_out_reply: required when recado answers people"), "{text}");
 }
 
 /// `--log-format json`: every line on stderr is one JSON event with its level and fields, for a

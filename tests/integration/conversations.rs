@@ -13,9 +13,10 @@
 //! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got),
 //! `change: {from: TEXT, to: TEXT}` (edits the configuration; a `restart` applies it),
 //! `react: true` (a 👍 on the bot's last message), `photo: CAPTION` (Meta only),
-//! `holds: {replies: [TEXT, …], consent: C, consent_method: M, consent_version: V}` (what
-//! recado's store holds about the person: the last things they wrote, their answer to the
-//! privacy notice; each key optional).
+//! `holds: {replies: [TEXT, …], consent: C, consent_method: M, consent_version: V,
+//! raw_without: [TEXT, …]}` (what recado's store holds about the person: the last things they
+//! wrote, their answer to the privacy notice, raw deliveries without these texts; each key
+//! optional).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -243,6 +244,19 @@ impl Runner {
                     self.fail(i, &format!("recado holds the replies {held:?}, expected {replies:?}"));
                 }
             }
+            // `raw_without: [TEXT, …]`: no stored raw delivery holds any of these.
+            for text in
+                want.get("raw_without").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+            {
+                let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE body LIKE $1")
+                    .bind(format!("%{text}%"))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("webhooks");
+                if found > 0 {
+                    self.fail(i, &format!("{found} raw deliveries still hold {text:?}"));
+                }
+            }
             let standing = history.standing.clone().unwrap_or_default();
             for (key, held) in [
                 ("consent", standing.consent.clone()),
@@ -463,6 +477,9 @@ flows:
     h.says(390, "baja por favor", None);
     wait_for("the opt-out confirmation", Duration::from_secs(20), || async { bot_messages(&h, 390).len() == 3 }).await;
     h.quiet().await;
+    // Not under a running daemon, which holds their record's copy in memory.
+    let refused = recado::cli::forget(&h.config(), &phone(390), "CL").await.expect_err("the daemon runs");
+    assert!(refused.to_string().contains("needs the daemon stopped"), "{refused}");
     h.stop().await;
     // A value still waiting to be written to her row when the daemon stopped.
     {
@@ -474,7 +491,15 @@ flows:
             field: "Última respuesta".into(),
             value: "baja por favor".into(),
         };
-        recado::store::queue_writes(&mut tx, &[write]).await.unwrap();
+        // And a report her conversation was adding to another tab, with her number in it.
+        let report = |field: &str, value: &str| recado::domain::FieldWrite {
+            source_id: SOURCE.into(),
+            target: recado::domain::WriteTarget::NewRecord(recado::domain::RecordKey("R-0123456789".into())),
+            field: field.into(),
+            value: value.into(),
+        };
+        let writes = [write, report("Problema", "Un bache"), report("Teléfono", &phone(390))];
+        recado::store::queue_writes(&mut tx, &writes).await.unwrap();
         tx.commit().await.unwrap();
         store.close().await;
     }
@@ -483,7 +508,7 @@ flows:
     assert!(report.contains("3 message(s)"), "{report}");
     assert!(report.contains("2 reply(ies)"), "{report}");
     assert!(report.contains("recado's copy of 1 record(s)"), "{report}");
-    assert!(report.contains("1 value(s) waiting"), "{report}");
+    assert!(report.contains("3 value(s) waiting"), "{report}");
     assert!(report.contains("kept: their opt-out"), "{report}");
     assert!(!report.contains(&e164(390)), "the report masks the number: {report}");
     let report = recado::cli::forget(&h.config(), &phone(393), "CL").await.expect("forget");
@@ -528,8 +553,8 @@ flows:
             for column in columns {
                 // The number as WhatsApp sends it and as the sheet holds it, her name, what she
                 // wrote; and the same of the person who never wrote.
-                for held in [wa_id(390), phone(390), "Rosa".into(), "baja".into(), wa_id(393), phone(393), "Ana".into()]
-                {
+                let held_texts = [wa_id(390), phone(390), "Rosa".into(), "baja".into(), "bache".into(), wa_id(393)];
+                for held in held_texts.into_iter().chain([phone(393), "Ana".into()]) {
                     // Names read from the schema itself, quoted.
                     let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                         "SELECT COUNT(*) FROM \"{table}\" WHERE CAST(\"{column}\" AS TEXT) LIKE $1"
