@@ -47,7 +47,7 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 
 /// The daemon under test: in this process, or a separate one.
 enum Daemon {
-    InProcess(recado::app::RunningApp),
+    InProcess(Box<recado::app::RunningApp>),
     Separate(std::process::Child),
 }
 
@@ -110,7 +110,7 @@ rules:
         None => {
             let app = recado::app::start(config).await?;
             let url = format!("http://{}/webhooks/p", app.webhook_addr());
-            (Daemon::InProcess(app), url)
+            (Daemon::InProcess(Box::new(app)), url)
         }
         Some(path) => {
             let file = dir.path().join("recado.yaml");
