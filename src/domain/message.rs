@@ -33,6 +33,36 @@ pub enum MessageContent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         list_button: Option<String>,
     },
+    /// An image, a document or a video at a public address, with an optional caption.
+    /// Free-form, so inside the window only.
+    Media {
+        kind: MediaKind,
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
+        /// The name a document is shown with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+    },
+}
+
+/// What kind of file a [`MessageContent::Media`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Image,
+    Document,
+    Video,
+}
+
+impl MediaKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Document => "document",
+            MediaKind::Video => "video",
+        }
+    }
 }
 
 /// One option of a [`MessageContent::Choice`].
@@ -50,6 +80,7 @@ impl MessageContent {
             MessageContent::Template(t) => t.name.clone(),
             MessageContent::Text { .. } => "text".to_string(),
             MessageContent::Choice { .. } => "choice".to_string(),
+            MessageContent::Media { kind, .. } => kind.name().to_string(),
         }
     }
 
@@ -72,6 +103,13 @@ impl MessageContent {
                     out.push_str(&format!("\n{}. {}", i + 1, o.title));
                 }
                 out
+            }
+            MessageContent::Media { kind, url, caption, filename } => {
+                let name = filename.as_deref().unwrap_or(url);
+                match caption {
+                    Some(c) => format!("[{} {name}] {c}", kind.name()),
+                    None => format!("[{} {name}]", kind.name()),
+                }
             }
         }
     }

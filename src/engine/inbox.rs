@@ -955,6 +955,9 @@ impl InboxProcessor {
                                     .collect(),
                                 list_button,
                             },
+                            crate::flows::Outgoing::Media { kind, url, caption, filename } => {
+                                MessageContent::Media { kind, url, caption, filename }
+                            }
                         };
                         self.queue_bot_message(tx, talk, &flow.id, n, content, now, effects).await?;
                         n += 1;

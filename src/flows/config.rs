@@ -92,7 +92,10 @@ pub struct RawStep {
     /// Send a text (one string, or one per language), or an approved template:
     /// `say: {template: {name, language, languages, body, button_url_suffix}}`, written like a
     /// rule's. A template goes out even outside WhatsApp's 24-hour window, and can carry what
-    /// a text cannot (a header image, a document, buttons approved with it).
+    /// a text cannot (a header image, a document, buttons approved with it). Or a file by its
+    /// public address (a template over the answers and the record), inside the window only:
+    /// `say: {document: URL, filename: requisitos.pdf, caption: …}`, `{image: URL, caption}`,
+    /// `{video: URL, caption}` (caption at most 1,024 characters, one per language allowed).
     #[serde(default)]
     pub say: Option<Value>,
     /// Ask a question and wait for the answer.
@@ -550,13 +553,49 @@ impl StepValidator<'_, '_> {
         Some(Step { id: s.id, kind, next })
     }
 
-    /// `say:` a text, or `{template: …}`.
+    /// `say:` a text, `{template: …}`, or a file: `{image|document|video: URL, caption, filename}`.
     fn say(&mut self, path: &str, v: Value) -> StepKind {
+        let media = ["image", "document", "video"];
         match v {
+            Value::Object(mut m) if media.iter().any(|k| m.contains_key(*k)) => {
+                let given: Vec<&str> = media.iter().copied().filter(|k| m.contains_key(*k)).collect();
+                if given.len() > 1 {
+                    self.p.push(path, format!("one file a step: give only one of {}", given.join(", ")));
+                }
+                let name = given[0];
+                let kind = match name {
+                    "image" => crate::domain::MediaKind::Image,
+                    "video" => crate::domain::MediaKind::Video,
+                    _ => crate::domain::MediaKind::Document,
+                };
+                let url = m.remove(name).and_then(|u| u.as_str().map(str::to_string)).unwrap_or_default();
+                let at = format!("{path}.{name}");
+                let fixed = url.split("{{").next().unwrap_or_default();
+                if !(url.starts_with("https://") || url.starts_with("http://")) || fixed.len() <= "https://".len() {
+                    self.p.push(&at, format!("expected the file's public address (https://…), found {url:?}: WhatsApp fetches it from there"));
+                }
+                self.template(&at, &url);
+                let caption = m.remove("caption").and_then(|c| self.p.parse::<RawText>(&format!("{path}.caption"), c));
+                let caption = caption.map(|c| self.text(&format!("{path}.caption"), c, MAX_MEDIA_CAPTION));
+                let filename = m.remove("filename").and_then(|f| f.as_str().map(str::to_string));
+                if filename.is_some() && kind != crate::domain::MediaKind::Document {
+                    self.p.push(format!("{path}.filename"), "only a document has a file name");
+                }
+                for other in m.keys().filter(|k| !media.contains(&k.as_str())) {
+                    self.p.push(
+                        format!("{path}.{other}"),
+                        "unknown field: a file takes image, document or video, caption and (a document) filename",
+                    );
+                }
+                StepKind::SayMedia(Box::new(crate::flows::MediaStep { kind, url, caption, filename }))
+            }
             Value::Object(mut m) if m.contains_key("template") => {
                 let template = m.remove("template").unwrap_or_default();
                 for other in m.keys() {
-                    self.p.push(format!("{path}.{other}"), "unknown field: say takes a text or {template: …}");
+                    self.p.push(
+                        format!("{path}.{other}"),
+                        "unknown field: say takes a text, {template: …} or a file ({image|document|video: URL})",
+                    );
                 }
                 match self.templates.and_then(|read| read(self.p, &format!("{path}.template"), template)) {
                     Some(spec) => StepKind::SayTemplate(Box::new(spec)),
@@ -876,6 +915,31 @@ mod tests {
         assert!(has("flows[0].steps[5].branch[1].goto", "no step 'zeta'"), "{errors:?}");
         assert!(has("flows[1].id", "duplicate id 'menu'"), "{errors:?}");
         assert!(has("flows[1].steps", "at least one step"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_file_needs_a_public_address_and_only_a_document_has_a_name() {
+        let long = "x".repeat(1025);
+        let (set, errors) = check(
+            json!([{"id": "f", "steps": [
+                {"id": "a", "say": {"image": "mapa.png", "filename": "mapa.png"}},
+                {"id": "b", "say": {"document": "https://muni.example/r.pdf", "caption": long, "titulo": "x"}},
+                {"id": "c", "say": {"video": "https://muni.example/v.mp4", "image": "https://muni.example/i.png"}},
+                {"id": "d", "say": {"document": "https://muni.example/{{ answers.x }}.pdf", "filename": "r.pdf", "caption": "Requisitos"}}
+            ]}]),
+            &[],
+        );
+        let has = |path: &str, what: &str| errors.iter().any(|e| e.contains(path) && e.contains(what));
+        assert!(has("steps[0].say.image", "public address"), "{errors:?}");
+        assert!(has("steps[0].say.filename", "only a document"), "{errors:?}");
+        assert!(has("steps[1].say.caption", "1024"), "{errors:?}");
+        assert!(has("steps[1].say.titulo", "unknown field"), "{errors:?}");
+        assert!(has("steps[2].say", "one file a step"), "{errors:?}");
+        assert_eq!(errors.len(), 5, "the last step is valid: {errors:?}");
+        let flow = set.get("f").expect("the flow");
+        assert!(
+            matches!(&flow.steps[3].kind, crate::flows::StepKind::SayMedia(m) if m.filename.as_deref() == Some("r.pdf"))
+        );
     }
 
     #[test]

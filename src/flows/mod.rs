@@ -36,6 +36,8 @@ pub const MAX_ROW_TITLE: usize = 24;
 pub const MAX_LIST_BUTTON: usize = 20;
 pub const MAX_INTERACTIVE_BODY: usize = 1024;
 pub const MAX_TEXT_BODY: usize = 4096;
+/// Characters of a file's caption WhatsApp takes.
+pub const MAX_MEDIA_CAPTION: usize = 1024;
 /// Texts that follow one another go out as one message up to this many characters (the
 /// shortest body a provider delivers); beyond it, as several.
 pub const MAX_JOINED_TEXT: usize = 1600;
@@ -77,6 +79,16 @@ impl FlowSet {
     pub fn get(&self, id: &str) -> Option<&Flow> {
         self.flows.get(id)
     }
+}
+
+/// A `say` of a file.
+#[derive(Debug, Clone)]
+pub struct MediaStep {
+    pub kind: crate::domain::MediaKind,
+    pub url: String,
+    pub caption: Option<LocalText>,
+    /// The name a document is shown with.
+    pub filename: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +177,9 @@ pub enum StepKind {
     Say(LocalText),
     /// An approved template, its parameters templates over the answers and the record.
     SayTemplate(Box<crate::domain::TemplateSpec>),
+    /// An image, a document or a video at a public address (a template over the answers and
+    /// the record), with an optional caption.
+    SayMedia(Box<MediaStep>),
     Ask(Box<Ask>),
     /// A value (a template over the answers and the record) saved to a field of the
     /// contact's record.
@@ -274,6 +289,7 @@ pub enum Outgoing {
     Text(String),
     Template(crate::domain::TemplateMessage),
     Choice { body: String, options: Vec<(String, String)>, list_button: Option<String> },
+    Media { kind: crate::domain::MediaKind, url: String, caption: Option<String>, filename: Option<String> },
 }
 
 /// Something the inbox carries out after a turn.
@@ -548,6 +564,17 @@ impl<'a> Run<'a> {
                     self.flush();
                     let message = self.template(spec);
                     self.actions.push(Action::Send(Outgoing::Template(message)));
+                }
+                StepKind::SayMedia(media) => {
+                    // The texts before it go first, in their own message.
+                    self.flush();
+                    let caption = media.caption.as_ref().map(|c| self.text(c)).filter(|c| !c.trim().is_empty());
+                    self.actions.push(Action::Send(Outgoing::Media {
+                        kind: media.kind,
+                        url: render(&media.url, &self.conv.answers, self.ctx),
+                        caption,
+                        filename: media.filename.clone(),
+                    }));
                 }
                 StepKind::Ask(ask) => {
                     self.prompt(step, ask, None);

@@ -802,6 +802,10 @@ pub fn shown_text(m: &SentMessage) -> String {
     if let Some(t) = b["interactive"]["body"]["text"].as_str() {
         return t.to_string();
     }
+    // A file: what the person sees under it, the caption.
+    if let Some(kind) = b["type"].as_str().filter(|k| ["image", "document", "video"].contains(k)) {
+        return b[kind]["caption"].as_str().unwrap_or_default().to_string();
+    }
     template_text(b)
 }
 
@@ -1177,6 +1181,12 @@ pub async fn send(
                     return meta_error(400, 131008, "Required parameter is missing", "Parameter text is empty");
                 }
             }
+            "image" | "document" | "video" => {
+                if let Err((code, details)) = media_problem(kind, &req[kind]) {
+                    drop(g);
+                    return meta_error(400, code, "Invalid parameter", &details);
+                }
+            }
             "interactive" => {
                 if let Err(details) = interactive_problem(&req["interactive"]) {
                     drop(g);
@@ -1226,6 +1236,26 @@ pub async fn send(
         std::future::pending::<()>().await;
     }
     Json(json!({ "messaging_product": "whatsapp", "contacts": [ { "input": to_raw, "wa_id": wa_id } ], "messages": [ { "id": m.wamid, "message_status": "accepted" } ] })).into_response()
+}
+
+/// What WhatsApp refuses in a media message: neither `link` nor `id` (131008), a link that is
+/// not an http(s) address, a caption over 1,024 characters, a file name on anything but a
+/// document (100).
+fn media_problem(kind: &str, m: &Value) -> Result<(), (i64, String)> {
+    match (m["link"].as_str(), m["id"].as_str()) {
+        (None, None) => return Err((131008, format!("Required parameter is missing: {kind}.link or {kind}.id"))),
+        (Some(l), _) if !(l.starts_with("https://") || l.starts_with("http://")) => {
+            return Err((100, format!("{kind}.link is not a valid URL")))
+        }
+        _ => {}
+    }
+    if m["caption"].as_str().is_some_and(|c| c.chars().count() > 1024) {
+        return Err((100, format!("{kind}.caption is longer than 1024 characters")));
+    }
+    if kind != "document" && m.get("filename").is_some() {
+        return Err((100, format!("filename is not a parameter of {kind}")));
+    }
+    Ok(())
 }
 
 /// What WhatsApp refuses in an interactive message (reply buttons or a list): counts, lengths,

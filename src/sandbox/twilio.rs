@@ -263,6 +263,8 @@ pub struct TwilioMessage {
     /// What the person reads (a template's variables filled in).
     pub body: String,
     pub content_sid: Option<String>,
+    /// `MediaUrl`s sent (files Twilio fetches), in order.
+    pub media_urls: Vec<String>,
     /// The template's friendly name, when one was sent.
     pub template: Option<String>,
     /// `ContentVariables` as sent.
@@ -572,6 +574,7 @@ impl TwilioState {
                 direction: "inbound",
                 body,
                 content_sid: None,
+                media_urls: Vec::new(),
                 template: None,
                 variables: Default::default(),
                 messaging_service_sid: Some(s.messaging_service_sid.clone()),
@@ -912,11 +915,26 @@ pub async fn create_message(
     if status_callback.as_deref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
         return twilio_error(400, 21609, "The StatusCallback URL is not valid.");
     }
+    // Files Twilio fetches and sends (repeatable, at most 10), public http(s) addresses.
+    let media: Vec<String> =
+        pairs.iter().filter(|(n, v)| n == "MediaUrl" && !v.is_empty()).map(|(_, v)| v.clone()).collect();
+    if media.iter().any(|u| !(u.starts_with("https://") || u.starts_with("http://")) || u.len() <= "https://".len()) {
+        return twilio_error(400, 21620, "Invalid media URL(s)");
+    }
+    if media.len() > 10 {
+        return twilio_error(400, 21623, "Number of media files exceeds allowed limit");
+    }
     // WhatsApp takes anything but an approved template as free-form text.
     let mut approved_template = false;
     let (body_text, content_sid, template, variables) = match (get("Body"), get("ContentSid")) {
-        (None, None) => return twilio_error(400, 21619, "A text message body or media urls must be specified."),
+        (None, None) if media.is_empty() => {
+            return twilio_error(400, 21619, "A text message body or media urls must be specified.")
+        }
+        (None, None) => (String::new(), None, None, serde_json::Map::new()),
         (Some(_), Some(_)) => {
+            return twilio_error(400, 21619, "Body and MediaUrl must be omitted when a ContentSid is given.")
+        }
+        (None, Some(_)) if !media.is_empty() => {
             return twilio_error(400, 21619, "Body and MediaUrl must be omitted when a ContentSid is given.")
         }
         (Some(b), None) => {
@@ -1028,6 +1046,7 @@ pub async fn create_message(
         direction: "outbound-api",
         body: body_text,
         content_sid,
+        media_urls: media,
         template,
         variables,
         messaging_service_sid: service.clone(),

@@ -6,8 +6,9 @@
 //!
 //! Transcript lines (one key each, `as: N` to speak as person N instead of the first one):
 //! `user: TEXT`, `tap: TITLE` (a button or list row of the bot's last message; on Twilio, its
-//! number), `bot: TEXT` or `bot: {says: TEXT, options: [TITLE, …]}` (the next bot message
-//! contains TEXT and offers exactly those options), `no_reply: true` (the daemon settles and
+//! number), `bot: TEXT` or `bot: {says: TEXT, options: [TITLE, …], file: URL}` (the next bot
+//! message contains TEXT, offers exactly those options, and is that file or none),
+//! `no_reply: true` (the daemon settles and
 //! the bot said nothing more), `cell: {row: N, column: C, is: V}`, `restart: true`,
 //! `advance: 3h` (moves the daemon's clock, and WhatsApp's 24-hour windows with it), `edit: {row: N, column: C, value: V}` (staff edit
 //! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got),
@@ -93,6 +94,8 @@ struct BotMessage {
     /// (id, title) of buttons or list rows (Meta); numbered lines are in `text` (Twilio).
     options: Vec<(String, String)>,
     list: bool,
+    /// The address of the file it carries, if it is one.
+    file: Option<String>,
 }
 
 fn bot_messages(h: &Harness, n: u32) -> Vec<BotMessage> {
@@ -106,6 +109,7 @@ fn bot_messages(h: &Harness, n: u32) -> Vec<BotMessage> {
                 text: recado::sandbox::meta::shown_text(&m),
                 options: recado::sandbox::meta::interactive_options(&m),
                 list: m.body["interactive"]["type"] == "list",
+                file: m.body["type"].as_str().and_then(|k| m.body[k]["link"].as_str()).map(String::from),
             })
             .collect(),
         Vendor::Twilio => h
@@ -114,7 +118,13 @@ fn bot_messages(h: &Harness, n: u32) -> Vec<BotMessage> {
             .sent()
             .into_iter()
             .filter(|m| m.to == format!("whatsapp:{}", e164(n)) && m.template.is_none())
-            .map(|m| BotMessage { provider_id: m.sid.clone(), text: m.body.clone(), options: Vec::new(), list: false })
+            .map(|m| BotMessage {
+                provider_id: m.sid.clone(),
+                text: m.body.clone(),
+                options: Vec::new(),
+                list: false,
+                file: m.media_urls.first().cloned(),
+            })
             .collect(),
     }
 }
@@ -186,6 +196,11 @@ impl Runner {
             };
             if !m.text.contains(&says) {
                 self.fail(i, &format!("the bot said {:?}, expected it to contain {says:?}", m.text));
+            }
+            // `file: URL`: the message is that file (its caption in `says`).
+            let file = expect.get("file").and_then(Value::as_str);
+            if file != m.file.as_deref() {
+                self.fail(i, &format!("the bot sent the file {:?}, expected {file:?}", m.file));
             }
             if let Some(options) = options {
                 match self.h.vendor {

@@ -143,6 +143,17 @@ pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &
             body["type"] = json!("text");
             body["text"] = json!({ "preview_url": true, "body": text });
         }
+        MessageContent::Media { kind, url, caption, filename } => {
+            let mut media = json!({ "link": url });
+            if let Some(c) = caption {
+                media["caption"] = json!(c);
+            }
+            if let (crate::domain::MediaKind::Document, Some(f)) = (kind, filename) {
+                media["filename"] = json!(f);
+            }
+            body["type"] = json!(kind.name());
+            body[kind.name()] = media;
+        }
         MessageContent::Choice { body: text, options, list_button } => {
             let action = match list_button {
                 None => json!({ "buttons": options.iter().map(|o| json!({

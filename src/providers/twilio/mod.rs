@@ -139,6 +139,13 @@ impl Twilio {
             // Buttons need a Content template made in advance: a question made up in the
             // conversation goes as numbered text, which the flow also reads.
             MessageContent::Choice { .. } => form.push(("Body", content.readable_text())),
+            // Twilio fetches the file from its address; a document's name is the address's.
+            MessageContent::Media { url, caption, .. } => {
+                form.push(("MediaUrl", url.clone()));
+                if let Some(c) = caption {
+                    form.push(("Body", c.clone()));
+                }
+            }
             MessageContent::Template(t) => {
                 let sid = self.config.content_sid(&t.name, &t.language).ok_or_else(|| ProviderError {
                     code: 0,
@@ -427,6 +434,7 @@ impl Twilio {
             && match content {
                 MessageContent::Text { body: text } => body == text,
                 MessageContent::Choice { .. } => body == content.readable_text(),
+                MessageContent::Media { caption, .. } => body == caption.as_deref().unwrap_or(""),
                 MessageContent::Template(t) => t
                     .body
                     .iter()
