@@ -197,7 +197,7 @@ inbound:
         "flows.tramite.requisitos.say.template.languages[0]: provider 'tw2' (twilio) has no content_templates entry for 'requisitos' in 'en'",
         "flows[0].steps[0].say.template.body[0]",
         "flows[0].steps[1].say.template.idioma: unknown field `idioma`",
-        "flows[0].steps[1].say.es: unknown field: say takes a text or {template: …}",
+        "flows[0].steps[1].say.es: unknown field: say takes a text, {template: …} or a file",
         // Meta takes 4,096 characters; Twilio 1,600, and the bot answers on either.
         "flows.tramite.largo.say.es: 1700 characters: provider 'tw2' delivers at most 1600",
         "inbound.opt_out_reply.es: 1700 characters: provider 'tw2' delivers at most 1600",
