@@ -545,6 +545,8 @@ impl InboxProcessor {
             None => false,
         };
         let kept = !refused || opting_out || opting_in;
+        // A redelivery too: its raw body is the same words.
+        effects.erase_raw |= !kept;
         let fresh = store::insert_inbound(
             tx,
             &InboundRow {
@@ -592,7 +594,6 @@ impl InboxProcessor {
             quoted_reply || live.as_ref().is_none_or(|c| c.record == Some((m.source_id.clone(), m.record_key.clone())))
         };
         if !kept {
-            effects.erase_raw = true;
             info!(from = %who, "message from a contact who refused the privacy notice: not kept");
         } else if let Some(m) = origin.as_ref().filter(|m| about_origin(m)) {
             if let Some(settings) = self.ctx.source(&m.source_id) {
@@ -1015,7 +1016,13 @@ impl InboxProcessor {
                     crate::flows::Action::Consent { granted } => {
                         let version = inbound.consent_version.as_deref().unwrap_or("");
                         store::set_consent(tx, talk.phone, granted, method, version, now).await?;
-                        effects.erase_raw |= !granted;
+                        if !granted {
+                            // Nothing they wrote is kept: this answer, and what they wrote
+                            // before the notice was asked (their deliveries of the last day:
+                            // the notice is asked at their first message).
+                            effects.erase_raw = true;
+                            store::erase_words_of(tx, talk.phone, now - super::dispatcher::SERVICE_WINDOW_MS).await?;
+                        }
                         info!(from = %who, granted, version, method, "answer to the privacy notice recorded");
                         writes.extend(self.consent_writes(record.clone(), |c| {
                             if granted {

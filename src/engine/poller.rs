@@ -609,6 +609,17 @@ fn plan(
             Change::Removed(k) => removals.push(k.clone()),
         }
     }
+    // Copies `recado forget` erased of records that did not change: a full read puts them
+    // back as they are (the first read after the daemon starts again is one).
+    if full_pass {
+        for r in read.records.iter().filter(|r| !changed.contains(&r.key)) {
+            if let Some(old) = snapshot.get(&r.key).filter(|old| old.is_erased()) {
+                let mut row = SnapshotRow::of(r);
+                row.from_baseline = old.from_baseline;
+                upserts.push((r.key.clone(), row));
+            }
+        }
+    }
     let present: HashSet<RecordKey> = read.records.iter().map(|r| r.key.clone()).collect();
     let complete = read.complete;
     (

@@ -193,6 +193,25 @@ pub async fn set_consent(
     Ok(())
 }
 
+/// Erases what `phone` wrote: the text of their inbound messages, and the raw bodies of the
+/// applied deliveries received since `since` that carry their number (someone who refused the
+/// privacy notice). The rows stay, as `recado forget` leaves them, so a redelivery is still
+/// known.
+pub async fn erase_words_of(conn: &mut SqliteConnection, phone: &str, since: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE inbound SET body = '' WHERE phone = $1").bind(phone).execute(&mut *conn).await?;
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() >= 8 {
+        sqlx::query(
+            "UPDATE webhooks SET body = '' WHERE received_at >= $1 AND processed_at IS NOT NULL AND body LIKE $2",
+        )
+        .bind(since)
+        .bind(format!("%{digits}%"))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Contacts for several phones at once (the dispatcher checks a chunk in one query).
 pub async fn contacts_for(conn: &mut SqliteConnection, phones: &[&str]) -> StoreResult<HashMap<String, Contact>> {
     if phones.is_empty() {

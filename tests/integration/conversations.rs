@@ -14,6 +14,7 @@
 //! the sheet), `tap_template: TITLE` (a quick-reply button of the last template the person got),
 //! `change: {from: TEXT, to: TEXT}` (edits the configuration; a `restart` applies it),
 //! `react: true` (a 👍 on the bot's last message), `photo: CAPTION` (Meta only),
+//! `duplicate_webhooks: true` (each delivery from then on comes twice),
 //! `holds: {replies: [TEXT, …], consent: C, consent_method: M, consent_version: V,
 //! raw_without: [TEXT, …]}` (what recado's store holds about the person: the last things they
 //! wrote, their answer to the privacy notice, raw deliveries without these texts; each key
@@ -320,6 +321,10 @@ impl Runner {
             if let Err(e) = tapped {
                 self.fail(i, &e);
             }
+        } else if let Some(on) = v.get("duplicate_webhooks").and_then(Value::as_bool) {
+            // Every delivery from now on comes twice, as providers redeliver.
+            self.h.sandbox.meta().update_settings(|s| s.duplicate_webhooks = on);
+            self.h.sandbox.twilio().update_settings(|s| s.duplicate_webhooks = on);
         } else if v.get("react").is_some() {
             let Some(last) = self.last.get(&who).cloned() else { self.fail(i, "a reaction before any bot message") };
             self.h.sandbox.meta().user_reacts(&wa_id(who), &last.provider_id, "👍");
@@ -467,7 +472,12 @@ async fn every_conversation_scenario_runs_as_written() {
 async fn forget_erases_a_person_and_keeps_only_their_opt_out() {
     use crate::harness::{phone, SOURCE};
     // 390 talks to the bot and opts out; 393 never wrote. Both have a row.
-    let mut h = Harness::new(vec![row(390, "Rosa Pérez", "Sí", "Activo"), row(393, "Ana Díaz", "Sí", "Activo")]).await;
+    let rows = vec![
+        row(390, "Rosa Pérez", "Sí", "Activo"),
+        row(393, "Ana Díaz", "Sí", "Activo"),
+        row(394, "Luis Soto", "Sí", "Activo"),
+    ];
+    let mut h = Harness::new(rows).await;
     h.extra_top = r#"
 inbound:
   entry_flow: menu
@@ -526,9 +536,11 @@ flows:
     assert!(report.contains("3 value(s) waiting"), "{report}");
     assert!(report.contains("kept: their opt-out"), "{report}");
     assert!(!report.contains(&e164(390)), "the report masks the number: {report}");
-    let report = recado::cli::forget(&h.config(), &phone(393), "CL").await.expect("forget");
-    assert!(report.contains("recado's copy of 1 record(s)"), "{report}");
-    assert!(report.contains("kept: nothing"), "{report}");
+    for n in [393, 394] {
+        let report = recado::cli::forget(&h.config(), &phone(n), "CL").await.expect("forget");
+        assert!(report.contains("recado's copy of 1 record(s)"), "{report}");
+        assert!(report.contains("kept: nothing"), "{report}");
+    }
     {
         let store = recado::store::Store::open(&h.state_path()).await.unwrap();
         let mut c = store.conn().await.unwrap();
@@ -569,7 +581,7 @@ flows:
                 // The number as WhatsApp sends it and as the sheet holds it, her name, what she
                 // wrote; and the same of the person who never wrote.
                 let held_texts = [wa_id(390), phone(390), "Rosa".into(), "baja".into(), "bache".into(), wa_id(393)];
-                for held in held_texts.into_iter().chain([phone(393), "Ana".into()]) {
+                for held in held_texts.into_iter().chain([phone(393), "Ana".into(), phone(394), "Soto".into()]) {
                     // Names read from the schema itself, quoted.
                     let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                         "SELECT COUNT(*) FROM \"{table}\" WHERE CAST(\"{column}\" AS TEXT) LIKE $1"
@@ -586,6 +598,8 @@ flows:
         store.close().await;
     }
 
+    // While recado is stopped, staff mark Luis as graduated.
+    h.edit("394", "Estado", json!("Egresado"));
     // They write again: still opted out, so the bot says nothing; a new row with their number
     // gets nothing either.
     h.start().await;
@@ -597,30 +611,23 @@ flows:
     assert_eq!(bot_messages(&h, 390).len(), 3, "no answer after being forgotten");
     assert!(h.sent_to(390).iter().all(|m| m.template.is_none()), "no rule message either");
 
-    // Her row is still in the sheet: read again, it is not news (what changed since the
-    // erasure cannot be told), and recado's copy is back. The next change is news again.
-    h.edit("393", "Estado", json!("Egresado"));
+    // Rows still in the sheet are read again when recado starts: their copies are back, and
+    // what changed while they were erased (Luis graduated) is not news: what it changed from
+    // cannot be told. The next change is news again.
     let store = h.store();
-    wait_for("the row read again", Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            let mut c = store.conn().await.unwrap();
-            recado::store::snapshot_row_of(&mut c, SOURCE, "393").await.unwrap().is_some_and(|r| !r.is_erased())
-        }
-    })
-    .await;
+    for key in ["393", "394"] {
+        wait_for("the copy back", Duration::from_secs(20), || {
+            let store = store.clone();
+            async move {
+                let mut c = store.conn().await.unwrap();
+                recado::store::snapshot_row_of(&mut c, SOURCE, key).await.unwrap().is_some_and(|r| !r.is_erased())
+            }
+        })
+        .await;
+    }
     h.quiet().await;
-    assert!(h.sent_to(393).is_empty(), "the first read after the erasure sends nothing");
-    h.edit("393", "Estado", json!("Activo"));
-    wait_for("the change read", Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            let mut c = store.conn().await.unwrap();
-            let row = recado::store::snapshot_row_of(&mut c, SOURCE, "393").await.unwrap();
-            row.is_some_and(|r| r.fields.get("Estado").is_some_and(|v| v == "Activo"))
-        }
-    })
-    .await;
+    assert!(h.sent_to(394).is_empty(), "a change made while the copy was erased sends nothing");
+    assert!(h.sent_to(393).is_empty());
     h.edit("393", "Estado", json!("Egresado"));
     wait_for("the survey of a change made later", Duration::from_secs(20), || async {
         h.sent_to(393).iter().any(|m| m.template.is_some())
