@@ -46,6 +46,7 @@ pub async fn plan(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<PlanLine>> {
     let rules = RuleSet::compile(&config.rules).map_err(anyhow::Error::msg)?;
+    let consent_version = config.inbound.consent_version.as_deref();
     let horizon = now + chrono::Duration::days(i64::from(days));
     let store = store::Store::open_read_only(&config.state.path).await?;
     let http = crate::app::http_client()?;
@@ -104,7 +105,7 @@ pub async fn plan(
                                         v,
                                         &t.occurrence_key(),
                                         &time_for(v, at),
-                                        opted_out(&store, v).await,
+                                        not_for_them(&store, rule, v, consent_version).await,
                                     ));
                                 }
                                 TimerPlan::TooLate(t)
@@ -158,7 +159,7 @@ pub async fn plan(
                                     v,
                                     &occ_key,
                                     &time_for(v, occ),
-                                    opted_out(&store, v).await,
+                                    not_for_them(&store, rule, v, consent_version).await,
                                 )),
                             }
                         }
@@ -180,9 +181,21 @@ pub async fn plan(
     Ok(lines)
 }
 
-async fn opted_out(store: &store::ReadOnlyStore, v: &RecordView) -> Option<String> {
+/// Why the person would not get `rule`'s message, as the dispatcher would decide it: they
+/// opted out, or the message opens a conversation and they refused the privacy notice.
+async fn not_for_them(
+    store: &store::ReadOnlyStore,
+    rule: &RuleConfig,
+    v: &RecordView,
+    consent_version: Option<&str>,
+) -> Option<String> {
     let phone = v.phone.as_ref().ok()?;
-    store.opted_out(phone.as_str()).await
+    let contact = store.contact(phone.as_str()).await?;
+    if contact.opted_out_at.is_some() {
+        return Some("opted out".into());
+    }
+    (rule.on_reply.is_some() && contact.refused_notice(consent_version))
+        .then(|| "its replies go to a conversation, and the contact refused the privacy notice".into())
 }
 
 fn line(

@@ -291,11 +291,11 @@ impl ReadOnlyStore {
     }
 
     /// `Some(reason)` when the contact with this number opted out.
-    pub async fn opted_out(&self, phone: &str) -> Option<String> {
+    /// The contact recado holds for `phone` (with an erased person's opt-out), if any.
+    pub async fn contact(&self, phone: &str) -> Option<Contact> {
         let pool = self.0.as_ref()?;
         let mut c = pool.acquire().await.ok()?;
-        let contact = contact(&mut c, phone).await.ok()??;
-        contact.opted_out_at.map(|_| "opted out".to_string())
+        contact(&mut c, phone).await.ok()?
     }
 }
 
