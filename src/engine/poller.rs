@@ -273,8 +273,9 @@ impl SourcePoller {
                 for k in &planned.removals {
                     snapshot.remove(k);
                 }
-                for (k, row) in &planned.upserts {
-                    snapshot.insert(k.clone(), row.clone());
+                // Moved, not copied: a baseline's rows are not held twice.
+                for (k, row) in planned.upserts {
+                    snapshot.insert(k, row);
                 }
                 self.snapshot = snapshot;
                 self.synced = true;

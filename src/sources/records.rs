@@ -126,7 +126,7 @@ pub struct RecordsRead {
 
 /// Turns a table into records. Fails only when required fields are missing (nothing can be
 /// trusted then); every other problem is a [`RecordIssue`] and the rest of the rows are kept.
-pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
+pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
     let mut missing = Vec::new();
     for name in [spec.key, spec.phone].iter().chain(spec.required.iter()) {
         if table.column(name).is_none() && !missing.contains(&name.to_string()) {
@@ -163,15 +163,17 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
     cache.read += 1;
     let mut first_row: HashMap<String, usize> = HashMap::new();
     let mut duplicates: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, row) in table.rows.iter().enumerate() {
-        let cell = |c: usize| row.get(c).cloned().unwrap_or(CellValue::Empty);
-        if fields.iter().all(|(c, _)| cell(*c).is_empty()) {
+    // The rows are consumed: each record takes its cells instead of copying them, so a large
+    // read is not held twice.
+    for (i, mut row) in table.rows.into_iter().enumerate() {
+        let text = |row: &Vec<CellValue>, c: usize| row.get(c).map(CellValue::canonical).unwrap_or_default();
+        if fields.iter().all(|(c, _)| row.get(*c).is_none_or(CellValue::is_empty)) {
             continue;
         }
-        let key = cell(key_col).canonical();
+        let key = text(&row, key_col);
         if key.is_empty() {
             let fingerprint =
-                crate::diff::fingerprint(&fields.iter().map(|(c, h)| (h.clone(), cell(*c).canonical())).collect());
+                crate::diff::fingerprint(&fields.iter().map(|(c, h)| (h.clone(), text(&row, *c))).collect());
             let place = (spec.locator)(i);
             let at = place.as_deref().map(|p| format!(" ({})", p.replace(':', " "))).unwrap_or_default();
             out.issues.push(RecordIssue {
@@ -187,17 +189,15 @@ pub fn read_records(table: &Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead,
             continue;
         }
         first_row.insert(key.clone(), i);
+        let phone_text = text(&row, phone_col);
+        let mut take =
+            |c: usize| row.get_mut(c).map(|v| std::mem::replace(v, CellValue::Empty)).unwrap_or(CellValue::Empty);
         let record =
-            Record { key: RecordKey(key), fields: fields.iter().map(|(c, h)| (h.clone(), cell(*c))).collect() };
-        let phone_cell = cell(phone_col);
-        let phone = PhoneCache::parse(&mut cache, &phone_cell.canonical(), spec.default_region, &mut out.phone_parses);
+            Record { key: RecordKey(key), fields: fields.iter().map(|(c, h)| (h.clone(), take(*c))).collect() };
+        let phone = PhoneCache::parse(&mut cache, &phone_text, spec.default_region, &mut out.phone_parses);
         if let Err(e) = &phone {
             out.issues.push(RecordIssue {
-                issue_key: format!(
-                    "phone:{}:{:016x}",
-                    record.key,
-                    crate::diff::text_fingerprint(&phone_cell.canonical())
-                ),
+                issue_key: format!("phone:{}:{:016x}", record.key, crate::diff::text_fingerprint(&phone_text)),
                 target: WriteTarget::Record(record.key.clone()),
                 record_key: record.key.0.clone(),
                 message: format!("invalid phone: {e}"),
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn records_and_issues() {
-        let read = read_records(&table(), &spec(&[], &[])).unwrap();
+        let read = read_records(table(), &spec(&[], &[])).unwrap();
         let keys: Vec<&str> = read.records.iter().map(|r| r.key.0.as_str()).collect();
         assert_eq!(keys, vec!["1", "2", "3"]);
         assert!(!read.records[0].fields.contains_key("Estado WhatsApp"), "write-back fields are not fields");
@@ -300,13 +300,13 @@ mod tests {
 
     #[test]
     fn missing_fields_are_all_named() {
-        let err = read_records(&table(), &spec(&["Curso", "Mentor", "Consentimento"], &[])).unwrap_err();
+        let err = read_records(table(), &spec(&["Curso", "Mentor", "Consentimento"], &[])).unwrap_err();
         assert_eq!(err, ["'Curso'", "'Mentor'", "'Consentimento' (did you mean 'Consentimiento'?)"]);
     }
 
     #[test]
     fn a_configured_name_that_differs_by_case_is_found() {
-        let read = read_records(&table(), &spec(&["consentimiento"], &["nombre"])).unwrap();
+        let read = read_records(table(), &spec(&["consentimiento"], &["nombre"])).unwrap();
         let ana = &read.records[0];
         assert_eq!(ana.text("consentimiento"), "Sí", "the rule's spelling reads the value");
         assert_eq!(ana.text("nombre"), "Ana");

@@ -249,7 +249,7 @@ fn convert(
         // A tab is always read whole.
         complete: true,
     };
-    let read = read_records(&table, &column_spec).map_err(SourceError::MissingFields)?;
+    let read = read_records(table, &column_spec).map_err(SourceError::MissingFields)?;
     Ok(SourceRead {
         records: read.records,
         phones: read.phones,

@@ -623,7 +623,7 @@ impl RecordReader {
             let contact = cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref());
             let contacts =
                 contact.map(|c| column_pairs(&cfg.settings.key_field, c, &selected, &table)).unwrap_or_default();
-            let read = to_records(&cfg.settings, &spec, &table, &phones, complete);
+            let read = to_records(&cfg.settings, &spec, table, &phones, complete);
             (read, keyed, contacts, related)
         })
         .await
@@ -787,7 +787,7 @@ enum Deletions {
 fn to_records(
     settings: &SourceSettings,
     spec: &ReadSpec,
-    table: &Table,
+    table: Table,
     phones: &PhoneCache,
     complete: bool,
 ) -> Result<SourceRead, Vec<String>> {
