@@ -127,24 +127,29 @@ pub async fn finish_webhook(conn: &mut SqliteConnection, id: i64, outcome: &str,
 
 /// Marks deliveries applied with the same outcome, in one statement.
 pub async fn finish_webhooks(conn: &mut SqliteConnection, ids: &[i64], outcome: &str, now: i64) -> StoreResult<()> {
-    for chunk in ids.chunks(500) {
+    update_deliveries(conn, ids, || {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhooks SET processed_at = ");
-        q.push_bind(now).push(", outcome = ").push_bind(outcome).push(" WHERE id IN (");
-        let mut list = q.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        q.push(")");
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
+        q.push_bind(now).push(", outcome = ").push_bind(outcome);
+        q
+    })
+    .await
 }
 
 /// Erases the raw bodies of applied deliveries whose sender's words recado must not keep (the
 /// row stays, with its outcome).
 pub async fn erase_webhook_bodies(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<()> {
+    update_deliveries(conn, ids, || sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhooks SET body = ''")).await
+}
+
+/// Runs the `UPDATE … SET …` that `update` starts on the deliveries `ids`, 500 a statement.
+async fn update_deliveries(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    update: impl Fn() -> sqlx::QueryBuilder<sqlx::Sqlite>,
+) -> StoreResult<()> {
     for chunk in ids.chunks(500) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhooks SET body = '' WHERE id IN (");
+        let mut q = update();
+        q.push(" WHERE id IN (");
         let mut list = q.separated(", ");
         for id in chunk {
             list.push_bind(*id);

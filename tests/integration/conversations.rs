@@ -923,30 +923,10 @@ async fn a_contact_in_another_source_is_found_by_phone_and_answers_land_there() 
         vec![(TAB.to_string(), vec![header(), row(390, "Ana", "Sí", "Activo")]), ("Voluntarios".into(), voluntarios)],
     );
     h.extra_source = another_tab(&h, "voluntarios", "Voluntarios", "");
-    h.extra_top = r#"
-inbound:
-  opt_out_reply: "Listo, no te escribiremos más."
-  entry_flow: saludo
-flows:
-  - id: saludo
-    steps:
-      - id: pregunta
-        ask: { text: "Hola {{ Nombre }}, ¿algo que contarnos?", save: Comentario }
-      - id: gracias
-        say: "Gracias, {{ Nombre }}."
-"#
-    .into();
+    h.extra_top = GREETING.into();
     h.user(391, false, None);
     h.start().await;
-    let store = h.store();
-    wait_for("both sources indexed", Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            let mut conn = store.conn().await.unwrap();
-            !recado::store::records_with_phone(&mut conn, &e164(391)).await.unwrap().is_empty()
-        }
-    })
-    .await;
+    indexed(&h, 391, 1).await;
     h.says(391, "hola", None);
     wait_for("the greeting", Duration::from_secs(20), || async { h.meta_sent_to(391).len() == 1 }).await;
     assert_eq!(h.meta_sent_to(391)[0].body["text"]["body"], "Hola Rosa, ¿algo que contarnos?");
@@ -977,30 +957,10 @@ async fn a_number_in_two_sources_talks_about_the_first_and_opts_out_of_both() {
         vec![(TAB.to_string(), inscripciones), ("Voluntarios".into(), voluntarios)],
     );
     h.extra_source = another_tab(&h, "voluntarios", "Voluntarios", "    consent:\n      column: Consentimiento\n");
-    h.extra_top = r#"
-inbound:
-  opt_out_reply: "Listo, no te escribiremos más."
-  entry_flow: saludo
-flows:
-  - id: saludo
-    steps:
-      - id: pregunta
-        ask: { text: "Hola {{ Nombre }}, ¿algo que contarnos?", save: Comentario }
-      - id: gracias
-        say: "Gracias."
-"#
-    .into();
+    h.extra_top = GREETING.into();
     h.user(396, false, None);
     h.start().await;
-    let store = h.store();
-    wait_for("both records indexed", Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            let mut conn = store.conn().await.unwrap();
-            recado::store::records_with_phone(&mut conn, &e164(396)).await.unwrap().len() == 2
-        }
-    })
-    .await;
+    indexed(&h, 396, 2).await;
     h.says(396, "hola", None);
     wait_for("the greeting", Duration::from_secs(20), || async { h.meta_sent_to(396).len() == 1 }).await;
     assert_eq!(
@@ -1132,6 +1092,33 @@ flows:
 
 /// A second Google Sheets source: tab `tab` of the harness's spreadsheet (keyed by `ID`, with
 /// `Teléfono`), with `extra` settings lines.
+/// A flow that greets a person by their record's name and saves what they say to `Comentario`.
+const GREETING: &str = r#"
+inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
+  entry_flow: saludo
+flows:
+  - id: saludo
+    steps:
+      - id: pregunta
+        ask: { text: "Hola {{ Nombre }}, ¿algo que contarnos?", save: Comentario }
+      - id: gracias
+        say: "Gracias, {{ Nombre }}."
+"#;
+
+/// Waits until the phone index holds `records` records for person `n`.
+async fn indexed(h: &Harness, n: u32, records: usize) {
+    let store = h.store();
+    wait_for("the records indexed by phone", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            let mut conn = store.conn().await.unwrap();
+            recado::store::records_with_phone(&mut conn, &e164(n)).await.unwrap().len() >= records
+        }
+    })
+    .await;
+}
+
 fn another_tab(h: &Harness, id: &str, tab: &str, extra: &str) -> String {
     use crate::harness::SHEET;
     format!(
