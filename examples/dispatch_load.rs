@@ -5,7 +5,10 @@
 //! concurrent-request limit, since Twilio queues rather than refuses above a sender's pace).
 //!
 //! `cargo run --release --example dispatch_load -- --rate 80 --messages 2000 [--provider twilio]`
-//! (figures in BENCHMARKS.md).
+//! `cargo build --release && cargo run --release --example dispatch_load -- --rate 1000 --messages 20000 --daemon target/release/recado`
+//! (figures in BENCHMARKS.md). With `--daemon PATH` the daemon is that binary in a process of
+//! its own, and the messages come the way they do in production: N rows added to the sheet at
+//! once, found by one poll; the run also reports the CPU the daemon used while sending.
 
 #[path = "load_daemon/mod.rs"]
 mod load_daemon;
@@ -19,6 +22,10 @@ use recado::store;
 async fn main() -> anyhow::Result<()> {
     let rate = arg("--rate", 80.0);
     let n = arg("--messages", (rate * 20.0).max(500.0)) as usize;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = args.iter().position(|a| a == "--daemon").and_then(|i| args.get(i + 1)) {
+        return separate(path, twilio_chosen(), rate, n).await;
+    }
     // An empty sheet: the run measures sending alone, not a poll of N rows beside it.
     let load = LoadDaemon::start(twilio_chosen(), rate, 0).await?;
     load.baseline_done().await?;
@@ -45,5 +52,101 @@ async fn main() -> anyhow::Result<()> {
         achieved / rate * 100.0,
     );
     load.stop().await;
+    Ok(())
+}
+
+/// CPU seconds a process has used (user + system), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after its closing `)`.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The daemon as its own process: N rows appear in the sheet at once, and it sends their
+/// welcome messages at `rate`.
+async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Result<()> {
+    let (sandbox, content_sid) = load_daemon::sandbox(rate, 0).await?;
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let yaml = load_daemon::config_yaml(&sandbox, &content_sid, twilio, rate, dir.path(), port, "2s")?;
+    let file = dir.path().join("recado.yaml");
+    std::fs::write(&file, &yaml)?;
+    let mut child = std::process::Command::new(path)
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("RECADO_LOG", "warn")
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {path}: {e}"))?;
+    let pid = child.id();
+    let db = dir.path().join("load.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let store = loop {
+        if db.exists() {
+            if let Ok(s) = store::Store::open(&db).await {
+                let mut c = s.conn().await?;
+                if store::source_state(&mut c, "s").await?.baseline_done {
+                    drop(c);
+                    break s;
+                }
+                drop(c);
+                s.close().await;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the daemon's first read did not finish within a minute");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cpu_idle = cpu_seconds(pid).unwrap_or(0.0);
+    for i in 0..n {
+        sandbox.google().insert_row(
+            "load",
+            "T",
+            None,
+            vec![serde_json::json!(i), serde_json::json!(load_daemon::phone(i))],
+        );
+    }
+    let sent = || if twilio { sandbox.twilio().sent_count() } else { sandbox.meta().sent_count() };
+    let started = Instant::now();
+    while sent() < n {
+        if started.elapsed() > Duration::from_secs((n as f64 / rate * 3.0 + 60.0) as u64) {
+            anyhow::bail!("only {} of {n} sent", sent());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu_used = cpu_seconds(pid).unwrap_or(0.0) - cpu_idle;
+    let accepted_at: Vec<i64> = if twilio {
+        sandbox.twilio().sent().iter().map(|m| m.at_ms).collect()
+    } else {
+        sandbox.meta().sent().iter().map(|m| m.at_ms).collect()
+    };
+    let first = accepted_at.iter().copied().min().unwrap_or(0);
+    let last = accepted_at.iter().copied().max().unwrap_or(0);
+    let span = (last - first).max(1) as f64 / 1000.0;
+    let achieved = (n as f64 - 1.0) / span;
+    let refused = if twilio { sandbox.twilio().refused_concurrency() } else { sandbox.meta().throttled() };
+    let mut c = store.conn().await?;
+    let counts = store::counts_by_state(&mut c).await?;
+    drop(c);
+    store.close().await;
+    println!(
+        "{} · daemon in its own process · rate {rate}/s · {n} rows added at once · achieved {achieved:.1}/s ({:.1}% of the ceiling) over {span:.1} s · refused by the emulator: {refused} · outbox: {counts:?}",
+        if twilio { "twilio" } else { "meta" },
+        achieved / rate * 100.0,
+    );
+    println!(
+        "daemon CPU from the rows' appearance to the last send: {cpu_used:.1} s over {:.1} s = {:.2} cores (polls included)",
+        started.elapsed().as_secs_f64(),
+        cpu_used / started.elapsed().as_secs_f64()
+    );
+    // The same daemon with nothing to send, polling the same sheet: what the polls alone cost.
+    let before = cpu_seconds(pid).unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let polling = (cpu_seconds(pid).unwrap_or(0.0) - before) / 10.0;
+    println!("daemon CPU afterwards, polling the {n}-row sheet every 2 s with nothing to send: {polling:.2} cores");
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    child.wait()?;
+    sandbox.stop().await;
     Ok(())
 }

@@ -36,49 +36,72 @@ pub struct LoadDaemon {
     _dir: tempfile::TempDir,
 }
 
-impl LoadDaemon {
-    pub async fn start(twilio: bool, rate: f64, rows: usize) -> anyhow::Result<Self> {
-        let meta = MetaSettings { messages_per_second: rate, statuses: false, pair_burst: 1000, ..Default::default() };
-        let twilio_settings = TwilioSettings { messages_per_second: rate, statuses: false, ..Default::default() };
-        let sandbox = Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), meta, twilio_settings).await?;
-        sandbox.google().set_quota(100_000, 100_000);
-        sandbox.meta().add_template(TemplateDef::new("aviso", "es", 1, false));
-        let content_sid = sandbox.twilio().add_content(ContentDef::new("aviso", "es", 1, false));
-        let mut sheet = vec![vec![json!("ID"), json!("Teléfono")]];
-        sheet.extend((0..rows).map(|i| vec![json!(i), json!(phone(i))]));
-        sandbox.google().seed("load", "UTC", vec![("T".into(), sheet)]);
-        let dir = tempfile::tempdir()?;
-        let key = dir.path().join("sa.json");
-        std::fs::write(&key, sandbox.service_account_key("load@sandbox"))?;
-        sandbox.google().share("load", "load@sandbox");
-        let base = sandbox.base_url();
-        let provider = if twilio {
-            format!(
-                r#"{{ id: p, type: twilio, account_sid: AC00000000000000000000000000000001, auth_token: sandbox-twilio-auth-token,
+/// The sandbox of a load run: both senders paced at `rate` and sending no statuses, the
+/// template `aviso` on both, and a one-tab sheet of `rows` participants. Returns it with the
+/// Twilio Content SID of `aviso`.
+pub async fn sandbox(rate: f64, rows: usize) -> anyhow::Result<(Sandbox, String)> {
+    let meta = MetaSettings { messages_per_second: rate, statuses: false, pair_burst: 1000, ..Default::default() };
+    let twilio_settings = TwilioSettings { messages_per_second: rate, statuses: false, ..Default::default() };
+    let sandbox = Sandbox::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), meta, twilio_settings).await?;
+    sandbox.google().set_quota(100_000, 100_000);
+    sandbox.meta().add_template(TemplateDef::new("aviso", "es", 1, false));
+    let content_sid = sandbox.twilio().add_content(ContentDef::new("aviso", "es", 1, false));
+    let mut sheet = vec![vec![json!("ID"), json!("Teléfono")]];
+    sheet.extend((0..rows).map(|i| vec![json!(i), json!(phone(i))]));
+    sandbox.google().seed("load", "UTC", vec![("T".into(), sheet)]);
+    sandbox.google().share("load", "load@sandbox");
+    Ok((sandbox, content_sid))
+}
+
+/// The daemon's configuration for a load run: one provider (Meta or Twilio) at `rate`, the
+/// sheet polled every `poll`, a `row_added` rule, the store in `dir`, listening on `port`
+/// (0: any).
+pub fn config_yaml(
+    sandbox: &Sandbox,
+    content_sid: &str,
+    twilio: bool,
+    rate: f64,
+    dir: &std::path::Path,
+    port: u16,
+    poll: &str,
+) -> anyhow::Result<String> {
+    let key = dir.join("sa.json");
+    std::fs::write(&key, sandbox.service_account_key("load@sandbox"))?;
+    let base = sandbox.base_url();
+    let provider = if twilio {
+        format!(
+            r#"{{ id: p, type: twilio, account_sid: AC00000000000000000000000000000001, auth_token: sandbox-twilio-auth-token,
       from: "whatsapp:+14155238886", base_url: "{base}/twilio", messages_per_second: {rate}, max_in_flight: 64,
       pair_interval: 0s, content_templates: [{{ name: aviso, language: es, content_sid: {content_sid} }}] }}"#
-            )
-        } else {
-            format!(
-                r#"{{ id: p, type: meta_cloud, phone_number_id: "1234567890", access_token: sandbox-token, app_secret: sandbox-app-secret,
+        )
+    } else {
+        format!(
+            r#"{{ id: p, type: meta_cloud, phone_number_id: "1234567890", access_token: sandbox-token, app_secret: sandbox-app-secret,
       verify_token: v, base_url: "{base}/meta", messages_per_second: {rate}, max_in_flight: 128, pair_interval: 0s }}"#
-            )
-        };
-        let yaml = format!(
-            r#"
+        )
+    };
+    Ok(format!(
+        r#"
 state: {{ path: "{db}" }}
-http: {{ listen: "127.0.0.1:0" }}
+http: {{ listen: "127.0.0.1:{port}" }}
 providers:
   - {provider}
 sources:
   - {{ id: s, type: google_sheets, spreadsheet_id: load, tab: T, key_column: ID, phone_column: Teléfono,
-      service_account_key_file: "{key}", sheets_base_url: "{base}/google/sheets/", drive_base_url: "{base}/google/", poll_interval: 5s }}
+      service_account_key_file: "{key}", sheets_base_url: "{base}/google/sheets/", drive_base_url: "{base}/google/", poll_interval: {poll} }}
 rules:
   - {{ id: r, source: s, when: row_added, provider: p, template: {{ name: aviso, language: es, body: ["{{{{ ID }}}}"] }} }}
 "#,
-            db = dir.path().join("load.db").display(),
-            key = key.display()
-        );
+        db = dir.join("load.db").display(),
+        key = key.display()
+    ))
+}
+
+impl LoadDaemon {
+    pub async fn start(twilio: bool, rate: f64, rows: usize) -> anyhow::Result<Self> {
+        let (sandbox, content_sid) = sandbox(rate, rows).await?;
+        let dir = tempfile::tempdir()?;
+        let yaml = config_yaml(&sandbox, &content_sid, twilio, rate, dir.path(), 0, "5s")?;
         let config = Config::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
         let app = recado::app::start(config).await?;
         let url = format!("http://{}/webhooks/p", app.webhook_addr());
