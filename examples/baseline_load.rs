@@ -11,6 +11,11 @@
 //! separate process (`recado run --config …`) against the sandbox in this one, and its own
 //! peak RSS is reported; without it, daemon and sandbox share this process.
 
+// Each load run uses part of it.
+#[allow(dead_code)]
+#[path = "separate_daemon/mod.rs"]
+mod separate_daemon;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,19 +35,6 @@ fn arg(name: &str, default: u64) -> u64 {
 fn text_arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-/// A free loopback port (bound and released: the daemon binds it next).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A process's peak resident set (`VmHWM`), in MB.
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 /// The daemon under test: in this process, or a separate one.
@@ -84,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     sandbox.google().share("load", "load@sandbox");
     let base = sandbox.base_url();
     let daemon_path = text_arg("--daemon");
-    let port = if daemon_path.is_some() { free_port()? } else { 0 };
+    let port = if daemon_path.is_some() { separate_daemon::free_port()? } else { 0 };
     let yaml = format!(
         r#"
 state: {{ path: "{db}" }}
@@ -113,23 +105,8 @@ rules:
             (Daemon::InProcess(Box::new(app)), url)
         }
         Some(path) => {
-            let file = dir.path().join("recado.yaml");
-            std::fs::write(&file, &yaml)?;
-            let child = std::process::Command::new(path)
-                .args(["run", "--config"])
-                .arg(&file)
-                .env("RECADO_LOG", "warn")
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("starting {path}: {e}"))?;
-            // Listening once it answers.
-            let url = format!("http://127.0.0.1:{port}/webhooks/p");
-            let http = reqwest::Client::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.is_err() {
-                anyhow::ensure!(Instant::now() < deadline, "the daemon did not listen within 30 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (Daemon::Separate(child), url)
+            let child = separate_daemon::start(path, &yaml, dir.path(), port).await?;
+            (Daemon::Separate(child), format!("http://127.0.0.1:{port}/webhooks/p"))
         }
     };
     let done = Arc::new(AtomicBool::new(false));
@@ -165,28 +142,20 @@ rules:
     // The state store says when the baseline is committed (read from here, as `recado report`
     // would, whichever process the daemon is).
     let store = match &daemon {
-        Daemon::InProcess(app) => app.ctx().store.clone(),
-        Daemon::Separate(_) => {
-            let deadline = Instant::now() + Duration::from_secs(30);
+        Daemon::InProcess(app) => {
+            let store = app.ctx().store.clone();
             loop {
-                if db.exists() {
-                    if let Ok(s) = store::Store::open(&db).await {
-                        break s;
-                    }
+                let mut c = store.conn().await?;
+                if store::source_state(&mut c, "s").await?.baseline_done {
+                    break;
                 }
-                anyhow::ensure!(Instant::now() < deadline, "the daemon's state store did not appear");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            store
         }
+        Daemon::Separate(_) => separate_daemon::after_first_read(&db, "s", Duration::from_secs(600)).await?,
     };
-    loop {
-        let mut c = store.conn().await?;
-        if store::source_state(&mut c, "s").await?.baseline_done {
-            break;
-        }
-        drop(c);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let baseline = started.elapsed();
     done.store(true, Ordering::Release);
     let (mut latencies, refused) = poster.await?;
@@ -224,14 +193,13 @@ rules:
         Daemon::InProcess(app) => {
             let me = std::process::id();
             app.stop().await;
-            println!("peak RSS of this process (daemon and sandbox): {:.0} MB", peak_rss_mb(me).unwrap_or(0.0));
+            let rss = separate_daemon::peak_rss_mb(me).unwrap_or(0.0);
+            println!("peak RSS of this process (daemon and sandbox): {rss:.0} MB");
         }
-        Daemon::Separate(mut child) => {
-            println!("peak RSS of the daemon alone: {:.0} MB", peak_rss_mb(child.id()).unwrap_or(0.0));
+        Daemon::Separate(child) => {
+            println!("peak RSS of the daemon alone: {:.0} MB", separate_daemon::peak_rss_mb(child.id()).unwrap_or(0.0));
             store.close().await;
-            // A graceful stop, as systemd asks.
-            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
-            child.wait()?;
+            separate_daemon::stop(child)?;
         }
     }
     sandbox.stop().await;

@@ -12,6 +12,10 @@
 
 #[path = "load_daemon/mod.rs"]
 mod load_daemon;
+// Each load run uses part of it.
+#[allow(dead_code)]
+#[path = "separate_daemon/mod.rs"]
+mod separate_daemon;
 
 use std::time::{Duration, Instant};
 
@@ -55,50 +59,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU seconds a process has used (user + system), from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after its closing `)`.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
 /// The daemon as its own process: N rows appear in the sheet at once, and it sends their
 /// welcome messages at `rate`.
 async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Result<()> {
     let (sandbox, content_sid) = load_daemon::sandbox(rate, 0).await?;
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = separate_daemon::free_port()?;
     let yaml = load_daemon::config_yaml(&sandbox, &content_sid, twilio, rate, dir.path(), port, "2s")?;
-    let file = dir.path().join("recado.yaml");
-    std::fs::write(&file, &yaml)?;
-    let mut child = std::process::Command::new(path)
-        .args(["run", "--config"])
-        .arg(&file)
-        .env("RECADO_LOG", "warn")
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("starting {path}: {e}"))?;
+    let child = separate_daemon::start(path, &yaml, dir.path(), port).await?;
     let pid = child.id();
-    let db = dir.path().join("load.db");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let store = loop {
-        if db.exists() {
-            if let Ok(s) = store::Store::open(&db).await {
-                let mut c = s.conn().await?;
-                if store::source_state(&mut c, "s").await?.baseline_done {
-                    drop(c);
-                    break s;
-                }
-                drop(c);
-                s.close().await;
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the daemon's first read did not finish within a minute");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let cpu_idle = cpu_seconds(pid).unwrap_or(0.0);
+    let store = separate_daemon::after_first_read(&dir.path().join("load.db"), "s", Duration::from_secs(60)).await?;
+    let cpu_idle = separate_daemon::cpu_seconds(pid).unwrap_or(0.0);
     for i in 0..n {
         sandbox.google().insert_row(
             "load",
@@ -115,7 +86,7 @@ async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_used = cpu_seconds(pid).unwrap_or(0.0) - cpu_idle;
+    let cpu_used = separate_daemon::cpu_seconds(pid).unwrap_or(0.0) - cpu_idle;
     let accepted_at: Vec<i64> = if twilio {
         sandbox.twilio().sent().iter().map(|m| m.at_ms).collect()
     } else {
@@ -141,12 +112,11 @@ async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Resu
         cpu_used / started.elapsed().as_secs_f64()
     );
     // The same daemon with nothing to send, polling the same sheet: what the polls alone cost.
-    let before = cpu_seconds(pid).unwrap_or(0.0);
+    let before = separate_daemon::cpu_seconds(pid).unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let polling = (cpu_seconds(pid).unwrap_or(0.0) - before) / 10.0;
+    let polling = (separate_daemon::cpu_seconds(pid).unwrap_or(0.0) - before) / 10.0;
     println!("daemon CPU afterwards, polling the {n}-row sheet every 2 s with nothing to send: {polling:.2} cores");
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
-    child.wait()?;
+    separate_daemon::stop(child)?;
     sandbox.stop().await;
     Ok(())
 }

@@ -447,7 +447,7 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     out.push_str(&format!("  {} provider id(s) of the person\n", e.provider_ids));
     out.push_str(&format!("  {} raw webhook(s) that carried the number\n", e.raw_webhooks));
     out.push_str(&format!(
-        "  recado's copy of {} record(s) holding the number (the next read is not taken as news)\n",
+        "  recado's copy of {} record(s) holding the number (read again when recado starts, not taken as news)\n",
         e.record_copies
     ));
     out.push_str(&format!(

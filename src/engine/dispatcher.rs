@@ -359,12 +359,11 @@ impl Dispatcher {
                 self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
                 continue;
             }
+            let rule = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id);
             // A rule message whose replies a flow reads (`on_reply`) asks for an answer the bot
             // would not keep from someone who refused the privacy notice: not sent, and the
             // row says why.
-            let opens_conversation =
-                self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).is_some_and(|r| r.on_reply.is_some());
-            if opens_conversation
+            if rule.is_some_and(|r| r.on_reply.is_some())
                 && contact.is_some_and(|c| c.refused_notice(self.ctx.config.inbound.consent_version.as_deref()))
             {
                 let reason = "not sent: its replies go to a conversation, and the contact refused the privacy notice";
@@ -373,7 +372,7 @@ impl Dispatcher {
             }
             // A template approved in the contact's language (chosen in a conversation, else
             // the record's `inbound.language_field`) goes in that language.
-            let approved: &[String] = match self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).map(|r| &r.send) {
+            let approved: &[String] = match rule.map(|r| &r.send) {
                 Some(crate::config::SendSpec::Template(spec)) => &spec.languages,
                 _ => &[],
             };

@@ -538,12 +538,12 @@ impl InboxProcessor {
         // Someone who refused the privacy notice: nothing they write is kept (only that they
         // wrote, for the 24-hour window and deduplication) or written back, except the
         // keywords that change their standing.
-        let refused = match &phone {
-            Some(p) => {
-                store::contact(tx, p).await?.is_some_and(|c| c.refused_notice(inbound.consent_version.as_deref()))
-            }
-            None => false,
+        // The contact as this message finds them, read once for everything below.
+        let contact = match &phone {
+            Some(p) => store::contact(tx, p).await?.unwrap_or_default(),
+            None => store::Contact::default(),
         };
+        let refused = contact.refused_notice(inbound.consent_version.as_deref());
         let kept = !refused || opting_out || opting_in;
         // A redelivery too: its raw body is the same words.
         effects.erase_raw |= !kept;
@@ -653,14 +653,13 @@ impl InboxProcessor {
                 ),
             }
             if let (Some(p), Some(reply)) = (&phone, &inbound.opt_out_reply) {
-                let language = store::contact(tx, p).await?.and_then(|c| c.language);
-                let reply = reply.get(language.as_deref().unwrap_or(""), &inbound.default_language);
+                let reply = reply.get(contact.language.as_deref().unwrap_or(""), &inbound.default_language);
                 self.queue_reply(tx, provider, p, OPT_OUT_REPLY_RULE, provider_message_id, reply, now, effects).await?;
             }
         }
         let mut opted_in = false;
         if let (Some(p), true) = (&phone, opting_in) {
-            let c = store::contact(tx, p).await?.unwrap_or_default();
+            let c = &contact;
             if c.opted_out_at.is_some() || c.consent.as_deref() == Some("refused") {
                 opted_in = true;
                 store::clear_opted_out(tx, p, now).await?;
@@ -695,6 +694,7 @@ impl InboxProcessor {
                 answers_quoted: quoted_reply,
                 stored: stored.clone(),
                 context_id: context_message_id,
+                contact: &contact,
             };
             writes.extend(self.converse(tx, &talk, now, effects).await?);
         }
@@ -839,7 +839,7 @@ impl InboxProcessor {
         let inbound = &self.ctx.config.inbound;
         let default_language = inbound.default_language.as_str();
         let who = mask_phone(talk.phone);
-        let contact = store::contact(tx, talk.phone).await?.unwrap_or_default();
+        let contact = talk.contact;
         if contact.opted_out_at.is_some() {
             debug!(from = %who, "the contact opted out: the bot does not answer");
             return Ok(Vec::new());
@@ -911,7 +911,7 @@ impl InboxProcessor {
             if let Some((flow, turn)) = opening {
                 (flow, turn, record, now)
             } else {
-                let consent = self.consent_state(tx, &contact, record.as_ref()).await?;
+                let consent = self.consent_state(tx, contact, record.as_ref()).await?;
                 if consent == ConsentState::Refused {
                     debug!(from = %who, "the contact refused the privacy notice: the bot does not answer");
                     return Ok(Vec::new());
@@ -1234,6 +1234,8 @@ struct Talk<'a> {
     stored: Option<store::StoredConversation>,
     /// The provider's id of the message this one quotes or whose button it taps.
     context_id: Option<&'a str>,
+    /// The contact as this message found them (their opt-out, consent answer, language).
+    contact: &'a store::Contact,
 }
 
 /// Where a contact stands with the privacy notice.

@@ -21,7 +21,8 @@ pub struct Erased {
     pub raw_webhooks: u64,
     /// Records (in any source) whose copy recado kept, and whose entry in the phone index went.
     pub record_copies: u64,
-    /// Values waiting to be written to their records (their replies, answers, statuses).
+    /// Values waiting to be written to their records (their replies, answers, statuses), or
+    /// to records their conversations were adding with their number in them.
     pub queued_writes: u64,
     pub contact: bool,
     /// The opt-out was kept, as a keyed hash of the number.
@@ -99,8 +100,8 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
     }
     // Their records: recado's copy of each (the snapshot the pollers compare with) keeps only
     // its fingerprint, so reading the record again is not news (see `SnapshotRow::is_erased`);
-    // values queued for them go; so does the phone index (a poll that reads the record while
-    // it still holds the number in the source puts it back).
+    // values queued for them go; so does the phone index (the first full read after the daemon
+    // starts puts back a record that still holds the number in the source).
     let records: Vec<(String, String)> =
         sqlx::query_as("SELECT source_id, record_key FROM contact_records WHERE phone = $1")
             .bind(phone)

@@ -1106,14 +1106,14 @@ flows:
         say: "Gracias, {{ Nombre }}."
 "#;
 
-/// Waits until the phone index holds `records` records for person `n`.
+/// Waits until the phone index holds exactly `records` records for person `n`.
 async fn indexed(h: &Harness, n: u32, records: usize) {
     let store = h.store();
     wait_for("the records indexed by phone", Duration::from_secs(20), || {
         let store = store.clone();
         async move {
             let mut conn = store.conn().await.unwrap();
-            recado::store::records_with_phone(&mut conn, &e164(n)).await.unwrap().len() >= records
+            recado::store::records_with_phone(&mut conn, &e164(n)).await.unwrap().len() == records
         }
     })
     .await;
