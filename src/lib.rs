@@ -3,7 +3,7 @@
 //!
 //! Modules in reading order, lowest layer first (no module depends on one below it in this
 //! list): the pure core (`domain`, `schedule`, `diff`, `expressions`), configuration checks
-//! (`validation`), conversations (`flows`, pure too), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
+//! (`validation`), conversations and the hand-off to a person (`flows`, `handoff`, pure too), the vendor edges (`sources`, `providers`: one folder per vendor, behind one
 //! contract each), the assembled configuration (`config`), `rules`, the state `store`, the Prometheus
 //! `metrics`, the loops that connect them (`engine`), the HTTP server, the sandbox emulators, the wiring (`app`), and
 //! the commands (`plan`, `preflight`, `report`, `demo`, `cli`). `ARCHITECTURE.md` has the map and the invariants.
@@ -17,6 +17,7 @@ pub mod domain;
 pub mod engine;
 pub mod expressions;
 pub mod flows;
+pub mod handoff;
 pub mod http;
 pub mod metrics;
 pub mod plan;

@@ -42,6 +42,8 @@ pub struct Config {
     pub defaults: Defaults,
     /// The conversations (`flows:`).
     pub flows: std::sync::Arc<crate::flows::FlowSet>,
+    /// The hand-off to a person (`handoff:`), when configured.
+    pub handoff: Option<crate::handoff::HandoffConfig>,
 }
 
 /// Time settings every rule inherits unless it sets its own.
@@ -190,6 +192,12 @@ impl SourceConfig {
             SourceConfig::GoogleSheets(_) => true,
             SourceConfig::Salesforce(s) => !s.settings.key_field.eq_ignore_ascii_case("Id"),
         }
+    }
+    /// Whether it can hold the hand-off inbox: records recado adds under its own keys, a
+    /// field staff fill that recado empties only while it still holds the text it took.
+    /// (Salesforce: not built yet; a Case-based inbox is planned.)
+    pub fn keeps_handoff_inbox(&self) -> bool {
+        matches!(self, SourceConfig::GoogleSheets(_))
     }
 }
 

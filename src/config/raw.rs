@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The sections of a configuration file, in the order `recado check` reports them.
-pub const SECTIONS: &[&str] = &["state", "http", "providers", "sources", "rules", "flows", "inbound", "defaults"];
+pub const SECTIONS: &[&str] =
+    &["state", "http", "providers", "sources", "rules", "flows", "handoff", "inbound", "defaults"];
 
 /// `defaults:` (each can be overridden per rule).
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]

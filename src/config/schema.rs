@@ -58,6 +58,13 @@ fn json_schema() -> Value {
         json!({ "description": "Conversations: menus, questions, surveys answered in the chat.",
                 "type": "array", "items": g.subschema_for::<crate::flows::config::RawFlow>() }),
     );
+    properties.insert(
+        "handoff".into(),
+        described::<crate::handoff::config::RawHandoffSection>(
+            &mut g,
+            "A person takes over: the inbox staff answer from, and what the person is told.",
+        ),
+    );
     properties.insert("inbound".into(), described::<RawInbound>(&mut g, "What people who write are answered."));
     properties.insert(
         "defaults".into(),
@@ -67,7 +74,11 @@ fn json_schema() -> Value {
     // YAML as written), so their fields are typed here.
     let step = serde_json::to_value(g.subschema_for::<crate::flows::config::RawStep>()).unwrap_or_default();
     let consent = serde_json::to_value(g.subschema_for::<crate::flows::config::RawConsent>()).unwrap_or_default();
+    let template = serde_json::to_value(g.subschema_for::<RawTemplate>()).unwrap_or_default();
     let mut defs: Map<String, Value> = g.take_definitions(true).into_iter().collect();
+    if let Some(handoff) = defs.get_mut("RawHandoffSection") {
+        handoff["properties"]["reopen_template"] = template;
+    }
     if let Some(flow) = defs.get_mut("RawFlow") {
         flow["properties"]["steps"]["items"] = step;
     }

@@ -448,6 +448,10 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         }
     }
+    let handoff = crate::handoff::config::validate(&mut p, take("handoff"), &flow_languages, &flow_template);
+    if let Some(h) = &handoff {
+        check_handoff(&mut p, h, &mut sources, &providers, &flows);
+    }
     let opt_in = inbound.opt_in_keywords.unwrap_or_else(|| ["ALTA", "START"].map(String::from).to_vec());
     let mut reply = |name: &str, text: Option<crate::flows::config::RawText>| {
         text.map(|t| crate::flows::config::local_text(&mut p, &flow_languages, &format!("inbound.{name}"), t))
@@ -477,6 +481,10 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         }
         texts.extend(opt_out_reply.iter().map(|t| ("inbound.opt_out_reply".to_string(), t)));
         texts.extend(opt_in_reply.iter().map(|t| ("inbound.opt_in_reply".to_string(), t)));
+        if let Some(h) = &handoff {
+            texts.extend(h.opened_reply.iter().map(|t| ("handoff.opened_reply".to_string(), t)));
+            texts.extend(h.closed_reply.iter().map(|t| ("handoff.closed_reply".to_string(), t)));
+        }
         for (path, text) in texts {
             for (language, t) in &text.by_language {
                 let n = t.chars().count();
@@ -503,12 +511,20 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
     }
     // A bot that answers people tells someone who opts out that it worked (the one message an
     // opted-out person gets); the text is configuration, so it must be there.
-    let converses = consent_version.is_some() || flows.flows.keys().any(|k| !k.starts_with("__"));
+    let converses = consent_version.is_some() || handoff.is_some() || flows.flows.keys().any(|k| !k.starts_with("__"));
     if converses && opt_out_reply.is_none() {
         p.push(
             "inbound.opt_out_reply",
             "required when recado answers people (flows or a privacy notice are configured): someone who writes an opt-out keyword is told it worked, e.g. \"Listo, no te escribiremos más. Escribe ALTA para volver.\"",
         );
+    }
+    if let Some(h) = &handoff {
+        for (i, k) in h.keywords.iter().enumerate() {
+            let taken = keywords.iter().chain(opt_in.iter()).any(|o| normalise_keyword(o) == *k);
+            if taken {
+                p.push(format!("handoff.keywords[{i}]"), format!("'{k}' is already an opt-out or opt-in keyword"));
+            }
+        }
     }
     let inbound = InboundConfig {
         opt_out_keywords: keywords.iter().map(|k| normalise_keyword(k)).collect(),
@@ -533,10 +549,72 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 inbound,
                 defaults,
                 flows: std::sync::Arc::new(flows),
+                handoff,
             });
         }
     }
     Err(p.into_errors())
+}
+
+/// The `handoff:` section against the rest: its inbox is a source that can take the records
+/// recado adds (not people; recado's own fields never read as changes), and its template is
+/// one every provider knows.
+fn check_handoff(
+    p: &mut Problems,
+    h: &crate::handoff::HandoffConfig,
+    sources: &mut [SourceConfig],
+    providers: &[ProviderConfig],
+    flows: &crate::flows::FlowSet,
+) {
+    let ids: HashSet<String> = sources.iter().map(|s| s.id().to_string()).collect();
+    match sources.iter_mut().find(|s| s.id() == h.inbox) {
+        None => p.push("handoff.inbox", format!("no source with id '{}' (known: {})", h.inbox, list(&ids))),
+        Some(source) if !source.keeps_handoff_inbox() => p.push(
+            "handoff.inbox",
+            format!(
+                "source '{}' cannot hold the hand-off inbox yet: use a table of the team's spreadsheet (a google_sheets source)",
+                h.inbox
+            ),
+        ),
+        Some(source) => {
+            let settings = source.settings_mut();
+            // Rows of the inbox are hand-offs, not people.
+            settings.person_records = Some(false);
+            let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+            for (name, field) in h.fields.all() {
+                if same(field, &settings.key_field) || same(field, &settings.phone_field) {
+                    p.push(
+                        format!("handoff.fields.{name}"),
+                        format!("'{field}' is the inbox's key or phone field: recado fills those itself"),
+                    );
+                }
+            }
+            // recado's own fields of the inbox, like write-back fields: never read as data.
+            let own = &mut settings.write_back.rule_fields;
+            for f in h.fields.recado_owned() {
+                if !own.iter().any(|o| o == f) {
+                    own.push(f.to_string());
+                }
+            }
+        }
+    }
+    if let Some(t) = &h.reopen_template {
+        for provider in providers {
+            for language in t.all_languages() {
+                if let Some(problem) = provider.template_problem(t, language) {
+                    p.push("handoff.reopen_template", problem);
+                }
+            }
+        }
+    }
+    let has_step =
+        flows.flows.values().any(|f| f.steps.iter().any(|s| matches!(s.kind, crate::flows::StepKind::Handoff { .. })));
+    if h.keywords.is_empty() && !has_step {
+        p.push(
+            "handoff.keywords",
+            "nothing opens a hand-off: give keywords (e.g. [AGENTE, PERSONA]) or a flow step `handoff`",
+        );
+    }
 }
 
 /// An entry of a list whose `type` selects its vendor: the type, and the entry without it.

@@ -23,7 +23,14 @@ pub enum WriteTarget {
     /// A record this write creates (a report a conversation took, say), under a key recado
     /// chose: the source adds it once, and a repeat of the write finds it by that key.
     NewRecord(RecordKey),
+    /// The record with this key, for emptying a field people fill (a staff reply in a hand-off
+    /// inbox) once recado took `text` from it: written only while the field still holds
+    /// `text`, so a newer text written meanwhile stays for the next read. Never repaired.
+    Taken { record: RecordKey, text: String },
 }
+
+/// Separates a taken field's record key from its text in the stored form.
+const TAKEN_SEPARATOR: char = '\u{1f}';
 
 /// The fields of an interaction log entry, in neutral names: each source maps them to its own.
 pub mod interaction {
@@ -56,6 +63,7 @@ impl WriteTarget {
             WriteTarget::Unkeyed(_) => "unkeyed",
             WriteTarget::Interaction { .. } => "interaction",
             WriteTarget::NewRecord(_) => "new_record",
+            WriteTarget::Taken { .. } => "taken",
         }
     }
 
@@ -65,6 +73,7 @@ impl WriteTarget {
             WriteTarget::Unkeyed(l) => l.clone(),
             // The entry never holds `|`; a record key may.
             WriteTarget::Interaction { record, entry } => format!("{entry}|{}", record.0),
+            WriteTarget::Taken { record, text } => format!("{}{TAKEN_SEPARATOR}{text}", record.0),
         }
     }
 
@@ -79,6 +88,10 @@ impl WriteTarget {
                 let (entry, record) = value.split_once('|')?;
                 Some(WriteTarget::Interaction { record: RecordKey(record.to_string()), entry: entry.to_string() })
             }
+            "taken" => {
+                let (record, text) = value.split_once(TAKEN_SEPARATOR)?;
+                Some(WriteTarget::Taken { record: RecordKey(record.to_string()), text: text.to_string() })
+            }
             _ => None,
         }
     }
@@ -87,7 +100,7 @@ impl WriteTarget {
     pub fn record_key(&self) -> Option<&RecordKey> {
         match self {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) | WriteTarget::NewRecord(k) => Some(k),
-            WriteTarget::Interaction { record, .. } => Some(record),
+            WriteTarget::Interaction { record, .. } | WriteTarget::Taken { record, .. } => Some(record),
             WriteTarget::Unkeyed(_) => None,
         }
     }
@@ -101,6 +114,7 @@ impl fmt::Display for WriteTarget {
             WriteTarget::Unkeyed(l) => write!(f, "unkeyed record at {l}"),
             WriteTarget::Interaction { record, entry } => write!(f, "log entry {entry} of record {record}"),
             WriteTarget::NewRecord(k) => write!(f, "new record {k}"),
+            WriteTarget::Taken { record, .. } => write!(f, "record {record} (a text recado took)"),
         }
     }
 }
@@ -135,6 +149,7 @@ mod tests {
             WriteTarget::EveryCopyOf(RecordKey("7".into())),
             WriteTarget::Unkeyed("row:12".into()),
             WriteTarget::NewRecord(RecordKey("R-1a2b".into())),
+            WriteTarget::Taken { record: RecordKey("H-1a2b".into()), text: "Hola | mañana".into() },
         ] {
             assert_eq!(WriteTarget::from_parts(t.kind(), t.value().to_string()), Some(t.clone()));
         }

@@ -31,6 +31,9 @@ use crate::store::{self, MessageUpdate, OutboxMessage, StoreError};
 /// The 24-hour customer-service window.
 pub const SERVICE_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
+/// How often a message held back by an open hand-off looks again.
+const HANDOFF_RECHECK_MS: i64 = 60_000;
+
 /// Can free text be sent to a contact whose last inbound message was at `last_inbound`? (pure)
 pub fn inside_service_window(last_inbound: Option<i64>, now: i64) -> bool {
     last_inbound.is_some_and(|t| now - t < SERVICE_WINDOW_MS)
@@ -345,9 +348,14 @@ impl Dispatcher {
         let now = self.now_ms();
         let epoch = self.ctx.opt_out_epoch.load(Ordering::Acquire);
         let phones: Vec<&str> = chunk.iter().map(|m| m.phone.as_str()).collect();
-        let contacts = {
+        let (contacts, in_handoff) = {
             let mut conn = self.ctx.store.conn().await?;
-            store::contacts_for(&mut conn, &phones).await?
+            let contacts = store::contacts_for(&mut conn, &phones).await?;
+            let in_handoff = match &self.ctx.config.handoff {
+                Some(h) if h.pause_scheduled => store::phones_in_handoff(&mut conn, &phones).await?,
+                _ => Default::default(),
+            };
+            (contacts, in_handoff)
         };
         let mut ready: Vec<(OutboxMessage, Option<MessageContent>)> = Vec::new();
         let mut later: Vec<(i64, i64)> = Vec::new();
@@ -360,6 +368,13 @@ impl Dispatcher {
                 continue;
             }
             let rule = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id);
+            // A person is taking care of them: reminders and campaigns wait until the hand-off
+            // closes (then they go out if still on time, like any message put off).
+            if rule.is_some() && in_handoff.contains(m.phone.as_str()) {
+                debug!(message_id = m.id, rule = %m.rule_id, "the contact is in a hand-off: the message waits");
+                later.push((m.id, now + HANDOFF_RECHECK_MS));
+                continue;
+            }
             // A rule message whose replies a flow reads (`on_reply`) asks for an answer the bot
             // would not keep from someone who refused the privacy notice: not sent, and the
             // row says why.

@@ -528,6 +528,10 @@ impl InboxProcessor {
                 origin = store::latest_sent_to(tx, p).await?;
             }
         }
+        // A staff reply of a hand-off is no rule's message: a reply to it is not about a record.
+        if origin.as_ref().is_some_and(|m| m.rule_id.starts_with(super::handoff::RULE_PREFIX)) {
+            origin = None;
+        }
         let text = kind.text();
         let inbound = &self.ctx.config.inbound;
         // Typed words (or a template's button) can opt out; a tap on the bot's own options
@@ -624,6 +628,13 @@ impl InboxProcessor {
             match &phone {
                 Some(p) => {
                     store::set_opted_out(tx, p, &text, now).await?;
+                    if let (Some(cfg), Some(mut h)) = (&self.ctx.config.handoff, store::open_handoff_of(tx, p).await?) {
+                        let mut applied = super::handoff::Applied::default();
+                        super::handoff::Handoffs { ctx: &self.ctx, cfg }
+                            .close(tx, &mut h, now, "ended: the person opted out", &mut applied)
+                            .await?;
+                        absorb(effects, applied);
+                    }
                     store::end_conversation(tx, p).await?;
                     effects.opted_out = true;
                     info!(from = %who, "contact opted out: nothing more will be sent to them");
@@ -683,6 +694,46 @@ impl InboxProcessor {
             if let Some(m) = recent {
                 if store::earlier_replies(tx, m.id, provider_message_id).await? > 0 {
                     recent = None;
+                }
+            }
+            if let (Some(cfg), true) = (&self.ctx.config.handoff, kept) {
+                let mut applied = super::handoff::Applied::default();
+                let mut handled = false;
+                if let Some(h) = store::open_handoff_of(tx, p).await? {
+                    // Handed to a person: the message goes to the inbox, the bot stays silent.
+                    let shown = transcript_text(kind);
+                    super::handoff::Handoffs { ctx: &self.ctx, cfg }
+                        .person_wrote(tx, h, &shown, at, now, &mut applied)
+                        .await?;
+                    handled = true;
+                } else if typed && crate::flows::is_keyword_message(&text, &cfg.keywords) {
+                    let record = self.person_record(tx, p).await?;
+                    let talk_language = match &contact.language {
+                        Some(l) => l.clone(),
+                        None => inbound.default_language.clone(),
+                    };
+                    if let Some(c) = stored.as_ref().filter(|c| self.is_live(c, now)) {
+                        // The conversation in progress gives way: its progress says so.
+                        if let Some(flow) = self.ctx.config.flows.get(&c.conversation.flow) {
+                            writes.extend(super::progress_write(flow, c.record.as_ref(), super::FlowProgress::Expired));
+                        }
+                    }
+                    let opening = super::handoff::Opening {
+                        phone: p,
+                        provider_id: provider.id(),
+                        inbound_id: provider_message_id,
+                        record,
+                        topic: None,
+                        language: &talk_language,
+                        asked: text.clone(),
+                    };
+                    super::handoff::Handoffs { ctx: &self.ctx, cfg }.open(tx, opening, now, &mut applied).await?;
+                    handled = true;
+                }
+                if handled {
+                    absorb(effects, applied);
+                    effects.writes.extend(writes);
+                    return Ok(());
                 }
             }
             let talk = Talk {
@@ -988,8 +1039,28 @@ impl InboxProcessor {
                             value,
                         }));
                     }
+                    crate::flows::Action::Handoff { topic } if self.ctx.config.handoff.is_some() => {
+                        handed_off = true;
+                        if let Some(cfg) = &self.ctx.config.handoff {
+                            let mut applied = super::handoff::Applied::default();
+                            let opening = super::handoff::Opening {
+                                phone: talk.phone,
+                                provider_id: talk.provider.id(),
+                                inbound_id: talk.inbound_id,
+                                record: record.clone(),
+                                topic,
+                                language: &language,
+                                asked: transcript_text(talk.kind),
+                            };
+                            super::handoff::Handoffs { ctx: &self.ctx, cfg }
+                                .open(tx, opening, now, &mut applied)
+                                .await?;
+                            writes.extend(applied.writes);
+                            effects.providers.extend(applied.providers);
+                        }
+                    }
                     crate::flows::Action::Handoff { topic } => {
-                        // The hand-off inbox takes it from here (not built yet): the bot lets go.
+                        // Without an inbox (`handoff:`) the bot only lets go for a day.
                         info!(from = %who, flow = %flow.id, topic = topic.as_deref().unwrap_or(""), "hand-off requested");
                         handed_off = true;
                         let waiting = crate::flows::Conversation {
@@ -1219,6 +1290,22 @@ pub const FLOW_RULE_PREFIX: &str = "flow:";
 pub const OPT_OUT_REPLY_RULE: &str = "inbound:opt_out";
 /// The rule id of the confirmation of an opt-in.
 pub const OPT_IN_REPLY_RULE: &str = "inbound:opt_in";
+
+/// What an inbound message shows in a hand-off's transcript: its text, else its kind
+/// (`[image]`, `[location]`).
+fn transcript_text(kind: &InboundKind) -> String {
+    let word = match kind {
+        InboundKind::Other { message_type } => message_type.as_str(),
+        other => other.name(),
+    };
+    crate::handoff::inbound_text(&kind.text(), word)
+}
+
+/// A hand-off step's messages and values, taken into the delivery's effects.
+fn absorb(effects: &mut Effects, applied: super::handoff::Applied) {
+    effects.writes.extend(applied.writes);
+    effects.providers.extend(applied.providers);
+}
 
 /// One inbound message, as a conversation sees it.
 struct Talk<'a> {

@@ -15,6 +15,7 @@
 pub mod clock;
 pub mod dispatcher;
 pub mod flusher;
+pub mod handoff;
 pub mod health;
 pub mod inbox;
 pub mod poller;

@@ -93,6 +93,8 @@ struct Planned {
     present: HashSet<RecordKey>,
     /// The read had every record (else only the changed ones: problems of the others stand).
     complete: bool,
+    /// What staff asked in the hand-off inbox, when this source is it.
+    staff: Vec<crate::handoff::StaffAction>,
 }
 
 impl SourcePoller {
@@ -431,6 +433,18 @@ impl SourcePoller {
             let index: Vec<(RecordKey, Option<String>)> =
                 chunk.iter().filter_map(|k| phones.get(*k).map(|p| ((*k).clone(), (*p).clone()))).collect();
             store::set_contact_records(&mut tx, &id, &index).await?;
+            // What staff asked in the hand-off inbox, with the records that show it.
+            if let (Some(cfg), false) = (&self.ctx.config.handoff, p.staff.is_empty()) {
+                let in_chunk: HashSet<&RecordKey> = chunk.iter().copied().collect();
+                let mut applied = super::handoff::Applied::default();
+                for action in p.staff.iter().filter(|a| in_chunk.contains(a.key())) {
+                    super::handoff::Handoffs { ctx: &self.ctx, cfg }
+                        .staff_asked(&mut tx, action, now, &mut applied)
+                        .await?;
+                }
+                writes.extend(applied.writes);
+                providers.extend(applied.providers);
+            }
             if n == last {
                 self.record_issues(&mut tx, p, &mut writes, &mut report, now).await?;
                 let mut next = self.state.clone();
@@ -621,6 +635,12 @@ fn plan(
             }
         }
     }
+    let staff = match &ctx.config.handoff {
+        Some(cfg) if cfg.inbox == id && !baseline => {
+            crate::handoff::staff_actions(cfg, &changes, |k| index.get(k).and_then(|&i| read.records.get(i)))
+        }
+        _ => Vec::new(),
+    };
     let present: HashSet<RecordKey> = read.records.iter().map(|r| r.key.clone()).collect();
     let complete = read.complete;
     (
@@ -638,6 +658,7 @@ fn plan(
             phones,
             present,
             complete,
+            staff,
         },
     )
 }

@@ -333,6 +333,32 @@ pub struct TurnContext {
     pub record: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A template written in the configuration, filled for a contact: in their language when it
+/// is approved in it, its parameters rendered over the answers and the record, and fitted to
+/// WhatsApp's limits.
+pub fn template_message(
+    spec: &crate::domain::TemplateSpec,
+    language: &str,
+    answers: &BTreeMap<String, String>,
+    ctx: &TurnContext,
+) -> crate::domain::TemplateMessage {
+    let language =
+        if spec.languages.iter().any(|l| l == language) { language.to_string() } else { spec.language.clone() };
+    let mut body: Vec<String> = spec
+        .body
+        .iter()
+        .map(|b| render(b, answers, ctx))
+        .map(|v| if v.trim().is_empty() { "-".to_string() } else { v })
+        .collect();
+    let budget = crate::domain::TEMPLATE_TEXT_LIMIT.saturating_sub(spec.body_text_chars);
+    crate::domain::normalise_parameters(&mut body, budget);
+    let button_url_suffix = spec.button_url_suffix.as_ref().map(|s| {
+        let s = render(s, answers, ctx);
+        crate::domain::one_line(&s).unwrap_or(s)
+    });
+    crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix }
+}
+
 /// Starts `flow` for a contact.
 pub fn start(flow: &Flow, language: &str, default_language: &str, ctx: &TurnContext) -> Turn {
     let conv = Conversation {
@@ -493,24 +519,7 @@ impl<'a> Run<'a> {
     /// it. WhatsApp refuses an empty parameter, and a person must never see a template error,
     /// so one that renders empty is sent as "-"; parameters are made acceptable as a rule's.
     fn template(&self, spec: &crate::domain::TemplateSpec) -> crate::domain::TemplateMessage {
-        let language = if spec.languages.contains(&self.conv.language) {
-            self.conv.language.clone()
-        } else {
-            spec.language.clone()
-        };
-        let mut body: Vec<String> = spec
-            .body
-            .iter()
-            .map(|b| render(b, &self.conv.answers, self.ctx))
-            .map(|v| if v.trim().is_empty() { "-".to_string() } else { v })
-            .collect();
-        let budget = crate::domain::TEMPLATE_TEXT_LIMIT.saturating_sub(spec.body_text_chars);
-        crate::domain::normalise_parameters(&mut body, budget);
-        let button_url_suffix = spec.button_url_suffix.as_ref().map(|s| {
-            let s = render(s, &self.conv.answers, self.ctx);
-            crate::domain::one_line(&s).unwrap_or(s)
-        });
-        crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix }
+        template_message(spec, &self.conv.language, &self.conv.answers, self.ctx)
     }
 
     /// Whether a `branch` condition holds. The answers to number questions are numbers in it

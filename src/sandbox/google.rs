@@ -1777,8 +1777,8 @@ impl GoogleState {
         self.release.notify_waiters();
     }
 
-    /// Runs `action` right after the next successful (2xx) answer to a request of `kind` was
-    /// produced, before any other request is served: the sheet changes between two calls of
+    /// Runs `action` right after the next successful (2xx) answer to a request of `kind` to
+    /// the action's spreadsheet was produced, before any other request is served: the sheet changes between two calls of
     /// the daemon exactly there. Test code with literal actions: an action naming a spreadsheet,
     /// tab or column that does not exist panics (see [`GoogleState::try_after_next`]).
     pub fn after_next(&self, kind: Kind, action: SheetAction) {
@@ -1901,14 +1901,14 @@ impl GoogleState {
             Ok(admitted) => admitted,
             Err(r) => return r,
         };
-        let Some(f) = fault else { return self.work(kind, &caller, work) };
+        let Some(f) = fault else { return self.work((kind, subject), &caller, work) };
         if f.applied {
-            let answer = self.work(kind, &caller, work);
+            let answer = self.work((kind, subject), &caller, work);
             return self.misbehave(&f, kind, subject).await.unwrap_or(answer);
         }
         match self.misbehave(&f, kind, subject).await {
             Some(r) => r,
-            None => self.work(kind, &caller, work),
+            None => self.work((kind, subject), &caller, work),
         }
     }
 
@@ -1926,12 +1926,12 @@ impl GoogleState {
 
     /// The work of a request, under the lock, with `caller` (the account it came from) set for
     /// the length of it.
-    fn work(&self, kind: Kind, caller: &str, work: impl FnOnce(&mut Inner) -> Response) -> Response {
+    fn work(&self, (kind, subject): (Kind, &str), caller: &str, work: impl FnOnce(&mut Inner) -> Response) -> Response {
         let mut g = self.lock();
         g.caller = caller.to_string();
         let r = work(&mut g);
         if r.status().is_success() {
-            g.run_after(kind);
+            g.run_after(kind, subject);
         }
         r
     }
@@ -1959,8 +1959,12 @@ impl Inner {
         apply_action(s, a)
     }
 
-    fn run_after(&mut self, kind: Kind) {
-        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.after).into_iter().partition(|(k, _)| *k == kind);
+    /// Runs the actions waiting for a request of `kind` to the spreadsheet `subject` (a
+    /// request to another spreadsheet leaves them waiting).
+    fn run_after(&mut self, kind: Kind, subject: &str) {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.after)
+            .into_iter()
+            .partition(|(k, a)| *k == kind && (a.spreadsheet() == subject || subject.is_empty()));
         self.after = later;
         for (_, a) in now {
             if let Err(e) = self.apply(&a) {

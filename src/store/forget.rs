@@ -171,6 +171,10 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
         .execute(&mut *conn)
         .await?
         .rows_affected();
+    // Their hand-offs: the transcripts hold their words. (The inbox records themselves are
+    // the team's, in their source, as the person's own records are.)
+    e.conversations +=
+        sqlx::query("DELETE FROM handoffs WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected();
     e.provider_ids =
         sqlx::query("DELETE FROM contact_ids WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected();
     // Raw deliveries carry the number (digits, or with `+` in form bodies).

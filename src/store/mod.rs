@@ -16,6 +16,7 @@
 pub mod contacts;
 pub mod conversations;
 pub mod forget;
+pub mod handoffs;
 pub mod issues;
 pub mod outbox;
 pub mod report;
@@ -37,6 +38,7 @@ use sqlx::{Row, SqlSafeStr, SqliteConnection, SqlitePool};
 pub use contacts::*;
 pub use conversations::*;
 pub use forget::*;
+pub use handoffs::*;
 pub use issues::*;
 pub use outbox::*;
 pub use retention::*;
@@ -136,6 +138,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "conversation timers", include_str!("migrations/0010_conversation_timers.sql")),
     (11, "contact language", include_str!("migrations/0011_contact_language.sql")),
     (12, "forget", include_str!("migrations/0012_forget.sql")),
+    (13, "handoffs", include_str!("migrations/0013_handoffs.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

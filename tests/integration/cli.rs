@@ -317,3 +317,34 @@ rules:
     );
     assert!(text.contains("rules[2]: its text or filter reads 'Estado_hola', a field recado writes"), "{text}");
 }
+
+/// `handoff:` is checked against the rest of the file, every problem at once: its inbox must
+/// be a source, its fields distinct, its keywords not the opt-out ones, and something must
+/// open a hand-off.
+#[test]
+fn check_reports_every_problem_of_the_hand_off_section_at_once() {
+    let yaml = r#"
+state: {path: /tmp/x.db}
+inbound:
+  opt_out_reply: "Listo."
+handoff:
+  inbox: bandeja
+  keywords: [Baja]
+  reopen_template: { name: retomar, language: es }
+  fields:
+    opened_at: Abierta
+    transcript: Conversación
+    state: Estado
+    reply: Respuesta
+    close: respuesta
+"#;
+    let (code, text) = check(yaml.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("handoff.inbox: no source with id 'bandeja'"), "{text}");
+    assert!(text.contains("handoff.fields.close: 'respuesta' is also handoff.fields.reply"), "{text}");
+    assert!(text.contains("handoff.keywords[0]: 'BAJA' is already an opt-out or opt-in keyword"), "{text}");
+    let no_trigger = yaml.replace("  keywords: [Baja]\n", "");
+    let (code, text) = check(no_trigger.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("handoff.keywords: nothing opens a hand-off"), "{text}");
+}

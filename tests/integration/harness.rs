@@ -99,6 +99,8 @@ pub struct Harness {
     pub twilio_service_with_api_key: bool,
     /// The whole configuration, when a test writes its own (another source type).
     pub yaml_override: Option<String>,
+    /// The spreadsheet of the hand-off inbox, in the hand-off tests.
+    pub inbox_sheet: &'static str,
 }
 
 pub fn phone(n: u32) -> String {
@@ -194,6 +196,7 @@ impl Harness {
             public_url: None,
             twilio_service_with_api_key: false,
             yaml_override: None,
+            inbox_sheet: SHEET,
         }
     }
 

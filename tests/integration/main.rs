@@ -10,6 +10,7 @@ mod config_files;
 mod conversations;
 mod delivery;
 mod economy;
+mod handoff;
 mod health;
 mod rows;
 mod salesforce;

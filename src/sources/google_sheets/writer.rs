@@ -126,7 +126,7 @@ impl TabLayout {
 
     fn rows(&self, target: &WriteTarget) -> Vec<u32> {
         match target {
-            WriteTarget::Record(k) | WriteTarget::NewRecord(k) => {
+            WriteTarget::Record(k) | WriteTarget::NewRecord(k) | WriteTarget::Taken { record: k, .. } => {
                 self.row_of.get(k.0.trim()).copied().into_iter().collect()
             }
             WriteTarget::EveryCopyOf(k) => self.rows_of.get(k.0.trim()).cloned().unwrap_or_default(),
@@ -243,6 +243,8 @@ impl SheetWriter {
         // Records to add, by tab and key: (column, value, batch index) of each field.
         let mut new_rows: NewRows = BTreeMap::new();
         let mut written: HashMap<String, TabWrite> = HashMap::new();
+        // Taken fields that hold a newer text: nothing to write, nothing left to do.
+        let mut moot: Vec<usize> = Vec::new();
         let items = chosen.iter().map(|&i| (Some(i), &batch[i].write)).chain(repairs.iter().map(|r| (None, r)));
         for (origin, w) in items {
             let Some(tab) = self.tab_of(&w.source_id) else { continue };
@@ -256,7 +258,18 @@ impl SheetWriter {
             if new {
                 cells.push(Cell { range: a1::cell(&layout.title, col, 1), value: w.field.clone(), origin: None });
             }
-            let rows = layout.rows(&w.target);
+            let mut rows = layout.rows(&w.target);
+            if let WriteTarget::Taken { text, .. } = &w.target {
+                // Emptied only while it still holds what recado took: a newer text stays.
+                rows.retain(|r| layout.cell(&w.field, *r).trim() == text.trim());
+                if rows.is_empty() {
+                    if let Some(i) = origin {
+                        debug!(source = %w.source_id, target = %w.target, "the field holds a newer text: left for the next read");
+                        moot.push(i);
+                    }
+                    continue;
+                }
+            }
             if let (WriteTarget::NewRecord(key), true, Some(i)) = (&w.target, rows.is_empty(), origin) {
                 // Not in the sheet yet: appended after the cells are written.
                 let row = new_rows.entry(layout.title.clone()).or_default().entry(key.0.clone()).or_default();
@@ -274,9 +287,10 @@ impl SheetWriter {
             for r in rows {
                 cells.push(Cell { range: a1::cell(&layout.title, col, r), value: value.clone(), origin });
             }
-            if matches!(w.target, WriteTarget::NewRecord(_)) {
+            if matches!(w.target, WriteTarget::NewRecord(_) | WriteTarget::Taken { .. }) {
                 // Found by its own key each time: nothing for the next write's check to
-                // compare (rows appended in this flush are not in its before-values).
+                // compare (rows appended in this flush are not in its before-values). A taken
+                // field is never put back: people may have written a newer text since.
                 continue;
             }
             let tw = written.entry(layout.title.clone()).or_default();
@@ -319,6 +333,8 @@ impl SheetWriter {
             }
         };
         report.done = outcome.complete();
+        report.done.extend(moot);
+        report.done.sort_unstable();
         if outcome.finished && !new_rows.is_empty() {
             self.append_new_rows(&layouts, new_rows, &mut report).await;
         }
@@ -714,7 +730,7 @@ fn check_previous(
                 entry.1 = true;
                 Vec::new()
             }
-            WriteTarget::Interaction { .. } => Vec::new(),
+            WriteTarget::Interaction { .. } | WriteTarget::Taken { .. } => Vec::new(),
         };
         if rows.iter().any(|r| layout.cell(field, *r) != value) {
             push(&mut out, target.clone(), field, value.clone());

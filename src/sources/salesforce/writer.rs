@@ -175,7 +175,8 @@ impl RecordWriter {
         let key = match target {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
             WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return Destination::Nowhere,
-            WriteTarget::NewRecord(_) => return Destination::Nowhere,
+            // A hand-off inbox is not kept in Salesforce yet (`recado check` refuses one).
+            WriteTarget::NewRecord(_) | WriteTarget::Taken { .. } => return Destination::Nowhere,
         };
         let own_ids = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
         let Some((path, name)) = field.rsplit_once('.') else {
@@ -202,7 +203,10 @@ impl RecordWriter {
     fn id_of(&self, target: &WriteTarget) -> Option<String> {
         let key = match target {
             WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
-            WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } | WriteTarget::NewRecord(_) => return None,
+            WriteTarget::Unkeyed(_)
+            | WriteTarget::Interaction { .. }
+            | WriteTarget::NewRecord(_)
+            | WriteTarget::Taken { .. } => return None,
         };
         if self.cfg.settings.key_field.eq_ignore_ascii_case("Id") {
             let ok = (key.len() == 15 || key.len() == 18) && key.chars().all(|c| c.is_ascii_alphanumeric());

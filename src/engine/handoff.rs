@@ -1,0 +1,407 @@
+//! Hand-offs applied: opening one (from the inbox processor: a keyword, a flow's `handoff`
+//! step), a message from the person while it is open, and what staff ask in the inbox (from
+//! the inbox source's poller: a reply, a close). Each runs inside the caller's transaction,
+//! so a hand-off moves only with its consequences: the outbox messages, the write-back
+//! values for its inbox record, the contact's conversation row.
+//!
+//! recado writes the inbox record's own fields through [`WriteTarget::NewRecord`] under the
+//! hand-off's key: the first write adds the record, every later one finds it by key, wherever
+//! staff sorted it. The reply field is emptied through [`WriteTarget::Taken`], so a newer
+//! reply typed meanwhile is not lost. Staff replies are messages of the inbox record (their
+//! statuses land in the inbox source's `write_back` fields); the automatic answers (opened,
+//! closed) belong to no record, like the bot's.
+
+use std::collections::HashSet;
+
+use tracing::{info, warn};
+
+use super::EngineCtx;
+use crate::domain::{
+    mask_phone, FieldWrite, Intent, MessageContent, MessageState, PhoneNumber, RecordKey, WriteTarget,
+};
+use crate::handoff::{self, state, HandoffConfig, Speaker, StaffAction};
+use crate::store::{self, Handoff, PendingReply, StoreError, Tx};
+
+/// Rule id of a staff reply (a message of the inbox record).
+pub const REPLY_RULE: &str = "handoff:reply";
+/// Rule id of the template that invites the person to write again.
+pub const INVITE_RULE: &str = "handoff:invite";
+/// Rule id of the automatic answers (opened, closed).
+pub const ANSWER_RULE: &str = "handoff:answer";
+/// The prefix every hand-off message's rule id has.
+pub const RULE_PREFIX: &str = "handoff:";
+
+/// What applying a hand-off step produced besides the store's rows.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub writes: Vec<FieldWrite>,
+    /// Providers with new messages.
+    pub providers: HashSet<String>,
+}
+
+/// A hand-off about to open.
+pub struct Opening<'a> {
+    pub phone: &'a str,
+    pub provider_id: &'a str,
+    /// The message that asked for it (its key derives from it, so handling it again opens
+    /// nothing new).
+    pub inbound_id: &'a str,
+    pub record: Option<(String, RecordKey)>,
+    pub topic: Option<String>,
+    pub language: &'a str,
+    /// What the person wrote that opened it, for the transcript.
+    pub asked: String,
+}
+
+/// The inbox key of the hand-off a message opens.
+pub fn handoff_key(inbound_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("handoff:{inbound_id}").as_bytes());
+    let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!("H-{hex}")
+}
+
+fn clock(ctx: &EngineCtx, source_id: &str, at_ms: i64) -> String {
+    use chrono::TimeZone;
+    match ctx.source_tz(source_id).timestamp_millis_opt(at_ms).single() {
+        Some(t) => t.format("%d/%m %H:%M").to_string(),
+        None => String::new(),
+    }
+}
+
+fn append(
+    ctx: &EngineCtx,
+    cfg: &HandoffConfig,
+    h: &mut Handoff,
+    at: i64,
+    speaker: Speaker,
+    text: &str,
+    by: Option<&str>,
+) {
+    let line = handoff::transcript_line(&clock(ctx, &cfg.inbox, at), speaker, text, by);
+    h.transcript =
+        handoff::append_line(&h.transcript, &line, cfg.transcript_messages, handoff::config::MAX_TRANSCRIPT_CHARS);
+}
+
+/// The inbox record's own fields that move: transcript, waiting time, state.
+fn progress_writes(ctx: &EngineCtx, cfg: &HandoffConfig, h: &Handoff, state: &str) -> Vec<FieldWrite> {
+    let target = WriteTarget::NewRecord(RecordKey(h.key.clone()));
+    let write = |field: &str, value: String| FieldWrite {
+        source_id: cfg.inbox.clone(),
+        target: target.clone(),
+        field: field.to_string(),
+        value,
+    };
+    let mut out = vec![write(&cfg.fields.transcript, h.transcript.clone()), write(&cfg.fields.state, state.into())];
+    if let Some(f) = &cfg.fields.waiting_since {
+        out.push(write(f, h.waiting_since.map(|t| ctx.format_time(&cfg.inbox, t)).unwrap_or_default()));
+    }
+    out
+}
+
+/// An automatic answer (opened, closed): a message of no record, sent inside the window only.
+async fn queue_answer(
+    tx: &mut Tx,
+    h: &Handoff,
+    what: &str,
+    text: &str,
+    now: i64,
+    applied: &mut Applied,
+) -> Result<(), StoreError> {
+    let intent = Intent {
+        rule_id: ANSWER_RULE.into(),
+        source_id: String::new(),
+        record_key: RecordKey(String::new()),
+        provider_id: h.provider_id.clone(),
+        idempotency_key: format!("{RULE_PREFIX}{}:{what}", h.key),
+        phone: PhoneNumber::from_e164_unchecked(&h.phone),
+        content: MessageContent::Text { body: text.to_string() },
+        fallback: None,
+        adjustments: Vec::new(),
+    };
+    store::insert_intent(tx, &intent, now, now).await?;
+    applied.providers.insert(h.provider_id.clone());
+    Ok(())
+}
+
+/// The contact's record, for a template's parameters (`{{ record.Nombre }}`).
+async fn record_context(tx: &mut Tx, h: &Handoff) -> Result<crate::flows::TurnContext, StoreError> {
+    let mut record = serde_json::Map::new();
+    if let Some((source, key)) = &h.record {
+        if let Some(row) = store::snapshot_row_of(tx, source, &key.0).await? {
+            for (k, v) in row.fields {
+                record.insert(k, serde_json::Value::String(v));
+            }
+        }
+    }
+    Ok(crate::flows::TurnContext { record })
+}
+
+/// The hand-off steps, with what they need: the engine's context and the `handoff:` section.
+pub struct Handoffs<'a> {
+    pub ctx: &'a EngineCtx,
+    pub cfg: &'a HandoffConfig,
+}
+
+impl Handoffs<'_> {
+    /// A staff reply (or the invitation to write), the `n`-th of the hand-off: a message of
+    /// the inbox record, so its statuses land there.
+    async fn queue_reply(
+        &self,
+        tx: &mut Tx,
+        h: &Handoff,
+        (rule, n): (&str, i64),
+        content: MessageContent,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let key = RecordKey(h.key.clone());
+        let intent = Intent {
+            rule_id: rule.into(),
+            source_id: self.cfg.inbox.clone(),
+            record_key: key.clone(),
+            provider_id: h.provider_id.clone(),
+            idempotency_key: format!("{rule}:{}:{n}", h.key),
+            phone: PhoneNumber::from_e164_unchecked(&h.phone),
+            content,
+            fallback: None,
+            adjustments: Vec::new(),
+        };
+        if store::insert_intent(tx, &intent, now, now).await?.is_some() {
+            applied.writes.extend(self.ctx.queued_writes(&self.cfg.inbox, rule, &key, now, now));
+        }
+        applied.providers.insert(h.provider_id.clone());
+        Ok(())
+    }
+
+    /// Opens a hand-off, unless the contact has one open. Returns whether it opened.
+    pub async fn open(&self, tx: &mut Tx, o: Opening<'_>, now: i64, applied: &mut Applied) -> Result<bool, StoreError> {
+        if store::open_handoff_of(tx, o.phone).await?.is_some() {
+            return Ok(false);
+        }
+        let mut h = Handoff {
+            key: handoff_key(o.inbound_id),
+            phone: o.phone.to_string(),
+            provider_id: o.provider_id.to_string(),
+            record: o.record.clone(),
+            topic: o.topic.clone().unwrap_or_default(),
+            language: o.language.to_string(),
+            opened_at: now,
+            closed_at: None,
+            transcript: String::new(),
+            replies: 0,
+            pending: Vec::new(),
+            waiting_since: Some(now),
+        };
+        if !o.asked.trim().is_empty() {
+            append(self.ctx, self.cfg, &mut h, now, Speaker::Person, &o.asked, None);
+        }
+        let opened_reply =
+            self.cfg.opened_reply.as_ref().map(|t| t.get(o.language, &self.ctx.config.inbound.default_language));
+        if let Some(text) = opened_reply {
+            append(self.ctx, self.cfg, &mut h, now, Speaker::Bot, text, None);
+        }
+        if !store::insert_handoff(tx, &h).await? {
+            return Ok(false);
+        }
+        // The bot stays silent for them while it is open (no expiry: staff close it).
+        let silent = store::StoredConversation {
+            phone: h.phone.clone(),
+            conversation: crate::flows::Conversation {
+                flow: super::inbox::HANDOFF_FLOW.into(),
+                version: String::new(),
+                step: h.topic.clone(),
+                attempts: 0,
+                answers: Default::default(),
+                language: h.language.clone(),
+                reminded: false,
+            },
+            provider_id: h.provider_id.clone(),
+            record: h.record.clone(),
+            started_at: now,
+            updated_at: now,
+            remind_at: None,
+            expires_at: None,
+        };
+        store::save_conversation(tx, &silent).await?;
+        if let Some(text) = opened_reply {
+            queue_answer(tx, &h, "opened", text, now, applied).await?;
+        }
+        // The inbox record: everything recado knows now, in one new record.
+        let target = WriteTarget::NewRecord(RecordKey(h.key.clone()));
+        let inbox = self.ctx.source(&self.cfg.inbox);
+        let mut fields: Vec<(String, String)> =
+            vec![(self.cfg.fields.opened_at.clone(), self.ctx.format_time(&self.cfg.inbox, now))];
+        if let Some(settings) = inbox {
+            fields.push((settings.phone_field.clone(), h.phone.clone()));
+        }
+        if let (Some(f), Some((source, key))) = (&self.cfg.fields.record, &h.record) {
+            fields.push((f.clone(), format!("{source}/{}", key.0)));
+        }
+        if let (Some(f), Some(name_field), Some((source, key))) =
+            (&self.cfg.fields.name, &self.cfg.name_field, &h.record)
+        {
+            let name = store::snapshot_row_of(tx, source, &key.0)
+                .await?
+                .and_then(|row| row.fields.get(name_field).cloned())
+                .unwrap_or_default();
+            fields.push((f.clone(), name));
+        }
+        if let Some(f) = &self.cfg.fields.topic {
+            fields.push((f.clone(), h.topic.clone()));
+        }
+        applied.writes.extend(fields.into_iter().map(|(field, value)| FieldWrite {
+            source_id: self.cfg.inbox.clone(),
+            target: target.clone(),
+            field,
+            value,
+        }));
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h, state::OPEN));
+        info!(from = %mask_phone(&h.phone), handoff = %h.key, topic = %h.topic, "hand-off opened");
+        Ok(true)
+    }
+
+    /// A message from a person whose hand-off is open: into the transcript, and staff replies that
+    /// waited for them to write go out now.
+    pub async fn person_wrote(
+        &self,
+        tx: &mut Tx,
+        mut h: Handoff,
+        text: &str,
+        at: i64,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        append(self.ctx, self.cfg, &mut h, at, Speaker::Person, text, None);
+        let pending = std::mem::take(&mut h.pending);
+        for p in &pending {
+            self.queue_reply(tx, &h, (REPLY_RULE, p.n), MessageContent::Text { body: p.text.clone() }, now, applied)
+                .await?;
+            append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, &p.text, None);
+        }
+        if pending.is_empty() {
+            h.waiting_since.get_or_insert(at);
+        } else {
+            info!(handoff = %h.key, replies = pending.len(), "the person wrote again: the staff replies that waited go out");
+            h.waiting_since = None;
+        }
+        store::update_handoff(tx, &h).await?;
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h, state::OPEN));
+        Ok(())
+    }
+
+    /// What staff asked in the inbox record `key`.
+    pub async fn staff_asked(
+        &self,
+        tx: &mut Tx,
+        action: &StaffAction,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let key = action.key();
+        let Some(mut h) = store::handoff(tx, &key.0).await? else {
+            warn!(record = %key, "a reply or close in an inbox record that is no hand-off recado opened: ignored");
+            return Ok(());
+        };
+        match action {
+            StaffAction::Reply { text, by, .. } => {
+                // Taken: emptied (only while it still holds this text).
+                applied.writes.push(FieldWrite {
+                    source_id: self.cfg.inbox.clone(),
+                    target: WriteTarget::Taken { record: key.clone(), text: text.clone() },
+                    field: self.cfg.fields.reply.clone(),
+                    value: String::new(),
+                });
+                if h.closed_at.is_some() {
+                    let reason = "not sent: the hand-off is closed";
+                    info!(handoff = %h.key, "{reason}");
+                    applied.writes.extend(self.ctx.record_status_writes(
+                        &self.cfg.inbox,
+                        REPLY_RULE,
+                        key,
+                        MessageState::Skipped,
+                        now,
+                        Some(reason),
+                    ));
+                    return Ok(());
+                }
+                h.replies += 1;
+                let n = h.replies;
+                let last_inbound = store::contact(tx, &h.phone).await?.and_then(|c| c.last_inbound_at);
+                let state = if super::dispatcher::inside_service_window(last_inbound, now) {
+                    self.queue_reply(
+                        tx,
+                        &h,
+                        (REPLY_RULE, n),
+                        MessageContent::Text { body: text.clone() },
+                        now,
+                        applied,
+                    )
+                    .await?;
+                    append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, text, by.as_deref());
+                    h.waiting_since = None;
+                    info!(handoff = %h.key, n, "staff reply queued");
+                    state::OPEN
+                } else {
+                    // WhatsApp takes no free text now: the template invites them to write, and the
+                    // reply goes out when they do (one invitation for any number of replies).
+                    if h.pending.is_empty() {
+                        if let Some(t) = &self.cfg.reopen_template {
+                            let context = record_context(tx, &h).await?;
+                            let content = MessageContent::Template(crate::flows::template_message(
+                                t,
+                                &h.language,
+                                &Default::default(),
+                                &context,
+                            ));
+                            self.queue_reply(tx, &h, (INVITE_RULE, n), content, now, applied).await?;
+                        }
+                    }
+                    h.pending.push(PendingReply { text: text.clone(), n });
+                    info!(handoff = %h.key, n, "staff reply outside the 24-hour window: the person is invited to write, the reply waits");
+                    state::WAITING_FOR_PERSON
+                };
+                store::update_handoff(tx, &h).await?;
+                applied.writes.extend(progress_writes(self.ctx, self.cfg, &h, state));
+            }
+            StaffAction::Close { .. } => {
+                if h.closed_at.is_some() {
+                    return Ok(());
+                }
+                self.close(tx, &mut h, now, "closed by staff", applied).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes an open hand-off: the person is told (inside the window) and goes back to the bot.
+    pub async fn close(
+        &self,
+        tx: &mut Tx,
+        h: &mut Handoff,
+        now: i64,
+        why: &str,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        h.closed_at = Some(now);
+        h.waiting_since = None;
+        if !h.pending.is_empty() {
+            warn!(handoff = %h.key, replies = h.pending.len(), "closed with staff replies the person never wrote back for: not sent");
+            h.pending.clear();
+        }
+        if why == "closed by staff" {
+            if let Some(t) = &self.cfg.closed_reply {
+                let text = t.get(&h.language, &self.ctx.config.inbound.default_language).to_string();
+                queue_answer(tx, h, "closed", &text, now, applied).await?;
+                append(self.ctx, self.cfg, h, now, Speaker::Bot, &text, None);
+            }
+        }
+        if store::conversation(tx, &h.phone).await?.is_some_and(|c| c.conversation.flow == super::inbox::HANDOFF_FLOW) {
+            store::end_conversation(tx, &h.phone).await?;
+        }
+        store::update_handoff(tx, h).await?;
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, h, state::CLOSED));
+        info!(handoff = %h.key, "hand-off {why}");
+        Ok(())
+    }
+}

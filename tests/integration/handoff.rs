@@ -1,0 +1,316 @@
+//! A person takes over: the hand-off inbox is a tab of the team's spreadsheet. The daemon
+//! against the sandbox over HTTP: a keyword or a flow opens a hand-off (a row in `Bandeja`),
+//! the bot goes silent, what the person writes lands in the row's transcript, a reply staff
+//! write in `Respuesta` reaches the person and the cell empties, and ticking `Cerrar` closes
+//! it and gives the person back to the bot.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{e164, row, wait_for, Harness, SHEET, TAB};
+
+const INBOX: &str = "Bandeja";
+/// A spreadsheet of its own for the inbox, in the tests that want one.
+const INBOX_SHEET: &str = "sheet-bandeja";
+
+fn inbox_header() -> Vec<Value> {
+    [
+        "ID",
+        "Teléfono",
+        "Abierta",
+        "Nombre",
+        "Registro",
+        "Tema",
+        "Conversación",
+        "Esperando desde",
+        "Estado",
+        "Asignada a",
+        "Respuesta",
+        "Cerrar",
+        "Estado respuesta",
+    ]
+    .iter()
+    .map(|h| json!(h))
+    .collect()
+}
+
+/// A harness whose spreadsheet `inbox_sheet` has the inbox (the participants' own, or one of
+/// its own), with a menu bot whose second option hands the person to staff.
+async fn with_inbox(people: &[(u32, &str)], inbox_sheet: &'static str) -> Harness {
+    let mut h = Harness::new(Vec::new()).await;
+    let mut participants = vec![crate::harness::header()];
+    participants.extend(people.iter().map(|(n, name)| row(*n, name, "Sí", "Inscrito")));
+    if inbox_sheet == SHEET {
+        h.sandbox.google().seed(
+            SHEET,
+            "America/Santiago",
+            vec![(TAB.to_string(), participants), (INBOX.into(), vec![inbox_header()])],
+        );
+    } else {
+        h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), participants)]);
+        h.sandbox.google().seed(inbox_sheet, "America/Santiago", vec![(INBOX.into(), vec![inbox_header()])]);
+        h.sandbox.google().share(inbox_sheet, "recado-test@sandbox.iam.gserviceaccount.com");
+    }
+    h.inbox_sheet = inbox_sheet;
+    h.sandbox.meta().add_template(recado::sandbox::meta::TemplateDef::new("retomar_conversacion", "es", 1, false));
+    h.extra_source = format!(
+        r#"  - id: bandeja
+    type: google_sheets
+    spreadsheet_id: {inbox_sheet}
+    tab: {INBOX}
+    key_column: ID
+    phone_column: Teléfono
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 200ms
+    service_account_key_file: "{key}"
+    sheets_base_url: "{base}/google/sheets/"
+    drive_base_url: "{base}/google/"
+    write_back:
+      status: Estado respuesta
+"#,
+        key = h.key_file.display(),
+        base = h.sandbox.base_url()
+    );
+    h.extra_top = r#"
+inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
+  entry_flow: menu
+flows:
+  - id: menu
+    steps:
+      - id: opcion
+        ask:
+          text: "Hola, ¿en qué te ayudamos?"
+          type: choice
+          choices:
+            - { title: "Horarios", goto: horarios }
+            - { title: "Hablar con alguien", goto: persona }
+      - id: horarios
+        say: "Atendemos de 9 a 18 h."
+        end: true
+      - id: persona
+        handoff: { topic: consulta }
+handoff:
+  inbox: bandeja
+  keywords: [AGENTE, PERSONA]
+  name_field: Nombre
+  opened_reply: "Te comunicamos con una persona del equipo. Te responderemos por aquí."
+  closed_reply: "Cerramos tu consulta. Escríbenos cuando quieras."
+  reopen_template: { name: retomar_conversacion, language: es, body: ["{{ Nombre }}"] }
+  fields:
+    opened_at: Abierta
+    name: Nombre
+    record: Registro
+    topic: Tema
+    transcript: Conversación
+    waiting_since: Esperando desde
+    state: Estado
+    assigned: Asignada a
+    reply: Respuesta
+    close: Cerrar
+"#
+    .into();
+    h
+}
+
+fn inbox_rows(h: &Harness) -> Vec<Vec<Value>> {
+    h.sandbox.google().rows(h.inbox_sheet, INBOX)
+}
+
+/// The inbox cell of the hand-off row of person `n` (found by phone, as staff would).
+fn inbox_cell(h: &Harness, n: u32, column: &str) -> String {
+    let rows = inbox_rows(h);
+    let Some(header) = rows.first() else { return String::new() };
+    let at = |name: &str| header.iter().position(|c| c.as_str() == Some(name));
+    let (Some(phone), Some(col)) = (at("Teléfono"), at(column)) else { return String::new() };
+    rows.iter()
+        .skip(1)
+        .find(|r| r.get(phone).and_then(Value::as_str) == Some(e164(n).as_str()))
+        .and_then(|r| r.get(col))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => b.to_string().to_uppercase(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+fn inbox_key(h: &Harness, n: u32) -> String {
+    inbox_cell(h, n, "ID")
+}
+
+fn texts_to(h: &Harness, n: u32) -> Vec<String> {
+    h.meta_sent_to(n).iter().map(recado::sandbox::meta::shown_text).collect()
+}
+
+async fn wait_texts(h: &Harness, n: u32, count: usize, what: &str) {
+    wait_for(what, Duration::from_secs(20), || async { h.meta_sent_to(n).len() >= count }).await;
+}
+
+fn staff_edit(h: &Harness, n: u32, column: &str, value: Value) {
+    let key = inbox_key(h, n);
+    assert!(!key.is_empty(), "person {n} has a row in the inbox");
+    assert!(h.sandbox.google().edit_by_key(h.inbox_sheet, INBOX, "ID", &key, column, value), "edit {key}.{column}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyword_opens_a_hand_off_staff_answer_from_the_inbox_and_closing_returns_the_person_to_the_bot() {
+    let mut h = with_inbox(&[(501, "Ana Pérez")], SHEET).await;
+    h.user(501, false, None);
+    h.start().await;
+
+    // The bot answers first; then the person asks for someone.
+    h.says(501, "hola", None);
+    wait_texts(&h, 501, 1, "the menu").await;
+    h.says(501, "agente por favor", None);
+    wait_texts(&h, 501, 2, "the opening answer").await;
+    assert_eq!(texts_to(&h, 501)[1], "Te comunicamos con una persona del equipo. Te responderemos por aquí.");
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 501, "Estado") == "open" }).await;
+    let key = inbox_key(&h, 501);
+    assert!(key.starts_with("H-") && key.len() == 12, "recado's key: {key}");
+    assert_eq!(inbox_cell(&h, 501, "Nombre"), "Ana Pérez");
+    assert_eq!(inbox_cell(&h, 501, "Registro"), "inscripciones/501");
+    assert!(inbox_cell(&h, 501, "Abierta").starts_with("20"), "the local time it opened");
+    assert!(inbox_cell(&h, 501, "Esperando desde").starts_with("20"), "waiting since it opened");
+    let transcript = inbox_cell(&h, 501, "Conversación");
+    assert!(transcript.contains("▸ agente por favor") && transcript.contains("◂ Te comunicamos"), "{transcript}");
+
+    // While it is open the bot is silent, and what the person writes reaches the transcript.
+    h.says(501, "Necesito cambiar mi horario", None);
+    wait_for("the message in the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, 501, "Conversación").ends_with("▸ Necesito cambiar mi horario")
+    })
+    .await;
+    assert_eq!(h.meta_sent_to(501).len(), 2, "the bot stays silent: {:?}", texts_to(&h, 501));
+
+    // Staff take it and answer from the sheet.
+    staff_edit(&h, 501, "Asignada a", json!("Carla"));
+    staff_edit(&h, 501, "Respuesta", json!("Hola Ana, te cambio al turno de la tarde."));
+    wait_texts(&h, 501, 3, "the staff reply").await;
+    assert_eq!(texts_to(&h, 501)[2], "Hola Ana, te cambio al turno de la tarde.");
+    wait_for("the reply cell emptied and the reply in the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, 501, "Respuesta").is_empty()
+            && inbox_cell(&h, 501, "Conversación").ends_with("◂ Hola Ana, te cambio al turno de la tarde. (Carla)")
+    })
+    .await;
+    wait_for("the reply's status on the row", Duration::from_secs(20), || async {
+        ["delivered", "read"].contains(&inbox_cell(&h, 501, "Estado respuesta").as_str())
+    })
+    .await;
+    assert_eq!(inbox_cell(&h, 501, "Esperando desde"), "", "answered: nobody is waiting");
+
+    // Closing: the person is told, the row says so, and the bot answers again.
+    staff_edit(&h, 501, "Cerrar", json!(true));
+    wait_texts(&h, 501, 4, "the closing answer").await;
+    assert_eq!(texts_to(&h, 501)[3], "Cerramos tu consulta. Escríbenos cuando quieras.");
+    wait_for("the row closed", Duration::from_secs(20), || async { inbox_cell(&h, 501, "Estado") == "closed" }).await;
+    h.says(501, "hola de nuevo", None);
+    wait_texts(&h, 501, 5, "the menu again").await;
+    assert_eq!(texts_to(&h, 501)[4], "Hola, ¿en qué te ayudamos?");
+    h.quiesce().await;
+    assert_eq!(h.meta_sent_to(501).len(), 5, "each message once: {:?}", texts_to(&h, 501));
+    assert_eq!(inbox_rows(&h).len(), 2, "one row for the hand-off: {:?}", inbox_rows(&h));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_hands_off_and_two_quick_replies_on_a_sorted_inbox_both_go_out_once_in_order() {
+    use recado::sandbox::google::{Kind, SheetAction};
+    let mut h = with_inbox(&[(502, "Bruno Díaz"), (503, "Carmen Soto")], INBOX_SHEET).await;
+    h.user(502, false, None);
+    h.user(503, false, None);
+    h.start().await;
+
+    // Both people choose "Hablar con alguien" in the menu.
+    for n in [502, 503] {
+        h.says(n, "hola", None);
+        wait_texts(&h, n, 1, "the menu").await;
+        h.says(n, "2", None);
+        wait_texts(&h, n, 2, "the opening answer").await;
+    }
+    wait_for("two inbox rows", Duration::from_secs(20), || async {
+        inbox_cell(&h, 502, "Estado") == "open" && inbox_cell(&h, 503, "Estado") == "open"
+    })
+    .await;
+    assert_eq!(inbox_cell(&h, 502, "Tema"), "consulta");
+
+    // Staff sort the inbox (503 first now) and write a reply to 502; a second one is typed
+    // over it right after recado read the first, before recado empties the cell.
+    let first_row_before = inbox_rows(&h)[1][0].clone();
+    let first_is_502 = first_row_before.as_str() == Some(inbox_key(&h, 502).as_str());
+    // "Bruno" sorts before "Carmen": whichever row is first now goes second.
+    assert!(h.sandbox.google().sort_by(INBOX_SHEET, INBOX, "Nombre", first_is_502));
+    h.quiesce().await;
+    assert_ne!(inbox_rows(&h)[1][0], first_row_before, "the sort moved the rows");
+    let key = inbox_key(&h, 502);
+    // The poll's read of the inbox (its spreadsheet's only values.get) is followed at once
+    // by the second reply, typed over the first.
+    h.sandbox.google().after_next(
+        Kind::ValuesGet,
+        SheetAction::Edit {
+            spreadsheet: INBOX_SHEET.into(),
+            tab: INBOX.into(),
+            key_column: "ID".into(),
+            key: key.clone(),
+            column: "Respuesta".into(),
+            value: json!("Y trae tu carnet, por favor."),
+            user_entered: false,
+        },
+    );
+    staff_edit(&h, 502, "Respuesta", json!("Hola Bruno, mañana a las 10."));
+    wait_texts(&h, 502, 4, "both replies").await;
+    h.quiesce().await;
+    let texts = texts_to(&h, 502);
+    assert_eq!(texts.len(), 4, "each reply once: {texts:?}");
+    assert_eq!(&texts[2..], ["Hola Bruno, mañana a las 10.", "Y trae tu carnet, por favor."]);
+    assert_eq!(inbox_cell(&h, 502, "Respuesta"), "", "taken and emptied");
+    let transcript = inbox_cell(&h, 502, "Conversación");
+    assert!(
+        transcript.contains("◂ Hola Bruno, mañana a las 10.\n")
+            && transcript.ends_with("◂ Y trae tu carnet, por favor."),
+        "{transcript}"
+    );
+    assert!(!inbox_cell(&h, 503, "Conversación").contains("Bruno"), "nothing on the other person's row");
+    assert_eq!(h.meta_sent_to(503).len(), 2, "nothing to the other person");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_reply_after_the_window_closed_invites_the_person_and_goes_out_when_they_write() {
+    let mut h = with_inbox(&[(504, "Diego Rojas")], SHEET).await;
+    h.user(504, false, None);
+    h.start().await;
+    h.says(504, "PERSONA", None);
+    wait_texts(&h, 504, 1, "the opening answer").await;
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 504, "Estado") == "open" }).await;
+
+    // A day later staff answer: WhatsApp takes no free text now.
+    let day = Duration::from_secs(25 * 3600);
+    h.clock.advance(day);
+    h.sandbox.meta().age_windows(day);
+    staff_edit(&h, 504, "Respuesta", json!("Hola Diego, ya tenemos tu certificado."));
+    wait_texts(&h, 504, 2, "the invitation").await;
+    let invitation = &h.meta_sent_to(504)[1];
+    assert_eq!(invitation.body["type"], "template");
+    assert_eq!(invitation.body["template"]["name"], "retomar_conversacion");
+    wait_for("the row says it waits for the person", Duration::from_secs(20), || async {
+        inbox_cell(&h, 504, "Estado") == "waiting for the person to write"
+            && inbox_cell(&h, 504, "Respuesta").is_empty()
+    })
+    .await;
+
+    // They write back: the reply that waited goes out.
+    h.says(504, "Hola, aquí estoy", None);
+    wait_texts(&h, 504, 3, "the staff reply").await;
+    assert_eq!(texts_to(&h, 504)[2], "Hola Diego, ya tenemos tu certificado.");
+    wait_for("the transcript", Duration::from_secs(20), || async {
+        let t = inbox_cell(&h, 504, "Conversación");
+        t.contains("▸ Hola, aquí estoy")
+            && t.ends_with("◂ Hola Diego, ya tenemos tu certificado.")
+            && inbox_cell(&h, 504, "Estado") == "open"
+    })
+    .await;
+    h.quiesce().await;
+    assert_eq!(h.meta_sent_to(504).len(), 3);
+}
