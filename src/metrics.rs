@@ -108,6 +108,11 @@ pub struct Metrics {
     pub timers_pending: Gauge,
     /// Webhooks stored and not yet applied (set at scrape).
     pub webhooks_pending: Gauge,
+    /// Hand-offs open (set at scrape).
+    pub handoffs_open: Gauge,
+    /// Open hand-offs whose person has waited longer than `handoff.unanswered_after` (set at
+    /// scrape).
+    pub handoffs_unanswered: Gauge,
     /// Seconds the store queries of the last scrape took.
     pub scrape_seconds: Gauge<f64, AtomicU64>,
 }
@@ -142,6 +147,8 @@ impl Metrics {
             write_back_pending: Gauge::default(),
             timers_pending: Gauge::default(),
             webhooks_pending: Gauge::default(),
+            handoffs_open: Gauge::default(),
+            handoffs_unanswered: Gauge::default(),
             scrape_seconds: Gauge::default(),
             registry: Registry::default(),
         };
@@ -205,6 +212,12 @@ impl Metrics {
             m.timers_pending.clone(),
         );
         registry.register("webhooks_pending", "Webhooks stored and not yet applied", m.webhooks_pending.clone());
+        registry.register("handoffs_open", "Hand-offs to a person that are open", m.handoffs_open.clone());
+        registry.register(
+            "handoffs_unanswered",
+            "Open hand-offs whose person has waited longer than handoff.unanswered_after",
+            m.handoffs_unanswered.clone(),
+        );
         registry.register(
             "scrape_store_seconds",
             "Seconds the store queries of the last scrape took",

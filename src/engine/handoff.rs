@@ -39,6 +39,15 @@ pub struct Applied {
     pub providers: HashSet<String>,
 }
 
+/// Why a hand-off closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Staff ticked the close field: the person is told, and talks to the bot again.
+    ByStaff,
+    /// The person opted out: nothing more is sent to them.
+    OptedOut,
+}
+
 /// A hand-off about to open.
 pub struct Opening<'a> {
     pub phone: &'a str,
@@ -84,7 +93,16 @@ fn append(
 }
 
 /// The inbox record's own fields that move: transcript, waiting time, state.
-fn progress_writes(ctx: &EngineCtx, cfg: &HandoffConfig, h: &Handoff, state: &str) -> Vec<FieldWrite> {
+fn progress_writes(ctx: &EngineCtx, cfg: &HandoffConfig, h: &Handoff) -> Vec<FieldWrite> {
+    let state = if h.closed_at.is_some() {
+        state::CLOSED.to_string()
+    } else if !h.pending.is_empty() {
+        state::WAITING_FOR_PERSON.to_string()
+    } else if let (Some(_), Some(after)) = (h.flagged_at, cfg.unanswered_after) {
+        format!("{} {}", state::UNANSWERED, crate::validation::human_duration(after))
+    } else {
+        state::OPEN.to_string()
+    };
     let target = WriteTarget::NewRecord(RecordKey(h.key.clone()));
     let write = |field: &str, value: String| FieldWrite {
         source_id: cfg.inbox.clone(),
@@ -174,6 +192,79 @@ impl Handoffs<'_> {
         Ok(())
     }
 
+    /// The office's zone: its own, else the programme's, else the inbox's.
+    fn office_zone(&self, hours: &crate::handoff::config::OfficeHours) -> chrono_tz::Tz {
+        hours.time_zone.or(self.ctx.config.defaults.time_zone).unwrap_or_else(|| self.ctx.source_tz(&self.cfg.inbox))
+    }
+
+    /// Outside office hours, tells the person when someone will answer: once until the office
+    /// has been open again. Returns whether it did.
+    async fn tell_if_closed(
+        &self,
+        tx: &mut Tx,
+        h: &mut Handoff,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<bool, StoreError> {
+        use chrono::TimeZone;
+        let Some(hours) = &self.cfg.office_hours else { return Ok(false) };
+        let zone = self.office_zone(hours);
+        let Some(at) = chrono::Utc.timestamp_millis_opt(now).single() else { return Ok(false) };
+        if hours.window.allows(at.with_timezone(&zone).naive_local()) {
+            return Ok(false);
+        }
+        // Told already, and the office has not opened since.
+        if let Some(told) = h.after_hours_at.and_then(|t| chrono::Utc.timestamp_millis_opt(t).single()) {
+            if hours.window.next_allowed(told, zone) > at {
+                return Ok(false);
+            }
+        }
+        let opens = hours.window.next_allowed(at, zone).with_timezone(&zone);
+        let mut context = crate::flows::TurnContext::default();
+        context.record.insert("opens_at".into(), serde_json::Value::String(opens.format("%d/%m %H:%M").to_string()));
+        let text = crate::flows::render(
+            hours.reply.get(&h.language, &self.ctx.config.inbound.default_language),
+            &Default::default(),
+            &context,
+        );
+        queue_answer(tx, h, &format!("after_hours:{now}"), &text, now, applied).await?;
+        append(self.ctx, self.cfg, h, now, Speaker::Bot, &text, None);
+        h.after_hours_at = Some(now);
+        info!(handoff = %h.key, "outside office hours: the person is told when someone will answer");
+        Ok(true)
+    }
+
+    /// Flags the open hand-offs whose person has waited longer than `unanswered_after`: the
+    /// state field says so and the log warns, once, until staff answer. Returns how many.
+    pub async fn flag_overdue(&self, now: i64) -> Result<usize, StoreError> {
+        let Some(after) = self.cfg.unanswered_after else { return Ok(0) };
+        let limit = now - after.as_millis() as i64;
+        let due = {
+            let mut conn = self.ctx.store.conn().await?;
+            store::handoffs_to_flag(&mut conn, limit).await?
+        };
+        let mut flagged = 0;
+        for candidate in due {
+            let mut tx = self.ctx.store.begin().await?;
+            // Answered or closed meanwhile: nothing to flag.
+            let Some(mut h) = store::handoff(&mut tx, &candidate.key).await?.filter(|h| {
+                h.closed_at.is_none() && h.flagged_at.is_none() && h.waiting_since.is_some_and(|w| w <= limit)
+            }) else {
+                continue;
+            };
+            h.flagged_at = Some(now);
+            store::update_handoff(&mut tx, &h).await?;
+            store::queue_writes(&mut tx, &progress_writes(self.ctx, self.cfg, &h)).await?;
+            tx.commit().await?;
+            warn!(handoff = %h.key, waiting = %crate::validation::human_duration(after), "a hand-off has waited too long for an answer");
+            flagged += 1;
+        }
+        if flagged > 0 {
+            self.ctx.wake_flusher(&self.cfg.inbox);
+        }
+        Ok(flagged)
+    }
+
     /// Opens a hand-off, unless the contact has one open. Returns whether it opened.
     pub async fn open(&self, tx: &mut Tx, o: Opening<'_>, now: i64, applied: &mut Applied) -> Result<bool, StoreError> {
         if store::open_handoff_of(tx, o.phone).await?.is_some() {
@@ -192,6 +283,8 @@ impl Handoffs<'_> {
             replies: 0,
             pending: Vec::new(),
             waiting_since: Some(now),
+            after_hours_at: None,
+            flagged_at: None,
         };
         if !o.asked.trim().is_empty() {
             append(self.ctx, self.cfg, &mut h, now, Speaker::Person, &o.asked, None);
@@ -227,6 +320,9 @@ impl Handoffs<'_> {
         if let Some(text) = opened_reply {
             queue_answer(tx, &h, "opened", text, now, applied).await?;
         }
+        if self.tell_if_closed(tx, &mut h, now, applied).await? {
+            store::update_handoff(tx, &h).await?;
+        }
         // The inbox record: everything recado knows now, in one new record.
         let target = WriteTarget::NewRecord(RecordKey(h.key.clone()));
         let inbox = self.ctx.source(&self.cfg.inbox);
@@ -256,7 +352,7 @@ impl Handoffs<'_> {
             field,
             value,
         }));
-        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h, state::OPEN));
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h));
         info!(from = %mask_phone(&h.phone), handoff = %h.key, topic = %h.topic, "hand-off opened");
         Ok(true)
     }
@@ -281,12 +377,13 @@ impl Handoffs<'_> {
         }
         if pending.is_empty() {
             h.waiting_since.get_or_insert(at);
+            self.tell_if_closed(tx, &mut h, now, applied).await?;
         } else {
             info!(handoff = %h.key, replies = pending.len(), "the person wrote again: the staff replies that waited go out");
             h.waiting_since = None;
         }
         store::update_handoff(tx, &h).await?;
-        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h, state::OPEN));
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h));
         Ok(())
     }
 
@@ -328,7 +425,7 @@ impl Handoffs<'_> {
                 h.replies += 1;
                 let n = h.replies;
                 let last_inbound = store::contact(tx, &h.phone).await?.and_then(|c| c.last_inbound_at);
-                let state = if super::dispatcher::inside_service_window(last_inbound, now) {
+                if super::dispatcher::inside_service_window(last_inbound, now) {
                     self.queue_reply(
                         tx,
                         &h,
@@ -340,8 +437,8 @@ impl Handoffs<'_> {
                     .await?;
                     append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, text, by.as_deref());
                     h.waiting_since = None;
+                    h.flagged_at = None;
                     info!(handoff = %h.key, n, "staff reply queued");
-                    state::OPEN
                 } else {
                     // WhatsApp takes no free text now: the template invites them to write, and the
                     // reply goes out when they do (one invitation for any number of replies).
@@ -358,17 +455,17 @@ impl Handoffs<'_> {
                         }
                     }
                     h.pending.push(PendingReply { text: text.clone(), n });
+                    h.flagged_at = None;
                     info!(handoff = %h.key, n, "staff reply outside the 24-hour window: the person is invited to write, the reply waits");
-                    state::WAITING_FOR_PERSON
-                };
+                }
                 store::update_handoff(tx, &h).await?;
-                applied.writes.extend(progress_writes(self.ctx, self.cfg, &h, state));
+                applied.writes.extend(progress_writes(self.ctx, self.cfg, &h));
             }
             StaffAction::Close { .. } => {
                 if h.closed_at.is_some() {
                     return Ok(());
                 }
-                self.close(tx, &mut h, now, "closed by staff", applied).await?;
+                self.close(tx, &mut h, now, Closing::ByStaff, applied).await?;
             }
         }
         Ok(())
@@ -380,16 +477,17 @@ impl Handoffs<'_> {
         tx: &mut Tx,
         h: &mut Handoff,
         now: i64,
-        why: &str,
+        why: Closing,
         applied: &mut Applied,
     ) -> Result<(), StoreError> {
         h.closed_at = Some(now);
+        h.flagged_at = None;
         h.waiting_since = None;
         if !h.pending.is_empty() {
             warn!(handoff = %h.key, replies = h.pending.len(), "closed with staff replies the person never wrote back for: not sent");
             h.pending.clear();
         }
-        if why == "closed by staff" {
+        if why == Closing::ByStaff {
             if let Some(t) = &self.cfg.closed_reply {
                 let text = t.get(&h.language, &self.ctx.config.inbound.default_language).to_string();
                 queue_answer(tx, h, "closed", &text, now, applied).await?;
@@ -400,8 +498,11 @@ impl Handoffs<'_> {
             store::end_conversation(tx, &h.phone).await?;
         }
         store::update_handoff(tx, h).await?;
-        applied.writes.extend(progress_writes(self.ctx, self.cfg, h, state::CLOSED));
-        info!(handoff = %h.key, "hand-off {why}");
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, h));
+        match why {
+            Closing::ByStaff => info!(handoff = %h.key, "hand-off closed by staff"),
+            Closing::OptedOut => info!(handoff = %h.key, "hand-off ended: the person opted out"),
+        }
         Ok(())
     }
 }

@@ -87,6 +87,12 @@ impl InboxProcessor {
                 if let Err(e) = self.sweep_conversations().await {
                     warn!("conversation reminders and expiries will be retried: {e}");
                 }
+                if let Some(cfg) = &self.ctx.config.handoff {
+                    let handoffs = super::handoff::Handoffs { ctx: &self.ctx, cfg };
+                    if let Err(e) = handoffs.flag_overdue(self.ctx.now_ms()).await {
+                        warn!("flagging hand-offs that waited too long will be retried: {e}");
+                    }
+                }
             }
             let busy = self.ctx.health.busy(health);
             let processed = self.process_pending().await;
@@ -631,7 +637,7 @@ impl InboxProcessor {
                     if let (Some(cfg), Some(mut h)) = (&self.ctx.config.handoff, store::open_handoff_of(tx, p).await?) {
                         let mut applied = super::handoff::Applied::default();
                         super::handoff::Handoffs { ctx: &self.ctx, cfg }
-                            .close(tx, &mut h, now, "ended: the person opted out", &mut applied)
+                            .close(tx, &mut h, now, super::handoff::Closing::OptedOut, &mut applied)
                             .await?;
                         absorb(effects, applied);
                     }

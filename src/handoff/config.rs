@@ -52,6 +52,37 @@ pub struct RawHandoffSection {
     /// The field of the contact's own record that holds their name, copied to the inbox.
     #[serde(default)]
     pub name_field: Option<String>,
+    /// When staff answer. Outside these hours (and on holidays) a person who asks for someone,
+    /// or writes while they wait, is told when someone will reply (once until the office
+    /// opens again); the hand-off stays open.
+    #[serde(default)]
+    pub office_hours: Option<RawOfficeHours>,
+    /// An open hand-off whose person has waited longer than this (e.g. `2h`) is flagged: its
+    /// state field says so, the log warns once, and `/metrics` counts it, until staff answer.
+    #[serde(default)]
+    pub unanswered_after: Option<String>,
+}
+
+/// `handoff.office_hours:`
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOfficeHours {
+    /// Local hours staff answer, e.g. `09:00-18:00` (all day when absent).
+    #[serde(default)]
+    pub between: Option<String>,
+    /// Days staff answer (`mon`…`sun` or `lun`…`dom`); every day when absent.
+    #[serde(default)]
+    pub days: Option<Vec<String>>,
+    /// Dates nobody answers, e.g. `2026-12-25`.
+    #[serde(default)]
+    pub holidays: Option<Vec<String>>,
+    /// IANA zone of those hours (default: `defaults.time_zone`, else the inbox's own).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// The answer outside them (a string, or one per language); `{{ opens_at }}` is when the
+    /// office opens next, e.g. "Nuestro equipo atiende de lunes a viernes de 9 a 18 h. Te
+    /// responderemos desde el {{ opens_at }}."
+    pub reply: RawText,
 }
 
 /// `handoff.fields:` the inbox's fields. recado writes only its own; staff fill `reply`,
@@ -104,6 +135,17 @@ pub struct HandoffConfig {
     pub close_values: Vec<String>,
     pub transcript_messages: usize,
     pub name_field: Option<String>,
+    pub office_hours: Option<OfficeHours>,
+    pub unanswered_after: Option<std::time::Duration>,
+}
+
+/// When staff answer, and what the person is told outside those hours.
+#[derive(Debug, Clone)]
+pub struct OfficeHours {
+    pub window: crate::schedule::SendWindow,
+    /// `None`: the programme's default zone, else the inbox's.
+    pub time_zone: Option<chrono_tz::Tz>,
+    pub reply: LocalText,
 }
 
 /// The inbox's fields.
@@ -206,6 +248,33 @@ pub fn validate(
         .iter()
         .map(|v| crate::domain::normalise_keyword(v))
         .collect();
+    let office_hours = raw.office_hours.and_then(|o| {
+        let path = "handoff.office_hours";
+        let time_zone = o.time_zone.as_deref().and_then(|t| p.time_zone(&format!("{path}.time_zone"), t));
+        let reply = local_text(p, languages, &format!("{path}.reply"), o.reply);
+        match crate::schedule::SendWindow::parse(
+            o.between.as_deref(),
+            o.days.as_deref().unwrap_or(&[]),
+            o.holidays.as_deref().unwrap_or(&[]),
+        ) {
+            Ok(window) => Some(OfficeHours { window, time_zone, reply }),
+            Err(list) => {
+                for (k, m) in list {
+                    p.push(format!("{path}.{}", k.replace("send_", "")), m);
+                }
+                None
+            }
+        }
+    });
+    let unanswered_after = raw.unanswered_after.as_deref().map(|d| {
+        p.duration(
+            "handoff.unanswered_after",
+            Some(d),
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(60),
+            crate::validation::LONGEST_DURATION,
+        )
+    });
     Some(HandoffConfig {
         inbox: raw.inbox,
         keywords,
@@ -217,6 +286,8 @@ pub fn validate(
         close_values,
         transcript_messages,
         name_field: raw.name_field,
+        office_hours,
+        unanswered_after,
     })
 }
 
@@ -246,6 +317,8 @@ impl HandoffConfig {
             close_values: vec!["TRUE".into(), "SI".into(), "X".into()],
             transcript_messages: 30,
             name_field: None,
+            office_hours: None,
+            unanswered_after: None,
         }
     }
 }

@@ -28,6 +28,8 @@ pub mod state {
     pub const WAITING_FOR_PERSON: &str = "waiting for the person to write";
     /// Closed by staff.
     pub const CLOSED: &str = "closed";
+    /// Open, and the person has waited longer than `unanswered_after` (followed by it).
+    pub const UNANSWERED: &str = "unanswered for over";
 }
 
 /// Something staff asked for in the inbox, seen by one poll.

@@ -263,11 +263,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
         let funnels = store::report::funnel(&mut conn, 0, None).await?;
         let (writes, timers) = store::report::backlog(&mut conn).await?;
         let webhooks = store::pending_webhook_count(&mut conn).await?;
-        Ok::<_, store::StoreError>((funnels, writes, timers, webhooks))
+        let handoffs = store::handoff_counts(&mut conn).await?;
+        Ok::<_, store::StoreError>((funnels, writes, timers, webhooks, handoffs))
     }
     .await;
     match read {
-        Ok((funnels, writes, timers, webhooks)) => {
+        Ok((funnels, writes, timers, webhooks, (open, unanswered))) => {
             m.messages.clear();
             for f in &funnels {
                 for stage in store::report::FUNNEL_STAGES {
@@ -279,6 +280,8 @@ async fn metrics(State(st): State<AppState>) -> Response {
             m.write_back_pending.set(writes);
             m.timers_pending.set(timers);
             m.webhooks_pending.set(webhooks);
+            m.handoffs_open.set(open);
+            m.handoffs_unanswered.set(unanswered);
         }
         Err(e) => {
             warn!("metrics: reading the store failed: {e}");

@@ -30,6 +30,10 @@ pub struct Handoff {
     pub pending: Vec<PendingReply>,
     /// The person's oldest message no one answered yet.
     pub waiting_since: Option<i64>,
+    /// When the person was last told the office is closed.
+    pub after_hours_at: Option<i64>,
+    /// When it was flagged as waiting too long (cleared when staff answer).
+    pub flagged_at: Option<i64>,
 }
 
 /// A staff reply kept until the person writes again.
@@ -40,7 +44,7 @@ pub struct PendingReply {
     pub n: i64,
 }
 
-const COLUMNS: &str = "key, phone, provider_id, source_id, record_key, topic, language, opened_at, closed_at, transcript, replies, pending, waiting_since";
+const COLUMNS: &str = "key, phone, provider_id, source_id, record_key, topic, language, opened_at, closed_at, transcript, replies, pending, waiting_since, after_hours_at, flagged_at";
 
 fn from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Handoff> {
     let source: Option<String> = col(r, "source_id")?;
@@ -60,6 +64,8 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Handoff> {
         pending: serde_json::from_str(&pending)
             .map_err(|e| StoreError::Corrupt { what: "hand-off pending replies", detail: e.to_string() })?,
         waiting_since: col(r, "waiting_since")?,
+        after_hours_at: col(r, "after_hours_at")?,
+        flagged_at: col(r, "flagged_at")?,
     })
 }
 
@@ -111,7 +117,8 @@ pub async fn update_handoff(conn: &mut SqliteConnection, h: &Handoff) -> StoreRe
     let pending = serde_json::to_string(&h.pending)
         .map_err(|e| StoreError::Corrupt { what: "hand-off pending replies", detail: e.to_string() })?;
     sqlx::query(
-        "UPDATE handoffs SET transcript = $2, replies = $3, pending = $4, waiting_since = $5, closed_at = $6 WHERE key = $1",
+        "UPDATE handoffs SET transcript = $2, replies = $3, pending = $4, waiting_since = $5, closed_at = $6,
+             after_hours_at = $7, flagged_at = $8 WHERE key = $1",
     )
     .bind(&h.key)
     .bind(&h.transcript)
@@ -119,6 +126,8 @@ pub async fn update_handoff(conn: &mut SqliteConnection, h: &Handoff) -> StoreRe
     .bind(pending)
     .bind(h.waiting_since)
     .bind(h.closed_at)
+    .bind(h.after_hours_at)
+    .bind(h.flagged_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -143,6 +152,28 @@ pub async fn phones_in_handoff(
         out.extend(rows);
     }
     Ok(out)
+}
+
+/// Open hand-offs whose person has waited since before `waiting_before` and that are not
+/// flagged yet.
+pub async fn handoffs_to_flag(conn: &mut SqliteConnection, waiting_before: i64) -> StoreResult<Vec<Handoff>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM handoffs WHERE closed_at IS NULL AND flagged_at IS NULL AND waiting_since <= $1 LIMIT 100"
+    )))
+    .bind(waiting_before)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Open hand-offs, and how many of them are flagged as waiting too long.
+pub async fn handoff_counts(conn: &mut SqliteConnection) -> StoreResult<(i64, i64)> {
+    let (open, flagged): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(flagged_at IS NOT NULL), 0) FROM handoffs WHERE closed_at IS NULL",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((open, flagged))
 }
 
 /// Open hand-offs (for tests and status).

@@ -139,6 +139,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "contact language", include_str!("migrations/0011_contact_language.sql")),
     (12, "forget", include_str!("migrations/0012_forget.sql")),
     (13, "handoffs", include_str!("migrations/0013_handoffs.sql")),
+    (14, "handoff hours", include_str!("migrations/0014_handoff_hours.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

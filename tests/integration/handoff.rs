@@ -314,3 +314,75 @@ async fn a_staff_reply_after_the_window_closed_invites_the_person_and_goes_out_w
     h.quiesce().await;
     assert_eq!(h.meta_sent_to(504).len(), 3);
 }
+
+/// Office hours that exclude today and tomorrow (in Santiago, on the daemon's clock), so the
+/// office is closed now whatever the time the test runs at, and opens the day after tomorrow.
+fn closed_until_after_tomorrow(h: &Harness) -> (String, String) {
+    use chrono::{Datelike, TimeZone};
+    let now = chrono::Utc.timestamp_millis_opt(h.clock.now_ms()).single().unwrap();
+    let today = now.with_timezone(&chrono_tz::America::Santiago).date_naive();
+    let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let skip = [today.weekday().num_days_from_monday(), today.succ_opt().unwrap().weekday().num_days_from_monday()];
+    let days: Vec<&str> = (0..7u32).filter(|d| !skip.contains(d)).map(|d| names[d as usize]).collect();
+    let opens = today.succ_opt().unwrap().succ_opt().unwrap();
+    (format!("[{}]", days.join(", ")), format!("{} 09:00", opens.format("%d/%m")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_office_hours_the_person_is_told_once_a_long_wait_is_flagged_and_rule_messages_wait_for_the_close() {
+    let mut h = with_inbox(&[(505, "Elena Mora")], SHEET).await;
+    let (days, opens_at) = closed_until_after_tomorrow(&h);
+    h.extra_top = h.extra_top.replace(
+        "handoff:\n  inbox: bandeja\n",
+        &format!(
+            "handoff:\n  inbox: bandeja\n  unanswered_after: 1m\n  office_hours:\n    between: \"09:00-18:00\"\n    days: {days}\n    time_zone: America/Santiago\n    reply: \"Te responderemos desde el {{{{ opens_at }}}}.\"\n"
+        ),
+    );
+    h.user(505, false, None);
+    h.start().await;
+
+    h.says(505, "AGENTE", None);
+    wait_texts(&h, 505, 2, "the opening and the office-hours answers").await;
+    assert_eq!(texts_to(&h, 505)[1], format!("Te responderemos desde el {opens_at}."));
+    h.says(505, "¿Hay alguien?", None);
+    wait_for("the second message in the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, 505, "Conversación").ends_with("▸ ¿Hay alguien?")
+    })
+    .await;
+    assert_eq!(h.meta_sent_to(505).len(), 2, "told once until the office opens: {:?}", texts_to(&h, 505));
+    assert_eq!(h.metric("recado_handoffs_open", "").await, 1);
+
+    // A rule message for them meanwhile waits: a person is taking care of them.
+    h.edit("505", "Estado", json!("Egresado"));
+    let survey =
+        || async { h.messages().await.into_iter().find(|m| m.rule_id == "encuesta" && m.phone.as_str() == e164(505)) };
+    wait_for("the survey held back", Duration::from_secs(20), || async {
+        survey().await.is_some_and(|m| {
+            m.state == recado::domain::MessageState::Queued && m.attempts == 0 && m.next_attempt_at > m.created_at
+        })
+    })
+    .await;
+
+    // Nobody answers for over a minute: flagged on the row and in the metrics.
+    h.clock.advance(Duration::from_secs(90));
+    wait_for("the row flagged", Duration::from_secs(20), || async {
+        inbox_cell(&h, 505, "Estado") == "unanswered for over 1 min"
+    })
+    .await;
+    assert_eq!(h.metric("recado_handoffs_unanswered", "").await, 1);
+
+    // Staff answer: the flag goes; they close: the survey that waited goes out.
+    staff_edit(&h, 505, "Respuesta", json!("Hola Elena, ¿en qué te ayudo?"));
+    wait_texts(&h, 505, 3, "the staff reply").await;
+    wait_for("the flag cleared", Duration::from_secs(20), || async { inbox_cell(&h, 505, "Estado") == "open" }).await;
+    assert_eq!(h.metric("recado_handoffs_unanswered", "").await, 0);
+    assert!(survey().await.is_some_and(|m| m.state == recado::domain::MessageState::Queued), "still waiting");
+    staff_edit(&h, 505, "Cerrar", json!(true));
+    wait_texts(&h, 505, 4, "the closing answer").await;
+    h.clock.advance(Duration::from_secs(90));
+    wait_for("the survey sent", Duration::from_secs(20), || async {
+        h.meta_sent_to(505).iter().any(|m| m.body["template"]["name"] == "encuesta_seguimiento")
+    })
+    .await;
+    assert_eq!(h.metric("recado_handoffs_open", "").await, 0);
+}
