@@ -110,7 +110,7 @@ fn progress_writes(ctx: &EngineCtx, cfg: &HandoffConfig, h: &Handoff) -> Vec<Fie
         field: field.to_string(),
         value,
     };
-    let mut out = vec![write(&cfg.fields.transcript, h.transcript.clone()), write(&cfg.fields.state, state.into())];
+    let mut out = vec![write(&cfg.fields.transcript, h.transcript.clone()), write(&cfg.fields.state, state)];
     if let Some(f) = &cfg.fields.waiting_since {
         out.push(write(f, h.waiting_since.map(|t| ctx.format_time(&cfg.inbox, t)).unwrap_or_default()));
     }
