@@ -81,6 +81,7 @@ fn bench_rules(c: &mut Criterion) {
             window: None,
             lateness: None,
             on_reply: None,
+            hands_off_other_replies: false,
             write_back: None,
         },
         RuleConfig {
@@ -101,6 +102,7 @@ fn bench_rules(c: &mut Criterion) {
             window: None,
             lateness: None,
             on_reply: None,
+            hands_off_other_replies: false,
             write_back: None,
         },
     ];
@@ -153,6 +155,7 @@ fn bench_planning(c: &mut Criterion) {
         window: None,
         lateness: None,
         on_reply: None,
+        hands_off_other_replies: false,
         write_back: None,
     };
     let rules = vec![

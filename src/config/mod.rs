@@ -236,6 +236,8 @@ pub struct RuleConfig {
     /// The flow that takes replies to this rule's messages (its first question is the one the
     /// template asked).
     pub on_reply: Option<String>,
+    /// A reply that `on_reply`'s flow does not take opens a hand-off to a person.
+    pub hands_off_other_replies: bool,
     /// The rule's own status fields, when it has them (else the source's).
     pub write_back: Option<RuleWriteBack>,
 }

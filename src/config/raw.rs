@@ -127,6 +127,11 @@ pub struct RawRule {
     /// cambiar la hora"), and the reply is read as its answer.
     #[serde(default)]
     pub on_reply: Option<String>,
+    /// `handoff`: a reply to this rule's message that `on_reply`'s flow does not take (or any
+    /// reply, without `on_reply`) opens a hand-off to a person (`handoff:`), its topic the
+    /// rule's id. Default `bot`: such a reply talks to the bot.
+    #[serde(default)]
+    pub on_other_reply: Option<String>,
     /// This rule's own status fields on the record, instead of the source's `write_back`
     /// ones, so a later rule's status does not overwrite an earlier rule's on the same row:
     /// `{status: Estado recordatorio, status_at: Fecha recordatorio, error: Error recordatorio}`

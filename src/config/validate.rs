@@ -62,6 +62,8 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
         sections.remove(&k);
         p.push(k.clone(), format!("unknown section; expected one of {}", SECTIONS.join(", ")));
     }
+    // Rules may hand replies to a person: whether `handoff:` is there (it is read later).
+    let has_handoff = sections.get("handoff").is_some_and(|v| !v.is_null());
     let mut take = |name: &str| sections.remove(name).filter(|v| !v.is_null());
 
     let state = match take("state") {
@@ -309,6 +311,22 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
             w
         });
+        let hands_off_other_replies = match r.on_other_reply.as_deref() {
+            None | Some("bot") => false,
+            Some("handoff") => {
+                if !has_handoff {
+                    p.push(
+                        format!("{path}.on_other_reply"),
+                        "a hand-off needs the handoff: section (its inbox and fields)",
+                    );
+                }
+                true
+            }
+            Some(other) => {
+                p.push(format!("{path}.on_other_reply"), format!("expected handoff or bot, got '{other}'"));
+                false
+            }
+        };
         if let (Some(trigger), Some(send)) = (trigger, send) {
             rules.push(RuleConfig {
                 id: r.id,
@@ -321,6 +339,7 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 window: rule_window,
                 lateness,
                 on_reply: r.on_reply,
+                hands_off_other_replies,
                 write_back,
             });
         }

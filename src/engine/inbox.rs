@@ -957,14 +957,29 @@ impl InboxProcessor {
             };
             let context = self.turn_context(tx, talk.phone, record.as_ref(), now).await?;
             // A reply to a rule's message whose rule hands replies to a flow.
-            let opening = talk
-                .origin
-                .and_then(|m| self.ctx.config.rules.iter().find(|r| r.id == m.rule_id))
-                .and_then(|r| r.on_reply.as_deref())
-                .and_then(|id| flows.get(id))
-                .and_then(|f| {
-                    crate::flows::answer_opening(f, &input, &language, default_language, &context).map(|t| (f, t))
-                });
+            let origin_rule = talk.origin.and_then(|m| self.ctx.config.rules.iter().find(|r| r.id == m.rule_id));
+            let opening = origin_rule.and_then(|r| r.on_reply.as_deref()).and_then(|id| flows.get(id)).and_then(|f| {
+                crate::flows::answer_opening(f, &input, &language, default_language, &context).map(|t| (f, t))
+            });
+            // A reply its flow does not take (or any reply) goes to a person, when the rule says so.
+            if let (None, Some(rule), Some(cfg)) =
+                (&opening, origin_rule.filter(|r| r.hands_off_other_replies), &self.ctx.config.handoff)
+            {
+                let mut applied = super::handoff::Applied::default();
+                let opening = super::handoff::Opening {
+                    phone: talk.phone,
+                    provider_id: talk.provider.id(),
+                    inbound_id: talk.inbound_id,
+                    record: record.clone(),
+                    topic: Some(rule.id.clone()),
+                    language: &language,
+                    asked: transcript_text(talk.kind),
+                };
+                info!(from = %who, rule = %rule.id, "a reply the rule's flow does not take: handed to a person");
+                super::handoff::Handoffs { ctx: &self.ctx, cfg }.open(tx, opening, now, &mut applied).await?;
+                effects.providers.extend(applied.providers);
+                return Ok(applied.writes);
+            }
             if let Some((flow, turn)) = opening {
                 (flow, turn, record, now)
             } else {

@@ -599,6 +599,7 @@ mod tests {
             window: None,
             lateness: None,
             on_reply: None,
+            hands_off_other_replies: false,
             write_back: None,
         }
     }

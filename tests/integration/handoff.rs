@@ -386,3 +386,31 @@ async fn outside_office_hours_the_person_is_told_once_a_long_wait_is_flagged_and
     .await;
     assert_eq!(h.metric("recado_handoffs_open", "").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_rule_that_hands_replies_to_a_person_opens_a_hand_off_about_that_record() {
+    let mut h = with_inbox(&[(506, "Felipe Vera")], SHEET).await;
+    h.extra_rules = r#"  - id: recordatorio
+    source: inscripciones
+    when: { changed: Estado, to: Citado }
+    provider: whatsapp
+    template: { name: confirmacion_inscripcion, language: es, body: ["{{ Nombre }}", "{{ Curso }}", "{{ Mentor }}"] }
+    on_other_reply: handoff
+"#
+    .into();
+    h.user(506, false, None);
+    h.start().await;
+    h.edit("506", "Estado", json!("Citado"));
+    wait_texts(&h, 506, 1, "the reminder").await;
+    let reminder = h.meta_sent_to(506)[0].wamid.clone();
+    h.says(506, "No podré ir el martes, ¿puedo cambiar la hora?", Some(&reminder));
+    wait_texts(&h, 506, 2, "the opening answer").await;
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 506, "Estado") == "open" }).await;
+    assert_eq!(inbox_cell(&h, 506, "Tema"), "recordatorio");
+    assert_eq!(inbox_cell(&h, 506, "Registro"), "inscripciones/506");
+    assert!(inbox_cell(&h, 506, "Conversación").contains("▸ No podré ir el martes, ¿puedo cambiar la hora?"));
+    // The bot did not answer it: the opening answer is the only reply.
+    h.quiesce().await;
+    assert_eq!(texts_to(&h, 506)[1], "Te comunicamos con una persona del equipo. Te responderemos por aquí.");
+    assert_eq!(h.meta_sent_to(506).len(), 2);
+}
