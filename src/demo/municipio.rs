@@ -1,6 +1,8 @@
 //! `recado demo --scenario municipio`: the conversations story. Residents write first to the
 //! municipality's WhatsApp number: the privacy notice, the menu, a problem reported in the
-//! chat, someone who refuses, someone who opts out. Then an employment programme's graduate
+//! chat, someone who refuses, someone who opts out, someone who asks for a person: the demo
+//! plays the staff member who answers her from the `Bandeja` tab, asks for a photo and closes
+//! the case. Then an employment programme's graduate
 //! gets the follow-up survey as a template and answers it inside WhatsApp, each answer landing
 //! in its column of her row. The people are scripted users of the WhatsApp emulator: they
 //! write, wait for the bot's answer and tap its buttons (on Twilio, which shows no buttons to
@@ -21,6 +23,10 @@ const SHEET: &str = "demo-municipio";
 const TAB: &str = "Participantes";
 /// The tab where reports made in the chat are added, one row each.
 const REPORTS: &str = "Incidencias";
+/// The hand-off inbox: one row per resident handed to staff.
+const INBOX: &str = "Bandeja";
+/// The resident who asks for a person.
+const SOFIA: &str = "56987654404";
 
 fn say(text: &str) -> ScriptLine {
     ScriptLine { say: Some(text.into()), delay_ms: 300, ..Default::default() }
@@ -28,6 +34,10 @@ fn say(text: &str) -> ScriptLine {
 
 fn tap(title: &str) -> ScriptLine {
     ScriptLine { tap: Some(title.into()), delay_ms: 300, ..Default::default() }
+}
+
+fn photo(caption: &str) -> ScriptLine {
+    ScriptLine { photo: Some(caption.into()), delay_ms: 300, ..Default::default() }
 }
 
 fn after(line: ScriptLine, text: &str) -> ScriptLine {
@@ -75,7 +85,57 @@ fn residents() -> Vec<Resident> {
                 after(say("baja por favor"), "No entendí"),
             ],
         },
+        Resident {
+            name: "Sofía (vecina)",
+            wa_id: SOFIA,
+            script: vec![
+                say("hola"),
+                after(tap("Acepto"), "guardamos tu número"),
+                after(say("persona por favor"), "¿En qué te podemos ayudar?"),
+                after(say("Hay un microbasural en la plaza Los Copihues hace una semana"), "Te comunicamos"),
+                after(photo("Así está hoy"), "una foto"),
+            ],
+        },
     ]
+}
+
+/// The hand-off row of a resident in the inbox, by phone: its cells by header.
+fn inbox_row(sandbox: &Sandbox, wa_id: &str) -> Option<std::collections::HashMap<String, String>> {
+    let rows = sandbox.google().rows(SHEET, INBOX);
+    let header: Vec<String> = rows.first()?.iter().map(cell_text).collect();
+    let phone = format!("+{wa_id}");
+    rows.iter()
+        .skip(1)
+        .map(|r| header.iter().cloned().zip(r.iter().map(cell_text)).collect())
+        .find(|cells: &std::collections::HashMap<String, String>| cells.get("Teléfono").is_some_and(|p| *p == phone))
+}
+
+/// The staff member: waits for Sofía's row in `Bandeja`, answers her, asks for a photo, and
+/// closes the case once it arrives. Returns whether the hand-off ended closed.
+async fn play_staff(sandbox: &Sandbox, timeout: Duration) -> bool {
+    let transcript_has = |text: &'static str| {
+        move || async move {
+            inbox_row(sandbox, SOFIA).is_some_and(|r| r.get("Conversación").is_some_and(|t| t.contains(text)))
+        }
+    };
+    if !wait_until(timeout, transcript_has("microbasural")).await {
+        return false;
+    }
+    let Some(key) = inbox_row(sandbox, SOFIA).and_then(|r| r.get("ID").cloned()) else { return false };
+    println!("👩‍💼 Marta (Aseo) toma el caso de Sofía en la pestaña «{INBOX}» y le escribe en «Respuesta»");
+    let edit = |column: &str, value: Value| sandbox.google().edit_by_key(SHEET, INBOX, "ID", &key, column, value);
+    edit("Asignada a", json!("Marta (Aseo)"));
+    edit("Respuesta", json!("Hola Sofía, soy Marta del equipo de Aseo. ¿Nos puedes mandar una foto del lugar?"));
+    if !wait_until(timeout, transcript_has("[image]")).await {
+        return false;
+    }
+    println!("👩‍💼 Llega la foto: Marta responde y marca «Cerrar»");
+    edit("Respuesta", json!("Gracias, Sofía. Mañana pasa el camión a retirarlo."));
+    edit("Cerrar", json!(true));
+    wait_until(timeout, || async {
+        inbox_row(sandbox, SOFIA).is_some_and(|r| r.get("Estado").is_some_and(|s| s == "closed"))
+    })
+    .await
 }
 
 fn graduate() -> Resident {
@@ -113,10 +173,32 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
         DemoProvider::Twilio => "Twilio",
     };
     println!("▶ Sandbox de Google y {vendor} en {}", sandbox.base_url());
-    sandbox.meta().add_template(TemplateDef::new("encuesta_egreso", "es", 1, false));
-    sandbox.twilio().add_content(ContentDef::new("encuesta_egreso", "es", 1, false));
+    for (name, params) in [("encuesta_egreso", 1), ("retomar_conversacion", 1)] {
+        sandbox.meta().add_template(TemplateDef::new(name, "es", params, false));
+        sandbox.twilio().add_content(ContentDef::new(name, "es", params, false));
+    }
     let reports = vec![["ID", "Fecha", "Problema", "Lugar", "Teléfono"].map(|h| json!(h)).to_vec()];
-    sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), sheet()), (REPORTS.to_string(), reports)]);
+    let inbox = vec![[
+        "ID",
+        "Abierta",
+        "Teléfono",
+        "Registro",
+        "Tema",
+        "Conversación",
+        "Esperando desde",
+        "Estado",
+        "Asignada a",
+        "Respuesta",
+        "Cerrar",
+        "Estado respuesta",
+    ]
+    .map(|h| json!(h))
+    .to_vec()];
+    sandbox.google().seed(
+        SHEET,
+        "America/Santiago",
+        vec![(TAB.to_string(), sheet()), (REPORTS.to_string(), reports), (INBOX.to_string(), inbox)],
+    );
     let people: Vec<Resident> = residents().into_iter().chain([graduate()]).collect();
     for p in &people {
         match provider {
@@ -167,6 +249,7 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
     sandbox.google().edit_by_key(SHEET, TAB, "ID", "P-1", "Estado", json!("Egresado"));
     start_script(graduate().wa_id);
 
+    let closed = play_staff(&sandbox, timeout).await;
     let scripts = wait_until(timeout, || async {
         match provider {
             DemoProvider::Meta => sandbox.meta().scripts_done(),
@@ -184,9 +267,11 @@ pub async fn run(provider: DemoProvider, until_settled: bool, timeout: Duration)
     print_transcripts(&sandbox, provider, &people);
     print_sheet(&sandbox);
     super::print_summary(&running).await?;
-    let result = if settled && answered && reported {
-        println!("✔ Cada conversación terminó, el reporte quedó en «{REPORTS}» y la encuesta en la fila de Camila.");
+    let result = if settled && answered && reported && closed {
+        println!("✔ Cada conversación terminó, el reporte quedó en «{REPORTS}», el caso de Sofía se atendió y cerró en «{INBOX}» y la encuesta quedó en la fila de Camila.");
         Ok(())
+    } else if !closed {
+        Err(anyhow::anyhow!("the hand-off to staff did not end closed in the {INBOX} tab"))
     } else if !scripts {
         Err(anyhow::anyhow!("the residents' scripts did not finish within {}s", timeout.as_secs()))
     } else if !answered {
@@ -246,4 +331,13 @@ fn print_sheet(sandbox: &Sandbox) {
     let wanted = ["ID", "Fecha", "Problema", "Lugar", "Teléfono"];
     let title = format!("La pestaña \"{REPORTS}\" (un reporte por fila, agregado por el bot):");
     super::print_columns(&sandbox.google().rows(SHEET, REPORTS), &title, &wanted, &[12, 19, 40, 30, 14]);
+    let title = format!("La pestaña \"{INBOX}\" (una fila por caso derivado a una persona):");
+    let wanted = ["ID", "Tema", "Estado", "Asignada a", "Estado respuesta"];
+    super::print_columns(&sandbox.google().rows(SHEET, INBOX), &title, &wanted, &[12, 10, 8, 14, 16]);
+    if let Some(row) = inbox_row(sandbox, SOFIA) {
+        println!("  Conversación:");
+        for line in row.get("Conversación").map(String::as_str).unwrap_or_default().lines() {
+            println!("    {line}");
+        }
+    }
 }

@@ -93,14 +93,14 @@ pub enum Speaker {
 }
 
 /// One transcript line: `23/11 10:32 ▸ text` for what the person wrote, `◂` for what went to
-/// them (with the staff member's name when the inbox has one). Line breaks inside a message
+/// them (`— name` after a staff reply, when the inbox says who took it). Line breaks inside a message
 /// become spaces, so one message is one line.
 pub fn transcript_line(at: &str, speaker: Speaker, text: &str, by: Option<&str>) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match (speaker, by) {
         (Speaker::Person, _) => format!("{at} ▸ {flat}"),
         (Speaker::Bot, _) => format!("{at} ◂ {flat}"),
-        (Speaker::Staff, Some(name)) => format!("{at} ◂ {flat} ({})", name.trim()),
+        (Speaker::Staff, Some(name)) => format!("{at} ◂ {flat} — {}", name.trim()),
         (Speaker::Staff, None) => format!("{at} ◂ {flat}"),
     }
 }
@@ -231,7 +231,7 @@ mod tests {
             transcript_line("23/11 10:32", Speaker::Person, "hola\n\nnecesito  ayuda", None),
             "23/11 10:32 ▸ hola necesito ayuda"
         );
-        assert_eq!(transcript_line("23/11 10:40", Speaker::Staff, "Voy", Some("Ana ")), "23/11 10:40 ◂ Voy (Ana)");
+        assert_eq!(transcript_line("23/11 10:40", Speaker::Staff, "Voy", Some("Ana ")), "23/11 10:40 ◂ Voy — Ana");
         assert_eq!(inbound_text("", "image"), "[image]");
     }
 }

@@ -554,6 +554,8 @@ impl MetaState {
             tokio::time::sleep(Duration::from_millis(line.delay_ms)).await;
             if let Some(say) = &line.say {
                 this.user_says(&wa, say, None);
+            } else if let Some(caption) = &line.photo {
+                this.user_sends_image(&wa, caption);
             } else if let (Some(title), Some(m)) = (&line.tap, &received) {
                 let list = m.body["interactive"]["type"] == "list";
                 match interactive_options(m).into_iter().find(|(_, t)| t == title) {

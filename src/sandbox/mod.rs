@@ -50,6 +50,8 @@ pub struct ScriptLine {
     /// of the message just received; on Twilio, where options come as numbered text, types
     /// the option's number.
     pub tap: Option<String>,
+    /// Sends a photo with this caption.
+    pub photo: Option<String>,
     /// Acts only on a message containing this text; earlier messages are read and let pass.
     pub after: Option<String>,
     /// Thinks this long before acting.

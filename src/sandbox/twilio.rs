@@ -444,6 +444,29 @@ impl TwilioState {
         self.user_sends(number, vec![("Body", text.to_string()), ("MessageType", "text".into())], replying_to)
     }
 
+    /// Person `number` sends a photo with a caption, as Twilio posts it: `NumMedia=1`, the
+    /// media's content type and its address under the message (`/Media/ME…`).
+    pub fn user_sends_image(self: &Arc<Self>, number: &str, caption: &str) -> String {
+        let s = self.settings();
+        let media = format!(
+            "https://api.twilio.com/2010-04-01/Accounts/{}/Messages/{}/Media/{}",
+            s.account_sid,
+            new_sid("MM"),
+            new_sid("ME")
+        );
+        self.user_sends(
+            number,
+            vec![
+                ("Body", caption.to_string()),
+                ("MessageType", "image".into()),
+                ("NumMedia", "1".into()),
+                ("MediaContentType0", "image/jpeg".into()),
+                ("MediaUrl0", media),
+            ],
+            None,
+        )
+    }
+
     /// A scripted person does the first line of their script.
     pub fn start_script(self: &Arc<Self>, number: &str) {
         self.lock().script_pos.insert(number.to_string(), 0);
@@ -483,6 +506,8 @@ impl TwilioState {
             tokio::time::sleep(Duration::from_millis(line.delay_ms)).await;
             if let Some(say) = &line.say {
                 this.user_says(&number, say, None);
+            } else if let Some(caption) = &line.photo {
+                this.user_sends_image(&number, caption);
             } else if let (Some(title), Some(m)) = (&line.tap, &received) {
                 match numbered_option(&m.body, title) {
                     Some(n) => {
@@ -562,6 +587,8 @@ impl TwilioState {
             fields.push(("OriginalRepliedMessageSender", s.sender.clone()));
         }
         let body = extra.iter().find(|(k, _)| *k == "Body").map(|(_, v)| v.clone()).unwrap_or_default();
+        // A field the message gives (NumMedia) replaces the default.
+        fields.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         fields.extend(extra);
         {
             let mut g = self.lock();

@@ -1068,6 +1068,7 @@ flows:
         tap: tap.map(String::from),
         after: after.map(String::from),
         delay_ms: 10,
+        ..Default::default()
     };
     h.sandbox.twilio().add_user(recado::sandbox::twilio::TwilioUser {
         number: e164(393),

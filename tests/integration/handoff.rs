@@ -193,7 +193,7 @@ async fn a_keyword_opens_a_hand_off_staff_answer_from_the_inbox_and_closing_retu
     assert_eq!(texts_to(&h, 501)[2], "Hola Ana, te cambio al turno de la tarde.");
     wait_for("the reply cell emptied and the reply in the transcript", Duration::from_secs(20), || async {
         inbox_cell(&h, 501, "Respuesta").is_empty()
-            && inbox_cell(&h, 501, "Conversación").ends_with("◂ Hola Ana, te cambio al turno de la tarde. (Carla)")
+            && inbox_cell(&h, 501, "Conversación").ends_with("◂ Hola Ana, te cambio al turno de la tarde. — Carla")
     })
     .await;
     wait_for("the reply's status on the row", Duration::from_secs(20), || async {
