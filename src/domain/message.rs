@@ -150,10 +150,40 @@ pub enum InboundKind {
         id: String,
         title: String,
     },
-    /// Media, location, … recorded by type only.
+    /// A photo, a document, a voice note, a video or a sticker: recado fetches the file
+    /// through the provider's API (`media` is the provider's reference to it, opaque outside
+    /// the provider).
+    Media {
+        /// `image`, `document`, `audio`, `video`, `sticker`.
+        media_type: String,
+        media: MediaRef,
+        /// As the provider announced it (the file's own may differ).
+        mime_type: String,
+        caption: String,
+        filename: Option<String>,
+    },
+    /// A shared location, its coordinates as the provider wrote them.
+    Location {
+        latitude: String,
+        longitude: String,
+        /// The place's name and address, when the person shared a place.
+        name: String,
+        address: String,
+    },
+    /// Reactions, contacts, … recorded by type only.
     Other {
         message_type: String,
     },
+}
+
+/// A provider's reference to a file a person sent (Meta: a media id; Twilio: the media's
+/// address under the message). Only the provider that gave it can fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRef(pub String);
+
+/// A map link for coordinates (OpenStreetMap: no account, no key).
+pub fn map_link(latitude: &str, longitude: &str) -> String {
+    format!("https://www.openstreetmap.org/?mlat={latitude}&mlon={longitude}#map=17/{latitude}/{longitude}")
 }
 
 impl InboundKind {
@@ -163,6 +193,8 @@ impl InboundKind {
             InboundKind::Text { .. } => "text",
             InboundKind::Button { .. } => "button",
             InboundKind::Interactive { .. } => "interactive",
+            InboundKind::Media { .. } => "media",
+            InboundKind::Location { .. } => "location",
             InboundKind::Other { .. } => "other",
         }
     }
@@ -175,6 +207,13 @@ impl InboundKind {
             InboundKind::Text { body } => body.clone(),
             InboundKind::Button { text, .. } => text.clone(),
             InboundKind::Interactive { title, .. } => title.clone(),
+            InboundKind::Media { media_type, caption, .. } if caption.trim().is_empty() => format!("[{media_type}]"),
+            InboundKind::Media { media_type, caption, .. } => format!("[{media_type}] {}", caption.trim()),
+            InboundKind::Location { latitude, longitude, name, address } => {
+                let place: Vec<&str> = [name.trim(), address.trim()].into_iter().filter(|s| !s.is_empty()).collect();
+                let place = if place.is_empty() { String::new() } else { format!(" {}", place.join(", ")) };
+                format!("[location] {latitude},{longitude}{place} {}", map_link(latitude, longitude))
+            }
             InboundKind::Other { message_type } => format!("[{message_type}]"),
         }
     }

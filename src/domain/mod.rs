@@ -15,7 +15,8 @@ mod target;
 mod template;
 
 pub use message::{
-    InboundKind, Intent, MediaKind, MessageContent, ProviderError, ProviderEvent, ReplyOption, Sender, TemplateMessage,
+    map_link, InboundKind, Intent, MediaKind, MediaRef, MessageContent, ProviderError, ProviderEvent, ReplyOption,
+    Sender, TemplateMessage,
 };
 pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneError, PhoneNumber};
 pub use record::{same_field, CellValue, Record, RecordKey};

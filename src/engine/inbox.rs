@@ -913,7 +913,7 @@ impl InboxProcessor {
             // A reaction answers nothing.
             InboundKind::Other { message_type } if message_type == "reaction" => return Ok(Vec::new()),
             // Media, a location, …: not an answer to any question.
-            InboundKind::Other { .. } => String::new(),
+            InboundKind::Other { .. } | InboundKind::Media { .. } | InboundKind::Location { .. } => String::new(),
             other => other.text(),
         };
         let mut input = crate::flows::Input {

@@ -161,6 +161,15 @@ fn status_event(s: &Value) -> Result<Option<ProviderEvent>, String> {
     }))
 }
 
+/// A coordinate as Meta sends it (a JSON number), kept as written.
+fn coordinate(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if s.trim().parse::<f64>().is_ok() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
 fn message_event(m: &Value, contacts: &[Value]) -> Result<ProviderEvent, String> {
     let id = text(&m["id"]).ok_or("message without id")?;
     let from = text(&m["from"]);
@@ -186,6 +195,28 @@ fn message_event(m: &Value, contacts: &[Value]) -> Result<ProviderEvent, String>
             match (text(&reply["id"]), text(&reply["title"])) {
                 (Some(id), title) => InboundKind::Interactive { id, title: title.unwrap_or_default() },
                 (None, _) => InboundKind::Other { message_type: "interactive".into() },
+            }
+        }
+        media @ ("image" | "document" | "audio" | "video" | "sticker") => match text(&m[media]["id"]) {
+            Some(id) => InboundKind::Media {
+                media_type: media.to_string(),
+                media: crate::domain::MediaRef(id),
+                mime_type: text(&m[media]["mime_type"]).unwrap_or_default(),
+                caption: text(&m[media]["caption"]).unwrap_or_default(),
+                filename: text(&m[media]["filename"]),
+            },
+            None => InboundKind::Other { message_type: media.to_string() },
+        },
+        "location" => {
+            let l = &m["location"];
+            match (coordinate(&l["latitude"]), coordinate(&l["longitude"])) {
+                (Some(latitude), Some(longitude)) => InboundKind::Location {
+                    latitude,
+                    longitude,
+                    name: text(&l["name"]).unwrap_or_default(),
+                    address: text(&l["address"]).unwrap_or_default(),
+                },
+                _ => InboundKind::Other { message_type: "location".into() },
             }
         }
         "" => InboundKind::Other { message_type: "unknown".into() },
@@ -288,6 +319,57 @@ mod tests {
         );
         assert!(parse(b"{}").is_err());
         assert!(parse(b"not json").is_err());
+    }
+
+    /// Media and locations as Meta's webhook reference documents them (the image from the
+    /// reference in `api-facts.md`, with a caption; a voice note; a shared place).
+    #[test]
+    fn parses_media_and_locations() {
+        let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+          "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":"2"},
+          "messages":[
+            {"from":"972987654321","id":"wamid.I","timestamp":"1697043379","type":"image","image":{"mime_type":"image/jpeg","sha256":"4654+8g=","id":"65463453","caption":"el bache"}},
+            {"from":"972987654321","id":"wamid.V","timestamp":"1697043380","type":"audio","audio":{"mime_type":"audio/ogg; codecs=opus","sha256":"x","id":"778","voice":true}},
+            {"from":"972987654321","id":"wamid.D","timestamp":"1697043381","type":"document","document":{"mime_type":"application/pdf","sha256":"y","id":"779","filename":"carnet.pdf"}},
+            {"from":"972987654321","id":"wamid.L","timestamp":"1697043382","type":"location","location":{"latitude":-33.4372,"longitude":-70.6506,"name":"Municipalidad","address":"Plaza de Armas"}},
+            {"from":"972987654321","id":"wamid.X","timestamp":"1697043383","type":"image","image":{"mime_type":"image/jpeg"}}]
+        }}]}]}"#;
+        let kinds: Vec<InboundKind> = parse(body.as_bytes())
+            .unwrap()
+            .events
+            .into_iter()
+            .filter_map(|e| match e {
+                ProviderEvent::Inbound { kind, .. } => Some(kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kinds[0],
+            InboundKind::Media {
+                media_type: "image".into(),
+                media: crate::domain::MediaRef("65463453".into()),
+                mime_type: "image/jpeg".into(),
+                caption: "el bache".into(),
+                filename: None,
+            }
+        );
+        assert_eq!(kinds[0].text(), "[image] el bache");
+        assert!(matches!(&kinds[1], InboundKind::Media { media_type, .. } if media_type == "audio"));
+        assert!(matches!(&kinds[2], InboundKind::Media { filename: Some(f), .. } if f == "carnet.pdf"));
+        assert_eq!(
+            kinds[3],
+            InboundKind::Location {
+                latitude: "-33.4372".into(),
+                longitude: "-70.6506".into(),
+                name: "Municipalidad".into(),
+                address: "Plaza de Armas".into()
+            }
+        );
+        assert_eq!(
+            kinds[3].text(),
+            "[location] -33.4372,-70.6506 Municipalidad, Plaza de Armas https://www.openstreetmap.org/?mlat=-33.4372&mlon=-70.6506#map=17/-33.4372/-70.6506"
+        );
+        assert_eq!(kinds[4], InboundKind::Other { message_type: "image".into() }, "no media id: nothing to fetch");
     }
 
     #[test]

@@ -189,11 +189,41 @@ fn inbound_event<'a>(sid: &str, get: &impl Fn(&str) -> Option<&'a str>) -> Resul
             title: get("ListTitle").or_else(|| get("Body")).unwrap_or_default().to_string(),
         },
         _ if num_media > 0 => {
+            let mime_type = get("MediaContentType0").unwrap_or_default().to_string();
+            // Twilio's MessageType says image, video, audio or document; else the content type does.
             let ty = get("MessageType")
+                .filter(|t| !t.is_empty() && *t != "text")
                 .map(str::to_string)
-                .or_else(|| get("MediaContentType0").and_then(|c| c.split('/').next()).map(str::to_string))
+                .or_else(|| match mime_type.split('/').next() {
+                    Some(t @ ("image" | "video" | "audio")) => Some(t.to_string()),
+                    Some(_) if !mime_type.is_empty() => Some("document".to_string()),
+                    _ => None,
+                })
                 .unwrap_or_else(|| "media".into());
-            InboundKind::Other { message_type: ty }
+            match get("MediaUrl0") {
+                Some(url) => InboundKind::Media {
+                    media_type: ty,
+                    media: crate::domain::MediaRef(url.to_string()),
+                    mime_type,
+                    caption: get("Body").unwrap_or_default().to_string(),
+                    filename: None,
+                },
+                None => InboundKind::Other { message_type: ty },
+            }
+        }
+        (Some("location"), _, _) | (None, _, _) if get("Latitude").is_some() && get("Longitude").is_some() => {
+            match (
+                get("Latitude").filter(|v| v.parse::<f64>().is_ok()),
+                get("Longitude").filter(|v| v.parse::<f64>().is_ok()),
+            ) {
+                (Some(latitude), Some(longitude)) => InboundKind::Location {
+                    latitude: latitude.to_string(),
+                    longitude: longitude.to_string(),
+                    name: get("Label").unwrap_or_default().to_string(),
+                    address: get("Address").unwrap_or_default().to_string(),
+                },
+                _ => InboundKind::Other { message_type: "location".into() },
+            }
         }
         (Some("text") | None, _, _) => InboundKind::Text { body: get("Body").unwrap_or_default().to_string() },
         (Some(other), _, _) => InboundKind::Other { message_type: other.to_string() },
@@ -264,10 +294,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let media = b"MessageSid=MM1&SmsStatus=received&From=whatsapp%3A%2B56987650001&NumMedia=1&MediaContentType0=image%2Fjpeg&MediaUrl0=https%3A%2F%2Fapi.twilio.com%2Fm&MessageType=image";
+        let media = b"MessageSid=MM1&SmsStatus=received&From=whatsapp%3A%2B56987650001&NumMedia=1&MediaContentType0=image%2Fjpeg&MediaUrl0=https%3A%2F%2Fapi.twilio.com%2Fm&MessageType=image&Body=la+esquina";
         match &parse("", media).unwrap().events[0] {
+            ProviderEvent::Inbound { kind, .. } => assert_eq!(
+                kind,
+                &InboundKind::Media {
+                    media_type: "image".into(),
+                    media: crate::domain::MediaRef("https://api.twilio.com/m".into()),
+                    mime_type: "image/jpeg".into(),
+                    caption: "la esquina".into(),
+                    filename: None,
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A PDF: Twilio's MessageType is document; without one, the content type says it.
+        let pdf = b"MessageSid=MM2&SmsStatus=received&From=whatsapp%3A%2B56987650001&NumMedia=1&MediaContentType0=application%2Fpdf&MediaUrl0=https%3A%2F%2Fapi.twilio.com%2Fd";
+        match &parse("", pdf).unwrap().events[0] {
+            ProviderEvent::Inbound { kind: InboundKind::Media { media_type, .. }, .. } => {
+                assert_eq!(media_type, "document")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A shared location (Twilio's documented fields).
+        let place = b"MessageSid=SM3&SmsStatus=received&From=whatsapp%3A%2B56987650001&NumMedia=0&MessageType=location&Latitude=-33.4372&Longitude=-70.6506&Address=Plaza+de+Armas&Label=Municipalidad&Body=";
+        match &parse("", place).unwrap().events[0] {
             ProviderEvent::Inbound { kind, .. } => {
-                assert_eq!(kind, &InboundKind::Other { message_type: "image".into() })
+                assert_eq!(
+                    kind,
+                    &InboundKind::Location {
+                        latitude: "-33.4372".into(),
+                        longitude: "-70.6506".into(),
+                        name: "Municipalidad".into(),
+                        address: "Plaza de Armas".into(),
+                    }
+                );
+                assert!(
+                    kind.text().contains("https://www.openstreetmap.org/?mlat=-33.4372&mlon=-70.6506"),
+                    "{}",
+                    kind.text()
+                );
             }
             other => panic!("{other:?}"),
         }
