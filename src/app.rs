@@ -217,6 +217,17 @@ pub async fn start_with_clock(config: Config, clock: Arc<Clock>) -> anyhow::Resu
             InboxProcessor::new(Arc::clone(&ctx2), providers.clone()).run(sd.clone())
         }));
     }
+    {
+        // Files people sent: fetched apart from the inbox (a download may take seconds); a
+        // file not fetched when the daemon stops is fetched at the next start.
+        let (ctx2, sd, providers) = (Arc::clone(&ctx), senders.shutdown.clone(), providers.clone());
+        senders.handles.push(supervise(
+            ("loop:media".into(), "loop"),
+            Arc::clone(&ctx.health),
+            sd.clone(),
+            move || crate::engine::media::MediaFetcher::new(Arc::clone(&ctx2), providers.clone()).run(sd.clone()),
+        ));
+    }
     for writer in writers {
         let (ctx2, sd) = (Arc::clone(&ctx), writers_stage.shutdown.clone());
         let name = (format!("flusher:{}", writer.label()), "loop");

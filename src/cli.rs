@@ -437,6 +437,11 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     let e = crate::store::forget_contact(&mut tx, number.as_str(), chrono::Utc::now().timestamp_millis()).await?;
     tx.commit().await?;
     store.close().await;
+    let dir = config.state.media_dir();
+    for id in &e.media_ids {
+        // A file never fetched has no bytes.
+        let _ = std::fs::remove_file(dir.join(id.to_string()));
+    }
     let mut out = format!("erased what recado held about {}:\n", number.masked());
     out.push_str(&format!(
         "  {} message(s): number, content and errors erased (kept as bare rows so no rule sends them again)\n",
@@ -446,6 +451,7 @@ pub async fn forget(config: &Config, phone: &str, region: &str) -> anyhow::Resul
     out.push_str(&format!("  {} conversation(s) in progress\n", e.conversations));
     out.push_str(&format!("  {} provider id(s) of the person\n", e.provider_ids));
     out.push_str(&format!("  {} raw webhook(s) that carried the number\n", e.raw_webhooks));
+    out.push_str(&format!("  {} file(s) they sent\n", e.media_ids.len()));
     out.push_str(&format!(
         "  recado's copy of {} record(s) holding the number (read again when recado starts, not taken as news)\n",
         e.record_copies

@@ -61,6 +61,17 @@ pub const DEFAULT_LATENESS: Duration = Duration::from_secs(3 * 3600);
 pub struct StateConfig {
     pub path: PathBuf,
     pub retention: Retention,
+    /// The largest file a person sends that recado keeps (`state.media_max_mb`).
+    pub media_max_bytes: u64,
+}
+
+impl StateConfig {
+    /// Where files people send are kept: a folder next to the state file.
+    pub fn media_dir(&self) -> PathBuf {
+        let mut name = self.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".media");
+        self.path.with_file_name(name)
+    }
 }
 
 /// How long the store keeps what it no longer needs.
@@ -72,6 +83,8 @@ pub struct Retention {
     pub status_events: Duration,
     /// Inbound messages.
     pub inbound_messages: Duration,
+    /// Files people sent (photos, documents, voice notes).
+    pub media: Duration,
 }
 
 impl Default for Retention {
@@ -80,6 +93,7 @@ impl Default for Retention {
             raw_webhooks: Duration::from_secs(90 * 86_400),
             status_events: Duration::from_secs(90 * 86_400),
             inbound_messages: Duration::from_secs(365 * 86_400),
+            media: Duration::from_secs(90 * 86_400),
         }
     }
 }

@@ -40,6 +40,11 @@ pub struct RawState {
     /// How long recado keeps what it no longer needs.
     #[serde(default)]
     pub retention: Option<RawRetention>,
+    /// The largest file (photo, document, voice note) a person sends that recado downloads
+    /// and keeps, in MB (default 16, at most 100: WhatsApp's own limits). Larger ones are
+    /// refused, with the reason on their link.
+    #[serde(default)]
+    pub media_max_mb: Option<u64>,
 }
 
 /// `state.retention:`
@@ -55,6 +60,9 @@ pub struct RawRetention {
     /// Inbound messages (the conversation history; default `365d`).
     #[serde(default)]
     pub inbound_messages: Option<String>,
+    /// Files people sent, kept next to the state file (default `90d`).
+    #[serde(default)]
+    pub media: Option<String>,
 }
 
 /// `http:`

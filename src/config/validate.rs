@@ -88,8 +88,10 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
                 raw_webhooks: keep(&mut p, "raw_webhooks", r.raw_webhooks, d.raw_webhooks),
                 status_events: keep(&mut p, "status_events", r.status_events, d.status_events),
                 inbound_messages: keep(&mut p, "inbound_messages", r.inbound_messages, d.inbound_messages),
+                media: keep(&mut p, "media", r.media, d.media),
             };
-            StateConfig { path: PathBuf::from(s.path), retention }
+            let media_max_bytes = p.count("state.media_max_mb", s.media_max_mb, 16, 1..=100) * 1_000_000;
+            StateConfig { path: PathBuf::from(s.path), retention, media_max_bytes }
         }),
     };
 

@@ -176,8 +176,8 @@ pub enum InboundKind {
     },
 }
 
-/// A provider's reference to a file a person sent (Meta: a media id; Twilio: the media's
-/// address under the message). Only the provider that gave it can fetch it.
+/// A provider's reference to a file a person sent (a media id, or the media's address under
+/// the message, depending on the provider). Only the provider that gave it can fetch it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaRef(pub String);
 

@@ -50,6 +50,8 @@ struct Effects {
     sources: HashSet<String>,
     providers: HashSet<String>,
     writes: Vec<FieldWrite>,
+    /// A person sent a file: the media loop fetches it.
+    media: bool,
 }
 
 /// One delivery applied (or parked): what to act on and count once its transaction commits.
@@ -188,8 +190,10 @@ impl InboxProcessor {
         let mut sources = HashSet::new();
         let mut providers = HashSet::new();
         let mut opted_out = false;
+        let mut media = false;
         for a in applied {
             opted_out |= a.effects.opted_out;
+            media |= a.effects.media;
             providers.extend(a.effects.providers);
             sources.extend(a.effects.sources);
             let count = |kind: &str, n: usize| {
@@ -208,6 +212,9 @@ impl InboxProcessor {
         }
         if opted_out {
             self.ctx.opt_out_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if media {
+            self.ctx.media_wake.notify_one();
         }
         for p in providers {
             self.ctx.wake_dispatcher(&p);
@@ -538,7 +545,7 @@ impl InboxProcessor {
         if origin.as_ref().is_some_and(|m| m.rule_id.starts_with(super::handoff::RULE_PREFIX)) {
             origin = None;
         }
-        let text = kind.text();
+        let mut text = kind.text();
         let inbound = &self.ctx.config.inbound;
         // Typed words (or a template's button) can opt out; a tap on the bot's own options
         // cannot, whatever its title.
@@ -557,6 +564,26 @@ impl InboxProcessor {
         let kept = !refused || opting_out || opting_in;
         // A redelivery too: its raw body is the same words.
         effects.erase_raw |= !kept;
+        // A file: recorded for the media loop, and its link goes with the text everywhere the
+        // message is written (the transcript, the record's last reply).
+        if let (InboundKind::Media { media_type, media, mime_type, filename, .. }, true) = (kind, kept) {
+            let recorded = store::record_media(
+                tx,
+                &store::NewMedia {
+                    inbound_id: provider_message_id,
+                    provider_id: provider.id(),
+                    phone: phone.as_deref(),
+                    media_type,
+                    media_ref: &media.0,
+                    mime_type,
+                    filename: filename.as_deref(),
+                },
+                now,
+            )
+            .await?;
+            text = format!("{text} {}", super::media::link(&self.ctx, tx, recorded).await?);
+            effects.media = true;
+        }
         let fresh = store::insert_inbound(
             tx,
             &InboundRow {
@@ -707,7 +734,8 @@ impl InboxProcessor {
                 let mut handled = false;
                 if let Some(h) = store::open_handoff_of(tx, p).await? {
                     // Handed to a person: the message goes to the inbox, the bot stays silent.
-                    let shown = transcript_text(kind);
+                    // With the link to a file they sent.
+                    let shown = crate::handoff::inbound_text(&text, kind.name());
                     super::handoff::Handoffs { ctx: &self.ctx, cfg }
                         .person_wrote(tx, h, &shown, at, now, &mut applied)
                         .await?;

@@ -18,6 +18,7 @@ pub mod flusher;
 pub mod handoff;
 pub mod health;
 pub mod inbox;
+pub mod media;
 pub mod poller;
 pub mod retention;
 pub mod supervisor;
@@ -104,6 +105,8 @@ pub struct EngineCtx {
     pub flush_wake: HashMap<String, Arc<Notify>>,
     /// Wakes the timer loop when timers were planned.
     pub timers_wake: Arc<Notify>,
+    /// Wakes the media loop when a person sent a file.
+    pub media_wake: Arc<Notify>,
     /// Time zone of each source, for times written back.
     pub time_zones: RwLock<HashMap<String, chrono_tz::Tz>>,
     /// Until when each provider's sends are paused (it asked us to slow down), shared by its
@@ -149,6 +152,7 @@ impl EngineCtx {
             inbox_wake: Arc::new(Notify::new()),
             flush_wake,
             timers_wake: Arc::new(Notify::new()),
+            media_wake: Arc::new(Notify::new()),
             time_zones: RwLock::new(HashMap::new()),
             provider_pauses,
             opt_out_epoch: AtomicU64::new(0),

@@ -1,6 +1,6 @@
 //! Pruning: once an hour, what the store no longer needs goes (applied raw webhooks, old
-//! status de-duplication entries, old inbound messages), a batch per transaction so webhooks
-//! are never kept waiting.
+//! status de-duplication entries, old inbound messages, files people sent once older than
+//! `state.retention.media`), a batch per transaction so webhooks are never kept waiting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,7 @@ impl RetentionLoop {
                             webhooks = total.webhooks,
                             status_events = total.status_events,
                             inbound = total.inbound,
+                            media = total.media,
                             "old rows pruned"
                         );
                     }
@@ -49,6 +50,23 @@ impl RetentionLoop {
                 }
             }
         }
+    }
+
+    /// Files people sent, older than `keep`: the bytes, then their rows. Returns how many.
+    async fn prune_media(&self, keep: Duration) -> Result<u64, StoreError> {
+        let before = self.ctx.now_ms() - keep.as_millis() as i64;
+        let ids = {
+            let mut conn = self.ctx.store.conn().await?;
+            store::media_older_than(&mut conn, before, 500).await?
+        };
+        for id in &ids {
+            // Gone already (never fetched, or removed by hand) is fine.
+            let _ = tokio::fs::remove_file(super::media::file_path(&self.ctx, *id)).await;
+        }
+        let mut tx = self.ctx.store.begin().await?;
+        store::delete_media_rows(&mut tx, &ids).await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     /// Prunes until nothing is left to prune. Public for tests.
@@ -63,7 +81,9 @@ impl RetentionLoop {
             total.webhooks += p.webhooks;
             total.status_events += p.status_events;
             total.inbound += p.inbound;
-            if p == Pruned::default() || shutdown.is_set() {
+            let files = self.prune_media(r.media).await?;
+            total.media += files;
+            if (p == Pruned::default() && files == 0) || shutdown.is_set() {
                 return Ok(total);
             }
         }

@@ -1,7 +1,9 @@
 //! The daemon's HTTP server: `/webhooks/{provider-id}`, `/healthz` (alive: no loop stuck),
 //! `/readyz` (doing its job: every source read recently, nothing failing) and `/metrics`
-//! (Prometheus; see `metrics`), and the team's `/dashboard` ([`dashboard`], behind a password).
-//! It names no vendor. Only `/webhooks/` needs to be public.
+//! (Prometheus; see `metrics`), the team's `/dashboard` ([`dashboard`], behind a password) and
+//! `/media/{id}/{signature}` (a file a person sent, to whoever has its signed link: the team,
+//! in their records). It names no vendor. Only `/webhooks/` (and `/media/`, for links
+//! opened from outside) needs to be public.
 //!
 //! A webhook request is verified by its provider over the exact bytes received (and, for
 //! vendors that sign URLs, over the URL the vendor called: the configured public URL with this
@@ -50,6 +52,7 @@ pub fn router(ctx: Arc<EngineCtx>, providers: HashMap<String, Provider>) -> Rout
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/dashboard", get(dashboard::page))
+        .route("/media/{id}/{signature}", get(media))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next)))
         .with_state(AppState {
@@ -166,6 +169,67 @@ async fn receive(
             warn!(provider = %provider, "could not store a webhook, answering 503 so it is sent again: {e}");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
+    }
+}
+
+/// A file a person sent, to a link whose signature opens it (403 otherwise, and for an id
+/// that does not exist, so ids cannot be probed). One still being fetched answers 404 with
+/// that said; one that was not kept answers 410 with why (over the size cap, gone at the
+/// provider).
+async fn media(State(st): State<AppState>, Path((id, signature)): Path<(String, String)>) -> Response {
+    let refused = || (StatusCode::FORBIDDEN, "this link does not open a file\n").into_response();
+    let Ok(id) = id.parse::<i64>() else { return refused() };
+    let found = async {
+        let mut conn = st.ctx.store.conn().await?;
+        let key = store::media_link_key(&mut conn).await?;
+        let row = store::media_by_id(&mut conn, id).await?;
+        Ok::<_, store::StoreError>(row.filter(|r| crate::engine::media::link_opens(&key, id, r.created_at, &signature)))
+    }
+    .await;
+    let row = match found {
+        Ok(Some(row)) => row,
+        Ok(None) => return refused(),
+        Err(e) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("the state store is unavailable: {e}\n")).into_response()
+        }
+    };
+    match row.state.as_str() {
+        "stored" => {}
+        "failed" => {
+            let why = row.error.unwrap_or_else(|| "not kept".into());
+            return (StatusCode::GONE, format!("{why}\n")).into_response();
+        }
+        _ => return (StatusCode::NOT_FOUND, "the file is still being fetched: try again shortly\n").into_response(),
+    }
+    let path = crate::engine::media::file_path(&st.ctx, id);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let name = row.filename.unwrap_or_else(|| format!("{}-{id}", row.media_type));
+            let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || "._- ".contains(*c)).collect();
+            (
+                [
+                    (header::CONTENT_TYPE, safe_mime(&row.mime_type)),
+                    (header::CONTENT_DISPOSITION, format!("inline; filename=\"{name}\"")),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+                    (header::CONTENT_SECURITY_POLICY, "sandbox".to_string()),
+                    (header::CACHE_CONTROL, "private, no-store".to_string()),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(_) => (StatusCode::GONE, "the file is no longer kept (state.retention.media)\n").into_response(),
+    }
+}
+
+/// A content type as the provider announced it, kept to the characters a header may carry
+/// (anything odd becomes a download).
+fn safe_mime(m: &str) -> String {
+    let ok = !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || "/+.-;= ".contains(c));
+    if ok {
+        m.to_string()
+    } else {
+        "application/octet-stream".into()
     }
 }
 

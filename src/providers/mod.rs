@@ -485,3 +485,65 @@ impl Provider {
         }
     }
 }
+
+/// A file a person sent, fetched from the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedMedia {
+    pub bytes: Vec<u8>,
+    /// As the provider serves it.
+    pub mime_type: String,
+}
+
+/// Why a file could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// Larger than recado keeps: never fetched whole.
+    #[error("the file is {size} bytes, over the {max}-byte cap (state.media.max_size)")]
+    TooLarge { size: u64, max: u64 },
+    /// The provider no longer has it, or will never give it (an address that is not the
+    /// provider's): asking again will not help.
+    #[error("{0}")]
+    Gone(String),
+    /// Worth another try later (a timeout, a 5xx, an expired download address).
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Reads a download's body up to `max` bytes, within `timeout`: a body that grows past the cap
+/// is refused without being read further.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: u64,
+    timeout: std::time::Duration,
+    vendor: &str,
+) -> Result<Vec<u8>, MediaError> {
+    if let Some(size) = response.content_length().filter(|n| *n > max) {
+        return Err(MediaError::TooLarge { size, max });
+    }
+    let read = async {
+        let mut bytes: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            MediaError::Transient(format!("the file from {vendor} was cut short: {}", transport_reason(&e, vendor)))
+        })? {
+            if bytes.len() as u64 + chunk.len() as u64 > max {
+                return Err(MediaError::TooLarge { size: bytes.len() as u64 + chunk.len() as u64, max });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| MediaError::Transient(format!("the file from {vendor} did not arrive in time")))?
+}
+
+impl Provider {
+    /// Fetches a file a person sent (`media` as the provider's webhook gave it), refusing one
+    /// over `max` bytes.
+    pub async fn fetch_media(&self, media: &crate::domain::MediaRef, max: u64) -> Result<FetchedMedia, MediaError> {
+        match self {
+            Provider::MetaCloud(m) => m.fetch_media(media, max).await,
+            Provider::Twilio(t) => t.fetch_media(media, max).await,
+        }
+    }
+}

@@ -335,6 +335,21 @@ struct Inner {
     throttled: u64,
     deliveries: u64,
     delivery_failures: u64,
+    /// Files people sent, by media id.
+    media: HashMap<String, MediaFile>,
+    /// Download addresses given out: token → (media id, when it was given).
+    media_links: HashMap<String, (String, Instant)>,
+    /// How long a download address works (Meta: five minutes).
+    media_link_ttl: Duration,
+    /// Files downloaded whole.
+    media_downloads: u64,
+}
+
+/// A file a simulated person sent, kept for the media endpoints.
+#[derive(Debug, Clone)]
+struct MediaFile {
+    bytes: Vec<u8>,
+    mime_type: String,
 }
 
 impl MetaState {
@@ -357,6 +372,10 @@ impl MetaState {
                 throttled: 0,
                 deliveries: 0,
                 delivery_failures: 0,
+                media: HashMap::new(),
+                media_links: HashMap::new(),
+                media_link_ttl: Duration::from_secs(300),
+                media_downloads: 0,
             }),
             http: reqwest::Client::new(),
             hold: tokio::sync::watch::channel(false).0,
@@ -510,8 +529,64 @@ impl MetaState {
 
     /// A simulated person sends a photo (by a media id, as WhatsApp does).
     pub fn user_sends_image(self: &std::sync::Arc<Self>, wa_id: &str, caption: &str) -> String {
-        let msg = json!({ "type": "image", "image": { "id": format!("{}", rand::random::<u64>()), "mime_type": "image/jpeg", "sha256": "", "caption": caption } });
-        self.user_sends(wa_id, msg, None)
+        self.user_sends_media(wa_id, "image", sample_jpeg(2_000), "image/jpeg", caption, None)
+    }
+
+    /// Person `wa_id` sends a file (`image`, `document`, `audio`, `video`, `sticker`): Meta keeps
+    /// it under a media id and the webhook carries the id, its type and base64 SHA-256.
+    pub fn user_sends_media(
+        self: &std::sync::Arc<Self>,
+        wa_id: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+        mime_type: &str,
+        caption: &str,
+        filename: Option<&str>,
+    ) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let id = format!("{}", 100_000_000_000_000u64 + rand::random::<u64>() % 900_000_000_000_000);
+        let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&bytes));
+        let mut item = json!({ "id": id, "mime_type": mime_type, "sha256": sha });
+        if !caption.is_empty() && media_type != "audio" && media_type != "sticker" {
+            item["caption"] = json!(caption);
+        }
+        if let Some(f) = filename {
+            item["filename"] = json!(f);
+        }
+        if media_type == "audio" {
+            item["voice"] = json!(true);
+        }
+        self.lock().media.insert(id, MediaFile { bytes, mime_type: mime_type.to_string() });
+        self.user_sends(wa_id, json!({ "type": media_type, media_type: item }), None)
+    }
+
+    /// Person `wa_id` shares a location (a place, when `name` is given).
+    pub fn user_sends_location(
+        self: &std::sync::Arc<Self>,
+        wa_id: &str,
+        latitude: f64,
+        longitude: f64,
+        name: &str,
+        address: &str,
+    ) -> String {
+        let mut location = json!({ "latitude": latitude, "longitude": longitude });
+        if !name.is_empty() {
+            location["name"] = json!(name);
+            location["address"] = json!(address);
+        }
+        self.user_sends(wa_id, json!({ "type": "location", "location": location }), None)
+    }
+
+    /// How long the download addresses given from now on work (tests shorten it to see one
+    /// expire).
+    pub fn set_media_link_ttl(&self, ttl: Duration) {
+        self.lock().media_link_ttl = ttl;
+    }
+
+    /// Files downloaded whole through a download address.
+    pub fn media_downloads(&self) -> u64 {
+        self.lock().media_downloads
     }
 
     /// A scripted person does the first line of their script.
@@ -900,7 +975,8 @@ fn no_such_object(id: &str) -> Response {
         .into_response()
 }
 
-/// `GET /{version}/{phone_number_id}`: the number, as its token sees it.
+/// `GET /{version}/{id}`: the phone number, as its token sees it; or a media id's details and
+/// a download address that works for a few minutes, with the same token.
 pub async fn phone_number(
     State(st): State<SandboxState>,
     Path((version, id)): Path<(String, String)>,
@@ -911,7 +987,20 @@ pub async fn phone_number(
         return refused;
     }
     if id != s.phone_number_id {
-        return no_such_object(&id);
+        use sha2::Digest;
+        let mut g = st.meta.lock();
+        let Some(file) = g.media.get(&id).cloned() else { return no_such_object(&id) };
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        g.media_links.insert(token.clone(), (id.clone(), Instant::now()));
+        return Json(json!({
+            "messaging_product": "whatsapp",
+            "url": format!("{}/meta/media-download/{token}?mid={id}", st.base_url()),
+            "mime_type": file.mime_type,
+            "sha256": hex::encode(sha2::Sha256::digest(&file.bytes)),
+            "file_size": file.bytes.len().to_string(),
+            "id": id,
+        }))
+        .into_response();
     }
     Json(json!({
         "verified_name": "Recado Sandbox",
@@ -920,6 +1009,40 @@ pub async fn phone_number(
         "id": s.phone_number_id,
     }))
     .into_response()
+}
+
+/// `GET /media-download/{token}`: the file, to the access token only, while the address is
+/// fresh (an old one answers 404, as Meta's expired addresses do).
+pub async fn media_download(State(st): State<SandboxState>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let s = st.meta.settings();
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bearer != s.access_token {
+        return meta_error(401, 190, "Invalid OAuth access token - Cannot parse access token", "");
+    }
+    let mut g = st.meta.lock();
+    let ttl = g.media_link_ttl;
+    let file = match g.media_links.get(&token) {
+        Some((id, given)) if given.elapsed() <= ttl => g.media.get(id).cloned(),
+        _ => None,
+    };
+    match file {
+        Some(f) => {
+            g.media_downloads += 1;
+            ([(axum::http::header::CONTENT_TYPE, f.mime_type)], f.bytes).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "").into_response(),
+    }
+}
+
+/// Bytes that start like a JPEG, `len` long (the emulator never decodes them).
+pub fn sample_jpeg(len: usize) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    v.extend((0..len.saturating_sub(4)).map(|i| (i % 251) as u8));
+    v
 }
 
 /// `GET /{version}/{waba_id}/message_templates?limit=&after=`: the account's templates, a page

@@ -123,6 +123,7 @@ impl Sandbox {
             base_url: OnceLock::new(),
         });
         let _ = state.base_url.set(format!("http://{addr}"));
+        state.twilio.set_base_url(&format!("http://{addr}/twilio"));
         let (stop, mut stopped) = watch::channel(false);
         let app = router(state.clone());
         let task = tokio::spawn(async move {
@@ -227,12 +228,14 @@ fn router(state: SandboxState) -> Router {
         )
         .route("/meta/{version}/{phone_id}/messages", post(meta::send))
         .route("/meta/{version}/{phone_id}", get(meta::phone_number))
+        .route("/meta/media-download/{token}", get(meta::media_download))
         .route("/meta/{version}/{phone_id}/message_templates", get(meta::message_templates))
         .route(
             "/twilio/2010-04-01/Accounts/{account}/Messages.json",
             post(twilio::create_message).get(twilio::list_messages),
         )
         .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}", get(twilio::fetch_message))
+        .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}", get(twilio::fetch_media))
         .route("/twilio/2010-04-01/Accounts/{account}", get(twilio::fetch_account))
         .route("/twilio/v1/Content/{sid}", get(twilio::fetch_content))
         .route("/twilio/v1/Content/{sid}/ApprovalRequests", get(twilio::fetch_content_approval))

@@ -323,6 +323,11 @@ struct Inner {
     refused_concurrency: u64,
     deliveries: u64,
     delivery_failures: u64,
+    /// The emulator's own address (`http://…/twilio`), for the media URLs it gives out.
+    base_url: String,
+    /// Files people sent, by media SID: (message SID, bytes, content type).
+    media: HashMap<String, (String, Vec<u8>, String)>,
+    media_downloads: u64,
 }
 
 impl TwilioState {
@@ -343,6 +348,9 @@ impl TwilioState {
                 refused_concurrency: 0,
                 deliveries: 0,
                 delivery_failures: 0,
+                base_url: String::new(),
+                media: HashMap::new(),
+                media_downloads: 0,
             }),
             http: reqwest::Client::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -444,27 +452,72 @@ impl TwilioState {
         self.user_sends(number, vec![("Body", text.to_string()), ("MessageType", "text".into())], replying_to)
     }
 
-    /// Person `number` sends a photo with a caption, as Twilio posts it: `NumMedia=1`, the
-    /// media's content type and its address under the message (`/Media/ME…`).
+    /// Person `number` sends a photo with a caption.
     pub fn user_sends_image(self: &Arc<Self>, number: &str, caption: &str) -> String {
+        self.user_sends_media(number, "image", crate::sandbox::meta::sample_jpeg(2_000), "image/jpeg", caption)
+    }
+
+    /// Person `number` sends a file, as Twilio posts it: `NumMedia=1`, `MessageType`, the
+    /// content type and the file's address under the message (`/Messages/MM…/Media/ME…`),
+    /// which only the account's credentials open.
+    pub fn user_sends_media(
+        self: &Arc<Self>,
+        number: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+        mime_type: &str,
+        caption: &str,
+    ) -> String {
         let s = self.settings();
-        let media = format!(
-            "https://api.twilio.com/2010-04-01/Accounts/{}/Messages/{}/Media/{}",
-            s.account_sid,
-            new_sid("MM"),
-            new_sid("ME")
-        );
+        let (message, media) = (new_sid("MM"), new_sid("ME"));
+        let url = {
+            let mut g = self.lock();
+            g.media.insert(media.clone(), (message.clone(), bytes, mime_type.to_string()));
+            format!("{}/2010-04-01/Accounts/{}/Messages/{message}/Media/{media}", g.base_url, s.account_sid)
+        };
         self.user_sends(
             number,
             vec![
                 ("Body", caption.to_string()),
-                ("MessageType", "image".into()),
+                ("MessageType", media_type.to_string()),
                 ("NumMedia", "1".into()),
-                ("MediaContentType0", "image/jpeg".into()),
-                ("MediaUrl0", media),
+                ("MediaContentType0", mime_type.to_string()),
+                ("MediaUrl0", url),
             ],
             None,
         )
+    }
+
+    /// Person `number` shares a location, with Twilio's fields.
+    pub fn user_sends_location(
+        self: &Arc<Self>,
+        number: &str,
+        latitude: f64,
+        longitude: f64,
+        label: &str,
+        address: &str,
+    ) -> String {
+        let mut fields = vec![
+            ("MessageType", "location".to_string()),
+            ("Latitude", latitude.to_string()),
+            ("Longitude", longitude.to_string()),
+            ("Body", String::new()),
+        ];
+        if !label.is_empty() {
+            fields.push(("Label", label.to_string()));
+            fields.push(("Address", address.to_string()));
+        }
+        self.user_sends(number, fields, None)
+    }
+
+    /// The emulator's own address, for the media URLs it gives out (set by the sandbox).
+    pub fn set_base_url(&self, url: &str) {
+        self.lock().base_url = url.to_string();
+    }
+
+    /// Files downloaded.
+    pub fn media_downloads(&self) -> u64 {
+        self.lock().media_downloads
     }
 
     /// A scripted person does the first line of their script.
@@ -587,6 +640,8 @@ impl TwilioState {
             fields.push(("OriginalRepliedMessageSender", s.sender.clone()));
         }
         let body = extra.iter().find(|(k, _)| *k == "Body").map(|(_, v)| v.clone()).unwrap_or_default();
+        let media_urls: Vec<String> =
+            extra.iter().filter(|(k, _)| k.starts_with("MediaUrl")).map(|(_, v)| v.clone()).collect();
         // A field the message gives (NumMedia) replaces the default.
         fields.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         fields.extend(extra);
@@ -601,7 +656,7 @@ impl TwilioState {
                 direction: "inbound",
                 body,
                 content_sid: None,
-                media_urls: Vec::new(),
+                media_urls,
                 template: None,
                 variables: Default::default(),
                 messaging_service_sid: Some(s.messaging_service_sid.clone()),
@@ -1186,6 +1241,34 @@ pub async fn fetch_message(
             404,
             20404,
             &format!("The requested resource /2010-04-01/Accounts/{account}/Messages/{message} was not found"),
+        ),
+    }
+}
+
+/// `GET /2010-04-01/Accounts/{AC}/Messages/{MM}/Media/{ME}`: a file a person sent, to the
+/// account's credentials only (accounts that protect their media require them).
+pub async fn fetch_media(
+    State(st): State<SandboxState>,
+    Path((account, message, media)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let tw = Arc::clone(&st.twilio);
+    let s = tw.settings();
+    if authenticated(&s, &headers).is_none() {
+        return unauthenticated();
+    }
+    let mut g = tw.lock();
+    match g.media.get(&media).cloned() {
+        Some((of, bytes, mime)) if of == message && account == s.account_sid => {
+            g.media_downloads += 1;
+            ([(axum::http::header::CONTENT_TYPE, mime)], bytes).into_response()
+        }
+        _ => twilio_error(
+            404,
+            20404,
+            &format!(
+                "The requested resource /2010-04-01/Accounts/{account}/Messages/{message}/Media/{media} was not found"
+            ),
         ),
     }
 }

@@ -25,6 +25,8 @@ pub struct Erased {
     /// to records their conversations were adding with their number in them.
     pub queued_writes: u64,
     pub contact: bool,
+    /// Files they sent (the caller removes their bytes).
+    pub media_ids: Vec<i64>,
     /// The opt-out was kept, as a keyed hash of the number.
     pub opt_out_kept: bool,
 }
@@ -171,6 +173,8 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
         .execute(&mut *conn)
         .await?
         .rows_affected();
+    e.media_ids =
+        sqlx::query_scalar("DELETE FROM media WHERE phone = $1 RETURNING id").bind(phone).fetch_all(&mut *conn).await?;
     // Their hand-offs: the transcripts hold their words. (The inbox records themselves are
     // the team's, in their source, as the person's own records are.)
     e.conversations +=

@@ -18,6 +18,7 @@ pub mod conversations;
 pub mod forget;
 pub mod handoffs;
 pub mod issues;
+pub mod media;
 pub mod outbox;
 pub mod report;
 pub mod retention;
@@ -40,6 +41,7 @@ pub use conversations::*;
 pub use forget::*;
 pub use handoffs::*;
 pub use issues::*;
+pub use media::*;
 pub use outbox::*;
 pub use retention::*;
 pub use snapshots::*;
@@ -140,6 +142,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "forget", include_str!("migrations/0012_forget.sql")),
     (13, "handoffs", include_str!("migrations/0013_handoffs.sql")),
     (14, "handoff hours", include_str!("migrations/0014_handoff_hours.sql")),
+    (15, "media", include_str!("migrations/0015_media.sql")),
 ];
 
 /// Each migration runs once, in a transaction (sqlx's migrator).

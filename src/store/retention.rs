@@ -13,6 +13,8 @@ pub struct Pruned {
     pub webhooks: u64,
     pub status_events: u64,
     pub inbound: u64,
+    /// Files people sent (counted by the retention loop, which removes their bytes).
+    pub media: u64,
 }
 
 /// Rows deleted per statement, so pruning never holds the write lock for long.
@@ -52,5 +54,5 @@ pub async fn prune(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(Pruned { webhooks: w, status_events: s, inbound: i })
+    Ok(Pruned { webhooks: w, status_events: s, inbound: i, media: 0 })
 }

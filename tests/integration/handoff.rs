@@ -53,7 +53,6 @@ async fn with_inbox(people: &[(u32, &str)], inbox_sheet: &'static str) -> Harnes
         h.sandbox.google().share(inbox_sheet, "recado-test@sandbox.iam.gserviceaccount.com");
     }
     h.inbox_sheet = inbox_sheet;
-    h.sandbox.meta().add_template(recado::sandbox::meta::TemplateDef::new("retomar_conversacion", "es", 1, false));
     h.extra_source = format!(
         r#"  - id: bandeja
     type: google_sheets
@@ -413,4 +412,128 @@ async fn a_reply_to_a_rule_that_hands_replies_to_a_person_opens_a_hand_off_about
     h.quiesce().await;
     assert_eq!(texts_to(&h, 506)[1], "Te comunicamos con una persona del equipo. Te responderemos por aquí.");
     assert_eq!(h.meta_sent_to(506).len(), 2);
+}
+
+/// The link at the end of a transcript line (`… /media/<id>/<signature>`).
+fn media_link(line: &str) -> String {
+    line.split_whitespace().find(|w| w.starts_with("/media/")).unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_and_a_location_sent_during_a_hand_off_are_fetched_linked_and_served_only_with_their_signature() {
+    let mut h = with_inbox(&[(507, "Gloria Paz")], SHEET).await;
+    h.user(507, false, None);
+    h.start().await;
+    h.says(507, "AGENTE", None);
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 507, "Estado") == "open" }).await;
+
+    let photo = recado::sandbox::meta::sample_jpeg(50_000);
+    h.sandbox.meta().user_sends_media(
+        &crate::harness::wa_id(507),
+        "image",
+        photo.clone(),
+        "image/jpeg",
+        "Así está hoy",
+        None,
+    );
+    h.sandbox.meta().user_sends_location(&crate::harness::wa_id(507), -33.4372, -70.6506, "Plaza", "Av. Principal 1");
+    wait_for("both in the transcript", Duration::from_secs(20), || async {
+        let t = inbox_cell(&h, 507, "Conversación");
+        t.contains("▸ [image] Así está hoy /media/") && t.contains("▸ [location] -33.4372,-70.6506 Plaza, Av. Principal 1 https://www.openstreetmap.org/?mlat=-33.4372&mlon=-70.6506")
+    })
+    .await;
+    let transcript = inbox_cell(&h, 507, "Conversación");
+    let line = transcript.lines().find(|l| l.contains("[image]")).unwrap_or_default().to_string();
+    let link = media_link(&line);
+    assert!(!link.is_empty(), "{transcript}");
+    let base = format!("http://{}", h.running().webhook_addr());
+    let client = reqwest::Client::new();
+    wait_for("the photo fetched and served", Duration::from_secs(20), || async {
+        client.get(format!("{base}{link}")).send().await.expect("get").status() == 200
+    })
+    .await;
+    let r = client.get(format!("{base}{link}")).send().await.expect("get");
+    let mime = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let bytes = r.bytes().await.expect("bytes").to_vec();
+    assert_eq!(mime, "image/jpeg");
+    assert_eq!(bytes, photo, "the same bytes the person sent");
+    assert_eq!(h.sandbox.meta().media_downloads(), 1, "fetched once");
+    // Without the right signature: nothing, for that id or another.
+    let (id, _) = link.trim_start_matches("/media/").split_once('/').unwrap();
+    for wrong in [
+        format!("/media/{id}/00000000000000000000000000000000"),
+        format!("/media/{}/x", id.parse::<i64>().unwrap() + 1),
+        format!("/media/{id}/"),
+    ] {
+        let status = client.get(format!("{base}{wrong}")).send().await.expect("get").status();
+        assert!(status == 403 || status == 404, "{wrong}: {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_size_cap_is_never_downloaded_and_its_link_says_why() {
+    let mut h = with_inbox(&[(508, "Hugo Lara")], SHEET).await;
+    h.user(508, false, None);
+    h.start().await;
+    h.says(508, "AGENTE", None);
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 508, "Estado") == "open" }).await;
+    // 17 MB: over the default cap of 16 MB.
+    let big = vec![7u8; 17_000_000];
+    h.sandbox.meta().user_sends_media(
+        &crate::harness::wa_id(508),
+        "document",
+        big,
+        "application/pdf",
+        "",
+        Some("planos.pdf"),
+    );
+    wait_for("the document in the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, 508, "Conversación").contains("▸ [document] /media/")
+    })
+    .await;
+    let link = media_link(inbox_cell(&h, 508, "Conversación").lines().last().unwrap_or_default());
+    let base = format!("http://{}", h.running().webhook_addr());
+    let client = reqwest::Client::new();
+    wait_for("the link says it was not kept", Duration::from_secs(20), || async {
+        client.get(format!("{base}{link}")).send().await.expect("get").status() == 410
+    })
+    .await;
+    let why = client.get(format!("{base}{link}")).send().await.expect("get").text().await.unwrap_or_default();
+    assert!(why.contains("not kept: the file is 17000000 bytes, over the 16000000-byte cap"), "{why}");
+    assert_eq!(h.sandbox.meta().media_downloads(), 0, "refused from its announced size, never downloaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_twilio_a_photo_is_fetched_with_the_account_credentials() {
+    let mut h = with_inbox(&[(509, "Inés Ruiz")], SHEET).await;
+    h.vendor = crate::harness::Vendor::Twilio;
+    h.user(509, false, None);
+    h.start().await;
+    h.says(509, "AGENTE", None);
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 509, "Estado") == "open" }).await;
+    let photo = recado::sandbox::meta::sample_jpeg(30_000);
+    h.sandbox.twilio().user_sends_media(&e164(509), "image", photo.clone(), "image/jpeg", "El poste caído");
+    wait_for("the photo in the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, 509, "Conversación").contains("▸ [image] El poste caído /media/")
+    })
+    .await;
+    let link = media_link(inbox_cell(&h, 509, "Conversación").lines().last().unwrap_or_default());
+    let base = format!("http://{}", h.running().webhook_addr());
+    let client = reqwest::Client::new();
+    wait_for("the photo served", Duration::from_secs(20), || async {
+        let r = client.get(format!("{base}{link}")).send().await.expect("get");
+        r.status() == 200 && r.bytes().await.is_ok_and(|b| b.to_vec() == photo)
+    })
+    .await;
+    assert_eq!(h.sandbox.twilio().media_downloads(), 1);
+    // Twilio's media address itself refuses a request without the credentials.
+    let media_url = h
+        .sandbox
+        .twilio()
+        .received()
+        .iter()
+        .rev()
+        .find_map(|m| m.media_urls.first().cloned())
+        .expect("the emulator kept the media URL");
+    assert_eq!(client.get(&media_url).send().await.expect("get").status(), 401);
 }

@@ -30,8 +30,11 @@ pub enum Vendor {
 }
 
 /// Templates both emulators know, by (name, language, body parameters, URL button).
-const TEMPLATES: &[(&str, &str, usize, bool)] =
-    &[("confirmacion_inscripcion", "es", 3, false), ("encuesta_seguimiento", "es", 1, true)];
+const TEMPLATES: &[(&str, &str, usize, bool)] = &[
+    ("confirmacion_inscripcion", "es", 3, false),
+    ("encuesta_seguimiento", "es", 1, true),
+    ("retomar_conversacion", "es", 1, false),
+];
 
 /// A message as the provider received it, in neutral terms.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@
 pub mod account;
 pub mod config;
 pub mod errors;
+pub mod media;
 pub mod webhook;
 
 use serde::Deserialize;

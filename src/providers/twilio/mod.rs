@@ -19,6 +19,7 @@
 pub mod account;
 pub mod config;
 pub mod errors;
+pub mod media;
 pub mod webhook;
 
 #[cfg(test)]
