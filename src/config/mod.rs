@@ -207,11 +207,23 @@ impl SourceConfig {
             SourceConfig::Salesforce(s) => !s.settings.key_field.eq_ignore_ascii_case("Id"),
         }
     }
-    /// Whether it can hold the hand-off inbox: records recado adds under its own keys, a
-    /// field staff fill that recado empties only while it still holds the text it took.
-    /// (Salesforce: not built yet; a Case-based inbox is planned.)
+    /// Whether it can hold the hand-off inbox: records recado adds under its own keys (a
+    /// Salesforce object, such as Case, with an External ID key field), and a field staff
+    /// fill that recado empties only while it still holds the text it took.
     pub fn keeps_handoff_inbox(&self) -> bool {
-        matches!(self, SourceConfig::GoogleSheets(_))
+        self.adds_records()
+    }
+
+    /// Makes sure the source reads `fields` (a Salesforce source reads only the fields it
+    /// names; a table reads every column).
+    pub fn read_also(&mut self, fields: &[&str]) {
+        if let SourceConfig::Salesforce(s) = self {
+            for f in fields {
+                if !s.fields.iter().any(|have| have.eq_ignore_ascii_case(f)) {
+                    s.fields.push(f.to_string());
+                }
+            }
+        }
     }
 }
 

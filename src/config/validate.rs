@@ -593,11 +593,18 @@ fn check_handoff(
         Some(source) if !source.keeps_handoff_inbox() => p.push(
             "handoff.inbox",
             format!(
-                "source '{}' cannot hold the hand-off inbox yet: use a table of the team's spreadsheet (a google_sheets source)",
+                "source '{}' cannot hold the hand-off inbox: it must take records recado adds (a Salesforce object needs key_field set to an External ID field, e.g. Recado_Key__c on Case)",
                 h.inbox
             ),
         ),
         Some(source) => {
+            // What staff fill is read at each poll.
+            let staff: Vec<&str> =
+                [Some(h.fields.reply.as_str()), Some(h.fields.close.as_str()), h.fields.assigned.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            source.read_also(&staff);
             let settings = source.settings_mut();
             // Rows of the inbox are hand-offs, not people.
             settings.person_records = Some(false);

@@ -334,6 +334,9 @@ impl Handoffs<'_> {
         if let (Some(f), Some((source, key))) = (&self.cfg.fields.record, &h.record) {
             fields.push((f.clone(), format!("{source}/{}", key.0)));
         }
+        if let (Some(f), Some((_, key))) = (&self.cfg.fields.record_id, &h.record) {
+            fields.push((f.clone(), key.0.clone()));
+        }
         if let (Some(f), Some(name_field), Some((source, key))) =
             (&self.cfg.fields.name, &self.cfg.name_field, &h.record)
         {

@@ -98,6 +98,10 @@ pub struct RawInboxFields {
     /// recado's: the contact's record (`source/key`), e.g. `Registro`.
     #[serde(default)]
     pub record: Option<String>,
+    /// recado's: the contact's record key alone, for a lookup to it (e.g. `ContactId` on a
+    /// Salesforce Case, when the contacts' source is keyed by `Id`).
+    #[serde(default)]
+    pub record_id: Option<String>,
     /// recado's: the topic the flow gave, e.g. `Tema`.
     #[serde(default)]
     pub topic: Option<String>,
@@ -154,6 +158,7 @@ pub struct InboxFields {
     pub opened_at: String,
     pub name: Option<String>,
     pub record: Option<String>,
+    pub record_id: Option<String>,
     pub topic: Option<String>,
     pub transcript: String,
     pub waiting_since: Option<String>,
@@ -168,7 +173,10 @@ impl InboxFields {
     pub fn recado_owned(&self) -> Vec<&str> {
         let mut v = vec![self.opened_at.as_str(), self.transcript.as_str(), self.state.as_str()];
         v.extend(
-            [&self.name, &self.record, &self.topic, &self.waiting_since].into_iter().flatten().map(String::as_str),
+            [&self.name, &self.record, &self.record_id, &self.topic, &self.waiting_since]
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
         );
         v
     }
@@ -185,6 +193,7 @@ impl InboxFields {
         for (name, f) in [
             ("name", &self.name),
             ("record", &self.record),
+            ("record_id", &self.record_id),
             ("topic", &self.topic),
             ("waiting_since", &self.waiting_since),
             ("assigned", &self.assigned),
@@ -214,6 +223,7 @@ pub fn validate(
         opened_at: f.opened_at,
         name: f.name,
         record: f.record,
+        record_id: f.record_id,
         topic: f.topic,
         transcript: f.transcript,
         waiting_since: f.waiting_since,
@@ -302,6 +312,7 @@ impl HandoffConfig {
                 opened_at: "Abierta".into(),
                 name: Some("Nombre".into()),
                 record: Some("Registro".into()),
+                record_id: None,
                 topic: Some("Tema".into()),
                 transcript: "Conversación".into(),
                 waiting_since: Some("Esperando desde".into()),

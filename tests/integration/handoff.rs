@@ -537,3 +537,101 @@ async fn on_twilio_a_photo_is_fetched_with_the_account_credentials() {
         .expect("the emulator kept the media URL");
     assert_eq!(client.get(&media_url).send().await.expect("get").status(), 401);
 }
+
+/// The inbox is a Salesforce Case per hand-off (the participants stay in the sheet): recado
+/// creates the Case (upserted on its External ID), staff answer in a field of it and close
+/// it by its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_can_be_a_salesforce_case_answered_and_closed_by_staff() {
+    use recado::sandbox::salesforce::{FieldDef, FieldKind, ObjectDef};
+    let mut h = with_inbox(&[(510, "Julia Soto")], SHEET).await;
+    h.sandbox.salesforce().define_object(ObjectDef::new(
+        "Case",
+        "500",
+        vec![
+            FieldDef::new("Recado_Key__c", FieldKind::String).with_length(20).external_id(),
+            FieldDef::new("SuppliedPhone", FieldKind::Phone).with_length(40),
+            FieldDef::new("Status", FieldKind::Picklist).with_length(40),
+            FieldDef::new("Subject", FieldKind::String).with_length(255),
+            FieldDef::new("Description", FieldKind::Textarea).with_length(32_000),
+            FieldDef::new("Recado_Abierta__c", FieldKind::Datetime),
+            FieldDef::new("Recado_Estado__c", FieldKind::String).with_length(80),
+            FieldDef::new("Recado_Registro__c", FieldKind::String).with_length(255),
+            FieldDef::new("Respuesta__c", FieldKind::Textarea).with_length(4_000),
+            FieldDef::new("Asignada__c", FieldKind::String).with_length(80),
+            FieldDef::new("Estado_Respuesta__c", FieldKind::String).with_length(40),
+        ],
+    ));
+    let key = h.dir.path().join("salesforce.key");
+    std::fs::write(&key, recado::sandbox::keys::PRIVATE_KEY_PEM).expect("key written");
+    h.extra_source = format!(
+        r#"  - id: bandeja
+    type: salesforce
+    login_url: "{base}"
+    api_version: "62.0"
+    object: Case
+    key_field: Recado_Key__c
+    fields: [Status, Subject]
+    phone_field: SuppliedPhone
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 100ms
+    deletions_every: 2m
+    auth:
+      flow: jwt_bearer
+      consumer_key: "{consumer}"
+      username: "{user}"
+      private_key_file: "{key}"
+    write_back:
+      status: Estado_Respuesta__c
+"#,
+        base = h.sandbox.salesforce_url(),
+        consumer = recado::sandbox::salesforce::SANDBOX_CONSUMER_KEY,
+        user = recado::sandbox::salesforce::SANDBOX_USERNAME,
+        key = key.display(),
+    );
+    let start = h.extra_top.find("  fields:\n    opened_at").expect("the fields");
+    h.extra_top.truncate(start);
+    h.extra_top.push_str(
+        "  close_values: [Closed]\n  fields:\n    opened_at: Recado_Abierta__c\n    record: Recado_Registro__c\n    topic: Subject\n    transcript: Description\n    state: Recado_Estado__c\n    assigned: Asignada__c\n    reply: Respuesta__c\n    close: Status\n",
+    );
+    h.user(510, false, None);
+    h.start().await;
+    h.says(510, "AGENTE", None);
+    let case = || h.sandbox.salesforce().records("Case").into_iter().next();
+    let text =
+        |c: &serde_json::Map<String, Value>, f: &str| c.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
+    wait_for("the Case", Duration::from_secs(20), || async {
+        case().is_some_and(|c| text(&c, "Recado_Estado__c") == "open" && text(&c, "Description").contains("▸ AGENTE"))
+    })
+    .await;
+    let c = case().unwrap();
+    assert!(text(&c, "Recado_Key__c").starts_with("H-"));
+    assert_eq!(text(&c, "SuppliedPhone"), e164(510));
+    assert_eq!(text(&c, "Recado_Registro__c"), "inscripciones/510");
+    let id = text(&c, "Id");
+    let set = |f: Value| {
+        h.sandbox.salesforce().update("Case", &id, f.as_object().cloned().unwrap_or_default()).expect("staff edit")
+    };
+    set(json!({"Asignada__c": "Pablo", "Respuesta__c": "Hola Julia, ¿en qué te ayudo?"}));
+    wait_texts(&h, 510, 2, "the staff reply").await;
+    assert_eq!(texts_to(&h, 510)[1], "Hola Julia, ¿en qué te ayudo?");
+    wait_for("the reply taken from the Case", Duration::from_secs(20), || async {
+        case().is_some_and(|c| {
+            text(&c, "Respuesta__c").is_empty()
+                && text(&c, "Description").ends_with("◂ Hola Julia, ¿en qué te ayudo? — Pablo")
+                && ["sent", "delivered", "read"].contains(&text(&c, "Estado_Respuesta__c").as_str())
+        })
+    })
+    .await;
+    set(json!({"Status": "Closed"}));
+    wait_texts(&h, 510, 3, "the closing answer").await;
+    wait_for("the Case closed by recado too", Duration::from_secs(20), || async {
+        case().is_some_and(|c| text(&c, "Recado_Estado__c") == "closed")
+    })
+    .await;
+    h.says(510, "hola", None);
+    wait_texts(&h, 510, 4, "the bot again").await;
+    assert_eq!(texts_to(&h, 510)[3], "Hola, ¿en qué te ayudamos?");
+    assert_eq!(h.sandbox.salesforce().records("Case").len(), 1, "one Case");
+}

@@ -173,10 +173,9 @@ impl RecordWriter {
     /// record the path led to when the record was last read.
     fn destination(&self, target: &WriteTarget, field: &str) -> Destination {
         let key = match target {
-            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
+            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) | WriteTarget::Taken { record: k, .. } => &k.0,
             WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } => return Destination::Nowhere,
-            // A hand-off inbox is not kept in Salesforce yet (`recado check` refuses one).
-            WriteTarget::NewRecord(_) | WriteTarget::Taken { .. } => return Destination::Nowhere,
+            WriteTarget::NewRecord(_) => return Destination::Nowhere,
         };
         let own_ids = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
         let Some((path, name)) = field.rsplit_once('.') else {
@@ -202,11 +201,8 @@ impl RecordWriter {
     /// The record id a target writes to, if there is one.
     fn id_of(&self, target: &WriteTarget) -> Option<String> {
         let key = match target {
-            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) => &k.0,
-            WriteTarget::Unkeyed(_)
-            | WriteTarget::Interaction { .. }
-            | WriteTarget::NewRecord(_)
-            | WriteTarget::Taken { .. } => return None,
+            WriteTarget::Record(k) | WriteTarget::EveryCopyOf(k) | WriteTarget::Taken { record: k, .. } => &k.0,
+            WriteTarget::Unkeyed(_) | WriteTarget::Interaction { .. } | WriteTarget::NewRecord(_) => return None,
         };
         if self.cfg.settings.key_field.eq_ignore_ascii_case("Id") {
             let ok = (key.len() == 15 || key.len() == 18) && key.chars().all(|c| c.is_ascii_alphanumeric());
@@ -337,6 +333,37 @@ impl RecordWriter {
     }
 
     /// Values for fields of the records (and of the records their relationship paths lead to).
+    /// Of the batch's taken fields (a staff reply recado sent), those whose field still holds
+    /// the text recado took, read now: only those are emptied.
+    async fn fields_still_holding(&self, batch: &[(usize, &PendingWrite)]) -> Result<HashSet<usize>, SourceError> {
+        // Per object and field: (batch index, record id, text).
+        let mut asked: BTreeMap<(String, String), Vec<(usize, String, String)>> = BTreeMap::new();
+        for &(i, p) in batch {
+            let WriteTarget::Taken { text, .. } = &p.write.target else { continue };
+            if let Destination::Record { object, id, field } = self.destination(&p.write.target, &p.write.field) {
+                asked.entry((object, field)).or_default().push((i, id, text.clone()));
+            }
+        }
+        let mut holding = HashSet::new();
+        for ((object, field), items) in asked {
+            let ids: Vec<String> = items.iter().map(|(_, id, _)| super::reader::soql_string(id)).collect();
+            let soql = format!("SELECT Id, {field} FROM {object} WHERE Id IN ({})", ids.join(", "));
+            let (found, _, _) =
+                self.client.query(&soql, &format!("reading {object}.{field} before emptying it")).await?;
+            for (i, id, text) in items {
+                let now = found
+                    .iter()
+                    .find(|r| r["Id"].as_str().is_some_and(|f| f.get(..15) == id.get(..15)))
+                    .and_then(|r| r.as_object())
+                    .and_then(|r| r.iter().find(|(k, _)| k.eq_ignore_ascii_case(&field)).map(|(_, v)| v.clone()));
+                if now.as_ref().and_then(Value::as_str).is_some_and(|v| v.trim() == text.trim()) {
+                    holding.insert(i);
+                }
+            }
+        }
+        Ok(holding)
+    }
+
     async fn write_records(
         &self,
         records_batch: &[(usize, &PendingWrite)],
@@ -348,7 +375,16 @@ impl RecordWriter {
         // Per record: its object, field → value, and the batch indices it carries.
         let mut records: BTreeMap<String, Outgoing> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
+        let holding = self.fields_still_holding(records_batch).await?;
         for &(i, p) in records_batch {
+            if let WriteTarget::Taken { .. } = &p.write.target {
+                if !holding.contains(&i) {
+                    // People wrote a newer text meanwhile: it stays for the next read.
+                    debug!(source = %self.cfg.settings.id, target = %p.write.target, "the field holds a newer text: left for the next read");
+                    report.done.push(i);
+                    continue;
+                }
+            }
             let (object, id, name) = match self.destination(&p.write.target, &p.write.field) {
                 Destination::Record { object, id, field } => (object, id, field),
                 Destination::Later => continue,
