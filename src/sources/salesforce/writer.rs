@@ -74,6 +74,9 @@ type LogEntry = (String, HashMap<String, String>, Vec<usize>);
 type LogBody = (String, Map<String, Value>);
 
 /// The write side of one configured object.
+/// A field to empty: (batch index, record id, the text recado took from it).
+type TakenField = (usize, String, String);
+
 pub struct RecordWriter {
     cfg: Arc<SalesforceConfig>,
     client: OrgClient,
@@ -336,8 +339,7 @@ impl RecordWriter {
     /// Of the batch's taken fields (a staff reply recado sent), those whose field still holds
     /// the text recado took, read now: only those are emptied.
     async fn fields_still_holding(&self, batch: &[(usize, &PendingWrite)]) -> Result<HashSet<usize>, SourceError> {
-        // Per object and field: (batch index, record id, text).
-        let mut asked: BTreeMap<(String, String), Vec<(usize, String, String)>> = BTreeMap::new();
+        let mut asked: BTreeMap<(String, String), Vec<TakenField>> = BTreeMap::new();
         for &(i, p) in batch {
             let WriteTarget::Taken { text, .. } = &p.write.target else { continue };
             if let Destination::Record { object, id, field } = self.destination(&p.write.target, &p.write.field) {
