@@ -76,6 +76,7 @@ fn bench_rules(c: &mut Criterion) {
                 body: vec!["{{ Nombre }}".into(), "{{ Curso }}".into(), "{{ Mentor }}".into()],
                 button_url_suffix: None,
                 body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
+                header: None,
             }),
             time_zone: None,
             window: None,
@@ -97,6 +98,7 @@ fn bench_rules(c: &mut Criterion) {
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: Some("{{ ID | urlencode }}".into()),
                 body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
+                header: None,
             }),
             time_zone: None,
             window: None,
@@ -138,6 +140,7 @@ fn bench_planning(c: &mut Criterion) {
             body: vec!["{{ Nombre }}".into()],
             button_url_suffix: None,
             body_text_chars: recado::config::DEFAULT_BODY_TEXT_CHARS,
+            header: None,
         })
     };
     let date_rule = |id: &str, offsets: &[&str], at: Option<chrono::NaiveTime>| RuleConfig {

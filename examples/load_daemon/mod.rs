@@ -140,6 +140,7 @@ impl LoadDaemon {
                     language: "es".into(),
                     body: vec![i.to_string()],
                     button_url_suffix: None,
+                    header: None,
                 }),
                 fallback: None,
                 adjustments: Vec::new(),

@@ -136,6 +136,11 @@ impl ProviderConfig {
     pub fn template_problem(&self, t: &TemplateSpec, language: &str) -> Option<String> {
         match self {
             ProviderConfig::MetaCloud(_) => None,
+            // A Content template's media is part of the Content itself.
+            ProviderConfig::Twilio(c) if t.header.is_some() => Some(format!(
+                "provider '{}' (twilio) sends a Content template's header file from the Content itself: set the media in the Content template and leave header out",
+                c.settings.id
+            )),
             ProviderConfig::Twilio(c) => c.template_problem(&t.name, language, t.variables()),
         }
     }
@@ -335,6 +340,7 @@ pub fn template_uses(
                     language: language.to_string(),
                     parameters: t.body.len(),
                     url_button: t.button_url_suffix.is_some(),
+                    header: t.header.as_ref().map(|h| h.kind),
                     used_by: used_by.clone(),
                     replies_read_by: replies.clone(),
                 },

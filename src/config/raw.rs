@@ -178,11 +178,31 @@ pub struct RawTemplate {
     /// Suffix for the template's dynamic URL button, e.g. `{{ ID | urlencode }}`.
     #[serde(default)]
     pub button_url_suffix: Option<String>,
+    /// The file of a template whose header is an image, a document or a video (as approved):
+    /// `{document: "https://muni.example/requisitos.pdf", filename: "Requisitos.pdf"}`; the
+    /// address may be an expression over the record (`{{ Certificado }}`).
+    #[serde(default)]
+    pub header: Option<RawTemplateHeader>,
     /// Characters of the approved template's body text without its parameters (WhatsApp
     /// refuses a template whose text and parameters together pass 1,024 characters, so the
     /// parameters are cut to fit what is left). Default 200.
     #[serde(default)]
     pub body_text_chars: Option<u64>,
+}
+
+/// A template's media header: exactly one of `image`, `document`, `video`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplateHeader {
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub document: Option<String>,
+    #[serde(default)]
+    pub video: Option<String>,
+    /// A document's name as the person sees it, e.g. `Requisitos.pdf`.
+    #[serde(default)]
+    pub filename: Option<String>,
 }
 
 /// `inbound:`

@@ -714,7 +714,32 @@ fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpe
     for (i, l) in t.languages.iter().enumerate() {
         errs.non_empty(&format!("{path}.languages[{i}]"), l);
     }
+    let header = t.header.and_then(|h| {
+        let at = format!("{path}.header");
+        let given: Vec<(crate::domain::MediaKind, String)> = [
+            (crate::domain::MediaKind::Image, h.image),
+            (crate::domain::MediaKind::Document, h.document),
+            (crate::domain::MediaKind::Video, h.video),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let [(kind, url)] = given.as_slice() else {
+            errs.push(at, "give exactly one of image, document, video (the file's public address)");
+            return None;
+        };
+        if let Err(e) = crate::expressions::check_template(url) {
+            errs.push(format!("{at}.{}", kind.name()), e);
+        } else if !url.contains("{{") && !(url.starts_with("https://") || url.starts_with("http://")) {
+            errs.push(format!("{at}.{}", kind.name()), format!("expected a public http(s) address, got '{url}'"));
+        }
+        if h.filename.is_some() && *kind != crate::domain::MediaKind::Document {
+            errs.push(format!("{at}.filename"), "only a document has a file name");
+        }
+        Some(crate::domain::HeaderSpec { kind: *kind, url: url.clone(), filename: h.filename })
+    });
     TemplateSpec {
+        header,
         name: t.name,
         language: t.language,
         languages: t.languages,

@@ -13,6 +13,19 @@ pub struct TemplateMessage {
     /// Suffix appended to the template's dynamic URL button, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub button_url_suffix: Option<String>,
+    /// The file of a template whose header is an image, a document or a video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderMedia>,
+}
+
+/// A template header's file, at a public address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderMedia {
+    pub kind: MediaKind,
+    pub link: String,
+    /// A document's name as the person sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// The content of one outbound message. Stored as JSON in the outbox.

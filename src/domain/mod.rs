@@ -15,15 +15,17 @@ mod target;
 mod template;
 
 pub use message::{
-    map_link, InboundKind, Intent, MediaKind, MediaRef, MessageContent, ProviderError, ProviderEvent, ReplyOption,
-    Sender, TemplateMessage,
+    map_link, HeaderMedia, InboundKind, Intent, MediaKind, MediaRef, MessageContent, ProviderError, ProviderEvent,
+    ReplyOption, Sender, TemplateMessage,
 };
 pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneError, PhoneNumber};
 pub use record::{same_field, CellValue, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;
 pub use target::{interaction, FieldWrite, PendingWrite, WriteTarget};
-pub use template::{normalise_parameters, one_line, TemplateSpec, DEFAULT_BODY_TEXT_CHARS, TEMPLATE_TEXT_LIMIT};
+pub use template::{
+    normalise_parameters, one_line, HeaderSpec, TemplateSpec, DEFAULT_BODY_TEXT_CHARS, TEMPLATE_TEXT_LIMIT,
+};
 
 /// Upper case without accents, for keyword matching (`Bája` = `BAJA`).
 pub fn normalise_keyword(s: &str) -> String {

@@ -14,6 +14,17 @@ pub struct TemplateSpec {
     pub button_url_suffix: Option<String>,
     /// Characters of the template's own body text (without parameters).
     pub body_text_chars: usize,
+    /// A header that is an image, a document or a video.
+    pub header: Option<HeaderSpec>,
+}
+
+/// A template's media header: its kind (as approved) and the file's public address (an
+/// expression over the record, e.g. a certificate per person), with a document's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSpec {
+    pub kind: super::MediaKind,
+    pub url: String,
+    pub filename: Option<String>,
 }
 
 impl TemplateSpec {

@@ -356,7 +356,12 @@ pub fn template_message(
         let s = render(s, answers, ctx);
         crate::domain::one_line(&s).unwrap_or(s)
     });
-    crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix }
+    let header = spec.header.as_ref().map(|h| crate::domain::HeaderMedia {
+        kind: h.kind,
+        link: render(&h.url, answers, ctx).trim().to_string(),
+        filename: h.filename.clone(),
+    });
+    crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix, header }
 }
 
 /// Starts `flow` for a contact.
@@ -1257,6 +1262,7 @@ mod tests {
             body: vec!["{{ Falta }}".into(), "{{ answers.que }}".into()],
             button_url_suffix: None,
             body_text_chars: crate::domain::DEFAULT_BODY_TEXT_CHARS,
+            header: None,
         };
         let f = Flow::new(
             "f".into(),
@@ -1279,6 +1285,7 @@ mod tests {
             language: "es".into(),
             body: vec!["-".into(), "un bache en la esquina".into()],
             button_url_suffix: None,
+            header: None,
         };
         assert_eq!(
             t.actions,

@@ -334,6 +334,8 @@ pub struct TemplateUse {
     pub parameters: usize,
     /// Whether it fills a dynamic URL button's suffix.
     pub url_button: bool,
+    /// The media header's kind it sends, if any.
+    pub header: Option<crate::domain::MediaKind>,
     /// What sends it, for the message: `rule confirmacion`, `flow menu`.
     pub used_by: String,
     /// The flow that reads the replies to it (a rule's `on_reply`), if one does.

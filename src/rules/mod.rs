@@ -407,11 +407,24 @@ impl RuleSet {
             }
             None => None,
         };
+        let header = match &t.header {
+            Some(h) => {
+                let link =
+                    self.render(&format!("{rule}#{tag}.header"), ctx).map_err(|e| format!("header file: {e}"))?;
+                let link = link.trim().to_string();
+                if !(link.starts_with("https://") || link.starts_with("http://")) {
+                    return Err(format!("header file: expected a public http(s) address, got '{link}'"));
+                }
+                Some(crate::domain::HeaderMedia { kind: h.kind, link, filename: h.filename.clone() })
+            }
+            None => None,
+        };
         Ok(MessageContent::Template(TemplateMessage {
             name: t.name.clone(),
             language: t.language.clone(),
             body,
             button_url_suffix,
+            header,
         }))
     }
 }
@@ -427,6 +440,9 @@ fn add_template_spec(
     }
     if let Some(s) = &t.button_url_suffix {
         add(format!("{rule}#{tag}.button"), s)?;
+    }
+    if let Some(h) = &t.header {
+        add(format!("{rule}#{tag}.header"), &h.url)?;
     }
     Ok(())
 }
@@ -612,6 +628,7 @@ mod tests {
             body: body.iter().map(|s| s.to_string()).collect(),
             button_url_suffix: button.map(String::from),
             body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
+            header: None,
         })
     }
 
@@ -737,6 +754,7 @@ mod tests {
                 body: vec!["{{ Nombre }}".into()],
                 button_url_suffix: None,
                 body_text_chars: crate::config::DEFAULT_BODY_TEXT_CHARS,
+                header: None,
             }),
         };
         let rec = record(&[("Nombre", "Ana")]);

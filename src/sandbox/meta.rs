@@ -104,6 +104,10 @@ pub struct TemplateDef {
     /// replies a person can tap on it.
     #[serde(default)]
     pub quick_replies: Vec<String>,
+    /// A media header's format, as approved: `IMAGE`, `DOCUMENT` or `VIDEO` (none: no media
+    /// header, and a header parameter is refused).
+    #[serde(default)]
+    pub header: Option<String>,
 }
 
 fn default_body_chars() -> usize {
@@ -126,7 +130,14 @@ impl TemplateDef {
             status: default_status(),
             rejected_reason: None,
             quick_replies: Vec::new(),
+            header: None,
         }
+    }
+
+    /// The same template with a media header (`IMAGE`, `DOCUMENT` or `VIDEO`).
+    pub fn with_header(mut self, format: &str) -> Self {
+        self.header = Some(format.to_uppercase());
+        self
     }
 
     /// The same template with these quick-reply buttons.
@@ -141,7 +152,12 @@ impl TemplateDef {
             .chain((1..=self.body_params).map(|i| format!("{{{{{i}}}}}")))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut components = vec![json!({ "type": "BODY", "text": body })];
+        let mut components = Vec::new();
+        if let Some(format) = &self.header {
+            components
+                .push(json!({ "type": "HEADER", "format": format, "example": { "header_handle": ["4::aW1hZ2U="] } }));
+        }
+        components.push(json!({ "type": "BODY", "text": body }));
         let mut buttons: Vec<Value> =
             self.quick_replies.iter().map(|t| json!({ "type": "QUICK_REPLY", "text": t })).collect();
         if self.url_button {
@@ -1038,6 +1054,48 @@ pub async fn media_download(State(st): State<SandboxState>, Path(token): Path<St
     }
 }
 
+/// Why a template's header parameter does not fit the approved header, in Meta's words.
+fn header_refusal(approved: Option<&str>, given: Option<&Value>) -> Option<Response> {
+    match (approved, given) {
+        (None, None) => None,
+        (None, Some(_)) => Some(meta_error(
+            400,
+            132000,
+            "Number of parameters does not match the expected number of params",
+            "header: number of localizable_params (1) does not match the expected number of params (0)",
+        )),
+        (Some(format), None) => Some(meta_error(
+            400,
+            131008,
+            "Required parameter is missing",
+            &format!("header: Format mismatch, expected {format}, received UNKNOWN"),
+        )),
+        (Some(format), Some(p)) => {
+            let kind = p["type"].as_str().unwrap_or("");
+            if !kind.eq_ignore_ascii_case(format) {
+                return Some(meta_error(
+                    400,
+                    132012,
+                    "Parameter format does not match format in the created template",
+                    &format!("header: Format mismatch, expected {format}, received {}", kind.to_uppercase()),
+                ));
+            }
+            let media = &p[kind];
+            let link = media["link"].as_str().unwrap_or("");
+            let has_id = media["id"].as_str().is_some_and(|i| !i.is_empty());
+            if !has_id && !(link.starts_with("https://") || link.starts_with("http://")) {
+                return Some(meta_error(
+                    400,
+                    131008,
+                    "Required parameter is missing",
+                    &format!("header: {kind} requires a link or an id"),
+                ));
+            }
+            None
+        }
+    }
+}
+
 /// Bytes that start like a JPEG, `len` long (the emulator never decodes them).
 pub fn sample_jpeg(len: usize) -> Vec<u8> {
     let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0];
@@ -1235,6 +1293,16 @@ pub async fn send(
                     .map(Vec::len)
                     .unwrap_or(0);
                 let has_button = comps.iter().any(|c| c["type"] == "button" && c["sub_type"] == "url");
+                let header = comps
+                    .iter()
+                    .find(|c| c["type"] == "header")
+                    .and_then(|c| c["parameters"].as_array())
+                    .and_then(|p| p.first())
+                    .cloned();
+                if let Some(refusal) = header_refusal(t.header.as_deref(), header.as_ref()) {
+                    drop(g);
+                    return refusal;
+                }
                 if body_params != t.body_params {
                     drop(g);
                     return meta_error(

@@ -348,3 +348,50 @@ handoff:
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("handoff.keywords: nothing opens a hand-off"), "{text}");
 }
+
+/// A template header is checked where it is written: one file, a document's name only on a
+/// document, and never on Twilio, whose Content templates carry their own media.
+#[test]
+fn check_reports_template_header_problems() {
+    let yaml = r#"
+state: {path: /tmp/x.db}
+providers:
+  - id: whatsapp
+    type: twilio
+    account_sid: AC00000000000000000000000000000001
+    auth_token: t0k3n
+    from: "whatsapp:+14155238886"
+    content_templates:
+      - { name: requisitos, language: es, content_sid: HX0db333688ebbf6bebfbd754fbe15277f }
+sources:
+  - id: s
+    type: google_sheets
+    spreadsheet_id: x
+    tab: T
+    key_column: ID
+    phone_column: Tel
+    service_account_key: {"client_email": "a@b.c", "private_key": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n", "token_uri": "https://oauth2.googleapis.com/token"}
+rules:
+  - id: r
+    source: s
+    when: row_added
+    provider: whatsapp
+    template:
+      name: requisitos
+      language: es
+      header: { image: "https://muni.example/a.jpg", filename: "a.jpg" }
+  - id: r2
+    source: s
+    when: row_added
+    provider: whatsapp
+    template:
+      name: requisitos
+      language: es
+      header: { image: "https://muni.example/a.jpg", document: "https://muni.example/b.pdf" }
+"#;
+    let (code, text) = check(yaml.as_bytes());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("rules[0].template.header.filename: only a document has a file name"), "{text}");
+    assert!(text.contains("rules[1].template.header: give exactly one of image, document, video"), "{text}");
+    assert!(text.contains("sends a Content template's header file from the Content itself"), "{text}");
+}

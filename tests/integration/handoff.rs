@@ -635,3 +635,51 @@ async fn the_inbox_can_be_a_salesforce_case_answered_and_closed_by_staff() {
     assert_eq!(texts_to(&h, 510)[3], "Hola, ¿en qué te ayudamos?");
     assert_eq!(h.sandbox.salesforce().records("Case").len(), 1, "one Case");
 }
+
+/// A rule's template whose header is a document: the file's address goes in the header, and
+/// Meta's emulator refuses a header the approved template does not have, as Meta does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_with_a_document_header_carries_the_file_and_a_header_the_template_lacks_is_refused() {
+    let mut h =
+        Harness::new(vec![row(511, "Karla Díaz", "Sí", "Inscrito"), row(512, "Luis Vera", "Sí", "Inscrito")]).await;
+    h.sandbox
+        .meta()
+        .add_template(recado::sandbox::meta::TemplateDef::new("requisitos", "es", 1, false).with_header("DOCUMENT"));
+    h.sandbox.meta().add_template(recado::sandbox::meta::TemplateDef::new("aviso_simple", "es", 1, false));
+    h.extra_rules = r#"  - id: requisitos
+    source: inscripciones
+    when: { changed: Estado, to: Aprobado }
+    provider: whatsapp
+    template:
+      name: requisitos
+      language: es
+      body: ["{{ Nombre }}"]
+      header: { document: "https://muni.example/tramites/{{ ID }}.pdf", filename: "Requisitos.pdf" }
+  - id: aviso
+    source: inscripciones
+    when: { changed: Estado, to: Avisado }
+    provider: whatsapp
+    template:
+      name: aviso_simple
+      language: es
+      body: ["{{ Nombre }}"]
+      header: { image: "https://muni.example/afiche.jpg" }
+"#
+    .into();
+    h.user(511, false, None);
+    h.user(512, false, None);
+    h.start().await;
+    h.edit("511", "Estado", json!("Aprobado"));
+    wait_texts(&h, 511, 1, "the template with its document").await;
+    let sent = &h.meta_sent_to(511)[0].body["template"]["components"][0];
+    assert_eq!(sent["type"], "header");
+    assert_eq!(sent["parameters"][0]["document"]["link"], "https://muni.example/tramites/511.pdf");
+    assert_eq!(sent["parameters"][0]["document"]["filename"], "Requisitos.pdf");
+    // The other template has no media header: Meta refuses it, and the row says why.
+    h.edit("512", "Estado", json!("Avisado"));
+    wait_for("the refusal on the row", Duration::from_secs(20), || async {
+        h.cell("512", "Error WhatsApp").contains("132000")
+    })
+    .await;
+    assert!(h.meta_sent_to(512).is_empty());
+}

@@ -335,6 +335,7 @@ async fn an_interrupted_campaign_completes_without_duplicates() {
                 language: "es".into(),
                 body: vec![format!("P{i}")],
                 button_url_suffix: Some(format!("viewform?entry.1={i}")),
+                header: None,
             }),
             fallback: None,
             adjustments: Vec::new(),

@@ -180,18 +180,31 @@ fn compare(u: &TemplateUse, templates: &[Template]) -> Option<String> {
             u.parameters
         ));
     }
-    if let Some(h) = t.components.iter().find(|c| c.kind.eq_ignore_ascii_case("HEADER")) {
-        let format = h.format.as_deref().unwrap_or("TEXT");
-        let takes_parameter = if format.eq_ignore_ascii_case("TEXT") {
-            h.text.as_deref().is_some_and(|text| !placeholders(text).is_empty())
-        } else {
-            true
-        };
-        if takes_parameter {
-            problems.push(format!(
-                "its {format} header needs a parameter, which recado does not send (Meta refuses the message with 132012)"
-            ));
+    let header = t.components.iter().find(|c| c.kind.eq_ignore_ascii_case("HEADER"));
+    let format = header.map(|h| h.format.as_deref().unwrap_or("TEXT").to_uppercase());
+    match (header, format.as_deref(), u.header) {
+        (Some(_), Some(f), Some(kind)) if f.eq_ignore_ascii_case(kind.name()) => {}
+        (Some(_), Some(f), Some(kind)) => problems.push(format!(
+            "its header is {f} and the configuration sends a {} (Meta refuses the message with 132012)",
+            kind.name()
+        )),
+        (None, _, Some(kind)) | (Some(_), Some("TEXT"), Some(kind)) => problems.push(format!(
+            "it has no media header and the configuration sends a {} (Meta refuses the message with 132000)",
+            kind.name()
+        )),
+        (Some(h), Some("TEXT"), None) => {
+            if h.text.as_deref().is_some_and(|text| !placeholders(text).is_empty()) {
+                problems.push(
+                    "its TEXT header needs a parameter, which recado does not send (Meta refuses the message with 132012)"
+                        .into(),
+                );
+            }
         }
+        (Some(_), Some(f), None) => problems.push(format!(
+            "its {f} header needs a file: give the template a header ({{{}: <public address>}}) (Meta refuses the message with 131008)",
+            f.to_lowercase()
+        )),
+        _ => {}
     }
     let dynamic_url = t
         .components
@@ -256,6 +269,7 @@ mod tests {
             language: "es".into(),
             parameters,
             url_button: false,
+            header: None,
             used_by: "rule r".into(),
             replies_read_by: None,
         }

@@ -173,6 +173,14 @@ pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &
         }
         MessageContent::Template(t) => {
             let mut components = Vec::new();
+            if let Some(h) = &t.header {
+                let mut media = json!({ "link": h.link });
+                if let (crate::domain::MediaKind::Document, Some(f)) = (h.kind, &h.filename) {
+                    media["filename"] = json!(f);
+                }
+                let kind = h.kind.name();
+                components.push(json!({ "type": "header", "parameters": [ { "type": kind, kind: media } ] }));
+            }
             if !t.body.is_empty() {
                 let params: Vec<Value> = t.body.iter().map(|p| json!({ "type": "text", "text": p })).collect();
                 components.push(json!({ "type": "body", "parameters": params }));
@@ -203,8 +211,25 @@ mod tests {
             language: "es".into(),
             body: vec!["Ana".into()],
             button_url_suffix: Some("A7".into()),
+            header: None,
         });
         let b = request_body(&to, &content, "42");
+        let with_file = MessageContent::Template(TemplateMessage {
+            name: "requisitos".into(),
+            language: "es".into(),
+            body: Vec::new(),
+            button_url_suffix: None,
+            header: Some(crate::domain::HeaderMedia {
+                kind: crate::domain::MediaKind::Document,
+                link: "https://muni.example/r.pdf".into(),
+                filename: Some("Requisitos.pdf".into()),
+            }),
+        });
+        let h = &request_body(&to, &with_file, "43")["template"]["components"][0];
+        assert_eq!(h["type"], "header");
+        assert_eq!(h["parameters"][0]["type"], "document");
+        assert_eq!(h["parameters"][0]["document"]["link"], "https://muni.example/r.pdf");
+        assert_eq!(h["parameters"][0]["document"]["filename"], "Requisitos.pdf");
         assert_eq!(b["to"], "56912345678");
         assert_eq!(b["biz_opaque_callback_data"], "42");
         assert_eq!(b["template"]["components"][0]["parameters"][0]["text"], "Ana");
