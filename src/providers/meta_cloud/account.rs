@@ -184,12 +184,12 @@ fn compare(u: &TemplateUse, templates: &[Template]) -> Option<String> {
     let format = header.map(|h| h.format.as_deref().unwrap_or("TEXT").to_uppercase());
     match (header, format.as_deref(), u.header) {
         (Some(_), Some(f), Some(kind)) if f.eq_ignore_ascii_case(kind.name()) => {}
-        (Some(_), Some(f), Some(kind)) => problems.push(format!(
-            "its header is {f} and the configuration sends a {} (Meta refuses the message with 132012)",
-            kind.name()
-        )),
         (None, _, Some(kind)) | (Some(_), Some("TEXT"), Some(kind)) => problems.push(format!(
             "it has no media header and the configuration sends a {} (Meta refuses the message with 132000)",
+            kind.name()
+        )),
+        (Some(_), Some(f), Some(kind)) => problems.push(format!(
+            "its header is {f} and the configuration sends a {} (Meta refuses the message with 132012)",
             kind.name()
         )),
         (Some(h), Some("TEXT"), None) => {
