@@ -730,7 +730,7 @@ fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpe
         };
         if let Err(e) = crate::expressions::check_template(url) {
             errs.push(format!("{at}.{}", kind.name()), e);
-        } else if !url.contains("{{") && !(url.starts_with("https://") || url.starts_with("http://")) {
+        } else if !(url.contains("{{") || url.starts_with("https://") || url.starts_with("http://")) {
             errs.push(format!("{at}.{}", kind.name()), format!("expected a public http(s) address, got '{url}'"));
         }
         if h.filename.is_some() && *kind != crate::domain::MediaKind::Document {
