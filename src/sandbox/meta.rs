@@ -1083,7 +1083,7 @@ fn header_refusal(approved: Option<&str>, given: Option<&Value>) -> Option<Respo
             let media = &p[kind];
             let link = media["link"].as_str().unwrap_or("");
             let has_id = media["id"].as_str().is_some_and(|i| !i.is_empty());
-            if !has_id && !(link.starts_with("https://") || link.starts_with("http://")) {
+            if !(has_id || link.starts_with("https://") || link.starts_with("http://")) {
                 return Some(meta_error(
                     400,
                     131008,

@@ -192,14 +192,13 @@ fn compare(u: &TemplateUse, templates: &[Template]) -> Option<String> {
             "its header is {f} and the configuration sends a {} (Meta refuses the message with 132012)",
             kind.name()
         )),
-        (Some(h), Some("TEXT"), None) => {
-            if h.text.as_deref().is_some_and(|text| !placeholders(text).is_empty()) {
-                problems.push(
-                    "its TEXT header needs a parameter, which recado does not send (Meta refuses the message with 132012)"
-                        .into(),
-                );
-            }
+        (Some(h), Some("TEXT"), None) if h.text.as_deref().is_some_and(|text| !placeholders(text).is_empty()) => {
+            problems.push(
+                "its TEXT header needs a parameter, which recado does not send (Meta refuses the message with 132012)"
+                    .into(),
+            );
         }
+        (Some(_), Some("TEXT"), None) => {}
         (Some(_), Some(f), None) => problems.push(format!(
             "its {f} header needs a file: give the template a header ({{{}: <public address>}}) (Meta refuses the message with 131008)",
             f.to_lowercase()
