@@ -994,15 +994,7 @@ impl InboxProcessor {
                 (&opening, origin_rule.filter(|r| r.hands_off_other_replies), &self.ctx.config.handoff)
             {
                 let mut applied = super::handoff::Applied::default();
-                let opening = super::handoff::Opening {
-                    phone: talk.phone,
-                    provider_id: talk.provider.id(),
-                    inbound_id: talk.inbound_id,
-                    record: record.clone(),
-                    topic: Some(rule.id.clone()),
-                    language: &language,
-                    asked: transcript_text(talk.kind),
-                };
+                let opening = talk.hand_off(record.clone(), Some(rule.id.clone()), &language);
                 info!(from = %who, rule = %rule.id, "a reply the rule's flow does not take: handed to a person");
                 super::handoff::Handoffs { ctx: &self.ctx, cfg }.open(tx, opening, now, &mut applied).await?;
                 effects.providers.extend(applied.providers);
@@ -1092,15 +1084,7 @@ impl InboxProcessor {
                         handed_off = true;
                         if let Some(cfg) = &self.ctx.config.handoff {
                             let mut applied = super::handoff::Applied::default();
-                            let opening = super::handoff::Opening {
-                                phone: talk.phone,
-                                provider_id: talk.provider.id(),
-                                inbound_id: talk.inbound_id,
-                                record: record.clone(),
-                                topic,
-                                language: &language,
-                                asked: transcript_text(talk.kind),
-                            };
+                            let opening = talk.hand_off(record.clone(), topic, &language);
                             super::handoff::Handoffs { ctx: &self.ctx, cfg }
                                 .open(tx, opening, now, &mut applied)
                                 .await?;
@@ -1372,6 +1356,26 @@ struct Talk<'a> {
     context_id: Option<&'a str>,
     /// The contact as this message found them (their opt-out, consent answer, language).
     contact: &'a store::Contact,
+}
+
+impl<'a> Talk<'a> {
+    /// A hand-off this message opens, about `record`.
+    fn hand_off(
+        &self,
+        record: Option<(String, crate::domain::RecordKey)>,
+        topic: Option<String>,
+        language: &'a str,
+    ) -> super::handoff::Opening<'a> {
+        super::handoff::Opening {
+            phone: self.phone,
+            provider_id: self.provider.id(),
+            inbound_id: self.inbound_id,
+            record,
+            topic,
+            language,
+            asked: transcript_text(self.kind),
+        }
+    }
 }
 
 /// Where a contact stands with the privacy notice.
