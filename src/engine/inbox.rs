@@ -565,8 +565,14 @@ impl InboxProcessor {
         // A redelivery too: its raw body is the same words.
         effects.erase_raw |= !kept;
         // A file: recorded for the media loop, and its link goes with the text everywhere the
-        // message is written (the transcript, the record's last reply).
-        if let (InboundKind::Media { media_type, media, mime_type, filename, .. }, true) = (kind, kept) {
+        // message is written (the transcript, the record's last reply). Only from someone
+        // who accepted the privacy notice (or whose record says they consent): nobody else's
+        // files are fetched.
+        let file_kept = match (&phone, kind) {
+            (Some(p), InboundKind::Media { .. }) if kept => self.consents(tx, &contact, p).await?,
+            _ => false,
+        };
+        if let (InboundKind::Media { media_type, media, mime_type, filename, .. }, true) = (kind, file_kept) {
             let recorded = store::record_media(
                 tx,
                 &store::NewMedia {
@@ -732,7 +738,11 @@ impl InboxProcessor {
             if let (Some(cfg), true) = (&self.ctx.config.handoff, kept) {
                 let mut applied = super::handoff::Applied::default();
                 let mut handled = false;
-                if let Some(h) = store::open_handoff_of(tx, p).await? {
+                let reaction = matches!(kind, InboundKind::Other { message_type } if message_type == "reaction");
+                if reaction {
+                    // A reaction answers nothing and asks for nothing.
+                    handled = store::open_handoff_of(tx, p).await?.is_some();
+                } else if let Some(h) = store::open_handoff_of(tx, p).await? {
                     // Handed to a person: the message goes to the inbox, the bot stays silent.
                     // With the link to a file they sent.
                     let shown = crate::handoff::inbound_text(&text, kind.name());
@@ -740,7 +750,13 @@ impl InboxProcessor {
                         .person_wrote(tx, h, &shown, at, now, &mut applied)
                         .await?;
                     handled = true;
-                } else if typed && crate::flows::is_keyword_message(&text, &cfg.keywords) {
+                } else if typed
+                    && crate::flows::is_keyword_message(&text, &cfg.keywords)
+                    && contact.opted_out_at.is_none()
+                    && self.consents(tx, &contact, p).await?
+                {
+                    // (Someone who has not answered the privacy notice yet is shown it first: the
+                    // bot below asks it; their data reaches the inbox only after "Acepto".)
                     let record = self.person_record(tx, p).await?;
                     let talk_language = match &contact.language {
                         Some(l) => l.clone(),
@@ -929,11 +945,15 @@ impl InboxProcessor {
             debug!(from = %who, "the contact opted out: the bot does not answer");
             return Ok(Vec::new());
         }
-        if talk
-            .stored
-            .as_ref()
-            .is_some_and(|c| c.conversation.flow == HANDOFF_FLOW && c.expires_at.is_none_or(|e| e > now))
-        {
+        // A hand-off without an end (the inbox closes it) is silence only while the inbox is
+        // configured: removing `handoff:` gives everyone back to the bot.
+        if talk.stored.as_ref().is_some_and(|c| {
+            c.conversation.flow == HANDOFF_FLOW
+                && match c.expires_at {
+                    Some(e) => e > now,
+                    None => self.ctx.config.handoff.is_some(),
+                }
+        }) {
             debug!(from = %who, "handed to a person: the bot stays silent");
             return Ok(Vec::new());
         }
@@ -1220,6 +1240,13 @@ impl InboxProcessor {
         let value = row.fields.get(field).map(|v| v.trim().to_lowercase()).unwrap_or_default();
         let known = value == inbound.default_language || inbound.languages.contains(&value);
         Ok(known.then_some(value))
+    }
+
+    /// Whether the contact accepted the privacy notice (or needs none, or their record says
+    /// they consent): only then does what they send reach anyone.
+    async fn consents(&self, tx: &mut Tx, contact: &store::Contact, phone: &str) -> Result<bool, StoreError> {
+        let record = self.person_record(tx, phone).await?;
+        Ok(self.consent_state(tx, contact, record.as_ref()).await? == ConsentState::Given)
     }
 
     /// Whether the contact must be shown the privacy notice before the bot answers: not when

@@ -99,7 +99,7 @@ pub struct RawInboxFields {
     #[serde(default)]
     pub record: Option<String>,
     /// recado's: the contact's record key alone, for a lookup to it (e.g. `ContactId` on a
-    /// Salesforce Case, when the contacts' source is keyed by `Id`).
+    /// Case, when the contacts' source is keyed by `Id`).
     #[serde(default)]
     pub record_id: Option<String>,
     /// recado's: the topic the flow gave, e.g. `Tema`.

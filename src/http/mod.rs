@@ -206,10 +206,16 @@ async fn media(State(st): State<AppState>, Path((id, signature)): Path<(String, 
         Ok(bytes) => {
             let name = row.filename.unwrap_or_else(|| format!("{}-{id}", row.media_type));
             let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || "._- ".contains(*c)).collect();
+            let mime = safe_mime(&row.mime_type);
+            // Shown in the browser only what cannot run anything; the rest is a download.
+            let inline = ["image/", "audio/", "video/", "application/pdf"].iter().any(|p| mime.starts_with(p))
+                && !mime.starts_with("image/svg");
+            let disposition = if inline { "inline" } else { "attachment" };
             (
                 [
-                    (header::CONTENT_TYPE, safe_mime(&row.mime_type)),
-                    (header::CONTENT_DISPOSITION, format!("inline; filename=\"{name}\"")),
+                    (header::CONTENT_TYPE, mime),
+                    (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{name}\"")),
+                    (header::REFERRER_POLICY, "no-referrer".to_string()),
                     (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
                     (header::CONTENT_SECURITY_POLICY, "sandbox".to_string()),
                     (header::CACHE_CONTROL, "private, no-store".to_string()),

@@ -500,7 +500,7 @@ pub struct FetchedMedia {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MediaError {
     /// Larger than recado keeps: never fetched whole.
-    #[error("the file is {size} bytes, over the {max}-byte cap (state.media.max_size)")]
+    #[error("the file is {size} bytes, over the {max}-byte cap (state.media_max_mb)")]
     TooLarge { size: u64, max: u64 },
     /// The provider no longer has it, or will never give it (an address that is not the
     /// provider's): asking again will not help.
@@ -510,6 +510,10 @@ pub enum MediaError {
     #[error("{0}")]
     Transient(String),
 }
+
+/// The longest a file's download may take (a 16 MB video on a slow link), apart from the
+/// provider's `call_timeout`, which answers to API calls.
+pub const MEDIA_DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Reads a download's body up to `max` bytes, within `timeout`: a body that grows past the cap
 /// is refused without being read further.

@@ -175,8 +175,21 @@ pub async fn forget_contact(conn: &mut SqliteConnection, phone: &str, now: i64) 
         .rows_affected();
     e.media_ids =
         sqlx::query_scalar("DELETE FROM media WHERE phone = $1 RETURNING id").bind(phone).fetch_all(&mut *conn).await?;
-    // Their hand-offs: the transcripts hold their words. (The inbox records themselves are
-    // the team's, in their source, as the person's own records are.)
+    // Their hand-offs: the transcripts hold their words, and so do the values queued for the
+    // inbox records (transcript, replies' statuses, a taken reply). (The inbox records
+    // themselves are the team's, in their source, as the person's own records are.)
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM handoffs WHERE phone = $1").bind(phone).fetch_all(&mut *conn).await?;
+    for key in &keys {
+        e.queued_writes += sqlx::query(
+            "DELETE FROM write_queue WHERE (target_kind IN ('new_record', 'record') AND target = $1)
+                OR (target_kind = 'taken' AND substr(target, 1, length($1) + 1) = $1 || char(31))",
+        )
+        .bind(key)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
     e.conversations +=
         sqlx::query("DELETE FROM handoffs WHERE phone = $1").bind(phone).execute(&mut *conn).await?.rows_affected();
     e.provider_ids =

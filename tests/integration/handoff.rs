@@ -463,11 +463,12 @@ async fn a_photo_and_a_location_sent_during_a_hand_off_are_fetched_linked_and_se
     for wrong in [
         format!("/media/{id}/00000000000000000000000000000000"),
         format!("/media/{}/x", id.parse::<i64>().unwrap() + 1),
-        format!("/media/{id}/"),
     ] {
         let status = client.get(format!("{base}{wrong}")).send().await.expect("get").status();
-        assert!(status == 403 || status == 404, "{wrong}: {status}");
+        assert_eq!(status, 403, "{wrong}");
     }
+    let unsigned = client.get(format!("{base}/media/{id}/")).send().await.expect("get").status();
+    assert_eq!(unsigned, 404, "no signature: no such page");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -682,4 +683,41 @@ async fn a_template_with_a_document_header_carries_the_file_and_a_header_the_tem
     })
     .await;
     assert!(h.meta_sent_to(512).is_empty());
+}
+
+/// Someone who has not answered the privacy notice is shown it first: asking for a person
+/// puts nothing of theirs in the inbox, and neither does a photo, until they accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_reaches_the_inbox_before_the_privacy_notice_is_accepted() {
+    let mut h = with_inbox(&[], SHEET).await;
+    h.extra_top = h.extra_top.replace(
+        "inbound:\n",
+        "inbound:\n  consent:\n    version: \"2026-11\"\n    notice: \"Guardamos tu número para ayudarte.\"\n    accept: \"Acepto\"\n    refuse: \"No acepto\"\n    refused: \"Entendido.\"\n",
+    );
+    h.user(513, false, None);
+    h.start().await;
+    h.says(513, "AGENTE", None);
+    wait_texts(&h, 513, 1, "the privacy notice").await;
+    assert!(texts_to(&h, 513)[0].contains("Guardamos tu número"), "{:?}", texts_to(&h, 513));
+    h.sandbox.meta().user_sends_image(&crate::harness::wa_id(513), "foto");
+    h.quiesce().await;
+    assert_eq!(inbox_rows(&h).len(), 1, "no hand-off before the notice is answered: {:?}", inbox_rows(&h));
+    let mut c = h.store().conn().await.expect("conn");
+    let files: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM media").fetch_one(&mut *c).await.expect("count");
+    assert_eq!(files, 0, "their photo is not fetched");
+    drop(c);
+    // The notice as last asked (a photo is no answer: it was asked again).
+    wait_texts(&h, 513, 2, "the notice asked again").await;
+    h.quiesce().await;
+    let notice = h.meta_sent_to(513).last().cloned().expect("the notice");
+    let (id, title) = recado::sandbox::meta::interactive_options(&notice)
+        .into_iter()
+        .find(|(_, t)| t == "Acepto")
+        .expect("the notice's Acepto button");
+    let before = h.meta_sent_to(513).len();
+    h.sandbox.meta().user_picks(&crate::harness::wa_id(513), &id, &title, false, Some(&notice.wamid));
+    wait_texts(&h, 513, before + 1, "the menu after accepting").await;
+    assert_eq!(texts_to(&h, 513).last().map(String::as_str), Some("Hola, ¿en qué te ayudamos?"));
+    h.says(513, "AGENTE", None);
+    wait_for("the hand-off", Duration::from_secs(20), || async { inbox_cell(&h, 513, "Estado") == "open" }).await;
 }

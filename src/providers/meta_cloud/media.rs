@@ -8,7 +8,7 @@ use sha2::Digest;
 
 use super::MetaCloud;
 use crate::domain::MediaRef;
-use crate::providers::{read_capped, transport_reason, FetchedMedia, MediaError};
+use crate::providers::{read_capped, transport_reason, FetchedMedia, MediaError, MEDIA_DOWNLOAD_TIMEOUT};
 
 #[derive(Deserialize)]
 struct MediaInfo {
@@ -21,6 +21,19 @@ struct MediaInfo {
     /// Bytes; Meta sends a string or a number.
     #[serde(default)]
     file_size: Value,
+}
+
+/// Whether `url` is one of Meta's own (https on its domains), or on the configured API's host.
+fn meta_host(url: &str, base_url: &str) -> bool {
+    let (Ok(u), Ok(base)) = (reqwest::Url::parse(url), reqwest::Url::parse(base_url)) else { return false };
+    let host = u.host_str().unwrap_or("");
+    if host == base.host_str().unwrap_or("") && u.port_or_known_default() == base.port_or_known_default() {
+        return true;
+    }
+    u.scheme() == "https"
+        && ["fbsbx.com", "facebook.com", "whatsapp.net", "fbcdn.net"]
+            .iter()
+            .any(|d| host == *d || host.ends_with(&format!(".{d}")))
 }
 
 impl MetaCloud {
@@ -74,15 +87,22 @@ impl MetaCloud {
         if let Some(size) = size.filter(|s| *s > max) {
             return Err(MediaError::TooLarge { size, max });
         }
-        let download =
-            self.http.get(&info.url).bearer_auth(c.access_token.expose()).timeout(timeout).send().await.map_err(
-                |e| {
-                    MediaError::Transient(format!(
-                        "cannot download the file from Meta: {}",
-                        transport_reason(&e, "Meta")
-                    ))
-                },
-            )?;
+        // The token goes only to Meta's own hosts (or to the configured API's, the sandbox).
+        if !meta_host(&info.url, &c.base_url) {
+            return Err(MediaError::Gone(
+                "Meta answered a download address that is not Meta's: the access token is not sent to it".into(),
+            ));
+        }
+        let download = self
+            .http
+            .get(&info.url)
+            .bearer_auth(c.access_token.expose())
+            .timeout(MEDIA_DOWNLOAD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| {
+                MediaError::Transient(format!("cannot download the file from Meta: {}", transport_reason(&e, "Meta")))
+            })?;
         match download.status().as_u16() {
             200 => {}
             // The address lived five minutes: the next try asks for a new one.
@@ -91,7 +111,7 @@ impl MetaCloud {
         }
         let served =
             download.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let bytes = read_capped(download, max, timeout, "Meta").await?;
+        let bytes = read_capped(download, max, MEDIA_DOWNLOAD_TIMEOUT, "Meta").await?;
         if info.sha256.len() == 64 && hex::encode(sha2::Sha256::digest(&bytes)) != info.sha256.to_lowercase() {
             return Err(MediaError::Transient(
                 "the file from Meta does not match its SHA-256: downloading again".into(),

@@ -6,7 +6,7 @@
 
 use super::Twilio;
 use crate::domain::MediaRef;
-use crate::providers::{read_capped, transport_reason, FetchedMedia, MediaError};
+use crate::providers::{read_capped, transport_reason, FetchedMedia, MediaError, MEDIA_DOWNLOAD_TIMEOUT};
 
 impl Twilio {
     pub async fn fetch_media(&self, media: &MediaRef, max: u64) -> Result<FetchedMedia, MediaError> {
@@ -17,10 +17,15 @@ impl Twilio {
                 "the media address is not under Twilio's API address (base_url): credentials are not sent to it".into(),
             ));
         }
-        let timeout = self.config.settings.call_timeout;
         let (user, password) = self.credentials();
-        let response =
-            self.http.get(&media.0).basic_auth(user, Some(password)).timeout(timeout).send().await.map_err(|e| {
+        let response = self
+            .http
+            .get(&media.0)
+            .basic_auth(user, Some(password))
+            .timeout(MEDIA_DOWNLOAD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| {
                 MediaError::Transient(format!(
                     "cannot download the file from Twilio: {}",
                     transport_reason(&e, "Twilio")
@@ -43,7 +48,7 @@ impl Twilio {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let bytes = read_capped(response, max, timeout, "Twilio").await?;
+        let bytes = read_capped(response, max, MEDIA_DOWNLOAD_TIMEOUT, "Twilio").await?;
         Ok(FetchedMedia { bytes, mime_type })
     }
 }

@@ -287,10 +287,12 @@ impl SheetWriter {
             for r in rows {
                 cells.push(Cell { range: a1::cell(&layout.title, col, r), value: value.clone(), origin });
             }
-            if matches!(w.target, WriteTarget::NewRecord(_) | WriteTarget::Taken { .. }) {
-                // Found by its own key each time: nothing for the next write's check to
-                // compare (rows appended in this flush are not in its before-values). A taken
-                // field is never put back: people may have written a newer text since.
+            // A record added by an earlier flush is checked like any other (rows appended in
+            // this flush are not: they were never in a row that could move). A taken field is
+            // not checked: putting back a text found emptied could send a reply staff deleted
+            // on purpose (an unwanted message), which is worse than the rare reply a sort in
+            // the instant between this read and write would erase.
+            if matches!(w.target, WriteTarget::Taken { .. }) {
                 continue;
             }
             let tw = written.entry(layout.title.clone()).or_default();
