@@ -376,7 +376,7 @@ impl Handoffs<'_> {
         for p in &pending {
             self.queue_reply(tx, &h, (REPLY_RULE, p.n), MessageContent::Text { body: p.text.clone() }, now, applied)
                 .await?;
-            append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, &p.text, None);
+            append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, &p.text, p.by.as_deref());
         }
         if pending.is_empty() {
             h.waiting_since.get_or_insert(at);
@@ -457,7 +457,7 @@ impl Handoffs<'_> {
                             self.queue_reply(tx, &h, (INVITE_RULE, n), content, now, applied).await?;
                         }
                     }
-                    h.pending.push(PendingReply { text: text.clone(), n });
+                    h.pending.push(PendingReply { text: text.clone(), n, by: by.clone() });
                     h.flagged_at = None;
                     info!(handoff = %h.key, n, "staff reply outside the 24-hour window: the person is invited to write, the reply waits");
                 }
@@ -487,7 +487,18 @@ impl Handoffs<'_> {
         h.flagged_at = None;
         h.waiting_since = None;
         if !h.pending.is_empty() {
-            warn!(handoff = %h.key, replies = h.pending.len(), "closed with staff replies the person never wrote back for: not sent");
+            // The row says so: these replies never reached the person.
+            let reason = "not sent: the hand-off closed before the person wrote back";
+            warn!(handoff = %h.key, replies = h.pending.len(), "{reason}");
+            let key = RecordKey(h.key.clone());
+            applied.writes.extend(self.ctx.record_status_writes(
+                &self.cfg.inbox,
+                REPLY_RULE,
+                &key,
+                MessageState::Skipped,
+                now,
+                Some(reason),
+            ));
             h.pending.clear();
         }
         if why == Closing::ByStaff {

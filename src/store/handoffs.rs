@@ -40,6 +40,9 @@ pub struct Handoff {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingReply {
     pub text: String,
+    /// Who wrote it (the inbox's assigned field), shown in the transcript.
+    #[serde(default)]
+    pub by: Option<String>,
     /// Its number among the hand-off's replies (its idempotency key).
     pub n: i64,
 }

@@ -288,6 +288,7 @@ async fn a_staff_reply_after_the_window_closed_invites_the_person_and_goes_out_w
     let day = Duration::from_secs(25 * 3600);
     h.clock.advance(day);
     h.sandbox.meta().age_windows(day);
+    staff_edit(&h, 504, "Asignada a", json!("Rosa"));
     staff_edit(&h, 504, "Respuesta", json!("Hola Diego, ya tenemos tu certificado."));
     wait_texts(&h, 504, 2, "the invitation").await;
     let invitation = &h.meta_sent_to(504)[1];
@@ -306,7 +307,7 @@ async fn a_staff_reply_after_the_window_closed_invites_the_person_and_goes_out_w
     wait_for("the transcript", Duration::from_secs(20), || async {
         let t = inbox_cell(&h, 504, "Conversación");
         t.contains("▸ Hola, aquí estoy")
-            && t.ends_with("◂ Hola Diego, ya tenemos tu certificado.")
+            && t.ends_with("◂ Hola Diego, ya tenemos tu certificado. — Rosa")
             && inbox_cell(&h, 504, "Estado") == "open"
     })
     .await;
@@ -720,4 +721,35 @@ async fn nothing_reaches_the_inbox_before_the_privacy_notice_is_accepted() {
     assert_eq!(texts_to(&h, 513).last().map(String::as_str), Some("Hola, ¿en qué te ayudamos?"));
     h.says(513, "AGENTE", None);
     wait_for("the hand-off", Duration::from_secs(20), || async { inbox_cell(&h, 513, "Estado") == "open" }).await;
+}
+
+/// A reply that waited for the person (outside the window) is not sent once staff close the
+/// hand-off, and its status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_waiting_for_the_person_are_dropped_with_a_reason_when_staff_close() {
+    let mut h = with_inbox(&[(514, "Marta Gil")], SHEET).await;
+    h.user(514, false, None);
+    h.start().await;
+    h.says(514, "PERSONA", None);
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 514, "Estado") == "open" }).await;
+    let day = Duration::from_secs(25 * 3600);
+    h.clock.advance(day);
+    h.sandbox.meta().age_windows(day);
+    staff_edit(&h, 514, "Respuesta", json!("Hola Marta, te llamamos mañana."));
+    wait_for("the reply waiting", Duration::from_secs(20), || async {
+        inbox_cell(&h, 514, "Estado") == "waiting for the person to write"
+    })
+    .await;
+    staff_edit(&h, 514, "Cerrar", json!(true));
+    wait_for("closed, the waiting reply not sent", Duration::from_secs(20), || async {
+        inbox_cell(&h, 514, "Estado") == "closed" && inbox_cell(&h, 514, "Estado respuesta") == "skipped"
+    })
+    .await;
+    h.says(514, "hola", None);
+    h.quiesce().await;
+    assert!(
+        !texts_to(&h, 514).iter().any(|t| t.contains("te llamamos mañana")),
+        "the dropped reply never goes out: {:?}",
+        texts_to(&h, 514)
+    );
 }
