@@ -126,33 +126,16 @@ async fn queue_answer(
     now: i64,
     applied: &mut Applied,
 ) -> Result<(), StoreError> {
-    let intent = Intent {
-        rule_id: ANSWER_RULE.into(),
-        source_id: String::new(),
-        record_key: RecordKey(String::new()),
-        provider_id: h.provider_id.clone(),
-        idempotency_key: format!("{RULE_PREFIX}{}:{what}", h.key),
-        phone: PhoneNumber::from_e164_unchecked(&h.phone),
-        content: MessageContent::Text { body: text.to_string() },
-        fallback: None,
-        adjustments: Vec::new(),
-    };
+    let intent = super::recordless_intent(
+        ANSWER_RULE,
+        &h.provider_id,
+        format!("{RULE_PREFIX}{}:{what}", h.key),
+        &h.phone,
+        MessageContent::Text { body: text.to_string() },
+    );
     store::insert_intent(tx, &intent, now, now).await?;
     applied.providers.insert(h.provider_id.clone());
     Ok(())
-}
-
-/// The contact's record, for a template's parameters (`{{ record.Nombre }}`).
-async fn record_context(tx: &mut Tx, h: &Handoff) -> Result<crate::flows::TurnContext, StoreError> {
-    let mut record = serde_json::Map::new();
-    if let Some((source, key)) = &h.record {
-        if let Some(row) = store::snapshot_row_of(tx, source, &key.0).await? {
-            for (k, v) in row.fields {
-                record.insert(k, serde_json::Value::String(v));
-            }
-        }
-    }
-    Ok(crate::flows::TurnContext { record })
 }
 
 /// The hand-off steps, with what they need: the engine's context and the `handoff:` section.
@@ -447,7 +430,7 @@ impl Handoffs<'_> {
                     // reply goes out when they do (one invitation for any number of replies).
                     if h.pending.is_empty() {
                         if let Some(t) = &self.cfg.reopen_template {
-                            let context = record_context(tx, &h).await?;
+                            let context = super::turn_context(self.ctx, tx, &h.phone, h.record.as_ref(), now).await?;
                             let content = MessageContent::Template(crate::flows::template_message(
                                 t,
                                 &h.language,

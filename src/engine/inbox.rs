@@ -739,10 +739,11 @@ impl InboxProcessor {
                 let mut applied = super::handoff::Applied::default();
                 let mut handled = false;
                 let reaction = matches!(kind, InboundKind::Other { message_type } if message_type == "reaction");
+                let open = store::open_handoff_of(tx, p).await?;
                 if reaction {
                     // A reaction answers nothing and asks for nothing.
-                    handled = store::open_handoff_of(tx, p).await?.is_some();
-                } else if let Some(h) = store::open_handoff_of(tx, p).await? {
+                    handled = open.is_some();
+                } else if let Some(h) = open {
                     // Handed to a person: the message goes to the inbox, the bot stays silent.
                     // With the link to a file they sent.
                     let shown = crate::handoff::inbound_text(&text, kind.name());
@@ -833,17 +834,13 @@ impl InboxProcessor {
                             &cur.conversation.answers,
                             &self.turn_context(&mut tx, &cur.phone, cur.record.as_ref(), now).await?,
                         );
-                        let intent = crate::domain::Intent {
-                            rule_id: format!("{FLOW_RULE_PREFIX}{}", f.id),
-                            source_id: String::new(),
-                            record_key: crate::domain::RecordKey(String::new()),
-                            provider_id: cur.provider_id.clone(),
-                            idempotency_key: format!("{FLOW_RULE_PREFIX}remind:{}:{}", cur.phone, cur.started_at),
-                            phone: crate::domain::PhoneNumber::from_e164_unchecked(&cur.phone),
-                            content: MessageContent::Text { body },
-                            fallback: None,
-                            adjustments: Vec::new(),
-                        };
+                        let intent = super::recordless_intent(
+                            &format!("{FLOW_RULE_PREFIX}{}", f.id),
+                            &cur.provider_id,
+                            format!("{FLOW_RULE_PREFIX}remind:{}:{}", cur.phone, cur.started_at),
+                            &cur.phone,
+                            MessageContent::Text { body },
+                        );
                         store::insert_intent(&mut tx, &intent, now, now).await?;
                         self.ctx.wake_dispatcher(&cur.provider_id);
                         info!(to = %who, flow = %f.id, "conversation reminder queued");
@@ -905,17 +902,13 @@ impl InboxProcessor {
         now: i64,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
-        let intent = crate::domain::Intent {
-            rule_id: rule.to_string(),
-            source_id: String::new(),
-            record_key: crate::domain::RecordKey(String::new()),
-            provider_id: provider.id().to_string(),
-            idempotency_key: format!("{rule}:{inbound_id}"),
-            phone: crate::domain::PhoneNumber::from_e164_unchecked(phone),
-            content: MessageContent::Text { body: text.to_string() },
-            fallback: None,
-            adjustments: Vec::new(),
-        };
+        let intent = super::recordless_intent(
+            rule,
+            provider.id(),
+            format!("{rule}:{inbound_id}"),
+            phone,
+            MessageContent::Text { body: text.to_string() },
+        );
         store::insert_intent(tx, &intent, now, now).await?;
         effects.providers.insert(provider.id().to_string());
         Ok(())
@@ -1209,18 +1202,14 @@ impl InboxProcessor {
         now: i64,
         effects: &mut Effects,
     ) -> Result<(), StoreError> {
-        let intent = crate::domain::Intent {
-            rule_id: format!("{FLOW_RULE_PREFIX}{flow_id}"),
-            // Bot messages belong to no record: their statuses are not a rule's.
-            source_id: String::new(),
-            record_key: crate::domain::RecordKey(String::new()),
-            provider_id: talk.provider.id().to_string(),
-            idempotency_key: format!("{FLOW_RULE_PREFIX}{}:{n}", talk.inbound_id),
-            phone: crate::domain::PhoneNumber::from_e164_unchecked(talk.phone),
+        // Bot messages belong to no record: their statuses are not a rule's.
+        let intent = super::recordless_intent(
+            &format!("{FLOW_RULE_PREFIX}{flow_id}"),
+            talk.provider.id(),
+            format!("{FLOW_RULE_PREFIX}{}:{n}", talk.inbound_id),
+            talk.phone,
             content,
-            fallback: None,
-            adjustments: Vec::new(),
-        };
+        );
         store::insert_intent(tx, &intent, now, now).await?;
         effects.providers.insert(talk.provider.id().to_string());
         Ok(())
@@ -1298,9 +1287,7 @@ impl InboxProcessor {
         Ok(records.into_iter().next())
     }
 
-    /// What a flow's texts and saved values may use: the contact's record's fields,
-    /// `contact.phone`, and `now` (local time in `defaults.time_zone`, else in the zone of the
-    /// record's source, else of the first source).
+    /// What a flow's texts and saved values may use (see [`super::turn_context`]).
     async fn turn_context(
         &self,
         tx: &mut Tx,
@@ -1308,25 +1295,7 @@ impl InboxProcessor {
         record: Option<&(String, crate::domain::RecordKey)>,
         now: i64,
     ) -> Result<crate::flows::TurnContext, StoreError> {
-        let mut context = crate::flows::TurnContext::default();
-        context.record.insert("contact".into(), serde_json::json!({ "phone": phone }));
-        // The programme's zone when configured; else the record's source's, else the first
-        // source's (a report's time in the tab of a municipality is its local time).
-        let zone = self.ctx.config.defaults.time_zone.or_else(|| {
-            let source = record.map(|(s, _)| s.as_str()).or(self.ctx.config.sources.first().map(|s| s.id()))?;
-            Some(self.ctx.source_tz(source))
-        });
-        if let Some(t) = zone.and_then(|z| chrono::TimeZone::timestamp_millis_opt(&z, now).single()) {
-            context.record.insert("now".into(), serde_json::Value::String(t.format("%Y-%m-%d %H:%M:%S").to_string()));
-        }
-        if let Some((source, key)) = record {
-            if let Some(row) = store::snapshot_row_of(tx, source, &key.0).await? {
-                for (k, v) in row.fields {
-                    context.record.insert(k, serde_json::Value::String(v));
-                }
-            }
-        }
-        Ok(context)
+        super::turn_context(&self.ctx, tx, phone, record, now).await
     }
 }
 
@@ -1354,11 +1323,7 @@ pub const OPT_IN_REPLY_RULE: &str = "inbound:opt_in";
 /// What an inbound message shows in a hand-off's transcript: its text, else its kind
 /// (`[image]`, `[location]`).
 fn transcript_text(kind: &InboundKind) -> String {
-    let word = match kind {
-        InboundKind::Other { message_type } => message_type.as_str(),
-        other => other.name(),
-    };
-    crate::handoff::inbound_text(&kind.text(), word)
+    crate::handoff::inbound_text(&kind.text(), kind.name())
 }
 
 /// A hand-off step's messages and values, taken into the delivery's effects.

@@ -593,3 +593,57 @@ pub fn progress_write(
         value,
     })
 }
+
+/// What a flow's texts and saved values may use: the contact's record's fields,
+/// `contact.phone`, and `now` (local time in `defaults.time_zone`, else in the zone of the
+/// record's source, else of the first source). Shared by conversations and hand-offs (a
+/// template's parameters).
+pub async fn turn_context(
+    ctx: &EngineCtx,
+    tx: &mut crate::store::Tx,
+    phone: &str,
+    record: Option<&(String, crate::domain::RecordKey)>,
+    now: i64,
+) -> Result<crate::flows::TurnContext, crate::store::StoreError> {
+    let mut context = crate::flows::TurnContext::default();
+    context.record.insert("contact".into(), serde_json::json!({ "phone": phone }));
+    // The programme's zone when configured; else the record's source's, else the first
+    // source's (a report's time in the tab of a municipality is its local time).
+    let zone = ctx.config.defaults.time_zone.or_else(|| {
+        let source = record.map(|(s, _)| s.as_str()).or(ctx.config.sources.first().map(|s| s.id()))?;
+        Some(ctx.source_tz(source))
+    });
+    if let Some(t) = zone.and_then(|z| chrono::TimeZone::timestamp_millis_opt(&z, now).single()) {
+        context.record.insert("now".into(), serde_json::Value::String(t.format("%Y-%m-%d %H:%M:%S").to_string()));
+    }
+    if let Some((source, key)) = record {
+        if let Some(row) = crate::store::snapshot_row_of(tx, source, &key.0).await? {
+            for (k, v) in row.fields {
+                context.record.insert(k, serde_json::Value::String(v));
+            }
+        }
+    }
+    Ok(context)
+}
+
+/// A message of no record (the bot's, an automatic answer): its statuses are no rule's, and
+/// its idempotency key says what it answers.
+pub fn recordless_intent(
+    rule_id: &str,
+    provider_id: &str,
+    idempotency_key: String,
+    phone: &str,
+    content: crate::domain::MessageContent,
+) -> crate::domain::Intent {
+    crate::domain::Intent {
+        rule_id: rule_id.to_string(),
+        source_id: String::new(),
+        record_key: RecordKey(String::new()),
+        provider_id: provider_id.to_string(),
+        idempotency_key,
+        phone: crate::domain::PhoneNumber::from_e164_unchecked(phone),
+        content,
+        fallback: None,
+        adjustments: Vec::new(),
+    }
+}
