@@ -211,6 +211,50 @@ impl Problems {
         }
     }
 
+    /// Where a file to send comes from: a public http(s) address (an expression over the record
+    /// or the answers may fill it), or an absolute path to a file on this machine, which must
+    /// be one WhatsApp takes as `kind` (by its extension) and within its size limit: the
+    /// provider uploads it.
+    pub fn media_source(&mut self, path: &str, kind: crate::domain::MediaKind, value: &str) {
+        let Some(file) = crate::domain::local_media_path(value) else {
+            let fixed = value.split("{{").next().unwrap_or_default();
+            if !(value.starts_with("https://") || value.starts_with("http://")) || fixed.len() <= "https://".len() {
+                self.push(
+                    path,
+                    format!("expected the file's public address (https://…) or an absolute path to a file on this machine, got {value:?}"),
+                );
+            }
+            return;
+        };
+        let shown = file.display();
+        if value.contains("{{") {
+            self.push(path, format!("a file on this machine is one fixed path, got {value:?}"));
+            return;
+        }
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if kind.mime_for(name).is_none() {
+            let article = if kind == crate::domain::MediaKind::Image { "an" } else { "a" };
+            self.push(
+                path,
+                format!("WhatsApp takes {article} {} as {}: {shown} is not one", kind.name(), kind.extensions()),
+            );
+        }
+        match std::fs::metadata(file) {
+            Err(e) => self.push(path, format!("cannot read {shown}: {e}")),
+            Ok(m) if !m.is_file() => self.push(path, format!("expected a file, {shown} is not one")),
+            Ok(m) if m.len() > kind.max_bytes() => self.push(
+                path,
+                format!(
+                    "{shown} is {} bytes, over WhatsApp's {} bytes for a {}",
+                    m.len(),
+                    kind.max_bytes(),
+                    kind.name()
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
+
     /// An http(s) URL, with or without a trailing slash as the caller needs.
     pub fn url(&mut self, path: &str, value: Option<String>, default: &str, trailing_slash: bool) -> String {
         let mut v = value.unwrap_or_else(|| default.to_string());

@@ -145,6 +145,12 @@ impl ProviderConfig {
         }
     }
 
+    /// Whether this provider uploads a file on this machine through its media API and sends it
+    /// by media id (Meta); otherwise files go only by public address (Twilio's `MediaUrl`).
+    pub fn uploads_files(&self) -> bool {
+        matches!(self, ProviderConfig::MetaCloud(_))
+    }
+
     /// Most characters of a free text this provider delivers (Meta: WhatsApp's 4,096; Twilio:
     /// its own 1,600).
     pub fn max_text_chars(&self) -> usize {

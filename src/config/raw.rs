@@ -180,7 +180,9 @@ pub struct RawTemplate {
     pub button_url_suffix: Option<String>,
     /// The file of a template whose header is an image, a document or a video (as approved):
     /// `{document: "https://muni.example/requisitos.pdf", filename: "Requisitos.pdf"}`; the
-    /// address may be an expression over the record (`{{ Certificado }}`).
+    /// address may be an expression over the record (`{{ Certificado }}`). On Meta it may be an
+    /// absolute path on this machine instead (`/etc/recado/requisitos.pdf`): uploaded once
+    /// through the media API and sent by its media id.
     #[serde(default)]
     pub header: Option<RawTemplateHeader>,
     /// Characters of the approved template's body text without its parameters (WhatsApp

@@ -409,6 +409,25 @@ pub(super) fn validate(value: Value, env: &Env) -> Result<Config, ConfigErrors> 
             }
         }
     }
+    // A file on this machine needs a provider that uploads files (the flow answers on the
+    // provider the message came in on).
+    for flow in flows.flows.values() {
+        for step in &flow.steps {
+            let crate::flows::StepKind::SayMedia(m) = &step.kind else { continue };
+            if crate::domain::local_media_path(&m.url).is_none() {
+                continue;
+            }
+            for provider in providers.iter().filter(|p| !p.uploads_files()) {
+                p.push(
+                    format!("flows.{}.{}.say.{}", flow.id, step.id, m.kind.name()),
+                    format!(
+                        "provider '{}' sends files only from a public address: put the file at an https:// address",
+                        provider.id()
+                    ),
+                );
+            }
+        }
+    }
     // A template has one number of parameters: two places that fill it differently cannot
     // both be right, and the provider refuses one of them at send time.
     {
@@ -730,8 +749,9 @@ fn template_spec(errs: &mut Problems, path: &str, t: RawTemplate) -> TemplateSpe
         };
         if let Err(e) = crate::expressions::check_template(url) {
             errs.push(format!("{at}.{}", kind.name()), e);
-        } else if !(url.contains("{{") || url.starts_with("https://") || url.starts_with("http://")) {
-            errs.push(format!("{at}.{}", kind.name()), format!("expected a public http(s) address, got '{url}'"));
+        } else if !url.trim_start().starts_with("{{") {
+            // A whole expression (`{{ Certificado }}`) is checked when it is filled.
+            errs.media_source(&format!("{at}.{}", kind.name()), *kind, url);
         }
         if h.filename.is_some() && *kind != crate::domain::MediaKind::Document {
             errs.push(format!("{at}.filename"), "only a document has a file name");

@@ -76,6 +76,69 @@ impl MediaKind {
             MediaKind::Video => "video",
         }
     }
+
+    /// The MIME type WhatsApp takes a file of this kind as, from the file name's extension
+    /// (WhatsApp's supported media types: JPEG and PNG images; MP4 and 3GPP videos; text, PDF
+    /// and Office documents).
+    pub fn mime_for(self, file_name: &str) -> Option<&'static str> {
+        let ext = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+        let types: &[(&str, &'static str)] = match self {
+            MediaKind::Image => &[("jpg", "image/jpeg"), ("jpeg", "image/jpeg"), ("png", "image/png")],
+            MediaKind::Video => &[("mp4", "video/mp4"), ("3gp", "video/3gpp")],
+            MediaKind::Document => &[
+                ("pdf", "application/pdf"),
+                ("txt", "text/plain"),
+                ("doc", "application/msword"),
+                ("docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+                ("xls", "application/vnd.ms-excel"),
+                ("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+                ("ppt", "application/vnd.ms-powerpoint"),
+                ("pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+            ],
+        };
+        types.iter().find(|(e, _)| *e == ext).map(|(_, m)| *m)
+    }
+
+    /// The extensions [`Self::mime_for`] knows, for error messages.
+    pub fn extensions(self) -> &'static str {
+        match self {
+            MediaKind::Image => ".jpg, .jpeg or .png",
+            MediaKind::Video => ".mp4 or .3gp",
+            MediaKind::Document => ".pdf, .txt, .doc, .docx, .xls, .xlsx, .ppt or .pptx",
+        }
+    }
+
+    /// The largest file of this kind WhatsApp takes (5 MB images, 16 MB videos, 100 MB
+    /// documents).
+    pub fn max_bytes(self) -> u64 {
+        match self {
+            MediaKind::Image => 5 * 1024 * 1024,
+            MediaKind::Video => 16 * 1024 * 1024,
+            MediaKind::Document => 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// A file on this machine rather than at a public address: an absolute path, which a provider
+/// with a media API uploads and sends by its media id (see `providers`).
+pub fn local_media_path(link: &str) -> Option<&std::path::Path> {
+    link.starts_with('/').then(|| std::path::Path::new(link))
+}
+
+/// The file a message carries, from its configured source and that source rendered over the
+/// record or the answers: a configured file on this machine as it is; anything else must
+/// have rendered to an http(s) address. Data never names a local file: a cell holding
+/// `/etc/passwd` is refused, not uploaded.
+pub fn media_link(configured: &str, rendered: &str) -> Result<String, String> {
+    if local_media_path(configured).is_some() {
+        return Ok(configured.to_string());
+    }
+    let link = rendered.trim();
+    if link.starts_with("https://") || link.starts_with("http://") {
+        Ok(link.to_string())
+    } else {
+        Err(format!("expected a public http(s) address, got '{link}'"))
+    }
 }
 
 /// One option of a [`MessageContent::Choice`].
@@ -286,4 +349,31 @@ pub struct Intent {
     /// What was changed in rendered parameters so WhatsApp accepts them (a multi-line cell
     /// put on one line, over-long parameters cut), for the log. Not stored.
     pub adjustments: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_never_names_a_local_file() {
+        assert_eq!(
+            media_link("/srv/recado/requisitos.pdf", "/srv/recado/requisitos.pdf").unwrap(),
+            "/srv/recado/requisitos.pdf"
+        );
+        assert_eq!(
+            media_link("{{ Certificado }}", " https://muni.example/c/7.pdf ").unwrap(),
+            "https://muni.example/c/7.pdf"
+        );
+        assert!(media_link("{{ Certificado }}", "/etc/passwd").is_err());
+        assert!(media_link("{{ Certificado }}", "file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn whatsapp_types_by_extension() {
+        assert_eq!(MediaKind::Document.mime_for("Requisitos.PDF"), Some("application/pdf"));
+        assert_eq!(MediaKind::Image.mime_for("afiche.jpeg"), Some("image/jpeg"));
+        assert_eq!(MediaKind::Image.mime_for("afiche.gif"), None);
+        assert_eq!(MediaKind::Video.mime_for("sin_extension"), None);
+    }
 }

@@ -15,8 +15,8 @@ mod target;
 mod template;
 
 pub use message::{
-    map_link, HeaderMedia, InboundKind, Intent, MediaKind, MediaRef, MessageContent, ProviderError, ProviderEvent,
-    ReplyOption, Sender, TemplateMessage,
+    local_media_path, map_link, media_link, HeaderMedia, InboundKind, Intent, MediaKind, MediaRef, MessageContent,
+    ProviderError, ProviderEvent, ReplyOption, Sender, TemplateMessage,
 };
 pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneError, PhoneNumber};
 pub use record::{same_field, CellValue, Record, RecordKey};

@@ -96,6 +96,8 @@ pub struct RawStep {
     /// public address (a template over the answers and the record), inside the window only:
     /// `say: {document: URL, filename: requisitos.pdf, caption: …}`, `{image: URL, caption}`,
     /// `{video: URL, caption}` (caption at most 1,024 characters, one per language allowed).
+    /// With a provider that uploads files, it may be an absolute path on this machine instead:
+    /// uploaded once through the provider's media API and sent by its media id.
     #[serde(default)]
     pub say: Option<Value>,
     /// Ask a question and wait for the answer.
@@ -570,10 +572,7 @@ impl StepValidator<'_, '_> {
                 };
                 let url = m.remove(name).and_then(|u| u.as_str().map(str::to_string)).unwrap_or_default();
                 let at = format!("{path}.{name}");
-                let fixed = url.split("{{").next().unwrap_or_default();
-                if !(url.starts_with("https://") || url.starts_with("http://")) || fixed.len() <= "https://".len() {
-                    self.p.push(&at, format!("expected the file's public address (https://…), found {url:?}: WhatsApp fetches it from there"));
-                }
+                self.p.media_source(&at, kind, &url);
                 self.template(&at, &url);
                 let caption = m.remove("caption").and_then(|c| self.p.parse::<RawText>(&format!("{path}.caption"), c));
                 let caption = caption.map(|c| self.text(&format!("{path}.caption"), c, MAX_MEDIA_CAPTION));

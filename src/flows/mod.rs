@@ -358,7 +358,8 @@ pub fn template_message(
     });
     let header = spec.header.as_ref().map(|h| crate::domain::HeaderMedia {
         kind: h.kind,
-        link: render(&h.url, answers, ctx).trim().to_string(),
+        // An answer that is not an address is sent as none: the provider refuses the message.
+        link: crate::domain::media_link(&h.url, &render(&h.url, answers, ctx)).unwrap_or_default(),
         filename: h.filename.clone(),
     });
     crate::domain::TemplateMessage { name: spec.name.clone(), language, body, button_url_suffix, header }
@@ -585,7 +586,8 @@ impl<'a> Run<'a> {
                     let caption = media.caption.as_ref().map(|c| self.text(c)).filter(|c| !c.trim().is_empty());
                     self.actions.push(Action::Send(Outgoing::Media {
                         kind: media.kind,
-                        url: render(&media.url, &self.conv.answers, self.ctx),
+                        url: crate::domain::media_link(&media.url, &render(&media.url, &self.conv.answers, self.ctx))
+                            .unwrap_or_default(),
                         caption,
                         filename: media.filename.clone(),
                     }));

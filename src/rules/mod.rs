@@ -411,10 +411,7 @@ impl RuleSet {
             Some(h) => {
                 let link =
                     self.render(&format!("{rule}#{tag}.header"), ctx).map_err(|e| format!("header file: {e}"))?;
-                let link = link.trim().to_string();
-                if !(link.starts_with("https://") || link.starts_with("http://")) {
-                    return Err(format!("header file: expected a public http(s) address, got '{link}'"));
-                }
+                let link = crate::domain::media_link(&h.url, &link).map_err(|e| format!("header file: {e}"))?;
                 Some(crate::domain::HeaderMedia { kind: h.kind, link, filename: h.filename.clone() })
             }
             None => None,

@@ -359,6 +359,8 @@ struct Inner {
     media_link_ttl: Duration,
     /// Files downloaded whole.
     media_downloads: u64,
+    /// Files the business uploaded (`POST /{phone-number-id}/media`).
+    uploads: u64,
 }
 
 /// A file a simulated person sent, kept for the media endpoints.
@@ -392,6 +394,7 @@ impl MetaState {
                 media_links: HashMap::new(),
                 media_link_ttl: Duration::from_secs(300),
                 media_downloads: 0,
+                uploads: 0,
             }),
             http: reqwest::Client::new(),
             hold: tokio::sync::watch::channel(false).0,
@@ -603,6 +606,11 @@ impl MetaState {
     /// Files downloaded whole through a download address.
     pub fn media_downloads(&self) -> u64 {
         self.lock().media_downloads
+    }
+
+    /// Files the business uploaded through the media API.
+    pub fn uploads(&self) -> u64 {
+        self.lock().uploads
     }
 
     /// A scripted person does the first line of their script.
@@ -1054,6 +1062,100 @@ pub async fn media_download(State(st): State<SandboxState>, Path(token): Path<St
     }
 }
 
+/// The types Meta's media API takes, and the largest file of each (audio, documents, images,
+/// stickers and videos).
+const UPLOAD_TYPES: &[(&str, usize)] = &[
+    ("audio/aac", 16 << 20),
+    ("audio/mp4", 16 << 20),
+    ("audio/mpeg", 16 << 20),
+    ("audio/amr", 16 << 20),
+    ("audio/ogg", 16 << 20),
+    ("text/plain", 100 << 20),
+    ("application/pdf", 100 << 20),
+    ("application/vnd.ms-powerpoint", 100 << 20),
+    ("application/msword", 100 << 20),
+    ("application/vnd.ms-excel", 100 << 20),
+    ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", 100 << 20),
+    ("application/vnd.openxmlformats-officedocument.presentationml.presentation", 100 << 20),
+    ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", 100 << 20),
+    ("image/jpeg", 5 << 20),
+    ("image/png", 5 << 20),
+    ("image/webp", 500 << 10),
+    ("video/mp4", 16 << 20),
+    ("video/3gpp", 16 << 20),
+];
+
+/// `POST /{version}/{phone-number-id}/media`: a file the business uploads to send by id, as a
+/// multipart form with `messaging_product=whatsapp`, `type` and `file`. Answers `{"id": …}`;
+/// refuses a missing field, a type Meta does not take and a file over its type's limit (100).
+pub async fn upload_media(
+    State(st): State<SandboxState>,
+    Path((version, phone_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let s = st.meta.settings();
+    if let Some(refused) = graph_refusal(&s, &headers, &version, &format!("/{version}/{phone_id}/media")) {
+        return refused;
+    }
+    if phone_id != s.phone_number_id {
+        return meta_error(400, 100, "Unsupported post request. Object does not exist, cannot be loaded due to missing permissions, or does not support this operation", "");
+    }
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let parts = match super::multipart::parse(content_type, &body) {
+        Ok(p) => p,
+        Err(_) => return meta_error(400, 100, "The parameter messaging_product is required.", ""),
+    };
+    let field = |name: &str| parts.iter().find(|p| p.name == name);
+    let text = |name: &str| field(name).map(|p| String::from_utf8_lossy(&p.bytes).into_owned());
+    if text("messaging_product").as_deref() != Some("whatsapp") {
+        return meta_error(400, 100, "The parameter messaging_product is required.", "");
+    }
+    let Some(file) = field("file").filter(|f| f.filename.is_some()) else {
+        return meta_error(400, 100, "The parameter file is required.", "");
+    };
+    let Some(mime) = text("type") else {
+        return meta_error(400, 100, "The parameter type is required.", "");
+    };
+    let Some((_, max)) = UPLOAD_TYPES.iter().find(|(t, _)| *t == mime) else {
+        let all: Vec<&str> = UPLOAD_TYPES.iter().map(|(t, _)| *t).collect();
+        return meta_error(
+            400,
+            100,
+            &format!("Param file must be a file with one of the following types: {}.", all.join(", ")),
+            "",
+        );
+    };
+    if file.bytes.len() > *max {
+        return meta_error(
+            400,
+            100,
+            &format!("Param file must be a file of at most {max} bytes for {mime}, got {}.", file.bytes.len()),
+            "",
+        );
+    }
+    let id = format!("{}", 100_000_000_000_000u64 + rand::random::<u64>() % 900_000_000_000_000);
+    let mut g = st.meta.lock();
+    g.uploads += 1;
+    g.media.insert(id.clone(), MediaFile { bytes: file.bytes.clone(), mime_type: mime });
+    Json(json!({ "id": id })).into_response()
+}
+
+/// The media ids a message sends (a media message's, a template header's) that Meta does not
+/// hold: WhatsApp fails such a message after accepting it (131053).
+fn unknown_media_ids(media: &HashMap<String, MediaFile>, req: &Value) -> Vec<String> {
+    let kind = req["type"].as_str().unwrap_or_default();
+    let mut ids: Vec<&Value> = vec![&req[kind]["id"]];
+    if let Some(comps) = req["template"]["components"].as_array() {
+        for c in comps.iter().filter(|c| c["type"] == "header") {
+            for p in c["parameters"].as_array().into_iter().flatten() {
+                ids.push(&p[p["type"].as_str().unwrap_or_default()]["id"]);
+            }
+        }
+    }
+    ids.into_iter().filter_map(Value::as_str).filter(|id| !media.contains_key(*id)).map(str::to_string).collect()
+}
+
 /// Why a template's header parameter does not fit the approved header, in Meta's words.
 fn header_refusal(approved: Option<&str>, given: Option<&Value>) -> Option<Response> {
     match (approved, given) {
@@ -1390,6 +1492,13 @@ pub async fn send(
                 drop(g);
                 return meta_error(400, 131051, "Unsupported message type", &format!("type {other} is not supported"));
             }
+        }
+        if !unknown_media_ids(&g.media, &req).is_empty() {
+            async_failure = Some((
+                131053,
+                "Media upload error",
+                "Unable to upload the media used in the message: the media id is not valid.",
+            ));
         }
         let user = g.users.get(&wa_id).cloned();
         if user.as_ref().is_some_and(|u| !u.on_whatsapp) {

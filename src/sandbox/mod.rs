@@ -10,6 +10,7 @@
 pub mod google;
 pub mod keys;
 pub mod meta;
+pub mod multipart;
 pub mod rehearsal;
 pub mod salesforce;
 pub mod twilio;
@@ -228,6 +229,10 @@ fn router(state: SandboxState) -> Router {
         )
         .route("/meta/{version}/{phone_id}/messages", post(meta::send))
         .route("/meta/{version}/{phone_id}", get(meta::phone_number))
+        .route(
+            "/meta/{version}/{phone_id}/media",
+            post(meta::upload_media).layer(axum::extract::DefaultBodyLimit::max(110 << 20)),
+        )
         .route("/meta/media-download/{token}", get(meta::media_download))
         .route("/meta/{version}/{phone_id}/message_templates", get(meta::message_templates))
         .route(

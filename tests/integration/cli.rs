@@ -388,8 +388,45 @@ rules:
       name: requisitos
       language: es
       header: { image: "https://muni.example/a.jpg", document: "https://muni.example/b.pdf" }
+  - id: r3
+    source: s
+    when: row_added
+    provider: whatsapp
+    template:
+      name: requisitos
+      language: es
+      header: { image: "/nonexistent/afiche.gif" }
+  - id: r4
+    source: s
+    when: row_added
+    provider: whatsapp
+    template:
+      name: requisitos
+      language: es
+      header: { document: "muni.example/b.pdf" }
+flows:
+  - id: menu
+    steps:
+      - id: requisitos
+        say: { document: "/nonexistent/requisitos.pdf" }
 "#;
     let (code, text) = check(yaml.as_bytes());
+    assert!(
+        text.contains("rules[2].template.header.image: WhatsApp takes an image as .jpg, .jpeg or .png: /nonexistent/afiche.gif is not one"),
+        "{text}"
+    );
+    assert!(text.contains("rules[2].template.header.image: cannot read /nonexistent/afiche.gif"), "{text}");
+    assert!(
+        text.contains(
+            "rules[3].template.header.document: expected the file's public address (https://…) or an absolute path"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("flows[0].steps[0].say.document: cannot read /nonexistent/requisitos.pdf"), "{text}");
+    assert!(
+        text.contains("flows.menu.requisitos.say.document: provider 'whatsapp' sends files only from a public address"),
+        "{text}"
+    );
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("rules[0].template.header.filename: only a document has a file name"), "{text}");
     assert!(text.contains("rules[1].template.header: give exactly one of image, document, video"), "{text}");

@@ -686,6 +686,72 @@ async fn a_template_with_a_document_header_carries_the_file_and_a_header_the_tem
     assert!(h.meta_sent_to(512).is_empty());
 }
 
+/// A template whose header is a file on this machine: the file is uploaded through Meta's
+/// media API once for a campaign and every message carries its media id; a changed file is
+/// uploaded again; a message with a media id Meta does not hold fails with the reason on the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_file_on_this_machine_is_uploaded_once_for_a_campaign_and_again_when_it_changes() {
+    let people: Vec<Vec<Value>> = (521..=524).map(|n| row(n, "Vecina", "Sí", "Inscrito")).collect();
+    let mut h = Harness::new(people).await;
+    let file = h.dir.path().join("requisitos.pdf");
+    std::fs::write(&file, b"%PDF-1.4 requisitos v1").unwrap();
+    h.sandbox
+        .meta()
+        .add_template(recado::sandbox::meta::TemplateDef::new("requisitos", "es", 1, false).with_header("DOCUMENT"));
+    h.extra_rules = format!(
+        r#"  - id: requisitos
+    source: inscripciones
+    when: {{ changed: Estado, to: Aprobado }}
+    provider: whatsapp
+    template:
+      name: requisitos
+      language: es
+      body: ["{{{{ Nombre }}}}"]
+      header: {{ document: "{}", filename: "Requisitos.pdf" }}
+"#,
+        file.display()
+    );
+    for n in 521..=524 {
+        h.user(n, false, None);
+    }
+    h.start().await;
+    for n in 521..=523 {
+        h.edit(&n.to_string(), "Estado", json!("Aprobado"));
+    }
+    for n in 521..=523 {
+        wait_texts(&h, n, 1, "the template with its document").await;
+    }
+    assert_eq!(h.sandbox.meta().uploads(), 1, "one upload for the whole campaign");
+    let ids: std::collections::BTreeSet<String> = (521..=523)
+        .map(|n| {
+            let p = &h.meta_sent_to(n)[0].body["template"]["components"][0]["parameters"][0]["document"];
+            assert!(p.get("link").is_none(), "sent by id, not by address: {p}");
+            assert_eq!(p["filename"], "Requisitos.pdf");
+            p["id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "the same media id in every message: {ids:?}");
+    // The uploaded file is the one on disk, as Meta would serve it back.
+    let id = ids.into_iter().next().unwrap();
+    let details: Value = reqwest::Client::new()
+        .get(format!("{}/meta/v23.0/{id}", h.sandbox.base_url()))
+        .bearer_auth(h.sandbox.meta().settings().access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(details["mime_type"], "application/pdf");
+    // A new version of the file is uploaded again before the next message.
+    std::fs::write(&file, b"%PDF-1.4 requisitos v2, con horario nuevo").unwrap();
+    h.edit("524", "Estado", json!("Aprobado"));
+    wait_texts(&h, 524, 1, "the template with the new document").await;
+    assert_eq!(h.sandbox.meta().uploads(), 2, "the changed file uploaded once more");
+    let p = &h.meta_sent_to(524)[0].body["template"]["components"][0]["parameters"][0]["document"];
+    assert_ne!(p["id"].as_str(), Some(id.as_str()));
+}
+
 /// Someone who has not answered the privacy notice is shown it first: asking for a person
 /// puts nothing of theirs in the inbox, and neither does a photo, until they accept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

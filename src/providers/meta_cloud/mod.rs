@@ -17,6 +17,7 @@ pub mod account;
 pub mod config;
 pub mod errors;
 pub mod media;
+pub mod upload;
 pub mod webhook;
 
 use serde::Deserialize;
@@ -39,6 +40,8 @@ pub struct MetaCloud {
     config: MetaCloudConfig,
     http: reqwest::Client,
     url: String,
+    /// Files on this machine already uploaded, shared by clones.
+    uploads: std::sync::Arc<upload::Uploads>,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +68,7 @@ struct SendMessage {
 impl MetaCloud {
     pub fn new(config: MetaCloudConfig, http: reqwest::Client) -> Self {
         let url = format!("{}/{}/{}/messages", config.base_url, config.api_version, config.phone_number_id);
-        Self { config, http, url }
+        Self { config, http, url, uploads: Default::default() }
     }
 
     pub fn settings(&self) -> &ProviderSettings {
@@ -78,7 +81,8 @@ impl MetaCloud {
         content: &MessageContent,
         callback_data: &str,
     ) -> Result<Accepted, SendError> {
-        let body = request_body(to, content, callback_data);
+        let uploaded = self.media_ids(content).await?;
+        let body = request_body(to, content, callback_data, &uploaded);
         let request = self.http.post(&self.url).bearer_auth(self.config.access_token.expose()).json(&body);
         let (status, bytes) = super::exchange(request, "Meta", self.config.settings.call_timeout).await?;
         if status.is_success() {
@@ -130,9 +134,22 @@ impl MetaCloud {
     }
 }
 
-/// A reqwest error without its URL (which names the phone number id).
-/// The JSON body Meta expects for `content`.
-pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &str) -> Value {
+/// A file by its uploaded media id when it is a file on this machine (`uploaded`: path → id),
+/// else by its public address.
+fn media_object(link: &str, uploaded: &std::collections::HashMap<String, String>) -> Value {
+    match uploaded.get(link) {
+        Some(id) => json!({ "id": id }),
+        None => json!({ "link": link }),
+    }
+}
+
+/// The JSON body Meta expects for `content`, with local files by the media ids in `uploaded`.
+pub fn request_body(
+    to: &PhoneNumber,
+    content: &MessageContent,
+    callback_data: &str,
+    uploaded: &std::collections::HashMap<String, String>,
+) -> Value {
     let mut body = json!({
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
@@ -145,7 +162,7 @@ pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &
             body["text"] = json!({ "preview_url": true, "body": text });
         }
         MessageContent::Media { kind, url, caption, filename } => {
-            let mut media = json!({ "link": url });
+            let mut media = media_object(url, uploaded);
             if let Some(c) = caption {
                 media["caption"] = json!(c);
             }
@@ -174,7 +191,7 @@ pub fn request_body(to: &PhoneNumber, content: &MessageContent, callback_data: &
         MessageContent::Template(t) => {
             let mut components = Vec::new();
             if let Some(h) = &t.header {
-                let mut media = json!({ "link": h.link });
+                let mut media = media_object(&h.link, uploaded);
                 if let (crate::domain::MediaKind::Document, Some(f)) = (h.kind, &h.filename) {
                     media["filename"] = json!(f);
                 }
@@ -213,7 +230,8 @@ mod tests {
             button_url_suffix: Some("A7".into()),
             header: None,
         });
-        let b = request_body(&to, &content, "42");
+        let none = std::collections::HashMap::new();
+        let b = request_body(&to, &content, "42", &none);
         let with_file = MessageContent::Template(TemplateMessage {
             name: "requisitos".into(),
             language: "es".into(),
@@ -225,7 +243,7 @@ mod tests {
                 filename: Some("Requisitos.pdf".into()),
             }),
         });
-        let h = &request_body(&to, &with_file, "43")["template"]["components"][0];
+        let h = &request_body(&to, &with_file, "43", &none)["template"]["components"][0];
         assert_eq!(h["type"], "header");
         assert_eq!(h["parameters"][0]["type"], "document");
         assert_eq!(h["parameters"][0]["document"]["link"], "https://muni.example/r.pdf");
