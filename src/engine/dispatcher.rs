@@ -410,6 +410,7 @@ impl Dispatcher {
                         m.content = fb.clone();
                         switched = Some(fb);
                     }
+                    None if self.wait_in_handoff(&m).await? => continue,
                     None => {
                         let reason =
                             "not sent: free text outside the 24-hour window and no fallback_template (a rule's) to send instead";
@@ -823,13 +824,26 @@ impl Dispatcher {
                     content: Some(fb.clone()),
                     ..Default::default()
                 },
+                _ if self.wait_in_handoff(m).await? => return Ok(()),
                 _ => return self.finish(m, MessageState::Failed, &reason).await,
             },
             SendError::OptedOut { .. } => {
                 let mut tx = self.ctx.store.begin().await?;
                 store::upsert_contact(&mut tx, m.phone.as_str(), now).await?;
                 store::set_opted_out(&mut tx, m.phone.as_str(), "(opted out at the provider)", now).await?;
+                let mut applied = super::handoff::Applied::default();
+                if let Some(cfg) = &self.ctx.config.handoff {
+                    super::handoff::Handoffs { ctx: &self.ctx, cfg }
+                        .opted_out(&mut tx, m.phone.as_str(), now, &mut applied)
+                        .await?;
+                }
+                store::queue_writes(&mut tx, &applied.writes).await?;
                 tx.commit().await?;
+                if !applied.writes.is_empty() {
+                    if let Some(cfg) = &self.ctx.config.handoff {
+                        self.ctx.wake_flusher(&cfg.inbox);
+                    }
+                }
                 self.ctx.opt_out_epoch.fetch_add(1, Ordering::AcqRel);
                 return self.finish(m, MessageState::Skipped, &format!("not sent: {reason}")).await;
             }
@@ -846,6 +860,45 @@ impl Dispatcher {
         if p.is_none_or(|cur| cur < until) {
             *p = Some(until);
         }
+    }
+
+    /// A staff reply that meets the person's window closed waits in its open hand-off instead
+    /// (the person is invited to write, and it goes out when they do): this message ends
+    /// skipped with that reason. False when it is no staff reply or its hand-off has closed.
+    async fn wait_in_handoff(&self, m: &OutboxMessage) -> Result<bool, StoreError> {
+        let (Some(cfg), MessageContent::Text { body }) = (&self.ctx.config.handoff, &m.content) else {
+            return Ok(false);
+        };
+        if m.rule_id != super::handoff::REPLY_RULE || m.source_id != cfg.inbox {
+            return Ok(false);
+        }
+        let now = self.now_ms();
+        let mut tx = self.ctx.store.begin().await?;
+        let mut applied = super::handoff::Applied::default();
+        let handoffs = super::handoff::Handoffs { ctx: &self.ctx, cfg };
+        if !handoffs.reply_missed_window(&mut tx, &m.record_key, body, now, &mut applied).await? {
+            return Ok(false);
+        }
+        let reason = "not sent yet: the 24-hour window closed before it went out; the person is invited to write, and it goes out when they do";
+        let state = MessageState::Skipped;
+        let u = MessageUpdate {
+            state: Some(state),
+            error: Some(Some(reason.into())),
+            state_at: Some(now),
+            ..Default::default()
+        };
+        store::update_message(&mut tx, m.id, &u, now).await?;
+        store::queue_writes(&mut tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
+        let writes = self.ctx.owned_status_writes(&mut tx, m, state, now, Some(reason)).await?;
+        store::queue_writes(&mut tx, &writes).await?;
+        store::queue_writes(&mut tx, &applied.writes).await?;
+        tx.commit().await?;
+        info!(message_id = m.id, record = %m.record_key, "{reason}");
+        self.ctx.wake_flusher(&m.source_id);
+        for provider in applied.providers {
+            self.ctx.wake_dispatcher(&provider);
+        }
+        Ok(true)
     }
 
     /// Terminal outcome decided here (failed or skipped), written back to the record.

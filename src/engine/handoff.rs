@@ -359,7 +359,9 @@ impl Handoffs<'_> {
         for p in &pending {
             self.queue_reply(tx, &h, (REPLY_RULE, p.n), MessageContent::Text { body: p.text.clone() }, now, applied)
                 .await?;
-            append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, &p.text, p.by.as_deref());
+            if !p.shown {
+                append(self.ctx, self.cfg, &mut h, now, Speaker::Staff, &p.text, p.by.as_deref());
+            }
         }
         if pending.is_empty() {
             h.waiting_since.get_or_insert(at);
@@ -371,6 +373,56 @@ impl Handoffs<'_> {
         store::update_handoff(tx, &h).await?;
         applied.writes.extend(progress_writes(self.ctx, self.cfg, &h));
         Ok(())
+    }
+
+    /// WhatsApp takes no free text outside the window: the template invites the person to
+    /// write, and replies wait until they do (one invitation for any number of replies).
+    async fn invite_once(
+        &self,
+        tx: &mut Tx,
+        h: &Handoff,
+        n: i64,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let (true, Some(t)) = (h.pending.is_empty(), &self.cfg.reopen_template) else { return Ok(()) };
+        let context = super::turn_context(self.ctx, tx, &h.phone, h.record.as_ref(), now).await?;
+        let content =
+            MessageContent::Template(crate::flows::template_message(t, &h.language, &Default::default(), &context));
+        self.queue_reply(tx, h, (INVITE_RULE, n), content, now, applied).await
+    }
+
+    /// The person opted out (by a keyword, or as the provider reported): their open hand-off,
+    /// if any, ends.
+    pub async fn opted_out(&self, tx: &mut Tx, phone: &str, now: i64, applied: &mut Applied) -> Result<(), StoreError> {
+        if let Some(mut h) = store::open_handoff_of(tx, phone).await? {
+            self.close(tx, &mut h, now, Closing::OptedOut, applied).await?;
+        }
+        Ok(())
+    }
+
+    /// A staff reply queued inside the window that met it closed on its way out (a backlog, a
+    /// paused provider): it waits like one written outside the window, under a new number, and
+    /// the person is invited to write. False when its hand-off is no longer open.
+    pub async fn reply_missed_window(
+        &self,
+        tx: &mut Tx,
+        key: &RecordKey,
+        text: &str,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<bool, StoreError> {
+        let Some(mut h) = store::handoff(tx, &key.0).await?.filter(|h| h.closed_at.is_none()) else {
+            return Ok(false);
+        };
+        h.replies += 1;
+        let n = h.replies;
+        self.invite_once(tx, &h, n, now, applied).await?;
+        h.pending.push(PendingReply { text: text.to_string(), n, by: None, shown: true });
+        info!(handoff = %h.key, n, "a staff reply met the 24-hour window closed: the person is invited to write, the reply waits");
+        store::update_handoff(tx, &h).await?;
+        applied.writes.extend(progress_writes(self.ctx, self.cfg, &h));
+        Ok(true)
     }
 
     /// What staff asked in the inbox record `key`.
@@ -426,21 +478,8 @@ impl Handoffs<'_> {
                     h.flagged_at = None;
                     info!(handoff = %h.key, n, "staff reply queued");
                 } else {
-                    // WhatsApp takes no free text now: the template invites them to write, and the
-                    // reply goes out when they do (one invitation for any number of replies).
-                    if h.pending.is_empty() {
-                        if let Some(t) = &self.cfg.reopen_template {
-                            let context = super::turn_context(self.ctx, tx, &h.phone, h.record.as_ref(), now).await?;
-                            let content = MessageContent::Template(crate::flows::template_message(
-                                t,
-                                &h.language,
-                                &Default::default(),
-                                &context,
-                            ));
-                            self.queue_reply(tx, &h, (INVITE_RULE, n), content, now, applied).await?;
-                        }
-                    }
-                    h.pending.push(PendingReply { text: text.clone(), n, by: by.clone() });
+                    self.invite_once(tx, &h, n, now, applied).await?;
+                    h.pending.push(PendingReply { text: text.clone(), n, by: by.clone(), shown: false });
                     h.flagged_at = None;
                     info!(handoff = %h.key, n, "staff reply outside the 24-hour window: the person is invited to write, the reply waits");
                 }

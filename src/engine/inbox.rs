@@ -453,6 +453,22 @@ impl InboxProcessor {
         Ok(())
     }
 
+    /// Someone who opted out: their open hand-off ends.
+    async fn end_handoff_of(
+        &self,
+        tx: &mut Tx,
+        phone: &str,
+        now: i64,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        if let Some(cfg) = &self.ctx.config.handoff {
+            let mut applied = super::handoff::Applied::default();
+            super::handoff::Handoffs { ctx: &self.ctx, cfg }.opted_out(tx, phone, now, &mut applied).await?;
+            absorb(effects, applied);
+        }
+        Ok(())
+    }
+
     /// A failure reported later, classified like a synchronous one. True when the message was
     /// queued again (sent later, or with its template fallback).
     async fn retry_failed(
@@ -484,10 +500,29 @@ impl InboxProcessor {
             }
             SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
                 (c, Some(fb)) if c.is_free_form() => (now, m.attempts, Some(fb)),
+                (MessageContent::Text { body }, None) => {
+                    // A staff reply waits in its hand-off for the person to write (this one
+                    // still ends failed, with the provider's reason).
+                    if let Some(cfg) = self
+                        .ctx
+                        .config
+                        .handoff
+                        .as_ref()
+                        .filter(|c| m.rule_id == super::handoff::REPLY_RULE && m.source_id == c.inbox)
+                    {
+                        let mut applied = super::handoff::Applied::default();
+                        super::handoff::Handoffs { ctx: &self.ctx, cfg }
+                            .reply_missed_window(tx, &m.record_key, body, now, &mut applied)
+                            .await?;
+                        absorb(effects, applied);
+                    }
+                    return Ok(false);
+                }
                 _ => return Ok(false),
             },
             SendError::OptedOut { .. } => {
                 store::set_opted_out(tx, m.phone.as_str(), "(opted out at the provider)", now).await?;
+                self.end_handoff_of(tx, m.phone.as_str(), now, effects).await?;
                 effects.opted_out = true;
                 return Ok(false);
             }
@@ -667,13 +702,7 @@ impl InboxProcessor {
             match &phone {
                 Some(p) => {
                     store::set_opted_out(tx, p, &text, now).await?;
-                    if let (Some(cfg), Some(mut h)) = (&self.ctx.config.handoff, store::open_handoff_of(tx, p).await?) {
-                        let mut applied = super::handoff::Applied::default();
-                        super::handoff::Handoffs { ctx: &self.ctx, cfg }
-                            .close(tx, &mut h, now, super::handoff::Closing::OptedOut, &mut applied)
-                            .await?;
-                        absorb(effects, applied);
-                    }
+                    self.end_handoff_of(tx, p, now, effects).await?;
                     store::end_conversation(tx, p).await?;
                     effects.opted_out = true;
                     info!(from = %who, "contact opted out: nothing more will be sent to them");

@@ -597,6 +597,12 @@ impl MetaState {
         self.user_sends(wa_id, json!({ "type": "location", "location": location }), None)
     }
 
+    /// Whether free text outside the window is refused in the answer (`sync`) or accepted and
+    /// failed by a status webhook (`async`, WhatsApp's usual way).
+    pub fn set_window_error(&self, mode: &str) {
+        self.lock().settings.window_error = mode.to_string();
+    }
+
     /// How long the download addresses given from now on work (tests shorten it to see one
     /// expire).
     pub fn set_media_link_ttl(&self, ttl: Duration) {

@@ -45,6 +45,10 @@ pub struct PendingReply {
     pub by: Option<String>,
     /// Its number among the hand-off's replies (its idempotency key).
     pub n: i64,
+    /// Already in the transcript (it was queued inside the window and met it closed on its
+    /// way out), so releasing it adds no second line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shown: bool,
 }
 
 const COLUMNS: &str = "key, phone, provider_id, source_id, record_key, topic, language, opened_at, closed_at, transcript, replies, pending, waiting_since, after_hours_at, flagged_at";

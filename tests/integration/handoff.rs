@@ -315,6 +315,55 @@ async fn a_staff_reply_after_the_window_closed_invites_the_person_and_goes_out_w
     assert_eq!(h.meta_sent_to(504).len(), 3);
 }
 
+/// A staff reply queued while recado still saw the window open, that WhatsApp refuses because
+/// it closed on the way (answered at once, or failed by a webhook after): it is not lost and
+/// not shown twice: the person is invited, and it goes out when they write.
+async fn a_reply_that_meets_the_window_closed_waits_for_the_person(n: u32, window_error: &str) {
+    let mut h = with_inbox(&[(n, "Diego Rojas")], SHEET).await;
+    h.user(n, false, None);
+    h.sandbox.meta().set_window_error(window_error);
+    h.start().await;
+    h.says(n, "PERSONA", None);
+    wait_texts(&h, n, 1, "the opening answer").await;
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, n, "Estado") == "open" }).await;
+    // WhatsApp's window closes, recado's clock has not got there yet.
+    h.sandbox.meta().age_windows(Duration::from_secs(25 * 3600));
+    staff_edit(&h, n, "Respuesta", json!("Hola Diego, ya tenemos tu certificado."));
+    wait_for("the invitation", Duration::from_secs(20), || async {
+        h.meta_sent_to(n).iter().any(|m| m.body["template"]["name"] == "retomar_conversacion")
+    })
+    .await;
+    wait_for("the row says it waits for the person", Duration::from_secs(20), || async {
+        inbox_cell(&h, n, "Estado") == "waiting for the person to write"
+    })
+    .await;
+    h.says(n, "Hola, aquí estoy", None);
+    wait_for("the reply that waited", Duration::from_secs(20), || async {
+        texts_to(&h, n).last().map(String::as_str) == Some("Hola Diego, ya tenemos tu certificado.")
+    })
+    .await;
+    wait_for("the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, n, "Estado") == "open" && inbox_cell(&h, n, "Conversación").contains("▸ Hola, aquí estoy")
+    })
+    .await;
+    h.quiesce().await;
+    let transcript = inbox_cell(&h, n, "Conversación");
+    assert_eq!(transcript.matches("◂ Hola Diego, ya tenemos tu certificado.").count(), 1, "{transcript}");
+    let delivered = texts_to(&h, n).iter().filter(|t| *t == "Hola Diego, ya tenemos tu certificado.").count();
+    let refused = usize::from(window_error == "async");
+    assert_eq!(delivered, 1 + refused, "the one WhatsApp accepted and then failed, and the one that went out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_because_the_window_closed_on_the_way_waits_for_the_person() {
+    a_reply_that_meets_the_window_closed_waits_for_the_person(513, "sync").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_failed_by_webhook_because_the_window_closed_waits_for_the_person() {
+    a_reply_that_meets_the_window_closed_waits_for_the_person(514, "async").await;
+}
+
 /// Office hours that exclude today and tomorrow (in Santiago, on the daemon's clock), so the
 /// office is closed now whatever the time the test runs at, and opens the day after tomorrow.
 fn closed_until_after_tomorrow(h: &Harness) -> (String, String) {
@@ -538,6 +587,39 @@ async fn on_twilio_a_photo_is_fetched_with_the_account_credentials() {
         .find_map(|m| m.media_urls.first().cloned())
         .expect("the emulator kept the media URL");
     assert_eq!(client.get(&media_url).send().await.expect("get").status(), 401);
+
+    // A location and a voice note, as Twilio posts them.
+    h.sandbox.twilio().user_sends_location(&e164(509), -33.4372, -70.6506, "Plaza", "Av. Principal 1");
+    wait_for("the location in the transcript", Duration::from_secs(20), || async {
+        inbox_cell(&h, 509, "Conversación")
+            .contains("▸ [location] -33.4372,-70.6506 Plaza, Av. Principal 1 https://www.openstreetmap.org/")
+    })
+    .await;
+    let voice = b"OggS voice note".to_vec();
+    h.sandbox.twilio().user_sends_media(&e164(509), "audio", voice.clone(), "audio/ogg", "");
+    wait_for("the voice note fetched", Duration::from_secs(20), || async {
+        inbox_cell(&h, 509, "Conversación").contains("▸ [audio] /media/") && h.sandbox.twilio().media_downloads() == 2
+    })
+    .await;
+
+    // The person blocked the business at Twilio: the reply is refused (21610), and the
+    // hand-off ends with nothing more sent.
+    h.sandbox.twilio().inject(recado::sandbox::TwilioFault {
+        code: 21610,
+        http_status: 400,
+        count: 1,
+        mode: None,
+        to: Some(e164(509)),
+        delay_ms: None,
+    });
+    staff_edit(&h, 509, "Respuesta", json!("Hola Inés, ¿sigue caído el poste?"));
+    wait_for("the hand-off closed", Duration::from_secs(20), || async {
+        inbox_cell(&h, 509, "Estado") == "closed" && inbox_cell(&h, 509, "Estado respuesta").starts_with("skipped")
+    })
+    .await;
+    h.quiesce().await;
+    let sent = h.sandbox.twilio().sent();
+    assert!(!sent.iter().any(|m| m.body.contains("sigue caído")), "nothing reached a person who opted out");
 }
 
 /// The inbox is a Salesforce Case per hand-off (the participants stay in the sheet): recado
