@@ -52,7 +52,9 @@ impl RetentionLoop {
         }
     }
 
-    /// Files people sent, older than `keep`: the bytes, then their rows. Returns how many.
+    /// Files people sent, older than `keep`: the bytes go, and their rows keep only why, so a
+    /// link in a sheet answers 410 "no longer kept" for another `keep` before the row goes
+    /// too. Returns how many files went.
     async fn prune_media(&self, keep: Duration) -> Result<u64, StoreError> {
         let before = self.ctx.now_ms() - keep.as_millis() as i64;
         let ids = {
@@ -63,10 +65,15 @@ impl RetentionLoop {
             // Gone already (never fetched, or removed by hand) is fine.
             let _ = tokio::fs::remove_file(super::media::file_path(&self.ctx, *id)).await;
         }
+        let why = format!(
+            "the file is no longer kept: files are kept {} (state.retention.media)",
+            crate::validation::human_duration(keep)
+        );
         let mut tx = self.ctx.store.begin().await?;
-        store::delete_media_rows(&mut tx, &ids).await?;
+        store::expire_media_rows(&mut tx, &ids, &why).await?;
+        let forgotten = store::delete_expired_media_rows(&mut tx, before - keep.as_millis() as i64, 500).await?;
         tx.commit().await?;
-        Ok(ids.len() as u64)
+        Ok(ids.len() as u64 + forgotten)
     }
 
     /// Prunes until nothing is left to prune. Public for tests.

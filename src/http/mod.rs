@@ -195,15 +195,16 @@ async fn media(State(st): State<AppState>, Path((id, signature)): Path<(String, 
     };
     match row.state.as_str() {
         "stored" => {}
-        "failed" => {
+        "failed" | "expired" => {
             let why = row.error.unwrap_or_else(|| "not kept".into());
             return (StatusCode::GONE, format!("{why}\n")).into_response();
         }
         _ => return (StatusCode::NOT_FOUND, "the file is still being fetched: try again shortly\n").into_response(),
     }
     let path = crate::engine::media::file_path(&st.ctx, id);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => {
+    match tokio::fs::File::open(&path).await {
+        Ok(file) => {
+            let len = file.metadata().await.map(|m| m.len()).ok();
             let name = row.filename.unwrap_or_else(|| format!("{}-{id}", row.media_type));
             let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || "._- ".contains(*c)).collect();
             let mime = safe_mime(&row.mime_type);
@@ -211,7 +212,7 @@ async fn media(State(st): State<AppState>, Path((id, signature)): Path<(String, 
             let inline = ["image/", "audio/", "video/", "application/pdf"].iter().any(|p| mime.starts_with(p))
                 && !mime.starts_with("image/svg");
             let disposition = if inline { "inline" } else { "attachment" };
-            (
+            let mut response = (
                 [
                     (header::CONTENT_TYPE, mime),
                     (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{name}\"")),
@@ -220,12 +221,36 @@ async fn media(State(st): State<AppState>, Path((id, signature)): Path<(String, 
                     (header::CONTENT_SECURITY_POLICY, "sandbox".to_string()),
                     (header::CACHE_CONTROL, "private, no-store".to_string()),
                 ],
-                bytes,
+                axum::body::Body::from_stream(file_chunks(file)),
             )
-                .into_response()
+                .into_response();
+            if let Some(len) = len {
+                response.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+            }
+            response
         }
         Err(_) => (StatusCode::GONE, "the file is no longer kept (state.retention.media)\n").into_response(),
     }
+}
+
+/// A file in 64 KiB chunks, read as the client takes them (a 100 MB file is never in memory).
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut f = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(f)))
+            }
+            // The error ends the response; nothing more is read.
+            Err(e) => Some((Err(e), None)),
+        }
+    })
 }
 
 /// A content type as the provider announced it, kept to the characters a header may carry

@@ -149,19 +149,40 @@ pub async fn media_retry(conn: &mut SqliteConnection, id: i64, error: &str, at: 
 }
 
 /// Files older than `before` (their rows go; the caller deletes the bytes first).
+/// Files still kept (or never fetched) that arrived before `before`.
 pub async fn media_older_than(conn: &mut SqliteConnection, before: i64, limit: i64) -> StoreResult<Vec<i64>> {
-    Ok(sqlx::query_scalar("SELECT id FROM media WHERE created_at < $1 ORDER BY id LIMIT $2")
+    Ok(sqlx::query_scalar("SELECT id FROM media WHERE created_at < $1 AND state <> 'expired' ORDER BY id LIMIT $2")
         .bind(before)
         .bind(limit)
         .fetch_all(conn)
         .await?)
 }
 
-pub async fn delete_media_rows(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<()> {
+/// Marks files whose bytes are gone: the row keeps only what lets its link answer why (410),
+/// not whose it was or what it was called.
+pub async fn expire_media_rows(conn: &mut SqliteConnection, ids: &[i64], why: &str) -> StoreResult<()> {
     for id in ids {
-        sqlx::query("DELETE FROM media WHERE id = $1").bind(id).execute(&mut *conn).await?;
+        sqlx::query(
+            "UPDATE media SET state = 'expired', error = $2, phone = NULL, filename = NULL, media_ref = '' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(why)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
+}
+
+/// Forgets expired rows that arrived before `before`: their links then open nothing (403).
+pub async fn delete_expired_media_rows(conn: &mut SqliteConnection, before: i64, limit: i64) -> StoreResult<u64> {
+    let r = sqlx::query(
+        "DELETE FROM media WHERE id IN (SELECT id FROM media WHERE state = 'expired' AND created_at < $1 LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// The key that signs media links (created on first use).

@@ -519,6 +519,27 @@ async fn a_photo_and_a_location_sent_during_a_hand_off_are_fetched_linked_and_se
     }
     let unsigned = client.get(format!("{base}/media/{id}/")).send().await.expect("get").status();
     assert_eq!(unsigned, 404, "no signature: no such page");
+
+    // Past the retention (90 days by default) the file goes, and its link says so; past twice
+    // that, the link opens nothing at all.
+    let ctx = std::sync::Arc::clone(h.running().ctx());
+    let (_stop, shutdown) = recado::engine::Shutdown::new();
+    let retention = recado::engine::retention::RetentionLoop::new(ctx);
+    h.clock.advance(Duration::from_secs(91 * 24 * 3600));
+    let pruned = retention.prune_all(&shutdown).await.unwrap();
+    assert_eq!(pruned.media, 1, "{pruned:?}");
+    let r = client.get(format!("{base}{link}")).send().await.expect("get");
+    assert_eq!(r.status(), 410);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("no longer kept: files are kept 90 d (state.retention.media)"), "{why}");
+    assert_eq!(
+        std::fs::read_dir(h.dir.path().join("recado.db.media")).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the file is gone"
+    );
+    h.clock.advance(Duration::from_secs(91 * 24 * 3600));
+    retention.prune_all(&shutdown).await.unwrap();
+    assert_eq!(client.get(format!("{base}{link}")).send().await.expect("get").status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
