@@ -241,6 +241,7 @@ fn router(state: SandboxState) -> Router {
         )
         .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}", get(twilio::fetch_message))
         .route("/twilio/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}", get(twilio::fetch_media))
+        .route("/twilio-media-store/{token}", get(twilio::media_store))
         .route("/twilio/2010-04-01/Accounts/{account}", get(twilio::fetch_account))
         .route("/twilio/v1/Content/{sid}", get(twilio::fetch_content))
         .route("/twilio/v1/Content/{sid}/ApprovalRequests", get(twilio::fetch_content_approval))

@@ -328,6 +328,8 @@ struct Inner {
     /// Files people sent, by media SID: (message SID, bytes, content type).
     media: HashMap<String, (String, Vec<u8>, String)>,
     media_downloads: u64,
+    /// Temporary addresses a media request was redirected to: token → (media SID, given at).
+    media_links: HashMap<String, (String, Instant)>,
 }
 
 impl TwilioState {
@@ -351,6 +353,7 @@ impl TwilioState {
                 base_url: String::new(),
                 media: HashMap::new(),
                 media_downloads: 0,
+                media_links: HashMap::new(),
             }),
             http: reqwest::Client::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -1259,9 +1262,14 @@ pub async fn fetch_media(
     }
     let mut g = tw.lock();
     match g.media.get(&media).cloned() {
-        Some((of, bytes, mime)) if of == message && account == s.account_sid => {
-            g.media_downloads += 1;
-            ([(axum::http::header::CONTENT_TYPE, mime)], bytes).into_response()
+        // Twilio answers with a redirect to a temporary address of its media store, which
+        // needs no credentials and works for a while.
+        Some((of, _, _)) if of == message && account == s.account_sid => {
+            let token = hex::encode(rand::random::<[u8; 16]>());
+            g.media_links.insert(token.clone(), (media, Instant::now()));
+            let root = g.base_url.trim_end_matches("/twilio").to_string();
+            (StatusCode::FOUND, [(axum::http::header::LOCATION, format!("{root}/twilio-media-store/{token}"))])
+                .into_response()
         }
         _ => twilio_error(
             404,
@@ -1270,6 +1278,26 @@ pub async fn fetch_media(
                 "The requested resource /2010-04-01/Accounts/{account}/Messages/{message}/Media/{media} was not found"
             ),
         ),
+    }
+}
+
+/// How long a redirected media address works.
+const MEDIA_LINK_TTL: Duration = Duration::from_secs(300);
+
+/// `GET /twilio-media-store/{token}`: the file a media request was redirected to, while the
+/// address is fresh (an old one is refused, as a presigned address past its time is).
+pub async fn media_store(State(st): State<SandboxState>, Path(token): Path<String>) -> Response {
+    let mut g = st.twilio.lock();
+    let file = match g.media_links.get(&token) {
+        Some((sid, given)) if given.elapsed() <= MEDIA_LINK_TTL => g.media.get(sid).cloned(),
+        _ => None,
+    };
+    match file {
+        Some((_, bytes, mime)) => {
+            g.media_downloads += 1;
+            ([(axum::http::header::CONTENT_TYPE, mime)], bytes).into_response()
+        }
+        None => (StatusCode::FORBIDDEN, "Request has expired").into_response(),
     }
 }
 

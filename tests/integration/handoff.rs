@@ -542,6 +542,51 @@ async fn a_photo_and_a_location_sent_during_a_hand_off_are_fetched_linked_and_se
     assert_eq!(client.get(format!("{base}{link}")).send().await.expect("get").status(), 403);
 }
 
+/// Meta's download address lives five minutes: one that expired before recado used it is
+/// asked for again on the next try, and the file arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_download_address_is_asked_for_again() {
+    let mut h = with_inbox(&[(515, "Hugo Lagos")], SHEET).await;
+    h.user(515, false, None);
+    h.start().await;
+    h.says(515, "AGENTE", None);
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, 515, "Estado") == "open" }).await;
+    h.sandbox.meta().set_media_link_ttl(Duration::ZERO);
+    let pdf = b"%PDF-1.4 boleta de pago".to_vec();
+    h.sandbox.meta().user_sends_media(
+        &crate::harness::wa_id(515),
+        "document",
+        pdf.clone(),
+        "application/pdf",
+        "Mi boleta",
+        Some("boleta.pdf"),
+    );
+    wait_for("a first try that met the address expired", Duration::from_secs(20), || async {
+        let mut c = h.store().conn().await.unwrap();
+        let attempts: Option<i64> =
+            sqlx::query_scalar("SELECT attempts FROM media").fetch_optional(&mut *c).await.unwrap();
+        attempts.is_some_and(|a| a >= 1)
+    })
+    .await;
+    assert_eq!(h.sandbox.meta().media_downloads(), 0);
+    h.sandbox.meta().set_media_link_ttl(Duration::from_secs(300));
+    h.clock.advance(Duration::from_secs(10));
+    wait_for("the file on the next try", Duration::from_secs(20), || async {
+        h.sandbox.meta().media_downloads() == 1
+            && inbox_cell(&h, 515, "Conversación").contains("▸ [document] Mi boleta")
+    })
+    .await;
+    let line =
+        inbox_cell(&h, 515, "Conversación").lines().find(|l| l.contains("[document]")).unwrap_or_default().to_string();
+    let link = media_link(&line);
+    let url = format!("http://{}{link}", h.running().webhook_addr());
+    wait_for("the file served whole", Duration::from_secs(20), || async {
+        let r = reqwest::get(&url).await.expect("get");
+        r.status() == 200 && r.bytes().await.is_ok_and(|b| b.to_vec() == pdf)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_over_the_size_cap_is_never_downloaded_and_its_link_says_why() {
     let mut h = with_inbox(&[(508, "Hugo Lara")], SHEET).await;
