@@ -1373,3 +1373,130 @@ async fn the_salesforce_example_rehearsed_on_the_sandbox_sends_to_a_new_record()
     running.stop().await;
     sandbox.stop().await;
 }
+
+/// The people are Contacts and the inbox is a Case per hand-off: a Contact who asks for a
+/// person gets a Case linked to them (`record_id: ContactId`), named from their record, and a
+/// reply written in the Case reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_who_asks_for_a_person_gets_a_case_linked_to_their_contact() {
+    let mut h = Harness::new(vec![]).await;
+    define_org(&h);
+    h.sandbox.salesforce().define_object(ObjectDef::new(
+        "Case",
+        "500",
+        vec![
+            FieldDef::new("Recado_Key__c", FieldKind::String).with_length(20).external_id(),
+            FieldDef::reference("ContactId", "Contact"),
+            FieldDef::new("SuppliedPhone", FieldKind::Phone).with_length(40),
+            FieldDef::new("SuppliedName", FieldKind::String).with_length(80),
+            FieldDef::new("Status", FieldKind::Picklist).with_length(40),
+            FieldDef::new("Subject", FieldKind::String).with_length(255),
+            FieldDef::new("Description", FieldKind::Textarea).with_length(32_000),
+            FieldDef::new("Recado_Estado__c", FieldKind::String).with_length(80),
+            FieldDef::new("Recado_Abierta__c", FieldKind::Datetime),
+            FieldDef::new("Respuesta__c", FieldKind::Textarea).with_length(4_000),
+        ],
+    ));
+    let contact = mother(&h, 31);
+    let other = mother(&h, 32);
+    let base = h.sandbox.salesforce_url();
+    let key = h.dir.path().join("salesforce.key");
+    std::fs::write(&key, recado::sandbox::keys::PRIVATE_KEY_PEM).expect("key written");
+    let auth = format!(
+        "    auth:\n      flow: jwt_bearer\n      consumer_key: \"{}\"\n      username: \"{}\"\n      private_key_file: \"{}\"\n",
+        recado::sandbox::salesforce::SANDBOX_CONSUMER_KEY,
+        recado::sandbox::salesforce::SANDBOX_USERNAME,
+        key.display()
+    );
+    h.yaml_override = Some(format!(
+        r#"
+state:
+  path: "{state}"
+http:
+  listen: "127.0.0.1:0"
+providers:
+{provider}    messages_per_second: 1000
+    pair_interval: 10ms
+sources:
+  - id: familias
+    type: salesforce
+    login_url: "{base}"
+    api_version: "62.0"
+    object: Contact
+    fields: [FirstName]
+    phone_field: MobilePhone
+    default_region: CL
+    consent:
+      field: Consentimiento_WhatsApp__c
+    poll_interval: 150ms
+    flush_interval: 100ms
+    deletions_every: 2m
+{auth}  - id: casos
+    type: salesforce
+    login_url: "{base}"
+    api_version: "62.0"
+    object: Case
+    key_field: Recado_Key__c
+    where: "Recado_Key__c != null"
+    fields: [Status, Subject]
+    phone_field: SuppliedPhone
+    default_region: CL
+    poll_interval: 150ms
+    flush_interval: 100ms
+    deletions_every: 2m
+{auth}
+inbound:
+  opt_out_reply: "Listo, no te escribiremos más."
+handoff:
+  inbox: casos
+  keywords: [AGENTE]
+  name_field: FirstName
+  opened_reply: "Te comunicamos con una persona del equipo."
+  closed_reply: "Cerramos tu consulta."
+  close_values: [Closed]
+  reopen_template: {{ name: retomar_conversacion, language: es, body: ["{{{{ FirstName }}}}"] }}
+  fields:
+    opened_at: Recado_Abierta__c
+    name: SuppliedName
+    record_id: ContactId
+    topic: Subject
+    transcript: Description
+    state: Recado_Estado__c
+    reply: Respuesta__c
+    close: Status
+"#,
+        state = h.state_path().display(),
+        provider = h.provider_yaml(),
+    ));
+    h.start_without_waiting().await;
+    let store = h.store();
+    wait_for("the first read of the contacts", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.expect("conn");
+            recado::store::source_state(&mut c, "familias").await.expect("state").baseline_done
+        }
+    })
+    .await;
+    h.says(31, "AGENTE", None);
+    let case = || h.sandbox.salesforce().records("Case").into_iter().next();
+    let text = |c: &Map<String, Value>, f: &str| c.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
+    wait_for("the Case", Duration::from_secs(20), || async {
+        case().is_some_and(|c| text(&c, "Recado_Estado__c") == "open" && text(&c, "Description").contains("▸ AGENTE"))
+    })
+    .await;
+    let c = case().unwrap();
+    assert_eq!(text(&c, "ContactId"), contact, "linked to the Contact who asked, not to {other}");
+    assert_eq!(text(&c, "SuppliedName"), "Madre31");
+    let id = text(&c, "Id");
+    h.sandbox
+        .salesforce()
+        .update("Case", &id, fields(json!({"Respuesta__c": "Hola, ¿en qué te ayudo?"})))
+        .expect("staff edit");
+    wait_for("the reply sent and taken from the Case", Duration::from_secs(20), || async {
+        h.sent_to(31).iter().any(|m| m.text.as_deref() == Some("Hola, ¿en qué te ayudo?"))
+            && case().is_some_and(|c| text(&c, "Respuesta__c").is_empty())
+    })
+    .await;
+    assert_eq!(h.sandbox.salesforce().records("Case").len(), 1, "one Case");
+}
