@@ -218,6 +218,14 @@ impl SourceConfig {
             SourceConfig::Salesforce(s) => !s.settings.key_field.eq_ignore_ascii_case("Id"),
         }
     }
+    /// Whether its records' keys are the ids the vendor itself gives them (a Salesforce object
+    /// keyed by `Id`), so another record can point to one (a Case's `ContactId`).
+    pub fn keys_are_record_ids(&self) -> bool {
+        match self {
+            SourceConfig::GoogleSheets(_) => false,
+            SourceConfig::Salesforce(s) => s.settings.key_field.eq_ignore_ascii_case("Id"),
+        }
+    }
     /// Whether it can hold the hand-off inbox: records recado adds under its own keys (a
     /// Salesforce object, such as Case, with an External ID key field), and a field staff
     /// fill that recado empties only while it still holds the text it took.

@@ -607,6 +607,12 @@ fn check_handoff(
     flows: &crate::flows::FlowSet,
 ) {
     let ids: HashSet<String> = sources.iter().map(|s| s.id().to_string()).collect();
+    if h.fields.record_id.is_some() && !sources.iter().any(|s| s.id() != h.inbox && s.keys_are_record_ids()) {
+        p.push(
+            "handoff.fields.record_id",
+            "links the inbox record to the person's record by the id the system gives it: no source of people is keyed by it (a Salesforce object with key_field Id, e.g. Contact)",
+        );
+    }
     match sources.iter_mut().find(|s| s.id() == h.inbox) {
         None => p.push("handoff.inbox", format!("no source with id '{}' (known: {})", h.inbox, list(&ids))),
         Some(source) if !source.keeps_handoff_inbox() => p.push(

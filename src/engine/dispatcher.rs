@@ -412,8 +412,11 @@ impl Dispatcher {
                     }
                     None if self.wait_in_handoff(&m).await? => continue,
                     None => {
-                        let reason =
-                            "not sent: free text outside the 24-hour window and no fallback_template (a rule's) to send instead";
+                        let reason = if m.rule_id == super::handoff::REPLY_RULE {
+                            "not sent: the person's 24-hour window closed, and the hand-off closed too"
+                        } else {
+                            "not sent: free text outside the 24-hour window and no fallback_template (a rule's) to send instead"
+                        };
                         self.finish(&m, MessageState::Skipped, reason).await?;
                         continue;
                     }
@@ -876,10 +879,9 @@ impl Dispatcher {
         let mut tx = self.ctx.store.begin().await?;
         let mut applied = super::handoff::Applied::default();
         let handoffs = super::handoff::Handoffs { ctx: &self.ctx, cfg };
-        if !handoffs.reply_missed_window(&mut tx, &m.record_key, body, now, &mut applied).await? {
+        let Some(reason) = handoffs.reply_missed_window(&mut tx, m, body, now, &mut applied).await? else {
             return Ok(false);
-        }
-        let reason = "not sent yet: the 24-hour window closed before it went out; the person is invited to write, and it goes out when they do";
+        };
         let state = MessageState::Skipped;
         let u = MessageUpdate {
             state: Some(state),

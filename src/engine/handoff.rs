@@ -317,8 +317,12 @@ impl Handoffs<'_> {
         if let (Some(f), Some((source, key))) = (&self.cfg.fields.record, &h.record) {
             fields.push((f.clone(), format!("{source}/{}", key.0)));
         }
-        if let (Some(f), Some((_, key))) = (&self.cfg.fields.record_id, &h.record) {
-            fields.push((f.clone(), key.0.clone()));
+        // Only a record the inbox's system can point to: any other key would make it refuse
+        // the whole inbox record.
+        if let (Some(f), Some((source, key))) = (&self.cfg.fields.record_id, &h.record) {
+            if self.ctx.config.sources.iter().any(|s| s.id() == source && s.keys_are_record_ids()) {
+                fields.push((f.clone(), key.0.clone()));
+            }
         }
         if let (Some(f), Some(name_field), Some((source, key))) =
             (&self.cfg.fields.name, &self.cfg.name_field, &h.record)
@@ -402,27 +406,44 @@ impl Handoffs<'_> {
     }
 
     /// A staff reply queued inside the window that met it closed on its way out (a backlog, a
-    /// paused provider): it waits like one written outside the window, under a new number, and
-    /// the person is invited to write. False when its hand-off is no longer open.
+    /// paused provider, WhatsApp's clock ahead of ours). Under a new number (the refused one
+    /// keeps its own): sent again at once when the person has written since it was queued;
+    /// otherwise it waits like one written outside the window, in its place among the waiting
+    /// replies, and the person is invited to write. Returns why the refused message ends, or
+    /// None when its hand-off is no longer open.
     pub async fn reply_missed_window(
         &self,
         tx: &mut Tx,
-        key: &RecordKey,
+        refused: &crate::store::OutboxMessage,
         text: &str,
         now: i64,
         applied: &mut Applied,
-    ) -> Result<bool, StoreError> {
-        let Some(mut h) = store::handoff(tx, &key.0).await?.filter(|h| h.closed_at.is_none()) else {
-            return Ok(false);
+    ) -> Result<Option<&'static str>, StoreError> {
+        let Some(mut h) = store::handoff(tx, &refused.record_key.0).await?.filter(|h| h.closed_at.is_none()) else {
+            return Ok(None);
         };
+        let order = refused.idempotency_key.rsplit(':').next().and_then(|n| n.parse::<i64>().ok());
         h.replies += 1;
         let n = h.replies;
-        self.invite_once(tx, &h, n, now, applied).await?;
-        h.pending.push(PendingReply { text: text.to_string(), n, by: None, shown: true });
-        info!(handoff = %h.key, n, "a staff reply met the 24-hour window closed: the person is invited to write, the reply waits");
+        let last_inbound = store::contact(tx, &h.phone).await?.and_then(|c| c.last_inbound_at);
+        let wrote_since = last_inbound.is_some_and(|at| at > refused.created_at);
+        let reason = if wrote_since && super::dispatcher::inside_service_window(last_inbound, now) {
+            self.queue_reply(tx, &h, (REPLY_RULE, n), MessageContent::Text { body: text.to_string() }, now, applied)
+                .await?;
+            info!(handoff = %h.key, n, "a staff reply met the 24-hour window closed, but the person has written since: sent again");
+            "not sent: the 24-hour window had closed; the person has written since, so it goes out again"
+        } else {
+            self.invite_once(tx, &h, n, now, applied).await?;
+            let place = order.unwrap_or(n);
+            let at = h.pending.iter().position(|p| p.order.unwrap_or(p.n) > place).unwrap_or(h.pending.len());
+            h.pending.insert(at, PendingReply { text: text.to_string(), n, by: None, shown: true, order });
+            h.flagged_at = None;
+            info!(handoff = %h.key, n, "a staff reply met the 24-hour window closed: the person is invited to write, the reply waits");
+            "not sent yet: the 24-hour window closed before it went out; the person is invited to write, and it goes out when they do"
+        };
         store::update_handoff(tx, &h).await?;
         applied.writes.extend(progress_writes(self.ctx, self.cfg, &h));
-        Ok(true)
+        Ok(Some(reason))
     }
 
     /// What staff asked in the inbox record `key`.
@@ -479,7 +500,7 @@ impl Handoffs<'_> {
                     info!(handoff = %h.key, n, "staff reply queued");
                 } else {
                     self.invite_once(tx, &h, n, now, applied).await?;
-                    h.pending.push(PendingReply { text: text.clone(), n, by: by.clone(), shown: false });
+                    h.pending.push(PendingReply { text: text.clone(), n, by: by.clone(), shown: false, order: None });
                     h.flagged_at = None;
                     info!(handoff = %h.key, n, "staff reply outside the 24-hour window: the person is invited to write, the reply waits");
                 }

@@ -470,7 +470,8 @@ impl InboxProcessor {
     }
 
     /// A failure reported later, classified like a synchronous one. True when the message was
-    /// queued again (sent later, or with its template fallback).
+    /// dealt with here: queued again (sent later, or with its template fallback), or a staff
+    /// reply handed back to its hand-off.
     async fn retry_failed(
         &self,
         tx: &mut Tx,
@@ -481,6 +482,7 @@ impl InboxProcessor {
         effects: &mut Effects,
     ) -> Result<bool, StoreError> {
         let now = self.ctx.now_ms();
+        provider.note_failure(err);
         let max_attempts = provider.settings().max_attempts;
         let reason = err.describe();
         let (due, attempts, content): (i64, u32, Option<&MessageContent>) = match provider.classify_failure(err) {
@@ -501,22 +503,43 @@ impl InboxProcessor {
             SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
                 (c, Some(fb)) if c.is_free_form() => (now, m.attempts, Some(fb)),
                 (MessageContent::Text { body }, None) => {
-                    // A staff reply waits in its hand-off for the person to write (this one
-                    // still ends failed, with the provider's reason).
-                    if let Some(cfg) = self
+                    // A staff reply waits in its hand-off for the person to write; this one
+                    // ends skipped, saying so.
+                    let Some(cfg) = self
                         .ctx
                         .config
                         .handoff
                         .as_ref()
                         .filter(|c| m.rule_id == super::handoff::REPLY_RULE && m.source_id == c.inbox)
-                    {
-                        let mut applied = super::handoff::Applied::default();
-                        super::handoff::Handoffs { ctx: &self.ctx, cfg }
-                            .reply_missed_window(tx, &m.record_key, body, now, &mut applied)
-                            .await?;
-                        absorb(effects, applied);
-                    }
-                    return Ok(false);
+                    else {
+                        return Ok(false);
+                    };
+                    let mut applied = super::handoff::Applied::default();
+                    let handoffs = super::handoff::Handoffs { ctx: &self.ctx, cfg };
+                    let Some(why) = handoffs.reply_missed_window(tx, m, body, now, &mut applied).await? else {
+                        return Ok(false);
+                    };
+                    absorb(effects, applied);
+                    let state = MessageState::Skipped;
+                    let u = MessageUpdate {
+                        state: Some(state),
+                        provider_message_id: Some(provider_message_id.to_string()),
+                        error: Some(Some(why.to_string())),
+                        state_at: Some(now),
+                        ..Default::default()
+                    };
+                    store::update_message(tx, m.id, &u, now).await?;
+                    effects.writes.extend(self.ctx.interaction_writes(
+                        m,
+                        state,
+                        now,
+                        Some(why),
+                        Some(provider_message_id),
+                    ));
+                    effects.writes.extend(self.ctx.owned_status_writes(tx, m, state, now, Some(why)).await?);
+                    effects.sources.insert(m.source_id.clone());
+                    info!(message_id = m.id, record = %m.record_key, "{why}");
+                    return Ok(true);
                 }
                 _ => return Ok(false),
             },

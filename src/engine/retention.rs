@@ -53,8 +53,8 @@ impl RetentionLoop {
     }
 
     /// Files people sent, older than `keep`: the bytes go, and their rows keep only why, so a
-    /// link in a sheet answers 410 "no longer kept" for another `keep` before the row goes
-    /// too. Returns how many files went.
+    /// link written in a record answers 410 "no longer kept" for another `keep` before the row
+    /// goes too. Returns how many files and forgotten rows went.
     async fn prune_media(&self, keep: Duration) -> Result<u64, StoreError> {
         let before = self.ctx.now_ms() - keep.as_millis() as i64;
         let ids = {

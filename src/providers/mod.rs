@@ -449,6 +449,15 @@ impl Provider {
         }
     }
 
+    /// Lets the provider act on a failure a status webhook reported about one of its messages
+    /// (Meta: a media id it no longer holds makes the uploads be made again).
+    pub fn note_failure(&self, error: &ProviderError) {
+        match self {
+            Provider::MetaCloud(m) => m.note_failure(error),
+            Provider::Twilio(_) => {}
+        }
+    }
+
     /// Classifies an error a status webhook reported, exactly like a synchronous one.
     pub fn classify_failure(&self, error: &ProviderError) -> SendError {
         match self {

@@ -361,6 +361,8 @@ struct Inner {
     media_downloads: u64,
     /// Files the business uploaded (`POST /{phone-number-id}/media`).
     uploads: u64,
+    /// The media ids of those uploads (Meta drops them after 30 days: [`MetaState::expire_uploads`]).
+    uploaded: Vec<String>,
 }
 
 /// A file a simulated person sent, kept for the media endpoints.
@@ -395,6 +397,7 @@ impl MetaState {
                 media_link_ttl: Duration::from_secs(300),
                 media_downloads: 0,
                 uploads: 0,
+                uploaded: Vec::new(),
             }),
             http: reqwest::Client::new(),
             hold: tokio::sync::watch::channel(false).0,
@@ -617,6 +620,15 @@ impl MetaState {
     /// Files the business uploaded through the media API.
     pub fn uploads(&self) -> u64 {
         self.lock().uploads
+    }
+
+    /// Meta no longer holds the files uploaded so far (30 days have passed): a message naming
+    /// their ids fails with 131053.
+    pub fn expire_uploads(&self) {
+        let mut g = self.lock();
+        for id in std::mem::take(&mut g.uploaded) {
+            g.media.remove(&id);
+        }
     }
 
     /// A scripted person does the first line of their script.
@@ -1143,23 +1155,36 @@ pub async fn upload_media(
     let id = format!("{}", 100_000_000_000_000u64 + rand::random::<u64>() % 900_000_000_000_000);
     let mut g = st.meta.lock();
     g.uploads += 1;
+    g.uploaded.push(id.clone());
     g.media.insert(id.clone(), MediaFile { bytes: file.bytes.clone(), mime_type: mime });
     Json(json!({ "id": id })).into_response()
 }
 
 /// The media ids a message sends (a media message's, a template header's) that Meta does not
-/// hold: WhatsApp fails such a message after accepting it (131053).
-fn unknown_media_ids(media: &HashMap<String, MediaFile>, req: &Value) -> Vec<String> {
+/// hold, or whose file is not of the kind it is sent as (a PDF as an image): WhatsApp fails
+/// such a message after accepting it (131053).
+fn unusable_media_ids(media: &HashMap<String, MediaFile>, req: &Value) -> Vec<String> {
     let kind = req["type"].as_str().unwrap_or_default();
-    let mut ids: Vec<&Value> = vec![&req[kind]["id"]];
+    let mut ids: Vec<(&str, &Value)> = vec![(kind, &req[kind]["id"])];
     if let Some(comps) = req["template"]["components"].as_array() {
         for c in comps.iter().filter(|c| c["type"] == "header") {
             for p in c["parameters"].as_array().into_iter().flatten() {
-                ids.push(&p[p["type"].as_str().unwrap_or_default()]["id"]);
+                let k = p["type"].as_str().unwrap_or_default();
+                ids.push((k, &p[k]["id"]));
             }
         }
     }
-    ids.into_iter().filter_map(Value::as_str).filter(|id| !media.contains_key(*id)).map(str::to_string).collect()
+    let fits = |kind: &str, f: &MediaFile| match kind {
+        "image" => f.mime_type.starts_with("image/"),
+        "video" => f.mime_type.starts_with("video/"),
+        "audio" => f.mime_type.starts_with("audio/"),
+        _ => true,
+    };
+    ids.into_iter()
+        .filter_map(|(k, v)| v.as_str().map(|id| (k, id)))
+        .filter(|(k, id)| !media.get(*id).is_some_and(|f| fits(k, f)))
+        .map(|(_, id)| id.to_string())
+        .collect()
 }
 
 /// Why a template's header parameter does not fit the approved header, in Meta's words.
@@ -1499,7 +1524,7 @@ pub async fn send(
                 return meta_error(400, 131051, "Unsupported message type", &format!("type {other} is not supported"));
             }
         }
-        if !unknown_media_ids(&g.media, &req).is_empty() {
+        if !unusable_media_ids(&g.media, &req).is_empty() {
             async_failure = Some((
                 131053,
                 "Media upload error",

@@ -49,6 +49,10 @@ pub struct PendingReply {
     /// way out), so releasing it adds no second line.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shown: bool,
+    /// Its place among the waiting replies when that is not `n`: the number it was first
+    /// written under, for one that came back after a later reply was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<i64>,
 }
 
 const COLUMNS: &str = "key, phone, provider_id, source_id, record_key, topic, language, opened_at, closed_at, transcript, replies, pending, waiting_since, after_hours_at, flagged_at";

@@ -163,7 +163,8 @@ pub async fn media_older_than(conn: &mut SqliteConnection, before: i64, limit: i
 pub async fn expire_media_rows(conn: &mut SqliteConnection, ids: &[i64], why: &str) -> StoreResult<()> {
     for id in ids {
         sqlx::query(
-            "UPDATE media SET state = 'expired', error = $2, phone = NULL, filename = NULL, media_ref = '' WHERE id = $1",
+            "UPDATE media SET state = 'expired', error = CASE WHEN state = 'failed' THEN error ELSE $2 END, \
+             phone = NULL, filename = NULL, media_ref = '' WHERE id = $1",
         )
         .bind(id)
         .bind(why)

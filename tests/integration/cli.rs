@@ -333,6 +333,7 @@ handoff:
   reopen_template: { name: retomar, language: es }
   fields:
     opened_at: Abierta
+    record_id: ContactId
     transcript: Conversación
     state: Estado
     reply: Respuesta
@@ -341,6 +342,7 @@ handoff:
     let (code, text) = check(yaml.as_bytes());
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("handoff.inbox: no source with id 'bandeja'"), "{text}");
+    assert!(text.contains("handoff.fields.record_id: links the inbox record to the person's record"), "{text}");
     assert!(text.contains("handoff.fields.close: 'respuesta' is also handoff.fields.reply"), "{text}");
     assert!(text.contains("handoff.keywords[0]: 'BAJA' is already an opt-out or opt-in keyword"), "{text}");
     let no_trigger = yaml.replace("  keywords: [Baja]\n", "");

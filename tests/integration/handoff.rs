@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use recado::domain::MessageState;
 use serde_json::{json, Value};
 
 use crate::harness::{e164, row, wait_for, Harness, SHEET, TAB};
@@ -352,6 +353,51 @@ async fn a_reply_that_meets_the_window_closed_waits_for_the_person(n: u32, windo
     let delivered = texts_to(&h, n).iter().filter(|t| *t == "Hola Diego, ya tenemos tu certificado.").count();
     let refused = usize::from(window_error == "async");
     assert_eq!(delivered, 1 + refused, "the one WhatsApp accepted and then failed, and the one that went out");
+}
+
+/// A staff reply held up (the number was throttled) until the person's window closed by
+/// recado's own clock: it is not sent as free text, it waits for the person like one written
+/// after the window closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_held_up_until_the_window_closed_waits_for_the_person() {
+    let n = 516;
+    let mut h = with_inbox(&[(n, "Olga Díaz")], SHEET).await;
+    h.user(n, false, None);
+    h.start().await;
+    h.says(n, "PERSONA", None);
+    wait_texts(&h, n, 1, "the opening answer").await;
+    wait_for("the inbox row", Duration::from_secs(20), || async { inbox_cell(&h, n, "Estado") == "open" }).await;
+    h.sandbox.meta().inject(recado::sandbox::MetaFault {
+        code: 130429,
+        http_status: 400,
+        count: 1,
+        mode: None,
+        to: Some(crate::harness::wa_id(n)),
+        // Answered late, so the day can pass while the send is on its way.
+        delay_ms: Some(3_000),
+    });
+    staff_edit(&h, n, "Respuesta", json!("Hola Olga, ya está listo."));
+    wait_for("the reply on its way", Duration::from_secs(20), || async {
+        h.messages().await.iter().any(|m| m.rule_id == "handoff:reply" && m.state == MessageState::Sending)
+    })
+    .await;
+    let day = Duration::from_secs(25 * 3600);
+    h.clock.advance(day);
+    h.sandbox.meta().age_windows(day);
+    wait_for("the invitation instead", Duration::from_secs(20), || async {
+        h.meta_sent_to(n).iter().any(|m| m.body["template"]["name"] == "retomar_conversacion")
+            && inbox_cell(&h, n, "Estado") == "waiting for the person to write"
+    })
+    .await;
+    assert!(!texts_to(&h, n).iter().any(|t| t == "Hola Olga, ya está listo."), "no free text outside the window");
+    h.says(n, "Hola", None);
+    wait_for("the reply that waited", Duration::from_secs(20), || async {
+        texts_to(&h, n).last().map(String::as_str) == Some("Hola Olga, ya está listo.")
+    })
+    .await;
+    h.quiesce().await;
+    let transcript = inbox_cell(&h, n, "Conversación");
+    assert_eq!(transcript.matches("◂ Hola Olga, ya está listo.").count(), 1, "{transcript}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -839,7 +885,7 @@ async fn a_template_with_a_document_header_carries_the_file_and_a_header_the_tem
 /// uploaded again; a message with a media id Meta does not hold fails with the reason on the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_file_on_this_machine_is_uploaded_once_for_a_campaign_and_again_when_it_changes() {
-    let people: Vec<Vec<Value>> = (521..=524).map(|n| row(n, "Vecina", "Sí", "Inscrito")).collect();
+    let people: Vec<Vec<Value>> = (521..=526).map(|n| row(n, "Vecina", "Sí", "Inscrito")).collect();
     let mut h = Harness::new(people).await;
     let file = h.dir.path().join("requisitos.pdf");
     std::fs::write(&file, b"%PDF-1.4 requisitos v1").unwrap();
@@ -859,7 +905,7 @@ async fn a_header_file_on_this_machine_is_uploaded_once_for_a_campaign_and_again
 "#,
         file.display()
     );
-    for n in 521..=524 {
+    for n in 521..=526 {
         h.user(n, false, None);
     }
     h.start().await;
@@ -898,6 +944,19 @@ async fn a_header_file_on_this_machine_is_uploaded_once_for_a_campaign_and_again
     assert_eq!(h.sandbox.meta().uploads(), 2, "the changed file uploaded once more");
     let p = &h.meta_sent_to(524)[0].body["template"]["components"][0]["parameters"][0]["document"];
     assert_ne!(p["id"].as_str(), Some(id.as_str()));
+    // Meta drops the upload (30 days on): the next message fails with its reason on the row,
+    // and the one after uploads the file again.
+    h.sandbox.meta().expire_uploads();
+    h.edit("525", "Estado", json!("Aprobado"));
+    wait_for("the failure on the row", Duration::from_secs(20), || async {
+        h.cell("525", "Error WhatsApp").contains("131053")
+    })
+    .await;
+    h.edit("526", "Estado", json!("Aprobado"));
+    wait_for("the next one delivered with a new upload", Duration::from_secs(20), || async {
+        h.sandbox.meta().uploads() == 3 && h.cell("526", "Estado WhatsApp") == "delivered"
+    })
+    .await;
 }
 
 /// Someone who has not answered the privacy notice is shown it first: asking for a person

@@ -105,6 +105,14 @@ impl MetaCloud {
         Err(errors::classify(status.as_u16(), &bytes))
     }
 
+    /// 131053 ("Media upload error"): a media id Meta no longer holds (it keeps uploads 30 days,
+    /// and may drop them sooner): the next send uploads its files again.
+    pub fn note_failure(&self, error: &crate::domain::ProviderError) {
+        if error.code == 131053 {
+            self.uploads.forget_all();
+        }
+    }
+
     pub fn verify_webhook(&self, request: &WebhookRequest<'_>) -> Result<(), WebhookRejection> {
         let header = request.headers.get(webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
         webhook::verify_signature(self.config.app_secret.expose(), request.body, header).map_err(|e| match e {

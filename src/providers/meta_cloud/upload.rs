@@ -25,6 +25,15 @@ const REUSE_FOR: Duration = Duration::from_secs(29 * 24 * 3600);
 #[derive(Default)]
 pub struct Uploads {
     done: tokio::sync::Mutex<HashMap<PathBuf, Uploaded>>,
+    /// Set when Meta failed a message for a media id it does not hold: the next send starts
+    /// from no uploads (the lock may be held by an upload, so this does not wait for it).
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl Uploads {
+    pub fn forget_all(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 struct Uploaded {
@@ -70,6 +79,9 @@ impl MetaCloud {
             let (len, modified) = (meta.len(), meta.modified().ok());
             // Held across the upload: a burst of sends of the same file makes one upload.
             let mut done = self.uploads.done.lock().await;
+            if self.uploads.stale.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                done.clear();
+            }
             let fresh = done
                 .get(path)
                 .filter(|u| u.len == len && u.modified == modified && u.at.elapsed() < REUSE_FOR)
@@ -108,7 +120,12 @@ impl MetaCloud {
             .bearer_auth(self.config.access_token.expose())
             .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
             .body(body);
-        let (status, answer) = crate::providers::exchange(request, "Meta", MEDIA_DOWNLOAD_TIMEOUT).await?;
+        // No message went out if an upload's answer is lost: try again, it is not a send in doubt.
+        let (status, answer) =
+            crate::providers::exchange(request, "Meta", MEDIA_DOWNLOAD_TIMEOUT).await.map_err(|e| match e {
+                SendError::InDoubt { reason } => SendError::Retry { reason: format!("uploading the file: {reason}") },
+                other => other,
+            })?;
         if !status.is_success() {
             return Err(super::errors::classify(status.as_u16(), &answer));
         }

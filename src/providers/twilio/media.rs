@@ -39,7 +39,12 @@ impl Twilio {
                     "Twilio refused the credentials when asked for a file (HTTP {status})"
                 )))
             }
-            404 => return Err(MediaError::Gone("Twilio no longer has the file (deleted from the message)".into())),
+            // Twilio may answer 404 for a moment right after the webhook, before the file is
+            // stored: tried again (and given up after the loop's last attempt).
+            404 => return Err(MediaError::Transient(
+                "Twilio does not have the file (HTTP 404): it may not be stored yet, or was deleted from the message"
+                    .into(),
+            )),
             s => return Err(MediaError::Transient(format!("Twilio could not give the file (HTTP {s})"))),
         }
         let mime_type = response
