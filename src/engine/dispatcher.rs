@@ -882,17 +882,7 @@ impl Dispatcher {
         let Some(reason) = handoffs.reply_missed_window(&mut tx, m, body, now, &mut applied).await? else {
             return Ok(false);
         };
-        let state = MessageState::Skipped;
-        let u = MessageUpdate {
-            state: Some(state),
-            error: Some(Some(reason.into())),
-            state_at: Some(now),
-            ..Default::default()
-        };
-        store::update_message(&mut tx, m.id, &u, now).await?;
-        store::queue_writes(&mut tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
-        let writes = self.ctx.owned_status_writes(&mut tx, m, state, now, Some(reason)).await?;
-        store::queue_writes(&mut tx, &writes).await?;
+        self.end_in(&mut tx, m, MessageState::Skipped, reason, now).await?;
         store::queue_writes(&mut tx, &applied.writes).await?;
         tx.commit().await?;
         info!(message_id = m.id, record = %m.record_key, "{reason}");
@@ -903,20 +893,32 @@ impl Dispatcher {
         Ok(true)
     }
 
-    /// Terminal outcome decided here (failed or skipped), written back to the record.
-    async fn finish(&self, m: &OutboxMessage, state: MessageState, reason: &str) -> Result<(), StoreError> {
-        let now = self.now_ms();
-        let mut tx = self.ctx.store.begin().await?;
+    /// Ends `m` as `state` with `reason` in `tx`, and queues that for its record.
+    async fn end_in(
+        &self,
+        tx: &mut crate::store::Tx,
+        m: &OutboxMessage,
+        state: MessageState,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let u = MessageUpdate {
             state: Some(state),
             error: Some(Some(reason.to_string())),
             state_at: Some(now),
             ..Default::default()
         };
-        store::update_message(&mut tx, m.id, &u, now).await?;
-        store::queue_writes(&mut tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
-        let writes = self.ctx.owned_status_writes(&mut tx, m, state, now, Some(reason)).await?;
-        store::queue_writes(&mut tx, &writes).await?;
+        store::update_message(tx, m.id, &u, now).await?;
+        store::queue_writes(tx, &self.ctx.interaction_writes(m, state, now, Some(reason), None)).await?;
+        let writes = self.ctx.owned_status_writes(tx, m, state, now, Some(reason)).await?;
+        store::queue_writes(tx, &writes).await
+    }
+
+    /// Terminal outcome decided here (failed or skipped), written back to the record.
+    async fn finish(&self, m: &OutboxMessage, state: MessageState, reason: &str) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.ctx.store.begin().await?;
+        self.end_in(&mut tx, m, state, reason, now).await?;
         tx.commit().await?;
         warn!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, state = %state, "{reason}");
         self.ctx.wake_flusher(&m.source_id);
