@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use recado::config::{RuleConfig, SendSpec, TemplateSpec, Trigger};
-use recado::diff::{diff, Snapshot, SnapshotRow};
+use recado::diff::{diff, fingerprints, record_fingerprint, Snapshot, SnapshotRow, StoredRows};
 use recado::domain::{CellValue, PhoneNumber, Record, RecordKey};
 use recado::rules::{RecordFacts, RuleSet};
 
@@ -33,26 +33,31 @@ fn record(i: usize, version: usize) -> Record {
     Record { key: RecordKey(i.to_string()), fields }
 }
 
-/// The old snapshot, and the fresh read as records: 1% changed, 0.1% added, 0.1% removed.
-fn tables(n: usize) -> (Snapshot, Vec<Record>) {
-    let old: Snapshot = (0..n)
+/// The old snapshot (memory's fingerprints, and the stored rows of the records that moved, as
+/// the poller reads them back), and the fresh read as records: 1% changed, 0.1% added, 0.1%
+/// removed.
+fn tables(n: usize) -> (Snapshot, StoredRows, Vec<Record>) {
+    let rows: StoredRows = (0..n)
         .map(|i| {
             let r = record(i, 0);
             (r.key.clone(), SnapshotRow::of(&r))
         })
         .collect();
+    let old = fingerprints(&rows);
     let fresh: Vec<Record> = (n / 1000..n + n / 1000).map(|i| record(i, 1)).collect();
-    (old, fresh)
+    let moved = recado::diff::moved(&old, fresh.iter().map(|r| (r, record_fingerprint(r))));
+    let stored = moved.iter().filter_map(|k| rows.get(k).map(|r| (k.clone(), r.clone()))).collect();
+    (old, stored, fresh)
 }
 
 fn bench_diff(c: &mut Criterion) {
     let mut g = c.benchmark_group("diff");
     g.sample_size(10);
     for n in [100_000usize, 1_000_000] {
-        let (old, fresh) = tables(n);
+        let (old, stored, fresh) = tables(n);
         g.bench_with_input(BenchmarkId::new("fingerprint_and_diff", n), &n, |b, _| {
             b.iter(|| {
-                let changes = diff(&old, &fresh);
+                let changes = diff(&old, &stored, &fresh);
                 assert!(changes.len() >= n / 100);
                 changes.len()
             })

@@ -1,10 +1,12 @@
 //! Change detection: compares a read of a source with the stored snapshot (pure).
 //!
-//! A snapshot keeps, per record key, a 64-bit fingerprint of its fields and their canonical
-//! text. Unchanged rows cost one hash comparison; only rows whose fingerprint moved are compared
-//! field by field, so a diff reports exactly which fields changed. The fingerprint is FNV-1a:
-//! stable across Rust versions (it is persisted), and a collision can only hide a change, never
-//! invent one, because changes are confirmed field by field.
+//! The store keeps, per record key, a 64-bit fingerprint of its fields and their canonical
+//! text ([`SnapshotRow`]). Memory keeps only the fingerprint ([`Fingerprint`]): a million
+//! records cost tens of megabytes, not gigabytes. Unchanged rows cost one hash comparison; the
+//! stored text of the few rows whose fingerprint moved ([`moved`]) is read back and compared
+//! field by field, so a diff reports exactly which fields changed and what they held. The
+//! fingerprint is FNV-1a: stable across Rust versions (it is persisted), and a collision can
+//! only hide a change, never invent one, because changes are confirmed field by field.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -32,15 +34,45 @@ impl SnapshotRow {
     }
 
     pub fn of(record: &Record) -> Self {
+        Self::with_hash(record, record_fingerprint(record))
+    }
+
+    /// The same, with the record's fingerprint already computed.
+    pub fn with_hash(record: &Record, hash: u64) -> Self {
         let fields: BTreeMap<String, String> = record.fields.iter().map(|(k, v)| (k.clone(), v.canonical())).collect();
         let dates =
             record.fields.iter().filter(|(_, v)| matches!(v, CellValue::Date(_))).map(|(k, _)| k.clone()).collect();
-        Self { hash: record_fingerprint(record), fields, dates, from_baseline: false }
+        Self { hash, fields, dates, from_baseline: false }
     }
 }
 
-/// The last committed state of a source.
-pub type Snapshot = HashMap<RecordKey, SnapshotRow>;
+/// What memory keeps of one record between polls: enough to tell that it did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub hash: u64,
+    /// See [`SnapshotRow::from_baseline`].
+    pub from_baseline: bool,
+    /// See [`SnapshotRow::is_erased`].
+    pub erased: bool,
+}
+
+impl Fingerprint {
+    pub fn of(row: &SnapshotRow) -> Self {
+        Self { hash: row.hash, from_baseline: row.from_baseline, erased: row.is_erased() }
+    }
+}
+
+/// The last committed state of a source, as memory keeps it.
+pub type Snapshot = HashMap<RecordKey, Fingerprint>;
+
+/// Stored rows of some records (those whose fingerprint moved), read back to tell which of
+/// their fields changed.
+pub type StoredRows = HashMap<RecordKey, SnapshotRow>;
+
+/// The fingerprints of stored rows.
+pub fn fingerprints<'a>(rows: impl IntoIterator<Item = (&'a RecordKey, &'a SnapshotRow)>) -> Snapshot {
+    rows.into_iter().map(|(k, r)| (k.clone(), Fingerprint::of(r))).collect()
+}
 
 /// One field that changed in one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,32 +133,47 @@ pub fn record_fingerprint(record: &Record) -> u64 {
     })
 }
 
-/// Compares a full read (records in the source's order) with the snapshot. Changes come in
-/// read order, removals last in key order, so the result is deterministic. Only records whose
-/// fingerprint moved are compared field by field.
-pub fn diff<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = &'a Record>) -> Vec<Change> {
-    diff_read(old, fresh, true, &[])
+/// The records of a read (each with its fingerprint) that the snapshot holds with another
+/// fingerprint: their stored rows must be read back before [`diff_read`].
+pub fn moved<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Record, u64)>) -> Vec<RecordKey> {
+    fresh
+        .into_iter()
+        .filter(|(record, hash)| old.get(&record.key).is_some_and(|prev| prev.hash != *hash))
+        .map(|(record, _)| record.key.clone())
+        .collect()
 }
 
-/// The same for any read: with `complete` false (an incremental read), a record absent from
-/// the read is unchanged, not removed; removals are the `deleted` keys still in the snapshot.
+/// Compares a full read (records in the source's order) with the snapshot. Changes come in
+/// read order, removals last in key order, so the result is deterministic. Only records whose
+/// fingerprint moved are compared field by field, against their stored rows in `stored`.
+pub fn diff<'a>(old: &Snapshot, stored: &StoredRows, fresh: impl IntoIterator<Item = &'a Record>) -> Vec<Change> {
+    diff_read(old, stored, fresh.into_iter().map(|r| (r, record_fingerprint(r))), true, &[])
+}
+
+/// The same for any read, each record with its fingerprint: with `complete` false (an
+/// incremental read), a record absent from the read is unchanged, not removed; removals are
+/// the `deleted` keys still in the snapshot. A moved record missing from `stored` is compared
+/// with an empty row (every field it has is reported, from empty).
 pub fn diff_read<'a>(
     old: &Snapshot,
-    fresh: impl IntoIterator<Item = &'a Record>,
+    stored: &StoredRows,
+    fresh: impl IntoIterator<Item = (&'a Record, u64)>,
     complete: bool,
     deleted: &[RecordKey],
 ) -> Vec<Change> {
     let mut changes = Vec::new();
     let mut matched = 0usize;
     let mut keys: Vec<&RecordKey> = Vec::new();
-    for record in fresh {
+    let nothing = BTreeMap::new();
+    for (record, hash) in fresh {
         keys.push(&record.key);
         match old.get(&record.key) {
             None => changes.push(Change::Added(record.key.clone())),
             Some(prev) => {
                 matched += 1;
-                if prev.hash != record_fingerprint(record) {
-                    let fields = field_changes(&prev.fields, record);
+                if prev.hash != hash {
+                    let before = stored.get(&record.key).map_or(&nothing, |row| &row.fields);
+                    let fields = field_changes(before, record);
                     if !fields.is_empty() {
                         changes.push(Change::Changed { key: record.key.clone(), fields });
                     }
@@ -187,12 +234,17 @@ mod tests {
         (r.key.clone(), SnapshotRow::of(&r))
     }
 
+    /// Memory's snapshot and the store's rows of the same table.
+    fn both(rows: impl IntoIterator<Item = (RecordKey, SnapshotRow)>) -> (Snapshot, StoredRows) {
+        let stored: StoredRows = rows.into_iter().collect();
+        (fingerprints(&stored), stored)
+    }
+
     #[test]
     fn added_changed_removed() {
-        let old: Snapshot =
-            [rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")])].into_iter().collect();
+        let (old, stored) = both([rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")])]);
         let fresh = [record("1", &[("Estado", "Egresado")]), record("3", &[("Estado", "Activo")])];
-        let changes = diff(&old, &fresh);
+        let changes = diff(&old, &stored, &fresh);
         assert_eq!(
             changes,
             vec![
@@ -208,12 +260,19 @@ mod tests {
 
     #[test]
     fn an_incremental_read_removes_only_what_was_deleted() {
-        let old: Snapshot =
-            [rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")]), rec("3", &[("Estado", "Activo")])]
-                .into_iter()
-                .collect();
+        let (old, stored) = both([
+            rec("1", &[("Estado", "Activo")]),
+            rec("2", &[("Estado", "Activo")]),
+            rec("3", &[("Estado", "Activo")]),
+        ]);
         let fresh = [record("1", &[("Estado", "Egresado")])];
-        let changes = diff_read(&old, &fresh, false, &[RecordKey("3".into()), RecordKey("9".into())]);
+        let changes = diff_read(
+            &old,
+            &stored,
+            fresh.iter().map(|r| (r, record_fingerprint(r))),
+            false,
+            &[RecordKey("3".into()), RecordKey("9".into())],
+        );
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(matches!(&changes[0], Change::Changed { key, .. } if key.0 == "1"));
         assert_eq!(changes[1], Change::Removed(RecordKey("3".into())), "2 is unchanged, 9 was never there");
@@ -221,9 +280,9 @@ mod tests {
 
     #[test]
     fn a_new_empty_column_is_not_a_change() {
-        let old: Snapshot = [rec("1", &[("A", "x")])].into_iter().collect();
+        let (old, stored) = both([rec("1", &[("A", "x")])]);
         let fresh = [record("1", &[("A", "x"), ("B", "")])];
-        assert!(diff(&old, &fresh).is_empty());
+        assert!(diff(&old, &stored, &fresh).is_empty());
     }
 
     #[test]
@@ -231,8 +290,8 @@ mod tests {
         let a = Record { key: RecordKey("1".into()), fields: [("N".to_string(), CellValue::Number(3.0))].into() };
         let b =
             Record { key: RecordKey("1".into()), fields: [("N".to_string(), CellValue::Text(" 3 ".into()))].into() };
-        let old: Snapshot = [(a.key.clone(), SnapshotRow::of(&a))].into_iter().collect();
-        assert!(diff(&old, [&b]).is_empty());
+        let (old, stored) = both([(a.key.clone(), SnapshotRow::of(&a))]);
+        assert!(diff(&old, &stored, [&b]).is_empty());
         assert_eq!(record_fingerprint(&b), fingerprint(&SnapshotRow::of(&b).fields));
     }
 
@@ -244,11 +303,14 @@ mod tests {
         /// Applying the reported changes to the old table yields the new one.
         #[test]
         fn diff_is_complete_and_exact(old_t in table(), new_t in table()) {
-            let old: Snapshot = old_t.iter().map(|(k, (a, b))| rec(k, &[("A", a), ("B", b)])).collect();
+            let (old, stored) = both(old_t.iter().map(|(k, (a, b))| rec(k, &[("A", a), ("B", b)])));
             let records: Vec<Record> = new_t.iter().map(|(k, (a, b))| record(k, &[("A", a), ("B", b)])).collect();
-            let changes = diff(&old, &records);
+            let moved_keys = moved(&old, records.iter().map(|r| (r, record_fingerprint(r))));
+            // Only the moved rows are read back from the store, as the poller does.
+            let read_back: StoredRows = moved_keys.iter().map(|k| (k.clone(), stored[k].clone())).collect();
+            let changes = diff(&old, &read_back, &records);
             let fresh: Vec<(RecordKey, SnapshotRow)> = records.iter().map(|r| (r.key.clone(), SnapshotRow::of(r))).collect();
-            let mut state = old.clone();
+            let mut state = stored.clone();
             for c in &changes {
                 match c {
                     Change::Added(k) => { let row = fresh.iter().find(|(fk, _)| fk == k).unwrap().1.clone(); prop_assert!(state.insert(k.clone(), row).is_none()); }
@@ -261,7 +323,7 @@ mod tests {
                     }
                 }
             }
-            let want: Snapshot = fresh.into_iter().collect();
+            let want: StoredRows = fresh.into_iter().collect();
             prop_assert_eq!(state, want);
         }
     }

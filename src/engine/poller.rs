@@ -17,9 +17,9 @@ use tracing::{debug, error, info, warn};
 
 use super::health::QuotaHealth;
 use super::timers::sync_timers;
-use super::{log_adjustments, record_from_snapshot, EngineCtx, Shutdown};
+use super::{log_adjustments, EngineCtx, Shutdown};
 use crate::config::Trigger;
-use crate::diff::{diff_read, Change, Snapshot, SnapshotRow};
+use crate::diff::{diff_read, record_fingerprint, Change, Fingerprint, Snapshot, SnapshotRow, StoredRows};
 use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
 use crate::metrics::{SourceLabel, SourceResult};
 use crate::rules::{Blocked, RecordFacts, TimerPlan};
@@ -86,7 +86,13 @@ struct Planned {
     issues: Vec<RecordIssue>,
     /// Record keys whose timers were planned this round (all of them on a full pass).
     planned_keys: Vec<RecordKey>,
-    upserts: Vec<(RecordKey, SnapshotRow)>,
+    /// The read, kept until its snapshot rows are written (built a chunk at a time, so a
+    /// baseline's records are not held twice), with each record's fingerprint.
+    read: SourceRead,
+    hashes: Vec<u64>,
+    /// Records whose snapshot row is (re)written: index into `read.records`, and whether the
+    /// row counts as part of the baseline.
+    upserts: Vec<(usize, bool)>,
     removals: Vec<RecordKey>,
     /// Phone of each record whose index entry must be (re)written.
     phones: Vec<(RecordKey, Option<String>)>,
@@ -253,10 +259,36 @@ impl SourcePoller {
         let version = read.version.clone().or(probe.version);
         let now = self.ctx.clock.now();
         let snapshot = std::mem::take(&mut self.snapshot);
+        // Off the runtime: every record's fingerprint, and which records moved.
+        let job = tokio::task::spawn_blocking(move || {
+            let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
+            let moved = crate::diff::moved(&snapshot, read.records.iter().zip(hashes.iter().copied()));
+            (snapshot, read, hashes, moved)
+        });
+        let (snapshot, read, hashes, moved) = match job.await {
+            Ok(done) => done,
+            Err(e) => {
+                // The snapshot went with the failed job: load it again from the store.
+                let mut conn = self.ctx.store.conn().await?;
+                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
+                return Err(PollError::Processing(e.to_string()));
+            }
+        };
+        // The stored text of the moved records only: what they held is what changed from.
+        let stored = match self.stored_rows(&moved).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.snapshot = snapshot;
+                return Err(e.into());
+            }
+        };
+        drop(moved);
         let ctx = Arc::clone(&self.ctx);
         let settings = self.settings.clone();
         let full_pass = !self.synced;
-        let job = tokio::task::spawn_blocking(move || plan(&ctx, &settings, snapshot, read, baseline, full_pass, now));
+        let job = tokio::task::spawn_blocking(move || {
+            plan(&ctx, &settings, snapshot, &stored, read, hashes, baseline, full_pass, now)
+        });
         let planned = match job.await {
             Ok(p) => p,
             Err(e) => {
@@ -275,9 +307,10 @@ impl SourcePoller {
                 for k in &planned.removals {
                     snapshot.remove(k);
                 }
-                // Moved, not copied: a baseline's rows are not held twice.
-                for (k, row) in planned.upserts {
-                    snapshot.insert(k, row);
+                for &(i, from_baseline) in &planned.upserts {
+                    if let (Some(record), Some(&hash)) = (planned.read.records.get(i), planned.hashes.get(i)) {
+                        snapshot.insert(record.key.clone(), Fingerprint { hash, from_baseline, erased: false });
+                    }
                 }
                 self.snapshot = snapshot;
                 self.synced = true;
@@ -294,16 +327,26 @@ impl SourcePoller {
         }
     }
 
+    /// The stored rows of these records.
+    async fn stored_rows(&self, keys: &[RecordKey]) -> Result<StoredRows, StoreError> {
+        if keys.is_empty() {
+            return Ok(StoredRows::new());
+        }
+        let mut conn = self.ctx.store.conn().await?;
+        store::snapshot_rows_of(&mut conn, &self.settings.id, keys).await
+    }
+
     async fn commit(&mut self, p: &Planned, version: Option<String>, now: i64) -> Result<PollReport, StoreError> {
         let id = self.settings.id.clone();
         let mut report = PollReport { baseline: p.baseline, changes: p.changes.len(), ..Default::default() };
         // Group everything by record, then commit records in chunks.
         let mut keys: Vec<&RecordKey> = Vec::new();
         let mut seen: HashSet<&RecordKey> = HashSet::new();
+        let records = &p.read.records;
         for k in p
             .upserts
             .iter()
-            .map(|(k, _)| k)
+            .filter_map(|(i, _)| records.get(*i).map(|r| &r.key))
             .chain(p.removals.iter())
             .chain(p.planned_keys.iter())
             .chain(p.phones.iter().map(|(k, _)| k))
@@ -320,7 +363,8 @@ impl SourcePoller {
         for b in &p.blocked {
             by_key_blocked.entry(&b.record_key).or_default().push(b);
         }
-        let upserts: HashMap<&RecordKey, &SnapshotRow> = p.upserts.iter().map(|(k, r)| (k, r)).collect();
+        let upserts: HashMap<&RecordKey, (usize, bool)> =
+            p.upserts.iter().filter_map(|&(i, b)| records.get(i).map(|r| (&r.key, (i, b)))).collect();
         let removals: HashSet<&RecordKey> = p.removals.iter().collect();
         let phones: HashMap<&RecordKey, &Option<String>> = p.phones.iter().map(|(k, v)| (k, v)).collect();
         let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
@@ -366,13 +410,10 @@ impl SourcePoller {
                     for m in store::queued_for_records(&mut tx, &id, &touched).await? {
                         let reason = match upserts.get(&m.record_key) {
                             None => Some("not sent: the record was removed before it was sent"),
-                            Some(row) => {
+                            Some(&(i, _)) => {
                                 let indexed = phones.get(&m.record_key).and_then(|p| (*p).clone());
-                                let view = self.ctx.view_indexed(
-                                    &self.settings,
-                                    record_from_snapshot(m.record_key.clone(), row),
-                                    indexed,
-                                );
+                                let Some(record) = records.get(i) else { continue };
+                                let view = self.ctx.view_indexed(&self.settings, record.clone(), indexed);
                                 if view.consent == Some(false) {
                                     Some("not sent: consent was withdrawn before it was sent")
                                 } else if view.phone.as_ref().map_or(true, |p| *p != m.phone) {
@@ -425,8 +466,15 @@ impl SourcePoller {
                 }
             }
             // Snapshot rows and the phone index.
-            let rows: Vec<(RecordKey, SnapshotRow)> =
-                chunk.iter().filter_map(|k| upserts.get(*k).map(|r| ((*k).clone(), (*r).clone()))).collect();
+            let rows: Vec<(RecordKey, SnapshotRow)> = chunk
+                .iter()
+                .filter_map(|k| {
+                    let &(i, from_baseline) = upserts.get(*k)?;
+                    let mut row = SnapshotRow::with_hash(records.get(i)?, *p.hashes.get(i)?);
+                    row.from_baseline = from_baseline;
+                    Some(((*k).clone(), row))
+                })
+                .collect();
             store::upsert_snapshot_rows(&mut tx, &id, &rows).await?;
             let gone: Vec<RecordKey> = chunk.iter().filter(|k| removals.contains(*k)).map(|k| (*k).clone()).collect();
             store::delete_snapshot_rows(&mut tx, &id, &gone).await?;
@@ -515,17 +563,21 @@ impl SourcePoller {
 }
 
 /// The pure part of a poll: diff, rules, reminders, snapshot delta (runs off the runtime).
+#[allow(clippy::too_many_arguments)]
 fn plan(
     ctx: &EngineCtx,
     settings: &SourceSettings,
     snapshot: Snapshot,
+    stored: &StoredRows,
     read: SourceRead,
+    hashes: Vec<u64>,
     baseline: bool,
     full_pass: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Snapshot, Planned) {
     let id = settings.id.as_str();
-    let changes = diff_read(&snapshot, read.records.iter(), read.complete, &read.deleted);
+    let changes =
+        diff_read(&snapshot, stored, read.records.iter().zip(hashes.iter().copied()), read.complete, &read.deleted);
     let index: HashMap<&RecordKey, usize> = read.records.iter().enumerate().map(|(i, r)| (&r.key, i)).collect();
     let gates: Vec<&str> = [Some(settings.phone_field.as_str()), settings.consent.as_ref().map(|c| c.field.as_str())]
         .into_iter()
@@ -545,7 +597,7 @@ fn plan(
             let record = &read.records[i];
             let Some(phone) = read.phones.get(&record.key) else { continue };
             // Its copy was erased (`recado forget`): what changed since cannot be told.
-            if snapshot.get(change.key()).is_some_and(SnapshotRow::is_erased) {
+            if snapshot.get(change.key()).is_some_and(|row| row.erased) {
                 continue;
             }
             // A record of the first read was never news: a corrected phone or a consent given
@@ -607,18 +659,17 @@ fn plan(
         .collect();
 
     // The snapshot moves with the changes (at the first read every record is added).
-    let mut upserts: Vec<(RecordKey, SnapshotRow)> = Vec::new();
+    let mut upserts: Vec<(usize, bool)> = Vec::new();
     let mut removals: Vec<RecordKey> = Vec::new();
     for c in &changes {
         match c {
             Change::Added(k) | Change::Changed { key: k, .. } => {
                 if let Some(&i) = index.get(k) {
-                    let mut row = SnapshotRow::of(&read.records[i]);
-                    row.from_baseline = match c {
+                    let from_baseline = match c {
                         Change::Added(_) => baseline,
                         _ => snapshot.get(k).is_some_and(|old| old.from_baseline),
                     };
-                    upserts.push((k.clone(), row));
+                    upserts.push((i, from_baseline));
                 }
             }
             Change::Removed(k) => removals.push(k.clone()),
@@ -627,11 +678,9 @@ fn plan(
     // Copies `recado forget` erased of records that did not change: a full read puts them
     // back as they are (the first read after the daemon starts again is one).
     if full_pass {
-        for r in read.records.iter().filter(|r| !changed.contains(&r.key)) {
-            if let Some(old) = snapshot.get(&r.key).filter(|old| old.is_erased()) {
-                let mut row = SnapshotRow::of(r);
-                row.from_baseline = old.from_baseline;
-                upserts.push((r.key.clone(), row));
+        for (i, r) in read.records.iter().enumerate().filter(|(_, r)| !changed.contains(&r.key)) {
+            if let Some(old) = snapshot.get(&r.key).filter(|old| old.erased) {
+                upserts.push((i, old.from_baseline));
             }
         }
     }
@@ -643,6 +692,7 @@ fn plan(
     };
     let present: HashSet<RecordKey> = read.records.iter().map(|r| r.key.clone()).collect();
     let complete = read.complete;
+    drop(index);
     (
         snapshot,
         Planned {
@@ -653,6 +703,8 @@ fn plan(
             plans,
             issues,
             planned_keys,
+            read,
+            hashes,
             upserts,
             removals,
             phones,

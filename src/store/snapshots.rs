@@ -8,7 +8,7 @@
 use sqlx::SqliteConnection;
 
 use super::{col, StoreError, StoreResult};
-use crate::diff::{Snapshot, SnapshotRow};
+use crate::diff::{Fingerprint, Snapshot, SnapshotRow, StoredRows};
 use crate::domain::RecordKey;
 
 /// Rows per multi-row statement (SQLite allows 32,766 parameters).
@@ -72,28 +72,62 @@ fn snapshot_row(r: &sqlx::sqlite::SqliteRow) -> StoreResult<SnapshotRow> {
     })
 }
 
-/// The stored snapshot of a source. Rows that cannot be read are left out and named, so one
-/// damaged row does not stop the source (it reads as new, and idempotency keys stop a second
-/// message).
+/// The fingerprints of a source's stored snapshot (memory keeps no field text: see
+/// [`crate::diff`]). Rows that cannot be read are left out and named, so one damaged row does
+/// not stop the source (it reads as new, and idempotency keys stop a second message).
 pub async fn load_snapshot(conn: &mut SqliteConnection, source_id: &str) -> StoreResult<(Snapshot, Vec<String>)> {
-    let rows = sqlx::query(
-        "SELECT record_key, row_hash, fields, date_fields, from_baseline FROM snapshot_rows WHERE source_id = $1",
+    use futures_util::TryStreamExt;
+    // Streamed, and the field text never leaves SQLite: only its validity and emptiness.
+    let mut rows = sqlx::query(
+        "SELECT record_key, row_hash, from_baseline, fields = '{}' AS erased,
+                json_valid(fields) AND (date_fields IS NULL OR json_valid(date_fields)) AS readable
+         FROM snapshot_rows WHERE source_id = $1",
     )
     .bind(source_id)
-    .fetch_all(conn)
-    .await?;
-    let mut snap = Snapshot::with_capacity(rows.len());
+    .fetch(conn);
+    let mut snap = Snapshot::new();
     let mut damaged = Vec::new();
-    for r in rows {
+    while let Some(r) = rows.try_next().await? {
         let key: String = col(&r, "record_key")?;
-        match snapshot_row(&r) {
-            Ok(row) => {
-                snap.insert(RecordKey(key), row);
-            }
-            Err(_) => damaged.push(key),
+        if col::<i64>(&r, "readable")? == 0 {
+            damaged.push(key);
+            continue;
         }
+        let fingerprint = Fingerprint {
+            hash: col::<i64>(&r, "row_hash")? as u64,
+            from_baseline: col::<i64>(&r, "from_baseline")? != 0,
+            erased: col::<i64>(&r, "erased")? != 0,
+        };
+        snap.insert(RecordKey(key), fingerprint);
     }
     Ok((snap, damaged))
+}
+
+/// The stored rows of these records (those whose fingerprint moved), read back to tell which
+/// fields changed. A record without a readable row is left out.
+pub async fn snapshot_rows_of(
+    conn: &mut SqliteConnection,
+    source_id: &str,
+    keys: &[RecordKey],
+) -> StoreResult<StoredRows> {
+    let mut out = StoredRows::with_capacity(keys.len());
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT record_key, row_hash, fields, date_fields, from_baseline FROM snapshot_rows WHERE source_id = ",
+        );
+        qb.push_bind(source_id).push(" AND record_key IN (");
+        let mut sep = qb.separated(", ");
+        for k in chunk {
+            sep.push_bind(k.0.as_str());
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            if let Ok(row) = snapshot_row(&r) {
+                out.insert(RecordKey(col(&r, "record_key")?), row);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes snapshot rows (new or changed), many per statement.
