@@ -30,7 +30,7 @@ fn record(i: usize, version: usize) -> Record {
     );
     fields.insert("Comuna".to_string(), CellValue::Text(format!("Comuna {}", i % 346)));
     debug_assert_eq!(fields.len(), COLUMNS.len());
-    Record { key: RecordKey(i.to_string()), fields }
+    Record { key: RecordKey(i.to_string()), fields: fields.into_iter().collect() }
 }
 
 /// The old snapshot (memory's fingerprints, and the stored rows of the records that moved, as

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// The stable identity of a record inside its source (the value of its key field).
 ///
@@ -80,7 +81,110 @@ pub fn format_number(n: f64) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub key: RecordKey,
-    pub fields: BTreeMap<String, CellValue>,
+    pub fields: Fields,
+}
+
+/// A record's fields, in name order. The names are shared by every record of a read (one
+/// list, not a copy per record): a million-row read holds each column name once, and a record
+/// costs its values only. Read like a map (`get`, `iter` in name order, as the persisted
+/// fingerprint needs).
+#[derive(Clone, Default)]
+pub struct Fields {
+    /// Sorted, without repeats.
+    names: Arc<[String]>,
+    /// One per name, in the same order.
+    values: Vec<CellValue>,
+}
+
+impl Fields {
+    /// Fields of a read: `names` sorted without repeats, shared by its records, and this
+    /// record's values in that order. Values beyond the names are dropped; missing ones are
+    /// empty.
+    pub fn shared(names: Arc<[String]>, mut values: Vec<CellValue>) -> Self {
+        debug_assert!(names.windows(2).all(|w| w[0] < w[1]), "field names must be sorted and unique");
+        values.resize(names.len(), CellValue::Empty);
+        Self { names, values }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
+    }
+
+    /// A field by its exact name.
+    pub fn get(&self, name: &str) -> Option<&CellValue> {
+        self.position(name).and_then(|i| self.values.get(i))
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_some()
+    }
+
+    /// Fields in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &CellValue)> {
+        self.names.iter().zip(self.values.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.names.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Sets a field (the record's own copy of the names is made when it gains a new one).
+    pub fn insert(&mut self, name: String, value: CellValue) -> Option<CellValue> {
+        match self.names.binary_search_by(|n| n.as_str().cmp(&name)) {
+            Ok(i) => self.values.get_mut(i).map(|v| std::mem::replace(v, value)),
+            Err(i) => {
+                let mut names = self.names.to_vec();
+                names.insert(i, name);
+                self.names = names.into();
+                self.values.insert(i, value);
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names && self.values == other.values
+    }
+}
+
+impl FromIterator<(String, CellValue)> for Fields {
+    /// As a map is collected: a name given twice keeps its last value.
+    fn from_iter<I: IntoIterator<Item = (String, CellValue)>>(iter: I) -> Self {
+        let map: BTreeMap<String, CellValue> = iter.into_iter().collect();
+        let (names, values): (Vec<String>, Vec<CellValue>) = map.into_iter().unzip();
+        Self { names: names.into(), values }
+    }
+}
+
+impl<const N: usize> From<[(String, CellValue); N]> for Fields {
+    fn from(pairs: [(String, CellValue); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Fields {
+    type Item = (&'a String, &'a CellValue);
+    type IntoIter = std::iter::Zip<std::slice::Iter<'a, String>, std::slice::Iter<'a, CellValue>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.names.iter().zip(self.values.iter())
+    }
 }
 
 impl Record {

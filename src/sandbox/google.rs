@@ -3421,7 +3421,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::Secret;
+    use crate::domain::{CellValue, Secret};
     use crate::sandbox::{MetaSettings, Sandbox};
     use crate::sources::google_sheets::auth::ServiceAccount;
     use crate::sources::google_sheets::budget::Budget;
@@ -3752,15 +3752,11 @@ mod tests {
         let values = e.client.values("'Inscripciones'").await.unwrap();
         assert_eq!(
             values[1],
-            vec![
-                json!(1),
-                json!(46349),
-                json!(0.4375),
-                json!(0.15),
-                json!("Ana"),
-                json!(46349.4375),
-                json!(56987654321_i64)
-            ]
+            [1.0, 46349.0, 0.4375, 0.15]
+                .map(CellValue::Number)
+                .into_iter()
+                .chain([CellValue::Text("Ana".into()), CellValue::Number(46349.4375), CellValue::Number(56987654321.0)])
+                .collect::<Vec<_>>()
         );
         // The masks return only what they name; empty cells are {}.
         let (_, v) =
@@ -3953,7 +3949,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
         g.try_inject(FaultSpec { delay_ms: Some(250), scope: Some("read".into()), ..FaultSpec::default() }).unwrap();
         let started = Instant::now();
-        assert_eq!(e.client.values("T").await.unwrap()[1], vec![json!(1)]);
+        assert_eq!(e.client.values("T").await.unwrap()[1], vec![CellValue::Number(1.0)]);
         assert!(started.elapsed() >= Duration::from_millis(250), "answered late");
         // Applied: the write happens, the client sees a 500.
         g.try_inject(FaultSpec {

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::{CellValue, PhoneError, PhoneNumber, Record, RecordKey, WriteTarget};
+use crate::domain::{CellValue, Fields, PhoneError, PhoneNumber, Record, RecordKey, WriteTarget};
 
 /// A table as read: the header row and the data rows (in a sheet, row numbers start at 2).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -155,6 +155,13 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
         .filter(|(i, h)| !excluded.contains(i) && !h.trim().is_empty())
         .map(|(i, h)| (i, h.trim().to_string()))
         .collect();
+    // Records share one list of names, in name order; a name in two columns keeps the later
+    // column, as a map would.
+    let mut by_name = fields.clone();
+    by_name.sort_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
+    by_name.dedup_by(|later, kept| later.1 == kept.1);
+    let names: std::sync::Arc<[String]> = by_name.iter().map(|(_, h)| h.clone()).collect();
+    let columns: Vec<usize> = by_name.iter().map(|(c, _)| *c).collect();
 
     let mut out = RecordsRead::default();
     // One lock for the whole read: a read runs on one thread, and reads of a source do not
@@ -192,8 +199,8 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
         let phone_text = text(&row, phone_col);
         let mut take =
             |c: usize| row.get_mut(c).map(|v| std::mem::replace(v, CellValue::Empty)).unwrap_or(CellValue::Empty);
-        let record =
-            Record { key: RecordKey(key), fields: fields.iter().map(|(c, h)| (h.clone(), take(*c))).collect() };
+        let values = columns.iter().map(|c| take(*c)).collect();
+        let record = Record { key: RecordKey(key), fields: Fields::shared(std::sync::Arc::clone(&names), values) };
         let phone = PhoneCache::parse(&mut cache, &phone_text, spec.default_region, &mut out.phone_parses);
         if let Err(e) = &phone {
             out.issues.push(RecordIssue {
@@ -296,6 +303,25 @@ mod tests {
         assert_eq!(read.issues[0].target, WriteTarget::Unkeyed("row:3".into()));
         assert!(read.issues[2].message.contains("rows 2, 6"), "{}", read.issues[2].message);
         assert!(!read.issues[1].message.contains("no tengo"), "the cell's text is masked: {}", read.issues[1].message);
+    }
+
+    #[test]
+    fn records_share_their_field_names_and_a_repeated_column_keeps_the_later_one() {
+        let table = Table {
+            header: vec!["ID".into(), "Teléfono".into(), "Nota".into(), "Nota".into()],
+            rows: vec![vec![t("1"), t("+56 9 8765 4321"), t("antes"), t("después")], vec![t("2"), t(""), t("x")]],
+        };
+        let read = read_records(table, &spec(&[], &[])).unwrap();
+        let names: Vec<&String> = read.records[0].fields.keys().collect();
+        assert_eq!(names, ["ID", "Nota", "Teléfono"], "in name order, once");
+        assert_eq!(read.records[0].text("Nota"), "después", "as a map collects it");
+        assert_eq!(read.records[1].text("Nota"), "", "the later column is empty on row 2");
+        let order: Vec<(&String, &CellValue)> = read.records[1].fields.iter().collect();
+        assert_eq!(order.len(), 3);
+        let mut edited = read.records[1].clone();
+        edited.fields.insert("Extra".into(), t("y"));
+        assert_eq!(edited.text("Extra"), "y");
+        assert_eq!(read.records[1].fields.len(), 3, "the other records' names are untouched");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::auth::{without_url, ServiceAccount};
 use super::budget::Budget;
 use super::errors::{classify, GoogleErrorBody};
+use crate::domain::CellValue;
 use crate::sources::SourceError;
 
 /// Whether a call pays for itself or was paid for in advance ([`Budget::acquire`] with n > 1).
@@ -64,6 +65,67 @@ pub enum WriteFailure {
     Later(SourceError),
     /// Google refused the batch because of its content.
     Refused(GoogleErrorBody),
+}
+
+/// The answer of `values.get`, its cells read straight into [`CellValue`]s.
+#[derive(Deserialize)]
+struct CellRange {
+    #[serde(default)]
+    values: Vec<Vec<Cell>>,
+}
+
+/// One cell of an UNFORMATTED `values.get`, read without building a JSON tree first: a
+/// million-row tab is not held as `serde_json::Value`s on its way to records. Numbers stay
+/// numbers here; the reader knows which columns hold dates.
+struct Cell(CellValue);
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CellVisitor)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CellVisitor {
+    type Value = Cell;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a cell value")
+    }
+    fn visit_unit<E>(self) -> Result<Cell, E> {
+        Ok(Cell(CellValue::Empty))
+    }
+    fn visit_none<E>(self) -> Result<Cell, E> {
+        Ok(Cell(CellValue::Empty))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Cell, E> {
+        Ok(Cell(CellValue::Bool(b)))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Cell, E> {
+        Ok(Cell(CellValue::Number(n as f64)))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Cell, E> {
+        Ok(Cell(CellValue::Number(n as f64)))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Cell, E> {
+        Ok(Cell(CellValue::Number(n)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Cell, E> {
+        Ok(Cell(if s.is_empty() { CellValue::Empty } else { CellValue::Text(s.to_string()) }))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Cell, E> {
+        Ok(Cell(if s.is_empty() { CellValue::Empty } else { CellValue::Text(s) }))
+    }
+    // Google never sends these in a cell; kept as their JSON text rather than refused.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Cell, A::Error> {
+        let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Cell(CellValue::Text(v.to_string())))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Cell, A::Error> {
+        let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(Cell(CellValue::Text(v.to_string())))
+    }
 }
 
 #[derive(Deserialize)]
@@ -301,7 +363,8 @@ impl SheetsClient {
     /// Reads a range, unformatted, dates as serial numbers.
     /// The answer of a large tab is tens of megabytes: it is decoded off the async runtime,
     /// straight into rows.
-    pub async fn values(&self, range: &str) -> Result<Vec<Vec<Value>>, SourceError> {
+    /// The cells of a range, rows of [`CellValue`]s (numbers as numbers, dates too).
+    pub async fn values(&self, range: &str) -> Result<Vec<Vec<CellValue>>, SourceError> {
         let url = self.sheets_url(&format!("/values/{}", encode(range)));
         let query = [
             ("valueRenderOption", "UNFORMATTED_VALUE"),
@@ -312,11 +375,14 @@ impl SheetsClient {
             .call("values.get", Paid::Now, |token| self.http.get(&url).query(&query).bearer_auth(token))
             .await
             .map_err(|(_, _, e)| e)?;
-        let range = tokio::task::spawn_blocking(move || serde_json::from_slice::<ValueRange>(&body))
-            .await
-            .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
-            .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))?;
-        Ok(range.values)
+        // Decoded and unwrapped off the runtime; the rows are unwrapped in place (same layout).
+        tokio::task::spawn_blocking(move || {
+            serde_json::from_slice::<CellRange>(&body)
+                .map(|range| range.values.into_iter().map(|row| row.into_iter().map(|c| c.0).collect()).collect())
+        })
+        .await
+        .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
+        .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))
     }
 
     /// Reads several ranges in one request.
@@ -400,4 +466,34 @@ const SEGMENT: &percent_encoding::AsciiSet =
 /// Percent-encodes a path segment (spreadsheet ids are URL-safe; ranges are not).
 fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_read_straight_into_values() {
+        let body = r#"{"range":"'Hoja 1'!A1:H3","majorDimension":"ROWS","values":[
+            ["ID","Nombre","Fecha"],["1","Ana \"la\" Pérez",46352.4375,true,"",7],[],[["x"],{"a":1}]]}"#;
+        let range: CellRange = serde_json::from_str(body).unwrap();
+        let rows: Vec<Vec<CellValue>> =
+            range.values.into_iter().map(|r| r.into_iter().map(|c| c.0).collect()).collect();
+        assert_eq!(rows[0][2], CellValue::Text("Fecha".into()));
+        assert_eq!(
+            rows[1],
+            [
+                CellValue::Text("1".into()),
+                CellValue::Text("Ana \"la\" Pérez".into()),
+                CellValue::Number(46352.4375),
+                CellValue::Bool(true),
+                CellValue::Empty,
+                CellValue::Number(7.0),
+            ]
+        );
+        assert!(rows[2].is_empty(), "a blank row in the middle stays a row");
+        assert_eq!(rows[3], [CellValue::Text(r#"["x"]"#.into()), CellValue::Text(r#"{"a":1}"#.into())]);
+        let empty: CellRange = serde_json::from_str(r#"{"range":"A1:B2","majorDimension":"ROWS"}"#).unwrap();
+        assert!(empty.values.is_empty(), "an empty tab has no values at all");
+    }
 }

@@ -12,8 +12,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::a1;
 use super::client::{SheetsClient, TabMeta};
 use super::config::GoogleSheetsConfig;
@@ -71,12 +69,12 @@ fn is_date_format(kind: Option<&str>) -> bool {
 }
 
 /// For each column, the first data row (index into `values`, 0 = header) holding a number.
-fn first_numbers(values: &[Vec<Value>], columns: usize) -> Vec<Option<usize>> {
+fn first_numbers(values: &[Vec<CellValue>], columns: usize) -> Vec<Option<usize>> {
     let mut first = vec![None; columns];
     let mut missing = columns;
     for (i, row) in values.iter().enumerate().skip(1) {
         for (c, v) in row.iter().enumerate().take(columns) {
-            if v.is_number() && first[c].is_none() {
+            if matches!(v, CellValue::Number(_)) && first[c].is_none() {
                 first[c] = Some(i);
                 missing -= 1;
             }
@@ -160,7 +158,7 @@ impl TabReader {
             .map_err(|e| SourceError::Transient(format!("converting the tab failed: {e}")))?
     }
 
-    async fn date_columns(&self, header: &[String], values: &[Vec<Value>]) -> Result<Vec<bool>, SourceError> {
+    async fn date_columns(&self, header: &[String], values: &[Vec<CellValue>]) -> Result<Vec<bool>, SourceError> {
         let first = first_numbers(values, header.len());
         let known = |f: &Formats| f.header == header && f.at.elapsed() < FORMATS_MAX_AGE;
         {
@@ -209,14 +207,14 @@ impl TabReader {
     }
 }
 
-fn header_text(v: &Value) -> String {
-    cell_value(v.clone(), false).canonical()
+fn header_text(v: &CellValue) -> String {
+    v.canonical()
 }
 
 /// Values as Google returns them → records (the first row is the header).
 fn convert(
     settings: &SourceSettings,
-    values: Vec<Vec<Value>>,
+    values: Vec<Vec<CellValue>>,
     date_columns: &[bool],
     spec: &ReadSpec,
     phones: &PhoneCache,
@@ -271,33 +269,25 @@ pub fn locator_row(locator: &str) -> Option<u32> {
     locator.strip_prefix("row:")?.parse().ok().filter(|n| *n >= 2)
 }
 
-fn cell_value(v: Value, date_column: bool) -> CellValue {
+fn cell_value(v: CellValue, date_column: bool) -> CellValue {
     match v {
-        Value::Null => CellValue::Empty,
-        Value::String(s) if s.is_empty() => CellValue::Empty,
-        Value::String(s) => CellValue::Text(s),
-        Value::Number(n) => match n.as_f64() {
-            // Below 1 in a date column: a time of day (`TIME` cells).
-            Some(f) if date_column && f >= 0.0 => CellValue::Date(f),
-            Some(f) => CellValue::Number(f),
-            None => CellValue::Empty,
-        },
-        Value::Bool(b) => CellValue::Bool(b),
-        other => CellValue::Text(other.to_string()),
+        // Below 1 in a date column: a time of day (`TIME` cells).
+        CellValue::Number(f) if date_column && f >= 0.0 => CellValue::Date(f),
+        other => other,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn date_cells_become_dates_and_numbers_stay_numbers() {
-        assert_eq!(cell_value(json!(46352.4375), true), CellValue::Date(46352.4375));
-        assert_eq!(cell_value(json!(46352.4375), false), CellValue::Number(46352.4375));
-        assert_eq!(cell_value(json!("23/11/2026"), true), CellValue::Text("23/11/2026".into()));
-        assert_eq!(cell_value(json!(""), true), CellValue::Empty);
+        let n = CellValue::Number(46352.4375);
+        assert_eq!(cell_value(n.clone(), true), CellValue::Date(46352.4375));
+        assert_eq!(cell_value(n, false), CellValue::Number(46352.4375));
+        assert_eq!(cell_value(CellValue::Text("23/11/2026".into()), true), CellValue::Text("23/11/2026".into()));
+        assert_eq!(cell_value(CellValue::Number(-1.0), true), CellValue::Number(-1.0));
         assert_eq!(locator_row("row:7"), Some(7));
         assert_eq!(locator_row("row:1"), None, "the header row is never a record");
         assert_eq!(locator_row("7"), None);
