@@ -8,7 +8,9 @@
 //! fingerprint is FNV-1a: stable across Rust versions (it is persisted), and a collision can
 //! only hide a change, never invent one, because changes are confirmed field by field.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 
 use crate::domain::{CellValue, Record, RecordKey};
 
@@ -63,11 +65,11 @@ impl Fingerprint {
 }
 
 /// The last committed state of a source, as memory keeps it.
-pub type Snapshot = HashMap<RecordKey, Fingerprint>;
+pub type Snapshot = FxHashMap<RecordKey, Fingerprint>;
 
 /// Stored rows of some records (those whose fingerprint moved), read back to tell which of
 /// their fields changed.
-pub type StoredRows = HashMap<RecordKey, SnapshotRow>;
+pub type StoredRows = FxHashMap<RecordKey, SnapshotRow>;
 
 /// The fingerprints of stored rows.
 pub fn fingerprints<'a>(rows: impl IntoIterator<Item = (&'a RecordKey, &'a SnapshotRow)>) -> Snapshot {
@@ -182,7 +184,7 @@ pub fn diff_read<'a>(
         }
     }
     if !complete {
-        let present: std::collections::HashSet<&RecordKey> = keys.into_iter().collect();
+        let present: rustc_hash::FxHashSet<&RecordKey> = keys.into_iter().collect();
         let mut removed: Vec<&RecordKey> =
             deleted.iter().filter(|k| old.contains_key(*k) && !present.contains(k)).collect();
         removed.sort();
@@ -192,7 +194,7 @@ pub fn diff_read<'a>(
     }
     // Every old key was seen again: nothing was removed (the common case costs no set).
     if matched < old.len() {
-        let present: std::collections::HashSet<&RecordKey> = keys.into_iter().collect();
+        let present: rustc_hash::FxHashSet<&RecordKey> = keys.into_iter().collect();
         let mut removed: Vec<&RecordKey> = old.keys().filter(|k| !present.contains(k)).collect();
         removed.sort();
         changes.extend(removed.into_iter().map(|k| Change::Removed(k.clone())));

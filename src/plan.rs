@@ -68,11 +68,12 @@ pub async fn plan(
         let required = crate::rules::required_fields(config.rules.iter().filter(|r| r.source == cfg.id), cfg);
         let spec = ReadSpec { required, referenced: crate::rules::referenced_paths(&config.rules, &cfg.id) };
         let read = source.read(&spec, None).await.map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
+        let mut phones = read.phones.into_iter();
         let views: Vec<RecordView> = read
             .records
             .into_iter()
             .map(|r| {
-                let phone = read.phones.get(&r.key).cloned().unwrap_or_else(|| {
+                let phone = phones.next().unwrap_or_else(|| {
                     crate::domain::PhoneNumber::parse(&r.text(&cfg.phone_field), cfg.default_region)
                 });
                 RecordView::with_phone(cfg, r, phone)

@@ -9,7 +9,7 @@
 //! repeats nothing (the records not yet committed are simply seen again). The in-memory
 //! snapshot follows only after the last commit. A round is abandoned at once on shutdown.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,7 +96,6 @@ struct Planned {
     removals: Vec<RecordKey>,
     /// Phone of each record whose index entry must be (re)written.
     phones: Vec<(RecordKey, Option<String>)>,
-    present: HashSet<RecordKey>,
     /// The read had every record (else only the changed ones: problems of the others stand).
     complete: bool,
     /// What staff asked in the hand-off inbox, when this source is it.
@@ -330,7 +329,7 @@ impl SourcePoller {
     /// The stored rows of these records.
     async fn stored_rows(&self, keys: &[RecordKey]) -> Result<StoredRows, StoreError> {
         if keys.is_empty() {
-            return Ok(StoredRows::new());
+            return Ok(StoredRows::default());
         }
         let mut conn = self.ctx.store.conn().await?;
         store::snapshot_rows_of(&mut conn, &self.settings.id, keys).await
@@ -341,7 +340,7 @@ impl SourcePoller {
         let mut report = PollReport { baseline: p.baseline, changes: p.changes.len(), ..Default::default() };
         // Group everything by record, then commit records in chunks.
         let mut keys: Vec<&RecordKey> = Vec::new();
-        let mut seen: HashSet<&RecordKey> = HashSet::new();
+        let mut seen: HashSet<&RecordKey> = HashSet::default();
         let records = &p.read.records;
         for k in p
             .upserts
@@ -355,11 +354,11 @@ impl SourcePoller {
                 keys.push(k);
             }
         }
-        let mut by_key_intents: HashMap<&RecordKey, Vec<&(Intent, i64)>> = HashMap::new();
+        let mut by_key_intents: HashMap<&RecordKey, Vec<&(Intent, i64)>> = HashMap::default();
         for i in &p.intents {
             by_key_intents.entry(&i.0.record_key).or_default().push(i);
         }
-        let mut by_key_blocked: HashMap<&RecordKey, Vec<&Blocked>> = HashMap::new();
+        let mut by_key_blocked: HashMap<&RecordKey, Vec<&Blocked>> = HashMap::default();
         for b in &p.blocked {
             by_key_blocked.entry(&b.record_key).or_default().push(b);
         }
@@ -369,7 +368,7 @@ impl SourcePoller {
         let phones: HashMap<&RecordKey, &Option<String>> = p.phones.iter().map(|(k, v)| (k, v)).collect();
         let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
         let has_date_rules = self.ctx.rules.for_source(&id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
-        let mut providers = HashSet::new();
+        let mut providers = HashSet::default();
         let mut wrote = false;
         let mut timers_changed = 0;
 
@@ -510,7 +509,7 @@ impl SourcePoller {
             report.commits += 1;
         }
         if p.baseline {
-            info!(source = %id, records = p.present.len(), "first read taken as the baseline: existing records are not new");
+            info!(source = %id, records = p.read.records.len(), "first read taken as the baseline: existing records are not new");
         }
         if timers_changed > 0 {
             self.ctx.wake_timers();
@@ -537,6 +536,9 @@ impl SourcePoller {
         let open = store::issues(tx, id).await?;
         let current: HashSet<&str> = p.issues.iter().map(|i| i.issue_key.as_str()).collect();
         let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
+        // The keys of the read, borrowed, and only when there are open problems to look at.
+        let present: HashSet<&RecordKey> =
+            if open.is_empty() { HashSet::default() } else { p.read.records.iter().map(|r| &r.key).collect() };
         for issue in &p.issues {
             if store::note_issue(tx, id, &issue.issue_key, &issue.record_key, &issue.message, now).await? {
                 warn!(source = %id, record = %RecordKey::shown(&issue.record_key), "record problem: {}", issue.message);
@@ -548,11 +550,11 @@ impl SourcePoller {
             let key = RecordKey(record_key.clone());
             // A date problem of a record not planned this time (unchanged) still stands, and so
             // does any problem of a record an incremental read did not bring.
-            let unplanned = issue_key.starts_with(DATE_ISSUE) && p.present.contains(&key) && !planned.contains(&key);
-            let unread = !p.complete && !p.present.contains(&key) && !p.removals.contains(&key);
+            let unplanned = issue_key.starts_with(DATE_ISSUE) && present.contains(&key) && !planned.contains(&key);
+            let unread = !p.complete && !present.contains(&key) && !p.removals.contains(&key);
             if !current.contains(issue_key.as_str()) && !unplanned && !unread {
                 store::resolve_issue(tx, id, &issue_key).await?;
-                if !record_key.is_empty() && p.present.contains(&key) {
+                if !record_key.is_empty() && present.contains(&key) {
                     writes.extend(self.ctx.error_write(id, WriteTarget::Record(key), ""));
                 }
                 info!(source = %id, record = %RecordKey::shown(&record_key), "record problem fixed");
@@ -594,8 +596,7 @@ fn plan(
     if !baseline {
         for change in &changes {
             let Some(&i) = index.get(change.key()) else { continue };
-            let record = &read.records[i];
-            let Some(phone) = read.phones.get(&record.key) else { continue };
+            let (Some(record), Some(phone)) = (read.records.get(i), read.phones.get(i)) else { continue };
             // Its copy was erased (`recado forget`): what changed since cannot be told.
             if snapshot.get(change.key()).is_some_and(|row| row.erased) {
                 continue;
@@ -625,12 +626,12 @@ fn plan(
     let mut issues = read.issues.clone();
     let mut planned_keys: Vec<RecordKey> = Vec::new();
     let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
-    for record in read.records.iter().filter(|r| in_scope(&r.key)) {
+    for (i, record) in read.records.iter().enumerate().filter(|(_, r)| in_scope(&r.key)) {
         planned_keys.push(record.key.clone());
         if !has_date_rules {
             continue;
         }
-        let Some(phone) = read.phones.get(&record.key) else { continue };
+        let Some(phone) = read.phones.get(i) else { continue };
         let facts = RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
         let time = ctx.time_context(id, record_tz(record), now);
         for plan in ctx.rules.plan_timers(id, record, &facts, &time) {
@@ -654,8 +655,9 @@ fn plan(
     let phones: Vec<(RecordKey, Option<String>)> = read
         .records
         .iter()
-        .filter(|r| in_scope(&r.key))
-        .map(|r| (r.key.clone(), read.phones.get(&r.key).and_then(|p| p.as_ref().ok()).map(|p| p.as_str().to_string())))
+        .zip(read.phones.iter())
+        .filter(|(r, _)| in_scope(&r.key))
+        .map(|(r, phone)| (r.key.clone(), phone.as_ref().ok().map(|p| p.as_str().to_string())))
         .collect();
 
     // The snapshot moves with the changes (at the first read every record is added).
@@ -690,7 +692,6 @@ fn plan(
         }
         _ => Vec::new(),
     };
-    let present: HashSet<RecordKey> = read.records.iter().map(|r| r.key.clone()).collect();
     let complete = read.complete;
     drop(index);
     (
@@ -708,7 +709,6 @@ fn plan(
             upserts,
             removals,
             phones,
-            present,
             complete,
             staff,
         },

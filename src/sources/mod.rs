@@ -20,7 +20,6 @@ pub mod jwt;
 mod records;
 pub mod salesforce;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -331,7 +330,8 @@ pub struct ReadSpec {
 #[derive(Debug, Default)]
 pub struct SourceRead {
     pub records: Vec<Record>,
-    pub phones: HashMap<RecordKey, Result<PhoneNumber, PhoneError>>,
+    /// Each record's phone, in the order of `records` (one per record: no copy of its key).
+    pub phones: Vec<Result<PhoneNumber, PhoneError>>,
     pub issues: Vec<RecordIssue>,
     /// Every record is here (a full read): a key absent from it was removed. An incremental
     /// read says `false`, and removals come in `deleted`.

@@ -6,7 +6,9 @@
 //! (blank or duplicate key, unreadable phone) become [`RecordIssue`]s that are written to the
 //! record once; the rest of the table keeps working.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 
 use crate::domain::{CellValue, Fields, PhoneError, PhoneNumber, Record, RecordKey, WriteTarget};
 
@@ -52,7 +54,7 @@ impl std::fmt::Debug for PhoneCache {
 #[derive(Default)]
 struct PhoneCacheInner {
     /// Cell text → (the read that last saw it, the parse).
-    parsed: HashMap<String, (u64, Result<PhoneNumber, PhoneError>)>,
+    parsed: FxHashMap<String, (u64, Result<PhoneNumber, PhoneError>)>,
     read: u64,
 }
 
@@ -118,7 +120,8 @@ pub struct RecordIssue {
 pub struct RecordsRead {
     /// Records in the source's order.
     pub records: Vec<Record>,
-    pub phones: HashMap<RecordKey, Result<PhoneNumber, PhoneError>>,
+    /// Each record's phone, in the order of `records`.
+    pub phones: Vec<Result<PhoneNumber, PhoneError>>,
     pub issues: Vec<RecordIssue>,
     /// Phone numbers parsed by this read (the rest came from [`PhoneCache`]).
     pub phone_parses: usize,
@@ -168,8 +171,8 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
     // overlap.
     let mut cache = spec.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     cache.read += 1;
-    let mut first_row: HashMap<String, usize> = HashMap::new();
-    let mut duplicates: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut first_row: FxHashMap<String, usize> = FxHashMap::default();
+    let mut duplicates: FxHashMap<String, Vec<usize>> = FxHashMap::default();
     // The rows are consumed: each record takes its cells instead of copying them, so a large
     // read is not held twice.
     for (i, mut row) in table.rows.into_iter().enumerate() {
@@ -210,7 +213,7 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
                 message: format!("invalid phone: {e}"),
             });
         }
-        out.phones.insert(record.key.clone(), phone);
+        out.phones.push(phone);
         out.records.push(record);
     }
     let read = cache.read;
@@ -297,7 +300,8 @@ mod tests {
         let keys: Vec<&str> = read.records.iter().map(|r| r.key.0.as_str()).collect();
         assert_eq!(keys, vec!["1", "2", "3"]);
         assert!(!read.records[0].fields.contains_key("Estado WhatsApp"), "write-back fields are not fields");
-        assert_eq!(read.phones[&RecordKey("3".into())].as_ref().unwrap().as_str(), "+56987654321");
+        assert_eq!(read.records[2].key.0, "3");
+        assert_eq!(read.phones[2].as_ref().unwrap().as_str(), "+56987654321");
         let kinds: Vec<&str> = read.issues.iter().map(|i| i.issue_key.split(':').next().unwrap()).collect();
         assert_eq!(kinds, vec!["blank", "phone", "duplicate"]);
         assert_eq!(read.issues[0].target, WriteTarget::Unkeyed("row:3".into()));

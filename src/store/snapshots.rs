@@ -85,7 +85,7 @@ pub async fn load_snapshot(conn: &mut SqliteConnection, source_id: &str) -> Stor
     )
     .bind(source_id)
     .fetch(conn);
-    let mut snap = Snapshot::new();
+    let mut snap = Snapshot::default();
     let mut damaged = Vec::new();
     while let Some(r) = rows.try_next().await? {
         let key: String = col(&r, "record_key")?;
@@ -110,7 +110,7 @@ pub async fn snapshot_rows_of(
     source_id: &str,
     keys: &[RecordKey],
 ) -> StoreResult<StoredRows> {
-    let mut out = StoredRows::with_capacity(keys.len());
+    let mut out = StoredRows::with_capacity_and_hasher(keys.len(), Default::default());
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "SELECT record_key, row_hash, fields, date_fields, from_baseline FROM snapshot_rows WHERE source_id = ",
