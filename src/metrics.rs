@@ -88,6 +88,9 @@ pub struct Metrics {
     /// Phone numbers parsed by reads: after the first read, only changed cells' (a regression
     /// back to every row's shows here first).
     pub phone_parses: Family<SourceLabel, Counter>,
+    /// Stored snapshot rows read back to tell what changed: one per record whose fingerprint
+    /// moved (memory keeps no field text; a regression to reading every row shows here).
+    pub snapshot_reads: Family<SourceLabel, Counter>,
     /// Requests counted against a source's quota in its window (set at scrape).
     pub quota_used: Family<SourceWindow, Gauge>,
     /// What that window allows (set at scrape).
@@ -137,6 +140,7 @@ impl Metrics {
             polls: Family::default(),
             poll_seconds: Family::new_with_constructor(latency_buckets),
             phone_parses: Family::default(),
+            snapshot_reads: Family::default(),
             quota_used: Family::default(),
             quota_limit: Family::default(),
             webhooks: Family::default(),
@@ -169,6 +173,11 @@ impl Metrics {
             "phone_parses",
             "Phone numbers parsed by reads of each source (cells not seen by an earlier read)",
             m.phone_parses.clone(),
+        );
+        registry.register(
+            "snapshot_reads",
+            "Stored snapshot rows read back by polls of each source (records whose fingerprint moved)",
+            m.snapshot_reads.clone(),
         );
         registry.register(
             "source_quota_used",

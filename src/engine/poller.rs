@@ -282,6 +282,11 @@ impl SourcePoller {
             }
         };
         drop(moved);
+        self.ctx
+            .metrics
+            .snapshot_reads
+            .get_or_create(&SourceLabel { source: self.settings.id.clone() })
+            .inc_by(stored.len() as u64);
         let ctx = Arc::clone(&self.ctx);
         let settings = self.settings.clone();
         let full_pass = !self.synced;

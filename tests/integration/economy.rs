@@ -160,8 +160,10 @@ async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
     h.start().await;
     let polls = || h.metric("recado_polls_total", "source=\"inscripciones\"");
     let parses = || h.metric("recado_phone_parses_total", "source=\"inscripciones\"");
+    let read_back = || h.metric("recado_snapshot_reads_total", "source=\"inscripciones\"");
     let first = parses().await;
     assert_eq!(first, 300, "the first read parses each row's number once");
+    assert_eq!(read_back().await, 0, "a baseline reads no stored row back");
 
     // Another column changes: the next polls parse nothing.
     h.edit("1001", "Estado", serde_json::json!("Egresado"));
@@ -171,6 +173,7 @@ async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
     })
     .await;
     assert_eq!(parses().await, first, "no number parsed again");
+    assert_eq!(read_back().await, 1, "only the edited record's stored row is read back, once");
 
     // One phone changes: that number, and only it, is parsed.
     h.edit("1002", "Teléfono", serde_json::json!(crate::harness::phone(1999)));
@@ -184,6 +187,7 @@ async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
     })
     .await;
     assert_eq!(parses().await, first + 1);
+    assert_eq!(read_back().await, 2);
     h.stop().await;
 }
 
