@@ -258,10 +258,15 @@ impl SourcePoller {
         let version = read.version.clone().or(probe.version);
         let now = self.ctx.clock.now();
         let snapshot = std::mem::take(&mut self.snapshot);
-        // Off the runtime: every record's fingerprint, and which records moved.
+        // Off the runtime: every record's fingerprint, and which records moved. A baseline
+        // fires nothing, so what the moved records held does not matter to it.
         let job = tokio::task::spawn_blocking(move || {
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
-            let moved = crate::diff::moved(&snapshot, read.records.iter().zip(hashes.iter().copied()));
+            let moved = if baseline {
+                Vec::new()
+            } else {
+                crate::diff::moved(&snapshot, read.records.iter().zip(hashes.iter().copied()))
+            };
             (snapshot, read, hashes, moved)
         });
         let (snapshot, read, hashes, moved) = match job.await {
@@ -680,6 +685,14 @@ fn plan(
                 }
             }
             Change::Removed(k) => removals.push(k.clone()),
+        }
+    }
+    // Records whose fingerprint moved without a field changing (a column added, empty): the
+    // stored fingerprint follows, or every later poll would read their rows back again.
+    for (i, r) in read.records.iter().enumerate().filter(|(_, r)| !changed.contains(&r.key)) {
+        let Some(old) = snapshot.get(&r.key) else { continue };
+        if !old.erased && hashes.get(i).is_some_and(|h| *h != old.hash) {
+            upserts.push((i, old.from_baseline));
         }
     }
     // Copies `recado forget` erased of records that did not change: a full read puts them

@@ -122,8 +122,14 @@ pub async fn snapshot_rows_of(
         }
         qb.push(")");
         for r in qb.build().fetch_all(&mut *conn).await? {
-            if let Ok(row) = snapshot_row(&r) {
-                out.insert(RecordKey(col(&r, "record_key")?), row);
+            match snapshot_row(&r) {
+                Ok(row) => {
+                    out.insert(RecordKey(col(&r, "record_key")?), row);
+                }
+                Err(e) => {
+                    // Compared as empty: every field it has reads as changed from nothing.
+                    tracing::warn!(source = %source_id, "a stored snapshot row could not be read; its record is compared with an empty one: {e}");
+                }
             }
         }
     }

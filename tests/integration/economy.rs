@@ -191,6 +191,29 @@ async fn a_poll_after_one_edit_parses_at_most_the_one_changed_phone() {
     h.stop().await;
 }
 
+/// Staff add a column and leave it empty: every record's fingerprint moves but no field
+/// changes. The stored fingerprints follow, so the next edit reads back one stored row, not
+/// every row again (memory keeps fingerprints only; the text is read back for moved records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_column_added_does_not_make_later_polls_read_every_row_back() {
+    use crate::harness::{header, row, SHEET, TAB};
+    let rows: Vec<Vec<serde_json::Value>> = (1000..1050).map(|n| row(n, "Persona", "Sí", "Activo")).collect();
+    let mut h = crate::harness::Harness::new(rows.clone()).await;
+    h.start().await;
+    let read_back = || h.metric("recado_snapshot_reads_total", "source=\"inscripciones\"");
+    let mut all = vec![header().into_iter().chain([serde_json::json!("Notas")]).collect::<Vec<_>>()];
+    all.extend(rows.iter().map(|r| r.iter().cloned().chain([serde_json::json!("")]).collect()));
+    h.sandbox.google().seed(SHEET, "America/Santiago", vec![(TAB.to_string(), all)]);
+    h.quiesce_polls(2).await;
+    let after_column = read_back().await;
+    assert_eq!(after_column, 50, "each record moved: its stored row is read back once");
+    h.edit("1001", "Mentor", serde_json::json!("Otra persona"));
+    h.quiesce_polls(2).await;
+    assert_eq!(read_back().await, after_column + 1, "then only the edited record's row");
+    assert!(h.messages().await.is_empty(), "an empty column is news to nobody");
+    h.stop().await;
+}
+
 /// Deliveries that arrive while the store is busy wait their turn together and are stored in
 /// one transaction, not one each (group commit); each is still stored before its 200, and
 /// every status is applied.
