@@ -258,35 +258,25 @@ impl SourcePoller {
         let version = read.version.clone().or(probe.version);
         let now = self.ctx.clock.now();
         let snapshot = std::mem::take(&mut self.snapshot);
-        // Off the runtime: every record's fingerprint, and which records moved. A baseline
-        // fires nothing, so what the moved records held does not matter to it.
+        // Off the runtime: every record's fingerprint, and which records moved.
         let job = tokio::task::spawn_blocking(move || {
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
-            let moved = if baseline {
-                Vec::new()
-            } else {
-                crate::diff::moved(&snapshot, read.records.iter().zip(hashes.iter().copied()))
-            };
+            let moved = crate::diff::moved(&snapshot, read.records.iter().zip(hashes.iter().copied()));
             (snapshot, read, hashes, moved)
         });
         let (snapshot, read, hashes, moved) = match job.await {
             Ok(done) => done,
-            Err(e) => {
-                // The snapshot went with the failed job: load it again from the store.
-                let mut conn = self.ctx.store.conn().await?;
-                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
-                return Err(PollError::Processing(e.to_string()));
-            }
+            Err(e) => return Err(self.after_failed_job(e).await),
         };
-        // The stored text of the moved records only: what they held is what changed from.
-        let stored = match self.stored_rows(&moved).await {
+        // The stored text of the moved records only: what they held is what changed from. A
+        // baseline fires nothing, so it needs none.
+        let stored = match self.stored_rows(if baseline { &[] } else { &moved }).await {
             Ok(rows) => rows,
             Err(e) => {
                 self.snapshot = snapshot;
                 return Err(e.into());
             }
         };
-        drop(moved);
         self.ctx
             .metrics
             .snapshot_reads
@@ -296,16 +286,11 @@ impl SourcePoller {
         let settings = self.settings.clone();
         let full_pass = !self.synced;
         let job = tokio::task::spawn_blocking(move || {
-            plan(&ctx, &settings, snapshot, &stored, read, hashes, baseline, full_pass, now)
+            plan(&ctx, &settings, snapshot, &stored, &moved, read, hashes, baseline, full_pass, now)
         });
         let planned = match job.await {
             Ok(p) => p,
-            Err(e) => {
-                // The snapshot went with the failed job: load it again from the store.
-                let mut conn = self.ctx.store.conn().await?;
-                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
-                return Err(PollError::Processing(e.to_string()));
-            }
+            Err(e) => return Err(self.after_failed_job(e).await),
         };
         let mut snapshot = planned.0;
         let planned = planned.1;
@@ -333,6 +318,22 @@ impl SourcePoller {
                 self.state = store::source_state(&mut conn, &self.settings.id).await?;
                 Err(e.into())
             }
+        }
+    }
+
+    /// A processing job failed, and the snapshot went with it: it is loaded again from the
+    /// store.
+    async fn after_failed_job(&mut self, e: tokio::task::JoinError) -> PollError {
+        let reloaded = async {
+            let mut conn = self.ctx.store.conn().await?;
+            store::load_snapshot(&mut conn, &self.settings.id).await
+        };
+        match reloaded.await {
+            Ok((snapshot, _)) => {
+                self.snapshot = snapshot;
+                PollError::Processing(e.to_string())
+            }
+            Err(store) => store.into(),
         }
     }
 
@@ -581,6 +582,7 @@ fn plan(
     settings: &SourceSettings,
     snapshot: Snapshot,
     stored: &StoredRows,
+    moved: &[RecordKey],
     read: SourceRead,
     hashes: Vec<u64>,
     baseline: bool,
@@ -689,9 +691,8 @@ fn plan(
     }
     // Records whose fingerprint moved without a field changing (a column added, empty): the
     // stored fingerprint follows, or every later poll would read their rows back again.
-    for (i, r) in read.records.iter().enumerate().filter(|(_, r)| !changed.contains(&r.key)) {
-        let Some(old) = snapshot.get(&r.key) else { continue };
-        if !old.erased && hashes.get(i).is_some_and(|h| *h != old.hash) {
+    for k in moved.iter().filter(|k| !changed.contains(k)) {
+        if let (Some(&i), Some(old)) = (index.get(k), snapshot.get(k).filter(|old| !old.erased)) {
             upserts.push((i, old.from_baseline));
         }
     }

@@ -131,7 +131,7 @@ impl TabReader {
     /// The tab's header row as people see it (for `recado check --online`).
     pub async fn header(&self) -> Result<Vec<String>, SourceError> {
         let values = self.client.values(&format!("{}!1:1", a1::quote_tab(&self.cfg.tab))).await?;
-        Ok(values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default())
+        Ok(values.first().map(|r| r.iter().map(CellValue::canonical).collect()).unwrap_or_default())
     }
 
     /// Whether recado may write to the spreadsheet (it is shared as Editor, not Viewer).
@@ -146,7 +146,8 @@ impl TabReader {
 
     pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {
         let values = self.client.values(&a1::quote_tab(&self.cfg.tab)).await?;
-        let header: Vec<String> = values.first().map(|r| r.iter().map(header_text).collect()).unwrap_or_default();
+        let header: Vec<String> =
+            values.first().map(|r| r.iter().map(CellValue::canonical).collect()).unwrap_or_default();
         self.hint.set(header.clone());
         let date_columns = self.date_columns(&header, &values).await?;
         let cfg = Arc::clone(&self.cfg);
@@ -207,10 +208,6 @@ impl TabReader {
     }
 }
 
-fn header_text(v: &CellValue) -> String {
-    v.canonical()
-}
-
 /// Values as Google returns them → records (the first row is the header).
 fn convert(
     settings: &SourceSettings,
@@ -220,7 +217,7 @@ fn convert(
     phones: &PhoneCache,
 ) -> Result<SourceRead, SourceError> {
     let mut rows = values.into_iter();
-    let header = rows.next().unwrap_or_default().iter().map(header_text).collect();
+    let header = rows.next().unwrap_or_default().iter().map(CellValue::canonical).collect();
     let table = Table {
         header,
         rows: rows
