@@ -4,7 +4,9 @@ use std::fmt;
 
 /// A phone number normalised to E.164 (`+56912345678`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PhoneNumber(String);
+// Shared text: a read hands the same number to its records and to the phone cache, and a
+// clone is a count, not a copy (a million-row read clones a million of them).
+pub struct PhoneNumber(std::sync::Arc<str>);
 
 /// Why a field could not be read as a phone number. The text it held is kept masked: these
 /// errors are logged and written to rows, and a full number must never reach a log line.
@@ -50,14 +52,14 @@ impl PhoneNumber {
         let parsed = phonenumber::parse(Some(default_region), &candidate)
             .map_err(|_| PhoneError::Unparseable(MaskedText::new(trimmed)))?;
         if phonenumber::is_valid(&parsed) {
-            return Ok(Self(parsed.format().mode(phonenumber::Mode::E164).to_string()));
+            return Ok(Self(parsed.format().mode(phonenumber::Mode::E164).to_string().into()));
         }
         // Retry as international when digits only and long enough to carry a country code.
         let digits: String = candidate.chars().filter(|c| c.is_ascii_digit()).collect();
         if !candidate.starts_with('+') && digits.len() >= 10 {
             if let Ok(p) = phonenumber::parse(None, format!("+{digits}")) {
                 if phonenumber::is_valid(&p) {
-                    return Ok(Self(p.format().mode(phonenumber::Mode::E164).to_string()));
+                    return Ok(Self(p.format().mode(phonenumber::Mode::E164).to_string().into()));
                 }
             }
         }
@@ -66,7 +68,7 @@ impl PhoneNumber {
 
     /// Wraps a value that is already E.164 (read back from our own store).
     pub fn from_e164_unchecked(e164: impl Into<String>) -> Self {
-        Self(e164.into())
+        Self(e164.into().into())
     }
 
     /// `+56912345678`.
@@ -85,7 +87,7 @@ impl PhoneNumber {
             (12, _, Some("55"), Some(b'6'..=b'9')) => format!("+55{}9{}", &id[2..4], &id[4..]),
             _ => format!("+{id}"),
         };
-        Some(PhoneNumber(e164))
+        Some(PhoneNumber(e164.into()))
     }
 
     pub fn as_str(&self) -> &str {

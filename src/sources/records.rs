@@ -82,6 +82,15 @@ impl PhoneCache {
     }
 }
 
+/// The hash `read_records` finds a key's first row by.
+fn key_hash(key: &str) -> u64 {
+    #[cfg(test)]
+    if tests::EVERY_KEY_COLLIDES.with(std::cell::Cell::get) {
+        return 0;
+    }
+    std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, key)
+}
+
 /// What the reader needs to know about a source's fields.
 #[derive(Debug, Clone)]
 pub struct ColumnSpec<'a> {
@@ -171,8 +180,14 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
     // overlap.
     let mut cache = spec.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     cache.read += 1;
-    let mut first_row: FxHashMap<String, usize> = FxHashMap::default();
+    // The first row of each key, found by the key's hash, so a large read holds no second copy
+    // of its keys: hash → (its record, its row). A key whose hash another key already took is
+    // kept whole in `collided`; a hit is always compared with the record's own key.
+    let mut first_of: FxHashMap<u64, (usize, usize)> = FxHashMap::default();
+    let mut collided: FxHashMap<String, usize> = FxHashMap::default();
     let mut duplicates: FxHashMap<String, Vec<usize>> = FxHashMap::default();
+    out.records.reserve_exact(table.rows.len());
+    out.phones.reserve_exact(table.rows.len());
     // The rows are consumed: each record takes its cells instead of copying them, so a large
     // read is not held twice.
     for (i, mut row) in table.rows.into_iter().enumerate() {
@@ -194,11 +209,24 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
             });
             continue;
         }
-        if let Some(first) = first_row.get(&key) {
-            duplicates.entry(key.clone()).or_insert_with(|| vec![*first]).push(i);
+        let hash = key_hash(&key);
+        let first = match first_of.get(&hash) {
+            Some(&(record, row)) if out.records.get(record).is_some_and(|r| r.key.0 == key) => Some(row),
+            Some(_) => collided.get(&key).copied(),
+            None => None,
+        };
+        if let Some(first) = first {
+            duplicates.entry(key).or_insert_with(|| vec![first]).push(i);
             continue;
         }
-        first_row.insert(key.clone(), i);
+        match first_of.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((out.records.len(), i));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                collided.insert(key.clone(), i);
+            }
+        }
         let phone_text = text(&row, phone_col);
         let mut take =
             |c: usize| row.get_mut(c).map(|v| std::mem::replace(v, CellValue::Empty)).unwrap_or(CellValue::Empty);
@@ -307,6 +335,44 @@ mod tests {
         assert_eq!(read.issues[0].target, WriteTarget::Unkeyed("row:3".into()));
         assert!(read.issues[2].message.contains("rows 2, 6"), "{}", read.issues[2].message);
         assert!(!read.issues[1].message.contains("no tengo"), "the cell's text is masked: {}", read.issues[1].message);
+    }
+
+    thread_local! {
+        /// Makes every key hash the same, so the exact comparison behind the hash is what
+        /// tells keys apart.
+        pub(super) static EVERY_KEY_COLLIDES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn keys_whose_hashes_collide_are_still_told_apart() {
+        let plain = read_records(table(), &spec(&[], &[])).unwrap();
+        EVERY_KEY_COLLIDES.with(|c| c.set(true));
+        let collided = read_records(table(), &spec(&[], &[])).unwrap();
+        EVERY_KEY_COLLIDES.with(|c| c.set(false));
+        let keys = |r: &RecordsRead| r.records.iter().map(|r| r.key.0.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&collided), vec!["1", "2", "3"]);
+        assert_eq!(keys(&collided), keys(&plain));
+        let issues =
+            |r: &RecordsRead| r.issues.iter().map(|i| (i.issue_key.clone(), i.message.clone())).collect::<Vec<_>>();
+        assert_eq!(issues(&collided), issues(&plain), "the duplicate of key 1 is found, and only it");
+        // Three copies of a key whose hash another key took first.
+        let table = Table {
+            header: vec!["ID".into(), "Teléfono".into()],
+            rows: vec![
+                vec![t("a"), t("+56 9 8765 4321")],
+                vec![t("b"), t("+56 9 8765 4322")],
+                vec![t("b"), t("+56 9 8765 4323")],
+                vec![t("c"), t("+56 9 8765 4324")],
+                vec![t("b"), t("+56 9 8765 4325")],
+            ],
+        };
+        EVERY_KEY_COLLIDES.with(|c| c.set(true));
+        let read = read_records(table, &spec(&[], &[])).unwrap();
+        EVERY_KEY_COLLIDES.with(|c| c.set(false));
+        assert_eq!(keys(&read), vec!["a", "b", "c"]);
+        assert_eq!(read.phones[1].as_ref().unwrap().as_str(), "+56987654322", "the first row of b is used");
+        assert_eq!(read.issues.len(), 1);
+        assert!(read.issues[0].message.contains("rows 3, 4, 6"), "{}", read.issues[0].message);
     }
 
     #[test]
