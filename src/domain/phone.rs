@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A phone number normalised to E.164 (`+56912345678`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 // Shared text: a read hands the same number to its records and to the phone cache, and a
 // clone is a count, not a copy (a million-row read clones a million of them).
 pub struct PhoneNumber(std::sync::Arc<str>);
@@ -105,6 +105,13 @@ impl PhoneNumber {
     }
 }
 
+impl fmt::Debug for PhoneNumber {
+    /// Masked too: a `{:?}` of anything holding a number must not print it whole.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PhoneNumber").field(&self.masked()).finish()
+    }
+}
+
 impl fmt::Display for PhoneNumber {
     /// Displays masked: full numbers never reach logs by accident.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -190,6 +197,14 @@ pub fn mask_phone(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_is_masked_in_debug_output_too() {
+        let p = PhoneNumber::parse("+56 9 8765 4321", phonenumber::country::Id::CL).unwrap();
+        let shown = format!("{p:?} {:?}", Some(p.clone()));
+        assert!(!shown.contains("87654321") && !shown.contains("56987654321"), "{shown}");
+        assert!(shown.contains("PhoneNumber("), "{shown}");
+    }
 
     #[test]
     fn numbers_inside_a_message_are_masked_and_the_rest_kept() {
