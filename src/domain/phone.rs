@@ -2,10 +2,10 @@
 
 use std::fmt;
 
-/// A phone number normalised to E.164 (`+56912345678`).
+/// A phone number normalised to E.164 (`+56912345678`). Shared text: a read hands the same
+/// number to its records and to the phone cache, and a clone is a count, not a copy (a
+/// million-row read clones a million of them). `Debug` and `Display` show it masked.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-// Shared text: a read hands the same number to its records and to the phone cache, and a
-// clone is a count, not a copy (a million-row read clones a million of them).
 pub struct PhoneNumber(std::sync::Arc<str>);
 
 /// Why a field could not be read as a phone number. The text it held is kept masked: these

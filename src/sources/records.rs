@@ -6,6 +6,7 @@
 //! (blank or duplicate key, unreadable phone) become [`RecordIssue`]s that are written to the
 //! record once; the rest of the table keeps working.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashSet;
 
 use rustc_hash::FxHashMap;
@@ -209,23 +210,30 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
             });
             continue;
         }
-        let hash = key_hash(&key);
-        let first = match first_of.get(&hash) {
-            Some(&(record, row)) if out.records.get(record).is_some_and(|r| r.key.0 == key) => Some(row),
-            Some(_) => collided.get(&key).copied(),
-            None => None,
+        // One lookup: the key's first row if it was seen, else it is recorded as the first.
+        let first = match first_of.entry(key_hash(&key)) {
+            Entry::Vacant(e) => {
+                e.insert((out.records.len(), i));
+                None
+            }
+            Entry::Occupied(e) => {
+                let (record, row) = *e.get();
+                if out.records.get(record).is_some_and(|r| r.key.0 == key) {
+                    Some(row)
+                } else {
+                    match collided.get(&key) {
+                        Some(&row) => Some(row),
+                        None => {
+                            collided.insert(key.clone(), i);
+                            None
+                        }
+                    }
+                }
+            }
         };
         if let Some(first) = first {
             duplicates.entry(key).or_insert_with(|| vec![first]).push(i);
             continue;
-        }
-        match first_of.entry(hash) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((out.records.len(), i));
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                collided.insert(key.clone(), i);
-            }
         }
         let phone_text = text(&row, phone_col);
         let mut take =
