@@ -138,10 +138,20 @@ pub fn record_fingerprint(record: &Record) -> u64 {
 /// The records of a read (each with its fingerprint) that the snapshot holds with another
 /// fingerprint: their stored rows must be read back before [`diff_read`].
 pub fn moved<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Record, u64)>) -> Vec<RecordKey> {
+    let fresh: Vec<(&Record, u64)> = fresh.into_iter().collect();
+    moved_rows(old, fresh.iter().copied())
+        .into_iter()
+        .filter_map(|i| fresh.get(i).map(|(r, _)| r.key.clone()))
+        .collect()
+}
+
+/// The same as [`moved`], by position in the read (no copy of a key).
+pub fn moved_rows<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Record, u64)>) -> Vec<usize> {
     fresh
         .into_iter()
-        .filter(|(record, hash)| old.get(&record.key).is_some_and(|prev| prev.hash != *hash))
-        .map(|(record, _)| record.key.clone())
+        .enumerate()
+        .filter(|(_, (record, hash))| old.get(&record.key).is_some_and(|prev| prev.hash != *hash))
+        .map(|(i, _)| i)
         .collect()
 }
 
@@ -163,21 +173,64 @@ pub fn diff_read<'a>(
     complete: bool,
     deleted: &[RecordKey],
 ) -> Vec<Change> {
+    let fresh: Vec<(&Record, u64)> = fresh.into_iter().collect();
+    let rows = diff_rows(old, stored, fresh.iter().copied(), complete, deleted);
+    rows.iter().filter_map(|c| c.change(|i| fresh.get(i).map(|(r, _)| *r))).collect()
+}
+
+/// A difference as [`diff_rows`] finds it: a record of the read by its position (no copy of its
+/// key: a first read of a million rows is a million of these), or a removed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowChange {
+    Added(usize),
+    Changed(usize, Vec<FieldChange>),
+    Removed(RecordKey),
+}
+
+impl RowChange {
+    /// The position in the read of an added or changed record.
+    pub fn row(&self) -> Option<usize> {
+        match self {
+            RowChange::Added(i) | RowChange::Changed(i, _) => Some(*i),
+            RowChange::Removed(_) => None,
+        }
+    }
+
+    /// The [`Change`] rules look at, its record found by position.
+    pub fn change<'r>(&self, record_at: impl Fn(usize) -> Option<&'r Record>) -> Option<Change> {
+        Some(match self {
+            RowChange::Added(i) => Change::Added(record_at(*i)?.key.clone()),
+            RowChange::Changed(i, fields) => {
+                Change::Changed { key: record_at(*i)?.key.clone(), fields: fields.clone() }
+            }
+            RowChange::Removed(k) => Change::Removed(k.clone()),
+        })
+    }
+}
+
+/// [`diff_read`] by position in the read: what the poller uses.
+pub fn diff_rows<'a>(
+    old: &Snapshot,
+    stored: &StoredRows,
+    fresh: impl IntoIterator<Item = (&'a Record, u64)>,
+    complete: bool,
+    deleted: &[RecordKey],
+) -> Vec<RowChange> {
     let mut changes = Vec::new();
     let mut matched = 0usize;
     let mut keys: Vec<&RecordKey> = Vec::new();
     let nothing = BTreeMap::new();
-    for (record, hash) in fresh {
+    for (i, (record, hash)) in fresh.into_iter().enumerate() {
         keys.push(&record.key);
         match old.get(&record.key) {
-            None => changes.push(Change::Added(record.key.clone())),
+            None => changes.push(RowChange::Added(i)),
             Some(prev) => {
                 matched += 1;
                 if prev.hash != hash {
                     let before = stored.get(&record.key).map_or(&nothing, |row| &row.fields);
                     let fields = field_changes(before, record);
                     if !fields.is_empty() {
-                        changes.push(Change::Changed { key: record.key.clone(), fields });
+                        changes.push(RowChange::Changed(i, fields));
                     }
                 }
             }
@@ -189,7 +242,7 @@ pub fn diff_read<'a>(
             deleted.iter().filter(|k| old.contains_key(*k) && !present.contains(k)).collect();
         removed.sort();
         removed.dedup();
-        changes.extend(removed.into_iter().map(|k| Change::Removed(k.clone())));
+        changes.extend(removed.into_iter().map(|k| RowChange::Removed(k.clone())));
         return changes;
     }
     // Every old key was seen again: nothing was removed (the common case costs no set).
@@ -197,7 +250,7 @@ pub fn diff_read<'a>(
         let present: rustc_hash::FxHashSet<&RecordKey> = keys.into_iter().collect();
         let mut removed: Vec<&RecordKey> = old.keys().filter(|k| !present.contains(k)).collect();
         removed.sort();
-        changes.extend(removed.into_iter().map(|k| Change::Removed(k.clone())));
+        changes.extend(removed.into_iter().map(|k| RowChange::Removed(k.clone())));
     }
     changes
 }

@@ -19,7 +19,7 @@ use super::health::QuotaHealth;
 use super::timers::sync_timers;
 use super::{log_adjustments, EngineCtx, Shutdown};
 use crate::config::Trigger;
-use crate::diff::{diff_read, record_fingerprint, Change, Fingerprint, Snapshot, SnapshotRow, StoredRows};
+use crate::diff::{diff_rows, record_fingerprint, Change, Fingerprint, RowChange, Snapshot, SnapshotRow, StoredRows};
 use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
 use crate::metrics::{SourceLabel, SourceResult};
 use crate::rules::{Blocked, RecordFacts, TimerPlan};
@@ -75,17 +75,37 @@ pub struct SourcePoller {
     health_name: String,
 }
 
+/// One record a commit writes: a record of the read, by position, or a removed one's key.
+#[derive(Clone, Copy)]
+enum Unit<'a> {
+    Row(usize),
+    Gone(&'a RecordKey),
+}
+
+impl<'a> Unit<'a> {
+    fn key(&self, records: &'a [crate::domain::Record]) -> Option<&'a RecordKey> {
+        match *self {
+            Unit::Row(i) => records.get(i).map(|r| &r.key),
+            Unit::Gone(k) => Some(k),
+        }
+    }
+}
+
 /// The pure part of a poll, computed off the runtime.
 struct Planned {
-    changes: Vec<Change>,
+    /// How many differences the read had.
+    changes: usize,
     baseline: bool,
     /// Per record key: intents and blocked reasons.
     intents: Vec<(Intent, i64)>,
     blocked: Vec<Blocked>,
-    plans: Vec<TimerPlan>,
+    /// Reminders due (or too late) of the records in `scope`, by position in `read.records`,
+    /// in that order.
+    plans: Vec<(usize, TimerPlan)>,
     issues: Vec<RecordIssue>,
-    /// Record keys whose timers were planned this round (all of them on a full pass).
-    planned_keys: Vec<RecordKey>,
+    /// Records whose reminders and phone index entry are (re)written this round, by position
+    /// in `read.records`, in order: all of them on a full pass, else the changed ones.
+    scope: Vec<usize>,
     /// The read, kept until its snapshot rows are written (built a chunk at a time, so a
     /// baseline's records are not held twice), with each record's fingerprint.
     read: SourceRead,
@@ -93,9 +113,8 @@ struct Planned {
     /// Records whose snapshot row is (re)written: index into `read.records`, and whether the
     /// row counts as part of the baseline.
     upserts: Vec<(usize, bool)>,
+    /// Removed records: their snapshot rows, reminders and phone index entries go.
     removals: Vec<RecordKey>,
-    /// Phone of each record whose index entry must be (re)written.
-    phones: Vec<(RecordKey, Option<String>)>,
     /// The read had every record (else only the changed ones: problems of the others stand).
     complete: bool,
     /// What staff asked in the hand-off inbox, when this source is it.
@@ -261,16 +280,18 @@ impl SourcePoller {
         // Off the runtime: every record's fingerprint, and which records moved.
         let job = tokio::task::spawn_blocking(move || {
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
-            let moved = crate::diff::moved(&snapshot, read.records.iter().zip(hashes.iter().copied()));
-            (snapshot, read, hashes, moved)
+            let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
+            let moved_keys: Vec<RecordKey> =
+                moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect();
+            (snapshot, read, hashes, moved, moved_keys)
         });
-        let (snapshot, read, hashes, moved) = match job.await {
+        let (snapshot, read, hashes, moved, moved_keys) = match job.await {
             Ok(done) => done,
             Err(e) => return Err(self.after_failed_job(e).await),
         };
         // The stored text of the moved records only: what they held is what changed from. A
         // baseline fires nothing, so it needs none.
-        let stored = match self.stored_rows(if baseline { &[] } else { &moved }).await {
+        let stored = match self.stored_rows(if baseline { &[] } else { &moved_keys }).await {
             Ok(rows) => rows,
             Err(e) => {
                 self.snapshot = snapshot;
@@ -346,25 +367,37 @@ impl SourcePoller {
         store::snapshot_rows_of(&mut conn, &self.settings.id, keys).await
     }
 
-    async fn commit(&mut self, p: &Planned, version: Option<String>, now: i64) -> Result<PollReport, StoreError> {
+    async fn commit<'a>(
+        &mut self,
+        p: &'a Planned,
+        version: Option<String>,
+        now: i64,
+    ) -> Result<PollReport, StoreError> {
         let id = self.settings.id.clone();
-        let mut report = PollReport { baseline: p.baseline, changes: p.changes.len(), ..Default::default() };
-        // Group everything by record, then commit records in chunks.
-        let mut keys: Vec<&RecordKey> = Vec::new();
-        let mut seen: HashSet<&RecordKey> = HashSet::default();
+        let mut report = PollReport { baseline: p.baseline, changes: p.changes, ..Default::default() };
+        // What each record of the read gets this round, by position (a byte each: a first read
+        // of a million rows builds no map of keys).
         let records = &p.read.records;
-        for k in p
-            .upserts
-            .iter()
-            .filter_map(|(i, _)| records.get(*i).map(|r| &r.key))
-            .chain(p.removals.iter())
-            .chain(p.planned_keys.iter())
-            .chain(p.phones.iter().map(|(k, _)| k))
-        {
-            if seen.insert(k) {
-                keys.push(k);
+        let mut upsert_of: Vec<Option<bool>> = vec![None; records.len()];
+        for &(i, from_baseline) in &p.upserts {
+            if let Some(slot) = upsert_of.get_mut(i) {
+                *slot = Some(from_baseline);
             }
         }
+        let mut in_scope = vec![false; records.len()];
+        for &i in &p.scope {
+            if let Some(slot) = in_scope.get_mut(i) {
+                *slot = true;
+            }
+        }
+        // The records this round writes, in read order, then the removed ones; committed in
+        // chunks.
+        let units: Vec<Unit> = (0..records.len())
+            .filter(|&i| upsert_of[i].is_some() || in_scope[i])
+            .map(Unit::Row)
+            .chain(p.removals.iter().map(Unit::Gone))
+            .collect();
+        let key_of = |u: &Unit<'a>| u.key(records);
         let mut by_key_intents: HashMap<&RecordKey, Vec<&(Intent, i64)>> = HashMap::default();
         for i in &p.intents {
             by_key_intents.entry(&i.0.record_key).or_default().push(i);
@@ -373,56 +406,70 @@ impl SourcePoller {
         for b in &p.blocked {
             by_key_blocked.entry(&b.record_key).or_default().push(b);
         }
-        let upserts: HashMap<&RecordKey, (usize, bool)> =
-            p.upserts.iter().filter_map(|&(i, b)| records.get(i).map(|r| (&r.key, (i, b)))).collect();
-        let removals: HashSet<&RecordKey> = p.removals.iter().collect();
-        let phones: HashMap<&RecordKey, &Option<String>> = p.phones.iter().map(|(k, v)| (k, v)).collect();
-        let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
         let has_date_rules = self.ctx.rules.for_source(&id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
+        // `p.plans` is in read order, as the units are: each chunk takes the next ones.
+        let mut plans_left = p.plans.iter().peekable();
         let mut providers = HashSet::default();
         let mut wrote = false;
         let mut timers_changed = 0;
 
-        let chunks: Vec<&[&RecordKey]> =
-            if keys.is_empty() { vec![&[]] } else { keys.chunks(RECORDS_PER_COMMIT).collect() };
+        let chunks: Vec<&[Unit]> =
+            if units.is_empty() { vec![&[]] } else { units.chunks(RECORDS_PER_COMMIT).collect() };
         let last = chunks.len() - 1;
         for (n, chunk) in chunks.into_iter().enumerate() {
             let mut tx = self.ctx.store.begin().await?;
             let mut writes: Vec<FieldWrite> = Vec::new();
+            let chunk_keys: Vec<&RecordKey> = chunk.iter().filter_map(key_of).collect();
             // Reminders of the records in this chunk.
+            let last_row = chunk.iter().filter_map(|u| if let Unit::Row(i) = u { Some(*i) } else { None }).next_back();
+            let mut chunk_plans: Vec<TimerPlan> = Vec::new();
+            while let Some((_, plan)) = plans_left.next_if(|(i, _)| last_row.is_some_and(|l| *i <= l)) {
+                chunk_plans.push(plan.clone());
+            }
             if has_date_rules {
-                let chunk_planned: Vec<&str> =
-                    chunk.iter().filter(|k| planned.contains(*k)).map(|k| k.0.as_str()).collect();
+                let chunk_planned: Vec<&str> = chunk
+                    .iter()
+                    .filter(|u| match u {
+                        Unit::Row(i) => in_scope[*i],
+                        Unit::Gone(_) => true,
+                    })
+                    .filter_map(key_of)
+                    .map(|k| k.0.as_str())
+                    .collect();
                 if !chunk_planned.is_empty() {
-                    let plans: Vec<TimerPlan> = p
-                        .plans
-                        .iter()
-                        .filter(|pl| match pl {
-                            TimerPlan::Due(t) | TimerPlan::TooLate(t) => {
-                                chunk_planned.contains(&t.record_key.0.as_str())
-                            }
-                            _ => false,
-                        })
-                        .cloned()
-                        .collect();
-                    timers_changed += sync_timers(&mut tx, &id, &plans, &chunk_planned, now).await?;
+                    timers_changed += sync_timers(&mut tx, &id, &chunk_plans, &chunk_planned, now).await?;
                 }
             }
             // Queued messages of records that changed or went: withdrawn when the record no
             // longer calls for them (first, so a rule may queue the corrected one below).
             if !p.baseline {
-                let touched: Vec<&str> = chunk
-                    .iter()
-                    .filter(|k| upserts.contains_key(*k) || removals.contains(*k))
-                    .map(|k| k.0.as_str())
-                    .collect();
+                let mut touched_at: HashMap<&str, usize> = HashMap::default();
+                let mut touched: Vec<&str> = Vec::new();
+                for u in chunk {
+                    match *u {
+                        Unit::Row(i) if upsert_of[i].is_some() => {
+                            if let Some(r) = records.get(i) {
+                                touched_at.insert(r.key.0.as_str(), i);
+                                touched.push(r.key.0.as_str());
+                            }
+                        }
+                        Unit::Row(_) => {}
+                        Unit::Gone(k) => touched.push(k.0.as_str()),
+                    }
+                }
                 if !touched.is_empty() {
                     for m in store::queued_for_records(&mut tx, &id, &touched).await? {
-                        let reason = match upserts.get(&m.record_key) {
+                        let upserted = touched_at.get(m.record_key.0.as_str()).copied();
+                        let reason = match upserted {
                             None => Some("not sent: the record was removed before it was sent"),
-                            Some(&(i, _)) => {
-                                let indexed = phones.get(&m.record_key).and_then(|p| (*p).clone());
+                            Some(i) => {
                                 let Some(record) = records.get(i) else { continue };
+                                let indexed = p
+                                    .read
+                                    .phones
+                                    .get(i)
+                                    .and_then(|phone| phone.as_ref().ok())
+                                    .map(|phone| phone.as_str().to_string());
                                 let view = self.ctx.view_indexed(&self.settings, record.clone(), indexed);
                                 if view.consent == Some(false) {
                                     Some("not sent: consent was withdrawn before it was sent")
@@ -437,7 +484,7 @@ impl SourcePoller {
                         if store::withdraw_queued(&mut tx, m.id, reason, now).await? {
                             info!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, "{reason}");
                             report.withdrawn += 1;
-                            if upserts.contains_key(&m.record_key) {
+                            if upserted.is_some() {
                                 writes.extend(self.ctx.status_writes(&m, MessageState::Skipped, now, Some(reason)));
                             }
                             writes.extend(self.ctx.interaction_writes(
@@ -452,7 +499,7 @@ impl SourcePoller {
                 }
             }
             // Messages: `queued` is written only for those actually inserted.
-            for k in chunk {
+            for k in &chunk_keys {
                 for (intent, due) in by_key_intents.get(*k).into_iter().flatten() {
                     if let Some(mid) = store::insert_intent(&mut tx, intent, *due, now).await? {
                         info!(rule = %intent.rule_id, record = %intent.record_key, to = %intent.phone, message_id = mid, "message queued");
@@ -478,22 +525,34 @@ impl SourcePoller {
             // Snapshot rows and the phone index.
             let rows: Vec<(RecordKey, SnapshotRow)> = chunk
                 .iter()
-                .filter_map(|k| {
-                    let &(i, from_baseline) = upserts.get(*k)?;
-                    let mut row = SnapshotRow::with_hash(records.get(i)?, *p.hashes.get(i)?);
+                .filter_map(|u| {
+                    let Unit::Row(i) = *u else { return None };
+                    let from_baseline = (*upsert_of.get(i)?)?;
+                    let record = records.get(i)?;
+                    let mut row = SnapshotRow::with_hash(record, *p.hashes.get(i)?);
                     row.from_baseline = from_baseline;
-                    Some(((*k).clone(), row))
+                    Some((record.key.clone(), row))
                 })
                 .collect();
             store::upsert_snapshot_rows(&mut tx, &id, &rows).await?;
-            let gone: Vec<RecordKey> = chunk.iter().filter(|k| removals.contains(*k)).map(|k| (*k).clone()).collect();
+            let gone: Vec<RecordKey> =
+                chunk.iter().filter_map(|u| if let Unit::Gone(k) = u { Some((*k).clone()) } else { None }).collect();
             store::delete_snapshot_rows(&mut tx, &id, &gone).await?;
-            let index: Vec<(RecordKey, Option<String>)> =
-                chunk.iter().filter_map(|k| phones.get(*k).map(|p| ((*k).clone(), (*p).clone()))).collect();
+            let index: Vec<(RecordKey, Option<String>)> = chunk
+                .iter()
+                .filter_map(|u| {
+                    let Unit::Row(i) = *u else { return None };
+                    if !in_scope.get(i).copied().unwrap_or(false) {
+                        return None;
+                    }
+                    let phone = p.read.phones.get(i)?.as_ref().ok().map(|phone| phone.as_str().to_string());
+                    Some((records.get(i)?.key.clone(), phone))
+                })
+                .collect();
             store::set_contact_records(&mut tx, &id, &index).await?;
             // What staff asked in the hand-off inbox, with the records that show it.
             if let (Some(cfg), false) = (&self.ctx.config.handoff, p.staff.is_empty()) {
-                let in_chunk: HashSet<&RecordKey> = chunk.iter().copied().collect();
+                let in_chunk: HashSet<&RecordKey> = chunk_keys.iter().copied().collect();
                 let mut applied = super::handoff::Applied::default();
                 for action in p.staff.iter().filter(|a| in_chunk.contains(a.key())) {
                     super::handoff::Handoffs { ctx: &self.ctx, cfg }
@@ -546,10 +605,18 @@ impl SourcePoller {
         let id = &self.settings.id;
         let open = store::issues(tx, id).await?;
         let current: HashSet<&str> = p.issues.iter().map(|i| i.issue_key.as_str()).collect();
-        let planned: HashSet<&RecordKey> = p.planned_keys.iter().collect();
-        // The keys of the read, borrowed, and only when there are open problems to look at.
-        let present: HashSet<&RecordKey> =
-            if open.is_empty() { HashSet::default() } else { p.read.records.iter().map(|r| &r.key).collect() };
+        // The keys of the read, borrowed, and only when there are open problems to look at;
+        // with whether each record's reminders were planned this round.
+        let mut present: HashMap<&RecordKey, bool> = HashMap::default();
+        if !open.is_empty() {
+            let mut in_scope = vec![false; p.read.records.len()];
+            for &i in &p.scope {
+                if let Some(slot) = in_scope.get_mut(i) {
+                    *slot = true;
+                }
+            }
+            present = p.read.records.iter().zip(in_scope).map(|(r, planned)| (&r.key, planned)).collect();
+        }
         for issue in &p.issues {
             if store::note_issue(tx, id, &issue.issue_key, &issue.record_key, &issue.message, now).await? {
                 warn!(source = %id, record = %RecordKey::shown(&issue.record_key), "record problem: {}", issue.message);
@@ -561,11 +628,11 @@ impl SourcePoller {
             let key = RecordKey(record_key.clone());
             // A date problem of a record not planned this time (unchanged) still stands, and so
             // does any problem of a record an incremental read did not bring.
-            let unplanned = issue_key.starts_with(DATE_ISSUE) && present.contains(&key) && !planned.contains(&key);
-            let unread = !p.complete && !present.contains(&key) && !p.removals.contains(&key);
+            let unplanned = issue_key.starts_with(DATE_ISSUE) && present.get(&key).is_some_and(|planned| !planned);
+            let unread = !p.complete && !present.contains_key(&key) && !p.removals.contains(&key);
             if !current.contains(issue_key.as_str()) && !unplanned && !unread {
                 store::resolve_issue(tx, id, &issue_key).await?;
-                if !record_key.is_empty() && present.contains(&key) {
+                if !record_key.is_empty() && present.contains_key(&key) {
                     writes.extend(self.ctx.error_write(id, WriteTarget::Record(key), ""));
                 }
                 info!(source = %id, record = %RecordKey::shown(&record_key), "record problem fixed");
@@ -582,7 +649,7 @@ fn plan(
     settings: &SourceSettings,
     snapshot: Snapshot,
     stored: &StoredRows,
-    moved: &[RecordKey],
+    moved: &[usize],
     read: SourceRead,
     hashes: Vec<u64>,
     baseline: bool,
@@ -590,9 +657,16 @@ fn plan(
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Snapshot, Planned) {
     let id = settings.id.as_str();
+    let records = &read.records;
     let changes =
-        diff_read(&snapshot, stored, read.records.iter().zip(hashes.iter().copied()), read.complete, &read.deleted);
-    let index: HashMap<&RecordKey, usize> = read.records.iter().enumerate().map(|(i, r)| (&r.key, i)).collect();
+        diff_rows(&snapshot, stored, records.iter().zip(hashes.iter().copied()), read.complete, &read.deleted);
+    // Which records of the read changed, by position (a byte each, not a set of keys).
+    let mut changed = vec![false; records.len()];
+    for i in changes.iter().filter_map(RowChange::row) {
+        if let Some(c) = changed.get_mut(i) {
+            *c = true;
+        }
+    }
     let gates: Vec<&str> = [Some(settings.phone_field.as_str()), settings.consent.as_ref().map(|c| c.field.as_str())]
         .into_iter()
         .flatten()
@@ -605,10 +679,24 @@ fn plan(
 
     let mut intents = Vec::new();
     let mut blocked = Vec::new();
+    // The changes as rules and the hand-off inbox see them (none on a baseline: it fires
+    // nothing, and a first read of a million rows would be a million copies of keys).
+    let mut seen: Vec<Change> = Vec::new();
+    let mut seen_rows: Vec<Option<usize>> = Vec::new();
+    let mut seen_at: HashMap<&RecordKey, usize> = HashMap::default();
     if !baseline {
-        for change in &changes {
-            let Some(&i) = index.get(change.key()) else { continue };
-            let (Some(record), Some(phone)) = (read.records.get(i), read.phones.get(i)) else { continue };
+        for row_change in &changes {
+            let Some(change) = row_change.change(|i| records.get(i)) else { continue };
+            let row = row_change.row();
+            if let Some((i, r)) = row.and_then(|i| records.get(i).map(|r| (i, r))) {
+                seen_at.insert(&r.key, i);
+            }
+            seen.push(change);
+            seen_rows.push(row);
+        }
+        for (change, row) in seen.iter().zip(&seen_rows) {
+            let Some(i) = *row else { continue };
+            let (Some(record), Some(phone)) = (records.get(i), read.phones.get(i)) else { continue };
             // Its copy was erased (`recado forget`): what changed since cannot be told.
             if snapshot.get(change.key()).is_some_and(|row| row.erased) {
                 continue;
@@ -632,74 +720,53 @@ fn plan(
     }
 
     // Reminders and the phone index: every record on a full pass, then the changed ones.
-    let changed: HashSet<&RecordKey> = changes.iter().map(Change::key).collect();
-    let in_scope = |k: &RecordKey| full_pass || changed.contains(k);
+    let scope: Vec<usize> = (0..records.len()).filter(|&i| full_pass || changed[i]).collect();
     let mut plans = Vec::new();
     let mut issues = read.issues.clone();
-    let mut planned_keys: Vec<RecordKey> = Vec::new();
     let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
-    for (i, record) in read.records.iter().enumerate().filter(|(_, r)| in_scope(&r.key)) {
-        planned_keys.push(record.key.clone());
-        if !has_date_rules {
-            continue;
-        }
-        let Some(phone) = read.phones.get(i) else { continue };
+    for &i in scope.iter().filter(|_| has_date_rules) {
+        let (Some(record), Some(phone)) = (records.get(i), read.phones.get(i)) else { continue };
         let facts = RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
         let time = ctx.time_context(id, record_tz(record), now);
         for plan in ctx.rules.plan_timers(id, record, &facts, &time) {
-            if let TimerPlan::BadDate { rule_id, reason } = &plan {
-                issues.push(RecordIssue {
+            match plan {
+                TimerPlan::BadDate { rule_id, reason } => issues.push(RecordIssue {
                     issue_key: format!("{DATE_ISSUE}{rule_id}:{}:{reason}", record.key.0),
                     target: WriteTarget::Record(record.key.clone()),
                     record_key: record.key.0.clone(),
                     message: format!("date unreadable: {reason}"),
-                });
+                }),
+                TimerPlan::Due(_) | TimerPlan::TooLate(_) => plans.push((i, plan)),
+                TimerPlan::Ineligible { .. } => {}
             }
-            plans.push(plan);
         }
     }
-    // Removed records: their reminders are cancelled (planned with nothing).
-    for c in &changes {
-        if let Change::Removed(k) = c {
-            planned_keys.push(k.clone());
-        }
-    }
-    let phones: Vec<(RecordKey, Option<String>)> = read
-        .records
-        .iter()
-        .zip(read.phones.iter())
-        .filter(|(r, _)| in_scope(&r.key))
-        .map(|(r, phone)| (r.key.clone(), phone.as_ref().ok().map(|p| p.as_str().to_string())))
-        .collect();
 
     // The snapshot moves with the changes (at the first read every record is added).
     let mut upserts: Vec<(usize, bool)> = Vec::new();
     let mut removals: Vec<RecordKey> = Vec::new();
     for c in &changes {
         match c {
-            Change::Added(k) | Change::Changed { key: k, .. } => {
-                if let Some(&i) = index.get(k) {
-                    let from_baseline = match c {
-                        Change::Added(_) => baseline,
-                        _ => snapshot.get(k).is_some_and(|old| old.from_baseline),
-                    };
-                    upserts.push((i, from_baseline));
-                }
+            RowChange::Added(i) => upserts.push((*i, baseline)),
+            RowChange::Changed(i, _) => {
+                let from_baseline =
+                    records.get(*i).and_then(|r| snapshot.get(&r.key)).is_some_and(|old| old.from_baseline);
+                upserts.push((*i, from_baseline));
             }
-            Change::Removed(k) => removals.push(k.clone()),
+            RowChange::Removed(k) => removals.push(k.clone()),
         }
     }
     // Records whose fingerprint moved without a field changing (a column added, empty): the
     // stored fingerprint follows, or every later poll would read their rows back again.
-    for k in moved.iter().filter(|k| !changed.contains(k)) {
-        if let (Some(&i), Some(old)) = (index.get(k), snapshot.get(k).filter(|old| !old.erased)) {
+    for &i in moved.iter().filter(|&&i| !changed.get(i).copied().unwrap_or(true)) {
+        if let Some(old) = records.get(i).and_then(|r| snapshot.get(&r.key)).filter(|old| !old.erased) {
             upserts.push((i, old.from_baseline));
         }
     }
     // Copies `recado forget` erased of records that did not change: a full read puts them
     // back as they are (the first read after the daemon starts again is one).
     if full_pass {
-        for (i, r) in read.records.iter().enumerate().filter(|(_, r)| !changed.contains(&r.key)) {
+        for (i, r) in records.iter().enumerate().filter(|(i, _)| !changed[*i]) {
             if let Some(old) = snapshot.get(&r.key).filter(|old| old.erased) {
                 upserts.push((i, old.from_baseline));
             }
@@ -707,27 +774,26 @@ fn plan(
     }
     let staff = match &ctx.config.handoff {
         Some(cfg) if cfg.inbox == id && !baseline => {
-            crate::handoff::staff_actions(cfg, &changes, |k| index.get(k).and_then(|&i| read.records.get(i)))
+            crate::handoff::staff_actions(cfg, &seen, |k| seen_at.get(k).and_then(|&i| records.get(i)))
         }
         _ => Vec::new(),
     };
+    drop(seen_at);
     let complete = read.complete;
-    drop(index);
     (
         snapshot,
         Planned {
-            changes,
+            changes: changes.len(),
             baseline,
             intents,
             blocked,
             plans,
             issues,
-            planned_keys,
+            scope,
             read,
             hashes,
             upserts,
             removals,
-            phones,
             complete,
             staff,
         },
