@@ -96,7 +96,7 @@ struct Planned {
     /// How many differences the read had.
     changes: usize,
     baseline: bool,
-    /// Per record key: intents and blocked reasons.
+    /// Messages the changes call for (each with when it is due), and why others are not sent.
     intents: Vec<(Intent, i64)>,
     blocked: Vec<Blocked>,
     /// Reminders due (or too late) of the records in `scope`, by position in `read.records`,
@@ -281,17 +281,21 @@ impl SourcePoller {
         let job = tokio::task::spawn_blocking(move || {
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
             let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
-            let moved_keys: Vec<RecordKey> =
-                moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect();
+            // A baseline fires nothing, so it reads no stored row back (after a zone change,
+            // nearly every fingerprint moved: no copy of every key).
+            let moved_keys: Vec<RecordKey> = if baseline {
+                Vec::new()
+            } else {
+                moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
+            };
             (snapshot, read, hashes, moved, moved_keys)
         });
         let (snapshot, read, hashes, moved, moved_keys) = match job.await {
             Ok(done) => done,
             Err(e) => return Err(self.after_failed_job(e).await),
         };
-        // The stored text of the moved records only: what they held is what changed from. A
-        // baseline fires nothing, so it needs none.
-        let stored = match self.stored_rows(if baseline { &[] } else { &moved_keys }).await {
+        // The stored text of the moved records only: what they held is what changed from.
+        let stored = match self.stored_rows(&moved_keys).await {
             Ok(rows) => rows,
             Err(e) => {
                 self.snapshot = snapshot;

@@ -1281,6 +1281,8 @@ pub struct GoogleFault {
 /// * `delay_ms`: answer this much later (with `status`, a late error; alone, a late normal answer).
 /// * `applied`: the request takes effect first and only its answer is lost, late or an error
 ///   (a write Google made although the client saw it fail); without it nothing is applied.
+/// * `cut`: the answer starts (200, headers) and the connection drops halfway through its body
+///   (`{"cut":true,"scope":"read"}`): a reader must fail, not take half a tab for the tab.
 /// * `count` (default 1): how many requests get it. `scope`: `read` (Sheets reads), `write`
 ///   (Sheets writes), `drive`, `token` or `any` (every Sheets and Drive request; default).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -1294,6 +1296,8 @@ pub struct FaultSpec {
     pub delay_ms: Option<u64>,
     #[serde(default)]
     pub applied: bool,
+    #[serde(default)]
+    pub cut: bool,
     #[serde(default = "one")]
     pub count: u32,
     #[serde(default)]
@@ -1306,7 +1310,7 @@ fn one() -> u32 {
 
 impl Default for FaultSpec {
     fn default() -> Self {
-        FaultSpec { status: None, timeout: false, delay_ms: None, applied: false, count: 1, scope: None }
+        FaultSpec { status: None, timeout: false, delay_ms: None, applied: false, cut: false, count: 1, scope: None }
     }
 }
 
@@ -1314,6 +1318,29 @@ impl From<GoogleFault> for FaultSpec {
     fn from(f: GoogleFault) -> Self {
         FaultSpec { status: Some(f.status), count: f.count, scope: f.scope, ..FaultSpec::default() }
     }
+}
+
+/// An answer whose connection drops halfway through its body: the status and headers go out,
+/// then half the body, then the stream fails (hyper closes the connection mid-body).
+async fn cut_short(answer: Response) -> Response {
+    let (mut parts, body) = answer.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "the sandbox could not read its own answer").into_response();
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let half = bytes.slice(..bytes.len() / 2);
+    // The half goes out first (a moment before the failure, so it is not lost with the
+    // connection's unsent buffer).
+    let pieces = futures_util::stream::unfold(Some(Some(half)), |left| async move {
+        match left? {
+            Some(half) => Some((Ok(half), Some(None))),
+            None => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((Err(std::io::Error::other("the sandbox cut the connection")), None))
+            }
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(pieces))
 }
 
 /// Which requests a fault hits.
@@ -1358,6 +1385,7 @@ struct ActiveFault {
     timeout: bool,
     delay: Option<Duration>,
     applied: bool,
+    cut: bool,
 }
 
 impl FaultSpec {
@@ -1382,8 +1410,13 @@ impl FaultSpec {
         if self.timeout && self.delay_ms.is_some() {
             return Err("a timeout never answers, so it takes no delay_ms".into());
         }
-        if !self.timeout && self.status.is_none() && self.delay_ms.is_none() {
-            return Err("a fault needs a status, timeout: true or delay_ms".into());
+        if self.cut && (self.timeout || self.status.is_some() || self.delay_ms.is_some() || self.applied) {
+            return Err(
+                "a cut answer is the normal one cut short: it takes no status, timeout, delay_ms or applied".into()
+            );
+        }
+        if !self.cut && !self.timeout && self.status.is_none() && self.delay_ms.is_none() {
+            return Err("a fault needs a status, timeout: true, delay_ms or cut: true".into());
         }
         Ok(ActiveFault {
             scope,
@@ -1392,6 +1425,7 @@ impl FaultSpec {
             timeout: self.timeout,
             delay: self.delay_ms.map(Duration::from_millis),
             applied: self.applied,
+            cut: self.cut,
         })
     }
 }
@@ -1902,6 +1936,9 @@ impl GoogleState {
             Err(r) => return r,
         };
         let Some(f) = fault else { return self.work((kind, subject), &caller, work) };
+        if f.cut {
+            return cut_short(self.work((kind, subject), &caller, work)).await;
+        }
         if f.applied {
             let answer = self.work((kind, subject), &caller, work);
             return self.misbehave(&f, kind, subject).await.unwrap_or(answer);
@@ -3919,7 +3956,12 @@ mod tests {
             (json!({ "status": 200, "count": 1 }), Some("status 200 is not an HTTP error status (400-599)")),
             (json!({ "status": 500, "count": 0 }), Some("count must be at least 1")),
             (json!({ "timeout": true, "status": 500 }), Some("a timeout never answers, so it takes no status")),
-            (json!({ "count": 3 }), Some("a fault needs a status, timeout: true or delay_ms")),
+            (json!({ "count": 3 }), Some("a fault needs a status, timeout: true, delay_ms or cut: true")),
+            (json!({ "cut": true, "scope": "read" }), None),
+            (
+                json!({ "cut": true, "status": 500 }),
+                Some("a cut answer is the normal one cut short: it takes no status, timeout, delay_ms or applied"),
+            ),
         ];
         let g = GoogleState::new();
         for (json, error) in cases {

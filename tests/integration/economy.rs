@@ -131,6 +131,36 @@ async fn a_google_call_that_never_answers_times_out_and_the_source_carries_on() 
     h.stop().await;
 }
 
+/// A read whose answer is cut off halfway (200 and headers, then the connection drops) is a
+/// failed poll, never a shorter tab: no record is taken as removed, and the next read carries
+/// on where the last good one left off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cut_short_is_a_failed_poll_not_a_shorter_tab() {
+    let rows: Vec<Vec<serde_json::Value>> = (1000..1300).map(|n| row(n, "Persona", "Sí", "Activo")).collect();
+    let mut h = Harness::new(rows).await;
+    h.user(81, true, None);
+    h.start().await;
+    let snapshot_len = || async {
+        let mut conn = h.store().conn().await.unwrap();
+        store::load_snapshot(&mut conn, "inscripciones").await.unwrap().0.len()
+    };
+    assert_eq!(snapshot_len().await, 300);
+    let fault = FaultSpec { cut: true, count: 2, scope: Some("read".into()), ..FaultSpec::default() };
+    h.sandbox.google().try_inject(fault).unwrap();
+    let failures = || h.running().ctx().health.get("source:inscripciones").map_or(0, |c| c.failures);
+    // The sheet changes, so the next polls read it (and get the cut answers).
+    h.add_row(row(81, "Eva", "Sí", "Activo"));
+    wait_for("a failed poll", Duration::from_secs(20), || async { failures() >= 1 }).await;
+    let source = h.running().ctx().health.get("source:inscripciones").unwrap();
+    assert!(source.last_error.as_deref().is_some_and(|e| e.contains("cut short")), "{:?}", source.last_error);
+    // Then the whole answer: the new row is news, and nothing was removed on the way (records
+    // taken as removed would have come back as new ones, each sent a welcome).
+    h.wait_cell("81", "Estado WhatsApp", "read").await;
+    assert_eq!(snapshot_len().await, 301, "every record of the tab is still known");
+    assert_eq!(h.sandbox.meta().sent_count(), 1, "only the new row's welcome");
+    h.stop().await;
+}
+
 /// Stopping never waits for a poll stuck on a call that does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_does_not_wait_for_a_hung_poll() {

@@ -74,6 +74,44 @@ struct CellRange {
     values: Vec<Vec<Cell>>,
 }
 
+/// How many call timeouts a whole `values.get` may take while its answer keeps coming (a
+/// million-row tab is read and decoded in well under one on a small machine).
+pub const WHOLE_READ_CALL_TIMEOUTS: u32 = 10;
+
+/// A `values.get` answer's rows, read from a byte stream.
+fn decode_values(answer: impl std::io::Read) -> Result<Vec<Vec<CellValue>>, serde_json::Error> {
+    let reader = std::io::BufReader::with_capacity(64 * 1024, answer);
+    // The rows are unwrapped in place (same layout).
+    serde_json::from_reader::<_, CellRange>(reader)
+        .map(|range| range.values.into_iter().map(|row| row.into_iter().map(|c| c.0).collect()).collect())
+}
+
+/// The chunks of an answer as they arrive, read as one byte stream by a blocking decoder. A
+/// chunk that says what went wrong with the transfer ends the stream with that error.
+struct ChunkReader {
+    arriving: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.arriving.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(reason)) => return Err(std::io::Error::other(reason)),
+                // The transfer ended (or stopped): end of input.
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        let taken = self.current.split_to(n);
+        if let Some(into) = buf.get_mut(..n) {
+            into.copy_from_slice(&taken);
+        }
+        Ok(n)
+    }
+}
+
 /// One cell of an UNFORMATTED `values.get`, read without building a JSON tree first: a
 /// million-row tab is not held as `serde_json::Value`s on its way to records. Numbers stay
 /// numbers here; the reader knows which columns hold dates.
@@ -195,34 +233,58 @@ impl SheetsClient {
         paid: Paid,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, (u16, Vec<u8>, SourceError)> {
+        let response = self.send(budget, what, paid, self.timeout, build).await?;
+        let body = self.body(response, what).await.map_err(|e| (0, Vec::new(), e))?;
+        budget.succeeded();
+        Ok(body)
+    }
+
+    /// An answer's body, whole, within the call's timeout.
+    async fn body(&self, response: reqwest::Response, what: &str) -> Result<Vec<u8>, SourceError> {
+        let body = tokio::time::timeout(self.timeout, response.bytes())
+            .await
+            .map_err(|_| SourceError::Timeout { what: format!("Google {what}"), after: self.timeout })?
+            .map_err(|e| SourceError::Transient(format!("{what}: answer cut short: {}", without_url(&e))))?;
+        Ok(body.into())
+    }
+
+    /// Sends a request with the account's token, paid from `budget` unless paid already, and
+    /// with the token renewed once if Google says 401. A 2xx answer comes back unread (its
+    /// body may be streamed; the caller counts it a success once read); any other is read and
+    /// classified. The answer must start within the call timeout, and be read whole within
+    /// `whole`.
+    async fn send(
+        &self,
+        budget: &Budget,
+        what: &str,
+        paid: Paid,
+        whole: Duration,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, (u16, Vec<u8>, SourceError)> {
         if paid == Paid::Now {
             budget.acquire(1).await;
         }
         let mut renewed = false;
         loop {
             let token = self.account.token().await.map_err(|e| (0, Vec::new(), e))?;
-            let response = build(token.expose()).timeout(self.timeout).send().await.map_err(|e| {
-                let err = if e.is_timeout() {
-                    SourceError::Timeout { what: format!("Google {what}"), after: self.timeout }
-                } else {
-                    SourceError::Transient(format!("{what}: {}", without_url(&e)))
-                };
-                (0, Vec::new(), err)
-            })?;
-            let status = response.status().as_u16();
-            let body = tokio::time::timeout(self.timeout, response.bytes())
+            let timed_out = || SourceError::Timeout { what: format!("Google {what}"), after: self.timeout };
+            let request = build(token.expose()).timeout(whole);
+            let response = tokio::time::timeout(self.timeout, request.send())
                 .await
-                .map_err(|_| {
-                    (0, Vec::new(), SourceError::Timeout { what: format!("Google {what}"), after: self.timeout })
-                })?
+                .map_err(|_| (0, Vec::new(), timed_out()))?
                 .map_err(|e| {
-                    (0, Vec::new(), SourceError::Transient(format!("{what}: answer cut short: {}", without_url(&e))))
-                })?
-                .to_vec();
+                    let err = if e.is_timeout() {
+                        timed_out()
+                    } else {
+                        SourceError::Transient(format!("{what}: {}", without_url(&e)))
+                    };
+                    (0, Vec::new(), err)
+                })?;
+            let status = response.status().as_u16();
             if (200..300).contains(&status) {
-                budget.succeeded();
-                return Ok(body);
+                return Ok(response);
             }
+            let body = self.body(response, what).await.map_err(|e| (0, Vec::new(), e))?;
             if status == 401 && !renewed {
                 renewed = true;
                 self.account.forget().await;
@@ -360,10 +422,14 @@ impl SheetsClient {
         Ok(out)
     }
 
-    /// Reads a range, unformatted, dates as serial numbers.
-    /// The answer of a large tab is tens of megabytes: it is decoded off the async runtime,
-    /// straight into rows.
-    /// The cells of a range, rows of [`CellValue`]s (numbers as numbers, dates too).
+    /// The cells of a range, unformatted: rows of [`CellValue`]s (numbers as numbers, dates as
+    /// serial numbers).
+    ///
+    /// The answer is decoded off the runtime as it arrives: a million-row tab's answer (about a
+    /// hundred megabytes) is never held whole, and decoding overlaps the transfer. The channel
+    /// holds a few chunks, so the decoder sets the pace; that is why the whole read may take
+    /// [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts, while the answer must start, and each of its
+    /// chunks arrive, within one.
     pub async fn values(&self, range: &str) -> Result<Vec<Vec<CellValue>>, SourceError> {
         let url = self.sheets_url(&format!("/values/{}", encode(range)));
         let query = [
@@ -371,18 +437,53 @@ impl SheetsClient {
             ("dateTimeRenderOption", "SERIAL_NUMBER"),
             ("majorDimension", "ROWS"),
         ];
-        let body = self
-            .call("values.get", Paid::Now, |token| self.http.get(&url).query(&query).bearer_auth(token))
+        let whole = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS);
+        let mut response = self
+            .send(&self.budget, "values.get", Paid::Now, whole, |token| {
+                self.http.get(&url).query(&query).bearer_auth(token)
+            })
             .await
             .map_err(|(_, _, e)| e)?;
-        // Decoded and unwrapped off the runtime; the rows are unwrapped in place (same layout).
-        tokio::task::spawn_blocking(move || {
-            serde_json::from_slice::<CellRange>(&body)
-                .map(|range| range.values.into_iter().map(|row| row.into_iter().map(|c| c.0).collect()).collect())
-        })
-        .await
-        .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
-        .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))
+        let (chunks, arriving) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(8);
+        let decoder =
+            tokio::task::spawn_blocking(move || decode_values(ChunkReader { arriving, current: bytes::Bytes::new() }));
+        let timed_out = |after| SourceError::Timeout { what: "Google values.get".into(), after };
+        let transfer = async {
+            loop {
+                let next = match tokio::time::timeout(self.timeout, response.chunk()).await {
+                    Err(_) => Err(timed_out(self.timeout)),
+                    Ok(Ok(Some(chunk))) => Ok(chunk),
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Err(e)) if e.is_timeout() => Err(timed_out(whole)),
+                    Ok(Err(e)) => {
+                        Err(SourceError::Transient(format!("values.get: answer cut short: {}", without_url(&e))))
+                    }
+                };
+                match next {
+                    Ok(chunk) => {
+                        // The decoder stopped early (the answer is unreadable): it says why.
+                        if chunks.send(Ok(chunk)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        let _ = chunks.send(Err(e.to_string())).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let transferred = tokio::time::timeout(whole, transfer).await.unwrap_or_else(|_| Err(timed_out(whole)));
+        // Whatever happened, the decoder sees the end of its input now.
+        drop(chunks);
+        let decoded = decoder.await;
+        // A transfer that failed is the reason, not what the decoder made of the cut answer.
+        transferred?;
+        let rows = decoded
+            .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
+            .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))?;
+        self.budget.succeeded();
+        Ok(rows)
     }
 
     /// Reads several ranges in one request.
@@ -471,6 +572,42 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunked(pieces: Vec<Result<&[u8], &str>>) -> ChunkReader {
+        let (chunks, arriving) = tokio::sync::mpsc::channel(pieces.len() + 1);
+        for piece in pieces {
+            chunks.try_send(piece.map(bytes::Bytes::copy_from_slice).map_err(str::to_string)).unwrap();
+        }
+        ChunkReader { arriving, current: bytes::Bytes::new() }
+    }
+
+    #[test]
+    fn an_answer_split_anywhere_decodes_as_a_whole_one() {
+        let body = r#"{"range":"T!A1:C3","values":[["ID","Ñandú","Fecha"],[1,"Ana \"la\" Pérez",46352.5],[]]}"#;
+        let whole = decode_values(body.as_bytes()).unwrap();
+        assert_eq!(whole[1][1], CellValue::Text("Ana \"la\" Pérez".into()));
+        // Every chunk size, so chunks end inside an escape and inside a two-byte letter.
+        for size in 1..body.len() {
+            let pieces = body.as_bytes().chunks(size).map(Ok).collect();
+            assert_eq!(decode_values(chunked(pieces)).unwrap(), whole, "chunks of {size} bytes");
+        }
+    }
+
+    #[test]
+    fn a_transfer_that_fails_ends_the_decoding_with_its_reason() {
+        let body = br#"{"values":[["ID"],["1"],["2"]]}"#;
+        let (first, _) = body.split_at(14);
+        let err = decode_values(chunked(vec![Ok(first), Err("answer cut short: connection reset")])).unwrap_err();
+        assert!(err.to_string().contains("answer cut short"), "{err}");
+        // A stream that just stops is an unreadable answer, not a shorter tab, even right
+        // after a whole row.
+        assert!(decode_values(chunked(vec![Ok(first)])).is_err());
+        assert!(decode_values(chunked(vec![Ok(br#"{"values":[["ID"],["1"]"#)])).is_err());
+        // An empty chunk in the middle is not the end.
+        let (a, b) = body.split_at(20);
+        let rows = decode_values(chunked(vec![Ok(a), Ok(b""), Ok(b)])).unwrap();
+        assert_eq!(rows.len(), 3);
+    }
 
     #[test]
     fn cells_are_read_straight_into_values() {
