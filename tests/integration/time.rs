@@ -118,6 +118,39 @@ async fn moving_the_date_moves_the_reminder_and_clearing_consent_or_deleting_can
     h.stop().await;
 }
 
+/// A first read larger than one commit chunk (2,000 records) plans every record's reminder,
+/// those on either side of each chunk's edge included; later, a row deleted in the middle has
+/// its reminder cancelled and a moved date moves only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_are_planned_across_commit_chunks_and_follow_deletions() {
+    let ids: Vec<u32> = (1000..5500).collect();
+    let mut h = reminder_harness(|now| ids.iter().map(|&id| with_appointment(now, id, 3600)).collect()).await;
+    h.start().await;
+    let all_timers = || async {
+        let mut c = h.store().conn().await.unwrap();
+        recado::store::timers_of(&mut c, "inscripciones", None).await.unwrap()
+    };
+    let timers = all_timers().await;
+    assert_eq!(timers.len(), 4500, "one reminder per record");
+    assert!(timers.iter().all(|t| t.state == "pending"));
+    for edge in ["1000", "2999", "3000", "3001", "4999", "5000", "5499"] {
+        assert_eq!(timer_state(&h, edge).await, vec!["pending"], "record {edge}");
+    }
+    // 3000's row goes; 5000's appointment moves an hour later.
+    let rows = h.sandbox.google().rows(SHEET, TAB);
+    let n = rows.iter().position(|r| r[0] == json!(3000)).unwrap() + 1;
+    assert!(h.sandbox.google().delete_row(SHEET, TAB, n));
+    let before = timers.iter().find(|t| t.record_key == "5000").unwrap().due_at;
+    h.edit("5000", "Fecha cita", json!(appointment(h.clock.now(), 7200)));
+    h.quiesce().await;
+    let timers = all_timers().await;
+    assert_eq!(timer_state(&h, "3000").await, vec!["cancelled"]);
+    let moved = timers.iter().find(|t| t.record_key == "5000").unwrap();
+    assert_eq!((moved.state.as_str(), moved.due_at - before), ("pending", 3_600_000));
+    assert_eq!(timers.iter().filter(|t| t.state == "pending").count(), 4499);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_planning_and_firing_fires_once_and_downtime_beyond_lateness_skips() {
     let mut h = reminder_harness(|now| vec![with_appointment(now, 104, 120), with_appointment(now, 105, 60)]).await;
