@@ -1281,7 +1281,8 @@ pub struct GoogleFault {
 /// * `delay_ms`: answer this much later (with `status`, a late error; alone, a late normal answer).
 /// * `applied`: the request takes effect first and only its answer is lost, late or an error
 ///   (a write Google made although the client saw it fail); without it nothing is applied.
-/// * `cut`: the answer starts (200, headers) and the connection drops halfway through its body
+/// * `cut`: the request is served as usual (a write takes effect), then its answer, whatever
+///   its status, starts (status, headers) and the connection drops halfway through its body
 ///   (`{"cut":true,"scope":"read"}`): a reader must fail, not take half a tab for the tab.
 /// * `count` (default 1): how many requests get it. `scope`: `read` (Sheets reads), `write`
 ///   (Sheets writes), `drive`, `token` or `any` (every Sheets and Drive request; default).

@@ -152,7 +152,11 @@ async fn a_read_cut_short_is_a_failed_poll_not_a_shorter_tab() {
     h.add_row(row(81, "Eva", "Sí", "Activo"));
     wait_for("a failed poll", Duration::from_secs(20), || async { failures() >= 1 }).await;
     let source = h.running().ctx().health.get("source:inscripciones").unwrap();
-    assert!(source.last_error.as_deref().is_some_and(|e| e.contains("cut short")), "{:?}", source.last_error);
+    assert!(
+        source.last_error.as_deref().is_some_and(|e| e.contains("values.get: answer cut short")),
+        "{:?}",
+        source.last_error
+    );
     // Then the whole answer: the new row is news, and nothing was removed on the way (records
     // taken as removed would have come back as new ones, each sent a welcome).
     h.wait_cell("81", "Estado WhatsApp", "read").await;

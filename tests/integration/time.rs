@@ -124,7 +124,13 @@ async fn moving_the_date_moves_the_reminder_and_clearing_consent_or_deleting_can
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reminders_are_planned_across_commit_chunks_and_follow_deletions() {
     let ids: Vec<u32> = (1000..5500).collect();
-    let mut h = reminder_harness(|now| ids.iter().map(|&id| with_appointment(now, id, 3600)).collect()).await;
+    let mut seeded_at = None;
+    let mut h = reminder_harness(|now| {
+        seeded_at = Some(now);
+        ids.iter().map(|&id| with_appointment(now, id, 3600)).collect()
+    })
+    .await;
+    let seeded_at = seeded_at.unwrap();
     h.start().await;
     let all_timers = || async {
         let mut c = h.store().conn().await.unwrap();
@@ -141,7 +147,8 @@ async fn reminders_are_planned_across_commit_chunks_and_follow_deletions() {
     let n = rows.iter().position(|r| r[0] == json!(3000)).unwrap() + 1;
     assert!(h.sandbox.google().delete_row(SHEET, TAB, n));
     let before = timers.iter().find(|t| t.record_key == "5000").unwrap().due_at;
-    h.edit("5000", "Fecha cita", json!(appointment(h.clock.now(), 7200)));
+    // From the time the rows were typed at, so the difference is exactly an hour.
+    h.edit("5000", "Fecha cita", json!(appointment(seeded_at, 7200)));
     h.quiesce().await;
     let timers = all_timers().await;
     assert_eq!(timer_state(&h, "3000").await, vec!["cancelled"]);

@@ -78,6 +78,11 @@ struct CellRange {
 /// million-row tab is read and decoded in well under one on a small machine).
 pub const WHOLE_READ_CALL_TIMEOUTS: u32 = 10;
 
+/// The longest a whole `values.get` may take, whatever the call timeout: well inside the
+/// watchdog that calls a loop stuck after ten minutes (`engine::STUCK_AFTER`), with room for
+/// the poll's other calls and its commit.
+pub const WHOLE_READ_MOST: Duration = Duration::from_secs(240);
+
 /// A `values.get` answer's rows, read from a byte stream.
 fn decode_values(answer: impl std::io::Read) -> Result<Vec<Vec<CellValue>>, serde_json::Error> {
     let reader = std::io::BufReader::with_capacity(64 * 1024, answer);
@@ -244,7 +249,13 @@ impl SheetsClient {
         let body = tokio::time::timeout(self.timeout, response.bytes())
             .await
             .map_err(|_| SourceError::Timeout { what: format!("Google {what}"), after: self.timeout })?
-            .map_err(|e| SourceError::Transient(format!("{what}: answer cut short: {}", without_url(&e))))?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    SourceError::Timeout { what: format!("Google {what}"), after: self.timeout }
+                } else {
+                    SourceError::Transient(format!("{what}: answer cut short: {}", without_url(&e)))
+                }
+            })?;
         Ok(body.into())
     }
 
@@ -427,9 +438,10 @@ impl SheetsClient {
     ///
     /// The answer is decoded off the runtime as it arrives: a million-row tab's answer (about a
     /// hundred megabytes) is never held whole, and decoding overlaps the transfer. The channel
-    /// holds a few chunks, so the decoder sets the pace; that is why the whole read may take
-    /// [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts, while the answer must start, and each of its
-    /// chunks arrive, within one.
+    /// holds a few chunks, so the decoder sets the pace; that is why the whole read, from the
+    /// request on, may take [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts (at most
+    /// [`WHOLE_READ_MOST`]), while the answer must start, and each of its chunks arrive, within
+    /// one.
     pub async fn values(&self, range: &str) -> Result<Vec<Vec<CellValue>>, SourceError> {
         let url = self.sheets_url(&format!("/values/{}", encode(range)));
         let query = [
@@ -437,7 +449,8 @@ impl SheetsClient {
             ("dateTimeRenderOption", "SERIAL_NUMBER"),
             ("majorDimension", "ROWS"),
         ];
-        let whole = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS);
+        let whole = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS).min(WHOLE_READ_MOST).max(self.timeout);
+        let started = tokio::time::Instant::now();
         let mut response = self
             .send(&self.budget, "values.get", Paid::Now, whole, |token| {
                 self.http.get(&url).query(&query).bearer_auth(token)
@@ -467,13 +480,16 @@ impl SheetsClient {
                         }
                     }
                     Err(e) => {
-                        let _ = chunks.send(Err(e.to_string())).await;
+                        // Not waited on: the decoder ends at the channel's end anyway, and the
+                        // transfer's error is the one reported.
+                        let _ = chunks.try_send(Err(e.to_string()));
                         return Err(e);
                     }
                 }
             }
         };
-        let transferred = tokio::time::timeout(whole, transfer).await.unwrap_or_else(|_| Err(timed_out(whole)));
+        let transferred =
+            tokio::time::timeout_at(started + whole, transfer).await.unwrap_or_else(|_| Err(timed_out(whole)));
         // Whatever happened, the decoder sees the end of its input now.
         drop(chunks);
         let decoded = decoder.await;
@@ -591,6 +607,11 @@ mod tests {
             let pieces = body.as_bytes().chunks(size).map(Ok).collect();
             assert_eq!(decode_values(chunked(pieces)).unwrap(), whole, "chunks of {size} bytes");
         }
+    }
+
+    #[test]
+    fn a_whole_read_ends_well_before_the_watchdog_calls_the_loop_stuck() {
+        assert!(WHOLE_READ_MOST * 2 <= crate::engine::STUCK_AFTER);
     }
 
     #[test]
