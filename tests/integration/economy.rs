@@ -165,6 +165,13 @@ async fn a_read_cut_short_is_a_failed_poll_not_a_shorter_tab() {
     h.stop().await;
 }
 
+/// A whole tab's read, however slow its answer, ends well before the watchdog calls its loop
+/// stuck (and restarts the service into the same slow read).
+#[test]
+fn a_whole_tab_read_ends_well_before_its_loop_is_called_stuck() {
+    assert!(recado::sources::google_sheets::client::WHOLE_READ_MOST * 2 <= recado::engine::STUCK_AFTER);
+}
+
 /// Stopping never waits for a poll stuck on a call that does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_does_not_wait_for_a_hung_poll() {
