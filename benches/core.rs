@@ -45,8 +45,12 @@ fn tables(n: usize) -> (Snapshot, StoredRows, Vec<Record>) {
         .collect();
     let old = fingerprints(&rows);
     let fresh: Vec<Record> = (n / 1000..n + n / 1000).map(|i| record(i, 1)).collect();
-    let moved = recado::diff::moved(&old, fresh.iter().map(|r| (r, record_fingerprint(r))));
-    let stored = moved.iter().filter_map(|k| rows.get(k).map(|r| (k.clone(), r.clone()))).collect();
+    let moved = recado::diff::moved_rows(&old, fresh.iter().map(|r| (r, record_fingerprint(r))));
+    let stored = moved
+        .iter()
+        .filter_map(|&i| fresh.get(i).map(|r| &r.key))
+        .filter_map(|k| rows.get(k).map(|r| (k.clone(), r.clone())))
+        .collect();
     (old, stored, fresh)
 }
 

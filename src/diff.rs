@@ -3,7 +3,7 @@
 //! The store keeps, per record key, a 64-bit fingerprint of its fields and their canonical
 //! text ([`SnapshotRow`]). Memory keeps only the fingerprint ([`Fingerprint`]): a million
 //! records cost tens of megabytes, not gigabytes. Unchanged rows cost one hash comparison; the
-//! stored text of the few rows whose fingerprint moved ([`moved`]) is read back and compared
+//! stored text of the few rows whose fingerprint moved ([`moved_rows`]) is read back and compared
 //! field by field, so a diff reports exactly which fields changed and what they held. The
 //! fingerprint is FNV-1a: stable across Rust versions (it is persisted), and a collision can
 //! only hide a change, never invent one, because changes are confirmed field by field.
@@ -136,16 +136,8 @@ pub fn record_fingerprint(record: &Record) -> u64 {
 }
 
 /// The records of a read (each with its fingerprint) that the snapshot holds with another
-/// fingerprint: their stored rows must be read back before [`diff_read`].
-pub fn moved<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Record, u64)>) -> Vec<RecordKey> {
-    let fresh: Vec<(&Record, u64)> = fresh.into_iter().collect();
-    moved_rows(old, fresh.iter().copied())
-        .into_iter()
-        .filter_map(|i| fresh.get(i).map(|(r, _)| r.key.clone()))
-        .collect()
-}
-
-/// The same as [`moved`], by position in the read (no copy of a key).
+/// fingerprint, by position in the read: their stored rows must be read back before
+/// [`diff_rows`].
 pub fn moved_rows<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Record, u64)>) -> Vec<usize> {
     fresh
         .into_iter()
@@ -360,9 +352,9 @@ mod tests {
         fn diff_is_complete_and_exact(old_t in table(), new_t in table()) {
             let (old, stored) = both(old_t.iter().map(|(k, (a, b))| rec(k, &[("A", a), ("B", b)])));
             let records: Vec<Record> = new_t.iter().map(|(k, (a, b))| record(k, &[("A", a), ("B", b)])).collect();
-            let moved_keys = moved(&old, records.iter().map(|r| (r, record_fingerprint(r))));
+            let moved = moved_rows(&old, records.iter().map(|r| (r, record_fingerprint(r))));
             // Only the moved rows are read back from the store, as the poller does.
-            let read_back: StoredRows = moved_keys.iter().map(|k| (k.clone(), stored[k].clone())).collect();
+            let read_back: StoredRows = moved.iter().map(|&i| &records[i].key).map(|k| (k.clone(), stored[k].clone())).collect();
             let changes = diff(&old, &read_back, &records);
             let fresh: Vec<(RecordKey, SnapshotRow)> = records.iter().map(|r| (r.key.clone(), SnapshotRow::of(r))).collect();
             let mut state = stored.clone();

@@ -103,9 +103,9 @@ struct Planned {
     /// in that order.
     plans: Vec<(usize, TimerPlan)>,
     issues: Vec<RecordIssue>,
-    /// Records whose reminders and phone index entry are (re)written this round, by position
-    /// in `read.records`, in order: all of them on a full pass, else the changed ones.
-    scope: Vec<usize>,
+    /// Per record of `read.records`: its reminders and phone index entry are (re)written this
+    /// round (every record on a full pass, else the changed ones).
+    in_scope: Vec<bool>,
     /// The read, kept until its snapshot rows are written (built a chunk at a time, so a
     /// baseline's records are not held twice), with each record's fingerprint.
     read: SourceRead,
@@ -388,16 +388,11 @@ impl SourcePoller {
                 *slot = Some(from_baseline);
             }
         }
-        let mut in_scope = vec![false; records.len()];
-        for &i in &p.scope {
-            if let Some(slot) = in_scope.get_mut(i) {
-                *slot = true;
-            }
-        }
+        let in_scope = &p.in_scope;
         // The records this round writes, in read order, then the removed ones; committed in
         // chunks.
         let units: Vec<Unit> = (0..records.len())
-            .filter(|&i| upsert_of[i].is_some() || in_scope[i])
+            .filter(|&i| upsert_of[i].is_some() || in_scope.get(i).copied().unwrap_or(false))
             .map(Unit::Row)
             .chain(p.removals.iter().map(Unit::Gone))
             .collect();
@@ -611,16 +606,11 @@ impl SourcePoller {
         let current: HashSet<&str> = p.issues.iter().map(|i| i.issue_key.as_str()).collect();
         // The keys of the read, borrowed, and only when there are open problems to look at;
         // with whether each record's reminders were planned this round.
-        let mut present: HashMap<&RecordKey, bool> = HashMap::default();
-        if !open.is_empty() {
-            let mut in_scope = vec![false; p.read.records.len()];
-            for &i in &p.scope {
-                if let Some(slot) = in_scope.get_mut(i) {
-                    *slot = true;
-                }
-            }
-            present = p.read.records.iter().zip(in_scope).map(|(r, planned)| (&r.key, planned)).collect();
-        }
+        let present: HashMap<&RecordKey, bool> = if open.is_empty() {
+            HashMap::default()
+        } else {
+            p.read.records.iter().zip(p.in_scope.iter().copied()).map(|(r, planned)| (&r.key, planned)).collect()
+        };
         for issue in &p.issues {
             if store::note_issue(tx, id, &issue.issue_key, &issue.record_key, &issue.message, now).await? {
                 warn!(source = %id, record = %RecordKey::shown(&issue.record_key), "record problem: {}", issue.message);
@@ -686,21 +676,16 @@ fn plan(
     // The changes as rules and the hand-off inbox see them (none on a baseline: it fires
     // nothing, and a first read of a million rows would be a million copies of keys).
     let mut seen: Vec<Change> = Vec::new();
-    let mut seen_rows: Vec<Option<usize>> = Vec::new();
     let mut seen_at: HashMap<&RecordKey, usize> = HashMap::default();
     if !baseline {
         for row_change in &changes {
             let Some(change) = row_change.change(|i| records.get(i)) else { continue };
-            let row = row_change.row();
-            if let Some((i, r)) = row.and_then(|i| records.get(i).map(|r| (i, r))) {
-                seen_at.insert(&r.key, i);
-            }
             seen.push(change);
-            seen_rows.push(row);
-        }
-        for (change, row) in seen.iter().zip(&seen_rows) {
-            let Some(i) = *row else { continue };
-            let (Some(record), Some(phone)) = (records.get(i), read.phones.get(i)) else { continue };
+            let Some(i) = row_change.row() else { continue };
+            let (Some(record), Some(phone), Some(change)) = (records.get(i), read.phones.get(i), seen.last()) else {
+                continue;
+            };
+            seen_at.insert(&record.key, i);
             // Its copy was erased (`recado forget`): what changed since cannot be told.
             if snapshot.get(change.key()).is_some_and(|row| row.erased) {
                 continue;
@@ -724,11 +709,12 @@ fn plan(
     }
 
     // Reminders and the phone index: every record on a full pass, then the changed ones.
-    let scope: Vec<usize> = (0..records.len()).filter(|&i| full_pass || changed[i]).collect();
+    let in_scope: Vec<bool> = if full_pass { vec![true; records.len()] } else { changed.clone() };
     let mut plans = Vec::new();
     let mut issues = read.issues.clone();
     let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
-    for &i in scope.iter().filter(|_| has_date_rules) {
+    let planned = in_scope.iter().enumerate().filter(|&(_, &planned)| planned && has_date_rules);
+    for (i, _) in planned {
         let (Some(record), Some(phone)) = (records.get(i), read.phones.get(i)) else { continue };
         let facts = RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
         let time = ctx.time_context(id, record_tz(record), now);
@@ -793,7 +779,7 @@ fn plan(
             blocked,
             plans,
             issues,
-            scope,
+            in_scope,
             read,
             hashes,
             upserts,

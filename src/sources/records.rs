@@ -220,14 +220,11 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
                 let (record, row) = *e.get();
                 if out.records.get(record).is_some_and(|r| r.key.0 == key) {
                     Some(row)
+                } else if let Some(&row) = collided.get(&key) {
+                    Some(row)
                 } else {
-                    match collided.get(&key) {
-                        Some(&row) => Some(row),
-                        None => {
-                            collided.insert(key.clone(), i);
-                            None
-                        }
-                    }
+                    collided.insert(key.clone(), i);
+                    None
                 }
             }
         };

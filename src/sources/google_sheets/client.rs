@@ -79,10 +79,18 @@ struct CellRange {
 pub const WHOLE_READ_CALL_TIMEOUTS: u32 = 10;
 
 /// The longest a whole `values.get` may take, whatever the call timeout: well inside the
-/// watchdog that calls a loop stuck after ten minutes (the engine's `STUCK_AFTER`; an integration
-/// test holds them apart), with room for
-/// the poll's other calls and its commit.
+/// watchdog that calls a loop stuck after ten minutes (the engine's `STUCK_AFTER`; an
+/// integration test holds them apart), with room for the poll's other calls and its commit.
 pub const WHOLE_READ_MOST: Duration = Duration::from_secs(240);
+
+/// Why an answer's body could not be read: reqwest's limit (`after`) or a broken transfer.
+fn body_error(what: &str, e: &reqwest::Error, after: Duration) -> SourceError {
+    if e.is_timeout() {
+        SourceError::Timeout { what: format!("Google {what}"), after }
+    } else {
+        SourceError::Transient(format!("{what}: answer cut short: {}", without_url(e)))
+    }
+}
 
 /// A `values.get` answer's rows, read from a byte stream.
 fn decode_values(answer: impl std::io::Read) -> Result<Vec<Vec<CellValue>>, serde_json::Error> {
@@ -92,10 +100,11 @@ fn decode_values(answer: impl std::io::Read) -> Result<Vec<Vec<CellValue>>, serd
         .map(|range| range.values.into_iter().map(|row| row.into_iter().map(|c| c.0).collect()).collect())
 }
 
-/// The chunks of an answer as they arrive, read as one byte stream by a blocking decoder. A
-/// chunk that says what went wrong with the transfer ends the stream with that error.
+/// The chunks of an answer as they arrive, read as one byte stream by a blocking decoder. The
+/// stream ends when the transfer does, however it ends: a transfer that failed reports its own
+/// error, and a cut answer is never whole JSON.
 struct ChunkReader {
-    arriving: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    arriving: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     current: bytes::Bytes,
 }
 
@@ -103,8 +112,7 @@ impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.arriving.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(reason)) => return Err(std::io::Error::other(reason)),
+                Some(chunk) => self.current = chunk,
                 // The transfer ended (or stopped): end of input.
                 None => return Ok(0),
             }
@@ -250,13 +258,7 @@ impl SheetsClient {
         let body = tokio::time::timeout(self.timeout, response.bytes())
             .await
             .map_err(|_| SourceError::Timeout { what: format!("Google {what}"), after: self.timeout })?
-            .map_err(|e| {
-                if e.is_timeout() {
-                    SourceError::Timeout { what: format!("Google {what}"), after: self.timeout }
-                } else {
-                    SourceError::Transient(format!("{what}: answer cut short: {}", without_url(&e)))
-                }
-            })?;
+            .map_err(|e| body_error(what, &e, self.timeout))?;
         Ok(body.into())
     }
 
@@ -458,33 +460,21 @@ impl SheetsClient {
             })
             .await
             .map_err(|(_, _, e)| e)?;
-        let (chunks, arriving) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(8);
+        let (chunks, arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
         let decoder =
             tokio::task::spawn_blocking(move || decode_values(ChunkReader { arriving, current: bytes::Bytes::new() }));
         let timed_out = |after| SourceError::Timeout { what: "Google values.get".into(), after };
         let transfer = async {
             loop {
-                let next = match tokio::time::timeout(self.timeout, response.chunk()).await {
-                    Err(_) => Err(timed_out(self.timeout)),
-                    Ok(Ok(Some(chunk))) => Ok(chunk),
+                match tokio::time::timeout(self.timeout, response.chunk()).await {
+                    Err(_) => return Err(timed_out(self.timeout)),
                     Ok(Ok(None)) => return Ok(()),
-                    Ok(Err(e)) if e.is_timeout() => Err(timed_out(whole)),
-                    Ok(Err(e)) => {
-                        Err(SourceError::Transient(format!("values.get: answer cut short: {}", without_url(&e))))
-                    }
-                };
-                match next {
-                    Ok(chunk) => {
-                        // The decoder stopped early (the answer is unreadable): it says why.
-                        if chunks.send(Ok(chunk)).await.is_err() {
+                    Ok(Err(e)) => return Err(body_error("values.get", &e, whole)),
+                    // The decoder stopped early (the answer is unreadable): it says why.
+                    Ok(Ok(Some(chunk))) => {
+                        if chunks.send(chunk).await.is_err() {
                             return Ok(());
                         }
-                    }
-                    Err(e) => {
-                        // Not waited on: the decoder ends at the channel's end anyway, and the
-                        // transfer's error is the one reported.
-                        let _ = chunks.try_send(Err(e.to_string()));
-                        return Err(e);
                     }
                 }
             }
@@ -590,10 +580,10 @@ fn encode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn chunked(pieces: Vec<Result<&[u8], &str>>) -> ChunkReader {
+    fn chunked(pieces: Vec<&[u8]>) -> ChunkReader {
         let (chunks, arriving) = tokio::sync::mpsc::channel(pieces.len() + 1);
         for piece in pieces {
-            chunks.try_send(piece.map(bytes::Bytes::copy_from_slice).map_err(str::to_string)).unwrap();
+            chunks.try_send(bytes::Bytes::copy_from_slice(piece)).unwrap();
         }
         ChunkReader { arriving, current: bytes::Bytes::new() }
     }
@@ -605,24 +595,21 @@ mod tests {
         assert_eq!(whole[1][1], CellValue::Text("Ana \"la\" Pérez".into()));
         // Every chunk size, so chunks end inside an escape and inside a two-byte letter.
         for size in 1..body.len() {
-            let pieces = body.as_bytes().chunks(size).map(Ok).collect();
+            let pieces = body.as_bytes().chunks(size).collect();
             assert_eq!(decode_values(chunked(pieces)).unwrap(), whole, "chunks of {size} bytes");
         }
     }
 
     #[test]
-    fn a_transfer_that_fails_ends_the_decoding_with_its_reason() {
+    fn an_answer_that_stops_midway_is_unreadable_not_a_shorter_tab() {
         let body = br#"{"values":[["ID"],["1"],["2"]]}"#;
         let (first, _) = body.split_at(14);
-        let err = decode_values(chunked(vec![Ok(first), Err("answer cut short: connection reset")])).unwrap_err();
-        assert!(err.to_string().contains("answer cut short"), "{err}");
-        // A stream that just stops is an unreadable answer, not a shorter tab, even right
-        // after a whole row.
-        assert!(decode_values(chunked(vec![Ok(first)])).is_err());
-        assert!(decode_values(chunked(vec![Ok(br#"{"values":[["ID"],["1"]"#)])).is_err());
+        // Even right after a whole row.
+        assert!(decode_values(chunked(vec![first])).is_err());
+        assert!(decode_values(chunked(vec![br#"{"values":[["ID"],["1"]"#])).is_err());
         // An empty chunk in the middle is not the end.
         let (a, b) = body.split_at(20);
-        let rows = decode_values(chunked(vec![Ok(a), Ok(b""), Ok(b)])).unwrap();
+        let rows = decode_values(chunked(vec![a, b"", b])).unwrap();
         assert_eq!(rows.len(), 3);
     }
 
