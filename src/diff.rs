@@ -48,7 +48,8 @@ impl SnapshotRow {
     }
 }
 
-/// What memory keeps of one record between polls: enough to tell that it did not change.
+/// What memory keeps of one record between polls: enough to tell that it did not change, and
+/// whether the read under way has had it yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint {
     pub hash: u64,
@@ -56,12 +57,50 @@ pub struct Fingerprint {
     pub from_baseline: bool,
     /// See [`SnapshotRow::is_erased`].
     pub erased: bool,
+    /// The row (plus one) where the read under way had this record; 0 while it has not. A read
+    /// that arrives in parts is never held whole, so this is how it knows, without a set of
+    /// its keys, which records it had (the rest were removed) and which key a later row
+    /// repeats (in the room the struct's alignment leaves anyway).
+    seen: u32,
 }
 
 impl Fingerprint {
-    pub fn of(row: &SnapshotRow) -> Self {
-        Self { hash: row.hash, from_baseline: row.from_baseline, erased: row.is_erased() }
+    pub fn new(hash: u64, from_baseline: bool, erased: bool) -> Self {
+        Self { hash, from_baseline, erased, seen: 0 }
     }
+
+    pub fn of(row: &SnapshotRow) -> Self {
+        Self::new(row.hash, row.from_baseline, row.is_erased())
+    }
+
+    /// The row where the read under way had this record, if it had it yet.
+    pub fn seen_at(&self) -> Option<usize> {
+        self.seen.checked_sub(1).map(|row| row as usize)
+    }
+
+    /// The read under way has this record at `row`.
+    pub fn see(&mut self, row: usize) {
+        self.seen = u32::try_from(row).ok().and_then(|r| r.checked_add(1)).unwrap_or(u32::MAX);
+    }
+
+    /// A new read begins: it has had nothing yet.
+    pub fn unsee(&mut self) {
+        self.seen = 0;
+    }
+}
+
+/// The records a finished read removed: with `complete`, every record of the snapshot it did not
+/// have ([`Fingerprint::seen_at`]); else the `deleted` keys still in the snapshot that it did not
+/// have again. In key order, so the result is deterministic.
+pub fn removed_keys(old: &Snapshot, complete: bool, deleted: &[RecordKey]) -> Vec<RecordKey> {
+    let mut removed: Vec<RecordKey> = if complete {
+        old.iter().filter(|(_, fp)| fp.seen_at().is_none()).map(|(k, _)| k.clone()).collect()
+    } else {
+        deleted.iter().filter(|k| old.get(*k).is_some_and(|fp| fp.seen_at().is_none())).cloned().collect()
+    };
+    removed.sort();
+    removed.dedup();
+    removed
 }
 
 /// The last committed state of a source, as memory keeps it.
@@ -208,26 +247,10 @@ pub fn diff_rows<'a>(
     complete: bool,
     deleted: &[RecordKey],
 ) -> Vec<RowChange> {
-    let mut changes = Vec::new();
-    let mut matched = 0usize;
-    let mut keys: Vec<&RecordKey> = Vec::new();
-    let nothing = BTreeMap::new();
-    for (i, (record, hash)) in fresh.into_iter().enumerate() {
-        keys.push(&record.key);
-        match old.get(&record.key) {
-            None => changes.push(RowChange::Added(i)),
-            Some(prev) => {
-                matched += 1;
-                if prev.hash != hash {
-                    let before = stored.get(&record.key).map_or(&nothing, |row| &row.fields);
-                    let fields = field_changes(before, record);
-                    if !fields.is_empty() {
-                        changes.push(RowChange::Changed(i, fields));
-                    }
-                }
-            }
-        }
-    }
+    let fresh: Vec<(&Record, u64)> = fresh.into_iter().collect();
+    let mut changes = added_or_changed(old, stored, fresh.iter().copied());
+    let keys: Vec<&RecordKey> = fresh.iter().map(|(r, _)| &r.key).collect();
+    let matched = keys.iter().filter(|k| old.contains_key(**k)).count();
     if !complete {
         let present: rustc_hash::FxHashSet<&RecordKey> = keys.into_iter().collect();
         let mut removed: Vec<&RecordKey> =
@@ -243,6 +266,31 @@ pub fn diff_rows<'a>(
         let mut removed: Vec<&RecordKey> = old.keys().filter(|k| !present.contains(k)).collect();
         removed.sort();
         changes.extend(removed.into_iter().map(|k| RowChange::Removed(k.clone())));
+    }
+    changes
+}
+
+/// The records of a read (or of one part of it) that are new or whose fields changed, by
+/// position, in read order; removals are [`removed_keys`]'s, once the read is over.
+pub fn added_or_changed<'a>(
+    old: &Snapshot,
+    stored: &StoredRows,
+    fresh: impl IntoIterator<Item = (&'a Record, u64)>,
+) -> Vec<RowChange> {
+    let mut changes = Vec::new();
+    let nothing = BTreeMap::new();
+    for (i, (record, hash)) in fresh.into_iter().enumerate() {
+        match old.get(&record.key) {
+            None => changes.push(RowChange::Added(i)),
+            Some(prev) if prev.hash != hash => {
+                let before = stored.get(&record.key).map_or(&nothing, |row| &row.fields);
+                let fields = field_changes(before, record);
+                if !fields.is_empty() {
+                    changes.push(RowChange::Changed(i, fields));
+                }
+            }
+            Some(_) => {}
+        }
     }
     changes
 }

@@ -67,7 +67,9 @@ pub async fn plan(
         // As the daemon reads it: a misspelt consent field is named, not taken for "no consent".
         let required = crate::rules::required_fields(config.rules.iter().filter(|r| r.source == cfg.id), cfg);
         let spec = ReadSpec { required, referenced: crate::rules::referenced_paths(&config.rules, &cfg.id) };
-        let read = source.read(&spec, None).await.map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
+        let read = async { source.read(&spec, None).await?.into_whole(cfg, &spec).await }
+            .await
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
         let mut phones = read.phones.into_iter();
         let views: Vec<RecordView> = read
             .records

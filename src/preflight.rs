@@ -97,7 +97,8 @@ async fn check_source(config: &Config, source: &Source) -> Vec<Finding> {
         // ones, which reads never select (they are recado's own).
         let required = wanted.iter().filter(|(_, by)| by != "write_back").map(|(f, _)| f.clone()).collect();
         let spec = ReadSpec { required, referenced: Vec::new() };
-        return match source.read(&spec, None).await {
+        let settings = source.settings();
+        return match async { source.read(&spec, None).await?.into_whole(settings, &spec).await }.await {
             Ok(_) => Vec::new(),
             Err(e) => vec![finding(e.to_string())],
         };

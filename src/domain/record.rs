@@ -20,6 +20,14 @@ impl RecordKey {
     }
 }
 
+/// A map of keys is looked up by a cell's text without making a key of it (the derived `Hash`
+/// and `Eq` are the `String`'s, so they agree with `str`'s).
+impl std::borrow::Borrow<str> for RecordKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&RecordKey::shown(&self.0))

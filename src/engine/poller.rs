@@ -1,13 +1,17 @@
 //! The source poller: one loop per source.
 //!
-//! Each round: probe the source (one cheap request when nothing changed); otherwise read it,
-//! then — off the async runtime, it is CPU work — diff against the snapshot, evaluate the rules
-//! and plan date reminders; then commit. A snapshot moves only with its consequences: each
+//! Each round: probe the source (one cheap request when nothing changed); otherwise read it a
+//! part at a time — a sheet's rows arrive in parts while Google is still answering — and for
+//! each part, off the async runtime (it is CPU work): turn its rows into records, diff them
+//! against the snapshot, evaluate the rules and plan date reminders; then commit the part and
+//! let it go, so no read is ever held whole. A snapshot moves only with its consequences: each
 //! transaction carries a bounded set of records' snapshot rows together with the messages,
-//! reminders, write-back and phone index entries those records produced, so a large first
-//! read never holds the database for long, and a crash between transactions loses nothing and
+//! reminders, write-back and phone index entries those records produced, so a large first read
+//! never holds the database for long, and a crash between transactions loses nothing and
 //! repeats nothing (the records not yet committed are simply seen again). The in-memory
-//! snapshot follows only after the last commit. A round is abandoned at once on shutdown.
+//! snapshot follows each commit. Once every part is in, the last transaction removes what the
+//! read no longer had (the snapshot marks what it had: [`Fingerprint::see`]), settles record
+//! problems and commits the version read. A round is abandoned at once on shutdown.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
@@ -19,11 +23,16 @@ use super::health::QuotaHealth;
 use super::timers::sync_timers;
 use super::{log_adjustments, EngineCtx, Shutdown};
 use crate::config::Trigger;
-use crate::diff::{diff_rows, record_fingerprint, Change, Fingerprint, RowChange, Snapshot, SnapshotRow, StoredRows};
+use crate::diff::{
+    added_or_changed, record_fingerprint, Change, Fingerprint, RowChange, Snapshot, SnapshotRow, StoredRows,
+};
 use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
 use crate::metrics::{SourceLabel, SourceResult};
 use crate::rules::{Blocked, RecordFacts, TimerPlan};
-use crate::sources::{FirstStart, ReadSpec, RecordIssue, Source, SourceError, SourceRead, SourceSettings};
+use crate::sources::{
+    FirstStart, KeyLedger, ReadRecords, ReadSpec, RecordIssue, RecordsRead, RecordsReader, Source, SourceError,
+    SourceRead, SourceSettings, TableParts,
+};
 use crate::store::{self, SourceState, StoreError};
 
 /// Records committed per transaction.
@@ -44,6 +53,18 @@ pub struct PollReport {
     /// Queued messages withdrawn because their record no longer calls for them.
     pub withdrawn: usize,
     pub commits: usize,
+}
+
+impl PollReport {
+    /// Adds what one commit of the poll did.
+    fn add(&mut self, part: &PollReport) {
+        self.changes += part.changes;
+        self.queued += part.queued;
+        self.blocked += part.blocked;
+        self.new_issues += part.new_issues;
+        self.withdrawn += part.withdrawn;
+        self.commits += part.commits;
+    }
 }
 
 /// Why a poll did not complete.
@@ -75,6 +96,70 @@ pub struct SourcePoller {
     health_name: String,
 }
 
+/// What a poll carries from one part of its read to the next.
+struct Pass {
+    baseline: bool,
+    /// Every record's reminders and phone index entry are planned (the first read after start).
+    full_pass: bool,
+    now: chrono::DateTime<chrono::Utc>,
+    report: PollReport,
+    /// Records read.
+    records: usize,
+    /// Problems found so far (the read's own, unreadable dates), settled when the read is over.
+    issues: Vec<RecordIssue>,
+    /// When not every record is planned: the keys of those that were.
+    planned: HashSet<RecordKey>,
+    phone_parses: usize,
+}
+
+/// What the last commit of a poll settles besides its records.
+struct Last<'a> {
+    version: Option<String>,
+    /// The read had every record (else only the changed ones: problems of the others stand).
+    complete: bool,
+    full_pass: bool,
+    planned: &'a HashSet<RecordKey>,
+}
+
+/// A read on its way in.
+enum Incoming {
+    /// Converted by the source, taken as one part.
+    Whole(Option<RecordsRead>),
+    /// A table in parts, with the reader that turns them into records.
+    Parts(TableParts, Option<RecordsReader>),
+}
+
+/// One part of a read.
+enum Part {
+    Converted(RecordsRead),
+    Rows { first: usize, rows: Vec<Vec<crate::domain::CellValue>> },
+}
+
+/// The keys a read arriving in parts has had: those of the snapshot are marked in it
+/// ([`Fingerprint::see`]), new ones of the part under way kept here until it is committed
+/// (then the snapshot has them, marked).
+struct SeenKeys<'a> {
+    snapshot: &'a mut Snapshot,
+    new: HashMap<String, usize>,
+}
+
+impl KeyLedger for SeenKeys<'_> {
+    fn first_row(&mut self, key: &str, row: usize) -> Option<usize> {
+        if let Some(fingerprint) = self.snapshot.get_mut(key) {
+            if let Some(first) = fingerprint.seen_at() {
+                return Some(first);
+            }
+            fingerprint.see(row);
+            return None;
+        }
+        if let Some(&first) = self.new.get(key) {
+            return Some(first);
+        }
+        self.new.insert(key.to_string(), row);
+        None
+    }
+}
+
 /// One record a commit writes: a record of the read, by position, or a removed one's key.
 #[derive(Clone, Copy)]
 enum Unit<'a> {
@@ -91,7 +176,8 @@ impl<'a> Unit<'a> {
     }
 }
 
-/// The pure part of a poll, computed off the runtime.
+/// The pure part of a poll (of one part of its read), computed off the runtime.
+#[derive(Default)]
 struct Planned {
     /// How many differences the read had.
     changes: usize,
@@ -108,15 +194,13 @@ struct Planned {
     in_scope: Vec<bool>,
     /// The read, kept until its snapshot rows are written (built a chunk at a time, so a
     /// baseline's records are not held twice), with each record's fingerprint.
-    read: SourceRead,
+    read: RecordsRead,
     hashes: Vec<u64>,
     /// Records whose snapshot row is (re)written: index into `read.records`, and whether the
     /// row counts as part of the baseline.
     upserts: Vec<(usize, bool)>,
     /// Removed records: their snapshot rows, reminders and phone index entries go.
     removals: Vec<RecordKey>,
-    /// The read had every record (else only the changed ones: problems of the others stand).
-    complete: bool,
     /// What staff asked in the hand-off inbox, when this source is it.
     staff: Vec<crate::handoff::StaffAction>,
 }
@@ -254,31 +338,123 @@ impl SourcePoller {
         }
         // The first poll after each start reads everything; then from the committed version.
         let since = if self.synced { self.state.version.clone() } else { None };
-        let read = match self.source.read(&self.spec, since.as_deref()).await {
-            Ok(r) => r,
-            Err(SourceError::MissingFields(missing)) => {
-                if self.missing_reported.as_ref() != Some(&missing) {
-                    error!(source = %self.settings.id, missing = ?missing, "fields missing from the source: it is paused until they exist");
-                    self.missing_reported = Some(missing.clone());
-                }
-                return Err(SourceError::MissingFields(missing).into());
+        let read = self.source.read(&self.spec, since.as_deref()).await.map_err(|e| self.refused(e))?;
+        let SourceRead { records, complete, deleted, version } = read;
+        let mut incoming = match records {
+            ReadRecords::Whole(read) => Incoming::Whole(Some(read)),
+            ReadRecords::Parts(table) => {
+                let reader = table.reader(&self.settings, &self.spec, complete).map_err(|e| self.refused(e))?;
+                Incoming::Parts(table, Some(reader))
             }
-            Err(e) => return Err(e.into()),
         };
         self.missing_reported = None;
+        let mut pass = Pass {
+            baseline: (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline)
+                || self.zone_changed,
+            full_pass: !self.synced,
+            now: self.ctx.clock.now(),
+            report: PollReport::default(),
+            records: 0,
+            issues: Vec::new(),
+            planned: HashSet::default(),
+            phone_parses: 0,
+        };
+        pass.report.baseline = pass.baseline;
+        // A new read: it has had no record yet.
+        for fingerprint in self.snapshot.values_mut() {
+            fingerprint.unsee();
+        }
+        let outcome = async {
+            // Each part is turned into records, planned and committed before the next is
+            // taken: a large read is never held whole.
+            loop {
+                let part = match &mut incoming {
+                    Incoming::Whole(read) => match read.take() {
+                        Some(read) => Part::Converted(read),
+                        None => break,
+                    },
+                    Incoming::Parts(table, _) => match table.next().await? {
+                        Some((first, rows)) => Part::Rows { first, rows },
+                        None => break,
+                    },
+                };
+                let reader = match &mut incoming {
+                    Incoming::Parts(_, reader) => Some(reader),
+                    Incoming::Whole(_) => None,
+                };
+                self.take_part(part, reader, &mut pass).await?;
+            }
+            if let Incoming::Parts(_, Some(reader)) = incoming {
+                pass.issues.extend(reader.finish());
+            }
+            self.finish(&mut pass, complete, &deleted, version.or(probe.version)).await
+        };
+        let outcome = outcome.await;
         self.ctx
             .metrics
             .phone_parses
             .get_or_create(&SourceLabel { source: self.settings.id.clone() })
-            .inc_by(read.phone_parses as u64);
+            .inc_by(pass.phone_parses as u64);
+        match outcome {
+            Ok(()) => {
+                self.synced = true;
+                self.zone_changed = false;
+                Ok(pass.report)
+            }
+            // The parts committed stand (their records were read as they are); the rest is read
+            // again next time, as the version did not move.
+            Err(e @ PollError::Source(_)) => Err(e),
+            Err(e) => {
+                // A commit failed partway, or a job went with the snapshot: the store is the
+                // truth.
+                let mut conn = self.ctx.store.conn().await?;
+                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
+                self.state = store::source_state(&mut conn, &self.settings.id).await?;
+                Err(e)
+            }
+        }
+    }
 
-        let baseline =
-            (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline) || self.zone_changed;
-        let version = read.version.clone().or(probe.version);
-        let now = self.ctx.clock.now();
+    /// A read the source refused: fields missing are said once, until they change.
+    fn refused(&mut self, e: SourceError) -> PollError {
+        if let SourceError::MissingFields(missing) = &e {
+            if self.missing_reported.as_ref() != Some(missing) {
+                error!(source = %self.settings.id, missing = ?missing, "fields missing from the source: it is paused until they exist");
+                self.missing_reported = Some(missing.clone());
+            }
+        }
+        e.into()
+    }
+
+    /// One part of the read: turned into records (off the runtime, its keys checked against
+    /// the ones seen so far), diffed, planned and committed; then memory follows.
+    async fn take_part(
+        &mut self,
+        part: Part,
+        reader: Option<&mut Option<RecordsReader>>,
+        pass: &mut Pass,
+    ) -> Result<(), PollError> {
+        let baseline = pass.baseline;
         let snapshot = std::mem::take(&mut self.snapshot);
-        // Off the runtime: every record's fingerprint, and which records moved.
+        let mut reader = reader;
+        let mut reader_taken = reader.as_mut().and_then(|slot| slot.take());
+        // Off the runtime: the records, every one's fingerprint, and which moved.
         let job = tokio::task::spawn_blocking(move || {
+            let mut snapshot = snapshot;
+            let read = match part {
+                Part::Converted(read) => {
+                    for (record, &row) in read.records.iter().zip(&read.rows) {
+                        if let Some(fingerprint) = snapshot.get_mut(&record.key) {
+                            fingerprint.see(row);
+                        }
+                    }
+                    read
+                }
+                Part::Rows { first, rows } => match reader_taken.as_mut() {
+                    Some(r) => r.push(rows, first, &mut SeenKeys { snapshot: &mut snapshot, new: HashMap::default() }),
+                    None => RecordsRead::default(),
+                },
+            };
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
             let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
             // A baseline fires nothing, so it reads no stored row back (after a zone change,
@@ -288,20 +464,20 @@ impl SourcePoller {
             } else {
                 moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
             };
-            (snapshot, read, hashes, moved, moved_keys)
+            (snapshot, reader_taken, read, hashes, moved, moved_keys)
         });
-        let (snapshot, read, hashes, moved, moved_keys) = match job.await {
+        let (snapshot, reader_back, read, hashes, moved, moved_keys) = match job.await {
             Ok(done) => done,
             Err(e) => return Err(self.after_failed_job(e).await),
         };
+        self.snapshot = snapshot;
+        if let Some(slot) = reader {
+            *slot = reader_back;
+        }
+        pass.phone_parses += read.phone_parses;
+        pass.records += read.records.len();
         // The stored text of the moved records only: what they held is what changed from.
-        let stored = match self.stored_rows(&moved_keys).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                self.snapshot = snapshot;
-                return Err(e.into());
-            }
-        };
+        let stored = self.stored_rows(&moved_keys).await?;
         self.ctx
             .metrics
             .snapshot_reads
@@ -309,41 +485,64 @@ impl SourcePoller {
             .inc_by(stored.len() as u64);
         let ctx = Arc::clone(&self.ctx);
         let settings = self.settings.clone();
-        let full_pass = !self.synced;
+        let (full_pass, now) = (pass.full_pass, pass.now);
+        let snapshot = std::mem::take(&mut self.snapshot);
         let job = tokio::task::spawn_blocking(move || {
             plan(&ctx, &settings, snapshot, &stored, &moved, read, hashes, baseline, full_pass, now)
         });
-        let planned = match job.await {
+        let (snapshot, mut planned) = match job.await {
             Ok(p) => p,
             Err(e) => return Err(self.after_failed_job(e).await),
         };
-        let mut snapshot = planned.0;
-        let planned = planned.1;
-        let result = self.commit(&planned, version, now.timestamp_millis()).await;
-        match result {
-            Ok(report) => {
-                // Committed: now memory may follow.
-                for k in &planned.removals {
-                    snapshot.remove(k);
-                }
-                for &(i, from_baseline) in &planned.upserts {
-                    if let (Some(record), Some(&hash)) = (planned.read.records.get(i), planned.hashes.get(i)) {
-                        snapshot.insert(record.key.clone(), Fingerprint { hash, from_baseline, erased: false });
-                    }
-                }
-                self.snapshot = snapshot;
-                self.synced = true;
-                self.zone_changed = false;
-                Ok(report)
-            }
-            Err(e) => {
-                // Some transactions may have committed: the store is the truth.
-                let mut conn = self.ctx.store.conn().await?;
-                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
-                self.state = store::source_state(&mut conn, &self.settings.id).await?;
-                Err(e.into())
-            }
+        self.snapshot = snapshot;
+        pass.issues.append(&mut planned.issues);
+        if !full_pass {
+            let records = planned.read.records.iter().zip(&planned.in_scope);
+            pass.planned.extend(records.filter(|(_, planned)| **planned).map(|(r, _)| r.key.clone()));
         }
+        let report = self.commit(&planned, None, now.timestamp_millis()).await?;
+        pass.report.add(&report);
+        // Committed: now memory may follow.
+        for &(i, from_baseline) in &planned.upserts {
+            let (Some(record), Some(&hash), Some(&row)) =
+                (planned.read.records.get(i), planned.hashes.get(i), planned.read.rows.get(i))
+            else {
+                continue;
+            };
+            let mut fingerprint = Fingerprint::new(hash, from_baseline, false);
+            fingerprint.see(row);
+            self.snapshot.insert(record.key.clone(), fingerprint);
+        }
+        Ok(())
+    }
+
+    /// The read is over: what it no longer had is removed, the record problems are settled,
+    /// and the version read is committed with the last of it.
+    async fn finish(
+        &mut self,
+        pass: &mut Pass,
+        complete: bool,
+        deleted: &[RecordKey],
+        version: Option<String>,
+    ) -> Result<(), PollError> {
+        let removals = crate::diff::removed_keys(&self.snapshot, complete, deleted);
+        let planned = Planned {
+            changes: removals.len(),
+            baseline: pass.baseline,
+            removals,
+            issues: std::mem::take(&mut pass.issues),
+            ..Planned::default()
+        };
+        let last = Last { version, complete, full_pass: pass.full_pass, planned: &pass.planned };
+        let report = self.commit(&planned, Some(last), pass.now.timestamp_millis()).await?;
+        pass.report.add(&report);
+        for k in &planned.removals {
+            self.snapshot.remove(k);
+        }
+        if pass.baseline {
+            info!(source = %self.settings.id, records = pass.records, "first read taken as the baseline: existing records are not new");
+        }
+        Ok(())
     }
 
     /// A processing job failed, and the snapshot went with it: it is loaded again from the
@@ -371,12 +570,8 @@ impl SourcePoller {
         store::snapshot_rows_of(&mut conn, &self.settings.id, keys).await
     }
 
-    async fn commit<'a>(
-        &mut self,
-        p: &'a Planned,
-        version: Option<String>,
-        now: i64,
-    ) -> Result<PollReport, StoreError> {
+    /// Commits one part of a read (or, with `last`, its end), in chunks.
+    async fn commit<'a>(&mut self, p: &'a Planned, last: Option<Last<'_>>, now: i64) -> Result<PollReport, StoreError> {
         let id = self.settings.id.clone();
         let mut report = PollReport { baseline: p.baseline, changes: p.changes, ..Default::default() };
         // What each record of the read gets this round, by position (a byte each: a first read
@@ -414,7 +609,7 @@ impl SourcePoller {
 
         let chunks: Vec<&[Unit]> =
             if units.is_empty() { vec![&[]] } else { units.chunks(RECORDS_PER_COMMIT).collect() };
-        let last = chunks.len() - 1;
+        let last_chunk = chunks.len() - 1;
         for (n, chunk) in chunks.into_iter().enumerate() {
             let mut tx = self.ctx.store.begin().await?;
             let mut writes: Vec<FieldWrite> = Vec::new();
@@ -561,11 +756,11 @@ impl SourcePoller {
                 writes.extend(applied.writes);
                 providers.extend(applied.providers);
             }
-            if n == last {
-                self.record_issues(&mut tx, p, &mut writes, &mut report, now).await?;
+            if let (true, Some(last)) = (n == last_chunk, &last) {
+                self.record_issues(&mut tx, p, last, &mut writes, &mut report, now).await?;
                 let mut next = self.state.clone();
                 next.baseline_done = true;
-                next.version = version.clone();
+                next.version = last.version.clone();
                 store::save_source_state(&mut tx, &id, &next, now).await?;
                 store::queue_writes(&mut tx, &writes).await?;
                 tx.commit().await?;
@@ -576,9 +771,6 @@ impl SourcePoller {
             }
             wrote |= !writes.is_empty();
             report.commits += 1;
-        }
-        if p.baseline {
-            info!(source = %id, records = p.read.records.len(), "first read taken as the baseline: existing records are not new");
         }
         if timers_changed > 0 {
             self.ctx.wake_timers();
@@ -597,6 +789,7 @@ impl SourcePoller {
         &self,
         tx: &mut store::Tx,
         p: &Planned,
+        last: &Last<'_>,
         writes: &mut Vec<FieldWrite>,
         report: &mut PollReport,
         now: i64,
@@ -604,13 +797,10 @@ impl SourcePoller {
         let id = &self.settings.id;
         let open = store::issues(tx, id).await?;
         let current: HashSet<&str> = p.issues.iter().map(|i| i.issue_key.as_str()).collect();
-        // The keys of the read, borrowed, and only when there are open problems to look at;
-        // with whether each record's reminders were planned this round.
-        let present: HashMap<&RecordKey, bool> = if open.is_empty() {
-            HashMap::default()
-        } else {
-            p.read.records.iter().zip(p.in_scope.iter().copied()).map(|(r, planned)| (&r.key, planned)).collect()
-        };
+        // Whether the read had a record (the snapshot marks it), and whether its reminders were
+        // planned this round.
+        let present = |key: &RecordKey| self.snapshot.get(key).is_some_and(|f| f.seen_at().is_some());
+        let planned = |key: &RecordKey| last.full_pass || last.planned.contains(key);
         for issue in &p.issues {
             if store::note_issue(tx, id, &issue.issue_key, &issue.record_key, &issue.message, now).await? {
                 warn!(source = %id, record = %RecordKey::shown(&issue.record_key), "record problem: {}", issue.message);
@@ -622,11 +812,11 @@ impl SourcePoller {
             let key = RecordKey(record_key.clone());
             // A date problem of a record not planned this time (unchanged) still stands, and so
             // does any problem of a record an incremental read did not bring.
-            let unplanned = issue_key.starts_with(DATE_ISSUE) && present.get(&key).is_some_and(|planned| !planned);
-            let unread = !p.complete && !present.contains_key(&key) && !p.removals.contains(&key);
+            let unplanned = issue_key.starts_with(DATE_ISSUE) && present(&key) && !planned(&key);
+            let unread = !last.complete && !present(&key) && !p.removals.contains(&key);
             if !current.contains(issue_key.as_str()) && !unplanned && !unread {
                 store::resolve_issue(tx, id, &issue_key).await?;
-                if !record_key.is_empty() && present.contains_key(&key) {
+                if !record_key.is_empty() && present(&key) {
                     writes.extend(self.ctx.error_write(id, WriteTarget::Record(key), ""));
                 }
                 info!(source = %id, record = %RecordKey::shown(&record_key), "record problem fixed");
@@ -644,7 +834,7 @@ fn plan(
     snapshot: Snapshot,
     stored: &StoredRows,
     moved: &[usize],
-    read: SourceRead,
+    read: RecordsRead,
     hashes: Vec<u64>,
     baseline: bool,
     full_pass: bool,
@@ -652,8 +842,7 @@ fn plan(
 ) -> (Snapshot, Planned) {
     let id = settings.id.as_str();
     let records = &read.records;
-    let changes =
-        diff_rows(&snapshot, stored, records.iter().zip(hashes.iter().copied()), read.complete, &read.deleted);
+    let changes = added_or_changed(&snapshot, stored, records.iter().zip(hashes.iter().copied()));
     // Which records of the read changed, by position (a byte each, not a set of keys).
     let mut changed = vec![false; records.len()];
     for i in changes.iter().filter_map(RowChange::row) {
@@ -769,7 +958,6 @@ fn plan(
         _ => Vec::new(),
     };
     drop(seen_at);
-    let complete = read.complete;
     (
         snapshot,
         Planned {
@@ -784,7 +972,6 @@ fn plan(
             hashes,
             upserts,
             removals,
-            complete,
             staff,
         },
     )

@@ -24,9 +24,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use records::{find_field, read_records, ColumnSpec, PhoneCache, RecordIssue, RecordsRead, Table};
+pub use records::{
+    find_field, read_records, ColumnSpec, FirstRows, KeyLedger, PhoneCache, RecordIssue, RecordsRead, RecordsReader,
+    Table,
+};
 
-use crate::domain::{FieldWrite, PendingWrite, PhoneError, PhoneNumber, Record, RecordKey};
+use crate::domain::{CellValue, FieldWrite, PendingWrite, RecordKey};
 use crate::expressions::DateStyle;
 use crate::schedule::DateOrder;
 use crate::validation::Problems;
@@ -327,12 +330,10 @@ pub struct ReadSpec {
 }
 
 /// A read of a source.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SourceRead {
-    pub records: Vec<Record>,
-    /// Each record's phone, in the order of `records` (one per record: no copy of its key).
-    pub phones: Vec<Result<PhoneNumber, PhoneError>>,
-    pub issues: Vec<RecordIssue>,
+    /// Its records: converted by the source, or a table arriving in parts.
+    pub records: ReadRecords,
     /// Every record is here (a full read): a key absent from it was removed. An incremental
     /// read says `false`, and removals come in `deleted`.
     pub complete: bool,
@@ -340,8 +341,100 @@ pub struct SourceRead {
     /// Where the next read continues from (a watermark), committed with this read's results
     /// and handed back to [`Source::read`]; `None` for sources that always read everything.
     pub version: Option<String>,
-    /// Phone numbers this read had to parse (cell texts not seen by an earlier read).
-    pub phone_parses: usize,
+}
+
+/// The records of a read.
+#[derive(Debug)]
+pub enum ReadRecords {
+    /// Converted by the source, whole (its duplicates already settled).
+    Whole(RecordsRead),
+    /// A table whose rows arrive in parts while the source is still answering: the caller
+    /// turns each part into records and lets it go, so a large read is never held whole.
+    Parts(TableParts),
+}
+
+/// A table arriving in parts (see [`ReadRecords::Parts`]).
+#[derive(Debug)]
+pub struct TableParts {
+    pub header: Vec<String>,
+    /// Where the i-th data row of the table is, for a record without key.
+    pub locator: fn(usize) -> Option<String>,
+    /// The source's numbers from earlier reads.
+    pub phones: std::sync::Arc<PhoneCache>,
+    /// The rows; [`TablePart::End`] once the whole table has arrived, so a stream that stops
+    /// without it was cut short and is never taken for a shorter table.
+    pub parts: tokio::sync::mpsc::Receiver<Result<TablePart, SourceError>>,
+}
+
+/// One part of a [`TableParts`].
+#[derive(Debug)]
+pub enum TablePart {
+    /// Data rows, the first of which is the table's data row `first` (0-based).
+    Rows {
+        first: usize,
+        rows: Vec<Vec<CellValue>>,
+    },
+    End,
+}
+
+impl TableParts {
+    /// The reader that turns this table's rows into records, or the fields it lacks.
+    pub fn reader(
+        &self,
+        settings: &SourceSettings,
+        spec: &ReadSpec,
+        complete: bool,
+    ) -> Result<RecordsReader, SourceError> {
+        let write_back = settings.write_back.fields();
+        let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
+        let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
+        let column_spec = ColumnSpec {
+            key: &settings.key_field,
+            phone: &settings.phone_field,
+            write_back: &write_back,
+            required: &required,
+            referenced: &referenced,
+            default_region: settings.default_region,
+            locator: self.locator,
+            phones: std::sync::Arc::clone(&self.phones),
+            complete,
+        };
+        RecordsReader::new(&self.header, &column_spec).map_err(SourceError::MissingFields)
+    }
+
+    /// The next rows, with the row of the first; `None` once the table is whole.
+    pub async fn next(&mut self) -> Result<Option<(usize, Vec<Vec<CellValue>>)>, SourceError> {
+        match self.parts.recv().await {
+            Some(Ok(TablePart::Rows { first, rows })) => Ok(Some((first, rows))),
+            Some(Ok(TablePart::End)) => Ok(None),
+            Some(Err(e)) => Err(e),
+            None => Err(SourceError::Transient("the read stopped before the table's end".into())),
+        }
+    }
+}
+
+impl SourceRead {
+    /// The whole read as records, for a look at a source that keeps nothing (`recado check`);
+    /// the poller takes a table a part at a time instead.
+    pub async fn into_whole(self, settings: &SourceSettings, spec: &ReadSpec) -> Result<RecordsRead, SourceError> {
+        let mut table = match self.records {
+            ReadRecords::Whole(read) => return Ok(read),
+            ReadRecords::Parts(table) => table,
+        };
+        let mut reader = table.reader(settings, spec, self.complete)?;
+        let mut seen = FirstRows::default();
+        let mut whole = RecordsRead::default();
+        while let Some((first, rows)) = table.next().await? {
+            let part = reader.push(rows, first, &mut seen);
+            whole.records.extend(part.records);
+            whole.phones.extend(part.phones);
+            whole.rows.extend(part.rows);
+            whole.issues.extend(part.issues);
+            whole.phone_parses += part.phone_parses;
+        }
+        whole.issues.extend(reader.finish());
+        Ok(whole)
+    }
 }
 
 /// What a write did, by index into the batch it was given.

@@ -6,7 +6,6 @@
 //! (blank or duplicate key, unreadable phone) become [`RecordIssue`]s that are written to the
 //! record once; the rest of the table keeps working.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashSet;
 
 use rustc_hash::FxHashMap;
@@ -83,15 +82,6 @@ impl PhoneCache {
     }
 }
 
-/// The hash `read_records` finds a key's first row by.
-fn key_hash(key: &str) -> u64 {
-    #[cfg(test)]
-    if tests::EVERY_KEY_COLLIDES.with(std::cell::Cell::get) {
-        return 0;
-    }
-    std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, key)
-}
-
 /// What the reader needs to know about a source's fields.
 #[derive(Debug, Clone)]
 pub struct ColumnSpec<'a> {
@@ -108,7 +98,7 @@ pub struct ColumnSpec<'a> {
     /// reported without a place to write the report.
     pub locator: fn(usize) -> Option<String>,
     /// The source's numbers from earlier reads.
-    pub phones: &'a PhoneCache,
+    pub phones: std::sync::Arc<PhoneCache>,
     /// The table holds every record (a full read): numbers it no longer has are forgotten.
     pub complete: bool,
 }
@@ -125,156 +115,218 @@ pub struct RecordIssue {
     pub message: String,
 }
 
-/// A read turned into records.
+/// A read (or one part of it) turned into records.
 #[derive(Debug, Default)]
 pub struct RecordsRead {
     /// Records in the source's order.
     pub records: Vec<Record>,
     /// Each record's phone, in the order of `records`.
     pub phones: Vec<Result<PhoneNumber, PhoneError>>,
+    /// Each record's row in the table (its place in the whole read), in the order of `records`.
+    pub rows: Vec<usize>,
     pub issues: Vec<RecordIssue>,
     /// Phone numbers parsed by this read (the rest came from [`PhoneCache`]).
     pub phone_parses: usize,
 }
 
-/// Turns a table into records. Fails only when required fields are missing (nothing can be
-/// trusted then); every other problem is a [`RecordIssue`] and the rest of the rows are kept.
-pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
-    let mut missing = Vec::new();
-    for name in [spec.key, spec.phone].iter().chain(spec.required.iter()) {
-        if table.column(name).is_none() && !missing.contains(&name.to_string()) {
-            missing.push(name.to_string());
-        }
-    }
-    if !missing.is_empty() {
-        // Named as the configuration writes them, with the header meant when one is close: a
-        // misspelt consent column must not read as "nobody consented".
-        let names: Vec<String> = table.header.iter().map(|h| h.trim().to_string()).collect();
-        return Err(missing
-            .into_iter()
-            .map(|m| match crate::domain::spelling::closest(&m, &names) {
-                Some(c) => format!("'{m}' (did you mean '{c}'?)"),
-                None => format!("'{m}'"),
-            })
-            .collect());
-    }
-    let key_col = table.column(spec.key).unwrap_or(0);
-    let phone_col = table.column(spec.phone).unwrap_or(0);
-    let excluded: HashSet<usize> = spec.write_back.iter().filter_map(|w| table.column(w)).collect();
-    let fields: Vec<(usize, String)> = table
-        .header
-        .iter()
-        .enumerate()
-        .filter(|(i, h)| !excluded.contains(i) && !h.trim().is_empty())
-        .map(|(i, h)| (i, h.trim().to_string()))
-        .collect();
-    // Records share one list of names, in name order; a name in two columns keeps the later
-    // column, as a map would.
-    let mut by_name = fields.clone();
-    by_name.sort_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
-    by_name.dedup_by(|later, kept| later.1 == kept.1);
-    let names: std::sync::Arc<[String]> = by_name.iter().map(|(_, h)| h.clone()).collect();
-    let columns: Vec<usize> = by_name.iter().map(|(c, _)| *c).collect();
+/// Which keys a read has had so far: a key's first row wins, a later row with the same key is
+/// a duplicate. A read that arrives in parts is not held whole, so this is kept by whoever
+/// holds every key anyway (the poller's snapshot); [`FirstRows`] serves a read held whole.
+pub trait KeyLedger {
+    /// The row where this read first had `key`, if an earlier row had it; else `row` is noted
+    /// as its first.
+    fn first_row(&mut self, key: &str, row: usize) -> Option<usize>;
+}
 
-    let mut out = RecordsRead::default();
-    // One lock for the whole read: a read runs on one thread, and reads of a source do not
-    // overlap.
-    let mut cache = spec.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    cache.read += 1;
-    // The first row of each key, found by the key's hash, so a large read holds no second copy
-    // of its keys: hash → (its record, its row). A key whose hash another key already took is
-    // kept whole in `collided`; a hit is always compared with the record's own key.
-    let mut first_of: FxHashMap<u64, (usize, usize)> = FxHashMap::default();
-    let mut collided: FxHashMap<String, usize> = FxHashMap::default();
-    let mut duplicates: FxHashMap<String, Vec<usize>> = FxHashMap::default();
-    out.records.reserve_exact(table.rows.len());
-    out.phones.reserve_exact(table.rows.len());
-    // The rows are consumed: each record takes its cells instead of copying them, so a large
-    // read is not held twice.
-    for (i, mut row) in table.rows.into_iter().enumerate() {
-        let text = |row: &Vec<CellValue>, c: usize| row.get(c).map(CellValue::canonical).unwrap_or_default();
-        if fields.iter().all(|(c, _)| row.get(*c).is_none_or(CellValue::is_empty)) {
-            continue;
+/// The keys of one read held whole, each with its first row.
+#[derive(Debug, Default)]
+pub struct FirstRows(FxHashMap<String, usize>);
+
+impl KeyLedger for FirstRows {
+    fn first_row(&mut self, key: &str, row: usize) -> Option<usize> {
+        if let Some(&first) = self.0.get(key) {
+            return Some(first);
         }
-        let key = text(&row, key_col);
-        if key.is_empty() {
-            let fingerprint =
-                crate::diff::fingerprint(&fields.iter().map(|(c, h)| (h.clone(), text(&row, *c))).collect());
-            let place = (spec.locator)(i);
-            let at = place.as_deref().map(|p| format!(" ({})", p.replace(':', " "))).unwrap_or_default();
-            out.issues.push(RecordIssue {
-                issue_key: format!("blank:{fingerprint:016x}"),
-                target: WriteTarget::Unkeyed(place.unwrap_or_default()),
-                record_key: String::new(),
-                message: format!("a record{at} has no {}: recado ignores it until it has one", spec.key),
-            });
-            continue;
-        }
-        // One lookup: the key's first row if it was seen, else it is recorded as the first.
-        let first = match first_of.entry(key_hash(&key)) {
-            Entry::Vacant(e) => {
-                e.insert((out.records.len(), i));
-                None
+        self.0.insert(key.to_string(), row);
+        None
+    }
+}
+
+/// Turns a whole table into records (see [`RecordsReader`]).
+pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
+    let mut reader = RecordsReader::new(&table.header, spec)?;
+    let mut read = reader.push(table.rows, 0, &mut FirstRows::default());
+    read.issues.extend(reader.finish());
+    Ok(read)
+}
+
+/// Turns a table into records, a part of its rows at a time, so a large read is never held
+/// whole. Fails only when required fields are missing (nothing can be trusted then); every
+/// other problem is a [`RecordIssue`] and the rest of the rows are kept. A key's first row is
+/// its record; later rows with that key are reported together when the read ends.
+pub struct RecordsReader {
+    key_name: String,
+    key_col: usize,
+    phone_col: usize,
+    /// The columns that are fields (not write-back, not headerless), with their names.
+    fields: Vec<(usize, String)>,
+    /// Records share one list of names, in name order, and take their values from `columns`.
+    names: std::sync::Arc<[String]>,
+    columns: Vec<usize>,
+    default_region: phonenumber::country::Id,
+    locator: fn(usize) -> Option<String>,
+    phones: std::sync::Arc<PhoneCache>,
+    complete: bool,
+    /// Keys found on more than one row: every row, the first one first.
+    duplicates: FxHashMap<String, Vec<usize>>,
+}
+
+impl std::fmt::Debug for RecordsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsReader").field("fields", &self.fields).finish_non_exhaustive()
+    }
+}
+
+impl RecordsReader {
+    /// A reader for rows under `header`, or every field the configuration needs that the header
+    /// lacks.
+    pub fn new(header: &[String], spec: &ColumnSpec<'_>) -> Result<Self, Vec<String>> {
+        let column = |name: &str| find_field(header, name);
+        let mut missing = Vec::new();
+        for name in [spec.key, spec.phone].iter().chain(spec.required.iter()) {
+            if column(name).is_none() && !missing.contains(&name.to_string()) {
+                missing.push(name.to_string());
             }
-            Entry::Occupied(e) => {
-                let (record, row) = *e.get();
-                if out.records.get(record).is_some_and(|r| r.key.0 == key) {
-                    Some(row)
-                } else if let Some(&row) = collided.get(&key) {
-                    Some(row)
-                } else {
-                    collided.insert(key.clone(), i);
-                    None
+        }
+        if !missing.is_empty() {
+            // Named as the configuration writes them, with the header meant when one is close:
+            // a misspelt consent column must not read as "nobody consented".
+            let names: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+            return Err(missing
+                .into_iter()
+                .map(|m| match crate::domain::spelling::closest(&m, &names) {
+                    Some(c) => format!("'{m}' (did you mean '{c}'?)"),
+                    None => format!("'{m}'"),
+                })
+                .collect());
+        }
+        let excluded: HashSet<usize> = spec.write_back.iter().filter_map(|w| column(w)).collect();
+        let fields: Vec<(usize, String)> = header
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| !excluded.contains(i) && !h.trim().is_empty())
+            .map(|(i, h)| (i, h.trim().to_string()))
+            .collect();
+        // A name in two columns keeps the later column, as a map would.
+        let mut by_name = fields.clone();
+        by_name.sort_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
+        by_name.dedup_by(|later, kept| later.1 == kept.1);
+        let names: std::sync::Arc<[String]> = by_name.iter().map(|(_, h)| h.clone()).collect();
+        let columns: Vec<usize> = by_name.iter().map(|(c, _)| *c).collect();
+        spec.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read += 1;
+        Ok(Self {
+            key_name: spec.key.to_string(),
+            key_col: column(spec.key).unwrap_or(0),
+            phone_col: column(spec.phone).unwrap_or(0),
+            fields,
+            names,
+            columns,
+            default_region: spec.default_region,
+            locator: spec.locator,
+            phones: std::sync::Arc::clone(&spec.phones),
+            complete: spec.complete,
+            duplicates: FxHashMap::default(),
+        })
+    }
+
+    /// The records of `rows`, the first of which is the table's row `first`. The rows are
+    /// consumed: each record takes its cells instead of copying them.
+    pub fn push(&mut self, rows: Vec<Vec<CellValue>>, first: usize, seen: &mut dyn KeyLedger) -> RecordsRead {
+        let mut out = RecordsRead::default();
+        // One lock per part: a read runs on one thread, and reads of a source do not overlap.
+        let mut cache = self.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.records.reserve_exact(rows.len());
+        out.phones.reserve_exact(rows.len());
+        out.rows.reserve_exact(rows.len());
+        for (i, mut row) in rows.into_iter().enumerate() {
+            let i = first + i;
+            let text = |row: &Vec<CellValue>, c: usize| row.get(c).map(CellValue::canonical).unwrap_or_default();
+            if self.fields.iter().all(|(c, _)| row.get(*c).is_none_or(CellValue::is_empty)) {
+                continue;
+            }
+            let key = text(&row, self.key_col);
+            if key.is_empty() {
+                let fingerprint =
+                    crate::diff::fingerprint(&self.fields.iter().map(|(c, h)| (h.clone(), text(&row, *c))).collect());
+                let place = (self.locator)(i);
+                let at = place.as_deref().map(|p| format!(" ({})", p.replace(':', " "))).unwrap_or_default();
+                out.issues.push(RecordIssue {
+                    issue_key: format!("blank:{fingerprint:016x}"),
+                    target: WriteTarget::Unkeyed(place.unwrap_or_default()),
+                    record_key: String::new(),
+                    message: format!("a record{at} has no {}: recado ignores it until it has one", self.key_name),
+                });
+                continue;
+            }
+            if let Some(first) = seen.first_row(&key, i) {
+                self.duplicates.entry(key).or_insert_with(|| vec![first]).push(i);
+                continue;
+            }
+            let phone_text = text(&row, self.phone_col);
+            let mut take =
+                |c: usize| row.get_mut(c).map(|v| std::mem::replace(v, CellValue::Empty)).unwrap_or(CellValue::Empty);
+            let values = self.columns.iter().map(|c| take(*c)).collect();
+            let record =
+                Record { key: RecordKey(key), fields: Fields::shared(std::sync::Arc::clone(&self.names), values) };
+            let phone = PhoneCache::parse(&mut cache, &phone_text, self.default_region, &mut out.phone_parses);
+            if let Err(e) = &phone {
+                out.issues.push(RecordIssue {
+                    issue_key: format!("phone:{}:{:016x}", record.key, crate::diff::text_fingerprint(&phone_text)),
+                    target: WriteTarget::Record(record.key.clone()),
+                    record_key: record.key.0.clone(),
+                    message: format!("invalid phone: {e}"),
+                });
+            }
+            out.phones.push(phone);
+            out.records.push(record);
+            out.rows.push(i);
+        }
+        out
+    }
+
+    /// The read is over: the duplicates it found, and numbers no longer in the source are
+    /// forgotten (after a complete read).
+    pub fn finish(self) -> Vec<RecordIssue> {
+        let mut cache = self.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read = cache.read;
+        if self.complete {
+            cache.parsed.retain(|_, (seen, _)| *seen == read);
+        } else if cache.parsed.len() > PHONE_CACHE_MOST {
+            cache.parsed.clear();
+        }
+        drop(cache);
+        let mut dup_keys: Vec<_> = self.duplicates.into_iter().collect();
+        dup_keys.sort();
+        dup_keys
+            .into_iter()
+            .map(|(key, rows)| {
+                let places: Vec<String> =
+                    rows.iter().filter_map(|i| (self.locator)(*i)).map(|p| p.replace("row:", "")).collect();
+                let where_ = if places.is_empty() { String::new() } else { format!(" in rows {}", places.join(", ")) };
+                RecordIssue {
+                    issue_key: format!("duplicate:{key}:{}", rows.len()),
+                    target: WriteTarget::EveryCopyOf(RecordKey(key.clone())),
+                    record_key: key.clone(),
+                    message: format!(
+                        "duplicate {} '{}'{where_}: only the first is used; give each record its own {}",
+                        self.key_name,
+                        RecordKey::shown(&key),
+                        self.key_name
+                    ),
                 }
-            }
-        };
-        if let Some(first) = first {
-            duplicates.entry(key).or_insert_with(|| vec![first]).push(i);
-            continue;
-        }
-        let phone_text = text(&row, phone_col);
-        let mut take =
-            |c: usize| row.get_mut(c).map(|v| std::mem::replace(v, CellValue::Empty)).unwrap_or(CellValue::Empty);
-        let values = columns.iter().map(|c| take(*c)).collect();
-        let record = Record { key: RecordKey(key), fields: Fields::shared(std::sync::Arc::clone(&names), values) };
-        let phone = PhoneCache::parse(&mut cache, &phone_text, spec.default_region, &mut out.phone_parses);
-        if let Err(e) = &phone {
-            out.issues.push(RecordIssue {
-                issue_key: format!("phone:{}:{:016x}", record.key, crate::diff::text_fingerprint(&phone_text)),
-                target: WriteTarget::Record(record.key.clone()),
-                record_key: record.key.0.clone(),
-                message: format!("invalid phone: {e}"),
-            });
-        }
-        out.phones.push(phone);
-        out.records.push(record);
+            })
+            .collect()
     }
-    let read = cache.read;
-    if spec.complete {
-        cache.parsed.retain(|_, (seen, _)| *seen == read);
-    } else if cache.parsed.len() > PHONE_CACHE_MOST {
-        cache.parsed.clear();
-    }
-    drop(cache);
-    let mut dup_keys: Vec<_> = duplicates.into_iter().collect();
-    dup_keys.sort();
-    for (key, rows) in dup_keys {
-        let places: Vec<String> =
-            rows.iter().filter_map(|i| (spec.locator)(*i)).map(|p| p.replace("row:", "")).collect();
-        let where_ = if places.is_empty() { String::new() } else { format!(" in rows {}", places.join(", ")) };
-        out.issues.push(RecordIssue {
-            issue_key: format!("duplicate:{key}:{}", rows.len()),
-            target: WriteTarget::EveryCopyOf(RecordKey(key.clone())),
-            record_key: key.clone(),
-            message: format!(
-                "duplicate {} '{}'{where_}: only the first is used; give each record its own {}",
-                spec.key,
-                RecordKey::shown(&key),
-                spec.key
-            ),
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -322,7 +374,7 @@ mod tests {
             referenced,
             default_region: phonenumber::country::Id::CL,
             locator: row_locator,
-            phones: Box::leak(Box::default()),
+            phones: std::sync::Arc::default(),
             complete: true,
         }
     }
@@ -342,44 +394,29 @@ mod tests {
         assert!(!read.issues[1].message.contains("no tengo"), "the cell's text is masked: {}", read.issues[1].message);
     }
 
-    thread_local! {
-        /// Makes every key hash the same, so the exact comparison behind the hash is what
-        /// tells keys apart.
-        pub(super) static EVERY_KEY_COLLIDES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-
+    /// A table read in parts, its keys kept by a ledger that outlives each part.
     #[test]
-    fn keys_whose_hashes_collide_are_still_told_apart() {
-        let plain = read_records(table(), &spec(&[], &[])).unwrap();
-        EVERY_KEY_COLLIDES.with(|c| c.set(true));
-        let collided = read_records(table(), &spec(&[], &[])).unwrap();
-        EVERY_KEY_COLLIDES.with(|c| c.set(false));
-        let keys = |r: &RecordsRead| r.records.iter().map(|r| r.key.0.clone()).collect::<Vec<_>>();
-        assert_eq!(keys(&collided), vec!["1", "2", "3"]);
-        assert_eq!(keys(&collided), keys(&plain));
-        let issues =
-            |r: &RecordsRead| r.issues.iter().map(|i| (i.issue_key.clone(), i.message.clone())).collect::<Vec<_>>();
-        assert_eq!(issues(&collided), issues(&plain), "the duplicate of key 1 is found, and only it");
-        // Three copies of a key whose hash another key took first.
-        let table = Table {
-            header: vec!["ID".into(), "Teléfono".into()],
-            rows: vec![
-                // An empty row first: a row is not its record's place in the read.
-                vec![],
-                vec![t("a"), t("+56 9 8765 4321")],
-                vec![t("b"), t("+56 9 8765 4322")],
-                vec![t("b"), t("+56 9 8765 4323")],
-                vec![t("c"), t("+56 9 8765 4324")],
-                vec![t("b"), t("+56 9 8765 4325")],
-            ],
-        };
-        EVERY_KEY_COLLIDES.with(|c| c.set(true));
-        let read = read_records(table, &spec(&[], &[])).unwrap();
-        EVERY_KEY_COLLIDES.with(|c| c.set(false));
-        assert_eq!(keys(&read), vec!["a", "b", "c"]);
-        assert_eq!(read.phones[1].as_ref().unwrap().as_str(), "+56987654322", "the first row of b is used");
-        assert_eq!(read.issues.len(), 1);
-        assert!(read.issues[0].message.contains("rows 4, 5, 7"), "{}", read.issues[0].message);
+    fn a_table_read_in_parts_reads_as_the_whole_and_finds_duplicates_across_parts() {
+        let whole = read_records(table(), &spec(&[], &[])).unwrap();
+        let t = table();
+        let mut reader = RecordsReader::new(&t.header, &spec(&[], &[])).unwrap();
+        let mut seen = FirstRows::default();
+        let mut records = Vec::new();
+        let mut rows = Vec::new();
+        let mut issues = Vec::new();
+        let mut at = 0;
+        for part in t.rows.chunks(2) {
+            let read = reader.push(part.to_vec(), at, &mut seen);
+            at += part.len();
+            records.extend(read.records);
+            rows.extend(read.rows);
+            issues.extend(read.issues);
+        }
+        issues.extend(reader.finish());
+        assert_eq!(records, whole.records);
+        assert_eq!(rows, whole.rows);
+        assert_eq!(rows, vec![0, 2, 5], "each record's row in the table");
+        assert_eq!(issues, whole.issues, "the duplicate of key 1 (rows 2 and 6) is found across parts");
     }
 
     #[test]

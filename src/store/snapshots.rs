@@ -93,11 +93,11 @@ pub async fn load_snapshot(conn: &mut SqliteConnection, source_id: &str) -> Stor
             damaged.push(key);
             continue;
         }
-        let fingerprint = Fingerprint {
-            hash: col::<i64>(&r, "row_hash")? as u64,
-            from_baseline: col::<i64>(&r, "from_baseline")? != 0,
-            erased: col::<i64>(&r, "erased")? != 0,
-        };
+        let fingerprint = Fingerprint::new(
+            col::<i64>(&r, "row_hash")? as u64,
+            col::<i64>(&r, "from_baseline")? != 0,
+            col::<i64>(&r, "erased")? != 0,
+        );
         snap.insert(RecordKey(key), fingerprint);
     }
     Ok((snap, damaged))

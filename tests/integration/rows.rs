@@ -427,13 +427,24 @@ async fn date_cells_appear_as_dates_in_messages() {
 /// time, not as serial numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn date_and_time_cells_below_the_first_rows_appear_as_dates_and_times() {
+    dates_first_found_on_row(60).await;
+}
+
+/// The same, the first date far enough down to arrive in a later part of the read than the
+/// header (the date columns are looked up when it does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_cells_first_found_in_a_later_part_of_the_read_appear_as_dates() {
+    dates_first_found_on_row(4100).await;
+}
+
+async fn dates_first_found_on_row(last: u32) {
     let mut h = Harness::new(vec![]).await;
     let mut hd = crate::harness::header();
     hd.push(json!("Fecha cita"));
     hd.push(json!("Hora"));
     hd.push(json!("Inicio"));
     let mut rows = vec![hd];
-    for i in 1..=60u32 {
+    for i in 1..=last {
         let mut r: Vec<Value> = row(i, &format!("P{i}"), "Sí", "Activo")
             .into_iter()
             .map(|v| if v.is_number() { json!(v.to_string()) } else { v })
@@ -443,11 +454,12 @@ async fn date_and_time_cells_below_the_first_rows_appear_as_dates_and_times() {
     }
     let typed = (h.clock.now() + chrono::Duration::days(30)).with_timezone(&chrono_tz::America::Santiago);
     let date = typed.format("%d/%m/%Y").to_string();
-    rows[60][7] = json!(date);
-    rows[60][8] = json!("15:30");
+    let at = last as usize;
+    rows[at][7] = json!(date);
+    rows[at][8] = json!("15:30");
     h.sandbox.google().seed_typed(SHEET, "America/Santiago", "es_CL", vec![(TAB.to_string(), rows)]);
-    assert!(h.sandbox.google().rows(SHEET, TAB)[60][7].is_number(), "a date cell, read as a serial number");
-    assert!(h.sandbox.google().rows(SHEET, TAB)[60][8].is_number(), "a time cell, read as a fraction of a day");
+    assert!(h.sandbox.google().rows(SHEET, TAB)[at][7].is_number(), "a date cell, read as a serial number");
+    assert!(h.sandbox.google().rows(SHEET, TAB)[at][8].is_number(), "a time cell, read as a fraction of a day");
     h.extra_rules = r#"
   - id: cita
     source: inscripciones
@@ -459,15 +471,15 @@ async fn date_and_time_cells_below_the_first_rows_appear_as_dates_and_times() {
       body: ["{{ Nombre }}", "{{ row['Fecha cita'] or Inicio }}", "{{ Hora }}"]
 "#
     .into();
-    h.user(60, true, None);
+    h.user(last, true, None);
     h.user(30, true, None);
     h.start().await;
-    h.edit("60", "Estado", json!("Citado"));
-    wait_for("the appointment message", std::time::Duration::from_secs(20), || async { h.sent_to(60).len() == 1 })
+    h.edit(&last.to_string(), "Estado", json!("Citado"));
+    wait_for("the appointment message", std::time::Duration::from_secs(20), || async { h.sent_to(last).len() == 1 })
         .await;
     let param = |n: u32, i: usize| h.sent_to(n)[0].params[i].clone();
-    assert_eq!(param(60, 1), date, "shown as the date, not a serial number");
-    assert_eq!(param(60, 2), "15:30", "shown as the time");
+    assert_eq!(param(last, 1), date, "shown as the date, not a serial number");
+    assert_eq!(param(last, 2), "15:30", "shown as the time");
     // Typed after recado started into a column that held nothing yet (once the header has
     // its write-back columns, so only the new number can make recado look again).
     h.quiesce().await;
@@ -504,5 +516,55 @@ async fn write_back_widens_a_tab_that_has_no_spare_column() {
     h.wait_cell("72", "Estado WhatsApp", "read").await;
     let (_, columns) = h.sandbox.google().grid(SHEET, TAB).unwrap();
     assert_eq!(columns, 29, "widened for the three columns written so far: status, its time, the error");
+    h.stop().await;
+}
+
+/// A tab is read in parts of a couple of thousand rows, each committed and let go before the
+/// next: a key repeated parts apart is still a duplicate, whether it was new in that same read
+/// or known before, and only its first row is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_repeated_parts_apart_is_a_duplicate_and_only_its_first_row_is_used() {
+    let mut rows: Vec<Vec<Value>> = (1..=2500).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect();
+    // Sheet row 2502, far below the first row of key 7 (sheet row 8), in the first read.
+    let mut copy = row(7, "Otra persona", "Sí", "Activo");
+    copy[2] = json!(crate::harness::phone(3001));
+    rows.push(copy);
+    let mut h = Harness::new(rows).await;
+    h.user(7, true, None);
+    h.user(3001, true, None);
+    h.start().await;
+    let errors_of = |key: u32| {
+        let rows = h.sandbox.google().rows(SHEET, TAB);
+        let err_col = rows[0].iter().position(|v| v == "Error WhatsApp");
+        rows.iter()
+            .filter(|r| r[0] == json!(key))
+            .map(|r| err_col.and_then(|c| r.get(c)).and_then(Value::as_str).unwrap_or("").to_string())
+            .collect::<Vec<String>>()
+    };
+    wait_for("both copies of 7 told", std::time::Duration::from_secs(30), || async {
+        errors_of(7).iter().filter(|e| e.contains("duplicate ID '7' in rows 8, 2502")).count() == 2
+    })
+    .await;
+    // A record known before, repeated at the end of the tab.
+    let mut again = row(9, "Otra más", "Sí", "Activo");
+    again[2] = json!(crate::harness::phone(3001));
+    h.add_row(again);
+    wait_for("both copies of 9 told", std::time::Duration::from_secs(30), || async {
+        errors_of(9).iter().filter(|e| e.contains("duplicate ID '9' in rows 10, 2503")).count() == 2
+    })
+    .await;
+    // The first rows are the records: an edit there is news, sent to their numbers.
+    h.edit("7", "Estado", json!("Egresado"));
+    wait_for("the message to the first row's number", std::time::Duration::from_secs(20), || async {
+        h.sent_to(7).len() == 1
+    })
+    .await;
+    h.quiesce().await;
+    assert!(h.sent_to(3001).is_empty(), "a later copy is never a record of its own");
+    let snapshot = {
+        let mut conn = h.store().conn().await.unwrap();
+        recado::store::load_snapshot(&mut conn, "inscripciones").await.unwrap().0
+    };
+    assert_eq!(snapshot.len(), 2500, "one record per key");
     h.stop().await;
 }

@@ -67,13 +67,6 @@ pub enum WriteFailure {
     Refused(GoogleErrorBody),
 }
 
-/// The answer of `values.get`, its cells read straight into [`CellValue`]s.
-#[derive(Deserialize)]
-struct CellRange {
-    #[serde(default)]
-    values: Vec<Vec<Cell>>,
-}
-
 /// How many call timeouts a whole `values.get` may take while its answer keeps coming (a
 /// million-row tab is read and decoded in well under one on a small machine).
 pub const WHOLE_READ_CALL_TIMEOUTS: u32 = 10;
@@ -92,12 +85,95 @@ fn body_error(what: &str, e: &reqwest::Error, after: Duration) -> SourceError {
     }
 }
 
-/// A `values.get` answer's rows, read from a byte stream.
-fn decode_values(answer: impl std::io::Read) -> Result<Vec<Vec<CellValue>>, serde_json::Error> {
+/// What a `values.get` answer brings, a part at a time (see [`SheetsClient::values_in_parts`]).
+#[derive(Debug)]
+pub enum RowsPart {
+    /// The next rows (the first part starts with the range's first row).
+    Rows(Vec<Vec<CellValue>>),
+    /// The answer was read to its end and is whole JSON: every row has come.
+    End,
+}
+
+/// A `values.get` answer's rows, read from a byte stream and handed to `emit` `per_part` at a
+/// time as they are decoded (the answer is never held whole). `emit` says `false` when nobody
+/// wants more. The answer is whole only when this returns `Ok`: rows emitted before an error
+/// were read as they are, but a cut answer may have more.
+fn decode_values(
+    answer: impl std::io::Read,
+    per_part: usize,
+    emit: &mut dyn FnMut(Vec<Vec<CellValue>>) -> bool,
+) -> Result<(), serde_json::Error> {
     let reader = std::io::BufReader::with_capacity(64 * 1024, answer);
-    // The rows are unwrapped in place (same layout).
-    serde_json::from_reader::<_, CellRange>(reader)
-        .map(|range| range.values.into_iter().map(|row| row.into_iter().map(|c| c.0).collect()).collect())
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    serde::de::DeserializeSeed::deserialize(RangeParts { per_part: per_part.max(1), emit }, &mut de)?;
+    de.end()
+}
+
+/// The `ValueRange` object: its `values` go to `emit`; everything else is skipped.
+struct RangeParts<'a> {
+    per_part: usize,
+    emit: &'a mut dyn FnMut(Vec<Vec<CellValue>>) -> bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RangeParts<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RangeParts<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value range")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "values" {
+                map.next_value_seed(RowParts { per_part: self.per_part, emit: &mut *self.emit })?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `values` array, row by row.
+struct RowParts<'a> {
+    per_part: usize,
+    emit: &'a mut dyn FnMut(Vec<Vec<CellValue>>) -> bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowParts<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowParts<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("rows of cells")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let stopped = || <A::Error as serde::de::Error>::custom("the reader of the rows stopped");
+        let mut part = Vec::with_capacity(self.per_part);
+        while let Some(row) = seq.next_element::<Vec<Cell>>()? {
+            // The rows are unwrapped in place (same layout).
+            part.push(row.into_iter().map(|c| c.0).collect());
+            if part.len() >= self.per_part
+                && !(self.emit)(std::mem::replace(&mut part, Vec::with_capacity(self.per_part)))
+            {
+                return Err(stopped());
+            }
+        }
+        if !part.is_empty() && !(self.emit)(part) {
+            return Err(stopped());
+        }
+        Ok(())
+    }
 }
 
 /// The chunks of an answer as they arrive, read as one byte stream by a blocking decoder. The
@@ -439,13 +515,19 @@ impl SheetsClient {
     /// The cells of a range, unformatted: rows of [`CellValue`]s (numbers as numbers, dates as
     /// serial numbers).
     ///
-    /// The answer is decoded off the runtime as it arrives: a million-row tab's answer (about a
-    /// hundred megabytes) is never held whole, and decoding overlaps the transfer. The channel
-    /// holds a few chunks, so the decoder sets the pace; that is why the whole read, from the
-    /// request on, may take [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts (at most
-    /// [`WHOLE_READ_MOST`]), while the answer must start, and each of its chunks arrive, within
-    /// one.
-    pub async fn values(&self, range: &str) -> Result<Vec<Vec<CellValue>>, SourceError> {
+    /// The answer is decoded off the runtime as it arrives, and its rows handed on `per_part`
+    /// at a time while the rest is still coming: a million-row tab's answer (about a hundred
+    /// megabytes) is never held whole, as bytes or as rows. The channels hold a few parts, so
+    /// the reader of the rows sets the pace; that is why the whole read, from the request on,
+    /// may take [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts (at most [`WHOLE_READ_MOST`]), while
+    /// the answer must start, and each of its chunks arrive, within one. The last part is
+    /// [`RowsPart::End`], sent only once the answer was read whole; a failure is the last
+    /// instead, and rows sent before it may not be all of them.
+    pub async fn values_in_parts(
+        &self,
+        range: &str,
+        per_part: usize,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<RowsPart, SourceError>>, SourceError> {
         let url = self.sheets_url(&format!("/values/{}", encode(range)));
         let query = [
             ("valueRenderOption", "UNFORMATTED_VALUE"),
@@ -460,37 +542,65 @@ impl SheetsClient {
             })
             .await
             .map_err(|(_, _, e)| e)?;
-        let (chunks, arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-        let decoder =
-            tokio::task::spawn_blocking(move || decode_values(ChunkReader { arriving, current: bytes::Bytes::new() }));
-        let timed_out = |after| SourceError::Timeout { what: "Google values.get".into(), after };
-        let transfer = async {
-            loop {
-                match tokio::time::timeout(self.timeout, response.chunk()).await {
-                    Err(_) => return Err(timed_out(self.timeout)),
-                    Ok(Ok(None)) => return Ok(()),
-                    Ok(Err(e)) => return Err(body_error("values.get", &e, whole)),
-                    // The decoder stopped early (the answer is unreadable): it says why.
-                    Ok(Ok(Some(chunk))) => {
-                        if chunks.send(chunk).await.is_err() {
-                            return Ok(());
+        let (parts, out) = tokio::sync::mpsc::channel::<Result<RowsPart, SourceError>>(2);
+        let budget = Arc::clone(&self.budget);
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let (chunks, arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+            let rows = parts.clone();
+            let decoder = tokio::task::spawn_blocking(move || {
+                let answer = ChunkReader { arriving, current: bytes::Bytes::new() };
+                decode_values(answer, per_part, &mut |part| rows.blocking_send(Ok(RowsPart::Rows(part))).is_ok())
+            });
+            let timed_out = |after| SourceError::Timeout { what: "Google values.get".into(), after };
+            let transfer = async {
+                loop {
+                    match tokio::time::timeout(timeout, response.chunk()).await {
+                        Err(_) => return Err(timed_out(timeout)),
+                        Ok(Ok(None)) => return Ok(()),
+                        Ok(Err(e)) => return Err(body_error("values.get", &e, whole)),
+                        // The decoder stopped early (the answer is unreadable, or nobody wants
+                        // the rows): it says why.
+                        Ok(Ok(Some(chunk))) => {
+                            if chunks.send(chunk).await.is_err() {
+                                return Ok(());
+                            }
                         }
                     }
                 }
+            };
+            let transferred =
+                tokio::time::timeout_at(started + whole, transfer).await.unwrap_or_else(|_| Err(timed_out(whole)));
+            // Whatever happened, the decoder sees the end of its input now.
+            drop(chunks);
+            let decoded = decoder.await;
+            // A transfer that failed is the reason, not what the decoder made of the cut answer.
+            let last = transferred.and_then(|()| {
+                decoded
+                    .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
+                    .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))
+            });
+            if last.is_ok() {
+                budget.succeeded();
             }
-        };
-        let transferred =
-            tokio::time::timeout_at(started + whole, transfer).await.unwrap_or_else(|_| Err(timed_out(whole)));
-        // Whatever happened, the decoder sees the end of its input now.
-        drop(chunks);
-        let decoded = decoder.await;
-        // A transfer that failed is the reason, not what the decoder made of the cut answer.
-        transferred?;
-        let rows = decoded
-            .map_err(|e| SourceError::Transient(format!("values.get: decoding the answer failed ({e})")))?
-            .map_err(|e| SourceError::Transient(format!("values.get: unreadable answer ({e})")))?;
-        self.budget.succeeded();
-        Ok(rows)
+            // Nobody may be listening any more: then nothing is owed.
+            let _ = parts.send(last.map(|()| RowsPart::End)).await;
+        });
+        Ok(out)
+    }
+
+    /// A range's rows, whole (for small ranges: a header row).
+    pub async fn values(&self, range: &str) -> Result<Vec<Vec<CellValue>>, SourceError> {
+        let mut parts = self.values_in_parts(range, 1_000).await?;
+        let mut rows = Vec::new();
+        loop {
+            match parts.recv().await {
+                Some(Ok(RowsPart::Rows(more))) => rows.extend(more),
+                Some(Ok(RowsPart::End)) => return Ok(rows),
+                Some(Err(e)) => return Err(e),
+                None => return Err(SourceError::Transient("values.get: the answer stopped before its end".into())),
+            }
+        }
     }
 
     /// Reads several ranges in one request.
@@ -588,15 +698,51 @@ mod tests {
         ChunkReader { arriving, current: bytes::Bytes::new() }
     }
 
+    /// Every row of an answer, and the sizes of the parts they came in.
+    fn decode_all(
+        answer: impl std::io::Read,
+        per_part: usize,
+    ) -> Result<(Vec<Vec<CellValue>>, Vec<usize>), serde_json::Error> {
+        let mut rows = Vec::new();
+        let mut sizes = Vec::new();
+        decode_values(answer, per_part, &mut |part| {
+            sizes.push(part.len());
+            rows.extend(part);
+            true
+        })?;
+        Ok((rows, sizes))
+    }
+
+    fn decode_values_whole(answer: impl std::io::Read) -> Result<Vec<Vec<CellValue>>, serde_json::Error> {
+        decode_all(answer, 2).map(|(rows, _)| rows)
+    }
+
+    #[test]
+    fn rows_come_in_parts_and_stop_when_nobody_wants_more() {
+        let body = r#"{"range":"T!A1:A5","majorDimension":"ROWS","values":[["ID"],["1"],["2"],["3"],["4"]]}"#;
+        let (rows, sizes) = decode_all(body.as_bytes(), 2).unwrap();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(sizes, [2, 2, 1]);
+        let (_, sizes) = decode_all(r#"{"range":"T!A1:A5","majorDimension":"ROWS"}"#.as_bytes(), 2).unwrap();
+        assert!(sizes.is_empty(), "an empty tab has no values at all, so no part");
+        let mut parts = 0;
+        let stopped = decode_values(body.as_bytes(), 2, &mut |_| {
+            parts += 1;
+            false
+        });
+        assert!(stopped.is_err());
+        assert_eq!(parts, 1, "no row is decoded for a reader that left");
+    }
+
     #[test]
     fn an_answer_split_anywhere_decodes_as_a_whole_one() {
         let body = r#"{"range":"T!A1:C3","values":[["ID","Ñandú","Fecha"],[1,"Ana \"la\" Pérez",46352.5],[]]}"#;
-        let whole = decode_values(body.as_bytes()).unwrap();
+        let whole = decode_values_whole(body.as_bytes()).unwrap();
         assert_eq!(whole[1][1], CellValue::Text("Ana \"la\" Pérez".into()));
         // Every chunk size, so chunks end inside an escape and inside a two-byte letter.
         for size in 1..body.len() {
             let pieces = body.as_bytes().chunks(size).collect();
-            assert_eq!(decode_values(chunked(pieces)).unwrap(), whole, "chunks of {size} bytes");
+            assert_eq!(decode_values_whole(chunked(pieces)).unwrap(), whole, "chunks of {size} bytes");
         }
     }
 
@@ -605,11 +751,11 @@ mod tests {
         let body = br#"{"values":[["ID"],["1"],["2"]]}"#;
         let (first, _) = body.split_at(14);
         // Even right after a whole row.
-        assert!(decode_values(chunked(vec![first])).is_err());
-        assert!(decode_values(chunked(vec![br#"{"values":[["ID"],["1"]"#])).is_err());
+        assert!(decode_values_whole(chunked(vec![first])).is_err());
+        assert!(decode_values_whole(chunked(vec![br#"{"values":[["ID"],["1"]"#])).is_err());
         // An empty chunk in the middle is not the end.
         let (a, b) = body.split_at(20);
-        let rows = decode_values(chunked(vec![a, b"", b])).unwrap();
+        let rows = decode_values_whole(chunked(vec![a, b"", b])).unwrap();
         assert_eq!(rows.len(), 3);
     }
 
@@ -617,9 +763,7 @@ mod tests {
     fn cells_are_read_straight_into_values() {
         let body = r#"{"range":"'Hoja 1'!A1:H3","majorDimension":"ROWS","values":[
             ["ID","Nombre","Fecha"],["1","Ana \"la\" Pérez",46352.4375,true,"",7],[],[["x"],{"a":1}]]}"#;
-        let range: CellRange = serde_json::from_str(body).unwrap();
-        let rows: Vec<Vec<CellValue>> =
-            range.values.into_iter().map(|r| r.into_iter().map(|c| c.0).collect()).collect();
+        let rows = decode_values_whole(body.as_bytes()).unwrap();
         assert_eq!(rows[0][2], CellValue::Text("Fecha".into()));
         assert_eq!(
             rows[1],
@@ -634,7 +778,5 @@ mod tests {
         );
         assert!(rows[2].is_empty(), "a blank row in the middle stays a row");
         assert_eq!(rows[3], [CellValue::Text(r#"["x"]"#.into()), CellValue::Text(r#"{"a":1}"#.into())]);
-        let empty: CellRange = serde_json::from_str(r#"{"range":"A1:B2","majorDimension":"ROWS"}"#).unwrap();
-        assert!(empty.values.is_empty(), "an empty tab has no values at all");
     }
 }

@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::a1;
+use super::client::RowsPart;
 use super::client::{SheetsClient, TabMeta};
 use super::config::GoogleSheetsConfig;
 use crate::domain::CellValue;
 use crate::sources::{
-    read_records, ColumnSpec, PhoneCache, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
+    PhoneCache, Probe, QuotaState, ReadRecords, ReadSpec, SourceError, SourceRead, SourceSettings, TablePart,
+    TableParts,
 };
 
 /// How often date columns are looked for again although the header did not change.
@@ -68,11 +70,11 @@ fn is_date_format(kind: Option<&str>) -> bool {
     matches!(kind, Some("DATE" | "DATE_TIME" | "TIME"))
 }
 
-/// For each column, the first data row (index into `values`, 0 = header) holding a number.
-fn first_numbers(values: &[Vec<CellValue>], columns: usize) -> Vec<Option<usize>> {
+/// For each column, the first of `rows` (by position) holding a number.
+fn first_numbers(rows: &[Vec<CellValue>], columns: usize) -> Vec<Option<usize>> {
     let mut first = vec![None; columns];
     let mut missing = columns;
-    for (i, row) in values.iter().enumerate().skip(1) {
+    for (i, row) in rows.iter().enumerate() {
         for (c, v) in row.iter().enumerate().take(columns) {
             if matches!(v, CellValue::Number(_)) && first[c].is_none() {
                 first[c] = Some(i);
@@ -86,18 +88,23 @@ fn first_numbers(values: &[Vec<CellValue>], columns: usize) -> Vec<Option<usize>
     first
 }
 
+/// Data rows per part of a read: a part is turned into records, committed and let go before the
+/// parts after it are (see [`TableParts`]).
+const ROWS_PER_PART: usize = 2_000;
+
 /// The read side of one configured tab.
 pub struct TabReader {
     cfg: Arc<GoogleSheetsConfig>,
     client: SheetsClient,
     hint: Arc<TabHint>,
-    formats: Mutex<Option<Formats>>,
+    dates: DateLookup,
     phones: Arc<PhoneCache>,
 }
 
 impl TabReader {
     pub fn new(cfg: Arc<GoogleSheetsConfig>, client: SheetsClient, hint: Arc<TabHint>) -> Self {
-        Self { cfg, client, hint, formats: Mutex::new(None), phones: Arc::default() }
+        let dates = DateLookup { cfg: Arc::clone(&cfg), client: client.clone(), formats: Arc::default() };
+        Self { cfg, client, hint, dates, phones: Arc::default() }
     }
 
     pub fn settings(&self) -> &SourceSettings {
@@ -144,42 +151,123 @@ impl TabReader {
         format!("recado reads it as the service account {}", self.client.account().client_email())
     }
 
-    pub async fn read(&self, spec: &ReadSpec) -> Result<SourceRead, SourceError> {
-        let values = self.client.values(&a1::quote_tab(&self.cfg.tab)).await?;
+    /// The whole tab, its rows handed on in parts as Google's answer arrives: the header comes
+    /// with the first part, and the date columns are known from it (a column whose first number
+    /// comes later is looked up when it does).
+    pub async fn read(&self, _spec: &ReadSpec) -> Result<SourceRead, SourceError> {
+        let mut arriving = self.client.values_in_parts(&a1::quote_tab(&self.cfg.tab), ROWS_PER_PART).await?;
+        let stopped = || SourceError::Transient("values.get: the answer stopped before its end".into());
+        let (mut rows, ended) = match arriving.recv().await {
+            Some(Ok(RowsPart::Rows(rows))) => (rows, false),
+            Some(Ok(RowsPart::End)) => (Vec::new(), true),
+            Some(Err(e)) => return Err(e),
+            None => return Err(stopped()),
+        };
         let header: Vec<String> =
-            values.first().map(|r| r.iter().map(CellValue::canonical).collect()).unwrap_or_default();
+            if rows.is_empty() { Vec::new() } else { rows.remove(0).iter().map(CellValue::canonical).collect() };
         self.hint.set(header.clone());
-        let date_columns = self.date_columns(&header, &values).await?;
-        let cfg = Arc::clone(&self.cfg);
-        let spec = spec.clone();
-        let phones = Arc::clone(&self.phones);
-        // Converting a large tab is CPU work: off the async runtime.
-        tokio::task::spawn_blocking(move || convert(&cfg.settings, values, &date_columns, &spec, &phones))
-            .await
-            .map_err(|e| SourceError::Transient(format!("converting the tab failed: {e}")))?
+        let mut kinds = self.dates.kinds(&header, &rows).await?;
+        let dates = self.dates.clone();
+        let (parts, out) = tokio::sync::mpsc::channel(2);
+        let table_header = header.clone();
+        tokio::spawn(async move {
+            let mut next = Some(rows).filter(|_| !ended);
+            let mut first = 0;
+            loop {
+                let rows = match next.take() {
+                    Some(rows) => rows,
+                    None if ended && first == 0 => {
+                        let _ = parts.send(Ok(TablePart::End)).await;
+                        return;
+                    }
+                    None => match arriving.recv().await {
+                        Some(Ok(RowsPart::Rows(rows))) => rows,
+                        Some(Ok(RowsPart::End)) => {
+                            let _ = parts.send(Ok(TablePart::End)).await;
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            let _ = parts.send(Err(e)).await;
+                            return;
+                        }
+                        None => {
+                            let _ = parts.send(Err(stopped())).await;
+                            return;
+                        }
+                    },
+                };
+                if first > 0 {
+                    if let Err(e) = dates.learn(&header, &mut kinds, &rows, first).await {
+                        let _ = parts.send(Err(e)).await;
+                        return;
+                    }
+                }
+                let n = rows.len();
+                let rows = rows
+                    .into_iter()
+                    .map(|r| {
+                        r.into_iter()
+                            .enumerate()
+                            .map(|(i, v)| cell_value(v, kinds.get(i).copied().flatten().unwrap_or(false)))
+                            .collect()
+                    })
+                    .collect();
+                if parts.send(Ok(TablePart::Rows { first, rows })).await.is_err() {
+                    // Nobody reads on (the poll ended): the transfer stops with this.
+                    return;
+                }
+                first += n;
+            }
+        });
+        Ok(SourceRead {
+            records: ReadRecords::Parts(TableParts {
+                header: table_header,
+                locator: row_locator,
+                phones: Arc::clone(&self.phones),
+                parts: out,
+            }),
+            // A tab is always read whole.
+            complete: true,
+            deleted: Vec::new(),
+            version: None,
+        })
     }
+}
 
-    async fn date_columns(&self, header: &[String], values: &[Vec<CellValue>]) -> Result<Vec<bool>, SourceError> {
-        let first = first_numbers(values, header.len());
+/// Learns which columns of a tab hold dates, from the number formats of its cells, and keeps
+/// what it learnt for the reads after.
+#[derive(Clone)]
+struct DateLookup {
+    cfg: Arc<GoogleSheetsConfig>,
+    client: SheetsClient,
+    formats: Arc<Mutex<Option<Formats>>>,
+}
+
+impl DateLookup {
+    /// Per column of `header`: whether it holds dates (`None` while no number told), from the
+    /// first data rows of a read.
+    async fn kinds(&self, header: &[String], rows: &[Vec<CellValue>]) -> Result<Vec<Option<bool>>, SourceError> {
+        let first = first_numbers(rows, header.len());
         let known = |f: &Formats| f.header == header && f.at.elapsed() < FORMATS_MAX_AGE;
         {
             let cached = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(f) = cached.as_ref().filter(|f| known(f)) {
                 // Still good unless a column of unknown kind now holds a number.
                 if first.iter().zip(&f.kinds).all(|(n, k)| n.is_none() || k.is_some()) {
-                    return Ok(f.kinds.iter().map(|k| k.unwrap_or(false)).collect());
+                    return Ok(f.kinds.clone());
                 }
             }
         }
         let tab = a1::quote_tab(&self.cfg.tab);
         let sample_end = 1 + FORMAT_SAMPLE_ROWS as usize;
         let mut ranges = vec![format!("{tab}!2:{sample_end}")];
-        // Numeric columns whose first number lies below the sample: that one cell.
+        // Numeric columns whose first number lies below the sample: that one cell (data row i
+        // is sheet row i + 2).
         let mut singles: Vec<usize> = Vec::new();
         for (c, n) in first.iter().enumerate() {
-            if let Some(i) = n.filter(|i| *i + 1 > sample_end) {
+            if let Some(i) = n.filter(|i| *i + 2 > sample_end) {
                 singles.push(c);
-                ranges.push(a1::cell(&self.cfg.tab, c, i as u32 + 1));
+                ranges.push(a1::cell(&self.cfg.tab, c, i as u32 + 2));
             }
         }
         let blocks = self.client.formats_of(&ranges).await?;
@@ -201,59 +289,44 @@ impl TabReader {
                 *k = Some(is_date_format(kind));
             }
         }
-        let dates = kinds.iter().map(|k| k.unwrap_or(false)).collect();
         *self.formats.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Formats { header: header.to_vec(), kinds, at: Instant::now() });
-        Ok(dates)
+            Some(Formats { header: header.to_vec(), kinds: kinds.clone(), at: Instant::now() });
+        Ok(kinds)
     }
-}
 
-/// Values as Google returns them → records (the first row is the header).
-fn convert(
-    settings: &SourceSettings,
-    values: Vec<Vec<CellValue>>,
-    date_columns: &[bool],
-    spec: &ReadSpec,
-    phones: &PhoneCache,
-) -> Result<SourceRead, SourceError> {
-    let mut rows = values.into_iter();
-    let header = rows.next().unwrap_or_default().iter().map(CellValue::canonical).collect();
-    let table = Table {
-        header,
-        rows: rows
-            .map(|r| {
-                r.into_iter()
-                    .enumerate()
-                    .map(|(i, v)| cell_value(v, date_columns.get(i).copied().unwrap_or(false)))
-                    .collect()
-            })
-            .collect(),
-    };
-    let write_back = settings.write_back.fields();
-    let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
-    let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
-    let column_spec = ColumnSpec {
-        key: &settings.key_field,
-        phone: &settings.phone_field,
-        write_back: &write_back,
-        required: &required,
-        referenced: &referenced,
-        default_region: settings.default_region,
-        locator: row_locator,
-        phones,
-        // A tab is always read whole.
-        complete: true,
-    };
-    let read = read_records(table, &column_spec).map_err(SourceError::MissingFields)?;
-    Ok(SourceRead {
-        records: read.records,
-        phones: read.phones,
-        issues: read.issues,
-        complete: true,
-        deleted: Vec::new(),
-        version: None,
-        phone_parses: read.phone_parses,
-    })
+    /// A later part of the read (its first row is data row `first`): the format of the first
+    /// number of each column not known yet, in one request, and only if there is one.
+    async fn learn(
+        &self,
+        header: &[String],
+        kinds: &mut [Option<bool>],
+        rows: &[Vec<CellValue>],
+        first: usize,
+    ) -> Result<(), SourceError> {
+        let numbers = first_numbers(rows, header.len());
+        let new: Vec<(usize, usize)> = numbers
+            .iter()
+            .enumerate()
+            .filter(|(c, n)| n.is_some() && kinds.get(*c).is_some_and(Option::is_none))
+            .filter_map(|(c, n)| n.map(|i| (c, first + i)))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<String> = new.iter().map(|&(c, i)| a1::cell(&self.cfg.tab, c, i as u32 + 2)).collect();
+        let blocks = self.client.formats_of(&ranges).await?;
+        for (&(c, _), block) in new.iter().zip(blocks.iter()) {
+            let kind = block.first().and_then(|r| r.first()).and_then(|k| k.as_deref());
+            if let Some(k) = kinds.get_mut(c) {
+                *k = Some(is_date_format(kind));
+            }
+        }
+        let mut cached = self.formats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = cached.as_mut().filter(|f| f.header == header) {
+            f.kinds = kinds.to_vec();
+        }
+        Ok(())
+    }
 }
 
 /// The i-th data row is sheet row i + 2.

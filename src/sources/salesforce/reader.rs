@@ -42,7 +42,8 @@ use super::config::SalesforceConfig;
 use super::errors::{api_error, classify};
 use crate::domain::{CellValue, RecordKey};
 use crate::sources::{
-    read_records, ColumnSpec, PhoneCache, Probe, QuotaState, ReadSpec, SourceError, SourceRead, SourceSettings, Table,
+    read_records, ColumnSpec, PhoneCache, Probe, QuotaState, ReadRecords, ReadSpec, RecordsRead, SourceError,
+    SourceRead, SourceSettings, Table,
 };
 
 /// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
@@ -628,9 +629,9 @@ impl RecordReader {
         })
         .await
         .map_err(|e| SourceError::Transient(format!("converting the records failed: {e}")))?;
-        let mut read = read.map_err(SourceError::MissingFields)?;
+        let records = read.map_err(SourceError::MissingFields)?;
         let key_is_id = self.cfg.settings.key_field.eq_ignore_ascii_case("Id");
-        read.deleted = if key_is_id {
+        let deleted_keys = if key_is_id {
             gone.iter().map(|id| RecordKey(id.clone())).collect()
         } else {
             let by_id: HashMap<String, String> = {
@@ -639,8 +640,12 @@ impl RecordReader {
             };
             gone.iter().filter_map(|id| by_id.get(id).map(|k| RecordKey(k.clone()))).collect()
         };
-        read.complete = complete;
-        read.version = Some(version.clone());
+        let read = SourceRead {
+            records: ReadRecords::Whole(records),
+            complete,
+            deleted: deleted_keys,
+            version: Some(version.clone()),
+        };
         self.hint.update(complete, &keyed, &deleted);
         self.hint.set_contacts(complete, contacts);
         self.hint.set_related(complete, related);
@@ -788,9 +793,9 @@ fn to_records(
     settings: &SourceSettings,
     spec: &ReadSpec,
     table: Table,
-    phones: &PhoneCache,
+    phones: &Arc<PhoneCache>,
     complete: bool,
-) -> Result<SourceRead, Vec<String>> {
+) -> Result<RecordsRead, Vec<String>> {
     let write_back = settings.write_back.fields();
     let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
     let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
@@ -802,16 +807,10 @@ fn to_records(
         referenced: &referenced,
         default_region: settings.default_region,
         locator: |_| None,
-        phones,
+        phones: Arc::clone(phones),
         complete,
     };
-    read_records(table, &column_spec).map(|r| SourceRead {
-        records: r.records,
-        phones: r.phones,
-        issues: r.issues,
-        phone_parses: r.phone_parses,
-        ..Default::default()
-    })
+    read_records(table, &column_spec)
 }
 
 /// `(key, Id)` of every row (when the key is another field).
