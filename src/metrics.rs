@@ -171,7 +171,7 @@ impl Metrics {
         registry.register("poll_seconds", "Seconds a poll took", m.poll_seconds.clone());
         registry.register(
             "phone_parses",
-            "Phone numbers parsed by reads of each source (cells not seen by an earlier read)",
+            "Phone numbers parsed by reads of each source (every record's at the first read after start, then new and changed records' only)",
             m.phone_parses.clone(),
         );
         registry.register(

@@ -70,14 +70,11 @@ pub async fn plan(
         let read = async { source.read(&spec, None).await?.into_whole(cfg, &spec).await }
             .await
             .map_err(|e| anyhow::anyhow!("source {}: {e}", cfg.id))?;
-        let mut phones = read.phones.into_iter();
         let views: Vec<RecordView> = read
             .records
             .into_iter()
             .map(|r| {
-                let phone = phones.next().unwrap_or_else(|| {
-                    crate::domain::PhoneNumber::parse(&r.text(&cfg.phone_field), cfg.default_region)
-                });
+                let phone = crate::domain::PhoneNumber::parse(&r.text(&cfg.phone_field), cfg.default_region);
                 RecordView::with_phone(cfg, r, phone)
             })
             .collect();

@@ -1,7 +1,7 @@
 //! The source poller: one loop per source.
 //!
 //! Each round: probe the source (one cheap request when nothing changed); otherwise read it a
-//! part at a time — a sheet's rows arrive in parts while Google is still answering — and for
+//! part at a time — a table's rows arrive in parts while its vendor is still answering — and for
 //! each part, off the async runtime (it is CPU work): turn its rows into records, diff them
 //! against the snapshot, evaluate the rules and plan date reminders; then commit the part and
 //! let it go, so no read is ever held whole. A snapshot moves only with its consequences: each
@@ -26,17 +26,42 @@ use crate::config::Trigger;
 use crate::diff::{
     added_or_changed, record_fingerprint, Change, Fingerprint, RowChange, Snapshot, SnapshotRow, StoredRows,
 };
-use crate::domain::{FieldWrite, Intent, MessageState, RecordKey, WriteTarget};
+use crate::domain::{FieldWrite, Intent, MessageState, PhoneError, PhoneNumber, RecordKey, WriteTarget};
 use crate::metrics::{SourceLabel, SourceResult};
 use crate::rules::{Blocked, RecordFacts, TimerPlan};
 use crate::sources::{
-    FirstStart, KeyLedger, ReadRecords, ReadSpec, RecordIssue, RecordsRead, RecordsReader, Source, SourceError,
-    SourceRead, SourceSettings, TableParts,
+    phone_of, FirstStart, KeyLedger, ReadRecords, ReadSpec, RecordIssue, RecordsRead, RecordsReader, Source,
+    SourceError, SourceRead, SourceSettings, TableParts, PHONE_ISSUE,
 };
 use crate::store::{self, SourceState, StoreError};
 
 /// Records committed per transaction.
 pub const RECORDS_PER_COMMIT: usize = 2_000;
+
+/// The phone of each record that needs one (`wanted`), parsed; a number that is not one is a
+/// problem of its record.
+fn phones_of(
+    read: &mut RecordsRead,
+    wanted: &[bool],
+    phone_field: &str,
+    region: phonenumber::country::Id,
+) -> Vec<Option<Result<PhoneNumber, PhoneError>>> {
+    let mut issues = Vec::new();
+    let phones = read
+        .records
+        .iter()
+        .zip(wanted)
+        .map(|(record, &wanted)| {
+            wanted.then(|| {
+                let (phone, issue) = phone_of(record, phone_field, region);
+                issues.extend(issue);
+                phone
+            })
+        })
+        .collect();
+    read.issues.append(&mut issues);
+    phones
+}
 
 /// Prefix of the issue keys of unreadable dates.
 const DATE_ISSUE: &str = "date:";
@@ -195,6 +220,9 @@ struct Planned {
     /// The read, kept until its snapshot rows are written (built a chunk at a time, so a
     /// baseline's records are not held twice), with each record's fingerprint.
     read: RecordsRead,
+    /// Each record's phone, where it was parsed: every record on a full pass, else the new and
+    /// moved ones (the only ones whose phone is looked at).
+    phones: Vec<Option<Result<PhoneNumber, PhoneError>>>,
     hashes: Vec<u64>,
     /// Records whose snapshot row is (re)written: index into `read.records`, and whether the
     /// row counts as part of the baseline.
@@ -343,7 +371,7 @@ impl SourcePoller {
         let mut incoming = match records {
             ReadRecords::Whole(read) => Incoming::Whole(Some(read)),
             ReadRecords::Parts(table) => {
-                let reader = table.reader(&self.settings, &self.spec, complete).map_err(|e| self.refused(e))?;
+                let reader = table.reader(&self.settings, &self.spec).map_err(|e| self.refused(e))?;
                 Incoming::Parts(table, Some(reader))
             }
         };
@@ -434,14 +462,16 @@ impl SourcePoller {
         reader: Option<&mut Option<RecordsReader>>,
         pass: &mut Pass,
     ) -> Result<(), PollError> {
-        let baseline = pass.baseline;
+        let (baseline, full_pass) = (pass.baseline, pass.full_pass);
+        let (phone_field, region) = (self.settings.phone_field.clone(), self.settings.default_region);
         let snapshot = std::mem::take(&mut self.snapshot);
         let mut reader = reader;
         let mut reader_taken = reader.as_mut().and_then(|slot| slot.take());
-        // Off the runtime: the records, every one's fingerprint, and which moved.
+        // Off the runtime: the records, every one's fingerprint, which moved, and the phones of
+        // those that need one.
         let job = tokio::task::spawn_blocking(move || {
             let mut snapshot = snapshot;
-            let read = match part {
+            let mut read = match part {
                 Part::Converted(read) => {
                     for (record, &row) in read.records.iter().zip(&read.rows) {
                         if let Some(fingerprint) = snapshot.get_mut(&record.key) {
@@ -457,6 +487,14 @@ impl SourcePoller {
             };
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
             let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
+            let mut wanted: Vec<bool> =
+                read.records.iter().map(|r| full_pass || !snapshot.contains_key(&r.key)).collect();
+            for &i in &moved {
+                if let Some(w) = wanted.get_mut(i) {
+                    *w = true;
+                }
+            }
+            let phones = phones_of(&mut read, &wanted, &phone_field, region);
             // A baseline fires nothing, so it reads no stored row back (after a zone change,
             // nearly every fingerprint moved: no copy of every key).
             let moved_keys: Vec<RecordKey> = if baseline {
@@ -464,9 +502,9 @@ impl SourcePoller {
             } else {
                 moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
             };
-            (snapshot, reader_taken, read, hashes, moved, moved_keys)
+            (snapshot, reader_taken, read, phones, hashes, moved, moved_keys)
         });
-        let (snapshot, reader_back, read, hashes, moved, moved_keys) = match job.await {
+        let (snapshot, reader_back, read, phones, hashes, moved, moved_keys) = match job.await {
             Ok(done) => done,
             Err(e) => return Err(self.after_failed_job(e).await),
         };
@@ -474,7 +512,7 @@ impl SourcePoller {
         if let Some(slot) = reader {
             *slot = reader_back;
         }
-        pass.phone_parses += read.phone_parses;
+        pass.phone_parses += phones.iter().filter(|p| p.is_some()).count();
         pass.records += read.records.len();
         // The stored text of the moved records only: what they held is what changed from.
         let stored = self.stored_rows(&moved_keys).await?;
@@ -485,10 +523,10 @@ impl SourcePoller {
             .inc_by(stored.len() as u64);
         let ctx = Arc::clone(&self.ctx);
         let settings = self.settings.clone();
-        let (full_pass, now) = (pass.full_pass, pass.now);
+        let now = pass.now;
         let snapshot = std::mem::take(&mut self.snapshot);
         let job = tokio::task::spawn_blocking(move || {
-            plan(&ctx, &settings, snapshot, &stored, &moved, read, hashes, baseline, full_pass, now)
+            plan(&ctx, &settings, snapshot, &stored, &moved, read, phones, hashes, baseline, full_pass, now)
         });
         let (snapshot, mut planned) = match job.await {
             Ok(p) => p,
@@ -659,10 +697,9 @@ impl SourcePoller {
                             Some(i) => {
                                 let Some(record) = records.get(i) else { continue };
                                 let indexed = p
-                                    .read
                                     .phones
                                     .get(i)
-                                    .and_then(|phone| phone.as_ref().ok())
+                                    .and_then(|phone| phone.as_ref()?.as_ref().ok())
                                     .map(|phone| phone.as_str().to_string());
                                 let view = self.ctx.view_indexed(&self.settings, record.clone(), indexed);
                                 if view.consent == Some(false) {
@@ -739,7 +776,7 @@ impl SourcePoller {
                     if !in_scope.get(i).copied().unwrap_or(false) {
                         return None;
                     }
-                    let phone = p.read.phones.get(i)?.as_ref().ok().map(|phone| phone.as_str().to_string());
+                    let phone = p.phones.get(i)?.as_ref()?.as_ref().ok().map(|phone| phone.as_str().to_string());
                     Some((records.get(i)?.key.clone(), phone))
                 })
                 .collect();
@@ -810,9 +847,12 @@ impl SourcePoller {
         }
         for (issue_key, record_key) in open {
             let key = RecordKey(record_key.clone());
-            // A date problem of a record not planned this time (unchanged) still stands, and so
+            // A date or phone problem of a record not planned this time (unchanged: its date was
+            // not planned, its phone not parsed) still stands, and so
             // does any problem of a record an incremental read did not bring.
-            let unplanned = issue_key.starts_with(DATE_ISSUE) && present(&key) && !planned(&key);
+            let unplanned = (issue_key.starts_with(DATE_ISSUE) || issue_key.starts_with(PHONE_ISSUE))
+                && present(&key)
+                && !planned(&key);
             let unread = !last.complete && !present(&key) && !p.removals.contains(&key);
             if !current.contains(issue_key.as_str()) && !unplanned && !unread {
                 store::resolve_issue(tx, id, &issue_key).await?;
@@ -835,6 +875,7 @@ fn plan(
     stored: &StoredRows,
     moved: &[usize],
     read: RecordsRead,
+    phones: Vec<Option<Result<PhoneNumber, PhoneError>>>,
     hashes: Vec<u64>,
     baseline: bool,
     full_pass: bool,
@@ -871,7 +912,8 @@ fn plan(
             let Some(change) = row_change.change(|i| records.get(i)) else { continue };
             seen.push(change);
             let Some(i) = row_change.row() else { continue };
-            let (Some(record), Some(phone), Some(change)) = (records.get(i), read.phones.get(i), seen.last()) else {
+            let phone = phones.get(i).and_then(Option::as_ref);
+            let (Some(record), Some(phone), Some(change)) = (records.get(i), phone, seen.last()) else {
                 continue;
             };
             seen_at.insert(&record.key, i);
@@ -904,7 +946,7 @@ fn plan(
     let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
     let planned = in_scope.iter().enumerate().filter(|&(_, &planned)| planned && has_date_rules);
     for (i, _) in planned {
-        let (Some(record), Some(phone)) = (records.get(i), read.phones.get(i)) else { continue };
+        let (Some(record), Some(phone)) = (records.get(i), phones.get(i).and_then(Option::as_ref)) else { continue };
         let facts = RecordFacts { phone, consent: consent_of(record), gate_columns: &gates, dates: &settings.dates };
         let time = ctx.time_context(id, record_tz(record), now);
         for plan in ctx.rules.plan_timers(id, record, &facts, &time) {
@@ -969,6 +1011,7 @@ fn plan(
             issues,
             in_scope,
             read,
+            phones,
             hashes,
             upserts,
             removals,

@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use records::{
-    find_field, read_records, ColumnSpec, FirstRows, KeyLedger, PhoneCache, RecordIssue, RecordsRead, RecordsReader,
-    Table,
+    find_field, phone_of, read_records, ColumnSpec, FirstRows, KeyLedger, RecordIssue, RecordsRead, RecordsReader,
+    Table, PHONE_ISSUE,
 };
 
 use crate::domain::{CellValue, FieldWrite, PendingWrite, RecordKey};
@@ -359,8 +359,6 @@ pub struct TableParts {
     pub header: Vec<String>,
     /// Where the i-th data row of the table is, for a record without key.
     pub locator: fn(usize) -> Option<String>,
-    /// The source's numbers from earlier reads.
-    pub phones: std::sync::Arc<PhoneCache>,
     /// The rows; [`TablePart::End`] once the whole table has arrived, so a stream that stops
     /// without it was cut short and is never taken for a shorter table.
     pub parts: tokio::sync::mpsc::Receiver<Result<TablePart, SourceError>>,
@@ -379,12 +377,7 @@ pub enum TablePart {
 
 impl TableParts {
     /// The reader that turns this table's rows into records, or the fields it lacks.
-    pub fn reader(
-        &self,
-        settings: &SourceSettings,
-        spec: &ReadSpec,
-        complete: bool,
-    ) -> Result<RecordsReader, SourceError> {
+    pub fn reader(&self, settings: &SourceSettings, spec: &ReadSpec) -> Result<RecordsReader, SourceError> {
         let write_back = settings.write_back.fields();
         let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
         let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
@@ -394,10 +387,7 @@ impl TableParts {
             write_back: &write_back,
             required: &required,
             referenced: &referenced,
-            default_region: settings.default_region,
             locator: self.locator,
-            phones: std::sync::Arc::clone(&self.phones),
-            complete,
         };
         RecordsReader::new(&self.header, &column_spec).map_err(SourceError::MissingFields)
     }
@@ -421,16 +411,14 @@ impl SourceRead {
             ReadRecords::Whole(read) => return Ok(read),
             ReadRecords::Parts(table) => table,
         };
-        let mut reader = table.reader(settings, spec, self.complete)?;
+        let mut reader = table.reader(settings, spec)?;
         let mut seen = FirstRows::default();
         let mut whole = RecordsRead::default();
         while let Some((first, rows)) = table.next().await? {
             let part = reader.push(rows, first, &mut seen);
             whole.records.extend(part.records);
-            whole.phones.extend(part.phones);
             whole.rows.extend(part.rows);
             whole.issues.extend(part.issues);
-            whole.phone_parses += part.phone_parses;
         }
         whole.issues.extend(reader.finish());
         Ok(whole)

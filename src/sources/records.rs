@@ -35,52 +35,28 @@ pub fn find_field<S: AsRef<str>>(names: &[S], wanted: &str) -> Option<usize> {
     })
 }
 
-/// Phone numbers parsed from cell texts, kept from one read to the next: a poll that finds
-/// one changed cell parses at most that one number, not every row's (parsing is the dearest
-/// part of turning a large sheet into records). One per source (its default region).
-#[derive(Default)]
-pub struct PhoneCache {
-    inner: std::sync::Mutex<PhoneCacheInner>,
+/// A record's phone, parsed from its phone field, and the problem to report when it is not a
+/// number. Parsing is the dearest part of a record, so it is done only for the records that
+/// need it (new or changed ones, and every one at the first read after start), not by the
+/// reader for every row of every read.
+pub fn phone_of(
+    record: &Record,
+    phone_field: &str,
+    region: phonenumber::country::Id,
+) -> (Result<PhoneNumber, PhoneError>, Option<RecordIssue>) {
+    let text = record.text(phone_field);
+    let phone = PhoneNumber::parse(&text, region);
+    let issue = phone.as_ref().err().map(|e| RecordIssue {
+        issue_key: format!("{PHONE_ISSUE}{}:{:016x}", record.key, crate::diff::text_fingerprint(&text)),
+        target: WriteTarget::Record(record.key.clone()),
+        record_key: record.key.0.clone(),
+        message: format!("invalid phone: {e}"),
+    });
+    (phone, issue)
 }
 
-impl std::fmt::Debug for PhoneCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the numbers themselves.
-        let n = self.inner.lock().map(|i| i.parsed.len()).unwrap_or(0);
-        write!(f, "PhoneCache({n} numbers)")
-    }
-}
-
-#[derive(Default)]
-struct PhoneCacheInner {
-    /// Cell text → (the read that last saw it, the parse).
-    parsed: FxHashMap<String, (u64, Result<PhoneNumber, PhoneError>)>,
-    read: u64,
-}
-
-/// Most numbers kept for a source that is only read in part (an incremental read cannot tell
-/// which numbers are gone).
-const PHONE_CACHE_MOST: usize = 2_000_000;
-
-impl PhoneCache {
-    /// Parses `text`, or gives the parse of the same text in an earlier read; counts parses.
-    fn parse(
-        inner: &mut PhoneCacheInner,
-        text: &str,
-        region: phonenumber::country::Id,
-        parses: &mut usize,
-    ) -> Result<PhoneNumber, PhoneError> {
-        let read = inner.read;
-        if let Some((seen, p)) = inner.parsed.get_mut(text) {
-            *seen = read;
-            return p.clone();
-        }
-        *parses += 1;
-        let p = PhoneNumber::parse(text, region);
-        inner.parsed.insert(text.to_string(), (read, p.clone()));
-        p
-    }
-}
+/// Prefix of the issue keys of unreadable phones.
+pub const PHONE_ISSUE: &str = "phone:";
 
 /// What the reader needs to know about a source's fields.
 #[derive(Debug, Clone)]
@@ -93,14 +69,9 @@ pub struct ColumnSpec<'a> {
     pub required: &'a [&'a str],
     /// Other names the configuration uses (template parameters, filters, the time-zone field).
     pub referenced: &'a [&'a str],
-    pub default_region: phonenumber::country::Id,
     /// Where a record without key is: `row:N` for the N-th sheet row. `None`: such records are
     /// reported without a place to write the report.
     pub locator: fn(usize) -> Option<String>,
-    /// The source's numbers from earlier reads.
-    pub phones: std::sync::Arc<PhoneCache>,
-    /// The table holds every record (a full read): numbers it no longer has are forgotten.
-    pub complete: bool,
 }
 
 /// A problem with one record, written to it once.
@@ -120,13 +91,10 @@ pub struct RecordIssue {
 pub struct RecordsRead {
     /// Records in the source's order.
     pub records: Vec<Record>,
-    /// Each record's phone, in the order of `records`.
-    pub phones: Vec<Result<PhoneNumber, PhoneError>>,
     /// Each record's row in the table (its place in the whole read), in the order of `records`.
     pub rows: Vec<usize>,
+    /// Rows without key, and (once the read is over) keys on more than one row.
     pub issues: Vec<RecordIssue>,
-    /// Phone numbers parsed by this read (the rest came from [`PhoneCache`]).
-    pub phone_parses: usize,
 }
 
 /// Which keys a read has had so far: a key's first row wins, a later row with the same key is
@@ -167,16 +135,12 @@ pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, 
 pub struct RecordsReader {
     key_name: String,
     key_col: usize,
-    phone_col: usize,
     /// The columns that are fields (not write-back, not headerless), with their names.
     fields: Vec<(usize, String)>,
     /// Records share one list of names, in name order, and take their values from `columns`.
     names: std::sync::Arc<[String]>,
     columns: Vec<usize>,
-    default_region: phonenumber::country::Id,
     locator: fn(usize) -> Option<String>,
-    phones: std::sync::Arc<PhoneCache>,
-    complete: bool,
     /// Keys found on more than one row: every row, the first one first.
     duplicates: FxHashMap<String, Vec<usize>>,
 }
@@ -223,18 +187,13 @@ impl RecordsReader {
         by_name.dedup_by(|later, kept| later.1 == kept.1);
         let names: std::sync::Arc<[String]> = by_name.iter().map(|(_, h)| h.clone()).collect();
         let columns: Vec<usize> = by_name.iter().map(|(c, _)| *c).collect();
-        spec.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read += 1;
         Ok(Self {
             key_name: spec.key.to_string(),
             key_col: column(spec.key).unwrap_or(0),
-            phone_col: column(spec.phone).unwrap_or(0),
             fields,
             names,
             columns,
-            default_region: spec.default_region,
             locator: spec.locator,
-            phones: std::sync::Arc::clone(&spec.phones),
-            complete: spec.complete,
             duplicates: FxHashMap::default(),
         })
     }
@@ -243,10 +202,7 @@ impl RecordsReader {
     /// consumed: each record takes its cells instead of copying them.
     pub fn push(&mut self, rows: Vec<Vec<CellValue>>, first: usize, seen: &mut dyn KeyLedger) -> RecordsRead {
         let mut out = RecordsRead::default();
-        // One lock per part: a read runs on one thread, and reads of a source do not overlap.
-        let mut cache = self.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.records.reserve_exact(rows.len());
-        out.phones.reserve_exact(rows.len());
         out.rows.reserve_exact(rows.len());
         for (i, mut row) in rows.into_iter().enumerate() {
             let i = first + i;
@@ -272,39 +228,19 @@ impl RecordsReader {
                 self.duplicates.entry(key).or_insert_with(|| vec![first]).push(i);
                 continue;
             }
-            let phone_text = text(&row, self.phone_col);
             let mut take =
                 |c: usize| row.get_mut(c).map(|v| std::mem::replace(v, CellValue::Empty)).unwrap_or(CellValue::Empty);
             let values = self.columns.iter().map(|c| take(*c)).collect();
             let record =
                 Record { key: RecordKey(key), fields: Fields::shared(std::sync::Arc::clone(&self.names), values) };
-            let phone = PhoneCache::parse(&mut cache, &phone_text, self.default_region, &mut out.phone_parses);
-            if let Err(e) = &phone {
-                out.issues.push(RecordIssue {
-                    issue_key: format!("phone:{}:{:016x}", record.key, crate::diff::text_fingerprint(&phone_text)),
-                    target: WriteTarget::Record(record.key.clone()),
-                    record_key: record.key.0.clone(),
-                    message: format!("invalid phone: {e}"),
-                });
-            }
-            out.phones.push(phone);
             out.records.push(record);
             out.rows.push(i);
         }
         out
     }
 
-    /// The read is over: the duplicates it found, and numbers no longer in the source are
-    /// forgotten (after a complete read).
+    /// The read is over: the duplicates it found.
     pub fn finish(self) -> Vec<RecordIssue> {
-        let mut cache = self.phones.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let read = cache.read;
-        if self.complete {
-            cache.parsed.retain(|_, (seen, _)| *seen == read);
-        } else if cache.parsed.len() > PHONE_CACHE_MOST {
-            cache.parsed.clear();
-        }
-        drop(cache);
         let mut dup_keys: Vec<_> = self.duplicates.into_iter().collect();
         dup_keys.sort();
         dup_keys
@@ -372,10 +308,7 @@ mod tests {
             write_back: &["Estado WhatsApp"],
             required,
             referenced,
-            default_region: phonenumber::country::Id::CL,
             locator: row_locator,
-            phones: std::sync::Arc::default(),
-            complete: true,
         }
     }
 
@@ -386,12 +319,19 @@ mod tests {
         assert_eq!(keys, vec!["1", "2", "3"]);
         assert!(!read.records[0].fields.contains_key("Estado WhatsApp"), "write-back fields are not fields");
         assert_eq!(read.records[2].key.0, "3");
-        assert_eq!(read.phones[2].as_ref().unwrap().as_str(), "+56987654321");
+        let phone = |i: usize| phone_of(&read.records[i], "teléfono", phonenumber::country::Id::CL);
+        assert_eq!(phone(2).0.unwrap().as_str(), "+56987654321");
         let kinds: Vec<&str> = read.issues.iter().map(|i| i.issue_key.split(':').next().unwrap()).collect();
-        assert_eq!(kinds, vec!["blank", "phone", "duplicate"]);
+        assert_eq!(kinds, vec!["blank", "duplicate"]);
         assert_eq!(read.issues[0].target, WriteTarget::Unkeyed("row:3".into()));
-        assert!(read.issues[2].message.contains("rows 2, 6"), "{}", read.issues[2].message);
-        assert!(!read.issues[1].message.contains("no tengo"), "the cell's text is masked: {}", read.issues[1].message);
+        assert!(read.issues[1].message.contains("rows 2, 6"), "{}", read.issues[1].message);
+        let (bad, issue) = phone(1);
+        assert!(bad.is_err());
+        let issue = issue.unwrap();
+        assert!(issue.issue_key.starts_with(PHONE_ISSUE));
+        assert_eq!(issue.target, WriteTarget::Record(RecordKey("2".into())));
+        assert!(!issue.message.contains("no tengo"), "the cell's text is masked: {}", issue.message);
+        assert!(phone(0).1.is_none(), "a number is no problem");
     }
 
     /// A table read in parts, its keys kept by a ledger that outlives each part.

@@ -18,8 +18,7 @@ use super::client::{SheetsClient, TabMeta};
 use super::config::GoogleSheetsConfig;
 use crate::domain::CellValue;
 use crate::sources::{
-    PhoneCache, Probe, QuotaState, ReadRecords, ReadSpec, SourceError, SourceRead, SourceSettings, TablePart,
-    TableParts,
+    Probe, QuotaState, ReadRecords, ReadSpec, SourceError, SourceRead, SourceSettings, TablePart, TableParts,
 };
 
 /// How often date columns are looked for again although the header did not change.
@@ -98,13 +97,12 @@ pub struct TabReader {
     client: SheetsClient,
     hint: Arc<TabHint>,
     dates: DateLookup,
-    phones: Arc<PhoneCache>,
 }
 
 impl TabReader {
     pub fn new(cfg: Arc<GoogleSheetsConfig>, client: SheetsClient, hint: Arc<TabHint>) -> Self {
         let dates = DateLookup { cfg: Arc::clone(&cfg), client: client.clone(), formats: Arc::default() };
-        Self { cfg, client, hint, dates, phones: Arc::default() }
+        Self { cfg, client, hint, dates }
     }
 
     pub fn settings(&self) -> &SourceSettings {
@@ -220,12 +218,7 @@ impl TabReader {
             }
         });
         Ok(SourceRead {
-            records: ReadRecords::Parts(TableParts {
-                header: table_header,
-                locator: row_locator,
-                phones: Arc::clone(&self.phones),
-                parts: out,
-            }),
+            records: ReadRecords::Parts(TableParts { header: table_header, locator: row_locator, parts: out }),
             // A tab is always read whole.
             complete: true,
             deleted: Vec::new(),

@@ -42,8 +42,8 @@ use super::config::SalesforceConfig;
 use super::errors::{api_error, classify};
 use crate::domain::{CellValue, RecordKey};
 use crate::sources::{
-    read_records, ColumnSpec, PhoneCache, Probe, QuotaState, ReadRecords, ReadSpec, RecordsRead, SourceError,
-    SourceRead, SourceSettings, Table,
+    read_records, ColumnSpec, Probe, QuotaState, ReadRecords, ReadSpec, RecordsRead, SourceError, SourceRead,
+    SourceSettings, Table,
 };
 
 /// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
@@ -203,12 +203,11 @@ pub struct RecordReader {
     client: OrgClient,
     hint: Arc<ObjectHint>,
     state: Mutex<ReaderState>,
-    phones: Arc<PhoneCache>,
 }
 
 impl RecordReader {
     pub fn new(cfg: Arc<SalesforceConfig>, client: OrgClient, hint: Arc<ObjectHint>) -> Self {
-        Self { cfg, client, hint, state: Mutex::new(ReaderState::default()), phones: Arc::default() }
+        Self { cfg, client, hint, state: Mutex::new(ReaderState::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReaderState> {
@@ -615,7 +614,6 @@ impl RecordReader {
         let cfg = Arc::clone(&self.cfg);
         let spec = spec.clone();
         let selected = selected.to_vec();
-        let phones = Arc::clone(&self.phones);
         // Converting many records is CPU work: off the async runtime.
         let (read, keyed, contacts, related) = tokio::task::spawn_blocking(move || {
             let related = related_records(&cfg.settings.key_field, &selected, &records, tz);
@@ -624,7 +622,7 @@ impl RecordReader {
             let contact = cfg.interaction_log.as_ref().and_then(|l| l.contact_field.as_deref());
             let contacts =
                 contact.map(|c| column_pairs(&cfg.settings.key_field, c, &selected, &table)).unwrap_or_default();
-            let read = to_records(&cfg.settings, &spec, table, &phones, complete);
+            let read = to_records(&cfg.settings, &spec, table);
             (read, keyed, contacts, related)
         })
         .await
@@ -789,13 +787,7 @@ enum Deletions {
 }
 
 /// A table turned into records, or the fields it lacks.
-fn to_records(
-    settings: &SourceSettings,
-    spec: &ReadSpec,
-    table: Table,
-    phones: &Arc<PhoneCache>,
-    complete: bool,
-) -> Result<RecordsRead, Vec<String>> {
+fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: Table) -> Result<RecordsRead, Vec<String>> {
     let write_back = settings.write_back.fields();
     let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
     let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
@@ -805,10 +797,7 @@ fn to_records(
         write_back: &write_back,
         required: &required,
         referenced: &referenced,
-        default_region: settings.default_region,
         locator: |_| None,
-        phones: Arc::clone(phones),
-        complete,
     };
     read_records(table, &column_spec)
 }
