@@ -378,18 +378,7 @@ pub enum TablePart {
 impl TableParts {
     /// The reader that turns this table's rows into records, or the fields it lacks.
     pub fn reader(&self, settings: &SourceSettings, spec: &ReadSpec) -> Result<RecordsReader, SourceError> {
-        let write_back = settings.write_back.fields();
-        let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
-        let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
-        let column_spec = ColumnSpec {
-            key: &settings.key_field,
-            phone: &settings.phone_field,
-            write_back: &write_back,
-            required: &required,
-            referenced: &referenced,
-            locator: self.locator,
-        };
-        RecordsReader::new(&self.header, &column_spec).map_err(SourceError::MissingFields)
+        records_reader(settings, spec, &self.header, self.locator).map_err(SourceError::MissingFields)
     }
 
     /// The next rows, with the row of the first; `None` once the table is whole.
@@ -401,6 +390,28 @@ impl TableParts {
             None => Err(SourceError::Transient("the read stopped before the table's end".into())),
         }
     }
+}
+
+/// The reader of a source's table under `header` (its settings and what the configuration
+/// names), or every field the configuration needs that the header lacks.
+pub fn records_reader(
+    settings: &SourceSettings,
+    spec: &ReadSpec,
+    header: &[String],
+    locator: fn(usize) -> Option<String>,
+) -> Result<RecordsReader, Vec<String>> {
+    let write_back = settings.write_back.fields();
+    let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
+    let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
+    let column_spec = ColumnSpec {
+        key: &settings.key_field,
+        phone: &settings.phone_field,
+        write_back: &write_back,
+        required: &required,
+        referenced: &referenced,
+        locator,
+    };
+    RecordsReader::new(header, &column_spec)
 }
 
 impl SourceRead {

@@ -122,10 +122,7 @@ impl KeyLedger for FirstRows {
 
 /// Turns a whole table into records (see [`RecordsReader`]).
 pub fn read_records(table: Table, spec: &ColumnSpec<'_>) -> Result<RecordsRead, Vec<String>> {
-    let mut reader = RecordsReader::new(&table.header, spec)?;
-    let mut read = reader.push(table.rows, 0, &mut FirstRows::default());
-    read.issues.extend(reader.finish());
-    Ok(read)
+    Ok(RecordsReader::new(&table.header, spec)?.read_whole(table.rows))
 }
 
 /// Turns a table into records, a part of its rows at a time, so a large read is never held
@@ -237,6 +234,13 @@ impl RecordsReader {
             out.rows.push(i);
         }
         out
+    }
+
+    /// Every row of a table held whole, and the duplicates among them.
+    pub fn read_whole(mut self, rows: Vec<Vec<CellValue>>) -> RecordsRead {
+        let mut read = self.push(rows, 0, &mut FirstRows::default());
+        read.issues.extend(self.finish());
+        read
     }
 
     /// The read is over: the duplicates it found.

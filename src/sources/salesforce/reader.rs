@@ -42,8 +42,8 @@ use super::config::SalesforceConfig;
 use super::errors::{api_error, classify};
 use crate::domain::{CellValue, RecordKey};
 use crate::sources::{
-    read_records, ColumnSpec, Probe, QuotaState, ReadRecords, ReadSpec, RecordsRead, SourceError, SourceRead,
-    SourceSettings, Table,
+    records_reader, Probe, QuotaState, ReadRecords, ReadSpec, RecordsRead, SourceError, SourceRead, SourceSettings,
+    Table,
 };
 
 /// Ids per `Id IN (…)` query (an id is 20 characters quoted: well inside SOQL's length limit).
@@ -788,18 +788,7 @@ enum Deletions {
 
 /// A table turned into records, or the fields it lacks.
 fn to_records(settings: &SourceSettings, spec: &ReadSpec, table: Table) -> Result<RecordsRead, Vec<String>> {
-    let write_back = settings.write_back.fields();
-    let required: Vec<&str> = spec.required.iter().map(String::as_str).collect();
-    let referenced: Vec<&str> = spec.referenced.iter().map(String::as_str).collect();
-    let column_spec = ColumnSpec {
-        key: &settings.key_field,
-        phone: &settings.phone_field,
-        write_back: &write_back,
-        required: &required,
-        referenced: &referenced,
-        locator: |_| None,
-    };
-    read_records(table, &column_spec)
+    Ok(records_reader(settings, spec, &table.header, |_| None)?.read_whole(table.rows))
 }
 
 /// `(key, Id)` of every row (when the key is another field).
