@@ -115,6 +115,9 @@ pub struct SourcePoller {
     /// Timers (and the phone index) are planned for every record at the first full read after
     /// start (the configuration may have changed while stopped), then only for changed records.
     synced: bool,
+    /// A read failed after some of its parts were committed: their record problems were not
+    /// settled, so the next read plans every record again (as a full pass does).
+    replan: bool,
     /// The source's zone changed since the last run (a configured zone, or the org's): every
     /// date-time reads as another local time, so the next read is a baseline, not news.
     zone_changed: bool,
@@ -260,6 +263,7 @@ impl SourcePoller {
             spec: ReadSpec { required, referenced },
             missing_reported: None,
             synced: false,
+            replan: false,
             zone_changed: false,
             health_name,
         })
@@ -379,7 +383,7 @@ impl SourcePoller {
         let mut pass = Pass {
             baseline: (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline)
                 || self.zone_changed,
-            full_pass: !self.synced,
+            full_pass: !self.synced || self.replan,
             now: self.ctx.clock.now(),
             report: PollReport::default(),
             records: 0,
@@ -418,6 +422,11 @@ impl SourcePoller {
             self.finish(&mut pass, complete, &deleted, version.or(probe.version)).await
         };
         let outcome = outcome.await;
+        if outcome.is_err() && pass.report.commits > 0 {
+            // The committed parts' records look unchanged next time: only a full pass looks at
+            // their phones and dates again, and settles their problems.
+            self.replan = true;
+        }
         self.ctx
             .metrics
             .phone_parses
@@ -426,6 +435,7 @@ impl SourcePoller {
         match outcome {
             Ok(()) => {
                 self.synced = true;
+                self.replan = false;
                 self.zone_changed = false;
                 Ok(pass.report)
             }
@@ -482,7 +492,9 @@ impl SourcePoller {
                 }
                 Part::Rows { first, rows } => match reader_taken.as_mut() {
                     Some(r) => r.push(rows, first, &mut SeenKeys { snapshot: &mut snapshot, new: HashMap::default() }),
-                    None => RecordsRead::default(),
+                    // Never so (the reader comes back with every part); were it lost, the
+                    // part's records must not read as absent (they would be removed).
+                    None => return Err(snapshot),
                 },
             };
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
@@ -502,10 +514,14 @@ impl SourcePoller {
             } else {
                 moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
             };
-            (snapshot, reader_taken, read, phones, hashes, moved, moved_keys)
+            Ok((snapshot, reader_taken, read, phones, hashes, moved, moved_keys))
         });
         let (snapshot, reader_back, read, phones, hashes, moved, moved_keys) = match job.await {
-            Ok(done) => done,
+            Ok(Ok(done)) => done,
+            Ok(Err(snapshot)) => {
+                self.snapshot = snapshot;
+                return Err(PollError::Processing("a part of the read came without its reader".into()));
+            }
             Err(e) => return Err(self.after_failed_job(e).await),
         };
         self.snapshot = snapshot;
@@ -645,6 +661,11 @@ impl SourcePoller {
         let mut wrote = false;
         let mut timers_changed = 0;
 
+        // A part with nothing to write opens no transaction (a poll after one edit of a large
+        // tab is hundreds of parts); the end of a read always commits.
+        if units.is_empty() && last.is_none() {
+            return Ok(report);
+        }
         let chunks: Vec<&[Unit]> =
             if units.is_empty() { vec![&[]] } else { units.chunks(RECORDS_PER_COMMIT).collect() };
         let last_chunk = chunks.len() - 1;
@@ -891,6 +912,18 @@ fn plan(
             *c = true;
         }
     }
+    // Every record looked at below has its phone: they were parsed for new and moved records
+    // (every one on a full pass); one that was not is parsed here rather than skipped.
+    let mut phones = phones;
+    let mut late_issues = Vec::new();
+    for (i, slot) in phones.iter_mut().enumerate() {
+        let needed = full_pass || changed.get(i).copied().unwrap_or(false);
+        if let (true, None, Some(record)) = (needed, slot.as_ref(), records.get(i)) {
+            let (phone, issue) = phone_of(record, &settings.phone_field, settings.default_region);
+            late_issues.extend(issue);
+            *slot = Some(phone);
+        }
+    }
     let gates: Vec<&str> = [Some(settings.phone_field.as_str()), settings.consent.as_ref().map(|c| c.field.as_str())]
         .into_iter()
         .flatten()
@@ -943,6 +976,7 @@ fn plan(
     let in_scope: Vec<bool> = if full_pass { vec![true; records.len()] } else { changed.clone() };
     let mut plans = Vec::new();
     let mut issues = read.issues.clone();
+    issues.append(&mut late_issues);
     let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
     let planned = in_scope.iter().enumerate().filter(|&(_, &planned)| planned && has_date_rules);
     for (i, _) in planned {

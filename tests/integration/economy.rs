@@ -165,6 +165,40 @@ async fn a_read_cut_short_is_a_failed_poll_not_a_shorter_tab() {
     h.stop().await;
 }
 
+/// A read cut off after some of its parts were committed: the rows of those parts stand, and
+/// the next read looks at every record again, so a problem fixed in a committed part (a phone
+/// that was not a number) is still cleared from its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_fixed_in_a_part_committed_before_a_cut_is_still_cleared() {
+    // At the top of the tab: in the first part, which arrives whole before the cut.
+    let mut bad = row(999, "Sin número", "Sí", "Activo");
+    bad[2] = serde_json::json!("no tiene");
+    let rows: Vec<Vec<serde_json::Value>> =
+        std::iter::once(bad).chain((1000..9000).map(|n| row(n, "Persona", "Sí", "Activo"))).collect();
+    let mut h = Harness::new(rows).await;
+    h.start().await;
+    wait_for("the row's problem written", Duration::from_secs(20), || async {
+        h.cell("999", "Error WhatsApp").contains("not a phone number")
+    })
+    .await;
+    h.quiesce().await;
+    let fault = FaultSpec { cut: true, count: 1, scope: Some("read".into()), ..FaultSpec::default() };
+    h.sandbox.google().try_inject(fault).unwrap();
+    let failures = || h.running().ctx().health.get("source:inscripciones").map_or(0, |c| c.failures);
+    h.edit("999", "Teléfono", serde_json::json!(crate::harness::phone(999)));
+    wait_for("a failed poll", Duration::from_secs(20), || async { failures() >= 1 }).await;
+    wait_for("the row's problem cleared", Duration::from_secs(20), || async {
+        h.cell("999", "Error WhatsApp").is_empty()
+    })
+    .await;
+    let snapshot = {
+        let mut conn = h.store().conn().await.unwrap();
+        store::load_snapshot(&mut conn, "inscripciones").await.unwrap().0
+    };
+    assert_eq!(snapshot.len(), 8001, "every record known once, nothing removed");
+    h.stop().await;
+}
+
 /// A whole tab's read, however slow its answer, ends well before the watchdog calls its loop
 /// stuck (and restarts the service into the same slow read).
 #[test]

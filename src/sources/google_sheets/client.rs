@@ -67,13 +67,16 @@ pub enum WriteFailure {
     Refused(GoogleErrorBody),
 }
 
-/// How many call timeouts a whole `values.get` may take while its answer keeps coming (a
-/// million-row tab is read and decoded in well under one on a small machine).
+/// How many call timeouts a whole `values.get` may spend waiting for its answer's chunks (a
+/// million-row tab arrives in well under one on a small machine). Time the reader of the rows
+/// spends on them (turning them into records, committing them) is not counted: the transfer
+/// waits for it, and a slow disk must not make a large tab unreadable.
 pub const WHOLE_READ_CALL_TIMEOUTS: u32 = 10;
 
-/// The longest a whole `values.get` may take, whatever the call timeout: well inside the
-/// watchdog that calls a loop stuck after ten minutes (the engine's `STUCK_AFTER`; an
-/// integration test holds them apart), with room for the poll's other calls and its commit.
+/// The longest a whole `values.get` may take from its request on, the rows' processing
+/// included, whatever the call timeout: well inside the watchdog that calls a loop stuck after
+/// ten minutes (the engine's `STUCK_AFTER`; an integration test holds them apart), with room
+/// for the poll's other calls and its last commit.
 pub const WHOLE_READ_MOST: Duration = Duration::from_secs(240);
 
 /// Why an answer's body could not be read: reqwest's limit (`after`) or a broken transfer.
@@ -518,9 +521,10 @@ impl SheetsClient {
     /// The answer is decoded off the runtime as it arrives, and its rows handed on `per_part`
     /// at a time while the rest is still coming: a million-row tab's answer (about a hundred
     /// megabytes) is never held whole, as bytes or as rows. The channels hold a few parts, so
-    /// the reader of the rows sets the pace; that is why the whole read, from the request on,
-    /// may take [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts (at most [`WHOLE_READ_MOST`]), while
-    /// the answer must start, and each of its chunks arrive, within one. The last part is
+    /// the reader of the rows sets the pace. The answer must start, and each of its chunks
+    /// arrive, within one call timeout; all the waits for chunks together may take
+    /// [`WHOLE_READ_CALL_TIMEOUTS`] of them (at most [`WHOLE_READ_MOST`]); and the whole read,
+    /// from the request on and the rows' processing included, at most [`WHOLE_READ_MOST`]. The last part is
     /// [`RowsPart::End`], sent only once the answer was read whole; a failure is the last
     /// instead, and rows sent before it may not be all of them.
     pub async fn values_in_parts(
@@ -534,10 +538,10 @@ impl SheetsClient {
             ("dateTimeRenderOption", "SERIAL_NUMBER"),
             ("majorDimension", "ROWS"),
         ];
-        let whole = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS).min(WHOLE_READ_MOST).max(self.timeout);
+        let waiting = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS).min(WHOLE_READ_MOST).max(self.timeout);
         let started = tokio::time::Instant::now();
         let mut response = self
-            .send(&self.budget, "values.get", Paid::Now, whole, |token| {
+            .send(&self.budget, "values.get", Paid::Now, WHOLE_READ_MOST, |token| {
                 self.http.get(&url).query(&query).bearer_auth(token)
             })
             .await
@@ -554,11 +558,18 @@ impl SheetsClient {
             });
             let timed_out = |after| SourceError::Timeout { what: "Google values.get".into(), after };
             let transfer = async {
+                let mut waited = Duration::ZERO;
                 loop {
-                    match tokio::time::timeout(timeout, response.chunk()).await {
+                    let asked = tokio::time::Instant::now();
+                    let chunk = tokio::time::timeout(timeout, response.chunk()).await;
+                    waited += asked.elapsed();
+                    if waited > waiting {
+                        return Err(timed_out(waiting));
+                    }
+                    match chunk {
                         Err(_) => return Err(timed_out(timeout)),
                         Ok(Ok(None)) => return Ok(()),
-                        Ok(Err(e)) => return Err(body_error("values.get", &e, whole)),
+                        Ok(Err(e)) => return Err(body_error("values.get", &e, WHOLE_READ_MOST)),
                         // The decoder stopped early (the answer is unreadable, or nobody wants
                         // the rows): it says why.
                         Ok(Ok(Some(chunk))) => {
@@ -569,8 +580,9 @@ impl SheetsClient {
                     }
                 }
             };
-            let transferred =
-                tokio::time::timeout_at(started + whole, transfer).await.unwrap_or_else(|_| Err(timed_out(whole)));
+            let transferred = tokio::time::timeout_at(started + WHOLE_READ_MOST, transfer)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(WHOLE_READ_MOST)));
             // Whatever happened, the decoder sees the end of its input now.
             drop(chunks);
             let decoded = decoder.await;

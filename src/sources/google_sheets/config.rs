@@ -33,9 +33,9 @@ pub struct RawGoogleSheets {
     /// How long write-back may wait to be batched (default `2s`).
     #[serde(default)]
     pub flush_interval: Option<String>,
-    /// The longest one call to Google may take (default `30s`). Reading a whole tab may take
-    /// ten of them (at most four minutes) as long as its answer keeps coming, each part within
-    /// one.
+    /// The longest one call to Google may take (default `30s`). Reading a whole tab may spend
+    /// ten of them waiting for its answer, each part of it within one; recado's own work on the
+    /// rows as they come is not counted, and the whole read takes at most four minutes.
     #[serde(default)]
     pub call_timeout: Option<String>,
     /// Service-account key JSON: file path (`service_account_key_file`), env var holding the

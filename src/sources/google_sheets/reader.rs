@@ -201,15 +201,26 @@ impl TabReader {
                     }
                 }
                 let n = rows.len();
-                let rows = rows
-                    .into_iter()
-                    .map(|r| {
-                        r.into_iter()
-                            .enumerate()
-                            .map(|(i, v)| cell_value(v, kinds.get(i).copied().flatten().unwrap_or(false)))
-                            .collect()
-                    })
-                    .collect();
+                let dates: Vec<bool> = kinds.iter().map(|k| k.unwrap_or(false)).collect();
+                // Every cell of the part is looked at: off the runtime.
+                let converted = tokio::task::spawn_blocking(move || {
+                    rows.into_iter()
+                        .map(|r| {
+                            r.into_iter()
+                                .enumerate()
+                                .map(|(i, v)| cell_value(v, dates.get(i).copied().unwrap_or(false)))
+                                .collect()
+                        })
+                        .collect()
+                });
+                let rows = match converted.await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ =
+                            parts.send(Err(SourceError::Transient(format!("converting the tab failed: {e}")))).await;
+                        return;
+                    }
+                };
                 if parts.send(Ok(TablePart::Rows { first, rows })).await.is_err() {
                     // Nobody reads on (the poll ended): the transfer stops with this.
                     return;
