@@ -58,10 +58,10 @@ fn bench_diff(c: &mut Criterion) {
     let mut g = c.benchmark_group("diff");
     g.sample_size(10);
     for n in [100_000usize, 1_000_000] {
-        let (old, stored, fresh) = tables(n);
+        let (mut old, stored, fresh) = tables(n);
         g.bench_with_input(BenchmarkId::new("fingerprint_and_diff", n), &n, |b, _| {
             b.iter(|| {
-                let changes = diff(&old, &stored, &fresh);
+                let changes = diff(&mut old, &stored, &fresh);
                 assert!(changes.len() >= n / 100);
                 changes.len()
             })

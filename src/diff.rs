@@ -176,7 +176,7 @@ pub fn record_fingerprint(record: &Record) -> u64 {
 
 /// The records of a read (each with its fingerprint) that the snapshot holds with another
 /// fingerprint, by position in the read: their stored rows must be read back before
-/// [`diff_rows`].
+/// [`added_or_changed`].
 pub fn moved_rows<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Record, u64)>) -> Vec<usize> {
     fresh
         .into_iter()
@@ -189,41 +189,52 @@ pub fn moved_rows<'a>(old: &Snapshot, fresh: impl IntoIterator<Item = (&'a Recor
 /// Compares a full read (records in the source's order) with the snapshot. Changes come in
 /// read order, removals last in key order, so the result is deterministic. Only records whose
 /// fingerprint moved are compared field by field, against their stored rows in `stored`.
-pub fn diff<'a>(old: &Snapshot, stored: &StoredRows, fresh: impl IntoIterator<Item = &'a Record>) -> Vec<Change> {
+pub fn diff<'a>(old: &mut Snapshot, stored: &StoredRows, fresh: impl IntoIterator<Item = &'a Record>) -> Vec<Change> {
     diff_read(old, stored, fresh.into_iter().map(|r| (r, record_fingerprint(r))), true, &[])
 }
 
-/// The same for any read, each record with its fingerprint: with `complete` false (an
-/// incremental read), a record absent from the read is unchanged, not removed; removals are
-/// the `deleted` keys still in the snapshot. A moved record missing from `stored` is compared
-/// with an empty row (every field it has is reported, from empty).
+/// The same for any read, each record with its fingerprint, as the poller does it over the
+/// parts of a read: the snapshot's marks are reset, each record of the read is marked, and
+/// what was not marked is removed ([`removed_keys`]). With `complete` false (an incremental
+/// read), a record absent from the read is unchanged, not removed; removals are the `deleted`
+/// keys still in the snapshot. A moved record missing from `stored` is compared with an empty
+/// row (every field it has is reported, from empty).
 pub fn diff_read<'a>(
-    old: &Snapshot,
+    old: &mut Snapshot,
     stored: &StoredRows,
     fresh: impl IntoIterator<Item = (&'a Record, u64)>,
     complete: bool,
     deleted: &[RecordKey],
 ) -> Vec<Change> {
     let fresh: Vec<(&Record, u64)> = fresh.into_iter().collect();
-    let rows = diff_rows(old, stored, fresh.iter().copied(), complete, deleted);
-    rows.iter().filter_map(|c| c.change(|i| fresh.get(i).map(|(r, _)| *r))).collect()
+    for fingerprint in old.values_mut() {
+        fingerprint.unsee();
+    }
+    for (i, (record, _)) in fresh.iter().enumerate() {
+        if let Some(fingerprint) = old.get_mut(&record.key) {
+            fingerprint.see(i);
+        }
+    }
+    let changes = added_or_changed(old, stored, fresh.iter().copied());
+    let record_at = |i: usize| fresh.get(i).map(|(r, _)| *r);
+    let mut changes: Vec<Change> = changes.iter().filter_map(|c| c.change(record_at)).collect();
+    changes.extend(removed_keys(old, complete, deleted).into_iter().map(Change::Removed));
+    changes
 }
 
-/// A difference as [`diff_rows`] finds it: a record of the read by its position (no copy of its
-/// key: a first read of a million rows is a million of these), or a removed key.
+/// A record of a read that is new or changed, by its position in the read (no copy of its key:
+/// a first read of a million rows is a million of these); removals are [`removed_keys`]'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowChange {
     Added(usize),
     Changed(usize, Vec<FieldChange>),
-    Removed(RecordKey),
 }
 
 impl RowChange {
-    /// The position in the read of an added or changed record.
-    pub fn row(&self) -> Option<usize> {
+    /// The record's position in the read.
+    pub fn row(&self) -> usize {
         match self {
-            RowChange::Added(i) | RowChange::Changed(i, _) => Some(*i),
-            RowChange::Removed(_) => None,
+            RowChange::Added(i) | RowChange::Changed(i, _) => *i,
         }
     }
 
@@ -234,40 +245,8 @@ impl RowChange {
             RowChange::Changed(i, fields) => {
                 Change::Changed { key: record_at(*i)?.key.clone(), fields: fields.clone() }
             }
-            RowChange::Removed(k) => Change::Removed(k.clone()),
         })
     }
-}
-
-/// [`diff_read`] by position in the read: what the poller uses.
-pub fn diff_rows<'a>(
-    old: &Snapshot,
-    stored: &StoredRows,
-    fresh: impl IntoIterator<Item = (&'a Record, u64)>,
-    complete: bool,
-    deleted: &[RecordKey],
-) -> Vec<RowChange> {
-    let fresh: Vec<(&Record, u64)> = fresh.into_iter().collect();
-    let mut changes = added_or_changed(old, stored, fresh.iter().copied());
-    let keys: Vec<&RecordKey> = fresh.iter().map(|(r, _)| &r.key).collect();
-    let matched = keys.iter().filter(|k| old.contains_key(**k)).count();
-    if !complete {
-        let present: rustc_hash::FxHashSet<&RecordKey> = keys.into_iter().collect();
-        let mut removed: Vec<&RecordKey> =
-            deleted.iter().filter(|k| old.contains_key(*k) && !present.contains(k)).collect();
-        removed.sort();
-        removed.dedup();
-        changes.extend(removed.into_iter().map(|k| RowChange::Removed(k.clone())));
-        return changes;
-    }
-    // Every old key was seen again: nothing was removed (the common case costs no set).
-    if matched < old.len() {
-        let present: rustc_hash::FxHashSet<&RecordKey> = keys.into_iter().collect();
-        let mut removed: Vec<&RecordKey> = old.keys().filter(|k| !present.contains(k)).collect();
-        removed.sort();
-        changes.extend(removed.into_iter().map(|k| RowChange::Removed(k.clone())));
-    }
-    changes
 }
 
 /// The records of a read (or of one part of it) that are new or whose fields changed, by
@@ -337,9 +316,9 @@ mod tests {
 
     #[test]
     fn added_changed_removed() {
-        let (old, stored) = both([rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")])]);
+        let (mut old, stored) = both([rec("1", &[("Estado", "Activo")]), rec("2", &[("Estado", "Activo")])]);
         let fresh = [record("1", &[("Estado", "Egresado")]), record("3", &[("Estado", "Activo")])];
-        let changes = diff(&old, &stored, &fresh);
+        let changes = diff(&mut old, &stored, &fresh);
         assert_eq!(
             changes,
             vec![
@@ -355,14 +334,14 @@ mod tests {
 
     #[test]
     fn an_incremental_read_removes_only_what_was_deleted() {
-        let (old, stored) = both([
+        let (mut old, stored) = both([
             rec("1", &[("Estado", "Activo")]),
             rec("2", &[("Estado", "Activo")]),
             rec("3", &[("Estado", "Activo")]),
         ]);
         let fresh = [record("1", &[("Estado", "Egresado")])];
         let changes = diff_read(
-            &old,
+            &mut old,
             &stored,
             fresh.iter().map(|r| (r, record_fingerprint(r))),
             false,
@@ -375,9 +354,9 @@ mod tests {
 
     #[test]
     fn a_new_empty_column_is_not_a_change() {
-        let (old, stored) = both([rec("1", &[("A", "x")])]);
+        let (mut old, stored) = both([rec("1", &[("A", "x")])]);
         let fresh = [record("1", &[("A", "x"), ("B", "")])];
-        assert!(diff(&old, &stored, &fresh).is_empty());
+        assert!(diff(&mut old, &stored, &fresh).is_empty());
     }
 
     #[test]
@@ -385,8 +364,8 @@ mod tests {
         let a = Record { key: RecordKey("1".into()), fields: [("N".to_string(), CellValue::Number(3.0))].into() };
         let b =
             Record { key: RecordKey("1".into()), fields: [("N".to_string(), CellValue::Text(" 3 ".into()))].into() };
-        let (old, stored) = both([(a.key.clone(), SnapshotRow::of(&a))]);
-        assert!(diff(&old, &stored, [&b]).is_empty());
+        let (mut old, stored) = both([(a.key.clone(), SnapshotRow::of(&a))]);
+        assert!(diff(&mut old, &stored, [&b]).is_empty());
         assert_eq!(record_fingerprint(&b), fingerprint(&SnapshotRow::of(&b).fields));
     }
 
@@ -398,12 +377,12 @@ mod tests {
         /// Applying the reported changes to the old table yields the new one.
         #[test]
         fn diff_is_complete_and_exact(old_t in table(), new_t in table()) {
-            let (old, stored) = both(old_t.iter().map(|(k, (a, b))| rec(k, &[("A", a), ("B", b)])));
+            let (mut old, stored) = both(old_t.iter().map(|(k, (a, b))| rec(k, &[("A", a), ("B", b)])));
             let records: Vec<Record> = new_t.iter().map(|(k, (a, b))| record(k, &[("A", a), ("B", b)])).collect();
             let moved = moved_rows(&old, records.iter().map(|r| (r, record_fingerprint(r))));
             // Only the moved rows are read back from the store, as the poller does.
             let read_back: StoredRows = moved.iter().map(|&i| &records[i].key).map(|k| (k.clone(), stored[k].clone())).collect();
-            let changes = diff(&old, &read_back, &records);
+            let changes = diff(&mut old, &read_back, &records);
             let fresh: Vec<(RecordKey, SnapshotRow)> = records.iter().map(|r| (r.key.clone(), SnapshotRow::of(r))).collect();
             let mut state = stored.clone();
             for c in &changes {

@@ -38,31 +38,6 @@ use crate::store::{self, SourceState, StoreError};
 /// Records committed per transaction.
 pub const RECORDS_PER_COMMIT: usize = 2_000;
 
-/// The phone of each record that needs one (`wanted`), parsed; a number that is not one is a
-/// problem of its record.
-fn phones_of(
-    read: &mut RecordsRead,
-    wanted: &[bool],
-    phone_field: &str,
-    region: phonenumber::country::Id,
-) -> Vec<Option<Result<PhoneNumber, PhoneError>>> {
-    let mut issues = Vec::new();
-    let phones = read
-        .records
-        .iter()
-        .zip(wanted)
-        .map(|(record, &wanted)| {
-            wanted.then(|| {
-                let (phone, issue) = phone_of(record, phone_field, region);
-                issues.extend(issue);
-                phone
-            })
-        })
-        .collect();
-    read.issues.append(&mut issues);
-    phones
-}
-
 /// Prefix of the issue keys of unreadable dates.
 const DATE_ISSUE: &str = "date:";
 
@@ -230,7 +205,8 @@ struct Planned {
     /// Records whose snapshot row is (re)written: index into `read.records`, and whether the
     /// row counts as part of the baseline.
     upserts: Vec<(usize, bool)>,
-    /// Removed records: their snapshot rows, reminders and phone index entries go.
+    /// Removed records (the end of a read): their snapshot rows, reminders and phone index
+    /// entries go.
     removals: Vec<RecordKey>,
     /// What staff asked in the hand-off inbox, when this source is it.
     staff: Vec<crate::handoff::StaffAction>,
@@ -473,15 +449,13 @@ impl SourcePoller {
         pass: &mut Pass,
     ) -> Result<(), PollError> {
         let (baseline, full_pass) = (pass.baseline, pass.full_pass);
-        let (phone_field, region) = (self.settings.phone_field.clone(), self.settings.default_region);
         let snapshot = std::mem::take(&mut self.snapshot);
         let mut reader = reader;
         let mut reader_taken = reader.as_mut().and_then(|slot| slot.take());
-        // Off the runtime: the records, every one's fingerprint, which moved, and the phones of
-        // those that need one.
+        // Off the runtime: the records, every one's fingerprint, and which moved.
         let job = tokio::task::spawn_blocking(move || {
             let mut snapshot = snapshot;
-            let mut read = match part {
+            let read = match part {
                 Part::Converted(read) => {
                     for (record, &row) in read.records.iter().zip(&read.rows) {
                         if let Some(fingerprint) = snapshot.get_mut(&record.key) {
@@ -499,14 +473,6 @@ impl SourcePoller {
             };
             let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
             let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
-            let mut wanted: Vec<bool> =
-                read.records.iter().map(|r| full_pass || !snapshot.contains_key(&r.key)).collect();
-            for &i in &moved {
-                if let Some(w) = wanted.get_mut(i) {
-                    *w = true;
-                }
-            }
-            let phones = phones_of(&mut read, &wanted, &phone_field, region);
             // A baseline fires nothing, so it reads no stored row back (after a zone change,
             // nearly every fingerprint moved: no copy of every key).
             let moved_keys: Vec<RecordKey> = if baseline {
@@ -514,9 +480,9 @@ impl SourcePoller {
             } else {
                 moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
             };
-            Ok((snapshot, reader_taken, read, phones, hashes, moved, moved_keys))
+            Ok((snapshot, reader_taken, read, hashes, moved, moved_keys))
         });
-        let (snapshot, reader_back, read, phones, hashes, moved, moved_keys) = match job.await {
+        let (snapshot, reader_back, read, hashes, moved, moved_keys) = match job.await {
             Ok(Ok(done)) => done,
             Ok(Err(snapshot)) => {
                 self.snapshot = snapshot;
@@ -528,7 +494,6 @@ impl SourcePoller {
         if let Some(slot) = reader {
             *slot = reader_back;
         }
-        pass.phone_parses += phones.iter().filter(|p| p.is_some()).count();
         pass.records += read.records.len();
         // The stored text of the moved records only: what they held is what changed from.
         let stored = self.stored_rows(&moved_keys).await?;
@@ -542,13 +507,14 @@ impl SourcePoller {
         let now = pass.now;
         let snapshot = std::mem::take(&mut self.snapshot);
         let job = tokio::task::spawn_blocking(move || {
-            plan(&ctx, &settings, snapshot, &stored, &moved, read, phones, hashes, baseline, full_pass, now)
+            plan(&ctx, &settings, snapshot, &stored, &moved, read, hashes, baseline, full_pass, now)
         });
         let (snapshot, mut planned) = match job.await {
             Ok(p) => p,
             Err(e) => return Err(self.after_failed_job(e).await),
         };
         self.snapshot = snapshot;
+        pass.phone_parses += planned.phones.iter().filter(|p| p.is_some()).count();
         pass.issues.append(&mut planned.issues);
         if !full_pass {
             let records = planned.read.records.iter().zip(&planned.in_scope);
@@ -896,7 +862,6 @@ fn plan(
     stored: &StoredRows,
     moved: &[usize],
     read: RecordsRead,
-    phones: Vec<Option<Result<PhoneNumber, PhoneError>>>,
     hashes: Vec<u64>,
     baseline: bool,
     full_pass: bool,
@@ -907,23 +872,27 @@ fn plan(
     let changes = added_or_changed(&snapshot, stored, records.iter().zip(hashes.iter().copied()));
     // Which records of the read changed, by position (a byte each, not a set of keys).
     let mut changed = vec![false; records.len()];
-    for i in changes.iter().filter_map(RowChange::row) {
+    for i in changes.iter().map(RowChange::row) {
         if let Some(c) = changed.get_mut(i) {
             *c = true;
         }
     }
-    // Every record looked at below has its phone: they were parsed for new and moved records
-    // (every one on a full pass); one that was not is parsed here rather than skipped.
-    let mut phones = phones;
-    let mut late_issues = Vec::new();
-    for (i, slot) in phones.iter_mut().enumerate() {
-        let needed = full_pass || changed.get(i).copied().unwrap_or(false);
-        if let (true, None, Some(record)) = (needed, slot.as_ref(), records.get(i)) {
-            let (phone, issue) = phone_of(record, &settings.phone_field, settings.default_region);
-            late_issues.extend(issue);
-            *slot = Some(phone);
-        }
-    }
+    // Phones are parsed only where they are looked at (parsing is the dearest part of a
+    // record): every record's on a full pass, else the new, changed and moved ones' (a moved
+    // record's snapshot row is rewritten, and its queued messages looked at).
+    let mut phone_issues = Vec::new();
+    let phones: Vec<Option<Result<PhoneNumber, PhoneError>>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            let wanted = full_pass || changed[i] || moved.binary_search(&i).is_ok();
+            wanted.then(|| {
+                let (phone, issue) = phone_of(record, &settings.phone_field, settings.default_region);
+                phone_issues.extend(issue);
+                phone
+            })
+        })
+        .collect();
     let gates: Vec<&str> = [Some(settings.phone_field.as_str()), settings.consent.as_ref().map(|c| c.field.as_str())]
         .into_iter()
         .flatten()
@@ -944,7 +913,7 @@ fn plan(
         for row_change in &changes {
             let Some(change) = row_change.change(|i| records.get(i)) else { continue };
             seen.push(change);
-            let Some(i) = row_change.row() else { continue };
+            let i = row_change.row();
             let phone = phones.get(i).and_then(Option::as_ref);
             let (Some(record), Some(phone), Some(change)) = (records.get(i), phone, seen.last()) else {
                 continue;
@@ -976,7 +945,7 @@ fn plan(
     let in_scope: Vec<bool> = if full_pass { vec![true; records.len()] } else { changed.clone() };
     let mut plans = Vec::new();
     let mut issues = read.issues.clone();
-    issues.append(&mut late_issues);
+    issues.append(&mut phone_issues);
     let has_date_rules = ctx.rules.for_source(id).any(|r| matches!(r.trigger, Trigger::Date { .. }));
     let planned = in_scope.iter().enumerate().filter(|&(_, &planned)| planned && has_date_rules);
     for (i, _) in planned {
@@ -999,7 +968,6 @@ fn plan(
 
     // The snapshot moves with the changes (at the first read every record is added).
     let mut upserts: Vec<(usize, bool)> = Vec::new();
-    let mut removals: Vec<RecordKey> = Vec::new();
     for c in &changes {
         match c {
             RowChange::Added(i) => upserts.push((*i, baseline)),
@@ -1008,7 +976,6 @@ fn plan(
                     records.get(*i).and_then(|r| snapshot.get(&r.key)).is_some_and(|old| old.from_baseline);
                 upserts.push((*i, from_baseline));
             }
-            RowChange::Removed(k) => removals.push(k.clone()),
         }
     }
     // Records whose fingerprint moved without a field changing (a column added, empty): the
@@ -1048,7 +1015,7 @@ fn plan(
             phones,
             hashes,
             upserts,
-            removals,
+            removals: Vec::new(),
             staff,
         },
     )

@@ -514,7 +514,7 @@ impl Source {
     /// runs off the async runtime.
     pub async fn read(&self, spec: &ReadSpec, since: Option<&str>) -> Result<SourceRead, SourceError> {
         match self {
-            Source::GoogleSheets(s) => s.read(spec).await,
+            Source::GoogleSheets(s) => s.read().await,
             Source::Salesforce(s) => s.read(spec, since).await,
         }
     }

@@ -17,9 +17,7 @@ use super::client::RowsPart;
 use super::client::{SheetsClient, TabMeta};
 use super::config::GoogleSheetsConfig;
 use crate::domain::CellValue;
-use crate::sources::{
-    Probe, QuotaState, ReadRecords, ReadSpec, SourceError, SourceRead, SourceSettings, TablePart, TableParts,
-};
+use crate::sources::{Probe, QuotaState, ReadRecords, SourceError, SourceRead, SourceSettings, TablePart, TableParts};
 
 /// How often date columns are looked for again although the header did not change.
 const FORMATS_MAX_AGE: Duration = Duration::from_secs(600);
@@ -152,7 +150,7 @@ impl TabReader {
     /// The whole tab, its rows handed on in parts as Google's answer arrives: the header comes
     /// with the first part, and the date columns are known from it (a column whose first number
     /// comes later is looked up when it does).
-    pub async fn read(&self, _spec: &ReadSpec) -> Result<SourceRead, SourceError> {
+    pub async fn read(&self) -> Result<SourceRead, SourceError> {
         let mut arriving = self.client.values_in_parts(&a1::quote_tab(&self.cfg.tab), ROWS_PER_PART).await?;
         let stopped = || SourceError::Transient("values.get: the answer stopped before its end".into());
         let (mut rows, ended) = match arriving.recv().await {
@@ -169,64 +167,48 @@ impl TabReader {
         let (parts, out) = tokio::sync::mpsc::channel(2);
         let table_header = header.clone();
         tokio::spawn(async move {
-            let mut next = Some(rows).filter(|_| !ended);
+            let mut next = Some(rows);
             let mut first = 0;
-            loop {
-                let rows = match next.take() {
-                    Some(rows) => rows,
-                    None if ended && first == 0 => {
-                        let _ = parts.send(Ok(TablePart::End)).await;
-                        return;
+            let forwarded = async {
+                loop {
+                    let rows = match next.take() {
+                        Some(rows) => rows,
+                        None if ended => return Ok(()),
+                        None => match arriving.recv().await {
+                            Some(Ok(RowsPart::Rows(rows))) => rows,
+                            Some(Ok(RowsPart::End)) => return Ok(()),
+                            Some(Err(e)) => return Err(e),
+                            None => return Err(stopped()),
+                        },
+                    };
+                    if first > 0 {
+                        dates.learn(&header, &mut kinds, &rows, first).await?;
                     }
-                    None => match arriving.recv().await {
-                        Some(Ok(RowsPart::Rows(rows))) => rows,
-                        Some(Ok(RowsPart::End)) => {
-                            let _ = parts.send(Ok(TablePart::End)).await;
-                            return;
-                        }
-                        Some(Err(e)) => {
-                            let _ = parts.send(Err(e)).await;
-                            return;
-                        }
-                        None => {
-                            let _ = parts.send(Err(stopped())).await;
-                            return;
-                        }
-                    },
-                };
-                if first > 0 {
-                    if let Err(e) = dates.learn(&header, &mut kinds, &rows, first).await {
-                        let _ = parts.send(Err(e)).await;
-                        return;
+                    let n = rows.len();
+                    let dates: Vec<bool> = kinds.iter().map(|k| k.unwrap_or(false)).collect();
+                    // Every cell of the part is looked at: off the runtime.
+                    let rows = tokio::task::spawn_blocking(move || {
+                        rows.into_iter()
+                            .map(|r| {
+                                r.into_iter()
+                                    .enumerate()
+                                    .map(|(i, v)| cell_value(v, dates.get(i).copied().unwrap_or(false)))
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .await
+                    .map_err(|e| SourceError::Transient(format!("converting the tab failed: {e}")))?;
+                    if parts.send(Ok(TablePart::Rows { first, rows })).await.is_err() {
+                        // Nobody reads on (the poll ended): the transfer stops with this.
+                        return Ok(());
                     }
+                    first += n;
                 }
-                let n = rows.len();
-                let dates: Vec<bool> = kinds.iter().map(|k| k.unwrap_or(false)).collect();
-                // Every cell of the part is looked at: off the runtime.
-                let converted = tokio::task::spawn_blocking(move || {
-                    rows.into_iter()
-                        .map(|r| {
-                            r.into_iter()
-                                .enumerate()
-                                .map(|(i, v)| cell_value(v, dates.get(i).copied().unwrap_or(false)))
-                                .collect()
-                        })
-                        .collect()
-                });
-                let rows = match converted.await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        let _ =
-                            parts.send(Err(SourceError::Transient(format!("converting the tab failed: {e}")))).await;
-                        return;
-                    }
-                };
-                if parts.send(Ok(TablePart::Rows { first, rows })).await.is_err() {
-                    // Nobody reads on (the poll ended): the transfer stops with this.
-                    return;
-                }
-                first += n;
-            }
+            };
+            // The last word: the end (only once the answer was whole), or why not.
+            let last = forwarded.await.map(|()| TablePart::End);
+            let _ = parts.send(last).await;
         });
         Ok(SourceRead {
             records: ReadRecords::Parts(TableParts { header: table_header, locator: row_locator, parts: out }),
