@@ -22,7 +22,8 @@ pub async fn start(binary: &str, yaml: &str, dir: &Path, port: u16) -> anyhow::R
     let child = std::process::Command::new(binary)
         .args(["run", "--config"])
         .arg(&file)
-        .env("RECADO_LOG", "warn")
+        // `RECADO_LOAD_LOG=recado::engine=debug` shows what the daemon did.
+        .env("RECADO_LOG", std::env::var("RECADO_LOAD_LOG").unwrap_or_else(|_| "warn".into()))
         .spawn()
         .map_err(|e| anyhow::anyhow!("starting {binary}: {e}"))?;
     let http = reqwest::Client::new();

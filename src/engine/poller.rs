@@ -1,17 +1,19 @@
 //! The source poller: one loop per source.
 //!
-//! Each round: probe the source (one cheap request when nothing changed); otherwise read it a
-//! part at a time — a table's rows arrive in parts while its vendor is still answering — and for
-//! each part, off the async runtime (it is CPU work): turn its rows into records, diff them
-//! against the snapshot, evaluate the rules and plan date reminders; then commit the part and
-//! let it go, so no read is ever held whole. A snapshot moves only with its consequences: each
-//! transaction carries a bounded set of records' snapshot rows together with the messages,
-//! reminders, write-back and phone index entries those records produced, so a large first read
-//! never holds the database for long, and a crash between transactions loses nothing and
-//! repeats nothing (the records not yet committed are simply seen again). The in-memory
-//! snapshot follows each commit. Once every part is in, the last transaction removes what the
-//! read no longer had (the snapshot marks what it had: [`Fingerprint::see`]), settles record
-//! problems and commits the version read. A round is abandoned at once on shutdown.
+//! Each round: probe the source (one cheap request when nothing changed); otherwise read it a part
+//! at a time — a table's rows arrive in parts while its vendor is still answering — and for each
+//! part, off the async runtime (it is CPU work): turn its rows into records, diff them against the
+//! snapshot, evaluate the rules and plan date reminders; then commit the part and let it go, so no
+//! read is ever held whole. A part is prepared while the one before it is committed, so the CPU
+//! work and the database's overlap. A snapshot moves only with its consequences: each transaction
+//! carries a bounded set of records' snapshot rows together with the messages, reminders,
+//! write-back and phone index entries those records produced, so a large first read never holds the
+//! database for long, and a crash between transactions loses nothing and repeats nothing (the
+//! records not yet committed are simply seen again). The in-memory snapshot takes each part's
+//! records as soon as it is planned (the next part's keys are checked against them); a commit that
+//! fails has it loaded again from the store. Once every part is in, the last transaction removes
+//! what the read no longer had (the snapshot marks what it had: [`Fingerprint::see`]), settles
+//! record problems and commits the version read. A round is abandoned at once on shutdown.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
@@ -117,7 +119,8 @@ struct Pass {
 
 /// What the last commit of a poll settles besides its records.
 struct Last<'a> {
-    version: Option<String>,
+    /// The source's state once the read is committed (its version among it).
+    state: SourceState,
     /// The read had every record (else only the changed ones: problems of the others stand).
     complete: bool,
     full_pass: bool,
@@ -139,7 +142,7 @@ enum Part {
 }
 
 /// The keys a read arriving in parts has had: those of the snapshot are marked in it
-/// ([`Fingerprint::see`]), new ones of the part under way kept here until it is committed
+/// ([`Fingerprint::see`]), new ones of the part under way kept here until it is planned
 /// (then the snapshot has them, marked).
 struct SeenKeys<'a> {
     snapshot: &'a mut Snapshot,
@@ -275,7 +278,7 @@ impl SourcePoller {
                 Ok(r) => {
                     self.ctx.health.ok(&self.health_name, "source", self.ctx.now_ms());
                     if !r.unchanged {
-                        debug!(source = %id, ?r, "poll done");
+                        debug!(source = %id, took_ms = started.elapsed().as_millis() as u64, ?r, "poll done");
                     }
                 }
                 Err(PollError::Source(SourceError::RateLimited { detail, pause })) => {
@@ -372,25 +375,43 @@ impl SourcePoller {
         for fingerprint in self.snapshot.values_mut() {
             fingerprint.unsee();
         }
+        let work = PartWork {
+            ctx: Arc::clone(&self.ctx),
+            settings: self.settings.clone(),
+            baseline: pass.baseline,
+            full_pass: pass.full_pass,
+            now: pass.now,
+        };
         let outcome = async {
-            // Each part is turned into records, planned and committed before the next is
-            // taken: a large read is never held whole.
+            // Each part is prepared (CPU work, off the runtime) while the one before it is
+            // committed (the database's work): at most two parts are held, never the read.
+            let mut committing: Option<Planned> = None;
             loop {
-                let part = match &mut incoming {
-                    Incoming::Whole(read) => match read.take() {
-                        Some(read) => Part::Converted(read),
-                        None => break,
-                    },
-                    Incoming::Parts(table, _) => match table.next().await? {
-                        Some((first, rows)) => Part::Rows { first, rows },
-                        None => break,
-                    },
+                let snapshot = std::mem::take(&mut self.snapshot);
+                let this = &*self;
+                let commit = async {
+                    match &committing {
+                        Some(p) => this.commit(p, None, work.now.timestamp_millis()).await.map(Some),
+                        None => Ok(None),
+                    }
                 };
-                let reader = match &mut incoming {
-                    Incoming::Parts(_, reader) => Some(reader),
-                    Incoming::Whole(_) => None,
-                };
-                self.take_part(part, reader, &mut pass).await?;
+                let ((snapshot, next), committed) = tokio::join!(prepare_next(&work, &mut incoming, snapshot), commit);
+                // The snapshot already holds the records of the part just committed (and of
+                // the one just prepared): a commit that failed has it loaded again from the
+                // store.
+                self.snapshot = snapshot;
+                if let Some(report) = committed? {
+                    pass.report.add(&report);
+                }
+                let Some(mut planned) = next? else { break };
+                pass.records += planned.read.records.len();
+                pass.phone_parses += planned.phones.iter().filter(|p| p.is_some()).count();
+                pass.issues.append(&mut planned.issues);
+                if !pass.full_pass {
+                    let records = planned.read.records.iter().zip(&planned.in_scope);
+                    pass.planned.extend(records.filter(|(_, planned)| **planned).map(|(r, _)| r.key.clone()));
+                }
+                committing = Some(planned);
             }
             if let Incoming::Parts(_, Some(reader)) = incoming {
                 pass.issues.extend(reader.finish());
@@ -440,102 +461,6 @@ impl SourcePoller {
         e.into()
     }
 
-    /// One part of the read: turned into records (off the runtime, its keys checked against
-    /// the ones seen so far), diffed, planned and committed; then memory follows.
-    async fn take_part(
-        &mut self,
-        part: Part,
-        reader: Option<&mut Option<RecordsReader>>,
-        pass: &mut Pass,
-    ) -> Result<(), PollError> {
-        let (baseline, full_pass) = (pass.baseline, pass.full_pass);
-        let snapshot = std::mem::take(&mut self.snapshot);
-        let mut reader = reader;
-        let mut reader_taken = reader.as_mut().and_then(|slot| slot.take());
-        // Off the runtime: the records, every one's fingerprint, and which moved.
-        let job = tokio::task::spawn_blocking(move || {
-            let mut snapshot = snapshot;
-            let read = match part {
-                Part::Converted(read) => {
-                    for (record, &row) in read.records.iter().zip(&read.rows) {
-                        if let Some(fingerprint) = snapshot.get_mut(&record.key) {
-                            fingerprint.see(row);
-                        }
-                    }
-                    read
-                }
-                Part::Rows { first, rows } => match reader_taken.as_mut() {
-                    Some(r) => r.push(rows, first, &mut SeenKeys { snapshot: &mut snapshot, new: HashMap::default() }),
-                    // Never so (the reader comes back with every part); were it lost, the
-                    // part's records must not read as absent (they would be removed).
-                    None => return Err(snapshot),
-                },
-            };
-            let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
-            let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
-            // A baseline fires nothing, so it reads no stored row back (after a zone change,
-            // nearly every fingerprint moved: no copy of every key).
-            let moved_keys: Vec<RecordKey> = if baseline {
-                Vec::new()
-            } else {
-                moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
-            };
-            Ok((snapshot, reader_taken, read, hashes, moved, moved_keys))
-        });
-        let (snapshot, reader_back, read, hashes, moved, moved_keys) = match job.await {
-            Ok(Ok(done)) => done,
-            Ok(Err(snapshot)) => {
-                self.snapshot = snapshot;
-                return Err(PollError::Processing("a part of the read came without its reader".into()));
-            }
-            Err(e) => return Err(self.after_failed_job(e).await),
-        };
-        self.snapshot = snapshot;
-        if let Some(slot) = reader {
-            *slot = reader_back;
-        }
-        pass.records += read.records.len();
-        // The stored text of the moved records only: what they held is what changed from.
-        let stored = self.stored_rows(&moved_keys).await?;
-        self.ctx
-            .metrics
-            .snapshot_reads
-            .get_or_create(&SourceLabel { source: self.settings.id.clone() })
-            .inc_by(stored.len() as u64);
-        let ctx = Arc::clone(&self.ctx);
-        let settings = self.settings.clone();
-        let now = pass.now;
-        let snapshot = std::mem::take(&mut self.snapshot);
-        let job = tokio::task::spawn_blocking(move || {
-            plan(&ctx, &settings, snapshot, &stored, &moved, read, hashes, baseline, full_pass, now)
-        });
-        let (snapshot, mut planned) = match job.await {
-            Ok(p) => p,
-            Err(e) => return Err(self.after_failed_job(e).await),
-        };
-        self.snapshot = snapshot;
-        pass.phone_parses += planned.phones.iter().filter(|p| p.is_some()).count();
-        pass.issues.append(&mut planned.issues);
-        if !full_pass {
-            let records = planned.read.records.iter().zip(&planned.in_scope);
-            pass.planned.extend(records.filter(|(_, planned)| **planned).map(|(r, _)| r.key.clone()));
-        }
-        let report = self.commit(&planned, None, now.timestamp_millis()).await?;
-        pass.report.add(&report);
-        // Committed: now memory may follow.
-        for &(i, from_baseline) in &planned.upserts {
-            let (Some(record), Some(&hash), Some(&row)) =
-                (planned.read.records.get(i), planned.hashes.get(i), planned.read.rows.get(i))
-            else {
-                continue;
-            };
-            let mut fingerprint = Fingerprint::new(hash, from_baseline, false);
-            fingerprint.see(row);
-            self.snapshot.insert(record.key.clone(), fingerprint);
-        }
-        Ok(())
-    }
-
     /// The read is over: what it no longer had is removed, the record problems are settled,
     /// and the version read is committed with the last of it.
     async fn finish(
@@ -553,9 +478,13 @@ impl SourcePoller {
             issues: std::mem::take(&mut pass.issues),
             ..Planned::default()
         };
-        let last = Last { version, complete, full_pass: pass.full_pass, planned: &pass.planned };
-        let report = self.commit(&planned, Some(last), pass.now.timestamp_millis()).await?;
+        let mut state = self.state.clone();
+        state.baseline_done = true;
+        state.version = version;
+        let last = Last { state, complete, full_pass: pass.full_pass, planned: &pass.planned };
+        let report = self.commit(&planned, Some(&last), pass.now.timestamp_millis()).await?;
         pass.report.add(&report);
+        self.state = last.state;
         for k in &planned.removals {
             self.snapshot.remove(k);
         }
@@ -565,33 +494,8 @@ impl SourcePoller {
         Ok(())
     }
 
-    /// A processing job failed, and the snapshot went with it: it is loaded again from the
-    /// store.
-    async fn after_failed_job(&mut self, e: tokio::task::JoinError) -> PollError {
-        let reloaded = async {
-            let mut conn = self.ctx.store.conn().await?;
-            store::load_snapshot(&mut conn, &self.settings.id).await
-        };
-        match reloaded.await {
-            Ok((snapshot, _)) => {
-                self.snapshot = snapshot;
-                PollError::Processing(e.to_string())
-            }
-            Err(store) => store.into(),
-        }
-    }
-
-    /// The stored rows of these records.
-    async fn stored_rows(&self, keys: &[RecordKey]) -> Result<StoredRows, StoreError> {
-        if keys.is_empty() {
-            return Ok(StoredRows::default());
-        }
-        let mut conn = self.ctx.store.conn().await?;
-        store::snapshot_rows_of(&mut conn, &self.settings.id, keys).await
-    }
-
     /// Commits one part of a read (or, with `last`, its end), in chunks.
-    async fn commit<'a>(&mut self, p: &'a Planned, last: Option<Last<'_>>, now: i64) -> Result<PollReport, StoreError> {
+    async fn commit<'a>(&self, p: &'a Planned, last: Option<&Last<'_>>, now: i64) -> Result<PollReport, StoreError> {
         let id = self.settings.id.clone();
         let mut report = PollReport { baseline: p.baseline, changes: p.changes, ..Default::default() };
         // What each record of the read gets this round, by position (a byte each: a first read
@@ -780,15 +684,11 @@ impl SourcePoller {
                 writes.extend(applied.writes);
                 providers.extend(applied.providers);
             }
-            if let (true, Some(last)) = (n == last_chunk, &last) {
+            if let (true, Some(last)) = (n == last_chunk, last) {
                 self.record_issues(&mut tx, p, last, &mut writes, &mut report, now).await?;
-                let mut next = self.state.clone();
-                next.baseline_done = true;
-                next.version = last.version.clone();
-                store::save_source_state(&mut tx, &id, &next, now).await?;
+                store::save_source_state(&mut tx, &id, &last.state, now).await?;
                 store::queue_writes(&mut tx, &writes).await?;
                 tx.commit().await?;
-                self.state = next;
             } else {
                 store::queue_writes(&mut tx, &writes).await?;
                 tx.commit().await?;
@@ -851,6 +751,128 @@ impl SourcePoller {
         }
         Ok(())
     }
+}
+
+/// What preparing a part of a read needs besides the part.
+struct PartWork {
+    ctx: Arc<EngineCtx>,
+    settings: SourceSettings,
+    baseline: bool,
+    full_pass: bool,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// Takes the next part of the read and prepares it for its commit: turned into records (its
+/// keys checked against the ones seen so far), diffed and planned, off the runtime. The
+/// snapshot then holds the part's records, marked, so the next part's keys are checked against
+/// them too. `None` once the read is over.
+///
+/// The snapshot comes back, but for a job that failed (it went with it): that error makes the
+/// poll load it again from the store.
+async fn prepare_next(
+    work: &PartWork,
+    incoming: &mut Incoming,
+    snapshot: Snapshot,
+) -> (Snapshot, Result<Option<Planned>, PollError>) {
+    let (reader_slot, part) = match incoming {
+        Incoming::Whole(read) => match read.take() {
+            Some(read) => (None, Part::Converted(read)),
+            None => return (snapshot, Ok(None)),
+        },
+        Incoming::Parts(table, reader) => match table.next().await {
+            Ok(Some((first, rows))) => (Some(reader), Part::Rows { first, rows }),
+            Ok(None) => return (snapshot, Ok(None)),
+            Err(e) => return (snapshot, Err(e.into())),
+        },
+    };
+    let lost = |e: tokio::task::JoinError| (Snapshot::default(), Err(PollError::Processing(e.to_string())));
+    let baseline = work.baseline;
+    let mut reader_slot = reader_slot;
+    let mut reader_taken = reader_slot.as_mut().and_then(|slot| slot.take());
+    // The records, every one's fingerprint, and which moved.
+    let job = tokio::task::spawn_blocking(move || {
+        let mut snapshot = snapshot;
+        let read = match part {
+            Part::Converted(read) => {
+                for (record, &row) in read.records.iter().zip(&read.rows) {
+                    if let Some(fingerprint) = snapshot.get_mut(&record.key) {
+                        fingerprint.see(row);
+                    }
+                }
+                read
+            }
+            Part::Rows { first, rows } => match reader_taken.as_mut() {
+                Some(r) => r.push(rows, first, &mut SeenKeys { snapshot: &mut snapshot, new: HashMap::default() }),
+                // Never so (the reader comes back with every part); were it lost, the
+                // part's records must not read as absent (they would be removed).
+                None => return Err(snapshot),
+            },
+        };
+        let hashes: Vec<u64> = read.records.iter().map(record_fingerprint).collect();
+        let moved = crate::diff::moved_rows(&snapshot, read.records.iter().zip(hashes.iter().copied()));
+        // A baseline fires nothing, so it reads no stored row back (after a zone change,
+        // nearly every fingerprint moved: no copy of every key).
+        let moved_keys: Vec<RecordKey> = if baseline {
+            Vec::new()
+        } else {
+            moved.iter().filter_map(|&i| read.records.get(i).map(|r| r.key.clone())).collect()
+        };
+        Ok((snapshot, reader_taken, read, hashes, moved, moved_keys))
+    });
+    let (snapshot, reader_back, read, hashes, moved, moved_keys) = match job.await {
+        Ok(Ok(done)) => done,
+        Ok(Err(snapshot)) => {
+            return (snapshot, Err(PollError::Processing("a part of the read came without its reader".into())))
+        }
+        Err(e) => return lost(e),
+    };
+    if let Some(slot) = reader_slot {
+        *slot = reader_back;
+    }
+    // The stored text of the moved records only: what they held is what changed from. (Not
+    // of the part being committed meanwhile: a key is in one part of a read.)
+    let stored = match stored_rows(work, &moved_keys).await {
+        Ok(stored) => stored,
+        Err(e) => return (snapshot, Err(e.into())),
+    };
+    work.ctx
+        .metrics
+        .snapshot_reads
+        .get_or_create(&SourceLabel { source: work.settings.id.clone() })
+        .inc_by(stored.len() as u64);
+    let ctx = Arc::clone(&work.ctx);
+    let settings = work.settings.clone();
+    let (full_pass, now) = (work.full_pass, work.now);
+    let job = tokio::task::spawn_blocking(move || {
+        let (mut snapshot, planned) =
+            plan(&ctx, &settings, snapshot, &stored, &moved, read, hashes, baseline, full_pass, now);
+        // The snapshot follows at once, marked as read: the next part is prepared while this
+        // one is committed.
+        for &(i, from_baseline) in &planned.upserts {
+            let (Some(record), Some(&hash), Some(&row)) =
+                (planned.read.records.get(i), planned.hashes.get(i), planned.read.rows.get(i))
+            else {
+                continue;
+            };
+            let mut fingerprint = Fingerprint::new(hash, from_baseline, false);
+            fingerprint.see(row);
+            snapshot.insert(record.key.clone(), fingerprint);
+        }
+        (snapshot, planned)
+    });
+    match job.await {
+        Ok((snapshot, planned)) => (snapshot, Ok(Some(planned))),
+        Err(e) => lost(e),
+    }
+}
+
+/// The stored rows of these records.
+async fn stored_rows(work: &PartWork, keys: &[RecordKey]) -> Result<StoredRows, StoreError> {
+    if keys.is_empty() {
+        return Ok(StoredRows::default());
+    }
+    let mut conn = work.ctx.store.conn().await?;
+    store::snapshot_rows_of(&mut conn, &work.settings.id, keys).await
 }
 
 /// The pure part of a poll: diff, rules, reminders, snapshot delta (runs off the runtime).

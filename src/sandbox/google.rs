@@ -2335,11 +2335,14 @@ fn read_range(s: &Spreadsheet, range: &str, o: ReadOpts) -> Result<Value, String
     }
     let mut body = json!({ "range": a1_text(&t.title, c0, r0, c1, r1), "majorDimension": if o.columns { "COLUMNS" } else { "ROWS" } });
     if !rows.is_empty() {
-        let rows: Vec<Vec<Value>> = rows
-            .into_iter()
-            .map(|r| r.into_iter().map(|v| if v.is_null() { Value::String(String::new()) } else { v }).collect())
-            .collect();
-        body["values"] = json!(rows);
+        // Moved, not copied (a million-row answer is built once).
+        let rows = rows.into_iter().map(|mut r| {
+            for v in r.iter_mut().filter(|v| v.is_null()) {
+                *v = Value::String(String::new());
+            }
+            Value::Array(r)
+        });
+        body["values"] = Value::Array(rows.collect());
     }
     Ok(body)
 }
