@@ -103,7 +103,9 @@ pub fn removed_keys(old: &Snapshot, complete: bool, deleted: &[RecordKey]) -> Ve
     removed
 }
 
-/// The last committed state of a source, as memory keeps it.
+/// A source's records as memory keeps them: the committed ones, and during a read those of
+/// the part being committed and the next (a failed commit has memory loaded again from the
+/// store before any other read).
 pub type Snapshot = FxHashMap<RecordKey, Fingerprint>;
 
 /// Stored rows of some records (those whose fingerprint moved), read back to tell which of

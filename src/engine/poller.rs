@@ -95,6 +95,9 @@ pub struct SourcePoller {
     /// A read failed after some of its parts were committed: their record problems were not
     /// settled, so the next read plans every record again (as a full pass does).
     replan: bool,
+    /// A commit failed and memory was not loaded again from the store yet: it may hold
+    /// records the store does not, so no read is taken before it is.
+    stale: bool,
     /// The source's zone changed since the last run (a configured zone, or the org's): every
     /// date-time reads as another local time, so the next read is a baseline, not news.
     zone_changed: bool,
@@ -243,6 +246,7 @@ impl SourcePoller {
             missing_reported: None,
             synced: false,
             replan: false,
+            stale: false,
             zone_changed: false,
             health_name,
         })
@@ -331,6 +335,9 @@ impl SourcePoller {
 
     /// One poll. Public for tests.
     pub async fn poll_once(&mut self) -> Result<PollReport, PollError> {
+        if self.stale {
+            self.reload().await?;
+        }
         let probe = self.source.probe().await?;
         if self.synced && self.state.baseline_done && probe.version.is_some() && self.state.version == probe.version {
             return Ok(PollReport { unchanged: true, ..Default::default() });
@@ -419,9 +426,11 @@ impl SourcePoller {
             self.finish(&mut pass, complete, &deleted, version.or(probe.version)).await
         };
         let outcome = outcome.await;
-        if outcome.is_err() && pass.report.commits > 0 {
-            // The committed parts' records look unchanged next time: only a full pass looks at
-            // their phones and dates again, and settles their problems.
+        // The committed parts' records look unchanged next time: only a full pass looks at
+        // their phones and dates again, and settles their problems. A failed commit may have
+        // committed some of its chunks (a whole read is one part of many chunks).
+        let maybe_committed = pass.report.commits > 0 || matches!(outcome, Err(PollError::Store(_)));
+        if outcome.is_err() && maybe_committed {
             self.replan = true;
         }
         self.ctx
@@ -440,14 +449,25 @@ impl SourcePoller {
             // again next time, as the version did not move.
             Err(e @ PollError::Source(_)) => Err(e),
             Err(e) => {
-                // A commit failed partway, or a job went with the snapshot: the store is the
-                // truth.
-                let mut conn = self.ctx.store.conn().await?;
-                self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
-                self.state = store::source_state(&mut conn, &self.settings.id).await?;
+                // A commit failed partway, or a job went with the snapshot: memory may hold
+                // records the store does not have, so the store is the truth. Until it is
+                // loaded again, no read is taken (such records would look unchanged).
+                self.stale = true;
+                if let Err(reload) = self.reload().await {
+                    error!(source = %self.settings.id, "loading the snapshot again failed (tried again before the next read): {reload}");
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Memory as the store has it: the snapshot and the source's state.
+    async fn reload(&mut self) -> Result<(), StoreError> {
+        let mut conn = self.ctx.store.conn().await?;
+        self.snapshot = store::load_snapshot(&mut conn, &self.settings.id).await?.0;
+        self.state = store::source_state(&mut conn, &self.settings.id).await?;
+        self.stale = false;
+        Ok(())
     }
 
     /// A read the source refused: fields missing are said once, until they change.
