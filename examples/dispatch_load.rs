@@ -80,13 +80,21 @@ async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Resu
     }
     let sent = || if twilio { sandbox.twilio().sent_count() } else { sandbox.meta().sent_count() };
     let started = Instant::now();
+    // From the first quarter sent on, the poll of the new rows is long over: what the daemon
+    // spends then is sending alone.
+    let mut quarter: Option<(Instant, f64)> = None;
     while sent() < n {
         if started.elapsed() > Duration::from_secs((n as f64 / rate * 3.0 + 60.0) as u64) {
             anyhow::bail!("only {} of {n} sent", sent());
         }
+        if quarter.is_none() && sent() >= n / 4 {
+            quarter = Some((Instant::now(), separate_daemon::cpu_seconds(pid).unwrap_or(0.0)));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_used = separate_daemon::cpu_seconds(pid).unwrap_or(0.0) - cpu_idle;
+    let cpu_end = separate_daemon::cpu_seconds(pid).unwrap_or(0.0);
+    let cpu_used = cpu_end - cpu_idle;
+    let sending_alone = quarter.map(|(at, cpu)| (cpu_end - cpu) / at.elapsed().as_secs_f64().max(0.001));
     let accepted_at: Vec<i64> = if twilio {
         sandbox.twilio().sent().iter().map(|m| m.at_ms).collect()
     } else {
@@ -96,6 +104,14 @@ async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Resu
     let last = accepted_at.iter().copied().max().unwrap_or(0);
     let span = (last - first).max(1) as f64 / 1000.0;
     let achieved = (n as f64 - 1.0) / span;
+    if std::env::var_os("RECADO_LOAD_TIMELINE").is_some() {
+        // Sends a tenth of a second, from the first: where the pace fell behind.
+        let mut tenths = vec![0u32; ((last - first) / 100 + 1) as usize];
+        for t in &accepted_at {
+            tenths[((t - first) / 100) as usize] += 1;
+        }
+        eprintln!("sends per 100 ms: {tenths:?}");
+    }
     let refused = if twilio { sandbox.twilio().refused_concurrency() } else { sandbox.meta().throttled() };
     let mut c = store.conn().await?;
     let counts = store::counts_by_state(&mut c).await?;
@@ -111,6 +127,9 @@ async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Resu
         started.elapsed().as_secs_f64(),
         cpu_used / started.elapsed().as_secs_f64()
     );
+    if let Some(cores) = sending_alone {
+        println!("daemon CPU from the first quarter sent to the last send (sending alone): {cores:.2} cores");
+    }
     // The same daemon with nothing to send, polling the same sheet: what the polls alone cost.
     let before = separate_daemon::cpu_seconds(pid).unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -6,12 +6,18 @@
 //! and a free in-flight slot; check the opt-out once more, at the last moment; send; record
 //! `sent` (with the provider's id) or the classified error.
 //!
+//! The next chunk is prepared and marked while the one before it is sent, so the sends keep
+//! their pace while its transaction waits for the store. Accepted sends go to one recorder
+//! task, which records everything that arrived while its last commit ran in one transaction,
+//! with a statement per kind of change for the whole batch (a statement is a hand-off to
+//! SQLite's thread: one per message and kind was most of the dispatcher's CPU).
+//!
 //! A send whose answer was lost stays `sending` ("in doubt"): the provider is asked about it
 //! where it can be, and otherwise its status webhooks — which carry our outbox id — are awaited
 //! for the provider's grace, counted from the send and also from this process's start (after
 //! downtime, the provider's retried webhooks need time to arrive). Only then is it sent again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,7 +51,6 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
-/// Messages marked `sending` together, in one transaction, right before their sends.
 /// How often the provider is asked what its webhooks said (for vendors that do not redeliver
 /// them after an outage).
 const CATCH_UP_EVERY_MS: i64 = 10 * 60 * 1000;
@@ -53,7 +58,12 @@ const CATCH_UP_EVERY_MS: i64 = 10 * 60 * 1000;
 const CATCH_UP_HORIZON_MS: i64 = 24 * 3600 * 1000;
 /// How far the daemon's clock and the provider's may disagree about when a message was sent.
 const CATCH_UP_SLACK_MS: i64 = 10 * 60 * 1000;
-const CHUNK: usize = 32;
+/// Messages marked `sending` together, in one transaction: a quarter of a second of the
+/// provider's rate, within these bounds. While a poll commits a large read, the dispatcher
+/// gets one transaction between two of the poll's (the store's write gate takes turns), so a
+/// smaller chunk made sending fall behind the rate then (BENCHMARKS.md).
+const CHUNK_MIN: usize = 32;
+const CHUNK_MAX: usize = 256;
 /// Other sends to the same person recorded within this long before a send in doubt are not it.
 const KNOWN_IDS_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// A send in doubt whose lookup keeps failing is given up (failed, never re-sent) after a day.
@@ -63,6 +73,13 @@ const RECORDER_QUEUE: usize = 1024;
 /// Recipients remembered for the pair interval; older entries are dropped beyond this.
 const PAIR_MEMORY: usize = 20_000;
 
+/// A chunk marked `sending`, waiting to be sent.
+struct Prepared {
+    messages: Vec<OutboxMessage>,
+    /// The opt-out epoch its contacts were read at: an opt-out after it is looked up again.
+    epoch: u64,
+}
+
 /// An accepted send for the recorder, or `None`: commit what you have and stop.
 type Recorded = Option<(OutboxMessage, Accepted)>;
 
@@ -70,6 +87,10 @@ pub struct Dispatcher {
     provider: Provider,
     ctx: Arc<EngineCtx>,
     limiter: DefaultDirectRateLimiter,
+    /// The most turns the limiter holds at once.
+    burst: NonZeroU32,
+    /// Messages marked `sending` in one transaction (see [`CHUNK_MIN`]).
+    chunk: usize,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     max_attempts: u32,
@@ -99,6 +120,8 @@ impl Dispatcher {
             provider,
             ctx,
             limiter: RateLimiter::direct(quota),
+            burst,
+            chunk: ((per_sec / 4.0) as usize).clamp(CHUNK_MIN, CHUNK_MAX),
             in_flight: Arc::new(Semaphore::new(s.max_in_flight)),
             max_in_flight: s.max_in_flight,
             max_attempts: s.max_attempts,
@@ -129,6 +152,8 @@ impl Dispatcher {
         // waits for it.
         let catching_up = tokio::spawn(Arc::clone(&self).catch_up_loop(shutdown.clone()));
         let mut last_doubt_check: Option<i64> = None;
+        // The chunk marked `sending` while the one before it was sent, waiting for its turn.
+        let mut prepared: Option<Prepared> = None;
         loop {
             if shutdown.is_set() {
                 break;
@@ -136,7 +161,8 @@ impl Dispatcher {
             let busy = self.ctx.health.busy(&self.health_name);
             if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
                 last_doubt_check = Some(self.now_ms());
-                if let Err(e) = self.settle_in_doubt().await {
+                let holding: Vec<i64> = prepared.iter().flat_map(|p| p.messages.iter().map(|m| m.id)).collect();
+                if let Err(e) = self.settle_in_doubt(&holding).await {
                     self.ctx.health.failed(&self.health_name, "provider", &format!("checking sends in doubt: {e}"));
                     error!(provider = %id, "checking sends in doubt failed: {e}");
                 }
@@ -150,6 +176,12 @@ impl Dispatcher {
                 }
             };
             if batch.is_empty() {
+                if let Some(p) = prepared.take() {
+                    if let Err(e) = self.send_prepared(p, &mut shutdown).await {
+                        self.dispatch_failed(&e).await;
+                    }
+                    continue;
+                }
                 let next = self.next_due().await;
                 drop(busy);
                 tokio::select! {
@@ -159,17 +191,36 @@ impl Dispatcher {
                 }
                 continue;
             }
-            for chunk in batch.chunks(CHUNK) {
+            // A chunk is marked `sending` (a transaction, which may wait for the store's write
+            // gate behind a poll's commit) while the one before it is sent: the sends keep
+            // their pace while the next chunk waits for its turn.
+            for chunk in batch.chunks(self.chunk) {
                 if shutdown.is_set() {
                     break;
                 }
-                if let Err(e) = self.dispatch_chunk(chunk.to_vec(), &mut shutdown).await {
-                    self.ctx.health.failed(&self.health_name, "provider", &format!("dispatching: {e}"));
-                    error!(provider = %id, "dispatch failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                let (sent, next) = match prepared.take() {
+                    Some(p) => {
+                        let sending: HashSet<String> =
+                            p.messages.iter().map(|m| m.phone.as_str().to_string()).collect();
+                        tokio::join!(self.send_prepared(p, &mut shutdown), self.prepare_chunk(chunk.to_vec(), &sending))
+                    }
+                    None => (Ok(()), self.prepare_chunk(chunk.to_vec(), &HashSet::new()).await),
+                };
+                if let Err(e) = sent {
+                    self.dispatch_failed(&e).await;
+                }
+                match next {
+                    Ok(p) => prepared = Some(p),
+                    Err(e) => self.dispatch_failed(&e).await,
                 }
             }
             self.forget_old_recipients();
+        }
+        // Stopping: a chunk marked but not sent goes back to the queue.
+        if let Some(p) = prepared.take() {
+            if let Err(e) = self.unmark(&p.messages).await {
+                error!(provider = %id, "putting unsent messages back in the queue failed (they are settled as in doubt): {e}");
+            }
         }
         // Let in-flight sends finish, then their outcomes be recorded, before returning.
         let _all = self.in_flight.acquire_many(self.max_in_flight as u32).await;
@@ -205,7 +256,7 @@ impl Dispatcher {
 
     async fn due_batch(&self) -> Result<Vec<OutboxMessage>, StoreError> {
         let mut conn = self.ctx.store.conn().await?;
-        store::due_messages(&mut conn, self.provider.id(), self.now_ms(), 256).await
+        store::due_messages(&mut conn, self.provider.id(), self.now_ms(), CHUNK_MAX as i64).await
     }
 
     /// When the next queued message is due (Unix ms).
@@ -257,8 +308,9 @@ impl Dispatcher {
     }
 
     /// Sends in doubt past their grace: asked about where the provider can say, else sent
-    /// again. The grace counts from the send and from this process's start.
-    async fn settle_in_doubt(&self) -> Result<(), StoreError> {
+    /// again. The grace counts from the send and from this process's start. `holding` are
+    /// marked `sending` by this dispatcher and still waiting for their turn: not in doubt.
+    async fn settle_in_doubt(&self, holding: &[i64]) -> Result<(), StoreError> {
         let grace = self.provider.settings().in_doubt_grace.as_millis().min(i64::MAX as u128) as i64;
         let now = self.now_ms();
         if now - self.ctx.started_at < grace {
@@ -266,7 +318,9 @@ impl Dispatcher {
         }
         let stale = {
             let mut c = self.ctx.store.conn().await?;
-            store::in_doubt(&mut c, self.provider.id(), now - grace).await?
+            let mut stale = store::in_doubt(&mut c, self.provider.id(), now - grace).await?;
+            stale.retain(|m| !holding.contains(&m.id));
+            stale
         };
         for m in stale {
             let known_ids = {
@@ -340,11 +394,22 @@ impl Dispatcher {
 
     /// Policy checks for a chunk, one `sending` commit for the chunk, then each send as its
     /// turn in the throughput budget comes.
-    async fn dispatch_chunk(
-        self: &Arc<Self>,
+    /// Reports a failure to read or mark the outbox and waits a little before going on.
+    async fn dispatch_failed(&self, e: &StoreError) {
+        self.ctx.health.failed(&self.health_name, "provider", &format!("dispatching: {e}"));
+        error!(provider = %self.provider.id(), "dispatch failed: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Decides what becomes of each message of a chunk (skipped, put off, sent in another
+    /// language or as its fallback) and marks the ones to send `sending`, committed before any
+    /// network call. `sending` are the numbers of the chunk being sent meanwhile: a message to
+    /// one of them waits for the pair interval, as two to one number in a chunk do.
+    async fn prepare_chunk(
+        &self,
         chunk: Vec<OutboxMessage>,
-        shutdown: &mut Shutdown,
-    ) -> Result<(), StoreError> {
+        sending: &HashSet<String>,
+    ) -> Result<Prepared, StoreError> {
         let now = self.now_ms();
         let epoch = self.ctx.opt_out_epoch.load(Ordering::Acquire);
         let phones: Vec<&str> = chunk.iter().map(|m| m.phone.as_str()).collect();
@@ -426,7 +491,7 @@ impl Dispatcher {
             // from one instant for the whole chunk, so two messages to one person put off
             // together get the same time, and go in the order they were queued.
             let next_ok = self.last_sent().get(m.phone.as_str()).map(|t| *t + self.pair_interval);
-            let twice_in_chunk = ready.iter().any(|(r, _)| r.phone == m.phone);
+            let twice_in_chunk = ready.iter().any(|(r, _)| r.phone == m.phone) || sending.contains(m.phone.as_str());
             match next_ok {
                 Some(t) if t > chunk_instant => {
                     later.push((m.id, now + (t - chunk_instant).as_millis() as i64));
@@ -453,27 +518,46 @@ impl Dispatcher {
             )
             .await?;
         }
+        let marks: Vec<(i64, u32, Option<&MessageContent>)> =
+            ready.iter().map(|(m, switched)| (m.id, m.attempts, switched.as_ref())).collect();
+        let marked = store::mark_sending(&mut tx, &marks, now).await?;
         let mut still_queued = Vec::with_capacity(ready.len());
         for (m, switched) in ready {
             // Withdrawn since the chunk was read (its record changed, its contact opted out):
             // not sent, and its row already says why.
-            if store::mark_sending(&mut tx, m.id, m.attempts, switched.as_ref(), now).await? {
+            if marked.contains(&m.id) {
                 still_queued.push((m, switched));
             } else {
                 debug!(message_id = m.id, "withdrawn while its chunk was prepared: not sent");
             }
         }
-        let ready = still_queued;
         tx.commit().await?;
+        Ok(Prepared { messages: still_queued.into_iter().map(|(m, _)| m).collect(), epoch })
+    }
 
-        let mut pending = ready.into_iter().map(|(m, _)| m);
-        while let Some(m) = pending.next() {
-            if !self.wait_turn(shutdown).await {
-                // Stopping: what was marked but not sent goes back to the queue.
-                let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
-                self.unmark(&rest).await?;
-                return Ok(());
+    /// Sends a prepared chunk at the provider's pace; what the provider answers is recorded by
+    /// the recorder, errors each by itself. Stopping puts what was not sent back in the queue.
+    async fn send_prepared(self: &Arc<Self>, prepared: Prepared, shutdown: &mut Shutdown) -> Result<(), StoreError> {
+        let Prepared { messages, epoch } = prepared;
+        let mut pending: std::collections::VecDeque<OutboxMessage> = messages.into();
+        // Turns taken from the throughput budget a few at a time (one wake-up for a burst's
+        // worth, not one a message), and given up when the provider asks for a pause.
+        let mut turns = 0u32;
+        while let Some(m) = pending.pop_front() {
+            if self.paused().is_some_and(|t| t > Instant::now()) {
+                turns = 0;
             }
+            if turns == 0 {
+                let n = u32::try_from(pending.len() + 1).unwrap_or(u32::MAX).min(self.burst.get());
+                if !self.wait_turns(shutdown, n).await {
+                    // Stopping: what was marked but not sent goes back to the queue.
+                    let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
+                    self.unmark(&rest).await?;
+                    return Ok(());
+                }
+                turns = n;
+            }
+            turns -= 1;
             let permit = tokio::select! {
                 p = Arc::clone(&self.in_flight).acquire_owned() => match p {
                     Ok(p) => p,
@@ -581,9 +665,9 @@ impl Dispatcher {
         }
     }
 
-    /// Waits for a provider pause to end and for a slot in the throughput budget. False when
-    /// shutdown came first.
-    async fn wait_turn(&self, shutdown: &mut Shutdown) -> bool {
+    /// Waits for a provider pause to end and for `n` slots (at most a burst) in the throughput
+    /// budget. False when shutdown came first.
+    async fn wait_turns(&self, shutdown: &mut Shutdown, n: u32) -> bool {
         loop {
             let until = *self.paused();
             match until {
@@ -596,8 +680,15 @@ impl Dispatcher {
                 _ => break,
             }
         }
+        let n = NonZeroU32::new(n.min(self.burst.get())).unwrap_or(NonZeroU32::MIN);
         tokio::select! {
-            _ = self.limiter.until_ready() => true,
+            // `n` is at most the burst, so the budget can always hold it (else: one turn).
+            r = self.limiter.until_n_ready(n) => {
+                if r.is_err() {
+                    self.limiter.until_ready().await;
+                }
+                true
+            }
             _ = shutdown.wait() => false,
         }
     }
@@ -624,6 +715,10 @@ impl Dispatcher {
         while let Some(Some(first)) = rx.recv().await {
             let mut batch = vec![first];
             let mut stop = false;
+            // What arrived while the last commit ran joins this one, and no more: the
+            // provider's answer is recorded as soon as it can be, because a reply (a tapped
+            // button) quoting the message is looked up by the provider's id. Under load the
+            // batch grows with the commit it waits for.
             while batch.len() < 256 {
                 match rx.try_recv() {
                     Ok(Some(x)) => batch.push(x),
@@ -662,25 +757,43 @@ impl Dispatcher {
         );
     }
 
+    /// One transaction for the batch, with reads and writes made a batch at a time (a
+    /// statement is a hand-off to SQLite's thread: per message, they were most of the
+    /// dispatcher's CPU). Only a survey (`on_reply`) reads and saves its conversation per
+    /// message.
     async fn try_commit_accepted(&self, batch: &[(OutboxMessage, Accepted)]) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut tx = self.ctx.store.begin().await?;
         let mut sources = std::collections::HashSet::new();
+        let ids: Vec<i64> = batch.iter().map(|(m, _)| m.id).collect();
+        let mut phones: Vec<&str> = batch.iter().map(|(m, _)| m.phone.as_str()).collect();
+        phones.sort_unstable();
+        phones.dedup();
+        let messages: Vec<&OutboxMessage> = batch.iter().map(|(m, _)| m).collect();
+        let records: Vec<(&str, &str)> =
+            messages.iter().map(|m| (m.source_id.as_str(), m.record_key.0.as_str())).collect();
+        let states = store::message_states(&mut tx, &ids).await?;
+        let contacts = store::contacts_for(&mut tx, &phones).await?;
+        let newer = store::newer_rules_for_records(&mut tx, &messages).await?;
+        let with_issues = store::records_with_open_issues(&mut tx, &records).await?;
+        store::upsert_contacts(&mut tx, &phones, &contacts, now).await?;
+        let user_ids: Vec<(&str, &str)> = batch
+            .iter()
+            .flat_map(|(m, acc)| acc.recipient_ids.iter().map(move |id| (m.phone.as_str(), id.as_str())))
+            .collect();
+        store::add_contact_ids_many(&mut tx, &user_ids, now).await?;
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut writes = Vec::new();
         for (m, acc) in batch {
             // A status webhook may already have moved it further (it carries our id).
-            let current = store::message_by_id(&mut tx, m.id).await?.map(|c| c.state).unwrap_or(MessageState::Sending);
+            let current = states.get(&m.id).copied().unwrap_or(MessageState::Sending);
             let next = current.advance(MessageState::Sent);
-            let u = MessageUpdate {
+            accepted.push(store::AcceptedSend {
+                id: m.id,
                 state: next,
-                provider_message_id: Some(acc.provider_message_id.clone()),
+                provider_message_id: acc.provider_message_id.clone(),
                 recipient_id: acc.recipient_ids.first().cloned(),
-                error: Some(None),
-                state_at: next.map(|_| now),
-                ..Default::default()
-            };
-            store::update_message(&mut tx, m.id, &u, now).await?;
-            store::upsert_contact(&mut tx, m.phone.as_str(), now).await?;
-            store::add_contact_ids(&mut tx, m.phone.as_str(), &acc.recipient_ids, now).await?;
+            });
             // A rule whose replies go to a flow: the conversation waits for the answer to the
             // question the template asked, from now (its reminder and expiry count from here).
             let on_reply = self.ctx.config.rules.iter().find(|r| r.id == m.rule_id).and_then(|r| r.on_reply.as_deref());
@@ -692,8 +805,8 @@ impl Dispatcher {
             // reaches this flow when it does not start.
             let mut busy = on_reply.is_none();
             let mut superseded = None;
-            let contact = store::contact(&mut tx, m.phone.as_str()).await?;
-            if contact.as_ref().is_some_and(|c| c.refused_notice(self.ctx.config.inbound.consent_version.as_deref())) {
+            let contact = contacts.get(m.phone.as_str());
+            if contact.is_some_and(|c| c.refused_notice(self.ctx.config.inbound.consent_version.as_deref())) {
                 busy = true;
             }
             if let (Some(flow), false) = (on_reply, busy) {
@@ -719,15 +832,17 @@ impl Dispatcher {
                 (on_reply.and_then(|id| self.ctx.config.flows.get(id)), current, busy)
             {
                 let language = contact
-                    .and_then(|c| c.language)
+                    .and_then(|c| c.language.clone())
                     .unwrap_or_else(|| self.ctx.config.inbound.default_language.clone());
                 if let Some(conversation) = flow.opening(&language) {
                     if let Some(old) = superseded {
                         info!(message_id = m.id, from = %old.conversation.flow, to = %flow.id, "a survey takes over the conversation in progress");
                         if let Some(old_flow) = self.ctx.config.flows.get(&old.conversation.flow) {
-                            let ended =
-                                super::progress_write(old_flow, old.record.as_ref(), super::FlowProgress::Expired);
-                            store::queue_writes(&mut tx, &ended.into_iter().collect::<Vec<_>>()).await?;
+                            writes.extend(super::progress_write(
+                                old_flow,
+                                old.record.as_ref(),
+                                super::FlowProgress::Expired,
+                            ));
                             if let Some((source, _)) = &old.record {
                                 sources.insert(source.clone());
                             }
@@ -744,32 +859,31 @@ impl Dispatcher {
                         now,
                     );
                     store::save_conversation(&mut tx, &stored).await?;
-                    let started = super::progress_write(flow, record.as_ref(), super::FlowProgress::Started);
-                    store::queue_writes(&mut tx, &started.into_iter().collect::<Vec<_>>()).await?;
+                    writes.extend(super::progress_write(flow, record.as_ref(), super::FlowProgress::Started));
                     sources.insert(m.source_id.clone());
                 }
             }
             let logged = next.unwrap_or(current);
-            store::queue_writes(
-                &mut tx,
-                &self.ctx.interaction_writes(m, logged, now, None, Some(&acc.provider_message_id)),
-            )
-            .await?;
-            let owned = if next.is_some() { self.ctx.owned_status_fields(&mut tx, m).await? } else { Vec::new() };
-            if !owned.is_empty() {
-                // A successful send clears an old send error, but not a record problem that is
-                // still there (a duplicate key, say).
-                let clear = (!store::has_open_issue(&mut tx, &m.source_id, &m.record_key.0).await?).then_some("");
-                let writes: Vec<_> = self
-                    .ctx
-                    .status_writes(m, MessageState::Sent, now, clear)
-                    .into_iter()
-                    .filter(|w| owned.contains(&w.field))
-                    .collect();
-                store::queue_writes(&mut tx, &writes).await?;
-                sources.insert(m.source_id.clone());
+            writes.extend(self.ctx.interaction_writes(m, logged, now, None, Some(&acc.provider_message_id)));
+            if next.is_some() {
+                let later: &[String] = newer.get(&m.id).map(Vec::as_slice).unwrap_or_default();
+                let owned = self.ctx.status_fields_not_taken(m, later);
+                if !owned.is_empty() {
+                    // A successful send clears an old send error, but not a record problem
+                    // that is still there (a duplicate key, say).
+                    let open = with_issues.contains(&(m.source_id.clone(), m.record_key.0.clone()));
+                    writes.extend(
+                        self.ctx
+                            .status_writes(m, MessageState::Sent, now, (!open).then_some(""))
+                            .into_iter()
+                            .filter(|w| owned.contains(&w.field)),
+                    );
+                    sources.insert(m.source_id.clone());
+                }
             }
         }
+        store::record_accepted_sends(&mut tx, &accepted, now).await?;
+        store::queue_writes(&mut tx, &writes).await?;
         tx.commit().await?;
         for (m, _) in batch {
             info!(message_id = m.id, rule = %m.rule_id, record = %m.record_key, to = %m.phone, "message sent");

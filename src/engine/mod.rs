@@ -299,8 +299,14 @@ impl EngineCtx {
         m: &OutboxMessage,
     ) -> Result<Vec<String>, crate::store::StoreError> {
         let newer = crate::store::newer_rules_for_record(conn, m).await?;
+        Ok(self.status_fields_not_taken(m, &newer))
+    }
+
+    /// `m`'s status fields that none of the `newer` rules (of later messages of its record)
+    /// has taken over.
+    pub fn status_fields_not_taken(&self, m: &OutboxMessage, newer: &[String]) -> Vec<String> {
         let taken: Vec<&String> = newer.iter().flat_map(|r| self.status_fields(&m.source_id, r)).collect();
-        Ok(self.status_fields(&m.source_id, &m.rule_id).into_iter().filter(|f| !taken.contains(f)).cloned().collect())
+        self.status_fields(&m.source_id, &m.rule_id).into_iter().filter(|f| !taken.contains(f)).cloned().collect()
     }
 
     /// [`Self::status_writes`] limited to the fields `m` still owns.

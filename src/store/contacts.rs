@@ -290,3 +290,47 @@ pub async fn inbound_ids_since(
             .await?;
     Ok(ids.into_iter().collect())
 }
+
+/// [`upsert_contact`] for a batch of distinct numbers, in one statement a 500. `known` is what
+/// [`contacts_for`] found for them: a number forgotten after it opted out comes back opted out.
+pub async fn upsert_contacts(
+    conn: &mut SqliteConnection,
+    phones: &[&str],
+    known: &HashMap<String, Contact>,
+    now: i64,
+) -> StoreResult<()> {
+    for chunk in phones.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO contacts (phone, updated_at, opted_out_at, opt_out_text) ",
+        );
+        qb.push_values(chunk, |mut b, phone| {
+            let opted_out = known.get(*phone).and_then(|c| c.opted_out_at);
+            b.push_bind(*phone)
+                .push_bind(now)
+                .push_bind(opted_out)
+                .push_bind(opted_out.map(|_| "(before being forgotten)"));
+        });
+        qb.push(" ON CONFLICT (phone) DO UPDATE SET updated_at = excluded.updated_at");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// [`add_contact_ids`] for a batch of (number, the provider's id for it), in one statement a
+/// 500. An id given twice keeps its last number, as one call after another would.
+pub async fn add_contact_ids_many(conn: &mut SqliteConnection, pairs: &[(&str, &str)], now: i64) -> StoreResult<()> {
+    let mut last: HashMap<&str, &str> = HashMap::new();
+    for (phone, id) in pairs.iter().filter(|(_, id)| !id.is_empty()) {
+        last.insert(id, phone);
+    }
+    let rows: Vec<(&str, &str)> = last.into_iter().collect();
+    for chunk in rows.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO contact_ids (user_id, phone, updated_at) ");
+        qb.push_values(chunk, |mut b, (id, phone)| {
+            b.push_bind(*id).push_bind(*phone).push_bind(now);
+        });
+        qb.push(" ON CONFLICT (user_id) DO UPDATE SET phone = excluded.phone, updated_at = excluded.updated_at");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}

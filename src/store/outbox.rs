@@ -2,6 +2,7 @@
 //! `sending` (committed before the call) to its final state. The idempotency key
 //! (`rule:record:occurrence`) is UNIQUE: a record gets a rule's message once per occurrence.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use sqlx::sqlite::SqliteRow;
@@ -381,28 +382,45 @@ pub async fn requeue_failed_send(
     Ok(())
 }
 
-/// Marks a queued message `sending` (attempts counted, content switched to its fallback when
-/// given), only if it is still queued: false when something withdrew it since it was read
-/// (an edit of its record, an opt-out), and then it must not be sent.
+/// Marks queued messages `sending` (id, attempts counted, content switched to its fallback
+/// when given), in one statement a 500, only those still queued: the others were withdrawn
+/// since they were read (an edit of their record, an opt-out) and must not be sent. Returns
+/// the ids marked.
 pub async fn mark_sending(
     conn: &mut SqliteConnection,
-    id: i64,
-    attempts: u32,
-    content: Option<&MessageContent>,
+    messages: &[(i64, u32, Option<&MessageContent>)],
     now: i64,
-) -> StoreResult<bool> {
-    let content = content.map(encode).transpose()?;
-    let r = sqlx::query(
-        "UPDATE messages SET state = 'sending', attempts = $2, content = COALESCE($3, content), updated_at = $4
-         WHERE id = $1 AND state = 'queued'",
-    )
-    .bind(id)
-    .bind(i64::from(attempts))
-    .bind(content)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
+) -> StoreResult<std::collections::HashSet<i64>> {
+    let mut marked = std::collections::HashSet::with_capacity(messages.len());
+    for chunk in messages.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET state = 'sending', updated_at = ");
+        qb.push_bind(now);
+        qb.push(", attempts = CASE id");
+        for (id, attempts, _) in chunk {
+            qb.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(i64::from(*attempts));
+        }
+        qb.push(" ELSE attempts END");
+        let switched: Vec<(i64, String)> = chunk
+            .iter()
+            .filter_map(|(id, _, content)| content.map(|c| encode(c).map(|e| (*id, e))))
+            .collect::<StoreResult<_>>()?;
+        if !switched.is_empty() {
+            qb.push(", content = CASE id");
+            for (id, content) in switched {
+                qb.push(" WHEN ").push_bind(id).push(" THEN ").push_bind(content);
+            }
+            qb.push(" ELSE content END");
+        }
+        qb.push(" WHERE state = 'queued' AND id IN (");
+        let mut ids = qb.separated(", ");
+        for (id, _, _) in chunk {
+            ids.push_bind(*id);
+        }
+        qb.push(") RETURNING id");
+        let ids: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
+        marked.extend(ids);
+    }
+    Ok(marked)
 }
 
 /// Queued messages of these records of a source.
@@ -498,4 +516,211 @@ pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) 
         .fetch_one(conn)
         .await?;
     Ok(n > 0)
+}
+
+/// The states of these messages, by id (the recorder's batch, read at once).
+pub async fn message_states(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<HashMap<i64, MessageState>> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT id, state FROM messages WHERE id IN (");
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(*id);
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            let state: String = col(&r, "state")?;
+            out.insert(col(&r, "id")?, MessageState::from_str(&state).map_err(|e| corrupt("message state", e))?);
+        }
+    }
+    Ok(out)
+}
+
+/// For each of `messages`, the rules of later messages of its record
+/// ([`newer_rules_for_record`] for a batch, in one query a 500 records of a source).
+pub async fn newer_rules_for_records(
+    conn: &mut SqliteConnection,
+    messages: &[&OutboxMessage],
+) -> StoreResult<HashMap<i64, Vec<String>>> {
+    let Some(min) = messages.iter().map(|m| m.id).min() else { return Ok(HashMap::new()) };
+    let mut records: Vec<(&str, &str)> =
+        messages.iter().map(|m| (m.source_id.as_str(), m.record_key.0.as_str())).collect();
+    records.sort_unstable();
+    records.dedup();
+    // Messages after the batch's first, by record: (id, rule).
+    let mut later: HashMap<(String, String), Vec<(i64, String)>> = HashMap::new();
+    // By source, so the (source_id, record_key) index finds them.
+    for chunk in records.chunk_by(|a, b| a.0 == b.0).flat_map(|same| same.chunks(500)) {
+        let Some((source, _)) = chunk.first() else { continue };
+        let mut qb =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT record_key, id, rule_id FROM messages WHERE source_id = ");
+        qb.push_bind(*source);
+        qb.push(" AND id > ");
+        qb.push_bind(min);
+        qb.push(" AND record_key IN (");
+        let mut sep = qb.separated(", ");
+        for (_, k) in chunk {
+            sep.push_bind(*k);
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            later
+                .entry((source.to_string(), col(&r, "record_key")?))
+                .or_default()
+                .push((col(&r, "id")?, col(&r, "rule_id")?));
+        }
+    }
+    Ok(messages
+        .iter()
+        .map(|m| {
+            let mut rules: Vec<String> = later
+                .get(&(m.source_id.clone(), m.record_key.0.clone()))
+                .into_iter()
+                .flatten()
+                .filter(|(id, _)| *id > m.id)
+                .map(|(_, rule)| rule.clone())
+                .collect();
+            rules.sort_unstable();
+            rules.dedup();
+            (m.id, rules)
+        })
+        .collect())
+}
+
+/// What the provider's acceptance of one send changes in its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedSend {
+    pub id: i64,
+    /// `sent`, or None when a status webhook already moved it further.
+    pub state: Option<MessageState>,
+    pub provider_message_id: String,
+    pub recipient_id: Option<String>,
+}
+
+/// Records a batch of accepted sends, in one statement a 500: the provider's id, the
+/// recipient's, the new state (when it moves), no error.
+pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[AcceptedSend], now: i64) -> StoreResult<()> {
+    for chunk in sends.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET error = NULL, updated_at = ");
+        qb.push_bind(now);
+        qb.push(", provider_message_id = CASE id");
+        for s in chunk {
+            qb.push(" WHEN ").push_bind(s.id).push(" THEN ").push_bind(&s.provider_message_id);
+        }
+        qb.push(" ELSE provider_message_id END");
+        let moved: Vec<(i64, MessageState)> = chunk.iter().filter_map(|s| s.state.map(|st| (s.id, st))).collect();
+        if !moved.is_empty() {
+            qb.push(", state = CASE id");
+            for (id, state) in &moved {
+                qb.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(state.as_str());
+            }
+            qb.push(" ELSE state END, state_at = CASE WHEN id IN (");
+            let mut ids = qb.separated(", ");
+            for (id, _) in &moved {
+                ids.push_bind(*id);
+            }
+            qb.push(") THEN ").push_bind(now).push(" ELSE state_at END");
+        }
+        let recipients: Vec<(i64, &str)> =
+            chunk.iter().filter_map(|s| s.recipient_id.as_deref().map(|r| (s.id, r))).collect();
+        if !recipients.is_empty() {
+            qb.push(", recipient_id = CASE id");
+            for (id, r) in recipients {
+                qb.push(" WHEN ").push_bind(id).push(" THEN ").push_bind(r);
+            }
+            qb.push(" ELSE recipient_id END");
+        }
+        qb.push(" WHERE id IN (");
+        let mut ids = qb.separated(", ");
+        for s in chunk {
+            ids.push_bind(s.id);
+        }
+        qb.push(")");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(key: &str, record: &str, rule: &str) -> Intent {
+        Intent {
+            rule_id: rule.to_string(),
+            source_id: "s".to_string(),
+            record_key: RecordKey(record.to_string()),
+            provider_id: "p".to_string(),
+            idempotency_key: key.to_string(),
+            phone: PhoneNumber::from_e164_unchecked("+5491100000001"),
+            content: MessageContent::Text { body: "hola".to_string() },
+            fallback: None,
+            adjustments: Vec::new(),
+        }
+    }
+
+    /// The dispatcher's statements for a whole chunk or batch do what one a message did.
+    #[tokio::test]
+    async fn chunk_statements_act_as_one_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(&dir.path().join("o.db")).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let a = insert_intent(&mut tx, &intent("r1:a:1", "a", "r1"), 0, 1).await.unwrap().unwrap();
+        let b = insert_intent(&mut tx, &intent("r1:b:1", "b", "r1"), 0, 1).await.unwrap().unwrap();
+        let withdrawn = insert_intent(&mut tx, &intent("r1:c:1", "c", "r1"), 0, 1).await.unwrap().unwrap();
+        let later = insert_intent(&mut tx, &intent("r2:a:1", "a", "r2"), 0, 1).await.unwrap().unwrap();
+        update_message(
+            &mut tx,
+            withdrawn,
+            &MessageUpdate { state: Some(MessageState::Skipped), ..Default::default() },
+            1,
+        )
+        .await
+        .unwrap();
+
+        // Marked: only what is still queued; attempts and a switched content per message.
+        let switched = MessageContent::Text { body: "plantilla".to_string() };
+        let marked =
+            mark_sending(&mut tx, &[(a, 1, None), (b, 2, Some(&switched)), (withdrawn, 1, None)], 5).await.unwrap();
+        assert_eq!(marked, [a, b].into_iter().collect());
+        let (ma, mb) =
+            (message_by_id(&mut tx, a).await.unwrap().unwrap(), message_by_id(&mut tx, b).await.unwrap().unwrap());
+        assert_eq!((ma.state, ma.attempts, &ma.content), (MessageState::Sending, 1, &intent("", "", "").content));
+        assert_eq!((mb.state, mb.attempts, &mb.content), (MessageState::Sending, 2, &switched));
+        assert_eq!(message_by_id(&mut tx, withdrawn).await.unwrap().unwrap().state, MessageState::Skipped);
+
+        // Rules of later messages of each one's record.
+        let (ma, mb) =
+            (message_by_id(&mut tx, a).await.unwrap().unwrap(), message_by_id(&mut tx, b).await.unwrap().unwrap());
+        let newer = newer_rules_for_records(&mut tx, &[&ma, &mb]).await.unwrap();
+        assert_eq!(newer.get(&a), Some(&vec!["r2".to_string()]));
+        assert_eq!(newer.get(&b), Some(&Vec::new()));
+        assert!(later > a);
+
+        // Accepted: the state moves only where given, the recipient is kept where none came.
+        update_message(&mut tx, b, &MessageUpdate { recipient_id: Some("u-b".into()), ..Default::default() }, 5)
+            .await
+            .unwrap();
+        let sends = [
+            AcceptedSend {
+                id: a,
+                state: Some(MessageState::Sent),
+                provider_message_id: "pm-a".into(),
+                recipient_id: Some("u-a".into()),
+            },
+            AcceptedSend { id: b, state: None, provider_message_id: "pm-b".into(), recipient_id: None },
+        ];
+        record_accepted_sends(&mut tx, &sends, 9).await.unwrap();
+        let (ma, mb) =
+            (message_by_id(&mut tx, a).await.unwrap().unwrap(), message_by_id(&mut tx, b).await.unwrap().unwrap());
+        assert_eq!(
+            (ma.state, ma.state_at, ma.provider_message_id.as_deref(), ma.recipient_id.as_deref()),
+            (MessageState::Sent, 9, Some("pm-a"), Some("u-a"))
+        );
+        assert_eq!(
+            (mb.state, mb.state_at, mb.provider_message_id.as_deref(), mb.recipient_id.as_deref()),
+            (MessageState::Sending, 1, Some("pm-b"), Some("u-b"))
+        );
+        assert_eq!(message_states(&mut tx, &[a, b]).await.unwrap().get(&b), Some(&MessageState::Sending));
+    }
 }
