@@ -70,14 +70,8 @@ async fn separate(path: &str, twilio: bool, rate: f64, n: usize) -> anyhow::Resu
     let pid = child.id();
     let store = separate_daemon::after_first_read(&dir.path().join("load.db"), "s", Duration::from_secs(60)).await?;
     let cpu_idle = separate_daemon::cpu_seconds(pid).unwrap_or(0.0);
-    for i in 0..n {
-        sandbox.google().insert_row(
-            "load",
-            "T",
-            None,
-            vec![serde_json::json!(i), serde_json::json!(load_daemon::phone(i))],
-        );
-    }
+    let rows = (0..n).map(|i| vec![serde_json::json!(i), serde_json::json!(load_daemon::phone(i))]).collect();
+    anyhow::ensure!(sandbox.google().append_rows("load", "T", rows), "the rows could not be added");
     let sent = || if twilio { sandbox.twilio().sent_count() } else { sandbox.meta().sent_count() };
     let started = Instant::now();
     // From the first quarter sent on, the poll of the new rows is long over: what the daemon

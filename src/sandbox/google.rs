@@ -1738,6 +1738,13 @@ impl GoogleState {
         self.act(&SheetAction::insert_row(id, tab, at, values))
     }
 
+    /// Appends data rows at once, as a paste does: no read sees some of them and not the
+    /// others. False if any could not be added.
+    pub fn append_rows(&self, id: &str, tab: &str, rows: Vec<Vec<Value>>) -> bool {
+        let mut g = self.lock();
+        rows.into_iter().all(|values| g.apply(&SheetAction::insert_row(id, tab, None, values)).is_ok())
+    }
+
     /// Deletes sheet row `n` (2 = first data row).
     pub fn delete_row(&self, id: &str, tab: &str, n: usize) -> bool {
         self.act(&SheetAction::delete_row(id, tab, n))

@@ -199,6 +199,46 @@ async fn a_problem_fixed_in_a_part_committed_before_a_cut_is_still_cleared() {
     h.stop().await;
 }
 
+/// A part of a read that the store refuses to commit, while the part after it was already
+/// planned into memory: memory is loaded again from the store, so the records of the parts not
+/// committed are still new at the next read, and every new row is queued its welcome once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_the_store_refuses_leaves_its_records_new_for_the_next_read() {
+    let mut h = Harness::new((1000..1100).map(|n| row(n, "Persona", "Sí", "Activo")).collect()).await;
+    h.start().await;
+    h.quiesce().await;
+    // The store refuses one record of the second part (of 2,000 records) of the next read.
+    {
+        let mut conn = h.store().conn().await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON snapshot_rows WHEN NEW.record_key = '4500'
+             BEGIN SELECT RAISE(ABORT, 'injected: the store refuses this record'); END",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+    let failures = || h.running().ctx().health.get("source:inscripciones").map_or(0, |c| c.failures);
+    let new: Vec<Vec<serde_json::Value>> = (2000..8000).map(|n| row(n, "Persona", "Sí", "Activo")).collect();
+    assert!(h.sandbox.google().append_rows(crate::harness::SHEET, crate::harness::TAB, new));
+    wait_for("a poll the store refused", Duration::from_secs(30), || async { failures() >= 1 }).await;
+    {
+        let mut conn = h.store().conn().await.unwrap();
+        sqlx::query("DROP TRIGGER refuse_one").execute(&mut *conn).await.unwrap();
+    }
+    let snapshot_len = || async {
+        let mut conn = h.store().conn().await.unwrap();
+        store::load_snapshot(&mut conn, "inscripciones").await.unwrap().0.len()
+    };
+    wait_for("every record committed", Duration::from_secs(60), || async { snapshot_len().await == 6100 }).await;
+    h.quiesce().await;
+    let messages = h.messages().await;
+    let mut keys: Vec<u32> = messages.iter().filter_map(|m| m.record_key.0.parse().ok()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (2000..8000).collect::<Vec<u32>>(), "each new row queued once, and no other");
+    h.stop().await;
+}
+
 /// A whole tab's read, however slow its answer, ends well before the watchdog calls its loop
 /// stuck (and restarts the service into the same slow read).
 #[test]
