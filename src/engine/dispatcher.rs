@@ -78,6 +78,10 @@ struct Prepared {
     messages: Vec<OutboxMessage>,
     /// The opt-out epoch its contacts were read at: an opt-out after it is looked up again.
     epoch: u64,
+    /// When it was marked, on the daemon's clock and as an instant: a send's time is the first
+    /// plus the time since the second (a clock moved meanwhile does not move it).
+    marked_ms: i64,
+    marked: Instant,
 }
 
 /// An accepted send for the recorder, or `None`: commit what you have and stop.
@@ -97,6 +101,10 @@ pub struct Dispatcher {
     pair_interval: Duration,
     paused_until: Arc<Mutex<Option<Instant>>>,
     last_sent: Mutex<HashMap<String, Instant>>,
+    /// Messages this process marked `sending` and has not settled yet: prepared, waiting for
+    /// their turn, in flight, or accepted and not recorded yet. Never taken for sends in doubt
+    /// (their grace would count from their marking, not from their send).
+    held: Mutex<HashSet<i64>>,
     accepted: mpsc::Sender<Recorded>,
     accepted_rx: Mutex<Option<mpsc::Receiver<Recorded>>>,
     health_name: String,
@@ -128,6 +136,7 @@ impl Dispatcher {
             pair_interval: s.throughput.pair_interval,
             paused_until,
             last_sent: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
             accepted,
             accepted_rx: Mutex::new(Some(rx)),
             health_name,
@@ -161,8 +170,7 @@ impl Dispatcher {
             let busy = self.ctx.health.busy(&self.health_name);
             if last_doubt_check.is_none_or(|t| self.now_ms() - t >= 5_000) {
                 last_doubt_check = Some(self.now_ms());
-                let holding: Vec<i64> = prepared.iter().flat_map(|p| p.messages.iter().map(|m| m.id)).collect();
-                if let Err(e) = self.settle_in_doubt(&holding).await {
+                if let Err(e) = self.settle_in_doubt().await {
                     self.ctx.health.failed(&self.health_name, "provider", &format!("checking sends in doubt: {e}"));
                     error!(provider = %id, "checking sends in doubt failed: {e}");
                 }
@@ -219,8 +227,10 @@ impl Dispatcher {
         // Stopping: a chunk marked but not sent goes back to the queue.
         if let Some(p) = prepared.take() {
             if let Err(e) = self.unmark(&p.messages).await {
-                error!(provider = %id, "putting unsent messages back in the queue failed (they are settled as in doubt): {e}");
+                // Never sent: settled as sends in doubt after their grace, and sent then.
+                error!(provider = %id, "putting unsent messages back in the queue failed: {e}");
             }
+            self.release(p.messages.iter().map(|m| m.id));
         }
         // Let in-flight sends finish, then their outcomes be recorded, before returning.
         let _all = self.in_flight.acquire_many(self.max_in_flight as u32).await;
@@ -256,7 +266,9 @@ impl Dispatcher {
 
     async fn due_batch(&self) -> Result<Vec<OutboxMessage>, StoreError> {
         let mut conn = self.ctx.store.conn().await?;
-        store::due_messages(&mut conn, self.provider.id(), self.now_ms(), CHUNK_MAX as i64).await
+        // Whole chunks, so that each is prepared beside a whole chunk's sends.
+        let limit = i64::try_from(self.chunk * 4).unwrap_or(i64::MAX);
+        store::due_messages(&mut conn, self.provider.id(), self.now_ms(), limit).await
     }
 
     /// When the next queued message is due (Unix ms).
@@ -308,9 +320,9 @@ impl Dispatcher {
     }
 
     /// Sends in doubt past their grace: asked about where the provider can say, else sent
-    /// again. The grace counts from the send and from this process's start. `holding` are
-    /// marked `sending` by this dispatcher and still waiting for their turn: not in doubt.
-    async fn settle_in_doubt(&self, holding: &[i64]) -> Result<(), StoreError> {
+    /// again. The grace counts from the send and from this process's start. Messages this
+    /// process still holds (see `held`) are not in doubt.
+    async fn settle_in_doubt(&self) -> Result<(), StoreError> {
         let grace = self.provider.settings().in_doubt_grace.as_millis().min(i64::MAX as u128) as i64;
         let now = self.now_ms();
         if now - self.ctx.started_at < grace {
@@ -319,7 +331,8 @@ impl Dispatcher {
         let stale = {
             let mut c = self.ctx.store.conn().await?;
             let mut stale = store::in_doubt(&mut c, self.provider.id(), now - grace).await?;
-            stale.retain(|m| !holding.contains(&m.id));
+            let held = self.held();
+            stale.retain(|m| !held.contains(&m.id));
             stale
         };
         for m in stale {
@@ -392,8 +405,6 @@ impl Dispatcher {
         Ok(row.and_then(|r| r.fields.get(field).map(|v| v.trim().to_lowercase())).filter(|v| !v.is_empty()))
     }
 
-    /// Policy checks for a chunk, one `sending` commit for the chunk, then each send as its
-    /// turn in the throughput budget comes.
     /// Reports a failure to read or mark the outbox and waits a little before going on.
     async fn dispatch_failed(&self, e: &StoreError) {
         self.ctx.health.failed(&self.health_name, "provider", &format!("dispatching: {e}"));
@@ -532,51 +543,94 @@ impl Dispatcher {
             }
         }
         tx.commit().await?;
-        Ok(Prepared { messages: still_queued.into_iter().map(|(m, _)| m).collect(), epoch })
+        self.held().extend(still_queued.iter().map(|(m, _)| m.id));
+        Ok(Prepared {
+            messages: still_queued.into_iter().map(|(m, _)| m).collect(),
+            epoch,
+            marked_ms: now,
+            marked: Instant::now(),
+        })
     }
 
     /// Sends a prepared chunk at the provider's pace; what the provider answers is recorded by
-    /// the recorder, errors each by itself. Stopping puts what was not sent back in the queue.
-    async fn send_prepared(self: &Arc<Self>, prepared: Prepared, shutdown: &mut Shutdown) -> Result<(), StoreError> {
-        let Prepared { messages, epoch } = prepared;
-        let mut pending: std::collections::VecDeque<OutboxMessage> = messages.into();
+    /// the recorder, errors each by itself. What is not handed to a send (stopping, or a store
+    /// error on the way) goes back to the queue: a message never sent is not left `sending`,
+    /// to be taken for a send in doubt.
+    async fn send_prepared(
+        self: &Arc<Self>,
+        mut prepared: Prepared,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), StoreError> {
+        let mut pending: std::collections::VecDeque<OutboxMessage> = std::mem::take(&mut prepared.messages).into();
+        let outcome = self.send_each(&mut pending, &prepared, shutdown).await;
+        if !pending.is_empty() {
+            let rest: Vec<OutboxMessage> = pending.into();
+            if let Err(e) = self.unmark(&rest).await {
+                // Never sent: settled as sends in doubt after their grace, and sent then.
+                error!(provider = %self.provider.id(), messages = rest.len(), "putting unsent messages back in the queue failed: {e}");
+            }
+            self.release(rest.iter().map(|m| m.id));
+        }
+        outcome
+    }
+
+    /// Sends `pending` from the front, leaving in it what was not handed to a send.
+    async fn send_each(
+        self: &Arc<Self>,
+        pending: &mut std::collections::VecDeque<OutboxMessage>,
+        chunk: &Prepared,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), StoreError> {
         // Turns taken from the throughput budget a few at a time (one wake-up for a burst's
         // worth, not one a message), and given up when the provider asks for a pause.
         let mut turns = 0u32;
         while let Some(m) = pending.pop_front() {
+            if shutdown.is_set() {
+                pending.push_front(m);
+                return Ok(());
+            }
             if self.paused().is_some_and(|t| t > Instant::now()) {
                 turns = 0;
             }
             if turns == 0 {
                 let n = u32::try_from(pending.len() + 1).unwrap_or(u32::MAX).min(self.burst.get());
                 if !self.wait_turns(shutdown, n).await {
-                    // Stopping: what was marked but not sent goes back to the queue.
-                    let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
-                    self.unmark(&rest).await?;
+                    pending.push_front(m);
                     return Ok(());
                 }
                 turns = n;
             }
             turns -= 1;
             let permit = tokio::select! {
-                p = Arc::clone(&self.in_flight).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return Ok(()),
-                },
-                _ = shutdown.wait() => {
-                    let rest: Vec<OutboxMessage> = std::iter::once(m).chain(pending).collect();
-                    self.unmark(&rest).await?;
-                    return Ok(());
-                }
+                biased;
+                _ = shutdown.wait() => None,
+                p = Arc::clone(&self.in_flight).acquire_owned() => p.ok(),
+            };
+            let Some(permit) = permit else {
+                pending.push_front(m);
+                return Ok(());
             };
             // The last moment before the call: an opt-out may have arrived while this message
             // waited for its turn or its slot.
-            if self.opted_out_since(epoch, &m).await? {
-                self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await?;
+            let opted_out = match self.opted_out_since(chunk.epoch, &m).await {
+                Ok(o) => o,
+                Err(e) => {
+                    pending.push_front(m);
+                    return Err(e);
+                }
+            };
+            if opted_out {
                 drop(permit);
+                if let Err(e) = self.finish(&m, MessageState::Skipped, "not sent: the contact opted out").await {
+                    // Back in the queue, its next chunk skips it.
+                    pending.push_front(m);
+                    return Err(e);
+                }
+                self.release([m.id]);
                 continue;
             }
             self.last_sent().insert(m.phone.as_str().to_string(), Instant::now());
+            let sent_at = chunk.marked_ms + i64::try_from(chunk.marked.elapsed().as_millis()).unwrap_or(0);
             let this = Arc::clone(self);
             tokio::spawn(async move {
                 let started = Instant::now();
@@ -589,8 +643,12 @@ impl Dispatcher {
                 match sent {
                     Ok(acc) => {
                         this.ctx.health.ok(&this.health_name, "provider", this.now_ms());
-                        // Recorded in a batch; the permit is released once it is queued.
-                        let _ = this.accepted.send(Some((m, acc))).await;
+                        // Recorded in a batch (which releases it); the permit is released
+                        // once it is queued.
+                        let id = m.id;
+                        if this.accepted.send(Some((m, acc))).await.is_err() {
+                            this.release([id]);
+                        }
                     }
                     Err(e) => {
                         let (class, code) = e.class_and_code();
@@ -611,7 +669,7 @@ impl Dispatcher {
                         }
                         let mut delay = Duration::from_millis(50);
                         for attempt in 1..=20 {
-                            match this.handle_error(&m, e.clone()).await {
+                            match this.handle_error(&m, e.clone(), sent_at).await {
                                 Ok(()) => break,
                                 Err(err) => {
                                     warn!(
@@ -623,6 +681,7 @@ impl Dispatcher {
                                 }
                             }
                         }
+                        this.release([m.id]);
                     }
                 }
                 drop(permit);
@@ -643,6 +702,18 @@ impl Dispatcher {
     fn last_sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         // A poisoned lock still holds valid times: the pair interval must keep applying.
         self.last_sent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Settled: no longer held by this process.
+    fn release(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.held();
+        for id in ids {
+            held.remove(&id);
+        }
     }
 
     fn paused(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -673,8 +744,9 @@ impl Dispatcher {
             match until {
                 Some(t) if t > Instant::now() => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(t) => {}
+                        biased;
                         _ = shutdown.wait() => return false,
+                        _ = tokio::time::sleep_until(t) => {}
                     }
                 }
                 _ => break,
@@ -682,6 +754,8 @@ impl Dispatcher {
         }
         let n = NonZeroU32::new(n.min(self.burst.get())).unwrap_or(NonZeroU32::MIN);
         tokio::select! {
+            biased;
+            _ = shutdown.wait() => false,
             // `n` is at most the burst, so the budget can always hold it (else: one turn).
             r = self.limiter.until_n_ready(n) => {
                 if r.is_err() {
@@ -689,7 +763,6 @@ impl Dispatcher {
                 }
                 true
             }
-            _ = shutdown.wait() => false,
         }
     }
 
@@ -730,6 +803,7 @@ impl Dispatcher {
                 }
             }
             self.commit_accepted(&batch).await;
+            self.release(batch.iter().map(|(m, _)| m.id));
             if stop {
                 break;
             }
@@ -894,7 +968,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn handle_error(&self, m: &OutboxMessage, e: SendError) -> Result<(), StoreError> {
+    /// Records a send's error (`sent_at`: when the call was made).
+    async fn handle_error(&self, m: &OutboxMessage, e: SendError, sent_at: i64) -> Result<(), StoreError> {
         let now = self.now_ms();
         let reason = e.describe();
         let requeue = |at: i64, attempts: u32| MessageUpdate {
@@ -932,7 +1007,10 @@ impl Dispatcher {
             }
             SendError::InDoubt { .. } => {
                 warn!(message_id = m.id, "send outcome unknown ({reason}); waiting for the provider before any retry");
-                return Ok(());
+                // Its grace counts from this send, not from when its chunk was marked (a pause
+                // may have come between).
+                let mut c = self.ctx.store.conn().await?;
+                return store::update_message(&mut c, m.id, &MessageUpdate::default(), sent_at).await;
             }
             SendError::WindowClosed { .. } => match (&m.content, &m.fallback) {
                 (c, Some(fb)) if c.is_free_form() => MessageUpdate {

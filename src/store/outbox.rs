@@ -598,10 +598,11 @@ pub struct AcceptedSend {
 }
 
 /// Records a batch of accepted sends, in one statement a 500: the provider's id, the
-/// recipient's, the new state (when it moves), no error.
+/// recipient's, and where the state moves (only from `queued` or `sending`: a status may have
+/// moved it further since it was read), the new state and no error.
 pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[AcceptedSend], now: i64) -> StoreResult<()> {
     for chunk in sends.chunks(500) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET error = NULL, updated_at = ");
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET updated_at = ");
         qb.push_bind(now);
         qb.push(", provider_message_id = CASE id");
         for s in chunk {
@@ -610,16 +611,17 @@ pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[Accepte
         qb.push(" ELSE provider_message_id END");
         let moved: Vec<(i64, MessageState)> = chunk.iter().filter_map(|s| s.state.map(|st| (s.id, st))).collect();
         if !moved.is_empty() {
-            qb.push(", state = CASE id");
+            // Every right-hand side reads the row as it was: `state` here is the old state.
+            let earlier = "state IN ('queued', 'sending')";
+            qb.push(format!(", state = CASE WHEN {earlier} THEN CASE id"));
             for (id, state) in &moved {
                 qb.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(state.as_str());
             }
-            qb.push(" ELSE state END, state_at = CASE WHEN id IN (");
-            let mut ids = qb.separated(", ");
-            for (id, _) in &moved {
-                ids.push_bind(*id);
-            }
-            qb.push(") THEN ").push_bind(now).push(" ELSE state_at END");
+            qb.push(" ELSE state END ELSE state END");
+            let moved_ids = moved.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(", ");
+            qb.push(format!(", state_at = CASE WHEN {earlier} AND id IN ({moved_ids}) THEN "));
+            qb.push_bind(now).push(" ELSE state_at END");
+            qb.push(format!(", error = CASE WHEN {earlier} AND id IN ({moved_ids}) THEN NULL ELSE error END"));
         }
         let recipients: Vec<(i64, &str)> =
             chunk.iter().filter_map(|s| s.recipient_id.as_deref().map(|r| (s.id, r))).collect();
@@ -722,5 +724,26 @@ mod tests {
             (MessageState::Sending, 1, Some("pm-b"), Some("u-b"))
         );
         assert_eq!(message_states(&mut tx, &[a, b]).await.unwrap().get(&b), Some(&MessageState::Sending));
+
+        // A status moved it further after its state was read: its state and reason stay.
+        let failed = MessageUpdate {
+            state: Some(MessageState::Failed),
+            error: Some(Some("no es un número de WhatsApp".into())),
+            state_at: Some(10),
+            ..Default::default()
+        };
+        update_message(&mut tx, later, &failed, 10).await.unwrap();
+        let late = AcceptedSend {
+            id: later,
+            state: Some(MessageState::Sent),
+            provider_message_id: "pm-l".into(),
+            recipient_id: None,
+        };
+        record_accepted_sends(&mut tx, &[late], 11).await.unwrap();
+        let ml = message_by_id(&mut tx, later).await.unwrap().unwrap();
+        assert_eq!(
+            (ml.state, ml.state_at, ml.error.as_deref(), ml.provider_message_id.as_deref()),
+            (MessageState::Failed, 10, Some("no es un número de WhatsApp"), Some("pm-l"))
+        );
     }
 }
