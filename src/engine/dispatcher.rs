@@ -532,24 +532,16 @@ impl Dispatcher {
         let marks: Vec<(i64, u32, Option<&MessageContent>)> =
             ready.iter().map(|(m, switched)| (m.id, m.attempts, switched.as_ref())).collect();
         let marked = store::mark_sending(&mut tx, &marks, now).await?;
-        let mut still_queued = Vec::with_capacity(ready.len());
-        for (m, switched) in ready {
-            // Withdrawn since the chunk was read (its record changed, its contact opted out):
-            // not sent, and its row already says why.
-            if marked.contains(&m.id) {
-                still_queued.push((m, switched));
-            } else {
-                debug!(message_id = m.id, "withdrawn while its chunk was prepared: not sent");
-            }
+        // Withdrawn since the chunk was read (its record changed, its contact opted out): not
+        // sent, and its row already says why.
+        let (messages, withdrawn): (Vec<_>, Vec<_>) =
+            ready.into_iter().map(|(m, _)| m).partition(|m| marked.contains(&m.id));
+        for m in &withdrawn {
+            debug!(message_id = m.id, "withdrawn while its chunk was prepared: not sent");
         }
         tx.commit().await?;
-        self.held().extend(still_queued.iter().map(|(m, _)| m.id));
-        Ok(Prepared {
-            messages: still_queued.into_iter().map(|(m, _)| m).collect(),
-            epoch,
-            marked_ms: now,
-            marked: Instant::now(),
-        })
+        self.held().extend(messages.iter().map(|m| m.id));
+        Ok(Prepared { messages, epoch, marked_ms: now, marked: Instant::now() })
     }
 
     /// Sends a prepared chunk at the provider's pace; what the provider answers is recorded by
@@ -864,7 +856,6 @@ impl Dispatcher {
             let next = current.advance(MessageState::Sent);
             accepted.push(store::AcceptedSend {
                 id: m.id,
-                state: next,
                 provider_message_id: acc.provider_message_id.clone(),
                 recipient_id: acc.recipient_ids.first().cloned(),
             });

@@ -62,22 +62,10 @@ pub async fn records_with_open_issues(
     conn: &mut SqliteConnection,
     records: &[(&str, &str)],
 ) -> StoreResult<std::collections::HashSet<(String, String)>> {
-    let mut sorted: Vec<(&str, &str)> = records.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
     let mut open = std::collections::HashSet::new();
-    // By source, so the (source_id, record_key) index finds them.
-    for chunk in sorted.chunk_by(|a, b| a.0 == b.0).flat_map(|same| same.chunks(500)) {
-        let Some((source, _)) = chunk.first() else { continue };
-        let mut qb =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT source_id, record_key FROM row_issues WHERE source_id = ");
-        qb.push_bind(*source);
-        qb.push(" AND record_key IN (");
-        let mut sep = qb.separated(", ");
-        for (_, k) in chunk {
-            sep.push_bind(*k);
-        }
-        qb.push(")");
+    for (source, keys) in super::records_by_source(records.iter().copied()) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT source_id, record_key FROM row_issues WHERE ");
+        super::push_records_of(&mut qb, source, &keys);
         for r in qb.build().fetch_all(&mut *conn).await? {
             open.insert((col(&r, "source_id")?, col(&r, "record_key")?));
         }

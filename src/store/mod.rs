@@ -125,6 +125,32 @@ where
     row.try_get(name).map_err(|e| StoreError::Corrupt { what: name, detail: e.to_string() })
 }
 
+/// Distinct records (source, key) grouped by source, at most 500 keys a group: one query a
+/// group (`source_id = … AND record_key IN (…)`, see [`push_records_of`]) finds them by the
+/// `(source_id, record_key)` index.
+pub(crate) fn records_by_source<'a>(
+    records: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut sorted: Vec<(&str, &str)> = records.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted
+        .chunk_by(|a, b| a.0 == b.0)
+        .flat_map(|same| same.chunks(500))
+        .filter_map(|group| Some((group.first()?.0, group.iter().map(|(_, k)| *k).collect())))
+        .collect()
+}
+
+/// Appends `source_id = $ AND record_key IN ($, …)` for one group of [`records_by_source`].
+pub(crate) fn push_records_of(qb: &mut sqlx::QueryBuilder<sqlx::Sqlite>, source: &str, keys: &[&str]) {
+    qb.push("source_id = ").push_bind(source).push(" AND record_key IN (");
+    let mut sep = qb.separated(", ");
+    for k in keys {
+        sep.push_bind(*k);
+    }
+    qb.push(")");
+}
+
 /// The schema, in order: (version, name, SQL). One list, so the migrator and the portability
 /// test can never disagree about which migrations exist.
 const MIGRATIONS: &[(i64, &str, &str)] = &[

@@ -543,26 +543,14 @@ pub async fn newer_rules_for_records(
     messages: &[&OutboxMessage],
 ) -> StoreResult<HashMap<i64, Vec<String>>> {
     let Some(min) = messages.iter().map(|m| m.id).min() else { return Ok(HashMap::new()) };
-    let mut records: Vec<(&str, &str)> =
-        messages.iter().map(|m| (m.source_id.as_str(), m.record_key.0.as_str())).collect();
-    records.sort_unstable();
-    records.dedup();
+    let records = messages.iter().map(|m| (m.source_id.as_str(), m.record_key.0.as_str()));
     // Messages after the batch's first, by record: (id, rule).
     let mut later: HashMap<(String, String), Vec<(i64, String)>> = HashMap::new();
-    // By source, so the (source_id, record_key) index finds them.
-    for chunk in records.chunk_by(|a, b| a.0 == b.0).flat_map(|same| same.chunks(500)) {
-        let Some((source, _)) = chunk.first() else { continue };
+    for (source, keys) in super::records_by_source(records) {
         let mut qb =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT record_key, id, rule_id FROM messages WHERE source_id = ");
-        qb.push_bind(*source);
-        qb.push(" AND id > ");
-        qb.push_bind(min);
-        qb.push(" AND record_key IN (");
-        let mut sep = qb.separated(", ");
-        for (_, k) in chunk {
-            sep.push_bind(*k);
-        }
-        qb.push(")");
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT record_key, id, rule_id FROM messages WHERE id > ");
+        qb.push_bind(min).push(" AND ");
+        super::push_records_of(&mut qb, source, &keys);
         for r in qb.build().fetch_all(&mut *conn).await? {
             later
                 .entry((source.to_string(), col(&r, "record_key")?))
@@ -591,15 +579,14 @@ pub async fn newer_rules_for_records(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptedSend {
     pub id: i64,
-    /// `sent`, or None when a status webhook already moved it further.
-    pub state: Option<MessageState>,
     pub provider_message_id: String,
     pub recipient_id: Option<String>,
 }
 
 /// Records a batch of accepted sends, in one statement a 500: the provider's id, the
-/// recipient's, and where the state moves (only from `queued` or `sending`: a status may have
-/// moved it further since it was read), the new state and no error.
+/// recipient's, and for a message still `queued` or `sending` (as `MessageState::advance` to
+/// `sent` has it; decided in SQL, so a status committed since its state was read is not
+/// overwritten), `sent` and no error.
 pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[AcceptedSend], now: i64) -> StoreResult<()> {
     for chunk in sends.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET updated_at = ");
@@ -609,20 +596,13 @@ pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[Accepte
             qb.push(" WHEN ").push_bind(s.id).push(" THEN ").push_bind(&s.provider_message_id);
         }
         qb.push(" ELSE provider_message_id END");
-        let moved: Vec<(i64, MessageState)> = chunk.iter().filter_map(|s| s.state.map(|st| (s.id, st))).collect();
-        if !moved.is_empty() {
-            // Every right-hand side reads the row as it was: `state` here is the old state.
-            let earlier = "state IN ('queued', 'sending')";
-            qb.push(format!(", state = CASE WHEN {earlier} THEN CASE id"));
-            for (id, state) in &moved {
-                qb.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(state.as_str());
-            }
-            qb.push(" ELSE state END ELSE state END");
-            let moved_ids = moved.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(", ");
-            qb.push(format!(", state_at = CASE WHEN {earlier} AND id IN ({moved_ids}) THEN "));
-            qb.push_bind(now).push(" ELSE state_at END");
-            qb.push(format!(", error = CASE WHEN {earlier} AND id IN ({moved_ids}) THEN NULL ELSE error END"));
-        }
+        // Every right-hand side reads the row as it was: `state` here is the old state.
+        let earlier = "state IN ('queued', 'sending')";
+        qb.push(format!(", state = CASE WHEN {earlier} THEN "));
+        qb.push_bind(MessageState::Sent.as_str()).push(" ELSE state END");
+        qb.push(format!(", state_at = CASE WHEN {earlier} THEN "));
+        qb.push_bind(now).push(" ELSE state_at END");
+        qb.push(format!(", error = CASE WHEN {earlier} THEN NULL ELSE error END"));
         let recipients: Vec<(i64, &str)> =
             chunk.iter().filter_map(|s| s.recipient_id.as_deref().map(|r| (s.id, r))).collect();
         if !recipients.is_empty() {
@@ -699,18 +679,16 @@ mod tests {
         assert_eq!(newer.get(&b), Some(&Vec::new()));
         assert!(later > a);
 
-        // Accepted: the state moves only where given, the recipient is kept where none came.
-        update_message(&mut tx, b, &MessageUpdate { recipient_id: Some("u-b".into()), ..Default::default() }, 5)
-            .await
-            .unwrap();
+        // Accepted: `sent` with no error, the recipient kept where none came.
+        let seen_before = MessageUpdate {
+            recipient_id: Some("u-b".into()),
+            error: Some(Some("intento anterior".into())),
+            ..Default::default()
+        };
+        update_message(&mut tx, b, &seen_before, 5).await.unwrap();
         let sends = [
-            AcceptedSend {
-                id: a,
-                state: Some(MessageState::Sent),
-                provider_message_id: "pm-a".into(),
-                recipient_id: Some("u-a".into()),
-            },
-            AcceptedSend { id: b, state: None, provider_message_id: "pm-b".into(), recipient_id: None },
+            AcceptedSend { id: a, provider_message_id: "pm-a".into(), recipient_id: Some("u-a".into()) },
+            AcceptedSend { id: b, provider_message_id: "pm-b".into(), recipient_id: None },
         ];
         record_accepted_sends(&mut tx, &sends, 9).await.unwrap();
         let (ma, mb) =
@@ -720,10 +698,12 @@ mod tests {
             (MessageState::Sent, 9, Some("pm-a"), Some("u-a"))
         );
         assert_eq!(
-            (mb.state, mb.state_at, mb.provider_message_id.as_deref(), mb.recipient_id.as_deref()),
-            (MessageState::Sending, 1, Some("pm-b"), Some("u-b"))
+            (mb.state, mb.state_at, mb.error.as_deref(), mb.provider_message_id.as_deref(), mb.recipient_id.as_deref()),
+            (MessageState::Sent, 9, None, Some("pm-b"), Some("u-b"))
         );
-        assert_eq!(message_states(&mut tx, &[a, b]).await.unwrap().get(&b), Some(&MessageState::Sending));
+        let states = message_states(&mut tx, &[a, b, withdrawn]).await.unwrap();
+        assert_eq!(states.get(&b), Some(&MessageState::Sent));
+        assert_eq!(states.get(&withdrawn), Some(&MessageState::Skipped));
 
         // A status moved it further after its state was read: its state and reason stay.
         let failed = MessageUpdate {
@@ -733,12 +713,7 @@ mod tests {
             ..Default::default()
         };
         update_message(&mut tx, later, &failed, 10).await.unwrap();
-        let late = AcceptedSend {
-            id: later,
-            state: Some(MessageState::Sent),
-            provider_message_id: "pm-l".into(),
-            recipient_id: None,
-        };
+        let late = AcceptedSend { id: later, provider_message_id: "pm-l".into(), recipient_id: None };
         record_accepted_sends(&mut tx, &[late], 11).await.unwrap();
         let ml = message_by_id(&mut tx, later).await.unwrap().unwrap();
         assert_eq!(
