@@ -12,20 +12,21 @@
 //! A delivery that cannot be applied (unreadable, or failing again and again) is parked with
 //! its reason and the others go on: one bad delivery never blocks the rest, opt-outs included.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
+use super::status_batch::StatusBatch;
 use super::{EngineCtx, Shutdown};
 use crate::domain::{
     mask_phone, FieldWrite, InboundKind, MessageContent, MessageState, ProviderError, ProviderEvent, Sender,
     WriteTarget,
 };
 use crate::metrics::WebhookEvent;
-use crate::providers::{Provider, SendError};
+use crate::providers::{ParsedWebhook, Provider, SendError};
 use crate::store::{self, InboundRow, MessageUpdate, OutboxMessage, StoreError, StoredWebhook, Tx};
 
 /// Failed attempts to apply a delivery before it is parked.
@@ -38,6 +39,30 @@ const BATCH: i64 = 200;
 /// cost little per delivery, short enough that webhooks stored meanwhile wait for the write
 /// lock only milliseconds.
 const TRANSACTION_BUDGET: Duration = Duration::from_millis(5);
+
+/// Status-only deliveries whose reads are made together ([`StatusBatch`]).
+const RUN: usize = 64;
+
+/// A stored delivery as its provider read it.
+enum Reading {
+    NoProvider,
+    Unreadable(String),
+    Read(ParsedWebhook),
+}
+
+impl Reading {
+    /// Readable, and every event in it a status.
+    fn statuses_only(&self) -> bool {
+        matches!(self, Reading::Read(p) if p.events.iter().all(|e| matches!(e, ProviderEvent::Status { .. })))
+    }
+
+    fn events(&self) -> &[ProviderEvent] {
+        match self {
+            Reading::Read(p) => &p.events,
+            _ => &[],
+        }
+    }
+}
 
 /// What applying a delivery did beyond the store (acted on after the commit), and the values
 /// it writes back (queued once for the whole transaction, in order).
@@ -235,15 +260,36 @@ impl InboxProcessor {
         let mut tx = self.ctx.store.begin().await?;
         let mut applied = Vec::with_capacity(deliveries.len());
         let mut erase = Vec::new();
-        for w in deliveries {
-            let a = self.apply_delivery(&mut tx, w).await?;
-            if a.effects.erase_raw {
-                erase.push(w.id);
+        // Deliveries read ahead (parsed), up to a run.
+        let mut ahead: VecDeque<(&StoredWebhook, Reading)> = VecDeque::with_capacity(RUN);
+        let mut rest = deliveries.iter();
+        'runs: loop {
+            while ahead.len() < RUN {
+                let Some(w) = rest.next() else { break };
+                ahead.push_back((w, self.read_delivery(w)));
             }
-            applied.push(a);
-            if started.elapsed() >= budget {
-                break;
+            // A run of deliveries that carry statuses only asks the store once for all of
+            // them; any other delivery is applied alone, asking as it goes.
+            let run = ahead.iter().take_while(|(_, r)| r.statuses_only()).count();
+            let mut batch = if run > 0 {
+                let events: Vec<&ProviderEvent> = ahead.iter().take(run).flat_map(|(_, r)| r.events()).collect();
+                StatusBatch::read(&mut tx, &events).await?
+            } else {
+                StatusBatch::direct()
+            };
+            for _ in 0..run.max(1) {
+                let Some((w, reading)) = ahead.pop_front() else { break 'runs };
+                let a = self.apply_delivery(&mut tx, w, reading, &mut batch).await?;
+                if a.effects.erase_raw {
+                    erase.push(w.id);
+                }
+                applied.push(a);
+                if started.elapsed() >= budget {
+                    batch.flush(&mut tx, self.ctx.now_ms()).await?;
+                    break 'runs;
+                }
             }
+            batch.flush(&mut tx, self.ctx.now_ms()).await?;
         }
         store::erase_webhook_bodies(&mut tx, &erase).await?;
         // One statement for every value the deliveries write back (the last value of a field
@@ -267,19 +313,36 @@ impl InboxProcessor {
         Ok(applied)
     }
 
-    async fn apply_delivery(&self, tx: &mut Tx, w: &StoredWebhook) -> Result<Applied, StoreError> {
+    /// Reads (parses) a stored delivery with its provider.
+    fn read_delivery(&self, w: &StoredWebhook) -> Reading {
+        match self.providers.get(&w.provider_id) {
+            None => Reading::NoProvider,
+            Some(provider) => match provider.parse_webhook(&w.query, w.body.as_bytes()) {
+                Ok(parsed) => Reading::Read(parsed),
+                Err(e) => Reading::Unreadable(e),
+            },
+        }
+    }
+
+    async fn apply_delivery(
+        &self,
+        tx: &mut Tx,
+        w: &StoredWebhook,
+        reading: Reading,
+        batch: &mut StatusBatch,
+    ) -> Result<Applied, StoreError> {
         let now = self.ctx.now_ms();
         let mut applied = Applied { provider_id: w.provider_id.clone(), ..Applied::default() };
-        let Some(provider) = self.providers.get(&w.provider_id) else {
-            store::park_webhook(tx, w.id, &format!("no provider '{}' is configured", w.provider_id), now).await?;
-            return Ok(applied);
-        };
-        let parsed = match provider.parse_webhook(&w.query, w.body.as_bytes()) {
-            Ok(p) => p,
-            Err(e) => {
+        let (provider, parsed) = match (self.providers.get(&w.provider_id), reading) {
+            (Some(provider), Reading::Read(parsed)) => (provider, parsed),
+            (Some(_), Reading::Unreadable(e)) => {
                 warn!(provider = %w.provider_id, webhook = w.id, "a signed delivery could not be read; parked: {e}");
                 store::park_webhook(tx, w.id, &format!("unreadable: {e}"), now).await?;
                 applied.parked = true;
+                return Ok(applied);
+            }
+            _ => {
+                store::park_webhook(tx, w.id, &format!("no provider '{}' is configured", w.provider_id), now).await?;
                 return Ok(applied);
             }
         };
@@ -287,7 +350,7 @@ impl InboxProcessor {
             warn!(provider = %w.provider_id, webhook = w.id, "part of a delivery could not be read and was skipped: {p}");
         }
         for ev in &parsed.events {
-            self.apply(tx, provider, ev, &mut applied.effects).await?;
+            self.apply(tx, provider, ev, &mut applied.effects, batch).await?;
         }
         let outcome = match parsed.problems.len() {
             0 => format!("applied {} event(s)", parsed.events.len()),
@@ -306,6 +369,7 @@ impl InboxProcessor {
         provider: &Provider,
         ev: &ProviderEvent,
         effects: &mut Effects,
+        batch: &mut StatusBatch,
     ) -> Result<(), StoreError> {
         match ev {
             ProviderEvent::Status {
@@ -325,6 +389,7 @@ impl InboxProcessor {
                     callback_data.as_deref(),
                     error.as_ref(),
                     effects,
+                    batch,
                 )
                 .await
             }
@@ -336,6 +401,8 @@ impl InboxProcessor {
                 context_message_id,
                 kind,
             } => {
+                // Whatever this batch holds, the inbound path asks the store itself.
+                batch.forget(tx, self.ctx.now_ms()).await?;
                 self.apply_inbound(
                     tx,
                     provider,
@@ -362,18 +429,21 @@ impl InboxProcessor {
         callback_data: Option<&str>,
         error: Option<&ProviderError>,
         effects: &mut Effects,
+        batch: &mut StatusBatch,
     ) -> Result<(), StoreError> {
         let now = self.ctx.now_ms();
-        let mut m = store::message_by_provider_id(tx, provider_message_id).await?;
+        let mut m = batch.message(tx, provider_message_id).await?;
         // A send whose answer was lost: the status carries our outbox id. It belongs to this
         // message only if no other send of it was recorded since, and if this send was not
         // one the provider already reported failed (the message was queued again for a new
         // send: a late `sent` of the failed one must not stand for it).
         if m.is_none()
             && (status == MessageState::Failed
-                || !store::status_event_seen(tx, provider_message_id, MessageState::Failed.as_str()).await?)
+                || !batch.heard(tx, provider_message_id, MessageState::Failed.as_str()).await?)
         {
             if let Some(id) = callback_data.and_then(|c| c.parse::<i64>().ok()) {
+                // The store must show the provider ids this run gave already.
+                batch.flush(tx, now).await?;
                 m = store::message_by_id(tx, id)
                     .await?
                     .filter(|m| m.provider_id == provider.id() && m.provider_message_id.is_none());
@@ -385,7 +455,7 @@ impl InboxProcessor {
             debug!(id = %provider_message_id, "status for a message recado does not know");
             return Ok(());
         };
-        if !store::record_status_event(tx, provider_message_id, status.as_str(), now).await? {
+        if !batch.hear(tx, provider_message_id, status.as_str(), now).await? {
             debug!(id = %provider_message_id, %status, "duplicate status ignored");
             return Ok(());
         }
@@ -402,6 +472,9 @@ impl InboxProcessor {
                 title: "the provider reported a failure".into(),
                 details: None,
             });
+            // Queuing again or ending a hand-off writes messages and contacts the batch
+            // does not follow.
+            batch.forget(tx, now).await?;
             if self.retry_failed(tx, provider, &m, &err, provider_message_id, effects).await? {
                 return Ok(());
             }
@@ -415,22 +488,15 @@ impl InboxProcessor {
             (MessageState::Failed, None) => Some("the provider reported a failure".to_string()),
             _ => None,
         };
-        let u = MessageUpdate {
-            state: Some(next),
-            provider_message_id: Some(provider_message_id.to_string()),
-            recipient_id: recipient_ids.first().cloned(),
-            error: reason.clone().map(Some),
-            state_at: Some(now),
-            ..Default::default()
-        };
-        store::update_message(tx, m.id, &u, now).await?;
+        batch.move_message(tx, &m, next, provider_message_id, recipient_ids.first(), reason.clone(), now).await?;
         let logs = self.ctx.interaction_writes(&m, next, now, reason.as_deref(), Some(provider_message_id));
         effects.writes.extend(logs);
-        let owned = self.ctx.owned_status_fields(tx, &m).await?;
+        let newer = batch.newer_rules(tx, &m).await?;
+        let owned = self.ctx.status_fields_not_taken(&m, &newer);
         if !owned.is_empty() {
             let clear = if next == MessageState::Failed {
                 reason.as_deref()
-            } else if store::has_open_issue(tx, &m.source_id, &m.record_key.0).await? {
+            } else if batch.has_open_issue(tx, &m).await? {
                 None
             } else {
                 Some("")

@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod media;
 pub mod poller;
 pub mod retention;
+mod status_batch;
 pub mod supervisor;
 pub mod timers;
 

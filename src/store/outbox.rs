@@ -308,6 +308,70 @@ pub async fn newer_rules_for_record(conn: &mut SqliteConnection, m: &OutboxMessa
         .await?)
 }
 
+/// The messages these provider ids belong to, by provider id ([`message_by_provider_id`] for
+/// a batch, in one query a 500 ids).
+pub async fn messages_by_provider_ids(
+    conn: &mut SqliteConnection,
+    provider_message_ids: &[&str],
+) -> StoreResult<HashMap<String, OutboxMessage>> {
+    let mut out = HashMap::with_capacity(provider_message_ids.len());
+    for chunk in provider_message_ids.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_message_id IN ("
+        ));
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(*id);
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            let m = message_from_row(&r)?;
+            if let Some(id) = m.provider_message_id.clone() {
+                out.insert(id, m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Saves what statuses changed in these messages, as they now are in memory: their state,
+/// provider id, recipient id, error and when the state was reached (one statement a 500
+/// messages instead of one a status).
+pub async fn save_status_moves(conn: &mut SqliteConnection, moved: &[&OutboxMessage], now: i64) -> StoreResult<()> {
+    for chunk in moved.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET updated_at = ");
+        qb.push_bind(now);
+        qb.push(", state = CASE id");
+        for m in chunk {
+            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(m.state.as_str());
+        }
+        qb.push(" ELSE state END, state_at = CASE id");
+        for m in chunk {
+            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(m.state_at);
+        }
+        qb.push(" ELSE state_at END, provider_message_id = CASE id");
+        for m in chunk {
+            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(&m.provider_message_id);
+        }
+        qb.push(" ELSE provider_message_id END, recipient_id = CASE id");
+        for m in chunk {
+            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(&m.recipient_id);
+        }
+        qb.push(" ELSE recipient_id END, error = CASE id");
+        for m in chunk {
+            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(&m.error);
+        }
+        qb.push(" ELSE error END WHERE id IN (");
+        let mut ids = qb.separated(", ");
+        for m in chunk {
+            ids.push_bind(m.id);
+        }
+        qb.push(")");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// A change to one outbox message; `None` fields are left as they are.
 #[derive(Debug, Clone, Default)]
 pub struct MessageUpdate {

@@ -202,6 +202,45 @@ pub async fn status_event_seen(
     Ok(n > 0)
 }
 
+/// Which statuses of these provider messages were already recorded, as (provider id,
+/// status) ([`status_event_seen`] for a batch).
+pub async fn status_events_of(
+    conn: &mut SqliteConnection,
+    provider_message_ids: &[&str],
+) -> StoreResult<std::collections::HashSet<(String, String)>> {
+    let mut seen = std::collections::HashSet::new();
+    for chunk in provider_message_ids.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT provider_message_id, status FROM status_events WHERE provider_message_id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(*id);
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(&mut *conn).await? {
+            seen.insert((col(&r, "provider_message_id")?, col(&r, "status")?));
+        }
+    }
+    Ok(seen)
+}
+
+/// Records statuses heard, (provider id, status), in one statement a 500 (those already
+/// recorded are left as they are).
+pub async fn record_status_events(conn: &mut SqliteConnection, events: &[(&str, &str)], now: i64) -> StoreResult<()> {
+    for chunk in events.chunks(500) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO status_events (provider_message_id, status, received_at) ",
+        );
+        qb.push_values(chunk, |mut row, (id, status)| {
+            row.push_bind(*id).push_bind(*status).push_bind(now);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 pub async fn record_status_event(
     conn: &mut SqliteConnection,
     provider_message_id: &str,
