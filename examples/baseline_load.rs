@@ -3,7 +3,8 @@
 //! transactions), and a second task posts signed status webhooks to it all along, one at a
 //! time. Reports how long the baseline took, and the webhooks' latency and status codes while
 //! it ran (none may be refused: a webhook not acknowledged is a webhook Meta must send again).
-//! Then one row is added and the time until its message is accepted is reported.
+//! Then one row is added and the time until its message is accepted, and until its status is
+//! written back to its row (a flush that reads the whole key and status columns), is reported.
 //!
 //! `cargo run --release --example baseline_load -- --rows 1000000`
 //! `cargo build --release && cargo run --release --example baseline_load -- --rows 1000000 --daemon target/release/recado`
@@ -87,7 +88,8 @@ providers:
 sources:
   - {{ id: s, type: google_sheets, spreadsheet_id: load, tab: T, key_column: ID, phone_column: Teléfono,
       service_account_key_file: "{key}", sheets_base_url: "{base}/google/sheets/", drive_base_url: "{base}/google/",
-      poll_interval: 2s, requests_per_minute: 1000, call_timeout: 300s, consent: {{ column: Consentimiento }} }}
+      poll_interval: 2s, requests_per_minute: 1000, call_timeout: 300s, consent: {{ column: Consentimiento }},
+      write_back: {{ status: Estado WhatsApp, error: Error WhatsApp }} }}
 rules:
   - {{ id: bienvenida, source: s, when: row_added, provider: p,
       template: {{ name: x, language: es, body: ["{{{{ Nombre }}}}"] }} }}
@@ -189,6 +191,17 @@ rules:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("one row added → message accepted after: {:.2} s (poll interval 2 s)", added.elapsed().as_secs_f64());
+    // Its status written back to its row: the flush reads the key column and the status
+    // columns of the whole tab.
+    let key = (n + 1).to_string();
+    while sandbox.google().cell_by_key("load", "T", "ID", &key, "Estado WhatsApp").is_none_or(|s| s.is_empty()) {
+        anyhow::ensure!(
+            added.elapsed() < Duration::from_secs(300),
+            "the added row's status was not written within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("… and its status written back to its row after: {:.2} s", added.elapsed().as_secs_f64());
     match daemon {
         Daemon::InProcess(app) => {
             let me = std::process::id();

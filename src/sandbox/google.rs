@@ -4052,8 +4052,8 @@ mod tests {
         let before =
             e.client.batch_get(&["T!A:A".into()], crate::sources::google_sheets::client::Paid::Now).await.unwrap();
         assert_eq!(
-            before[0],
-            vec![vec![json!("ID")], vec![json!(10)], vec![json!(9)], vec![json!(2)]],
+            (0..4).map(|i| before[0].first(i)).collect::<Vec<_>>(),
+            ["ID", "10", "9", "2"],
             "the answer is from before"
         );
         assert_eq!(g.pending_actions(), 1);

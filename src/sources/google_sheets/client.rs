@@ -259,16 +259,222 @@ impl<'de> serde::de::Visitor<'de> for CellVisitor {
     }
 }
 
-#[derive(Deserialize)]
-struct ValueRange {
-    #[serde(default)]
-    values: Vec<Vec<Value>>,
+/// The cells of one range of a `values.batchGet`, as the text a cell shows (strings trimmed,
+/// numbers in their shortest form), every cell of the range in one buffer: a million-row
+/// column is a handful of allocations, not a million strings and a JSON tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeText {
+    text: String,
+    /// Where each cell ends in `text`.
+    cell_ends: Vec<u32>,
+    /// Where each row ends in `cell_ends`.
+    row_ends: Vec<u32>,
 }
 
-#[derive(Deserialize)]
-struct BatchGet {
-    #[serde(default, rename = "valueRanges")]
-    value_ranges: Vec<ValueRange>,
+impl RangeText {
+    /// Rows the answer had (Google leaves out trailing empty rows).
+    pub fn rows(&self) -> usize {
+        self.row_ends.len()
+    }
+
+    /// The cells of row `i` (0-based); none past the end.
+    pub fn row(&self, i: usize) -> impl Iterator<Item = &str> {
+        let (first, end) = self.row_span(i);
+        (first..end).map(|c| self.cell(c))
+    }
+
+    /// The first cell of row `i` (0-based), or "" (an empty row, or past the end).
+    pub fn first(&self, i: usize) -> &str {
+        let (first, end) = self.row_span(i);
+        if first < end {
+            self.cell(first)
+        } else {
+            ""
+        }
+    }
+
+    fn row_span(&self, i: usize) -> (usize, usize) {
+        let end = self.row_ends.get(i).map_or(0, |e| *e as usize);
+        let first = match i.checked_sub(1) {
+            Some(before) => self.row_ends.get(before).map_or(0, |e| *e as usize),
+            None => 0,
+        };
+        (first, end.max(first))
+    }
+
+    fn cell(&self, c: usize) -> &str {
+        let end = self.cell_ends.get(c).map_or(0, |e| *e as usize);
+        let start = c.checked_sub(1).and_then(|b| self.cell_ends.get(b)).map_or(0, |s| *s as usize);
+        self.text.get(start..end).unwrap_or("")
+    }
+
+    fn push_cell(&mut self, s: &str) -> Result<(), String> {
+        self.text.push_str(s);
+        let end = u32::try_from(self.text.len()).map_err(|_| "an answer of more than 4 GB of text".to_string())?;
+        self.cell_ends.push(end);
+        Ok(())
+    }
+
+    fn end_row(&mut self) -> Result<(), String> {
+        let end =
+            u32::try_from(self.cell_ends.len()).map_err(|_| "an answer of more than 4 billion cells".to_string())?;
+        self.row_ends.push(end);
+        Ok(())
+    }
+
+    /// A range as rows of texts.
+    pub fn from_rows<'a>(rows: impl IntoIterator<Item = impl IntoIterator<Item = &'a str>>) -> Self {
+        let mut out = Self::default();
+        for row in rows {
+            for cell in row {
+                // Tests and small ranges only: far from the limits.
+                let _ = out.push_cell(cell.trim());
+            }
+            let _ = out.end_row();
+        }
+        out
+    }
+}
+
+/// A `values.batchGet` answer decoded straight into [`RangeText`]s: only `valueRanges[*].values`
+/// is read, everything else skipped.
+fn decode_batch_get(answer: &[u8]) -> Result<Vec<RangeText>, serde_json::Error> {
+    let mut ranges = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(answer);
+    serde::de::DeserializeSeed::deserialize(BatchText(&mut ranges), &mut de)?;
+    de.end()?;
+    Ok(ranges)
+}
+
+/// The answer object: its `valueRanges`.
+struct BatchText<'a>(&'a mut Vec<RangeText>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchText<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchText<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a batchGet answer")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "valueRanges" {
+                map.next_value_seed(RangeList(&mut *self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `valueRanges`: one [`RangeText`] each, in order.
+struct RangeList<'a>(&'a mut Vec<RangeText>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RangeList<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RangeList<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("value ranges")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            let mut range = RangeText::default();
+            if seq.next_element_seed(OneRange(&mut range))?.is_none() {
+                return Ok(());
+            }
+            self.0.push(range);
+        }
+    }
+}
+
+/// One `ValueRange` object: its `values` (absent when the range is empty).
+struct OneRange<'a>(&'a mut RangeText);
+
+impl<'de> serde::de::DeserializeSeed<'de> for OneRange<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OneRange<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value range")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "values" {
+                map.next_value_seed(TextRows(&mut *self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `values` (rows of cells) or one row of it (`TextRows` of a row pushes cells, not rows).
+struct TextRows<'a>(&'a mut RangeText);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextRows<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TextRows<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("rows of cells")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(TextRow(&mut *self.0))?.is_some() {
+            self.0.end_row().map_err(<A::Error as serde::de::Error>::custom)?;
+        }
+        Ok(())
+    }
+}
+
+/// One row: its cells pushed as text.
+struct TextRow<'a>(&'a mut RangeText);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TextRow<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TextRow<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a row of cells")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(cell) = seq.next_element::<Cell>()? {
+            let pushed = match cell.0 {
+                CellValue::Text(s) => self.0.push_cell(s.trim()),
+                CellValue::Empty => self.0.push_cell(""),
+                other => self.0.push_cell(&other.canonical()),
+            };
+            pushed.map_err(<A::Error as serde::de::Error>::custom)?;
+        }
+        Ok(())
+    }
 }
 
 impl SheetsClient {
@@ -615,8 +821,11 @@ impl SheetsClient {
         }
     }
 
-    /// Reads several ranges in one request.
-    pub async fn batch_get(&self, ranges: &[String], paid: Paid) -> Result<Vec<Vec<Vec<Value>>>, SourceError> {
+    /// Reads several ranges in one request, as text. The answer may be large (whole columns
+    /// of a million-row tab): it must start within the call timeout and each chunk of it come
+    /// within one, and all of it within [`WHOLE_READ_CALL_TIMEOUTS`] of them (at most
+    /// [`WHOLE_READ_MOST`]); it is decoded off the async runtime.
+    pub async fn batch_get(&self, ranges: &[String], paid: Paid) -> Result<Vec<RangeText>, SourceError> {
         let mut query: Vec<(&str, &str)> = vec![
             ("valueRenderOption", "UNFORMATTED_VALUE"),
             ("dateTimeRenderOption", "SERIAL_NUMBER"),
@@ -625,12 +834,45 @@ impl SheetsClient {
         for r in ranges {
             query.push(("ranges", r.as_str()));
         }
-        let v = self.get_json("values.batchGet", paid, self.sheets_url("/values:batchGet"), &query).await?;
-        let batch: BatchGet = serde_json::from_value(v)
+        let url = self.sheets_url("/values:batchGet");
+        let response = self
+            .send(&self.budget, "values.batchGet", paid, WHOLE_READ_MOST, |token| {
+                self.http.get(&url).query(&query).bearer_auth(token)
+            })
+            .await
+            .map_err(|(_, _, e)| e)?;
+        let body = self.long_body(response, "values.batchGet").await?;
+        let decoded = tokio::task::spawn_blocking(move || decode_batch_get(&body))
+            .await
+            .map_err(|e| SourceError::Transient(format!("values.batchGet: decoding the answer failed ({e})")))?
             .map_err(|e| SourceError::Transient(format!("values.batchGet: unreadable answer ({e})")))?;
-        let mut out: Vec<Vec<Vec<Value>>> = batch.value_ranges.into_iter().map(|r| r.values).collect();
-        out.resize(ranges.len(), Vec::new());
+        self.budget.succeeded();
+        let mut out = decoded;
+        out.resize(ranges.len(), RangeText::default());
         Ok(out)
+    }
+
+    /// A large answer's body, whole: each chunk within the call timeout, all of them within
+    /// [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts (at most [`WHOLE_READ_MOST`]).
+    async fn long_body(&self, mut response: reqwest::Response, what: &str) -> Result<Vec<u8>, SourceError> {
+        let waiting = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS).min(WHOLE_READ_MOST).max(self.timeout);
+        let timed_out = |after| SourceError::Timeout { what: format!("Google {what}"), after };
+        let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(64 << 20) as usize);
+        let mut waited = Duration::ZERO;
+        loop {
+            let asked = tokio::time::Instant::now();
+            let chunk = tokio::time::timeout(self.timeout, response.chunk()).await;
+            waited += asked.elapsed();
+            if waited > waiting {
+                return Err(timed_out(waiting));
+            }
+            match chunk {
+                Err(_) => return Err(timed_out(self.timeout)),
+                Ok(Ok(None)) => return Ok(body),
+                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                Ok(Err(e)) => return Err(body_error(what, &e, WHOLE_READ_MOST)),
+            }
+        }
     }
 
     /// Writes cells (`'Tab'!C7` → text) in one `values.batchUpdate`, as RAW text so a reply that
@@ -769,6 +1011,24 @@ mod tests {
         let (a, b) = body.split_at(20);
         let rows = decode_values_whole(chunked(vec![a, b"", b])).unwrap();
         assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn a_batch_get_answer_is_read_straight_into_text() {
+        let answer = br#"{"spreadsheetId": "x", "valueRanges": [
+            {"range": "T!1:1", "majorDimension": "ROWS", "values": [["ID", " Estado ", 3, true]]},
+            {"range": "T!A1:A4", "majorDimension": "ROWS", "values": [["ID"], [1001], [], [" k2 "], [1.5]]},
+            {"range": "T!C1:C9"}
+        ]}"#;
+        let ranges = decode_batch_get(answer).unwrap();
+        assert_eq!(ranges.len(), 3);
+        assert_eq!(ranges[0].row(0).collect::<Vec<_>>(), ["ID", "Estado", "3", "TRUE"]);
+        let column: Vec<&str> = (0..6).map(|i| ranges[1].first(i)).collect();
+        assert_eq!(column, ["ID", "1001", "", "k2", "1.5", ""]);
+        assert_eq!(ranges[1].rows(), 5);
+        assert_eq!(ranges[2].rows(), 0);
+        assert_eq!(ranges[2].first(0), "");
+        assert!(decode_batch_get(br#"{"valueRanges": [{"values": [["a"]"#).is_err(), "a cut answer is unreadable");
     }
 
     #[test]

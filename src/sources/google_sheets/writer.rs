@@ -21,17 +21,18 @@
 //! nothing: the flush fails, is reported, and the queue waits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::a1;
-use super::client::{Paid, SheetsClient, TabMeta, WriteFailure};
+use super::client::{Paid, RangeText, SheetsClient, TabMeta, WriteFailure};
 use super::config::GoogleSheetsConfig;
 use super::reader::{locator_row, TabHint};
-use crate::domain::{CellValue, FieldWrite, PendingWrite, WriteTarget};
+use crate::domain::{FieldWrite, PendingWrite, WriteTarget};
 use crate::sources::{find_field, SourceError, WriteReport};
 
 /// Most cells one `values.batchUpdate` carries; more waits for the next flush.
@@ -60,8 +61,8 @@ struct LastWrite {
 struct TabWrite {
     /// (target, header, value) as written.
     written: Vec<(WriteTarget, String, String)>,
-    /// What the read before the write saw in the written columns, by header and record key.
-    before: HashMap<String, HashMap<String, String>>,
+    /// What the read before the write saw in the written columns, by header.
+    before: HashMap<String, Before>,
     /// The batch index of each entry of `written` (none for a repair), while writing.
     origins: Vec<Option<usize>>,
 }
@@ -74,33 +75,143 @@ pub struct SheetWriter {
     grid: tokio::sync::Mutex<Option<Vec<TabMeta>>>,
 }
 
+/// The first row (1-based sheet row) of each key of a tab, found by the key's hash: no copy
+/// of a million keys, only a number a key. A key whose hash an earlier key already took is
+/// kept whole apart, so two keys never share a row.
+#[derive(Debug)]
+struct FirstRows {
+    by_hash: FxHashMap<u64, u32>,
+    clashed: HashMap<String, u32>,
+    hash: fn(&str) -> u64,
+}
+
+impl Default for FirstRows {
+    fn default() -> Self {
+        Self { by_hash: FxHashMap::default(), clashed: HashMap::new(), hash: key_hash }
+    }
+}
+
+impl FirstRows {
+    fn of(keys: &RangeText) -> Self {
+        Self::hashed_by(keys, key_hash)
+    }
+
+    fn hashed_by(keys: &RangeText, hash: fn(&str) -> u64) -> Self {
+        let mut rows = Self { hash, ..Self::default() };
+        rows.by_hash.reserve(keys.rows());
+        for i in 1..keys.rows() {
+            let k = keys.first(i);
+            if k.is_empty() {
+                continue;
+            }
+            let row = i as u32 + 1;
+            match rows.by_hash.entry(hash(k)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(row);
+                }
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    if keys.first(*o.get() as usize - 1) != k {
+                        rows.clashed.entry(k.to_string()).or_insert(row);
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    /// The first row of `key` in `keys` (the column these rows were found in).
+    fn get(&self, keys: &RangeText, key: &str) -> Option<u32> {
+        if let Some(row) = self.clashed.get(key) {
+            return Some(*row);
+        }
+        self.by_hash.get(&(self.hash)(key)).copied().filter(|row| keys.first(*row as usize - 1) == key)
+    }
+}
+
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// What a read saw in one column, kept for the next flush's check: the read's key column and
+/// first rows (shared with the read, not copied) and the column itself.
+#[derive(Debug, Clone)]
+struct Before {
+    keys: Arc<RangeText>,
+    first_rows: Arc<FirstRows>,
+    column: Option<Arc<RangeText>>,
+}
+
+impl Before {
+    /// What the read saw in this column on `key`'s first row ("" when nothing).
+    fn value_of(&self, key: &str) -> &str {
+        match (self.first_rows.get(&self.keys, key), &self.column) {
+            (Some(row), Some(column)) => column.first(row as usize - 1),
+            _ => "",
+        }
+    }
+}
+
 /// One tab as the flush's read found it.
 struct TabLayout {
     title: String,
     header: Vec<String>,
     /// Key column by row index (0 = the header row).
-    keys: Vec<String>,
+    keys: Arc<RangeText>,
     /// Columns read, by header name, values by row index.
-    columns: HashMap<String, Vec<String>>,
-    /// First row (1-based sheet row) of each key.
-    row_of: HashMap<String, u32>,
-    /// Every row of each key.
+    columns: HashMap<String, Arc<RangeText>>,
+    /// First row of each key.
+    first_rows: Arc<FirstRows>,
+    /// Every row of the keys this flush writes to every copy of ([`TabLayout::index_copies`]).
     rows_of: HashMap<String, Vec<u32>>,
     /// Headers this write creates, after the existing ones.
     added: Vec<String>,
 }
 
 impl TabLayout {
-    fn new(title: String, header: Vec<String>, keys: Vec<String>, columns: HashMap<String, Vec<String>>) -> Self {
-        let mut row_of = HashMap::new();
-        let mut rows_of: HashMap<String, Vec<u32>> = HashMap::new();
-        for (i, k) in keys.iter().enumerate().skip(1) {
-            if !k.is_empty() {
-                row_of.entry(k.clone()).or_insert(i as u32 + 1);
-                rows_of.entry(k.clone()).or_default().push(i as u32 + 1);
+    fn new(
+        title: String,
+        header: Vec<String>,
+        keys: Arc<RangeText>,
+        columns: HashMap<String, Arc<RangeText>>,
+        first_rows: Arc<FirstRows>,
+    ) -> Self {
+        Self { title, header, keys, columns, first_rows, rows_of: HashMap::new(), added: Vec::new() }
+    }
+
+    /// Finds every row of these keys in one pass over the key column.
+    fn index_copies<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+        let wanted: HashSet<&str> =
+            keys.into_iter().map(str::trim).filter(|k| !self.rows_of.contains_key(*k)).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        for k in &wanted {
+            self.rows_of.insert(k.to_string(), Vec::new());
+        }
+        for i in 1..self.keys.rows() {
+            let k = self.keys.first(i);
+            if wanted.contains(k) {
+                if let Some(rows) = self.rows_of.get_mut(k) {
+                    rows.push(i as u32 + 1);
+                }
             }
         }
-        Self { title, header, keys, columns, row_of, rows_of, added: Vec::new() }
+    }
+
+    fn first_row(&self, key: &str) -> Option<u32> {
+        self.first_rows.get(&self.keys, key)
+    }
+
+    /// Every row of `key`.
+    fn every_row(&self, key: &str) -> Vec<u32> {
+        match self.rows_of.get(key) {
+            Some(rows) => rows.clone(),
+            // Not indexed: one pass for this key alone.
+            None => (1..self.keys.rows()).filter(|i| self.keys.first(*i) == key).map(|i| i as u32 + 1).collect(),
+        }
     }
 
     /// The column of a header, creating it after the last one if it is missing. Returns the
@@ -117,21 +228,21 @@ impl TabLayout {
     }
 
     fn cell(&self, column: &str, row: u32) -> &str {
-        self.columns.get(column).and_then(|c| c.get(row as usize - 1)).map(String::as_str).unwrap_or("")
+        self.columns.get(column).map(|c| c.first(row as usize - 1)).unwrap_or("")
     }
 
     fn key_at(&self, row: u32) -> &str {
-        self.keys.get(row as usize - 1).map(String::as_str).unwrap_or("")
+        self.keys.first(row as usize - 1)
     }
 
     fn rows(&self, target: &WriteTarget) -> Vec<u32> {
         match target {
             WriteTarget::Record(k) | WriteTarget::NewRecord(k) | WriteTarget::Taken { record: k, .. } => {
-                self.row_of.get(k.0.trim()).copied().into_iter().collect()
+                self.first_row(k.0.trim()).into_iter().collect()
             }
-            WriteTarget::EveryCopyOf(k) => self.rows_of.get(k.0.trim()).cloned().unwrap_or_default(),
+            WriteTarget::EveryCopyOf(k) => self.every_row(k.0.trim()),
             WriteTarget::Unkeyed(loc) => locator_row(loc)
-                .filter(|r| (*r as usize) <= self.keys.len().max(1) && self.key_at(*r).is_empty())
+                .filter(|r| (*r as usize) <= self.keys.rows().max(1) && self.key_at(*r).is_empty())
                 .into_iter()
                 .collect(),
             // A sheet keeps no interaction log (the engine queues none for it).
@@ -224,6 +335,25 @@ impl SheetWriter {
         // The read and the write are paid for together, before the read.
         self.client.budget().acquire(2).await;
         let mut layouts = self.read_layouts(&wanted, &mut report).await?;
+        // Every row of the keys written to every copy of: one pass over each key column.
+        let every_copy = chosen
+            .iter()
+            .map(|&i| &batch[i].write)
+            .filter_map(|w| Some((&self.tab_of(&w.source_id)?.cfg.tab, &w.target)))
+            .chain(previous.into_iter().flat_map(|p| {
+                p.tabs.iter().flat_map(|(title, tw)| tw.written.iter().map(move |(t, _, _)| (title, t)))
+            }));
+        let mut copies: HashMap<&String, Vec<&str>> = HashMap::new();
+        for (title, target) in every_copy {
+            if let WriteTarget::EveryCopyOf(k) = target {
+                copies.entry(title).or_default().push(k.0.as_str());
+            }
+        }
+        for (title, keys) in copies {
+            if let Some(layout) = layouts.get_mut(title) {
+                layout.index_copies(keys);
+            }
+        }
 
         // The previous write, checked against what is there now.
         let mut repairs: Vec<FieldWrite> = Vec::new();
@@ -306,13 +436,12 @@ impl SheetWriter {
                     if tw.before.contains_key(field) {
                         continue;
                     }
-                    let by_key: HashMap<String, String> = layout
-                        .row_of
-                        .iter()
-                        .map(|(k, r)| (k.clone(), layout.cell(field, *r).to_string()))
-                        .filter(|(_, v)| !v.is_empty())
-                        .collect();
-                    tw.before.insert(field.clone(), by_key);
+                    let before = Before {
+                        keys: Arc::clone(&layout.keys),
+                        first_rows: Arc::clone(&layout.first_rows),
+                        column: layout.columns.get(field).cloned(),
+                    };
+                    tw.before.insert(field.clone(), before);
                 }
             }
         }
@@ -392,18 +521,15 @@ impl SheetWriter {
                 }
             }
             let paid = if attempt == 0 { Paid::Already } else { Paid::Now };
-            let values = self.client.batch_get(&ranges, paid).await?;
+            let mut values = self.client.batch_get(&ranges, paid).await?;
             report.reads += 1;
             let mut layouts = HashMap::new();
             let mut moved = false;
             for (title, at) in &header_at {
-                let header: Vec<String> = values
-                    .get(*at)
-                    .and_then(|rows| rows.first())
-                    .map(|r| r.iter().map(text).collect())
-                    .unwrap_or_default();
+                let header: Vec<String> =
+                    values.get(*at).map(|range| range.row(0).map(str::to_string).collect()).unwrap_or_default();
                 let hint = hints.get(title).cloned().unwrap_or_default();
-                let mut columns: HashMap<String, Vec<String>> = HashMap::new();
+                let mut columns: HashMap<String, Arc<RangeText>> = HashMap::new();
                 for (t, name, idx) in asked.iter().filter(|(t, _, _)| t == title) {
                     let _ = t;
                     // The column asked for must still be where the hint said.
@@ -413,11 +539,8 @@ impl SheetWriter {
                     if now != before {
                         moved = true;
                     }
-                    let col: Vec<String> = values
-                        .get(*idx)
-                        .map(|rows| rows.iter().map(|r| r.first().map(text).unwrap_or_default()).collect())
-                        .unwrap_or_default();
-                    columns.insert(name.clone(), col);
+                    let col = values.get_mut(*idx).map(std::mem::take).unwrap_or_default();
+                    columns.insert(name.clone(), Arc::new(col));
                 }
                 // A wanted column that exists now but was not asked for (the hint was stale).
                 let tab = self.tab_by_title(title);
@@ -431,8 +554,16 @@ impl SheetWriter {
                 }
                 let key_field = tab.map(|t| t.cfg.settings.key_field.clone()).unwrap_or_default();
                 let keys = columns.get(&key_field).cloned().unwrap_or_default();
+                // A million keys take a moment to index: off the async runtime.
+                let first_rows = tokio::task::spawn_blocking({
+                    let keys = Arc::clone(&keys);
+                    move || FirstRows::of(&keys)
+                })
+                .await
+                .map_err(|e| SourceError::Transient(format!("indexing the key column failed ({e})")))?;
                 hints.insert(title.clone(), header.clone());
-                layouts.insert(title.clone(), TabLayout::new(title.clone(), header, keys, columns));
+                layouts
+                    .insert(title.clone(), TabLayout::new(title.clone(), header, keys, columns, Arc::new(first_rows)));
             }
             if !moved {
                 for (title, header) in &hints {
@@ -722,11 +853,11 @@ fn check_previous(
         let rows: Vec<u32> = match target {
             WriteTarget::Record(k) | WriteTarget::NewRecord(k) => {
                 entry.0.insert(k.0.clone());
-                layout.row_of.get(k.0.trim()).copied().into_iter().collect()
+                layout.first_row(k.0.trim()).into_iter().collect()
             }
             WriteTarget::EveryCopyOf(k) => {
                 entry.0.insert(k.0.clone());
-                layout.rows_of.get(k.0.trim()).cloned().unwrap_or_default()
+                layout.every_row(k.0.trim())
             }
             WriteTarget::Unkeyed(_) => {
                 entry.1 = true;
@@ -743,8 +874,8 @@ fn check_previous(
         let Some(column) = layout.columns.get(field) else { continue };
         // Google leaves out a column's trailing empty cells: an empty value written onto one
         // of the last rows is only seen by walking every row the key column has.
-        for i in 1..column.len().max(layout.keys.len()) {
-            let cell = column.get(i).map(String::as_str).unwrap_or("");
+        for i in 1..column.rows().max(layout.keys.rows()) {
+            let cell = column.first(i);
             if cell != value {
                 continue;
             }
@@ -754,8 +885,8 @@ fn check_previous(
                 if !unkeyed_may {
                     push(&mut out, WriteTarget::Unkeyed(format!("row:{row}")), field, String::new());
                 }
-            } else if !keys.contains(key) && layout.row_of.get(key) == Some(&row) {
-                let before = tw.before.get(field).and_then(|b| b.get(key)).cloned().unwrap_or_default();
+            } else if !keys.contains(key) && layout.first_row(key) == Some(row) {
+                let before = tw.before.get(field).map(|b| b.value_of(key)).unwrap_or_default().to_string();
                 if before != *value {
                     push(&mut out, WriteTarget::Record(crate::domain::RecordKey(key.to_string())), field, before);
                 }
@@ -765,29 +896,33 @@ fn check_previous(
     out
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => n.as_f64().map(|f| CellValue::Number(f).canonical()).unwrap_or_default(),
-        Value::Bool(b) => CellValue::Bool(*b).canonical(),
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::RecordKey;
 
+    /// A tab of keys and statuses, the status column cut after `status_rows` rows (Google
+    /// leaves out trailing empty cells).
+    fn layout_cut(rows: &[(&str, &str)], status_rows: usize) -> TabLayout {
+        let keys = Arc::new(RangeText::from_rows(std::iter::once("ID").chain(rows.iter().map(|r| r.0)).map(|k| [k])));
+        let status = RangeText::from_rows(
+            std::iter::once("Estado").chain(rows.iter().map(|r| r.1)).take(status_rows).map(|k| [k]),
+        );
+        let columns =
+            [("ID".to_string(), Arc::clone(&keys)), ("Estado".to_string(), Arc::new(status))].into_iter().collect();
+        let first_rows = Arc::new(FirstRows::of(&keys));
+        TabLayout::new("T".into(), vec!["ID".into(), "Estado".into()], keys, columns, first_rows)
+    }
+
     fn layout(rows: &[(&str, &str)]) -> TabLayout {
-        let mut keys = vec!["ID".to_string()];
-        let mut status = vec!["Estado".to_string()];
-        for (k, s) in rows {
-            keys.push(k.to_string());
-            status.push(s.to_string());
-        }
-        let columns = [("ID".to_string(), keys.clone()), ("Estado".to_string(), status)].into_iter().collect();
-        TabLayout::new("T".into(), vec!["ID".into(), "Estado".into()], keys, columns)
+        layout_cut(rows, rows.len() + 1)
+    }
+
+    /// What a read saw in the status column, by key.
+    fn before(rows: &[(&str, &str)]) -> HashMap<String, Before> {
+        let l = layout(rows);
+        let b = Before { keys: l.keys, first_rows: l.first_rows, column: l.columns.get("Estado").cloned() };
+        [("Estado".to_string(), b)].into_iter().collect()
     }
 
     fn rec(k: &str) -> WriteTarget {
@@ -800,9 +935,7 @@ mod tests {
         // its value and 3 has it, which 3 did not have before.
         let tw = TabWrite {
             written: vec![(rec("2"), "Estado".into(), "read".into())],
-            before: [("Estado".to_string(), [("3".to_string(), "sent".to_string())].into_iter().collect())]
-                .into_iter()
-                .collect(),
+            before: before(&[("3", "sent")]),
             origins: Vec::new(),
         };
         let now = layout(&[("1", ""), ("3", "read"), ("2", "delivered")]);
@@ -829,9 +962,7 @@ mod tests {
     fn nothing_to_repair_when_every_value_is_home() {
         let tw = TabWrite {
             written: vec![(rec("2"), "Estado".into(), "read".into())],
-            before: [("Estado".to_string(), [("1".to_string(), "read".to_string())].into_iter().collect())]
-                .into_iter()
-                .collect(),
+            before: before(&[("1", "read")]),
             origins: Vec::new(),
         };
         // 1 had "read" before: it is its own value, not ours.
@@ -845,15 +976,10 @@ mod tests {
         // column stops before it.
         let tw = TabWrite {
             written: vec![(rec("2"), "Estado".into(), String::new())],
-            before: [("Estado".to_string(), [("3".to_string(), "read".to_string())].into_iter().collect())]
-                .into_iter()
-                .collect(),
+            before: before(&[("3", "read")]),
             origins: Vec::new(),
         };
-        let mut now = layout(&[("2", ""), ("1", "sent"), ("3", "")]);
-        if let Some(c) = now.columns.get_mut("Estado") {
-            c.truncate(3);
-        }
+        let now = layout_cut(&[("2", ""), ("1", "sent"), ("3", "")], 3);
         let repairs = check_previous(&now, &tw, "s", &[], &[]);
         let got: Vec<(String, String)> = repairs.iter().map(|r| (r.target.to_string(), r.value.clone())).collect();
         assert_eq!(got, vec![("record 3".into(), "read".into())]);
@@ -868,9 +994,7 @@ mod tests {
                 (WriteTarget::EveryCopyOf(RecordKey("7".into())), "Estado".into(), dup.into()),
                 (WriteTarget::Unkeyed("row:4".into()), "Estado".into(), nokey.into()),
             ],
-            before: [("Estado".to_string(), [("1".to_string(), "read".to_string())].into_iter().collect())]
-                .into_iter()
-                .collect(),
+            before: before(&[("1", "read")]),
             origins: Vec::new(),
         };
         // A sort moved 1 between the copies of 7 and the row without key to the end: one copy
@@ -895,6 +1019,35 @@ mod tests {
         let done: HashSet<usize> = [0].into_iter().collect();
         assert_eq!(kept_for_check(&origins, true, &done), vec![true, false, true], "1 was refused for its content");
         assert_eq!(kept_for_check(&origins, false, &done), vec![true, true, true], "1 and the repair may have landed");
+    }
+
+    /// Keys are found by their hash; two keys with the same hash keep their own rows.
+    #[test]
+    fn first_rows_are_found_by_hash_and_never_shared() {
+        let keys = RangeText::from_rows([["ID"], ["a"], ["b"], [""], ["a"], ["c"]]);
+        let rows = FirstRows::of(&keys);
+        assert_eq!(rows.get(&keys, "a"), Some(2));
+        assert_eq!(rows.get(&keys, "b"), Some(3));
+        assert_eq!(rows.get(&keys, "c"), Some(6));
+        assert_eq!(rows.get(&keys, "z"), None);
+        assert_eq!(rows.get(&keys, ""), None);
+        // Every key on one hash: each keeps its own first row, a missing key is still missing.
+        let clashing = FirstRows::hashed_by(&keys, |_| 0);
+        assert_eq!(clashing.get(&keys, "a"), Some(2));
+        assert_eq!(clashing.get(&keys, "b"), Some(3));
+        assert_eq!(clashing.get(&keys, "c"), Some(6));
+        assert_eq!(clashing.get(&keys, "z"), None);
+        assert_eq!(clashing.clashed.len(), 2);
+    }
+
+    #[test]
+    fn every_copy_of_a_key_is_found_in_one_pass() {
+        let mut l = layout(&[("7", ""), ("1", ""), ("7", ""), ("", "")]);
+        l.index_copies(["7", " 1 "]);
+        assert_eq!(l.every_row("7"), vec![2, 4]);
+        assert_eq!(l.every_row("1"), vec![3]);
+        // Not indexed: found all the same.
+        assert_eq!(l.every_row("9"), Vec::<u32>::new());
     }
 
     #[test]
