@@ -113,6 +113,55 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     assert!(h.sandbox.google().counts().is_empty());
 }
 
+/// The write-back's read cut off halfway (200 and headers, then the connection drops): the
+/// flush fails and writes nothing (a half-read key column would place values on the wrong
+/// rows or none), every value stays queued, and the next flush writes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_read_cut_short_writes_nothing_and_the_next_flush_writes_everything() {
+    let n = 300u32;
+    let h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
+    let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
+    let store = Store::open(&h.state_path()).await.unwrap();
+    let rules = Arc::new(RuleSet::compile(&config.rules).unwrap());
+    let (sources, writers) = recado::app::connect_sources(&config, &recado::app::http_client().unwrap()).unwrap();
+    sources[0].time_zone().await.unwrap();
+    sources[0].read(&recado::sources::ReadSpec::default(), None).await.unwrap();
+    let source_id = config.sources[0].id().to_string();
+    let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
+    let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules, Arc::new(Clock::system()), &groups);
+    let writes: Vec<FieldWrite> = (1..=n)
+        .map(|i| FieldWrite {
+            source_id: source_id.clone(),
+            target: WriteTarget::Record(RecordKey(i.to_string())),
+            field: "Estado WhatsApp".into(),
+            value: format!("sent {i}"),
+        })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    store::queue_writes(&mut tx, &writes).await.unwrap();
+    tx.commit().await.unwrap();
+    h.sandbox.google().reset_counts();
+    let fault = FaultSpec { cut: true, count: 1, scope: Some("read".into()), ..FaultSpec::default() };
+    h.sandbox.google().try_inject(fault).unwrap();
+
+    let flusher = Flusher::new(Arc::clone(&writers[0]), ctx);
+    let failed = flusher.flush_once().await.expect_err("a cut answer is a failed flush");
+    assert!(failed.to_string().contains("values.batchGet"), "{failed}");
+    assert_eq!(h.sandbox.google().counts().get(Kind::ValuesBatchUpdate.name()).copied(), None, "nothing written");
+    let mut c = store.conn().await.unwrap();
+    assert_eq!(store::pending_write_count(&mut c).await.unwrap(), i64::from(n), "every value still queued");
+    drop(c);
+
+    let report = flusher.flush_once().await.unwrap();
+    assert_eq!(report.done.len(), n as usize);
+    for i in [1, 150, n] {
+        assert_eq!(
+            h.sandbox.google().cell_by_key(SHEET, TAB, "ID", &i.to_string(), "Estado WhatsApp").as_deref(),
+            Some(format!("sent {i}").as_str())
+        );
+    }
+}
+
 /// A Google call that never answers costs one call timeout, not the source: the next poll
 /// carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
