@@ -2305,22 +2305,77 @@ fn resolve_read(s: &Spreadsheet, range: &str) -> Result<(usize, usize, usize, us
 
 /// Reads a range with render options: trailing empty cells and rows trimmed, inner empty cells
 /// `""`, no `values` at all for an empty range, the range echoed as clipped to the grid.
+/// Row `r`'s cells from column `c0` to `c1` as `values.get` renders them, without trailing
+/// empty cells.
+fn rendered_row(t: &Tab, r: usize, c0: usize, c1: usize, o: ReadOpts, l: &Loc) -> Vec<Value> {
+    let Some(row) = t.cells.get(r) else { return Vec::new() };
+    let mut out: Vec<Value> = match row.get(c0..=c1.min(row.len().saturating_sub(1))) {
+        Some(cells) if c0 < row.len() => cells.iter().map(|c| render(c, o.render, o.dt, l)).collect(),
+        _ => Vec::new(),
+    };
+    while out.last().is_some_and(Value::is_null) {
+        out.pop();
+    }
+    out
+}
+
+/// [`read_range`]'s answer as JSON text, written row by row: no JSON tree of the whole range
+/// is built first (for a million-row tab that tree took longer to build than the daemon takes
+/// to read the answer, all of it under the emulator's lock before the first byte).
+fn read_range_json(s: &Spreadsheet, range: &str, o: ReadOpts) -> Result<Vec<u8>, String> {
+    if o.columns {
+        let v = read_range(s, range, o)?;
+        return serde_json::to_vec(&v).map_err(|e| e.to_string());
+    }
+    let (ti, c0, r0, c1, r1) = resolve_read(s, range)?;
+    let t = &s.tabs[ti];
+    let l = s.loc();
+    let mut out = Vec::with_capacity(1024);
+    let text = |out: &mut Vec<u8>, v: &Value| serde_json::to_writer(out, v).map_err(|e| e.to_string());
+    out.extend_from_slice(b"{\"range\":");
+    text(&mut out, &Value::String(a1_text(&t.title, c0, r0, c1, r1)))?;
+    out.extend_from_slice(b",\"majorDimension\":\"ROWS\"");
+    // Empty rows are written only once a later row has cells (trailing ones are left out).
+    let mut empty_rows = 0usize;
+    let mut rows = 0usize;
+    for r in r0..=r1.min(t.cells.len().saturating_sub(1)) {
+        let row = rendered_row(t, r, c0, c1, o, &l);
+        if row.is_empty() {
+            empty_rows += 1;
+            continue;
+        }
+        for _ in 0..empty_rows {
+            out.extend_from_slice(if rows == 0 { b",\"values\":[[]" } else { b",[]" });
+            rows += 1;
+        }
+        empty_rows = 0;
+        out.extend_from_slice(if rows == 0 { b",\"values\":[[" } else { b",[" });
+        rows += 1;
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match cell {
+                Value::Null => out.extend_from_slice(b"\"\""),
+                v => text(&mut out, v)?,
+            }
+        }
+        out.push(b']');
+    }
+    if rows > 0 {
+        out.push(b']');
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 fn read_range(s: &Spreadsheet, range: &str, o: ReadOpts) -> Result<Value, String> {
     let (ti, c0, r0, c1, r1) = resolve_read(s, range)?;
     let t = &s.tabs[ti];
     let l = s.loc();
     let mut rows: Vec<Vec<Value>> = Vec::new();
     for r in r0..=r1.min(t.cells.len().saturating_sub(1)) {
-        let row = &t.cells[r];
-        let mut out: Vec<Value> = if c0 < row.len() {
-            row[c0..=c1.min(row.len() - 1)].iter().map(|c| render(c, o.render, o.dt, &l)).collect()
-        } else {
-            Vec::new()
-        };
-        while out.last().is_some_and(Value::is_null) {
-            out.pop();
-        }
-        rows.push(out);
+        rows.push(rendered_row(t, r, c0, c1, o, &l));
     }
     while rows.last().is_some_and(Vec::is_empty) {
         rows.pop();
@@ -3413,14 +3468,13 @@ pub async fn values_range(
         .serve(&headers, (kind, &id.clone()), body.len(), move |g| {
             let Some(s) = g.spreadsheets.get_mut(&id) else { return sheets_not_found() };
             let result = match kind {
-                Kind::ValuesGet => ReadOpts::from_query(&q).and_then(|o| read_range(s, &range, o)),
-                Kind::ValuesClear => clear(s, &range),
-                _ => write_one(s, kind, &range, &q, &body),
+                Kind::ValuesGet => ReadOpts::from_query(&q)
+                    .and_then(|o| read_range_json(s, &range, o))
+                    .map(|text| ([(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()),
+                Kind::ValuesClear => clear(s, &range).map(|v| Json(v).into_response()),
+                _ => write_one(s, kind, &range, &q, &body).map(|v| Json(v).into_response()),
             };
-            match result {
-                Ok(v) => Json(v).into_response(),
-                Err(m) => invalid(&m),
-            }
+            result.unwrap_or_else(|m| invalid(&m))
         })
         .await
 }
@@ -3621,6 +3675,15 @@ mod tests {
             v,
             json!({ "range": "T!A1:Z1000", "majorDimension": "ROWS", "values": [["ID", "N"], [1], [], [2, true]] })
         );
+        // The answer as served, written row by row, says the same.
+        for range in ["T", "'T'!A:A", "T!B1:B4", "T!D4:A1", "T!Z1:Z9", "T!A1:ZZ1", "T!C1:C9", "T!A3:B3"] {
+            for render in ["UNFORMATTED_VALUE", "FORMATTED_VALUE"] {
+                let o = opts(render, "SERIAL_NUMBER");
+                let text = read_range_json(&s, range, o).unwrap();
+                let served: Value = serde_json::from_slice(&text).unwrap();
+                assert_eq!(served, read_range(&s, range, o).unwrap(), "{range} {render}");
+            }
+        }
         let v = read_range(&s, "'T'!A:A", opts("FORMATTED_VALUE", "SERIAL_NUMBER")).unwrap();
         assert_eq!((&v["range"], &v["values"]), (&json!("T!A1:A1000"), &json!([["ID"], ["1"], [], ["2"]])));
         let v = read_range(&s, "T!B1:B4", opts("FORMATTED_VALUE", "SERIAL_NUMBER")).unwrap();
