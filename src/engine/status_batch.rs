@@ -39,7 +39,7 @@ pub(super) struct StatusBatch {
     /// Statuses heard in this run and not written yet.
     new_events: Vec<(String, String)>,
     /// Provider ids of held messages moved in this run and not written yet.
-    moved: Vec<String>,
+    moved: HashSet<String>,
 }
 
 impl StatusBatch {
@@ -69,7 +69,15 @@ impl StatusBatch {
             .iter()
             .map(|&(s, k)| ((s.to_string(), k.to_string()), open.contains(&(s.to_string(), k.to_string()))))
             .collect();
-        Ok(Self { held: true, messages, heard, newer_rules, open_issues, new_events: Vec::new(), moved: Vec::new() })
+        Ok(Self {
+            held: true,
+            messages,
+            heard,
+            newer_rules,
+            open_issues,
+            new_events: Vec::new(),
+            moved: HashSet::new(),
+        })
     }
 
     /// The message a provider id belongs to.
@@ -147,9 +155,7 @@ impl StatusBatch {
         }
         held.state_at = now;
         held.updated_at = now;
-        if !self.moved.iter().any(|id| id == provider_message_id) {
-            self.moved.push(provider_message_id.to_string());
-        }
+        self.moved.insert(provider_message_id.to_string());
         Ok(())
     }
 

@@ -2303,8 +2303,6 @@ fn resolve_read(s: &Spreadsheet, range: &str) -> Result<(usize, usize, usize, us
     Ok((ti, c0, r0, c1, r1))
 }
 
-/// Reads a range with render options: trailing empty cells and rows trimmed, inner empty cells
-/// `""`, no `values` at all for an empty range, the range echoed as clipped to the grid.
 /// Row `r`'s cells from column `c0` to `c1` as `values.get` renders them, without trailing
 /// empty cells.
 fn rendered_row(t: &Tab, r: usize, c0: usize, c1: usize, o: ReadOpts, l: &Loc) -> Vec<Value> {
@@ -2369,6 +2367,8 @@ fn read_range_json(s: &Spreadsheet, range: &str, o: ReadOpts) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// Reads a range with render options: trailing empty cells and rows trimmed, inner empty cells
+/// `""`, no `values` at all for an empty range, the range echoed as clipped to the grid.
 fn read_range(s: &Spreadsheet, range: &str, o: ReadOpts) -> Result<Value, String> {
     let (ti, c0, r0, c1, r1) = resolve_read(s, range)?;
     let t = &s.tabs[ti];

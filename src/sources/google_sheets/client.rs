@@ -5,7 +5,10 @@
 //!
 //! Every call is paid for from the source's [`Budget`] (or from budget the caller paid for in
 //! advance), carries the service account's token, and has a timeout: one call that never
-//! answers never stops a loop for longer than `call_timeout`.
+//! answers never stops a loop for longer than `call_timeout`. The two reads whose answers may
+//! be whole columns of a large tab (`values.get` of the tab, `values.batchGet` of the
+//! write-back) must start within `call_timeout` and bring each chunk within it, and may take
+//! up to ten of them in all (at most [`WHOLE_READ_MOST`]).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,11 +21,10 @@
 //! nothing: the flush fails, is reported, and the queue waits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tracing::{debug, warn};
 
 use super::a1;
@@ -183,8 +182,9 @@ impl TabLayout {
 
     /// Finds every row of these keys in one pass over the key column.
     fn index_copies<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+        // An empty key is no record's: it must never lead to the rows without key.
         let wanted: HashSet<&str> =
-            keys.into_iter().map(str::trim).filter(|k| !self.rows_of.contains_key(*k)).collect();
+            keys.into_iter().map(str::trim).filter(|k| !k.is_empty() && !self.rows_of.contains_key(*k)).collect();
         if wanted.is_empty() {
             return;
         }
@@ -207,6 +207,9 @@ impl TabLayout {
 
     /// Every row of `key`.
     fn every_row(&self, key: &str) -> Vec<u32> {
+        if key.is_empty() {
+            return Vec::new();
+        }
         match self.rows_of.get(key) {
             Some(rows) => rows.clone(),
             // Not indexed: one pass for this key alone.
@@ -1048,6 +1051,10 @@ mod tests {
         assert_eq!(l.every_row("1"), vec![3]);
         // Not indexed: found all the same.
         assert_eq!(l.every_row("9"), Vec::<u32>::new());
+        // No key is no record's: the rows without key are never every copy of it.
+        l.index_copies(["", "  "]);
+        assert_eq!(l.every_row(""), Vec::<u32>::new());
+        assert_eq!(layout(&[("", ""), ("", "")]).every_row(""), Vec::<u32>::new());
     }
 
     #[test]
