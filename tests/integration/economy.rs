@@ -51,21 +51,27 @@ async fn a_google_429_delays_the_poll_and_loses_nothing() {
     h.stop().await;
 }
 
-/// 5,000 status updates queued → one key read and one write, every cell on its row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
-    let n = 5000u32;
-    let h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
+/// The harness's store and a flusher of its sheet outside a running daemon, after the source
+/// has looked at the tab (as the poller does before the first flush), and the source's id.
+async fn flusher_of(h: &Harness) -> (Store, Flusher, String) {
     let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
     let store = Store::open(&h.state_path()).await.unwrap();
     let rules = Arc::new(RuleSet::compile(&config.rules).unwrap());
     let (sources, writers) = recado::app::connect_sources(&config, &recado::app::http_client().unwrap()).unwrap();
-    // As in the daemon, the poller has looked at the tab before the first flush.
     sources[0].time_zone().await.unwrap();
     sources[0].read(&recado::sources::ReadSpec::default(), None).await.unwrap();
     let source_id = config.sources[0].id().to_string();
     let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
     let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules, Arc::new(Clock::system()), &groups);
+    (store, Flusher::new(Arc::clone(&writers[0]), ctx), source_id)
+}
+
+/// 5,000 status updates queued → one key read and one write, every cell on its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
+    let n = 5000u32;
+    let h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
+    let (store, flusher, source_id) = flusher_of(&h).await;
 
     // Each record gets several updates; only the last one per cell may be written.
     let mut tx = store.begin().await.unwrap();
@@ -85,7 +91,6 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
     assert!(h.sandbox.google().sort_by(SHEET, TAB, "Nombre", true));
     h.sandbox.google().reset_counts();
 
-    let flusher = Flusher::new(Arc::clone(&writers[0]), ctx);
     let report = flusher.flush_once().await.unwrap();
     assert_eq!(report.done.len(), n as usize);
     let counts = h.sandbox.google().counts();
@@ -120,15 +125,7 @@ async fn a_flush_of_5000_updates_costs_one_read_and_one_write() {
 async fn a_write_back_read_cut_short_writes_nothing_and_the_next_flush_writes_everything() {
     let n = 300u32;
     let h = Harness::new((1..=n).map(|i| row(i, &format!("P{i}"), "Sí", "Activo")).collect()).await;
-    let config = recado::config::Config::from_yaml(&h.yaml()).unwrap();
-    let store = Store::open(&h.state_path()).await.unwrap();
-    let rules = Arc::new(RuleSet::compile(&config.rules).unwrap());
-    let (sources, writers) = recado::app::connect_sources(&config, &recado::app::http_client().unwrap()).unwrap();
-    sources[0].time_zone().await.unwrap();
-    sources[0].read(&recado::sources::ReadSpec::default(), None).await.unwrap();
-    let source_id = config.sources[0].id().to_string();
-    let groups: Vec<Vec<String>> = writers.iter().map(|w| w.source_ids()).collect();
-    let ctx = EngineCtx::new(store.clone(), Arc::new(config), rules, Arc::new(Clock::system()), &groups);
+    let (store, flusher, source_id) = flusher_of(&h).await;
     let writes: Vec<FieldWrite> = (1..=n)
         .map(|i| FieldWrite {
             source_id: source_id.clone(),
@@ -144,7 +141,6 @@ async fn a_write_back_read_cut_short_writes_nothing_and_the_next_flush_writes_ev
     let fault = FaultSpec { cut: true, count: 1, scope: Some("read".into()), ..FaultSpec::default() };
     h.sandbox.google().try_inject(fault).unwrap();
 
-    let flusher = Flusher::new(Arc::clone(&writers[0]), ctx);
     let failed = flusher.flush_once().await.expect_err("a cut answer is a failed flush");
     assert!(failed.to_string().contains("values.batchGet"), "{failed}");
     assert_eq!(h.sandbox.google().counts().get(Kind::ValuesBatchUpdate.name()).copied(), None, "nothing written");
