@@ -106,10 +106,8 @@ pub struct SourcePoller {
 
 /// What a poll carries from one part of its read to the next.
 struct Pass {
-    baseline: bool,
-    /// Every record's reminders and phone index entry are planned (the first read after start).
-    full_pass: bool,
-    now: chrono::DateTime<chrono::Utc>,
+    /// What preparing each part needs (whether this is the baseline, a full pass, its `now`).
+    work: PartWork,
     report: PollReport,
     /// Records read.
     records: usize,
@@ -367,28 +365,25 @@ impl SourcePoller {
         };
         self.missing_reported = None;
         let mut pass = Pass {
-            baseline: (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline)
-                || self.zone_changed,
-            full_pass: !self.synced || self.replan,
-            now: self.ctx.clock.now(),
+            work: PartWork {
+                ctx: Arc::clone(&self.ctx),
+                settings: self.settings.clone(),
+                baseline: (!self.state.baseline_done && self.settings.first_start == FirstStart::Baseline)
+                    || self.zone_changed,
+                full_pass: !self.synced || self.replan,
+                now: self.ctx.clock.now(),
+            },
             report: PollReport::default(),
             records: 0,
             issues: Vec::new(),
             planned: HashSet::default(),
             phone_parses: 0,
         };
-        pass.report.baseline = pass.baseline;
+        pass.report.baseline = pass.work.baseline;
         // A new read: it has had no record yet.
         for fingerprint in self.snapshot.values_mut() {
             fingerprint.unsee();
         }
-        let work = PartWork {
-            ctx: Arc::clone(&self.ctx),
-            settings: self.settings.clone(),
-            baseline: pass.baseline,
-            full_pass: pass.full_pass,
-            now: pass.now,
-        };
         let outcome = async {
             // Each part is prepared (CPU work, off the runtime) while the one before it is
             // committed (the database's work): at most two parts are held, never the read.
@@ -398,11 +393,12 @@ impl SourcePoller {
                 let this = &*self;
                 let commit = async {
                     match &committing {
-                        Some(p) => this.commit(p, None, work.now.timestamp_millis()).await.map(Some),
+                        Some(p) => this.commit(p, None, pass.work.now.timestamp_millis()).await.map(Some),
                         None => Ok(None),
                     }
                 };
-                let ((snapshot, next), committed) = tokio::join!(prepare_next(&work, &mut incoming, snapshot), commit);
+                let ((snapshot, next), committed) =
+                    tokio::join!(prepare_next(&pass.work, &mut incoming, snapshot), commit);
                 // The snapshot already holds the records of the part just committed (and of
                 // the one just prepared): a commit that failed has it loaded again from the
                 // store.
@@ -414,7 +410,7 @@ impl SourcePoller {
                 pass.records += planned.read.records.len();
                 pass.phone_parses += planned.phones.iter().filter(|p| p.is_some()).count();
                 pass.issues.append(&mut planned.issues);
-                if !pass.full_pass {
+                if !pass.work.full_pass {
                     let records = planned.read.records.iter().zip(&planned.in_scope);
                     pass.planned.extend(records.filter(|(_, planned)| **planned).map(|(r, _)| r.key.clone()));
                 }
@@ -493,7 +489,7 @@ impl SourcePoller {
         let removals = crate::diff::removed_keys(&self.snapshot, complete, deleted);
         let planned = Planned {
             changes: removals.len(),
-            baseline: pass.baseline,
+            baseline: pass.work.baseline,
             removals,
             issues: std::mem::take(&mut pass.issues),
             ..Planned::default()
@@ -501,14 +497,14 @@ impl SourcePoller {
         let mut state = self.state.clone();
         state.baseline_done = true;
         state.version = version;
-        let last = Last { state, complete, full_pass: pass.full_pass, planned: &pass.planned };
-        let report = self.commit(&planned, Some(&last), pass.now.timestamp_millis()).await?;
+        let last = Last { state, complete, full_pass: pass.work.full_pass, planned: &pass.planned };
+        let report = self.commit(&planned, Some(&last), pass.work.now.timestamp_millis()).await?;
         pass.report.add(&report);
         self.state = last.state;
         for k in &planned.removals {
             self.snapshot.remove(k);
         }
-        if pass.baseline {
+        if pass.work.baseline {
             info!(source = %self.settings.id, records = pass.records, "first read taken as the baseline: existing records are not new");
         }
         Ok(())
@@ -777,8 +773,11 @@ impl SourcePoller {
 struct PartWork {
     ctx: Arc<EngineCtx>,
     settings: SourceSettings,
+    /// The read is taken as the baseline: existing records are not new.
     baseline: bool,
+    /// Every record's reminders and phone index entry are planned (the first read after start).
     full_pass: bool,
+    /// The poll's time, the same for every part.
     now: chrono::DateTime<chrono::Utc>,
 }
 
