@@ -218,13 +218,9 @@ pub async fn contacts_for(conn: &mut SqliteConnection, phones: &[&str]) -> Store
         return Ok(HashMap::new());
     }
     let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version, language FROM contacts WHERE phone IN (",
+        "SELECT phone, opted_out_at, last_inbound_at, consent, consent_version, language FROM contacts WHERE phone IN ",
     );
-    let mut sep = qb.separated(", ");
-    for p in phones {
-        sep.push_bind(*p);
-    }
-    qb.push(")");
+    super::push_list(&mut qb, phones.iter().copied());
     let rows = qb.build().fetch_all(&mut *conn).await?;
     let mut found: HashMap<String, Contact> =
         rows.iter().map(|r| contact_from_row(r).map(|c| (c.phone.clone(), c))).collect::<StoreResult<_>>()?;

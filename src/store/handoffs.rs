@@ -151,14 +151,9 @@ pub async fn phones_in_handoff(
 ) -> StoreResult<std::collections::HashSet<String>> {
     let mut out = std::collections::HashSet::new();
     for chunk in phones.chunks(500) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT phone FROM handoffs WHERE closed_at IS NULL AND phone IN (",
-        );
-        let mut sep = qb.separated(", ");
-        for p in chunk {
-            sep.push_bind(*p);
-        }
-        qb.push(")");
+        let mut qb =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT phone FROM handoffs WHERE closed_at IS NULL AND phone IN ");
+        super::push_list(&mut qb, chunk.iter().copied());
         let rows: Vec<String> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
         out.extend(rows);
     }

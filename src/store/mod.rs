@@ -143,12 +143,37 @@ pub(crate) fn records_by_source<'a>(
 
 /// Appends `source_id = $ AND record_key IN ($, …)` for one group of [`records_by_source`].
 pub(crate) fn push_records_of(qb: &mut sqlx::QueryBuilder<sqlx::Sqlite>, source: &str, keys: &[&str]) {
-    qb.push("source_id = ").push_bind(source).push(" AND record_key IN (");
+    qb.push("source_id = ").push_bind(source).push(" AND record_key IN ");
+    push_list(qb, keys.iter().copied());
+}
+
+/// Appends `($, $, …)`, a bind a value (the list of an `IN`).
+pub(crate) fn push_list<'t, T>(qb: &mut sqlx::QueryBuilder<sqlx::Sqlite>, values: impl IntoIterator<Item = T>)
+where
+    T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    qb.push("(");
     let mut sep = qb.separated(", ");
-    for k in keys {
-        sep.push_bind(*k);
+    for v in values {
+        sep.push_bind(v);
     }
     qb.push(")");
+}
+
+/// Appends `, column = CASE id WHEN $ THEN $ … ELSE column END`: a value a row, for one
+/// `UPDATE` of many rows.
+pub(crate) fn push_case_by_id<'t, T>(
+    qb: &mut sqlx::QueryBuilder<sqlx::Sqlite>,
+    column: &str,
+    values: impl IntoIterator<Item = (i64, T)>,
+) where
+    T: sqlx::Encode<'t, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    qb.push(format!(", {column} = CASE id"));
+    for (id, v) in values {
+        qb.push(" WHEN ").push_bind(id).push(" THEN ").push_bind(v);
+    }
+    qb.push(format!(" ELSE {column} END"));
 }
 
 /// The schema, in order: (version, name, SQL). One list, so the migrator and the portability

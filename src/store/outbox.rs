@@ -317,13 +317,9 @@ pub async fn messages_by_provider_ids(
     let mut out = HashMap::with_capacity(provider_message_ids.len());
     for chunk in provider_message_ids.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_message_id IN ("
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE provider_message_id IN "
         ));
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(*id);
-        }
-        qb.push(")");
+        super::push_list(&mut qb, chunk.iter().copied());
         for r in qb.build().fetch_all(&mut *conn).await? {
             let m = message_from_row(&r)?;
             if let Some(id) = m.provider_message_id.clone() {
@@ -341,32 +337,13 @@ pub async fn save_status_moves(conn: &mut SqliteConnection, moved: &[&OutboxMess
     for chunk in moved.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET updated_at = ");
         qb.push_bind(now);
-        qb.push(", state = CASE id");
-        for m in chunk {
-            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(m.state.as_str());
-        }
-        qb.push(" ELSE state END, state_at = CASE id");
-        for m in chunk {
-            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(m.state_at);
-        }
-        qb.push(" ELSE state_at END, provider_message_id = CASE id");
-        for m in chunk {
-            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(&m.provider_message_id);
-        }
-        qb.push(" ELSE provider_message_id END, recipient_id = CASE id");
-        for m in chunk {
-            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(&m.recipient_id);
-        }
-        qb.push(" ELSE recipient_id END, error = CASE id");
-        for m in chunk {
-            qb.push(" WHEN ").push_bind(m.id).push(" THEN ").push_bind(&m.error);
-        }
-        qb.push(" ELSE error END WHERE id IN (");
-        let mut ids = qb.separated(", ");
-        for m in chunk {
-            ids.push_bind(m.id);
-        }
-        qb.push(")");
+        super::push_case_by_id(&mut qb, "state", chunk.iter().map(|m| (m.id, m.state.as_str())));
+        super::push_case_by_id(&mut qb, "state_at", chunk.iter().map(|m| (m.id, m.state_at)));
+        super::push_case_by_id(&mut qb, "provider_message_id", chunk.iter().map(|m| (m.id, &m.provider_message_id)));
+        super::push_case_by_id(&mut qb, "recipient_id", chunk.iter().map(|m| (m.id, &m.recipient_id)));
+        super::push_case_by_id(&mut qb, "error", chunk.iter().map(|m| (m.id, &m.error)));
+        qb.push(" WHERE id IN ");
+        super::push_list(&mut qb, chunk.iter().map(|m| m.id));
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -459,28 +436,17 @@ pub async fn mark_sending(
     for chunk in messages.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET state = 'sending', updated_at = ");
         qb.push_bind(now);
-        qb.push(", attempts = CASE id");
-        for (id, attempts, _) in chunk {
-            qb.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(i64::from(*attempts));
-        }
-        qb.push(" ELSE attempts END");
+        super::push_case_by_id(&mut qb, "attempts", chunk.iter().map(|(id, attempts, _)| (*id, i64::from(*attempts))));
         let switched: Vec<(i64, String)> = chunk
             .iter()
             .filter_map(|(id, _, content)| content.map(|c| encode(c).map(|e| (*id, e))))
             .collect::<StoreResult<_>>()?;
         if !switched.is_empty() {
-            qb.push(", content = CASE id");
-            for (id, content) in switched {
-                qb.push(" WHEN ").push_bind(id).push(" THEN ").push_bind(content);
-            }
-            qb.push(" ELSE content END");
+            super::push_case_by_id(&mut qb, "content", switched);
         }
-        qb.push(" WHERE state = 'queued' AND id IN (");
-        let mut ids = qb.separated(", ");
-        for (id, _, _) in chunk {
-            ids.push_bind(*id);
-        }
-        qb.push(") RETURNING id");
+        qb.push(" WHERE state = 'queued' AND id IN ");
+        super::push_list(&mut qb, chunk.iter().map(|(id, _, _)| *id));
+        qb.push(" RETURNING id");
         let ids: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
         marked.extend(ids);
     }
@@ -496,14 +462,10 @@ pub async fn queued_for_records(
     let mut out = Vec::new();
     for chunk in keys.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE state = 'queued' AND source_id = "
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE state = 'queued' AND "
         ));
-        qb.push_bind(source_id).push(" AND record_key IN (");
-        let mut sep = qb.separated(", ");
-        for k in chunk {
-            sep.push_bind(*k);
-        }
-        qb.push(") ORDER BY id");
+        super::push_records_of(&mut qb, source_id, chunk);
+        qb.push(" ORDER BY id");
         out.extend(messages_from_rows(qb.build().fetch_all(&mut *conn).await?)?);
     }
     Ok(out)
@@ -560,12 +522,8 @@ pub async fn existing_idempotency_keys(
     let mut out = std::collections::HashSet::new();
     for chunk in keys.chunks(500) {
         let mut qb =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT idempotency_key FROM messages WHERE idempotency_key IN (");
-        let mut sep = qb.separated(", ");
-        for k in chunk {
-            sep.push_bind(k.as_str());
-        }
-        qb.push(")");
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT idempotency_key FROM messages WHERE idempotency_key IN ");
+        super::push_list(&mut qb, chunk.iter().map(|k| k.as_str()));
         for r in qb.build().fetch_all(&mut *conn).await? {
             out.insert(col::<String>(&r, "idempotency_key")?);
         }
@@ -586,12 +544,8 @@ pub async fn message_exists(conn: &mut SqliteConnection, idempotency_key: &str) 
 pub async fn message_states(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<HashMap<i64, MessageState>> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT id, state FROM messages WHERE id IN (");
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(*id);
-        }
-        qb.push(")");
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT id, state FROM messages WHERE id IN ");
+        super::push_list(&mut qb, chunk.iter().copied());
         for r in qb.build().fetch_all(&mut *conn).await? {
             let state: String = col(&r, "state")?;
             out.insert(col(&r, "id")?, MessageState::from_str(&state).map_err(|e| corrupt("message state", e))?);
@@ -655,11 +609,7 @@ pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[Accepte
     for chunk in sends.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE messages SET updated_at = ");
         qb.push_bind(now);
-        qb.push(", provider_message_id = CASE id");
-        for s in chunk {
-            qb.push(" WHEN ").push_bind(s.id).push(" THEN ").push_bind(&s.provider_message_id);
-        }
-        qb.push(" ELSE provider_message_id END");
+        super::push_case_by_id(&mut qb, "provider_message_id", chunk.iter().map(|s| (s.id, &s.provider_message_id)));
         // Every right-hand side reads the row as it was: `state` here is the old state.
         let earlier = "state IN ('queued', 'sending')";
         qb.push(format!(", state = CASE WHEN {earlier} THEN "));
@@ -670,18 +620,10 @@ pub async fn record_accepted_sends(conn: &mut SqliteConnection, sends: &[Accepte
         let recipients: Vec<(i64, &str)> =
             chunk.iter().filter_map(|s| s.recipient_id.as_deref().map(|r| (s.id, r))).collect();
         if !recipients.is_empty() {
-            qb.push(", recipient_id = CASE id");
-            for (id, r) in recipients {
-                qb.push(" WHEN ").push_bind(id).push(" THEN ").push_bind(r);
-            }
-            qb.push(" ELSE recipient_id END");
+            super::push_case_by_id(&mut qb, "recipient_id", recipients);
         }
-        qb.push(" WHERE id IN (");
-        let mut ids = qb.separated(", ");
-        for s in chunk {
-            ids.push_bind(s.id);
-        }
-        qb.push(")");
+        qb.push(" WHERE id IN ");
+        super::push_list(&mut qb, chunk.iter().map(|s| s.id));
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())

@@ -115,12 +115,8 @@ pub async fn snapshot_rows_of(
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "SELECT record_key, row_hash, fields, date_fields, from_baseline FROM snapshot_rows WHERE source_id = ",
         );
-        qb.push_bind(source_id).push(" AND record_key IN (");
-        let mut sep = qb.separated(", ");
-        for k in chunk {
-            sep.push_bind(k.0.as_str());
-        }
-        qb.push(")");
+        qb.push_bind(source_id).push(" AND record_key IN ");
+        super::push_list(&mut qb, chunk.iter().map(|k| k.0.as_str()));
         for r in qb.build().fetch_all(&mut *conn).await? {
             match snapshot_row(&r) {
                 Ok(row) => {
@@ -175,12 +171,8 @@ pub async fn delete_snapshot_rows(conn: &mut SqliteConnection, source_id: &str, 
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         for table in ["snapshot_rows", "contact_records"] {
             let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("DELETE FROM {table} WHERE source_id = "));
-            qb.push_bind(source_id).push(" AND record_key IN (");
-            let mut sep = qb.separated(", ");
-            for k in chunk {
-                sep.push_bind(k.0.as_str());
-            }
-            qb.push(")");
+            qb.push_bind(source_id).push(" AND record_key IN ");
+            super::push_list(&mut qb, chunk.iter().map(|k| k.0.as_str()));
             qb.build().execute(&mut *conn).await?;
         }
     }
@@ -238,12 +230,8 @@ pub async fn set_contact_records(
     let keys: Vec<RecordKey> = records.iter().map(|(k, _)| k.clone()).collect();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM contact_records WHERE source_id = ");
-        qb.push_bind(source_id).push(" AND record_key IN (");
-        let mut sep = qb.separated(", ");
-        for k in chunk {
-            sep.push_bind(k.0.as_str());
-        }
-        qb.push(")");
+        qb.push_bind(source_id).push(" AND record_key IN ");
+        super::push_list(&mut qb, chunk.iter().map(|k| k.0.as_str()));
         qb.build().execute(&mut *conn).await?;
     }
     let with_phone: Vec<(&RecordKey, &String)> =

@@ -51,15 +51,9 @@ pub async fn timers_of(
         Some(keys) => {
             let mut out = Vec::new();
             for chunk in keys.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-                    "SELECT {TIMER_COLUMNS} FROM timers WHERE source_id = "
-                ));
-                qb.push_bind(source_id).push(" AND record_key IN (");
-                let mut sep = qb.separated(", ");
-                for k in chunk {
-                    sep.push_bind(*k);
-                }
-                qb.push(")");
+                let mut qb =
+                    sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("SELECT {TIMER_COLUMNS} FROM timers WHERE "));
+                super::push_records_of(&mut qb, source_id, chunk);
                 for r in qb.build().fetch_all(&mut *conn).await? {
                     out.push(timer_from_row(&r)?);
                 }

@@ -149,12 +149,8 @@ async fn update_deliveries(
 ) -> StoreResult<()> {
     for chunk in ids.chunks(500) {
         let mut q = update();
-        q.push(" WHERE id IN (");
-        let mut list = q.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        q.push(")");
+        q.push(" WHERE id IN ");
+        super::push_list(&mut q, chunk.iter().copied());
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -211,13 +207,9 @@ pub async fn status_events_of(
     let mut seen = std::collections::HashSet::new();
     for chunk in provider_message_ids.chunks(500) {
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT provider_message_id, status FROM status_events WHERE provider_message_id IN (",
+            "SELECT provider_message_id, status FROM status_events WHERE provider_message_id IN ",
         );
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(*id);
-        }
-        qb.push(")");
+        super::push_list(&mut qb, chunk.iter().copied());
         for r in qb.build().fetch_all(&mut *conn).await? {
             seen.insert((col(&r, "provider_message_id")?, col(&r, "status")?));
         }

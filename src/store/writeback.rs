@@ -51,13 +51,10 @@ pub async fn pending_writes(
         return Ok(Vec::new());
     }
     let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "SELECT source_id, target_kind, target, field, value, seq FROM write_queue WHERE source_id IN (",
+        "SELECT source_id, target_kind, target, field, value, seq FROM write_queue WHERE source_id IN ",
     );
-    let mut sep = qb.separated(", ");
-    for s in source_ids {
-        sep.push_bind(s.as_str());
-    }
-    qb.push(") ORDER BY seq LIMIT ");
+    super::push_list(&mut qb, source_ids.iter().map(String::as_str));
+    qb.push(" ORDER BY seq LIMIT ");
     qb.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     let rows = qb.build().fetch_all(conn).await?;
     rows.iter()

@@ -182,6 +182,35 @@ impl<'de> serde::de::Visitor<'de> for RowParts<'_> {
     }
 }
 
+/// An answer that may be large (whole columns of a big tab), read a chunk at a time: each
+/// chunk must come within the call timeout, and all the waits together within
+/// [`WHOLE_READ_CALL_TIMEOUTS`] of them (at most [`WHOLE_READ_MOST`]).
+struct LongAnswer {
+    response: reqwest::Response,
+    what: &'static str,
+    timeout: Duration,
+    waiting: Duration,
+    waited: Duration,
+}
+
+impl LongAnswer {
+    /// The next chunk, or `None` at the end of the answer.
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, SourceError> {
+        let timed_out = |after| SourceError::Timeout { what: format!("Google {}", self.what), after };
+        let asked = tokio::time::Instant::now();
+        let chunk = tokio::time::timeout(self.timeout, self.response.chunk()).await;
+        self.waited += asked.elapsed();
+        if self.waited > self.waiting {
+            return Err(timed_out(self.waiting));
+        }
+        match chunk {
+            Err(_) => Err(timed_out(self.timeout)),
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(body_error(self.what, &e, WHOLE_READ_MOST)),
+        }
+    }
+}
+
 /// The chunks of an answer as they arrive, read as one byte stream by a blocking decoder. The
 /// stream ends when the transfer does, however it ends: a transfer that failed reports its own
 /// error, and a cut answer is never whole JSON.
@@ -325,8 +354,9 @@ impl RangeText {
         Ok(())
     }
 
-    /// A range as rows of texts.
-    pub fn from_rows<'a>(rows: impl IntoIterator<Item = impl IntoIterator<Item = &'a str>>) -> Self {
+    /// A range as rows of texts (tests build layouts with it).
+    #[cfg(test)]
+    pub(crate) fn from_rows<'a>(rows: impl IntoIterator<Item = impl IntoIterator<Item = &'a str>>) -> Self {
         let mut out = Self::default();
         for row in rows {
             for cell in row {
@@ -747,9 +777,8 @@ impl SheetsClient {
             ("dateTimeRenderOption", "SERIAL_NUMBER"),
             ("majorDimension", "ROWS"),
         ];
-        let waiting = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS).min(WHOLE_READ_MOST).max(self.timeout);
         let started = tokio::time::Instant::now();
-        let mut response = self
+        let response = self
             .send(&self.budget, "values.get", Paid::Now, WHOLE_READ_MOST, |token| {
                 self.http.get(&url).query(&query).bearer_auth(token)
             })
@@ -757,7 +786,7 @@ impl SheetsClient {
             .map_err(|(_, _, e)| e)?;
         let (parts, out) = tokio::sync::mpsc::channel::<Result<RowsPart, SourceError>>(2);
         let budget = Arc::clone(&self.budget);
-        let timeout = self.timeout;
+        let mut answer = self.long_answer(response, "values.get");
         tokio::spawn(async move {
             let (chunks, arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
             let rows = parts.clone();
@@ -767,27 +796,14 @@ impl SheetsClient {
             });
             let timed_out = |after| SourceError::Timeout { what: "Google values.get".into(), after };
             let transfer = async {
-                let mut waited = Duration::ZERO;
-                loop {
-                    let asked = tokio::time::Instant::now();
-                    let chunk = tokio::time::timeout(timeout, response.chunk()).await;
-                    waited += asked.elapsed();
-                    if waited > waiting {
-                        return Err(timed_out(waiting));
-                    }
-                    match chunk {
-                        Err(_) => return Err(timed_out(timeout)),
-                        Ok(Ok(None)) => return Ok(()),
-                        Ok(Err(e)) => return Err(body_error("values.get", &e, WHOLE_READ_MOST)),
-                        // The decoder stopped early (the answer is unreadable, or nobody wants
-                        // the rows): it says why.
-                        Ok(Ok(Some(chunk))) => {
-                            if chunks.send(chunk).await.is_err() {
-                                return Ok(());
-                            }
-                        }
+                while let Some(chunk) = answer.next_chunk().await? {
+                    // The decoder stopped early (the answer is unreadable, or nobody wants the
+                    // rows): it says why.
+                    if chunks.send(chunk).await.is_err() {
+                        return Ok(());
                     }
                 }
+                Ok(())
             };
             let transferred = tokio::time::timeout_at(started + WHOLE_READ_MOST, transfer)
                 .await
@@ -850,32 +866,26 @@ impl SheetsClient {
             .map_err(|e| SourceError::Transient(format!("values.batchGet: decoding the answer failed ({e})")))?
             .map_err(|e| SourceError::Transient(format!("values.batchGet: unreadable answer ({e})")))?;
         self.budget.succeeded();
-        let mut out = decoded;
-        out.resize(ranges.len(), RangeText::default());
-        Ok(out)
+        let mut ranges_read = decoded;
+        ranges_read.resize(ranges.len(), RangeText::default());
+        Ok(ranges_read)
     }
 
-    /// A large answer's body, whole: each chunk within the call timeout, all of them within
-    /// [`WHOLE_READ_CALL_TIMEOUTS`] call timeouts (at most [`WHOLE_READ_MOST`]).
-    async fn long_body(&self, mut response: reqwest::Response, what: &str) -> Result<Vec<u8>, SourceError> {
+    /// A large answer read chunk by chunk under this client's call timeout.
+    fn long_answer(&self, response: reqwest::Response, what: &'static str) -> LongAnswer {
         let waiting = self.timeout.saturating_mul(WHOLE_READ_CALL_TIMEOUTS).min(WHOLE_READ_MOST).max(self.timeout);
-        let timed_out = |after| SourceError::Timeout { what: format!("Google {what}"), after };
-        let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(64 << 20) as usize);
-        let mut waited = Duration::ZERO;
-        loop {
-            let asked = tokio::time::Instant::now();
-            let chunk = tokio::time::timeout(self.timeout, response.chunk()).await;
-            waited += asked.elapsed();
-            if waited > waiting {
-                return Err(timed_out(waiting));
-            }
-            match chunk {
-                Err(_) => return Err(timed_out(self.timeout)),
-                Ok(Ok(None)) => return Ok(body),
-                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
-                Ok(Err(e)) => return Err(body_error(what, &e, WHOLE_READ_MOST)),
-            }
+        LongAnswer { response, what, timeout: self.timeout, waiting, waited: Duration::ZERO }
+    }
+
+    /// A large answer's body, whole (see [`LongAnswer`]).
+    async fn long_body(&self, response: reqwest::Response, what: &'static str) -> Result<Vec<u8>, SourceError> {
+        let capacity = response.content_length().unwrap_or(0).min(64 << 20) as usize;
+        let mut answer = self.long_answer(response, what);
+        let mut body = Vec::with_capacity(capacity);
+        while let Some(chunk) = answer.next_chunk().await? {
+            body.extend_from_slice(&chunk);
         }
+        Ok(body)
     }
 
     /// Writes cells (`'Tab'!C7` → text) in one `values.batchUpdate`, as RAW text so a reply that
