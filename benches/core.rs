@@ -15,20 +15,22 @@ const COLUMNS: [&str; 8] = ["ID", "Nombre", "Teléfono", "Curso", "Mentor", "Con
 fn record(i: usize, version: usize) -> Record {
     let mut fields = BTreeMap::new();
     fields.insert("ID".to_string(), CellValue::Number(i as f64));
-    fields.insert("Nombre".to_string(), CellValue::Text(format!("Participante número {i}")));
-    fields
-        .insert("Teléfono".to_string(), CellValue::Text(format!("+56 9 {:04} {:04}", i / 10_000 % 10_000, i % 10_000)));
+    fields.insert("Nombre".to_string(), CellValue::Text(format!("Participante número {i}").into()));
+    fields.insert(
+        "Teléfono".to_string(),
+        CellValue::Text(format!("+56 9 {:04} {:04}", i / 10_000 % 10_000, i % 10_000).into()),
+    );
     fields.insert(
         "Curso".to_string(),
-        CellValue::Text(["Soldadura", "Gasfitería", "Cocina", "Electricidad"][i % 4].to_string()),
+        CellValue::Text(["Soldadura", "Gasfitería", "Cocina", "Electricidad"][i % 4].into()),
     );
-    fields.insert("Mentor".to_string(), CellValue::Text(format!("Mentor {}", i % 97)));
+    fields.insert("Mentor".to_string(), CellValue::Text(format!("Mentor {}", i % 97).into()));
     fields.insert("Consentimiento".to_string(), CellValue::Text("Sí".into()));
     fields.insert(
         "Estado".to_string(),
         CellValue::Text(if version > 0 && i.is_multiple_of(100) { "Egresado" } else { "Activo" }.into()),
     );
-    fields.insert("Comuna".to_string(), CellValue::Text(format!("Comuna {}", i % 346)));
+    fields.insert("Comuna".to_string(), CellValue::Text(format!("Comuna {}", i % 346).into()));
     debug_assert_eq!(fields.len(), COLUMNS.len());
     Record { key: RecordKey(i.to_string()), fields: fields.into_iter().collect() }
 }

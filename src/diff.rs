@@ -301,7 +301,7 @@ mod tests {
     fn record(key: &str, fields: &[(&str, &str)]) -> Record {
         Record {
             key: RecordKey(key.into()),
-            fields: fields.iter().map(|(k, v)| (k.to_string(), CellValue::Text(v.to_string()))).collect(),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), CellValue::Text((*v).into()))).collect(),
         }
     }
 

@@ -19,7 +19,7 @@ pub use message::{
     ProviderError, ProviderEvent, ReplyOption, Sender, TemplateMessage,
 };
 pub use phone::{mask_if_phone, mask_phone, mask_phones_in, MaskedText, PhoneError, PhoneNumber};
-pub use record::{same_field, CellValue, Fields, Record, RecordKey};
+pub use record::{same_field, CellText, CellValue, Fields, Record, RecordKey};
 pub use secret::Secret;
 pub use status::MessageState;
 pub use target::{interaction, FieldWrite, PendingWrite, WriteTarget};

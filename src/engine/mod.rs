@@ -539,7 +539,7 @@ pub fn record_from_snapshot(key: RecordKey, row: &SnapshotRow) -> Record {
                 _ if v.is_empty() => CellValue::Empty,
                 Ok(n) if row.dates.contains(k) => CellValue::Date(n),
                 Ok(n) if crate::domain::record::format_number(n) == *v => CellValue::Number(n),
-                _ => CellValue::Text(v.clone()),
+                _ => CellValue::Text(v.as_str().into()),
             };
             (k.clone(), cell)
         })

@@ -596,7 +596,7 @@ mod tests {
     fn record(fields: &[(&str, &str)]) -> Record {
         Record {
             key: RecordKey("7".into()),
-            fields: fields.iter().map(|(k, v)| (k.to_string(), CellValue::Text(v.to_string()))).collect(),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), CellValue::Text((*v).into()))).collect(),
         }
     }
 

@@ -275,19 +275,19 @@ impl<'de> serde::de::Visitor<'de> for CellVisitor {
         Ok(Cell(CellValue::Number(n)))
     }
     fn visit_str<E>(self, s: &str) -> Result<Cell, E> {
-        Ok(Cell(if s.is_empty() { CellValue::Empty } else { CellValue::Text(s.to_string()) }))
+        Ok(Cell(if s.is_empty() { CellValue::Empty } else { CellValue::Text(s.into()) }))
     }
     fn visit_string<E>(self, s: String) -> Result<Cell, E> {
-        Ok(Cell(if s.is_empty() { CellValue::Empty } else { CellValue::Text(s) }))
+        Ok(Cell(if s.is_empty() { CellValue::Empty } else { CellValue::Text(s.into()) }))
     }
     // Google never sends these in a cell; kept as their JSON text rather than refused.
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Cell, A::Error> {
         let v = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(Cell(CellValue::Text(v.to_string())))
+        Ok(Cell(CellValue::Text(v.to_string().into())))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Cell, A::Error> {
         let v = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(Cell(CellValue::Text(v.to_string())))
+        Ok(Cell(CellValue::Text(v.to_string().into())))
     }
 }
 
@@ -500,7 +500,7 @@ impl<'de> serde::de::Visitor<'de> for TextRow<'_> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(cell) = seq.next_element::<Cell>()? {
             let pushed = match cell.0 {
-                CellValue::Text(s) => self.0.push_cell(s.trim()),
+                CellValue::Text(s) => self.0.push_cell(crate::domain::record::trim_cell(&s)),
                 CellValue::Empty => self.0.push_cell(""),
                 other => self.0.push_cell(&other.canonical()),
             };

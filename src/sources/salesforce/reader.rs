@@ -902,9 +902,9 @@ fn cell(v: &Value, tz: chrono_tz::Tz) -> CellValue {
                     return CellValue::Date(serial(d.and_time(chrono::NaiveTime::MIN)));
                 }
             }
-            CellValue::Text(s.clone())
+            CellValue::Text(s.as_str().into())
         }
-        other => CellValue::Text(other.to_string()),
+        other => CellValue::Text(other.to_string().into()),
     }
 }
 
