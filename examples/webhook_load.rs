@@ -113,7 +113,9 @@ async fn post_all(requests: Vec<SignedRequest>, concurrency: usize) -> anyhow::R
                 let mut connection = None;
                 while let Some(bytes) = wire.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let t = Instant::now();
-                    let ok = post_lean(&mut connection, &address, bytes).await;
+                    let ok = tokio::time::timeout(Duration::from_secs(15), post_lean(&mut connection, &address, bytes))
+                        .await
+                        .unwrap_or(false);
                     mine.push(t.elapsed());
                     if !ok {
                         refused.fetch_add(1, Ordering::Relaxed);
@@ -197,8 +199,13 @@ async fn post_lean(connection: &mut Option<tokio::net::TcpStream>, address: &str
         }
     };
     let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
-    let length: usize =
-        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    // The daemon's answers carry a length; one without (or chunked) is not read here, and
+    // counts as a failure rather than leaving its body to be taken for the next answer.
+    let Some(length) = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok())
+    else {
+        *connection = None;
+        return false;
+    };
     while answer.len() < head_end + length {
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return false,

@@ -289,10 +289,14 @@ mod tests {
         }
 
         #[test]
-        fn a_number_is_written_as_before(n in proptest::num::f64::ANY, i in -2_000_000_000_000_000i64..2_000_000_000_000_000) {
+        fn a_number_is_written_as_before(n in proptest::num::f64::ANY, i in -999_999_999_999_999i64..=999_999_999_999_999, far in -2_000_000_000_000_000i64..2_000_000_000_000_000) {
             let before = |n: f64| if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { format!("{n}") };
             proptest::prop_assert_eq!(format_number(n), before(n));
             proptest::prop_assert_eq!(format_number(i as f64), before(i as f64));
+            proptest::prop_assert_eq!(format_number(far as f64), before(far as f64));
+            for edge in [999_999_999_999_999.0, -999_999_999_999_999.0, 1e15, -1e15, 1e15 - 0.5, -1.0, -0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 46349.4375] {
+                proptest::prop_assert_eq!(format_number(edge), before(edge));
+            }
             let mut out = String::from("x");
             write_number(n, &mut out);
             proptest::prop_assert_eq!(out, format!("x{}", before(n)));
