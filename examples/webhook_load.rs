@@ -201,7 +201,8 @@ async fn post_lean(connection: &mut Option<tokio::net::TcpStream>, address: &str
     let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
     // The daemon's answers carry a length; one without (or chunked) is not read here, and
     // counts as a failure rather than leaving its body to be taken for the next answer.
-    let Some(length) = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok())
+    let Some(length) =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok())
     else {
         *connection = None;
         return false;
