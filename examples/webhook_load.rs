@@ -39,17 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let load = LoadDaemon::start(twilio_chosen(), 1000.0, n).await?;
     load.baseline_done().await?;
     load.queue(n).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut c = load.app.ctx().store.conn().await?;
-        let counts = store::counts_by_state(&mut c).await?;
-        if counts.iter().any(|(state, count)| state == "sent" && *count as usize == n) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the {n} messages were not all sent: {counts:?}");
-        drop(c);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_sent(&load.app.ctx().store, n).await?;
 
     let requests = statuses_of_every_message(&load.sandbox, load.twilio, n)?;
     let posted = post_all(requests, concurrency).await?;
@@ -219,6 +209,22 @@ async fn post_lean(connection: &mut Option<tokio::net::TcpStream>, address: &str
     head.starts_with("http/1.1 200")
 }
 
+/// Waits until all `n` messages are accepted and their acceptance recorded (else a status
+/// could come before the daemon knows the message's id, and wait to be matched).
+async fn all_sent(store: &Store, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut c = store.conn().await?;
+        let counts = store::counts_by_state(&mut c).await?;
+        drop(c);
+        if counts.iter().any(|(state, count)| state == "sent" && *count as usize == n) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the {n} messages were not all sent: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the daemon has applied every stored delivery; how long after `started`.
 async fn all_applied(store: &Store, started: Instant) -> anyhow::Result<Duration> {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -276,19 +282,7 @@ async fn separate(path: &str, twilio: bool, n: usize, concurrency: usize) -> any
     let store = separate_daemon::after_first_read(&dir.path().join("load.db"), "s", Duration::from_secs(60)).await?;
     let rows = (0..n).map(|i| vec![serde_json::json!(i), serde_json::json!(load_daemon::phone(i))]).collect();
     anyhow::ensure!(sandbox.google().append_rows("load", "T", rows), "the rows could not be added");
-    // Every message accepted and its acceptance recorded (else a status could come before
-    // the daemon knows the message's id, and wait to be matched).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut c = store.conn().await?;
-        let counts = store::counts_by_state(&mut c).await?;
-        drop(c);
-        if counts.iter().any(|(state, count)| state == "sent" && *count as usize == n) {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the {n} messages were not all sent: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_sent(&store, n).await?;
     let requests = statuses_of_every_message(&sandbox, twilio, n)?;
     let cpu_before = separate_daemon::cpu_seconds(pid).unwrap_or(0.0);
     let posted = post_all(requests, concurrency).await?;
