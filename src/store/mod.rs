@@ -13,6 +13,7 @@
 //! `docs/decisions/0001-sqlite-state-store.md`). Nothing here panics on what the file holds:
 //! an unreadable value is a [`StoreError::Corrupt`].
 
+mod checkpoints;
 pub mod contacts;
 pub mod conversations;
 pub mod forget;
@@ -62,11 +63,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Tx {
     inner: sqlx::Transaction<'static, sqlx::Sqlite>,
     _gate: tokio::sync::OwnedMutexGuard<()>,
+    wrote: tokio::sync::mpsc::Sender<()>,
 }
 
 impl Tx {
     pub async fn commit(self) -> StoreResult<()> {
-        Ok(self.inner.commit().await?)
+        self.inner.commit().await?;
+        // Full: a checkpoint is already due.
+        let _ = self.wrote.try_send(());
+        Ok(())
     }
 }
 
@@ -216,9 +221,19 @@ pub fn migration_sql() -> Vec<&'static str> {
 /// Handle to the database.
 #[derive(Clone)]
 pub struct Store {
+    /// Connections for reads (and the few single-statement writes made outside a [`Tx`]).
     pool: SqlitePool,
+    /// The one connection every [`Tx`] runs on. SQLite discards a connection's page cache
+    /// when another connection has written since its last transaction, so write transactions
+    /// spread over the pool each began with a cold cache and read every page they touched
+    /// back from the file; on their own connection, the pages they keep touching (the tails
+    /// of the webhook and status tables, their indexes) stay cached.
+    writer: SqlitePool,
     /// Taken by every write transaction of this process (see [`Tx`]).
     write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Tells [`checkpoints::copy_in_background`] that a transaction committed (or, once the
+    /// store is closed, to stop).
+    wrote: tokio::sync::mpsc::Sender<()>,
 }
 
 /// The right to run on a state store: one daemon per state file. Two daemons on one store
@@ -290,15 +305,31 @@ impl Store {
             // commits but never corrupts the database.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
+            .pragma("wal_autocheckpoint", checkpoints::WRITER_CHECKPOINTS_AT_FRAMES)
+            .pragma("journal_size_limit", checkpoints::WAL_SIZE_LIMIT_BYTES)
             .foreign_keys(true);
+        let open_error = |e: sqlx::Error| StoreError::Open { path: path.display().to_string(), detail: e.to_string() };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Kept open: its page cache is what it is for.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(20))
+            .connect_with(opts.clone())
+            .await
+            .map_err(open_error)?;
+        migrator().run(&writer).await?;
+        let checkpointer = sqlx::ConnectOptions::connect(&opts).await.map_err(open_error)?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(3)
             .acquire_timeout(Duration::from_secs(20))
             .connect_with(opts)
             .await
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), detail: e.to_string() })?;
-        migrator().run(&pool).await?;
-        Ok(Store { pool, write_gate: Arc::new(tokio::sync::Mutex::new(())) })
+            .map_err(open_error)?;
+        let write_gate = Arc::new(tokio::sync::Mutex::new(()));
+        let (wrote, commits) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(checkpoints::copy_in_background(checkpointer, writer.clone(), write_gate.clone(), commits));
+        Ok(Store { pool, writer, write_gate, wrote })
     }
 
     /// Opens an existing store read-only, without migrating (for `recado plan`). A missing file
@@ -324,8 +355,8 @@ impl Store {
         let gate = tokio::time::timeout(BUSY_TIMEOUT, self.write_gate.clone().lock_owned())
             .await
             .map_err(|_| StoreError::Busy(BUSY_TIMEOUT))?;
-        let inner = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Tx { inner, _gate: gate })
+        let inner = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Tx { inner, _gate: gate, wrote: self.wrote.clone() })
     }
 
     pub async fn conn(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
@@ -334,6 +365,8 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
+        let _ = self.wrote.try_send(());
     }
 }
 
@@ -437,5 +470,35 @@ mod tests {
         store.close().await;
         // Opening again applies nothing twice.
         Store::open(&path).await.unwrap().close().await;
+    }
+
+    /// Committed pages reach the database file soon after their commits, long before the
+    /// write-ahead log holds enough for the writer to copy them itself (see
+    /// [`checkpoints`]).
+    #[tokio::test]
+    async fn committed_pages_are_copied_into_the_database_file_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).await.unwrap();
+        let body = "x".repeat(8_000);
+        // 64 deliveries of 8 KB: about 130 frames, where the writer copies at 16,000 (and
+        // SQLite's default is 1,000).
+        for i in 0..64 {
+            let mut tx = store.begin().await.unwrap();
+            let delivery =
+                NewWebhook { provider_id: "w".into(), query: String::new(), body: body.clone(), received_at: i };
+            insert_webhooks(&mut tx, &[delivery]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let len = std::fs::metadata(&path).unwrap().len();
+            if len >= 64 * 8_000 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the database file still holds {len} bytes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.close().await;
     }
 }
