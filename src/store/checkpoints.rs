@@ -18,23 +18,27 @@
 //! on every commit again. So once the log is past [`RESTART_AT_FRAMES`], the task makes more
 //! passive passes, each copying what was committed during the one before (fewer frames each
 //! time: copying is faster than committing), and when one found only a few frames new, it
-//! copies the last ones with this process's writers held at the write gate. The log is then all
-//! copied, and the next write transaction starts it over instead of growing it. Holding the
-//! writers costs one checkpoint's syncs, measured at 5–24 ms on this project's 2-core VM under
-//! load, which is why it happens only once the log is large.
+//! copies the last ones with this process's write transactions held at the write gate. The log
+//! is then all copied, and the next write transaction starts it over instead of growing it.
+//! Holding the writers costs one checkpoint's syncs, measured at 5–24 ms on this project's
+//! 2-core VM under load, which is why it happens only once the log is large, and not again
+//! soon after a time it did not make the log start over (a reader still in it).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, Mutex};
-use tracing::debug;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
 
 /// Frames (pages) the log may hold before the connection that commits checkpoints it itself.
 pub(super) const WRITER_CHECKPOINTS_AT_FRAMES: &str = "16000";
 
-/// The size the log file is cut back to once it starts over (64 MiB): a burst may grow it
-/// beyond, it does not keep the disk afterwards.
+/// The size the log file is cut back to when it starts over (64 MiB). After a burst the file
+/// keeps up to this much disk (about 4 MB before the background checkpoints); it is removed
+/// when the store is closed (see [`Background::stop`]).
 pub(super) const WAL_SIZE_LIMIT_BYTES: &str = "67108864";
 
 /// Least time between two background checkpoints.
@@ -54,6 +58,9 @@ const CATCH_UP_PASSES: usize = 8;
 /// the next copies them (about 1 MiB: a few milliseconds).
 const LAST_PASS_AT_MOST_FRAMES: i64 = 256;
 
+/// Least time between two warnings that background checkpoints fail.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// What one checkpoint found and did.
 struct Pass {
     /// Frames in the log.
@@ -62,60 +69,138 @@ struct Pass {
     copied: i64,
 }
 
-async fn checkpoint(conn: &mut SqliteConnection) -> Result<Pass, sqlx::Error> {
-    // Answers one row: (busy, frames in the log, frames checkpointed).
-    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await?;
-    Ok(Pass { log: row.try_get(1)?, copied: row.try_get(2)? })
+/// The running task, as the store holds it.
+pub(super) struct Background {
+    stop: Arc<Notify>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// One passive checkpoint; and when the log has grown past [`RESTART_AT_FRAMES`], more, each
-/// copying what was committed while the one before ran (fewer frames each time, as copying is
-/// faster than committing), until a last one, with the writers held, has only a few frames
-/// left to copy.
-async fn checkpoint_and_restart(conn: &mut SqliteConnection, write_gate: &Mutex<()>) -> Result<(), sqlx::Error> {
-    let mut seen = checkpoint(conn).await?;
-    if seen.log < RESTART_AT_FRAMES {
-        return Ok(());
+impl Background {
+    /// Starts checkpointing on a connection of its own, each time `wrote` says a transaction
+    /// committed.
+    pub(super) async fn start(
+        opts: SqliteConnectOptions,
+        write_gate: Arc<Mutex<()>>,
+        wrote: mpsc::Receiver<()>,
+    ) -> Result<Background, sqlx::Error> {
+        let conn = opts.connect().await?;
+        let stop = Arc::new(Notify::new());
+        let checkpointer = Checkpointer { conn: Some(conn), opts, write_gate, held_at: None, warned: None };
+        let task = tokio::spawn(checkpointer.run(wrote, stop.clone()));
+        Ok(Background { stop, task: std::sync::Mutex::new(Some(task)) })
     }
-    for _ in 0..CATCH_UP_PASSES {
-        // A reader still reads frames the pass could not copy: holding the writers would not
-        // let the log start over, only stop them longer.
-        if seen.copied < seen.log {
-            return Ok(());
-        }
-        let next = checkpoint(conn).await?;
-        if next.log < seen.log {
-            // The log started over meanwhile.
-            return Ok(());
-        }
-        let committed_meanwhile = next.log - seen.log;
-        seen = next;
-        if committed_meanwhile <= LAST_PASS_AT_MOST_FRAMES && seen.copied == seen.log {
-            let _writers_wait = write_gate.lock().await;
-            checkpoint(conn).await?;
-            return Ok(());
+
+    /// Stops the task and closes its connection; returns once it has. The store's other
+    /// connections close after it, so the last of them to close copies the whole log into the
+    /// database file and removes it (with whatever a person's erased data it still held).
+    pub(super) async fn stop(&self) {
+        self.stop.notify_one();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
-    Ok(())
 }
 
-/// Checkpoints on `conn` each time `wrote` says a transaction committed, until the store's
-/// handles are gone or `writer` is closed.
-pub(super) async fn copy_in_background(
-    mut conn: SqliteConnection,
-    writer: SqlitePool,
+struct Checkpointer {
+    /// None after a failure that may have been the connection's: reopened on the next round.
+    conn: Option<SqliteConnection>,
+    opts: SqliteConnectOptions,
     write_gate: Arc<Mutex<()>>,
-    mut wrote: mpsc::Receiver<()>,
-) {
-    while wrote.recv().await.is_some() {
-        if writer.is_closed() {
-            break;
+    /// The log's size when the writers were last held for it to start over, while it has not
+    /// started over since.
+    held_at: Option<i64>,
+    warned: Option<Instant>,
+}
+
+impl Checkpointer {
+    async fn run(mut self, mut wrote: mpsc::Receiver<()>, stop: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.notified() => break,
+                committed = wrote.recv() => if committed.is_none() { break },
+            }
+            if let Err(e) = self.round().await {
+                // The writer's own checkpoint is the fallback meanwhile.
+                self.conn = None;
+                if self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    self.warned = Some(Instant::now());
+                    warn!("background checkpoint of the state store failed (the connection is reopened): {e}");
+                } else {
+                    debug!("background checkpoint of the state store failed: {e}");
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.notified() => break,
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            }
         }
-        if let Err(e) = checkpoint_and_restart(&mut conn, &write_gate).await {
-            // The writer's own checkpoint is the fallback.
-            debug!("background checkpoint of the state store did not run: {e}");
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
         }
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
     }
-    let _ = conn.close().await;
+
+    /// One passive checkpoint; and when the log has grown past [`RESTART_AT_FRAMES`], more,
+    /// each copying what was committed while the one before ran (fewer frames each time, as
+    /// copying is faster than committing), until a last one, with the writers held, has only a
+    /// few frames left to copy.
+    async fn round(&mut self) -> Result<(), sqlx::Error> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.opts.connect().await?),
+        };
+        let Some(mut seen) = checkpoint(conn).await? else { return Ok(()) };
+        if let Some(held_at) = self.held_at {
+            if seen.log < held_at {
+                // It started over since.
+                self.held_at = None;
+            } else if seen.log < held_at + RESTART_AT_FRAMES / 4 {
+                // It did not start over after the writers were held last (a reader was still
+                // reading the log, or a write was made outside the gate): not again until the
+                // log has grown some more, or each round would hold them for nothing.
+                return Ok(());
+            }
+        }
+        if seen.log < RESTART_AT_FRAMES {
+            return Ok(());
+        }
+        for _ in 0..CATCH_UP_PASSES {
+            // A reader still reads frames the pass could not copy: holding the writers would
+            // not let the log start over, only stop them longer.
+            if seen.copied < seen.log {
+                return Ok(());
+            }
+            let Some(next) = checkpoint(conn).await? else { return Ok(()) };
+            if next.log < seen.log {
+                // The log started over meanwhile.
+                return Ok(());
+            }
+            let committed_meanwhile = next.log - seen.log;
+            seen = next;
+            if committed_meanwhile <= LAST_PASS_AT_MOST_FRAMES && seen.copied == seen.log {
+                // Writes of this process made outside a transaction do not take the gate; the
+                // log then starts over at a later round.
+                let _writers_wait = self.write_gate.lock().await;
+                if let Some(last) = checkpoint(conn).await? {
+                    self.held_at = Some(last.log);
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A passive checkpoint: None when another connection was checkpointing.
+async fn checkpoint(conn: &mut SqliteConnection) -> Result<Option<Pass>, sqlx::Error> {
+    // Answers one row: (busy, frames in the log, frames checkpointed); busy is 1 (and the
+    // counts -1) when another connection held the checkpoint lock.
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await?;
+    let busy: i64 = row.try_get(0)?;
+    if busy != 0 {
+        return Ok(None);
+    }
+    Ok(Some(Pass { log: row.try_get(1)?, copied: row.try_get(2)? }))
 }

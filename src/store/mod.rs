@@ -231,9 +231,9 @@ pub struct Store {
     writer: SqlitePool,
     /// Taken by every write transaction of this process (see [`Tx`]).
     write_gate: Arc<tokio::sync::Mutex<()>>,
-    /// Tells [`checkpoints::copy_in_background`] that a transaction committed (or, once the
-    /// store is closed, to stop).
+    /// Tells [`checkpoints`] that a transaction committed.
     wrote: tokio::sync::mpsc::Sender<()>,
+    checkpoints: Arc<checkpoints::Background>,
 }
 
 /// The right to run on a state store: one daemon per state file. Two daemons on one store
@@ -319,17 +319,17 @@ impl Store {
             .await
             .map_err(open_error)?;
         migrator().run(&writer).await?;
-        let checkpointer = sqlx::ConnectOptions::connect(&opts).await.map_err(open_error)?;
+        let write_gate = Arc::new(tokio::sync::Mutex::new(()));
+        let (wrote, commits) = tokio::sync::mpsc::channel(1);
+        let checkpoints =
+            checkpoints::Background::start(opts.clone(), write_gate.clone(), commits).await.map_err(open_error)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(3)
             .acquire_timeout(Duration::from_secs(20))
             .connect_with(opts)
             .await
             .map_err(open_error)?;
-        let write_gate = Arc::new(tokio::sync::Mutex::new(()));
-        let (wrote, commits) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(checkpoints::copy_in_background(checkpointer, writer.clone(), write_gate.clone(), commits));
-        Ok(Store { pool, writer, write_gate, wrote })
+        Ok(Store { pool, writer, write_gate, wrote, checkpoints: Arc::new(checkpoints) })
     }
 
     /// Opens an existing store read-only, without migrating (for `recado plan`). A missing file
@@ -364,9 +364,11 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        // The checkpoints' connection first and the writer last: the last connection closed
+        // copies the whole log into the database file and removes it.
+        self.checkpoints.stop().await;
         self.pool.close().await;
         self.writer.close().await;
-        let _ = self.wrote.try_send(());
     }
 }
 
@@ -500,5 +502,25 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         store.close().await;
+    }
+
+    /// Closing the store leaves no log beside the database file: what it held (a person's
+    /// erased data among it, after `recado forget`) is in the file, or gone.
+    #[tokio::test]
+    async fn a_closed_store_leaves_no_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).await.unwrap();
+        for i in 0..20 {
+            let mut tx = store.begin().await.unwrap();
+            let delivery =
+                NewWebhook { provider_id: "w".into(), query: String::new(), body: "x".repeat(100), received_at: i };
+            insert_webhooks(&mut tx, &[delivery]).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let wal = dir.path().join("state.db-wal");
+        assert!(wal.exists(), "the store writes ahead while it is open");
+        store.close().await;
+        assert!(!wal.exists(), "the log is still beside the database file after close");
     }
 }
