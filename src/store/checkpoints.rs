@@ -22,7 +22,8 @@
 //! is then all copied, and the next write transaction starts it over instead of growing it.
 //! Holding the writers costs one checkpoint's syncs, measured at 5–24 ms on this project's
 //! 2-core VM under load, which is why it happens only once the log is large, and not again
-//! soon after a time it did not make the log start over (a reader still in it).
+//! until the log has grown further after a time it did not make it start over (a reader still
+//! in it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,8 +38,9 @@ use tracing::{debug, warn};
 pub(super) const WRITER_CHECKPOINTS_AT_FRAMES: &str = "16000";
 
 /// The size the log file is cut back to when it starts over (64 MiB). After a burst the file
-/// keeps up to this much disk (about 4 MB before the background checkpoints); it is removed
-/// when the store is closed (see [`Background::stop`]).
+/// keeps up to this much disk while the daemon runs (with SQLite's 1,000-frame default it kept
+/// about 4 MB). `Store::close` removes it, unless another process (`recado report`) still has
+/// the database open.
 pub(super) const WAL_SIZE_LIMIT_BYTES: &str = "67108864";
 
 /// Least time between two background checkpoints.
@@ -53,6 +55,14 @@ const RESTART_AT_FRAMES: i64 = 12_000;
 /// Passive checkpoints at most, one after the other, to catch up with the writer before the
 /// log is brought to start over (the next round tries again).
 const CATCH_UP_PASSES: usize = 8;
+
+/// The log size from which the writers are held again after a time that did not make the log
+/// start over, at most: below the writer's backstop, where it checkpoints on every commit.
+const RETRY_AT_MOST_FRAMES: i64 = 15_000;
+
+/// How long the last pass waits for the write gate before leaving it to the next round (a
+/// transaction held that long is not one of the daemon's usual ones).
+const GATE_WAIT: Duration = Duration::from_secs(10);
 
 /// Frames committed during the last catch-up pass, at most, for the writers to be held while
 /// the next copies them (about 1 MiB: a few milliseconds).
@@ -72,7 +82,9 @@ struct Pass {
 /// The running task, as the store holds it.
 pub(super) struct Background {
     stop: Arc<Notify>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Held while it is awaited, so that every caller of [`Background::stop`] returns only
+    /// once the task has ended.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Background {
@@ -87,17 +99,19 @@ impl Background {
         let stop = Arc::new(Notify::new());
         let checkpointer = Checkpointer { conn: Some(conn), opts, write_gate, held_at: None, warned: None };
         let task = tokio::spawn(checkpointer.run(wrote, stop.clone()));
-        Ok(Background { stop, task: std::sync::Mutex::new(Some(task)) })
+        Ok(Background { stop, task: Mutex::new(Some(task)) })
     }
 
-    /// Stops the task and closes its connection; returns once it has. The store's other
-    /// connections close after it, so the last of them to close copies the whole log into the
-    /// database file and removes it (with whatever a person's erased data it still held).
+    /// Stops the task and closes its connection; returns once it has (for every caller).
+    /// `Store::close` closes the other connections after it, so the last of them copies the
+    /// whole log into the database file and removes it (with whatever a person's erased data
+    /// it still held).
     pub(super) async fn stop(&self) {
         self.stop.notify_one();
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
-            let _ = task.await;
+        let mut task = self.task.lock().await;
+        if let Some(running) = task.as_mut() {
+            let _ = running.await;
+            *task = None;
         }
     }
 }
@@ -145,7 +159,8 @@ impl Checkpointer {
     /// One passive checkpoint; and when the log has grown past [`RESTART_AT_FRAMES`], more,
     /// each copying what was committed while the one before ran (fewer frames each time, as
     /// copying is faster than committing), until a last one, with the writers held, has only a
-    /// few frames left to copy.
+    /// few frames left to copy. After a time the writers were held and the log did not start
+    /// over, not again until it has grown some more (`held_at`).
     async fn round(&mut self) -> Result<(), sqlx::Error> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
@@ -156,7 +171,7 @@ impl Checkpointer {
             if seen.log < held_at {
                 // It started over since.
                 self.held_at = None;
-            } else if seen.log < held_at + RESTART_AT_FRAMES / 4 {
+            } else if seen.log < (held_at + RESTART_AT_FRAMES / 4).min(RETRY_AT_MOST_FRAMES) {
                 // It did not start over after the writers were held last (a reader was still
                 // reading the log, or a write was made outside the gate): not again until the
                 // log has grown some more, or each round would hold them for nothing.
@@ -182,7 +197,9 @@ impl Checkpointer {
             if committed_meanwhile <= LAST_PASS_AT_MOST_FRAMES && seen.copied == seen.log {
                 // Writes of this process made outside a transaction do not take the gate; the
                 // log then starts over at a later round.
-                let _writers_wait = self.write_gate.lock().await;
+                let Ok(_writers_wait) = tokio::time::timeout(GATE_WAIT, self.write_gate.lock()).await else {
+                    return Ok(());
+                };
                 if let Some(last) = checkpoint(conn).await? {
                     self.held_at = Some(last.log);
                 }

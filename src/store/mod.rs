@@ -233,6 +233,7 @@ pub struct Store {
     write_gate: Arc<tokio::sync::Mutex<()>>,
     /// Tells [`checkpoints`] that a transaction committed.
     wrote: tokio::sync::mpsc::Sender<()>,
+    /// The task that checkpoints the write-ahead log; stopped first by [`Store::close`].
     checkpoints: Arc<checkpoints::Background>,
 }
 
@@ -520,7 +521,9 @@ mod tests {
         }
         let wal = dir.path().join("state.db-wal");
         assert!(wal.exists(), "the store writes ahead while it is open");
-        store.close().await;
+        // Two handles closing at once: each returns once it is all closed.
+        let other = store.clone();
+        tokio::join!(store.close(), other.close());
         assert!(!wal.exists(), "the log is still beside the database file after close");
     }
 }
